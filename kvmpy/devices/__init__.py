@@ -1,0 +1,1 @@
+"""Emulated devices and the PIO/MMIO buses they sit on."""

@@ -1,0 +1,1 @@
+"""Guest kernel loaders (multiboot, Linux boot protocol) and boot-time tables."""

@@ -1,0 +1,1 @@
+"""The QMP monitor server."""

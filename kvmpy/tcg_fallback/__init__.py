@@ -1,0 +1,1 @@
+"""TCG-style translator that runs guests of other architectures without KVM."""
