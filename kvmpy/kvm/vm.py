@@ -1,0 +1,123 @@
+"""VmFd: one KVM virtual machine (memory slots, irqchip, PIT, IRQ lines, dirty log, vCPUs)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from kvmpy.kvm import abi, ioctls
+from kvmpy.kvm._ioctl import ioctl_buf, ioctl_int
+from kvmpy.kvm.abi import ffi
+
+if TYPE_CHECKING:
+    from kvmpy.kvm.system import Kvm
+    from kvmpy.kvm.vcpu import VcpuFd
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class VmFd:
+    fd: int
+    kvm: "Kvm"
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    # ---- memory ---------------------------------------------------------
+    def set_user_memory_region(self, slot: int, guest_phys_addr: int, memory_size: int,
+                               userspace_addr: int, flags: int = 0) -> None:
+        region = ffi.new("struct kvm_userspace_memory_region *", {
+            "slot": slot, "flags": flags, "guest_phys_addr": guest_phys_addr,
+            "memory_size": memory_size, "userspace_addr": userspace_addr})
+        ioctl_buf(self.fd, ioctls.KVM_SET_USER_MEMORY_REGION, region)
+
+    def get_dirty_log(self, slot: int, npages: int) -> np.ndarray:
+        """Fetch and reset KVM's dirty bitmap of a slot; returns one bool per page."""
+        words = (npages + 63) // 64
+        bitmap = np.zeros(max(words, 1), dtype=np.uint64)
+        log_req = ffi.new("struct kvm_dirty_log *", {
+            "slot": slot, "dirty_bitmap": bitmap.ctypes.data})
+        ioctl_buf(self.fd, ioctls.KVM_GET_DIRTY_LOG, log_req)
+        bits = np.unpackbits(bitmap.view(np.uint8), bitorder="little")
+        return bits[:npages].astype(bool)
+
+    # ---- x86 platform -----------------------------------------------------
+    def set_tss_addr(self, addr: int) -> None:
+        ioctl_int(self.fd, ioctls.KVM_SET_TSS_ADDR, addr)
+
+    def set_identity_map_addr(self, addr: int) -> None:
+        value = ffi.new("uint64_t *", addr)
+        ioctl_buf(self.fd, ioctls.KVM_SET_IDENTITY_MAP_ADDR, value)
+
+    def create_irqchip(self) -> None:
+        ioctl_int(self.fd, ioctls.KVM_CREATE_IRQCHIP)
+
+    def create_pit2(self, flags: int = abi.PIT_SPEAKER_DUMMY) -> None:
+        cfg = ffi.new("struct kvm_pit_config *", {"flags": flags})
+        ioctl_buf(self.fd, ioctls.KVM_CREATE_PIT2, cfg)
+
+    def irq_line(self, irq: int, level: int) -> None:
+        req = ffi.new("struct kvm_irq_level *")
+        req.irq = irq
+        req.level = level
+        ioctl_buf(self.fd, ioctls.KVM_IRQ_LINE, req)
+
+    def get_irqchip(self, chip_id: int) -> bytes:
+        chip = ffi.new("struct kvm_irqchip *", {"chip_id": chip_id})
+        ioctl_buf(self.fd, ioctls.KVM_GET_IRQCHIP, chip)
+        return bytes(ffi.buffer(chip))
+
+    def set_irqchip(self, raw: bytes) -> None:
+        chip = ffi.new("struct kvm_irqchip *")
+        _fill(chip, raw)
+        ioctl_buf(self.fd, ioctls.KVM_SET_IRQCHIP, chip)
+
+    def get_pit2(self) -> bytes:
+        state = ffi.new("struct kvm_pit_state2 *")
+        ioctl_buf(self.fd, ioctls.KVM_GET_PIT2, state)
+        return bytes(ffi.buffer(state))
+
+    def set_pit2(self, raw: bytes) -> None:
+        state = ffi.new("struct kvm_pit_state2 *")
+        _fill(state, raw)
+        ioctl_buf(self.fd, ioctls.KVM_SET_PIT2, state)
+
+    def get_clock(self) -> bytes:
+        data = ffi.new("struct kvm_clock_data *")
+        ioctl_buf(self.fd, ioctls.KVM_GET_CLOCK, data)
+        return bytes(ffi.buffer(data))
+
+    def set_clock(self, raw: bytes) -> None:
+        data = ffi.new("struct kvm_clock_data *")
+        _fill(data, raw)
+        data.flags = 0  # only the clock value is settable here
+        ioctl_buf(self.fd, ioctls.KVM_SET_CLOCK, data)
+
+    def register_coalesced(self, addr: int, size: int, pio: bool) -> None:
+        zone = ffi.new("struct kvm_coalesced_mmio_zone *", {"addr": addr, "size": size, "pio": int(pio)})
+        ioctl_buf(self.fd, ioctls.KVM_REGISTER_COALESCED_MMIO, zone)
+
+    def check_extension(self, cap: int) -> int:
+        return ioctl_int(self.fd, ioctls.KVM_CHECK_EXTENSION, cap)
+
+    # ---- vCPUs ------------------------------------------------------------
+    def create_vcpu(self, vcpu_id: int) -> "VcpuFd":
+        from kvmpy.kvm.vcpu import VcpuFd
+
+        fd = ioctl_int(self.fd, ioctls.KVM_CREATE_VCPU, vcpu_id)
+        return VcpuFd.attach(fd, vcpu_id, self.kvm.vcpu_mmap_size())
+
+
+def _fill(ptr: object, raw: bytes) -> None:
+    """Copy saved bytes into a cffi struct, refusing a size mismatch."""
+    buf = ffi.buffer(ptr)
+    if len(raw) != len(buf):
+        raise ValueError(f"saved state is {len(raw)} bytes, the kernel struct is {len(buf)}")
+    buf[:] = raw
