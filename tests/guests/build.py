@@ -29,7 +29,7 @@ from pathlib import Path
 GUEST_DIR = Path(__file__).resolve().parent
 BUILD_DIR = GUEST_DIR / "_build"
 LINKER_SCRIPT = GUEST_DIR / "guest.ld"
-SHARED_SOURCES = ("guest.h", "lib.S")
+SHARED_SOURCES = ("guest.h", "lib.S", "lib64.S")
 
 CC = "gcc"
 LD = "ld"
@@ -46,7 +46,7 @@ class GuestBuildError(RuntimeError):
 
 def available_guests() -> list[str]:
     """Names of the guests that have a source file here."""
-    return sorted(p.stem for p in GUEST_DIR.glob("*.S") if p.name != "lib.S")
+    return sorted(p.stem for p in GUEST_DIR.glob("*.S") if p.stem not in ("lib", "lib64"))
 
 
 @functools.lru_cache(maxsize=None)
@@ -66,7 +66,7 @@ def _sources(name: str) -> list[Path]:
     if not _NAME_RE.match(name):
         raise GuestBuildError(f"invalid guest name {name!r}")
     main = GUEST_DIR / f"{name}.S"
-    if name == "lib" or not main.is_file():
+    if name in ("lib", "lib64") or not main.is_file():
         raise GuestBuildError(
             f"unknown guest {name!r}; available: {', '.join(available_guests())}")
     return [GUEST_DIR / s for s in SHARED_SOURCES] + [main]

@@ -48,6 +48,17 @@
     pop %esi
 .endm
 
+/* The same from 64-bit code (lib64.S). */
+.macro PUTS64 text
+    .pushsection .rodata
+9992: .asciz "\text"
+    .popsection
+    push %rsi
+    mov $9992b, %esi
+    call puts64
+    pop %rsi
+.endm
+
 /* %eax = value of "key=..." on the command line parsed as a number, or \default. */
 .macro CMDLINE_UINT key, default
     .pushsection .rodata
