@@ -1,0 +1,375 @@
+"""NestedBed: run one command inside a nested L1 Linux VM that has a complete KVM.
+
+L1 is ``qemu-system-x86_64`` under TCG with ``-cpu max`` (which exposes AMD SVM),
+booting Debian's generic kernel; its kvm-amd module gives L1 a complete /dev/kvm.
+The host root is visible read-only over 9p and the command runs chrooted into it
+with the host's own Python, so paths are identical inside. Writable 9p shares are
+mounted at their own absolute paths: the caller's directories and a scratch
+("control") directory that carries the job description in and results out.
+
+Each run boots a fresh L1 and powers it off at the end. Python under TCG is ~40x
+slower than on the host, so callers batch their work into one run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+from kvmpy.testbed.fetch import FetchError, KernelPackage, cache_root, fetch_busybox, fetch_kernel
+from kvmpy.testbed.initramfs import CTL_TAG, HOST_TAG, build_l1_initramfs
+
+log = logging.getLogger(__name__)
+
+# Environment variables handed to the command unless the caller overrides them.
+PASSTHROUGH_ENV = ("PATH", "HOME", "USER", "LOGNAME", "PYTHONPATH", "LANG", "LC_ALL", "LC_CTYPE",
+                   "TZ", "TERM", "PYENV_ROOT", "PYENV_VERSION", "VIRTUAL_ENV")
+IN_BED_ENV = "KVMPY_IN_BED"
+KERNEL_CMDLINE = "console=ttyS0 panic=-1 quiet"
+_ERROR_PREFIX = "kvmpy-bed: error: "
+_TAIL_LINES = 40
+
+
+class BedError(RuntimeError):
+    """The bed could not run the command; ``console`` holds what L1 printed."""
+
+    def __init__(self, message: str, console: str = "") -> None:
+        super().__init__(message)
+        self.console = console
+
+
+class BedUnavailable(BedError):
+    """A prerequisite (qemu-system-x86_64, kernel, busybox) is missing."""
+
+
+class BedBootError(BedError):
+    """L1 failed to boot, or died without reporting the command's exit status."""
+
+
+class BedTimeout(BedError):
+    """The run exceeded its time limit; QEMU was killed."""
+
+
+@dataclass(frozen=True)
+class BedTimings:
+    """Wall-clock seconds of one run, measured on the host."""
+
+    boot_s: float | None        # QEMU start -> the command starts in L1
+    command_s: float | None     # the command's run time, as seen on the console
+    total_s: float              # QEMU start -> QEMU gone
+    guest_uptime_at_start_s: float | None  # L1's /proc/uptime when the command started
+
+
+@dataclass(frozen=True)
+class BedResult:
+    returncode: int
+    output: str       # the command's console output (stdout and stderr interleaved)
+    console: str      # everything L1 printed, markers included
+    timings: BedTimings
+
+
+def project_root() -> Path | None:
+    """The checkout kvmpy is imported from, if it is a source checkout (not site-packages)."""
+    root = Path(__file__).resolve().parents[2]
+    if (root / "setup.cfg").exists() or (root / "pyproject.toml").exists():
+        return root
+    return None
+
+
+def _check_share_path(path: Path) -> Path:
+    path = path.resolve()
+    text = str(path)
+    if any(c in text for c in "\n\r\0") or text != text.strip():
+        raise BedError(f"cannot share a path with newlines or edge spaces: {text!r}")
+    if path == Path("/"):
+        raise BedError("refusing to share / writable (the host root is already visible read-only)")
+    if not path.is_dir():
+        raise BedError(f"share {text} is not a directory")
+    return path
+
+
+def normalize_shares(paths: Sequence[Path]) -> list[Path]:
+    """Resolve, dedupe and drop shares nested inside another share; parents come first."""
+    resolved = sorted({_check_share_path(Path(p)) for p in paths}, key=lambda p: (len(p.parts), str(p)))
+    kept: list[Path] = []
+    for p in resolved:
+        if not any(p == k or k in p.parents for k in kept):
+            kept.append(p)
+    return kept
+
+
+def _qemu_opt(value: str) -> str:
+    return value.replace(",", ",,")  # QEMU option syntax escapes commas by doubling
+
+
+@dataclass
+class _Console:
+    """What the reader thread saw on L1's serial console."""
+
+    nonce: str
+    on_line: Callable[[str], None] | None
+    lines: list[str] = field(default_factory=list)
+    start_idx: int | None = None
+    exit_idx: int | None = None
+    started_at: float | None = None
+    exited_at: float | None = None
+    exit_status: int | None = None
+    uptime_at_start: float | None = None
+    error: str | None = None
+    started: threading.Event = field(default_factory=threading.Event)
+    finished: threading.Event = field(default_factory=threading.Event)
+
+    def feed(self, line: str) -> None:
+        marker = f"kvmpy-bed[{self.nonce}]: "
+        self.lines.append(line)
+        if line.startswith(marker):
+            words = line[len(marker):].split()
+            if words[:2] == ["command", "started"]:
+                self.start_idx, self.started_at = len(self.lines), time.monotonic()
+                self.uptime_at_start = _float_after(words, "uptime")
+                self.started.set()
+            elif words[:1] == ["exit"] and len(words) > 1 and words[1].lstrip("-").isdigit():
+                self.exit_idx, self.exited_at = len(self.lines) - 1, time.monotonic()
+                self.exit_status = int(words[1])
+                self.finished.set()
+        elif line.startswith(_ERROR_PREFIX) and self.start_idx is None:
+            self.error = line[len(_ERROR_PREFIX):]
+        if self.on_line is not None:
+            self.on_line(line)
+
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    def tail(self, n: int = _TAIL_LINES) -> str:
+        return "\n".join(self.lines[-n:])
+
+
+def _float_after(words: list[str], key: str) -> float | None:
+    try:
+        return float(words[words.index(key) + 1])
+    except (ValueError, IndexError):
+        return None
+
+
+class NestedBed:
+    """Boots L1 and runs commands in it; one fresh VM per :meth:`run`.
+
+    ``shares`` are host directories mounted writable in L1 at their same absolute
+    path (by default the kvmpy checkout, when kvmpy runs from one).
+    """
+
+    def __init__(self, shares: Sequence[Path] | None = None, *, qemu: str | None = None,
+                 memory_mib: int = 4096, smp: int = 2, kernel_flavor: str = "amd64",
+                 cache: Path | None = None, boot_timeout: float = 300.0,
+                 on_line: Callable[[str], None] | None = None) -> None:
+        if shares is None:
+            root = project_root()
+            shares = [root] if root is not None else []
+        self.shares = normalize_shares(shares)
+        self.qemu = qemu or os.environ.get("KVMPY_BED_QEMU") or "qemu-system-x86_64"
+        self.memory_mib = memory_mib
+        self.smp = smp
+        self.kernel_flavor = kernel_flavor
+        self.cache = cache or cache_root()
+        self.boot_timeout = boot_timeout
+        self.on_line = on_line
+        self._prepared: tuple[KernelPackage, Path] | None = None
+
+    def prepare(self) -> tuple[KernelPackage, Path]:
+        """Fetch the kernel and busybox and build the initramfs (cached; safe to call twice)."""
+        if self._prepared is None:
+            try:
+                kernel = fetch_kernel(self.kernel_flavor, self.cache)
+                busybox = fetch_busybox(self.cache)
+                initrd = build_l1_initramfs(kernel, busybox, self.cache / "initramfs")
+            except FetchError as exc:
+                raise BedUnavailable(f"cannot prepare the L1 kernel/initramfs: {exc}") from exc
+            self._prepared = (kernel, initrd)
+        return self._prepared
+
+    def qemu_argv(self, kernel: KernelPackage, initrd: Path, ctl: Path) -> list[str]:
+        argv = [
+            self.qemu, "-accel", "tcg,thread=multi", "-cpu", "max",
+            "-smp", str(self.smp), "-m", str(self.memory_mib),
+            "-kernel", str(kernel.vmlinuz), "-initrd", str(initrd), "-append", KERNEL_CMDLINE,
+            "-nodefaults", "-serial", "stdio", "-display", "none", "-no-reboot",
+            "-virtfs", f"local,path=/,mount_tag={HOST_TAG},security_model=none,readonly=on,multidevs=remap",
+            "-virtfs", f"local,path={_qemu_opt(str(ctl))},mount_tag={CTL_TAG},security_model=none,"
+                       "multidevs=remap",
+        ]
+        for i, share in enumerate(self._shares_for(ctl)):
+            argv += ["-virtfs", f"local,path={_qemu_opt(str(share))},mount_tag=kvmpy{i},"
+                                "security_model=none,multidevs=remap"]
+        return argv
+
+    def _shares_for(self, ctl: Path) -> list[Path]:
+        # The control dir is bind-mounted by /init; a share that contains it already exposes it.
+        return [s for s in self.shares if s != ctl]
+
+    def _write_job(self, ctl: Path, nonce: str, argv: Sequence[str], cwd: Path,
+                   env: Mapping[str, str]) -> None:
+        mounts = [f"kvmpy{i} {s}" for i, s in enumerate(self._shares_for(ctl))]
+        # The control dir appears at its own path too, after the shares (it may sit inside one).
+        mounts.append(f"{CTL_TAG} {ctl}")
+        (ctl / "mounts").write_text("\n".join(mounts) + "\n")
+        (ctl / "nonce").write_text(nonce + "\n")
+        (ctl / "ctlpath").write_text(str(ctl) + "\n")
+        env_words = " ".join(shlex.quote(f"{k}={v}") for k, v in sorted(env.items()))
+        script = (
+            "# generated by kvmpy.testbed.bed; runs chrooted in L1\n"
+            f"cd -- {shlex.quote(str(cwd))} || {{ echo 'kvmpy-bed: cannot cd to {cwd}' >&2; exit 125; }}\n"
+            f"exec /usr/bin/env -i {env_words} {' '.join(shlex.quote(a) for a in argv)}\n"
+        )
+        (ctl / "job.sh").write_text(script)
+
+    def job_env(self, extra: Mapping[str, str] | None) -> dict[str, str]:
+        env = {k: os.environ[k] for k in PASSTHROUGH_ENV if k in os.environ}
+        env.update({k: v for k, v in os.environ.items() if k.startswith("KVMPY_")})
+        env.update({"PYTHONUNBUFFERED": "1", "TMPDIR": "/tmp", IN_BED_ENV: "1"})
+        env.update(extra or {})
+        for k, v in env.items():
+            if not k or "=" in k or "\0" in k or "\0" in v:
+                raise BedError(f"bad environment variable {k!r}")
+        return env
+
+    def run(self, argv: Sequence[str], cwd: Path | None = None, env: Mapping[str, str] | None = None,
+            timeout: float = 1200.0, scratch: Path | None = None,
+            console_log: Path | None = None) -> BedResult:
+        """Boot L1, run ``argv`` in ``cwd`` (default: the current directory), power off.
+
+        ``env`` adds to/overrides the passed-through environment. ``scratch`` (created
+        if None) is shared writable at its own path; the command may leave files there.
+        ``timeout`` bounds the whole run, boot included. Raises a :class:`BedError`
+        subclass when the command's exit status cannot be obtained.
+        """
+        if not argv:
+            raise BedError("no command given")
+        if shutil.which(self.qemu) is None:
+            raise BedUnavailable(f"{self.qemu} not found: install the Debian package qemu-system-x86")
+        kernel, initrd = self.prepare()
+        cwd = Path(cwd or os.getcwd()).resolve()
+        own_scratch = scratch is None
+        ctl = Path(tempfile.mkdtemp(prefix="kvmpy-bed-")) if own_scratch else _check_share_path(scratch)
+        try:
+            nonce = secrets.token_hex(8)
+            self._write_job(ctl, nonce, argv, cwd, self.job_env(env))
+            return self._boot(self.qemu_argv(kernel, initrd, ctl), ctl, nonce, timeout, console_log)
+        finally:
+            if own_scratch:
+                shutil.rmtree(ctl, ignore_errors=True)
+
+    def _boot(self, qemu_argv: list[str], ctl: Path, nonce: str, timeout: float,
+              console_log: Path | None) -> BedResult:
+        log_fh = open(console_log, "w", encoding="utf-8") if console_log else None
+
+        def on_line(line: str) -> None:
+            log.debug("L1: %s", line)
+            if log_fh is not None:
+                log_fh.write(line + "\n")
+                log_fh.flush()
+            if self.on_line is not None:
+                self.on_line(line)
+
+        con = _Console(nonce, on_line)
+        stderr_path = ctl / "qemu.stderr"
+        t0 = time.monotonic()
+        log.info("booting L1: %s", shlex.join(qemu_argv))
+        with open(stderr_path, "wb") as err_fh:
+            try:
+                proc = subprocess.Popen(qemu_argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                        stderr=err_fh, start_new_session=True)
+            except OSError as exc:
+                raise BedUnavailable(f"cannot start {self.qemu}: {exc}") from exc
+        reader = threading.Thread(target=_read_console, args=(proc, con), daemon=True,
+                                  name="kvmpy-bed-console")
+        reader.start()
+        try:
+            self._wait(proc, con, t0, timeout, stderr_path)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            reader.join(timeout=10)
+            if log_fh is not None:
+                log_fh.close()
+        t_end = time.monotonic()
+        assert con.exit_status is not None and con.start_idx is not None and con.exit_idx is not None
+        timings = BedTimings(
+            boot_s=(con.started_at - t0) if con.started_at else None,
+            command_s=(con.exited_at - con.started_at) if con.exited_at and con.started_at else None,
+            total_s=t_end - t0,
+            guest_uptime_at_start_s=con.uptime_at_start,
+        )
+        output = "\n".join(con.lines[con.start_idx:con.exit_idx])
+        log.info("L1 command exited %d (boot %.1f s, command %.1f s)", con.exit_status,
+                 timings.boot_s or 0.0, timings.command_s or 0.0)
+        return BedResult(con.exit_status, output + ("\n" if output else ""), con.text(), timings)
+
+    def _wait(self, proc: subprocess.Popen[bytes], con: _Console, t0: float, timeout: float,
+              stderr_path: Path) -> None:
+        boot_deadline = t0 + min(self.boot_timeout, timeout)
+        deadline = t0 + timeout
+
+        def qemu_err() -> str:
+            try:
+                return stderr_path.read_text(errors="replace").strip()[-1000:]
+            except OSError:
+                return ""
+
+        while not con.started.is_set():
+            if proc.poll() is not None or con.error is not None:
+                _quiet_wait(proc, 15)  # /init powers off after an error line
+                why = con.error or qemu_err() or f"QEMU exited with status {proc.returncode}"
+                raise BedBootError(f"L1 stopped before running the command: {why}\n"
+                                   f"--- L1 console (tail) ---\n{con.tail()}", con.text())
+            if time.monotonic() > boot_deadline:
+                raise BedBootError(
+                    f"L1 did not reach the command within {boot_deadline - t0:.0f} s (QEMU killed)\n"
+                    f"--- L1 console (tail) ---\n{con.tail()}\n--- QEMU stderr ---\n{qemu_err()}",
+                    con.text())
+            con.started.wait(0.2)
+        while not con.finished.is_set():
+            if proc.poll() is not None:
+                con.finished.wait(2)  # the reader may still be draining the pipe
+                if con.finished.is_set():
+                    break
+                raise BedBootError(f"L1 died while running the command (QEMU status {proc.returncode}, "
+                                   f"{qemu_err() or 'no QEMU error'})\n"
+                                   f"--- L1 console (tail) ---\n{con.tail()}", con.text())
+            if time.monotonic() > deadline:
+                raise BedTimeout(f"the command did not finish within {timeout:.0f} s (QEMU killed)\n"
+                                 f"--- L1 console (tail) ---\n{con.tail()}", con.text())
+            con.finished.wait(0.2)
+        # poweroff -f follows the exit marker; give it a moment before killing.
+        _quiet_wait(proc, 30)
+
+
+def _quiet_wait(proc: subprocess.Popen[bytes], seconds: float) -> bool:
+    try:
+        proc.wait(timeout=seconds)
+        return True
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def _read_console(proc: subprocess.Popen[bytes], con: _Console) -> None:
+    assert proc.stdout is not None
+    for raw in proc.stdout:
+        con.feed(raw.decode("utf-8", errors="replace").rstrip("\r\n").replace("\r", ""))
+    proc.stdout.close()
+
+
+def python_argv(*args: str) -> list[str]:
+    """argv running this very Python interpreter (it is visible in L1 at the same path)."""
+    return [sys.executable, *args]
