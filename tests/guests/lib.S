@@ -341,6 +341,26 @@ cmdline_uint:
     pop %edx
     ret
 
+/* ram_end -> %eax: end of the RAM that starts at 1 MiB (1 MiB + mem_upper KiB),
+ * saturated just below 4 GiB; 0 when the loader gave no memory information. */
+    .globl ram_end
+ram_end:
+    mov mb_info, %eax
+    test %eax, %eax
+    jz 2f
+    testl $1, MBI_FLAGS(%eax)
+    jz 1f
+    mov MBI_MEM_UPPER(%eax), %eax
+    cmp $(0x100000000 - 0x100000) >> 10, %eax
+    jb 3f
+    mov $0xfffff000, %eax
+    ret
+3:  shl $10, %eax
+    add $0x100000, %eax
+    ret
+1:  xor %eax, %eax
+2:  ret
+
 /* ------------------------------------------------------------------ spinlock */
 /* spin_lock(%eax = lock address) / spin_unlock(%eax) */
     .globl spin_lock
