@@ -494,6 +494,8 @@ gdt:
     .quad 0x00cf92000000ffff        /* 0x10: data, flat */
     .quad 0x00af9a000000ffff        /* 0x18: code64 */
 gdt_end:
+    .globl gdt_limit
+    .set gdt_limit, gdt_end - gdt - 1
     .p2align 2
     .word 0
     .globl gdt_desc
