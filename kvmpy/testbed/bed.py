@@ -119,6 +119,7 @@ class _Console:
 
     nonce: str
     on_line: Callable[[str], None] | None
+    on_output: Callable[[str], None] | None = None
     lines: list[str] = field(default_factory=list)
     start_idx: int | None = None
     exit_idx: int | None = None
@@ -145,6 +146,8 @@ class _Console:
                 self.finished.set()
         elif line.startswith(_ERROR_PREFIX) and self.start_idx is None:
             self.error = line[len(_ERROR_PREFIX):]
+        elif self.start_idx is not None and self.exit_idx is None and self.on_output is not None:
+            self.on_output(line)
         if self.on_line is not None:
             self.on_line(line)
 
@@ -172,7 +175,8 @@ class NestedBed:
     def __init__(self, shares: Sequence[Path] | None = None, *, qemu: str | None = None,
                  memory_mib: int = 4096, smp: int = 2, kernel_flavor: str = "amd64",
                  cache: Path | None = None, boot_timeout: float = 300.0,
-                 on_line: Callable[[str], None] | None = None) -> None:
+                 on_line: Callable[[str], None] | None = None,
+                 on_output: Callable[[str], None] | None = None) -> None:
         if shares is None:
             root = project_root()
             shares = [root] if root is not None else []
@@ -183,7 +187,8 @@ class NestedBed:
         self.kernel_flavor = kernel_flavor
         self.cache = cache or cache_root()
         self.boot_timeout = boot_timeout
-        self.on_line = on_line
+        self.on_line = on_line  # every console line
+        self.on_output = on_output  # only the command's output lines
         self._prepared: tuple[KernelPackage, Path] | None = None
 
     def prepare(self) -> tuple[KernelPackage, Path]:
@@ -281,7 +286,7 @@ class NestedBed:
             if self.on_line is not None:
                 self.on_line(line)
 
-        con = _Console(nonce, on_line)
+        con = _Console(nonce, on_line, self.on_output)
         stderr_path = ctl / "qemu.stderr"
         t0 = time.monotonic()
         log.info("booting L1: %s", shlex.join(qemu_argv))

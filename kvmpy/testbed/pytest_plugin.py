@@ -1,0 +1,282 @@
+"""pytest plugin: run ``kvm_full`` tests where a complete KVM exists.
+
+Markers:
+  ``kvm_full``  needs a complete KVM. Runs natively when the host's /dev/kvm is
+                complete or when already inside the bed (KVMPY_IN_BED=1). Otherwise
+                the selected kvm_full items are run as ONE batch in the nested L1
+                bed, booted lazily when the first of them is reached, and each host
+                item reports the outcome of its twin inside L1. A bed failure fails
+                every kvm_full item with the reason; KVMPY_NO_BED=1 skips them instead.
+  ``kvm_host``  needs any /dev/kvm (PVM is enough); skipped when there is none.
+
+Inside the bed the plugin also records every test report as JSON lines to
+$KVMPY_BED_REPORT, which is how outcomes travel back to the host session.
+
+Environment: KVMPY_NO_BED=1, KVMPY_BED_TIMEOUT (s, default 1200),
+KVMPY_BED_BOOT_TIMEOUT (s, default 300), KVMPY_BED_KEEP=1 (keep the scratch dir).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kvmpy.kvm.flavor import KvmKind, host_kvm_kind
+
+IN_BED_ENV = "KVMPY_IN_BED"  # same value as kvmpy.testbed.bed.IN_BED_ENV; bed.py is imported lazily
+REPORT_ENV = "KVMPY_BED_REPORT"
+NO_BED_ENV = "KVMPY_NO_BED"
+TIMEOUT_ENV = "KVMPY_BED_TIMEOUT"
+BOOT_TIMEOUT_ENV = "KVMPY_BED_BOOT_TIMEOUT"
+KEEP_ENV = "KVMPY_BED_KEEP"
+
+NATIVE, BED, OFF = "native", "bed", "off"
+_OUTPUT_TAIL = 60
+
+
+def decide_mode(env: dict[str, str] | os._Environ[str], kind: KvmKind) -> str:
+    """Where kvm_full tests run: natively, in the bed, or nowhere (skipped)."""
+    if env.get(IN_BED_ENV) == "1" or kind is KvmKind.COMPLETE:
+        return NATIVE
+    if env.get(NO_BED_ENV) == "1":
+        return OFF
+    return BED
+
+
+def _env_seconds(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise pytest.UsageError(f"{name}={raw!r} is not a number of seconds") from None
+    if value <= 0:
+        raise pytest.UsageError(f"{name} must be positive, got {raw!r}")
+    return value
+
+
+@dataclass
+class _Batch:
+    """The outcome of the one bed run of this session."""
+
+    reports: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # nodeid -> reports
+    collect_errors: dict[str, str] = field(default_factory=dict)            # collector nodeid -> text
+    error: str | None = None       # the bed itself failed
+    returncode: int | None = None  # the inner pytest's exit status
+    output_tail: str = ""
+    scratch: Path | None = None
+
+
+class KvmBedPlugin:
+    """Registered once per session by tests/conftest.py."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.kind = host_kvm_kind()
+        self.mode = decide_mode(os.environ, self.kind)
+        self.kvm_full_ids: list[str] = []
+        self.batch: _Batch | None = None
+        self._report_path = os.environ.get(REPORT_ENV) if os.environ.get(IN_BED_ENV) == "1" else None
+
+    # --- header and selection ------------------------------------------------------------
+
+    def pytest_report_header(self, config: pytest.Config) -> str:
+        where = {NATIVE: "run natively",
+                 BED: "run in the nested L1 bed (one batch per session)",
+                 OFF: f"are skipped ({NO_BED_ENV}=1)"}[self.mode]
+        inside = " (inside the bed)" if os.environ.get(IN_BED_ENV) == "1" else ""
+        return f"kvmpy: host KVM is {self.kind.value}{inside}; kvm_full tests {where}"
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        # After -k/-m deselection: only what is selected goes into the batch.
+        self.kvm_full_ids = [i.nodeid for i in session.items if i.get_closest_marker("kvm_full")]
+
+    # --- running -------------------------------------------------------------------------
+
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        if item.get_closest_marker("kvm_host") and self.kind is KvmKind.MISSING:
+            pytest.skip("needs /dev/kvm (missing or not accessible)")
+        if item.get_closest_marker("kvm_full"):
+            if self.mode == OFF:
+                pytest.skip(f"needs a complete KVM; host KVM is {self.kind.value} and the nested "
+                            f"bed is disabled by {NO_BED_ENV}=1")
+            if self.mode == NATIVE and self.kind is not KvmKind.COMPLETE:
+                pytest.fail(f"needs a complete KVM but /dev/kvm here is {self.kind.value} "
+                            f"(inside the bed: kvm-amd did not come up?)", pytrace=False)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
+        if self.mode != BED or not item.get_closest_marker("kvm_full"):
+            return None
+        if self.batch is None:
+            self.batch = self._run_batch()
+        ihook = item.ihook
+        ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+        inner_teardown_failure = None
+        for rep in self._twin_reports(item, self.batch):
+            if rep.when == "teardown":
+                inner_teardown_failure = rep
+            else:
+                ihook.pytest_runtest_logreport(report=rep)
+        # The item's fixtures never ran on the host, but collectors (modules, classes) that
+        # earlier items set up must still be finalised when the next item leaves them.
+        call = pytest.CallInfo.from_call(
+            lambda: item.session._setupstate.teardown_exact(nextitem), when="teardown")
+        host_teardown = pytest.TestReport.from_item_and_call(item, call)
+        if inner_teardown_failure is not None and host_teardown.passed:
+            ihook.pytest_runtest_logreport(report=inner_teardown_failure)
+        else:
+            ihook.pytest_runtest_logreport(report=host_teardown)
+        ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+        return True
+
+    def _twin_reports(self, item: pytest.Item, batch: _Batch) -> list[pytest.TestReport]:
+        def make(when: str, outcome: str, longrepr: Any, duration: float = 0.0,
+                 sections: list[tuple[str, str]] | None = None, wasxfail: str | None = None
+                 ) -> pytest.TestReport:
+            now = time.time()
+            rep = pytest.TestReport(item.nodeid, item.location, {k: 1 for k in item.keywords}, outcome,
+                                    longrepr, when, sections or [], duration, start=now - duration,
+                                    stop=now, user_properties=list(item.user_properties))
+            if wasxfail is not None:
+                rep.wasxfail = wasxfail  # type: ignore[attr-defined]
+            return rep
+
+        if batch.error is not None:
+            return [make("setup", "failed", f"kvm_full test not run: the nested KVM test bed failed:\n"
+                                            f"{batch.error}")]
+        inner = batch.reports.get(item.nodeid)
+        if not inner:
+            for collector, text in batch.collect_errors.items():
+                if item.nodeid.startswith(collector + "::") or item.nodeid == collector:
+                    return [make("setup", "failed", f"collecting {collector} failed inside the bed:\n{text}")]
+            where = f"; scratch dir {batch.scratch}" if batch.scratch else ""
+            return [make("setup", "failed",
+                         f"the nested bed reported no result for this test (inner pytest exit status "
+                         f"{batch.returncode}{where})\n--- inner output (tail) ---\n{batch.output_tail}")]
+        out = []
+        for r in inner:
+            longrepr: Any = r.get("longrepr") or None
+            if r["outcome"] == "skipped" and r.get("wasxfail") is None:
+                skip = r.get("skip")
+                longrepr = (str(skip[0]), int(skip[1]), str(skip[2])) if skip else \
+                    (str(item.path), 0, longrepr or "skipped")
+            elif r["outcome"] == "failed":
+                longrepr = f"[failed inside the nested KVM test bed]\n{longrepr or ''}"
+            sections = [(str(a), str(b)) for a, b in r.get("sections", [])]
+            out.append(make(r["when"], r["outcome"], longrepr, float(r.get("duration", 0.0)),
+                            sections, r.get("wasxfail")))
+        return out
+
+    # --- the batch -----------------------------------------------------------------------
+
+    def _terminal_line(self, text: str) -> None:
+        tr = self.config.pluginmanager.get_plugin("terminalreporter")
+        if tr is not None:
+            tr.write_line(text)
+
+    def _run_batch(self) -> _Batch:
+        from kvmpy.testbed.bed import BedError, NestedBed, project_root  # lazy: keeps the inner run lean
+
+        batch = _Batch()
+        scratch = Path(tempfile.mkdtemp(prefix="kvmpy-bed-session-"))
+        batch.scratch = scratch
+        report = scratch / "reports.jsonl"
+        rootdir = Path(self.config.rootpath)
+        argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-v", "--rootdir", str(rootdir),
+                f"--junitxml={scratch / 'bed.xml'}"]
+        if self.config.inipath is not None:
+            argv += ["-c", str(self.config.inipath)]
+        argv += ["--", *self.kvm_full_ids]
+        kvmpy_root = project_root()
+        shares = [rootdir] + ([kvmpy_root] if kvmpy_root is not None else [])
+        pythonpath = [str(Path(__file__).resolve().parents[2])] + \
+            ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
+        env = {REPORT_ENV: str(report), "PYTHONPATH": os.pathsep.join(pythonpath)}
+        verbose = self.config.get_verbosity() >= 2
+        self._terminal_line(f"kvmpy: host KVM is {self.kind.value}: booting the nested L1 bed for "
+                            f"{len(self.kvm_full_ids)} kvm_full test(s) (console: {scratch / 'console.log'})")
+        try:
+            bed = NestedBed(shares, boot_timeout=_env_seconds(BOOT_TIMEOUT_ENV, 300.0),
+                            on_output=(lambda line: self._terminal_line(f"  [L1] {line}")) if verbose else None)
+            res = bed.run(argv, cwd=rootdir, env=env, timeout=_env_seconds(TIMEOUT_ENV, 1200.0),
+                          scratch=scratch, console_log=scratch / "console.log")
+        except BedError as exc:
+            batch.error = f"{exc}\n(scratch dir kept: {scratch})"
+            self._terminal_line(f"kvmpy: the nested bed failed: {str(exc).splitlines()[0]}")
+            return batch
+        batch.returncode = res.returncode
+        batch.output_tail = "\n".join(res.output.splitlines()[-_OUTPUT_TAIL:])
+        self._load_reports(report, batch)
+        t = res.timings
+        self._terminal_line(f"kvmpy: nested bed done: inner pytest exit {res.returncode}; L1 boot "
+                            f"{t.boot_s or 0:.1f} s, batch {t.command_s or 0:.1f} s, total {t.total_s:.1f} s")
+        return batch
+
+    @staticmethod
+    def _load_reports(path: Path, batch: _Batch) -> None:
+        if not path.exists():
+            return
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                r = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(r, dict) or not isinstance(r.get("nodeid"), str):
+                continue
+            if r.get("when") == "collect":
+                batch.collect_errors[r["nodeid"]] = str(r.get("longrepr", ""))
+            elif r.get("when") in ("setup", "call", "teardown") and \
+                    r.get("outcome") in ("passed", "failed", "skipped"):
+                batch.reports.setdefault(r["nodeid"], []).append(r)
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        b = self.batch
+        if b is None or b.scratch is None or os.environ.get(KEEP_ENV) == "1":
+            return
+        failed = b.error is not None or any(r["outcome"] == "failed" for rs in b.reports.values() for r in rs)
+        if not failed and not b.collect_errors:
+            shutil.rmtree(b.scratch, ignore_errors=True)
+
+    # --- inside the bed: record reports for the host ---------------------------------------
+
+    def _record(self, entry: dict[str, Any]) -> None:
+        if self._report_path is None:
+            return
+        with open(self._report_path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(entry) + "\n")
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if self._report_path is None:
+            return
+        entry: dict[str, Any] = {"nodeid": report.nodeid, "when": report.when, "outcome": report.outcome,
+                                 "duration": report.duration, "sections": list(report.sections)}
+        if hasattr(report, "wasxfail"):
+            entry["wasxfail"] = report.wasxfail
+        if report.skipped and isinstance(report.longrepr, tuple) and len(report.longrepr) == 3:
+            entry["skip"] = [str(x) for x in report.longrepr[:1]] + [report.longrepr[1], report.longrepr[2]]
+        elif report.longrepr is not None:
+            entry["longrepr"] = report.longreprtext
+        self._record(entry)
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        if self._report_path is not None and report.failed:
+            self._record({"nodeid": report.nodeid, "when": "collect", "outcome": "failed",
+                          "longrepr": report.longreprtext})
+
+
+def register(config: pytest.Config) -> None:
+    """Register the plugin (idempotent); call from a conftest's pytest_configure."""
+    if not config.pluginmanager.has_plugin("kvmpy-testbed"):
+        config.pluginmanager.register(KvmBedPlugin(config), "kvmpy-testbed")
