@@ -35,6 +35,20 @@ class Stateful(Protocol):
     def restore(self, state: dict[str, Any]) -> None: ...
 
 
+class OffsetDevice:
+    """Presents a device at a shifted offset, e.g. one device mapped at two separate ranges."""
+
+    def __init__(self, device: Device, delta: int) -> None:
+        self.device = device
+        self.delta = delta
+
+    def read(self, offset: int, size: int) -> int:
+        return self.device.read(offset + self.delta, size)
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        self.device.write(offset + self.delta, size, value)
+
+
 class BusConflictError(ValueError):
     """A device was mapped over a range that is already taken."""
 

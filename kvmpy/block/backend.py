@@ -1,0 +1,127 @@
+"""The BlockBackend interface every image driver implements, and its allocation-map extent."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from pathlib import Path
+
+from kvmpy.block.errors import BlockError
+
+
+@dataclass(frozen=True)
+class Extent:
+    """One run of guest bytes with the same allocation status (qemu-img map's fields).
+
+    ``depth`` is how many backing files down the data comes from (0 = this image); ``present``
+    says whether any image in the chain defines it; ``host_offset`` is where the bytes sit in the
+    file at that depth when they are stored uncompressed, else None.
+    """
+
+    start: int
+    length: int
+    data: bool
+    zero: bool
+    depth: int = 0
+    present: bool = True
+    host_offset: int | None = None
+    compressed: bool = False
+
+    def mergeable(self, other: "Extent") -> bool:
+        if (self.data, self.zero, self.depth, self.present, self.compressed) != (
+            other.data, other.zero, other.depth, other.present, other.compressed
+        ):
+            return False
+        if self.start + self.length != other.start:
+            return False
+        if self.host_offset is None or other.host_offset is None:
+            return self.host_offset is None and other.host_offset is None
+        return self.host_offset + self.length == other.host_offset
+
+
+def merge_extents(extents: list[Extent]) -> list[Extent]:
+    """Join neighbouring extents that describe the same kind of bytes."""
+    out: list[Extent] = []
+    for e in extents:
+        if e.length <= 0:
+            continue
+        if out and out[-1].mergeable(e):
+            p = out[-1]
+            out[-1] = Extent(p.start, p.length + e.length, p.data, p.zero, p.depth, p.present,
+                             p.host_offset, p.compressed)
+        else:
+            out.append(e)
+    return out
+
+
+class BlockBackend(abc.ABC):
+    """A virtual disk: byte-addressed reads and writes over a fixed (resizable) size."""
+
+    format_name: str = "?"
+
+    def __init__(self, path: Path, readonly: bool) -> None:
+        self.path = Path(path)
+        self.readonly = readonly
+
+    # -- data path -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def read(self, offset: int, length: int) -> bytes:
+        """Return ``length`` guest bytes at ``offset`` (reads past the end are an error)."""
+
+    @abc.abstractmethod
+    def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """Store ``data`` at guest ``offset``."""
+
+    @abc.abstractmethod
+    def write_zeroes(self, offset: int, length: int, *, unmap: bool = False) -> None:
+        """Make the range read as zeros; ``unmap`` allows deallocating it."""
+
+    @abc.abstractmethod
+    def discard(self, offset: int, length: int) -> None:
+        """Tell the image the range is unused; its contents become unspecified (usually zero)."""
+
+    @abc.abstractmethod
+    def flush(self) -> None:
+        """Make every acknowledged write durable."""
+
+    @abc.abstractmethod
+    def size(self) -> int:
+        """The virtual disk size in bytes."""
+
+    @abc.abstractmethod
+    def resize(self, new_size: int, *, shrink: bool = False) -> None:
+        """Change the virtual size; shrinking must be asked for explicitly."""
+
+    @abc.abstractmethod
+    def block_status(self, offset: int, length: int) -> list[Extent]:
+        """The allocation map of the range, following the backing chain."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Flush and release the file (idempotent)."""
+
+    # -- descriptive -----------------------------------------------------------------------
+    def actual_size(self) -> int:
+        """Bytes the image occupies on the host file system."""
+        try:
+            return self.path.stat().st_blocks * 512
+        except OSError:
+            return 0
+
+    def cluster_size(self) -> int | None:
+        return None
+
+    @property
+    def backing(self) -> "BlockBackend | None":
+        return None
+
+    def check_range(self, offset: int, length: int) -> None:
+        if offset < 0 or length < 0 or offset + length > self.size():
+            raise BlockError(f"{self.path}: request {offset}+{length} is outside the "
+                             f"{self.size()}-byte image")
+
+    def __enter__(self) -> "BlockBackend":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,277 @@
+"""qcow2 reference counts: the refcount table, refcount blocks of any width, and cluster allocation.
+
+Every change is written through to the file before the caller continues, so callers can order their
+own writes after it (refcount first, then data, then L2, then L1): a crash leaks, never corrupts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from kvmpy.block.errors import BlockError, CorruptImageError
+from kvmpy.block.qcow2_format import REFT_OFFSET_MASK
+
+log = logging.getLogger(__name__)
+
+_BE_DTYPES = {8: ">u1", 16: ">u2", 32: ">u4", 64: ">u8"}
+
+
+def decode_refblock(buf: bytes, bits: int) -> np.ndarray:
+    """A refcount block's bytes -> uint64 array of its entries."""
+    if bits >= 8:
+        return np.frombuffer(buf, dtype=_BE_DTYPES[bits]).astype(np.uint64)
+    raw = np.unpackbits(np.frombuffer(buf, dtype=np.uint8), bitorder="little")
+    weights = (1 << np.arange(bits)).astype(np.uint64)
+    return (raw.reshape(-1, bits).astype(np.uint64) * weights).sum(axis=1, dtype=np.uint64)
+
+
+def encode_refblock(values: np.ndarray, bits: int) -> bytes:
+    """uint64 refcounts -> bytes (entries narrower than a byte are packed LSB first)."""
+    if bits >= 8:
+        return values.astype(_BE_DTYPES[bits]).tobytes()
+    v = values.astype(np.uint64)
+    raw = ((v[:, None] >> np.arange(bits, dtype=np.uint64)) & np.uint64(1)).astype(np.uint8)
+    return np.packbits(raw.reshape(-1), bitorder="little").tobytes()
+
+
+class Refcounts:
+    """The refcount table and a cache of its blocks, with a first-fit cluster allocator."""
+
+    def __init__(self, fd: int, path: Path, cluster_bits: int, refcount_order: int,
+                 table_offset: int, table_clusters: int,
+                 write_table_location: Callable[[int, int], None]) -> None:
+        self.fd = fd
+        self.path = path
+        self.cluster_bits = cluster_bits
+        self.cs = 1 << cluster_bits
+        self.bits = 1 << refcount_order
+        self.max_refcount = (1 << self.bits) - 1
+        self.epb = self.cs * 8 // self.bits  # entries per refcount block
+        self.table_offset = table_offset
+        self.table_clusters = table_clusters
+        self._write_table_location = write_table_location
+        raw = os.pread(fd, table_clusters * self.cs, table_offset)
+        if len(raw) < table_clusters * self.cs:
+            raw += bytes(table_clusters * self.cs - len(raw))  # past EOF reads as "no blocks"
+        self.table = np.frombuffer(raw, dtype=">u8").astype(np.uint64)
+        self._blocks: dict[int, np.ndarray] = {}
+        self.free_hint = 0
+        self.on_new_metadata: Callable[[int], None] = lambda off: None
+
+    # -- reading ---------------------------------------------------------------------------
+    def block_offset(self, index: int) -> int:
+        if index >= len(self.table):
+            return 0
+        raw = int(self.table[index])
+        off = raw & REFT_OFFSET_MASK
+        if raw & ~REFT_OFFSET_MASK or off % self.cs:
+            raise CorruptImageError(f"refcount block {index} offset {raw:#x} is not cluster aligned")
+        if off == 0 and raw:
+            raise CorruptImageError(f"refcount block {index} overlaps the image header")
+        return off
+
+    def block(self, index: int) -> np.ndarray | None:
+        """The decoded refcount block ``index`` (None when the table has no block there)."""
+        blk = self._blocks.get(index)
+        if blk is not None:
+            return blk
+        off = self.block_offset(index)
+        if off == 0:
+            return None
+        raw = os.pread(self.fd, self.cs, off)
+        if len(raw) < self.cs:
+            raise CorruptImageError(f"refcount block {index} at {off:#x} is past the end of the file")
+        if len(self._blocks) > 4096:  # bound the cache; blocks are re-read on demand
+            self._blocks.clear()
+        blk = decode_refblock(raw, self.bits)
+        self._blocks[index] = blk
+        return blk
+
+    def get(self, cluster: int) -> int:
+        blk = self.block(cluster // self.epb)
+        return 0 if blk is None else int(blk[cluster % self.epb])
+
+    def get_range(self, start: int, count: int) -> np.ndarray:
+        out = np.zeros(count, dtype=np.uint64)
+        c = start
+        while c < start + count:
+            bi, i = divmod(c, self.epb)
+            n = min(self.epb - i, start + count - c)
+            blk = self.block(bi)
+            if blk is not None:
+                out[c - start:c - start + n] = blk[i:i + n]
+            c += n
+        return out
+
+    # -- writing ---------------------------------------------------------------------------
+    def _store(self, bi: int, lo: int, hi: int) -> None:
+        """Write entries [lo, hi) of block ``bi`` back to the file."""
+        blk = self._blocks[bi]
+        if self.bits < 8:
+            per = 8 // self.bits
+            lo, hi = lo - lo % per, -(-hi // per) * per
+        data = encode_refblock(blk[lo:hi], self.bits)
+        os.pwrite(self.fd, data, self.block_offset(bi) + lo * self.bits // 8)
+
+    def update(self, clusters: np.ndarray | list[int], delta: int) -> None:
+        """Add ``delta`` to the refcount of each listed cluster (repeats count repeatedly)."""
+        arr = np.asarray(clusters, dtype=np.int64)
+        if arr.size == 0 or delta == 0:
+            return
+        if delta > 0:
+            for bi in np.unique(arr // self.epb):
+                self._ensure_block(int(bi), arr)
+        order = np.sort(arr)
+        for bi in np.unique(order // self.epb):
+            bi = int(bi)
+            sel = order[(order >= bi * self.epb) & (order < (bi + 1) * self.epb)] - bi * self.epb
+            blk = self.block(bi)
+            if blk is None:
+                raise CorruptImageError(f"cluster {int(sel[0]) + bi * self.epb} has no refcount block")
+            counts = np.zeros(self.epb, dtype=np.int64)
+            np.add.at(counts, sel, delta)
+            new = blk.astype(object) + counts.astype(object) if self.bits == 64 else \
+                blk.astype(np.int64) + counts
+            lo, hi = int(sel.min()), int(sel.max()) + 1
+            if (new[lo:hi] < 0).any():
+                bad = bi * self.epb + lo + int(np.flatnonzero(np.asarray(new[lo:hi] < 0))[0])
+                raise CorruptImageError(f"refcount of cluster {bad} would drop below zero")
+            if (new[lo:hi] > self.max_refcount).any():
+                raise BlockError(f"{self.path}: refcount overflow ({self.bits}-bit refcounts)")
+            blk[lo:hi] = np.asarray(new[lo:hi], dtype=np.uint64)
+            self._store(bi, lo, hi)
+            if delta < 0:
+                freed = np.flatnonzero(blk[lo:hi] == 0)
+                if freed.size:
+                    self.free_hint = min(self.free_hint, bi * self.epb + lo + int(freed[0]))
+
+    def set_value(self, cluster: int, value: int, avoid: set[int] | None = None) -> None:
+        """Set one refcount outright (check -r uses this); a new block avoids ``avoid``."""
+        bi, i = divmod(cluster, self.epb)
+        if value and self.block(bi) is None:
+            base = bi * self.epb
+            taken = [c for c in range(base, base + self.epb) if c in (avoid or ())] + [cluster]
+            self._ensure_block(bi, np.array(taken))
+        blk = self.block(bi)
+        if blk is None:
+            return
+        blk[i] = value
+        self._store(bi, i, i + 1)
+        if value == 0:
+            self.free_hint = min(self.free_hint, cluster)
+
+    # -- allocation ------------------------------------------------------------------------
+    def alloc(self, count: int) -> int:
+        """Allocate ``count`` contiguous clusters (refcount 1, written) and return the byte offset."""
+        while True:
+            start = self._find_free(count)
+            needed = {c // self.epb for c in (start, start + count - 1)} | set(
+                range(start // self.epb, (start + count - 1) // self.epb + 1))
+            if all(self.block(bi) is not None for bi in needed):
+                self.update(np.arange(start, start + count), 1)
+                self.free_hint = start + count if count == 1 or start == self.free_hint else \
+                    self.free_hint
+                return start * self.cs
+            for bi in sorted(needed):
+                if self.block(bi) is None:
+                    self._ensure_block(bi, np.arange(start, start + count))
+                    break
+
+    def _find_free(self, count: int) -> int:
+        c = self.free_hint
+        run_start, run_len = c, 0
+        while True:
+            bi, i = divmod(c, self.epb)
+            blk = self.block(bi) if bi < len(self.table) else None
+            if blk is None:
+                if run_len == 0:
+                    run_start = c
+                run_len += self.epb - i
+                if run_len >= count:
+                    return run_start
+                c = (bi + 1) * self.epb
+                continue
+            free = blk[i:] == 0
+            if run_len:
+                lead = int(np.argmin(free)) if not free.all() else free.size
+                if run_len + lead >= count:
+                    return run_start
+                if lead == free.size:
+                    run_len += lead
+                    c = (bi + 1) * self.epb
+                    continue
+                run_len = 0
+            if free.size >= count:
+                used = np.concatenate(([0], np.cumsum(~free)))
+                hits = np.flatnonzero(used[count:] == used[:-count])
+                if hits.size:
+                    return bi * self.epb + i + int(hits[0])
+            tail = free.size - (int(np.flatnonzero(~free)[-1]) + 1 if (~free).any() else 0)
+            run_start, run_len = (bi + 1) * self.epb - tail, tail
+            c = (bi + 1) * self.epb
+
+    def _ensure_block(self, bi: int, avoid: np.ndarray) -> None:
+        """Create refcount block ``bi`` if missing, placing it inside the range it describes."""
+        if self.block(bi) is not None:
+            return
+        if bi >= len(self.table):
+            self._grow_table(bi)
+            if self.block(bi) is not None:
+                return
+        taken = set(int(x) for x in avoid)
+        base = bi * self.epb
+        slot = next(c for c in range(base, base + self.epb) if c not in taken)
+        blk = np.zeros(self.epb, dtype=np.uint64)
+        blk[slot - base] = 1
+        off = slot * self.cs
+        os.pwrite(self.fd, encode_refblock(blk, self.bits), off)
+        self._blocks[bi] = blk
+        self.table[bi] = off
+        os.pwrite(self.fd, int(off).to_bytes(8, "big"), self.table_offset + bi * 8)
+        self.on_new_metadata(off)
+
+    def _grow_table(self, bi: int) -> None:
+        """Move the refcount table to a larger place past every covered cluster."""
+        old_len = len(self.table)
+        base = max(old_len, bi) * self.epb  # first cluster no block covers: free by definition
+        new_len = max(bi + 1, old_len * 2, 1)
+        while True:
+            tclusters = -(-new_len * 8 // self.cs)
+            nblocks = 1
+            while -(-(tclusters + nblocks) // self.epb) > nblocks:
+                nblocks += 1
+            last_bi = (base + tclusters + nblocks - 1) // self.epb
+            if last_bi < new_len:
+                break
+            new_len = last_bi + 1
+        if tclusters * self.cs > (8 << 20):
+            raise BlockError(f"{self.path}: refcount table would exceed 8 MiB; image too large")
+        new_table = np.zeros(tclusters * self.cs // 8, dtype=np.uint64)
+        new_table[:old_len] = self.table
+        first_bi = base // self.epb
+        # New blocks sit right after the new table and count the table, themselves and nothing else.
+        for k in range(nblocks):
+            nb = first_bi + k
+            blk = np.zeros(self.epb, dtype=np.uint64)
+            lo = max(base, nb * self.epb)
+            hi = min(base + tclusters + nblocks, (nb + 1) * self.epb)
+            blk[lo - nb * self.epb:hi - nb * self.epb] = 1
+            off = (base + tclusters + k) * self.cs
+            os.pwrite(self.fd, encode_refblock(blk, self.bits), off)
+            self._blocks[nb] = blk
+            new_table[nb] = off
+            self.on_new_metadata(off)
+        new_off = base * self.cs
+        os.pwrite(self.fd, new_table.astype(">u8").tobytes(), new_off)
+        old_off, old_clusters = self.table_offset, self.table_clusters
+        self._write_table_location(new_off, tclusters)
+        self.table, self.table_offset, self.table_clusters = new_table, new_off, tclusters
+        for t in range(tclusters):
+            self.on_new_metadata(new_off + t * self.cs)
+        log.debug("%s: refcount table moved to %#x (%d clusters)", self.path, new_off, tclusters)
+        self.update(np.arange(old_off // self.cs, old_off // self.cs + old_clusters), -1)

@@ -1,0 +1,156 @@
+"""qcow2 internal snapshots: create, list, apply (goto) and delete.
+
+A snapshot is a copy of the active L1 table; every L2 table and data cluster it reaches gets one
+more reference, and the active tree loses its COPIED flags so later writes copy-on-write.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from kvmpy.block import qcow2_format as fmt
+from kvmpy.block.errors import BlockError
+from kvmpy.block.qcow2 import COMPRESSED, NORMAL, ZERO_ALLOC, Qcow2Backend
+
+
+def tree_clusters(img: Qcow2Backend, l1: np.ndarray) -> np.ndarray:
+    """Every L2-table and data cluster index an L1 table references (repeats kept)."""
+    out: list[np.ndarray] = []
+    for e in l1:
+        off = int(e) & fmt.L1E_OFFSET_MASK
+        if not off:
+            continue
+        out.append(np.array([off // img.cs], dtype=np.int64))
+        entries = img._load_l2(off)
+        kinds, hosts = img.classify(entries)
+        std = (kinds == NORMAL) | (kinds == ZERO_ALLOC)
+        out.append((hosts[std] // np.uint64(img.cs)).astype(np.int64))
+        for c in entries[kinds == COMPRESSED]:
+            o, n = img.compressed_extent(int(c))
+            start = o & ~511
+            stop = start + ((o & 511) + n + 511) // 512 * 512
+            out.append(np.arange(start // img.cs, (stop - 1) // img.cs + 1, dtype=np.int64))
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+
+def fix_copied_flags(img: Qcow2Backend) -> None:
+    """Set QCOW_OFLAG_COPIED in the active tree exactly where the refcount is 1."""
+    copied = np.uint64(fmt.QCOW_OFLAG_COPIED)
+    l1_changed = False
+    for i, e in enumerate(img.l1):
+        off = int(e) & fmt.L1E_OFFSET_MASK
+        if not off:
+            continue
+        tbl = img._load_l2(off)
+        kinds, hosts = img.classify(tbl)
+        std = np.flatnonzero((kinds == NORMAL) | (kinds == ZERO_ALLOC))
+        if std.size:
+            rcs = np.array([img.rc.get(int(h) // img.cs) for h in hosts[std]], dtype=np.uint64)
+            want = np.where(rcs == 1, tbl[std] | copied, tbl[std] & ~copied)
+            diff = std[want != tbl[std]]
+            if diff.size:
+                tbl[std] = want
+                img._store_l2(off, tbl, int(diff[0]), int(diff[-1]) + 1)
+        want_e = (int(e) | fmt.QCOW_OFLAG_COPIED) if img.rc.get(off // img.cs) == 1 else \
+            (int(e) & ~fmt.QCOW_OFLAG_COPIED)
+        if want_e != int(e):
+            img.l1[i] = np.uint64(want_e)
+            l1_changed = True
+    if l1_changed:
+        os.pwrite(img.fd, img.l1.astype(">u8").tobytes(), img.h.l1_table_offset)
+
+
+def _write_table(img: Qcow2Backend, snaps: list[fmt.SnapshotEntry]) -> None:
+    """Write a new snapshot table, switch the header to it, then free the old one."""
+    data = fmt.snapshot_table_bytes(snaps, img.h.version)
+    if len(data) > fmt.MAX_SNAPSHOT_TABLE_BYTES:
+        raise BlockError(f"{img.path}: snapshot table too large")
+    new_off = 0
+    if snaps:
+        n = -(-len(data) // img.cs)
+        new_off = img.rc.alloc(n)
+        os.pwrite(img.fd, data, new_off)
+    old_off, old_len = img.h.snapshots_offset, len(
+        fmt.snapshot_table_bytes(img.snapshots, img.h.version))
+    img._pwrite_header_field(60, ">IQ", len(snaps), new_off)
+    img.h.nb_snapshots, img.h.snapshots_offset = len(snaps), new_off
+    img.snapshots = snaps
+    img._meta = None
+    if old_off and img.snapshots is not None and old_len:
+        first = old_off // img.cs
+        img.rc.update(np.arange(first, first + -(-old_len // img.cs)), -1)
+
+
+def find(img: Qcow2Backend, ref: str) -> int:
+    for key in ("id", "name"):
+        for i, s in enumerate(img.snapshots):
+            if getattr(s, key) == ref:
+                return i
+    raise BlockError(f"Could not find snapshot '{ref}' in {img.path}")
+
+
+def create(img: Qcow2Backend, name: str) -> fmt.SnapshotEntry:
+    img._check_writable()
+    if len(img.snapshots) >= fmt.MAX_SNAPSHOTS:
+        raise BlockError(f"{img.path}: too many snapshots")
+    ids = [int(s.id) for s in img.snapshots if s.id.isdigit()]
+    sid = str(max(ids, default=0) + 1)
+    l1 = img.l1 & ~np.uint64(fmt.QCOW_OFLAG_COPIED)
+    l1_off = 0
+    if len(l1):
+        l1_off = img.rc.alloc(-(-len(l1) * 8 // img.cs))
+        os.pwrite(img.fd, l1.astype(">u8").tobytes(), l1_off)
+    img.rc.update(tree_clusters(img, img.l1), 1)   # references first
+    fix_copied_flags(img)                            # then make the active tree copy-on-write
+    sec, nsec = img.now()
+    snap = fmt.SnapshotEntry(l1_off, len(l1), sid, name, sec, nsec, 0, 0, disk_size=img.h.size,
+                             icount=0)
+    _write_table(img, img.snapshots + [snap])
+    img.flush()
+    return snap
+
+
+def _read_l1(img: Qcow2Backend, snap: fmt.SnapshotEntry) -> np.ndarray:
+    raw = os.pread(img.fd, snap.l1_size * 8, snap.l1_table_offset)
+    if len(raw) < snap.l1_size * 8:
+        raise BlockError(f"{img.path}: snapshot '{snap.name}' L1 table is past the end of the file")
+    return np.frombuffer(raw, dtype=">u8").astype(np.uint64)
+
+
+def apply(img: Qcow2Backend, ref: str) -> None:
+    img._check_writable()
+    snap = img.snapshots[find(img, ref)]
+    sn_l1 = _read_l1(img, snap)
+    img.rc.update(tree_clusters(img, sn_l1), 1)
+    if len(sn_l1) > len(img.l1):
+        img._grow_l1(len(sn_l1), exact=True)
+    old = img.l1.copy()
+    new = np.zeros(len(img.l1), dtype=np.uint64)
+    new[:len(sn_l1)] = sn_l1 & ~np.uint64(fmt.QCOW_OFLAG_COPIED)
+    os.pwrite(img.fd, new.astype(">u8").tobytes(), img.h.l1_table_offset)
+    img.l1 = new
+    img._l2_cache.clear()
+    img._meta = None
+    img.rc.update(tree_clusters(img, old), -1)
+    fix_copied_flags(img)
+    if snap.disk_size is not None and snap.disk_size != img.h.size:
+        img.h.size = snap.disk_size
+        img._pwrite_header_field(24, ">Q", snap.disk_size)
+    img.flush()
+
+
+def delete(img: Qcow2Backend, ref: str) -> None:
+    img._check_writable()
+    idx = find(img, ref)
+    snap = img.snapshots[idx]
+    sn_l1 = _read_l1(img, snap)
+    _write_table(img, img.snapshots[:idx] + img.snapshots[idx + 1:])
+    img.rc.update(tree_clusters(img, sn_l1), -1)
+    if snap.l1_size:
+        first = snap.l1_table_offset // img.cs
+        img.rc.update(np.arange(first, first + -(-snap.l1_size * 8 // img.cs)), -1)
+    img._l2_cache.clear()
+    fix_copied_flags(img)
+    img.flush()

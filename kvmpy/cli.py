@@ -1,0 +1,280 @@
+"""The ``kvmpy`` command: QEMU-compatible flags, or ``kvmpy run FILE.yaml``; both give one MachineConfig.
+
+Exit statuses follow QEMU: the guest decides (isa-debug-exit, poweroff = 0),
+1 for a VM that fails at run time, and 2 for a usage mistake, which is always
+one line on stderr without a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from kvmpy import __version__
+from kvmpy.config import ConfigError, DebugExitConfig, MachineConfig, load_yaml, parse_int, parse_size
+
+log = logging.getLogger("kvmpy")
+
+USAGE = """\
+usage: kvmpy [QEMU-style options]        run a VM described on the command line
+       kvmpy run MACHINE.yaml [options]  run a VM described in a YAML file
+       kvmpy initrd ...                  build an initramfs (see kvmpy initrd --help)
+
+Options (same meaning as in qemu-system-x86_64 / qemu-system-riscv64):
+  -enable-kvm, -accel kvm|tcg   accelerator (x86 needs kvm; riscv64 runs on tcg)
+  -machine pc|virt, -M          machine type (virt = riscv64 TCG fallback)
+  -cpu MODEL                    host, max, qemu64 (x86: KVM's supported CPUID); rv64
+  -m SIZE                       RAM, e.g. 512, 512M, 2G (plain numbers are MiB)
+  -smp N                        number of vCPUs
+  -kernel FILE                  multiboot kernel (x86) or ELF program (riscv64)
+  -initrd FILE                  multiboot modules, comma-separated
+  -append CMDLINE               kernel command line
+  -bios none                    riscv64: no firmware
+  -nographic                    no display; serial on stdio (Ctrl-A x quits)
+  -display none                 no display
+  -serial stdio|file:PATH|none  where COM1 goes
+  -nodefaults                   no default devices
+  -no-reboot                    exit instead of rebooting
+  -device isa-debug-exit[,iobase=0xf4][,iosize=0x04]
+  -name NAME                    VM name
+  -S                            start with the vCPUs paused
+  -d ITEMS, -D FILE             TCG trace items (in_asm,exec,...) and trace file
+  -qmp unix:PATH,server[,wait=off] | tcp:HOST:PORT,server[,wait=off]
+  -h, -help, --help             this text
+  -version, --version           version
+
+Debugging: KVMPY_LOG=debug (or info) logs to stderr, including unhandled ports.
+"""
+
+# Options that take an argument and those that do not.
+_WITH_ARG = {"-accel", "-machine", "-M", "-cpu", "-m", "-smp", "-kernel", "-initrd", "-append", "-serial",
+             "-device", "-name", "-display", "-bios", "-d", "-D", "-qmp", "-monitor", "-vga", "-net",
+             "-parallel", "-incoming", "-L"}
+_FLAGS = {"-enable-kvm", "-nographic", "-nodefaults", "-no-reboot", "-S", "-no-user-config",
+          "-no-shutdown", "-snapshot"}
+# Options accepted only with values that ask for nothing we would have to add.
+_ONLY_NONE = {"-monitor": ("none",), "-vga": ("none",), "-net": ("none",), "-parallel": ("none",)}
+
+
+class UsageError(ConfigError):
+    pass
+
+
+def _opts(text: str, what: str) -> tuple[str, dict[str, str]]:
+    """Split QEMU's ``value,key=val,...`` syntax."""
+    parts = text.split(",")
+    head = parts[0]
+    kv = {}
+    for p in parts[1:]:
+        if not p:
+            continue
+        k, sep, v = p.partition("=")
+        kv[k] = v if sep else "on"
+    if "=" in head:
+        k, _, v = head.partition("=")
+        kv[k] = v
+        head = ""
+    return head, kv
+
+
+def parse_qemu_args(argv: Sequence[str]) -> MachineConfig:
+    cfg = MachineConfig()
+    args = list(argv)
+    i = 0
+    machine = None
+    accel = None
+    nographic = False
+    serial_set = False
+    while i < len(args):
+        raw = args[i]
+        opt = "-" + raw.lstrip("-") if raw.startswith("--") and raw not in ("--help", "--version") else raw
+        if not opt.startswith("-"):
+            raise UsageError(f"unexpected argument {raw!r} (options start with '-')")
+        if opt in _FLAGS:
+            i += 1
+            if opt == "-enable-kvm":
+                accel = "kvm"
+            elif opt == "-nographic":
+                nographic = True
+            elif opt == "-no-reboot":
+                cfg.no_reboot = True
+            elif opt == "-S":
+                cfg.start_paused = True
+            elif opt in ("-no-shutdown", "-snapshot"):
+                raise UsageError(f"option {opt} is not supported by kvmpy")
+            continue
+        if opt not in _WITH_ARG:
+            raise UsageError(f"unsupported option {raw!r} (kvmpy --help lists the supported ones)")
+        if i + 1 >= len(args):
+            raise UsageError(f"option {raw} needs an argument")
+        val = args[i + 1]
+        i += 2
+        if opt in _ONLY_NONE:
+            if val not in _ONLY_NONE[opt]:
+                raise UsageError(f"{opt} {val} is not supported (only '{opt} none')")
+            continue
+        if opt == "-accel":
+            head, kv = _opts(val, "accel")
+            accel = head or kv.get("accel", "")
+            if accel not in ("kvm", "tcg"):
+                raise UsageError(f"unsupported accelerator {accel!r} (kvm or tcg)")
+        elif opt in ("-machine", "-M"):
+            head, kv = _opts(val, "machine")
+            machine = head or kv.pop("type", "")
+            if "accel" in kv:
+                accel = kv.pop("accel")
+            kv.pop("graphics", None)
+            if kv:
+                raise UsageError(f"unsupported -machine option(s): {', '.join(kv)}")
+        elif opt == "-cpu":
+            cfg.cpu = val.split(",")[0]
+        elif opt == "-m":
+            head, kv = _opts(val, "m")
+            size = head or kv.pop("size", "")
+            if kv:
+                raise UsageError(f"-m {', '.join(kv)}: memory hotplug options are not supported yet")
+            cfg.memory = parse_size(size, "memory size")
+        elif opt == "-smp":
+            head, kv = _opts(val, "smp")
+            n = head or kv.pop("cpus", "1")
+            for k in ("sockets", "cores", "threads", "maxcpus", "dies"):
+                kv.pop(k, None)
+            if kv:
+                raise UsageError(f"unsupported -smp option(s): {', '.join(kv)}")
+            cfg.smp = parse_int(n, "-smp")
+        elif opt == "-kernel":
+            cfg.kernel = Path(val)
+        elif opt == "-initrd":
+            cfg.initrd = Path(val)
+        elif opt == "-append":
+            cfg.append = val
+        elif opt == "-serial":
+            if serial_set:
+                raise UsageError("only one -serial is supported (COM1)")
+            cfg.serial = "none" if val == "null" else val
+            serial_set = True
+        elif opt == "-display":
+            if val.split(",")[0] != "none":
+                raise UsageError(f"-display {val} is not supported (kvmpy has no display; use -display none)")
+        elif opt == "-device":
+            head, kv = _opts(val, "device")
+            if head != "isa-debug-exit":
+                raise UsageError(f"unsupported device {head!r} (supported: isa-debug-exit)")
+            unknown = set(kv) - {"iobase", "iosize"}
+            if unknown:
+                raise UsageError(f"isa-debug-exit: unknown property {', '.join(sorted(unknown))}")
+            cfg.debug_exit = DebugExitConfig(parse_int(kv.get("iobase", "0x501"), "iobase"),
+                                             parse_int(kv.get("iosize", "0x02"), "iosize"))
+        elif opt == "-name":
+            head, kv = _opts(val, "name")
+            cfg.name = head or kv.get("guest", val)
+        elif opt == "-bios":
+            cfg.bios = val
+        elif opt == "-d":
+            cfg.trace = set(filter(None, val.split(",")))
+        elif opt == "-D":
+            cfg.trace_file = Path(val)
+        elif opt == "-qmp":
+            cfg.qmp.append(val)
+        elif opt in ("-incoming", "-L"):
+            raise UsageError(f"option {opt} is not supported yet")
+    if nographic and not serial_set:
+        cfg.serial = "stdio"
+    if machine in ("virt",):
+        cfg.arch = "riscv64"
+        cfg.accel = accel or "tcg"
+    elif machine in (None, "", "pc", "q35", "pc-i440fx", "microvm") or (machine or "").startswith("pc-"):
+        cfg.arch = "x86_64"
+        cfg.accel = accel or "tcg"
+        if cfg.accel != "kvm":
+            raise UsageError("x86 guests need KVM for now: add -enable-kvm (or -accel kvm)")
+    else:
+        raise UsageError(f"unsupported machine type {machine!r} (pc, or virt for riscv64)")
+    return cfg
+
+
+def _setup_logging() -> None:
+    level = os.environ.get("KVMPY_LOG", "warning").upper()
+    logging.basicConfig(level=getattr(logging, level, logging.WARNING),
+                        format="kvmpy: %(levelname)s: %(message)s" if level != "DEBUG"
+                        else "%(relativeCreated)8.1f %(threadName)s %(name)s: %(message)s")
+
+
+def _run_config(cfg: MachineConfig) -> int:
+    cfg.validate()
+    if cfg.arch == "riscv64":
+        return _run_riscv(cfg)
+    from kvmpy.kvm.errors import KvmError
+    from kvmpy.loader.errors import LoaderError
+    from kvmpy.machine import Machine
+
+    try:
+        machine = Machine(cfg)
+    except (LoaderError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
+    except KvmError as exc:
+        print(f"kvmpy: {exc}", file=sys.stderr)
+        return 1
+    try:
+        return machine.run()
+    finally:
+        machine.close()
+
+
+def _run_riscv(cfg: MachineConfig) -> int:
+    try:
+        from kvmpy.tcg_fallback.config import RiscvMachineConfig
+        from kvmpy.tcg_fallback.run import run_machine
+    except ImportError as exc:
+        print(f"kvmpy: the riscv64 TCG fallback is not available: {exc}", file=sys.stderr)
+        return 1
+    from kvmpy.tcg_fallback import errors as tcg_errors
+
+    rcfg = RiscvMachineConfig(kernel=cfg.kernel, memory=cfg.memory, bios=cfg.bios or "none",
+                              append=cfg.append, serial=cfg.serial, trace=set(cfg.trace),
+                              trace_file=cfg.trace_file)
+    user_errors = tuple(getattr(tcg_errors, n) for n in dir(tcg_errors)
+                        if n.endswith("Error") and isinstance(getattr(tcg_errors, n), type))
+    try:
+        return run_machine(rcfg)
+    except user_errors as exc:  # type: ignore[misc]
+        raise ConfigError(str(exc)) from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    _setup_logging()
+    try:
+        if not args or args[0] in ("-h", "-help", "--help"):
+            print(USAGE, end="")
+            return 0 if args else 2
+        if args[0] in ("-version", "--version"):
+            print(f"kvmpy version {__version__}")
+            return 0
+        if args[0] == "run":
+            if len(args) < 2 or args[1] in ("-h", "--help"):
+                print("usage: kvmpy run MACHINE.yaml  (the schema is in kvmpy/config.py and configs/)")
+                return 0 if len(args) >= 2 else 2
+            if len(args) > 2:
+                raise UsageError(f"unexpected arguments after the machine file: {' '.join(args[2:])}")
+            cfg = load_yaml(Path(args[1]))
+        elif args[0] == "initrd":
+            from kvmpy.initrd import main as initrd_main
+            return initrd_main(args[1:])
+        else:
+            cfg = parse_qemu_args(args)
+        return _run_config(cfg)
+    except ConfigError as exc:
+        print(f"kvmpy: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kvmpy: terminating on signal 2", file=sys.stderr)
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""Character backends for serial ports: stdio (with QEMU's Ctrl-A escapes on a terminal), file, null.
+
+A backend owns the host side of a serial line: it writes what the guest
+transmits and feeds what the user types into a ``receive`` callable. On a
+terminal, stdin is switched to raw mode and restored on every exit path;
+Ctrl-A x quits, Ctrl-A h prints help and Ctrl-A Ctrl-A sends a literal Ctrl-A,
+as under ``qemu -nographic``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import sys
+import termios
+import threading
+import tty
+from pathlib import Path
+from typing import Callable
+
+log = logging.getLogger(__name__)
+
+CTRL_A = 0x01
+ESCAPE_HELP = (b"\r\nC-a h    print this help\r\nC-a x    exit kvmpy\r\n"
+               b"C-a C-a  sends C-a\r\n")
+
+
+class CharBackend:
+    """Base: output is discarded, no input."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def start(self, receive: Callable[[bytes], int], on_quit: Callable[[], None]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class NullBackend(CharBackend):
+    pass
+
+
+class FileBackend(CharBackend):
+    def __init__(self, path: Path) -> None:
+        try:
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise ValueError(f"cannot open serial output file {path}: {exc.strerror}") from None
+
+    def write(self, data: bytes) -> None:
+        os.write(self._fd, data)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class StdioBackend(CharBackend):
+    def __init__(self, stdin_fd: int = 0, stdout_fd: int = 1, escapes: bool = True) -> None:
+        self.in_fd = stdin_fd
+        self.out_fd = stdout_fd
+        self.escapes = escapes
+        self._saved_tty: list | None = None
+        self._stop_r, self._stop_w = os.pipe()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def write(self, data: bytes) -> None:
+        try:
+            os.write(self.out_fd, data)
+        except BlockingIOError:
+            select.select([], [self.out_fd], [], 1.0)
+            os.write(self.out_fd, data)
+        except BrokenPipeError:
+            pass
+
+    def start(self, receive: Callable[[bytes], int], on_quit: Callable[[], None]) -> None:
+        try:
+            is_tty = os.isatty(self.in_fd)
+        except OSError:
+            return
+        if is_tty:
+            self._saved_tty = termios.tcgetattr(self.in_fd)
+            tty.setraw(self.in_fd)
+        self._thread = threading.Thread(target=self._reader, args=(receive, on_quit, is_tty),
+                                        name="stdin", daemon=True)
+        self._thread.start()
+
+    def _reader(self, receive: Callable[[bytes], int], on_quit: Callable[[], None], is_tty: bool) -> None:
+        escape = False
+        while True:
+            try:
+                ready, _, _ = select.select([self.in_fd, self._stop_r], [], [])
+            except (OSError, ValueError):
+                return
+            if self._stop_r in ready:
+                return
+            try:
+                data = os.read(self.in_fd, 4096)
+            except OSError:
+                return
+            if not data:
+                return  # EOF: the guest just gets no more input
+            if not (is_tty and self.escapes):
+                receive(data)
+                continue
+            out = bytearray()
+            for b in data:
+                if escape:
+                    escape = False
+                    if b == ord("x"):
+                        if out:
+                            receive(bytes(out))
+                        self.write(b"kvmpy: terminating on C-a x\r\n")
+                        on_quit()
+                        return
+                    if b == ord("h"):
+                        self.write(ESCAPE_HELP)
+                    elif b == CTRL_A:
+                        out.append(CTRL_A)
+                    continue
+                if b == CTRL_A:
+                    escape = True
+                else:
+                    out.append(b)
+            if out:
+                receive(bytes(out))
+
+    def close(self) -> None:
+        with self._lock:
+            try:
+                os.write(self._stop_w, b"x")
+            except OSError:
+                pass
+            if self._saved_tty is not None:
+                try:
+                    termios.tcsetattr(self.in_fd, termios.TCSADRAIN, self._saved_tty)
+                except termios.error:
+                    pass
+                self._saved_tty = None
+
+
+def open_backend(spec: str) -> CharBackend:
+    """``stdio``, ``file:PATH``, ``none``/``null``."""
+    if spec == "stdio":
+        return StdioBackend()
+    if spec in ("none", "null"):
+        return NullBackend()
+    if spec.startswith("file:"):
+        return FileBackend(Path(spec[5:]))
+    raise ValueError(f"unsupported serial backend {spec!r} (use stdio, file:PATH or none)")

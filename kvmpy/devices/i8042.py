@@ -1,0 +1,175 @@
+"""The i8042 keyboard controller: enough of it for guests to probe it and to reset the machine.
+
+Ports 0x60 (data) and 0x64 (status/command). The reset line is pulsed by
+command 0xFE, or by clearing bit 0 of the output port (command 0xD1); either
+calls ``on_reset``. An attached keyboard answers the usual probe commands so
+that drivers find a controller that behaves, without anything ever being typed.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from kvmpy.devices.irq import IrqLine, NullIrqLine
+
+DATA_PORT = 0x60
+STATUS_PORT = 0x64
+
+ST_OBF = 0x01  # output buffer full
+ST_IBF = 0x02
+ST_SYS = 0x04  # system flag: POST passed
+ST_CMD = 0x08  # last write was a command
+ST_UNLOCKED = 0x10
+ST_AUX_OBF = 0x20
+
+CTR_KBD_INT = 0x01
+CTR_AUX_INT = 0x02
+CTR_SYS = 0x04
+CTR_KBD_DISABLE = 0x10
+CTR_AUX_DISABLE = 0x20
+CTR_XLATE = 0x40
+
+OUTPORT_RESET = 0x01  # active low
+OUTPORT_A20 = 0x02
+
+
+@dataclass
+class I8042:
+    on_reset: Callable[[], None]
+    kbd_irq: IrqLine = field(default_factory=NullIrqLine)
+    aux_irq: IrqLine = field(default_factory=NullIrqLine)
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queue: collections.deque[tuple[int, bool]] = collections.deque()  # (byte, from_aux)
+        self.reset_state()
+
+    def reset_state(self) -> None:
+        self.ctr = CTR_KBD_INT | CTR_SYS | CTR_XLATE
+        self.outport = OUTPORT_RESET | OUTPORT_A20
+        self.pending_cmd: int | None = None
+        self.status_cmd = False
+        self._queue.clear()
+        self._irq_levels = (False, False)
+
+    # ---- bus interface -----------------------------------------------------
+    def read(self, offset: int, size: int) -> int:
+        with self._lock:
+            if offset == 0:
+                value = self._queue.popleft()[0] if self._queue else 0
+                self._update_irq()
+                return value
+            if offset == 4:
+                st = ST_SYS if self.ctr & CTR_SYS else 0
+                st |= ST_UNLOCKED | (ST_CMD if self.status_cmd else 0)
+                if self._queue:
+                    st |= ST_OBF | (ST_AUX_OBF if self._queue[0][1] else 0)
+                return st
+            return 0xFF
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        value &= 0xFF
+        reset = False
+        with self._lock:
+            if offset == 4:
+                self.status_cmd = True
+                reset = self._command(value)
+            elif offset == 0:
+                self.status_cmd = False
+                reset = self._data(value)
+            self._update_irq()
+        if reset:
+            self.on_reset()
+
+    # ---- controller logic (lock held) -------------------------------------
+    def _out(self, byte: int, aux: bool = False) -> None:
+        if len(self._queue) < 64:
+            self._queue.append((byte & 0xFF, aux))
+
+    def _command(self, cmd: int) -> bool:
+        if cmd == 0x20:
+            self._out(self.ctr)
+        elif cmd in (0x60, 0xD1, 0xD2, 0xD3, 0xD4):
+            self.pending_cmd = cmd
+        elif cmd == 0xA7:
+            self.ctr |= CTR_AUX_DISABLE
+        elif cmd == 0xA8:
+            self.ctr &= ~CTR_AUX_DISABLE
+        elif cmd in (0xA9, 0xAB):
+            self._out(0x00)  # interface test passed
+        elif cmd == 0xAA:
+            self._out(0x55)  # controller self test passed
+        elif cmd == 0xAD:
+            self.ctr |= CTR_KBD_DISABLE
+        elif cmd == 0xAE:
+            self.ctr &= ~CTR_KBD_DISABLE
+        elif cmd == 0xC0:
+            self._out(0x00)
+        elif cmd == 0xD0:
+            self._out(self.outport)
+        elif cmd == 0xFE:
+            return True
+        elif 0xF0 <= cmd <= 0xFF:
+            return not cmd & 1  # pulse output lines: bit 0 low pulses reset
+        return False
+
+    def _data(self, value: int) -> bool:
+        cmd, self.pending_cmd = self.pending_cmd, None
+        if cmd == 0x60:
+            self.ctr = value
+        elif cmd == 0xD1:
+            self.outport = value
+            return not value & OUTPORT_RESET
+        elif cmd == 0xD2:
+            self._out(value)
+        elif cmd == 0xD3:
+            self._out(value, aux=True)
+        elif cmd == 0xD4:
+            pass  # no mouse attached: writes to it go nowhere
+        else:
+            self._keyboard(value)
+        return False
+
+    def _keyboard(self, value: int) -> None:
+        if value == 0xFF:  # reset: ack, then BAT passed
+            self._out(0xFA)
+            self._out(0xAA)
+        elif value == 0xF2:  # identify: MF2 keyboard
+            self._out(0xFA)
+            self._out(0xAB)
+            self._out(0x41 if self.ctr & CTR_XLATE else 0x83)
+        elif value == 0xEE:
+            self._out(0xEE)
+        else:
+            self._out(0xFA)
+
+    def _update_irq(self) -> None:
+        head = self._queue[0] if self._queue else None
+        kbd = bool(head and not head[1] and self.ctr & CTR_KBD_INT)
+        aux = bool(head and head[1] and self.ctr & CTR_AUX_INT)
+        if (kbd, aux) != self._irq_levels:
+            if kbd != self._irq_levels[0]:
+                self.kbd_irq.set_level(kbd)
+            if aux != self._irq_levels[1]:
+                self.aux_irq.set_level(aux)
+            self._irq_levels = (kbd, aux)
+
+    # ---- migration ---------------------------------------------------------
+    def save(self) -> dict[str, Any]:
+        with self._lock:
+            return {"ctr": self.ctr, "outport": self.outport, "pending_cmd": self.pending_cmd,
+                    "status_cmd": self.status_cmd, "queue": [[b, a] for b, a in self._queue]}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        with self._lock:
+            self.ctr = int(state["ctr"]) & 0xFF
+            self.outport = int(state["outport"]) & 0xFF
+            pc = state.get("pending_cmd")
+            self.pending_cmd = None if pc is None else int(pc) & 0xFF
+            self.status_cmd = bool(state.get("status_cmd", False))
+            self._queue = collections.deque((int(b) & 0xFF, bool(a)) for b, a in list(state["queue"])[:64])
+            self._irq_levels = (not self._irq_levels[0], not self._irq_levels[1])
+            self._update_irq()

@@ -1,0 +1,81 @@
+"""GuestMemory: bounds-checked reads and writes of guest-physical memory by the VMM.
+
+Accesses may span several RAM ranges (e.g. across a DIMM boundary) and are
+split transparently. Anything that touches a hole or an I/O range raises
+GuestMemoryError, which device models turn into a guest-visible error rather
+than a crash. Every write marks the RAM block's VMM-side dirty bitmap.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+
+from kvmpy.memory.address_space import AddressSpace, FlatRange
+
+
+class GuestMemoryError(ValueError):
+    """A guest-physical access fell outside RAM."""
+
+
+class GuestMemory:
+    def __init__(self, address_space: AddressSpace) -> None:
+        self.address_space = address_space
+
+    def _chunks(self, gpa: int, length: int) -> Iterator[tuple[FlatRange, int, int]]:
+        """Yield (range, offset inside its RAM block, chunk length) covering [gpa, gpa+length)."""
+        if gpa < 0 or length < 0 or gpa + length > 1 << 52:
+            raise GuestMemoryError(f"guest access [{gpa:#x}, +{length:#x}) is out of range")
+        view = self.address_space.flatview
+        pos, end = gpa, gpa + length
+        while pos < end:
+            r = view.lookup(pos)
+            if r is None or not r.is_ram:
+                what = "unmapped" if r is None else f"I/O ({r.region.name})"
+                raise GuestMemoryError(f"guest access at {pos:#x} hits {what} memory")
+            n = min(end, r.end) - pos
+            yield r, r.ram_offset + (pos - r.addr), n
+            pos += n
+
+    def read(self, gpa: int, length: int) -> bytes:
+        return b"".join(bytes(r.region.ram.array[off:off + n]) for r, off, n in self._chunks(gpa, length))  # type: ignore[union-attr]
+
+    def view(self, gpa: int, length: int) -> np.ndarray:
+        """A zero-copy uint8 view; the range must lie in a single RAM range. Not dirty-marked."""
+        chunks = list(self._chunks(gpa, length))
+        if len(chunks) != 1:
+            raise GuestMemoryError(f"guest range [{gpa:#x}, +{length:#x}) is not contiguous in one RAM block")
+        r, off, n = chunks[0]
+        return r.region.ram.array[off:off + n]  # type: ignore[union-attr]
+
+    def write(self, gpa: int, data: bytes | bytearray | memoryview | np.ndarray) -> None:
+        src = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data.view(np.uint8).ravel()
+        chunks = list(self._chunks(gpa, len(src)))  # validate everything before writing anything
+        pos = 0
+        for r, off, n in chunks:
+            if r.region.readonly:
+                raise GuestMemoryError(f"guest write at {r.addr + off - r.ram_offset:#x} hits read-only {r.region.name}")
+        for r, off, n in chunks:
+            block = r.region.ram
+            assert block is not None
+            block.array[off:off + n] = src[pos:pos + n]
+            block.mark_dirty(off, n)
+            pos += n
+
+    def read_u32(self, gpa: int) -> int:
+        return int.from_bytes(self.read(gpa, 4), "little")
+
+    def read_u64(self, gpa: int) -> int:
+        return int.from_bytes(self.read(gpa, 8), "little")
+
+    def write_u32(self, gpa: int, value: int) -> None:
+        self.write(gpa, (value & 0xFFFFFFFF).to_bytes(4, "little"))
+
+    def write_u64(self, gpa: int, value: int) -> None:
+        self.write(gpa, (value & (1 << 64) - 1).to_bytes(8, "little"))
+
+    def fill(self, gpa: int, length: int, byte: int = 0) -> None:
+        for r, off, n in list(self._chunks(gpa, length)):
+            r.region.ram.array[off:off + n] = byte  # type: ignore[union-attr]
+            r.region.ram.mark_dirty(off, n)  # type: ignore[union-attr]

@@ -1,0 +1,145 @@
+"""KvmSlots: keeps KVM memory slots in step with an AddressSpace's FlatView, and owns dirty logging.
+
+Each RAM range of the FlatView becomes one KVM slot. On every commit the
+listener removes slots that disappeared and adds new ones; dirty logging is
+turned on or off for all slots at once (KVM_MEM_LOG_DIRTY_PAGES). Dirty bits of
+a slot that is about to be removed are fetched first so that none are lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from kvmpy.kvm import abi
+from kvmpy.kvm.vm import VmFd
+from kvmpy.memory.address_space import FlatView
+from kvmpy.memory.ramblock import PAGE_SHIFT, RAMBlock
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Slot:
+    slot_id: int
+    gpa: int
+    size: int
+    block: RAMBlock
+    block_offset: int
+    readonly: bool
+
+    @property
+    def npages(self) -> int:
+        return self.size >> PAGE_SHIFT
+
+    @property
+    def key(self) -> tuple:
+        return (self.gpa, self.size, id(self.block), self.block_offset, self.readonly)
+
+
+class SlotLimitError(RuntimeError):
+    """The guest memory map needs more KVM slots than the kernel offers."""
+
+
+class KvmSlots:
+    """A FlatView listener that programs KVM_SET_USER_MEMORY_REGION."""
+
+    def __init__(self, vm: VmFd, max_slots: int) -> None:
+        self.vm = vm
+        self.max_slots = max_slots
+        self.slots: dict[tuple, Slot] = {}
+        self.log_dirty = False
+        self._lock = threading.Lock()
+        # Dirty pages harvested from removed slots, per block, until the next collect.
+        self._harvested: dict[int, np.ndarray] = {}
+
+    def _flags(self, slot: Slot) -> int:
+        flags = abi.MEM_LOG_DIRTY_PAGES if self.log_dirty else 0
+        return flags | (abi.MEM_READONLY if slot.readonly else 0)
+
+    def _free_id(self) -> int:
+        used = {s.slot_id for s in self.slots.values()}
+        for i in range(self.max_slots):
+            if i not in used:
+                return i
+        raise SlotLimitError(f"all {self.max_slots} KVM memory slots are in use")
+
+    def __call__(self, view: FlatView) -> None:
+        with self._lock:
+            wanted = {}
+            for r in view.ram_ranges():
+                assert r.region.ram is not None
+                if r.addr % 4096 or r.size % 4096 or r.ram_offset % 4096:
+                    raise ValueError(f"RAM range {r.region.name!r} at {r.addr:#x}+{r.size:#x} is not page aligned")
+                probe = Slot(-1, r.addr, r.size, r.region.ram, r.ram_offset, r.region.readonly)
+                wanted[probe.key] = probe
+            for key in [k for k in self.slots if k not in wanted]:
+                slot = self.slots.pop(key)
+                if self.log_dirty:
+                    self._harvest(slot)
+                self.vm.set_user_memory_region(slot.slot_id, slot.gpa, 0, 0, 0)
+                log.debug("removed slot %d at %#x", slot.slot_id, slot.gpa)
+            for key, probe in wanted.items():
+                if key in self.slots:
+                    continue
+                slot = Slot(self._free_id(), probe.gpa, probe.size, probe.block, probe.block_offset, probe.readonly)
+                self.vm.set_user_memory_region(slot.slot_id, slot.gpa, slot.size,
+                                               slot.block.host_addr + slot.block_offset, self._flags(slot))
+                self.slots[key] = slot
+                log.debug("slot %d: gpa %#x size %#x -> %s+%#x", slot.slot_id, slot.gpa, slot.size,
+                          slot.block.name, slot.block_offset)
+
+    def set_dirty_logging(self, enabled: bool) -> None:
+        with self._lock:
+            if enabled == self.log_dirty:
+                return
+            if not enabled:
+                for slot in self.slots.values():
+                    self._harvest(slot)
+            self.log_dirty = enabled
+            for slot in self.slots.values():
+                self.vm.set_user_memory_region(slot.slot_id, slot.gpa, slot.size,
+                                               slot.block.host_addr + slot.block_offset, self._flags(slot))
+
+    def _harvest(self, slot: Slot) -> None:
+        bits = self.vm.get_dirty_log(slot.slot_id, slot.npages)
+        acc = self._harvested.setdefault(id(slot.block), np.zeros(slot.block.npages, dtype=bool))
+        first = slot.block_offset >> PAGE_SHIFT
+        acc[first:first + slot.npages] |= bits
+
+    def sync_slots(self) -> list[tuple[Slot, np.ndarray]]:
+        """KVM's dirty log per slot (fetch-and-clear). Empty unless logging is on."""
+        with self._lock:
+            if not self.log_dirty:
+                return []
+            return [(s, self.vm.get_dirty_log(s.slot_id, s.npages)) for s in self.slots.values()]
+
+    def collect(self, blocks: list[RAMBlock]) -> dict[RAMBlock, np.ndarray]:
+        """Dirty pages per RAM block since the last collect: KVM's log merged with VMM writes."""
+        out = {b: b.take_vmm_dirty() for b in blocks}
+        for slot, bits in self.sync_slots():
+            if slot.block in out:
+                first = slot.block_offset >> PAGE_SHIFT
+                out[slot.block][first:first + slot.npages] |= bits
+        with self._lock:
+            for b in blocks:
+                acc = self._harvested.pop(id(b), None)
+                if acc is not None:
+                    out[b] |= acc
+        return out
+
+    def guest_bitmap(self, view: FlatView) -> np.ndarray:
+        """One guest-wide dirty bitmap indexed by guest page frame number (fetch-and-clear)."""
+        ram = view.ram_ranges()
+        top = max((r.end for r in ram), default=0)
+        bitmap = np.zeros(top >> PAGE_SHIFT, dtype=bool)
+        per_block = self.collect(list({id(r.region.ram): r.region.ram for r in ram}.values()))  # type: ignore[misc]
+        for r in ram:
+            block = r.region.ram
+            assert block is not None
+            first = r.ram_offset >> PAGE_SHIFT
+            bitmap[r.addr >> PAGE_SHIFT:r.end >> PAGE_SHIFT] |= per_block[block][first:first + (r.size >> PAGE_SHIFT)]
+        return bitmap

@@ -1,0 +1,358 @@
+"""Python backend: compiles IR blocks into one generated Python function ("unit").
+
+A unit is either one translation block or a *region*: a hot block plus the
+blocks it jumps to, compiled together so that loops among them run inside one
+Python ``while`` loop with guest registers kept in local variables.  Control
+transfers between blocks of a region are direct (``L = n; continue``); a budget
+on the instruction counter bounds the time spent inside, so the dispatcher still
+polls interrupts.
+
+Generated function contract::
+
+    unit(R) -> exit index
+        R:   the guest state list (registers, pc slot, instret slot)
+        on return: registers written back, R[pc_slot] = next pc,
+                   R[icount_slot] += retired instructions
+        on GuestTrap: the same write-back, instret excludes the faulting
+                   instruction, and the exception propagates
+
+The names the code refers to (softmmu views and slow paths, helpers) come from
+a ``Runtime`` namespace; the backend only knows the names, which keeps it
+independent of the guest architecture.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from kvmpy.tcg_fallback.ir import MASK64, PURE_OPS, Block, Insn, Temp, Value
+from kvmpy.tcg_fallback.optimizer import evaluate
+
+log = logging.getLogger(__name__)
+
+M = "0xffffffffffffffff"
+S = "0x8000000000000000"
+BUDGET = 16384            # instructions a unit may run before returning to the dispatcher
+
+# Key masks: page bits plus the bits that must be zero for an aligned access,
+# so one dict lookup checks both the TLB and the alignment.
+_KEYMASK = {1: -4096, 2: -4095, 4: -4093, 8: -4089}
+_VIEW = {(1, False): "_B", (2, False): "_H", (4, False): "_I", (8, False): "_Q",
+         (1, True): "_b", (2, True): "_h", (4, True): "_i", (8, True): "_q"}
+_SHIFT = {1: "", 2: " >> 1", 4: " >> 2", 8: " >> 3"}
+_VMASK = {1: " & 0xff", 2: " & 0xffff", 4: " & 0xffffffff", 8: ""}
+
+
+def _sx(v: int) -> int:
+    return v - (1 << 64) if v >> 63 else v
+
+
+def _mulh(a: int, b: int) -> int:
+    return ((_sx(a) * _sx(b)) >> 64) & MASK64
+
+
+def _mulhsu(a: int, b: int) -> int:
+    return ((_sx(a) * b) >> 64) & MASK64
+
+
+def _divs(a: int, b: int) -> int:
+    return evaluate("divs", [a, b], {})
+
+
+def _rems(a: int, b: int) -> int:
+    return evaluate("rems", [a, b], {})
+
+
+@dataclass
+class StateLayout:
+    """Where the backend finds the pc and the instruction counter in the state list."""
+
+    n_slots: int
+    pc_slot: int
+    icount_slot: int
+
+
+@dataclass
+class Exit:
+    target: int | None     # constant next pc, or None for a computed one
+    chainable: bool
+
+
+@dataclass
+class CompiledUnit:
+    fn: Callable[[list[int]], int]
+    exits: list[Exit]
+    pcs: list[int]                      # block start pcs, head first
+    source: str
+    links: list[Any] = field(default_factory=list)   # chained successor TBs, per exit
+
+    def __post_init__(self) -> None:
+        self.links = [None] * len(self.exits)
+
+
+def runtime_namespace() -> dict[str, Any]:
+    """Names every generated unit may use besides the softmmu and helpers."""
+    return {"_mulh": _mulh, "_mulhsu": _mulhsu, "_divs": _divs, "_rems": _rems}
+
+
+class _Gen:
+    def __init__(self, layout: StateLayout, internal: dict[int, int]) -> None:
+        self.layout = layout
+        self.internal = internal
+        self.exits: list[Exit] = []
+        self.lines: list[str] = []
+        self.reads: set[int] = set()
+        self.writes: set[int] = set()
+        self.uses_budget = False
+
+    # ---- operands ------------------------------------------------------
+    def name(self, t: Temp) -> str:
+        if t.is_global:
+            self.reads.add(t.index)
+            return f"r{t.index}"
+        return f"t{t.index}"
+
+    def val(self, v: Value, pending: dict, raw: bool = False) -> str:
+        if isinstance(v, int):
+            return hex(v)
+        if v in pending:
+            masked, unmasked, _ = pending.pop(v)
+            return f"({unmasked})" if raw and unmasked else f"({masked})"
+        return self.name(v)
+
+    # ---- expressions ---------------------------------------------------
+    def expr(self, ins: Insn, pending: dict) -> tuple[str, str | None]:
+        """(masked expression, optional unmasked form usable as a load/store address)."""
+        op = ins.op
+        a = self.val(ins.args[0], pending)
+        b = self.val(ins.args[1], pending) if len(ins.args) > 1 else ""
+        if op == "mov":
+            return a, None
+        if op == "add":
+            return f"({a} + {b}) & {M}", f"{a} + {b}"
+        if op == "sub":
+            return f"({a} - {b}) & {M}", None
+        if op == "mul":
+            return f"({a} * {b}) & {M}", None
+        if op == "and":
+            return f"{a} & {b}", None
+        if op == "or":
+            return f"{a} | {b}", None
+        if op == "xor":
+            return f"{a} ^ {b}", None
+        if op == "shl":
+            return f"({a} << {b}) & {M}", None
+        if op == "shr":
+            return f"{a} >> {b}", None
+        if op == "sar":
+            return f"((({a} ^ {S}) - {S}) >> {b}) & {M}", None
+        if op == "mulhu":
+            return f"({a} * {b}) >> 64", None
+        if op in ("mulh", "mulhsu", "divs", "rems"):
+            return f"_{op}({a}, {b})", None
+        if op == "divu":
+            return f"{a} // {b} if {b} else {M}", None
+        if op == "remu":
+            return f"{a} % {b} if {b} else {a}", None
+        if op == "sext":
+            bits = ins.attrs["bits"]
+            top = 1 << (bits - 1)
+            return f"((({a} & {hex((1 << bits) - 1)}) ^ {hex(top)}) - {hex(top)}) & {M}", None
+        if op == "zext":
+            return f"{a} & {hex((1 << ins.attrs['bits']) - 1)}", None
+        if op == "setcond":
+            return f"1 if {self.cond(ins.attrs['cond'], ins.args, a, b)} else 0", None
+        raise ValueError(f"backend: unknown op {op}")
+
+    @staticmethod
+    def cond(cond: str, args: list[Value], a: str, b: str) -> str:
+        if cond == "eq":
+            return f"{a} == {b}"
+        if cond == "ne":
+            return f"{a} != {b}"
+        if cond == "ltu":
+            return f"{a} < {b}"
+        if cond == "geu":
+            return f"{a} >= {b}"
+        zero = isinstance(args[1], int) and args[1] == 0
+        if cond == "lt":
+            return f"{a} >= {S}" if zero else f"({a} ^ {S}) < ({b} ^ {S})"
+        if cond == "ge":
+            return f"{a} < {S}" if zero else f"({a} ^ {S}) >= ({b} ^ {S})"
+        raise ValueError(f"backend: unknown condition {cond}")
+
+    # ---- blocks --------------------------------------------------------
+    def block(self, blk: Block, ind: str, looped: bool) -> None:
+        emit = self.lines.append
+        uses: dict[Temp, int] = {}
+        for ins in blk.insns:
+            for a in ins.args:
+                if isinstance(a, Temp) and not a.is_global:
+                    uses[a] = uses.get(a, 0) + 1
+        pending: dict[Temp, tuple[str, str | None, frozenset[int]]] = {}
+        emit(f"{ind}ic += {blk.n_guest}")
+        n, k = blk.n_guest, -1
+        pc = blk.pc
+        ic = self.layout.icount_slot
+
+        def back() -> int:
+            return n - k
+
+        def flush_readers(g: int) -> None:
+            for t, (masked, _, rd) in list(pending.items()):
+                if g in rd:
+                    del pending[t]
+                    emit(f"{ind}t{t.index} = {masked}")
+
+        def target(v: Value) -> str:
+            return self.name(v) if isinstance(v, Temp) and v.is_global else f"t{v.index}"
+
+        def assign(d: Temp, rhs: str) -> None:
+            if d.is_global:
+                flush_readers(d.index)
+                self.writes.add(d.index)
+            emit(f"{ind}{target(d)} = {rhs}")
+
+        for ins in blk.insns:
+            op = ins.op
+            if op == "insn_start":
+                k += 1
+                pc = ins.attrs["pc"]
+                continue
+            if op in PURE_OPS:
+                d = ins.dst
+                if d is None:
+                    continue
+                before = set(pending)
+                masked, unmasked = self.expr(ins, pending)
+                if not d.is_global and uses.get(d, 0) == 1:
+                    rd = frozenset(a.index for a in ins.args if isinstance(a, Temp) and a.is_global)
+                    rd = rd | self._inlined_reads(ins, before, pending)
+                    pending[d] = (masked, unmasked, rd)
+                    self._pending_reads[d] = rd
+                else:
+                    assign(d, masked)
+                continue
+            if op == "ld":
+                size, signed = ins.attrs["size"], ins.attrs["signed"]
+                addr = self.val(ins.args[0], pending, raw=True)
+                emit(f"{ind}a_ = {addr}")
+                emit(f"{ind}d_ = _tr(a_ & {_KEYMASK[size]})")
+                view = _VIEW[(size, signed)]
+                fast = f"{view}[(a_ + d_){_SHIFT[size]}]" + (f" & {M}" if signed else "")
+                assign(ins.dst, f"{fast} if d_ is not None else _ld(a_, {size}, {signed}, {hex(pc)}, {back()})")
+                continue
+            if op == "st":
+                size = ins.attrs["size"]
+                addr = self.val(ins.args[0], pending, raw=True)
+                value = self.val(ins.args[1], pending)
+                emit(f"{ind}a_ = {addr}")
+                emit(f"{ind}v_ = {value}{_VMASK[size]}")
+                emit(f"{ind}d_ = _tw(a_ & {_KEYMASK[size]})")
+                emit(f"{ind}if d_ is None: _st(a_, {size}, v_, {hex(pc)}, {back()})")
+                emit(f"{ind}else: {_VIEW[(size, False)]}[(a_ + d_){_SHIFT[size]}] = v_")
+                continue
+            if op == "call":
+                args = [self.val(a, pending) for a in ins.args]
+                if ins.attrs.get("sync"):
+                    emit(f"{ind}R[{ic}] += ic - {back()}")
+                    emit(f"{ind}ic = {back()}")
+                if ins.attrs.get("raises"):
+                    args += [hex(pc), str(back())]
+                call = f"h_{ins.attrs['helper']}({', '.join(args)})"
+                if ins.dst is None:
+                    emit(f"{ind}{call}")
+                else:
+                    assign(ins.dst, call)
+                continue
+            if op == "goto_tb":
+                self.jump(ins.attrs["pc"], ind, looped)
+                continue
+            if op == "brcond":
+                a = self.val(ins.args[0], pending)
+                b = self.val(ins.args[1], pending)
+                emit(f"{ind}if {self.cond(ins.attrs['cond'], ins.args, a, b)}:")
+                self.jump(ins.attrs["taken"], ind + "    ", looped)
+                emit(f"{ind}else:")
+                self.jump(ins.attrs["fall"], ind + "    ", looped)
+                continue
+            if op == "exit_tb":
+                v = self.val(ins.args[0], pending)
+                self.exit(None, v, ind, looped, chainable=False)
+                continue
+            raise ValueError(f"backend: unknown op {op}")
+
+    _pending_reads: dict
+
+    def _inlined_reads(self, ins: Insn, before: set, pending: dict) -> frozenset[int]:
+        out: set[int] = set()
+        for a in ins.args:
+            if isinstance(a, Temp) and not a.is_global and a in before and a not in pending:
+                out |= self._pending_reads.get(a, frozenset())
+        return frozenset(out)
+
+    def jump(self, pc: int, ind: str, looped: bool) -> None:
+        j = self.internal.get(pc)
+        if j is not None and looped:
+            self.uses_budget = True
+            self.lines.append(f"{ind}if ic < {BUDGET}:")
+            self.lines.append(f"{ind}    L = {j}" if len(self.internal) > 1 else f"{ind}    pass")
+            self.lines.append(f"{ind}    continue")
+        self.exit(pc, hex(pc), ind, looped, chainable=True)
+
+    def exit(self, pc: int | None, value: str, ind: str, looped: bool, chainable: bool) -> None:
+        k = len(self.exits)
+        self.exits.append(Exit(pc, chainable))
+        self.lines.append(f"{ind}R[{self.layout.pc_slot}] = {value}")
+        self.lines.append(f"{ind}ex = {k}")
+        if looped:
+            self.lines.append(f"{ind}break")
+
+
+def compile_unit(blocks: list[Block], layout: StateLayout, namespace: dict[str, Any],
+                 name: str = "unit") -> CompiledUnit:
+    """Compile ``blocks`` (head first) into one function."""
+    internal = {b.pc: i for i, b in enumerate(blocks)}
+    looped = len(blocks) > 1 or blocks[0].pc in blocks[0].successors()
+    g = _Gen(layout, internal)
+    g._pending_reads = {}
+    body_ind = "            " if looped else "        "
+    start = len(g.lines)
+    for i, blk in enumerate(blocks):
+        g._pending_reads = {}
+        if len(blocks) > 1:
+            g.lines.append(f"            {'if' if i == 0 else 'elif'} L == {i}:")
+            g.block(blk, body_ind + "    ", looped)
+        else:
+            g.block(blk, body_ind, looped)
+    body = g.lines[start:]
+    regs = sorted(g.reads | g.writes)
+    written = sorted(g.writes)
+    ic = layout.icount_slot
+    out = [f"def {name}(R):"]
+    if regs:
+        out.append("    " + "; ".join(f"r{r} = R[{r}]" for r in regs))
+    out.append("    ic = 0")
+    if len(blocks) > 1:
+        out.append("    L = 0")
+    out.append("    try:")
+    if looped:
+        out.append("        while True:")
+    out.extend(body)
+    out.append("    except GuestTrap as e:")
+    store = "; ".join(f"R[{r}] = r{r}" for r in written)
+    if store:
+        out.append(f"        {store}")
+    out.append(f"        R[{ic}] += ic - e.back")
+    out.append("        raise")
+    if store:
+        out.append(f"    {store}")
+    out.append(f"    R[{ic}] += ic")
+    out.append("    return ex")
+    source = "\n".join(out) + "\n"
+    code = compile(source, f"<tcg {name} {blocks[0].pc:#x}>", "exec")
+    local: dict[str, Any] = {}
+    exec(code, namespace, local)
+    return CompiledUnit(local[name], g.exits, [b.pc for b in blocks], source)

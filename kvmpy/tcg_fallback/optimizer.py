@@ -1,0 +1,167 @@
+"""Block-local IR optimizer: constant/copy propagation, folding, simplification, dead temps.
+
+Guest-state writes are never removed (a helper may trap after them and the trap
+must see them); only block-local temporaries die.  ``evaluate`` is also the
+reference semantics of the pure ops, used by tests to check backends.
+"""
+
+from __future__ import annotations
+
+from kvmpy.tcg_fallback.ir import MASK64, PURE_OPS, SIGN64, Block, Insn, Temp, Value
+
+
+def _s(v: int) -> int:
+    return v - (1 << 64) if v & SIGN64 else v
+
+
+def _trunc_div(a: int, b: int) -> int:
+    q = abs(a) // abs(b)
+    return q if (a < 0) == (b < 0) else -q
+
+
+def evaluate(op: str, args: list[int], attrs: dict) -> int:
+    """Reference semantics of a pure op on 64-bit unsigned constants."""
+    a = args[0]
+    b = args[1] if len(args) > 1 else 0
+    if op == "mov":
+        return a
+    if op == "add":
+        return (a + b) & MASK64
+    if op == "sub":
+        return (a - b) & MASK64
+    if op == "mul":
+        return (a * b) & MASK64
+    if op == "and":
+        return a & b
+    if op == "or":
+        return a | b
+    if op == "xor":
+        return a ^ b
+    if op == "shl":
+        return (a << (b & 63)) & MASK64
+    if op == "shr":
+        return a >> (b & 63)
+    if op == "sar":
+        return (_s(a) >> (b & 63)) & MASK64
+    if op == "mulh":
+        return ((_s(a) * _s(b)) >> 64) & MASK64
+    if op == "mulhu":
+        return (a * b) >> 64
+    if op == "mulhsu":
+        return ((_s(a) * b) >> 64) & MASK64
+    if op == "divu":
+        return a // b if b else MASK64
+    if op == "remu":
+        return a % b if b else a
+    if op == "divs":
+        if b == 0:
+            return MASK64
+        if a == SIGN64 and b == MASK64:
+            return SIGN64
+        return _trunc_div(_s(a), _s(b)) & MASK64
+    if op == "rems":
+        if b == 0:
+            return a
+        if a == SIGN64 and b == MASK64:
+            return 0
+        sa, sb = _s(a), _s(b)
+        return (sa - sb * _trunc_div(sa, sb)) & MASK64
+    if op == "sext":
+        bits = attrs["bits"]
+        v = a & ((1 << bits) - 1)
+        return (v - (1 << bits) if v >> (bits - 1) else v) & MASK64
+    if op == "zext":
+        return a & ((1 << attrs["bits"]) - 1)
+    if op == "setcond":
+        return int(compare(attrs["cond"], a, b))
+    raise ValueError(f"not a pure op: {op}")
+
+
+def compare(cond: str, a: int, b: int) -> bool:
+    if cond == "eq":
+        return a == b
+    if cond == "ne":
+        return a != b
+    if cond == "ltu":
+        return a < b
+    if cond == "geu":
+        return a >= b
+    if cond == "lt":
+        return _s(a) < _s(b)
+    if cond == "ge":
+        return _s(a) >= _s(b)
+    raise ValueError(f"unknown condition {cond}")
+
+
+def _simplify(ins: Insn) -> None:
+    """Algebraic identities with one constant operand, rewriting ``ins`` in place."""
+    op, args = ins.op, ins.args
+    if len(args) != 2:
+        return
+    a, b = args
+    if isinstance(a, int) and op in ("add", "mul", "and", "or", "xor"):
+        a, b = b, a          # commutative: constant second
+        ins.args = [a, b]
+    if not isinstance(b, int):
+        if op in ("sub", "xor") and a == b:
+            ins.op, ins.args = "mov", [0]
+        return
+    if (op in ("add", "sub", "or", "xor", "shl", "shr", "sar") and b == 0) or \
+            (op == "and" and b == MASK64) or (op == "mul" and b == 1):
+        ins.op, ins.args = "mov", [a]
+    elif (op == "and" or op == "mul") and b == 0:
+        ins.op, ins.args = "mov", [0]
+    elif op == "sub":
+        ins.op, ins.args = "add", [a, (-b) & MASK64]
+
+
+def optimize(block: Block) -> Block:
+    """Optimize ``block`` in place and return it."""
+    known: dict[Temp, Value] = {}   # temp -> constant or temp it copies
+
+    def resolve(v: Value) -> Value:
+        return known.get(v, v) if isinstance(v, Temp) else v
+
+    def kill(t: Temp) -> None:
+        known.pop(t, None)
+        stale = [k for k, v in known.items() if v == t]
+        for k in stale:
+            del known[k]
+
+    out: list[Insn] = []
+    for ins in block.insns:
+        ins.args = [resolve(a) for a in ins.args]
+        if ins.op in PURE_OPS:
+            _simplify(ins)
+            if all(isinstance(a, int) for a in ins.args):
+                ins.args = [evaluate(ins.op, ins.args, ins.attrs)]
+                ins.op = "mov"
+                ins.attrs = {}
+        elif ins.op == "brcond" and all(isinstance(a, int) for a in ins.args):
+            target = ins.attrs["taken"] if compare(ins.attrs["cond"], *ins.args) else ins.attrs["fall"]
+            ins = Insn("goto_tb", None, [], {"pc": target})
+        d = ins.dst
+        if d is not None:
+            kill(d)
+            if ins.op == "mov":
+                src = ins.args[0]
+                if isinstance(src, int) or not src.is_global or d.is_global:
+                    known[d] = src
+                elif not d.is_global:
+                    known[d] = src      # temp copying a global: valid until the global changes
+        out.append(ins)
+
+    # Dead temporaries: walk backwards, drop pure defs of unused temps.
+    used: set[Temp] = set()
+    live: list[Insn] = []
+    for ins in reversed(out):
+        d = ins.dst
+        if ins.op in PURE_OPS and d is not None and not d.is_global and d not in used:
+            continue
+        for a in ins.args:
+            if isinstance(a, Temp):
+                used.add(a)
+        live.append(ins)
+    live.reverse()
+    block.insns = live
+    return block
