@@ -36,7 +36,7 @@ Options (same meaning as in qemu-system-x86_64 / qemu-system-riscv64):
   -bios none                    riscv64: no firmware
   -nographic                    no display; serial on stdio (Ctrl-A x quits)
   -display none                 no display
-  -serial stdio|file:PATH|none  where COM1 goes
+  -serial stdio|file:PATH|null|none  where COM1 goes (none: no COM1 at all)
   -nodefaults                   no default devices
   -no-reboot                    exit instead of rebooting
   -device isa-debug-exit[,iobase=0xf4][,iosize=0x04]
@@ -89,6 +89,7 @@ def parse_qemu_args(argv: Sequence[str]) -> MachineConfig:
     accel = None
     nographic = False
     serial_set = False
+    nodefaults = False
     while i < len(args):
         raw = args[i]
         opt = "-" + raw.lstrip("-") if raw.startswith("--") and raw not in ("--help", "--version") else raw
@@ -102,6 +103,8 @@ def parse_qemu_args(argv: Sequence[str]) -> MachineConfig:
                 nographic = True
             elif opt == "-no-reboot":
                 cfg.no_reboot = True
+            elif opt == "-nodefaults":
+                nodefaults = True
             elif opt == "-S":
                 cfg.start_paused = True
             elif opt in ("-no-shutdown", "-snapshot"):
@@ -155,7 +158,7 @@ def parse_qemu_args(argv: Sequence[str]) -> MachineConfig:
         elif opt == "-serial":
             if serial_set:
                 raise UsageError("only one -serial is supported (COM1)")
-            cfg.serial = "none" if val == "null" else val
+            cfg.serial = val
             serial_set = True
         elif opt == "-display":
             if val.split(",")[0] != "none":
@@ -182,8 +185,9 @@ def parse_qemu_args(argv: Sequence[str]) -> MachineConfig:
             cfg.qmp.append(val)
         elif opt in ("-incoming", "-L"):
             raise UsageError(f"option {opt} is not supported yet")
-    if nographic and not serial_set:
-        cfg.serial = "stdio"
+    if not serial_set:
+        # As in QEMU: -nodefaults drops the default COM1; otherwise it goes to stdio.
+        cfg.serial = "none" if nodefaults else "stdio"
     if machine in ("virt",):
         cfg.arch = "riscv64"
         cfg.accel = accel or "tcg"

@@ -13,7 +13,7 @@ YAML schema (all keys optional except ``kernel``; unknown keys are refused):
     kernel: path/to/kernel     # -kernel; relative paths are relative to the YAML file
     initrd: path/to/initrd     # -initrd
     append: "console=ttyS0"    # -append
-    serial: stdio              # stdio | none | file:PATH
+    serial: stdio              # stdio | null | file:PATH | none (no COM1 device)
     no_reboot: false           # -no-reboot
     start_paused: false        # -S
     devices:                   # -device
@@ -131,7 +131,7 @@ class MachineConfig:
         if self.arch == "riscv64" and self.smp != 1:
             raise ConfigError("the riscv64 TCG fallback runs one vCPU (-smp 1)")
         if not SERIAL_RE.match(self.serial):
-            raise ConfigError(f"unsupported serial backend {self.serial!r} (use stdio, file:PATH or none)")
+            raise ConfigError(f"unsupported serial backend {self.serial!r} (use stdio, file:PATH, null or none)")
         if self.debug_exit is not None:
             if self.debug_exit.iosize not in (1, 2, 4):
                 raise ConfigError(f"isa-debug-exit iosize {self.debug_exit.iosize} must be 1, 2 or 4")

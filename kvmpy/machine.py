@@ -41,8 +41,9 @@ from kvmpy.vcpu.x86 import apply_msrs, baseline_msrs, set_flat_protected_mode
 
 log = logging.getLogger(__name__)
 
-TSS_ADDR = 0xFFFBD000
-IDENTITY_MAP_ADDR = 0xFFFBC000
+# The same pages QEMU uses (and reserves in e820): identity map, then a 3-page TSS.
+IDENTITY_MAP_ADDR = 0xFEFFC000
+TSS_ADDR = 0xFEFFD000
 ADDRESS_SPACE_SIZE = 1 << 52
 COM1_PORT, COM1_IRQ = 0x3F8, 4
 GDT_ADDR = 0x500
@@ -110,7 +111,8 @@ class Machine:
     def _build_devices(self) -> None:
         self.pio = Bus("pio")
         self.serial = Uart16550(output=self.console.write, irq=KvmIrqLine(self.vm, COM1_IRQ))
-        self.pio.map(COM1_PORT, 8, self.serial, "serial0")
+        if self.config.serial != "none":  # QEMU's "-serial none" means no COM1 device at all
+            self.pio.map(COM1_PORT, 8, self.serial, "serial0")
         self.i8042 = I8042(on_reset=lambda: self._post(MachineEvent("reset", message="i8042 reset")),
                            kbd_irq=KvmIrqLine(self.vm, 1), aux_irq=KvmIrqLine(self.vm, 12))
         self.pio.map(0x60, 1, self.i8042, "i8042-data")

@@ -152,4 +152,4 @@ def open_backend(spec: str) -> CharBackend:
         return NullBackend()
     if spec.startswith("file:"):
         return FileBackend(Path(spec[5:]))
-    raise ValueError(f"unsupported serial backend {spec!r} (use stdio, file:PATH or none)")
+    raise ValueError(f"unsupported serial backend {spec!r} (use stdio, file:PATH, null or none)")

@@ -2,7 +2,7 @@
 
 Guests see the same map under kvmpy as under ``qemu-system-x86_64 -kernel``:
 conventional memory up to the EBDA, the BIOS area, RAM from 1 MiB up to a
-128 KiB firmware reservation, the boot ROM below 4 GiB, RAM above 4 GiB when
+128 KiB firmware reservation, the KVM identity map and TSS pages, the boot ROM below 4 GiB, RAM above 4 GiB when
 ``-m`` is large, and on AMD CPUs the HyperTransport hole below 1 TiB.
 """
 
@@ -22,6 +22,8 @@ EBDA_START = 0x9FC00
 BIOS_AREA = 0xF0000
 HIGH_TABLES = 0x20000  # SeaBIOS keeps its tables in the last 128 KiB of low RAM
 BOOT_ROM = 0xFFFC0000
+KVM_RESERVED = 0xFEFFC000  # QEMU's KVM identity-map page and TSS, reserved in e820
+KVM_RESERVED_SIZE = 0x4000
 AMD_HT_START = 0xFD00000000
 AMD_HT_SIZE = 0x300000000
 LOWMEM_LIMIT = 0xE0000000  # i440fx: above this much RAM, low memory stops at 3 GiB
@@ -58,6 +60,7 @@ def pc_e820(ram_size: int, amd: bool) -> list[E820Entry]:
         E820Entry(BIOS_AREA, 0x100000 - BIOS_AREA, E820_RESERVED),
         E820Entry(0x100000, below - 0x100000 - HIGH_TABLES, E820_RAM),
         E820Entry(below - HIGH_TABLES, HIGH_TABLES, E820_RESERVED),
+        E820Entry(KVM_RESERVED, KVM_RESERVED_SIZE, E820_RESERVED),
         E820Entry(BOOT_ROM, FOUR_GIB - BOOT_ROM, E820_RESERVED),
     ]
     if above:
