@@ -225,7 +225,8 @@ class Refcounts:
                 return
         taken = set(int(x) for x in avoid)
         base = bi * self.epb
-        slot = next(c for c in range(base, base + self.epb) if c not in taken)
+        # alloc() searches again afterwards, so when every slot is wanted the first one is fine
+        slot = next((c for c in range(base, base + self.epb) if c not in taken), base)
         blk = np.zeros(self.epb, dtype=np.uint64)
         blk[slot - base] = 1
         off = slot * self.cs
