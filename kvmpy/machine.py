@@ -13,6 +13,7 @@ import enum
 import logging
 import queue
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -214,14 +215,21 @@ class Machine:
         if was_running:
             self.resume()
 
-    def run(self) -> int:
-        """Start the VM and serve its events until it ends; returns the exit status."""
+    def run(self, timeout: float | None = None) -> int:
+        """Start the VM and serve its events until it ends; returns the exit status.
+
+        With ``timeout`` (seconds), a VM still running by then is stopped and
+        TimeoutError is raised: for tests and scripts that must not hang.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
         self.start()
         try:
             while True:
                 try:
                     ev = self.events.get(timeout=0.5)
                 except queue.Empty:
+                    if deadline is not None and time.monotonic() > deadline:
+                        raise TimeoutError(f"the VM was still running after {timeout} s") from None
                     continue
                 if ev.kind == "reset" and not self.config.no_reboot:
                     log.info("guest reset (%s)", ev.message or "reset request")
