@@ -153,3 +153,63 @@ def open_backend(spec: str) -> CharBackend:
     if spec.startswith("file:"):
         return FileBackend(Path(spec[5:]))
     raise ValueError(f"unsupported serial backend {spec!r} (use stdio, file:PATH, null or none)")
+
+
+class BufferBackend(CharBackend):
+    """Keeps the guest's output in memory and lets a script type into it: for tests and automation.
+
+    ``expect(text, then=bytes)`` queues input that is sent once ``text`` has
+    appeared in the output; ``wait_for(text, timeout)`` blocks until it has.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._out = bytearray()
+        self._receive: Callable[[bytes], int] | None = None
+        self._expects: list[tuple[bytes, bytes]] = []
+
+    @property
+    def output(self) -> bytes:
+        with self._cond:
+            return bytes(self._out)
+
+    def write(self, data: bytes) -> None:
+        with self._cond:
+            self._out += data
+            self._cond.notify_all()
+            due = [e for e in self._expects if e[0] in self._out]
+            self._expects = [e for e in self._expects if e not in due]
+            receive = self._receive
+        for _, reply in due:
+            if receive is not None:
+                receive(reply)
+
+    def start(self, receive: Callable[[bytes], int], on_quit: Callable[[], None]) -> None:
+        with self._cond:
+            self._receive = receive
+
+    def send(self, data: bytes) -> None:
+        with self._cond:
+            receive = self._receive
+        if receive is None:
+            raise RuntimeError("the machine has not started yet")
+        receive(data)
+
+    def expect(self, text: bytes, then: bytes) -> None:
+        with self._cond:
+            if text in self._out and self._receive is not None:
+                self._receive(then)
+            else:
+                self._expects.append((text, then))
+
+    def wait_for(self, text: bytes, timeout: float) -> bool:
+        import time
+
+        end = time.monotonic() + timeout
+        with self._cond:
+            while text not in self._out:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+            return True
