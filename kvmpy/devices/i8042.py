@@ -171,5 +171,9 @@ class I8042:
             self.pending_cmd = None if pc is None else int(pc) & 0xFF
             self.status_cmd = bool(state.get("status_cmd", False))
             self._queue = collections.deque((int(b) & 0xFF, bool(a)) for b, a in list(state["queue"])[:64])
-            self._irq_levels = (not self._irq_levels[0], not self._irq_levels[1])
-            self._update_irq()
+            head = self._queue[0] if self._queue else None
+            kbd = bool(head and not head[1] and self.ctr & CTR_KBD_INT)
+            aux = bool(head and head[1] and self.ctr & CTR_AUX_INT)
+            self.kbd_irq.set_level(kbd)  # drive both lines whatever they were
+            self.aux_irq.set_level(aux)
+            self._irq_levels = (kbd, aux)

@@ -275,5 +275,5 @@ class Uart16550:
             self.thr_ipending = bool(state["thr_ipending"])
             self._rx = collections.deque(bytes(state["rx"])[:FIFO_DEPTH])
             self._pending = collections.deque(bytes(state["pending"])[:PENDING_LIMIT])
-            self._irq_level = not self._irq_level  # force the line to be re-driven
-            self._update_irq()
+            self._irq_level = self._iir() != IIR_NO_INT
+            self.irq.set_level(self._irq_level)  # drive the line whatever it was
