@@ -29,6 +29,7 @@ from typing import Callable, Mapping, Sequence
 
 from kvmpy.testbed.fetch import FetchError, KernelPackage, cache_root, fetch_busybox, fetch_kernel
 from kvmpy.testbed.initramfs import CTL_TAG, HOST_TAG, build_l1_initramfs
+from kvmpy.testbed.kernel_image import KernelImageError, pvh_vmlinux
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,15 @@ class BedTimings:
     command_s: float | None     # the command's run time, as seen on the console
     total_s: float              # QEMU start -> QEMU gone
     guest_uptime_at_start_s: float | None  # L1's /proc/uptime when the command started
+
+
+@dataclass(frozen=True)
+class PreparedBed:
+    """What a boot needs, from the cache."""
+
+    kernel: KernelPackage
+    boot_image: Path   # the PVH vmlinux when it could be extracted, else the bzImage
+    initrd: Path
 
 
 @dataclass(frozen=True)
@@ -189,9 +199,9 @@ class NestedBed:
         self.boot_timeout = boot_timeout
         self.on_line = on_line  # every console line
         self.on_output = on_output  # only the command's output lines
-        self._prepared: tuple[KernelPackage, Path] | None = None
+        self._prepared: PreparedBed | None = None
 
-    def prepare(self) -> tuple[KernelPackage, Path]:
+    def prepare(self) -> PreparedBed:
         """Fetch the kernel and busybox and build the initramfs (cached; safe to call twice)."""
         if self._prepared is None:
             try:
@@ -200,14 +210,19 @@ class NestedBed:
                 initrd = build_l1_initramfs(kernel, busybox, self.cache / "initramfs")
             except FetchError as exc:
                 raise BedUnavailable(f"cannot prepare the L1 kernel/initramfs: {exc}") from exc
-            self._prepared = (kernel, initrd)
+            try:
+                boot_image = pvh_vmlinux(kernel.vmlinuz, self.cache / "vmlinux")
+            except (KernelImageError, OSError) as exc:
+                log.warning("booting the bzImage (slower under TCG): %s", exc)
+                boot_image = kernel.vmlinuz
+            self._prepared = PreparedBed(kernel, boot_image, initrd)
         return self._prepared
 
-    def qemu_argv(self, kernel: KernelPackage, initrd: Path, ctl: Path) -> list[str]:
+    def qemu_argv(self, prepared: PreparedBed, ctl: Path) -> list[str]:
         argv = [
             self.qemu, "-accel", "tcg,thread=multi", "-cpu", "max",
             "-smp", str(self.smp), "-m", str(self.memory_mib),
-            "-kernel", str(kernel.vmlinuz), "-initrd", str(initrd), "-append", KERNEL_CMDLINE,
+            "-kernel", str(prepared.boot_image), "-initrd", str(prepared.initrd), "-append", KERNEL_CMDLINE,
             "-nodefaults", "-serial", "stdio", "-display", "none", "-no-reboot",
             "-virtfs", f"local,path=/,mount_tag={HOST_TAG},security_model=none,readonly=on,multidevs=remap",
             "-virtfs", f"local,path={_qemu_opt(str(ctl))},mount_tag={CTL_TAG},security_model=none,"
@@ -262,14 +277,14 @@ class NestedBed:
             raise BedError("no command given")
         if shutil.which(self.qemu) is None:
             raise BedUnavailable(f"{self.qemu} not found: install the Debian package qemu-system-x86")
-        kernel, initrd = self.prepare()
+        prepared = self.prepare()
         cwd = Path(cwd or os.getcwd()).resolve()
         own_scratch = scratch is None
         ctl = Path(tempfile.mkdtemp(prefix="kvmpy-bed-")) if own_scratch else _check_share_path(scratch)
         try:
             nonce = secrets.token_hex(8)
             self._write_job(ctl, nonce, argv, cwd, self.job_env(env))
-            return self._boot(self.qemu_argv(kernel, initrd, ctl), ctl, nonce, timeout, console_log)
+            return self._boot(self.qemu_argv(prepared, ctl), ctl, nonce, timeout, console_log)
         finally:
             if own_scratch:
                 shutil.rmtree(ctl, ignore_errors=True)

@@ -12,14 +12,20 @@ Markers:
 Inside the bed the plugin also records every test report as JSON lines to
 $KVMPY_BED_REPORT, which is how outcomes travel back to the host session.
 
+Third-party pytest plugins are not auto-loaded inside the bed (under TCG importing
+hypothesis and pytest-benchmark alone costs ~10 s); hypothesispytest and benchmark are
+added back when a batched test uses them, others via KVMPY_BED_PYTEST_ARGS="-p NAME".
+
 Environment: KVMPY_NO_BED=1, KVMPY_BED_TIMEOUT (s, default 1200),
-KVMPY_BED_BOOT_TIMEOUT (s, default 300), KVMPY_BED_KEEP=1 (keep the scratch dir).
+KVMPY_BED_BOOT_TIMEOUT (s, default 300), KVMPY_BED_KEEP=1 (keep the scratch dir),
+KVMPY_BED_PYTEST_ARGS (extra arguments for the inner pytest).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -38,6 +44,7 @@ NO_BED_ENV = "KVMPY_NO_BED"
 TIMEOUT_ENV = "KVMPY_BED_TIMEOUT"
 BOOT_TIMEOUT_ENV = "KVMPY_BED_BOOT_TIMEOUT"
 KEEP_ENV = "KVMPY_BED_KEEP"
+PYTEST_ARGS_ENV = "KVMPY_BED_PYTEST_ARGS"
 
 NATIVE, BED, OFF = "native", "bed", "off"
 _OUTPUT_TAIL = 60
@@ -85,6 +92,7 @@ class KvmBedPlugin:
         self.kind = host_kvm_kind()
         self.mode = decide_mode(os.environ, self.kind)
         self.kvm_full_ids: list[str] = []
+        self.inner_plugins: list[str] = []
         self.batch: _Batch | None = None
         self._report_path = os.environ.get(REPORT_ENV) if os.environ.get(IN_BED_ENV) == "1" else None
 
@@ -100,7 +108,9 @@ class KvmBedPlugin:
     @pytest.hookimpl(trylast=True)
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         # After -k/-m deselection: only what is selected goes into the batch.
-        self.kvm_full_ids = [i.nodeid for i in session.items if i.get_closest_marker("kvm_full")]
+        items = [i for i in session.items if i.get_closest_marker("kvm_full")]
+        self.kvm_full_ids = [i.nodeid for i in items]
+        self.inner_plugins = sorted(_plugins_needed(items))
 
     # --- running -------------------------------------------------------------------------
 
@@ -198,12 +208,16 @@ class KvmBedPlugin:
                 f"--junitxml={scratch / 'bed.xml'}"]
         if self.config.inipath is not None:
             argv += ["-c", str(self.config.inipath)]
+        for name in self.inner_plugins:
+            argv += ["-p", name]
+        argv += shlex.split(os.environ.get(PYTEST_ARGS_ENV, ""))
         argv += ["--", *self.kvm_full_ids]
         kvmpy_root = project_root()
         shares = [rootdir] + ([kvmpy_root] if kvmpy_root is not None else [])
         pythonpath = [str(Path(__file__).resolve().parents[2])] + \
             ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
-        env = {REPORT_ENV: str(report), "PYTHONPATH": os.pathsep.join(pythonpath)}
+        env = {REPORT_ENV: str(report), "PYTHONPATH": os.pathsep.join(pythonpath),
+               "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
         verbose = self.config.get_verbosity() >= 2
         self._terminal_line(f"kvmpy: host KVM is {self.kind.value}: booting the nested L1 bed for "
                             f"{len(self.kvm_full_ids)} kvm_full test(s) (console: {scratch / 'console.log'})")
@@ -274,6 +288,17 @@ class KvmBedPlugin:
         if self._report_path is not None and report.failed:
             self._record({"nodeid": report.nodeid, "when": "collect", "outcome": "failed",
                           "longrepr": report.longreprtext})
+
+
+def _plugins_needed(items: list[pytest.Item]) -> set[str]:
+    """Entry-point plugins the batch cannot do without (autoloading is off inside the bed)."""
+    names = set()
+    for item in items:
+        if "benchmark" in getattr(item, "fixturenames", ()):
+            names.add("benchmark")
+        if getattr(getattr(item, "obj", None), "is_hypothesis_test", False):
+            names.add("hypothesispytest")
+    return names
 
 
 def register(config: pytest.Config) -> None:
