@@ -1,0 +1,1 @@
+"""Boards for the TCG fallback: memory maps and the devices on them."""
