@@ -151,3 +151,22 @@ def test_cpu_state_round_trips_through_save_and_restore() -> None:
 def test_timeout_stops_a_guest_that_never_exits() -> None:
     with pytest.raises(TimeoutError):
         run_inprocess("counter", timeout=1.5)
+
+
+@_both
+def test_reset_reboots_the_guest_unless_no_reboot(where: str) -> None:
+    def hook(machine, console) -> GuestRun:
+        machine.config.no_reboot = False  # a reset now restarts the guest from its entry point
+        result: list[int] = []
+        runner = threading.Thread(target=lambda: result.append(machine.run(timeout=60)))
+        runner.start()
+        deadline = time.monotonic() + 60
+        while console.output.count(b"done: resetting") < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        machine.request_quit(0)
+        runner.join(30)
+        assert result == [0]
+        assert console.output.count(b"kvmpy demo guest") >= 2, console.output[-500:]
+        return GuestRun(0, console.output.decode())
+
+    run_inprocess("demo", append="cols=20 rows=5 iters=10", machine_hook=hook)

@@ -124,12 +124,21 @@ def main(argv: list[str] | None = None) -> int:
                         help="guests to build (default: all): " + ", ".join(available_guests()))
     parser.add_argument("--build-dir", type=Path, default=None,
                         help=f"output directory (default: {BUILD_DIR})")
+    parser.add_argument("--link", action="store_true",
+                        help="also publish each as <build dir>/<name>.elf (a stable path for configs/)")
     args = parser.parse_args(argv)
     names = args.names or available_guests()
     status = 0
     for name in names:
         try:
-            print(build_guest(name, args.build_dir))
+            path = build_guest(name, args.build_dir)
+            if args.link:
+                stable = path.with_name(f"{name}.elf")
+                tmp = stable.with_name(f".{name}.elf.{os.getpid()}")
+                shutil.copyfile(path, tmp)
+                os.replace(tmp, stable)  # atomic, like the build itself
+                path = stable
+            print(path)
         except GuestBuildError as exc:
             print(f"error: {exc}", file=sys.stderr)
             status = 1

@@ -1,0 +1,85 @@
+"""NestedBed end to end: boot L1 for real and run commands in it."""
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from kvmpy.testbed.bed import BedBootError, BedError, BedUnavailable, NestedBed, normalize_shares
+
+needs_qemu = pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None,
+                                reason="needs qemu-system-x86_64 (apt: qemu-system-x86)")
+not_in_bed = pytest.mark.skipif(os.environ.get("KVMPY_IN_BED") == "1",
+                                reason="booting TCG inside the TCG bed would take far too long")
+
+PROBE = r"""
+import fcntl, os, pathlib, sys
+fd = os.open("/dev/kvm", os.O_RDWR)
+api = fcntl.ioctl(fd, 0xAE00)  # KVM_GET_API_VERSION
+print("api", api, "kvm_amd", pathlib.Path("/sys/module/kvm_amd").is_dir(),
+      "pvm", pathlib.Path("/sys/module/kvm_pvm").exists(), "in_bed", os.environ.get("KVMPY_IN_BED"))
+pathlib.Path(sys.argv[1], "written-in-l1").write_text(os.getcwd())
+sys.exit(3)
+"""
+
+
+@needs_qemu
+@not_in_bed
+def test_bed_has_a_complete_kvm_and_propagates_exit_status(tmp_path: Path) -> None:
+    share = tmp_path / "share"
+    share.mkdir()
+    bed = NestedBed([share])
+    res = bed.run([sys.executable, "-c", PROBE, str(share)], cwd=share, timeout=600)
+    assert res.returncode == 3, res.console
+    assert "api 12 kvm_amd True pvm False in_bed 1" in res.output, res.console
+    assert (share / "written-in-l1").read_text() == str(share)  # writable, same absolute path
+    t = res.timings
+    assert t.boot_s is not None and t.command_s is not None and 0 < t.boot_s < t.total_s
+    print(f"L1 boot-to-command {t.boot_s:.1f} s (guest uptime {t.guest_uptime_at_start_s} s), "
+          f"command {t.command_s:.1f} s, total {t.total_s:.1f} s")
+
+
+@needs_qemu
+@not_in_bed
+def test_boot_timeout_kills_qemu() -> None:
+    with pytest.raises(BedBootError, match="did not reach the command within 1 s"):
+        NestedBed([], boot_timeout=1).run(["true"], cwd=Path("/"), timeout=60)
+
+
+def test_missing_qemu_is_a_clear_error() -> None:
+    with pytest.raises(BedUnavailable, match="/nonexistent/qemu not found.*qemu-system-x86"):
+        NestedBed([], qemu="/nonexistent/qemu").run(["true"])
+
+
+@needs_qemu
+def test_qemu_that_dies_at_once_is_a_boot_error() -> None:
+    # `false` is a real program that exits 1 at once, standing in for a QEMU that cannot start.
+    with pytest.raises(BedBootError, match="L1 stopped before running the command"):
+        NestedBed([], qemu="false").run(["true"], cwd=Path("/"), timeout=60)
+
+
+def test_shares_are_normalised(tmp_path: Path) -> None:
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "c").mkdir()
+    assert normalize_shares([tmp_path / "a" / "b", tmp_path / "c", tmp_path / "a", tmp_path / "c"]) == \
+        [tmp_path / "a", tmp_path / "c"]
+    with pytest.raises(BedError, match="refusing to share /"):
+        normalize_shares([Path("/")])
+    with pytest.raises(BedError, match="not a directory"):
+        normalize_shares([tmp_path / "missing"])
+    with pytest.raises(BedError, match="newlines"):
+        bad = tmp_path / "x\ny"
+        bad.mkdir()
+        normalize_shares([bad])
+
+
+def test_job_env_passes_through_and_marks_the_bed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KVMPY_SOMETHING", "1")
+    monkeypatch.setenv("UNRELATED_VAR", "x")
+    env = NestedBed([]).job_env({"EXTRA": "y"})
+    assert env["KVMPY_IN_BED"] == "1" and env["KVMPY_SOMETHING"] == "1" and env["EXTRA"] == "y"
+    assert env["PATH"] == os.environ["PATH"] and "UNRELATED_VAR" not in env
+    with pytest.raises(BedError, match="bad environment"):
+        NestedBed([]).job_env({"A=B": "1"})
