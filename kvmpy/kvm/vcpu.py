@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import mmap
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable
 
 from kvmpy.kvm import abi, ioctls
@@ -25,11 +25,16 @@ class VcpuFd:
     fd: int
     vcpu_id: int
     run_mm: mmap.mmap
+    coalesced_pio: set[int] = field(default_factory=set)  # shared with the VmFd
+    coalesced_ring_offset: int = 0  # where the ring sits in run_mm; 0 if none
 
     @classmethod
-    def attach(cls, fd: int, vcpu_id: int, mmap_size: int) -> "VcpuFd":
+    def attach(cls, fd: int, vcpu_id: int, mmap_size: int, coalesced_pio: set[int] | None = None,
+               coalesced_ring_offset: int = 0) -> "VcpuFd":
         mm = mmap.mmap(fd, mmap_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        return cls(fd, vcpu_id, mm)
+        if coalesced_ring_offset + 4096 > mmap_size:
+            coalesced_ring_offset = 0
+        return cls(fd, vcpu_id, mm, coalesced_pio if coalesced_pio is not None else set(), coalesced_ring_offset)
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import mmap
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -24,6 +25,8 @@ log = logging.getLogger(__name__)
 class VmFd:
     fd: int
     kvm: "Kvm"
+    # Ports registered for coalescing; shared with every vCPU, which drains the ring.
+    coalesced_pio: set[int] = field(default_factory=set)
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -101,8 +104,11 @@ class VmFd:
         ioctl_buf(self.fd, ioctls.KVM_SET_CLOCK, data)
 
     def register_coalesced(self, addr: int, size: int, pio: bool) -> None:
+        """Let KVM batch writes to this range in a ring instead of exiting (only for effect-free writes)."""
         zone = ffi.new("struct kvm_coalesced_mmio_zone *", {"addr": addr, "size": size, "pio": int(pio)})
         ioctl_buf(self.fd, ioctls.KVM_REGISTER_COALESCED_MMIO, zone)
+        if pio:
+            self.coalesced_pio.update(range(addr, addr + size))
 
     def check_extension(self, cap: int) -> int:
         return ioctl_int(self.fd, ioctls.KVM_CHECK_EXTENSION, cap)
@@ -112,7 +118,9 @@ class VmFd:
         from kvmpy.kvm.vcpu import VcpuFd
 
         fd = ioctl_int(self.fd, ioctls.KVM_CREATE_VCPU, vcpu_id)
-        return VcpuFd.attach(fd, vcpu_id, self.kvm.vcpu_mmap_size())
+        ring_page = self.kvm.check_extension(abi.CAP_COALESCED_MMIO)
+        return VcpuFd.attach(fd, vcpu_id, self.kvm.vcpu_mmap_size(), self.coalesced_pio,
+                             ring_page * mmap.PAGESIZE if ring_page else 0)
 
 
 def _fill(ptr: object, raw: bytes) -> None:

@@ -9,6 +9,8 @@ before entry and a signal interrupts a running or halted vCPU. Nothing spins.
 from __future__ import annotations
 
 import enum
+import errno
+import os
 import logging
 import signal
 import struct
@@ -17,14 +19,23 @@ from dataclasses import dataclass
 from typing import Callable
 
 from kvmpy.devices.bus import Bus
-from kvmpy.kvm import abi
-from kvmpy.kvm.errors import KvmError
+from kvmpy.kvm import abi, ioctls
+from kvmpy.kvm._ioctl import _libc
+from kvmpy.kvm.abi import ffi
+from kvmpy.kvm.errors import KvmError, KvmIoctlError
 from kvmpy.kvm.vcpu import VcpuFd
 from kvmpy.vcpu.x86 import register_dump
 
 log = logging.getLogger(__name__)
 
 KICK_SIGNAL = signal.SIGUSR1
+
+# struct kvm_coalesced_mmio_ring: u32 first, last; then entries of
+# {u64 phys_addr; u32 len; u32 pio; u8 data[8]} filling the rest of the page.
+RING_HDR = struct.Struct("<II")
+RING_FIRST = struct.Struct("<I")
+RING_ENTRY = struct.Struct("<QII8s")
+RING_SLOTS = (4096 - RING_HDR.size) // RING_ENTRY.size
 
 
 class StopReason(enum.Enum):
@@ -67,6 +78,9 @@ class VcpuThread:
                  mmio_write: Callable[[int, int, int], None], events: EventSink,
                  trace_io: bool = False) -> None:
         self.vcpu = vcpu
+        # Ports whose writes KVM batches into the ring page (set by the VM, may grow).
+        self.coalesced_ports = vcpu.coalesced_pio if vcpu.coalesced_ring_offset else set()
+        self.ring_offset = vcpu.coalesced_ring_offset
         self.pio = pio
         self.mmio_read = mmio_read
         self.mmio_write = mmio_write
@@ -138,6 +152,8 @@ class VcpuThread:
     # ---- the vCPU thread -------------------------------------------------
     def _park(self) -> bool:
         """Honour pause/stop requests; returns False when the thread must exit."""
+        if self.coalesced_ports:
+            self.drain_coalesced()  # device state must be complete while we are paused
         with self._cond:
             while self._want is _State.PAUSED:
                 if self._state is not _State.PAUSED:
@@ -163,11 +179,33 @@ class VcpuThread:
                 self._state = _State.STOPPED
                 self._cond.notify_all()
 
+    def drain_coalesced(self) -> None:
+        """Replay, in order, the writes KVM batched in the coalesced ring, then empty it."""
+        mm, base = self.vcpu.run_mm, self.ring_offset
+        first, last = RING_HDR.unpack_from(mm, base)
+        if first == last:
+            return
+        slots = RING_SLOTS
+        while first != last:
+            addr, length, pio_flag, data = RING_ENTRY.unpack_from(mm, base + 8 + first * RING_ENTRY.size)
+            length = min(length, 8)
+            value = int.from_bytes(data[:length], "little")
+            if pio_flag:
+                self.pio.write(addr, length, value)
+            else:
+                self.mmio_write(addr, length, value)
+            first = (first + 1) % slots
+        RING_FIRST.pack_into(mm, base, first)
+
     def _loop(self) -> None:
         vcpu = self.vcpu
         mm = vcpu.run_mm
-        run = vcpu.run
+        fd = vcpu.fd
+        ioctl = _libc.ioctl
+        KVM_RUN = ioctls.KVM_RUN
+        zero = ffi.cast("unsigned long", 0)
         pio = self.pio
+        coalesced = self.coalesced_ports
         u32 = struct.Struct("<I").unpack_from
         io_hdr = abi.RUN_IO.unpack_from
         mmio_hdr = abi.RUN_MMIO.unpack_from
@@ -177,12 +215,17 @@ class VcpuThread:
                 return
             if self._state is not _State.RUNNING and not self._park():
                 return
-            if not run():
-                continue  # kicked: look at the request flags
+            if ioctl(fd, KVM_RUN, zero) < 0:
+                err = ffi.errno
+                if err == errno.EINTR or err == errno.EAGAIN:
+                    continue  # kicked (EINTR), or an AP woken by INIT/SIPI (EAGAIN): look again
+                raise KvmIoctlError("KVM_RUN", err, os.strerror(err))
             self.exits += 1
             reason = u32(mm, abi.RUN_EXIT_REASON)[0]
             if reason == EXIT_IO:
                 direction, size, port, count, off = io_hdr(mm, abi.RUN_UNION)
+                if port in coalesced:
+                    self.drain_coalesced()  # the ring is full: replay it before this write
                 if direction == abi.IO_OUT:
                     if count == 1 and size == 1:
                         pio.write(port, 1, mm[off])
