@@ -1,0 +1,133 @@
+"""The kvm_full/kvm_host plugin, driven through real pytest sessions on a small project."""
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from kvmpy.kvm.flavor import KvmKind, host_kvm_kind
+from kvmpy.testbed.pytest_plugin import BED, NATIVE, OFF, decide_mode
+
+ROOT = Path(__file__).resolve().parents[2]
+bed_host = pytest.mark.skipif(
+    host_kvm_kind() is KvmKind.COMPLETE or os.environ.get("KVMPY_IN_BED") == "1",
+    reason="the bed path is only taken when the host KVM is not complete")
+
+PROJECT_TESTS = '''
+import os
+import pytest
+
+IN_BED = os.environ.get("KVMPY_IN_BED") == "1"
+
+@pytest.mark.kvm_full
+def test_passes_only_in_bed():
+    assert IN_BED
+
+@pytest.mark.kvm_full
+def test_fails_in_bed():
+    assert IN_BED and 6 * 7 == 41, "inner failure text"
+
+@pytest.mark.kvm_full
+def test_skips_in_bed():
+    pytest.skip("skipped inside: " + str(IN_BED))
+
+@pytest.mark.kvm_full
+@pytest.mark.xfail(reason="known inner bug")
+def test_xfails_in_bed():
+    assert not IN_BED
+
+@pytest.mark.kvm_full
+def test_deselected():
+    assert False
+
+@pytest.mark.kvm_host
+def test_on_host():
+    assert not IN_BED
+'''
+
+
+def _project(tmp_path: Path) -> Path:
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "pytest.ini").write_text(textwrap.dedent("""\
+        [pytest]
+        markers =
+            kvm_full: complete KVM
+            kvm_host: any KVM
+        """))
+    (proj / "conftest.py").write_text(
+        "from kvmpy.testbed.pytest_plugin import register\n\n"
+        "def pytest_configure(config):\n    register(config)\n")
+    (proj / "test_sample.py").write_text(PROJECT_TESTS)
+    return proj
+
+
+def _pytest(proj: Path, *args: str, env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess[str],
+                                                                               dict[str, tuple[str, str]]]:
+    full_env = {k: v for k, v in os.environ.items() if k not in ("KVMPY_IN_BED", "PYTEST_ADDOPTS")}
+    full_env.update({"PYTHONPATH": str(ROOT), **(env or {})})
+    xml = proj / "host.xml"
+    res = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", f"--junitxml={xml}",
+                          "-rA", *args], cwd=proj, env=full_env, capture_output=True, text=True, timeout=1500)
+    outcomes = {}
+    for case in ET.parse(xml).iter("testcase"):
+        kids = [c for c in case if c.tag in ("failure", "error", "skipped")]
+        if kids:
+            outcomes[case.get("name", "")] = (kids[0].tag, (kids[0].get("message") or "") + (kids[0].text or ""))
+        else:
+            outcomes[case.get("name", "")] = ("passed", "")
+    return res, outcomes
+
+
+@pytest.mark.parametrize(("env", "kind", "mode"), [
+    ({}, KvmKind.PVM, BED), ({}, KvmKind.MISSING, BED), ({}, KvmKind.COMPLETE, NATIVE),
+    ({"KVMPY_IN_BED": "1"}, KvmKind.PVM, NATIVE), ({"KVMPY_NO_BED": "1"}, KvmKind.PVM, OFF),
+    ({"KVMPY_NO_BED": "1"}, KvmKind.COMPLETE, NATIVE)])
+def test_decide_mode(env: dict[str, str], kind: KvmKind, mode: str) -> None:
+    assert decide_mode(env, kind) == mode
+
+
+@bed_host
+def test_opt_out_skips_kvm_full_with_a_reason(tmp_path: Path) -> None:
+    res, out = _pytest(_project(tmp_path), "-k", "not deselected", env={"KVMPY_NO_BED": "1"})
+    assert res.returncode == 0, res.stdout
+    for name in ("test_passes_only_in_bed", "test_fails_in_bed", "test_skips_in_bed", "test_xfails_in_bed"):
+        assert out[name][0] == "skipped" and "KVMPY_NO_BED=1" in out[name][1], out[name]
+    assert out["test_on_host"] == ("passed", "")
+
+
+@bed_host
+def test_bed_failure_fails_kvm_full_with_the_reason(tmp_path: Path) -> None:
+    res, out = _pytest(_project(tmp_path), "-k", "not deselected", env={"KVMPY_BED_QEMU": "/nonexistent/qemu"})
+    assert res.returncode == 1
+    assert "booting the nested L1 bed for 4 kvm_full test(s)" in res.stdout  # -k respected
+    for name in ("test_passes_only_in_bed", "test_fails_in_bed", "test_skips_in_bed", "test_xfails_in_bed"):
+        kind, text = out[name]
+        assert kind == "error" and "/nonexistent/qemu not found" in text, out[name]
+    assert out["test_on_host"] == ("passed", "")
+
+
+@bed_host
+@pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="needs qemu-system-x86_64")
+def test_each_item_reports_its_twins_outcome_from_the_bed(tmp_path: Path) -> None:
+    res, out = _pytest(_project(tmp_path), "-k", "not deselected")
+    assert "booting the nested L1 bed for 4 kvm_full test(s)" in res.stdout, res.stdout
+    assert "nested bed done: inner pytest exit 1" in res.stdout, res.stdout
+    assert out["test_passes_only_in_bed"] == ("passed", "")
+    kind, text = out["test_fails_in_bed"]
+    assert kind == "failure" and "inner failure text" in text and "failed inside the nested KVM test bed" in text
+    assert out["test_skips_in_bed"][0] == "skipped"
+    assert out["test_skips_in_bed"][1].startswith("skipped inside: True")  # message, then path:line
+    assert out["test_xfails_in_bed"][0] == "skipped" and "known inner bug" in out["test_xfails_in_bed"][1]
+    assert out["test_on_host"] == ("passed", "")
+    assert "test_deselected" not in out
+    assert res.returncode == 1
+    summary = res.stdout.strip().splitlines()[-1]
+    for part in ("1 failed", "2 passed", "1 skipped", "1 xfailed", "1 deselected"):
+        assert part in summary, summary
+    print(next(line for line in res.stdout.splitlines() if "nested bed done" in line))
