@@ -146,10 +146,14 @@ class I8042:
         else:
             self._out(0xFA)
 
-    def _update_irq(self) -> None:
+    def _levels(self) -> tuple[bool, bool]:
+        """(keyboard, aux) interrupt levels: the byte at the head of the queue, if its source is enabled."""
         head = self._queue[0] if self._queue else None
-        kbd = bool(head and not head[1] and self.ctr & CTR_KBD_INT)
-        aux = bool(head and head[1] and self.ctr & CTR_AUX_INT)
+        return (bool(head and not head[1] and self.ctr & CTR_KBD_INT),
+                bool(head and head[1] and self.ctr & CTR_AUX_INT))
+
+    def _update_irq(self) -> None:
+        kbd, aux = self._levels()
         if (kbd, aux) != self._irq_levels:
             if kbd != self._irq_levels[0]:
                 self.kbd_irq.set_level(kbd)
@@ -171,9 +175,7 @@ class I8042:
             self.pending_cmd = None if pc is None else int(pc) & 0xFF
             self.status_cmd = bool(state.get("status_cmd", False))
             self._queue = collections.deque((int(b) & 0xFF, bool(a)) for b, a in list(state["queue"])[:64])
-            head = self._queue[0] if self._queue else None
-            kbd = bool(head and not head[1] and self.ctr & CTR_KBD_INT)
-            aux = bool(head and head[1] and self.ctr & CTR_AUX_INT)
+            kbd, aux = self._levels()
             self.kbd_irq.set_level(kbd)  # drive both lines whatever they were
             self.aux_irq.set_level(aux)
             self._irq_levels = (kbd, aux)
