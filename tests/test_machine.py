@@ -170,3 +170,36 @@ def test_reset_reboots_the_guest_unless_no_reboot(where: str) -> None:
         return GuestRun(0, console.output.decode())
 
     run_inprocess("demo", append="cols=20 rows=5 iters=10", machine_hook=hook)
+
+
+@_both
+def test_triple_fault_resets_and_no_reboot_exits(where: str) -> None:
+    run = run_inprocess("triplefault")  # the runner passes -no-reboot
+    assert run.status == 0
+    assert run.output == "triplefault: boot 1\n"
+
+    def hook(machine, console) -> GuestRun:
+        machine.config.no_reboot = False
+        result: list[int] = []
+        runner = threading.Thread(target=lambda: result.append(machine.run(timeout=60)))
+        runner.start()
+        assert console.wait_for(b"triplefault: boot 3\n", 30), console.output
+        machine.request_quit(0)
+        runner.join(30)
+        return GuestRun(result[0], console.output.decode())
+
+    rebooting = run_inprocess("triplefault", machine_hook=hook)
+    assert rebooting.output.startswith("triplefault: boot 1\ntriplefault: boot 2\ntriplefault: boot 3\n")
+
+
+@pytest.mark.kvm_host
+def test_internal_error_stops_the_vm_with_a_register_dump(caplog) -> None:
+    from kvmpy.kvm.flavor import KvmKind, host_kvm_kind
+
+    if host_kvm_kind() is not KvmKind.PVM:
+        pytest.skip("only the PVM KVM fails to emulate a 32-bit iret")
+    run = run_inprocess("timer", append="lm=0")
+    assert run.status == 1
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "KVM_EXIT_INTERNAL_ERROR: emulation failure" in text
+    assert "RIP=" in text and "CR0=" in text
