@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-nographic", action="store_true", help="serial on stdio (the default)")
     p.add_argument("-serial", default=None, help="stdio | file:PATH | none")
     p.add_argument("-d", default="", metavar="ITEMS",
-                   help="trace items: in_asm,exec,cpu,int,op,tb_stats,nochain")
+                   help="trace items: in_asm,exec,cpu,int,op,out_asm,tb_stats,nochain")
     p.add_argument("-D", type=Path, default=None, metavar="FILE", help="write traces to FILE")
     p.add_argument("-no-reboot", action="store_true", help="exit instead of resetting")
     return p

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from kvmpy.tcg_fallback.errors import TcgUserError
 
-TRACE_FLAGS = frozenset({"in_asm", "exec", "int", "cpu", "op", "tb_stats", "nochain"})
+TRACE_FLAGS = frozenset({"in_asm", "exec", "int", "cpu", "op", "out_asm", "tb_stats", "nochain"})
 MIN_MEMORY = 1 << 20
 MAX_MEMORY = 16 << 30
 DEFAULT_MEMORY = 128 << 20

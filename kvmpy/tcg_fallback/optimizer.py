@@ -7,7 +7,7 @@ reference semantics of the pure ops, used by tests to check backends.
 
 from __future__ import annotations
 
-from kvmpy.tcg_fallback.ir import MASK64, PURE_OPS, SIGN64, Block, Insn, Temp, Value
+from kvmpy.tcg_fallback.ir import MASK64, PURE_OPS, SIGN64, TERMINATORS, Block, Insn, Temp, Value
 
 
 def _s(v: int) -> int:
@@ -151,13 +151,23 @@ def optimize(block: Block) -> Block:
                     known[d] = src      # temp copying a global: valid until the global changes
         out.append(ins)
 
-    # Dead temporaries: walk backwards, drop pure defs of unused temps.
+    # Walk backwards: drop pure defs of unused temps, and pure writes of a global
+    # that is written again before anything reads it or could trap.
     used: set[Temp] = set()
+    shadowed: set[Temp] = set()
     live: list[Insn] = []
     for ins in reversed(out):
         d = ins.dst
-        if ins.op in PURE_OPS and d is not None and not d.is_global and d not in used:
-            continue
+        if ins.op in PURE_OPS and d is not None:
+            if (not d.is_global and d not in used) or (d.is_global and d in shadowed):
+                continue
+        if ins.op in ("ld", "st", "call") or ins.op in TERMINATORS:
+            shadowed.clear()
+        if d is not None and d.is_global:
+            shadowed.add(d)
+        for a in ins.args:
+            if isinstance(a, Temp):
+                shadowed.discard(a)
         for a in ins.args:
             if isinstance(a, Temp):
                 used.add(a)

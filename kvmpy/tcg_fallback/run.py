@@ -55,7 +55,7 @@ def build_board(cfg: RiscvMachineConfig, stack: ExitStack) -> tuple[VirtBoard, "
     if cfg.trace:
         if cfg.trace_file is not None:
             try:
-                trace = stack.enter_context(Path(cfg.trace_file).open("w"))
+                trace = stack.enter_context(Path(cfg.trace_file).open("w", buffering=1))
             except OSError as exc:
                 raise TcgUserError(f"{cfg.trace_file}: cannot open trace file: {exc.strerror}") from exc
         else:

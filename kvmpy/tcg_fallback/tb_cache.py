@@ -72,13 +72,14 @@ class TBCache:
     def __init__(self, layout: StateLayout, namespace: dict[str, Any],
                  translate: Callable[[int], tuple[Block, int, tuple[int, ...]]],
                  on_new_page: Callable[[int], None], trace: Callable[[str], None] | None = None,
-                 trace_ir: bool = False, chaining: bool = True) -> None:
+                 trace_ir: bool = False, chaining: bool = True, trace_out: bool = False) -> None:
         self.layout = layout
         self.namespace = namespace
         self._translate = translate          # vpc -> (block, ppc, physical pages)
         self._on_new_page = on_new_page
         self._trace = trace
         self._trace_ir = trace_ir
+        self._trace_out = trace_out
         self.chaining = chaining
         self.store: dict[tuple[int, int], TB] = {}
         self.page_tbs: dict[int, set[TB]] = {}
@@ -113,6 +114,8 @@ class TBCache:
             self._trace(f"OP after optimization {pc:#x}:\n" +
                         "\n".join(f"  {i!r}" for i in block.insns) + "\n")
         unit = compile_unit([block], self.layout, self.namespace, "tb")
+        if self._trace is not None and self._trace_out:
+            self._trace(f"OUT: [{pc:#x}]\n{unit.source}\n")
         tb = TB(pc, ppc, pages, block, unit)
         self.stats.translations += 1
         old = self.store.get((pc, ppc))
@@ -160,6 +163,8 @@ class TBCache:
             return          # nothing to gain: no loop and no successor known yet
         unit = compile_unit([m.block for m in members], self.layout, self.namespace, "region")
         head.unit = unit
+        if self._trace is not None and self._trace_out:
+            self._trace(f"OUT region: [{head.pc:#x}] {len(members)} blocks\n{unit.source}\n")
         for m in members:
             m.regions.append(head)
         self.stats.regions += 1

@@ -84,8 +84,9 @@ class VirtBoard:
         chaining = not ({"exec", "nochain", "cpu"} & self.trace_flags)
         self.cache = TBCache(StateLayout(N_SLOTS, PC, INSTRET), ns, self.translator.translate,
                              self.mem.mark_code_page,
-                             trace=trace if {"in_asm", "op"} & self.trace_flags else None,
-                             trace_ir="op" in self.trace_flags, chaining=chaining)
+                             trace=trace if {"in_asm", "op", "out_asm"} & self.trace_flags else None,
+                             trace_ir="op" in self.trace_flags, chaining=chaining,
+                             trace_out="out_asm" in self.trace_flags)
         self.mem.on_code_write = self._code_written
         cpu.on_tlb_flush = self._tlb_flushed
         cpu.poll_devices = self._poll

@@ -25,7 +25,7 @@ GUEST_DIR = Path(__file__).resolve().parent
 BUILD_DIR = GUEST_DIR / "_build"
 LINKER_SCRIPT = GUEST_DIR / "link.ld"
 CC = "riscv64-linux-gnu-gcc"
-CFLAGS = ("-march=rv64imac", "-mabi=lp64", "-mcmodel=medany", "-fno-pic", "-no-pie",
+CFLAGS = ("-march=rv64imac_zicsr_zifencei", "-mabi=lp64", "-mcmodel=medany", "-fno-pic", "-no-pie",
           "-nostdlib", "-static", "-ffreestanding", "-fno-builtin", "-O2",
           "-Wl,--build-id=none", "-Wl,--no-warn-rwx-segments", "-Wa,--fatal-warnings")
 RUNTIME = ("rt.S",)
