@@ -13,6 +13,7 @@ slower than on the host, so callers batch their work into one run.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import secrets
@@ -23,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -40,6 +42,8 @@ IN_BED_ENV = "KVMPY_IN_BED"
 KERNEL_CMDLINE = "console=ttyS0 panic=-1 quiet"
 _ERROR_PREFIX = "kvmpy-bed: error: "
 _TAIL_LINES = 40
+_MAX_CONSOLE_BYTES = 64 << 20
+_MAX_LINE_BYTES = 64 << 10
 
 
 class BedError(RuntimeError):
@@ -125,14 +129,18 @@ def _qemu_opt(value: str) -> str:
 
 @dataclass
 class _Console:
-    """What the reader thread saw on L1's serial console."""
+    """What the reader thread saw on L1's serial console (memory-bounded)."""
 
     nonce: str
     on_line: Callable[[str], None] | None
     on_output: Callable[[str], None] | None = None
-    lines: list[str] = field(default_factory=list)
-    start_idx: int | None = None
-    exit_idx: int | None = None
+    max_bytes: int = _MAX_CONSOLE_BYTES
+    before: list[str] = field(default_factory=list)   # boot, up to the start marker
+    output: list[str] = field(default_factory=list)   # the command's lines
+    after: list[str] = field(default_factory=list)    # the exit marker and power-off
+    recent: deque[str] = field(default_factory=lambda: deque(maxlen=_TAIL_LINES))
+    stored: int = 0
+    dropped: int = 0
     started_at: float | None = None
     exited_at: float | None = None
     exit_status: int | None = None
@@ -141,31 +149,52 @@ class _Console:
     started: threading.Event = field(default_factory=threading.Event)
     finished: threading.Event = field(default_factory=threading.Event)
 
+    def _keep(self, bucket: list[str], line: str) -> None:
+        # Past the budget, lines are counted but not kept (the console log file has them all).
+        if self.stored + len(line) > self.max_bytes:
+            self.dropped += 1
+            return
+        self.stored += len(line) + 1
+        bucket.append(line)
+
     def feed(self, line: str) -> None:
         marker = f"kvmpy-bed[{self.nonce}]: "
-        self.lines.append(line)
+        self.recent.append(line)
         if line.startswith(marker):
             words = line[len(marker):].split()
-            if words[:2] == ["command", "started"]:
-                self.start_idx, self.started_at = len(self.lines), time.monotonic()
+            if words[:2] == ["command", "started"] and not self.started.is_set():
+                self.before.append(line)
+                self.started_at = time.monotonic()
                 self.uptime_at_start = _float_after(words, "uptime")
                 self.started.set()
             elif words[:1] == ["exit"] and len(words) > 1 and words[1].lstrip("-").isdigit():
-                self.exit_idx, self.exited_at = len(self.lines) - 1, time.monotonic()
+                self.after.append(line)
+                self.exited_at = time.monotonic()
                 self.exit_status = int(words[1])
                 self.finished.set()
-        elif line.startswith(_ERROR_PREFIX) and self.start_idx is None:
-            self.error = line[len(_ERROR_PREFIX):]
-        elif self.start_idx is not None and self.exit_idx is None and self.on_output is not None:
-            self.on_output(line)
+        elif not self.started.is_set():
+            if line.startswith(_ERROR_PREFIX):
+                self.error = line[len(_ERROR_PREFIX):]
+            self._keep(self.before, line)
+        elif not self.finished.is_set():
+            self._keep(self.output, line)
+            if self.on_output is not None:
+                self.on_output(line)
+        else:
+            self._keep(self.after, line)
         if self.on_line is not None:
             self.on_line(line)
 
-    def text(self) -> str:
-        return "\n".join(self.lines)
+    def output_text(self) -> str:
+        note = [f"[kvmpy-bed: {self.dropped} console lines dropped past {self.max_bytes} bytes]"] \
+            if self.dropped else []
+        return "".join(line + "\n" for line in self.output + note)
 
-    def tail(self, n: int = _TAIL_LINES) -> str:
-        return "\n".join(self.lines[-n:])
+    def text(self) -> str:
+        return "\n".join(self.before + self.output + self.after)
+
+    def tail(self) -> str:
+        return "\n".join(self.recent)
 
 
 def _float_after(words: list[str], key: str) -> float | None:
@@ -308,7 +337,8 @@ class NestedBed:
         with open(stderr_path, "wb") as err_fh:
             try:
                 proc = subprocess.Popen(qemu_argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                        stderr=err_fh, start_new_session=True)
+                                        stderr=err_fh, start_new_session=True,
+                                        preexec_fn=_die_with_parent)
             except OSError as exc:
                 raise BedUnavailable(f"cannot start {self.qemu}: {exc}") from exc
         reader = threading.Thread(target=_read_console, args=(proc, con), daemon=True,
@@ -324,17 +354,16 @@ class NestedBed:
             if log_fh is not None:
                 log_fh.close()
         t_end = time.monotonic()
-        assert con.exit_status is not None and con.start_idx is not None and con.exit_idx is not None
+        assert con.exit_status is not None
         timings = BedTimings(
             boot_s=(con.started_at - t0) if con.started_at else None,
             command_s=(con.exited_at - con.started_at) if con.exited_at and con.started_at else None,
             total_s=t_end - t0,
             guest_uptime_at_start_s=con.uptime_at_start,
         )
-        output = "\n".join(con.lines[con.start_idx:con.exit_idx])
         log.info("L1 command exited %d (boot %.1f s, command %.1f s)", con.exit_status,
                  timings.boot_s or 0.0, timings.command_s or 0.0)
-        return BedResult(con.exit_status, output + ("\n" if output else ""), con.text(), timings)
+        return BedResult(con.exit_status, con.output_text(), con.text(), timings)
 
     def _wait(self, proc: subprocess.Popen[bytes], con: _Console, t0: float, timeout: float,
               stderr_path: Path) -> None:
@@ -385,9 +414,20 @@ def _quiet_wait(proc: subprocess.Popen[bytes], seconds: float) -> bool:
 
 def _read_console(proc: subprocess.Popen[bytes], con: _Console) -> None:
     assert proc.stdout is not None
-    for raw in proc.stdout:
+    while True:
+        raw = proc.stdout.readline(_MAX_LINE_BYTES)  # bounded: a newline-less flood is split up
+        if not raw:
+            break
         con.feed(raw.decode("utf-8", errors="replace").rstrip("\r\n").replace("\r", ""))
     proc.stdout.close()
+
+
+def _die_with_parent() -> None:
+    """Runs in the QEMU child before exec: SIGKILL it if the Python parent dies unexpectedly."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+    except (OSError, AttributeError):
+        pass
 
 
 def python_argv(*args: str) -> list[str]:

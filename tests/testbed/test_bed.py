@@ -83,3 +83,60 @@ def test_job_env_passes_through_and_marks_the_bed(monkeypatch: pytest.MonkeyPatc
     assert env["PATH"] == os.environ["PATH"] and "UNRELATED_VAR" not in env
     with pytest.raises(BedError, match="bad environment"):
         NestedBed([]).job_env({"A=B": "1"})
+
+
+def test_console_memory_is_bounded_and_markers_still_count() -> None:
+    from kvmpy.testbed.bed import _Console
+
+    seen: list[str] = []
+    con = _Console("n0nce", None, seen.append, max_bytes=100)
+    con.feed("kvmpy-bed: init started")
+    con.feed("kvmpy-bed[n0nce]: command started uptime 4.5")
+    for i in range(50):
+        con.feed(f"line {i:04d}")
+    con.feed("kvmpy-bed[other]: exit 0")  # a command cannot forge the marker without the nonce
+    con.feed("kvmpy-bed[n0nce]: exit 7 uptime 9.0")
+    assert con.started.is_set() and con.finished.is_set() and con.exit_status == 7
+    assert con.uptime_at_start == 4.5
+    assert len(seen) == 51  # every output line is streamed, even the ones not kept
+    out = con.output_text()
+    assert out.startswith("line 0000\n") and "console lines dropped past 100 bytes" in out
+    assert len(out) < 200 and "line 0049" in con.tail()
+
+
+@needs_qemu
+@not_in_bed
+def test_qemu_dies_with_its_parent(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import time
+
+    script = ("import sys; from pathlib import Path; from kvmpy.testbed.bed import NestedBed\n"
+              "bed = NestedBed([Path(sys.argv[1])], on_line=lambda l: print(l, flush=True))\n"
+              "bed.run(['sleep', '600'], cwd=Path('/'), timeout=900)\n")
+    root = Path(__file__).resolve().parents[2]
+    child = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE,
+                             text=True, env={**os.environ, "PYTHONPATH": str(root)})
+    assert child.stdout is not None
+    try:
+        for line in child.stdout:
+            if line.startswith("kvmpy-bed: init started"):
+                break
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+
+    def qemus() -> list[str]:
+        found = []
+        for proc in Path("/proc").iterdir():
+            try:
+                if str(tmp_path).encode() in (proc / "cmdline").read_bytes():
+                    found.append(proc.name)
+            except OSError:
+                continue
+        return found
+
+    deadline = time.monotonic() + 10
+    while qemus() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert qemus() == []
