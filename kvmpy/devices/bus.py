@@ -74,6 +74,9 @@ class Bus:
     _ranges: list[BusRange] = field(default_factory=list)
     _unknown_seen: set[int] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    # address -> BusRange (or None when unmapped), filled by hot paths; emptied in place on
+    # every map/unmap so holders of a reference never see a stale entry.
+    cache: dict[int, BusRange | None] = field(default_factory=dict)
 
     def map(self, base: int, size: int, device: Device, name: str = "") -> None:
         if size <= 0:
@@ -89,6 +92,7 @@ class Bus:
                     )
             self._starts.insert(i, base)
             self._ranges.insert(i, new)
+            self.cache.clear()
 
     def unmap(self, base: int) -> None:
         with self._lock:
@@ -97,6 +101,7 @@ class Bus:
                 raise KeyError(f"{self.name}: nothing mapped at {base:#x}")
             del self._starts[i]
             del self._ranges[i]
+            self.cache.clear()
 
     def find(self, addr: int) -> BusRange | None:
         i = bisect.bisect_right(self._starts, addr) - 1

@@ -205,6 +205,7 @@ class VcpuThread:
         KVM_RUN = ioctls.KVM_RUN
         zero = ffi.cast("unsigned long", 0)
         pio = self.pio
+        port_cache = pio.cache
         coalesced = self.coalesced_ports
         u32 = struct.Struct("<I").unpack_from
         io_hdr = abi.RUN_IO.unpack_from
@@ -226,13 +227,24 @@ class VcpuThread:
                 direction, size, port, count, off = io_hdr(mm, abi.RUN_UNION)
                 if port in coalesced:
                     self.drain_coalesced()  # the ring is full: replay it before this write
-                if direction == abi.IO_OUT:
-                    if count == 1 and size == 1:
-                        pio.write(port, 1, mm[off])
+                if count == 1 and size == 1:
+                    # The common case, with the port's device looked up once and cached.
+                    hit = port_cache.get(port, pio)
+                    if hit is pio:
+                        hit = port_cache[port] = pio.find(port)
+                    if hit is None:
+                        if direction == abi.IO_OUT:
+                            pio.write(port, 1, mm[off])
+                        else:
+                            mm[off] = pio.read(port, 1) & 0xFF
+                    elif direction == abi.IO_OUT:
+                        hit.device.write(port - hit.base, 1, mm[off])
                     else:
-                        for i in range(count):
-                            p = off + i * size
-                            pio.write(port, size, int.from_bytes(mm[p:p + size], "little"))
+                        mm[off] = hit.device.read(port - hit.base, 1) & 0xFF
+                elif direction == abi.IO_OUT:
+                    for i in range(count):
+                        p = off + i * size
+                        pio.write(port, size, int.from_bytes(mm[p:p + size], "little"))
                 else:
                     for i in range(count):
                         p = off + i * size
