@@ -7,7 +7,7 @@ import pytest
 
 from conftest import guest, run_kvmpy, run_qemu
 
-GUESTS = ["hello", "traps", "priv", "csr", "timer", "plic", "paging", "atomics", "rvc", "smc",
+GUESTS = ["hello", "traps", "priv", "csr", "interrupts", "paging", "atomics", "rvc", "smc",
           "alu", "sha256", "qsort", "coremark"]
 
 

@@ -23,7 +23,7 @@ class Clint:
         self.set_msip = set_msip
         self.set_mtip = set_mtip
         self.msip = 0
-        self.mtimecmp = MASK64
+        self.mtimecmp = 0          # QEMU resets it to 0: MTIP is pending at boot
 
     @staticmethod
     def _slice(value: int, offset: int, size: int) -> int:

@@ -105,6 +105,7 @@ class VirtBoard:
         R[PC] = img.entry
         R[10] = self.cpu.hartid        # a0 = hartid, as QEMU's reset vector sets it
         R[11] = 0                      # a1 = DTB address: no device tree is generated
+        self._poll()
         if "tohost" in img.symbols and self.mem.in_ram(img.symbols["tohost"], 8):
             self.htif = Htif(self.mem, img.symbols["tohost"], img.symbols.get("fromhost"), self.io.output)
 
@@ -165,7 +166,7 @@ class VirtBoard:
     def _idle(self) -> bool:
         """WFI with nothing pending: let time pass until something can happen."""
         cpu = self.cpu
-        if cpu.mie & MTIP and self.clint.mtimecmp != (1 << 64) - 1:
+        if cpu.mie & MTIP and self.clint.mtimecmp != (1 << 64) - 1 and not cpu.hw_ip & MTIP:
             if cpu.mtime < self.clint.mtimecmp:
                 cpu.time_skew += self.clint.mtimecmp - cpu.mtime
             self._poll()
@@ -195,5 +196,5 @@ class VirtBoard:
         self.mem.ram[:] = bytes(len(self.mem.ram))
         self.cpu.reset()
         self.uart.reset()
-        self.clint.mtimecmp = (1 << 64) - 1
+        self.clint.mtimecmp = 0
         self.load(img, path)
