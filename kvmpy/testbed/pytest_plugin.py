@@ -163,10 +163,10 @@ class KvmBedPlugin:
                 rep.wasxfail = wasxfail  # type: ignore[attr-defined]
             return rep
 
-        if batch.error is not None:
+        inner = batch.reports.get(item.nodeid)
+        if not inner and batch.error is not None:
             return [make("setup", "failed", f"kvm_full test not run: the nested KVM test bed failed:\n"
                                             f"{batch.error}")]
-        inner = batch.reports.get(item.nodeid)
         if not inner:
             for collector, text in batch.collect_errors.items():
                 if item.nodeid.startswith(collector + "::") or item.nodeid == collector:
@@ -187,6 +187,10 @@ class KvmBedPlugin:
             sections = [(str(a), str(b)) for a, b in r.get("sections", [])]
             out.append(make(r["when"], r["outcome"], longrepr, float(r.get("duration", 0.0)),
                             sections, r.get("wasxfail")))
+        if not any(r["when"] == "teardown" for r in inner) and not any(r.failed or r.skipped for r in out):
+            why = f"the nested KVM test bed failed:\n{batch.error}" if batch.error else \
+                f"the inner pytest stopped (exit status {batch.returncode})"
+            out.append(make("call", "failed", f"interrupted inside the bed: {why}"))
         return out
 
     # --- the batch -----------------------------------------------------------------------
@@ -206,6 +210,8 @@ class KvmBedPlugin:
         rootdir = Path(self.config.rootpath)
         argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-v", "--rootdir", str(rootdir),
                 f"--junitxml={scratch / 'bed.xml'}"]
+        tw = self.config.get_terminal_writer()
+        argv.append(f"--color={'yes' if tw.hasmarkup else 'no'}")  # L1's console is a tty
         if self.config.inipath is not None:
             argv += ["-c", str(self.config.inipath)]
         for name in self.inner_plugins:
@@ -218,16 +224,24 @@ class KvmBedPlugin:
             ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
         env = {REPORT_ENV: str(report), "PYTHONPATH": os.pathsep.join(pythonpath),
                "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
-        verbose = self.config.get_verbosity() >= 2
+        verbosity = self.config.get_verbosity()
+
+        def show(line: str) -> None:
+            # -v: the inner per-test result lines; -vv: everything the batch prints.
+            if verbosity >= 2 or (verbosity >= 1 and "::" in line and
+                                  any(w in line for w in ("PASSED", "FAILED", "SKIPPED", "ERROR", "XFAIL", "XPASS"))):
+                self._terminal_line(f"  [L1] {line}")
         self._terminal_line(f"kvmpy: host KVM is {self.kind.value}: booting the nested L1 bed for "
                             f"{len(self.kvm_full_ids)} kvm_full test(s) (console: {scratch / 'console.log'})")
         try:
             bed = NestedBed(shares, boot_timeout=_env_seconds(BOOT_TIMEOUT_ENV, 300.0),
-                            on_output=(lambda line: self._terminal_line(f"  [L1] {line}")) if verbose else None)
+                            on_output=show)
             res = bed.run(argv, cwd=rootdir, env=env, timeout=_env_seconds(TIMEOUT_ENV, 1200.0),
                           scratch=scratch, console_log=scratch / "console.log")
         except BedError as exc:
+            # Tests that finished before a timeout or crash keep their real outcome.
             batch.error = f"{exc}\n(scratch dir kept: {scratch})"
+            self._load_reports(report, batch)
             self._terminal_line(f"kvmpy: the nested bed failed: {str(exc).splitlines()[0]}")
             return batch
         batch.returncode = res.returncode
