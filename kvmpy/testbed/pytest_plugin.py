@@ -9,6 +9,12 @@ Markers:
                 every kvm_full item with the reason; KVMPY_NO_BED=1 skips them instead.
   ``kvm_host``  needs any /dev/kvm (PVM is enough); skipped when there is none.
 
+Fixtures of kvm_full tests run inside L1 only (~40x slower than here). Work that is
+better done on the host first (building guest images, say) goes in a conftest hook:
+
+    def pytest_kvmpy_bed_prepare(config, items):  # items: the batch's kvm_full items
+        ...                                       # runs once, on the host, before the boot
+
 Inside the bed the plugin also records every test report as JSON lines to
 $KVMPY_BED_REPORT, which is how outcomes travel back to the host session.
 
@@ -48,6 +54,14 @@ PYTEST_ARGS_ENV = "KVMPY_BED_PYTEST_ARGS"
 
 NATIVE, BED, OFF = "native", "bed", "off"
 _OUTPUT_TAIL = 60
+
+
+class BedHookSpecs:
+    """Hooks this plugin adds to pytest."""
+
+    @pytest.hookspec
+    def pytest_kvmpy_bed_prepare(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+        """Called on the host once, just before the nested bed boots for ``items``."""
 
 
 def decide_mode(env: dict[str, str] | os._Environ[str], kind: KvmKind) -> str:
@@ -92,6 +106,7 @@ class KvmBedPlugin:
         self.kind = host_kvm_kind()
         self.mode = decide_mode(os.environ, self.kind)
         self.kvm_full_ids: list[str] = []
+        self.kvm_full_items: list[pytest.Item] = []
         self.inner_plugins: list[str] = []
         self.batch: _Batch | None = None
         self._report_path = os.environ.get(REPORT_ENV) if os.environ.get(IN_BED_ENV) == "1" else None
@@ -109,6 +124,7 @@ class KvmBedPlugin:
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         # After -k/-m deselection: only what is selected goes into the batch.
         items = [i for i in session.items if i.get_closest_marker("kvm_full")]
+        self.kvm_full_items = items
         self.kvm_full_ids = [i.nodeid for i in items]
         self.inner_plugins = sorted(_plugins_needed(items))
 
@@ -234,6 +250,12 @@ class KvmBedPlugin:
         self._terminal_line(f"kvmpy: host KVM is {self.kind.value}: booting the nested L1 bed for "
                             f"{len(self.kvm_full_ids)} kvm_full test(s) (console: {scratch / 'console.log'})")
         try:
+            self.config.hook.pytest_kvmpy_bed_prepare(config=self.config, items=list(self.kvm_full_items))
+        except Exception as exc:  # a conftest's preparation failed: every batched test fails with it
+            batch.error = f"pytest_kvmpy_bed_prepare failed on the host: {type(exc).__name__}: {exc}"
+            self._terminal_line(f"kvmpy: {batch.error}")
+            return batch
+        try:
             bed = NestedBed(shares, boot_timeout=_env_seconds(BOOT_TIMEOUT_ENV, 300.0),
                             on_output=show)
             res = bed.run(argv, cwd=rootdir, env=env, timeout=_env_seconds(TIMEOUT_ENV, 1200.0),
@@ -318,4 +340,5 @@ def _plugins_needed(items: list[pytest.Item]) -> set[str]:
 def register(config: pytest.Config) -> None:
     """Register the plugin (idempotent); call from a conftest's pytest_configure."""
     if not config.pluginmanager.has_plugin("kvmpy-testbed"):
+        config.pluginmanager.add_hookspecs(BedHookSpecs)
         config.pluginmanager.register(KvmBedPlugin(config), "kvmpy-testbed")

@@ -27,6 +27,9 @@ IN_BED = os.environ.get("KVMPY_IN_BED") == "1"
 @pytest.mark.kvm_full
 def test_passes_only_in_bed():
     assert IN_BED
+    # Written on the host by the conftest's pytest_kvmpy_bed_prepare, before L1 booted.
+    with open(os.path.join(os.path.dirname(__file__), "prepared.txt")) as fh:
+        assert fh.read() == "test_sample.py::test_passes_only_in_bed test_sample.py::test_fails_in_bed"
 
 @pytest.mark.kvm_full
 def test_fails_in_bed():
@@ -60,9 +63,18 @@ def _project(tmp_path: Path) -> Path:
             kvm_full: complete KVM
             kvm_host: any KVM
         """))
-    (proj / "conftest.py").write_text(
-        "from kvmpy.testbed.pytest_plugin import register\n\n"
-        "def pytest_configure(config):\n    register(config)\n")
+    (proj / "conftest.py").write_text(textwrap.dedent("""\
+        import os
+        from kvmpy.testbed.pytest_plugin import register
+
+        def pytest_configure(config):
+            register(config)
+
+        def pytest_kvmpy_bed_prepare(config, items):
+            assert os.environ.get("KVMPY_IN_BED") != "1"
+            with open(os.path.join(str(config.rootpath), "prepared.txt"), "w") as fh:
+                fh.write(" ".join(i.nodeid for i in items[:2]))
+        """))
     (proj / "test_sample.py").write_text(PROJECT_TESTS)
     return proj
 
