@@ -403,13 +403,16 @@ class RiscvCpu:
     def h_lr(self, addr: int, size: int, pc: int, back: int) -> int:
         paddr = self._amo_addr(addr, size, READ, pc, back)
         v = self.mmu_mem.phys_read(paddr, size)
-        self.reservation = (paddr, v)
+        self.reservation = (addr & MASK64, v)
         return self._sx(v, size)
 
     def h_sc(self, addr: int, value: int, size: int, pc: int, back: int) -> int:
-        paddr = self._amo_addr(addr, size, WRITE, pc, back)
+        # Like QEMU: a reservation mismatch fails without touching memory (no fault).
         res, self.reservation = self.reservation, None
-        if res is None or res[0] != paddr or self.mmu_mem.phys_read(paddr, size) != res[1]:
+        if res is None or res[0] != addr & MASK64:
+            return 1
+        paddr = self._amo_addr(addr, size, WRITE, pc, back)
+        if self.mmu_mem.phys_read(paddr, size) != res[1]:
             return 1
         self.mmu_mem.phys_write(paddr, size, value)
         return 0
