@@ -96,10 +96,11 @@ def quit_(ctx: Context) -> dict:
 
 @table.command("query-cpus-fast")
 def query_cpus_fast(ctx: Context) -> list:
-    # QEMU 7.2 puts -smp N as N cores of one socket; x86 CPUs are unattached QOM devices.
+    # QEMU 7.2 puts -smp N as N cores of one socket. x86 CPUs are unattached QOM devices, and
+    # QEMU creates one other unattached device right after CPU 0, so CPU i>0 is device[i+1].
     return [{"thread-id": t.native_id or 0,
              "props": {"core-id": i, "thread-id": 0, "socket-id": 0},
-             "qom-path": f"/machine/unattached/device[{i}]",
+             "qom-path": f"/machine/unattached/device[{i + 1 if i else 0}]",
              "cpu-index": i, "target": "x86_64"}
             for i, t in enumerate(ctx.machine.threads)]
 

@@ -87,7 +87,7 @@ def _info(ctx: "Context", args: list[str], cpu: int) -> str:
     if what == "registers":
         indices = range(len(m.vcpus)) if "-a" in args[1:] else [cpu]
         with m.vcpus_stopped():
-            parts = [(f"\nCPU#{i}\n" if "-a" in args[1:] else "") + register_text(m.vcpus[i]) for i in indices]
+            parts = [f"\nCPU#{i}\n" + register_text(m.vcpus[i]) for i in indices]
         return "".join(parts)
     if what == "cpus":
         return "".join(f"{'*' if i == cpu else ' '} CPU #{i}: thread_id={t.native_id or 0}\n"
@@ -137,8 +137,8 @@ def register_text(vcpu) -> str:
         names = [("EAX", r.rax), ("EBX", r.rbx), ("ECX", r.rcx), ("EDX", r.rdx), ("ESI", r.rsi), ("EDI", r.rdi),
                  ("EBP", r.rbp), ("ESP", r.rsp)]
         out = ["".join(f"{n}={v & 0xFFFFFFFF:08x}" + ("\n" if i % 4 == 3 else " ") for i, (n, v) in enumerate(names))]
-        out.append(f"EIP={r.rip & 0xFFFFFFFF:08x} " + tail)
-        seg = "{:<3}={:04x} {:08x} {:08x} {:08x} DPL={}\n"
+        out.append(f"EIP={r.rip & 0xFFFFFFFF:08x} " + tail.replace("RFL=", "EFL="))
+        seg = "{:<3}={:04x} {:08x} {:08x} {:08x}" + (" DPL={}\n" if s.cr0 & 1 else "\n")
         table = "{:<3}=     {:08x} {:08x}\n"
     for name in ("es", "cs", "ss", "ds", "fs", "gs", "ldt", "tr"):
         sg = getattr(s, name)
@@ -253,11 +253,11 @@ def _format_value(fmt: str, size: int, v: int) -> str:
     if fmt == "x":
         return f"0x{v:0{bits // 4}x}"
     if fmt == "o":
-        return f"{'0' + format(v, 'o') if v else '0':>{(bits + 2) // 3 + 1}}"
+        return f"{'0' + format(v, 'o') if v else '0':>{(bits + 2) // 3}}"
     if fmt == "u":
         return f"{v:>{(bits * 10 + 32) // 33}}"
-    if fmt == "d":
-        sv = v - (1 << bits) if v >> (bits - 1) else v
+    if fmt == "d":  # QEMU loads narrower units zero-extended: only 8-byte values show a sign
+        sv = v - (1 << 64) if bits == 64 and v >> 63 else v
         return f"{sv:>{(bits * 10 + 32) // 33}}"
     if fmt == "t":
         return format(v, f"0{bits}b")
