@@ -176,7 +176,13 @@ def fetch_kernel(flavor: str = "amd64", cache: Path | None = None) -> KernelPack
     if not dest.is_dir():
         with cache_lock(cache, package):
             if not dest.is_dir():  # Another process may have finished while we waited.
-                _unpack_package(package, dest, cache)
+                try:
+                    _unpack_package(package, dest, cache)
+                except FetchError:
+                    # The download refreshed stale lists; the meta package may now name a newer ABI.
+                    if resolve_kernel_package(flavor) == package:
+                        raise
+                    return fetch_kernel(flavor, cache)
     return _kernel_from_dir(flavor, package, dest)
 
 
