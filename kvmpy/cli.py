@@ -26,12 +26,13 @@ usage: kvmpy [QEMU-style options]        run a VM described on the command line
 
 Options (same meaning as in qemu-system-x86_64 / qemu-system-riscv64):
   -enable-kvm, -accel kvm|tcg   accelerator (x86 needs kvm; riscv64 runs on tcg)
-  -machine pc|virt, -M          machine type (virt = riscv64 TCG fallback)
+  -machine pc|virt, -M          machine type (virt = riscv64 TCG fallback); x86 Linux kernels also
+                                take linux-boot=bzimage|pvh (pvh: decompress the bzImage on the host)
   -cpu MODEL                    host, max, qemu64 (x86: KVM's supported CPUID); rv64
   -m SIZE                       RAM, e.g. 512, 512M, 2G (plain numbers are MiB)
   -smp N                        number of vCPUs
-  -kernel FILE                  multiboot kernel (x86) or ELF program (riscv64)
-  -initrd FILE                  multiboot modules, comma-separated
+  -kernel FILE                  multiboot kernel, Linux bzImage or PVH vmlinux (x86); ELF (riscv64)
+  -initrd FILE                  Linux initramfs, or multiboot modules (comma-separated)
   -append CMDLINE               kernel command line
   -bios none                    riscv64: no firmware
   -nographic                    no display; serial on stdio (Ctrl-A x quits)
@@ -131,6 +132,8 @@ def parse_qemu_args(argv: Sequence[str]) -> MachineConfig:
             if "accel" in kv:
                 accel = kv.pop("accel")
             kv.pop("graphics", None)
+            if "linux-boot" in kv:  # kvmpy's own: how a bzImage is entered (auto, bzimage, pvh)
+                cfg.linux_boot = kv.pop("linux-boot")
             if kv:
                 raise UsageError(f"unsupported -machine option(s): {', '.join(kv)}")
         elif opt == "-cpu":
@@ -223,10 +226,30 @@ def _run_config(cfg: MachineConfig) -> int:
     except KvmError as exc:
         print(f"kvmpy: {exc}", file=sys.stderr)
         return 1
+    monitor = None
     try:
+        if cfg.qmp:
+            monitor = _start_qmp(machine, cfg.qmp)
         return machine.run()
     finally:
+        if monitor is not None:
+            monitor.close()  # after run(): the SHUTDOWN event still reaches the clients
         machine.close()
+
+
+def _start_qmp(machine, specs: list[str]):
+    """Listen on every -qmp endpoint; like QEMU, wait for a first client unless each says wait=off."""
+    from kvmpy.monitor.endpoint import parse_endpoint
+    from kvmpy.monitor.server import QmpServer
+
+    server = QmpServer(machine, [parse_endpoint(s) for s in specs])
+    server.start()
+    waiting = [ep for ep in server.endpoints if ep.wait]
+    if waiting:
+        print(f"kvmpy: -qmp {waiting[0].spec}: info: waiting for connection on: {waiting[0].describe()}",
+              file=sys.stderr, flush=True)
+        server.wait_for_client()
+    return server
 
 
 def _run_riscv(cfg: MachineConfig) -> int:

@@ -22,6 +22,8 @@ YAML schema (all keys optional except ``kernel``; unknown keys are refused):
         iosize: 4
     trace: [in_asm, exec]      # -d (TCG)
     trace_file: trace.log      # -D
+    qmp: unix:/tmp/q.sock,server,wait=off   # -qmp; a string or a list (tcp:HOST:PORT,server also)
+    linux_boot: auto           # Linux bzImage entry: auto, bzimage, or pvh (decompressed on the host)
 """
 
 from __future__ import annotations
@@ -102,7 +104,8 @@ class MachineConfig:
     cpu: str | None = None
     trace: set[str] = field(default_factory=set)
     trace_file: Path | None = None
-    qmp: list[str] = field(default_factory=list)
+    qmp: list[str] = field(default_factory=list)  # -qmp specs: unix:PATH,server[,wait=off] or tcp:HOST:PORT,...
+    linux_boot: str = "auto"  # Linux kernels: auto, bzimage (64-bit entry) or pvh (host-side decompression)
 
     def validate(self) -> "MachineConfig":
         if self.arch not in ARCHES:
@@ -137,16 +140,25 @@ class MachineConfig:
                 raise ConfigError(f"isa-debug-exit iosize {self.debug_exit.iosize} must be 1, 2 or 4")
             if not (0 <= self.debug_exit.iobase <= 0xFFFF - self.debug_exit.iosize + 1):
                 raise ConfigError(f"isa-debug-exit iobase {self.debug_exit.iobase:#x} is not a port")
+        if self.linux_boot not in ("auto", "bzimage", "pvh"):
+            raise ConfigError(f"invalid linux_boot {self.linux_boot!r} (auto, bzimage or pvh)")
         unknown = self.trace - TRACE_FLAGS
         if unknown:
             raise ConfigError(f"unknown -d item(s): {', '.join(sorted(unknown))}")
         if self.name is not None and ("\n" in self.name or len(self.name) > 256):
             raise ConfigError("invalid -name")
+        if self.qmp:
+            if self.arch != "x86_64":
+                raise ConfigError("-qmp is supported for x86 KVM machines only")
+            from kvmpy.monitor.endpoint import parse_endpoint  # raises ConfigError naming the bad spec
+
+            for spec in self.qmp:
+                parse_endpoint(spec)
         return self
 
 
 YAML_KEYS = {"name", "arch", "accel", "memory", "smp", "kernel", "initrd", "append", "serial", "no_reboot",
-             "start_paused", "devices", "bios", "cpu", "trace", "trace_file", "qmp"}
+             "start_paused", "devices", "bios", "cpu", "trace", "trace_file", "qmp", "linux_boot"}
 
 
 def _expect(value: Any, types: type | tuple[type, ...], key: str) -> Any:
@@ -177,7 +189,7 @@ def from_mapping(data: Any, base_dir: Path) -> MachineConfig:
     cfg.trace_file = path("trace_file")
     if "name" in data:
         cfg.name = str(_expect(data["name"], (str, int), "name"))
-    for key in ("arch", "accel", "serial", "bios", "cpu"):
+    for key in ("arch", "accel", "serial", "bios", "cpu", "linux_boot"):
         if key in data:
             setattr(cfg, key, _expect(data[key], str, key))
     if "append" in data:

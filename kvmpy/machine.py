@@ -14,10 +14,12 @@ import logging
 import queue
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Iterator
 
 from kvmpy.config import MachineConfig
+from kvmpy.devices.acpi_pm import BLOCK_SIZE as PM_BLOCK_SIZE, AcpiPm, ResetControl
 from kvmpy.devices.bus import Bus, OffsetDevice
 from kvmpy.devices.chardev import CharBackend, open_backend
 from kvmpy.devices.debug_exit import DebugExit
@@ -27,8 +29,11 @@ from kvmpy.devices.port80 import Port80
 from kvmpy.devices.rtc import CmosRtc
 from kvmpy.devices.serial import Uart16550
 from kvmpy.kvm import abi
+from kvmpy.kvm.flavor import KvmKind, host_kvm_kind
 from kvmpy.kvm.system import Kvm
-from kvmpy.loader.e820 import FOUR_GIB, pc_e820, split_ram
+from kvmpy.loader import acpi
+from kvmpy.loader.e820 import FOUR_GIB, HIGH_TABLES, pc_e820, split_ram
+from kvmpy.loader.linux import EntryMode, KernelFormat, LinuxBoot, detect_format, load_linux, prepare_kernel
 from kvmpy.loader.multiboot import BootEntry, load_multiboot
 from kvmpy.memory.address_space import AddressSpace
 from kvmpy.memory.guest_memory import GuestMemory
@@ -38,7 +43,7 @@ from kvmpy.memory.region import MemoryRegion
 from kvmpy.vcpu.cpuid import vcpu_cpuid
 from kvmpy.vcpu.state import VcpuState, VcpuStateIO
 from kvmpy.vcpu.thread import StopReason, VcpuEvent, VcpuThread, install_kick_handler
-from kvmpy.vcpu.x86 import apply_msrs, baseline_msrs, set_flat_protected_mode
+from kvmpy.vcpu.x86 import apply_msrs, baseline_msrs, set_flat_protected_mode, set_long_mode
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +55,31 @@ COM1_PORT, COM1_IRQ = 0x3F8, 4
 GDT_ADDR = 0x500
 # null, null, flat 32-bit code (0x10), flat data (0x18): QEMU's multiboot ROM selectors.
 BOOT_GDT = (0, 0, 0x00CF9A000000FFFF, 0x00CF92000000FFFF)
+RSDP_ADDR = 0xF0000  # in the BIOS area, where a kernel without boot_params.acpi_rsdp_addr scans
+PVM_WARNING = ("this host's /dev/kvm is PVM-based (kvm_pvm), which emulates guest ring 0 and hangs on "
+               "instructions Linux uses (cmpxchg16b, xrstor, int3), so this Linux kernel will hang here; "
+               "it boots on a hardware-backed KVM (kvm-intel/kvm-amd), e.g. in the nested bed: "
+               "python -m kvmpy.testbed -- kvmpy ...")
 
 
 class RunState(enum.Enum):
-    PRELAUNCH = "prelaunch"
+    """QEMU's RunState names (query-status reports ``value``)."""
+    PRELAUNCH = "prelaunch"  # built, vCPUs never started (-S)
     RUNNING = "running"
-    PAUSED = "paused"
-    SHUTDOWN = "shutdown"
-    INTERNAL_ERROR = "internal-error"
+    PAUSED = "paused"  # stopped by the user (QMP stop)
+    SHUTDOWN = "shutdown"  # the guest ended or quit was requested
+    INTERNAL_ERROR = "internal-error"  # a vCPU cannot continue; needs a reset
+    GUEST_PANICKED = "guest-panicked"
+    INMIGRATE = "inmigrate"  # waiting for an incoming migration
+    POSTMIGRATE = "postmigrate"  # migrated away; may not resume without a reset
+    FINISH_MIGRATE = "finish-migrate"  # paused for the last migration pass
+
+
+# States from which "cont" must refuse, as QEMU's runstate_needs_reset().
+NEEDS_RESET = frozenset({RunState.INTERNAL_ERROR, RunState.SHUTDOWN, RunState.GUEST_PANICKED})
+# QEMU's SHUTDOWN/RESET event reasons (qapi ShutdownCause) for what ends or resets a kvmpy VM.
+SHUTDOWN_REASONS = {"poweroff": "guest-shutdown", "reset": "guest-reset", "quit": "host-qmp-quit"}
+EventListener = Callable[[str, "dict[str, Any] | None"], None]
 
 
 @dataclass(frozen=True)
@@ -65,6 +87,7 @@ class MachineEvent:
     kind: str  # "exit", "reset", "poweroff", "error", "quit"
     status: int = 0
     message: str = ""
+    guest: bool = True  # caused by the guest (False: by the host, e.g. a QMP command)
 
 
 class Machine:
@@ -75,6 +98,9 @@ class Machine:
         self.events: queue.Queue[MachineEvent] = queue.Queue()
         self.state = RunState.PRELAUNCH
         self._lock = threading.Lock()
+        # Serialises run-state changes made from the run loop, the monitor and tests.
+        self._lifecycle = threading.RLock()
+        self._listeners: list[EventListener] = []
         install_kick_handler()
         self.kvm = Kvm.open()
         self.vm = self.kvm.create_vm()
@@ -85,6 +111,12 @@ class Machine:
         supported = self.kvm.supported_cpuid()
         self.amd = any(e.function == 0 and e.ebx == 0x68747541 for e in supported)  # "Auth"enticAMD
 
+        assert config.kernel is not None
+        self.kernel_format = detect_format(config.kernel)
+        self.linux = None if self.kernel_format is KernelFormat.MULTIBOOT else \
+            prepare_kernel(config.kernel, config.linux_boot)
+        if self.linux is not None and host_kvm_kind() is KvmKind.PVM:
+            log.warning(PVM_WARNING)
         self._build_memory()
         self.console = console if console is not None else open_backend(config.serial)
         self._build_devices()
@@ -132,8 +164,15 @@ class Machine:
             self.debug_exit = DebugExit(on_exit=lambda status: self._post(MachineEvent("exit", status)),
                                         iosize=d.iosize)
             self.pio.map(d.iobase, d.iosize, self.debug_exit, "isa-debug-exit")
+        # ACPI fixed hardware: PM1 block + PM timer (SCI on IRQ 9) and the reset register.
+        self.acpi_pm = AcpiPm(on_poweroff=lambda: self._post(MachineEvent("poweroff", 0, "ACPI S5")),
+                              sci=KvmIrqLine(self.vm, acpi.SCI_IRQ), s5_type=acpi.SLP_TYP_S5)
+        self.pio.map(acpi.PM_BASE, PM_BLOCK_SIZE, self.acpi_pm, "acpi-pm")
+        self.reset_control = ResetControl(on_reset=lambda: self._post(MachineEvent("reset", message="0xcf9 reset")))
+        self.pio.map(acpi.RESET_PORT, 1, self.reset_control, "reset-control")
         self.devices: dict[str, Any] = {"serial0": self.serial, "i8042": self.i8042, "rtc": self.rtc,
-                                        "port80": self.port80}
+                                        "port80": self.port80, "acpi-pm": self.acpi_pm,
+                                        "reset-control": self.reset_control}
         if self.debug_exit:
             self.devices["isa-debug-exit"] = self.debug_exit
 
@@ -153,15 +192,33 @@ class Machine:
         self.threads = [VcpuThread(v, self.pio, self.address_space.mmio_read, self.address_space.mmio_write,
                                    self._on_vcpu_event) for v in self.vcpus]
 
-    def _load_kernel(self) -> BootEntry:
+    def _load_kernel(self) -> BootEntry | LinuxBoot:
         cfg = self.config
         assert cfg.kernel is not None
+        if self.linux is not None:
+            return self._load_linux()
         modules = [m for m in str(cfg.initrd).split(",")] if cfg.initrd else []
         boot = load_multiboot(cfg.kernel, cfg.append, self.memory, self.e820, modules)
         gdt = b"".join(d.to_bytes(8, "little") for d in BOOT_GDT)
         self.memory.write(GDT_ADDR, gdt)
         set_flat_protected_mode(self.vcpus[0], boot.entry, boot.eax, boot.ebx,
                                 gdt_base=GDT_ADDR, gdt_limit=len(gdt) - 1)
+        return boot
+
+    def _load_linux(self) -> LinuxBoot:
+        """ACPI tables in the firmware-reserved top of low RAM, then the kernel; sets up vCPU 0."""
+        assert self.linux is not None
+        below, _ = split_ram(self.config.memory)
+        tables = acpi.build_tables(below - HIGH_TABLES, self.config.smp)
+        self.memory.write(tables.base, tables.blob)
+        self.memory.write(RSDP_ADDR, tables.rsdp)
+        boot = load_linux(self.linux, self.config.append, self.config.initrd, self.memory, self.e820, RSDP_ADDR)
+        if boot.mode is EntryMode.LONG64:
+            set_long_mode(self.vcpus[0], boot.entry, boot.params, boot.cr3,
+                          gdt_base=boot.gdt_base, gdt_limit=boot.gdt_limit)
+        else:
+            set_flat_protected_mode(self.vcpus[0], boot.entry, 0, boot.params,
+                                    gdt_base=boot.gdt_base, gdt_limit=boot.gdt_limit)
         return boot
 
     # ---- events -------------------------------------------------------------
@@ -179,41 +236,111 @@ class Machine:
         self._post(MachineEvent(kinds[ev.reason], 1 if kinds[ev.reason] == "error" else 0, msg))
 
     def request_quit(self, status: int = 0) -> None:
-        self._post(MachineEvent("quit", status))
+        self._post(MachineEvent("quit", status, guest=False))
+
+    def request_reset(self) -> None:
+        """A host-side reset (QMP system_reset): run() performs it and emits RESET."""
+        self._post(MachineEvent("reset", message="host-qmp-system-reset", guest=False))
+
+    def add_event_listener(self, listener: EventListener) -> None:
+        """``listener(name, data)`` hears QMP-style events (STOP, RESUME, RESET, SHUTDOWN, POWERDOWN).
+
+        It is called from whichever thread changed the state, so it must only enqueue.
+        """
+        self._listeners.append(listener)
+
+    def remove_event_listener(self, listener: EventListener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def _emit(self, name: str, data: dict[str, Any] | None = None) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(name, data)
+            except Exception:  # a broken listener must not take the VM down
+                log.exception("event listener failed on %s", name)
+
+    @property
+    def has_acpi(self) -> bool:
+        """Only Linux boots get ACPI tables; a multiboot guest cannot see the PM device."""
+        return getattr(self, "linux", None) is not None
+
+    def system_powerdown(self) -> None:
+        """Press the ACPI power button (PWRBTN_STS + SCI); the guest decides what to do."""
+        if not self.has_acpi:
+            raise RuntimeError("this machine has no ACPI (a multiboot guest), so it has no power button "
+                               "to press; use system_reset or quit")
+        self._emit("POWERDOWN")
+        self.acpi_pm.press_power_button()
 
     # ---- lifecycle --------------------------------------------------------
     def start(self) -> None:
-        self.console.start(self.serial.receive, lambda: self._post(MachineEvent("quit", 0)))
+        """Start the vCPU threads; they run unless -S asked to stay in prelaunch until ``resume()``."""
+        self.console.start(self.serial.receive, lambda: self._post(MachineEvent("quit", 0, guest=False)))
         for t in self.threads:
             t.start()
         if not self.config.start_paused:
             self.resume()
-        else:
-            self.state = RunState.PAUSED
 
-    def pause(self) -> None:
+    def _pause_vcpus(self) -> None:
         for t in self.threads:
             t.pause(wait=False)
         for t in self.threads:
             t.pause(wait=True)
-        if self.state is RunState.RUNNING:
-            self.state = RunState.PAUSED
 
-    def resume(self) -> None:
-        self.state = RunState.RUNNING
-        for t in self.threads:
-            t.resume()
+    def pause(self, state: RunState = RunState.PAUSED) -> bool:
+        """Stop every vCPU (their state is kept) and enter ``state``; emits STOP if it was running."""
+        with self._lifecycle:
+            self._pause_vcpus()
+            if self.state is not RunState.RUNNING:
+                return False
+            self.state = state
+        self._emit("STOP")
+        return True
 
-    def reset(self) -> None:
-        """Back to power-on: vCPUs, irqchip and devices reset, the kernel reloaded (RAM is kept)."""
-        was_running = self.state is RunState.RUNNING
-        self.pause()
-        self.restore_cpu_state(self._initial)
-        self.serial.reset()
-        self.i8042.reset_state()
-        self.boot = self._load_kernel()
-        if was_running:
-            self.resume()
+    def resume(self) -> bool:
+        """Run the vCPUs from where they stopped; emits RESUME. Raises RuntimeError if a reset is needed."""
+        with self._lifecycle:
+            if self.state is RunState.RUNNING:
+                return False
+            if self.state in NEEDS_RESET:
+                raise RuntimeError("Resetting the Virtual Machine is required")
+            self.state = RunState.RUNNING
+            for t in self.threads:
+                t.resume()
+        self._emit("RESUME")
+        return True
+
+    @contextmanager
+    def vcpus_stopped(self) -> Iterator[None]:
+        """Briefly park the vCPUs (to read their registers) without a run-state change or events."""
+        with self._lifecycle:
+            self._pause_vcpus()
+            try:
+                yield
+            finally:
+                if self.state is RunState.RUNNING and self.events.empty():
+                    for t in self.threads:
+                        t.resume()
+
+    def reset(self, guest: bool = False, reason: str = "host-qmp-system-reset") -> None:
+        """Back to power-on: vCPUs, irqchip and devices reset, the kernel reloaded (RAM is kept).
+
+        The run state is kept: a running VM runs again, a paused one stays paused. Emits RESET.
+        """
+        with self._lifecycle:
+            self._pause_vcpus()
+            self.restore_cpu_state(self._initial)
+            self.serial.reset()
+            self.i8042.reset_state()
+            self.acpi_pm.reset()
+            self.boot = self._load_kernel()
+            if self.state in NEEDS_RESET:
+                self.state = RunState.PAUSED
+            if self.state is RunState.RUNNING:
+                for t in self.threads:
+                    t.resume()
+        self._emit("RESET", {"guest": guest, "reason": reason})
 
     def run(self, timeout: float | None = None) -> int:
         """Start the VM and serve its events until it ends; returns the exit status.
@@ -232,15 +359,17 @@ class Machine:
                         raise TimeoutError(f"the VM was still running after {timeout} s") from None
                     continue
                 if ev.kind == "reset" and not self.config.no_reboot:
-                    log.info("guest reset (%s)", ev.message or "reset request")
-                    self.state = RunState.RUNNING  # reset() resumes a VM that was running
-                    self.reset()
+                    log.info("%s reset (%s)", "guest" if ev.guest else "host", ev.message or "reset request")
+                    self.reset(guest=ev.guest, reason="guest-reset" if ev.guest else ev.message)
                     continue
                 if ev.kind == "error":
                     self.state = RunState.INTERNAL_ERROR
                     log.error("%s", ev.message)
                     return 1
                 self.state = RunState.SHUTDOWN
+                if ev.kind in SHUTDOWN_REASONS:  # isa-debug-exit ends the process without one, as in QEMU
+                    reason = SHUTDOWN_REASONS[ev.kind] if ev.guest or ev.kind == "quit" else ev.message
+                    self._emit("SHUTDOWN", {"guest": ev.guest, "reason": reason})
                 return ev.status
         finally:
             self.shutdown()
