@@ -13,8 +13,10 @@ Generated function contract::
         R:   the guest state list (registers, pc slot, instret slot)
         on return: registers written back, R[pc_slot] = next pc,
                    R[icount_slot] += retired instructions
-        on GuestTrap: the same write-back, instret excludes the faulting
-                   instruction, and the exception propagates
+        on GuestTrap (or another exception in ``_UnitExit`` that carries
+                   ``back``, such as a machine exit from a device): the same
+                   write-back, instret excludes the instructions not retired,
+                   and the exception propagates
 
 The names the code refers to (softmmu views and slow paths, helpers) come from
 a ``Runtime`` namespace; the backend only knows the names, which keeps it
@@ -341,7 +343,7 @@ def compile_unit(blocks: list[Block], layout: StateLayout, namespace: dict[str, 
     if looped:
         out.append("        while True:")
     out.extend(body)
-    out.append("    except GuestTrap as e:")
+    out.append("    except _UnitExit as e:")
     store = "; ".join(f"R[{r}] = r{r}" for r in written)
     if store:
         out.append(f"        {store}")

@@ -38,3 +38,4 @@ class MachineExit(Exception):
         self.status = status
         self.reason = reason
         self.reset = reset
+        self.back = 0      # set by the softmmu when a guest store triggered the exit

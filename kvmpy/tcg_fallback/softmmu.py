@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from kvmpy.devices.bus import Bus
-from kvmpy.tcg_fallback.errors import GuestTrap
+from kvmpy.tcg_fallback.errors import GuestTrap, MachineExit
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,9 @@ class SoftMmu:
         except GuestTrap as e:
             e.pc, e.back = pc, back
             raise
+        except MachineExit as e:
+            e.back = back - 1
+            raise
         if signed and value >> (8 * size - 1):
             value = (value - (1 << (8 * size))) & MASK64
         return value
@@ -142,6 +145,9 @@ class SoftMmu:
                 self._fill(self.tlb_write, vaddr, paddr)
         except GuestTrap as e:
             e.pc, e.back = pc, back
+            raise
+        except MachineExit as e:
+            e.back = back - 1          # the store itself completed
             raise
 
     def _load_bytes(self, vaddr: int, size: int) -> int:

@@ -1,52 +1,9 @@
-"""Fixtures for the TCG fallback tests: guest builds and the two runners (kvmpy, QEMU).
+"""Puts tests/tcg_fallback/guests on sys.path so tests can import ``build`` and ``oracle``
+(guest builds at test time, the kvmpy and qemu-system-riscv64 runners)."""
 
-Guests are built at test time (cached) with gcc-riscv64-linux-gnu; the oracle is
-Debian's qemu-system-riscv64 run with the same flags.
-"""
-
-from __future__ import annotations
-
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent / "guests"))
-
-from build import GuestBuildError, build_guest  # noqa: E402
-
-from kvmpy.tcg_fallback.config import RiscvMachineConfig  # noqa: E402
-from kvmpy.tcg_fallback.run import run_machine  # noqa: E402
-
-QEMU = "qemu-system-riscv64"
-QEMU_TIMEOUT = 60
-
-
-def guest(name: str) -> Path:
-    try:
-        return build_guest(name)
-    except GuestBuildError as exc:
-        if "cannot run" in str(exc):
-            pytest.skip(str(exc))
-        raise
-
-
-def run_kvmpy(elf: Path, tmp_path: Path, memory: int = 128 << 20, trace: set[str] | None = None,
-              trace_file: Path | None = None) -> tuple[bytes, int]:
-    out = tmp_path / f"{elf.stem}.serial"
-    cfg = RiscvMachineConfig(kernel=elf, memory=memory, serial=f"file:{out}",
-                             trace=trace or set(), trace_file=trace_file)
-    status = run_machine(cfg)
-    return out.read_bytes(), status
-
-
-def run_qemu(elf: Path, memory: str = "128M") -> tuple[bytes, int]:
-    if shutil.which(QEMU) is None:
-        pytest.skip(f"{QEMU} not installed (apt-get install qemu-system-misc)")
-    proc = subprocess.run(
-        [QEMU, "-machine", "virt", "-cpu", "rv64", "-bios", "none", "-kernel", str(elf),
-         "-nographic", "-m", memory],
-        stdin=subprocess.DEVNULL, capture_output=True, timeout=QEMU_TIMEOUT)
-    return proc.stdout, proc.returncode
+_GUESTS = str(Path(__file__).resolve().parent / "guests")
+if _GUESTS not in sys.path:
+    sys.path.insert(0, _GUESTS)

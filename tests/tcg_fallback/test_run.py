@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import guest, run_kvmpy, run_qemu
+from oracle import guest, run_kvmpy, run_qemu
 
 GUESTS = ["hello", "traps", "priv", "csr", "interrupts", "paging", "atomics", "rvc", "smc",
           "alu", "sha256", "qsort", "coremark"]

@@ -81,6 +81,7 @@ class VirtBoard:
         ns.update(self.mem.namespace())
         ns.update(cpu.helpers())
         ns["GuestTrap"] = GuestTrap
+        ns["_UnitExit"] = (GuestTrap, MachineExit)
         chaining = not ({"exec", "nochain", "cpu"} & self.trace_flags)
         self.cache = TBCache(StateLayout(N_SLOTS, PC, INSTRET), ns, self.translator.translate,
                              self.mem.mark_code_page,
