@@ -149,19 +149,20 @@ class KvmBedPlugin:
             self.batch = self._run_batch()
         ihook = item.ihook
         ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
-        inner_teardown_failure = None
+        inner_teardown = None
         for rep in self._twin_reports(item, self.batch):
             if rep.when == "teardown":
-                inner_teardown_failure = rep
+                inner_teardown = rep
             else:
                 ihook.pytest_runtest_logreport(report=rep)
         # The item's fixtures never ran on the host, but collectors (modules, classes) that
-        # earlier items set up must still be finalised when the next item leaves them.
+        # earlier items set up must still be finalised when the next item leaves them
+        # (_setupstate is pytest-internal but stable since pytest 7; there is no public API).
         call = pytest.CallInfo.from_call(
             lambda: item.session._setupstate.teardown_exact(nextitem), when="teardown")
         host_teardown = pytest.TestReport.from_item_and_call(item, call)
-        if inner_teardown_failure is not None and host_teardown.passed:
-            ihook.pytest_runtest_logreport(report=inner_teardown_failure)
+        if inner_teardown is not None and host_teardown.passed:
+            ihook.pytest_runtest_logreport(report=inner_teardown)
         else:
             ihook.pytest_runtest_logreport(report=host_teardown)
         ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)

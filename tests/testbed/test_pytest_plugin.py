@@ -23,6 +23,16 @@ import os
 import pytest
 
 IN_BED = os.environ.get("KVMPY_IN_BED") == "1"
+FINALIZED = []
+
+@pytest.fixture(scope="module")
+def module_resource():
+    yield "r"
+    FINALIZED.append("module_resource")
+
+def test_a_first(module_resource):
+    # Host-side collectors set up by this item must be finalised across the bed items.
+    assert module_resource == "r"
 
 @pytest.mark.kvm_full
 def test_passes_only_in_bed():
@@ -76,6 +86,9 @@ def _project(tmp_path: Path) -> Path:
                 fh.write(" ".join(i.nodeid for i in items[:2]))
         """))
     (proj / "test_sample.py").write_text(PROJECT_TESTS)
+    (proj / "test_zlast.py").write_text(
+        "import test_sample\n\ndef test_zlast():\n"
+        "    assert test_sample.FINALIZED == ['module_resource']\n")
     return proj
 
 
@@ -111,6 +124,7 @@ def test_opt_out_skips_kvm_full_with_a_reason(tmp_path: Path) -> None:
     for name in ("test_passes_only_in_bed", "test_fails_in_bed", "test_skips_in_bed", "test_xfails_in_bed"):
         assert out[name][0] == "skipped" and "KVMPY_NO_BED=1" in out[name][1], out[name]
     assert out["test_on_host"] == ("passed", "")
+    assert out["test_zlast"] == ("passed", "")
 
 
 @bed_host
@@ -140,6 +154,7 @@ def test_each_item_reports_its_twins_outcome_from_the_bed(tmp_path: Path) -> Non
     assert "test_deselected" not in out
     assert res.returncode == 1
     summary = res.stdout.strip().splitlines()[-1]
-    for part in ("1 failed", "2 passed", "1 skipped", "1 xfailed", "1 deselected"):
+    assert out["test_a_first"] == out["test_zlast"] == ("passed", "")
+    for part in ("1 failed", "4 passed", "1 skipped", "1 xfailed", "1 deselected"):
         assert part in summary, summary
     print(next(line for line in res.stdout.splitlines() if "nested bed done" in line))
