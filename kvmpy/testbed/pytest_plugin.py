@@ -110,6 +110,9 @@ class KvmBedPlugin:
         self.inner_plugins: list[str] = []
         self.batch: _Batch | None = None
         self._report_path = os.environ.get(REPORT_ENV) if os.environ.get(IN_BED_ENV) == "1" else None
+        # Read at start-up so a bad value is a usage error, not a failure mid-session.
+        self.timeout = _env_seconds(TIMEOUT_ENV, 1200.0)
+        self.boot_timeout = _env_seconds(BOOT_TIMEOUT_ENV, 300.0)
 
     # --- header and selection ------------------------------------------------------------
 
@@ -257,9 +260,9 @@ class KvmBedPlugin:
             self._terminal_line(f"kvmpy: {batch.error}")
             return batch
         try:
-            bed = NestedBed(shares, boot_timeout=_env_seconds(BOOT_TIMEOUT_ENV, 300.0),
+            bed = NestedBed(shares, boot_timeout=self.boot_timeout,
                             on_output=show)
-            res = bed.run(argv, cwd=rootdir, env=env, timeout=_env_seconds(TIMEOUT_ENV, 1200.0),
+            res = bed.run(argv, cwd=rootdir, env=env, timeout=self.timeout,
                           scratch=scratch, console_log=scratch / "console.log")
         except BedError as exc:
             # Tests that finished before a timeout or crash keep their real outcome.

@@ -158,3 +158,13 @@ def test_each_item_reports_its_twins_outcome_from_the_bed(tmp_path: Path) -> Non
     for part in ("1 failed", "4 passed", "1 skipped", "1 xfailed", "1 deselected"):
         assert part in summary, summary
     print(next(line for line in res.stdout.splitlines() if "nested bed done" in line))
+
+
+def test_bad_timeout_is_a_usage_error(tmp_path: Path) -> None:
+    proj = _project(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "KVMPY_IN_BED"}
+    res = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--co", "-q"], cwd=proj,
+                         env={**env, "PYTHONPATH": str(ROOT), "KVMPY_BED_TIMEOUT": "soon"},
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 4, res.stdout + res.stderr
+    assert "KVMPY_BED_TIMEOUT='soon' is not a number of seconds" in res.stderr
