@@ -191,10 +191,10 @@ class KvmBedPlugin:
             for collector, text in batch.collect_errors.items():
                 if item.nodeid.startswith(collector + "::") or item.nodeid == collector:
                     return [make("setup", "failed", f"collecting {collector} failed inside the bed:\n{text}")]
-            where = f"; scratch dir {batch.scratch}" if batch.scratch else ""
             return [make("setup", "failed",
                          f"the nested bed reported no result for this test (inner pytest exit status "
-                         f"{batch.returncode}{where})\n--- inner output (tail) ---\n{batch.output_tail}")]
+                         f"{batch.returncode}; set {KEEP_ENV}=1 to keep {batch.scratch})\n"
+                         f"--- inner output (tail) ---\n{batch.output_tail}")]
         out = []
         for r in inner:
             longrepr: Any = r.get("longrepr") or None
@@ -266,7 +266,7 @@ class KvmBedPlugin:
                           scratch=scratch, console_log=scratch / "console.log")
         except BedError as exc:
             # Tests that finished before a timeout or crash keep their real outcome.
-            batch.error = f"{exc}\n(scratch dir kept: {scratch})"
+            batch.error = f"{exc}\n(L1 console log: {scratch / 'console.log'})"
             self._load_reports(report, batch)
             self._terminal_line(f"kvmpy: the nested bed failed: {str(exc).splitlines()[0]}")
             return batch
@@ -296,11 +296,13 @@ class KvmBedPlugin:
                 batch.reports.setdefault(r["nodeid"], []).append(r)
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
+        # The scratch dir is kept only when it can explain a bed failure (or on request);
+        # inner test failures are already reported in full by the host session.
         b = self.batch
         if b is None or b.scratch is None or os.environ.get(KEEP_ENV) == "1":
             return
-        failed = b.error is not None or any(r["outcome"] == "failed" for rs in b.reports.values() for r in rs)
-        if not failed and not b.collect_errors:
+        console = b.scratch / "console.log"
+        if b.error is None or not console.exists() or console.stat().st_size == 0:
             shutil.rmtree(b.scratch, ignore_errors=True)
 
     # --- inside the bed: record reports for the host ---------------------------------------

@@ -113,7 +113,7 @@ def test_qemu_dies_with_its_parent(tmp_path: Path) -> None:
 
     script = ("import sys; from pathlib import Path; from kvmpy.testbed.bed import NestedBed\n"
               "bed = NestedBed([Path(sys.argv[1])], on_line=lambda l: print(l, flush=True))\n"
-              "bed.run(['sleep', '600'], cwd=Path('/'), timeout=900)\n")
+              "bed.run(['sleep', '600'], cwd=Path('/'), timeout=900, scratch=Path(sys.argv[1]))\n")
     root = Path(__file__).resolve().parents[2]
     child = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE,
                              text=True, env={**os.environ, "PYTHONPATH": str(root)})
