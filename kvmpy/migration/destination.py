@@ -1,0 +1,158 @@
+"""MigrationDestination: receives a stream into a Machine whose vCPUs have never run (or are parked).
+
+RAM is written as it arrives, into this VM only; state sections are kept
+aside and restored only after END's checksum has been verified. On a two-way
+channel the destination then answers ACK and starts only once the source has
+answered GO, so a half-received VM never runs, and neither does a VM the
+source may still consider its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+from kvmpy.migration import stream, vmstate
+from kvmpy.migration.errors import MigrationError, StreamError
+from kvmpy.migration.ram import RamReceiver
+from kvmpy.migration.stream import StreamReader
+from kvmpy.migration.transport import FileChannel, Listener, SocketChannel, parse_uri
+
+if TYPE_CHECKING:
+    from kvmpy.machine import Machine
+
+log = logging.getLogger(__name__)
+
+GO_TIMEOUT = 60.0
+
+
+@dataclass
+class IncomingResult:
+    rounds: int
+    pages: int
+    bytes: int
+    seconds: float
+
+
+class MigrationDestination:
+    def __init__(self, machine: "Machine", channel: SocketChannel | FileChannel) -> None:
+        self.machine = machine
+        self.channel = channel
+
+    def receive(self) -> IncomingResult:
+        """Load the whole stream into the machine (left paused). Raises StreamError/MigrationError."""
+        t0 = time.monotonic()
+        m = self.machine
+        ch = self.channel
+        reader = StreamReader(ch)
+        rounds = 0
+        try:
+            remote = reader.header()
+            vmstate.check_config(vmstate.describe(m), remote)
+            blocks = vmstate.ram_blocks(m)
+            reader.block_pages = [b.npages for b in blocks]
+            ram = RamReceiver(blocks)
+            sections: dict[str, Any] = {}
+            while True:
+                kind, rec = reader.next()
+                if kind == stream.T_PAGES:
+                    ram.apply(rec)
+                elif kind == stream.T_ROUND:
+                    rounds = rec
+                elif kind == stream.T_SECTION:
+                    name, state = rec
+                    if name in sections:
+                        raise StreamError(f"section {name!r} appears twice")
+                    sections[name] = state
+                elif kind == stream.T_END:
+                    break
+            with m.vcpus_stopped():
+                vmstate.apply(m, sections)
+            if ch.duplex:
+                ch.write(stream.ACK)
+                ch.set_timeout(GO_TIMEOUT)
+                go = bytearray(4)
+                got = 0
+                try:
+                    while got < 4:
+                        n = ch.readinto(memoryview(go)[got:])
+                        if not n:
+                            break
+                        got += n
+                except OSError:
+                    got = 0
+                if bytes(go[:got]) != stream.GO:
+                    raise MigrationError("the source did not hand the VM over (no GO after the ACK); "
+                                         "not starting it here")
+        except StreamError:
+            self._nak()
+            raise
+        except OSError as exc:
+            raise StreamError(f"the incoming stream broke: {exc.strerror or exc}") from None
+        finally:
+            ch.close()
+        return IncomingResult(rounds, ram.pages, reader.bytes, time.monotonic() - t0)
+
+    def _nak(self) -> None:
+        if self.channel.duplex:
+            try:
+                self.channel.write(stream.NAK)
+            except OSError:
+                pass
+
+
+class Incoming:
+    """``-incoming URI`` / migrate-incoming: wait for a stream in a thread, load it, then start the VM.
+
+    ``on_done(error)`` is called with None on success or the error message on failure.
+    """
+
+    def __init__(self, machine: "Machine", uri: str, autostart: bool = True,
+                 on_done: Callable[[str | None], None] | None = None) -> None:
+        from kvmpy.machine import RunState
+
+        self.machine = machine
+        self.uri = parse_uri(uri)
+        self.autostart = autostart
+        self.on_done = on_done or (lambda err: None)
+        self.listener = Listener(self.uri)  # bind now: errors reach the caller, and the port is known
+        self.result: IncomingResult | None = None
+        self.error: str | None = None
+        self.done = threading.Event()
+        machine.state = RunState.INMIGRATE
+        self._thread = threading.Thread(target=self._main, name="migration-in", daemon=True)
+
+    @property
+    def address(self) -> Any:
+        return self.listener.address
+
+    def start(self) -> "Incoming":
+        self._thread.start()
+        return self
+
+    def _main(self) -> None:
+        from kvmpy.machine import RunState
+
+        m = self.machine
+        try:
+            channel = self.listener.accept()
+            self.result = MigrationDestination(m, channel).receive()
+            log.info("incoming migration done: %d rounds, %d bytes in %.2f s", self.result.rounds,
+                     self.result.bytes, self.result.seconds)
+            with m._lifecycle:
+                m.state = RunState.PAUSED
+            if self.autostart:
+                m.resume()
+        except Exception as exc:
+            self.error = str(exc) if isinstance(exc, MigrationError) else f"{type(exc).__name__}: {exc}"
+            log.error("load of migration failed: %s", self.error)
+        finally:
+            self.listener.close()
+            self.done.set()
+            self.on_done(self.error)
+
+    def close(self) -> None:
+        self.listener.close()

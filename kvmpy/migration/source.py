@@ -1,0 +1,264 @@
+"""MigrationSource: precopy live migration of a running Machine over one channel.
+
+Rounds: dirty logging on, every page sent once, then repeatedly the pages
+dirtied since the previous round (KVM's log merged with VMM writes). When the
+pages left would take no longer than ``downtime-limit`` at the bandwidth just
+measured (or ``x-max-rounds`` is reached) the vCPUs stop, the last dirty pages
+and all device, vCPU and VM state follow, then END with the checksum.
+
+Failure safety: until the destination has confirmed (ACK) that it holds the
+complete, verified VM, any error or cancel leaves the source exactly as it was
+(running if it was running). After the ACK the source is POSTMIGRATE and is
+never resumed automatically; only then does the destination get GO.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+from kvmpy.memory.ramblock import PAGE_SIZE
+from kvmpy.migration import stream, vmstate
+from kvmpy.migration.errors import CancelledError, MigrationError
+from kvmpy.migration.params import MigrationParameters, MigrationStats
+from kvmpy.migration.ram import RamCounters, RamSender
+from kvmpy.migration.stream import RateLimiter, StreamWriter
+from kvmpy.migration.throttle import CpuThrottle
+from kvmpy.migration.transport import FileChannel, SocketChannel
+
+if TYPE_CHECKING:
+    from kvmpy.machine import Machine
+
+log = logging.getLogger(__name__)
+
+ACK_TIMEOUT = 60.0
+EventSink = Callable[[str, "dict[str, Any] | None"], None]
+
+
+class MigrationSource:
+    """``start()`` runs the migration in a thread; ``cancel()``, ``wait()``, ``stats`` from any thread."""
+
+    def __init__(self, machine: "Machine", channel: SocketChannel | FileChannel,
+                 params: MigrationParameters | None = None, auto_converge: bool = False,
+                 events: EventSink | None = None) -> None:
+        self.machine = machine
+        self.channel = channel
+        self.params = params or MigrationParameters()
+        self.auto_converge = auto_converge
+        self.events = events or (lambda name, data: None)
+        self.stats = MigrationStats()
+        self.limiter = RateLimiter(self.params.max_bandwidth)
+        self.writer = StreamWriter(channel, self.limiter)
+        self.blocks = vmstate.ram_blocks(machine)
+        self.counters = RamCounters()
+        self.ram = RamSender(self.blocks, self.writer, self.counters, self._check)
+        self.throttle = CpuThrottle(machine)
+        self._cancel = threading.Event()
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.committed = False  # the source has handed the VM over and must never run it again
+
+    # ---- control ------------------------------------------------------------
+    def start(self) -> None:
+        self.stats.start = time.monotonic()
+        self._set_status("setup")
+        self._thread = threading.Thread(target=self._main, name="migration-out", daemon=True)
+        self._thread.start()
+
+    def run(self) -> MigrationStats:
+        """Migrate in the calling thread; returns the final stats (status completed, failed or cancelled)."""
+        self.stats.start = time.monotonic()
+        self._set_status("setup")
+        self._main()
+        return self.stats
+
+    def cancel(self) -> None:
+        if self._done.is_set() or self.committed:
+            return
+        self._cancel.set()
+        if self.stats.status in ("setup", "active"):
+            self._set_status("cancelling")
+        self.channel.abort()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._done.wait(timeout)
+
+    @property
+    def finished(self) -> bool:
+        return self._done.is_set()
+
+    def set_max_bandwidth(self, rate: int) -> None:
+        self.limiter.rate = rate
+
+    def _check(self) -> None:
+        if self._cancel.is_set():
+            raise CancelledError("migration was cancelled")
+
+    def _set_status(self, status: str) -> None:
+        self.stats.status = status
+        self.events("MIGRATION", {"status": status})
+
+    def _elapsed_ms(self) -> int:
+        return int((time.monotonic() - self.stats.start) * 1000)
+
+    # ---- the migration ----------------------------------------------------------
+    def _main(self) -> None:
+        m = self.machine
+        stopped_by_us = False
+        was_running = False
+        slots = m.slots
+        logging_was_on = slots.log_dirty
+        try:
+            self.stats.total = sum(b.size for b in self.blocks)
+            slots.set_dirty_logging(True)
+            self._sync()  # from here on every write is seen
+            self.writer.header(vmstate.describe(m))
+            self.stats.setup_time_ms = self._elapsed_ms()
+            self._set_status("active")
+            t0, sent0 = time.monotonic(), self.writer.bytes
+            for i in range(len(self.blocks)):
+                self.ram.send_all(i)
+            self.stats.rounds = 1
+            self.writer.round(1)
+            while True:
+                self._check()
+                dirty = self._sync()
+                now = time.monotonic()
+                elapsed = max(now - t0, 1e-3)
+                rate = (self.writer.bytes - sent0) / elapsed  # bytes/s over the last round
+                pending = sum(int(d.sum()) for d in dirty)
+                self.stats.remaining = pending * PAGE_SIZE
+                self.stats.dirty_pages_rate = int(pending / elapsed)
+                self.stats.mbps = rate * 8 / 1e6
+                bandwidth = max(rate, 1.0)
+                self.stats.expected_downtime_ms = int(self.stats.remaining / bandwidth * 1000)
+                self._update_counters()
+                self.events("MIGRATION_PASS", {"pass": self.stats.dirty_sync_count})
+                if self.stats.remaining <= bandwidth * self.params.downtime_limit / 1000 or \
+                        (self.params.x_max_rounds and self.stats.rounds >= self.params.x_max_rounds):
+                    break
+                if self.auto_converge:
+                    self._maybe_throttle(pending * PAGE_SIZE, self.writer.bytes - sent0)
+                t0, sent0 = now, self.writer.bytes
+                for i, d in enumerate(dirty):
+                    self.ram.send_pages(i, np.flatnonzero(d))
+                self.stats.rounds += 1
+                self.writer.round(self.stats.rounds)
+                log.info("migration round %d: %d pages, %.1f MB/s", self.stats.rounds, pending, rate / 1e6)
+            # ---- switchover: the guest stops here ----
+            self._check()
+            stop_t = time.monotonic()
+            with m._lifecycle:
+                was_running = m.state.value == "running"
+                from kvmpy.machine import RunState
+                m.pause(RunState.FINISH_MIGRATE)
+                stopped_by_us = True
+            self.throttle.close()
+            self.limiter.rate = 0  # the guest is down: send as fast as the link allows
+            last = self._sync()
+            for i, (d, d2) in enumerate(zip(dirty, last)):
+                self.ram.send_pages(i, np.flatnonzero(d | d2))
+            for name, state in vmstate.capture(m):
+                self.writer.section(name, state)
+            self.writer.end()
+            self._check()
+            self._handover(stop_t)
+        except Exception as exc:
+            self._fail(exc, stopped_by_us, was_running)
+        finally:
+            self.throttle.close()
+            if not logging_was_on:
+                try:
+                    slots.set_dirty_logging(False)
+                except Exception:
+                    log.exception("turning dirty logging off failed")
+            try:
+                self.channel.close()
+            except Exception:
+                pass
+            self.stats.total_time_ms = self._elapsed_ms()
+            self._update_counters()
+            self._done.set()
+
+    def _handover(self, stop_t: float) -> None:
+        """Get the destination's confirmation, then give the VM up for good."""
+        from kvmpy.machine import RunState
+
+        m = self.machine
+        ch = self.channel
+        if ch.duplex:
+            ch.set_timeout(ACK_TIMEOUT)
+            reply = bytearray(4)
+            got = 0
+            try:
+                while got < 4:
+                    n = ch.readinto(memoryview(reply)[got:])
+                    if not n:
+                        break
+                    got += n
+            except OSError as exc:
+                raise MigrationError(f"the destination did not confirm the switchover: {exc}") from None
+            if bytes(reply) == stream.NAK:
+                raise MigrationError("the destination rejected the migration stream")
+            if got < 4 or bytes(reply) != stream.ACK:
+                raise MigrationError("the destination did not confirm the switchover (connection lost)")
+        else:
+            ch.finish()  # every byte is in the file / the exec child consumed it all
+        with m._lifecycle:
+            m.state = RunState.POSTMIGRATE
+            self.committed = True
+        if ch.duplex:
+            try:
+                ch.write(stream.GO)
+            except OSError as exc:
+                # The destination holds the VM but may not start it: say so plainly, never resume here.
+                self.stats.downtime_ms = int((time.monotonic() - stop_t) * 1000)
+                raise MigrationError(f"the final GO to the destination failed ({exc}); the source stays "
+                                     "paused: resume exactly one side with 'cont'") from None
+        self.stats.downtime_ms = int((time.monotonic() - stop_t) * 1000)
+        self.stats.remaining = 0
+        self.stats.total_time_ms = self._elapsed_ms()
+        self._update_counters()
+        self._set_status("completed")
+
+    def _fail(self, exc: Exception, stopped_by_us: bool, was_running: bool) -> None:
+        self.channel.abort()
+        if not self.committed and stopped_by_us and was_running:
+            try:
+                self.machine.resume()  # nothing was handed over: carry on as if we never tried
+            except Exception:
+                log.exception("resuming the source after a failed migration failed")
+        if isinstance(exc, CancelledError) or self._cancel.is_set():
+            self._set_status("cancelled")
+            return
+        msg = str(exc) if isinstance(exc, MigrationError) else f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, OSError):
+            msg = f"the connection to the destination failed: {exc.strerror or exc}"
+        log.warning("migration failed: %s", msg)
+        self.stats.error = msg
+        self._set_status("failed")
+
+    def _sync(self) -> list[np.ndarray]:
+        per_block = self.machine.slots.collect(self.blocks)
+        self.stats.dirty_sync_count += 1
+        return [per_block[b] for b in self.blocks]
+
+    def _update_counters(self) -> None:
+        self.stats.transferred = self.writer.bytes
+        self.stats.duplicate = self.counters.duplicate
+        self.stats.normal = self.counters.normal
+
+    def _maybe_throttle(self, dirtied: int, sent: int) -> None:
+        """QEMU's rule: throttle when a round dirties more than the threshold share of what it sent."""
+        if dirtied * 100 <= sent * self.params.throttle_trigger_threshold:
+            return
+        p = self.params
+        pct = p.cpu_throttle_initial if not self.throttle.percentage else \
+            self.throttle.percentage + p.cpu_throttle_increment
+        self.throttle.set(min(pct, p.max_cpu_throttle))
+        self.stats.throttle_percentage = self.throttle.percentage
+        log.info("auto-converge: guest throttled to %d%%", self.throttle.percentage)

@@ -1,0 +1,227 @@
+"""The migration stream format: framing, limits and the running checksum.
+
+Layout (little-endian)::
+
+    header   "KVMPYMIG" u32 version u32 flags
+    records  u8 type, then by type:
+      CONFIG   u32 len, JSON            the source machine's description (first record)
+      PAGES    u16 block u32 nzero u32 nnormal, u32 zero_index[nzero],
+               u32 normal_index[nnormal], nnormal * 4096 bytes of page data
+      ROUND    u32 n                    the end of precopy round n (informational)
+      SECTION  u16 name_len name u32 len JSON   one device / vCPU / VM-level state
+      END      u32 crc32 of every byte before this field
+
+Zero pages travel as an index only. The reader trusts nothing: every count,
+length and index is checked against fixed limits and the local RAM sizes
+before anything is allocated or written, and any violation is a StreamError.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from kvmpy.memory.ramblock import PAGE_SIZE
+from kvmpy.migration import codec
+from kvmpy.migration.errors import MigrationError, StreamError
+
+MAGIC = b"KVMPYMIG"
+VERSION = 1
+HEADER = struct.Struct("<8sII")
+T_CONFIG, T_PAGES, T_ROUND, T_SECTION, T_END = 1, 2, 3, 4, 5
+RECORD_NAMES = {T_CONFIG: "config", T_PAGES: "pages", T_ROUND: "round", T_SECTION: "section", T_END: "end"}
+PAGES_HDR = struct.Struct("<BHII")
+U8, U16, U32 = struct.Struct("<B"), struct.Struct("<H"), struct.Struct("<I")
+
+MAX_CONFIG = 1 << 20
+MAX_SECTION = 16 << 20
+MAX_NAME = 64
+MAX_NORMAL = 1024  # pages of data per record (4 MiB)
+MAX_ZERO = 1 << 16
+MAX_SECTIONS = 4096
+
+# Handshake on two-way transports once END is verified: the destination says ACK
+# (state complete and applied, not running), then the source says GO (it has given up the VM).
+ACK, NAK, GO = b"ACK1", b"NAK1", b"GO!!"
+
+
+class Channel(Protocol):
+    duplex: bool
+
+    def write(self, data: Any) -> None: ...
+    def readinto(self, buf: memoryview) -> int: ...
+    def close(self) -> None: ...
+
+
+@dataclass
+class RateLimiter:
+    """Caps throughput at ``rate`` bytes/s in 100 ms windows (QEMU's scheme); 0 means unlimited."""
+
+    rate: int = 0
+    window: float = 0.1
+    _start: float = field(default_factory=time.monotonic)
+    _used: int = 0
+
+    def consume(self, n: int) -> None:
+        if self.rate <= 0:
+            return
+        now = time.monotonic()
+        if now - self._start >= self.window:
+            self._start, self._used = now, 0
+        self._used += n
+        budget = self.rate * self.window
+        if self._used > budget:
+            # Sleep off the excess: the time those bytes are worth at the rate.
+            delay = self._start + self._used / self.rate - now
+            if delay > 0:
+                time.sleep(delay)
+            self._start, self._used = time.monotonic(), 0
+
+
+class StreamWriter:
+    def __init__(self, channel: Channel, limiter: RateLimiter | None = None) -> None:
+        self.channel = channel
+        self.limiter = limiter or RateLimiter()
+        self.crc = 0
+        self.bytes = 0
+
+    def _put(self, *parts: Any) -> None:
+        for p in parts:
+            n = len(p) if not isinstance(p, np.ndarray) else p.nbytes
+            if not n:
+                continue
+            self.limiter.consume(n)
+            self.crc = zlib.crc32(p, self.crc)
+            self.channel.write(p)
+            self.bytes += n
+
+    def header(self, config: dict[str, Any]) -> None:
+        body = codec.encode(config)
+        self._put(HEADER.pack(MAGIC, VERSION, 0), U8.pack(T_CONFIG), U32.pack(len(body)), body)
+
+    def pages(self, block: int, zero: np.ndarray, normal: np.ndarray, data: np.ndarray) -> None:
+        """``zero``/``normal`` are uint32 page indices; ``data`` holds the normal pages in order."""
+        assert len(zero) <= MAX_ZERO and len(normal) <= MAX_NORMAL and data.nbytes == len(normal) * PAGE_SIZE
+        self._put(PAGES_HDR.pack(T_PAGES, block, len(zero), len(normal)),
+                  zero.astype("<u4", copy=False), normal.astype("<u4", copy=False), data)
+
+    def round(self, n: int) -> None:
+        self._put(U8.pack(T_ROUND), U32.pack(n))
+
+    def section(self, name: str, state: Any) -> None:
+        body = codec.encode(state)
+        raw = name.encode()
+        if len(raw) > MAX_NAME or len(body) > MAX_SECTION:
+            raise MigrationError(f"state section {name!r} is too large to send ({len(body)} bytes)")
+        self._put(U8.pack(T_SECTION), U16.pack(len(raw)), raw, U32.pack(len(body)), body)
+
+    def end(self) -> None:
+        self._put(U8.pack(T_END))
+        self.channel.write(U32.pack(self.crc))
+        self.bytes += 4
+
+
+@dataclass
+class PagesRecord:
+    block: int
+    zero: np.ndarray
+    normal: np.ndarray
+    data: np.ndarray  # (nnormal, PAGE_SIZE) uint8, valid until the next record is read
+
+
+class StreamReader:
+    """Reads and checks records; ``block_pages`` (set after the config check) bounds page indices."""
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+        self.crc = 0
+        self.bytes = 0
+        self.block_pages: list[int] = []
+        self._data = bytearray(MAX_NORMAL * PAGE_SIZE)
+        self._sections = 0
+
+    def _read(self, n: int, what: str, buf: bytearray | None = None) -> memoryview:
+        out = memoryview(buf if buf is not None else bytearray(n))[:n]
+        got = 0
+        while got < n:
+            try:
+                k = self.channel.readinto(out[got:])
+            except OSError as exc:
+                raise StreamError(f"the stream broke while reading {what}: {exc.strerror or exc}") from None
+            if not k:
+                raise StreamError(f"the stream is truncated: it ended inside {what} "
+                                  f"after {self.bytes + got} bytes")
+            got += k
+        self.bytes += n
+        return out
+
+    def _take(self, n: int, what: str, buf: bytearray | None = None) -> memoryview:
+        data = self._read(n, what, buf)
+        self.crc = zlib.crc32(data, self.crc)
+        return data
+
+    def header(self) -> dict[str, Any]:
+        magic, version, flags = HEADER.unpack(self._take(HEADER.size, "the header"))
+        if magic != MAGIC:
+            raise StreamError("not a kvmpy migration stream (bad magic number)")
+        if version != VERSION:
+            raise StreamError(f"migration stream version {version} is not supported (this kvmpy reads {VERSION})")
+        if flags:
+            raise StreamError(f"unknown stream flags {flags:#x}")
+        (kind,) = U8.unpack(self._take(1, "the first record"))
+        if kind != T_CONFIG:
+            raise StreamError("the stream does not start with a configuration record")
+        (n,) = U32.unpack(self._take(4, "the configuration length"))
+        if n > MAX_CONFIG:
+            raise StreamError(f"configuration record of {n} bytes exceeds the {MAX_CONFIG}-byte limit")
+        config = codec.decode(self._take(n, "the configuration"), "config")
+        if not isinstance(config, dict):
+            raise StreamError("the configuration record is not an object")
+        return config
+
+    def next(self) -> tuple[int, Any]:
+        """One record: (T_PAGES, PagesRecord), (T_ROUND, n), (T_SECTION, (name, state)) or (T_END, None)."""
+        (kind,) = U8.unpack(self._take(1, "a record type"))
+        if kind == T_PAGES:
+            block, nzero, nnormal = struct.unpack("<HII", self._take(10, "a pages header"))
+            if block >= len(self.block_pages):
+                raise StreamError(f"pages record for RAM block {block}, which does not exist")
+            if nzero > MAX_ZERO or nnormal > MAX_NORMAL:
+                raise StreamError(f"pages record with {nzero} zero and {nnormal} data pages exceeds the limits")
+            idx = np.frombuffer(self._take(4 * (nzero + nnormal), "page indices"), dtype="<u4")
+            if len(idx) and int(idx.max()) >= self.block_pages[block]:
+                raise StreamError(f"page index {int(idx.max())} is beyond RAM block {block} "
+                                  f"({self.block_pages[block]} pages)")
+            data = self._take(nnormal * PAGE_SIZE, "page data", self._data)
+            arr = np.frombuffer(data, dtype=np.uint8).reshape(nnormal, PAGE_SIZE)
+            return kind, PagesRecord(block, idx[:nzero], idx[nzero:], arr)
+        if kind == T_ROUND:
+            return kind, U32.unpack(self._take(4, "a round marker"))[0]
+        if kind == T_SECTION:
+            self._sections += 1
+            if self._sections > MAX_SECTIONS:
+                raise StreamError(f"more than {MAX_SECTIONS} state sections")
+            (n,) = U16.unpack(self._take(2, "a section name length"))
+            if not 0 < n <= MAX_NAME:
+                raise StreamError(f"section name length {n} is out of range")
+            try:
+                name = bytes(self._take(n, "a section name")).decode("ascii")
+            except UnicodeDecodeError:
+                raise StreamError("a section name is not ASCII") from None
+            (size,) = U32.unpack(self._take(4, f"the length of section {name!r}"))
+            if size > MAX_SECTION:
+                raise StreamError(f"section {name!r} of {size} bytes exceeds the {MAX_SECTION}-byte limit")
+            return kind, (name, codec.decode(self._take(size, f"section {name!r}"), name))
+        if kind == T_END:
+            expected = self.crc
+            (got,) = U32.unpack(self._read(4, "the checksum"))
+            if got != expected:
+                raise StreamError(f"checksum mismatch: the stream says {got:#010x}, its contents give "
+                                  f"{expected:#010x} (corrupted in transit or on disk)")
+            return kind, None
+        raise StreamError(f"unknown record type {kind} at byte {self.bytes - 1}")
