@@ -696,8 +696,8 @@ class Qcow2Backend(BlockBackend):
                 out.extend(Extent(e.start, e.length, e.data, e.zero, depth + 1, True, e.host_offset)
                            for e in b.block_status(offset, n))
             offset, length = offset + n, length - n
-        if length > 0:
-            out.append(Extent(offset, length, False, True, depth + 1, False))
+        if length > 0:  # past the backing file's end qemu reports this layer's depth
+            out.append(Extent(offset, length, False, True, depth, False))
         return out
 
     def flush(self) -> None:

@@ -168,19 +168,45 @@ class Refcounts:
     # -- allocation ------------------------------------------------------------------------
     def alloc(self, count: int) -> int:
         """Allocate ``count`` contiguous clusters (refcount 1, written) and return the byte offset."""
+        extra = 0
         while True:
-            start = self._find_free(count)
-            needed = {c // self.epb for c in (start, start + count - 1)} | set(
-                range(start // self.epb, (start + count - 1) // self.epb + 1))
-            if all(self.block(bi) is not None for bi in needed):
+            start = self._find_free(count + extra)
+            last = start + count + extra - 1
+            if last // self.epb >= len(self.table):
+                self._grow_table(last // self.epb)
+                continue
+            missing = [bi for bi in range(start // self.epb, last // self.epb + 1)
+                       if self.block(bi) is None]
+            if not missing:
                 self.update(np.arange(start, start + count), 1)
-                self.free_hint = start + count if count == 1 or start == self.free_hint else \
-                    self.free_hint
+                if start == self.free_hint:
+                    self.free_hint = start + count
                 return start * self.cs
-            for bi in sorted(needed):
-                if self.block(bi) is None:
-                    self._ensure_block(bi, np.arange(start, start + count))
-                    break
+            if len(missing) > extra:
+                extra = len(missing)  # search again for room for the blocks too
+                continue
+            self._create_blocks(missing, start)
+            extra = 0
+
+    def _create_blocks(self, missing: list[int], start: int) -> None:
+        """Write refcount blocks ``missing`` into clusters start, start+1, ... and hook them in."""
+        places = list(range(start, start + len(missing)))
+        new = {bi: np.zeros(self.epb, dtype=np.uint64) for bi in missing}
+        elsewhere = []
+        for c in places:
+            if c // self.epb in new:
+                new[c // self.epb][c % self.epb] = 1
+            else:
+                elsewhere.append(c)
+        for bi, c in zip(missing, places):
+            os.pwrite(self.fd, encode_refblock(new[bi], self.bits), c * self.cs)
+        for bi, c in zip(missing, places):
+            self._blocks[bi] = new[bi]
+            self.table[bi] = c * self.cs
+            os.pwrite(self.fd, int(c * self.cs).to_bytes(8, "big"), self.table_offset + bi * 8)
+            self.on_new_metadata(c * self.cs)
+        if elsewhere:
+            self.update(np.array(elsewhere), 1)
 
     def _find_free(self, count: int) -> int:
         c = self.free_hint
