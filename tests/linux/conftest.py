@@ -1,0 +1,96 @@
+"""Assets for the Linux boot tests: Debian's cloud kernel and a busybox initramfs made by ``kvmpy initrd``.
+
+Both are cached under kvmpy's cache directory. L1 sees the host root read-only
+and has no network, so when the kvm_full tests will run in the nested bed, the
+host session prepares the assets first (``pytest_collection_finish``); inside
+the bed the fixture then only finds them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from kvmpy.kvm.flavor import host_kvm_kind
+from kvmpy.testbed.fetch import cache_root, fetch_busybox, fetch_kernel
+from kvmpy.testbed.pytest_plugin import OFF, decide_mode
+
+log = logging.getLogger(__name__)
+
+INIT_SCRIPT = """#!/bin/sh
+/bin/busybox --install -s
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+echo "KVMPY-TEST init online=$(cat /sys/devices/system/cpu/online) sha256=$(sha256sum /payload | cut -d' ' -f1) uptime=$(cut -d' ' -f1 /proc/uptime)"
+echo "KVMPY-TEST cmdline=[$(cat /proc/cmdline)]"
+for w in $(cat /proc/cmdline); do
+    case "$w" in kvmpy_test=*) action="${w#kvmpy_test=}";; esac
+done
+case "$action" in
+    poweroff) poweroff -f;;
+    reboot) reboot -f;;
+    *) exec sh;;
+esac
+sleep 30
+"""
+
+
+@dataclass(frozen=True)
+class LinuxAssets:
+    kernel: Path
+    initrd: Path
+    payload_sha256: str
+
+
+def _payload() -> bytes:
+    return random.Random(20240611).randbytes(300_000)
+
+
+def prepare_assets(build: bool = True) -> LinuxAssets:
+    """Fetch the cloud kernel and build the test initramfs (cached); ``build=False`` only looks."""
+    kernel = fetch_kernel("cloud-amd64")
+    busybox = fetch_busybox()
+    payload = _payload()
+    st = busybox.stat()
+    key = hashlib.sha256(INIT_SCRIPT.encode() + payload + f"{busybox}:{st.st_size}:{st.st_mtime_ns}".encode())
+    out_dir = cache_root() / "linux-tests"
+    initrd = out_dir / f"initrd-{key.hexdigest()[:16]}.gz"
+    if not initrd.exists():
+        if not build:
+            raise FileNotFoundError(f"{initrd} was not prepared on the host")
+        from kvmpy.initrd import main as initrd_main
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "init.sh").write_text(INIT_SCRIPT)
+        (out_dir / "payload.bin").write_bytes(payload)
+        status = initrd_main(["-o", str(initrd), "--busybox", str(busybox), "--init", str(out_dir / "init.sh"),
+                              "--file", f"{out_dir / 'payload.bin'}:payload"])
+        if status != 0:
+            raise RuntimeError(f"kvmpy initrd failed with status {status}")
+    return LinuxAssets(kernel.vmlinuz, initrd, hashlib.sha256(payload).hexdigest())
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if os.environ.get("KVMPY_IN_BED") == "1":
+        return
+    wanted = any(i.get_closest_marker("kvm_full") and "tests/linux/" in i.nodeid for i in session.items)
+    if not wanted or decide_mode(os.environ, host_kvm_kind()) == OFF:
+        return
+    try:
+        prepare_assets()
+    except Exception as exc:  # the tests report it properly; collection must not die here
+        log.warning("cannot prepare the Linux test assets: %s", exc)
+
+
+@pytest.fixture(scope="session")
+def linux_assets() -> LinuxAssets:
+    try:
+        return prepare_assets(build=os.environ.get("KVMPY_IN_BED") != "1")
+    except Exception as exc:
+        pytest.fail(f"Linux test assets are unavailable: {exc}", pytrace=False)

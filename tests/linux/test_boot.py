@@ -1,0 +1,136 @@
+"""Booting Debian's unmodified cloud kernel with a busybox initramfs: poweroff, SMP, reboot, console input.
+
+The kvm_full tests run in-process (one Machine per boot) so that the nested bed
+pays Python's start-up once; each boot is a few seconds of guest time.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kvmpy.config import MachineConfig
+from kvmpy.devices.chardev import CharBackend
+from kvmpy.kvm.flavor import KvmKind, host_kvm_kind
+
+MiB = 1 << 20
+BOOT_TIMEOUT = 300.0
+
+
+class ScriptedConsole(CharBackend):
+    """A serial backend that records the guest's output and types ``send`` once ``expect`` shows up."""
+
+    def __init__(self, script: list[tuple[bytes, bytes]] | None = None) -> None:
+        self.out = bytearray()
+        self.script = list(script or [])
+        self.pos = 0
+        self._receive = None
+
+    def start(self, receive, on_quit) -> None:
+        self._receive = receive
+
+    def write(self, data: bytes) -> None:
+        self.out += data
+        while self.script and self._receive is not None:
+            expect, send = self.script[0]
+            at = self.out.find(expect, self.pos)
+            if at < 0:
+                break
+            self.pos = at + len(expect)
+            self.script.pop(0)
+            self._receive(send)
+
+    def text(self) -> str:
+        return self.out.decode(errors="replace")
+
+
+def boot(assets, *, action: str, smp: int = 1, no_reboot: bool = True, mode: str = "auto",
+         script: list[tuple[bytes, bytes]] | None = None, extra: str = "") -> tuple[int, str]:
+    from kvmpy.machine import Machine
+
+    append = f"console=ttyS0 quiet panic=-1 kvmpy_test={action}{extra}"
+    cfg = MachineConfig(kernel=assets.kernel, initrd=assets.initrd, memory=512 * MiB, smp=smp, append=append,
+                        no_reboot=no_reboot, linux_boot=mode)
+    console = ScriptedConsole(script)
+    machine = Machine(cfg, console=console)
+    try:
+        status = machine.run(timeout=BOOT_TIMEOUT)
+    finally:
+        machine.close()
+    return status, console.text()
+
+
+def _init_lines(text: str) -> list[str]:
+    return re.findall(r"KVMPY-TEST init [^\r\n]*", text)
+
+
+@pytest.mark.kvm_full
+def test_boot_to_init_then_poweroff(linux_assets):
+    extra = " kvmpy.mark=Ab-9_x/y"
+    status, out = boot(linux_assets, action="poweroff", extra=extra)
+    inits = _init_lines(out)
+    assert len(inits) == 1, out
+    assert "online=0 " in inits[0]
+    assert f"sha256={linux_assets.payload_sha256}" in inits[0], "the initrd reached the guest damaged"
+    assert f"cmdline=[console=ttyS0 quiet panic=-1 kvmpy_test=poweroff{extra}]" in out
+    assert "reboot: Power down" in out
+    assert status == 0
+
+
+@pytest.mark.kvm_full
+def test_smp2_and_reboot_exits_under_no_reboot(linux_assets):
+    status, out = boot(linux_assets, action="reboot", smp=2, no_reboot=True)
+    inits = _init_lines(out)
+    assert len(inits) == 1 and "online=0-1 " in inits[0], out
+    assert "reboot: Restarting system" in out
+    assert status == 0
+
+
+@pytest.mark.kvm_full
+def test_console_input_reboot_resets_then_poweroff_pvh(linux_assets):
+    # Host-side decompression (PVH entry), an interactive shell, a real reset and a second boot.
+    script = [(b"KVMPY-TEST cmdline=", b"echo typed-$((6*7)); reboot -f\n"),
+              (b"KVMPY-TEST cmdline=", b"poweroff -f\n")]
+    status, out = boot(linux_assets, action="shell", smp=2, no_reboot=False, mode="pvh", script=script)
+    assert "typed-42" in out, out
+    assert len(_init_lines(out)) == 2, out
+    assert all("online=0-1 " in line for line in _init_lines(out))
+    assert status == 0
+
+
+@pytest.mark.kvm_host
+def test_bad_kernel_file_is_one_clear_error(tmp_path):
+    junk = tmp_path / "kernel.bin"
+    junk.write_bytes(b"\x7fELG not a kernel\n" * 300)
+    res = subprocess.run([sys.executable, "-m", "kvmpy", "-enable-kvm", "-kernel", str(junk), "-nographic"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [
+        f"kvmpy: error: {junk}: not a kernel kvmpy can boot (neither a multiboot image, a Linux bzImage nor "
+        f"an ELF vmlinux)"]
+
+
+@pytest.mark.kvm_host
+@pytest.mark.skipif(host_kvm_kind() is not KvmKind.PVM, reason="the warning is about PVM-based host KVM")
+def test_pvm_host_warns_before_booting_linux(tmp_path, caplog):
+    from kvmpy.machine import Machine
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "loader"))
+    from loader_helpers import tiny_bzimage
+
+    kernel = tmp_path / "bzImage"
+    kernel.write_bytes(tiny_bzimage())
+    with caplog.at_level(logging.WARNING, logger="kvmpy.machine"):
+        machine = Machine(MachineConfig(kernel=kernel, memory=64 * MiB, serial="null"))
+    # Machine.close() before run() trips over the unstarted vCPU threads: release the fds directly.
+    for v in machine.vcpus:
+        v.close()
+    machine.vm.close()
+    machine.kvm.close()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "PVM-based" in warnings[0] and "kvm-amd" in warnings[0]
