@@ -137,7 +137,7 @@ def cmd_convert(a: argparse.Namespace) -> int:
         raise UsageError("Expecting one or more source images and an output image")
     sparse = parse_size(a.S) if a.S else 4096
     convert(ConvertRequest([Path(p) for p in a.files[:-1]], a.f, Path(a.files[-1]), a.O or "raw",
-                           parse_options(a.o or []), a.c, a.p, sparse, a.n))
+                           parse_options(a.o or []), a.c, a.p, sparse, a.n, a.t))
     return 0
 
 
@@ -278,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-p", action="store_true", help="show progress")
     sp.add_argument("-S", metavar="SPARSE_SIZE", help="zero-detection granularity (raw output)")
     sp.add_argument("-n", action="store_true", help="do not create the target")
+    sp.add_argument("-t", metavar="CACHE", default="unsafe",
+                    choices=("unsafe", "writeback", "writethrough", "none", "directsync"),
+                    help="target cache mode; 'unsafe' (the default, as in qemu-img) skips fsync")
     sp.add_argument("-U", "--force-share", action="store_true")
     sp.add_argument("files", nargs="+", metavar="FILE")
     sp.set_defaults(func=cmd_convert)

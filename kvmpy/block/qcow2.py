@@ -256,7 +256,7 @@ class Qcow2Backend(BlockBackend):
             return
         avail = max(0, min(n, b.size() - off))
         if avail:
-            out[:avail] = b.read(off, avail)
+            b.readinto(off, out[:avail])
         if avail < n:
             out[avail:n] = bytes(n - avail)
 
@@ -279,9 +279,13 @@ class Qcow2Backend(BlockBackend):
         return out
 
     def read(self, offset: int, length: int) -> bytes:
-        self.check_range(offset, length)
         out = bytearray(length)
-        view = memoryview(out)
+        self.readinto(offset, memoryview(out))
+        return bytes(out)
+
+    def readinto(self, offset: int, view: memoryview) -> None:
+        length = len(view)
+        self.check_range(offset, length)
         end = offset + length
         pos = offset
         cs, cb = self.cs, self.cluster_bits
@@ -316,10 +320,10 @@ class Qcow2Backend(BlockBackend):
                     dst[:] = data[g0 - base:g1 - base]
                 elif k == UNALLOCATED:
                     self._backing_read(g0, g1 - g0, dst)
-                # zero kinds: already zero
+                else:
+                    dst[:] = bytes(len(dst))
                 i = j
             pos = seg_end
-        return bytes(out)
 
     # ------------------------------------------------------------------ writing
     def _check_writable(self) -> None:
@@ -428,32 +432,15 @@ class Qcow2Backend(BlockBackend):
             new_hosts[fresh_idx] = np.arange(start, start + fresh_idx.size * cs, cs,
                                              dtype=np.uint64)
         self._guard(new_hosts)
-        # Data: one pwritev per run of contiguous host clusters.
-        bufs: list[memoryview | bytes] = []
-        run_host = -1
-        run_len = 0
-
-        def flush_run() -> None:
-            nonlocal bufs, run_len
-            if bufs:
-                off = run_host
-                while bufs:
-                    n = os.pwritev(self.fd, bufs, off)
-                    off += n
-                    while bufs and n >= len(bufs[0]):
-                        n -= len(bufs[0])
-                        bufs.pop(0)
-                    if bufs and n:
-                        bufs[0] = memoryview(bufs[0])[n:]
-            bufs, run_len = [], 0
-
+        # Data: gathered into runs of contiguous host clusters, written before any metadata.
+        jobs: list[tuple[int, list]] = []
+        run_end = -1
         dpos = 0
         for i in range(count):
             g0 = max(pos, (c0 + i) << cb)
             g1 = min(pos + len(data), (c0 + i + 1) << cb)
-            piece: memoryview | bytes = data[dpos:dpos + (g1 - g0)]
+            piece: memoryview | bytes | bytearray = data[dpos:dpos + (g1 - g0)]
             dpos += g1 - g0
-            host = int(new_hosts[i])
             in_off = g0 & (cs - 1)
             if not inplace[i] and (g1 - g0) < cs:
                 img = head_img if i == 0 and head_img is not None else tail_img
@@ -461,14 +448,13 @@ class Qcow2Backend(BlockBackend):
                 img = bytearray(img)
                 img[in_off:in_off + (g1 - g0)] = piece
                 piece, in_off = img, 0
-            target = host + in_off
-            if bufs and target == run_host + run_len and len(bufs) < 1000:
-                bufs.append(piece)
-                run_len += len(piece)
+            target = int(new_hosts[i]) + in_off
+            if jobs and target == run_end:
+                jobs[-1][1].append(piece)
             else:
-                flush_run()
-                bufs, run_host, run_len = [piece], target, len(piece)
-        flush_run()
+                jobs.append((target, [piece]))
+            run_end = target + len(piece)
+        self.pwrite_all(self.fd, jobs)
         if fresh_idx.size:
             tbl[first + fresh_idx] = new_hosts[fresh_idx] | np.uint64(fmt.QCOW_OFLAG_COPIED)
             lo, hi = first + int(fresh_idx[0]), first + int(fresh_idx[-1]) + 1
@@ -701,7 +687,7 @@ class Qcow2Backend(BlockBackend):
         return out
 
     def flush(self) -> None:
-        if not self.readonly and self.fd >= 0:
+        if not self.readonly and self.fd >= 0 and self.durable:
             os.fsync(self.fd)
 
     def close(self) -> None:
@@ -709,10 +695,11 @@ class Qcow2Backend(BlockBackend):
             return
         try:
             if not self.readonly and hasattr(self, "h"):
-                os.fsync(self.fd)
+                self.flush()
                 if self._marked_dirty:
                     self._set_incompat(fmt.INCOMPAT_DIRTY, False)
         finally:
+            self._shutdown_pool()
             os.close(self.fd)
             self.fd = -1
             if self._backing is not None:

@@ -65,14 +65,16 @@ class RawBackend(BlockBackend):
             data += bytes(length - len(data))
         return data
 
+    def readinto(self, offset: int, buf: memoryview) -> None:
+        self.check_range(offset, len(buf))
+        got = os.preadv(self.fd, [buf], offset)
+        if got < len(buf):
+            buf[got:] = bytes(len(buf) - got)
+
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         self._check_writable()
         self.check_range(offset, len(data))
-        view = memoryview(data)
-        while view:
-            n = os.pwrite(self.fd, view, offset)
-            view = view[n:]
-            offset += n
+        self.pwrite_all(self.fd, [(offset, [data])])
 
     def write_zeroes(self, offset: int, length: int, *, unmap: bool = False) -> None:
         self._check_writable()
@@ -90,7 +92,7 @@ class RawBackend(BlockBackend):
         self.write_zeroes(offset, length, unmap=True)
 
     def flush(self) -> None:
-        if not self.readonly:
+        if not self.readonly and self.durable:
             os.fsync(self.fd)
 
     def size(self) -> int:
@@ -132,6 +134,7 @@ class RawBackend(BlockBackend):
         return merge_extents(out)
 
     def close(self) -> None:
+        self._shutdown_pool()
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
