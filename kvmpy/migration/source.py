@@ -95,8 +95,12 @@ class MigrationSource:
         self.limiter.rate = rate
 
     def _check(self) -> None:
+        """Called between records: abort on cancel, and keep query-migrate's counters live."""
         if self._cancel.is_set():
             raise CancelledError("migration was cancelled")
+        self._update_counters()
+        if self.stats.rounds == 0:
+            self.stats.remaining = max(0, self.stats.total - (self.counters.duplicate + self.counters.normal) * PAGE_SIZE)
 
     def _set_status(self, status: str) -> None:
         self.stats.status = status
@@ -113,7 +117,7 @@ class MigrationSource:
         slots = m.slots
         logging_was_on = slots.log_dirty
         try:
-            self.stats.total = sum(b.size for b in self.blocks)
+            self.stats.total = self.stats.remaining = sum(b.size for b in self.blocks)
             slots.set_dirty_logging(True)
             self._sync()  # from here on every write is seen
             self.writer.header(vmstate.describe(m))

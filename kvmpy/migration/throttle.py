@@ -1,8 +1,8 @@
 """Auto-converge: slow the guest's vCPUs down so a guest that dirties memory faster than the link can migrate.
 
 As QEMU does, each 10 ms of guest run time is followed by a stop of
-``pct / (100 - pct)`` times as long. Stops go through the Machine's own
-``vcpus_stopped()``, which never resumes a machine that is no longer running.
+``pct / (100 - pct)`` times as long. The vCPUs are resumed, under the
+Machine's lifecycle lock, only if the machine is still meant to be running.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ if TYPE_CHECKING:
     from kvmpy.machine import Machine
 
 TIMESLICE = 0.010
-MAX_STOP = 0.05  # hold the machine's lifecycle lock at most this long at a time
 
 
 class CpuThrottle:
@@ -32,14 +31,17 @@ class CpuThrottle:
             self._thread.start()
 
     def _run(self) -> None:
+        m = self.machine
         while not self._stop.is_set():
             pct = self.percentage / 100
-            stop_for = TIMESLICE * pct / (1 - pct)
-            while stop_for > 0 and not self._stop.is_set():
-                step = min(stop_for, MAX_STOP)
-                with self.machine.vcpus_stopped():
-                    self._stop.wait(step)
-                stop_for -= step
+            for t in m.threads:
+                t.pause(wait=False)
+            self._stop.wait(TIMESLICE * pct / (1 - pct))
+            # Resume only a machine that is still meant to run (not one stopped meanwhile for switchover).
+            with m._lifecycle:
+                if m.state.value == "running" and m.events.empty():
+                    for t in m.threads:
+                        t.resume()
             self._stop.wait(TIMESLICE)
 
     def close(self) -> None:

@@ -1,0 +1,172 @@
+"""kvmpy-migrate end to end: two kvmpy processes, QMP on UNIX sockets, migration over TCP
+(loopback, and between two network namespaces joined by a veth pair)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.guests.build import build_guest
+from tests.migration.support import START_MB, SIZE_MB
+
+REPO = Path(__file__).resolve().parents[2]
+ENV = dict(os.environ, PYTHONPATH=str(REPO))
+
+
+def _kvmpy(tmp: Path, name: str, *extra: str, netns: str | None = None) -> subprocess.Popen:
+    kernel = build_guest("dirtier")
+    cmd = [sys.executable, "-m", "kvmpy", "-enable-kvm", "-m", "64", "-display", "none", "-nodefaults",
+           "-serial", f"file:{tmp / (name + '.out')}", "-kernel", str(kernel),
+           "-append", f"start_mb={START_MB} size_mb={SIZE_MB}",
+           "-qmp", f"unix:{tmp / (name + '.qmp')},server,wait=off", *extra]
+    if netns:
+        cmd = ["ip", "netns", "exec", netns, *cmd]
+    return subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _qmp(path: Path, *commands: tuple[str, dict]) -> list:
+    deadline = time.monotonic() + 30
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(str(path))
+    f = s.makefile("rwb")
+    json.loads(f.readline())
+    out = []
+    for cmd, args in (("qmp_capabilities", {}), *commands):
+        f.write(json.dumps({"execute": cmd, "arguments": args}).encode() + b"\n")
+        f.flush()
+        while True:
+            msg = json.loads(f.readline())
+            if "return" in msg or "error" in msg:
+                out.append(msg)
+                break
+    s.close()
+    return out[1:]
+
+
+def _migrate(tmp: Path, uri: str, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kvmpy.migration.migrate_cli", f"unix:{tmp / 'src.qmp'}",
+                           f"unix:{tmp / 'dst.qmp'}", "--uri", uri, *extra],
+                          env=ENV, capture_output=True, timeout=180)
+
+
+def _wait_output(path: Path, minimum: int, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if path.exists() and path.stat().st_size >= minimum:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{path.name} did not grow to {minimum} bytes")
+
+
+def _run_pair(tmp: Path, src_ns: str | None = None, dst_ns: str | None = None, listen_host: str = "0",
+              connect_host: str = "127.0.0.1") -> None:
+    port = 47000 + os.getpid() % 1000
+    listen = f"tcp:{listen_host}:{port}"
+    procs = [_kvmpy(tmp, "src", netns=src_ns), _kvmpy(tmp, "dst", "-incoming", listen, netns=dst_ns)]
+    try:
+        _wait_output(tmp / "src.out", 40)
+        assert _qmp(tmp / "dst.qmp", ("query-status", {}))[0]["return"]["status"] == "inmigrate"
+        run = _migrate(tmp, f"tcp:{connect_host}:{port}", "--max-bandwidth", "24M", "--max-rounds", "4")
+        assert run.returncode == 0, run.stderr.decode()[-2000:]
+        text = run.stdout.decode()
+        assert "status: completed" in text and "destination: running" in text
+        assert "round" in run.stderr.decode()  # the progress bar
+        src_state, = _qmp(tmp / "src.qmp", ("query-status", {}))
+        assert src_state["return"]["status"] == "postmigrate"
+        size = (tmp / "dst.out").stat().st_size
+        _wait_output(tmp / "dst.out", size + 5)  # serial output continues on the destination
+        info, = _qmp(tmp / "src.qmp", ("query-migrate", {}))
+        ram = info["return"]["ram"]
+        assert info["return"]["status"] == "completed" and ram["dirty-sync-count"] >= 4
+        assert {"downtime", "total-time", "setup-time"} <= set(info["return"])
+        _qmp(tmp / "src.qmp", ("quit", {}))
+        _qmp(tmp / "dst.qmp", ("quit", {}))
+        for p in procs:
+            p.wait(30)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+@pytest.mark.kvm_host
+def test_kvmpy_migrate_between_two_processes_over_tcp(tmp_path: Path) -> None:
+    _run_pair(tmp_path)
+
+
+@pytest.mark.kvm_host
+def test_kvmpy_migrate_fails_cleanly_when_nobody_listens(tmp_path: Path) -> None:
+    procs = [_kvmpy(tmp_path, "src"), _kvmpy(tmp_path, "dst", "-incoming", "defer")]
+    try:
+        _wait_output(tmp_path / "src.out", 40)
+        run = _migrate(tmp_path, "tcp:127.0.0.1:1", "--quiet")
+        assert run.returncode == 1
+        assert "error" in run.stderr.decode() and "Traceback" not in run.stderr.decode()
+        st, = _qmp(tmp_path / "src.qmp", ("query-status", {}))
+        assert st["return"]["status"] == "running"
+        bad = subprocess.run([sys.executable, "-m", "kvmpy.migration.migrate_cli", "unix:/nonexistent", "x",
+                              "--uri", "tcp:1:1"], env=ENV, capture_output=True, timeout=30)
+        assert bad.returncode == 1 and bad.stderr.decode().count("\n") == 1
+        # -incoming defer + migrate-incoming, driven by the script.
+        port = 48000 + os.getpid() % 1000
+        run = _migrate(tmp_path, f"tcp:127.0.0.1:{port}", "--incoming", f"tcp:127.0.0.1:{port}", "--quiet")
+        assert run.returncode == 0, run.stderr.decode()
+        _qmp(tmp_path / "src.qmp", ("quit", {}))
+        _qmp(tmp_path / "dst.qmp", ("quit", {}))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True)
+
+
+@pytest.mark.kvm_host
+def test_migration_between_two_network_namespaces_over_veth(tmp_path: Path) -> None:
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("needs root and iproute2 for network namespaces")
+    tag = f"{os.getpid() % 100000}"
+    a, b = f"kvmpy-a{tag}", f"kvmpy-b{tag}"
+    try:
+        _ip("netns", "add", a)
+        _ip("netns", "add", b)
+        _ip("link", "add", f"kva{tag}", "netns", a, "type", "veth", "peer", "name", f"kvb{tag}", "netns", b)
+        _ip("-n", a, "addr", "add", "10.99.0.1/24", "dev", f"kva{tag}")
+        _ip("-n", b, "addr", "add", "10.99.0.2/24", "dev", f"kvb{tag}")
+        for ns, dev in ((a, f"kva{tag}"), (b, f"kvb{tag}")):
+            _ip("-n", ns, "link", "set", dev, "up")
+            _ip("-n", ns, "link", "set", "lo", "up")
+        # The script runs in host A's namespace: it reaches both QMP sockets through the filesystem.
+        _run_pair_in_ns(tmp_path, a, b)
+    finally:
+        for ns in (a, b):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def _run_pair_in_ns(tmp: Path, a: str, b: str) -> None:
+    global _migrate
+    plain = _migrate
+
+    def in_a(tmp: Path, uri: str, *extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["ip", "netns", "exec", a, sys.executable, "-m", "kvmpy.migration.migrate_cli",
+                               f"unix:{tmp / 'src.qmp'}", f"unix:{tmp / 'dst.qmp'}", "--uri", uri, *extra],
+                              env=ENV, capture_output=True, timeout=180)
+    _migrate = in_a
+    try:
+        _run_pair(tmp, src_ns=a, dst_ns=b, listen_host="10.99.0.2", connect_host="10.99.0.2")
+    finally:
+        _migrate = plain

@@ -1,0 +1,62 @@
+"""Snapshots: to a file and back (``file:`` transport, also ``kvmpy -incoming file:``), and fast reset."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kvmpy.machine import RunState
+from kvmpy.migration.destination import Incoming
+from kvmpy.migration.snapshot import Snapshot
+from kvmpy.migration.source import MigrationSource
+from kvmpy.migration.transport import connect, parse_uri
+from tests.migration.support import assert_invariant, assert_progress, dirtier_bytes, machine
+
+
+@pytest.mark.parametrize("where", [pytest.param("host", marks=pytest.mark.kvm_host),
+                                   pytest.param("full", marks=pytest.mark.kvm_full)])
+def test_snapshot_to_file_then_restore_then_continue(where: str, tmp_path: Path) -> None:
+    path = tmp_path / "vm.snap"
+    with machine() as (src, sc):
+        job = MigrationSource(src, connect(parse_uri(f"file:{path}")))
+        assert job.run().status == "completed", job.stats.error
+        assert src.state is RunState.POSTMIGRATE  # as in QEMU: saved, stopped; 'cont' would resume it
+        src.resume()  # the user chooses to carry on with the original too
+        assert_progress(src, sc)
+    with machine(run=False) as (dst, dc):
+        inc = Incoming(dst, f"file:{path}").start()
+        assert inc.done.wait(60) and inc.error is None, inc.error
+        assert_progress(dst, dc)
+        assert_invariant(dst)
+
+
+@pytest.mark.kvm_host
+def test_exec_transport_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "vm.snap.gz"
+    with machine() as (src, _):
+        job = MigrationSource(src, connect(parse_uri(f"exec:gzip -1 > {path}")))
+        assert job.run().status == "completed", job.stats.error
+    with machine(run=False) as (dst, dc):
+        inc = Incoming(dst, f"exec:gzip -dc {path}").start()
+        assert inc.done.wait(60) and inc.error is None, inc.error
+        assert_progress(dst, dc)
+        assert_invariant(dst)
+
+
+@pytest.mark.kvm_host
+def test_fast_reset_rewrites_only_dirtied_pages() -> None:
+    with machine() as (m, console):
+        snap = Snapshot.take(m)
+        with m.vcpus_stopped():
+            at_snapshot = dirtier_bytes(m).copy()
+        time.sleep(0.2)
+        n = snap.reset()
+        assert 0 < n <= m.ram.npages // 4  # the dirtier's 2048 pages and a few others, not all of RAM
+        with m.vcpus_stopped():
+            assert np.array_equal(dirtier_bytes(m), at_snapshot)
+            snap.reset()
+        assert_progress(m, console)  # still running after resets
+        assert_invariant(m)
