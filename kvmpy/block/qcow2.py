@@ -266,7 +266,8 @@ class Qcow2Backend(BlockBackend):
         try:
             if self.h.compression_type == fmt.COMPRESSION_ZSTD:
                 import zstandard
-                reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data))
+                reader = zstandard.ZstdDecompressor(max_window_size=1 << 23).stream_reader(
+                    io.BytesIO(data))
                 out = reader.read(self.cs)
             else:
                 out = zlib.decompressobj(-12).decompress(data, self.cs)

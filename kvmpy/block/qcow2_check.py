@@ -63,59 +63,88 @@ class _Walker:
         self.refs[first:last + 1] += 1
         return True
 
+    def inc_many(self, clusters: np.ndarray, what: str) -> None:
+        """One reference to each listed cluster (repeats count repeatedly)."""
+        if clusters.size == 0:
+            return
+        far = clusters >= self.limit
+        if far.any():
+            self.res.corruptions += int(far.sum())
+            self.res.say(f"ERROR {what} at offset {int(clusters[far][0]) * self.cs:#x} is beyond "
+                         "the end of the image")
+            clusters = clusters[~far]
+            if clusters.size == 0:
+                return
+        top = int(clusters.max())
+        if top >= len(self.refs):
+            self.refs = np.concatenate([self.refs, np.zeros(top + 1 - len(self.refs), np.int64)])
+        np.add.at(self.refs, clusters, 1)
+
     def l1_tree(self, l1: np.ndarray, active: bool) -> None:
-        img, res = self.img, self.res
-        for i, e in enumerate(l1):
-            e = int(e)
-            off = e & fmt.L1E_OFFSET_MASK
-            if not off:
-                continue
-            if off % self.cs:
+        res, cs = self.res, self.cs
+        offs = (l1 & np.uint64(fmt.L1E_OFFSET_MASK)).astype(np.int64)
+        cache: dict[int, tuple | None] = {}
+        for i in np.flatnonzero(offs).tolist():
+            off = int(offs[i])
+            if off % cs:
                 res.corruptions += 1
                 res.say(f"ERROR l2_offset={off:x}: Table is not cluster aligned; L1 entry corrupted")
                 continue
-            if not self.inc(off, self.cs, "L2 table"):
+            if not self.inc(off, cs, "L2 table"):
                 continue
-            raw = os.pread(img.fd, self.cs, off)
-            if len(raw) < self.cs:
+            if off not in cache:
+                raw = os.pread(self.img.fd, cs, off)
+                cache[off] = self._scan_l2(np.frombuffer(raw, dtype=">u8").astype(np.uint64)) \
+                    if len(raw) == cs else None
+            scan = cache[off]
+            if scan is None:
                 res.corruptions += 1
                 res.say(f"ERROR l2_offset={off:x}: L2 table is outside the image")
                 continue
-            self.l2(np.frombuffer(raw, dtype=">u8").astype(np.uint64), active)
-
-    def l2(self, entries: np.ndarray, active: bool) -> None:
-        img, res, cs = self.img, self.res, self.cs
-        for j in np.flatnonzero(entries):
-            e = int(entries[j])
-            if e & fmt.QCOW_OFLAG_COMPRESSED:
-                if e & fmt.QCOW_OFLAG_COPIED:
-                    res.corruptions += 1
-                    res.say(f"ERROR: coffset={e & img._coff_mask:#x}: copied flag must never be "
-                            "set for compressed clusters")
-                o, n = img.compressed_extent(e)
-                start = o & ~511
-                self.inc(start, (o & 511) + n + 511 & ~511, "compressed cluster")
-                if active:
-                    res.allocated_clusters += 1
-                    res.compressed_clusters += 1
-                    res.fragmented_clusters += 1
-                continue
-            off = e & fmt.L2E_OFFSET_MASK
-            if not off:
-                if e & ~(fmt.QCOW_OFLAG_ZERO | fmt.QCOW_OFLAG_COPIED) & ~fmt.L2E_OFFSET_MASK:
-                    res.corruptions += 1
-                    res.say(f"ERROR: invalid L2 entry {e:#x}")
-                continue
-            if off % cs or e & 0x3F000000000001FE:
-                res.corruptions += 1
-                res.say(f"ERROR offset={off:x}: Cluster is not properly aligned; L2 entry corrupted")
-                continue
+            data, comp_spans, std_hosts, ncomp, nbad, msgs = scan
+            res.corruptions += nbad
+            for m in msgs:
+                res.say(m)
+            self.inc_many(data, "data cluster")
+            self.inc_many(comp_spans, "compressed cluster")
             if active:
-                res.allocated_clusters += 1
-                if self.next_contig and off != self.next_contig:
-                    res.fragmented_clusters += 1
-                self.next_contig = off + cs
-            self.inc(off, cs, "data cluster")
+                res.allocated_clusters += std_hosts.size + ncomp
+                res.compressed_clusters += ncomp
+                res.fragmented_clusters += ncomp
+                if std_hosts.size:
+                    frag = int((std_hosts[1:] != std_hosts[:-1] + cs).sum())
+                    if self.next_contig and int(std_hosts[0]) != self.next_contig:
+                        frag += 1
+                    res.fragmented_clusters += frag
+                    self.next_contig = int(std_hosts[-1]) + cs
+
+    def _scan_l2(self, entries: np.ndarray) -> tuple:
+        """What one L2 table references: (data clusters, compressed-span clusters, host offsets of
+        standard clusters in order, compressed count, error count, messages)."""
+        img, cs = self.img, self.cs
+        msgs: list[str] = []
+        comp = (entries & np.uint64(fmt.QCOW_OFLAG_COMPRESSED)) != 0
+        offs = (entries & np.uint64(fmt.L2E_OFFSET_MASK)).astype(np.int64)
+        std = ~comp & (offs != 0)
+        bad = std & (((offs % cs) != 0) | ((entries & np.uint64(0x3F000000000001FE)) != 0))
+        nbad = int(bad.sum())
+        if nbad:
+            msgs.append(f"ERROR offset={int(offs[bad][0]):x}: Cluster is not properly aligned; "
+                        "L2 entry corrupted")
+        good = std & ~bad
+        hosts = offs[good]
+        comp_copied = comp & ((entries & np.uint64(fmt.QCOW_OFLAG_COPIED)) != 0)
+        if comp_copied.any():
+            nbad += int(comp_copied.sum())
+            msgs.append("ERROR: copied flag must never be set for compressed clusters")
+        spans: list[np.ndarray] = []
+        for e in entries[comp].tolist():
+            o, n = img.compressed_extent(int(e))
+            start = o & ~511
+            stop = start + ((o & 511) + n + 511) // 512 * 512
+            spans.append(np.arange(start // cs, (stop - 1) // cs + 1, dtype=np.int64))
+        comp_spans = np.concatenate(spans) if spans else np.zeros(0, dtype=np.int64)
+        return hosts // cs, comp_spans, hosts, int(comp.sum()), nbad, msgs
 
 
 def _compute(img: Qcow2Backend, res: CheckResult) -> tuple[np.ndarray, np.ndarray]:
@@ -169,30 +198,37 @@ def _compute(img: Qcow2Backend, res: CheckResult) -> tuple[np.ndarray, np.ndarra
 
 
 def _check_copied(img: Qcow2Backend, res: CheckResult) -> None:
-    for i, e in enumerate(img.l1):
-        e = int(e)
-        off = e & fmt.L1E_OFFSET_MASK
-        if not off or off % img.cs:
-            continue
-        r = img.rc.get(off // img.cs)
-        if (r == 1) != bool(e & fmt.QCOW_OFLAG_COPIED):
-            res.corruptions += 1
-            res.say(f"ERROR OFLAG_COPIED L2 cluster: l1_index={i} l1_entry={e:x} refcount={r}")
-        raw = os.pread(img.fd, img.cs, off)
-        if len(raw) < img.cs:
+    """COPIED must be set in the active tree exactly where the refcount is 1."""
+    cs = img.cs
+    copied = np.uint64(fmt.QCOW_OFLAG_COPIED)
+    offs = (img.l1 & np.uint64(fmt.L1E_OFFSET_MASK)).astype(np.int64)
+    idx = np.flatnonzero((offs != 0) & (offs % cs == 0))
+    if idx.size == 0:
+        return
+    rcs = img.rc.get_many(offs[idx] // cs)
+    flags = (img.l1[idx] & copied) != 0
+    for i in np.flatnonzero((rcs == 1) != flags).tolist():
+        res.corruptions += 1
+        res.say(f"ERROR OFLAG_COPIED L2 cluster: l1_index={int(idx[i])} "
+                f"l1_entry={int(img.l1[idx[i]]):x} refcount={int(rcs[i])}")
+    uniq, times = np.unique(offs[idx], return_counts=True)
+    for off, n in zip(uniq.tolist(), times.tolist()):
+        raw = os.pread(img.fd, cs, off)
+        if len(raw) < cs:
             continue
         tbl = np.frombuffer(raw, dtype=">u8").astype(np.uint64)
-        for j in np.flatnonzero(tbl):
-            le = int(tbl[j])
-            if le & fmt.QCOW_OFLAG_COMPRESSED:
-                continue
-            doff = le & fmt.L2E_OFFSET_MASK
-            if not doff or doff % img.cs:
-                continue
-            r = img.rc.get(doff // img.cs)
-            if (r == 1) != bool(le & fmt.QCOW_OFLAG_COPIED):
-                res.corruptions += 1
-                res.say(f"ERROR OFLAG_COPIED data cluster: l2_entry={le:x} refcount={r}")
+        doff = (tbl & np.uint64(fmt.L2E_OFFSET_MASK)).astype(np.int64)
+        std = ((tbl & np.uint64(fmt.QCOW_OFLAG_COMPRESSED)) == 0) & (doff != 0) & (doff % cs == 0)
+        j = np.flatnonzero(std)
+        if not j.size:
+            continue
+        r = img.rc.get_many(doff[j] // cs)
+        wrong = np.flatnonzero((r == 1) != ((tbl[j] & copied) != 0))
+        if wrong.size:
+            res.corruptions += int(wrong.size) * n
+            for k in wrong[:10].tolist():
+                res.say(f"ERROR OFLAG_COPIED data cluster: l2_entry={int(tbl[j[k]]):x} "
+                        f"refcount={int(r[k])}")
 
 
 def _one_pass(img: Qcow2Backend, repair: str | None) -> CheckResult:

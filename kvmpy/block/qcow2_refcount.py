@@ -96,6 +96,20 @@ class Refcounts:
         blk = self.block(cluster // self.epb)
         return 0 if blk is None else int(blk[cluster % self.epb])
 
+    def get_many(self, clusters: np.ndarray) -> np.ndarray:
+        """Refcounts of arbitrary cluster indices (vectorised per refcount block)."""
+        clusters = np.asarray(clusters, dtype=np.int64)
+        out = np.zeros(clusters.shape, dtype=np.uint64)
+        if clusters.size == 0:
+            return out
+        bis = clusters // self.epb
+        for bi in np.unique(bis).tolist():
+            blk = self.block(bi)
+            if blk is not None:
+                sel = bis == bi
+                out[sel] = blk[clusters[sel] - bi * self.epb]
+        return out
+
     def get_range(self, start: int, count: int) -> np.ndarray:
         out = np.zeros(count, dtype=np.uint64)
         c = start
@@ -118,32 +132,42 @@ class Refcounts:
         data = encode_refblock(blk[lo:hi], self.bits)
         os.pwrite(self.fd, data, self.block_offset(bi) + lo * self.bits // 8)
 
-    def update(self, clusters: np.ndarray | list[int], delta: int) -> None:
-        """Add ``delta`` to the refcount of each listed cluster (repeats count repeatedly)."""
+    def update(self, clusters: np.ndarray | list[int], delta: int,
+               weights: np.ndarray | None = None) -> None:
+        """Add ``delta`` (times ``weights[i]``, if given) to each listed cluster's refcount."""
         arr = np.asarray(clusters, dtype=np.int64)
         if arr.size == 0 or delta == 0:
             return
+        w = np.ones(arr.shape, dtype=np.int64) if weights is None else \
+            np.asarray(weights, dtype=np.int64)
+        if (arr < 0).any():
+            raise CorruptImageError("negative cluster index")
         if delta > 0:
-            for bi in np.unique(arr // self.epb):
+            for bi in np.unique(arr // self.epb).tolist():
                 self._ensure_block(int(bi), arr)
-        order = np.sort(arr)
-        for bi in np.unique(order // self.epb):
-            bi = int(bi)
-            sel = order[(order >= bi * self.epb) & (order < (bi + 1) * self.epb)] - bi * self.epb
+        order = np.argsort(arr, kind="stable")
+        arr, w = arr[order], w[order]
+        bis = arr // self.epb
+        for bi in np.unique(bis).tolist():
+            m = bis == bi
+            sel = arr[m] - bi * self.epb
             blk = self.block(bi)
             if blk is None:
                 raise CorruptImageError(f"cluster {int(sel[0]) + bi * self.epb} has no refcount block")
-            counts = np.zeros(self.epb, dtype=np.int64)
-            np.add.at(counts, sel, delta)
-            new = blk.astype(object) + counts.astype(object) if self.bits == 64 else \
-                blk.astype(np.int64) + counts
+            counts = np.zeros(self.epb, dtype=object if self.bits == 64 else np.int64)
+            np.add.at(counts, sel, w[m] * delta)
             lo, hi = int(sel.min()), int(sel.max()) + 1
-            if (new[lo:hi] < 0).any():
-                bad = bi * self.epb + lo + int(np.flatnonzero(np.asarray(new[lo:hi] < 0))[0])
+            if self.bits == 64:
+                new = np.array([int(x) for x in blk[lo:hi]], dtype=object) + counts[lo:hi]
+            else:
+                new = blk[lo:hi].astype(np.int64) + counts[lo:hi]
+            if (new < 0).any():
+                bad = bi * self.epb + lo + int(np.flatnonzero(np.asarray(new < 0))[0])
                 raise CorruptImageError(f"refcount of cluster {bad} would drop below zero")
-            if (new[lo:hi] > self.max_refcount).any():
+            if (new > self.max_refcount).any():
                 raise BlockError(f"{self.path}: refcount overflow ({self.bits}-bit refcounts)")
-            blk[lo:hi] = np.asarray(new[lo:hi], dtype=np.uint64)
+            blk[lo:hi] = np.array([int(x) for x in new], dtype=np.uint64) if self.bits == 64 \
+                else new.astype(np.uint64)
             self._store(bi, lo, hi)
             if delta < 0:
                 freed = np.flatnonzero(blk[lo:hi] == 0)

@@ -15,51 +15,67 @@ from kvmpy.block.errors import BlockError
 from kvmpy.block.qcow2 import COMPRESSED, NORMAL, ZERO_ALLOC, Qcow2Backend
 
 
-def tree_clusters(img: Qcow2Backend, l1: np.ndarray) -> np.ndarray:
-    """Every L2-table and data cluster index an L1 table references (repeats kept)."""
-    out: list[np.ndarray] = []
-    for e in l1:
-        off = int(e) & fmt.L1E_OFFSET_MASK
-        if not off:
-            continue
-        out.append(np.array([off // img.cs], dtype=np.int64))
+def tree_clusters(img: Qcow2Backend, l1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(cluster indices, reference counts) for everything an L1 table references.
+
+    Each distinct L2 table is read once and weighted by how often the L1 table names it, so a
+    hostile L1 that repeats one table does not multiply the work.
+    """
+    offs = (l1 & np.uint64(fmt.L1E_OFFSET_MASK)).astype(np.int64)
+    offs = offs[offs != 0]
+    if offs.size == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    uniq, times = np.unique(offs, return_counts=True)
+    clusters: list[np.ndarray] = [uniq // img.cs]
+    weights: list[np.ndarray] = [times]
+    for off, n in zip(uniq.tolist(), times.tolist()):
         entries = img._load_l2(off)
         kinds, hosts = img.classify(entries)
         std = (kinds == NORMAL) | (kinds == ZERO_ALLOC)
-        out.append((hosts[std] // np.uint64(img.cs)).astype(np.int64))
-        for c in entries[kinds == COMPRESSED]:
-            o, n = img.compressed_extent(int(c))
+        parts = [(hosts[std] // np.uint64(img.cs)).astype(np.int64)]
+        for c in entries[kinds == COMPRESSED].tolist():
+            o, ln = img.compressed_extent(int(c))
             start = o & ~511
-            stop = start + ((o & 511) + n + 511) // 512 * 512
-            out.append(np.arange(start // img.cs, (stop - 1) // img.cs + 1, dtype=np.int64))
-    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+            stop = start + ((o & 511) + ln + 511) // 512 * 512
+            parts.append(np.arange(start // img.cs, (stop - 1) // img.cs + 1, dtype=np.int64))
+        one = np.concatenate(parts)
+        clusters.append(one)
+        weights.append(np.full(one.size, n, dtype=np.int64))
+    c = np.concatenate(clusters)
+    w = np.concatenate(weights)
+    u, inv = np.unique(c, return_inverse=True)
+    return u, np.bincount(inv, weights=w).astype(np.int64)
 
 
 def fix_copied_flags(img: Qcow2Backend) -> None:
     """Set QCOW_OFLAG_COPIED in the active tree exactly where the refcount is 1."""
     copied = np.uint64(fmt.QCOW_OFLAG_COPIED)
-    l1_changed = False
-    for i, e in enumerate(img.l1):
-        off = int(e) & fmt.L1E_OFFSET_MASK
-        if not off:
+    offs = img.l1 & np.uint64(fmt.L1E_OFFSET_MASK)
+    for off in np.unique(offs[offs != 0]).tolist():
+        if off % img.cs:
             continue
         tbl = img._load_l2(off)
         kinds, hosts = img.classify(tbl)
         std = np.flatnonzero((kinds == NORMAL) | (kinds == ZERO_ALLOC))
         if std.size:
-            rcs = np.array([img.rc.get(int(h) // img.cs) for h in hosts[std]], dtype=np.uint64)
+            rcs = img.rc.get_many((hosts[std] // np.uint64(img.cs)).astype(np.int64))
             want = np.where(rcs == 1, tbl[std] | copied, tbl[std] & ~copied)
             diff = std[want != tbl[std]]
             if diff.size:
                 tbl[std] = want
                 img._store_l2(off, tbl, int(diff[0]), int(diff[-1]) + 1)
-        want_e = (int(e) | fmt.QCOW_OFLAG_COPIED) if img.rc.get(off // img.cs) == 1 else \
-            (int(e) & ~fmt.QCOW_OFLAG_COPIED)
-        if want_e != int(e):
-            img.l1[i] = np.uint64(want_e)
-            l1_changed = True
-    if l1_changed:
-        os.pwrite(img.fd, img.l1.astype(">u8").tobytes(), img.h.l1_table_offset)
+    nz = np.flatnonzero(offs)
+    if nz.size:
+        rcs = img.rc.get_many((offs[nz] // np.uint64(img.cs)).astype(np.int64))
+        want = np.where(rcs == 1, img.l1[nz] | copied, img.l1[nz] & ~copied)
+        if (want != img.l1[nz]).any():
+            img.l1[nz] = want
+            os.pwrite(img.fd, img.l1.astype(">u8").tobytes(), img.h.l1_table_offset)
+
+
+def _weighted(tree: tuple[np.ndarray, np.ndarray], delta: int) -> tuple[np.ndarray, int,
+                                                                        np.ndarray]:
+    return tree[0], delta, tree[1]
 
 
 def _write_table(img: Qcow2Backend, snaps: list[fmt.SnapshotEntry]) -> None:
@@ -102,7 +118,7 @@ def create(img: Qcow2Backend, name: str) -> fmt.SnapshotEntry:
     if len(l1):
         l1_off = img.rc.alloc(-(-len(l1) * 8 // img.cs))
         os.pwrite(img.fd, l1.astype(">u8").tobytes(), l1_off)
-    img.rc.update(tree_clusters(img, img.l1), 1)   # references first
+    img.rc.update(*_weighted(tree_clusters(img, img.l1), 1))  # references first
     fix_copied_flags(img)                            # then make the active tree copy-on-write
     sec, nsec = img.now()
     snap = fmt.SnapshotEntry(l1_off, len(l1), sid, name, sec, nsec, 0, 0, disk_size=img.h.size,
@@ -123,7 +139,7 @@ def apply(img: Qcow2Backend, ref: str) -> None:
     img._check_writable()
     snap = img.snapshots[find(img, ref)]
     sn_l1 = _read_l1(img, snap)
-    img.rc.update(tree_clusters(img, sn_l1), 1)
+    img.rc.update(*_weighted(tree_clusters(img, sn_l1), 1))
     if len(sn_l1) > len(img.l1):
         img._grow_l1(len(sn_l1), exact=True)
     old = img.l1.copy()
@@ -133,7 +149,7 @@ def apply(img: Qcow2Backend, ref: str) -> None:
     img.l1 = new
     img._l2_cache.clear()
     img._meta = None
-    img.rc.update(tree_clusters(img, old), -1)
+    img.rc.update(*_weighted(tree_clusters(img, old), -1))
     fix_copied_flags(img)
     if snap.disk_size is not None and snap.disk_size != img.h.size:
         img.h.size = snap.disk_size
@@ -147,7 +163,7 @@ def delete(img: Qcow2Backend, ref: str) -> None:
     snap = img.snapshots[idx]
     sn_l1 = _read_l1(img, snap)
     _write_table(img, img.snapshots[:idx] + img.snapshots[idx + 1:])
-    img.rc.update(tree_clusters(img, sn_l1), -1)
+    img.rc.update(*_weighted(tree_clusters(img, sn_l1), -1))
     if snap.l1_size:
         first = snap.l1_table_offset // img.cs
         img.rc.update(np.arange(first, first + -(-snap.l1_size * 8 // img.cs)), -1)
