@@ -45,6 +45,7 @@ Options (same meaning as in qemu-system-x86_64 / qemu-system-riscv64):
   -S                            start with the vCPUs paused
   -d ITEMS, -D FILE             TCG trace items (in_asm,exec,...) and trace file
   -qmp unix:PATH,server[,wait=off] | tcp:HOST:PORT,server[,wait=off]
+  -incoming tcp:HOST:PORT|unix:PATH|exec:CMD|file:PATH|defer   wait for a migration (file: restores a snapshot)
   -h, -help, --help             this text
   -version, --version           version
 
@@ -186,7 +187,9 @@ def parse_qemu_args(argv: Sequence[str]) -> MachineConfig:
             cfg.trace_file = Path(val)
         elif opt == "-qmp":
             cfg.qmp.append(val)
-        elif opt in ("-incoming", "-L"):
+        elif opt == "-incoming":
+            cfg.incoming = val
+        elif opt == "-L":
             raise UsageError(f"option {opt} is not supported yet")
     if not serial_set:
         # As in QEMU: -nodefaults drops the default COM1; otherwise it goes to stdio.
@@ -228,6 +231,10 @@ def _run_config(cfg: MachineConfig) -> int:
         return 1
     monitor = None
     try:
+        if cfg.incoming:
+            from kvmpy.migration.qmp import start_incoming  # binds now: a bad -incoming fails here
+
+            start_incoming(machine, cfg.incoming)
         if cfg.qmp:
             monitor = _start_qmp(machine, cfg.qmp)
         return machine.run()

@@ -106,6 +106,7 @@ class MachineConfig:
     trace_file: Path | None = None
     qmp: list[str] = field(default_factory=list)  # -qmp specs: unix:PATH,server[,wait=off] or tcp:HOST:PORT,...
     linux_boot: str = "auto"  # Linux kernels: auto, bzimage (64-bit entry) or pvh (host-side decompression)
+    incoming: str | None = None  # -incoming URI|defer: wait for a migration stream (kvmpy.migration)
 
     def validate(self) -> "MachineConfig":
         if self.arch not in ARCHES:
