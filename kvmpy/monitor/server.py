@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from kvmpy.monitor import protocol
 from kvmpy.monitor.commands import PACKAGE, QEMU_VERSION, Context, table
+import kvmpy.migration.qmp  # noqa: F401,E402  registers the migration commands in the table
 from kvmpy.monitor.endpoint import Endpoint, listen
 from kvmpy.monitor.protocol import COMMAND_NOT_FOUND, QmpError, Request
 
