@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
+
 
 class BlockError(Exception):
     """A block-layer failure that a user can act on (bad image, bad option, I/O error)."""
@@ -20,3 +26,15 @@ class CorruptImageError(BlockError):
 def describe(path: object, problem: str) -> str:
     """The one-line message format used throughout: "<file>: <problem>"."""
     return f"{path}: {problem}"
+
+
+def io_errors(fn: F) -> F:
+    """Turn OSError from a method of an image object into a BlockError naming its file."""
+    @functools.wraps(fn)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(self, *args, **kwargs)
+        except OSError as e:
+            path = getattr(self, "path", None) or getattr(getattr(self, "img", None), "path", "?")
+            raise BlockError(f"{path}: I/O error: {e.strerror or e}") from e
+    return wrapper  # type: ignore[return-value]

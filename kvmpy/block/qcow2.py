@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from kvmpy.block.backend import BlockBackend, Extent, merge_extents
-from kvmpy.block.errors import BlockError, CorruptImageError, UnsupportedImageError
+from kvmpy.block.errors import BlockError, CorruptImageError, UnsupportedImageError, io_errors
 from kvmpy.block import qcow2_format as fmt
 from kvmpy.block.qcow2_refcount import Refcounts
 
@@ -54,6 +54,9 @@ class Qcow2Backend(BlockBackend):
         self._marked_dirty = False
         try:
             self._open(backing_opener, repair_dirty)
+        except OSError as e:
+            self.close()
+            raise BlockError(f"{self.path}: I/O error: {e.strerror or e}") from e
         except BaseException:
             self.close()
             raise
@@ -279,11 +282,13 @@ class Qcow2Backend(BlockBackend):
                                     f"{len(out)} bytes, not {self.cs}")
         return out
 
+    @io_errors
     def read(self, offset: int, length: int) -> bytes:
         out = bytearray(length)
         self.readinto(offset, memoryview(out))
         return bytes(out)
 
+    @io_errors
     def readinto(self, offset: int, view: memoryview) -> None:
         length = len(view)
         self.check_range(offset, length)
@@ -389,6 +394,7 @@ class Qcow2Backend(BlockBackend):
         if drop:
             self.rc.update(np.array(drop, dtype=np.int64), -1)
 
+    @io_errors
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         self._before_write()
         view = memoryview(data).cast("B")
@@ -462,6 +468,7 @@ class Qcow2Backend(BlockBackend):
             self._store_l2(l2off, tbl, lo, hi)  # then the L2 entry
             self._release(old[fresh_idx])       # and only now drop the old references
 
+    @io_errors
     def write_compressed(self, offset: int, data: bytes) -> None:
         """Write one whole cluster compressed (falls back to a plain write if it does not shrink)."""
         self._before_write()
@@ -484,7 +491,8 @@ class Qcow2Backend(BlockBackend):
         l2off, tbl = self._l2_for_write(l1i)
         old = tbl[idx:idx + 1].copy()
         cur = self._comp_cursor
-        if cur and (cur % cs) and (cur % cs) + len(comp) <= cs and self.rc.get(cur // cs) > 0:
+        if cur and (cur % cs) and (cur % cs) + len(comp) <= cs and \
+                0 < self.rc.get(cur // cs) < self.rc.max_refcount:
             host = cur
             self.rc.update([cur // cs], 1)
         else:
@@ -498,6 +506,7 @@ class Qcow2Backend(BlockBackend):
         self._store_l2(l2off, tbl, idx, idx + 1)
         self._release(old)
 
+    @io_errors
     def write_zeroes(self, offset: int, length: int, *, unmap: bool = False) -> None:
         self._before_write()
         self.check_range(offset, length)
@@ -520,6 +529,7 @@ class Qcow2Backend(BlockBackend):
         if length:
             self.write(offset, bytes(length))
 
+    @io_errors
     def discard(self, offset: int, length: int) -> None:
         self._before_write()
         self.check_range(offset, length)
@@ -577,6 +587,7 @@ class Qcow2Backend(BlockBackend):
             pos = seg_end
 
     # ------------------------------------------------------------------ size, status, flush
+    @io_errors
     def resize(self, new_size: int, *, shrink: bool = False) -> None:
         self._check_writable()
         if new_size < 0 or new_size > fmt.MAX_VIRTUAL_SIZE:
@@ -604,6 +615,7 @@ class Qcow2Backend(BlockBackend):
         self._pwrite_header_field(24, ">Q", new_size)
         os.fsync(self.fd)
 
+    @io_errors
     def make_empty(self) -> None:
         """Deallocate every cluster so the image shows its backing file again (commit)."""
         self._check_writable()
@@ -626,6 +638,7 @@ class Qcow2Backend(BlockBackend):
                 self._store_l2(l2off, tbl, first, self.l2_entries)
                 self._release(old[nz])
 
+    @io_errors
     def block_status(self, offset: int, length: int) -> list[Extent]:
         self.check_range(offset, length)
         return merge_extents(self._status(offset, length, 0))
@@ -687,6 +700,7 @@ class Qcow2Backend(BlockBackend):
             out.append(Extent(offset, length, False, True, depth, False))
         return out
 
+    @io_errors
     def flush(self) -> None:
         if not self.readonly and self.fd >= 0 and self.durable:
             os.fsync(self.fd)
@@ -708,6 +722,7 @@ class Qcow2Backend(BlockBackend):
                 self._backing = None
 
     # ------------------------------------------------------------------ header edits
+    @io_errors
     def set_backing(self, backing_file: str | None, backing_format: str | None) -> None:
         """Point the header at a different backing file (rebase -u / commit bookkeeping)."""
         self._check_writable()

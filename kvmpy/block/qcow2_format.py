@@ -306,6 +306,7 @@ def parse_snapshot_table(buf: bytes, count: int, cluster_size: int) -> list[Snap
             raise CorruptImageError(f"snapshot {i}: name is not valid UTF-8") from None
         pos = (pos + 7) & ~7
         _need(l1_off % cluster_size == 0, f"snapshot {i}: L1 table offset is not aligned")
+        _need(l1_off < (1 << 56), f"snapshot {i}: L1 table offset {l1_off:#x} is invalid")
         _need(l1_size * 8 <= MAX_L1_BYTES, f"snapshot {i}: L1 table too large")
         _need(l1_off > 0 or l1_size == 0, f"snapshot {i}: L1 table overlaps the header")
         s = SnapshotEntry(l1_off, l1_size, sid, name, dsec, dnsec, clock, vmsz)

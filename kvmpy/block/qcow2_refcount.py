@@ -73,6 +73,8 @@ class Refcounts:
             raise CorruptImageError(f"refcount block {index} offset {raw:#x} is not cluster aligned")
         if off == 0 and raw:
             raise CorruptImageError(f"refcount block {index} overlaps the image header")
+        if off >= 1 << 56:
+            raise CorruptImageError(f"refcount block {index} offset {raw:#x} is invalid")
         return off
 
     def block(self, index: int) -> np.ndarray | None:

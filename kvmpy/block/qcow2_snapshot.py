@@ -11,7 +11,7 @@ import os
 import numpy as np
 
 from kvmpy.block import qcow2_format as fmt
-from kvmpy.block.errors import BlockError
+from kvmpy.block.errors import BlockError, CorruptImageError, describe  # noqa: F401
 from kvmpy.block.qcow2 import COMPRESSED, NORMAL, ZERO_ALLOC, Qcow2Backend
 
 
@@ -43,6 +43,10 @@ def tree_clusters(img: Qcow2Backend, l1: np.ndarray) -> tuple[np.ndarray, np.nda
         weights.append(np.full(one.size, n, dtype=np.int64))
     c = np.concatenate(clusters)
     w = np.concatenate(weights)
+    end = -(-os.fstat(img.fd).st_size // img.cs)
+    if c.size and int(c.max()) >= end:
+        raise img.mark_corrupt(f"cluster {int(c.max())} is referenced but lies past the end of "
+                               "the file")
     u, inv = np.unique(c, return_inverse=True)
     return u, np.bincount(inv, weights=w).astype(np.int64)
 
@@ -107,6 +111,19 @@ def find(img: Qcow2Backend, ref: str) -> int:
     raise BlockError(f"Could not find snapshot '{ref}' in {img.path}")
 
 
+def _oserr(fn):  # type: ignore[no-untyped-def]
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(img: Qcow2Backend, *a):  # type: ignore[no-untyped-def]
+        try:
+            return fn(img, *a)
+        except OSError as e:
+            raise BlockError(describe(img.path, f"I/O error: {e.strerror or e}")) from e
+    return wrapper
+
+
+@_oserr
 def create(img: Qcow2Backend, name: str) -> fmt.SnapshotEntry:
     img._check_writable()
     if len(img.snapshots) >= fmt.MAX_SNAPSHOTS:
@@ -135,6 +152,7 @@ def _read_l1(img: Qcow2Backend, snap: fmt.SnapshotEntry) -> np.ndarray:
     return np.frombuffer(raw, dtype=">u8").astype(np.uint64)
 
 
+@_oserr
 def apply(img: Qcow2Backend, ref: str) -> None:
     img._check_writable()
     snap = img.snapshots[find(img, ref)]
@@ -157,6 +175,7 @@ def apply(img: Qcow2Backend, ref: str) -> None:
     img.flush()
 
 
+@_oserr
 def delete(img: Qcow2Backend, ref: str) -> None:
     img._check_writable()
     idx = find(img, ref)

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from kvmpy.block.backend import BlockBackend, Extent, merge_extents
-from kvmpy.block.errors import BlockError
+from kvmpy.block.errors import BlockError, io_errors
 
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
@@ -58,6 +58,7 @@ class RawBackend(BlockBackend):
             raise BlockError(f"{self.path}: could not open: {e.strerror}") from e
         self._size = os.fstat(self.fd).st_size
 
+    @io_errors
     def read(self, offset: int, length: int) -> bytes:
         self.check_range(offset, length)
         data = os.pread(self.fd, length, offset)
@@ -65,17 +66,20 @@ class RawBackend(BlockBackend):
             data += bytes(length - len(data))
         return data
 
+    @io_errors
     def readinto(self, offset: int, buf: memoryview) -> None:
         self.check_range(offset, len(buf))
         got = os.preadv(self.fd, [buf], offset)
         if got < len(buf):
             buf[got:] = bytes(len(buf) - got)
 
+    @io_errors
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         self._check_writable()
         self.check_range(offset, len(data))
         self.pwrite_all(self.fd, [(offset, [data])])
 
+    @io_errors
     def write_zeroes(self, offset: int, length: int, *, unmap: bool = False) -> None:
         self._check_writable()
         self.check_range(offset, length)
@@ -91,6 +95,7 @@ class RawBackend(BlockBackend):
     def discard(self, offset: int, length: int) -> None:
         self.write_zeroes(offset, length, unmap=True)
 
+    @io_errors
     def flush(self) -> None:
         if not self.readonly and self.durable:
             os.fsync(self.fd)
@@ -98,6 +103,7 @@ class RawBackend(BlockBackend):
     def size(self) -> int:
         return self._size
 
+    @io_errors
     def resize(self, new_size: int, *, shrink: bool = False) -> None:
         self._check_writable()
         if new_size < 0:

@@ -1,0 +1,235 @@
+"""Hostile images: thousands of corrupted qcow2 files (fixed seed), each opened, read, mapped,
+checked and written in-process. Every one must end in data or a clean BlockError: never another
+exception, a hang, or an unbounded allocation.
+
+Longer fuzzing: KVMPY_FUZZ_IMAGES=200000 python -m pytest tests/block/test_hostile.py -k seeded
+(or the hypothesis test with KVMPY_FUZZ_EXAMPLES=100000).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import resource
+import signal
+import struct
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kvmpy.block import qcow2_format as fmt
+from kvmpy.block.errors import BlockError
+from kvmpy.block.image import open_image
+from kvmpy.block.img_info import image_info
+from kvmpy.block.qcow2 import Qcow2Backend
+from kvmpy.block.qcow2_check import check_image
+from kvmpy.block.qcow2_create import Qcow2Options, create_qcow2
+from kvmpy.block import qcow2_snapshot
+
+N_IMAGES = int(os.environ.get("KVMPY_FUZZ_IMAGES", "5000"))
+PER_IMAGE_SECONDS = 5
+
+# (offset, struct format) of every header field, v2 then v3 additions.
+HEADER_FIELDS = [(4, ">I"), (8, ">Q"), (16, ">I"), (20, ">I"), (24, ">Q"), (32, ">I"),
+                 (36, ">I"), (40, ">Q"), (48, ">Q"), (56, ">I"), (60, ">I"), (64, ">Q"),
+                 (72, ">Q"), (80, ">Q"), (88, ">Q"), (96, ">I"), (100, ">I"), (104, ">B")]
+
+
+class Hang(Exception):
+    pass
+
+
+def _alarm(signum, frame):  # type: ignore[no-untyped-def]
+    raise Hang()
+
+
+def _seeds(tmp: Path) -> list[bytes]:
+    """A handful of small, valid images covering every metadata kind."""
+    out = []
+    base = tmp / "seedbase.raw"
+    base.write_bytes(b"B" * 65536)
+    specs = [
+        dict(cluster_size=4096), dict(cluster_size=512, refcount_bits=1),
+        dict(cluster_size=4096, version=2), dict(cluster_size=8192, refcount_bits=64),
+        dict(cluster_size=4096, backing_file=base.name, backing_format="raw"),
+        dict(cluster_size=65536, compression_type=1),
+    ]
+    for i, spec in enumerate(specs):
+        p = tmp / f"seed{i}.qcow2"
+        size = 256 * 1024 if spec.get("cluster_size", 0) < 65536 else 1 << 20
+        create_qcow2(p, Qcow2Options(size=size, **spec))  # type: ignore[arg-type]
+        with Qcow2Backend(p, readonly=False) as img:
+            cs = img.cs
+            img.write(0, bytes(range(256)) * 40)
+            img.write(3 * cs + 100, b"x" * (2 * cs))
+            if cs >= 4096:
+                img.write_compressed(8 * cs, (b"compressible" * (cs // 12 + 1))[:cs])
+            img.write_zeroes(5 * cs, cs)
+            if img.rc.bits > 1:
+                qcow2_snapshot.create(img, "s")
+            img.write(50, b"after snapshot")
+        out.append(p.read_bytes())
+    return out
+
+
+def _boundary_values(width: int, file_size: int, cs: int) -> list[int]:
+    top = (1 << (8 * width)) - 1
+    vals = [0, 1, 2, 7, 8, 9, 63, 64, 65, 512, cs - 1, cs, cs + 1, file_size, file_size - cs,
+            file_size + cs, top, top - 1, top >> 1, 1 << (8 * width - 1)]
+    return [v & top for v in vals if v >= 0]
+
+
+def mutate(seed_img: bytes, rnd: random.Random) -> bytes:
+    img = bytearray(seed_img)
+    cs = 1 << struct.unpack_from(">I", img, 20)[0]
+    h = fmt.parse_header(bytes(img[:cs]), len(img))
+    for _ in range(rnd.choice([1, 1, 1, 2, 3])):
+        kind = rnd.random()
+        if kind < 0.4:  # a header field gets a boundary or random value
+            off, f = rnd.choice(HEADER_FIELDS)
+            width = struct.calcsize(f)
+            val = rnd.choice(_boundary_values(width, len(img), cs) +
+                             [rnd.getrandbits(8 * width)])
+            struct.pack_into(f, img, off, val)
+        elif kind < 0.75:  # a metadata table entry gets a hostile offset
+            tables = [(h.l1_table_offset, h.l1_size * 8), (h.refcount_table_offset, cs),
+                      (h.snapshots_offset, 128)]
+            tables += [(int.from_bytes(img[h.l1_table_offset:h.l1_table_offset + 8], "big")
+                        & fmt.L1E_OFFSET_MASK, cs)]
+            toff, tlen = rnd.choice(tables)
+            if not toff or toff + 8 > len(img) or tlen < 8:
+                continue
+            pos = toff + rnd.randrange(0, tlen // 8) * 8
+            if pos + 8 > len(img):
+                continue
+            val = rnd.choice([0, cs, len(img), len(img) + cs, 1 << 55, rnd.getrandbits(64),
+                              h.l1_table_offset | (1 << 63), h.refcount_table_offset,
+                              (1 << 62) | rnd.getrandbits(40), 1, 1 << 63 | cs * 3])
+            struct.pack_into(">Q", img, pos, val)
+        elif kind < 0.9:  # random bytes anywhere in the metadata area
+            pos = rnd.randrange(min(len(img), 8 * cs))
+            n = rnd.randrange(1, 16)
+            img[pos:pos + n] = rnd.randbytes(n)
+        else:  # truncation
+            img = img[:rnd.randrange(0, len(img))]
+    return bytes(img)
+
+
+def exercise(path: Path) -> str:
+    """Everything a user or the VMM might do with an image; returns how it ended."""
+    try:
+        with open_image(path) as img:
+            size = img.size()
+            n = min(size, 1 << 20)
+            img.read(0, n)
+            if size > n:
+                img.read(size - min(size, 4096), min(size, 4096))
+            img.block_status(0, min(size, 64 << 20))
+            image_info(img)
+            if isinstance(img, Qcow2Backend):
+                check_image(img)
+        with open_image(path, readonly=False) as img:
+            size = img.size()
+            if size:
+                img.write(min(size - 1, 70000), b"hostile"[:max(1, min(7, size - 70000))])
+                img.write_zeroes(0, min(size, 8192))
+                img.discard(0, min(size, 1 << 20))
+            if isinstance(img, Qcow2Backend):
+                qcow2_snapshot.create(img, "fuzz")
+                check_image(img, repair="all")
+            img.resize(size + (1 << 20))
+        return "ok"
+    except BlockError as e:
+        return f"error: {e}"
+
+
+@pytest.fixture(scope="module")
+def seeds(tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
+    return _seeds(tmp_path_factory.mktemp("seeds"))
+
+
+def _run_one(path: Path, data: bytes) -> str:
+    path.write_bytes(data)
+    old = signal.signal(signal.SIGALRM, _alarm)
+    signal.setitimer(signal.ITIMER_REAL, PER_IMAGE_SECONDS)
+    try:
+        return exercise(path)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def test_seeds_are_valid(seeds: list[bytes], tmp_path: Path) -> None:
+    (tmp_path / "seedbase.raw").write_bytes(b"B" * 65536)
+    for i, s in enumerate(seeds):
+        outcome = _run_one(tmp_path / f"s{i}.qcow2", s)
+        assert outcome == "ok" or "refcount overflow (1-bit" in outcome, outcome
+
+
+def test_seeded_hostile_images(seeds: list[bytes], tmp_path: Path) -> None:
+    rnd = random.Random(20240517)
+    outcomes: dict[str, int] = {}
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    path = tmp_path / "hostile.qcow2"
+    (tmp_path / "seedbase.raw").write_bytes(b"B" * 65536)
+    for i in range(N_IMAGES):
+        data = mutate(rnd.choice(seeds), rnd)
+        try:
+            outcome = _run_one(path, data)
+        except Hang:
+            bad = tmp_path / f"hang{i}.qcow2"
+            bad.write_bytes(data)
+            pytest.fail(f"image {i} ({bad}) took over {PER_IMAGE_SECONDS}s")
+        except Exception as e:  # noqa: BLE001 - any other exception is the bug we look for
+            bad = tmp_path / f"crash{i}.qcow2"
+            bad.write_bytes(data)
+            raise AssertionError(f"image {i} ({bad}) raised {type(e).__name__}: {e}") from e
+        outcome = outcome.split(":")[0]
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
+    assert grown_mib < 512, f"peak memory grew by {grown_mib:.0f} MiB"
+    assert outcomes.get("error", 0) > N_IMAGES // 10  # the mutations really do break things
+    assert outcomes.get("ok", 0) > 0
+
+
+def test_backing_chain_loop(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.qcow2", tmp_path / "b.qcow2"
+    create_qcow2(b, Qcow2Options(size=1 << 20))
+    create_qcow2(a, Qcow2Options(size=1 << 20, backing_file="b.qcow2", backing_format="qcow2"))
+    with Qcow2Backend(b, readonly=False) as img:
+        img.set_backing("a.qcow2", "qcow2")
+    with pytest.raises(BlockError, match="loop"):
+        open_image(a)
+    with Qcow2Backend(a, readonly=False) as img:
+        img.set_backing("a.qcow2", "qcow2")
+    with pytest.raises(BlockError, match="loop"):
+        open_image(a)
+
+
+def test_huge_virtual_size_is_bounded(tmp_path: Path) -> None:
+    p = tmp_path / "huge.qcow2"
+    create_qcow2(p, Qcow2Options(size=1 << 20, cluster_size=1 << 21))
+    raw = bytearray(p.read_bytes())
+    struct.pack_into(">Q", raw, 24, 1 << 60)  # L1 now far too small: refused
+    p.write_bytes(raw)
+    with pytest.raises(BlockError, match="L1 table"):
+        open_image(p)
+    create_qcow2(p, Qcow2Options(size=1 << 50, cluster_size=1 << 21))  # a real 1 PiB image
+    assert exercise(p) == "ok"
+    with Qcow2Backend(p) as img:
+        assert img.size() == (1 << 50) + (1 << 20)
+
+
+@settings(max_examples=int(os.environ.get("KVMPY_FUZZ_EXAMPLES", "60")), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                 HealthCheck.too_slow])
+@given(data=st.data())
+def test_hypothesis_header_fuzz(seeds: list[bytes], tmp_path: Path, data) -> None:  # type: ignore[no-untyped-def]
+    img = bytearray(data.draw(st.sampled_from(seeds)))
+    for _ in range(data.draw(st.integers(1, 4))):
+        off, f = data.draw(st.sampled_from(HEADER_FIELDS))
+        width = struct.calcsize(f)
+        struct.pack_into(f, img, off, data.draw(st.integers(0, (1 << (8 * width)) - 1)))
+    _run_one(tmp_path / "hyp.qcow2", bytes(img))
