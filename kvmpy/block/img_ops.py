@@ -222,10 +222,14 @@ def convert(req: ConvertRequest) -> None:
 
 def _copy(src: BlockBackend, dst: BlockBackend, base: int, gran: int, compress: bool,
           overwrite: bool, bar: Progress) -> None:
+    """Copy src into dst at ``base``: holes are skipped, data is read ahead on a helper thread
+    (one reader, so drivers need no locking) while the previous chunk is being written."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
     size = src.size()
+    jobs: list[tuple[int, int]] = []
     pos = 0
-    chunk = bytearray(CHUNK)
-    cview = memoryview(chunk)
     while pos < size:
         span = min(size - pos, 1 << 30)
         for e in src.block_status(pos, span):
@@ -238,12 +242,28 @@ def _copy(src: BlockBackend, dst: BlockBackend, base: int, gran: int, compress: 
             while off < e.start + e.length:
                 # chunks stay aligned to the target's granularity so clusters are whole
                 n = min(CHUNK - (base + off) % CHUNK, e.start + e.length - off)
-                buf = cview[:n]
-                src.readinto(off, buf)
-                _write_chunk(dst, base + off, buf, gran, compress, overwrite)
-                bar.advance(n)
+                jobs.append((off, n))
                 off += n
         pos += span
+    depth = 3
+    bufs = [bytearray(CHUNK) for _ in range(min(depth + 1, max(len(jobs), 1)))]
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="kvmpy-readahead") as reader:
+        pending: deque = deque()
+
+        def submit(i: int) -> None:
+            off, n = jobs[i]
+            view = memoryview(bufs[i % len(bufs)])[:n]
+            pending.append((off, view, reader.submit(src.readinto, off, view)))
+
+        for i in range(min(depth, len(jobs))):
+            submit(i)
+        for i in range(len(jobs)):
+            off, view, fut = pending.popleft()
+            fut.result()
+            if i + depth < len(jobs):
+                submit(i + depth)
+            _write_chunk(dst, base + off, view, gran, compress, overwrite)
+            bar.advance(len(view))
 
 
 def _write_chunk(dst: BlockBackend, off: int, buf: memoryview, gran: int, compress: bool,
