@@ -78,8 +78,8 @@ def detect_format(path: Path) -> KernelFormat:
         return KernelFormat.BZIMAGE
     if is_elf(head):
         return KernelFormat.ELF
-    raise LoaderError(f"{path}: not a kernel kvmpy can boot (neither a multiboot image, a Linux bzImage "
-                      f"nor an ELF vmlinux)")
+    raise LoaderError(f"{path}: not a kernel kvmpy can boot (no multiboot header, no Linux bzImage "
+                      f"setup header, not ELF)")
 
 
 @dataclass(frozen=True)

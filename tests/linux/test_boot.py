@@ -111,8 +111,8 @@ def test_bad_kernel_file_is_one_clear_error(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2
     assert res.stderr.strip().splitlines() == [
-        f"kvmpy: error: {junk}: not a kernel kvmpy can boot (neither a multiboot image, a Linux bzImage nor "
-        f"an ELF vmlinux)"]
+        f"kvmpy: error: {junk}: not a kernel kvmpy can boot (no multiboot header, no Linux bzImage setup "
+        f"header, not ELF)"]
 
 
 @pytest.mark.kvm_host
