@@ -41,6 +41,12 @@ class Extent:
         return self.host_offset + self.length == other.host_offset
 
 
+def _preadv_full(fd: int, mv: memoryview, off: int) -> None:
+    got = os.preadv(fd, [mv], off)
+    if got < len(mv):
+        mv[got:] = bytes(len(mv) - got)
+
+
 def _pwritev_full(fd: int, bufs: list[memoryview], off: int) -> None:
     """pwritev that finishes short writes."""
     while bufs:
@@ -112,6 +118,20 @@ class BlockBackend(abc.ABC):
             self._pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="kvmpy-block")
         futures = [self._pool.submit(_pwritev_full, fd, bufs, off) for off, bufs in pieces]
         for f in futures:
+            f.result()
+
+    def pread_all(self, fd: int, jobs: list[tuple[int, memoryview]]) -> None:
+        """Fill every (file offset, buffer) job; bytes past the end of the file read as zeros.
+        Large requests are split into 1 MiB pieces read from a few threads."""
+        pieces = [(off + i, mv[i:i + self._PIECE]) for off, mv in jobs
+                  for i in range(0, len(mv), self._PIECE)]
+        if sum(len(mv) for _, mv in jobs) < 2 * self._PIECE or len(pieces) < 2:
+            for off, mv in pieces:
+                _preadv_full(fd, mv, off)
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="kvmpy-block")
+        for f in [self._pool.submit(_preadv_full, fd, mv, off) for off, mv in pieces]:
             f.result()
 
     def _shutdown_pool(self) -> None:

@@ -292,6 +292,7 @@ class Qcow2Backend(BlockBackend):
     def readinto(self, offset: int, view: memoryview) -> None:
         length = len(view)
         self.check_range(offset, length)
+        reads: list[tuple[int, memoryview]] = []
         end = offset + length
         pos = offset
         cs, cb = self.cs, self.cluster_bits
@@ -317,9 +318,7 @@ class Qcow2Backend(BlockBackend):
                 dst = view[g0 - offset:g1 - offset]
                 if k == NORMAL:
                     host = int(hosts[i]) + (g0 - (((pos >> cb) + i) << cb))
-                    got = os.preadv(self.fd, [dst], host)
-                    if got < len(dst):
-                        dst[got:] = bytes(len(dst) - got)
+                    reads.append((host, dst))
                 elif k == COMPRESSED:
                     data = self._decompress(int(entries[i]))
                     base = ((pos >> cb) + i) << cb
@@ -330,6 +329,7 @@ class Qcow2Backend(BlockBackend):
                     dst[:] = bytes(len(dst))
                 i = j
             pos = seg_end
+        self.pread_all(self.fd, reads)
 
     # ------------------------------------------------------------------ writing
     def _check_writable(self) -> None:

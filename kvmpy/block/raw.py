@@ -69,9 +69,7 @@ class RawBackend(BlockBackend):
     @io_errors
     def readinto(self, offset: int, buf: memoryview) -> None:
         self.check_range(offset, len(buf))
-        got = os.preadv(self.fd, [buf], offset)
-        if got < len(buf):
-            buf[got:] = bytes(len(buf) - got)
+        self.pread_all(self.fd, [(offset, buf)])
 
     @io_errors
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
