@@ -111,12 +111,8 @@ class _Walker:
                 res.allocated_clusters += std_hosts.size + ncomp
                 res.compressed_clusters += ncomp
                 res.fragmented_clusters += ncomp
-                if std_hosts.size:
-                    frag = int((std_hosts[1:] != std_hosts[:-1] + cs).sum())
-                    if self.next_contig and int(std_hosts[0]) != self.next_contig:
-                        frag += 1
-                    res.fragmented_clusters += frag
-                    self.next_contig = int(std_hosts[-1]) + cs
+                if std_hosts.size:  # like qemu, contiguity is judged within one L2 table
+                    res.fragmented_clusters += int((std_hosts[1:] != std_hosts[:-1] + cs).sum())
 
     def _scan_l2(self, entries: np.ndarray) -> tuple:
         """What one L2 table references: (data clusters, compressed-span clusters, host offsets of

@@ -79,3 +79,31 @@ def test_raw_has_no_check(tmp_path: Path, cli) -> None:  # type: ignore[no-untyp
     r = tmp_path / "r.raw"
     r.write_bytes(bytes(4096))
     assert cli("check", r)[0] == 63
+
+
+@needs_qemu_img
+def test_check_json_matches_qemu_on_many_kinds(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    from tests.block.conftest import qemu_io
+    src = tmp_path / "s.raw"
+    src.write_bytes((b"abc" * 500000)[:1 << 20] + bytes(1 << 20) + os.urandom(1 << 20))
+    images = []
+    for i, args in enumerate([[], ["-c"], ["-o", "cluster_size=512"], ["-o", "compat=0.10"]]):
+        for tool in ("qemu", "kvmpy"):
+            p = tmp_path / f"{tool}{i}.qcow2"
+            if tool == "qemu":
+                qemu_img("convert", "-O", "qcow2", *args, src, p)
+            else:
+                assert cli("convert", "-O", "qcow2", *args, src, p)[0] == 0
+            images.append(p)
+    snap = tmp_path / "snap.qcow2"
+    qemu_img("convert", "-O", "qcow2", src, snap)
+    qemu_img("snapshot", "-c", "a", snap)
+    qemu_io(snap, "write -P 9 0 100k")
+    images.append(snap)
+    for p in images:
+        code, out, _ = cli("check", "--output=json", p)
+        q = qemu_img("check", "--output=json", p, check=False)
+        assert code == q.returncode == 0
+        mine, theirs = json.loads(out), json.loads(q.stdout)
+        mine["filename"] = theirs["filename"]
+        assert mine == theirs, p
