@@ -30,7 +30,8 @@ def resolve_backing(image: Path, backing: str) -> Path:
 
 
 def open_image(path: Path | str, fmt: str | None = None, *, readonly: bool = True,
-               open_backing: bool = True, _chain: tuple[str, ...] = ()) -> BlockBackend:
+               open_backing: bool = True, for_check: bool = False,
+               _chain: tuple[str, ...] = ()) -> BlockBackend:
     """Open an image and (by default) its whole backing chain, read-only below the top."""
     path = Path(path)
     if not path.exists():
@@ -57,7 +58,8 @@ def open_image(path: Path | str, fmt: str | None = None, *, readonly: bool = Tru
             raise
         except BlockError as e:
             raise BlockError(f"Could not open backing file: {e}") from None
-    return Qcow2Backend(path, readonly, backing_opener=backing_opener if open_backing else None)
+    return Qcow2Backend(path, readonly, backing_opener=backing_opener if open_backing else None,
+                        for_check=for_check)
 
 
 def chain_of(img: BlockBackend) -> list[BlockBackend]:

@@ -65,7 +65,7 @@ def cmd_info(a: argparse.Namespace) -> int:
 def cmd_check(a: argparse.Namespace) -> int:
     from kvmpy.block.qcow2_check import check_image
     readonly = a.r is None
-    img = _open(a.filename, a.f, readonly=readonly, open_backing=False)
+    img = _open(a.filename, a.f, readonly=readonly, open_backing=False, for_check=True)
     try:
         if img.format_name != "qcow2":
             print(f"{PROG}: This image format does not support checks", file=sys.stderr)

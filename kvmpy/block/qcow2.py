@@ -41,7 +41,8 @@ class Qcow2Backend(BlockBackend):
     format_name = "qcow2"
 
     def __init__(self, path: Path, readonly: bool = True, *,
-                 backing_opener: BackingOpener | None = None, repair_dirty: bool = True) -> None:
+                 backing_opener: BackingOpener | None = None, repair_dirty: bool = True,
+                 for_check: bool = False) -> None:
         super().__init__(path, readonly)
         try:
             self.fd = os.open(self.path, os.O_RDONLY if readonly else os.O_RDWR)
@@ -52,8 +53,9 @@ class Qcow2Backend(BlockBackend):
         self._meta: set[int] | None = None
         self._comp_cursor = 0
         self._marked_dirty = False
+        self._for_check = for_check  # check -r may open corrupt images read-write to repair them
         try:
-            self._open(backing_opener, repair_dirty)
+            self._open(backing_opener, repair_dirty and not for_check)
         except OSError as e:
             self.close()
             raise BlockError(f"{self.path}: I/O error: {e.strerror or e}") from e
@@ -79,7 +81,8 @@ class Qcow2Backend(BlockBackend):
         self._csize_shift = 62 - (h.cluster_bits - 8)
         self._csize_mask = (1 << (h.cluster_bits - 8)) - 1
         self._coff_mask = (1 << self._csize_shift) - 1
-        if h.incompatible_features & fmt.INCOMPAT_CORRUPT and not self.readonly:
+        if h.incompatible_features & fmt.INCOMPAT_CORRUPT and not self.readonly and \
+                not self._for_check:
             raise CorruptImageError(f"{self.path}: image is corrupt; cannot be opened read/write "
                                     "(run 'kvmpy-img check -r all')")
         raw = os.pread(self.fd, h.l1_size * 8, h.l1_table_offset) if h.l1_size else b""

@@ -284,9 +284,11 @@ def check_image(img: Qcow2Backend, repair: str | None = None) -> CheckResult:
             res = _one_pass(img, None)
             res.leaks_fixed, res.corruptions_fixed = fixed[0], fixed[1]
             res.messages = fixed[2] + res.messages
-        if repair == "all" and not res.corruptions and \
-                img.h.incompatible_features & fmt.INCOMPAT_CORRUPT:
-            img._set_incompat(fmt.INCOMPAT_CORRUPT, False)
+        if repair == "all" and not res.corruptions and not img.readonly:
+            if img.h.incompatible_features & fmt.INCOMPAT_CORRUPT:
+                img._set_incompat(fmt.INCOMPAT_CORRUPT, False)
+            if img.h.incompatible_features & fmt.INCOMPAT_DIRTY:
+                img._set_incompat(fmt.INCOMPAT_DIRTY, False)
     except (OSError, MemoryError) as e:
         res = CheckResult(check_errors=1)
         res.say(f"ERROR: check failed: {e}")

@@ -208,6 +208,15 @@ def test_corrupt_bit_blocks_writes(tmp_path: Path) -> None:
     assert '"corrupt": true' in qemu_img("info", "--output=json", p).stdout
     with Qcow2Backend(p) as img:  # still readable
         img.read(65536, 10)
+    # check -r all repairs what it can and clears the bit, reaching qemu's verdict
+    import shutil
+    from kvmpy.block.img_cli import main
+    q = tmp_path / "q.qcow2"
+    shutil.copy(p, q)
+    assert main(["check", "-r", "all", str(p)]) == \
+        qemu_img("check", "-r", "all", q, check=False).returncode
+    assert '"corrupt": false' in qemu_img("info", "--output=json", p).stdout
+    assert_clean(p)
 
 
 @needs_qemu_img
