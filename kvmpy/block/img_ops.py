@@ -199,7 +199,7 @@ def convert(req: ConvertRequest) -> None:
             srcs.append(open_image(s, req.source_fmt))
         total = sum(s.size() for s in srcs)
         if req.compress and req.out_fmt != "qcow2":
-            raise BlockError(f"Compression not supported for this file format")
+            raise BlockError(f"{req.out}: compression is only supported for the qcow2 format")
         if not req.skip_create:
             create_image(CreateRequest(req.out, req.out_fmt, total, req.options))
         with open_image(req.out, req.out_fmt, readonly=False, open_backing=False) as dst:
@@ -395,7 +395,7 @@ def commit(top_path: Path, fmt: str | None, base_name: str | None, drop: bool,
     with open_image(top_path, fmt, readonly=False) as top:
         chain = chain_of(top)
         if len(chain) < 1 or top.backing is None:
-            raise BlockError(f"Image does not have a backing file")
+            raise BlockError(f"{top_path}: image does not have a backing file")
         depth = 1
         if base_name is not None:
             want = Path(base_name).resolve()

@@ -11,7 +11,7 @@ import numpy as np
 
 from kvmpy.block import qcow2_format as fmt
 from kvmpy.block.errors import BlockError
-from kvmpy.block.qcow2 import COMPRESSED, NORMAL, ZERO_ALLOC, Qcow2Backend
+from kvmpy.block.qcow2 import Qcow2Backend
 
 log = logging.getLogger(__name__)
 

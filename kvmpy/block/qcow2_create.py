@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from kvmpy.block import qcow2_format as fmt
 from kvmpy.block.errors import BlockError
+from kvmpy.block.qcow2_refcount import encode_refblock
 
 
 @dataclass
@@ -74,12 +76,9 @@ def create_qcow2(path: Path, o: Qcow2Options) -> None:
         h.incompatible_features |= fmt.INCOMPAT_COMPRESSION
     if o.version == 2:
         h.header_length = fmt.V2_HEADER_LEN
-    from kvmpy.block.qcow2_refcount import encode_refblock
-    import numpy as np
-
     epb = cs * 8 // o.refcount_bits
     blk = np.zeros(epb, dtype=np.uint64)
-    blk[:min(3, epb)] = 1
+    blk[:3] = 1  # header, refcount table, this block (epb >= 64 for every valid geometry)
     try:
         with open(path, "wb") as f:
             f.write(h.pack().ljust(cs, b"\0"))
@@ -87,10 +86,5 @@ def create_qcow2(path: Path, o: Qcow2Options) -> None:
             f.write(encode_refblock(blk, o.refcount_bits))
     except OSError as e:
         raise BlockError(f"{path}: could not create image: {e.strerror}") from e
-    if epb < 3:  # the first block cannot count itself; let the allocator lay things out
-        raise BlockError(f"{path}: cluster size too small for {o.refcount_bits}-bit refcounts")
-    img = Qcow2Backend(path, readonly=False)
-    try:
+    with Qcow2Backend(path, readonly=False) as img:  # the L1 table is allocated like any cluster
         img.resize(o.size)
-    finally:
-        img.close()

@@ -11,7 +11,7 @@ import os
 import numpy as np
 
 from kvmpy.block import qcow2_format as fmt
-from kvmpy.block.errors import BlockError, CorruptImageError, describe  # noqa: F401
+from kvmpy.block.errors import BlockError, describe
 from kvmpy.block.qcow2 import COMPRESSED, NORMAL, ZERO_ALLOC, Qcow2Backend
 
 

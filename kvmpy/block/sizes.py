@@ -17,8 +17,8 @@ def parse_size(text: str) -> int:
     """Parse a size with an optional binary suffix (k, M, G, T, P, E; case-insensitive)."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([bBkKmMgGtTpPeE]?)\s*", text)
     if not m:
-        raise BlockError(f"Invalid image size specified. You may use k, M, G, T, P or E suffixes "
-                         f"for kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.")
+        raise BlockError("Invalid image size specified. You may use k, M, G, T, P or E suffixes "
+                         "for kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.")
     num, suf = m.groups()
     mult = _SUFFIX[suf.lower()]
     if "." in num:
