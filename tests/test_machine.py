@@ -203,3 +203,29 @@ def test_internal_error_stops_the_vm_with_a_register_dump(caplog) -> None:
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "KVM_EXIT_INTERNAL_ERROR: emulation failure" in text
     assert "RIP=" in text and "CR0=" in text
+
+
+@pytest.mark.kvm_host
+def test_rapid_pause_resume_neither_spins_nor_loses_the_guest() -> None:
+    def hook(machine, console) -> GuestRun:
+        machine.start()
+        assert console.wait_for(b"counter: addr", 30)
+        thread = machine.threads[0]
+        for _ in range(20):
+            machine.pause()
+            machine.resume()
+            time.sleep(0.02)  # back in the guest
+            thread.pause(wait=False)  # a request withdrawn before the vCPU saw it
+            thread.resume()
+        time.sleep(0.2)
+        interrupted = thread.interrupted
+        time.sleep(1.0)
+        # A stale kick would make KVM_RUN return EINTR over and over.
+        assert thread.interrupted - interrupted < 10
+        before = machine.memory.read_u32(0x200000)
+        time.sleep(0.3)
+        assert machine.memory.read_u32(0x200000) != before  # still running
+        machine.shutdown()
+        return GuestRun(0, "")
+
+    run_inprocess("counter", machine_hook=hook)

@@ -87,6 +87,7 @@ class VcpuThread:
         self.events = events
         self.trace_io = trace_io
         self.exits = 0
+        self.interrupted = 0  # KVM_RUN calls that returned EINTR/EAGAIN
         self._cond = threading.Condition()
         self._want = _State.PAUSED  # threads start parked until the machine resumes them
         self._state = _State.PAUSED
@@ -211,20 +212,27 @@ class VcpuThread:
         io_hdr = abi.RUN_IO.unpack_from
         mmio_hdr = abi.RUN_MMIO.unpack_from
         EXIT_IO, EXIT_MMIO = abi.EXIT_IO, abi.EXIT_MMIO
+        IO_OUT = abi.IO_OUT
+        REASON, UNION = abi.RUN_EXIT_REASON, abi.RUN_UNION
+        IMMEDIATE_EXIT = abi.RUN_IMMEDIATE_EXIT
+        RUNNING = _State.RUNNING
         while True:
-            if self._want is not _State.RUNNING and not self._park():
-                return
-            if self._state is not _State.RUNNING and not self._park():
+            if (self._want is not RUNNING or self._state is not RUNNING) and not self._park():
                 return
             if ioctl(fd, KVM_RUN, zero) < 0:
                 err = ffi.errno
                 if err == errno.EINTR or err == errno.EAGAIN:
-                    continue  # kicked (EINTR), or an AP woken by INIT/SIPI (EAGAIN): look again
+                    # Kicked (EINTR) or an AP woken by INIT/SIPI (EAGAIN). Clear the
+                    # kick before looking at the requests: a kick whose request was
+                    # already withdrawn (pause then resume) must not make us spin.
+                    mm[IMMEDIATE_EXIT] = 0
+                    self.interrupted += 1
+                    continue
                 raise KvmIoctlError("KVM_RUN", err, os.strerror(err))
             self.exits += 1
-            reason = u32(mm, abi.RUN_EXIT_REASON)[0]
+            reason = u32(mm, REASON)[0]
             if reason == EXIT_IO:
-                direction, size, port, count, off = io_hdr(mm, abi.RUN_UNION)
+                direction, size, port, count, off = io_hdr(mm, UNION)
                 if port in coalesced:
                     self.drain_coalesced()  # the ring is full: replay it before this write
                 if count == 1 and size == 1:
@@ -233,15 +241,15 @@ class VcpuThread:
                     if hit is pio:
                         hit = port_cache[port] = pio.find(port)
                     if hit is None:
-                        if direction == abi.IO_OUT:
+                        if direction == IO_OUT:
                             pio.write(port, 1, mm[off])
                         else:
                             mm[off] = pio.read(port, 1) & 0xFF
-                    elif direction == abi.IO_OUT:
+                    elif direction == IO_OUT:
                         hit.device.write(port - hit.base, 1, mm[off])
                     else:
                         mm[off] = hit.device.read(port - hit.base, 1) & 0xFF
-                elif direction == abi.IO_OUT:
+                elif direction == IO_OUT:
                     for i in range(count):
                         p = off + i * size
                         pio.write(port, size, int.from_bytes(mm[p:p + size], "little"))
