@@ -8,13 +8,13 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from kvmpy.kvm import abi, ioctls
 from kvmpy.kvm._ioctl import ioctl_buf, ioctl_int
 from kvmpy.kvm.abi import ffi
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from kvmpy.kvm.system import Kvm
     from kvmpy.kvm.vcpu import VcpuFd
 
@@ -41,8 +41,10 @@ class VmFd:
             "memory_size": memory_size, "userspace_addr": userspace_addr})
         ioctl_buf(self.fd, ioctls.KVM_SET_USER_MEMORY_REGION, region)
 
-    def get_dirty_log(self, slot: int, npages: int) -> np.ndarray:
+    def get_dirty_log(self, slot: int, npages: int) -> "np.ndarray":
         """Fetch and reset KVM's dirty bitmap of a slot; returns one bool per page."""
+        import numpy as np  # only dirty logging needs it
+
         words = (npages + 63) // 64
         bitmap = np.zeros(max(words, 1), dtype=np.uint64)
         log_req = ffi.new("struct kvm_dirty_log *", {

@@ -8,11 +8,12 @@ than a crash. Every write marks the RAM block's VMM-side dirty bitmap.
 
 from __future__ import annotations
 
-from typing import Iterator
-
-import numpy as np
+from typing import TYPE_CHECKING, Iterator
 
 from kvmpy.memory.address_space import AddressSpace, FlatRange
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class GuestMemoryError(ValueError):
@@ -39,9 +40,9 @@ class GuestMemory:
             pos += n
 
     def read(self, gpa: int, length: int) -> bytes:
-        return b"".join(bytes(r.region.ram.array[off:off + n]) for r, off, n in self._chunks(gpa, length))  # type: ignore[union-attr]
+        return b"".join(bytes(r.region.ram.mv[off:off + n]) for r, off, n in self._chunks(gpa, length))  # type: ignore[union-attr]
 
-    def view(self, gpa: int, length: int) -> np.ndarray:
+    def view(self, gpa: int, length: int) -> "np.ndarray":
         """A zero-copy uint8 view; the range must lie in a single RAM range. Not dirty-marked."""
         chunks = list(self._chunks(gpa, length))
         if len(chunks) != 1:
@@ -49,8 +50,8 @@ class GuestMemory:
         r, off, n = chunks[0]
         return r.region.ram.array[off:off + n]  # type: ignore[union-attr]
 
-    def write(self, gpa: int, data: bytes | bytearray | memoryview | np.ndarray) -> None:
-        src = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data.view(np.uint8).ravel()
+    def write(self, gpa: int, data: "bytes | bytearray | memoryview | np.ndarray") -> None:
+        src = memoryview(data).cast("B")  # any contiguous buffer, numpy arrays included
         chunks = list(self._chunks(gpa, len(src)))  # validate everything before writing anything
         pos = 0
         for r, off, n in chunks:
@@ -59,7 +60,7 @@ class GuestMemory:
         for r, off, n in chunks:
             block = r.region.ram
             assert block is not None
-            block.array[off:off + n] = src[pos:pos + n]
+            block.mv[off:off + n] = src[pos:pos + n]
             block.mark_dirty(off, n)
             pos += n
 
@@ -77,5 +78,5 @@ class GuestMemory:
 
     def fill(self, gpa: int, length: int, byte: int = 0) -> None:
         for r, off, n in list(self._chunks(gpa, length)):
-            r.region.ram.array[off:off + n] = byte  # type: ignore[union-attr]
+            r.region.ram.mv[off:off + n] = bytes((byte & 0xFF,)) * n  # type: ignore[union-attr]
             r.region.ram.mark_dirty(off, n)  # type: ignore[union-attr]

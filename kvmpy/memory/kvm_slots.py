@@ -11,13 +11,15 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from kvmpy.kvm import abi
 from kvmpy.kvm.vm import VmFd
 from kvmpy.memory.address_space import FlatView
 from kvmpy.memory.ramblock import PAGE_SHIFT, RAMBlock
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +56,7 @@ class KvmSlots:
         self.log_dirty = False
         self._lock = threading.Lock()
         # Dirty pages harvested from removed slots, per block, until the next collect.
-        self._harvested: dict[int, np.ndarray] = {}
+        self._harvested: dict[int, "np.ndarray"] = {}
 
     def _flags(self, slot: Slot) -> int:
         flags = abi.MEM_LOG_DIRTY_PAGES if self.log_dirty else 0
@@ -106,6 +108,8 @@ class KvmSlots:
 
     def _harvest(self, slot: Slot) -> None:
         bits = self.vm.get_dirty_log(slot.slot_id, slot.npages)
+        import numpy as np
+
         acc = self._harvested.setdefault(id(slot.block), np.zeros(slot.block.npages, dtype=bool))
         first = slot.block_offset >> PAGE_SHIFT
         acc[first:first + slot.npages] |= bits
@@ -133,6 +137,8 @@ class KvmSlots:
 
     def guest_bitmap(self, view: FlatView) -> np.ndarray:
         """One guest-wide dirty bitmap indexed by guest page frame number (fetch-and-clear)."""
+        import numpy as np
+
         ram = view.ram_ranges()
         top = max((r.end for r in ram), default=0)
         bitmap = np.zeros(top >> PAGE_SHIFT, dtype=bool)

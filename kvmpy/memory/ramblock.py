@@ -1,13 +1,21 @@
-"""RAMBlock: one anonymous mmap of guest RAM, its numpy view, host address and VMM-side dirty bitmap."""
+"""RAMBlock: one anonymous mmap of guest RAM, its numpy view, host address and VMM-side dirty bitmap.
+
+numpy is imported on first use of ``array`` or of the dirty bitmaps, not at
+start-up: booting a guest only needs the memoryview, and importing numpy
+costs seconds inside the nested test bed.
+"""
 
 from __future__ import annotations
 
 import mmap
 from dataclasses import dataclass, field
-
-import numpy as np
+from functools import cached_property
+from typing import TYPE_CHECKING
 
 from kvmpy.kvm.abi import ffi
+
+if TYPE_CHECKING:
+    import numpy as np
 
 PAGE_SIZE = 4096
 PAGE_SHIFT = 12
@@ -24,10 +32,11 @@ class RAMBlock:
     name: str
     size: int
     mm: mmap.mmap
-    array: np.ndarray
+    mv: memoryview  # writable bytes view of ``mm``
     host_addr: int
     # Pages written by the VMM (device emulation, loaders): KVM's dirty log never sees them.
-    vmm_dirty: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, dtype=bool))
+    # One byte per page, non-zero when dirty.
+    vmm_dirty: bytearray = field(repr=False, default_factory=bytearray)
 
     @classmethod
     def allocate(cls, name: str, size: int) -> "RAMBlock":
@@ -42,9 +51,15 @@ class RAMBlock:
             mm.madvise(mmap.MADV_DONTFORK)  # child processes (e.g. exec: migration) must not copy guest RAM
         except (AttributeError, OSError):
             pass
-        array = np.frombuffer(mm, dtype=np.uint8)
         host_addr = int(ffi.cast("uintptr_t", ffi.from_buffer(mm)))
-        return cls(name, size, mm, array, host_addr, np.zeros(size >> PAGE_SHIFT, dtype=bool))
+        return cls(name, size, mm, memoryview(mm), host_addr, bytearray(size >> PAGE_SHIFT))
+
+    @cached_property
+    def array(self) -> "np.ndarray":
+        """The block as a uint8 numpy array (shares memory with the mmap)."""
+        import numpy as np
+
+        return np.frombuffer(self.mm, dtype=np.uint8)
 
     @property
     def npages(self) -> int:
@@ -52,10 +67,13 @@ class RAMBlock:
 
     def mark_dirty(self, offset: int, length: int) -> None:
         if length > 0:
-            self.vmm_dirty[offset >> PAGE_SHIFT:(offset + length - 1 >> PAGE_SHIFT) + 1] = True
+            first, last = offset >> PAGE_SHIFT, (offset + length - 1 >> PAGE_SHIFT) + 1
+            self.vmm_dirty[first:last] = b"\x01" * (last - first)
 
-    def take_vmm_dirty(self) -> np.ndarray:
-        """Return and clear the VMM-side dirty bitmap."""
-        taken = self.vmm_dirty.copy()
-        self.vmm_dirty[:] = False
+    def take_vmm_dirty(self) -> "np.ndarray":
+        """Return (as a bool array, one per page) and clear the VMM-side dirty bitmap."""
+        import numpy as np
+
+        taken = np.frombuffer(bytes(self.vmm_dirty), dtype=np.uint8).astype(bool)
+        self.vmm_dirty[:] = bytes(len(self.vmm_dirty))
         return taken

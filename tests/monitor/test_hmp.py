@@ -42,6 +42,7 @@ def test_info_commands(vm) -> None:
 
 
 def test_xp_reads_the_counter_and_x_translates(vm) -> None:
+    assert wait_until(lambda: vm.count() > 0, 10)  # the guest has started counting
     out = arun(_hmp(vm.path, "stop", f"xp /1xw {COUNTER_ADDR:#x}", f"x /1xw {COUNTER_ADDR:#x}", "cont"))
     value = vm.memory_value = int(out[1].split()[1], 16)
     assert out[1] == f"{COUNTER_ADDR:016x}: 0x{value:08x}\r\n"
