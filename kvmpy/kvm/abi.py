@@ -2,14 +2,23 @@
 
 The layouts are facts from <linux/kvm.h> and <asm/kvm.h>; a test compiles a C
 program against the system headers and checks every size and field offset
-declared here. ``ffi`` is used in ABI mode: nothing is compiled at import time.
+declared here. ``ffi`` is used in ABI mode: nothing is compiled. Parsing the
+cdefs costs tens of milliseconds (seconds in the nested bed), so the parsed
+form is kept as a generated pure-Python module in the user's cache
+(cffi's out-of-line ABI mode) and reused while the cdefs are unchanged.
 """
 
 from __future__ import annotations
 
 import struct
 
-from cffi import FFI
+import contextlib
+import hashlib
+import io
+import importlib.util
+import logging
+import os
+from pathlib import Path
 
 KVM_NR_INTERRUPTS = 256
 KVM_IOAPIC_NUM_PINS = 24
@@ -264,8 +273,44 @@ struct kvm_ioeventfd {
 int ioctl(int fd, unsigned long request, ...);
 """
 
-ffi = FFI()
-ffi.cdef(CDEF)
+log = logging.getLogger(__name__)
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("KVMPY_CACHE") or os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / ("kvmpy" if "KVMPY_CACHE" not in os.environ else "") / "cffi"
+
+
+def _load_ffi():  # -> cffi FFI
+    tag = hashlib.sha256(CDEF.encode()).hexdigest()[:16]
+    name = f"_kvm_abi_{tag}"
+    path = _cache_dir() / f"{name}.py"
+    if path.exists():
+        try:
+            spec = importlib.util.spec_from_file_location(name, path)
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            return module.ffi
+        except Exception as exc:  # a damaged cache entry: rebuild below
+            log.debug("ignoring cached cffi module %s: %s", path, exc)
+    from cffi import FFI
+
+    builder = FFI()
+    builder.cdef(CDEF)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        builder.set_source(name, None)
+        tmp = path.with_name(f".{name}.{os.getpid()}.py")
+        with contextlib.redirect_stdout(io.StringIO()):  # cffi announces the file on stdout
+            builder.emit_python_code(str(tmp))
+        os.replace(tmp, path)  # atomic: concurrent starters never see half a file
+    except OSError as exc:
+        log.debug("cannot cache the parsed cdefs in %s: %s", path.parent, exc)
+    return builder
+
+
+ffi = _load_ffi()
 
 # struct kvm_run: only the header and the exit-specific members we read are
 # needed, so they are described as byte offsets for struct.unpack_from on the
