@@ -95,3 +95,21 @@ def test_yaml_run_of_the_demo(tmp_path: Path) -> None:
     p = run_cli(["run", str(cfg)])
     assert p.returncode == 0, p.stderr  # the demo resets; no_reboot turns that into exit 0
     assert b"done: resetting through the i8042" in p.stdout
+
+
+def test_riscv_guest_through_the_qemu_flags_and_yaml(tmp_path: Path) -> None:
+    from tests.tcg_fallback.guests.build import build_guest as build_riscv
+
+    try:
+        elf = build_riscv("hello")
+    except Exception as exc:  # no cross compiler on this machine
+        pytest.skip(f"cannot build the riscv64 guest: {exc}")
+    p = run_cli(["-machine", "virt", "-cpu", "rv64", "-bios", "none", "-nographic", "-m", "128M",
+                 "-kernel", str(elf)])
+    assert (p.returncode, p.stdout) == (0, b"hello from riscv64\n"), p.stderr
+    cfg = tmp_path / "rv.yaml"
+    cfg.write_text(f"arch: riscv64\naccel: tcg\nmemory: 128M\nbios: none\nkernel: {elf}\n")
+    p = run_cli(["run", str(cfg)])
+    assert (p.returncode, p.stdout) == (0, b"hello from riscv64\n"), p.stderr
+    p = run_cli(["-enable-kvm", "-machine", "virt", "-kernel", str(elf)])
+    assert p.returncode == 2 and b"TCG fallback" in p.stderr
