@@ -128,16 +128,18 @@ class _Gen:
     def expr(self, ins: Insn, pending: dict) -> tuple[str, str | None]:
         """(masked expression, optional unmasked form usable as a load/store address)."""
         op = ins.op
-        a = self.val(ins.args[0], pending)
+        # Ops that only look at low bits may take an operand's unmasked form.
+        low = op in ("sext", "zext") or (op == "and" and isinstance(ins.args[1], int))
+        a = self.val(ins.args[0], pending, raw=low)
         b = self.val(ins.args[1], pending) if len(ins.args) > 1 else ""
         if op == "mov":
             return a, None
         if op == "add":
             return f"({a} + {b}) & {M}", f"{a} + {b}"
         if op == "sub":
-            return f"({a} - {b}) & {M}", None
+            return f"({a} - {b}) & {M}", f"{a} - {b}"
         if op == "mul":
-            return f"({a} * {b}) & {M}", None
+            return f"({a} * {b}) & {M}", f"{a} * {b}"
         if op == "and":
             return f"{a} & {b}", None
         if op == "or":
@@ -145,7 +147,7 @@ class _Gen:
         if op == "xor":
             return f"{a} ^ {b}", None
         if op == "shl":
-            return f"({a} << {b}) & {M}", None
+            return f"({a} << {b}) & {M}", f"{a} << {b}"
         if op == "shr":
             return f"{a} >> {b}", None
         if op == "sar":
@@ -160,8 +162,11 @@ class _Gen:
             return f"{a} % {b} if {b} else {a}", None
         if op == "sext":
             bits = ins.attrs["bits"]
-            top = 1 << (bits - 1)
-            return f"((({a} & {hex((1 << bits) - 1)}) ^ {hex(top)}) - {hex(top)}) & {M}", None
+            low_mask = (1 << bits) - 1
+            # A conditional is cheaper than xor/sub/mask in CPython; s_ is evaluated
+            # before any enclosing use, so nested forms do not clash.
+            return (f"s_ if (s_ := {a} & {hex(low_mask)}) < {hex(1 << (bits - 1))} "
+                    f"else s_ | {hex(MASK64 ^ low_mask)}"), None
         if op == "zext":
             return f"{a} & {hex((1 << ins.attrs['bits']) - 1)}", None
         if op == "setcond":

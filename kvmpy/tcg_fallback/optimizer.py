@@ -1,4 +1,8 @@
-"""Block-local IR optimizer: constant/copy propagation, folding, simplification, dead temps.
+"""Block-local IR optimizer: constant/copy propagation, folding, simplification, known bits, dead temps.
+
+Known bits: for every value the pass tracks an upper bound on its width
+(value < 2**width) and whether it is already a sign-extended 32-bit value; a
+``sext``/``zext``/``and`` that cannot change its operand becomes a ``mov``.
 
 Guest-state writes are never removed (a helper may trap after them and the trap
 must see them); only block-local temporaries die.  ``evaluate`` is also the
@@ -115,9 +119,77 @@ def _simplify(ins: Insn) -> None:
         ins.op, ins.args = "add", [a, (-b) & MASK64]
 
 
+_UNKNOWN = (64, False)
+_SX32_LO, _SX32_HI = 1 << 31, MASK64 - (1 << 31)
+
+
+def _const_facts(v: int) -> tuple[int, bool]:
+    return v.bit_length(), v < _SX32_LO or v >= _SX32_HI
+
+
+def _known_bits(ins: Insn, facts: dict[Temp, tuple[int, bool]]) -> tuple[int, bool]:
+    """Rewrite ``ins`` if its operand already has the result's form; return the result's facts.
+
+    Facts are (width, sx32): value < 2**width, and value == sext32(value).
+    """
+    def f(v: Value) -> tuple[int, bool]:
+        return _const_facts(v) if isinstance(v, int) else facts.get(v, _UNKNOWN)
+
+    op, args = ins.op, ins.args
+    if op == "ld":
+        size = ins.attrs["size"]
+        if ins.attrs["signed"]:
+            return 64, size <= 4
+        return 8 * size, size < 4
+    if op not in PURE_OPS:
+        return _UNKNOWN
+    if op == "mov":
+        return f(args[0])
+    if op == "setcond":
+        return 1, True
+    wa, sa = f(args[0])
+    if op == "sext":
+        bits = ins.attrs["bits"]
+        if wa < bits or (bits == 32 and sa):
+            ins.op, ins.attrs = "mov", {}
+            return wa, sa
+        return 64, bits <= 32
+    if op == "zext":
+        bits = ins.attrs["bits"]
+        if wa <= bits:
+            ins.op, ins.attrs = "mov", {}
+            return wa, sa
+        return bits, bits < 32
+    wb, sb = f(args[1]) if len(args) > 1 else _UNKNOWN
+    w = 64
+    if op == "and":
+        if isinstance(args[1], int) and wa < 64 and (args[1] | ~((1 << wa) - 1)) & MASK64 == MASK64:
+            ins.op, ins.args = "mov", [args[0]]
+            return wa, sa
+        w = min(wa, wb)
+        return w, (sa and sb) or w < 32
+    if op in ("or", "xor"):
+        w = max(wa, wb)
+        return w, (sa and sb) or w < 32
+    if op == "shr":
+        w = max(wa - args[1], 0) if isinstance(args[1], int) else wa
+    elif op == "shl":
+        w = min(wa + args[1], 64) if isinstance(args[1], int) else 64
+    elif op == "add":
+        w = min(max(wa, wb) + 1, 64)
+    elif op == "mul":
+        w = min(wa + wb, 64)
+    elif op == "remu":
+        w = wa                   # x % 0 == x, else smaller than x
+    elif op == "sar":
+        return (wa if wa < 64 else 64), sa
+    return w, w < 32
+
+
 def optimize(block: Block) -> Block:
     """Optimize ``block`` in place and return it."""
     known: dict[Temp, Value] = {}   # temp -> constant or temp it copies
+    facts: dict[Temp, tuple[int, bool]] = {}
 
     def resolve(v: Value) -> Value:
         return known.get(v, v) if isinstance(v, Temp) else v
@@ -142,6 +214,7 @@ def optimize(block: Block) -> Block:
             ins = Insn("goto_tb", None, [], {"pc": target})
         d = ins.dst
         if d is not None:
+            facts[d] = _known_bits(ins, facts)
             kill(d)
             if ins.op == "mov":
                 src = ins.args[0]

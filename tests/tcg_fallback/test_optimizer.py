@@ -59,3 +59,46 @@ def test_constants_fold_and_dead_writes_go():
     ops = [(i.op, i.args) for i in blk.insns if i.op != "insn_start"]
     assert ops == [("mov", [12]), ("mov", [36]), ("goto_tb", [])]
     assert blk.insns[-1].attrs["pc"] == 0x40
+
+
+def test_known_bits_drop_redundant_extensions():
+    bl = Builder(0)
+    bl.insn_start(0)
+    g1, g2, g3, g4 = (Temp(i, True) for i in (1, 2, 3, 4))
+    bl.emit("ld", g1, g4, size=4, signed=True)
+    bl.emit("sext", g2, g1, bits=32)                      # lw result is already sign-extended
+    t = bl.op("shr", bl.op("zext", g3, bits=32), 7)       # srliw: < 2**25
+    bl.emit("sext", g3, t, bits=32)
+    bl.emit("and", g4, g3, 0xFFFFFFFF)
+    bl.emit("sext", g1, bl.op("add", g1, g2), bits=32)    # may carry into bit 31: kept
+    bl.emit("goto_tb", None, pc=4)
+    ops = [i.op for i in optimize(bl.block).insns if i.op != "insn_start"]
+    assert ops == ["ld", "mov", "zext", "shr", "mov", "mov", "add", "sext", "goto_tb"]
+
+
+def test_known_bits_random_chains_match_reference():
+    rng = random.Random(11)
+    unary = [("sext", 8), ("sext", 16), ("sext", 32), ("zext", 8), ("zext", 16), ("zext", 32)]
+    for _ in range(400):
+        regs = [rng.choice(EDGE) if rng.random() < 0.5 else rng.getrandbits(64) for _ in range(4)]
+        bl = Builder(0)
+        bl.insn_start(0)
+        vals = {i: regs[i] for i in range(4)}
+        for _ in range(6):
+            d, a = rng.randrange(4), rng.randrange(4)
+            if rng.random() < 0.5:
+                op, bits = rng.choice(unary)
+                bl.emit(op, Temp(d, True), Temp(a, True), bits=bits)
+                vals[d] = evaluate(op, [vals[a]], {"bits": bits})
+            else:
+                op = rng.choice(["add", "sub", "mul", "and", "or", "xor", "shl", "shr", "sar", "remu", "divu"])
+                b = rng.choice([Temp(rng.randrange(4), True), rng.randrange(64), 0xFFFFFFFF])
+                bv = vals[b.index] if isinstance(b, Temp) else b
+                if op in ("shl", "shr", "sar"):
+                    b, bv = rng.randrange(64), None
+                    bv = b
+                bl.emit(op, Temp(d, True), Temp(a, True), b)
+                vals[d] = evaluate(op, [vals[a], bv], {})
+        bl.emit("goto_tb", None, pc=4)
+        R = _run(optimize(bl.block), regs)
+        assert R[:4] == [vals[i] for i in range(4)]
