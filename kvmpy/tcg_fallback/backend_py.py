@@ -3,7 +3,8 @@
 A unit is either one translation block or a *region*: a hot block plus the
 blocks it jumps to, compiled together so that loops among them run inside one
 Python ``while`` loop with guest registers kept in local variables.  Control
-transfers between blocks of a region are direct (``L = n; continue``); a budget
+transfers between blocks of a region are direct (``L = n; continue`` into a
+balanced if-tree on ``L``); a budget
 on the instruction counter bounds the time spent inside, so the dispatcher still
 polls interrupts.
 
@@ -100,9 +101,11 @@ def runtime_namespace() -> dict[str, Any]:
 
 
 class _Gen:
-    def __init__(self, layout: StateLayout, internal: dict[int, int]) -> None:
+    def __init__(self, layout: StateLayout, internal: dict[int, int], blocks: list[Block]) -> None:
         self.layout = layout
         self.internal = internal
+        self.blocks = blocks
+        self.targets: list[int] = []       # blocks entered through the dispatcher, in first-use order
         self.exits: list[Exit] = []
         self.lines: list[str] = []
         self.reads: set[int] = set()
@@ -192,6 +195,14 @@ class _Gen:
 
     # ---- blocks --------------------------------------------------------
     def block(self, blk: Block, ind: str, looped: bool) -> None:
+        saved = self._pending_reads
+        self._pending_reads = {}
+        try:
+            self._block(blk, ind, looped)
+        finally:
+            self._pending_reads = saved
+
+    def _block(self, blk: Block, ind: str, looped: bool) -> None:
         emit = self.lines.append
         uses: dict[Temp, int] = {}
         for ins in blk.insns:
@@ -303,6 +314,8 @@ class _Gen:
     def jump(self, pc: int, ind: str, looped: bool) -> None:
         j = self.internal.get(pc)
         if j is not None and looped:
+            if j not in self.targets:
+                self.targets.append(j)
             self.uses_budget = True
             self.lines.append(f"{ind}if ic < {BUDGET}:")
             self.lines.append(f"{ind}    L = {j}" if len(self.internal) > 1 else f"{ind}    pass")
@@ -318,23 +331,46 @@ class _Gen:
             self.lines.append(f"{ind}break")
 
 
+def _dispatch(keys: list[int], bodies: dict[int, list[str]], ind: str, out: list[str]) -> None:
+    """Emit the bodies as a balanced if-tree on ``L``."""
+    if len(keys) == 1:
+        out.extend(ind + line for line in bodies[keys[0]])
+        return
+    if len(keys) == 2:
+        out.append(f"{ind}if L == {keys[0]}:")
+        out.extend(ind + "    " + line for line in bodies[keys[0]])
+        out.append(f"{ind}else:")
+        out.extend(ind + "    " + line for line in bodies[keys[1]])
+        return
+    mid = len(keys) // 2
+    out.append(f"{ind}if L < {keys[mid]}:")
+    _dispatch(keys[:mid], bodies, ind + "    ", out)
+    out.append(f"{ind}else:")
+    _dispatch(keys[mid:], bodies, ind + "    ", out)
+
+
 def compile_unit(blocks: list[Block], layout: StateLayout, namespace: dict[str, Any],
                  name: str = "unit") -> CompiledUnit:
     """Compile ``blocks`` (head first) into one function."""
     internal = {b.pc: i for i, b in enumerate(blocks)}
     looped = len(blocks) > 1 or blocks[0].pc in blocks[0].successors()
-    g = _Gen(layout, internal)
+    g = _Gen(layout, internal, blocks)
     g._pending_reads = {}
-    body_ind = "            " if looped else "        "
-    start = len(g.lines)
-    for i, blk in enumerate(blocks):
-        g._pending_reads = {}
-        if len(blocks) > 1:
-            g.lines.append(f"            {'if' if i == 0 else 'elif'} L == {i}:")
-            g.block(blk, body_ind + "    ", looped)
-        else:
-            g.block(blk, body_ind, looped)
-    body = g.lines[start:]
+    bodies: dict[int, list[str]] = {}
+    g.targets.append(0)
+    k = 0
+    while k < len(g.targets):          # blocks never jumped to inside the region get no entry
+        j = g.targets[k]
+        g.lines = []
+        g.block(blocks[j], "", looped)
+        bodies[j] = g.lines
+        k += 1
+    body: list[str] = []
+    base = "            " if looped else "        "
+    if len(blocks) > 1:
+        _dispatch(sorted(bodies), bodies, base, body)
+    else:
+        body.extend(base + line for line in bodies[0])
     regs = sorted(g.reads | g.writes)
     written = sorted(g.writes)
     ic = layout.icount_slot
