@@ -67,11 +67,15 @@ def _segment(seg, selector: int, type_: int, code: bool, long_mode: bool = False
     seg.unusable = 0
 
 
-def set_flat_protected_mode(vcpu: VcpuFd, entry: int, eax: int, ebx: int, code_sel: int = 0x10,
-                            data_sel: int = 0x18, gdt_base: int = 0, gdt_limit: int = 0) -> None:
-    """Paging off, flat 4 GiB segments, interrupts disabled: the multiboot hand-off state."""
+GP_REGS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp",
+           "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
+
+
+def _enter(vcpu: VcpuFd, long_mode: bool, code_sel: int, data_sel: int, gdt_base: int, gdt_limit: int,
+           cr0: int, cr3: int, cr4: int, efer: int, entry: int, **regs: int) -> None:
+    """Flat segments, a usable TR, no IDT and the given control registers; every other GPR zero."""
     s = vcpu.sregs()
-    _segment(s.cs, code_sel, 0xB, code=True)
+    _segment(s.cs, code_sel, 0xB, code=True, long_mode=long_mode)
     for seg in (s.ds, s.es, s.fs, s.gs, s.ss):
         _segment(seg, data_sel, 0x3, code=False)
     s.tr.base, s.tr.limit, s.tr.selector, s.tr.type = 0, 0xFFFF, 0, 0xB
@@ -79,42 +83,27 @@ def set_flat_protected_mode(vcpu: VcpuFd, entry: int, eax: int, ebx: int, code_s
     s.ldt.selector, s.ldt.type, s.ldt.present, s.ldt.unusable = 0, 2, 1, 0
     s.gdt.base, s.gdt.limit = gdt_base, gdt_limit
     s.idt.base, s.idt.limit = 0, 0
-    s.cr0 = CR0_PE | CR0_ET
-    s.cr3 = 0
-    s.cr4 = 0
-    s.efer = 0
+    s.cr0, s.cr3, s.cr4, s.efer = cr0, cr3, cr4, efer
     vcpu.set_sregs(s)
     r = vcpu.regs()
-    for name in ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp",
-                 "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"):
-        setattr(r, name, 0)
-    r.rax, r.rbx, r.rip, r.rflags = eax, ebx, entry, 0x2
+    for name in GP_REGS:
+        setattr(r, name, regs.get(name, 0))
+    r.rip, r.rflags = entry, 0x2
     vcpu.set_regs(r)
+
+
+def set_flat_protected_mode(vcpu: VcpuFd, entry: int, eax: int, ebx: int, code_sel: int = 0x10,
+                            data_sel: int = 0x18, gdt_base: int = 0, gdt_limit: int = 0) -> None:
+    """Paging off, flat 4 GiB segments, interrupts disabled: the multiboot hand-off state."""
+    _enter(vcpu, False, code_sel, data_sel, gdt_base, gdt_limit, CR0_PE | CR0_ET, 0, 0, 0, entry,
+           rax=eax, rbx=ebx)
 
 
 def set_long_mode(vcpu: VcpuFd, entry: int, rsi: int, cr3: int, code_sel: int = 0x10,
                   data_sel: int = 0x18, gdt_base: int = 0, gdt_limit: int = 0, rsp: int = 0) -> None:
     """64-bit mode with identity paging at ``cr3``: the Linux 64-bit boot-protocol hand-off state."""
-    s = vcpu.sregs()
-    _segment(s.cs, code_sel, 0xB, code=True, long_mode=True)
-    for seg in (s.ds, s.es, s.fs, s.gs, s.ss):
-        _segment(seg, data_sel, 0x3, code=False)
-    s.tr.base, s.tr.limit, s.tr.selector, s.tr.type = 0, 0xFFFF, 0, 0xB
-    s.tr.present, s.tr.s, s.tr.g, s.tr.unusable = 1, 0, 0, 0
-    s.ldt.selector, s.ldt.type, s.ldt.present, s.ldt.unusable = 0, 2, 1, 0
-    s.gdt.base, s.gdt.limit = gdt_base, gdt_limit
-    s.idt.base, s.idt.limit = 0, 0
-    s.cr0 = CR0_PE | CR0_ET | CR0_PG
-    s.cr3 = cr3
-    s.cr4 = CR4_PAE
-    s.efer = EFER_LME | EFER_LMA
-    vcpu.set_sregs(s)
-    r = vcpu.regs()
-    for name in ("rax", "rbx", "rcx", "rdx", "rdi", "rbp",
-                 "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"):
-        setattr(r, name, 0)
-    r.rsi, r.rip, r.rflags, r.rsp = rsi, entry, 0x2, rsp
-    vcpu.set_regs(r)
+    _enter(vcpu, True, code_sel, data_sel, gdt_base, gdt_limit, CR0_PE | CR0_ET | CR0_PG, cr3, CR4_PAE,
+           EFER_LME | EFER_LMA, entry, rsi=rsi, rsp=rsp)
 
 
 def register_dump(vcpu: VcpuFd) -> str:
