@@ -54,11 +54,16 @@ class MigrationDestination:
             vmstate.check_config(vmstate.describe(m), remote)
             blocks = vmstate.ram_blocks(m)
             reader.block_pages = [b.npages for b in blocks]
+            reader.block_views = [b.mv for b in blocks]
             ram = RamReceiver(blocks)
             sections: dict[str, Any] = {}
             while True:
                 kind, rec = reader.next()
-                if kind == stream.T_PAGES:
+                if kind == stream.T_RUN:
+                    ram.applied_run(rec)
+                elif kind == stream.T_ZERORUN:
+                    ram.apply_zero_run(rec)
+                elif kind == stream.T_PAGES:
                     ram.apply(rec)
                 elif kind == stream.T_ROUND:
                     rounds = rec

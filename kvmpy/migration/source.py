@@ -126,6 +126,8 @@ class MigrationSource:
             t0, sent0 = time.monotonic(), self.writer.bytes
             for i in range(len(self.blocks)):
                 self.ram.send_all(i)
+            log.info("migration round 1: %d bytes in %.1f ms", self.writer.bytes - sent0,
+                     (time.monotonic() - t0) * 1e3)
             self.stats.rounds = 1
             self.writer.round(1)
             while True:
@@ -149,10 +151,11 @@ class MigrationSource:
                     self._maybe_throttle(pending * PAGE_SIZE, self.writer.bytes - sent0)
                 t0, sent0 = now, self.writer.bytes
                 for i, d in enumerate(dirty):
-                    self.ram.send_pages(i, np.flatnonzero(d))
+                    self.ram.send_pages(i, d)
                 self.stats.rounds += 1
                 self.writer.round(self.stats.rounds)
-                log.info("migration round %d: %d pages, %.1f MB/s", self.stats.rounds, pending, rate / 1e6)
+                log.info("migration round %d: %d pages in %.1f ms, previous round %.1f MB/s", self.stats.rounds,
+                         pending, (time.monotonic() - now) * 1e3, rate / 1e6)
             # ---- switchover: the guest stops here ----
             self._check()
             stop_t = time.monotonic()
@@ -163,14 +166,22 @@ class MigrationSource:
                 stopped_by_us = True
             self.throttle.close()
             self.limiter.rate = 0  # the guest is down: send as fast as the link allows
+            t_paused = time.monotonic()
             last = self._sync()
+            self.ram.stable = True  # the vCPUs are stopped: RAM goes out without a copy
+            sent_before = self.writer.bytes
             for i, (d, d2) in enumerate(zip(dirty, last)):
-                self.ram.send_pages(i, np.flatnonzero(d | d2))
+                self.ram.send_pages(i, d | d2)
+            t_ram = time.monotonic()
             for name, state in vmstate.capture(m):
                 self.writer.section(name, state)
             self.writer.end()
+            t_end = time.monotonic()
             self._check()
             self._handover(stop_t)
+            log.info("switchover: pause %.1f ms, last RAM %d bytes in %.1f ms, state %.1f ms, "
+                     "handover %.1f ms", (t_paused - stop_t) * 1e3, self.writer.bytes - sent_before,
+                     (t_ram - t_paused) * 1e3, (t_end - t_ram) * 1e3, (time.monotonic() - t_end) * 1e3)
         except Exception as exc:
             self._fail(exc, stopped_by_us, was_running)
         finally:
