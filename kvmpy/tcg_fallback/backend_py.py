@@ -138,6 +138,12 @@ class _Gen:
         if op == "mov":
             return a, None
         if op == "add":
+            c = ins.args[1]
+            if isinstance(c, int) and c >> 63:
+                # A negative offset: subtracting keeps the unmasked form (an address)
+                # below 2**64, where a TLB key can hit.
+                b = hex(MASK64 + 1 - c)
+                return f"({a} - {b}) & {M}", f"{a} - {b}"
             return f"({a} + {b}) & {M}", f"{a} + {b}"
         if op == "sub":
             return f"({a} - {b}) & {M}", f"{a} - {b}"
