@@ -186,10 +186,18 @@ def _known_bits(ins: Insn, facts: dict[Temp, tuple[int, bool]]) -> tuple[int, bo
     return w, w < 32
 
 
-def optimize(block: Block) -> Block:
-    """Optimize ``block`` in place and return it."""
+Facts = dict[Temp, tuple[int, bool]]
+
+
+def optimize(block: Block, entry: Facts | None = None, exit_facts: Facts | None = None) -> Block:
+    """Optimize ``block`` in place and return it.
+
+    ``entry``: known bits of guest-state slots when the block starts (only valid
+    when every way into the block guarantees them); ``exit_facts`` is filled
+    with those at the terminator.
+    """
     known: dict[Temp, Value] = {}   # temp -> constant or temp it copies
-    facts: dict[Temp, tuple[int, bool]] = {}
+    facts: Facts = dict(entry) if entry else {}
 
     def resolve(v: Value) -> Value:
         return known.get(v, v) if isinstance(v, Temp) else v
@@ -215,6 +223,8 @@ def optimize(block: Block) -> Block:
         d = ins.dst
         if d is not None:
             facts[d] = _known_bits(ins, facts)
+            if ins.op == "mov" and ins.args[0] == d:
+                continue            # an extension of a value that already had its form
             kill(d)
             if ins.op == "mov":
                 src = ins.args[0]
@@ -247,4 +257,57 @@ def optimize(block: Block) -> Block:
         live.append(ins)
     live.reverse()
     block.insns = live
+    if exit_facts is not None:
+        exit_facts.update((t, f) for t, f in facts.items() if t.is_global)
     return block
+
+
+def _meet(a: Facts, b: Facts) -> Facts:
+    # Differing widths widen straight to unknown, so the fixpoint below is reached quickly.
+    out: Facts = {}
+    for t, (w, s) in a.items():
+        other = b.get(t)
+        if other is None:
+            continue
+        w2, s2 = other
+        f = (w if w == w2 else 64, s and s2)
+        if f != _UNKNOWN:
+            out[t] = f
+    return out
+
+
+def _copy(block: Block) -> Block:
+    return Block(block.pc, [Insn(i.op, i.dst, list(i.args), dict(i.attrs)) for i in block.insns],
+                 block.n_guest, block.size, block.disasm)
+
+
+def optimize_region(blocks: list[Block], max_rounds: int = 16) -> list[Block]:
+    """Re-optimize copies of a region's blocks (head first) with the known bits
+    that hold on entry to each block from its predecessors inside the region.
+
+    Only the head is entered from outside; the others are reached through
+    internal jumps only, which is what makes their entry facts valid.  Returns
+    the blocks unchanged if the fixpoint is not reached in ``max_rounds``.
+    """
+    index = {b.pc: i for i, b in enumerate(blocks)}
+    entry: list[Facts | None] = [None] * len(blocks)
+    entry[0] = {}
+    result = list(blocks)
+    for _ in range(max_rounds):
+        changed = False
+        for i, blk in enumerate(blocks):
+            if entry[i] is None:
+                continue
+            out: Facts = {}
+            result[i] = optimize(_copy(blk), entry[i], out)
+            for succ in result[i].successors():
+                j = index.get(succ)
+                if j is None or j == 0:
+                    continue
+                new = dict(out) if entry[j] is None else _meet(entry[j], out)
+                if new != entry[j]:
+                    entry[j] = new
+                    changed = True
+        if not changed:
+            return result
+    return list(blocks)

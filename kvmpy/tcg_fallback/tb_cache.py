@@ -10,7 +10,8 @@ paged context, chains and regions stay inside one virtual page, so a remapping
 
 When a TB has run ``HOT`` times it becomes the head of a region: it and the
 already-translated blocks it jumps to are compiled into one unit (see
-backend_py).  A store to a page that holds code invalidates every TB on it,
+backend_py), after re-optimizing them with what is known about register values
+on the jumps between them.  A store to a page that holds code invalidates every TB on it,
 unlinks the chains into them and drops regions that contain them.
 """
 
@@ -22,7 +23,7 @@ from typing import Any, Callable, Hashable
 
 from kvmpy.tcg_fallback.backend_py import CompiledUnit, StateLayout, compile_unit
 from kvmpy.tcg_fallback.ir import Block
-from kvmpy.tcg_fallback.optimizer import optimize
+from kvmpy.tcg_fallback.optimizer import optimize, optimize_region
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +162,8 @@ class TBCache:
             i += 1
         if len(members) == 1 and head.pc not in head.block.successors():
             return          # nothing to gain: no loop and no successor known yet
-        unit = compile_unit([m.block for m in members], self.layout, self.namespace, "region")
+        blocks = optimize_region([m.block for m in members])
+        unit = compile_unit(blocks, self.layout, self.namespace, "region")
         head.unit = unit
         if self._trace is not None and self._trace_out:
             self._trace(f"OUT region: [{head.pc:#x}] {len(members)} blocks\n{unit.source}\n")

@@ -102,3 +102,29 @@ def test_known_bits_random_chains_match_reference():
         bl.emit("goto_tb", None, pc=4)
         R = _run(optimize(bl.block), regs)
         assert R[:4] == [vals[i] for i in range(4)]
+
+
+def _blk(pc, body, term):
+    bl = Builder(pc)
+    bl.insn_start(pc)
+    body(bl)
+    bl.emit(*term[0], **term[1])
+    return optimize(bl.block)
+
+
+def test_region_facts_flow_between_blocks_only_when_all_paths_agree():
+    g1, g2, g3 = Temp(1, True), Temp(2, True), Temp(3, True)
+    head = _blk(0x0, lambda b: b.emit("ld", g1, g3, size=4, signed=True),
+                (("brcond", None, g3, 0), {"cond": "eq", "taken": 0x10, "fall": 0x20}))
+    other = _blk(0x20, lambda b: b.emit("mov", g2, g3), (("goto_tb", None), {"pc": 0x10}))
+    tail = _blk(0x10, lambda b: (b.emit("sext", g2, g1, bits=32), b.emit("sext", g3, g3, bits=32)),
+                (("goto_tb", None), {"pc": 0x0}))
+    from kvmpy.tcg_fallback.optimizer import optimize_region
+    out = optimize_region([head, tail])
+    assert [i.op for i in out[1].insns] == ["insn_start", "mov", "sext", "goto_tb"]
+    out = optimize_region([head, tail, other])    # other reaches tail too, g1 unchanged: still known
+    assert [i.op for i in out[1].insns] == ["insn_start", "mov", "sext", "goto_tb"]
+    clobber = _blk(0x20, lambda b: b.emit("mov", g1, g3), (("goto_tb", None), {"pc": 0x10}))
+    out = optimize_region([head, tail, clobber])
+    assert [i.op for i in out[1].insns] == ["insn_start", "sext", "sext", "goto_tb"]
+    assert [i.op for i in tail.insns] == ["insn_start", "sext", "sext", "goto_tb"]   # originals untouched
