@@ -48,6 +48,10 @@ _SHIFT = {1: "", 2: " >> 1", 4: " >> 2", 8: " >> 3"}
 _VMASK = {1: " & 0xff", 2: " & 0xffff", 4: " & 0xffffffff", 8: ""}
 
 
+def _simple(expr: str) -> bool:
+    return expr.isidentifier() or expr.startswith("0x")
+
+
 def _sx(v: int) -> int:
     return v - (1 << 64) if v >> 63 else v
 
@@ -261,22 +265,28 @@ class _Gen:
                 continue
             if op == "ld":
                 size, signed = ins.attrs["size"], ins.attrs["signed"]
-                addr = self.val(ins.args[0], pending, raw=True)
-                emit(f"{ind}a_ = {addr}")
-                emit(f"{ind}d_ = _tr(a_ & {_KEYMASK[size]})")
-                view = _VIEW[(size, signed)]
-                fast = f"{view}[(a_ + d_){_SHIFT[size]}]" + (f" & {M}" if signed else "")
-                assign(ins.dst, f"{fast} if d_ is not None else _ld(a_, {size}, {signed}, {hex(pc)}, {back()})")
+                a = self._addr(ins.args[0], pending, ind)
+                d = ins.dst
+                if d.is_global:
+                    flush_readers(d.index)
+                    self.writes.add(d.index)
+                # A TLB miss is a KeyError: in 3.11 the try costs nothing on a hit.
+                fast = f"{_VIEW[(size, signed)]}[({a} + _tr[{a} & {_KEYMASK[size]}]){_SHIFT[size]}]"
+                emit(f"{ind}try: {target(d)} = {fast}" + (f" & {M}" if signed else ""))
+                emit(f"{ind}except KeyError: {target(d)} = _ld({a}, {size}, {signed}, {hex(pc)}, {back()})")
                 continue
             if op == "st":
                 size = ins.attrs["size"]
-                addr = self.val(ins.args[0], pending, raw=True)
+                a = self._addr(ins.args[0], pending, ind)
                 value = self.val(ins.args[1], pending)
-                emit(f"{ind}a_ = {addr}")
-                emit(f"{ind}v_ = {value}{_VMASK[size]}")
-                emit(f"{ind}d_ = _tw(a_ & {_KEYMASK[size]})")
-                emit(f"{ind}if d_ is None: _st(a_, {size}, v_, {hex(pc)}, {back()})")
-                emit(f"{ind}else: {_VIEW[(size, False)]}[(a_ + d_){_SHIFT[size]}] = v_")
+                if _VMASK[size]:
+                    emit(f"{ind}v_ = {value}{_VMASK[size]}")
+                    value = "v_"
+                elif not _simple(value):
+                    emit(f"{ind}v_ = {value}")
+                    value = "v_"
+                emit(f"{ind}try: {_VIEW[(size, False)]}[({a} + _tw[{a} & {_KEYMASK[size]}]){_SHIFT[size]}] = {value}")
+                emit(f"{ind}except KeyError: _st({a}, {size}, {value}, {hex(pc)}, {back()})")
                 continue
             if op == "call":
                 args = [self.val(a, pending) for a in ins.args]
@@ -309,6 +319,14 @@ class _Gen:
             raise ValueError(f"backend: unknown op {op}")
 
     _pending_reads: dict
+
+    def _addr(self, v: Value, pending: dict, ind: str) -> str:
+        """An address operand as a plain name, binding expressions to ``a_`` first."""
+        addr = self.val(v, pending, raw=True)
+        if _simple(addr):
+            return addr
+        self.lines.append(f"{ind}a_ = {addr}")
+        return "a_"
 
     def _inlined_reads(self, ins: Insn, before: set, pending: dict) -> frozenset[int]:
         out: set[int] = set()

@@ -1,7 +1,8 @@
 """Software MMU: guest RAM, the data TLBs used by translated code, and the slow paths.
 
-Translated code does a load as ``d = _tr(addr & keymask)`` and, on a hit, indexes
-a typed memoryview of RAM at ``addr + d``.  The TLB maps a virtual page address
+Translated code does a load as ``view[(addr + _tr[addr & keymask]) >> shift]``,
+a typed memoryview of RAM indexed through the TLB dict, and takes the slow path
+on ``KeyError``.  The TLB maps a virtual page address
 to ``ram_offset - vaddr``; the key mask keeps the low alignment bits, so a
 misaligned access misses and takes the slow path.  Everything else (page walks,
 MMIO, misaligned accesses, pages holding translated code, watched pages such as
@@ -70,8 +71,8 @@ class SoftMmu:
     # ---- namespace for generated code ----------------------------------
     def namespace(self) -> dict:
         ns = dict(self.views)
-        ns["_tr"] = self.tlb_read.get
-        ns["_tw"] = self.tlb_write.get
+        ns["_tr"] = self.tlb_read          # mutated in place, never rebound
+        ns["_tw"] = self.tlb_write
         ns["_ld"] = self.load
         ns["_st"] = self.store
         return ns
