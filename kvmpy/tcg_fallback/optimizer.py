@@ -281,33 +281,35 @@ def _copy(block: Block) -> Block:
                  block.n_guest, block.size, block.disasm)
 
 
-def optimize_region(blocks: list[Block], max_rounds: int = 16) -> list[Block]:
+def optimize_region(blocks: list[Block], max_rounds: int = 8) -> list[Block]:
     """Re-optimize copies of a region's blocks (head first) with the known bits
     that hold on entry to each block from its predecessors inside the region.
 
     Only the head is entered from outside; the others are reached through
     internal jumps only, which is what makes their entry facts valid.  Returns
-    the blocks unchanged if the fixpoint is not reached in ``max_rounds``.
+    the blocks unchanged if the fixpoint takes more than ``max_rounds`` passes
+    per block.
     """
     index = {b.pc: i for i, b in enumerate(blocks)}
     entry: list[Facts | None] = [None] * len(blocks)
     entry[0] = {}
     result = list(blocks)
-    for _ in range(max_rounds):
-        changed = False
-        for i, blk in enumerate(blocks):
-            if entry[i] is None:
+    work = [0]                      # blocks whose entry facts changed since their last pass
+    budget = max_rounds * len(blocks)
+    while work:
+        budget -= 1
+        if budget < 0:
+            return list(blocks)
+        i = work.pop()
+        out: Facts = {}
+        result[i] = optimize(_copy(blocks[i]), entry[i], out)
+        for succ in result[i].successors():
+            j = index.get(succ)
+            if j is None or j == 0:
                 continue
-            out: Facts = {}
-            result[i] = optimize(_copy(blk), entry[i], out)
-            for succ in result[i].successors():
-                j = index.get(succ)
-                if j is None or j == 0:
-                    continue
-                new = dict(out) if entry[j] is None else _meet(entry[j], out)
-                if new != entry[j]:
-                    entry[j] = new
-                    changed = True
-        if not changed:
-            return result
-    return list(blocks)
+            new = dict(out) if entry[j] is None else _meet(entry[j], out)
+            if new != entry[j]:
+                entry[j] = new
+                if j not in work:
+                    work.append(j)
+    return result
