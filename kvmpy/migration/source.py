@@ -3,7 +3,8 @@
 Rounds: dirty logging on, every page sent once, then repeatedly the pages
 dirtied since the previous round (KVM's log merged with VMM writes). When the
 pages left would take no longer than ``downtime-limit`` at the bandwidth just
-measured (or ``x-max-rounds`` is reached) the vCPUs stop, the last dirty pages
+measured, and another live round would not halve them (or ``x-max-rounds`` is
+reached) the vCPUs stop, the last dirty pages
 and all device, vCPU and VM state follow, then END with the checksum.
 
 Failure safety: until the destination has confirmed (ACK) that it holds the
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ACK_TIMEOUT = 60.0
+MAX_EXTRA_ROUNDS = 4
+SMALL_REMAINDER = 1 << 20  # bytes: sent at switchover without trying to shrink them further
 EventSink = Callable[[str, "dict[str, Any] | None"], None]
 
 
@@ -123,13 +126,15 @@ class MigrationSource:
             self.writer.header(vmstate.describe(m))
             self.stats.setup_time_ms = self._elapsed_ms()
             self._set_status("active")
-            t0, sent0 = time.monotonic(), self.writer.bytes
+            t0, sent0, busy0 = time.monotonic(), self.writer.bytes, self.writer.busy
+            normal0 = self.counters.normal
             for i in range(len(self.blocks)):
                 self.ram.send_all(i)
             log.info("migration round 1: %d bytes in %.1f ms", self.writer.bytes - sent0,
                      (time.monotonic() - t0) * 1e3)
             self.stats.rounds = 1
             self.writer.round(1)
+            extra = 0  # rounds run although the downtime limit was already met
             while True:
                 self._check()
                 dirty = self._sync()
@@ -137,19 +142,31 @@ class MigrationSource:
                 elapsed = max(now - t0, 1e-3)
                 rate = (self.writer.bytes - sent0) / elapsed  # bytes/s over the last round
                 pending = sum(int(d.sum()) for d in dirty)
+                sent_pages = self.counters.normal - normal0
                 self.stats.remaining = pending * PAGE_SIZE
                 self.stats.dirty_pages_rate = int(pending / elapsed)
                 self.stats.mbps = rate * 8 / 1e6
-                bandwidth = max(rate, 1.0)
+                # What the link took while we were writing to it: scanning and copying are not the link.
+                link = (self.writer.bytes - sent0) / max(self.writer.busy - busy0, 1e-3)
+                if self.limiter.rate > 0:
+                    link = min(link, self.limiter.rate)
+                bandwidth = max(rate, link, 1.0)
                 self.stats.expected_downtime_ms = int(self.stats.remaining / bandwidth * 1000)
                 self._update_counters()
                 self.events("MIGRATION_PASS", {"pass": self.stats.dirty_sync_count})
-                if self.stats.remaining <= bandwidth * self.params.downtime_limit / 1000 or \
-                        (self.params.x_max_rounds and self.stats.rounds >= self.params.x_max_rounds):
+                log.info("after round %d: %d pages dirty in %.1f ms, bandwidth %.0f MB/s (link %.0f)",
+                         self.stats.rounds, pending, elapsed * 1e3, bandwidth / 1e6, link / 1e6)
+                if self.params.x_max_rounds and self.stats.rounds >= self.params.x_max_rounds:
                     break
+                if self.stats.remaining <= bandwidth * self.params.downtime_limit / 1000:
+                    # Later rounds go to a destination whose RAM is already in place: expect the full rate.
+                    expect = max(bandwidth, self.limiter.rate)
+                    if not self._worth_another_round(pending, sent_pages, elapsed, expect, extra):
+                        break
+                    extra += 1
                 if self.auto_converge:
                     self._maybe_throttle(pending * PAGE_SIZE, self.writer.bytes - sent0)
-                t0, sent0 = now, self.writer.bytes
+                t0, sent0, busy0, normal0 = now, self.writer.bytes, self.writer.busy, self.counters.normal
                 for i, d in enumerate(dirty):
                     self.ram.send_pages(i, d)
                 self.stats.rounds += 1
@@ -266,6 +283,21 @@ class MigrationSource:
         self.stats.transferred = self.writer.bytes
         self.stats.duplicate = self.counters.duplicate
         self.stats.normal = self.counters.normal
+
+    @staticmethod
+    def _worth_another_round(pending: int, sent_pages: int, elapsed: float, bandwidth: float, extra: int) -> bool:
+        """The limit is met; would one more live round still shrink the stop-time work by half or more?
+
+        The pages dirtied during a round that sends ``pending`` pages are estimated
+        from the rate the last round saw. A guest that dirties faster than the link
+        gets no extra round; one that dirties slowly gets a shorter downtime. When
+        (nearly) every page sent last round is dirty again, the rate is unknown but
+        high: no extra round.
+        """
+        if extra >= MAX_EXTRA_ROUNDS or pending * PAGE_SIZE <= SMALL_REMAINDER or pending >= 0.9 * sent_pages:
+            return False
+        next_round = pending * PAGE_SIZE / bandwidth
+        return pending / elapsed * next_round < pending / 2
 
     def _maybe_throttle(self, dirtied: int, sent: int) -> None:
         """QEMU's rule: throttle when a round dirties more than the threshold share of what it sent."""

@@ -108,6 +108,7 @@ class StreamWriter:
         self.limiter = limiter or RateLimiter()
         self.crc = 0
         self.bytes = 0
+        self.busy = 0.0  # seconds spent handing data to the channel (and in the rate limiter)
         self._pending = bytearray()
 
     def _put(self, *parts: Any) -> None:
@@ -129,8 +130,10 @@ class StreamWriter:
             return
         self.crc = zlib.crc32(page_sums(data), self.crc)
         self.flush()
+        t = time.monotonic()
         self.limiter.consume(data.nbytes)
         self.channel.write(data)
+        self.busy += time.monotonic() - t
         self.bytes += data.nbytes
 
     def flush(self) -> None:
