@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 M = "0xffffffffffffffff"
 S = "0x8000000000000000"
 BUDGET = 16384            # instructions a unit may run before returning to the dispatcher
+INLINE_INDENT = 40        # nesting limit for blocks emitted at their only jump site
 
 # Key masks: page bits plus the bits that must be zero for an aligned access,
 # so one dict lookup checks both the TLB and the alignment.
@@ -109,6 +110,28 @@ class _Gen:
         self.layout = layout
         self.internal = internal
         self.blocks = blocks
+        self.cur = 0
+        # Internal edges per target, and DFS preorder from the head: every cycle has
+        # an edge to a lower-or-equal preorder, so only those check the budget.
+        self.preds = [0] * len(blocks)
+        self.order = [0] * len(blocks)
+        seen: set[int] = set()
+        stack = [0]
+        while stack:
+            j = stack.pop()
+            if j in seen:
+                continue
+            self.order[j] = len(seen)
+            seen.add(j)
+            for succ in reversed(blocks[j].successors()):
+                k = internal.get(succ)
+                if k is not None and k not in seen:
+                    stack.append(k)
+        for blk in blocks:
+            for succ in blk.successors():
+                k = internal.get(succ)
+                if k is not None:
+                    self.preds[k] += 1
         self.targets: list[int] = []       # blocks entered through the dispatcher, in first-use order
         self.exits: list[Exit] = []
         self.lines: list[str] = []
@@ -205,12 +228,13 @@ class _Gen:
 
     # ---- blocks --------------------------------------------------------
     def block(self, blk: Block, ind: str, looped: bool) -> None:
-        saved = self._pending_reads
+        saved, cur = self._pending_reads, self.cur
         self._pending_reads = {}
+        self.cur = self.internal.get(blk.pc, 0)
         try:
             self._block(blk, ind, looped)
         finally:
-            self._pending_reads = saved
+            self._pending_reads, self.cur = saved, cur
 
     def _block(self, blk: Block, ind: str, looped: bool) -> None:
         emit = self.lines.append
@@ -338,11 +362,19 @@ class _Gen:
     def jump(self, pc: int, ind: str, looped: bool) -> None:
         j = self.internal.get(pc)
         if j is not None and looped:
+            if j != 0 and self.preds[j] == 1 and len(ind) < 4 * INLINE_INDENT:
+                self.block(self.blocks[j], ind, looped)    # only way in: emit it right here
+                return
             if j not in self.targets:
                 self.targets.append(j)
+            setl = f"L = {j}" if len(self.internal) > 1 else "pass"
+            if self.order[j] > self.order[self.cur]:
+                self.lines.append(f"{ind}{setl}")      # forward edge: no cycle closes here
+                self.lines.append(f"{ind}continue")
+                return
             self.uses_budget = True
             self.lines.append(f"{ind}if ic < {BUDGET}:")
-            self.lines.append(f"{ind}    L = {j}" if len(self.internal) > 1 else f"{ind}    pass")
+            self.lines.append(f"{ind}    {setl}")
             self.lines.append(f"{ind}    continue")
         self.exit(pc, hex(pc), ind, looped, chainable=True)
 
