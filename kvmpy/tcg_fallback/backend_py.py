@@ -338,6 +338,18 @@ class _Gen:
                 continue
             if op == "exit_tb":
                 v = self.val(ins.args[0], pending)
+                if looped and ins.attrs.get("lookup"):
+                    # An indirect jump back to the head (a return into the loop that
+                    # called out) stays inside; other blocks' entry facts assume
+                    # they are only reached by direct jumps, so only the head.
+                    if not _simple(v):
+                        emit(f"{ind}x_ = {v}")
+                        v = "x_"
+                    head = self.blocks[0].pc
+                    self.uses_budget = True
+                    emit(f"{ind}if {v} == {hex(head)} and ic < {BUDGET}:")
+                    emit(f"{ind}    {'L = 0' if len(self.internal) > 1 else 'pass'}")
+                    emit(f"{ind}    continue")
                 self.exit(None, v, ind, looped, chainable=False)
                 continue
             raise ValueError(f"backend: unknown op {op}")
