@@ -60,3 +60,22 @@ def test_fast_reset_rewrites_only_dirtied_pages() -> None:
             snap.reset()
         assert_progress(m, console)  # still running after resets
         assert_invariant(m)
+
+
+@pytest.mark.parametrize("pattern", ["none", "one run", "runs", "scattered"])
+def test_reset_copies_exactly_the_dirty_pages(pattern: str) -> None:
+    from kvmpy.migration.snapshot import MAX_SLICES, _restore_pages
+
+    n = 4 * MAX_SLICES + 10
+    live = np.zeros((n, 4096), dtype=np.uint8)
+    saved = np.arange(n, dtype=np.uint8)[:, None].repeat(4096, axis=1)
+    dirty = np.zeros(n, dtype=bool)
+    if pattern == "one run":
+        dirty[3:40] = True
+    elif pattern == "runs":
+        dirty[[0, 1, 5, 9, 10, 11, n - 1]] = True
+    elif pattern == "scattered":  # more runs than MAX_SLICES: the gathered copy
+        dirty[::2] = True
+    assert _restore_pages(live, saved, dirty) == int(dirty.sum())
+    assert np.array_equal(live[dirty], saved[dirty])
+    assert not live[~dirty].any()
