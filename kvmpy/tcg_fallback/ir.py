@@ -39,14 +39,15 @@ exit_tb a      end of block, jump to the pc in ``a``; attr ``lookup``: True when
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, NamedTuple, Union
 
 MASK64 = (1 << 64) - 1
 SIGN64 = 1 << 63
 
 
-@dataclass(frozen=True, slots=True)
-class Temp:
+class Temp(NamedTuple):
+    """Immutable and hashed in C: the optimizer and backend use temps as dict keys a lot."""
+
     index: int
     is_global: bool
 

@@ -202,11 +202,13 @@ def optimize(block: Block, entry: Facts | None = None, exit_facts: Facts | None 
     def resolve(v: Value) -> Value:
         return known.get(v, v) if isinstance(v, Temp) else v
 
+    copies: dict[Temp, list[Temp]] = {}    # temp -> temps recorded as copies of it
+
     def kill(t: Temp) -> None:
         known.pop(t, None)
-        stale = [k for k, v in known.items() if v == t]
-        for k in stale:
-            del known[k]
+        for k in copies.pop(t, ()):
+            if known.get(k) == t:
+                del known[k]
 
     out: list[Insn] = []
     for ins in block.insns:
@@ -228,10 +230,9 @@ def optimize(block: Block, entry: Facts | None = None, exit_facts: Facts | None 
             kill(d)
             if ins.op == "mov":
                 src = ins.args[0]
-                if isinstance(src, int) or not src.is_global or d.is_global:
-                    known[d] = src
-                elif not d.is_global:
-                    known[d] = src      # temp copying a global: valid until the global changes
+                known[d] = src          # a copy of a global is valid until the global changes
+                if not isinstance(src, int):
+                    copies.setdefault(src, []).append(d)
         out.append(ins)
 
     # Walk backwards: drop pure defs of unused temps, and pure writes of a global
