@@ -120,6 +120,7 @@ def _simplify(ins: Insn) -> None:
 
 
 _UNKNOWN = (64, False)
+_UNSIGNED = {"lt": "ltu", "ge": "geu"}
 _SX32_LO, _SX32_HI = 1 << 31, MASK64 - (1 << 31)
 
 
@@ -222,6 +223,11 @@ def optimize(block: Block, entry: Facts | None = None, exit_facts: Facts | None 
         elif ins.op == "brcond" and all(isinstance(a, int) for a in ins.args):
             target = ins.attrs["taken"] if compare(ins.attrs["cond"], *ins.args) else ins.attrs["fall"]
             ins = Insn("goto_tb", None, [], {"pc": target})
+        if ins.op in ("brcond", "setcond") and ins.attrs["cond"] in _UNSIGNED:
+            # Signed order equals unsigned order when neither operand has bit 63 set.
+            if all((_const_facts(a) if isinstance(a, int) else facts.get(a, _UNKNOWN))[0] < 64
+                   for a in ins.args):
+                ins.attrs = {**ins.attrs, "cond": _UNSIGNED[ins.attrs["cond"]]}
         d = ins.dst
         if d is not None:
             facts[d] = _known_bits(ins, facts)

@@ -128,3 +128,14 @@ def test_region_facts_flow_between_blocks_only_when_all_paths_agree():
     out = optimize_region([head, tail, clobber])
     assert [i.op for i in out[1].insns] == ["insn_start", "sext", "sext", "goto_tb"]
     assert [i.op for i in tail.insns] == ["insn_start", "sext", "sext", "goto_tb"]   # originals untouched
+
+
+def test_signed_compare_of_narrow_values_becomes_unsigned():
+    bl = Builder(0)
+    bl.insn_start(0)
+    g1, g2 = Temp(1, True), Temp(2, True)
+    bl.emit("ld", g1, g2, size=2, signed=False)
+    bl.emit("setcond", g2, g1, 0x7FFF, cond="lt")
+    bl.emit("brcond", None, g1, g2, cond="ge", taken=8, fall=4)
+    ins = optimize(bl.block).insns
+    assert [i.attrs.get("cond") for i in ins[2:]] == ["ltu", "geu"]
