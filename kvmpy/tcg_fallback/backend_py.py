@@ -111,6 +111,7 @@ class _Gen:
         self.internal = internal
         self.blocks = blocks
         self.cur = 0
+        self.loop_j: int | None = None     # block whose body is being emitted as an inner loop
         # Internal edges per target, and DFS preorder from the head: every cycle has
         # an edge to a lower-or-equal preorder, so only those check the budget.
         self.preds = [0] * len(blocks)
@@ -348,8 +349,7 @@ class _Gen:
                     head = self.blocks[0].pc
                     self.uses_budget = True
                     emit(f"{ind}if {v} == {hex(head)} and ic < {BUDGET}:")
-                    emit(f"{ind}    {'L = 0' if len(self.internal) > 1 else 'pass'}")
-                    emit(f"{ind}    continue")
+                    self._goto(0, ind + "    ")
                 self.exit(None, v, ind, looped, chainable=False)
                 continue
             raise ValueError(f"backend: unknown op {op}")
@@ -379,22 +379,30 @@ class _Gen:
                 return
             if j not in self.targets:
                 self.targets.append(j)
-            setl = f"L = {j}" if len(self.internal) > 1 else "pass"
-            if self.order[j] > self.order[self.cur]:
-                self.lines.append(f"{ind}{setl}")      # forward edge: no cycle closes here
-                self.lines.append(f"{ind}continue")
+            if j != self.loop_j and self.order[j] > self.order[self.cur]:
+                self._goto(j, ind)                      # forward edge: no cycle closes here
                 return
             self.uses_budget = True
             self.lines.append(f"{ind}if ic < {BUDGET}:")
-            self.lines.append(f"{ind}    {setl}")
-            self.lines.append(f"{ind}    continue")
+            self._goto(j, ind + "    ")
         self.exit(pc, hex(pc), ind, looped, chainable=True)
+
+    def _goto(self, j: int, ind: str) -> None:
+        """Transfer to region block ``j``: the inner loop of a self-looping block
+        continues in place; anything else goes through the dispatcher."""
+        if j == self.loop_j:
+            self.lines.append(f"{ind}continue")
+            return
+        self.lines.append(f"{ind}L = {j}" if len(self.internal) > 1 else f"{ind}pass")
+        self.lines.append(f"{ind}{'break' if self.loop_j is not None else 'continue'}")
 
     def exit(self, pc: int | None, value: str, ind: str, looped: bool, chainable: bool) -> None:
         k = len(self.exits)
         self.exits.append(Exit(pc, chainable))
         self.lines.append(f"{ind}R[{self.layout.pc_slot}] = {value}")
         self.lines.append(f"{ind}ex = {k}")
+        if self.loop_j is not None:
+            self.lines.append(f"{ind}L = -1")          # leave the inner loop and the unit
         if looped:
             self.lines.append(f"{ind}break")
 
@@ -430,7 +438,14 @@ def compile_unit(blocks: list[Block], layout: StateLayout, namespace: dict[str, 
     while k < len(g.targets):          # blocks never jumped to inside the region get no entry
         j = g.targets[k]
         g.lines = []
-        g.block(blocks[j], "", looped)
+        if len(blocks) > 1 and blocks[j].pc in blocks[j].successors():
+            # A self-looping block spins in its own while loop, skipping the dispatcher.
+            g.loop_j = j
+            g.block(blocks[j], "    ", looped)
+            g.loop_j = None
+            g.lines = ["while True:"] + g.lines + ["if L < 0:", "    break"]
+        else:
+            g.block(blocks[j], "", looped)
         bodies[j] = g.lines
         k += 1
     body: list[str] = []
