@@ -54,6 +54,7 @@ MAX_NAME = 64
 MAX_NORMAL = 1024  # pages of data per record (4 MiB)
 MAX_ZERO = 1 << 16
 MAX_SECTIONS = 4096
+SUM_STEP = 64 << 10  # page data is summed on arrival in steps of at least this many bytes
 
 # Handshake on two-way transports once END is verified: the destination says ACK
 # (state complete and applied, not running), then the source says GO (it has given up the VM).
@@ -210,9 +211,11 @@ class StreamReader:
         self._data = bytearray(MAX_NORMAL * PAGE_SIZE)
         self._sections = 0
 
-    def _read(self, n: int, what: str, buf: bytearray | memoryview | None = None) -> memoryview:
+    def _read(self, n: int, what: str, buf: bytearray | memoryview | None = None,
+              sums: bool = False) -> memoryview:
+        """``sums``: fold the page sums into the checksum as pages arrive, while they are in cache."""
         out = memoryview(buf if buf is not None else bytearray(n))[:n]
-        got = 0
+        got = summed = 0
         while got < n:
             try:
                 k = self.channel.readinto(out[got:])
@@ -222,6 +225,11 @@ class StreamReader:
                 raise StreamError(f"the stream is truncated: it ended inside {what} "
                                   f"after {self.bytes + got} bytes")
             got += k
+            if sums and (got - summed >= SUM_STEP or got == n):
+                upto = got - got % PAGE_SIZE
+                if upto > summed:
+                    self.crc = zlib.crc32(page_sums(out[summed:upto]), self.crc)
+                    summed = upto
         self.bytes += n
         return out
 
@@ -231,8 +239,10 @@ class StreamReader:
         return data
 
     def _take_data(self, n: int, buf: bytearray | memoryview) -> memoryview:
+        if self.version >= 2:
+            return self._read(n, "page data", buf, sums=True)
         data = self._read(n, "page data", buf)
-        self.crc = zlib.crc32(page_sums(data) if self.version >= 2 else data, self.crc)
+        self.crc = zlib.crc32(data, self.crc)
         return data
 
     def header(self) -> dict[str, Any]:
