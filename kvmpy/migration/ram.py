@@ -28,6 +28,7 @@ SCAN_PAGES = 16384  # pages handled at once when sending a whole block
 MIN_RUN = 8  # dirty runs shorter than this are gathered into PAGES records
 MAX_SCAN_RUNS = 256  # above this many mapped runs per scan, test them gathered instead of one by one
 PAGEMAP_USED = np.uint64(3 << 62)  # present or swapped
+PAGEMAP_CHUNK = 1 << 18  # pagemap entries read at once (2 MiB)
 
 
 def page_view(block: RAMBlock) -> np.ndarray:
@@ -41,20 +42,23 @@ def mapped_pages(block: RAMBlock) -> np.ndarray | None:
     Guest RAM is a private anonymous mapping, where a page that is neither
     present nor swapped reads as zero.
     """
-    entries = np.empty(block.npages, dtype="<u8")
+    out = np.empty(block.npages, dtype=bool)
+    entries = np.empty(min(block.npages, PAGEMAP_CHUNK), dtype="<u8")  # 8 bytes a page: read in pieces
     try:
         fd = os.open("/proc/self/pagemap", os.O_RDONLY)
     except OSError:
         return None
     try:
-        got = os.preadv(fd, [entries], (block.host_addr // PAGE_SIZE) * 8)
+        for first in range(0, block.npages, PAGEMAP_CHUNK):
+            part = entries[:min(PAGEMAP_CHUNK, block.npages - first)]
+            if os.preadv(fd, [part], (block.host_addr // PAGE_SIZE + first) * 8) != part.nbytes:
+                return None
+            np.not_equal(part & PAGEMAP_USED, 0, out=out[first:first + len(part)])
     except OSError:
         return None
     finally:
         os.close(fd)
-    if got != entries.nbytes:
-        return None
-    return (entries & PAGEMAP_USED) != 0
+    return out
 
 
 def runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
