@@ -4,8 +4,8 @@ Rounds: dirty logging on, every page sent once, then repeatedly the pages
 dirtied since the previous round (KVM's log merged with VMM writes). When the
 pages left would take no longer than ``downtime-limit`` at the bandwidth just
 measured, and another live round would not halve them (or ``x-max-rounds`` is
-reached) the vCPUs stop, the last dirty pages
-and all device, vCPU and VM state follow, then END with the checksum.
+reached) the vCPUs stop, the last dirty pages and all device, vCPU and VM
+state follow, then END with the checksum.
 
 Failure safety: until the destination has confirmed (ACK) that it holds the
 complete, verified VM, any error or cancel leaves the source exactly as it was
