@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 
 from kvmpy.memory.ramblock import PAGE_SIZE, RAMBlock
-from kvmpy.migration.stream import MAX_NORMAL, MAX_ZERO, PagesRecord, RunRecord, StreamWriter
+from kvmpy.migration.stream import MAX_NORMAL, MAX_ZERO, PagesRecord, RunRecord, StreamWriter, page_sums
 
 log = logging.getLogger(__name__)
 
@@ -132,9 +132,14 @@ class RamSender:
         self.check()
         src = self.views[block][first:first + count]
         rows = src if self.stable else self._copy(src)
-        nz = rows.any(axis=1)
+        # One pass for both the checksum and the zero test: a page whose sum is not 0 is not zero.
+        sums = page_sums(rows)
+        nz = sums != 0
+        maybe = np.flatnonzero(~nz)
+        if len(maybe):
+            nz[maybe] = rows[maybe].any(axis=1)
         if nz.all():
-            self.writer.run(block, first, rows)
+            self.writer.run(block, first, rows, sums)
             self.counters.normal += count
             return
         starts, ends = runs(nz)
@@ -142,7 +147,7 @@ class RamSender:
         for a, b in zip(starts.tolist(), ends.tolist()):
             if a > pos:
                 self._zero_run(block, first + pos, a - pos)
-            self.writer.run(block, first + a, rows[a:b])
+            self.writer.run(block, first + a, rows[a:b], sums[a:b])
             self.counters.normal += b - a
             pos = b
         if pos < count:

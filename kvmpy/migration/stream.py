@@ -125,11 +125,11 @@ class StreamWriter:
         if len(self._pending) >= self.FLUSH:
             self.flush()
 
-    def _put_data(self, data: np.ndarray) -> None:
+    def _put_data(self, data: np.ndarray, sums: np.ndarray | None = None) -> None:
         """Page data: checksummed through its page sums (a CRC over 4 KiB pages costs 8x more)."""
         if not data.nbytes:
             return
-        self.crc = zlib.crc32(page_sums(data), self.crc)
+        self.crc = zlib.crc32(page_sums(data) if sums is None else sums, self.crc)
         self.flush()
         t = time.monotonic()
         self.limiter.consume(data.nbytes)
@@ -154,12 +154,16 @@ class StreamWriter:
                   zero.astype("<u4", copy=False), normal.astype("<u4", copy=False))
         self._put_data(data)
 
-    def run(self, block: int, first: int, data: np.ndarray) -> None:
-        """Pages ``first``.. of a block; ``data`` is C-contiguous, whole pages, at most MAX_NORMAL of them."""
+    def run(self, block: int, first: int, data: np.ndarray, sums: np.ndarray | None = None) -> None:
+        """Pages ``first``.. of a block; ``data`` is C-contiguous, whole pages, at most MAX_NORMAL of them.
+
+        ``sums``: their ``page_sums``, if the caller has them already.
+        """
         count = data.nbytes // PAGE_SIZE
         assert 0 < count <= MAX_NORMAL and data.nbytes == count * PAGE_SIZE and data.flags.c_contiguous
+        assert sums is None or (sums.dtype == np.dtype("<u8") and len(sums) == count)
         self._put(RUN_HDR.pack(T_RUN, block, first, count))
-        self._put_data(data)
+        self._put_data(data, sums)
 
     def zero_run(self, block: int, first: int, count: int) -> None:
         self._put(RUN_HDR.pack(T_ZERORUN, block, first, count))
