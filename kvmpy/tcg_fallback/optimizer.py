@@ -188,6 +188,19 @@ def _known_bits(ins: Insn, facts: dict[Temp, tuple[int, bool]]) -> tuple[int, bo
 
 
 Facts = dict[Temp, tuple[int, bool]]
+_LOW_IF_RESULT_LOW = frozenset({"mov", "add", "sub", "mul", "and", "or", "xor"})
+
+
+def _reads_low(ins: Insn, k: int, result_low: bool) -> bool:
+    """Whether operand ``k`` of ``ins`` only matters through its low 32 bits."""
+    op = ins.op
+    if op in ("sext", "zext"):
+        return ins.attrs["bits"] <= 32
+    if op == "and" and isinstance(ins.args[1], int) and ins.args[1] < (1 << 32):
+        return True
+    if op in _LOW_IF_RESULT_LOW or (op == "shl" and k == 0):
+        return result_low
+    return False
 
 
 def optimize(block: Block, entry: Facts | None = None, exit_facts: Facts | None = None) -> Block:
@@ -243,16 +256,36 @@ def optimize(block: Block, entry: Facts | None = None, exit_facts: Facts | None 
 
     # Walk backwards: drop pure defs of unused temps, and pure writes of a global
     # that is written again before anything reads it or could trap.
+    # Also demanded bits: a value is "low" when its later reads (up to the next
+    # write) only look at its low 32 bits, and, for guest state, no trap point or
+    # block end can observe it; a sign extension producing it becomes a mov.
     used: set[Temp] = set()
     shadowed: set[Temp] = set()
+    full: set[Temp] = set()          # values some later read needs all 64 bits of
+    quiet: set[Temp] = set()         # globals rewritten before any trap point / block end
     live: list[Insn] = []
     for ins in reversed(out):
         d = ins.dst
         if ins.op in PURE_OPS and d is not None:
             if (not d.is_global and d not in used) or (d.is_global and d in shadowed):
                 continue
+        if d is not None:
+            result_low = d not in full and (not d.is_global or d in quiet)
+            if result_low and ins.op == "sext" and ins.attrs["bits"] == 32:
+                ins.op, ins.attrs = "mov", {}
+            full.discard(d)          # the value before this write has no later readers yet
+            if d.is_global:
+                quiet.add(d)
+            for k, a in enumerate(ins.args):
+                if isinstance(a, Temp) and not _reads_low(ins, k, result_low):
+                    full.add(a)
+        else:
+            for k, a in enumerate(ins.args):
+                if isinstance(a, Temp) and not (ins.op == "st" and k == 1 and ins.attrs["size"] <= 4):
+                    full.add(a)
         if ins.op in ("ld", "st", "call") or ins.op in TERMINATORS:
             shadowed.clear()
+            quiet.clear()            # a trap sees exact guest state
         if d is not None and d.is_global:
             shadowed.add(d)
         for a in ins.args:

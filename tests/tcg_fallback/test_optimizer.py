@@ -139,3 +139,26 @@ def test_signed_compare_of_narrow_values_becomes_unsigned():
     bl.emit("brcond", None, g1, g2, cond="ge", taken=8, fall=4)
     ins = optimize(bl.block).insns
     assert [i.attrs.get("cond") for i in ins[2:]] == ["ltu", "geu"]
+
+
+def test_sign_extension_only_read_through_low_bits_is_dropped():
+    g1, g2, g3 = Temp(1, True), Temp(2, True), Temp(3, True)
+    bl = Builder(0)
+    bl.insn_start(0)
+    bl.emit("sext", g1, bl.op("add", g1, g2), bits=32)     # addw a,a,b: only feeds the next addw
+    bl.emit("sext", g1, bl.op("add", g1, g3), bits=32)     # live out: kept
+    bl.emit("sext", g2, bl.op("add", g2, g3), bits=32)     # observed by the load's possible trap
+    bl.emit("ld", g3, g3, size=8, signed=False)
+    bl.emit("sext", g2, bl.op("add", g2, g3), bits=32)
+    bl.emit("goto_tb", None, pc=4)
+    ops = [i.op for i in optimize(bl.block).insns if i.op not in ("insn_start", "add")]
+    assert ops == ["mov", "sext", "sext", "ld", "sext", "goto_tb"]
+    for regs in ([0, 0x7FFFFFFF, 1, 0], [0, 0xFFFFFFFF00000005, 0x123456789, 0x80000000]):
+        bl2 = Builder(0)
+        bl2.insn_start(0)
+        bl2.emit("sext", g1, bl2.op("add", g1, g2), bits=32)
+        bl2.emit("sext", g1, bl2.op("add", g1, g3), bits=32)
+        bl2.emit("goto_tb", None, pc=4)
+        R = _run(optimize(bl2.block), regs)
+        want = evaluate("sext", [evaluate("sext", [regs[1] + regs[2]], {"bits": 32}) + regs[3]], {"bits": 32})
+        assert R[1] == want
