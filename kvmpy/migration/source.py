@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 ACK_TIMEOUT = 60.0
 MAX_EXTRA_ROUNDS = 4
 SMALL_REMAINDER = 1 << 20  # bytes: sent at switchover without trying to shrink them further
+PROBE_SECONDS = 0.010  # how long the dirty rate is sampled when a round's own figure saturated
 EventSink = Callable[[str, "dict[str, Any] | None"], None]
 
 
@@ -159,9 +160,18 @@ class MigrationSource:
                 if self.params.x_max_rounds and self.stats.rounds >= self.params.x_max_rounds:
                     break
                 if self.stats.remaining <= bandwidth * self.params.downtime_limit / 1000:
+                    if extra >= MAX_EXTRA_ROUNDS or pending * PAGE_SIZE <= SMALL_REMAINDER:
+                        break
+                    dirty_rate = pending / elapsed  # pages/s
+                    if pending >= 0.9 * sent_pages:
+                        # Nearly all of it is dirty again: the rate the round saw is only a floor.
+                        dirty, dirty_rate = self._probe_dirty_rate(dirty)
+                        pending = sum(int(d.sum()) for d in dirty)
+                        self.stats.remaining = pending * PAGE_SIZE
+                        log.info("dirty rate probe: %.0f pages/s", dirty_rate)
                     # Later rounds go to a destination whose RAM is already in place: expect the full rate.
                     expect = max(bandwidth, self.limiter.rate)
-                    if not self._worth_another_round(pending, sent_pages, elapsed, expect, extra):
+                    if not self._worth_another_round(pending, dirty_rate, expect):
                         break
                     extra += 1
                 if self.auto_converge:
@@ -285,19 +295,22 @@ class MigrationSource:
         self.stats.normal = self.counters.normal
 
     @staticmethod
-    def _worth_another_round(pending: int, sent_pages: int, elapsed: float, bandwidth: float, extra: int) -> bool:
-        """The limit is met; would one more live round still shrink the stop-time work by half or more?
+    def _worth_another_round(pending: int, dirty_rate: float, bandwidth: float) -> bool:
+        """The downtime limit is met; would one more live round at least halve the stop-time work?
 
-        The pages dirtied during a round that sends ``pending`` pages are estimated
-        from the rate the last round saw. A guest that dirties faster than the link
-        gets no extra round; one that dirties slowly gets a shorter downtime. When
-        (nearly) every page sent last round is dirty again, the rate is unknown but
-        high: no extra round.
+        A round sending ``pending`` pages takes pending / bandwidth; the guest dirties
+        ``dirty_rate`` pages/s meanwhile. A guest that dirties faster than half the
+        link gets no extra round; one that dirties slowly gets a shorter downtime.
         """
-        if extra >= MAX_EXTRA_ROUNDS or pending * PAGE_SIZE <= SMALL_REMAINDER or pending >= 0.9 * sent_pages:
-            return False
-        next_round = pending * PAGE_SIZE / bandwidth
-        return pending / elapsed * next_round < pending / 2
+        return dirty_rate * (pending * PAGE_SIZE / bandwidth) < pending / 2
+
+    def _probe_dirty_rate(self, dirty: list[np.ndarray]) -> tuple[list[np.ndarray], float]:
+        """Measure the dirty rate over a short interval; returns the merged dirty sets and pages/s."""
+        t = time.monotonic()
+        time.sleep(PROBE_SECONDS)
+        more = self._sync()
+        rate = sum(int(d.sum()) for d in more) / max(time.monotonic() - t, 1e-3)
+        return [d | d2 for d, d2 in zip(dirty, more)], rate
 
     def _maybe_throttle(self, dirtied: int, sent: int) -> None:
         """QEMU's rule: throttle when a round dirties more than the threshold share of what it sent."""

@@ -158,14 +158,8 @@ def test_auto_converge_throttles_a_guest_that_outruns_the_link() -> None:
 def test_an_extra_round_only_when_it_would_halve_the_stop_time_work() -> None:
     worth = MigrationSource._worth_another_round
     gib = float(1 << 30)
-    # 16384 pages (64 MiB) left; the last round sent 32768 in 1 s: 16384 pages/s dirtied,
-    # a 62 ms round would leave ~1000: worth it.
-    assert worth(16384, 32768, 1.0, gib, 0)
-    # The same guest, after the limit of extra rounds.
-    assert not worth(16384, 32768, 1.0, gib, 4)
-    # Everything sent last round is dirty again: the true rate is unknown, so stop now.
-    assert not worth(16384, 16400, 0.1, gib, 0)
-    # Dirtying so fast that the next round would leave more than half.
-    assert not worth(16384, 65536, 0.05, gib, 0)
-    # Little left: not worth a round.
-    assert not worth(200, 32768, 1.0, gib, 0)
+    # 16384 pages (64 MiB) left, sent in ~62 ms at 1 GiB/s.
+    assert worth(16384, 16384.0, gib)  # ~1000 pages dirtied meanwhile
+    assert worth(16384, 0.0, gib)  # an idle guest
+    assert not worth(16384, 160000.0, gib)  # ~10000 dirtied: not half
+    assert not worth(16384, 1e6, gib)  # the guest outruns the link
