@@ -165,6 +165,13 @@ class _Gen:
         b = self.val(ins.args[1], pending) if len(ins.args) > 1 else ""
         if op == "mov":
             return a, None
+        if ins.attrs.get("low32") and op in ("add", "sub", "mul", "shl"):
+            m, raw = self._arith(ins, a, b)
+            return raw, raw
+        return self._arith(ins, a, b)
+
+    def _arith(self, ins: Insn, a: str, b: str) -> tuple[str, str | None]:
+        op = ins.op
         if op == "add":
             c = ins.args[1]
             if isinstance(c, int) and c >> 63:
@@ -297,7 +304,8 @@ class _Gen:
                     self.writes.add(d.index)
                 # A TLB miss is a KeyError: in 3.11 the try costs nothing on a hit.
                 fast = f"{_VIEW[(size, signed)]}[({a} + _tr[{a} & {_KEYMASK[size]}]){_SHIFT[size]}]"
-                emit(f"{ind}try: {target(d)} = {fast}" + (f" & {M}" if signed else ""))
+                wrap = signed and not ins.attrs.get("low32")
+                emit(f"{ind}try: {target(d)} = {fast}" + (f" & {M}" if wrap else ""))
                 emit(f"{ind}except KeyError: {target(d)} = _ld({a}, {size}, {signed}, {hex(pc)}, {back()})")
                 continue
             if op == "st":

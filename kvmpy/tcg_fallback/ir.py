@@ -34,6 +34,9 @@ exit_tb a      end of block, jump to the pc in ``a``; attr ``lookup``: True when
                False when machine state changed and it must re-evaluate the
                context (privilege, MMU) first
 =============  ==========================================================
+
+Optional hint set by the optimizer: ``low32`` on add/sub/mul/shl/ld means only
+the low 32 bits of the result are ever read, so a backend may skip wrapping it.
 """
 
 from __future__ import annotations

@@ -188,6 +188,7 @@ def _known_bits(ins: Insn, facts: dict[Temp, tuple[int, bool]]) -> tuple[int, bo
 
 
 Facts = dict[Temp, tuple[int, bool]]
+_LOW32_HINT = frozenset({"add", "sub", "mul", "shl", "ld"})
 _LOW_IF_RESULT_LOW = frozenset({"mov", "add", "sub", "mul", "and", "or", "xor"})
 
 
@@ -273,6 +274,13 @@ def optimize(block: Block, entry: Facts | None = None, exit_facts: Facts | None 
             result_low = d not in full and (not d.is_global or d in quiet)
             if result_low and ins.op == "sext" and ins.attrs["bits"] == 32:
                 ins.op, ins.attrs = "mov", {}
+            elif ins.op in _LOW32_HINT:
+                # Backend hint: the result may be left unmasked (any integer with
+                # the right low 32 bits).
+                if result_low:
+                    ins.attrs = {**ins.attrs, "low32": True}
+                elif "low32" in ins.attrs:
+                    ins.attrs = {k: v for k, v in ins.attrs.items() if k != "low32"}
             full.discard(d)          # the value before this write has no later readers yet
             if d.is_global:
                 quiet.add(d)

@@ -162,3 +162,32 @@ def test_sign_extension_only_read_through_low_bits_is_dropped():
         R = _run(optimize(bl2.block), regs)
         want = evaluate("sext", [evaluate("sext", [regs[1] + regs[2]], {"bits": 32}) + regs[3]], {"bits": 32})
         assert R[1] == want
+
+
+def test_low32_values_left_unmasked_still_give_exact_results():
+    rng = random.Random(5)
+    hinted = 0
+    for _ in range(300):
+        regs = [rng.choice(EDGE) if rng.random() < 0.5 else rng.getrandbits(64) for _ in range(4)]
+        bl = Builder(0)
+        bl.insn_start(0)
+        vals = {Temp(i, True): regs[i] for i in range(4)}
+        pool = list(vals)
+        for _ in range(5):           # a chain of temps only read through their low 32 bits
+            op = rng.choice(["add", "sub", "mul", "shl", "xor", "or", "and"])
+            a, b = rng.choice(pool), rng.choice(pool + [0xFFFFFFFFFFFFFFF0, 3])
+            if op == "shl":
+                b = rng.randrange(64)
+            bv = b if isinstance(b, int) else vals[b]
+            t = bl.op(op, a, b)
+            vals[t] = evaluate(op, [vals[a], bv], {})
+            pool.append(t)
+        g = Temp(rng.randrange(4), True)
+        bl.emit("sext", g, pool[-1], bits=32)
+        want = evaluate("sext", [vals[pool[-1]]], {"bits": 32})
+        bl.emit("goto_tb", None, pc=4)
+        blk = optimize(bl.block)
+        hinted += sum(1 for i in blk.insns if i.attrs.get("low32"))
+        R = _run(blk, regs)
+        assert R[g.index] == want
+    assert hinted > 300
