@@ -47,10 +47,12 @@ class RAMBlock:
                            prot=mmap.PROT_READ | mmap.PROT_WRITE)
         except OSError as exc:
             raise RAMAllocationError(f"cannot allocate {size >> 20} MiB for RAM block {name!r}: {exc.strerror}") from None
-        try:
-            mm.madvise(mmap.MADV_DONTFORK)  # child processes (e.g. exec: migration) must not copy guest RAM
-        except (AttributeError, OSError):
-            pass
+        for advice in ("MADV_DONTFORK",  # child processes (e.g. exec: migration) must not copy guest RAM
+                       "MADV_HUGEPAGE"):  # as QEMU does: fewer faults and TLB misses for guest RAM
+            try:
+                mm.madvise(getattr(mmap, advice))
+            except (AttributeError, OSError):
+                pass
         host_addr = int(ffi.cast("uintptr_t", ffi.from_buffer(mm)))
         return cls(name, size, mm, memoryview(mm), host_addr, bytearray(size >> PAGE_SHIFT))
 
@@ -74,6 +76,7 @@ class RAMBlock:
         """Return (as a bool array, one per page) and clear the VMM-side dirty bitmap."""
         import numpy as np
 
-        taken = np.frombuffer(bytes(self.vmm_dirty), dtype=np.uint8).astype(bool)
-        self.vmm_dirty[:] = bytes(len(self.vmm_dirty))
+        live = np.frombuffer(self.vmm_dirty, dtype=np.uint8)
+        taken = live.astype(bool)
+        live[:] = 0
         return taken
