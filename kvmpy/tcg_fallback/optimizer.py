@@ -304,10 +304,51 @@ def optimize(block: Block, entry: Facts | None = None, exit_facts: Facts | None 
                 used.add(a)
         live.append(ins)
     live.reverse()
-    block.insns = live
+    block.insns = _coalesce(live)
     if exit_facts is not None:
         exit_facts.update((t, f) for t, f in facts.items() if t.is_global)
     return block
+
+
+def _coalesce(insns: list[Insn]) -> list[Insn]:
+    """``t = op ...; ...; mov g, t`` -> ``g = op ...``, later reads of t read g.
+
+    Only when nothing between the two reads or writes g or can trap (the write
+    to g moves earlier), and g is not rewritten while t is still read.
+    """
+    defs: dict[Temp, int] = {}
+    out = list(insns)
+    for y, ins in enumerate(out):
+        if ins is None:
+            continue
+        if ins.dst is not None and not ins.dst.is_global:
+            defs[ins.dst] = y
+        if ins.op != "mov" or not ins.dst.is_global or not isinstance(ins.args[0], Temp):
+            continue
+        t, g = ins.args[0], ins.dst
+        x = defs.get(t)
+        if t.is_global or x is None or not (out[x].op in PURE_OPS or out[x].op == "ld"):
+            continue
+        between = [i for i in out[x + 1:y] if i is not None]
+        if any(i.op in ("ld", "st", "call") or i.dst == g or g in i.args for i in between):
+            continue
+        later = [i for i in out[y + 1:] if i is not None]
+        ok = True
+        g_rewritten = False
+        for i in later:
+            if g_rewritten and t in i.args:
+                ok = False
+                break
+            if i.dst == g:
+                g_rewritten = True
+        if not ok:
+            continue
+        out[x] = Insn(out[x].op, g, out[x].args, out[x].attrs)
+        out[y] = None
+        for i in later:
+            if t in i.args:
+                i.args = [g if a == t else a for a in i.args]
+    return [i for i in out if i is not None]
 
 
 def _meet(a: Facts, b: Facts) -> Facts:
