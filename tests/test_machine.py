@@ -229,3 +229,11 @@ def test_rapid_pause_resume_neither_spins_nor_loses_the_guest() -> None:
         return GuestRun(0, "")
 
     run_inprocess("counter", machine_hook=hook)
+
+
+@pytest.mark.kvm_host
+def test_a_machine_can_be_closed_without_running() -> None:
+    def hook(machine, console) -> GuestRun:
+        return GuestRun(0, "")  # run_inprocess closes it
+
+    assert run_inprocess("hello", machine_hook=hook).status == 0

@@ -133,7 +133,8 @@ class VcpuThread:
 
     def stop(self, wait: bool = True) -> None:
         self._request(_State.STOPPED)
-        if wait and threading.current_thread() is not self._thread:
+        # A machine closed before it ever ran has threads that never started.
+        if wait and self._thread.ident is not None and threading.current_thread() is not self._thread:
             self._thread.join(timeout=10)
 
     def _wait_for(self, predicate: Callable[[], bool]) -> None:

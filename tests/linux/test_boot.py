@@ -127,10 +127,6 @@ def test_pvm_host_warns_before_booting_linux(tmp_path, caplog):
     kernel.write_bytes(tiny_bzimage())
     with caplog.at_level(logging.WARNING, logger="kvmpy.machine"):
         machine = Machine(MachineConfig(kernel=kernel, memory=64 * MiB, serial="null"))
-    # Machine.close() before run() trips over the unstarted vCPU threads: release the fds directly.
-    for v in machine.vcpus:
-        v.close()
-    machine.vm.close()
-    machine.kvm.close()
+    machine.close()
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "PVM-based" in warnings[0] and "kvm-amd" in warnings[0]
