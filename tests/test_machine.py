@@ -232,6 +232,23 @@ def test_rapid_pause_resume_neither_spins_nor_loses_the_guest() -> None:
 
 
 @pytest.mark.kvm_host
+def test_a_pause_after_stop_does_not_park_the_vcpu_again() -> None:
+    # A guest event (a triple fault, say) posted while the machine shuts down pauses every
+    # vCPU; that pause must not undo the stop, or shutdown waits on a parked thread.
+    def hook(machine, console) -> GuestRun:
+        machine.start()
+        assert console.wait_for(b"counter: addr", 30)
+        thread = machine.threads[0]
+        thread.stop(wait=False)
+        thread.pause(wait=False)
+        thread._thread.join(5)  # what stop(wait=True) does after its request
+        assert not thread._thread.is_alive()
+        return GuestRun(0, "")
+
+    run_inprocess("counter", machine_hook=hook)
+
+
+@pytest.mark.kvm_host
 def test_a_machine_can_be_closed_without_running() -> None:
     def hook(machine, console) -> GuestRun:
         return GuestRun(0, "")  # run_inprocess closes it

@@ -101,12 +101,18 @@ class VcpuThread:
     def native_id(self) -> int | None:
         return self._thread.native_id
 
-    def _request(self, want: _State) -> None:
+    def _request(self, want: _State) -> bool:
+        """Ask the thread for ``want``; False (and nothing changes) once a stop was requested."""
         with self._cond:
+            # A stop is final: a late pause from another vCPU's event must not park
+            # the thread again, or stop() would wait for it in vain.
+            if self._want is _State.STOPPED and want is not _State.STOPPED:
+                return False
             self._want = want
             self._cond.notify_all()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._kick()
+        return True
 
     def _kick(self) -> None:
         self.vcpu.set_immediate_exit(True)
@@ -121,13 +127,14 @@ class VcpuThread:
         with self._cond:
             if self._state is _State.STOPPED:
                 return
-        self._request(_State.PAUSED)
+        if not self._request(_State.PAUSED):
+            return
         if wait:
             self._wait_for(lambda: self._state in (_State.PAUSED, _State.STOPPED))
 
     def resume(self) -> None:
         with self._cond:
-            if self._state is _State.STOPPED or self._want is _State.STOPPED:
+            if self._state is _State.STOPPED:
                 return
         self._request(_State.RUNNING)
 
