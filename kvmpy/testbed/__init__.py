@@ -23,7 +23,8 @@ from __future__ import annotations
 
 from typing import Any
 
-_LAZY = {"NestedBed", "BedResult", "BedTimings", "BedError", "BedUnavailable", "BedBootError", "BedTimeout"}
+_LAZY = {"NestedBed", "BedResult", "BedTimings", "BedError", "BedUnavailable", "BedBootError", "BedTimeout",
+         "BedStalled"}
 
 
 def __getattr__(name: str) -> Any:

@@ -34,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="set an environment variable for CMD (repeatable)")
     p.add_argument("--timeout", type=float, default=1200.0, help="seconds for the whole run (default 1200)")
     p.add_argument("--boot-timeout", type=float, default=300.0, help="seconds for L1 to boot (default 300)")
+    p.add_argument("--stall-timeout", type=float, default=None, metavar="SECONDS",
+                   help="give up when L1 prints nothing for this long while CMD runs (default: never)")
     p.add_argument("--memory", type=int, default=4096, metavar="MIB", help="L1 RAM (default 4096)")
     p.add_argument("--smp", type=int, default=2, help="L1 vCPUs (default 2)")
     p.add_argument("--console", action="store_true", help="show the whole L1 console, not just CMD's output")
@@ -54,8 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         if not sep or not name:
             parser.error(f"--env wants NAME=VALUE, got {item!r}")
         env[name] = value
-    if args.timeout <= 0 or args.boot_timeout <= 0 or args.memory < 256 or args.smp < 1:
-        parser.error("--timeout/--boot-timeout must be positive, --memory >= 256, --smp >= 1")
+    if args.timeout <= 0 or args.boot_timeout <= 0 or args.memory < 256 or args.smp < 1 or \
+            (args.stall_timeout is not None and args.stall_timeout <= 0):
+        parser.error("--timeout/--boot-timeout/--stall-timeout must be positive, --memory >= 256, --smp >= 1")
     cwd = (args.cwd or Path.cwd()).resolve()
     if not cwd.is_dir():
         parser.error(f"--cwd {cwd} is not a directory")
@@ -78,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         bed = NestedBed(shares, memory_mib=args.memory, smp=args.smp, boot_timeout=args.boot_timeout,
+                        stall_timeout=args.stall_timeout,
                         on_line=out if args.console else None, on_output=None if args.console else out)
         if not args.quiet:
             print("kvmpy-bed: preparing the L1 kernel and initramfs", file=sys.stderr, flush=True)

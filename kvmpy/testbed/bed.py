@@ -65,6 +65,14 @@ class BedTimeout(BedError):
     """The run exceeded its time limit; QEMU was killed."""
 
 
+class BedStalled(BedTimeout):
+    """L1 printed nothing for the stall timeout while the command ran: it is wedged (QEMU killed).
+
+    The command's own watchdogs (pytest's faulthandler_timeout) would print if L1's
+    userspace were alive, so silence means the nested CPU or kernel stopped progressing.
+    """
+
+
 @dataclass(frozen=True)
 class BedTimings:
     """Wall-clock seconds of one run, measured on the host."""
@@ -144,6 +152,7 @@ class _Console:
     exited_at: float | None = None
     exit_status: int | None = None
     uptime_at_start: float | None = None
+    last_line_at: float = field(default_factory=time.monotonic)
     error: str | None = None
     started: threading.Event = field(default_factory=threading.Event)
     finished: threading.Event = field(default_factory=threading.Event)
@@ -158,6 +167,7 @@ class _Console:
 
     def feed(self, line: str) -> None:
         marker = f"kvmpy-bed[{self.nonce}]: "
+        self.last_line_at = time.monotonic()
         self.recent.append(line)
         if line.startswith(marker):
             words = line[len(marker):].split()
@@ -213,6 +223,7 @@ class NestedBed:
     def __init__(self, shares: Sequence[Path] | None = None, *, qemu: str | None = None,
                  memory_mib: int = 4096, smp: int = 2, kernel_flavor: str = "amd64",
                  cache: Path | None = None, boot_timeout: float = 300.0,
+                 stall_timeout: float | None = None,
                  on_line: Callable[[str], None] | None = None,
                  on_output: Callable[[str], None] | None = None) -> None:
         if shares is None:
@@ -225,6 +236,7 @@ class NestedBed:
         self.kernel_flavor = kernel_flavor
         self.cache = cache or cache_root()
         self.boot_timeout = boot_timeout
+        self.stall_timeout = stall_timeout  # None: silence is never taken as a wedge
         self.on_line = on_line  # every console line
         self.on_output = on_output  # only the command's output lines
         self._prepared: PreparedBed | None = None
@@ -396,9 +408,14 @@ class NestedBed:
                 raise BedBootError(f"L1 died while running the command (QEMU status {proc.returncode}, "
                                    f"{qemu_err() or 'no QEMU error'})\n"
                                    f"--- L1 console (tail) ---\n{con.tail()}", con.text())
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now > deadline:
                 raise BedTimeout(f"the command did not finish within {timeout:.0f} s (QEMU killed)\n"
                                  f"--- L1 console (tail) ---\n{con.tail()}", con.text())
+            if self.stall_timeout is not None and now - con.last_line_at > self.stall_timeout:
+                raise BedStalled(f"L1 printed nothing for {now - con.last_line_at:.0f} s: the nested VM "
+                                 f"is wedged (QEMU killed)\n--- L1 console (tail) ---\n{con.tail()}",
+                                 con.text())
             con.finished.wait(0.2)
         # poweroff -f follows the exit marker; give it a moment before killing.
         _quiet_wait(proc, 30)

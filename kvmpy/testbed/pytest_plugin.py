@@ -22,9 +22,15 @@ Third-party pytest plugins are not auto-loaded inside the bed (under TCG importi
 hypothesis and pytest-benchmark alone costs ~10 s); hypothesispytest and benchmark are
 added back when a batched test uses them, others via KVMPY_BED_PYTEST_ARGS="-p NAME".
 
+A wedged L1 (the emulated CPU stops making progress, so it prints nothing for
+KVMPY_BED_STALL_TIMEOUT seconds, although the inner faulthandler would print after
+300 s if L1's userspace were alive) is killed, and the tests it had not finished are
+re-run once in a fresh L1; the test it was running gets a warning that says so.
+
 Environment: KVMPY_NO_BED=1, KVMPY_BED_TIMEOUT (s, default 1200),
-KVMPY_BED_BOOT_TIMEOUT (s, default 300), KVMPY_BED_KEEP=1 (keep the scratch dir),
-KVMPY_BED_PYTEST_ARGS (extra arguments for the inner pytest).
+KVMPY_BED_BOOT_TIMEOUT (s, default 300), KVMPY_BED_STALL_TIMEOUT (s, default 420),
+KVMPY_BED_KEEP=1 (keep the scratch dir), KVMPY_BED_PYTEST_ARGS (extra arguments for
+the inner pytest).
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ REPORT_ENV = "KVMPY_BED_REPORT"
 NO_BED_ENV = "KVMPY_NO_BED"
 TIMEOUT_ENV = "KVMPY_BED_TIMEOUT"
 BOOT_TIMEOUT_ENV = "KVMPY_BED_BOOT_TIMEOUT"
+STALL_TIMEOUT_ENV = "KVMPY_BED_STALL_TIMEOUT"
 KEEP_ENV = "KVMPY_BED_KEEP"
 PYTEST_ARGS_ENV = "KVMPY_BED_PYTEST_ARGS"
 
@@ -96,6 +103,11 @@ class _Batch:
     returncode: int | None = None  # the inner pytest's exit status
     output_tail: str = ""
     scratch: Path | None = None
+    wedged: tuple[str, str] | None = None  # (nodeid L1 was running, why) when a fresh L1 re-ran the rest
+
+
+def _finished(reports: list[dict[str, Any]] | None) -> bool:
+    return bool(reports) and any(r.get("when") == "teardown" for r in reports)
 
 
 class KvmBedPlugin:
@@ -113,6 +125,7 @@ class KvmBedPlugin:
         # Read at start-up so a bad value is a usage error, not a failure mid-session.
         self.timeout = _env_seconds(TIMEOUT_ENV, 1200.0)
         self.boot_timeout = _env_seconds(BOOT_TIMEOUT_ENV, 300.0)
+        self.stall_timeout = _env_seconds(STALL_TIMEOUT_ENV, 420.0)
 
     # --- header and selection ------------------------------------------------------------
 
@@ -152,6 +165,9 @@ class KvmBedPlugin:
             self.batch = self._run_batch()
         ihook = item.ihook
         ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+        if self.batch.wedged is not None and self.batch.wedged[0] == item.nodeid:
+            item.warn(pytest.PytestWarning(f"the nested L1 VM wedged while running this test "
+                                           f"({self.batch.wedged[1]}); it was re-run in a fresh L1"))
         inner_teardown = None
         for rep in self._twin_reports(item, self.batch):
             if rep.when == "teardown":
@@ -221,12 +237,11 @@ class KvmBedPlugin:
             tr.write_line(text)
 
     def _run_batch(self) -> _Batch:
-        from kvmpy.testbed.bed import BedError, NestedBed, project_root  # lazy: keeps the inner run lean
+        from kvmpy.testbed.bed import BedError, BedStalled, NestedBed, project_root  # lazy: keeps the inner run lean
 
         batch = _Batch()
         scratch = Path(tempfile.mkdtemp(prefix="kvmpy-bed-session-"))
         batch.scratch = scratch
-        report = scratch / "reports.jsonl"
         rootdir = Path(self.config.rootpath)
         argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-v", "--rootdir", str(rootdir),
                 f"--junitxml={scratch / 'bed.xml'}"]
@@ -237,13 +252,11 @@ class KvmBedPlugin:
         for name in self.inner_plugins:
             argv += ["-p", name]
         argv += shlex.split(os.environ.get(PYTEST_ARGS_ENV, ""))
-        argv += ["--", *self.kvm_full_ids]
         kvmpy_root = project_root()
         shares = [rootdir] + ([kvmpy_root] if kvmpy_root is not None else [])
         pythonpath = [str(Path(__file__).resolve().parents[2])] + \
             ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
-        env = {REPORT_ENV: str(report), "PYTHONPATH": os.pathsep.join(pythonpath),
-               "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+        env = {"PYTHONPATH": os.pathsep.join(pythonpath), "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
         verbosity = self.config.get_verbosity()
 
         def show(line: str) -> None:
@@ -259,17 +272,35 @@ class KvmBedPlugin:
             batch.error = f"pytest_kvmpy_bed_prepare failed on the host: {type(exc).__name__}: {exc}"
             self._terminal_line(f"kvmpy: {batch.error}")
             return batch
-        try:
-            bed = NestedBed(shares, boot_timeout=self.boot_timeout,
-                            on_output=show)
-            res = bed.run(argv, cwd=rootdir, env=env, timeout=self.timeout,
-                          scratch=scratch, console_log=scratch / "console.log")
-        except BedError as exc:
-            # Tests that finished before a timeout or crash keep their real outcome.
-            batch.error = f"{exc}\n(L1 console log: {scratch / 'console.log'})"
-            self._load_reports(report, batch)
-            self._terminal_line(f"kvmpy: the nested bed failed: {str(exc).splitlines()[0]}")
-            return batch
+        ids = list(self.kvm_full_ids)
+        for attempt in (1, 2):
+            name = "" if attempt == 1 else "-retry"
+            report, console = scratch / f"reports{name}.jsonl", scratch / f"console{name}.log"
+            try:
+                bed = NestedBed(shares, boot_timeout=self.boot_timeout, stall_timeout=self.stall_timeout,
+                                on_output=show)
+                res = bed.run(argv + ["--", *ids], cwd=rootdir, env={**env, REPORT_ENV: str(report)},
+                              timeout=self.timeout, scratch=scratch, console_log=console)
+            except BedError as exc:
+                # Tests that finished before a timeout or crash keep their real outcome.
+                self._load_reports(report, batch)
+                why = str(exc).splitlines()[0]
+                unfinished = [i for i in ids if not _finished(batch.reports.get(i))]
+                if isinstance(exc, BedStalled) and attempt == 1 and unfinished:
+                    # A wedge of the emulated machine, not a test result: one fresh L1 gets the rest.
+                    running = next((i for i in unfinished if i in batch.reports), unfinished[0])
+                    for i in unfinished:
+                        batch.reports.pop(i, None)
+                    batch.wedged = (running, why)
+                    self._terminal_line(f"kvmpy: {why} while running {running}; re-running the "
+                                        f"{len(unfinished)} unfinished kvm_full test(s) in a fresh L1 "
+                                        f"(console: {console})")
+                    ids = unfinished
+                    continue
+                batch.error = f"{exc}\n(L1 console log: {console})"
+                self._terminal_line(f"kvmpy: the nested bed failed: {why}")
+                return batch
+            break
         batch.returncode = res.returncode
         batch.output_tail = "\n".join(res.output.splitlines()[-_OUTPUT_TAIL:])
         self._load_reports(report, batch)
@@ -302,7 +333,7 @@ class KvmBedPlugin:
         if b is None or b.scratch is None or os.environ.get(KEEP_ENV) == "1":
             return
         console = b.scratch / "console.log"
-        if b.error is None or not console.exists() or console.stat().st_size == 0:
+        if (b.error is None and b.wedged is None) or not console.exists() or console.stat().st_size == 0:
             shutil.rmtree(b.scratch, ignore_errors=True)
 
     # --- inside the bed: record reports for the host ---------------------------------------

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kvmpy.testbed.bed import BedBootError, BedError, BedUnavailable, NestedBed, normalize_shares
+from kvmpy.testbed.bed import BedBootError, BedError, BedStalled, BedUnavailable, NestedBed, normalize_shares
 
 needs_qemu = pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None,
                                 reason="needs qemu-system-x86_64 (apt: qemu-system-x86)")
@@ -46,6 +46,13 @@ def test_bed_has_a_complete_kvm_and_propagates_exit_status(tmp_path: Path) -> No
 def test_boot_timeout_kills_qemu() -> None:
     with pytest.raises(BedBootError, match="did not reach the command within 1 s"):
         NestedBed([], boot_timeout=1).run(["true"], cwd=Path("/"), timeout=60)
+
+
+@needs_qemu
+@not_in_bed
+def test_a_silent_l1_is_taken_as_wedged_and_killed() -> None:
+    with pytest.raises(BedStalled, match="L1 printed nothing for [0-9]+ s"):
+        NestedBed([], stall_timeout=3).run(["sleep", "600"], cwd=Path("/"), timeout=300)
 
 
 def test_missing_qemu_is_a_clear_error() -> None:

@@ -160,6 +160,42 @@ def test_each_item_reports_its_twins_outcome_from_the_bed(tmp_path: Path) -> Non
     print(next(line for line in res.stdout.splitlines() if "nested bed done" in line))
 
 
+WEDGE_ONCE = """
+import os, time
+import pytest
+
+@pytest.mark.kvm_full
+def test_done_before_the_wedge():
+    pass
+
+@pytest.mark.kvm_full
+def test_wedges_the_first_l1():
+    flag = os.path.join(os.path.dirname(__file__), "wedged-once")
+    if not os.path.exists(flag):
+        open(flag, "w").close()
+        time.sleep(600)  # silence, as a wedged L1 gives
+
+@pytest.mark.kvm_full
+def test_after_the_wedge():
+    pass
+"""
+
+
+@bed_host
+@pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="needs qemu-system-x86_64")
+def test_a_wedged_l1_is_replaced_and_the_unfinished_tests_rerun(tmp_path: Path) -> None:
+    proj = _project(tmp_path)
+    (proj / "test_sample.py").unlink()
+    (proj / "test_zlast.py").unlink()
+    (proj / "test_wedge.py").write_text(WEDGE_ONCE)
+    res, out = _pytest(proj, "-v", env={"KVMPY_BED_STALL_TIMEOUT": "40"})  # > the inner start-up under TCG
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert out == {name: ("passed", "") for name in
+                   ("test_done_before_the_wedge", "test_wedges_the_first_l1", "test_after_the_wedge")}
+    assert "while running test_wedge.py::test_wedges_the_first_l1; re-running the 2 unfinished" in res.stdout
+    assert "the nested L1 VM wedged while running this test" in res.stdout  # the warning summary
+
+
 def test_bad_timeout_is_a_usage_error(tmp_path: Path) -> None:
     proj = _project(tmp_path)
     env = {k: v for k, v in os.environ.items() if k != "KVMPY_IN_BED"}
