@@ -1,29 +1,38 @@
 """Guest MIPS of kvmpy's riscv64 TCG against qemu-system-riscv64 and unicorn, side by side.
 
 Workloads are the C test guests (sha256, qsort, coremark-like mix), built with
-gcc-riscv64-linux-gnu by tests/tcg_fallback/guests/build.py.  The instruction
-count is kvmpy's instret for the run (the programs are deterministic, so the
-same count applies to QEMU and unicorn).  QEMU's figure subtracts its start-up
-time, measured with the trivial "hello" guest.
+gcc-riscv64-linux-gnu by tests/tcg_fallback/guests/build.py with a compile-time
+repeat count (-DREPEAT=n: the guest does the same work n times).
 
-    python bench/tcg_mips.py [--workloads sha256,qsort,coremark] [--no-qemu] [--no-unicorn]
+Instruction counts: kvmpy's instret at REPEAT=1,2,3 must be linear,
+count(n) = a + b*n (checked exactly; the guests are deterministic), which gives
+the count of any build without running it under kvmpy.
+
+kvmpy's figure is its whole run at REPEAT=3 (translation included).  QEMU and
+unicorn run a build sized (after a calibration run) to take about --seconds,
+and a REPEAT=1 build; their figure is b*(n-1) / (t(n) - t(1)), best of
+--tries, so start-up and translation cancel out.
+
+    python bench/tcg_mips.py [--workloads sha256,qsort,coremark] [--seconds 1.5]
+                             [--tries 3] [--no-qemu] [--no-unicorn]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import subprocess
 import sys
-import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "tcg_fallback" / "guests"))
 
-from build import build_guest  # noqa: E402
+from build import GuestBuildError, build_guest  # noqa: E402
 
 from kvmpy.tcg_fallback import run as tcg_run  # noqa: E402
 from kvmpy.tcg_fallback.config import RiscvMachineConfig  # noqa: E402
@@ -32,6 +41,15 @@ from kvmpy.tcg_fallback.riscv.translate import INSTRET  # noqa: E402
 
 QEMU = ["qemu-system-riscv64", "-machine", "virt", "-cpu", "rv64", "-bios", "none",
         "-nographic", "-m", "128M"]
+KVMPY_REPEATS = (1, 2, 3)
+CALIBRATE_REPEAT = 8
+MAX_REPEAT = 1 << 16
+SIFIVE_TEST = 0x100000
+SIFIVE_PASS = 0x5555
+
+
+def guest(name: str, repeat: int) -> Path:
+    return build_guest(name, defines={"REPEAT": repeat})
 
 
 def run_kvmpy(elf: Path) -> tuple[int, float, str]:
@@ -49,7 +67,7 @@ def run_kvmpy(elf: Path) -> tuple[int, float, str]:
 def run_qemu(elf: Path) -> float:
     t0 = time.perf_counter()
     subprocess.run(QEMU + ["-kernel", str(elf)], stdin=subprocess.DEVNULL,
-                   stdout=subprocess.DEVNULL, check=True, timeout=120)
+                   stdout=subprocess.DEVNULL, check=True, timeout=300)
     return time.perf_counter() - t0
 
 
@@ -61,48 +79,105 @@ def run_unicorn(elf: Path) -> float:
     mu = unicorn.Uc(unicorn.UC_ARCH_RISCV, unicorn.UC_MODE_RISCV64)
     mu.mem_map(0x80000000, 128 << 20)
     mu.mem_map(0x10000000, 0x1000)          # UART as plain memory: LSR reads 0x60 below
-    mu.mem_map(0x100000, 0x1000)            # sifive_test: a write stops the run
     mu.mem_write(0x10000005, b"\x60")
     for paddr, data, memsz in img.segments:
         mu.mem_write(paddr, data + bytes(memsz - len(data)))
+    # sifive_test stays unmapped: its write ends the run through the unmapped-access
+    # hook, which (unlike a mapped-write hook) keeps unicorn's fast store path.
+    result: list[int] = []
 
-    def on_write(uc, access, addr, size, value, user):
-        uc.emu_stop()
+    def on_unmapped(uc, access, addr, size, value, user):
+        result.append(value if addr == SIFIVE_TEST else -1)
+        return False
 
-    mu.hook_add(unicorn.UC_HOOK_MEM_WRITE, on_write, begin=0x100000, end=0x100fff)
+    mu.hook_add(unicorn.UC_HOOK_MEM_WRITE_UNMAPPED, on_unmapped)
     mu.reg_write(rc.UC_RISCV_REG_PC, img.entry)
     t0 = time.perf_counter()
-    mu.emu_start(img.entry, 0xFFFFFFFFFFFFFFFF, timeout=120_000_000)
-    return time.perf_counter() - t0
+    try:
+        mu.emu_start(img.entry, 0xFFFFFFFFFFFFFFFF, timeout=300_000_000)
+    except unicorn.UcError:
+        pass
+    dt = time.perf_counter() - t0
+    if result != [SIFIVE_PASS]:
+        raise RuntimeError(f"{elf.name}: guest did not pass under unicorn ({result})")
+    return dt
+
+
+def instruction_model(name: str) -> tuple[int, int, float, str]:
+    """(a, b, kvmpy seconds, TB stats) with count(REPEAT=n) = a + b*n, checked at 1, 2, 3."""
+    counts, last = [], (0, 0.0, "")
+    for n in KVMPY_REPEATS:
+        last = run_kvmpy(guest(name, n))
+        counts.append(last[0])
+    b = counts[1] - counts[0]
+    a = counts[0] - b
+    for n, c in zip(KVMPY_REPEATS, counts):
+        if a + b * n != c or b <= 0:
+            raise RuntimeError(f"{name}: instret is not linear in REPEAT: {counts}")
+    return a, b, last[1], last[2]
+
+
+def differential_mips(name: str, b: int, runner: Callable[[Path], float], seconds: float,
+                      tries: int) -> tuple[float, int]:
+    """(M instr/s, repeat) of ``runner`` from t(REPEAT=n) - t(REPEAT=1), n sized to ``seconds``."""
+    t1 = min(runner(guest(name, 1)) for _ in range(tries))
+    # Calibrate: grow n until the extra time is well above start-up jitter, then size n to it.
+    n = CALIBRATE_REPEAT
+    while True:
+        extra = runner(guest(name, n)) - t1
+        if extra >= 0.2 * seconds or n >= MAX_REPEAT:
+            break
+        n *= 4
+    per_rep = max(extra, 1e-3) / (n - 1)
+    n = min(MAX_REPEAT, max(CALIBRATE_REPEAT, 1 << round(math.log2(seconds / per_rep))))
+    tn = min(runner(guest(name, n)) for _ in range(tries))
+    dt = tn - t1
+    if dt <= 0.1 * tn:
+        raise RuntimeError(f"{name}: REPEAT={n} run ({tn:.3f} s) too close to REPEAT=1 ({t1:.3f} s)")
+    return b * (n - 1) / dt / 1e6, n
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workloads", default="sha256,qsort,coremark")
+    ap.add_argument("--seconds", type=float, default=1.5,
+                    help="target run time of the long QEMU/unicorn builds (default 1.5)")
+    ap.add_argument("--tries", type=int, default=3, help="best of this many QEMU/unicorn runs")
     ap.add_argument("--no-qemu", action="store_true")
     ap.add_argument("--no-unicorn", action="store_true")
     args = ap.parse_args(argv)
     names = [n for n in args.workloads.split(",") if n]
-    print("building guests...", file=sys.stderr)
-    elfs = {n: build_guest(n) for n in names + ["hello"]}
-    qemu_startup = 0.0
-    if not args.no_qemu:
-        qemu_startup = min(run_qemu(elfs["hello"]) for _ in range(3))
-        print(f"qemu start-up {qemu_startup * 1e3:.0f} ms (subtracted)")
-    print(f"{'workload':10} {'instructions':>13} {'kvmpy MIPS':>11} {'qemu MIPS':>10} {'unicorn MIPS':>13}"
-          f" {'qemu/kvmpy':>11} {'unicorn/kvmpy':>14}")
+    if not names or not 0.1 <= args.seconds <= 60 or not 1 <= args.tries <= 20:
+        print("error: need workloads, 0.1 <= --seconds <= 60 and 1 <= --tries <= 20", file=sys.stderr)
+        return 2
+    rows = []
     for n in names:
-        print(f"running {n}...", file=sys.stderr)
-        count, dt, stats = run_kvmpy(elfs[n])
-        k = count / dt / 1e6
+        print(f"{n}: kvmpy at REPEAT={','.join(map(str, KVMPY_REPEATS))}...", file=sys.stderr)
+        try:
+            a, b, kdt, stats = instruction_model(n)
+        except GuestBuildError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        kcount = a + b * KVMPY_REPEATS[-1]
+        k = kcount / kdt / 1e6
         q = u = float("nan")
+        qn = un = 0
         if not args.no_qemu:
-            qdt = max(run_qemu(elfs[n]) - qemu_startup, 1e-4)
-            q = count / qdt / 1e6
+            print(f"{n}: qemu...", file=sys.stderr)
+            q, qn = differential_mips(n, b, run_qemu, args.seconds, args.tries)
         if not args.no_unicorn:
-            u = count / run_unicorn(elfs[n]) / 1e6
-        print(f"{n:10} {count:13d} {k:11.2f} {q:10.1f} {u:13.1f} {q / k:11.1f} {u / k:14.1f}")
-        print(f"  {stats}")
+            print(f"{n}: unicorn...", file=sys.stderr)
+            u, un = differential_mips(n, b, run_unicorn, args.seconds, args.tries)
+        rows.append((n, a, b, kcount, k, q, qn, u, un, stats))
+    print(f"instructions = a + b*REPEAT (kvmpy instret, linear at REPEAT={KVMPY_REPEATS}); "
+          f"QEMU/unicorn: t(REPEAT=n) - t(REPEAT=1), best of {args.tries}")
+    print(f"{'workload':9} {'a':>6} {'b/REPEAT':>9} {'kvmpy insns':>12} {'kvmpy M/s':>10}"
+          f" {'qemu n':>7} {'qemu M/s':>9} {'unicorn n':>10} {'unicorn M/s':>12}"
+          f" {'kvmpy/qemu':>11} {'kvmpy/unicorn':>14}")
+    for n, a, b, kcount, k, q, qn, u, un, stats in rows:
+        print(f"{n:9} {a:6d} {b:9d} {kcount:12d} {k:10.2f} {qn:7d} {q:9.1f} {un:10d} {u:12.1f}"
+              f" {k / q:11.4f} {k / u:14.4f}")
+        print(f"  kvmpy {stats}")
     return 0
 
 

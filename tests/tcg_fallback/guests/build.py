@@ -31,6 +31,7 @@ CFLAGS = ("-march=rv64imac_zicsr_zifencei", "-mabi=lp64", "-mcmodel=medany", "-f
 RUNTIME = ("rt.S",)
 C_RUNTIME = ("crt.S", "rt.S", "lib.c", "lib.h")
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+_DEFINE_RE = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
 
 class GuestBuildError(RuntimeError):
@@ -63,10 +64,18 @@ def _sources(name: str) -> list[Path]:
     raise GuestBuildError(f"unknown guest {name!r}; available: {', '.join(available_guests())}")
 
 
-def build_guest(name: str, build_dir: Path | None = None) -> Path:
-    """Path of guest ``name``'s ELF, building it when the cache is stale."""
+def build_guest(name: str, build_dir: Path | None = None, defines: dict[str, int] | None = None) -> Path:
+    """Path of guest ``name``'s ELF, building it when the cache is stale.
+
+    ``defines`` become ``-DNAME=value`` (e.g. ``{"REPEAT": 64}`` for the bench's workloads).
+    """
     sources = _sources(name)
-    h = hashlib.sha256(_compiler_identity().encode() + "\0".join(CFLAGS).encode())
+    flags = list(CFLAGS)
+    for key, value in sorted((defines or {}).items()):
+        if not _DEFINE_RE.match(key) or not isinstance(value, int) or isinstance(value, bool):
+            raise GuestBuildError(f"invalid define {key}={value!r}")
+        flags.append(f"-D{key}={value}")
+    h = hashlib.sha256(_compiler_identity().encode() + "\0".join(flags).encode())
     for p in sources + [LINKER_SCRIPT]:
         h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
     out_dir = Path(build_dir) if build_dir is not None else BUILD_DIR
@@ -77,7 +86,7 @@ def build_guest(name: str, build_dir: Path | None = None) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=out_dir))
     try:
         elf = tmp / f"{name}.elf"
-        cmd = [CC, *CFLAGS, "-I", str(GUEST_DIR), "-T", str(LINKER_SCRIPT), "-o", str(elf),
+        cmd = [CC, *flags, "-I", str(GUEST_DIR), "-T", str(LINKER_SCRIPT), "-o", str(elf),
                *[str(s) for s in sources if s.suffix != ".h"]]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True)

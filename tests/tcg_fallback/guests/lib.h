@@ -17,4 +17,12 @@ void *memcpy(void *d, const void *s, unsigned long n);
 void *memset(void *d, int c, unsigned long n);
 #define CSRR(name) ({ u64 v_; __asm__ volatile("csrr %0, " #name : "=r"(v_)); v_; })
 #define CSRW(name, v) __asm__ volatile("csrw " #name ", %0" :: "r"((u64)(v)))
+/* Workload guests run their work REPEAT times (bench/tcg_mips.py builds them with -DREPEAT=n);
+ * every round does identical work.  The count is read from a volatile so that the code is the
+ * same for every n (no peeling/unrolling), and BARRIER() stops the compiler merging rounds. */
+#ifndef REPEAT
+#define REPEAT 1
+#endif
+static volatile const int guest_repeat = REPEAT;
+#define BARRIER() __asm__ volatile("" ::: "memory")
 #endif
