@@ -11,8 +11,10 @@ import logging
 import os
 import signal
 import sys
+import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from kvmpy import __version__
 from kvmpy.config import ConfigError, DebugExitConfig, MachineConfig, load_yaml, parse_int, parse_size
@@ -237,11 +239,33 @@ def _run_config(cfg: MachineConfig) -> int:
             start_incoming(machine, cfg.incoming)
         if cfg.qmp:
             monitor = _start_qmp(machine, cfg.qmp)
-        return machine.run()
+        with _quit_on_signals(machine):
+            return machine.run()
     finally:
         if monitor is not None:
             monitor.close()  # after run(): the SHUTDOWN event still reaches the clients
         machine.close()
+
+
+@contextmanager
+def _quit_on_signals(machine) -> Iterator[None]:
+    """SIGTERM, SIGHUP and SIGINT end the VM as in QEMU: a message, SHUTDOWN (host-signal), status 0.
+
+    The quit is requested from a new thread: the handler runs on the main thread at any
+    bytecode, possibly while it holds the lock of the event queue the request goes to.
+    """
+    def handler(signum: int, frame) -> None:
+        print(f"kvmpy: terminating on signal {signum}", file=sys.stderr, flush=True)
+        threading.Thread(target=machine.request_quit, args=(0, "host-signal"), name="kvmpy-signal",
+                         daemon=True).start()
+
+    signums = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+    previous = {s: signal.signal(s, handler) for s in signums}
+    try:
+        yield
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, old)
 
 
 def _start_qmp(machine, specs: list[str]):

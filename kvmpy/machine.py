@@ -235,8 +235,9 @@ class Machine:
         msg = ev.message if ev.reason is not StopReason.CRASH else f"guest reported a crash ({ev.message})"
         self._post(MachineEvent(kinds[ev.reason], 1 if kinds[ev.reason] == "error" else 0, msg))
 
-    def request_quit(self, status: int = 0) -> None:
-        self._post(MachineEvent("quit", status, guest=False))
+    def request_quit(self, status: int = 0, reason: str = "host-qmp-quit") -> None:
+        """End the VM from the host; ``reason`` is the SHUTDOWN event's (QEMU's names: host-signal, ...)."""
+        self._post(MachineEvent("quit", status, message=reason, guest=False))
 
     def request_reset(self) -> None:
         """A host-side reset (QMP system_reset): run() performs it and emits RESET."""
@@ -368,7 +369,10 @@ class Machine:
                     return 1
                 self.state = RunState.SHUTDOWN
                 if ev.kind in SHUTDOWN_REASONS:  # isa-debug-exit ends the process without one, as in QEMU
-                    reason = SHUTDOWN_REASONS[ev.kind] if ev.guest or ev.kind == "quit" else ev.message
+                    if ev.kind == "quit":
+                        reason = ev.message or SHUTDOWN_REASONS["quit"]
+                    else:
+                        reason = SHUTDOWN_REASONS[ev.kind] if ev.guest else ev.message
                     self._emit("SHUTDOWN", {"guest": ev.guest, "reason": reason})
                 return ev.status
         finally:

@@ -193,3 +193,32 @@ def test_reply_shapes_match_real_qemu(short_tmp: Path) -> None:
             assert [dict(c, **{"thread-id": 0}) for c in kr[1]] == [dict(c, **{"thread-id": 0}) for c in qr[1]]
         else:
             assert _shape(kr[1]) == _shape(qr[1]), (cmd, qr, kr)
+
+
+async def _shutdown_event(sock: Path, proc: subprocess.Popen, signum: int) -> dict:
+    qmp = await _connect(sock)
+    with qmp.listener("SHUTDOWN") as events:
+        assert (await qmp.execute("query-status"))["status"] == "running"
+        proc.send_signal(signum)
+        event = await asyncio.wait_for(events.get(), 20)
+    await _bye(qmp)
+    return event["data"]
+
+
+@pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86_64 is not installed")
+@pytest.mark.parametrize("signum", [15, 1, 2])
+def test_a_signal_ends_the_vm_as_it_ends_qemu(short_tmp: Path, signum: int) -> None:
+    kernel = str(build_guest("counter"))
+    seen = {}
+    for who, argv in [("qemu", ["qemu-system-x86_64"]), ("kvmpy", [sys.executable, "-m", "kvmpy"])]:
+        sock = short_tmp / f"{who}-sig.sock"
+        proc = _spawn([*argv, *FLAGS, "-kernel", kernel, "-qmp", f"unix:{sock},server=on,wait=off"])
+        try:
+            data = arun(_shutdown_event(sock, proc, signum))
+            _, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        seen[who] = (data, proc.returncode, f"terminating on signal {signum}" in err.decode())
+    assert seen["kvmpy"] == seen["qemu"] == ({"guest": False, "reason": "host-signal"}, 0, True)
