@@ -39,6 +39,7 @@ M = "0xffffffffffffffff"
 S = "0x8000000000000000"
 BUDGET = 16384            # instructions a unit may run before returning to the dispatcher
 INLINE_INDENT = 40        # nesting limit for blocks emitted at their only jump site
+SMALL_BLOCK = 4           # IR ops (besides insn_start) of a block copied into each jump site
 
 # Key masks: page bits plus the bits that must be zero for an aligned access,
 # so one dict lookup checks both the TLB and the alignment.
@@ -86,6 +87,7 @@ class StateLayout:
 class Exit:
     target: int | None     # constant next pc, or None for a computed one
     chainable: bool
+    lookup: bool = False   # a computed jump the dispatcher may look up without polling first
 
 
 @dataclass
@@ -95,9 +97,11 @@ class CompiledUnit:
     pcs: list[int]                      # block start pcs, head first
     source: str
     links: list[Any] = field(default_factory=list)   # chained successor TBs, per exit
+    lookups: list[bool] = field(default_factory=list)   # per exit: Exit.lookup
 
     def __post_init__(self) -> None:
         self.links = [None] * len(self.exits)
+        self.lookups = [e.lookup for e in self.exits]
 
 
 def runtime_namespace() -> dict[str, Any]:
@@ -133,6 +137,11 @@ class _Gen:
                 k = internal.get(succ)
                 if k is not None:
                     self.preds[k] += 1
+        # Tiny blocks (a few ops and a branch, e.g. a loop's condition) are copied into
+        # their jump sites instead of going through the dispatcher, one level deep.
+        self.small = [i != 0 and _small(b) for i, b in enumerate(blocks)]
+        self.copying = False
+        self.emitting: list[int] = []      # blocks being emitted, outermost first
         self.targets: list[int] = []       # blocks entered through the dispatcher, in first-use order
         self.exits: list[Exit] = []
         self.lines: list[str] = []
@@ -239,10 +248,12 @@ class _Gen:
         saved, cur = self._pending_reads, self.cur
         self._pending_reads = {}
         self.cur = self.internal.get(blk.pc, 0)
+        self.emitting.append(self.cur)
         try:
             self._block(blk, ind, looped)
         finally:
             self._pending_reads, self.cur = saved, cur
+            self.emitting.pop()
 
     def _block(self, blk: Block, ind: str, looped: bool) -> None:
         emit = self.lines.append
@@ -358,7 +369,7 @@ class _Gen:
                     self.uses_budget = True
                     emit(f"{ind}if {v} == {hex(head)} and ic < {BUDGET}:")
                     self._goto(0, ind + "    ")
-                self.exit(None, v, ind, looped, chainable=False)
+                self.exit(None, v, ind, looped, chainable=False, lookup=bool(ins.attrs.get("lookup")))
                 continue
             raise ValueError(f"backend: unknown op {op}")
 
@@ -385,6 +396,10 @@ class _Gen:
             if j != 0 and self.preds[j] == 1 and len(ind) < 4 * INLINE_INDENT:
                 self.block(self.blocks[j], ind, looped)    # only way in: emit it right here
                 return
+            if (self.small[j] and not self.copying and j != self.loop_j and j not in self.emitting
+                    and len(ind) < 4 * INLINE_INDENT):
+                self._copy_small(j, pc, ind, looped)
+                return
             if j not in self.targets:
                 self.targets.append(j)
             if j != self.loop_j and self.order[j] > self.order[self.cur]:
@@ -395,6 +410,23 @@ class _Gen:
             self._goto(j, ind + "    ")
         self.exit(pc, hex(pc), ind, looped, chainable=True)
 
+    def _copy_small(self, j: int, pc: int, ind: str, looped: bool) -> None:
+        """Emit tiny block ``j`` at this jump site.  An edge that may close a cycle
+        keeps its budget check, in front of the copy."""
+        inner = ind
+        check = self.order[j] <= self.order[self.cur]
+        if check:
+            self.uses_budget = True
+            self.lines.append(f"{ind}if ic < {BUDGET}:")
+            inner = ind + "    "
+        self.copying = True
+        try:
+            self.block(self.blocks[j], inner, looped)
+        finally:
+            self.copying = False
+        if check:
+            self.exit(pc, hex(pc), ind, looped, chainable=True)
+
     def _goto(self, j: int, ind: str) -> None:
         """Transfer to region block ``j``: the inner loop of a self-looping block
         continues in place; anything else goes through the dispatcher."""
@@ -404,9 +436,10 @@ class _Gen:
         self.lines.append(f"{ind}L = {j}" if len(self.internal) > 1 else f"{ind}pass")
         self.lines.append(f"{ind}{'break' if self.loop_j is not None else 'continue'}")
 
-    def exit(self, pc: int | None, value: str, ind: str, looped: bool, chainable: bool) -> None:
+    def exit(self, pc: int | None, value: str, ind: str, looped: bool, chainable: bool,
+             lookup: bool = False) -> None:
         k = len(self.exits)
-        self.exits.append(Exit(pc, chainable))
+        self.exits.append(Exit(pc, chainable, lookup))
         self.lines.append(f"{ind}R[{self.layout.pc_slot}] = {value}")
         self.lines.append(f"{ind}ex = {k}")
         if self.loop_j is not None:
@@ -433,6 +466,41 @@ def _dispatch(keys: list[int], bodies: dict[int, list[str]], ind: str, out: list
     _dispatch(keys[mid:], bodies, ind + "    ", out)
 
 
+def _small(blk: Block) -> bool:
+    n = 0
+    for ins in blk.insns:
+        if ins.op == "call":
+            return False
+        if ins.op != "insn_start":
+            n += 1
+    return n <= SMALL_BLOCK
+
+
+def _loops_to_itself(g: _Gen, j: int) -> bool:
+    """Whether block ``j`` jumps back to itself, directly or through blocks that are
+    emitted inline (at their only jump site, or copied when tiny), so that the back
+    edge is inside its body."""
+    pc = g.blocks[j].pc
+    seen: set[tuple[int, bool]] = set()
+    stack = [(succ, False) for succ in g.blocks[j].successors()]
+    while stack:
+        succ, copied = stack.pop()
+        if succ == pc:
+            return True
+        k = g.internal.get(succ)
+        if k is None or k == 0:
+            continue
+        if g.preds[k] != 1:
+            if copied or not g.small[k]:
+                continue
+            copied = True
+        if (k, copied) in seen:
+            continue
+        seen.add((k, copied))
+        stack.extend((s, copied) for s in g.blocks[k].successors())
+    return False
+
+
 def compile_unit(blocks: list[Block], layout: StateLayout, namespace: dict[str, Any],
                  name: str = "unit") -> CompiledUnit:
     """Compile ``blocks`` (head first) into one function."""
@@ -446,7 +514,7 @@ def compile_unit(blocks: list[Block], layout: StateLayout, namespace: dict[str, 
     while k < len(g.targets):          # blocks never jumped to inside the region get no entry
         j = g.targets[k]
         g.lines = []
-        if len(blocks) > 1 and blocks[j].pc in blocks[j].successors():
+        if len(blocks) > 1 and _loops_to_itself(g, j):
             # A self-looping block spins in its own while loop, skipping the dispatcher.
             g.loop_j = j
             g.block(blocks[j], "    ", looped)

@@ -1,7 +1,8 @@
 """The CPU loop: runs generated units, follows chains, looks up and translates TBs.
 
 Interrupts and devices are looked at on TB boundaries only: on every unchained
-exit and every ``POLL_PERIOD`` chained ones.  A unit never runs more than the
+exit and every ``POLL_PERIOD`` chained ones (an indirect jump whose target is in
+the jump cache counts as chained).  A unit never runs more than the
 backend's instruction budget, so a guest spinning in a hot region still sees
 its timer interrupt within a few thousand instructions.
 
@@ -69,17 +70,29 @@ class CpuLoop:
         pc_slot = cpu.pc_slot
         stats = cache.stats
         trace = self.trace_exec
-        chain_hits = units = 0
+        # Indirect jumps (Exit.lookup) go straight to the jump cache and, like chains,
+        # poll only every POLL_PERIOD units; not with chaining off or exec tracing,
+        # where every TB goes through the dispatcher.
+        fast_lookup = cache.chaining and trace is None
+        chain_hits = units = fast_hits = 0
         try:
             while True:
                 try:
                     tb = self._resume()
+                    # Valid until the next unchained exit: the context only changes
+                    # on traps and on exits that are not plain indirect jumps.
+                    jc = cache.jump_cache(cpu.ctx)
                     countdown = POLL_PERIOD
                     while True:
                         u = tb.unit
                         ex = u.fn(R)
                         units += 1
                         nxt = u.links[ex]
+                        if nxt is None and fast_lookup and u.lookups[ex]:
+                            nxt = jc.get(R[pc_slot])
+                            if nxt is not None:
+                                fast_hits += 1
+                                chain_hits -= 1
                         if nxt is not None:
                             chain_hits += 1
                             countdown -= 1
@@ -97,6 +110,7 @@ class CpuLoop:
                             cpu.wait_for_interrupt()
                         if cpu.irq_pending and cpu.take_interrupt():
                             tb = self._resume()
+                            jc = cache.jump_cache(cpu.ctx)
                             continue
                         if nxt is None:
                             nxt = self.lookup(R[pc_slot])
@@ -107,11 +121,14 @@ class CpuLoop:
                                 cache.make_region(nxt, cpu.ctx, cpu.paged(cpu.ctx))
                         if trace is not None:
                             trace(nxt.pc)
+                        jc = cache.jump_cache(cpu.ctx)
                         tb = nxt
                 except GuestTrap as trap:
                     cpu.enter_trap(trap)
         finally:
             stats.chain_hits += chain_hits
+            stats.lookups += fast_hits
+            stats.jump_cache_hits += fast_hits
             stats.units_run += units
 
     def _resume(self):

@@ -33,3 +33,53 @@ def test_negative_offsets_take_the_tlb_fast_path():
         unit.fn(R)
         assert R[3] == 0xFFFFFFFF80000000 + i
     assert mem.stats_slow == 2          # one fill per TLB, then only hits
+
+
+def _loop_region():
+    """H -> X or Y; X: x1 -= 1, x2 += 3, x4 = x1 ^ x2, x5 = x4 + x1, then Y or Z;
+    Y (tiny, two predecessors): X or Z."""
+    x1, x2, x3, x4, x5 = (Temp(i, True) for i in range(1, 6))
+    h = Builder(0x0)
+    h.insn_start(0x0)
+    h.emit("brcond", None, x1, 0, cond="eq", taken=0x20, fall=0x10)
+    x = Builder(0x10)
+    x.insn_start(0x10)
+    x.emit("add", x1, x1, MASK64)
+    x.insn_start(0x14)
+    x.emit("add", x2, x2, 3)
+    x.insn_start(0x18)
+    x.emit("xor", x4, x1, x2)
+    x.emit("add", x5, x4, x1)
+    x.insn_start(0x1c)
+    x.emit("brcond", None, x1, 0, cond="ne", taken=0x20, fall=0x30)
+    y = Builder(0x20)
+    y.insn_start(0x20)
+    y.emit("brcond", None, x3, 0, cond="ne", taken=0x10, fall=0x30)
+    z = Builder(0x30)
+    z.insn_start(0x30)
+    z.emit("goto_tb", None, pc=0x40)
+    mem = SoftMmu(BASE, 1 << 16, Bus("mmio"), AccessFaults(5, 7, 1))
+    ns = runtime_namespace()
+    ns.update(mem.namespace())
+    ns["_UnitExit"] = (GuestTrap,)
+    blocks = [optimize(b.block) for b in (h, x, y, z)]
+    return compile_unit(blocks, StateLayout(8, 6, 7), ns, "region")
+
+
+def test_tiny_block_is_copied_into_its_jump_sites():
+    unit = _loop_region()
+    assert "L = 2" not in unit.source          # Y never goes through the dispatcher
+    R = [0, 10, 0, 1, 0, 0, 0, 0]
+    unit.fn(R)
+    assert (R[1], R[2], R[4], R[5], R[6]) == (0, 30, 30, 30, 0x40)
+    assert R[7] == 1 + 10 * 4 + 9 + 1          # H, X ten times, Y nine times, Z
+
+
+def test_copied_tiny_block_keeps_the_budget_on_loops():
+    from kvmpy.tcg_fallback.backend_py import BUDGET
+    unit = _loop_region()
+    R = [0, 10 ** 6, 0, 1, 0, 0, 0, 0]
+    unit.fn(R)
+    assert R[6] in (0x10, 0x20)                # left mid-loop, resumable at a block start
+    assert BUDGET <= R[7] < BUDGET + 8
+    assert R[2] == 3 * (10 ** 6 - R[1])
