@@ -180,9 +180,12 @@ class Qcow2Backend(BlockBackend):
 
     def _guard(self, host_offsets: list[int] | np.ndarray) -> None:
         meta = self._metadata_clusters()
-        for off in host_offsets:
-            if int(off) // self.cs in meta:
-                raise self.mark_corrupt(f"preventing data write to metadata at {int(off):#x}")
+        clusters = (np.asarray(host_offsets, dtype=np.uint64) // np.uint64(self.cs)).tolist()
+        if meta.isdisjoint(clusters):
+            return
+        for c in clusters:
+            if c in meta:
+                raise self.mark_corrupt(f"preventing data write to metadata at {c * self.cs:#x}")
 
     # ------------------------------------------------------------------ L2 tables
     def _l1_entry_offset(self, l1i: int) -> int:
@@ -386,14 +389,16 @@ class Qcow2Backend(BlockBackend):
 
     def _release(self, entries: np.ndarray) -> None:
         """Drop the references the given (now replaced) L2 entries held."""
+        if not entries.any():  # nothing was allocated there (the usual case for a fresh image)
+            return
         kinds, hosts = self.classify(entries)
-        drop = [int(h) // self.cs for k, h in zip(kinds, hosts) if k in (NORMAL, ZERO_ALLOC)]
-        for k, e in zip(kinds, entries):
-            if k == COMPRESSED:
-                off, n = self.compressed_extent(int(e))
-                start = off & ~511
-                stop = start + ((off & 511) + n + 511) // 512 * 512
-                drop.extend(range(start // self.cs, (stop - 1) // self.cs + 1))
+        plain = (kinds == NORMAL) | (kinds == ZERO_ALLOC)
+        drop = (hosts[plain] // np.uint64(self.cs)).astype(np.int64).tolist()
+        for e in entries[kinds == COMPRESSED].tolist():
+            off, n = self.compressed_extent(int(e))
+            start = off & ~511
+            stop = start + ((off & 511) + n + 511) // 512 * 512
+            drop.extend(range(start // self.cs, (stop - 1) // self.cs + 1))
         if drop:
             self.rc.update(np.array(drop, dtype=np.int64), -1)
 
@@ -444,6 +449,28 @@ class Qcow2Backend(BlockBackend):
         self._guard(new_hosts)
         # Data: gathered into runs of contiguous host clusters, written before any metadata.
         jobs: list[tuple[int, list]] = []
+        if head_img is None and tail_img is None:
+            # No copy-on-write: one job per run of contiguous host clusters, sliced from data.
+            brk = (np.flatnonzero(np.diff(new_hosts) != np.uint64(cs)) + 1).tolist()
+            end = pos + len(data)
+            for a, b in zip([0] + brk, brk + [count]):
+                g0 = max(pos, (c0 + a) << cb)
+                g1 = min(end, (c0 + b) << cb)
+                jobs.append((int(new_hosts[a]) + (g0 & (cs - 1)), [data[g0 - pos:g1 - pos]]))
+        else:
+            self._cow_jobs(jobs, pos, data, c0, count, inplace, new_hosts, head_img, tail_img)
+        self.pwrite_all(self.fd, jobs)
+        if fresh_idx.size:
+            tbl[first + fresh_idx] = new_hosts[fresh_idx] | np.uint64(fmt.QCOW_OFLAG_COPIED)
+            lo, hi = first + int(fresh_idx[0]), first + int(fresh_idx[-1]) + 1
+            self._store_l2(l2off, tbl, lo, hi)  # then the L2 entry
+            self._release(old[fresh_idx])       # and only now drop the old references
+
+    def _cow_jobs(self, jobs: list[tuple[int, list]], pos: int, data: memoryview, c0: int,
+                  count: int, inplace: np.ndarray, new_hosts: np.ndarray,
+                  head_img: bytearray | None, tail_img: bytearray | None) -> None:
+        """Per-cluster job list when a partial head or tail cluster is copied on write."""
+        cb, cs = self.cluster_bits, self.cs
         run_end = -1
         dpos = 0
         for i in range(count):
@@ -464,12 +491,6 @@ class Qcow2Backend(BlockBackend):
             else:
                 jobs.append((target, [piece]))
             run_end = target + len(piece)
-        self.pwrite_all(self.fd, jobs)
-        if fresh_idx.size:
-            tbl[first + fresh_idx] = new_hosts[fresh_idx] | np.uint64(fmt.QCOW_OFLAG_COPIED)
-            lo, hi = first + int(fresh_idx[0]), first + int(fresh_idx[-1]) + 1
-            self._store_l2(l2off, tbl, lo, hi)  # then the L2 entry
-            self._release(old[fresh_idx])       # and only now drop the old references
 
     @io_errors
     def write_compressed(self, offset: int, data: bytes) -> None:
@@ -717,7 +738,6 @@ class Qcow2Backend(BlockBackend):
                 if self._marked_dirty:
                     self._set_incompat(fmt.INCOMPAT_DIRTY, False)
         finally:
-            self._shutdown_pool()
             os.close(self.fd)
             self.fd = -1
             if self._backing is not None:

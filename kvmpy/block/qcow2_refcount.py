@@ -39,6 +39,13 @@ def encode_refblock(values: np.ndarray, bits: int) -> bytes:
     return np.packbits(raw.reshape(-1), bitorder="little").tobytes()
 
 
+def _distinct(values: np.ndarray) -> list[int]:
+    """Sorted distinct values (np.unique would import numpy.ma, ~10 ms of start-up)."""
+    if values.size and values.min() == values.max():
+        return [int(values[0])]
+    return sorted(set(values.tolist()))
+
+
 class Refcounts:
     """The refcount table and a cache of its blocks, with a first-fit cluster allocator."""
 
@@ -105,7 +112,7 @@ class Refcounts:
         if clusters.size == 0:
             return out
         bis = clusters // self.epb
-        for bi in np.unique(bis).tolist():
+        for bi in _distinct(bis):
             blk = self.block(bi)
             if blk is not None:
                 sel = bis == bi
@@ -145,12 +152,12 @@ class Refcounts:
         if (arr < 0).any():
             raise CorruptImageError("negative cluster index")
         if delta > 0:
-            for bi in np.unique(arr // self.epb).tolist():
-                self._ensure_block(int(bi), arr)
+            for bi in _distinct(arr // self.epb):
+                self._ensure_block(bi, arr)
         order = np.argsort(arr, kind="stable")
         arr, w = arr[order], w[order]
         bis = arr // self.epb
-        for bi in np.unique(bis).tolist():
+        for bi in _distinct(bis):
             m = bis == bi
             sel = arr[m] - bi * self.epb
             blk = self.block(bi)
@@ -234,8 +241,33 @@ class Refcounts:
         if elsewhere:
             self.update(np.array(elsewhere), 1)
 
-    def _find_free(self, count: int) -> int:
+    def _first_free(self) -> int:
+        """Move free_hint (nothing below it is free) up to the first free cluster."""
         c = self.free_hint
+        while True:
+            bi, i = divmod(c, self.epb)
+            blk = self.block(bi) if bi < len(self.table) else None
+            if blk is None:
+                break
+            if blk[i] == 0:
+                break
+            rest = blk[i:]
+            j = int(rest.argmin())
+            if rest[j] == 0:
+                c += j
+                break
+            c = (bi + 1) * self.epb
+        self.free_hint = c
+        return c
+
+    def _find_free(self, count: int) -> int:
+        c = self._first_free()
+        bi, i = divmod(c, self.epb)
+        if i + count <= self.epb and bi < len(self.table):
+            # Sequential allocation: the first free cluster usually starts a long enough run.
+            blk = self.block(bi)
+            if blk is not None and not blk[i:i + count].any():
+                return c
         run_start, run_len = c, 0
         while True:
             bi, i = divmod(c, self.epb)

@@ -138,7 +138,6 @@ class RawBackend(BlockBackend):
         return merge_extents(out)
 
     def close(self) -> None:
-        self._shutdown_pool()
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
