@@ -36,7 +36,7 @@ SLP_TYP_S5 = 0  # PIIX4's "soft off" encoding, the value \_S5 hands to PM1_CNT.S
 # FADT flags.
 FADT_WBINVD = 1 << 0
 FADT_PROC_C1 = 1 << 2
-FADT_PWR_BUTTON = 1 << 4  # no fixed-feature power button
+FADT_PWR_BUTTON = 1 << 4  # no fixed-feature power button (ours has one: system_powerdown presses it)
 FADT_SLP_BUTTON = 1 << 5  # no fixed-feature sleep button
 FADT_RESET_REG_SUP = 1 << 10
 # IA-PC boot architecture flags.
@@ -97,7 +97,7 @@ def build_fadt(facs_addr: int, dsdt_addr: int) -> bytes:
     put("<HH", 96, 0x0FFF, 0x0FFF)  # C2 and C3 not supported
     put("<B", 108, 0x32)  # RTC century register, as in QEMU
     put("<H", 109, BOOT_LEGACY_DEVICES | BOOT_8042 | BOOT_VGA_NOT_PRESENT)
-    put("<I", 112, FADT_WBINVD | FADT_PROC_C1 | FADT_PWR_BUTTON | FADT_SLP_BUTTON | FADT_RESET_REG_SUP)
+    put("<I", 112, FADT_WBINVD | FADT_PROC_C1 | FADT_SLP_BUTTON | FADT_RESET_REG_SUP)
     body[116 - 36:128 - 36] = _gas(GAS_SYSTEM_IO, 8, RESET_PORT, access_size=1)
     put("<B", 128, RESET_VALUE)
     put("<QQ", 132, facs_addr, dsdt_addr)

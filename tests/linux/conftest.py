@@ -27,6 +27,8 @@ INIT_SCRIPT = """#!/bin/sh
 /bin/busybox --install -s
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+while read -r m; do insmod "/$m" || echo "KVMPY-TEST insmod $m failed"; done < /etc/kvmpy-modules
 echo "KVMPY-TEST init online=$(cat /sys/devices/system/cpu/online) sha256=$(sha256sum /payload | cut -d' ' -f1) uptime=$(cut -d' ' -f1 /proc/uptime)"
 echo "KVMPY-TEST cmdline=[$(cat /proc/cmdline)]"
 for w in $(cat /proc/cmdline); do
@@ -35,6 +37,15 @@ done
 case "$action" in
     poweroff) poweroff -f;;
     reboot) reboot -f;;
+    powerbutton)
+        # busybox acpid maps the button's KEY_POWER to the action PWRF/00000080 under -c DIR.
+        mkdir -p /etc/acpi/PWRF
+        printf '#!/bin/sh\necho KVMPY-TEST power button pressed >/dev/console\npoweroff -f\n' > /etc/acpi/PWRF/00000080
+        chmod +x /etc/acpi/PWRF/00000080
+        acpid -c /etc/acpi -l /dev/null -p /tmp/acpid.pid
+        sleep 1
+        echo "KVMPY-TEST acpid listening: $(ls /dev/input)"
+        sleep 120;;
     *) exec sh;;
 esac
 sleep 30
@@ -52,13 +63,17 @@ def _payload() -> bytes:
     return random.Random(20240611).randbytes(300_000)
 
 
+MODULES = ["button", "evdev"]  # the ACPI power button and the event device acpid reads
+
+
 def prepare_assets(build: bool = True) -> LinuxAssets:
     """Fetch the cloud kernel and build the test initramfs (cached); ``build=False`` only looks."""
     kernel = fetch_kernel("cloud-amd64")
     busybox = fetch_busybox()
     payload = _payload()
     st = busybox.stat()
-    key = hashlib.sha256(INIT_SCRIPT.encode() + payload + f"{busybox}:{st.st_size}:{st.st_mtime_ns}".encode())
+    key = hashlib.sha256(INIT_SCRIPT.encode() + payload + f"{busybox}:{st.st_size}:{st.st_mtime_ns}".encode()
+                         + f"{kernel.modules_dir}:{MODULES}".encode())
     out_dir = cache_root() / "linux-tests"
     initrd = out_dir / f"initrd-{key.hexdigest()[:16]}.gz"
     if not initrd.exists():
@@ -70,7 +85,8 @@ def prepare_assets(build: bool = True) -> LinuxAssets:
         (out_dir / "init.sh").write_text(INIT_SCRIPT)
         (out_dir / "payload.bin").write_bytes(payload)
         status = initrd_main(["-o", str(initrd), "--busybox", str(busybox), "--init", str(out_dir / "init.sh"),
-                              "--file", f"{out_dir / 'payload.bin'}:payload"])
+                              "--file", f"{out_dir / 'payload.bin'}:payload",
+                              "--modules-dir", str(kernel.modules_dir), *(a for m in MODULES for a in ("-m", m))])
         if status != 0:
             raise RuntimeError(f"kvmpy initrd failed with status {status}")
     return LinuxAssets(kernel.vmlinuz, initrd, hashlib.sha256(payload).hexdigest())

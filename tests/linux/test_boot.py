@@ -103,6 +103,46 @@ def test_console_input_reboot_resets_then_poweroff_pvh(linux_assets):
     assert status == 0
 
 
+@pytest.mark.kvm_full
+def test_power_button_reaches_acpid_which_powers_off(linux_assets):
+    # system_powerdown sets PWRBTN_STS and raises the SCI; Linux's button driver turns that
+    # into KEY_POWER, and busybox acpid in the guest runs its poweroff action.
+    import threading
+
+    from kvmpy.machine import Machine
+
+    cfg = MachineConfig(kernel=linux_assets.kernel, initrd=linux_assets.initrd, memory=512 * MiB,
+                        append="console=ttyS0 quiet panic=-1 kvmpy_test=powerbutton", no_reboot=True)
+    console = ScriptedConsole()
+    machine = Machine(cfg, console=console)
+    events: list[str] = []
+    machine.add_event_listener(lambda name, data: events.append(name))
+    done = threading.Event()
+
+    def press() -> None:
+        while "KVMPY-TEST acpid listening" not in console.text():
+            if done.wait(0.2):
+                return
+        while not done.is_set():  # a press before acpid opened the device would be lost; press again
+            machine.system_powerdown()
+            done.wait(5)
+
+    presser = threading.Thread(target=press, daemon=True)
+    presser.start()
+    try:
+        status = machine.run(timeout=BOOT_TIMEOUT)
+    finally:
+        done.set()
+        presser.join(10)
+        machine.close()
+    out = console.text()
+    assert "event0" in out, out  # the button driver registered its input device
+    assert "KVMPY-TEST power button pressed" in out, out
+    assert "reboot: Power down" in out
+    assert "POWERDOWN" in events and events[-1] == "SHUTDOWN"
+    assert status == 0
+
+
 @pytest.mark.kvm_host
 def test_bad_kernel_file_is_one_clear_error(tmp_path):
     junk = tmp_path / "kernel.bin"

@@ -82,4 +82,6 @@ def test_iasl_decodes_tables(tmp_path):
     fadt = out["FACP"]
     assert "PM1A Event Block Address : 00000600" in fadt and "PM Timer Block Address : 00000608" in fadt
     assert "Reset Register Supported (V2) : 1" in fadt
+    # A fixed-feature power button is what system_powerdown presses (PWRBTN_STS in PM1).
+    assert "Control Method Power Button (V1) : 0" in fadt
     assert "Address : 0000000000000CF9" in fadt
