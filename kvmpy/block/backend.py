@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,22 @@ def _pwritev_full(fd: int, bufs: list[memoryview], off: int) -> None:
             bufs = [bufs[0][n:]] + bufs[1:]
 
 
+def map_file_range(fd: int, offset: int, length: int) -> memoryview | None:
+    """A read-only view of file bytes [offset, offset+length) straight from the page cache
+    (mapped and populated in one call, so no per-page faults), or None when the range is not
+    wholly inside the file: touching a mapping past EOF would kill the process with SIGBUS."""
+    if length <= 0 or offset < 0 or offset + length > os.fstat(fd).st_size:
+        return None
+    lead = offset % mmap.ALLOCATIONGRANULARITY
+    try:
+        m = mmap.mmap(fd, lead + length, mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
+                      mmap.PROT_READ, offset=offset - lead)
+    except (OSError, ValueError):
+        return None
+    # the view keeps the mapping alive; it is unmapped when the last view is released
+    return memoryview(m)[lead:]
+
+
 def merge_extents(extents: list[Extent]) -> list[Extent]:
     """Join neighbouring extents that describe the same kind of bytes."""
     out: list[Extent] = []
@@ -111,6 +128,12 @@ class BlockBackend(abc.ABC):
     def readinto(self, offset: int, buf: memoryview) -> None:
         """Fill ``buf`` with guest bytes at ``offset`` (drivers override this to avoid a copy)."""
         buf[:] = self.read(offset, len(buf))
+
+    def mapped(self, offset: int, length: int) -> memoryview | None:
+        """The guest bytes at ``offset`` as a read-only view of the page cache, when this image
+        stores them as one plain run of its own file; None means "use readinto". Saves the copy
+        into a buffer for callers that only scan and write the data on (convert)."""
+        return None
 
     @abc.abstractmethod
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:

@@ -246,24 +246,39 @@ def _copy(src: BlockBackend, dst: BlockBackend, base: int, gran: int, compress: 
                 off += n
         pos += span
     depth = 3
-    bufs = [bytearray(CHUNK) for _ in range(min(depth + 1, max(len(jobs), 1)))]
+    # Buffers are made on first use: mapped chunks need none, and each costs 2048 page faults.
+    bufs: list[bytearray | None] = [None] * (depth + 1)
+
+    def fetch(i: int) -> memoryview:
+        """Job i's bytes: a view of the source's page cache when it stores them as one run
+        (no copy), else read into slot i % len(bufs), which job i + len(bufs) reuses."""
+        off, n = jobs[i]
+        view = src.mapped(off, n)
+        if view is None:
+            slot = i % len(bufs)
+            buf = bufs[slot]
+            if buf is None:
+                buf = bufs[slot] = bytearray(CHUNK)
+            view = memoryview(buf)[:n]
+            src.readinto(off, view)
+        return view
+
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="kvmpy-readahead") as reader:
         pending: deque = deque()
 
         def submit(i: int) -> None:
-            off, n = jobs[i]
-            view = memoryview(bufs[i % len(bufs)])[:n]
-            pending.append((off, view, reader.submit(src.readinto, off, view)))
+            pending.append((jobs[i][0], reader.submit(fetch, i)))
 
         for i in range(min(depth, len(jobs))):
             submit(i)
         for i in range(len(jobs)):
-            off, view, fut = pending.popleft()
-            fut.result()
+            off, fut = pending.popleft()
+            view = fut.result()
             if i + depth < len(jobs):
                 submit(i + depth)
             _write_chunk(dst, base + off, view, gran, compress, overwrite)
             bar.advance(len(view))
+            del view, fut  # a mapped chunk is unmapped here, not after the next one is mapped
 
 
 def _write_chunk(dst: BlockBackend, off: int, buf: memoryview, gran: int, compress: bool,

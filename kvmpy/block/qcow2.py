@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kvmpy.block.backend import BlockBackend, Extent, merge_extents
+from kvmpy.block.backend import BlockBackend, Extent, map_file_range, merge_extents
 from kvmpy.block.errors import BlockError, CorruptImageError, UnsupportedImageError, io_errors
 from kvmpy.block import qcow2_format as fmt
 from kvmpy.block.qcow2_refcount import Refcounts
@@ -336,6 +336,21 @@ class Qcow2Backend(BlockBackend):
                 i = j
             pos = seg_end
         self.pread_all(self.fd, reads)
+
+    @io_errors
+    def mapped(self, offset: int, length: int) -> memoryview | None:
+        self.check_range(offset, length)
+        cb = self.cluster_bits
+        l1i = offset >> (cb + self.l2_bits)
+        if length <= 0 or (offset + length - 1) >> (cb + self.l2_bits) != l1i:
+            return None
+        first = (offset >> cb) & (self.l2_entries - 1)
+        count = ((offset + length - 1) >> cb) - (offset >> cb) + 1
+        kinds, hosts = self.classify(self._lookup(l1i, first, count))
+        if not (kinds == NORMAL).all() or \
+                (count > 1 and (np.diff(hosts) != np.uint64(self.cs)).any()):
+            return None  # not one plain run of this file: zero, compressed, backing, scattered
+        return map_file_range(self.fd, int(hosts[0]) + (offset & (self.cs - 1)), length)
 
     # ------------------------------------------------------------------ writing
     def _check_writable(self) -> None:

@@ -7,7 +7,7 @@ import functools
 import os
 from pathlib import Path
 
-from kvmpy.block.backend import BlockBackend, Extent, merge_extents
+from kvmpy.block.backend import BlockBackend, Extent, map_file_range, merge_extents
 from kvmpy.block.errors import BlockError, io_errors
 
 _FALLOC_FL_KEEP_SIZE = 0x01
@@ -70,6 +70,11 @@ class RawBackend(BlockBackend):
     def readinto(self, offset: int, buf: memoryview) -> None:
         self.check_range(offset, len(buf))
         self.pread_all(self.fd, [(offset, buf)])
+
+    @io_errors
+    def mapped(self, offset: int, length: int) -> memoryview | None:
+        self.check_range(offset, length)
+        return map_file_range(self.fd, offset, length)
 
     @io_errors
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:

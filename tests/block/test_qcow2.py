@@ -163,6 +163,31 @@ def test_reads_what_qemu_writes(tmp_path: Path, opts: str) -> None:
     for p in (comp, plain):
         with open_image(p) as img:
             assert img.read(0, img.size()) == qemu_raw(p, tmp_path), p
+            # convert's zero-copy path: a mapped view is either refused or the same bytes
+            hits = 0
+            cs = img.cluster_size()
+            for off, n in [(o, cs) for o in range(0, 4 * MiB, max(cs, 64 * 1024))] + \
+                    [(MiB - 100, 300), (3 * MiB + 7, 200 * 1024), (0, 4 * MiB)]:
+                view = img.mapped(off, n)
+                if view is not None:
+                    hits += 1
+                    assert bytes(view) == img.read(off, n), (p, off, n)
+            assert hits or p is comp, p  # (comp keeps incompressible clusters plain too)
+
+
+def test_mapped_refuses_data_past_end_of_file(tmp_path: Path) -> None:
+    """A cluster whose data lies past EOF must not be mapped: touching it would be SIGBUS."""
+    p = tmp_path / "t.qcow2"
+    cs = 65536
+    create_qcow2(p, Qcow2Options(size=MiB))
+    with Qcow2Backend(p, readonly=False) as img:
+        img.write(0, b"\x5a" * 2 * cs)
+    with open(p, "r+b") as f:
+        f.truncate(p.stat().st_size - cs // 2)
+    with Qcow2Backend(p) as img:
+        assert img.mapped(0, cs) is not None
+        assert img.mapped(0, 2 * cs) is None
+        assert img.read(0, 2 * cs) == b"\x5a" * (cs + cs // 2) + bytes(cs // 2)
 
 
 def test_feature_bits(tmp_path: Path) -> None:

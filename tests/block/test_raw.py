@@ -46,3 +46,19 @@ def test_raw_info_and_map_match_qemu(tmp_path: Path, cli) -> None:  # type: igno
     assert json.loads(out) == json.loads(qemu_img("info", "--output=json", p).stdout)
     code, out, _ = cli("info", p)
     assert out == qemu_img("info", p).stdout
+
+
+def test_mapped_view_matches_read_and_stops_at_eof(tmp_path: Path) -> None:
+    p = tmp_path / "m.raw"
+    create_raw(p, 2 * MiB)
+    with RawBackend(p, readonly=False) as r:
+        r.write(4096 + 5, b"mapped" * 1000)
+        view = r.mapped(4000, 10000)
+        assert view is not None and bytes(view) == r.read(4000, 10000)
+        del view
+        with open(p, "r+b") as f:  # the file shrinks behind the driver's back
+            f.truncate(MiB)
+        assert r.mapped(MiB - 10, 20) is None  # past EOF: refused, never SIGBUS
+        assert r.read(MiB - 10, 20) == bytes(20)
+        with pytest.raises(BlockError, match="outside"):
+            r.mapped(2 * MiB - 1, 2)
