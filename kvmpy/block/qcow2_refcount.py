@@ -163,13 +163,13 @@ class Refcounts:
             blk = self.block(bi)
             if blk is None:
                 raise CorruptImageError(f"cluster {int(sel[0]) + bi * self.epb} has no refcount block")
-            counts = np.zeros(self.epb, dtype=object if self.bits == 64 else np.int64)
-            np.add.at(counts, sel, w[m] * delta)
             lo, hi = int(sel.min()), int(sel.max()) + 1
+            counts = np.zeros(hi - lo, dtype=object if self.bits == 64 else np.int64)
+            np.add.at(counts, sel - lo, w[m] * delta)
             if self.bits == 64:
-                new = np.array([int(x) for x in blk[lo:hi]], dtype=object) + counts[lo:hi]
+                new = np.array([int(x) for x in blk[lo:hi]], dtype=object) + counts
             else:
-                new = blk[lo:hi].astype(np.int64) + counts[lo:hi]
+                new = blk[lo:hi].astype(np.int64) + counts
             if (new < 0).any():
                 bad = bi * self.epb + lo + int(np.flatnonzero(np.asarray(new < 0))[0])
                 raise CorruptImageError(f"refcount of cluster {bad} would drop below zero")
