@@ -4,7 +4,6 @@ snapshot, rebase, commit) plus `io`, a qemu-io-like exerciser."""
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -57,6 +56,7 @@ def cmd_info(a: argparse.Namespace) -> int:
         layers = chain_of(img) if a.backing_chain else [img]
         infos = [image_info(x) for x in layers]
     if a.output == "json":
+        import json
         _out(json.dumps(infos if a.backing_chain else infos[0], indent=4))
     else:
         _out("\n".join(human_info(i) for i in infos).rstrip("\n"))
@@ -93,6 +93,7 @@ def cmd_check(a: argparse.Namespace) -> int:
         d["format"] = "qcow2"
         for m in res.messages:
             print(m, file=sys.stderr)
+        import json
         _out(json.dumps(d, indent=4))
     elif not a.q:
         for m in res.messages:
