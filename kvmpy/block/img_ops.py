@@ -277,7 +277,14 @@ def _copy(src: BlockBackend, dst: BlockBackend, base: int, gran: int, compress: 
                 submit(i + depth)
             _write_chunk(dst, base + off, view, gran, compress, overwrite)
             bar.advance(len(view))
-            del view, fut  # a mapped chunk is unmapped here, not after the next one is mapped
+            # Dropping the last reference to a mapped chunk unmaps it; let the reader thread do
+            # that page-table teardown rather than the writing thread.
+            reader.submit(_drop, view)
+            del view, fut
+
+
+def _drop(view: memoryview) -> None:
+    """Runs on the read-ahead thread so the caller's reference to ``view`` dies there."""
 
 
 def _write_chunk(dst: BlockBackend, off: int, buf: memoryview, gran: int, compress: bool,
