@@ -208,10 +208,11 @@ def convert(req: ConvertRequest) -> None:
             gran = dst.cluster_size() or req.sparse_size or 512
             if req.compress:
                 gran = dst.cluster_size() or gran
+            dense = req.sparse_size == 0  # -S 0, as in qemu-img: write zeros too, fully allocated
             with Progress(req.progress, total, "convert") as bar:
                 base = 0
                 for src in srcs:
-                    _copy(src, dst, base, gran, req.compress, req.skip_create, bar)
+                    _copy(src, dst, base, gran, req.compress, req.skip_create, bar, dense)
                     base += src.size()
             dst.flush()
     finally:
@@ -220,9 +221,10 @@ def convert(req: ConvertRequest) -> None:
 
 
 def _copy(src: BlockBackend, dst: BlockBackend, base: int, gran: int, compress: bool,
-          overwrite: bool, bar: Progress) -> None:
-    """Copy src into dst at ``base``: holes are skipped, data is read ahead on a helper thread
-    (one reader, so drivers need no locking) while the previous chunk is being written."""
+          overwrite: bool, bar: Progress, dense: bool = False) -> None:
+    """Copy src into dst at ``base``: holes are skipped (unless ``dense``), data is read ahead
+    on a helper thread (one reader, so drivers need no locking) while the previous chunk is
+    being written."""
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
@@ -232,7 +234,7 @@ def _copy(src: BlockBackend, dst: BlockBackend, base: int, gran: int, compress: 
     while pos < size:
         span = min(size - pos, 1 << 30)
         for e in src.block_status(pos, span):
-            if not e.data:
+            if not e.data and not dense:
                 if overwrite:
                     dst.write_zeroes(base + e.start, e.length)
                 bar.advance(e.length)
@@ -275,7 +277,7 @@ def _copy(src: BlockBackend, dst: BlockBackend, base: int, gran: int, compress: 
             view = fut.result()
             if i + depth < len(jobs):
                 submit(i + depth)
-            _write_chunk(dst, base + off, view, gran, compress, overwrite)
+            _write_chunk(dst, base + off, view, gran, compress, overwrite, dense)
             bar.advance(len(view))
             # Dropping the last reference to a mapped chunk unmaps it; let the reader thread do
             # that page-table teardown rather than the writing thread.
@@ -288,17 +290,22 @@ def _drop(view: memoryview) -> None:
 
 
 def _write_chunk(dst: BlockBackend, off: int, buf: memoryview, gran: int, compress: bool,
-                 overwrite: bool) -> None:
+                 overwrite: bool, dense: bool = False) -> None:
+    if dense and not compress:
+        dst.write(off, buf)
+        return
     lead = off % gran
     if lead:  # align the zero-detection grid with the target's clusters
         head = min(len(buf), gran - lead)
         piece = buf[:head]
-        if nonzero_blocks(piece, head).any() or overwrite:
+        if dense or overwrite or nonzero_blocks(piece, head).any():
             dst.write(off, piece)
         off, buf = off + head, buf[head:]
         if not buf:
             return
     mask = nonzero_blocks(buf, gran)
+    if dense:
+        mask[:] = True
     view = memoryview(buf)
     if compress:
         for i in np.flatnonzero(mask).tolist():

@@ -145,6 +145,24 @@ def test_convert_flattens_chain_and_is_sparse(tmp_path: Path, cli) -> None:  # t
     assert raw.stat().st_blocks * 512 <= 3 * MiB + 65536  # zero ranges left as holes
 
 
+@pytest.mark.parametrize("fmt", ["qcow2", "raw"])
+def test_convert_sparse_size_zero_allocates_everything_like_qemu(tmp_path: Path, cli, fmt: str) -> None:  # type: ignore[no-untyped-def]
+    src = tmp_path / "s.raw"
+    with open(src, "wb") as f:
+        f.truncate(8 * MiB)
+        f.seek(3 * MiB)
+        f.write(b"x" * 70000)
+    ours, theirs = tmp_path / f"k.{fmt}", tmp_path / f"q.{fmt}"
+    assert cli("convert", "-S", "0", "-O", fmt, src, ours)[0] == 0
+    qemu_img("convert", "-S", "0", "-O", fmt, src, theirs)
+    assert json.loads(qemu_img("map", "--output=json", ours).stdout) == \
+        json.loads(qemu_img("map", "--output=json", theirs).stdout)
+    assert ours.stat().st_blocks == theirs.stat().st_blocks  # zeros written, not holes
+    assert qemu_img("compare", src, ours, check=False).returncode == 0
+    if fmt == "qcow2":
+        assert_clean(ours)
+
+
 def test_compare_exit_codes(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
     a = tmp_path / "a.raw"
     data = _mixed_raw(a, 2 * MiB)
