@@ -74,6 +74,12 @@ class JsonSplitter:
                     continue
                 self._recovering = False  # resync here and look at this byte afresh
             if self._in_string:
+                # Checked before the escape state: a backslash must not shield 0xFF (the
+                # client's parser reset) or a newline from ending a broken string.
+                if byte < 0x20 or byte >= 0xFE:
+                    self._reset(recover=byte < 0x20 and byte != 0x0A)
+                    yield QmpError("JSON parse error, invalid character in string")
+                    continue
                 self._buf.append(byte)
                 if self._escape:
                     self._escape = False
@@ -85,10 +91,6 @@ class JsonSplitter:
                         yield bytes(self._buf)
                         self._reset()
                         continue
-                elif byte < 0x20 or byte >= 0xFE:
-                    self._reset(recover=byte < 0x20 and byte != 0x0A)
-                    yield QmpError("JSON parse error, invalid character in string")
-                    continue
             elif byte >= 0xFE or (byte < 0x20 and byte not in _WS):
                 had_input = bool(self._buf)
                 self._reset()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from kvmpy.monitor.endpoint import parse_endpoint
 from kvmpy.monitor.protocol import MAX_DEPTH, JsonSplitter, QmpError, encode, event, parse_request
@@ -37,6 +37,7 @@ def test_garbage_gives_one_error_then_recovers_at_the_next_line() -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=300))
+@example(b'"\\')  # an open string ending in a backslash must not swallow the 0xFF reset
 def test_random_bytes_never_raise_and_a_valid_message_still_gets_through(junk: bytes) -> None:
     s = JsonSplitter()
     for item in s.feed(junk):
