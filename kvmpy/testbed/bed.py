@@ -66,11 +66,8 @@ class BedTimeout(BedError):
 
 
 class BedStalled(BedTimeout):
-    """L1 printed nothing for the stall timeout while the command ran: it is wedged (QEMU killed).
-
-    The command's own watchdogs (pytest's faulthandler_timeout) would print if L1's
-    userspace were alive, so silence means the nested CPU or kernel stopped progressing.
-    """
+    """L1's heartbeat (a shell loop bumping ctl/heartbeat) stopped for the stall timeout
+    while the command ran: the emulated machine is wedged, not merely the command (QEMU killed)."""
 
 
 @dataclass(frozen=True)
@@ -400,6 +397,8 @@ class NestedBed:
                     f"--- L1 console (tail) ---\n{con.tail()}\n--- QEMU stderr ---\n{qemu_err()}",
                     con.text())
             con.started.wait(0.2)
+        heartbeat_path = stderr_path.parent / "heartbeat"
+        last_beat, last_beat_at = _heartbeat(heartbeat_path), time.monotonic()
         while not con.finished.is_set():
             if proc.poll() is not None:
                 con.finished.wait(2)  # the reader may still be draining the pipe
@@ -412,13 +411,23 @@ class NestedBed:
             if now > deadline:
                 raise BedTimeout(f"the command did not finish within {timeout:.0f} s (QEMU killed)\n"
                                  f"--- L1 console (tail) ---\n{con.tail()}", con.text())
-            if self.stall_timeout is not None and now - con.last_line_at > self.stall_timeout:
-                raise BedStalled(f"L1 printed nothing for {now - con.last_line_at:.0f} s: the nested VM "
+            beat = _heartbeat(heartbeat_path)
+            if beat != last_beat:
+                last_beat, last_beat_at = beat, now
+            if self.stall_timeout is not None and now - max(last_beat_at, con.last_line_at) > self.stall_timeout:
+                raise BedStalled(f"L1's heartbeat stopped for {now - last_beat_at:.0f} s: the nested VM "
                                  f"is wedged (QEMU killed)\n--- L1 console (tail) ---\n{con.tail()}",
                                  con.text())
             con.finished.wait(0.2)
         # poweroff -f follows the exit marker; give it a moment before killing.
         _quiet_wait(proc, 30)
+
+
+def _heartbeat(path: Path) -> bytes:
+    try:
+        return path.read_bytes()[:32]
+    except OSError:
+        return b""
 
 
 def _quiet_wait(proc: subprocess.Popen[bytes], seconds: float) -> bool:

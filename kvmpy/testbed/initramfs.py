@@ -36,6 +36,7 @@ L1_MODULES: tuple[str, ...] = (
 )
 
 CTL_TAG = "kvmpyctl"
+HEARTBEAT_S = 10  # L1 bumps ctl/heartbeat this often while the command runs
 HOST_TAG = "host"
 P9_OPTS = "trans=virtio,version=9p2000.L,msize=512000"
 
@@ -94,6 +95,9 @@ while read -r tag path; do
     fi
 done < /ctl/mounts
 
+# A heartbeat the host watches: it stops only if L1 as a whole stops making progress.
+( n=0; while :; do n=$((n + 1)); echo $n > /ctl/heartbeat; sleep @HEARTBEAT_S@; done ) &
+echo $! > /ctl/heartbeat.pid
 echo "kvmpy-bed[$nonce]: command started uptime $(cut -d' ' -f1 /proc/uptime)"
 chroot /host /bin/sh "$ctlpath/job.sh" </dev/null
 rc=$?
@@ -116,7 +120,8 @@ def l1_init_script(modules: tuple[str, ...] = L1_MODULES, host_cache: str = "loo
             .replace("@P9_OPTS@", P9_OPTS)
             .replace("@HOST_CACHE@", f",cache={host_cache}" if host_cache else "")
             .replace("@CTL_TAG@", CTL_TAG)
-            .replace("@HOST_TAG@", HOST_TAG))
+            .replace("@HOST_TAG@", HOST_TAG)
+            .replace("@HEARTBEAT_S@", str(HEARTBEAT_S)))
 
 
 def _builtin_modules(kernel: KernelPackage) -> set[str]:

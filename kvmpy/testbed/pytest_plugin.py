@@ -22,13 +22,13 @@ Third-party pytest plugins are not auto-loaded inside the bed (under TCG importi
 hypothesis and pytest-benchmark alone costs ~10 s); hypothesispytest and benchmark are
 added back when a batched test uses them, others via KVMPY_BED_PYTEST_ARGS="-p NAME".
 
-A wedged L1 (the emulated CPU stops making progress, so it prints nothing for
-KVMPY_BED_STALL_TIMEOUT seconds, although the inner faulthandler would print after
-300 s if L1's userspace were alive) is killed, and the tests it had not finished are
-re-run once in a fresh L1; the test it was running gets a warning that says so.
+A wedged L1 (the emulated machine stops making progress: its heartbeat, a shell loop
+bumping a file every 10 s, stops for KVMPY_BED_STALL_TIMEOUT seconds) is killed, and
+the tests it had not finished are re-run in a fresh L1, at most twice; the test it was
+running gets a warning that says so. A slow or silent test is not a wedge.
 
 Environment: KVMPY_NO_BED=1, KVMPY_BED_TIMEOUT (s, default 1200),
-KVMPY_BED_BOOT_TIMEOUT (s, default 300), KVMPY_BED_STALL_TIMEOUT (s, default 420),
+KVMPY_BED_BOOT_TIMEOUT (s, default 300), KVMPY_BED_STALL_TIMEOUT (s, default 120),
 KVMPY_BED_KEEP=1 (keep the scratch dir), KVMPY_BED_PYTEST_ARGS (extra arguments for
 the inner pytest).
 """
@@ -103,7 +103,7 @@ class _Batch:
     returncode: int | None = None  # the inner pytest's exit status
     output_tail: str = ""
     scratch: Path | None = None
-    wedged: tuple[str, str] | None = None  # (nodeid L1 was running, why) when a fresh L1 re-ran the rest
+    wedged: dict[str, str] = field(default_factory=dict)  # nodeid L1 was running -> why a fresh L1 re-ran it
 
 
 def _finished(reports: list[dict[str, Any]] | None) -> bool:
@@ -125,7 +125,7 @@ class KvmBedPlugin:
         # Read at start-up so a bad value is a usage error, not a failure mid-session.
         self.timeout = _env_seconds(TIMEOUT_ENV, 1200.0)
         self.boot_timeout = _env_seconds(BOOT_TIMEOUT_ENV, 300.0)
-        self.stall_timeout = _env_seconds(STALL_TIMEOUT_ENV, 420.0)
+        self.stall_timeout = _env_seconds(STALL_TIMEOUT_ENV, 120.0)
 
     # --- header and selection ------------------------------------------------------------
 
@@ -165,9 +165,9 @@ class KvmBedPlugin:
             self.batch = self._run_batch()
         ihook = item.ihook
         ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
-        if self.batch.wedged is not None and self.batch.wedged[0] == item.nodeid:
+        if item.nodeid in self.batch.wedged:
             item.warn(pytest.PytestWarning(f"the nested L1 VM wedged while running this test "
-                                           f"({self.batch.wedged[1]}); it was re-run in a fresh L1"))
+                                           f"({self.batch.wedged[item.nodeid]}); it was re-run in a fresh L1"))
         inner_teardown = None
         for rep in self._twin_reports(item, self.batch):
             if rep.when == "teardown":
@@ -273,8 +273,9 @@ class KvmBedPlugin:
             self._terminal_line(f"kvmpy: {batch.error}")
             return batch
         ids = list(self.kvm_full_ids)
-        for attempt in (1, 2):
-            name = "" if attempt == 1 else "-retry"
+        attempts = 3  # a wedge of the emulated machine is rare; two in a row would be news
+        for attempt in range(1, attempts + 1):
+            name = "" if attempt == 1 else f"-retry{attempt - 1}"
             report, console = scratch / f"reports{name}.jsonl", scratch / f"console{name}.log"
             try:
                 bed = NestedBed(shares, boot_timeout=self.boot_timeout, stall_timeout=self.stall_timeout,
@@ -286,12 +287,12 @@ class KvmBedPlugin:
                 self._load_reports(report, batch)
                 why = str(exc).splitlines()[0]
                 unfinished = [i for i in ids if not _finished(batch.reports.get(i))]
-                if isinstance(exc, BedStalled) and attempt == 1 and unfinished:
+                if isinstance(exc, BedStalled) and attempt < attempts and unfinished:
                     # A wedge of the emulated machine, not a test result: one fresh L1 gets the rest.
                     running = next((i for i in unfinished if i in batch.reports), unfinished[0])
                     for i in unfinished:
                         batch.reports.pop(i, None)
-                    batch.wedged = (running, why)
+                    batch.wedged[running] = why
                     self._terminal_line(f"kvmpy: {why} while running {running}; re-running the "
                                         f"{len(unfinished)} unfinished kvm_full test(s) in a fresh L1 "
                                         f"(console: {console})")
@@ -333,7 +334,7 @@ class KvmBedPlugin:
         if b is None or b.scratch is None or os.environ.get(KEEP_ENV) == "1":
             return
         console = b.scratch / "console.log"
-        if (b.error is None and b.wedged is None) or not console.exists() or console.stat().st_size == 0:
+        if (b.error is None and not b.wedged) or not console.exists() or console.stat().st_size == 0:
             shutil.rmtree(b.scratch, ignore_errors=True)
 
     # --- inside the bed: record reports for the host ---------------------------------------

@@ -173,7 +173,11 @@ def test_wedges_the_first_l1():
     flag = os.path.join(os.path.dirname(__file__), "wedged-once")
     if not os.path.exists(flag):
         open(flag, "w").close()
-        time.sleep(600)  # silence, as a wedged L1 gives
+        # Stop L1's heartbeat, as a hung emulated machine would, then hang.
+        ctl = os.path.dirname(os.environ["KVMPY_BED_REPORT"])
+        with open(os.path.join(ctl, "heartbeat.pid")) as fh:
+            os.kill(int(fh.read()), 19)  # SIGSTOP
+        time.sleep(600)
 
 @pytest.mark.kvm_full
 def test_after_the_wedge():
@@ -188,7 +192,7 @@ def test_a_wedged_l1_is_replaced_and_the_unfinished_tests_rerun(tmp_path: Path) 
     (proj / "test_sample.py").unlink()
     (proj / "test_zlast.py").unlink()
     (proj / "test_wedge.py").write_text(WEDGE_ONCE)
-    res, out = _pytest(proj, "-v", env={"KVMPY_BED_STALL_TIMEOUT": "40"})  # > the inner start-up under TCG
+    res, out = _pytest(proj, "-v", env={"KVMPY_BED_STALL_TIMEOUT": "20"})
     assert res.returncode == 0, res.stdout + res.stderr
     assert out == {name: ("passed", "") for name in
                    ("test_done_before_the_wedge", "test_wedges_the_first_l1", "test_after_the_wedge")}
