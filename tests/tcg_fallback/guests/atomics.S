@@ -9,28 +9,28 @@ _start:
     lr.d t0, (s0)
     addi t0, t0, 1
     sc.d a0, t0, (s0)
-    call show
+    call rt_show
     ld a0, 0(s0)
-    call show
+    call rt_show
     # SC without a reservation fails
     sc.d a0, t0, (s0)
-    call show
+    call rt_show
     # SC to another address than the LR fails
     lr.w t0, (s0)
     addi t1, s0, 8
     sc.w a0, t0, (t1)
-    call show
+    call rt_show
     # LR.W sign-extends
     li t0, 0x80000000
     sw t0, 16(s0)
     addi s4, s0, 16
     lr.w a0, (s4)
-    call show
+    call rt_show
     li t2, 5
     sc.w a0, t2, (s4)            # the reservation survives the call: succeeds
-    call show
+    call rt_show
     lw a0, 16(s0)
-    call show
+    call rt_show
     # AMOs: value pattern chosen to exercise signed vs unsigned min/max
     la s1, vals
     li s2, 0
@@ -83,13 +83,13 @@ _start:
 17: amominu.w a0, t0, (t2)
     amominu.d a1, t0, (t3)
 2:  mv s3, a1
-    call show
+    call rt_show
     mv a0, s3
-    call show
+    call rt_show
     ld a0, 24(s0)
-    call show
+    call rt_show
     ld a0, 32(s0)
-    call show
+    call rt_show
     addi s2, s2, 1
     li t4, 9
     blt s2, t4, 1b
@@ -97,17 +97,9 @@ _start:
     li t0, 7
     amoadd.d zero, t0, (s0)
     ld a0, 0(s0)
-    call show
+    call rt_show
     call rt_pass
 
-show:
-    addi sp, sp, -16
-    sd ra, 0(sp)
-    call rt_puthex
-    call rt_nl
-    ld ra, 0(sp)
-    addi sp, sp, 16
-    ret
     .data
     .balign 8
 mem: .dword 41, 0, 0, 0, 0

@@ -88,27 +88,27 @@ s_main:
     li t0, 0x1234
     sd t0, 0(s2)                 # sets A and D of l0[0]
     ld a0, 0(s2)
-    call show
+    call rt_show
     la t0, l0
     ld a0, 0(t0)
     andi a0, a0, 0xff
-    call show                    # PTE flags now include A|D
+    call rt_show                    # PTE flags now include A|D
     ld a0, 0(s3)              # read-only page: fine
-    call show
+    call rt_show
     li t0, 1
     sd t0, 0(s3)              # store page fault
     ld a0, 0(s4)              # U page from S without SUM: load page fault
     li t0, 1 << 18
     csrs sstatus, t0
     ld a0, 0(s4)              # with SUM
-    call show
+    call rt_show
     csrc sstatus, t0
     ld a0, 0(s5)             # invalid PTE: load page fault
     ld a0, 0(s6)             # execute-only page: load page fault...
     li t0, 1 << 19
     csrs sstatus, t0
     ld a0, 0(s6)             # ...but readable with MXR
-    call show
+    call rt_show
     csrc sstatus, t0
     li t1, 0x0000004000000000    # bit 38 set without sign extension
     ld a0, 0(t1)
@@ -123,7 +123,7 @@ s_main:
     sd t1, 0(t2)
     sfence.vma
     ld a0, 0(s2)
-    call show
+    call rt_show
     # code through a non-identity mapping: map VBASE+0x5000 to the page with vcode
     la t0, vcode
     srli t0, t0, 12
@@ -138,7 +138,7 @@ s_main:
     li t1, VBASE + 0x5000
     add t0, t0, t1
     jalr ra, 0(t0)
-    call show
+    call rt_show
     ecall
 
     .balign 4
@@ -177,15 +177,6 @@ m_handler:
     call rt_puthex
     call rt_nl
     call rt_pass
-
-show:
-    addi sp, sp, -16
-    sd ra, 0(sp)
-    call rt_puthex
-    call rt_nl
-    ld ra, 0(sp)
-    addi sp, sp, 16
-    ret
 
     .balign 4096
 vcode:

@@ -15,7 +15,7 @@ _start:
     li t0, (1 << 8) | (1 << 2)  # delegate ecall-from-U and illegal instruction to S
     csrw medeleg, t0
     csrr a0, medeleg
-    call show_a0
+    call rt_show
     # mret into S
     li t0, 3 << 11
     csrc mstatus, t0
@@ -33,7 +33,7 @@ s_entry:
     csrr a0, sstatus
     li t0, 0x1e0122             # SIE SPIE SPP SUM MXR UXL bits... masked view
     and a0, a0, t0
-    call show_a0
+    call rt_show
     li a7, 1
     ecall                       # to M (cause 9)
     # S-mode CSR access to an M CSR: illegal, not delegated from S? It is: medeleg bit 2
@@ -135,24 +135,15 @@ m_handler:
     la t1, value
     ld a0, 0(t1)
     csrc mstatus, t0
-    call show_a0
+    call rt_show
     csrr a0, minstret
     snez a0, a0
-    call show_a0
+    call rt_show
     call rt_pass
 2:  csrr t0, mepc
     addi t0, t0, 4
     csrw mepc, t0
     mret
-
-show_a0:
-    addi sp, sp, -16
-    sd ra, 0(sp)
-    call rt_puthex
-    call rt_nl
-    ld ra, 0(sp)
-    addi sp, sp, 16
-    ret
 
     .section .rodata
 str_s: .asciz "in S\n"

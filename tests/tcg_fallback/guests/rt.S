@@ -4,7 +4,7 @@
     .equ FINISHER, 0x100000
 
     .section .text
-    .globl rt_putc, rt_puts, rt_puthex, rt_putdec, rt_pass, rt_fail, rt_nl
+    .globl rt_putc, rt_puts, rt_puthex, rt_putdec, rt_pass, rt_fail, rt_nl, rt_show
 
 # rt_putc(a0 = byte)
 rt_putc:
@@ -45,6 +45,16 @@ rt_puthex:
 3:  sb t1, 0(t0)
     addi a3, a3, -4
     bgez a3, 1b
+    ret
+
+# rt_show(a0 = value): rt_puthex, then a newline
+rt_show:
+    addi sp, sp, -16
+    sd ra, 0(sp)
+    call rt_puthex
+    call rt_nl
+    ld ra, 0(sp)
+    addi sp, sp, 16
     ret
 
 # rt_putdec(a0 = unsigned value)

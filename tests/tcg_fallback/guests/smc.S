@@ -14,7 +14,7 @@ _start:
     li t0, 200
     blt s1, t0, 1b
     mv a0, s0
-    call show
+    call rt_show
     la t0, patchme
     lw t1, 0(t0)
     li t2, 0xfff00000
@@ -34,7 +34,7 @@ _start:
     li t0, 200
     blt s1, t0, 2b
     mv a0, s0
-    call show
+    call rt_show
     # 2: patch the instruction right after the store, inside the running block
     la t0, next
     la t1, new_insn
@@ -46,7 +46,7 @@ _start:
 next:
     addi a0, zero, 1             # replaced by: li a0, 99
     .option pop
-    call show
+    call rt_show
     # 3: copy code into a data buffer and run it, twice with different code
     la a0, buf
     la a1, code_a
@@ -55,7 +55,7 @@ next:
     fence.i
     la t0, buf
     jalr ra, 0(t0)
-    call show
+    call rt_show
     la a0, buf
     la a1, code_b
     li a2, 8
@@ -63,7 +63,7 @@ next:
     fence.i
     la t0, buf
     jalr ra, 0(t0)
-    call show
+    call rt_show
     call rt_pass
 
     .option push
@@ -91,14 +91,6 @@ copy:
     bnez a2, 1b
 2:  ret
 
-show:
-    addi sp, sp, -16
-    sd ra, 0(sp)
-    call rt_puthex
-    call rt_nl
-    ld ra, 0(sp)
-    addi sp, sp, 16
-    ret
     .data
     .balign 8
 buf: .zero 64
