@@ -79,17 +79,11 @@ class MigrationDestination:
             if ch.duplex:
                 ch.write(stream.ACK)
                 ch.set_timeout(GO_TIMEOUT)
-                go = bytearray(4)
-                got = 0
                 try:
-                    while got < 4:
-                        n = ch.readinto(memoryview(go)[got:])
-                        if not n:
-                            break
-                        got += n
+                    go = stream.read_reply(ch, len(stream.GO))
                 except OSError:
-                    got = 0
-                if bytes(go[:got]) != stream.GO:
+                    go = b""
+                if go != stream.GO:
                     raise MigrationError("the source did not hand the VM over (no GO after the ACK); "
                                          "not starting it here")
         except StreamError:

@@ -234,19 +234,13 @@ class MigrationSource:
         ch = self.channel
         if ch.duplex:
             ch.set_timeout(ACK_TIMEOUT)
-            reply = bytearray(4)
-            got = 0
             try:
-                while got < 4:
-                    n = ch.readinto(memoryview(reply)[got:])
-                    if not n:
-                        break
-                    got += n
+                reply = stream.read_reply(ch, len(stream.ACK))
             except OSError as exc:
                 raise MigrationError(f"the destination did not confirm the switchover: {exc}") from None
-            if bytes(reply) == stream.NAK:
+            if reply == stream.NAK:
                 raise MigrationError("the destination rejected the migration stream")
-            if got < 4 or bytes(reply) != stream.ACK:
+            if reply != stream.ACK:
                 raise MigrationError("the destination did not confirm the switchover (connection lost)")
         else:
             ch.finish()  # every byte is in the file / the exec child consumed it all

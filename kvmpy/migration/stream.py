@@ -69,6 +69,18 @@ class Channel(Protocol):
     def close(self) -> None: ...
 
 
+def read_reply(channel: Channel, n: int = len(ACK)) -> bytes:
+    """Up to ``n`` bytes of a handshake reply; fewer if the peer hung up. OSError propagates."""
+    buf = bytearray(n)
+    got = 0
+    while got < n:
+        k = channel.readinto(memoryview(buf)[got:])
+        if not k:
+            break
+        got += k
+    return bytes(buf[:got])
+
+
 @dataclass
 class RateLimiter:
     """Caps throughput at ``rate`` bytes/s in 100 ms windows (QEMU's scheme); 0 means unlimited."""
