@@ -27,13 +27,13 @@ from kvmpy.loader.bzimage import BzImage, compression_of, decompress_payload, pa
 from kvmpy.loader.e820 import E820_RAM, E820Entry
 from kvmpy.loader.elf import Elf64Image, is_elf, parse_elf64
 from kvmpy.loader.errors import LoaderError
+from kvmpy.loader.files import read_boot_file
 from kvmpy.loader.multiboot import HEADER_SEARCH, find_header
 from kvmpy.loader.pvh import MEMMAP_ENTRY_SIZE, build_memmap, build_modlist, build_start_info
 from kvmpy.memory.guest_memory import GuestMemory, GuestMemoryError
 
 log = logging.getLogger(__name__)
 
-MAX_KERNEL_FILE = 1 << 30
 MAX_CMDLINE = 64 << 10
 GDT_ADDR = 0x500
 PARAMS_ADDR = 0x7000
@@ -108,16 +108,6 @@ class LinuxBoot:
     initrd: tuple[int, int] | None
 
 
-def _read(path: Path, what: str) -> bytes:
-    try:
-        size = path.stat().st_size
-        if size > MAX_KERNEL_FILE:
-            raise LoaderError(f"{path}: {size} bytes is too large for a {what}")
-        return path.read_bytes()
-    except OSError as exc:
-        raise LoaderError(f"cannot read {what} {path}: {exc.strerror}") from None
-
-
 def _pvh_elf(data: bytes, name: str) -> Elf64Image:
     elf = parse_elf64(data, name)
     if elf.pvh_entry is None:
@@ -130,7 +120,7 @@ def prepare_kernel(path: Path, boot_mode: str = "auto") -> PreparedKernel:
     """Read and check a Linux kernel. ``boot_mode``: auto, bzimage, or pvh (decompress on the host)."""
     if boot_mode not in BOOT_MODES:
         raise LoaderError(f"unknown Linux boot mode {boot_mode!r} (auto, bzimage or pvh)")
-    data = _read(path, "kernel")
+    data = read_boot_file(path, "kernel")
     if is_elf(data):
         elf = _pvh_elf(data, str(path))
         return PreparedKernel(path, EntryMode.PVH32, elf=elf, elf_data=data)
@@ -174,7 +164,7 @@ def _place_initrd(memory: GuestMemory, initrd: Path | None, low_limit: int, high
                   addr_max: int) -> tuple[int, int] | None:
     if initrd is None:
         return None
-    data = _read(initrd, "initrd")
+    data = read_boot_file(initrd, "initrd")
     top = min(addr_max + 1, high_limit)
     addr = (top - len(data)) & ~(PAGE - 1)
     if addr < low_limit:

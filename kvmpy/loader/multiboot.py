@@ -16,6 +16,7 @@ from pathlib import Path
 
 from kvmpy.loader.e820 import E820_RAM, E820Entry
 from kvmpy.loader.errors import LoaderError
+from kvmpy.loader.files import read_boot_file
 from kvmpy.memory.guest_memory import GuestMemory, GuestMemoryError
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,6 @@ PAGE = 4096
 
 MBI_FLAGS = (1 << 0) | (1 << 1) | (1 << 2) | (1 << 3) | (1 << 6) | (1 << 9)
 BOOT_DEVICE = 0x8000FFFF
-MAX_KERNEL = 1 << 30
 
 EM_386 = 3
 EM_X86_64 = 62
@@ -147,13 +147,7 @@ def _aout_segments(path: Path, image: bytes, h: MultibootHeader) -> tuple[list[_
 def load_multiboot(path: Path, append: str, memory: GuestMemory, e820: list[E820Entry],
                    modules: list[str] | None = None, kernel_name: str | None = None) -> BootEntry:
     """Load ``path`` and write the multiboot information. ``modules`` are "file args" strings."""
-    try:
-        size = path.stat().st_size
-        if size > MAX_KERNEL:
-            raise LoaderError(f"{path}: {size} bytes is too large for a kernel")
-        image = path.read_bytes()
-    except OSError as exc:
-        raise LoaderError(f"cannot read kernel {path}: {exc.strerror}") from None
+    image = read_boot_file(path, "kernel")
     header = find_header(image)
     if header is None:
         raise LoaderError(f"{path}: no multiboot header in the first {HEADER_SEARCH} bytes")
@@ -201,10 +195,7 @@ def _write_info(memory: GuestMemory, low: int, high: int, e820: list[E820Entry],
     mod_offset = _page_align(cursor)
     for i, spec in enumerate(modules):
         file_name = spec.split(" ", 1)[0]
-        try:
-            data = Path(file_name).read_bytes()
-        except OSError as exc:
-            raise LoaderError(f"cannot read multiboot module {file_name}: {exc.strerror}") from None
+        data = read_boot_file(Path(file_name), "multiboot module")
         start = low + mod_offset
         memory.write(start, data)
         memory.write(low + offset_mbinfo + i * MOD_SIZE,
