@@ -116,7 +116,7 @@ def test_power_button_reaches_acpid_which_powers_off(linux_assets):
     console = ScriptedConsole()
     machine = Machine(cfg, console=console)
     events: list[str] = []
-    machine.add_event_listener(lambda name, data: events.append(name))
+    machine.lifecycle.add_event_listener(lambda name, data: events.append(name))
     done = threading.Event()
 
     def press() -> None:

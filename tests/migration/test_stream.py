@@ -9,7 +9,7 @@ import struct
 
 import pytest
 
-from kvmpy.machine import RunState
+from kvmpy.lifecycle import RunState
 from kvmpy.migration import stream
 from kvmpy.migration.destination import MigrationDestination
 from kvmpy.migration.errors import ConfigMismatchError, StreamError
@@ -48,7 +48,7 @@ def _load(dst, data: bytes) -> None:
 def test_a_good_stream_loads(snapshot: bytes, dest) -> None:
     assert snapshot.startswith(stream.MAGIC)
     _load(dest, snapshot)
-    assert dest.state is not RunState.RUNNING  # loading never starts the VM by itself
+    assert dest.lifecycle.state is not RunState.RUNNING  # loading never starts the VM by itself
 
 
 def test_corruption_anywhere_is_rejected(snapshot: bytes, dest) -> None:
@@ -59,7 +59,7 @@ def test_corruption_anywhere_is_rejected(snapshot: bytes, dest) -> None:
         data[pos] ^= 1 << rng.randrange(8)
         with pytest.raises(StreamError):
             _load(dest, bytes(data))
-        assert dest.state is not RunState.RUNNING
+        assert dest.lifecycle.state is not RunState.RUNNING
 
 
 def test_truncation_anywhere_is_rejected(snapshot: bytes, dest) -> None:

@@ -21,7 +21,10 @@ import pytest
 
 from kvmpy.config import DebugExitConfig, MachineConfig
 from kvmpy.devices.chardev import BufferBackend
+from kvmpy.migration.qmp import add_migration_commands
+from kvmpy.monitor.commands import add_core_commands
 from kvmpy.monitor.endpoint import parse_endpoint
+from kvmpy.monitor.schema import CommandTable
 from kvmpy.monitor.server import QmpServer
 from tests.guests.build import build_guest
 
@@ -38,7 +41,7 @@ class RunningVm:
     thread: threading.Thread | None = None
 
     def count(self) -> int:
-        return self.machine.memory.read_u32(COUNTER_ADDR)
+        return self.machine.board.memory.read_u32(COUNTER_ADDR)
 
     def wait_exit(self, timeout: float = 20) -> int | None:
         assert self.thread is not None
@@ -56,8 +59,11 @@ def boot(tmpdir: Path, guest: str = "counter", name: str | None = "qmp-test", st
     console = BufferBackend()
     machine = Machine(cfg, console=console)
     path = tmpdir / "qmp.sock"
+    commands = CommandTable()
+    add_core_commands(commands)
+    add_migration_commands(commands)
     server = QmpServer(machine, [parse_endpoint(f"unix:{path},server,wait=off")]
-                       + [parse_endpoint(e) for e in extra_endpoints])
+                       + [parse_endpoint(e) for e in extra_endpoints], commands)
     server.start()
     vm = RunningVm(machine, console, server, path)
 
@@ -74,7 +80,7 @@ def boot(tmpdir: Path, guest: str = "counter", name: str | None = "qmp-test", st
 
 def teardown(vm: RunningVm) -> None:
     if vm.thread is not None and vm.thread.is_alive():
-        vm.machine.request_quit(0)
+        vm.machine.lifecycle.request_quit(0)
         vm.thread.join(20)
     vm.server.close()
     vm.machine.close()
