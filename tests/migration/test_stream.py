@@ -100,3 +100,24 @@ def test_configuration_mismatch_is_refused_clearly(snapshot: bytes) -> None:
     with machine(memory_mib=128, run=False) as (big, _):
         with pytest.raises(ConfigMismatchError, match="memory: 64 MiB in the stream, 128 MiB here"):
             _load(big, snapshot)
+
+
+@pytest.mark.parametrize("offset", [1e300, -1e300, 10 ** 40])
+def test_a_well_formed_stream_with_a_hostile_rtc_offset_is_refused(dest, offset) -> None:
+    # The checksum is right: only the RTC's own range check can catch this one.
+    from kvmpy.migration.stream import StreamWriter
+
+    with dest.lifecycle.vcpus_parked():
+        state = dest.vmstate.capture()
+    state["dev/rtc"]["state"]["offset"] = offset
+    sink = _Sink()
+    writer = StreamWriter(FileChannel(sink, what="memory"))  # type: ignore[arg-type]
+    writer.header(dest.vmstate.describe())
+    for name, value in state.items():
+        writer.section(name, value)
+    writer.end()
+    rtc_before = dest.board.devices["rtc"].save()
+    with pytest.raises(StreamError, match="dev/rtc"):
+        _load(dest, sink.getvalue())
+    assert dest.board.devices["rtc"].save()["offset"] == rtc_before["offset"]
+    assert dest.lifecycle.state is not RunState.RUNNING
