@@ -9,16 +9,17 @@ events are emitted only with the ``events`` capability, as in QEMU.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kvmpy.config import ConfigError
 from kvmpy.lifecycle import RunState
-from kvmpy.migration.destination import Incoming
 from kvmpy.migration.errors import MigrationError
 from kvmpy.migration.interface import MigratableVm
 from kvmpy.migration.params import CAPABILITIES, MigrationParameters
-from kvmpy.migration.source import MigrationSource
-from kvmpy.migration.transport import connect, parse_uri
+
+if TYPE_CHECKING:  # imported when first used: a VM that never migrates starts without numpy & co.
+    from kvmpy.migration.destination import Incoming
+    from kvmpy.migration.source import MigrationSource
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +29,8 @@ class MigrationManager:
         self.vm = vm
         self.params = MigrationParameters()
         self.caps = {c: False for c in CAPABILITIES}
-        self.source: MigrationSource | None = None
-        self.incoming: Incoming | None = None
+        self.source: "MigrationSource | None" = None
+        self.incoming: "Incoming | None" = None
         self.deferred = False  # -incoming defer: waiting for migrate-incoming
         self.autostart = True
 
@@ -42,7 +43,10 @@ class MigrationManager:
         return self.source is not None and not self.source.finished
 
     # ---- outgoing ----------------------------------------------------------------
-    def migrate(self, uri: str) -> MigrationSource:
+    def migrate(self, uri: str) -> "MigrationSource":
+        from kvmpy.migration.source import MigrationSource
+        from kvmpy.migration.transport import connect, parse_uri
+
         if self.active:
             raise MigrationError("There's a migration process in progress")
         state = self.vm.lifecycle.state.value
@@ -71,7 +75,9 @@ class MigrationManager:
         except MigrationError as exc:
             raise ConfigError(f"-incoming {uri}: {exc}") from None
 
-    def listen(self, uri: str) -> Incoming:
+    def listen(self, uri: str) -> "Incoming":
+        from kvmpy.migration.destination import Incoming
+
         def done(error: str | None) -> None:
             if error is not None:
                 self.emit("MIGRATION", {"status": "failed"})
