@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable, NamedTuple, Union
+from typing import Callable, NamedTuple, Union, cast
 
 from kvmpy.boards.mmio import MmioRouter
 from kvmpy.config import MachineConfig
@@ -223,8 +223,8 @@ class PcBoard:
                 self.root.add_subregion(w.base, MemoryRegion.io(w.name or slot.name, w.size, target), priority=1)
         if any(slot.mmio_ranges(self.config) for slot in table if slot.name in self.devices):
             self.address_space.commit()
-        self.serial = self.devices["serial0"]  # the console's input goes to COM1
-        self.acpi_pm = self.devices["acpi-pm"]
+        self.serial = cast(Uart16550, self.devices["serial0"])  # the console's input goes to COM1
+        self.acpi_pm = cast(AcpiPm, self.devices["acpi-pm"])  # QMP system_powerdown presses its button
 
     def _build_vcpus(self, supported: list, vcpu_events: EventSink) -> None:
         n = self.config.smp
