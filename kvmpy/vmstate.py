@@ -18,7 +18,7 @@ two machines must share for a state to fit.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 from kvmpy.kvm import abi
 from kvmpy.migration.errors import ConfigMismatchError, StreamError
