@@ -107,3 +107,13 @@ def test_a_cpu_section_for_another_vcpu_is_refused(machine) -> None:
     state["cpu/0"] = dict(state["cpu/0"], vcpu_id=5)
     with pytest.raises(StreamError, match="holds the state of vCPU 5"):
         machine.vmstate.apply(state)
+
+
+@pytest.mark.kvm_host
+@pytest.mark.parametrize("field, value", [("raw", {"regs": 10 ** 10}), ("raw", [1]), ("msrs", {"16": 1.5}),
+                                          ("mp_state", "0"), ("vcpu_id", 0.0)])
+def test_a_cpu_section_with_wrong_types_is_refused_without_allocating(machine, field, value) -> None:
+    state = machine.vmstate.capture()
+    state["cpu/0"] = dict(state["cpu/0"], **{field: value})
+    with pytest.raises(StreamError, match="vCPU state section is malformed"):
+        machine.vmstate.apply(state)
