@@ -68,7 +68,7 @@ def _seeds(tmp: Path) -> list[bytes]:
                 img.write_compressed(8 * cs, (b"compressible" * (cs // 12 + 1))[:cs])
             img.write_zeroes(5 * cs, cs)
             if img.rc.bits > 1:
-                qcow2_snapshot.create(img, "s")
+                qcow2_snapshot.create(img.meta, "s")
             img.write(50, b"after snapshot")
         out.append(p.read_bytes())
     return out
@@ -129,7 +129,7 @@ def exercise(path: Path) -> str:
             img.block_status(0, min(size, 64 << 20))
             image_info(img)
             if isinstance(img, Qcow2Backend):
-                check_image(img)
+                check_image(img.meta)
         with open_image(path, readonly=False) as img:
             size = img.size()
             if size:
@@ -137,8 +137,8 @@ def exercise(path: Path) -> str:
                 img.write_zeroes(0, min(size, 8192))
                 img.discard(0, min(size, 1 << 20))
             if isinstance(img, Qcow2Backend):
-                qcow2_snapshot.create(img, "fuzz")
-                check_image(img, repair="all")
+                qcow2_snapshot.create(img.meta, "fuzz")
+                check_image(img.meta, repair="all")
             img.resize(size + (1 << 20))
         return "ok"
     except BlockError as e:

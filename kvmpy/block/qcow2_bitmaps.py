@@ -1,0 +1,109 @@
+"""Persistent dirty bitmaps in qcow2 (the "bitmaps" header extension): parsing, the clusters
+they own, and flagging them in-use.
+
+Layouts from QEMU's docs/interop/qcow2.txt. kvmpy does not track writes in bitmaps. It keeps
+them intact instead: check counts their clusters as referenced, read-only work never opens the
+image read-write, and autoclear bit 0 stays set. When kvmpy changes guest data while a bitmap
+is enabled ("auto" flag), it sets that bitmap's in-use flag first, which is how QEMU marks a
+bitmap inconsistent (what QEMU itself leaves behind if it stops without saving its bitmaps).
+Disabled bitmaps do not track writes, so they stay valid. Resizing marks every bitmap in-use,
+since a bitmap's size follows the disk's.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from kvmpy.block.errors import CorruptImageError
+
+AUTOCLEAR_BITMAPS = 1 << 0
+MAX_BITMAPS = 65535
+MAX_DIRECTORY_BYTES = 64 << 20
+MAX_TABLE_ENTRIES = 1 << 27  # QEMU's BME_MAX_TABLE_SIZE (0x8000000)
+FLAG_IN_USE = 1 << 0
+FLAG_AUTO = 1 << 1
+TABLE_OFFSET_MASK = 0x00FFFFFFFFFFFE00
+
+_EXT = struct.Struct(">IIQQ")
+_ENTRY = struct.Struct(">QIIBBHI")
+
+
+@dataclass
+class BitmapExtension:
+    nb_bitmaps: int
+    directory_size: int
+    directory_offset: int
+
+
+@dataclass
+class Bitmap:
+    entry_offset: int      # where this bitmap's directory entry starts in the file
+    table_offset: int
+    table_size: int        # entries
+    flags: int
+    granularity_bits: int
+    name: str
+
+
+def parse_extension(data: bytes, cluster_size: int) -> BitmapExtension:
+    if len(data) < _EXT.size:
+        raise CorruptImageError("bitmaps extension is truncated")
+    nb, _reserved, size, off = _EXT.unpack_from(data)
+    if not 0 < nb <= MAX_BITMAPS:
+        raise CorruptImageError(f"bitmaps extension: invalid bitmap count {nb}")
+    if not 0 < size <= MAX_DIRECTORY_BYTES:
+        raise CorruptImageError("bitmaps extension: invalid bitmap directory size")
+    if off == 0 or off % cluster_size or off >= 1 << 56:
+        raise CorruptImageError(f"bitmaps extension: invalid directory offset {off:#x}")
+    return BitmapExtension(nb, size, off)
+
+
+def parse_directory(buf: bytes, ext: BitmapExtension, cluster_size: int) -> list[Bitmap]:
+    """The directory's entries (``buf`` holds exactly the directory's bytes)."""
+    if len(buf) < ext.directory_size:
+        raise CorruptImageError("bitmap directory is past the end of the file")
+    out: list[Bitmap] = []
+    pos = 0
+    for i in range(ext.nb_bitmaps):
+        if pos + _ENTRY.size > ext.directory_size:
+            raise CorruptImageError(f"bitmap directory entry {i} is truncated")
+        t_off, t_size, flags, _type, gbits, name_len, extra_len = _ENTRY.unpack_from(buf, pos)
+        end = pos + _ENTRY.size + extra_len + name_len
+        if end > ext.directory_size:
+            raise CorruptImageError(f"bitmap directory entry {i} is truncated")
+        try:
+            name = buf[end - name_len:end].decode()
+        except UnicodeDecodeError:
+            raise CorruptImageError(f"bitmap {i}: name is not valid UTF-8") from None
+        if t_off % cluster_size or t_off >= 1 << 56 or t_size > MAX_TABLE_ENTRIES or \
+                (t_size and not t_off):
+            raise CorruptImageError(f"bitmap '{name}': invalid bitmap table")
+        out.append(Bitmap(ext.directory_offset + pos, t_off, t_size, flags, gbits, name))
+        pos = (end + 7) & ~7
+    return out
+
+
+def referenced_clusters(bitmaps: list[Bitmap], ext: BitmapExtension, cluster_size: int,
+                        pread: Callable[[int, int], bytes]) -> list[tuple[int, int, str]]:
+    """(byte offset, byte count, what) for every cluster run the bitmaps own: the directory,
+    each bitmap table and each bitmap data cluster. Tables past the file's end are returned as
+    they are; the caller reports those."""
+    runs = [(ext.directory_offset, ext.directory_size, "bitmap directory")]
+    for b in bitmaps:
+        if not b.table_size:
+            continue
+        runs.append((b.table_offset, b.table_size * 8, f"bitmap '{b.name}' table"))
+        raw = pread(b.table_size * 8, b.table_offset)
+        for i in range(len(raw) // 8):
+            e = struct.unpack_from(">Q", raw, i * 8)[0]
+            off = e & TABLE_OFFSET_MASK
+            if off:
+                runs.append((off, cluster_size, f"bitmap '{b.name}' data"))
+    return runs
+
+
+def flags_offset(b: Bitmap) -> int:
+    """File offset of a directory entry's 32-bit flags field."""
+    return b.entry_offset + 12

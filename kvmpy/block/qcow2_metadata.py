@@ -1,0 +1,394 @@
+"""The metadata of an open qcow2 image: header, L1/L2 tables, refcounts, snapshot table and
+bitmap directory, and every write into them.
+
+``Qcow2Metadata`` is the named interface the qcow2 modules share: the guest I/O driver
+(qcow2.py), check/repair (qcow2_check.py) and snapshots (qcow2_snapshot.py) all reach the
+image's tables through its public methods, never through each other.
+
+Every write into the file goes through ``pwrite`` (or ``check_data`` for guest data written in
+bulk) with the kind of structure it means to write; a write that would land on metadata of
+another kind marks the image corrupt and is refused (see qcow2_overlap).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from kvmpy.block import qcow2_bitmaps as bm
+from kvmpy.block import qcow2_format as fmt
+from kvmpy.block.errors import BlockError, CorruptImageError, UnsupportedImageError
+from kvmpy.block.qcow2_overlap import Meta, OverlapMap, describe
+from kvmpy.block.qcow2_refcount import Refcounts
+
+log = logging.getLogger(__name__)
+
+# Cluster kinds as classify() reports them.
+UNALLOCATED, ZERO_PLAIN, ZERO_ALLOC, NORMAL, COMPRESSED = range(5)
+L2_RESERVED = 0x3F000000000001FE
+L2_CACHE_BYTES = 32 << 20
+
+
+class Qcow2Metadata:
+    """An open qcow2 file's metadata (version 2 or 3), read at open and written through."""
+
+    def __init__(self, fd: int, path: Path, readonly: bool, *, for_check: bool = False) -> None:
+        self.fd = fd
+        self.path = path
+        self.readonly = readonly
+        self.for_check = for_check  # check -r may open corrupt images read-write to repair them
+        self._l2_cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._overlap: OverlapMap | None = None
+        self._bitmaps_flagged = False
+        st = os.fstat(fd)
+        first = os.pread(fd, 4096, 0)
+        try:
+            h = fmt.parse_header(first, st.st_size)
+            if h.cluster_size > len(first):
+                h = fmt.parse_header(os.pread(fd, h.cluster_size, 0), st.st_size)
+        except (CorruptImageError, UnsupportedImageError) as e:
+            raise type(e)(f"{path}: {e}") from None
+        self.h = h
+        self.cluster_bits = h.cluster_bits
+        self.cs = h.cluster_size
+        self.l2_bits = h.cluster_bits - 3
+        self.l2_entries = 1 << self.l2_bits
+        self._csize_shift = 62 - (h.cluster_bits - 8)
+        self._csize_mask = (1 << (h.cluster_bits - 8)) - 1
+        self._coff_mask = (1 << self._csize_shift) - 1
+        if h.incompatible_features & fmt.INCOMPAT_CORRUPT and not readonly and not for_check:
+            raise CorruptImageError(f"{path}: image is corrupt; cannot be opened read/write "
+                                    "(run 'kvmpy-img check -r all')")
+        raw = os.pread(fd, h.l1_size * 8, h.l1_table_offset) if h.l1_size else b""
+        if len(raw) < h.l1_size * 8:
+            raise CorruptImageError(f"{path}: L1 table at {h.l1_table_offset:#x} is past the "
+                                    "end of the file")
+        self.l1 = np.frombuffer(raw, dtype=">u8").astype(np.uint64)
+        self.rc = Refcounts(fd, path, h.cluster_bits, h.refcount_order, h.refcount_table_offset,
+                            h.refcount_table_clusters, self._write_reftable_location)
+        self.rc.on_new_metadata = self.note_metadata
+        self.rc.check_overlap = self.check_overlap
+        self.snapshots = self._load_snapshots()
+        self.bitmap_ext: bm.BitmapExtension | None = None
+        self.bitmaps: list[bm.Bitmap] = []
+        self._load_bitmaps()
+        if not readonly and h.autoclear_features & ~fmt.AUTOCLEAR_KNOWN:
+            h.autoclear_features &= fmt.AUTOCLEAR_KNOWN
+            self.write_header()
+
+    # ------------------------------------------------------------------ loading
+    def _load_snapshots(self) -> list[fmt.SnapshotEntry]:
+        h = self.h
+        if h.nb_snapshots == 0:
+            return []
+        size = os.fstat(self.fd).st_size
+        want = min(fmt.MAX_SNAPSHOT_TABLE_BYTES, max(0, size - h.snapshots_offset))
+        buf = os.pread(self.fd, want, h.snapshots_offset)
+        try:
+            return fmt.parse_snapshot_table(buf, h.nb_snapshots, self.cs)
+        except CorruptImageError as e:
+            raise CorruptImageError(f"{self.path}: {e}") from None
+
+    def _load_bitmaps(self) -> None:
+        """Read the bitmap directory when the header says the bitmaps are consistent."""
+        ext = next((e for e in self.h.extensions if e.type == fmt.EXT_BITMAPS), None)
+        if ext is None or not self.h.autoclear_features & bm.AUTOCLEAR_BITMAPS:
+            return  # no bitmaps, or QEMU already considers them all inconsistent
+        try:
+            be = bm.parse_extension(ext.data, self.cs)
+            buf = os.pread(self.fd, be.directory_size, be.directory_offset)
+            self.bitmaps = bm.parse_directory(buf, be, self.cs)
+            self.bitmap_ext = be
+        except CorruptImageError as e:
+            # Keep the extension but stop claiming the bitmaps are consistent (as a program
+            # without bitmap support does); QEMU then ignores them rather than trusting them.
+            log.warning("%s: ignoring persistent bitmaps: %s", self.path, e)
+            self.bitmaps = []
+            if not self.readonly:
+                self.h.autoclear_features &= ~bm.AUTOCLEAR_BITMAPS
+                self.write_header()
+
+    # ------------------------------------------------------------------ header
+    def check_writable(self) -> None:
+        if self.readonly:
+            raise BlockError(f"{self.path}: image is opened read-only")
+
+    def write_header(self) -> None:
+        """Rewrite the whole header cluster's meaningful bytes from ``self.h``."""
+        self.pwrite(Meta.MAIN_HEADER, self.h.pack(), 0)
+
+    def write_header_field(self, offset: int, fmt_: str, *values: int) -> None:
+        self.pwrite(Meta.MAIN_HEADER, struct.pack(fmt_, *values), offset)
+
+    def _write_reftable_location(self, offset: int, clusters: int) -> None:
+        self.h.refcount_table_offset, self.h.refcount_table_clusters = offset, clusters
+        self.write_header_field(48, ">QI", offset, clusters)
+        self.forget_overlap()
+
+    def set_l1_location(self, offset: int, size: int) -> None:
+        self.h.l1_table_offset, self.h.l1_size = offset, size
+        self.write_header_field(36, ">IQ", size, offset)
+        self.forget_overlap()
+
+    def set_snapshot_table(self, snaps: list[fmt.SnapshotEntry], offset: int) -> None:
+        """Point the header at a snapshot table already written at ``offset``."""
+        self.write_header_field(60, ">IQ", len(snaps), offset)
+        self.h.nb_snapshots, self.h.snapshots_offset = len(snaps), offset
+        self.snapshots = snaps
+        self.forget_overlap()
+
+    def set_size(self, size: int) -> None:
+        self.h.size = size
+        self.write_header_field(24, ">Q", size)
+
+    def set_incompat(self, bit: int, on: bool) -> None:
+        if self.h.version < 3:
+            return
+        new = (self.h.incompatible_features | bit) if on else (self.h.incompatible_features & ~bit)
+        if new != self.h.incompatible_features:
+            self.h.incompatible_features = new
+            self.write_header_field(72, ">Q", new)
+            os.fsync(self.fd)
+
+    def mark_corrupt(self, problem: str) -> CorruptImageError:
+        """Set the corrupt bit (so nobody writes further damage) and build the error to raise."""
+        log.error("%s: marking image as corrupt: %s", self.path, problem)
+        if not self.readonly:
+            if self.h.version >= 3:
+                self.h.incompatible_features |= fmt.INCOMPAT_CORRUPT
+                try:  # not through pwrite(): this one write must not be refused
+                    os.pwrite(self.fd, struct.pack(">Q", self.h.incompatible_features), 72)
+                    os.fsync(self.fd)
+                except OSError:
+                    pass
+            self.readonly = True
+        return CorruptImageError(f"{self.path}: marking image as corrupt: {problem}")
+
+    # ------------------------------------------------------------------ overlap checks
+    def _overlap_map(self) -> OverlapMap:
+        if self._overlap is None:
+            h, m = self.h, OverlapMap(self.cs)
+            m.add(Meta.MAIN_HEADER, 0, self.cs)
+            if h.l1_size:
+                m.add(Meta.ACTIVE_L1, h.l1_table_offset, h.l1_size * 8)
+            m.add(Meta.REFCOUNT_TABLE, h.refcount_table_offset, h.refcount_table_clusters * self.cs)
+            if h.nb_snapshots:
+                m.add(Meta.SNAPSHOT_TABLE, h.snapshots_offset,
+                      len(fmt.snapshot_table_bytes(self.snapshots, h.version)))
+                for s in self.snapshots:
+                    if s.l1_size:
+                        m.add(Meta.INACTIVE_L1, s.l1_table_offset, s.l1_size * 8)
+            if self.bitmap_ext is not None:
+                m.add(Meta.BITMAP_DIRECTORY, self.bitmap_ext.directory_offset,
+                      self.bitmap_ext.directory_size)
+            m.add_clusters(Meta.ACTIVE_L2, (self.l1 & np.uint64(fmt.L1E_OFFSET_MASK)).tolist())
+            m.add_clusters(Meta.REFCOUNT_BLOCK,
+                           (self.rc.table & np.uint64(fmt.REFT_OFFSET_MASK)).tolist())
+            self._overlap = m
+        return self._overlap
+
+    def forget_overlap(self) -> None:
+        """Tables moved or were freed: rebuild the overlap map on the next write."""
+        self._overlap = None
+
+    def note_metadata(self, kind: Meta, offset: int, nbytes: int) -> None:
+        """A new metadata structure was written at [offset, offset + nbytes)."""
+        if self._overlap is not None:
+            self._overlap.add(kind, offset, nbytes)
+
+    def check_overlap(self, kind: Meta, offset: int, nbytes: int) -> None:
+        """Refuse (and mark the image corrupt) a write of ``kind`` over other metadata."""
+        hit = self._overlap_map().hit(offset, nbytes, kind)
+        if hit:
+            raise self.mark_corrupt(describe(hit))
+
+    def check_data(self, host_offsets: np.ndarray | list[int]) -> None:
+        """The same check for guest data about to be written to these host clusters."""
+        clusters = np.asarray(host_offsets, dtype=np.uint64) // np.uint64(self.cs)
+        hit = self._overlap_map().hit_clusters(clusters, Meta.DATA)
+        if hit:
+            raise self.mark_corrupt(describe(hit))
+
+    def pwrite(self, kind: Meta, data: bytes | bytearray | memoryview, offset: int) -> None:
+        """Write metadata (or data) of ``kind`` after the overlap check."""
+        self.check_overlap(kind, offset, len(data))
+        os.pwrite(self.fd, data, offset)
+
+    def flush(self) -> None:
+        if not self.readonly:
+            os.fsync(self.fd)
+
+    def now(self) -> tuple[int, int]:
+        """The wall-clock time as (seconds, nanoseconds), for snapshot dates."""
+        t = time.time_ns()
+        return t // 1_000_000_000, t % 1_000_000_000
+
+    # ------------------------------------------------------------------ guest-visible changes
+    def guest_data_changing(self, *, resized: bool = False) -> None:
+        """Called before guest data changes: flag the bitmaps this makes stale as in use."""
+        if self._bitmaps_flagged and not resized:
+            return
+        self._bitmaps_flagged = True
+        for b in self.bitmaps:
+            if (resized or b.flags & bm.FLAG_AUTO) and not b.flags & bm.FLAG_IN_USE:
+                b.flags |= bm.FLAG_IN_USE
+                self.pwrite(Meta.BITMAP_DIRECTORY, struct.pack(">I", b.flags),
+                            bm.flags_offset(b))
+                log.info("%s: bitmap '%s' is now in use (kvmpy does not track writes in "
+                         "bitmaps)", self.path, b.name)
+
+    # ------------------------------------------------------------------ L1 / L2 tables
+    def l1_entry_offset(self, l1i: int) -> int:
+        e = int(self.l1[l1i])
+        off = e & fmt.L1E_OFFSET_MASK
+        if off % self.cs:
+            raise self.mark_corrupt(f"L2 table offset {off:#x} unaligned (L1 index {l1i:#x})")
+        return off
+
+    def load_l2(self, off: int) -> np.ndarray:
+        """The L2 table at ``off`` (cached; callers that change it call store_l2)."""
+        tbl = self._l2_cache.get(off)
+        if tbl is not None:
+            self._l2_cache.move_to_end(off)
+            return tbl
+        raw = os.pread(self.fd, self.cs, off)
+        if len(raw) < self.cs:
+            raise CorruptImageError(f"{self.path}: L2 table at {off:#x} is past the end of the file")
+        tbl = np.frombuffer(raw, dtype=">u8").astype(np.uint64)
+        self._l2_cache[off] = tbl
+        while len(self._l2_cache) * self.cs > L2_CACHE_BYTES and len(self._l2_cache) > 4:
+            self._l2_cache.popitem(last=False)
+        return tbl
+
+    def store_l2(self, off: int, tbl: np.ndarray, lo: int, hi: int) -> None:
+        """Write entries [lo, hi) of the active L2 table at ``off``."""
+        self.pwrite(Meta.ACTIVE_L2, tbl[lo:hi].astype(">u8").tobytes(), off + lo * 8)
+
+    def drop_l2_cache(self) -> None:
+        self._l2_cache.clear()
+
+    def write_l1(self) -> None:
+        """Write the whole active L1 table back."""
+        self.pwrite(Meta.ACTIVE_L1, self.l1.astype(">u8").tobytes(), self.h.l1_table_offset)
+
+    def replace_l1(self, new: np.ndarray) -> None:
+        """Make ``new`` (same length) the active L1 table, in place."""
+        self.pwrite(Meta.ACTIVE_L1, new.astype(">u8").tobytes(), self.h.l1_table_offset)
+        self.l1 = new
+        self._l2_cache.clear()
+        self.forget_overlap()
+
+    def classify(self, entries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(kind, host offset) per L2 entry; raises on entries no valid image contains."""
+        comp = (entries & np.uint64(fmt.QCOW_OFLAG_COMPRESSED)) != 0
+        offs = entries & np.uint64(fmt.L2E_OFFSET_MASK)
+        zero = (entries & np.uint64(fmt.QCOW_OFLAG_ZERO)) != 0
+        kinds = np.full(entries.shape, UNALLOCATED, dtype=np.int8)
+        kinds[(offs != 0) & ~comp] = NORMAL
+        kinds[zero & ~comp] = ZERO_PLAIN
+        kinds[zero & ~comp & (offs != 0)] = ZERO_ALLOC
+        kinds[comp] = COMPRESSED
+        std = ~comp
+        if ((entries[std] & np.uint64(L2_RESERVED)) != 0).any() or \
+                ((offs[std] % np.uint64(self.cs)) != 0).any():
+            bad = int(entries[std][((entries[std] & np.uint64(L2_RESERVED)) != 0) |
+                                   ((offs[std] % np.uint64(self.cs)) != 0)][0])
+            raise self.mark_corrupt(f"cluster allocation offset {bad & fmt.L2E_OFFSET_MASK:#x} "
+                                    "unaligned or reserved bits set in L2 entry")
+        offs = np.where(comp, entries & np.uint64(self._coff_mask), offs)
+        return kinds, offs
+
+    def compressed_extent(self, entry: int) -> tuple[int, int]:
+        """(host byte offset, byte count to read) of a compressed cluster's data."""
+        off = entry & self._coff_mask
+        nsec = ((entry >> self._csize_shift) & self._csize_mask) + 1
+        return off, nsec * 512 - (off & 511)
+
+    def compressed_entry(self, host: int, nbytes: int) -> int:
+        """The L2 entry for ``nbytes`` of compressed data stored at ``host``."""
+        nsec = ((host & 511) + nbytes + 511) // 512
+        return fmt.QCOW_OFLAG_COMPRESSED | ((nsec - 1) << self._csize_shift) | host
+
+    def lookup(self, l1i: int, first: int, count: int) -> np.ndarray:
+        """L2 entries [first, first+count) of L1 slot ``l1i`` (zeros when no L2 table)."""
+        if l1i >= len(self.l1):
+            return np.zeros(count, dtype=np.uint64)
+        off = self.l1_entry_offset(l1i)
+        if off == 0:
+            return np.zeros(count, dtype=np.uint64)
+        return self.load_l2(off)[first:first + count]
+
+    def l2_for_write(self, l1i: int) -> tuple[int, np.ndarray]:
+        """The L2 table for ``l1i``, allocated or copied so it is exclusively ours."""
+        if l1i >= len(self.l1):
+            self.grow_l1(l1i + 1)
+        e = int(self.l1[l1i])
+        off = self.l1_entry_offset(l1i)
+        if off and e & fmt.QCOW_OFLAG_COPIED:
+            return off, self.load_l2(off)
+        new = self.rc.alloc(1)
+        tbl = self.load_l2(off).copy() if off else np.zeros(self.l2_entries, dtype=np.uint64)
+        self.pwrite(Meta.ACTIVE_L2, tbl.astype(">u8").tobytes(), new)
+        self._l2_cache[new] = tbl
+        self.note_metadata(Meta.ACTIVE_L2, new, self.cs)
+        entry = new | fmt.QCOW_OFLAG_COPIED
+        self.pwrite(Meta.ACTIVE_L1, entry.to_bytes(8, "big"), self.h.l1_table_offset + l1i * 8)
+        self.l1[l1i] = np.uint64(entry)
+        if off:  # the old table stays with the snapshots that share it
+            self._l2_cache.pop(off, None)
+            self.forget_overlap()
+            self.rc.update([off // self.cs], -1)
+        return new, tbl
+
+    def grow_l1(self, min_size: int, exact: bool = False) -> None:
+        new_size = min_size if exact else max(min_size, len(self.l1) + len(self.l1) // 2, 1)
+        if new_size * 8 > fmt.MAX_L1_BYTES:
+            raise BlockError(f"{self.path}: L1 table would exceed {fmt.MAX_L1_BYTES} bytes")
+        nclusters = -(-new_size * 8 // self.cs)
+        if not exact:
+            new_size = min(nclusters * self.cs // 8, fmt.MAX_L1_BYTES // 8)
+        new_off = self.rc.alloc(nclusters)
+        new_l1 = np.zeros(new_size, dtype=np.uint64)
+        new_l1[:len(self.l1)] = self.l1
+        self.pwrite(Meta.ACTIVE_L1, new_l1.astype(">u8").tobytes(), new_off)
+        old_off, old_size = self.h.l1_table_offset, len(self.l1)
+        self.set_l1_location(new_off, new_size)
+        self.l1 = new_l1
+        if old_size:
+            first = old_off // self.cs
+            self.rc.update(np.arange(first, first + -(-old_size * 8 // self.cs)), -1)
+
+    def release(self, entries: np.ndarray) -> None:
+        """Drop the references the given (now replaced) L2 entries held."""
+        if not entries.any():  # nothing was allocated there (the usual case for a fresh image)
+            return
+        kinds, hosts = self.classify(entries)
+        plain = (kinds == NORMAL) | (kinds == ZERO_ALLOC)
+        drop = (hosts[plain] // np.uint64(self.cs)).astype(np.int64).tolist()
+        for e in entries[kinds == COMPRESSED].tolist():
+            off, n = self.compressed_extent(int(e))
+            start = off & ~511
+            stop = start + ((off & 511) + n + 511) // 512 * 512
+            drop.extend(range(start // self.cs, (stop - 1) // self.cs + 1))
+        if drop:
+            self.rc.update(np.array(drop, dtype=np.int64), -1)
+
+    def read_l1(self, offset: int, size: int, what: str) -> np.ndarray:
+        """An (inactive) L1 table of ``size`` entries at ``offset``."""
+        raw = os.pread(self.fd, size * 8, offset)
+        if len(raw) < size * 8:
+            raise BlockError(f"{self.path}: {what} L1 table is past the end of the file")
+        return np.frombuffer(raw, dtype=">u8").astype(np.uint64)
+
+    def bitmap_clusters(self) -> list[tuple[int, int, str]]:
+        """(offset, byte count, what) of every run of clusters the persistent bitmaps own."""
+        if self.bitmap_ext is None:
+            return []
+        return bm.referenced_clusters(self.bitmaps, self.bitmap_ext, self.cs,
+                                      lambda n, off: os.pread(self.fd, n, off))
