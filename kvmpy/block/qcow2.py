@@ -23,7 +23,6 @@ import numpy as np
 from kvmpy.block.backend import BlockBackend, Extent, map_file_range, merge_extents
 from kvmpy.block.errors import BlockError, CorruptImageError, io_errors
 from kvmpy.block import qcow2_format as fmt
-from kvmpy.block.qcow2_check import check_image
 from kvmpy.block.qcow2_metadata import (COMPRESSED, NORMAL, UNALLOCATED, ZERO_ALLOC, ZERO_PLAIN,
                                         Qcow2Metadata)
 from kvmpy.block.qcow2_overlap import Meta
@@ -71,6 +70,7 @@ class Qcow2Backend(BlockBackend):
         if h.backing_file and backing_opener is not None:
             self._backing = backing_opener(h.backing_file, h.backing_format)
         if not self.readonly and h.incompatible_features & fmt.INCOMPAT_DIRTY and repair_dirty:
+            from kvmpy.block.qcow2_check import check_image  # rarely needed: keep start-up lean
             log.info("%s: image was not closed cleanly; repairing refcounts", self.path)
             check_image(m, repair="all")
             m.set_incompat(fmt.INCOMPAT_DIRTY, False)
@@ -207,19 +207,20 @@ class Qcow2Backend(BlockBackend):
         return map_file_range(self.fd, int(hosts[0]) + (offset & (self.cs - 1)), length)
 
     # ------------------------------------------------------------------ writing
-    def _before_write(self, *, resized: bool = False) -> None:
+    def _before_write(self, offset: int, length: int, *, untrackable: bool = False) -> None:
+        """Checks and bookkeeping before guest bytes [offset, offset + length) change."""
         m = self.meta
         m.check_writable()
         if m.h.compatible_features & fmt.COMPAT_LAZY_REFCOUNTS and not self._marked_dirty:
             m.set_incompat(fmt.INCOMPAT_DIRTY, True)
             self._marked_dirty = True
-        m.guest_data_changing(resized=resized)
+        m.guest_data_changing(offset, length, untrackable=untrackable)
 
     @io_errors
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
-        self._before_write()
         view = memoryview(data).cast("B")
         self.check_range(offset, len(view))
+        self._before_write(offset, len(view))
         span = 1 << (self.cluster_bits + self.l2_bits)
         pos, end = offset, offset + len(view)
         while pos < end:
@@ -308,10 +309,10 @@ class Qcow2Backend(BlockBackend):
     @io_errors
     def write_compressed(self, offset: int, data: bytes) -> None:
         """Write one whole cluster compressed (falls back to a plain write if it does not shrink)."""
-        self._before_write()
         cs = self.cs
         if offset % cs or len(data) != min(cs, self.h.size - offset):
             raise BlockError(f"{self.path}: compressed writes must cover exactly one cluster")
+        self._before_write(offset, len(data))
         if len(data) < cs:
             data = bytes(data) + bytes(cs - len(data))
         if self.h.compression_type == fmt.COMPRESSION_ZSTD:
@@ -343,8 +344,8 @@ class Qcow2Backend(BlockBackend):
 
     @io_errors
     def write_zeroes(self, offset: int, length: int, *, unmap: bool = False) -> None:
-        self._before_write()
         self.check_range(offset, length)
+        self._before_write(offset, length)
         cs = self.cs
         end = offset + length
         a = -(-offset // cs) * cs
@@ -366,8 +367,8 @@ class Qcow2Backend(BlockBackend):
 
     @io_errors
     def discard(self, offset: int, length: int) -> None:
-        self._before_write()
         self.check_range(offset, length)
+        self._before_write(offset, length)
         cs = self.cs
         end = offset + length
         a = -(-offset // cs) * cs
@@ -454,7 +455,7 @@ class Qcow2Backend(BlockBackend):
     @io_errors
     def make_empty(self) -> None:
         """Deallocate every cluster so the image shows its backing file again (commit)."""
-        self._before_write()
+        self._before_write(0, self.h.size, untrackable=True)
         self._drop_tail_entries(0)
         self.flush()
 
@@ -548,6 +549,7 @@ class Qcow2Backend(BlockBackend):
             return
         try:
             if not self.readonly and hasattr(self, "h"):
+                self.meta.store_bitmaps()
                 self.flush()
                 if self._marked_dirty:
                     self.meta.set_incompat(fmt.INCOMPAT_DIRTY, False)

@@ -1,13 +1,15 @@
 """Persistent dirty bitmaps in qcow2 (the "bitmaps" header extension): parsing, the clusters
-they own, and flagging them in-use.
+they own, and the bit arithmetic of recording writes in them.
 
-Layouts from QEMU's docs/interop/qcow2.txt. kvmpy does not track writes in bitmaps. It keeps
-them intact instead: check counts their clusters as referenced, read-only work never opens the
-image read-write, and autoclear bit 0 stays set. When kvmpy changes guest data while a bitmap
-is enabled ("auto" flag), it sets that bitmap's in-use flag first, which is how QEMU marks a
-bitmap inconsistent (what QEMU itself leaves behind if it stops without saving its bitmaps).
-Disabled bitmaps do not track writes, so they stay valid. Resizing marks every bitmap in-use,
-since a bitmap's size follows the disk's.
+Layouts from QEMU's docs/interop/qcow2.txt. kvmpy keeps bitmaps the way QEMU does: check counts
+their clusters as referenced, read-only work never opens the image read-write, and autoclear
+bit 0 stays set. Enabled bitmaps ("auto" flag) record guest writes: before the first change
+kvmpy sets their in-use flag (on disk, synced), collects the dirtied bits in memory, and on a
+clean close writes them into the bitmap's data clusters and clears in-use again. A crash
+leaves in-use set, which QEMU reads as "inconsistent": never a bitmap that silently misses a
+write. Disabled bitmaps do not record writes and are left alone. What kvmpy cannot record
+(resize, applying an internal snapshot, commit emptying an image) leaves the affected bitmaps
+in-use, QEMU's mark for a bitmap that must not be trusted.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+
+import numpy as np
 
 from kvmpy.block.errors import CorruptImageError
 
@@ -25,6 +29,8 @@ MAX_TABLE_ENTRIES = 1 << 27  # QEMU's BME_MAX_TABLE_SIZE (0x8000000)
 FLAG_IN_USE = 1 << 0
 FLAG_AUTO = 1 << 1
 TABLE_OFFSET_MASK = 0x00FFFFFFFFFFFE00
+TABLE_ALL_ONES = 1 << 0
+TABLE_RESERVED = 0xFF000000000001FE
 
 _EXT = struct.Struct(">IIQQ")
 _ENTRY = struct.Struct(">QIIBBHI")
@@ -107,3 +113,31 @@ def referenced_clusters(bitmaps: list[Bitmap], ext: BitmapExtension, cluster_siz
 def flags_offset(b: Bitmap) -> int:
     """File offset of a directory entry's 32-bit flags field."""
     return b.entry_offset + 12
+
+
+def table_entries(disk_size: int, granularity_bits: int, cluster_size: int) -> int:
+    """How many table entries a bitmap over ``disk_size`` bytes has (one per data cluster)."""
+    nbits = -(-disk_size // (1 << granularity_bits))
+    return -(-nbits // (cluster_size * 8))
+
+
+def mark_range(pending: dict[int, np.ndarray], offset: int, length: int, granularity_bits: int,
+               cluster_size: int) -> None:
+    """Set the bits covering guest bytes [offset, offset + length) in ``pending`` (data cluster
+    index -> that cluster's bits, unpacked, bit i of the cluster at index i)."""
+    if length <= 0:
+        return
+    per = cluster_size * 8
+    first = offset >> granularity_bits
+    last = (offset + length - 1) >> granularity_bits
+    for j in range(first // per, last // per + 1):
+        bits = pending.get(j)
+        if bits is None:
+            bits = pending[j] = np.zeros(per, dtype=bool)
+        lo, hi = max(first, j * per), min(last, (j + 1) * per - 1)
+        bits[lo - j * per:hi - j * per + 1] = True
+
+
+def pack_bits(bits: np.ndarray) -> bytes:
+    """A data cluster's bits as qcow2 stores them: bit i is bit (i % 8) of byte i // 8."""
+    return np.packbits(bits, bitorder="little").tobytes()

@@ -45,7 +45,7 @@ class Qcow2Metadata:
         self.for_check = for_check  # check -r may open corrupt images read-write to repair them
         self._l2_cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self._overlap: OverlapMap | None = None
-        self._bitmaps_flagged = False
+        self._tracking: dict[int, dict[int, np.ndarray]] | None = None  # bitmap -> bits
         st = os.fstat(fd)
         first = os.pread(fd, 4096, 0)
         try:
@@ -78,8 +78,11 @@ class Qcow2Metadata:
         self.bitmap_ext: bm.BitmapExtension | None = None
         self.bitmaps: list[bm.Bitmap] = []
         self._load_bitmaps()
-        if not readonly and h.autoclear_features & ~fmt.AUTOCLEAR_KNOWN:
-            h.autoclear_features &= fmt.AUTOCLEAR_KNOWN
+        # Autoclear bits kvmpy does not maintain are cleared on a read-write open; the bitmaps
+        # bit only stays while there are bitmaps it keeps consistent.
+        known = fmt.AUTOCLEAR_KNOWN if self.bitmap_ext is not None else 0
+        if not readonly and h.autoclear_features & ~known:
+            h.autoclear_features &= known
             self.write_header()
 
     # ------------------------------------------------------------------ loading
@@ -110,9 +113,6 @@ class Qcow2Metadata:
             # without bitmap support does); QEMU then ignores them rather than trusting them.
             log.warning("%s: ignoring persistent bitmaps: %s", self.path, e)
             self.bitmaps = []
-            if not self.readonly:
-                self.h.autoclear_features &= ~bm.AUTOCLEAR_BITMAPS
-                self.write_header()
 
     # ------------------------------------------------------------------ header
     def check_writable(self) -> None:
@@ -229,19 +229,81 @@ class Qcow2Metadata:
         t = time.time_ns()
         return t // 1_000_000_000, t % 1_000_000_000
 
-    # ------------------------------------------------------------------ guest-visible changes
-    def guest_data_changing(self, *, resized: bool = False) -> None:
-        """Called before guest data changes: flag the bitmaps this makes stale as in use."""
-        if self._bitmaps_flagged and not resized:
+    # ------------------------------------------------------------------ persistent bitmaps
+    def guest_data_changing(self, offset: int = 0, length: int = 0, *,
+                            untrackable: bool = False, resized: bool = False) -> None:
+        """Called before guest bytes [offset, offset + length) change: enabled bitmaps record
+        the range (the first call flags them in-use on disk, see qcow2_bitmaps). An
+        ``untrackable`` change (snapshot apply, emptying the image) leaves enabled bitmaps
+        in-use for good; ``resized`` does that to every bitmap, since their size follows the
+        disk's."""
+        if not self.bitmaps:
             return
-        self._bitmaps_flagged = True
-        for b in self.bitmaps:
-            if (resized or b.flags & bm.FLAG_AUTO) and not b.flags & bm.FLAG_IN_USE:
-                b.flags |= bm.FLAG_IN_USE
-                self.pwrite(Meta.BITMAP_DIRECTORY, struct.pack(">I", b.flags),
-                            bm.flags_offset(b))
-                log.info("%s: bitmap '%s' is now in use (kvmpy does not track writes in "
-                         "bitmaps)", self.path, b.name)
+        if self._tracking is None:
+            self._tracking = {}
+            for i, b in enumerate(self.bitmaps):
+                if b.flags & bm.FLAG_AUTO and not b.flags & bm.FLAG_IN_USE:
+                    self._set_bitmap_flags(b, b.flags | bm.FLAG_IN_USE)
+                    self._tracking[i] = {}
+            os.fsync(self.fd)
+        if resized:
+            for b in self.bitmaps:
+                if not b.flags & bm.FLAG_IN_USE:
+                    self._set_bitmap_flags(b, b.flags | bm.FLAG_IN_USE)
+        if resized or untrackable:
+            for i in list(self._tracking):
+                log.warning("%s: bitmap '%s' left in use: kvmpy cannot record this change in it",
+                            self.path, self.bitmaps[i].name)
+            self._tracking.clear()
+            return
+        for i, pending in self._tracking.items():
+            bm.mark_range(pending, offset, length, self.bitmaps[i].granularity_bits, self.cs)
+
+    def _set_bitmap_flags(self, b: bm.Bitmap, flags: int) -> None:
+        self.pwrite(Meta.BITMAP_DIRECTORY, struct.pack(">I", flags), bm.flags_offset(b))
+        b.flags = flags
+
+    def store_bitmaps(self) -> None:
+        """Write the recorded bits into the enabled bitmaps and clear their in-use flags (a
+        clean close). A bitmap that cannot be stored stays in-use, so QEMU will not trust it."""
+        if not self._tracking or self.readonly:
+            return
+        tracking, self._tracking = self._tracking, {}
+        for i, pending in tracking.items():
+            b = self.bitmaps[i]
+            try:
+                self._store_bitmap(b, pending)
+            except (BlockError, OSError) as e:
+                log.warning("%s: bitmap '%s' left in use: %s", self.path, b.name, e)
+                continue
+            self._set_bitmap_flags(b, b.flags & ~bm.FLAG_IN_USE)
+        os.fsync(self.fd)
+
+    def _store_bitmap(self, b: bm.Bitmap, pending: dict[int, np.ndarray]) -> None:
+        if b.table_size != bm.table_entries(self.h.size, b.granularity_bits, self.cs):
+            raise BlockError("its table does not match the disk size")
+        table = np.frombuffer(os.pread(self.fd, b.table_size * 8, b.table_offset),
+                              dtype=">u8").astype(np.uint64)
+        if len(table) < b.table_size or (table & np.uint64(bm.TABLE_RESERVED)).any():
+            raise BlockError("its table is damaged")
+        for j in sorted(pending):
+            if j >= b.table_size:
+                raise BlockError("a write lies past the bitmap's end")
+            e = int(table[j])
+            off = e & bm.TABLE_OFFSET_MASK
+            if not off and e & bm.TABLE_ALL_ONES:
+                continue  # every bit already set
+            bits = pending[j]
+            if off:
+                old = np.frombuffer(os.pread(self.fd, self.cs, off), dtype=np.uint8)
+                if len(old) < self.cs:
+                    raise BlockError("a data cluster lies past the end of the file")
+                bits = bits | np.unpackbits(old, bitorder="little").astype(bool)
+                self.pwrite(Meta.DATA, bm.pack_bits(bits), off)
+            else:  # all zeros so far: the cluster is allocated, written, then linked
+                off = self.rc.alloc(1)
+                self.pwrite(Meta.DATA, bm.pack_bits(bits), off)
+                self.pwrite(Meta.DATA, off.to_bytes(8, "big"), b.table_offset + j * 8)
 
     # ------------------------------------------------------------------ L1 / L2 tables
     def l1_entry_offset(self, l1i: int) -> int:

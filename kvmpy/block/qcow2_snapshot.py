@@ -153,7 +153,8 @@ def apply(img: Qcow2Metadata, ref: str) -> None:
     img.check_writable()
     snap = img.snapshots[find(img, ref)]
     sn_l1 = _read_l1(img, snap)
-    img.guest_data_changing(resized=snap.disk_size is not None and snap.disk_size != img.h.size)
+    img.guest_data_changing(untrackable=True, resized=snap.disk_size is not None and
+                            snap.disk_size != img.h.size)
     img.rc.update(*_weighted(tree_clusters(img, sn_l1), 1))
     if len(sn_l1) > len(img.l1):
         img.grow_l1(len(sn_l1), exact=True)

@@ -27,6 +27,7 @@ from kvmpy.block.qcow2 import Qcow2Backend
 from kvmpy.block.qcow2_check import check_image
 from kvmpy.block.qcow2_create import Qcow2Options, create_qcow2
 from kvmpy.block import qcow2_snapshot
+from tests.block.conftest import QEMU_IMG, qemu_img, qemu_io
 
 N_IMAGES = int(os.environ.get("KVMPY_FUZZ_IMAGES", "5000"))
 PER_IMAGE_SECONDS = 5
@@ -70,6 +71,14 @@ def _seeds(tmp: Path) -> list[bytes]:
             if img.rc.bits > 1:
                 qcow2_snapshot.create(img.meta, "s")
             img.write(50, b"after snapshot")
+        out.append(p.read_bytes())
+    if QEMU_IMG:  # persistent bitmaps can only be made by QEMU: one enabled, one disabled
+        p = tmp / "seed-bitmaps.qcow2"
+        qemu_img("create", "-f", "qcow2", "-o", "cluster_size=4096", p, "256K")
+        qemu_img("bitmap", "--add", p, "live")
+        qemu_io(p, "write -P 1 0 20k", "write -P 2 100k 8k")
+        qemu_img("bitmap", "--add", "--disable", p, "frozen")
+        qemu_img("bitmap", "--merge", "live", p, "frozen")
         out.append(p.read_bytes())
     return out
 
