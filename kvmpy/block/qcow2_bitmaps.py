@@ -26,6 +26,8 @@ AUTOCLEAR_BITMAPS = 1 << 0
 MAX_BITMAPS = 65535
 MAX_DIRECTORY_BYTES = 64 << 20
 MAX_TABLE_ENTRIES = 1 << 27  # QEMU's BME_MAX_TABLE_SIZE (0x8000000)
+MIN_GRANULARITY_BITS, MAX_GRANULARITY_BITS = 9, 31  # QEMU's BME_{MIN,MAX}_GRANULARITY_BITS
+TYPE_DIRTY_TRACKING = 1
 FLAG_IN_USE = 1 << 0
 FLAG_AUTO = 1 << 1
 TABLE_OFFSET_MASK = 0x00FFFFFFFFFFFE00
@@ -86,6 +88,9 @@ def parse_directory(buf: bytes, ext: BitmapExtension, cluster_size: int) -> list
         if t_off % cluster_size or t_off >= 1 << 56 or t_size > MAX_TABLE_ENTRIES or \
                 (t_size and not t_off):
             raise CorruptImageError(f"bitmap '{name}': invalid bitmap table")
+        if not MIN_GRANULARITY_BITS <= gbits <= MAX_GRANULARITY_BITS or \
+                _type != TYPE_DIRTY_TRACKING:
+            raise CorruptImageError(f"bitmap '{name}': invalid granularity or type")
         out.append(Bitmap(ext.directory_offset + pos, t_off, t_size, flags, gbits, name))
         pos = (end + 7) & ~7
     return out

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 UNALLOCATED, ZERO_PLAIN, ZERO_ALLOC, NORMAL, COMPRESSED = range(5)
 L2_RESERVED = 0x3F000000000001FE
 L2_CACHE_BYTES = 32 << 20
+BITMAP_MEMORY_LIMIT = 256 << 20  # recorded bits held per bitmap before it is given up (in-use)
 
 
 class Qcow2Metadata:
@@ -256,8 +257,12 @@ class Qcow2Metadata:
                             self.path, self.bitmaps[i].name)
             self._tracking.clear()
             return
-        for i, pending in self._tracking.items():
+        for i, pending in list(self._tracking.items()):
             bm.mark_range(pending, offset, length, self.bitmaps[i].granularity_bits, self.cs)
+            if len(pending) * self.cs * 8 > BITMAP_MEMORY_LIMIT:
+                log.warning("%s: bitmap '%s' left in use: too many changes to hold in memory",
+                            self.path, self.bitmaps[i].name)
+                del self._tracking[i]
 
     def _set_bitmap_flags(self, b: bm.Bitmap, flags: int) -> None:
         self.pwrite(Meta.BITMAP_DIRECTORY, struct.pack(">I", flags), bm.flags_offset(b))

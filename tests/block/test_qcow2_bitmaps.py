@@ -196,3 +196,18 @@ def test_parse_rejects_bad_directory() -> None:
         ("b0", 3 * 65536, 16, 65536 + 12)
     with pytest.raises(CorruptImageError):
         bm.parse_extension(struct.pack(">IIQQ", 0, 0, 24, 65536), 65536)
+    tiny = struct.pack(">QIIBBHI", 3 * 65536, 1, bm.FLAG_AUTO, 1, 0, 2, 0) + b"b0"
+    with pytest.raises(CorruptImageError, match="granularity"):  # one bit per byte: refused
+        bm.parse_directory(tiny, ext, 65536)
+
+
+def test_mark_range_bits() -> None:
+    pending: dict = {}
+    bm.mark_range(pending, 65536 * 3 + 5, 65536, 16, 512)  # touches chunks 3 and 4
+    bm.mark_range(pending, 4096 * 65536, 1, 16, 512)       # chunk 4096: second data cluster
+    assert sorted(pending) == [0, 1]
+    assert np.flatnonzero(pending[0]).tolist() == [3, 4]
+    assert np.flatnonzero(pending[1]).tolist() == [0]
+    packed = bm.pack_bits(pending[0])
+    assert packed[0] == 0b11000 and len(packed) == 512 and not any(packed[1:])
+    assert bm.table_entries(1 << 30, 16, 512) == 4  # 16384 bits, 4096 per cluster
