@@ -217,7 +217,8 @@ class Qcow2Metadata:
             raise self.mark_corrupt(describe(hit))
 
     def pwrite(self, kind: Meta, data: bytes | bytearray | memoryview, offset: int) -> None:
-        """Write metadata (or data) of ``kind`` after the overlap check."""
+        """Write after the overlap check: ``kind`` is the existing structure being updated, or
+        Meta.DATA for guest data and for any newly allocated table (nothing may be there)."""
         self.check_overlap(kind, offset, len(data))
         os.pwrite(self.fd, data, offset)
 
@@ -401,7 +402,7 @@ class Qcow2Metadata:
             return off, self.load_l2(off)
         new = self.rc.alloc(1)
         tbl = self.load_l2(off).copy() if off else np.zeros(self.l2_entries, dtype=np.uint64)
-        self.pwrite(Meta.ACTIVE_L2, tbl.astype(">u8").tobytes(), new)
+        self.pwrite(Meta.DATA, tbl.astype(">u8").tobytes(), new)  # new: nothing may be there
         self._l2_cache[new] = tbl
         self.note_metadata(Meta.ACTIVE_L2, new, self.cs)
         entry = new | fmt.QCOW_OFLAG_COPIED
@@ -423,7 +424,7 @@ class Qcow2Metadata:
         new_off = self.rc.alloc(nclusters)
         new_l1 = np.zeros(new_size, dtype=np.uint64)
         new_l1[:len(self.l1)] = self.l1
-        self.pwrite(Meta.ACTIVE_L1, new_l1.astype(">u8").tobytes(), new_off)
+        self.pwrite(Meta.DATA, new_l1.astype(">u8").tobytes(), new_off)  # new table
         old_off, old_size = self.h.l1_table_offset, len(self.l1)
         self.set_l1_location(new_off, new_size)
         self.l1 = new_l1

@@ -75,6 +75,8 @@ class Refcounts:
         self.check_overlap: Callable[[Meta, int, int], None] = lambda kind, off, n: None
 
     def _pwrite(self, kind: Meta, data: bytes, offset: int) -> None:
+        """Write after the overlap check. ``kind`` is what an existing structure being updated
+        is; a new block or table is written as Meta.DATA (as QEMU does: nothing may be there)."""
         self.check_overlap(kind, offset, len(data))
         os.pwrite(self.fd, data, offset)
 
@@ -240,7 +242,7 @@ class Refcounts:
             else:
                 elsewhere.append(c)
         for bi, c in zip(missing, places):
-            self._pwrite(Meta.REFCOUNT_BLOCK, encode_refblock(new[bi], self.bits), c * self.cs)
+            self._pwrite(Meta.DATA, encode_refblock(new[bi], self.bits), c * self.cs)
         for bi, c in zip(missing, places):
             self._pwrite(Meta.REFCOUNT_TABLE, int(c * self.cs).to_bytes(8, "big"),
                          self.table_offset + bi * 8)
@@ -323,7 +325,7 @@ class Refcounts:
         blk = np.zeros(self.epb, dtype=np.uint64)
         blk[slot - base] = 1
         off = slot * self.cs
-        self._pwrite(Meta.REFCOUNT_BLOCK, encode_refblock(blk, self.bits), off)
+        self._pwrite(Meta.DATA, encode_refblock(blk, self.bits), off)
         self._pwrite(Meta.REFCOUNT_TABLE, int(off).to_bytes(8, "big"), self.table_offset + bi * 8)
         self._blocks[bi] = blk
         self.table[bi] = off
@@ -356,12 +358,12 @@ class Refcounts:
             hi = min(base + tclusters + nblocks, (nb + 1) * self.epb)
             blk[lo - nb * self.epb:hi - nb * self.epb] = 1
             off = (base + tclusters + k) * self.cs
-            self._pwrite(Meta.REFCOUNT_BLOCK, encode_refblock(blk, self.bits), off)
+            self._pwrite(Meta.DATA, encode_refblock(blk, self.bits), off)
             self._blocks[nb] = blk
             new_table[nb] = off
             self.on_new_metadata(Meta.REFCOUNT_BLOCK, off, self.cs)
         new_off = base * self.cs
-        self._pwrite(Meta.REFCOUNT_TABLE, new_table.astype(">u8").tobytes(), new_off)
+        self._pwrite(Meta.DATA, new_table.astype(">u8").tobytes(), new_off)
         old_off, old_clusters = self.table_offset, self.table_clusters
         self._write_table_location(new_off, tclusters)
         self.table, self.table_offset, self.table_clusters = new_table, new_off, tclusters

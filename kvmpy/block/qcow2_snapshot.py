@@ -92,7 +92,7 @@ def _write_table(img: Qcow2Metadata, snaps: list[fmt.SnapshotEntry]) -> None:
     if snaps:
         n = -(-len(data) // img.cs)
         new_off = img.rc.alloc(n)
-        img.pwrite(Meta.SNAPSHOT_TABLE, data, new_off)
+        img.pwrite(Meta.DATA, data, new_off)  # a new table
     old_off, old_len = img.h.snapshots_offset, len(
         fmt.snapshot_table_bytes(img.snapshots, img.h.version))
     img.set_snapshot_table(snaps, new_off)
@@ -132,7 +132,7 @@ def create(img: Qcow2Metadata, name: str) -> fmt.SnapshotEntry:
     l1_off = 0
     if len(l1):
         l1_off = img.rc.alloc(-(-len(l1) * 8 // img.cs))
-        img.pwrite(Meta.INACTIVE_L1, l1.astype(">u8").tobytes(), l1_off)
+        img.pwrite(Meta.DATA, l1.astype(">u8").tobytes(), l1_off)  # a new table
         img.note_metadata(Meta.INACTIVE_L1, l1_off, len(l1) * 8)
     img.rc.update(*_weighted(tree_clusters(img, img.l1), 1))  # references first
     fix_copied_flags(img)                            # then make the active tree copy-on-write
