@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -569,7 +568,3 @@ class Qcow2Backend(BlockBackend):
         self.h.backing_format = backing_format if backing_file else None
         self.meta.write_header()
         os.fsync(self.fd)
-
-    def now(self) -> tuple[int, int]:
-        t = time.time_ns()
-        return t // 1_000_000_000, t % 1_000_000_000

@@ -117,6 +117,7 @@ class Qcow2Metadata:
 
     # ------------------------------------------------------------------ header
     def check_writable(self) -> None:
+        """Raise unless the image may be written (opened read-write and not found corrupt)."""
         if self.readonly:
             raise BlockError(f"{self.path}: image is opened read-only")
 
@@ -125,6 +126,7 @@ class Qcow2Metadata:
         self.pwrite(Meta.MAIN_HEADER, self.h.pack(), 0)
 
     def write_header_field(self, offset: int, fmt_: str, *values: int) -> None:
+        """Write one packed header field (``fmt_`` is a struct format) at ``offset``."""
         self.pwrite(Meta.MAIN_HEADER, struct.pack(fmt_, *values), offset)
 
     def _write_reftable_location(self, offset: int, clusters: int) -> None:
@@ -145,10 +147,12 @@ class Qcow2Metadata:
         self.forget_overlap()
 
     def set_size(self, size: int) -> None:
+        """Record a new virtual disk size in the header (the L1 table must already cover it)."""
         self.h.size = size
         self.write_header_field(24, ">Q", size)
 
     def set_incompat(self, bit: int, on: bool) -> None:
+        """Set or clear an incompatible-feature bit (dirty, corrupt) and sync it (v3 only)."""
         if self.h.version < 3:
             return
         new = (self.h.incompatible_features | bit) if on else (self.h.incompatible_features & ~bit)
@@ -223,6 +227,7 @@ class Qcow2Metadata:
         os.pwrite(self.fd, data, offset)
 
     def flush(self) -> None:
+        """fsync the file when it is open for writing."""
         if not self.readonly:
             os.fsync(self.fd)
 
@@ -313,6 +318,7 @@ class Qcow2Metadata:
 
     # ------------------------------------------------------------------ L1 / L2 tables
     def l1_entry_offset(self, l1i: int) -> int:
+        """The L2 table offset in active L1 slot ``l1i`` (0: none); unaligned is corrupt."""
         e = int(self.l1[l1i])
         off = e & fmt.L1E_OFFSET_MASK
         if off % self.cs:
@@ -339,6 +345,7 @@ class Qcow2Metadata:
         self.pwrite(Meta.ACTIVE_L2, tbl[lo:hi].astype(">u8").tobytes(), off + lo * 8)
 
     def drop_l2_cache(self) -> None:
+        """Forget cached L2 tables (after changes made behind the cache, or to re-read)."""
         self._l2_cache.clear()
 
     def write_l1(self) -> None:
