@@ -91,15 +91,6 @@ class Qcow2Backend(BlockBackend):
     def snapshots(self) -> list[fmt.SnapshotEntry]:
         return self.meta.snapshots
 
-    def mark_corrupt(self, problem: str) -> CorruptImageError:
-        return self.meta.mark_corrupt(problem)
-
-    def classify(self, entries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self.meta.classify(entries)
-
-    def compressed_extent(self, entry: int) -> tuple[int, int]:
-        return self.meta.compressed_extent(entry)
-
     # ------------------------------------------------------------------ reading
     def size(self) -> int:
         return self.h.size
@@ -123,7 +114,7 @@ class Qcow2Backend(BlockBackend):
             out[avail:n] = bytes(n - avail)
 
     def _decompress(self, entry: int) -> bytes:
-        off, n = self.compressed_extent(entry)
+        off, n = self.meta.compressed_extent(entry)
         data = os.pread(self.fd, n, off)
         try:
             if self.h.compression_type == fmt.COMPRESSION_ZSTD:
@@ -161,7 +152,7 @@ class Qcow2Backend(BlockBackend):
             first = (pos >> cb) & (self.l2_entries - 1)
             count = ((seg_end - 1) >> cb) - (pos >> cb) + 1
             entries = self.meta.lookup(l1i, first, count)
-            kinds, hosts = self.classify(entries)
+            kinds, hosts = self.meta.classify(entries)
             i = 0
             while i < count:
                 k = int(kinds[i])
@@ -199,7 +190,7 @@ class Qcow2Backend(BlockBackend):
             return None
         first = (offset >> cb) & (self.l2_entries - 1)
         count = ((offset + length - 1) >> cb) - (offset >> cb) + 1
-        kinds, hosts = self.classify(self.meta.lookup(l1i, first, count))
+        kinds, hosts = self.meta.classify(self.meta.lookup(l1i, first, count))
         if not (kinds == NORMAL).all() or \
                 (count > 1 and (np.diff(hosts) != np.uint64(self.cs)).any()):
             return None  # not one plain run of this file: zero, compressed, backing, scattered
@@ -245,7 +236,7 @@ class Qcow2Backend(BlockBackend):
         count = c1 - c0 + 1
         l2off, tbl = self.meta.l2_for_write(l1i)
         old = tbl[first:first + count].copy()
-        kinds, hosts = self.classify(old)
+        kinds, hosts = self.meta.classify(old)
         inplace = (kinds == NORMAL) & ((old & np.uint64(fmt.QCOW_OFLAG_COPIED)) != 0)
         fresh_idx = np.flatnonzero(~inplace)
         new_hosts = hosts.copy()
@@ -387,7 +378,7 @@ class Qcow2Backend(BlockBackend):
             first = (pos >> cb) & (self.l2_entries - 1)
             count = (seg_end - pos) >> cb
             cur = self.meta.lookup(l1i, first, count)
-            kinds, _ = self.classify(cur)
+            kinds, _ = self.meta.classify(cur)
             if v3:
                 target = fmt.QCOW_OFLAG_ZERO if (self._backing is not None or not discard) \
                     else 0
@@ -496,7 +487,7 @@ class Qcow2Backend(BlockBackend):
             first = (pos >> cb) & (self.l2_entries - 1)
             count = ((seg_end - 1) >> cb) - (pos >> cb) + 1
             entries = self.meta.lookup(l1i, first, count)
-            kinds, hosts = self.classify(entries)
+            kinds, hosts = self.meta.classify(entries)
             kinds = np.where(kinds == ZERO_ALLOC, ZERO_PLAIN, kinds)
             # Runs of one kind (data runs also need contiguous host offsets).
             brk = np.flatnonzero((kinds[1:] != kinds[:-1]) | (kinds[1:] == COMPRESSED) |
