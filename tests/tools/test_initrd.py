@@ -3,7 +3,6 @@
 import gzip
 import os
 import shutil
-import struct
 import subprocess
 import sys
 
@@ -11,30 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from kvmpy.initrd import main
-from kvmpy.testbed.fetch import is_static_elf
+from kvmpy.tools.fetch import is_static_elf
+from kvmpy.tools.initrd import main
+
+from module_helpers import fake_module
 
 BUSYBOX = next((p for p in ("/bin/busybox", "/usr/bin/busybox") if os.path.exists(p) and is_static_elf(Path(p))),
                None)
 needs_busybox = pytest.mark.skipif(BUSYBOX is None, reason="busybox-static is not installed")
-
-
-def _module(name: str, depends: str) -> bytes:
-    """A minimal ELF64 relocatable with a .modinfo section, as a kernel module carries."""
-    modinfo = f"name={name}\0depends={depends}\0".encode()
-    shstr = b"\0.modinfo\0.shstrtab\0"
-    data_off = 64
-    shstr_off = data_off + len(modinfo)
-    shoff = (shstr_off + len(shstr) + 7) & ~7
-    hdr = bytearray(64)
-    hdr[:16] = b"\x7fELF\x02\x01\x01" + b"\0" * 9
-    struct.pack_into("<HHIQQQIHHHHHH", hdr, 16, 1, 62, 1, 0, 0, shoff, 0, 64, 0, 0, 64, 3, 2)
-    body = bytes(hdr) + modinfo + shstr
-    body += b"\0" * (shoff - len(body))
-    sh = bytes(64)
-    sh += struct.pack("<IIQQQQIIQQ", 1, 1, 0, 0, data_off, len(modinfo), 0, 0, 1, 0)
-    sh += struct.pack("<IIQQQQIIQQ", 10, 3, 0, 0, shstr_off, len(shstr), 0, 0, 1, 0)
-    return body + sh
 
 
 def _cpio_list(path):
@@ -49,10 +32,10 @@ def _cpio_list(path):
 def test_default_initrd_with_modules_and_files(tmp_path):
     tree = tmp_path / "lib/modules/6.1.0-test"
     (tree / "kernel/a").mkdir(parents=True)
-    (tree / "kernel/a/top.ko").write_bytes(_module("top", "mid"))
-    (tree / "kernel/a/mid.ko").write_bytes(_module("mid", "base_mod"))
-    (tree / "kernel/a/base-mod.ko").write_bytes(_module("base_mod", ""))
-    (tree / "kernel/a/unrelated.ko").write_bytes(_module("unrelated", ""))
+    (tree / "kernel/a/top.ko").write_bytes(fake_module("top", "mid"))
+    (tree / "kernel/a/mid.ko").write_bytes(fake_module("mid", "base_mod"))
+    (tree / "kernel/a/base-mod.ko").write_bytes(fake_module("base_mod", ""))
+    (tree / "kernel/a/unrelated.ko").write_bytes(fake_module("unrelated", ""))
     extra = tmp_path / "hello.txt"
     extra.write_text("hi\n")
     out = tmp_path / "initrd.gz"
