@@ -15,6 +15,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from kvmpy.tools.fetch import FetchError, fetch_busybox, is_static_elf
 from kvmpy.tools.initramfs import (InitramfsError, ModuleTree, busybox_archive, module_stem, read_input,
@@ -78,9 +79,29 @@ def build(output: Path, busybox: Path | None = None, init: Path | None = None,
     return arc.names()
 
 
+PROG = "kvmpy initrd"
+
+
+class UsageError(Exception):
+    """A bad command line; the message is shown in one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose mistakes raise instead of printing the usage block and exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def one_line(text: object) -> str:
+    """``text`` as one printable line: control characters and undecodable bytes are escaped."""
+    s = str(text).encode("utf-8", "backslashreplace").decode("utf-8")
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="kvmpy initrd",
+    p = _Parser(
+        prog=PROG,
         description="Build a bootable initramfs (cpio newc, gzip) with a static busybox, an /init and "
                     "optionally kernel modules with their dependencies.",
         epilog="Example: kvmpy initrd -o initrd.gz && kvmpy -enable-kvm -m 512M -kernel "
@@ -101,15 +122,23 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    """Run ``kvmpy initrd``; returns 0, or 2 after ONE line on stderr for any user mistake."""
+    try:
+        args = _parser().parse_args(argv)
+    except UsageError as exc:
+        print(f"{PROG}: error: {one_line(exc)} (see {PROG} --help)", file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # --help printed the help
+        return exc.code if isinstance(exc.code, int) else 0
     try:
         names = build(args.output, args.busybox, args.init, args.modules_dir, args.module, args.file, args.level)
-    except InitramfsError as exc:
-        print(f"kvmpy initrd: error: {exc}", file=sys.stderr)
+        size = args.output.stat().st_size
+    except (InitramfsError, OSError, ValueError) as exc:
+        # OSError: a path the OS refuses (too long, a loop...); ValueError: a path with a NUL byte.
+        print(f"{PROG}: error: {one_line(exc)}", file=sys.stderr)
         return 2
     mods = sum(1 for n in names if n.endswith(".ko"))
-    print(f"kvmpy initrd: wrote {args.output} ({args.output.stat().st_size} bytes, {len(names)} entries, "
-          f"{mods} modules)")
+    print(f"{PROG}: wrote {one_line(args.output)} ({size} bytes, {len(names)} entries, {mods} modules)")
     return 0
 
 
