@@ -50,6 +50,7 @@ NAMES = {
 }
 
 CACHED = Meta((1 << 9) - 1) & ~Meta.INACTIVE_L2
+_CACHED = int(CACHED)  # plain ints on the write path: IntFlag arithmetic costs microseconds
 
 
 def describe(kinds: int) -> str:
@@ -69,6 +70,7 @@ class OverlapMap:
 
     def add(self, kind: Meta, offset: int, nbytes: int) -> None:
         """Mark the clusters under [offset, offset + nbytes) (at least one) as ``kind``."""
+        kind = int(kind)
         first = offset // self.cs
         last = (offset + max(nbytes, 1) - 1) // self.cs
         if last - first > (64 << 20) // self.cs:  # hostile sizes: no table is this large
@@ -78,6 +80,7 @@ class OverlapMap:
 
     def add_clusters(self, kind: Meta, offsets: Iterable[int]) -> None:
         """Mark the cluster holding each (non-zero) byte offset as ``kind``."""
+        kind = int(kind)
         for off in offsets:
             if off:
                 c = off // self.cs
@@ -93,7 +96,7 @@ class OverlapMap:
             found = 0
             for c in range(first, last + 1):
                 found |= kinds.get(c, 0)
-            return found & ~ignore & CACHED
+            return found & ~int(ignore) & _CACHED
         return self.hit_clusters(np.arange(first, last + 1, dtype=np.uint64), ignore)
 
     def hit_clusters(self, clusters: np.ndarray | list[int], ignore: int) -> int:
@@ -105,4 +108,4 @@ class OverlapMap:
         found = 0
         for c in lst:
             found |= kinds.get(c, 0)
-        return found & ~ignore & CACHED
+        return found & ~int(ignore) & _CACHED
