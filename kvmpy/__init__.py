@@ -6,7 +6,7 @@ use, so ``import kvmpy`` and the ``kvmpy`` command stay lean.
 
 from typing import Any
 
-__version__ = "0.1.0"
+from kvmpy.version import __version__
 
 _API_NAMES = ("VM", "VMError", "QMPError")
 

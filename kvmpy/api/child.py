@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import kvmpy
 from kvmpy.api.console import Console
 from kvmpy.api.errors import QMPError, UnsupportedError, VMError, VMGone, WaitTimeout, output_tail
 from kvmpy.api.events import Event
@@ -59,7 +58,7 @@ class ChildProcessVM:
     def start(self) -> None:
         env = dict(os.environ)
         # The child imports the same kvmpy as this process, wherever it lives.
-        root = str(Path(kvmpy.__file__).resolve().parents[1])
+        root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
         self._proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, env=env, start_new_session=True)
