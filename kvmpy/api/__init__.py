@@ -10,6 +10,7 @@ from kvmpy.api.errors import (ConsoleClosed, ExpectTimeout, QMPError, Unsupporte
                               WaitTimeout)
 from kvmpy.api.events import Event
 from kvmpy.api.vm import VM
+from kvmpy.config import ConfigError
 
 __all__ = ["VM", "Event", "VMError", "QMPError", "UnsupportedError", "WaitTimeout", "VMGone", "ExpectTimeout",
-           "ConsoleClosed"]
+           "ConsoleClosed", "ConfigError"]

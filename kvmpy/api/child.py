@@ -27,11 +27,13 @@ from kvmpy.api.errors import QMPError, UnsupportedError, VMError, VMGone, WaitTi
 from kvmpy.api.events import Event
 from kvmpy.api.options import VMOptions
 from kvmpy.api.qmp import QmpConnection
+from kvmpy.config import ConfigError
 
 log = logging.getLogger(__name__)
 
 START_TIMEOUT = 60.0  # from spawning the child until its QMP socket accepts us
 STDERR_LIMIT = 64 << 10
+USAGE_ERROR = 2  # kvmpy's exit status for a usage mistake (one line on stderr)
 
 
 class ChildProcessVM:
@@ -84,6 +86,8 @@ class ChildProcessVM:
         while not self._socket.exists():
             if self._proc.poll() is not None:
                 self._join_pumps()
+                if self._proc.returncode == USAGE_ERROR:  # a kernel kvmpy cannot boot, say: as in-process
+                    raise ConfigError(self.stderr.strip().removeprefix("kvmpy: error: "))
                 raise VMError(f"kvmpy exited with status {self._proc.returncode} before its QMP socket "
                               f"appeared: {self.stderr.strip() or '(no message)'}")
             if time.monotonic() > end:
@@ -179,7 +183,7 @@ class ChildProcessVM:
         except subprocess.TimeoutExpired:
             raise WaitTimeout(f"the VM was still running after {timeout} s") from None
         self._join_pumps()
-        if status == 2:
+        if status == USAGE_ERROR:
             raise VMError(f"kvmpy refused its command line: {output_tail(self.stderr.strip(), 500)}")
         return status
 

@@ -82,6 +82,7 @@ class Console:
         regex = pattern if isinstance(pattern, re.Pattern) else re.compile(re.escape(pattern))
         if not isinstance(regex.pattern, str):
             raise TypeError("console.expect needs a str or a str regex (the console is decoded as UTF-8)")
+        shown = repr(pattern) if isinstance(pattern, str) else f"regex {regex.pattern!r}"
         end = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while True:
@@ -90,11 +91,11 @@ class Console:
                     self._cursor = m.end()
                     return m
                 if self._closed is not None:
-                    raise ConsoleClosed(f"{self._closed} before {regex.pattern!r} appeared on the console",
+                    raise ConsoleClosed(f"{self._closed} before {shown} appeared on the console",
                                         self._text)
                 left = None if end is None else end - time.monotonic()
                 if left is not None and left <= 0:
-                    raise ExpectTimeout(f"{regex.pattern!r} did not appear on the console within {timeout} s",
+                    raise ExpectTimeout(f"{shown} did not appear on the console within {timeout} s",
                                         self._text)
                 self._cond.wait(left)
 

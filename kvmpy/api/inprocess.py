@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from kvmpy.api.console import Console, ConsoleBackend
-from kvmpy.api.errors import VMError, WaitTimeout
+from kvmpy.api.errors import VMError, VMGone, WaitTimeout
 from kvmpy.api.events import Event
 from kvmpy.api.options import VMOptions
 from kvmpy.api.qmp import QmpConnection
+from kvmpy.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +37,16 @@ class InProcessVM:
     mode = "in-process"
 
     def __init__(self, options: VMOptions, console: Console, on_event: Callable[[Event], None]) -> None:
+        from kvmpy.loader.errors import LoaderError
         from kvmpy.machine import Machine  # the heavy imports happen only when a VM is made
 
         self.console = console
-        self.machine = Machine(options.to_config(), console=ConsoleBackend(console))
+        try:
+            self.machine = Machine(options.to_config(), console=ConsoleBackend(console))
+        except ConfigError:
+            raise
+        except (LoaderError, ValueError) as exc:  # what the kvmpy command reports as a usage error (status 2)
+            raise ConfigError(str(exc)) from None
         self.machine.add_event_listener(lambda name, data: on_event(Event(name, dict(data or {}), _now())))
         self._status: int | None = None
         self._error: BaseException | None = None
@@ -95,6 +102,8 @@ class InProcessVM:
 
     # ---- QMP ------------------------------------------------------------------
     def qmp(self, command: str, arguments: dict[str, Any] | None, timeout: float | None) -> Any:
+        if not self.running:  # as for a child process, whose QMP socket is gone with it
+            raise VMGone(f"{command}: the VM has exited")
         return self._monitor().execute(command, arguments, timeout)
 
     def _monitor(self) -> QmpConnection:

@@ -1,0 +1,195 @@
+"""kvmpy.VM end to end, in-process and as a child process, on the host KVM with the tiny test guests.
+
+Every behaviour is checked in both modes (the ``mode`` parameter); snapshot/restore and
+direct memory access exist in-process only, and the child mode must refuse them clearly.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import time
+
+import pytest
+
+import kvmpy
+from kvmpy.api import (ConfigError, ConsoleClosed, ExpectTimeout, QMPError, UnsupportedError, VMError,
+                       WaitTimeout)
+from tests.guests.build import build_guest
+
+pytestmark = pytest.mark.kvm_host
+
+COUNTER_ADDR = 0x200000  # the counter guest's 32-bit counter
+PASS = 33  # isa-debug-exit value 0x10: (0x10 << 1) | 1
+MODES = [pytest.param(False, id="in-process"), pytest.param(True, id="process")]
+
+
+def guest_vm(name: str, process: bool, **options) -> kvmpy.VM:
+    return kvmpy.VM(build_guest(name), memory="32M", debug_exit=(0xF4, 4), process=process, **options)
+
+
+def counter(vm: kvmpy.VM) -> int:
+    """The counter guest's count, read through the monitor (works in both modes)."""
+    text = vm.hmp(f"xp /1xw {COUNTER_ADDR:#x}")
+    return int(text.split(":")[1], 16)
+
+
+@pytest.mark.parametrize("process", MODES)
+def test_console_expect_send_and_exit_status(process: bool) -> None:
+    with guest_vm("serial_rx", process) as vm:
+        assert vm.mode == ("process" if process else "in-process")
+        vm.console.expect("ready", timeout=60)
+        vm.console.send("hello, kvm\r")
+        assert vm.console.expect("HELLO, KVM\n").group(0) == "HELLO, KVM\n"
+        vm.console.send(b"q")
+        assert vm.wait(timeout=60) == PASS
+        assert vm.console.expect(re.compile(r"bye (\d+)")).group(1) == "11"  # all output is in once it ended
+        assert not vm.running
+        assert vm.console.output.startswith("serial_rx: mode=long")
+        assert [e.name for e in vm.events] == ["RESUME"]  # isa-debug-exit ends without SHUTDOWN, as in QEMU
+
+
+@pytest.mark.parametrize("process", MODES)
+def test_qmp_pause_resume_and_events(process: bool) -> None:
+    with guest_vm("counter", process) as vm:
+        vm.console.expect("counter: addr", timeout=60)
+        assert vm.qmp("query-status") == {"status": "running", "singlestep": False, "running": True}
+        vm.pause()
+        assert vm.wait_event("STOP").name == "STOP"
+        assert vm.status == "paused"
+        frozen = counter(vm)
+        time.sleep(0.3)
+        assert counter(vm) == frozen, "a paused guest kept running"
+        vm.resume()
+        vm.wait_event("RESUME")
+        deadline = time.monotonic() + 30
+        while counter(vm) == frozen:
+            assert time.monotonic() < deadline, "the guest did not run again after resume()"
+            time.sleep(0.05)
+        with pytest.raises(QMPError) as err:
+            vm.qmp("no-such-command")
+        assert (err.value.error_class, err.value.desc) == ("CommandNotFound",
+                                                          "The command no-such-command has not been found")
+        with pytest.raises(QMPError) as err:
+            vm.qmp("human-monitor-command", {"command-line": 5})
+        assert err.value.error_class == "GenericError" and isinstance(err.value, VMError)
+        assert vm.qmp("query-name") == {}
+        assert vm.shutdown() == 0
+        assert vm.wait_event("SHUTDOWN").data == {"guest": False, "reason": "host-qmp-quit"}
+
+
+@pytest.mark.parametrize("process", MODES)
+def test_timeouts_and_the_end_are_clear_errors(process: bool) -> None:
+    with guest_vm("counter", process) as vm:
+        vm.console.expect("counter: addr", timeout=60)
+        with pytest.raises(ExpectTimeout) as err:
+            vm.console.expect("never printed", timeout=0.3)
+        assert isinstance(err.value, TimeoutError)
+        assert "'never printed' did not appear" in str(err.value) and "counter: addr" in str(err.value)
+        with pytest.raises(WaitTimeout):
+            vm.wait(timeout=0.2)
+        with pytest.raises(WaitTimeout, match="no RESET event"):
+            vm.wait_event("RESET", timeout=0.2)
+        vm.kill()
+        with pytest.raises(ConsoleClosed) as closed:
+            vm.console.expect("never printed", timeout=30)
+        assert isinstance(closed.value, EOFError)
+        assert not vm.running
+        with pytest.raises(VMError):
+            vm.qmp("query-status", timeout=10)
+    assert vm.wait() == (-9 if process else 0)  # a child dies of SIGKILL; in-process is a host quit
+
+
+@pytest.mark.parametrize("process", MODES)
+def test_reset_reboots_the_guest(process: bool) -> None:
+    with guest_vm("counter", process) as vm:
+        vm.console.expect("counter: addr", timeout=60)
+        vm.reset()
+        assert vm.wait_event("RESET").data["guest"] is False
+        vm.console.expect("counter: addr", timeout=60)  # printed again: the guest booted a second time
+        assert vm.console.output.count("counter: addr") == 2
+
+
+@pytest.mark.parametrize("process", MODES)
+def test_paused_start_runs_nothing_until_resume(process: bool) -> None:
+    with guest_vm("serial_rx", process, paused=True) as vm:
+        assert vm.status == "prelaunch"
+        time.sleep(0.3)
+        assert vm.console.output == ""
+        vm.resume()
+        vm.console.expect("ready", timeout=60)
+        vm.console.send("q")
+        assert vm.wait(60) == PASS
+
+
+def test_snapshot_restore_reverts_memory_cpu_and_counter() -> None:
+    with guest_vm("counter", process=False) as vm:
+        vm.console.expect("counter: addr", timeout=60)
+        vm.pause()
+        vm.snapshot()
+        before = counter(vm)
+        scribble = 0x300000
+        original = vm.read_memory(scribble, 4096)
+        vm.write_memory(scribble, b"\xab" * 4096)
+        vm.resume()
+        time.sleep(0.3)
+        vm.pause()
+        assert counter(vm) > before
+        pages = vm.restore()
+        assert pages >= 2  # the counter's page and the one the host wrote
+        assert counter(vm) == before
+        assert vm.read_memory(scribble, 4096) == original
+        assert struct.unpack("<I", vm.read_memory(COUNTER_ADDR, 4))[0] == before
+        vm.resume()  # the vCPU state came back too: the guest counts on from the snapshot
+        time.sleep(0.2)
+        assert counter(vm) > before
+        for _ in range(50):  # restoring while it runs is the fuzzing loop's case
+            vm.restore()
+        assert vm.status == "running"
+
+
+def test_child_mode_refuses_snapshot_and_memory_access_clearly() -> None:
+    with guest_vm("counter", process=True) as vm:
+        vm.console.expect("counter: addr", timeout=60)
+        with pytest.raises(UnsupportedError, match=r"in-process VM \(kvmpy.VM\(..., process=False\)\)"):
+            vm.snapshot()
+        with pytest.raises(UnsupportedError, match="xp"):
+            vm.read_memory(COUNTER_ADDR, 4)
+        with pytest.raises(VMError, match="call vm.snapshot"):
+            vm.restore()
+
+
+@pytest.mark.parametrize("process", MODES)
+def test_bad_options_are_config_errors_before_anything_runs(process: bool, tmp_path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        kvmpy.VM(tmp_path / "missing", process=process)
+    with pytest.raises(ConfigError, match="invalid memory size"):
+        kvmpy.VM(build_guest("hello"), memory="lots", process=process)
+    with pytest.raises(ConfigError, match="debug_exit must be"):
+        kvmpy.VM(build_guest("hello"), debug_exit="yes", process=process)
+    junk = tmp_path / "kernel.bin"
+    junk.write_bytes(b"\x7fELG not a kernel\n" * 300)
+    with pytest.raises(ConfigError, match="not a kernel kvmpy can boot"):
+        with kvmpy.VM(junk, process=process):
+            pass
+
+
+def test_a_vm_must_be_started_and_cannot_restart() -> None:
+    vm = guest_vm("hello", process=False)
+    with pytest.raises(VMError, match="not started"):
+        vm.qmp("query-status")
+    with vm:
+        vm.console.expect("bye", timeout=60)
+        assert vm.wait(60) == PASS
+    with pytest.raises(VMError, match="closed"):
+        vm.start()
+
+
+def test_lazy_export_keeps_import_kvmpy_lean() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, kvmpy; print(sorted(m for m in sys.modules if m.startswith('kvmpy')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['kvmpy', 'kvmpy.version']"
+    assert kvmpy.VM is kvmpy.api.VM
