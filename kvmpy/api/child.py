@@ -16,7 +16,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from kvmpy.api.console import Console
 from kvmpy.api.errors import QMPError, UnsupportedError, VMError, VMGone, WaitTimeout, output_tail
 from kvmpy.api.events import Event
 from kvmpy.api.options import VMOptions
-from kvmpy.api.qmp import QmpConnection
+from kvmpy.api.qmp import SOCKET_NAME, QmpConnection, private_socket_dir
 from kvmpy.config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -45,8 +44,8 @@ class ChildProcessVM:
         self.console = console
         self._options = options
         self._on_event = on_event
-        self._dir = Path(tempfile.mkdtemp(prefix="kvmpy-vm-"))  # mkdtemp: mode 0700, only we can reach the socket
-        self._socket = self._dir / "qmp.sock"
+        self._dir = private_socket_dir("kvmpy-vm-")
+        self._socket = self._dir / SOCKET_NAME
         self._proc: subprocess.Popen[bytes] | None = None
         self._qmp: QmpConnection | None = None
         self._stderr = bytearray()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any, Callable
@@ -23,7 +22,7 @@ from kvmpy.api.console import Console, ConsoleBackend
 from kvmpy.api.errors import VMError, VMGone, WaitTimeout
 from kvmpy.api.events import Event
 from kvmpy.api.options import VMOptions
-from kvmpy.api.qmp import QmpConnection
+from kvmpy.api.qmp import SOCKET_NAME, QmpConnection, private_socket_dir
 from kvmpy.config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -114,8 +113,8 @@ class InProcessVM:
                 from kvmpy.monitor.endpoint import parse_endpoint
                 from kvmpy.monitor.server import QmpServer
 
-                self._qmp_dir = Path(tempfile.mkdtemp(prefix="kvmpy-api-"))  # mkdtemp makes it 0700
-                path = self._qmp_dir / "qmp.sock"
+                self._qmp_dir = private_socket_dir("kvmpy-api-")
+                path = self._qmp_dir / SOCKET_NAME
                 self._qmp_server = QmpServer(self.machine, [parse_endpoint(f"unix:{path},server=on,wait=off")])
                 self._qmp_server.start()
                 # Events already reach the script through the machine's listener; drop the socket's copies.

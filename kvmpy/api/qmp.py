@@ -14,15 +14,28 @@ import json
 import logging
 import queue
 import socket
+import tempfile
 import threading
+from pathlib import Path
 from typing import Any, Callable
 
 from kvmpy.api.errors import QMPError, VMError, VMGone
 
 log = logging.getLogger(__name__)
 
+UNIX_PATH_MAX = 107  # sun_path's 108 bytes, less the NUL
+SOCKET_NAME = "qmp.sock"
 MAX_MESSAGE = 16 << 20  # a QMP reply larger than this is refused, not buffered
 GREETING_TIMEOUT = 30.0
+
+
+def private_socket_dir(prefix: str) -> Path:
+    """A new 0700 directory for a QMP socket (only this user can connect); under /tmp if $TMPDIR is too long."""
+    d = Path(tempfile.mkdtemp(prefix=prefix))
+    if len(str(d / SOCKET_NAME)) > UNIX_PATH_MAX:
+        d.rmdir()
+        d = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    return d
 
 
 class QmpConnection:
