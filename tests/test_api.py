@@ -193,3 +193,15 @@ def test_lazy_export_keeps_import_kvmpy_lean() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "['kvmpy', 'kvmpy.version']"
     assert kvmpy.VM is kvmpy.api.VM
+
+
+def test_the_documented_fuzzing_loop_runs(capsys) -> None:
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[1] / "docs" / "python-api.md").read_text()
+    section = doc.split("## Snapshots", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "SECONDS = 3.0" in code
+    exec(compile(code.replace("SECONDS = 3.0", "SECONDS = 0.5"), "docs/python-api.md", "exec"), {})
+    runs, rate = re.fullmatch(r"(\d+) restores, (\d+) per second\n", capsys.readouterr().out).groups()
+    assert int(runs) > 10 and int(rate) > 20
