@@ -63,8 +63,9 @@ class ChildProcessVM:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
         self._proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, env=env, start_new_session=True)
-        self._spawn(self._pump_stdout, "kvmpy-api-stdout")
-        self._spawn(self._pump_stderr, "kvmpy-api-stderr")
+        assert self._proc.stdout is not None and self._proc.stderr is not None
+        self._spawn(self._proc.stdout.fileno(), self._on_stdout, "kvmpy-api-stdout")
+        self._spawn(self._proc.stderr.fileno(), self._on_stderr, "kvmpy-api-stderr")
         self.console.attach_input(self._write_stdin)
         try:
             self._qmp = self._connect()
@@ -74,8 +75,8 @@ class ChildProcessVM:
             self.kill()
             raise
 
-    def _spawn(self, target: Callable[[], None], name: str) -> None:
-        t = threading.Thread(target=target, name=name, daemon=True)
+    def _spawn(self, fd: int, sink: Callable[[bytes], None], name: str) -> None:
+        t = threading.Thread(target=_pump, args=(fd, sink), name=name, daemon=True)
         t.start()
         self._threads.append(t)
 
@@ -95,31 +96,15 @@ class ChildProcessVM:
         return QmpConnection(str(self._socket), on_event=lambda msg: self._on_event(Event.from_qmp(msg)))
 
     # ---- pipes -----------------------------------------------------------------
-    def _pump_stdout(self) -> None:
-        assert self._proc is not None and self._proc.stdout is not None
-        fd = self._proc.stdout.fileno()
-        while True:
-            try:
-                data = os.read(fd, 65536)
-            except OSError:
-                break
-            if not data:
-                break
+    def _on_stdout(self, data: bytes) -> None:
+        if data:
             self.console.feed(data)
-        self.console.close("the VM has exited")
+        else:
+            self.console.close("the VM has exited")
 
-    def _pump_stderr(self) -> None:
-        assert self._proc is not None and self._proc.stderr is not None
-        fd = self._proc.stderr.fileno()
-        while True:
-            try:
-                data = os.read(fd, 65536)
-            except OSError:
-                break
-            if not data:
-                break
-            self._stderr += data
-            del self._stderr[:-STDERR_LIMIT]
+    def _on_stderr(self, data: bytes) -> None:
+        self._stderr += data
+        del self._stderr[:-STDERR_LIMIT]
 
     def _join_pumps(self) -> None:
         for t in self._threads:
@@ -226,3 +211,15 @@ class ChildProcessVM:
                         pass
         self.console.close("the VM has exited")
         shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _pump(fd: int, sink: Callable[[bytes], None]) -> None:
+    """Hand everything read from ``fd`` to ``sink``; an empty read (EOF) is handed on last."""
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except OSError:
+            data = b""
+        sink(data)
+        if not data:
+            return
