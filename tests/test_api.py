@@ -205,3 +205,16 @@ def test_the_documented_fuzzing_loop_runs(capsys) -> None:
     exec(compile(code.replace("SECONDS = 3.0", "SECONDS = 0.5"), "docs/python-api.md", "exec"), {})
     runs, rate = re.fullmatch(r"(\d+) restores, (\d+) per second\n", capsys.readouterr().out).groups()
     assert int(runs) > 10 and int(rate) > 20
+
+
+@pytest.mark.parametrize("process", MODES)
+def test_control_after_the_guest_ended_says_so(process: bool) -> None:
+    with guest_vm("hello", process) as vm:
+        assert vm.wait(60) == PASS
+        for call in (vm.pause, vm.resume, vm.reset, lambda: vm.qmp("query-status")):
+            with pytest.raises(VMError, match="exited"):
+                call()
+        if not process:
+            assert vm.read_memory(0x100000, 4) != b"\0\0\0\0"  # a post-mortem look is allowed until close
+    with pytest.raises(VMError):
+        vm.read_memory(0x100000, 4)

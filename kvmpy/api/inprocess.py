@@ -73,36 +73,49 @@ class InProcessVM:
     def running(self) -> bool:
         return not self._done.is_set()
 
+    def _alive(self, what: str) -> None:
+        if not self.running:  # as for a child process, whose QMP socket is gone with it
+            raise VMGone(f"{what}: the VM has exited")
+
     def pause(self) -> None:
+        self._alive("pause")
         self.machine.pause()
 
     def resume(self) -> None:
+        self._alive("resume")
         try:
             self.machine.resume()
         except RuntimeError as exc:  # "Resetting the Virtual Machine is required", as QMP cont says
             raise VMError(str(exc)) from None
 
     def reset(self) -> None:
+        self._alive("reset")
         self.machine.reset()
 
     def snapshot(self) -> Any:
         from kvmpy.migration.snapshot import Snapshot
 
+        self._alive("snapshot")
         return Snapshot.take(self.machine)
 
     def restore(self, snapshot: Any) -> int:
+        self._alive("restore")
         return snapshot.reset()
 
     def read_memory(self, address: int, length: int) -> bytes:
+        """Also after the guest ended (for a post-mortem), until close()."""
+        if self._closed:
+            raise VMError("the VM is closed")
         return self.machine.memory.read(address, length)
 
     def write_memory(self, address: int, data: bytes) -> None:
+        if self._closed:
+            raise VMError("the VM is closed")
         self.machine.memory.write(address, data)
 
     # ---- QMP ------------------------------------------------------------------
     def qmp(self, command: str, arguments: dict[str, Any] | None, timeout: float | None) -> Any:
-        if not self.running:  # as for a child process, whose QMP socket is gone with it
-            raise VMGone(f"{command}: the VM has exited")
+        self._alive(command)
         return self._monitor().execute(command, arguments, timeout)
 
     def _monitor(self) -> QmpConnection:
