@@ -93,7 +93,10 @@ class ChildProcessVM:
             if time.monotonic() > end:
                 raise VMError(f"kvmpy did not open its QMP socket within {START_TIMEOUT} s")
             time.sleep(0.01)
-        return QmpConnection(str(self._socket), on_event=lambda msg: self._on_event(Event.from_qmp(msg)))
+        # kvmpy renames its socket into place just before it listens: a connect in between is refused.
+        return QmpConnection(str(self._socket), on_event=lambda msg: self._on_event(Event.from_qmp(msg)),
+                             retry_for=max(0.0, end - time.monotonic()),
+                             give_up=lambda: self._proc is None or self._proc.poll() is not None)
 
     # ---- pipes -----------------------------------------------------------------
     def _on_stdout(self, data: bytes) -> None:

@@ -16,6 +16,7 @@ import queue
 import socket
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -41,20 +42,16 @@ def private_socket_dir(prefix: str) -> Path:
 class QmpConnection:
     """``QmpConnection(path)`` connects and negotiates; then ``execute(command, arguments)`` → QMP's ``return`` value."""
 
-    def __init__(self, path: str, on_event: Callable[[dict[str, Any]], None] | None = None) -> None:
+    def __init__(self, path: str, on_event: Callable[[dict[str, Any]], None] | None = None,
+                 retry_for: float = 0.0, give_up: Callable[[], bool] = lambda: False) -> None:
+        """``retry_for`` seconds, a refused connection is tried again (a server that is still starting
+        up may have its socket in place before it listens), unless ``give_up()`` says it never will."""
         self._on_event = on_event
         self._replies: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._lock = threading.Lock()  # one command in flight
         self._ids = itertools.count(1)
         self._closed = False
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            self._sock.settimeout(GREETING_TIMEOUT)
-            self._sock.connect(path)
-            self._sock.settimeout(None)
-        except OSError as exc:
-            self._sock.close()
-            raise VMError(f"cannot connect to the VM's QMP socket {path}: {exc.strerror or exc}") from None
+        self._sock = self._connect(path, time.monotonic() + retry_for, give_up)
         self._reader = threading.Thread(target=self._read_loop, name="kvmpy-api-qmp", daemon=True)
         self._reader.start()
         self.greeting = self._next_reply(GREETING_TIMEOUT)
@@ -62,6 +59,24 @@ class QmpConnection:
             self.close()
             raise VMError(f"{path} did not greet as a QMP server")
         self.execute("qmp_capabilities")
+
+    @staticmethod
+    def _connect(path: str, deadline: float, give_up: Callable[[], bool]) -> socket.socket:
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(GREETING_TIMEOUT)
+                sock.connect(path)
+                sock.settimeout(None)
+                return sock
+            except (ConnectionRefusedError, FileNotFoundError) as exc:
+                sock.close()
+                if time.monotonic() >= deadline or give_up():
+                    raise VMError(f"cannot connect to the VM's QMP socket {path}: {exc.strerror or exc}") from None
+                time.sleep(0.01)
+            except OSError as exc:
+                sock.close()
+                raise VMError(f"cannot connect to the VM's QMP socket {path}: {exc.strerror or exc}") from None
 
     def _read_loop(self) -> None:
         buf = b""
