@@ -17,11 +17,10 @@ from kvmpy.api import (ConfigError, ConsoleClosed, ExpectTimeout, QMPError, Unsu
                        WaitTimeout)
 from tests.guests.build import build_guest
 
-pytestmark = pytest.mark.kvm_host
-
 COUNTER_ADDR = 0x200000  # the counter guest's 32-bit counter
 PASS = 33  # isa-debug-exit value 0x10: (0x10 << 1) | 1
 MODES = [pytest.param(False, id="in-process"), pytest.param(True, id="process")]
+kvm = pytest.mark.kvm_host  # the tiny guests run on any KVM, the host's PVM one included
 
 
 def guest_vm(name: str, process: bool, **options) -> kvmpy.VM:
@@ -34,6 +33,7 @@ def counter(vm: kvmpy.VM) -> int:
     return int(text.split(":")[1], 16)
 
 
+@kvm
 @pytest.mark.parametrize("process", MODES)
 def test_console_expect_send_and_exit_status(process: bool) -> None:
     with guest_vm("serial_rx", process) as vm:
@@ -49,6 +49,7 @@ def test_console_expect_send_and_exit_status(process: bool) -> None:
         assert [e.name for e in vm.events] == ["RESUME"]  # isa-debug-exit ends without SHUTDOWN, as in QEMU
 
 
+@kvm
 @pytest.mark.parametrize("process", MODES)
 def test_qmp_pause_resume_and_events(process: bool) -> None:
     with guest_vm("counter", process) as vm:
@@ -78,6 +79,7 @@ def test_qmp_pause_resume_and_events(process: bool) -> None:
         assert vm.wait_event("SHUTDOWN").data == {"guest": False, "reason": "host-qmp-quit"}
 
 
+@kvm
 @pytest.mark.parametrize("process", MODES)
 def test_timeouts_and_the_end_are_clear_errors(process: bool) -> None:
     with guest_vm("counter", process) as vm:
@@ -100,6 +102,7 @@ def test_timeouts_and_the_end_are_clear_errors(process: bool) -> None:
     assert vm.wait() == (-9 if process else 0)  # a child dies of SIGKILL; in-process is a host quit
 
 
+@kvm
 @pytest.mark.parametrize("process", MODES)
 def test_reset_reboots_the_guest(process: bool) -> None:
     with guest_vm("counter", process) as vm:
@@ -110,6 +113,7 @@ def test_reset_reboots_the_guest(process: bool) -> None:
         assert vm.console.output.count("counter: addr") == 2
 
 
+@kvm
 @pytest.mark.parametrize("process", MODES)
 def test_paused_start_runs_nothing_until_resume(process: bool) -> None:
     with guest_vm("serial_rx", process, paused=True) as vm:
@@ -122,6 +126,7 @@ def test_paused_start_runs_nothing_until_resume(process: bool) -> None:
         assert vm.wait(60) == PASS
 
 
+@kvm
 def test_snapshot_restore_reverts_memory_cpu_and_counter() -> None:
     with guest_vm("counter", process=False) as vm:
         vm.console.expect("counter: addr", timeout=60)
@@ -148,6 +153,7 @@ def test_snapshot_restore_reverts_memory_cpu_and_counter() -> None:
         assert vm.status == "running"
 
 
+@kvm
 def test_child_mode_refuses_snapshot_and_memory_access_clearly() -> None:
     with guest_vm("counter", process=True) as vm:
         vm.console.expect("counter: addr", timeout=60)
@@ -159,6 +165,7 @@ def test_child_mode_refuses_snapshot_and_memory_access_clearly() -> None:
             vm.restore()
 
 
+@kvm
 @pytest.mark.parametrize("process", MODES)
 def test_bad_options_are_config_errors_before_anything_runs(process: bool, tmp_path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
@@ -174,6 +181,7 @@ def test_bad_options_are_config_errors_before_anything_runs(process: bool, tmp_p
             pass
 
 
+@kvm
 def test_a_vm_must_be_started_and_cannot_restart() -> None:
     vm = guest_vm("hello", process=False)
     with pytest.raises(VMError, match="not started"):
@@ -195,6 +203,7 @@ def test_lazy_export_keeps_import_kvmpy_lean() -> None:
     assert kvmpy.VM is kvmpy.api.VM
 
 
+@kvm
 def test_the_documented_fuzzing_loop_runs(capsys) -> None:
     from pathlib import Path
 
@@ -207,6 +216,7 @@ def test_the_documented_fuzzing_loop_runs(capsys) -> None:
     assert int(runs) > 10 and int(rate) > 20
 
 
+@kvm
 @pytest.mark.parametrize("process", MODES)
 def test_control_after_the_guest_ended_says_so(process: bool) -> None:
     with guest_vm("hello", process) as vm:
@@ -218,3 +228,91 @@ def test_control_after_the_guest_ended_says_so(process: bool) -> None:
             assert vm.read_memory(0x100000, 4) != b"\0\0\0\0"  # a post-mortem look is allowed until close
     with pytest.raises(VMError):
         vm.read_memory(0x100000, 4)
+
+
+@kvm
+def test_a_vm_closed_without_starting_frees_at_once() -> None:
+    vm = guest_vm("hello", process=False)
+    started = time.monotonic()
+    vm.close()
+    assert time.monotonic() - started < 5
+    assert not vm.running
+
+
+# ---- the pieces that need no VM ---------------------------------------------------------
+
+def test_console_expect_walks_forward_literal_or_regex() -> None:
+    from kvmpy.api.console import Console
+
+    c = Console()
+    c.feed(b"a.b one\nstep 1\nstep 2\n")
+    assert c.expect("a.b").group(0) == "a.b"  # a str is literal: '.' matches only a dot
+    assert c.expect(re.compile(r"step (\d)")).group(1) == "1"
+    assert c.expect(re.compile(r"step (\d)")).group(1) == "2"  # the cursor moved past the first
+    with pytest.raises(ExpectTimeout, match="'step' did not appear"):
+        c.expect("step", timeout=0.05)
+    c.feed("caf\u00e9 ".encode()[:4])  # a UTF-8 sequence split across two writes
+    c.feed("caf\u00e9 ".encode()[4:] + b"\xff!")
+    assert c.expect("caf\u00e9 \ufffd!")
+    c.close("the VM has stopped")
+    with pytest.raises(ConsoleClosed, match="the VM has stopped before 'more'"):
+        c.expect("more")
+
+
+def test_console_keeps_a_bounded_tail_and_send_waits_for_room() -> None:
+    from kvmpy.api.console import Console
+
+    c = Console(max_output=1000)
+    c.feed(b"x" * 900)
+    c.expect("x" * 900)
+    c.feed(b"y" * 300 + b"END")
+    assert len(c.output) <= 1000 and c.output.endswith("END")
+    assert c.expect("END")  # the cursor followed the trim
+    taken: list[bytes] = []
+
+    def uart(data: bytes) -> int:  # takes at most 4 bytes a call, like a full input buffer draining
+        taken.append(data[:4])
+        return min(4, len(data))
+
+    c.attach_input(uart)
+    c.send("0123456789")
+    assert b"".join(taken) == b"0123456789" and len(taken) == 3
+
+
+def test_event_log_waits_with_a_cursor_and_matches_data() -> None:
+    import threading
+
+    from kvmpy.api.events import Event, EventLog
+
+    log = EventLog()
+    log.add(Event("STOP"))
+    log.add(Event("RESET", {"guest": True}))
+    log.add(Event("RESET", {"guest": False}))
+    assert log.wait("RESET", guest=False).data == {"guest": False}
+    with pytest.raises(WaitTimeout, match="no STOP event"):
+        log.wait("STOP", timeout=0.05)  # the STOP before the cursor does not count again
+    threading.Timer(0.05, log.add, [Event.from_qmp({"event": "SHUTDOWN", "data": {"reason": "x"},
+                                                    "timestamp": {"seconds": 5, "microseconds": 500000}})]).start()
+    ev = log.wait("SHUTDOWN", timeout=10)
+    assert (ev.data, ev.timestamp) == ({"reason": "x"}, 5.5)
+    log.close()
+    with pytest.raises(EOFError):
+        log.wait("RESUME")
+    assert [e.name for e in log.all()] == ["STOP", "RESET", "RESET", "SHUTDOWN"]
+
+
+def test_options_become_the_same_config_and_argv(tmp_path) -> None:
+    from kvmpy.api.options import VMOptions
+
+    kernel = build_guest("hello")
+    opts = VMOptions.build(kernel, memory=64, smp=2, append="a=1", debug_exit=True, name="t", no_reboot=True)
+    cfg = opts.to_config()
+    assert (cfg.memory, cfg.smp, cfg.append, cfg.name, cfg.no_reboot) == (64 << 20, 2, "a=1", "t", True)
+    assert (cfg.debug_exit.iobase, cfg.debug_exit.iosize) == (0x501, 2)
+    argv = opts.to_argv(tmp_path / "q.sock")
+    from kvmpy.cli import parse_qemu_args
+
+    parsed = parse_qemu_args(argv)  # the child's argv means the same machine, plus -S and the QMP socket
+    assert (parsed.memory, parsed.smp, parsed.append, parsed.name, parsed.no_reboot) == (64 << 20, 2, "a=1", "t", True)
+    assert parsed.start_paused and parsed.qmp == [f"unix:{tmp_path / 'q.sock'},server=on,wait=on"]
+    assert parsed.serial == "stdio" and parsed.debug_exit == cfg.debug_exit

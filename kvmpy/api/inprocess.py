@@ -4,10 +4,10 @@ The Machine is built on the calling thread (kvmpy installs its vCPU kick
 signal handler from the main thread) and ``Machine.run`` serves its events on
 a background thread, so the script keeps control. Only the Machine's public
 surface is used: the constructor, ``run``, ``pause``/``resume``/``reset``,
-``request_quit``, ``add_event_listener`` and ``config``, plus the snapshot
-module's ``Snapshot.take``/``reset`` for the fast dirty-page restore and the
-QMP server, which is started on a private UNIX socket the first time a
-script sends a QMP command.
+``request_quit``, ``add_event_listener``, ``close`` and ``memory`` (for
+read_memory/write_memory), plus the snapshot module's ``Snapshot.take``/
+``reset`` for the fast dirty-page restore and the QMP server, which is
+started on a private UNIX socket the first time a script sends a QMP command.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -46,7 +47,7 @@ class InProcessVM:
             raise
         except (LoaderError, ValueError) as exc:  # what the kvmpy command reports as a usage error (status 2)
             raise ConfigError(str(exc)) from None
-        self.machine.add_event_listener(lambda name, data: on_event(Event(name, dict(data or {}), _now())))
+        self.machine.add_event_listener(lambda name, data: on_event(Event(name, dict(data or {}), time.time())))
         self._status: int | None = None
         self._error: BaseException | None = None
         self._done = threading.Event()
@@ -71,7 +72,7 @@ class InProcessVM:
     # ---- control -------------------------------------------------------------
     @property
     def running(self) -> bool:
-        return not self._done.is_set()
+        return self._thread.ident is not None and not self._done.is_set()
 
     def _alive(self, what: str) -> None:
         if not self.running:  # as for a child process, whose QMP socket is gone with it
@@ -171,9 +172,3 @@ class InProcessVM:
             return
         self.machine.close()
         self.console.close()
-
-
-def _now() -> float:
-    import time
-
-    return time.time()
