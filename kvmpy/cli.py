@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from kvmpy import __version__
+from kvmpy.version import __version__
 from kvmpy.config import ConfigError, DebugExitConfig, MachineConfig, load_yaml, parse_int, parse_size
 
 log = logging.getLogger("kvmpy")
