@@ -113,3 +113,69 @@ def test_riscv_guest_through_the_qemu_flags_and_yaml(tmp_path: Path) -> None:
     assert (p.returncode, p.stdout) == (0, b"hello from riscv64\n"), p.stderr
     p = run_cli(["-enable-kvm", "-machine", "virt", "-kernel", str(elf)])
     assert p.returncode == 2 and b"TCG fallback" in p.stderr
+
+
+# ---- hostile command lines (issue 11): one line and status 2 (or QEMU's status 1), never a traceback ---------
+def one_error_line(p, status: int = 2) -> str:
+    err = p.stderr.decode(errors="replace")
+    assert p.returncode == status, err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_memory_with_hundreds_of_digits() -> None:
+    for size in ("9" * 300, "9" * 5000 + "G", "1" * 400 + ".5M"):
+        assert "too large" in one_error_line(run_cli(["-enable-kvm", "-m", size, "-kernel", "/etc/hostname"]))
+
+
+@pytest.mark.kvm_host
+def test_memory_the_host_cannot_reserve_is_qemus_one_line_and_status_1() -> None:
+    import resource
+    import subprocess
+    import sys
+
+    def limit() -> None:  # the same refusal on any host: cap the address space below the request
+        resource.setrlimit(resource.RLIMIT_AS, (16 << 30, 16 << 30))
+
+    p = subprocess.run([sys.executable, "-m", "kvmpy", "-enable-kvm", "-m", "100G", *BASE_FLAGS, "-kernel",
+                        str(build_guest("hello"))], capture_output=True, timeout=120, preexec_fn=limit)
+    err = one_error_line(p, status=1)
+    assert "cannot set up guest memory 'pc.ram': Cannot allocate memory" in err
+
+
+@pytest.mark.parametrize("size", [0, 1, 4, 11])
+def test_kernel_of_a_few_bytes(tmp_path: Path, size: int) -> None:
+    k = tmp_path / "k"
+    k.write_bytes(b"\0" * size)
+    assert "not a kernel" in one_error_line(run_cli(["-enable-kvm", "-kernel", str(k)]))
+
+
+def test_path_component_longer_than_255_bytes(tmp_path: Path) -> None:
+    long = str(tmp_path / ("x" * 300))
+    assert "File name too long" in one_error_line(run_cli(["-enable-kvm", "-kernel", long]))
+    assert "File name too long" in one_error_line(run_cli(["-enable-kvm", "-kernel", "/etc/hostname",
+                                                            "-initrd", long]))
+
+
+@pytest.mark.kvm_host
+@pytest.mark.parametrize("flag, value", [("-qmp", "tcp:é..:4444,server"), ("-incoming", "tcp:é..:4444"),
+                                         ("-incoming", "tcp:h:" + "9" * 5000), ("-qmp", "tcp:h:" + "9" * 5000 + ",server")],
+                         ids=["qmp-host", "incoming-host", "incoming-port", "qmp-port"])
+def test_non_ascii_hosts_and_huge_ports(flag: str, value: str) -> None:
+    err = one_error_line(run_cli(["-enable-kvm", "-m", "64", *BASE_FLAGS, "-kernel", str(build_guest("hello")),
+                                  flag, value]))
+    assert "invalid" in err or "host name" in err
+
+
+def test_machine_file_that_never_ends(tmp_path: Path) -> None:
+    assert "not a regular file" in one_error_line(run_cli(["run", "/dev/zero"], timeout=30))
+
+
+def test_values_with_newlines_are_echoed_on_one_line(tmp_path: Path) -> None:
+    for argv in (["-enable-kvm", "-display", "gtk\nsecond line"], ["-enable-kvm", "-device", "a\nb"],
+                 ["-enable-kvm", "-serial", "tcp:a\nb", "-kernel", "/etc/hostname"],
+                 ["-enable-kvm", "-qmp", "unix:/tmp/x\ny", "-kernel", "/etc/hostname"]):
+        one_error_line(run_cli(argv))
+    cfg = tmp_path / "m.yaml"
+    cfg.write_bytes(b"kernel: /etc/hostname\nname: \"a\\x01\"\n\x01")
+    assert "invalid YAML" in one_error_line(run_cli(["run", str(cfg)]))

@@ -83,6 +83,17 @@ def test_endpoint_specs() -> None:
     assert (ep.kind, ep.host, ep.port, ep.wait) == ("tcp", "127.0.0.1", 4444, False)
     assert parse_endpoint("tcp:[::1]:5,server,nowait").host == "::1"
     assert parse_endpoint("unix:/tmp/a.sock,server").wait is True
-    for bad in ["unix:/a", "tcp:1.2.3.4,server", "tcp:h:x,server", "unix:,server", "unix:/a,server,wait=maybe", ""]:
-        with pytest.raises(ConfigError):
+    for bad in ["unix:/a", "tcp:1.2.3.4,server", "tcp:h:x,server", "unix:,server", "unix:/a,server,wait=maybe", "",
+                "tcp:é..:4444,server", "tcp:a..b:1,server", "tcp:h:" + "9" * 5000 + ",server", "unix:/tmp/a\0b,server",
+                "unix:/tmp/\ud800,server", "tcp:h:١٢,server"]:
+        with pytest.raises(ConfigError) as info:
             parse_endpoint(bad)
+        assert "\n" not in str(info.value)
+
+
+def test_listen_turns_every_socket_error_into_a_config_error() -> None:
+    from kvmpy.monitor.endpoint import Endpoint, listen
+
+    for host in ("é..", "a\0b"):  # not through parse_endpoint, which refuses these already
+        with pytest.raises(ConfigError, match="cannot listen"):
+            listen(Endpoint("tcp", host=host, port=0, spec=f"tcp:{host}:0,server"))
