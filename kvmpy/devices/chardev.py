@@ -9,7 +9,7 @@ as under ``qemu -nographic``.
 Output never fails towards the guest: ``write()`` is called on a vCPU thread, and
 a host-side error (a full disk, ``file:/dev/full``, a closed pipe, a terminal that
 stays blocked) drops that output and is logged once per backend; the guest runs
-on, as under QEMU. Backends implement ``output()`` and may raise OSError there.
+on, as under QEMU. Backends implement ``put()`` and may raise OSError there.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def write_all(fd: int, data: bytes, stall: float = OUTPUT_STALL) -> None:
 
 
 class CharBackend:
-    """Base: output is discarded, no input. Subclasses implement ``output()``; ``write()`` never raises."""
+    """Base: output is discarded, no input. Subclasses implement ``put()``; ``write()`` never raises."""
 
     what = "character device"
     output_failed = False  # set on the instance at the first dropped output (logged once)
@@ -65,7 +65,7 @@ class CharBackend:
     def write(self, data: bytes) -> None:
         """Send guest output to the host side; a host error drops it (logged once), never reaches the vCPU."""
         try:
-            self.output(data)
+            self.put(data)
         except (OSError, ValueError) as exc:  # ValueError: a file object closed under us
             if not self.output_failed:
                 self.output_failed = True
@@ -75,7 +75,7 @@ class CharBackend:
                 log.log(level, "%s: output failed (%s); guest output is dropped, the guest runs on",
                         self.what, reason)
 
-    def output(self, data: bytes) -> None:
+    def put(self, data: bytes) -> None:
         pass
 
     def start(self, receive: Callable[[bytes], int], on_quit: Callable[[], None]) -> None:
@@ -98,7 +98,7 @@ class FileBackend(CharBackend):
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise ValueError(f"cannot open serial output file {path}: {reason}") from None
 
-    def output(self, data: bytes) -> None:
+    def put(self, data: bytes) -> None:
         if self._fd >= 0:
             write_all(self._fd, data, self.output_stall)
 
@@ -120,7 +120,7 @@ class StdioBackend(CharBackend):
 
     what = "serial output to stdout"
 
-    def output(self, data: bytes) -> None:
+    def put(self, data: bytes) -> None:
         write_all(self.out_fd, data, self.output_stall)
 
     def start(self, receive: Callable[[bytes], int], on_quit: Callable[[], None]) -> None:
@@ -220,7 +220,7 @@ class BufferBackend(CharBackend):
 
     what = "serial output buffer"
 
-    def output(self, data: bytes) -> None:
+    def put(self, data: bytes) -> None:
         with self._cond:
             self._out += data
             self._cond.notify_all()

@@ -120,3 +120,10 @@ def test_guest_runs_on_with_serial_on_a_full_disk() -> None:
                  "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04", "-kernel", str(build_guest("hello"))])
     assert p.returncode == PASS, p.stderr  # the guest reached its debug-exit: its vCPU survived ENOSPC
     assert b"Traceback" not in p.stderr and p.stderr.count(b"No space left on device") == 1
+
+
+def test_buffer_backend_keeps_what_the_guest_wrote() -> None:
+    backend = BufferBackend()
+    backend.write(b"abc")
+    backend.write(b"def")
+    assert backend.output == b"abcdef" and not backend.output_failed
