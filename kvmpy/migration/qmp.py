@@ -167,7 +167,8 @@ def query_migrate_parameters(ctx: Context) -> dict:
     return MigrationManager.of(ctx.machine).params.to_qmp()
 
 
-@table.command("migrate-set-capabilities", capabilities=Arg("list", items="dict"))
+@table.command("migrate-set-capabilities", capabilities=Arg("list", items=Arg("dict", fields={
+    "capability": Arg("str", choices=CAPABILITIES), "state": Arg("bool")})))
 def migrate_set_capabilities(ctx: Context, capabilities: list[dict]) -> dict:
     mgr = MigrationManager.of(ctx.machine)
     if mgr.active:

@@ -97,3 +97,140 @@ def test_listen_turns_every_socket_error_into_a_config_error() -> None:
     for host in ("é..", "a\0b"):  # not through parse_endpoint, which refuses these already
         with pytest.raises(ConfigError, match="cannot listen"):
             listen(Endpoint("tcp", host=host, port=0, spec=f"tcp:{host}:0,server"))
+
+
+# ---- hostile numbers and arguments (issue 11, QMP) -------------------------------------------------------
+def _strict(line: bytes) -> dict:
+    """Parse a server line as strict JSON: NaN/Infinity on the wire fail here."""
+    def refuse(name: str):
+        raise AssertionError(f"not JSON on the wire: {name}")
+    return json.loads(line, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("text", [
+    b'{"execute": "x", "id": ' + b"9" * 5000 + b"}",
+    b'{"execute": "x", "arguments": {"a": [' + b"1" * 5000 + b"]}}",
+    b'{"execute": "x", "id": -' + b"1" * 5000 + b".5e3}",
+    b'{"execute": "x", "id": 1e999}',
+])
+def test_huge_numbers_are_a_parse_error_reply_not_a_crash(text: bytes) -> None:
+    with pytest.raises(QmpError, match="JSON parse error, number out of range"):
+        parse_request(text)
+
+
+def test_integers_beyond_uint64_become_doubles_as_in_qemu() -> None:
+    req = parse_request(b'{"execute": "x", "id": 18446744073709551616, "arguments": {"n": -9223372036854775808}}')
+    assert req.id == 18446744073709551616.0 and isinstance(req.id, float)
+    assert req.arguments["n"] == -(1 << 63) and isinstance(req.arguments["n"], int)
+    assert parse_request(b'{"execute": "x", "id": 18446744073709551615}').id == (1 << 64) - 1
+
+
+@pytest.mark.parametrize("word", [b"NaN", b"Infinity", b"-Infinity"])
+def test_nan_and_infinity_are_not_json(word: bytes) -> None:
+    with pytest.raises(QmpError, match="JSON parse error"):
+        parse_request(b'{"execute": "x", "id": ' + word + b"}")
+    with pytest.raises(QmpError, match="JSON parse error"):
+        parse_request(b'{"execute": "x", "arguments": {"a": ' + word + b"}}")
+
+
+def test_replies_are_strict_json() -> None:
+    line = encode({"return": float("nan"), "id": 1})
+    assert _strict(line.strip()) == {"error": {"class": "GenericError",
+                                              "desc": "the reply cannot be represented in JSON"}, "id": 1}
+    assert _strict(encode({"return": 1, "id": float("inf")}).strip())["error"]["class"] == "GenericError"
+
+
+def test_schema_checks_nested_types_and_ranges() -> None:
+    caps = Arg("list", items=Arg("dict", fields={"capability": Arg("str", choices=("events", "x")),
+                                                 "state": Arg("bool")}))
+    cmd = Command("c", lambda ctx, **kw: kw, {"capabilities": caps, "n": Arg("int", optional=True, min=0, max=9),
+                                              "f": Arg("number", optional=True)})
+    assert cmd.validate({"capabilities": [{"capability": "x", "state": True}], "n": 9, "f": 1})
+    for args, desc in [
+        ({"capabilities": [{"capability": ["events"], "state": True}]},
+         r"'capabilities\[0\].capability', expected: string"),
+        ({"capabilities": [{"capability": {"a": 1}, "state": True}]}, "expected: string"),
+        ({"capabilities": [{"capability": "nope", "state": True}]}, "does not accept value 'nope'"),
+        ({"capabilities": [{"capability": "x"}]}, r"'capabilities\[0\].state' is missing"),
+        ({"capabilities": [{"capability": "x", "state": 1}]}, "expected: boolean"),
+        ({"capabilities": [{"capability": "x", "state": True, "more": 1}]}, "is unexpected"),
+        ({"capabilities": [7]}, "expected: object"),
+        ({"capabilities": [], "n": 10}, "between 0 and 9"),
+        ({"capabilities": [], "n": 1.0}, "expected: integer"),
+        ({"capabilities": [], "f": True}, "expected: number"),
+        ({"capabilities": [], "f": float("inf")}, "expected: number"),
+    ]:
+        with pytest.raises(QmpError, match=desc):
+            cmd.validate(args)
+
+
+_JSON_NUMBER = st.from_regex(r"-?(0|[1-9][0-9]{0,6000})(\.[0-9]{1,50})?([eE][-+]?[0-9]{1,6})?", fullmatch=True)
+_JSON_VALUE = st.recursive(st.none() | st.booleans() | st.text(max_size=20) | _JSON_NUMBER.map(lambda n: ("num", n)),
+                           lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids,
+                                                                                    max_size=4), max_leaves=12)
+
+
+def _to_text(v) -> str:
+    if isinstance(v, tuple):
+        return v[1]
+    if isinstance(v, list):
+        return "[" + ", ".join(map(_to_text, v)) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{json.dumps(k)}: {_to_text(x)}" for k, x in v.items()) + "}"
+    return json.dumps(v)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_JSON_VALUE, _JSON_VALUE, st.sampled_from(["execute", "exec-oob", "id", "arguments"]))
+def test_any_numbers_anywhere_give_a_request_or_a_qmp_error(ident, args, key) -> None:
+    text = '{"execute": "x", "id": %s, "arguments": {"a": %s}, "%s": 1}' % (_to_text(ident), _to_text(args), key)
+    try:
+        req = parse_request(text.encode())
+    except QmpError as exc:
+        reply = encode({"error": {"class": exc.cls, "desc": exc.desc}, "id": getattr(exc, "id", None)})
+    else:
+        reply = encode({"return": {}, "id": req.id})
+    _strict(reply.strip())  # whatever came in, what goes out is one strict JSON line
+
+
+# ---- the same through a running server: one error reply each, the session goes on ------------------------
+def test_hostile_messages_keep_the_session(short_tmp) -> None:
+    from tests.monitor.conftest import RawClient, boot, teardown
+
+    vm = boot(short_tmp)
+    try:
+        c = RawClient(vm.path, negotiate=False)
+        for before in (b'{"execute": "qmp_capabilities", "id": ' + b"9" * 5000 + b"}", b'{"id": NaN}'):
+            c.send(before)  # before negotiation too
+            c.sock.settimeout(10)
+            assert "JSON parse error" in c.recv()["error"]["desc"]
+        assert c.cmd("qmp_capabilities") == {"return": {}}
+        bad = [
+            b'{"execute": "query-status", "id": ' + b"1" * 5000 + b"}",
+            b'{"execute": "query-status", "id": Infinity}',
+            b'{"execute": "query-status", "arguments": {"x": ' + b"7" * 4400 + b"}}",
+        ]
+        for msg in bad:
+            c.send(msg)
+            line = c.recv()
+            assert line["error"]["class"] == "GenericError" and "JSON parse error" in line["error"]["desc"]
+        c.send(b'{"execute": "query-status", "id": 1e400}')
+        assert "number out of range" in c.recv()["error"]["desc"]
+        replies = [
+            c.cmd("migrate-set-capabilities", arguments={"capabilities": [{"capability": ["events"], "state": True}]}),
+            c.cmd("migrate-set-capabilities", arguments={"capabilities": [{"capability": {"a": 1}, "state": True}]}),
+            c.cmd("migrate", arguments={"uri": "tcp:é..:1"}),
+            c.cmd("migrate", arguments={"uri": "tcp:h:" + "9" * 5000}),
+            c.cmd("human-monitor-command", arguments={"command-line": "xp /" + "9" * 5000 + "xw 0"}),
+            c.cmd("human-monitor-command", arguments={"command-line": "xp /1xw " + "9" * 5000}),
+            c.cmd("human-monitor-command", arguments={"command-line": "xp /1xw 0", "cpu-index": 1 << 64}),
+        ]
+        for r in replies:
+            if "error" in r:
+                assert r["error"]["class"] == "GenericError" and "internal error" not in r["error"]["desc"], r
+            else:  # HMP reports its own mistakes as text, like QEMU
+                assert "internal error" not in r["return"] and len(r["return"]) < 300, r
+        assert c.cmd("query-status", id=5)["return"]["status"] == "running"
+        c.close()
+    finally:
+        teardown(vm)
