@@ -179,3 +179,73 @@ def test_values_with_newlines_are_echoed_on_one_line(tmp_path: Path) -> None:
     cfg = tmp_path / "m.yaml"
     cfg.write_bytes(b"kernel: /etc/hostname\nname: \"a\\x01\"\n\x01")
     assert "invalid YAML" in one_error_line(run_cli(["run", str(cfg)]))
+
+
+# ---- fuzzing the command itself (issue 11, D): generated argvs and machine files through `python3 -m kvmpy` ----
+import os as _os
+import resource as _resource
+import subprocess as _subprocess
+import sys as _sys
+
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+_TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"), max_size=40)
+_HUGE = st.integers(300, 6000).map(lambda n: "9" * n)
+_HOSTS = st.sampled_from(["é..", "é", "a..b", "ü.example", "xn--", "-", "[::1", "1.2.3.4.5", "h" * 300, "ſ", "\u200b"])
+_VALUE = st.one_of(
+    _TEXT, _HUGE, _HUGE.map(lambda d: d + "G"), _HUGE.map(lambda d: "0x" + d),
+    st.builds(lambda h, p: f"tcp:{h}:{p}", _HOSTS | _TEXT, st.sampled_from(["4444", "1", "", "9" * 5000, "٣"])),
+    st.builds(lambda h, p: f"tcp:{h}:{p},server,wait=off", _HOSTS | _TEXT, st.sampled_from(["0", "9" * 500, "x"])),
+    st.sampled_from(["unix:/tmp/\u00e9\u00e9,server,wait=off", "isa-debug-exit,iobase=" + "1" * 5000,
+                     "isa-debug-exit,iosize=0x" + "f" * 5000, "1T", "100G", "file:/dev/full", "virt", "pc",
+                     "cpus=" + "9" * 5000, "size=" + "9" * 400, "x" * 300]),
+)
+_OPTS = ["-m", "-smp", "-kernel", "-initrd", "-qmp", "-incoming", "-device", "-machine", "-serial", "-name",
+         "-append", "-accel", "-d", "-D", "-cpu", "-display", "-bios"]
+_ARGV = st.lists(st.one_of(st.sampled_from(_OPTS).flatmap(lambda o: _VALUE.map(lambda v: [o, v])),
+                           st.sampled_from([["-enable-kvm"], ["-nodefaults"], ["-no-reboot"], ["-S"], ["--"],
+                                            ["-kernel", "/etc/hostname"], ["-kernel", "x" * 300]])),
+                 max_size=6).map(lambda parts: [a for p in parts for a in p])
+
+
+def _limits() -> None:  # bounded memory for the child: a memory bomb fails instead of swapping the host
+    _resource.setrlimit(_resource.RLIMIT_AS, (4 << 30, 4 << 30))
+
+
+def _run_bounded(args: list[str]) -> _subprocess.CompletedProcess:
+    env = dict(_os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    return _subprocess.run([_sys.executable, "-m", "kvmpy", *args], stdin=_subprocess.DEVNULL, capture_output=True,
+                           timeout=60, env=env, preexec_fn=_limits)
+
+
+def _check_outcome(p: _subprocess.CompletedProcess) -> None:
+    err = p.stderr.decode(errors="replace")
+    assert p.returncode in (0, 1, 2), (p.returncode, err[-2000:])
+    assert "Traceback" not in err, err[-3000:]
+    if p.returncode == 2:
+        assert err.count("\n") == 1 and err.endswith("\n"), err[-2000:]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(_ARGV)
+def test_fuzzed_argv_is_status_0_1_or_2_and_one_line_for_usage_errors(argv: list[str]) -> None:
+    _check_outcome(_run_bounded(["-enable-kvm", *argv]))
+
+
+_YAML_SCALAR = st.one_of(_TEXT, _HUGE, _HUGE.map(lambda d: "'" + d + "M'"), st.integers(-5, 5).map(str),
+                         _HOSTS.map(lambda h: f"tcp:{h}:4444,server,wait=off"),
+                         st.sampled_from(["~nouser-kvmpy/x", '"a\\0b"', "*a", "[*a, *a, *a, *a]", "&a [1, 2]",
+                                          "{type: isa-debug-exit, iosize: *a}", "!!python/object:os.system x"]))
+_YAML_KEYS = st.sampled_from(["name", "memory", "smp", "kernel", "initrd", "qmp", "trace", "devices", "serial",
+                              "append", "no_reboot", "unknown", "trace_file"])
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(st.tuples(_YAML_KEYS, _YAML_SCALAR), max_size=5),
+       st.integers(0, 3).map(lambda n: "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9 if i else ['x'] * 9)}]\n"
+                                               for i in range(n * 3))))
+def test_fuzzed_machine_files_through_the_command(tmp_path_factory, pairs, bomb: str) -> None:
+    d = tmp_path_factory.mktemp("fz")
+    text = bomb + "kernel: /etc/hostname\n" + "".join(f"{k}: {v}\n" for k, v in pairs if k != "kernel")
+    (d / "m.yaml").write_text(text)
+    _check_outcome(_run_bounded(["run", str(d / "m.yaml")]))

@@ -167,3 +167,49 @@ def test_huge_and_odd_sizes() -> None:
         with pytest.raises(ConfigError, match="too large"):
             parse_size(bad)
     assert parse_size("0.5G") == 512 * MiB
+
+
+# ---- fuzzing (issue 11, D): any machine file is a config or one ConfigError line, quickly -------------------
+import time
+
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from kvmpy.config import from_mapping
+
+_KEYS = st.sampled_from(sorted(__import__("kvmpy.config", fromlist=["YAML_KEYS"]).YAML_KEYS) + ["x", "devices"])
+_LEAF = st.one_of(st.none(), st.booleans(), st.integers(), st.integers(min_value=10 ** 300, max_value=10 ** 1000),
+                  st.floats(), st.text(max_size=30), st.sampled_from(["é..", "tcp:é..:4444,server", "~nouser-x/y",
+                                                                      "a\0b", "9" * 5000, "1" * 400 + "M"]))
+_DATA = st.recursive(_LEAF, lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=6) | _KEYS,
+                                                                                    kids, max_size=4), max_leaves=15)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.dictionaries(_KEYS, _DATA, max_size=6))
+def test_any_mapping_is_a_config_or_a_config_error(tmp_path_factory, data) -> None:
+    try:
+        from_mapping(data, Path("/nonexistent")).validate()
+    except ConfigError as exc:
+        assert "\n" not in str(exc)
+
+
+_FRAGMENTS = st.sampled_from(["kernel: k.elf\n", "memory: ", "9" * 5000, "\n", "&a ", "*a", "[", "]", "{", "}",
+                              ", ", "- ", "  ", "trace: ", "devices: [{type: isa-debug-exit, iosize: ", "qmp: ",
+                              "tcp:é..:1,server", "\"\\0\"", "'", "\"", "\t", "\x01", "é", "!!binary ", "<<: *a\n",
+                              "a: &a [x, x, x, x, x, x, x, x]\n", "b: &b [*a, *a, *a, *a, *a, *a, *a, *a]\n",
+                              "c: &c [*b, *b, *b, *b, *b, *b, *b, *b]\n", "d: &d [*c, *c, *c, *c, *c, *c, *c, *c]\n",
+                              "e: &e [*d, *d, *d, *d, *d, *d, *d, *d]\n", "1e999", ".nan", "0x" + "f" * 3000])
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(_FRAGMENTS, max_size=30) | st.binary(max_size=200).map(lambda b: [b.decode("latin-1")]))
+def test_any_yaml_text_is_a_config_or_one_line_quickly(tmp_path_factory, parts) -> None:
+    d = tmp_path_factory.mktemp("y")
+    (d / "k.elf").write_bytes(b"x")
+    (d / "m.yaml").write_bytes("".join(parts).encode("utf-8", "surrogateescape"))
+    start = time.monotonic()
+    try:
+        load_yaml(d / "m.yaml")
+    except ConfigError as exc:
+        assert "\n" not in str(exc) and len(str(exc)) < 600
+    assert time.monotonic() - start < 5

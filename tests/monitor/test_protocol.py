@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from hypothesis import example, given, settings, strategies as st
@@ -234,3 +235,73 @@ def test_hostile_messages_keep_the_session(short_tmp) -> None:
         c.close()
     finally:
         teardown(vm)
+
+
+# ---- fuzzing every command's schema and every endpoint string (issue 11, D) --------------------------------
+_ARG_VALUE = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.integers(min_value=1 << 64, max_value=1 << 4000)
+    | st.floats() | st.text(max_size=20) | st.sampled_from(["tcp:é..:1", "tcp:h:" + "9" * 5000, "xp /" + "9" * 5000
+                                                            + "xw 0", "events", "auto-converge"]),
+    lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.sampled_from(["capability", "state", "x"]) | st.text(
+        max_size=5), kids, max_size=3), max_leaves=10)
+
+
+def _all_commands():
+    import kvmpy.migration.qmp  # noqa: F401  (registers the migration commands)
+    from kvmpy.monitor.commands import table
+
+    return [table.get(name) for name in table.names()]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.data())
+def test_every_command_schema_gives_typed_arguments_or_a_qmp_error(data) -> None:
+    cmd = data.draw(st.sampled_from(_all_commands()))
+    names = sorted(cmd.args) + ["x"]
+    args = data.draw(st.dictionaries(st.sampled_from(names), _ARG_VALUE, max_size=4))
+    try:
+        checked = cmd.validate(args)
+    except QmpError as exc:
+        assert exc.cls == "GenericError" and "\n" not in exc.desc
+        return
+    for key, value in args.items():  # what reaches a handler has the declared type, recursively
+        spec = cmd.args[key]
+        spec.check(key, value)
+        if spec.type == "int":
+            assert isinstance(value, int) and not isinstance(value, bool) and -(1 << 63) <= value < 1 << 64
+    assert set(checked) == {k.replace("-", "_") for k in args}
+
+
+_HOST_TEXT = st.text(max_size=40) | st.sampled_from(["é..", "é", "a..b", "[::1]", "::1", "h" * 300])
+_PORT_TEXT = st.text(max_size=8) | st.integers(0, 1 << 20).map(str) | st.just("9" * 5000)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_HOST_TEXT, _PORT_TEXT, st.sampled_from([",server", ",server,wait=off", "", ",server=on,nowait"]))
+def test_any_tcp_endpoint_is_an_endpoint_or_a_config_error(host: str, port: str, opts: str) -> None:
+    from kvmpy.monitor.endpoint import listen
+
+    try:
+        ep = parse_endpoint(f"tcp:{host}:{port}{opts}")
+    except ConfigError as exc:
+        assert "\n" not in str(exc).replace(host, "").replace(port, "")
+        return
+    assert ep.host.isascii() and 0 <= ep.port <= 65535
+    try:  # never TypeError/UnicodeError from the socket layer
+        listen(dataclasses.replace(ep, port=0)).close()  # port 0: never take a port someone else uses
+    except ConfigError:
+        pass
+
+
+@settings(max_examples=400, deadline=None)
+@given(_HOST_TEXT, _PORT_TEXT, st.sampled_from(["tcp", "unix", "exec", "file", "x"]))
+def test_any_migration_uri_is_a_uri_or_a_migration_error(host: str, port: str, scheme: str) -> None:
+    from kvmpy.migration.errors import MigrationError
+    from kvmpy.migration.transport import parse_uri
+
+    try:
+        uri = parse_uri(f"{scheme}:{host}:{port}")
+    except MigrationError:
+        return
+    if uri.scheme == "tcp":
+        assert uri.host.isascii() and 0 <= uri.port <= 65535
