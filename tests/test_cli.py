@@ -249,3 +249,13 @@ def test_fuzzed_machine_files_through_the_command(tmp_path_factory, pairs, bomb:
     text = bomb + "kernel: /etc/hostname\n" + "".join(f"{k}: {v}\n" for k, v in pairs if k != "kernel")
     (d / "m.yaml").write_text(text)
     _check_outcome(_run_bounded(["run", str(d / "m.yaml")]))
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=list(HealthCheck))
+@given(_ARGV)
+def test_fuzzed_argv_in_process_is_a_config_or_a_config_error(argv: list[str]) -> None:
+    """The same argvs, many more of them, through the parser and validation (no subprocess, no VM)."""
+    try:
+        parse_qemu_args(["-enable-kvm", *argv]).validate()
+    except ConfigError as exc:
+        assert "Traceback" not in str(exc)
