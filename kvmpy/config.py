@@ -280,18 +280,22 @@ def from_mapping(data: Any, base_dir: Path) -> MachineConfig:
 
 
 def _yaml_loader(yaml: Any) -> type:
-    """A SafeLoader that bounds nesting depth while composing (PyYAML recurses per level)."""
+    """A SafeLoader that bounds nesting depth (PyYAML recurses per level) and node count while composing."""
 
     class BoundedLoader(yaml.SafeLoader):
         def __init__(self, stream: str) -> None:
             super().__init__(stream)
             self.kvmpy_depth = 0
+            self.kvmpy_nodes = 0
 
         def compose_node(self, parent: Any, index: Any) -> Any:
             self.kvmpy_depth += 1
+            self.kvmpy_nodes += 1  # bounds the node graph while it is built, before aliases are measured
             try:
                 if self.kvmpy_depth > MAX_YAML_DEPTH:
                     raise ConfigError(f"invalid YAML: nested deeper than {MAX_YAML_DEPTH} levels")
+                if self.kvmpy_nodes > MAX_YAML_NODES:
+                    raise ConfigError(f"invalid YAML: more than {MAX_YAML_NODES} nodes")
                 return super().compose_node(parent, index)
             finally:
                 self.kvmpy_depth -= 1
@@ -366,8 +370,10 @@ def _yaml_problem(yaml: Any, exc: Exception) -> str:
         return f"invalid YAML at character {exc.position}: {exc.reason}"
     mark = getattr(exc, "problem_mark", None)
     where = f" at line {mark.line + 1}" if mark else ""
-    problem = getattr(exc, "problem", None) or getattr(exc, "context", None) or type(exc).__name__
-    return f"invalid YAML{where}: {problem}"
+    problem = str(getattr(exc, "problem", None) or getattr(exc, "context", None) or type(exc).__name__)
+    if len(problem) > 160:  # PyYAML quotes what it found: an alias or tag may be any length
+        problem = problem[:160] + "..."
+    return f"invalid YAML{where}: {problem.replace(chr(10), ' ')}"
 
 
 def parse_yaml(text: str) -> Any:

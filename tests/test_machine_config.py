@@ -117,6 +117,7 @@ BOMB = b"".join([b"a: &a [x, x, x, x, x, x, x, x, x, x]\n"]
     (b"kernel: k.elf\ndevices: [{type: isa-debug-exit, iosize: [1, 2]}]\n", "iosize' must be int or str"),
     (b"kernel: k.elf\ndevices: [{type: isa-debug-exit, iobase: '" + b"9" * 5000 + b"'}]\n", "invalid iobase"),
     (b"a: &a [*a]\nkernel: k.elf\n", "contains it"),
+    (b"kernel: k.elf\nappend: [" + b"1, " * 20000 + b"]\n", "more than 10000 nodes"),
     (b"kernel: k.elf\nname: \"a\\0b\x01\"\n\x00", "invalid YAML at character"),
     (b"kernel: k.elf\nkernel: x\n  bad: indent\n", "invalid YAML at line"),
     (b"kernel: k.elf\nserial: \"file:a\\nb\\nc\"\n", "serial backend"),
