@@ -7,6 +7,7 @@ one line on stderr without a traceback.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -16,8 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from kvmpy import __version__
-from kvmpy.config import ConfigError, DebugExitConfig, MachineConfig, load_yaml, parse_int, parse_size
+from kvmpy.version import __version__
+from kvmpy.config import ConfigError, DebugExitConfig, MachineConfig, load_yaml, parse_int, parse_size, shown
 
 log = logging.getLogger("kvmpy")
 
@@ -64,8 +65,21 @@ _FLAGS = {"-enable-kvm", "-nographic", "-nodefaults", "-no-reboot", "-S", "-no-u
 _ONLY_NONE = {"-monitor": ("none",), "-vga": ("none",), "-net": ("none",), "-parallel": ("none",)}
 
 
+RAM_NAME = "pc.ram"  # named as in QEMU's "cannot set up guest memory 'pc.ram'"
+MAX_MESSAGE = 400  # characters of one error line
+
+
 class UsageError(ConfigError):
     pass
+
+
+def one_line(message: str) -> str:
+    """``message`` fit for one stderr line: control characters escaped, shortened."""
+    out = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+    if len(out) <= MAX_MESSAGE:
+        return out
+    half = MAX_MESSAGE // 2  # keep both ends: what was given, and (at the end) what is wrong with it
+    return f"{out[:half]}...{out[-half:]}"
 
 
 def _opts(text: str, what: str) -> tuple[str, dict[str, str]]:
@@ -86,7 +100,8 @@ def _opts(text: str, what: str) -> tuple[str, dict[str, str]]:
 
 
 def parse_qemu_args(argv: Sequence[str]) -> MachineConfig:
-    cfg = MachineConfig()
+    """QEMU-style argv to a (frozen, not yet validated) MachineConfig; UsageError for what is wrong."""
+    cfg: dict = {"qmp": []}  # MachineConfig fields collected here, the config is built once at the end
     args = list(argv)
     i = 0
     machine = None
@@ -98,7 +113,7 @@ def parse_qemu_args(argv: Sequence[str]) -> MachineConfig:
         raw = args[i]
         opt = "-" + raw.lstrip("-") if raw.startswith("--") and raw not in ("--help", "--version") else raw
         if not opt.startswith("-"):
-            raise UsageError(f"unexpected argument {raw!r} (options start with '-')")
+            raise UsageError(f"unexpected argument {shown(raw)} (options start with '-')")
         if opt in _FLAGS:
             i += 1
             if opt == "-enable-kvm":
@@ -106,29 +121,29 @@ def parse_qemu_args(argv: Sequence[str]) -> MachineConfig:
             elif opt == "-nographic":
                 nographic = True
             elif opt == "-no-reboot":
-                cfg.no_reboot = True
+                cfg["no_reboot"] = True
             elif opt == "-nodefaults":
                 nodefaults = True
             elif opt == "-S":
-                cfg.start_paused = True
+                cfg["start_paused"] = True
             elif opt in ("-no-shutdown", "-snapshot"):
                 raise UsageError(f"option {opt} is not supported by kvmpy")
             continue
         if opt not in _WITH_ARG:
-            raise UsageError(f"unsupported option {raw!r} (kvmpy --help lists the supported ones)")
+            raise UsageError(f"unsupported option {shown(raw)} (kvmpy --help lists the supported ones)")
         if i + 1 >= len(args):
-            raise UsageError(f"option {raw} needs an argument")
+            raise UsageError(f"option {shown(raw)} needs an argument")
         val = args[i + 1]
         i += 2
         if opt in _ONLY_NONE:
             if val not in _ONLY_NONE[opt]:
-                raise UsageError(f"{opt} {val} is not supported (only '{opt} none')")
+                raise UsageError(f"{opt} {shown(val)} is not supported (only '{opt} none')")
             continue
         if opt == "-accel":
             head, kv = _opts(val, "accel")
             accel = head or kv.get("accel", "")
             if accel not in ("kvm", "tcg"):
-                raise UsageError(f"unsupported accelerator {accel!r} (kvm or tcg)")
+                raise UsageError(f"unsupported accelerator {shown(accel)} (kvm or tcg)")
         elif opt in ("-machine", "-M"):
             head, kv = _opts(val, "machine")
             machine = head or kv.pop("type", "")
@@ -136,77 +151,77 @@ def parse_qemu_args(argv: Sequence[str]) -> MachineConfig:
                 accel = kv.pop("accel")
             kv.pop("graphics", None)
             if "linux-boot" in kv:  # kvmpy's own: how a bzImage is entered (auto, bzimage, pvh)
-                cfg.linux_boot = kv.pop("linux-boot")
+                cfg["linux_boot"] = kv.pop("linux-boot")
             if kv:
-                raise UsageError(f"unsupported -machine option(s): {', '.join(kv)}")
+                raise UsageError(f"unsupported -machine option(s): {', '.join(map(shown, kv))}")
         elif opt == "-cpu":
-            cfg.cpu = val.split(",")[0]
+            cfg["cpu"] = val.split(",")[0]
         elif opt == "-m":
             head, kv = _opts(val, "m")
             size = head or kv.pop("size", "")
             if kv:
-                raise UsageError(f"-m {', '.join(kv)}: memory hotplug options are not supported yet")
-            cfg.memory = parse_size(size, "memory size")
+                raise UsageError(f"-m {', '.join(map(shown, kv))}: memory hotplug options are not supported yet")
+            cfg["memory"] = parse_size(size, "memory size")
         elif opt == "-smp":
             head, kv = _opts(val, "smp")
             n = head or kv.pop("cpus", "1")
             for k in ("sockets", "cores", "threads", "maxcpus", "dies"):
                 kv.pop(k, None)
             if kv:
-                raise UsageError(f"unsupported -smp option(s): {', '.join(kv)}")
-            cfg.smp = parse_int(n, "-smp")
+                raise UsageError(f"unsupported -smp option(s): {', '.join(map(shown, kv))}")
+            cfg["smp"] = parse_int(n, "-smp")
         elif opt == "-kernel":
-            cfg.kernel = Path(val)
+            cfg["kernel"] = Path(val)
         elif opt == "-initrd":
-            cfg.initrd = Path(val)
+            cfg["initrd"] = Path(val)
         elif opt == "-append":
-            cfg.append = val
+            cfg["append"] = val
         elif opt == "-serial":
             if serial_set:
                 raise UsageError("only one -serial is supported (COM1)")
-            cfg.serial = val
+            cfg["serial"] = val
             serial_set = True
         elif opt == "-display":
             if val.split(",")[0] != "none":
-                raise UsageError(f"-display {val} is not supported (kvmpy has no display; use -display none)")
+                raise UsageError(f"-display {shown(val)} is not supported (kvmpy has no display; use -display none)")
         elif opt == "-device":
             head, kv = _opts(val, "device")
             if head != "isa-debug-exit":
-                raise UsageError(f"unsupported device {head!r} (supported: isa-debug-exit)")
+                raise UsageError(f"unsupported device {shown(head)} (supported: isa-debug-exit)")
             unknown = set(kv) - {"iobase", "iosize"}
             if unknown:
-                raise UsageError(f"isa-debug-exit: unknown property {', '.join(sorted(unknown))}")
-            cfg.debug_exit = DebugExitConfig(parse_int(kv.get("iobase", "0x501"), "iobase"),
-                                             parse_int(kv.get("iosize", "0x02"), "iosize"))
+                raise UsageError(f"isa-debug-exit: unknown property {', '.join(map(shown, sorted(unknown)))}")
+            cfg["debug_exit"] = DebugExitConfig(parse_int(kv.get("iobase", "0x501"), "iobase", hi=0xFFFF),
+                                                parse_int(kv.get("iosize", "0x02"), "iosize", hi=8))
         elif opt == "-name":
             head, kv = _opts(val, "name")
-            cfg.name = head or kv.get("guest", val)
+            cfg["name"] = head or kv.get("guest", val)
         elif opt == "-bios":
-            cfg.bios = val
+            cfg["bios"] = val
         elif opt == "-d":
-            cfg.trace = set(filter(None, val.split(",")))
+            cfg["trace"] = set(filter(None, val.split(",")))
         elif opt == "-D":
-            cfg.trace_file = Path(val)
+            cfg["trace_file"] = Path(val)
         elif opt == "-qmp":
-            cfg.qmp.append(val)
+            cfg["qmp"].append(val)
         elif opt == "-incoming":
-            cfg.incoming = val
+            cfg["incoming"] = val
         elif opt == "-L":
             raise UsageError(f"option {opt} is not supported yet")
     if not serial_set:
         # As in QEMU: -nodefaults drops the default COM1; otherwise it goes to stdio.
-        cfg.serial = "none" if nodefaults else "stdio"
+        cfg["serial"] = "none" if nodefaults else "stdio"
     if machine in ("virt",):
-        cfg.arch = "riscv64"
-        cfg.accel = accel or "tcg"
+        cfg["arch"] = "riscv64"
+        cfg["accel"] = accel or "tcg"
     elif machine in (None, "", "pc", "q35", "pc-i440fx", "microvm") or (machine or "").startswith("pc-"):
-        cfg.arch = "x86_64"
-        cfg.accel = accel or "tcg"
-        if cfg.accel != "kvm":
+        cfg["arch"] = "x86_64"
+        cfg["accel"] = accel or "tcg"
+        if cfg["accel"] != "kvm":
             raise UsageError("x86 guests need KVM for now: add -enable-kvm (or -accel kvm)")
     else:
-        raise UsageError(f"unsupported machine type {machine!r} (pc, or virt for riscv64)")
-    return cfg
+        raise UsageError(f"unsupported machine type {shown(machine)} (pc, or virt for riscv64)")
+    return MachineConfig(**cfg)
 
 
 def _setup_logging() -> None:
@@ -224,12 +239,17 @@ def _run_config(cfg: MachineConfig) -> int:
     from kvmpy.loader.errors import LoaderError
     from kvmpy.machine import Machine
 
+    from kvmpy.memory.ramblock import RAMAllocationError
+
     try:
         machine = Machine(cfg)
     except (LoaderError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
     except KvmError as exc:
-        print(f"kvmpy: {exc}", file=sys.stderr)
+        print(f"kvmpy: {one_line(str(exc))}", file=sys.stderr)
+        return 1
+    except RAMAllocationError:  # QEMU's wording and status for a -m the host cannot reserve
+        print(f"kvmpy: cannot set up guest memory {RAM_NAME!r}: {os.strerror(errno.ENOMEM)}", file=sys.stderr)
         return 1
     monitor = None
     try:
@@ -268,16 +288,11 @@ def _quit_on_signals(machine) -> Iterator[None]:
 
 def _start_qmp(machine, specs: list[str]):
     """Listen on every -qmp endpoint; like QEMU, wait for a first client unless each says wait=off."""
-    from kvmpy.migration.qmp import add_migration_commands
-    from kvmpy.monitor.commands import add_core_commands
+    from kvmpy.machine import qmp_commands
     from kvmpy.monitor.endpoint import parse_endpoint
-    from kvmpy.monitor.schema import CommandTable
     from kvmpy.monitor.server import QmpServer
 
-    commands = CommandTable()
-    add_core_commands(commands)
-    add_migration_commands(commands)
-    server = QmpServer(machine, [parse_endpoint(s) for s in specs], commands)
+    server = QmpServer(machine, [parse_endpoint(s) for s in specs], qmp_commands())
     server.start()
     waiting = [ep for ep in server.endpoints if ep.wait]
     if waiting:
@@ -305,6 +320,10 @@ def _run_riscv(cfg: MachineConfig) -> int:
         return run_machine(rcfg)
     except user_errors as exc:  # type: ignore[misc]
         raise ConfigError(str(exc)) from None
+    except MemoryError:  # the riscv board's RAM: the same one line as for x86
+        print(f"kvmpy: cannot set up guest memory 'riscv_virt_board.ram': {os.strerror(errno.ENOMEM)}",
+              file=sys.stderr)
+        return 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -325,13 +344,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise UsageError(f"unexpected arguments after the machine file: {' '.join(args[2:])}")
             cfg = load_yaml(Path(args[1]))
         elif args[0] == "initrd":
-            from kvmpy.initrd import main as initrd_main
+            from kvmpy.tools.initrd import main as initrd_main
             return initrd_main(args[1:])
         else:
             cfg = parse_qemu_args(args)
         return _run_config(cfg)
     except ConfigError as exc:
-        print(f"kvmpy: error: {exc}", file=sys.stderr)
+        print(f"kvmpy: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("kvmpy: terminating on signal 2", file=sys.stderr)

@@ -11,6 +11,8 @@ that called ``run()`` acts on what they report.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from kvmpy.boards.pc import PcBoard
 from kvmpy.config import MachineConfig
 from kvmpy.devices.chardev import CharBackend
@@ -20,7 +22,25 @@ from kvmpy.memory.ramblock import RAMBlock
 from kvmpy.migration.manager import MigrationManager
 from kvmpy.vmstate import VmState
 
-__all__ = ["Machine", "RunState", "MachineEvent"]
+if TYPE_CHECKING:
+    from kvmpy.monitor.schema import CommandTable
+
+__all__ = ["Machine", "RunState", "MachineEvent", "qmp_commands"]
+
+
+def qmp_commands() -> "CommandTable":
+    """A fresh table of every QMP command a Machine serves (the core set plus migration's).
+
+    Whoever starts a QmpServer passes it in; nothing registers commands by being imported.
+    """
+    from kvmpy.migration.qmp import add_migration_commands
+    from kvmpy.monitor.commands import add_core_commands
+    from kvmpy.monitor.schema import CommandTable
+
+    table = CommandTable()
+    add_core_commands(table)
+    add_migration_commands(table)
+    return table
 
 
 class Machine:

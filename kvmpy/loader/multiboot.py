@@ -68,8 +68,8 @@ def _page_align(n: int) -> int:
 
 
 def find_header(image: bytes) -> MultibootHeader | None:
-    limit = min(len(image), HEADER_SEARCH) - 12
-    for off in range(0, max(limit, 0) + 1, 4):
+    limit = min(len(image), HEADER_SEARCH) - 12  # last offset where a whole 12-byte header fits
+    for off in range(0, limit + 1, 4):  # empty when the image is shorter than a header
         magic, flags, checksum = struct.unpack_from("<III", image, off)
         if magic == MAGIC and (magic + flags + checksum) & 0xFFFFFFFF == 0:
             if flags & FLAG_AOUT_KLUDGE:

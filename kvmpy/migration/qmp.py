@@ -14,7 +14,7 @@ import time
 
 from kvmpy.migration.errors import MigrationError
 from kvmpy.migration.manager import MigrationManager
-from kvmpy.migration.params import MigrationStats
+from kvmpy.migration.params import CAPABILITIES, MigrationStats
 from kvmpy.monitor.context import Context
 from kvmpy.monitor.protocol import QmpError
 from kvmpy.monitor.schema import Arg, CommandTable
@@ -115,6 +115,7 @@ def add_migration_commands(table: CommandTable) -> None:
     table.command("query-migrate")(query_migrate)
     table.command("migrate-set-parameters", **_PARAM_ARGS)(migrate_set_parameters)
     table.command("query-migrate-parameters")(query_migrate_parameters)
-    table.command("migrate-set-capabilities", capabilities=Arg("list", items="dict"))(migrate_set_capabilities)
+    table.command("migrate-set-capabilities", capabilities=Arg("list", items=Arg("dict", fields={
+        "capability": Arg("str", choices=CAPABILITIES), "state": Arg("bool")})))(migrate_set_capabilities)
     table.command("query-migrate-capabilities")(query_migrate_capabilities)
     table.command("migrate-incoming", uri=Arg("str"))(migrate_incoming)

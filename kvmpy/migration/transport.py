@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from kvmpy.migration.errors import MigrationError
+from kvmpy.netaddr import check_host, check_port
 
 SCHEMES = ("tcp", "unix", "exec", "file")
 
@@ -45,9 +46,12 @@ def parse_uri(text: str) -> Uri:
             host, sep, port = rest[1:].partition("]:")
         else:
             host, sep, port = rest.rpartition(":")
-        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise MigrationError(f"invalid tcp migration address {text!r} (tcp:HOST:PORT)")
-        return Uri("tcp", host=host, port=int(port))
+        if not sep:
+            raise MigrationError(f"invalid tcp migration address {text[:80]!r} (tcp:HOST:PORT)")
+        try:  # a host the socket module cannot encode (TypeError at connect/bind) is refused here
+            return Uri("tcp", host=check_host(host), port=check_port(port))
+        except ValueError as exc:
+            raise MigrationError(f"invalid tcp migration address {text[:80]!r}: {exc}") from None
     if not rest or "\0" in rest:
         raise MigrationError(f"migration URI {text!r} needs a {'command' if scheme == 'exec' else 'path'}")
     return Uri(scheme, path=rest)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from kvmpy import __version__
+from kvmpy.version import __version__
 
 if TYPE_CHECKING:
     from kvmpy.machine import Machine

@@ -17,7 +17,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from kvmpy.config import ConfigError
+from kvmpy.errors import ConfigError
+from kvmpy.netaddr import check_host, check_port
 
 UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the terminating NUL
 STAGING_EXTRA = 13  # "/.qXXXXXXXX/s": the private directory we bind in first
@@ -67,10 +68,16 @@ def parse_endpoint(spec: str) -> Endpoint:
     if not server:
         raise ConfigError(f"-qmp {spec}: kvmpy only listens for QMP clients: add ',server'")
     if scheme == "unix":
+        if "\0" in rest:
+            raise ConfigError(f"-qmp {spec}: the socket path contains a NUL byte")
         if not rest:
             raise ConfigError(f"-qmp {spec}: the socket path is empty")
         limit = UNIX_PATH_MAX - STAGING_EXTRA
-        if len(os.fsencode(os.path.abspath(rest))) > limit:
+        try:
+            encoded = os.fsencode(os.path.abspath(rest))
+        except UnicodeError:
+            raise ConfigError(f"-qmp {spec}: the socket path cannot be encoded for this file system") from None
+        if len(encoded) > limit:
             raise ConfigError(f"-qmp {spec}: the socket path is longer than {limit} bytes")
         return Endpoint("unix", path=Path(rest), wait=wait, spec=spec)
     host, sep, port_text = rest.rpartition(":")
@@ -78,11 +85,10 @@ def parse_endpoint(spec: str) -> Endpoint:
         raise ConfigError(f"-qmp {spec}: expected tcp:HOST:PORT")
     host = host.strip("[]") or "127.0.0.1"
     try:
-        port = int(port_text)
-    except ValueError:
-        raise ConfigError(f"-qmp {spec}: invalid port {port_text!r}") from None
-    if not 0 <= port <= 65535:
-        raise ConfigError(f"-qmp {spec}: port {port} is out of range")
+        check_host(host)
+        port = check_port(port_text)
+    except ValueError as exc:
+        raise ConfigError(f"-qmp {spec}: {exc}") from None
     return Endpoint("tcp", host=host, port=port, wait=wait, spec=spec)
 
 
@@ -92,6 +98,8 @@ def listen(ep: Endpoint) -> socket.socket:
         sock = _listen_unix(ep.path) if ep.kind == "unix" else _listen_tcp(ep.host, ep.port)  # type: ignore[arg-type]
     except OSError as exc:
         raise ConfigError(f"-qmp {ep.spec}: cannot listen: {exc.strerror or exc}") from None
+    except (UnicodeError, TypeError, ValueError) as exc:  # a host the socket module cannot encode
+        raise ConfigError(f"-qmp {ep.spec}: cannot listen: {exc}") from None
     sock.setblocking(False)
     return sock
 

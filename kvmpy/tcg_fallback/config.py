@@ -7,10 +7,10 @@ these; ``validate()`` is the single place that rejects bad values, with a
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kvmpy import units
 from kvmpy.tcg_fallback.errors import TcgUserError
 
 TRACE_FLAGS = frozenset({"in_asm", "exec", "int", "cpu", "op", "out_asm", "tb_stats", "nochain"})
@@ -58,16 +58,13 @@ class RiscvMachineConfig:
             raise TcgUserError(f"{self.kernel}: kernel not found")
 
 
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kKmMgGtT]?)[bB]?\s*$")
-
-
 def parse_memory_size(text: str) -> int:
-    """QEMU's -m syntax: a number with an optional K/M/G/T suffix; a bare number means MiB."""
-    m = _SIZE_RE.match(text)
-    if not m:
-        raise TcgUserError(f"-m {text!r}: not a memory size (examples: 128M, 1G)")
-    unit = {"": 1 << 20, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[m.group(2).lower()]
-    return int(m.group(1)) * unit
+    """QEMU's -m syntax: a number with an optional K/M/G/T suffix; a bare number means MiB (kvmpy.units)."""
+    try:
+        return units.parse_size(text, default_unit=1 << 20, decorated=True)
+    except units.SizeError as exc:
+        what = "too large" if exc.too_large else "not a memory size (examples: 128M, 1G)"
+        raise TcgUserError(f"-m {text[:40]!r}: {what}") from None
 
 
 def parse_trace_flags(text: str) -> set[str]:

@@ -21,10 +21,7 @@ import pytest
 
 from kvmpy.config import DebugExitConfig, MachineConfig
 from kvmpy.devices.chardev import BufferBackend
-from kvmpy.migration.qmp import add_migration_commands
-from kvmpy.monitor.commands import add_core_commands
 from kvmpy.monitor.endpoint import parse_endpoint
-from kvmpy.monitor.schema import CommandTable
 from kvmpy.monitor.server import QmpServer
 from tests.guests.build import build_guest
 
@@ -51,7 +48,7 @@ class RunningVm:
 
 def boot(tmpdir: Path, guest: str = "counter", name: str | None = "qmp-test", start_paused: bool = False,
          smp: int = 1, no_reboot: bool = False, extra_endpoints: list[str] = (), append: str = "") -> RunningVm:
-    from kvmpy.machine import Machine
+    from kvmpy.machine import Machine, qmp_commands
 
     cfg = MachineConfig(kernel=build_guest(guest), memory=32 << 20, smp=smp, name=name, serial="stdio",
                         no_reboot=no_reboot, start_paused=start_paused, append=append,
@@ -59,11 +56,8 @@ def boot(tmpdir: Path, guest: str = "counter", name: str | None = "qmp-test", st
     console = BufferBackend()
     machine = Machine(cfg, console=console)
     path = tmpdir / "qmp.sock"
-    commands = CommandTable()
-    add_core_commands(commands)
-    add_migration_commands(commands)
     server = QmpServer(machine, [parse_endpoint(f"unix:{path},server,wait=off")]
-                       + [parse_endpoint(e) for e in extra_endpoints], commands)
+                       + [parse_endpoint(e) for e in extra_endpoints], qmp_commands())
     server.start()
     vm = RunningVm(machine, console, server, path)
 

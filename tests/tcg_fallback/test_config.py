@@ -38,3 +38,8 @@ def test_trace_flags():
     assert parse_trace_flags("in_asm,exec") == {"in_asm", "exec"}
     with pytest.raises(TcgUserError):
         parse_trace_flags("in_asm,warp")
+
+
+def test_memory_size_with_thousands_of_digits_is_a_user_error() -> None:
+    with pytest.raises(TcgUserError, match="too large"):
+        parse_memory_size("9" * 5000)
