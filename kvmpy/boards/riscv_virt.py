@@ -51,7 +51,6 @@ UART_BASE = 0x10000000
 UART_SIZE = 0x100
 UART_IRQ = 10
 DRAM_BASE = 0x80000000
-INPUT_POLL_PERIOD = 1024
 INPUT_QUEUE_LIMIT = 1 << 16     # bytes typed ahead of the guest; more are refused
 IDLE_WAIT = 0.05                # seconds a WFI waits for console input before looking again
 
@@ -155,7 +154,6 @@ class VirtBoard:
         exec_trace = self._trace_exec if {"exec", "cpu"} & self.trace_flags and tracer else None
         self.loop = CpuLoop(cpu, self.cache, exec_trace)
         self._mtip = False
-        self._input_countdown = INPUT_POLL_PERIOD
 
     def device_table(self) -> tuple[DeviceSlot, ...]:
         """Every MMIO device of the board; reset walks this table, so none can be forgotten."""
@@ -234,11 +232,8 @@ class VirtBoard:
         mtip = cpu.R[INSTRET] + cpu.time_skew >= self.clint.mtimecmp
         if mtip != self._mtip:
             self._set_mtip(mtip)
-        if self.interactive:
-            self._input_countdown -= 1
-            if self._input_countdown <= 0:
-                self._input_countdown = INPUT_POLL_PERIOD
-                self._take_input()
+        if self.interactive and self.input.ready.is_set():   # no lock, no syscall: cheap
+            self._take_input()
 
     def _take_input(self) -> bool:
         """Hand queued console bytes to the UART (CPU thread only); True if there were any."""

@@ -1,4 +1,4 @@
-"""The standalone CLI: --help, QEMU exit statuses, one-line errors with status 2, traces."""
+"""The standalone CLI (python -m kvmpy.tcg_fallback, kept for compatibility): --help, QEMU exit statuses, one-line errors with status 2, traces."""
 
 from __future__ import annotations
 
