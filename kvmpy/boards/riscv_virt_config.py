@@ -1,7 +1,7 @@
-"""RiscvMachineConfig: everything needed to run a riscv64 ``virt`` guest under the TCG fallback.
+"""RiscvMachineConfig: everything needed to run a riscv64 ``virt`` guest under the TCG.
 
-The lead's CLI/YAML layer and this package's own small CLI both build one of
-these; ``validate()`` is the single place that rejects bad values, with a
+The kvmpy CLI/YAML layer (kvmpy/cli.py) and the board's own small CLI
+(``riscv_virt_run.main``) both build one of these; ``validate()`` is the single place that rejects bad values, with a
 ``TcgUserError`` whose message fits on one line.
 """
 
