@@ -304,12 +304,12 @@ def _start_qmp(machine, specs: list[str]):
 
 def _run_riscv(cfg: MachineConfig) -> int:
     try:
-        from kvmpy.tcg_fallback.config import RiscvMachineConfig
-        from kvmpy.tcg_fallback.run import run_machine
+        from kvmpy.boards.riscv_virt_config import RiscvMachineConfig
+        from kvmpy.boards.riscv_virt_run import run_machine
     except ImportError as exc:
         print(f"kvmpy: the riscv64 TCG fallback is not available: {exc}", file=sys.stderr)
         return 1
-    from kvmpy.tcg_fallback import errors as tcg_errors
+    from kvmpy.tcg import errors as tcg_errors
 
     rcfg = RiscvMachineConfig(kernel=cfg.kernel, memory=cfg.memory, bios=cfg.bios or "none",
                               append=cfg.append, serial=cfg.serial, trace=set(cfg.trace),

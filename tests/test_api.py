@@ -314,5 +314,5 @@ def test_options_become_the_same_config_and_argv(tmp_path) -> None:
 
     parsed = parse_qemu_args(argv)  # the child's argv means the same machine, plus -S and the QMP socket
     assert (parsed.memory, parsed.smp, parsed.append, parsed.name, parsed.no_reboot) == (64 << 20, 2, "a=1", "t", True)
-    assert parsed.start_paused and parsed.qmp == [f"unix:{tmp_path / 'q.sock'},server=on,wait=on"]
+    assert parsed.start_paused and list(parsed.qmp) == [f"unix:{tmp_path / 'q.sock'},server=on,wait=on"]
     assert parsed.serial == "stdio" and parsed.debug_exit == cfg.debug_exit

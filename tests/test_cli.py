@@ -98,7 +98,7 @@ def test_yaml_run_of_the_demo(tmp_path: Path) -> None:
 
 
 def test_riscv_guest_through_the_qemu_flags_and_yaml(tmp_path: Path) -> None:
-    from tests.tcg_fallback.guests.build import build_guest as build_riscv
+    from tests.guests.riscv.build import build_guest as build_riscv
 
     try:
         elf = build_riscv("hello")

@@ -1,1 +1,1 @@
-"""Boards: what a machine is made of (memory map, device table, vCPUs, boot). ``pc`` is the x86 PC."""
+"""Boards: a machine's memory map, its device table, its CPUs and how it boots (pc, riscv_virt)."""

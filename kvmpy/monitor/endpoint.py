@@ -132,8 +132,8 @@ def _listen_unix(path: Path) -> socket.socket:
     try:
         sock.bind(str(staging))
         os.chmod(staging, 0o600)
+        sock.listen(16)  # before the rename: a client that sees the path must never be refused
         os.rename(staging, path)
-        sock.listen(16)
     except OSError:
         sock.close()
         raise
