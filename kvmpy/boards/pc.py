@@ -38,7 +38,7 @@ from kvmpy.kvm.flavor import KvmKind, host_kvm_kind
 from kvmpy.kvm.system import Kvm
 from kvmpy.lifecycle import MachineEvent
 from kvmpy.loader import acpi
-from kvmpy.loader.e820 import FOUR_GIB, HIGH_TABLES, pc_e820, split_ram
+from kvmpy.loader.e820 import FOUR_GIB, HIGH_TABLES, pc_e820, pci_holes, split_ram
 from kvmpy.loader.linux import EntryMode, KernelFormat, LinuxBoot, detect_format, load_linux, prepare_kernel
 from kvmpy.loader.multiboot import BootEntry, load_multiboot
 from kvmpy.memory.address_space import AddressSpace
@@ -339,7 +339,8 @@ class PcBoard:
         """ACPI tables in the firmware-reserved top of low RAM, then the kernel; sets up vCPU 0."""
         assert self.linux is not None
         below, _ = split_ram(self.config.memory)
-        tables = acpi.build_tables(below - HIGH_TABLES, self.config.smp)
+        tables = acpi.build_tables(below - HIGH_TABLES, self.config.smp,
+                                   pci_holes(self.config.memory) if self.pci is not None else None)
         self.memory.write(tables.base, tables.blob)
         self.memory.write(RSDP_ADDR, tables.rsdp)
         boot = load_linux(self.linux, self.config.append, self.config.initrd, self.memory, self.e820, RSDP_ADDR)

@@ -5,7 +5,9 @@ takes only dword writes and reads back whole (as QEMU's host does); bit 31
 enables CONFIG_DATA (0xCFC-0xCFF), whose byte, word and dword accesses reach
 bus/device/function/register decoded from CONFIG_ADDRESS plus the low two
 port bits. Functions that are absent, on another bus, or reached with the
-enable bit clear read as all-ones and ignore writes. ``PciBus`` plugs
+enable bit clear read as all-ones and ignore writes. An access that is not
+naturally aligned is split into aligned pieces as QEMU's memory core does, and
+a piece beyond 0xCFF reads as all-ones. ``PciBus`` plugs
 functions into slots and hands each one its BAR space and an INTx sink that
 forwards (slot, pin, level) to the bus's router (the PIIX3's PIRQ logic on a PC).
 """
@@ -23,6 +25,7 @@ log = logging.getLogger(__name__)
 
 CONFIG_ADDRESS, CONFIG_DATA = 0, 4  # offsets inside the host's 8-port window at 0xCF8
 CONFIG_PORT = 0xCF8
+WINDOW = 8  # 0xCF8-0xCFF; bytes past it are unassigned ports (all-ones)
 ENABLE = 1 << 31
 MAX_DEVFN = 256
 
@@ -82,36 +85,67 @@ class PciHost:
         addr = self.config_address | (port_offset & 3)
         return (addr >> 16) & 0xFF, (addr >> 8) & 0xFF, addr & (CONFIG_SIZE - 1)
 
+    @staticmethod
+    def _pieces(offset: int, size: int) -> Iterator[tuple[int, int, int]]:
+        """(offset, size, shift) of the naturally aligned pieces QEMU's memory core splits an access into."""
+        pos, shift = offset, 0
+        while shift < 8 * size:
+            port = CONFIG_PORT + pos
+            n = min(4, port & -port, size - shift // 8)
+            n = 1 << (n.bit_length() - 1)
+            yield pos, n, shift
+            pos += n
+            shift += 8 * n
+
     def read(self, offset: int, size: int) -> int:
-        ones = (1 << (8 * size)) - 1 if 0 < size <= 8 else 0xFFFFFFFF
+        if not 0 < size <= 8:
+            return 0xFFFFFFFF
+        ones = (1 << (8 * size)) - 1
         try:
-            if CONFIG_ADDRESS <= offset < CONFIG_DATA:  # QEMU answers any of the four ports with the register
-                return self.config_address & ones
-            if CONFIG_DATA <= offset < CONFIG_DATA + 4 and size in (1, 2, 4):
-                with self._lock:
-                    if not self.config_address & ENABLE:
-                        return ones
-                    bus, dfn, reg = self._target(offset)
-                    n = min(size, CONFIG_SIZE - reg)
-                    return self.bus.config_read(bus, dfn, reg, n)  # past 0xFF: the missing bytes read 0
+            if (CONFIG_PORT + offset) % size == 0 and offset + size <= WINDOW:
+                return self._read(offset, size)
+            value = 0
+            for pos, n, shift in self._pieces(offset, size):
+                value |= (self._read(pos, n) if pos < WINDOW else (1 << (8 * n)) - 1) << shift
+            return value
         except Exception:  # no guest access may take the vCPU loop down
             log.exception("PCI config read at %#x failed", CONFIG_PORT + offset)
         return ones
 
     def write(self, offset: int, size: int, value: int) -> None:
+        if not 0 < size <= 8:
+            return
         try:
-            if offset == CONFIG_ADDRESS:
-                if size == 4:  # byte and word writes to 0xCF8 are not config cycles
-                    self.config_address = value & 0xFFFFFFFF
+            if (CONFIG_PORT + offset) % size == 0 and offset + size <= WINDOW:
+                self._write(offset, size, value)
                 return
-            if CONFIG_DATA <= offset < CONFIG_DATA + 4 and size in (1, 2, 4):
-                with self._lock:
-                    if self.config_address & ENABLE:
-                        bus, dfn, reg = self._target(offset)
-                        n = min(size, CONFIG_SIZE - reg)
-                        self.bus.config_write(bus, dfn, reg, n, value & ((1 << (8 * n)) - 1))
+            for pos, n, shift in self._pieces(offset, size):
+                if pos < WINDOW:
+                    self._write(pos, n, (value >> shift) & ((1 << (8 * n)) - 1))
         except Exception:
             log.exception("PCI config write at %#x failed", CONFIG_PORT + offset)
+
+    def _read(self, offset: int, size: int) -> int:
+        ones = (1 << (8 * size)) - 1
+        if CONFIG_ADDRESS <= offset < CONFIG_DATA:  # QEMU answers any of the four ports with the register
+            return self.config_address & ones
+        with self._lock:
+            if not self.config_address & ENABLE:
+                return ones
+            bus, dfn, reg = self._target(offset)
+            n = min(size, CONFIG_SIZE - reg)
+            return self.bus.config_read(bus, dfn, reg, n)  # past 0xFF: the missing bytes read 0
+
+    def _write(self, offset: int, size: int, value: int) -> None:
+        if CONFIG_ADDRESS <= offset < CONFIG_DATA:
+            if offset == CONFIG_ADDRESS and size == 4:  # byte and word writes to 0xCF8 are not config cycles
+                self.config_address = value & 0xFFFFFFFF
+            return
+        with self._lock:
+            if self.config_address & ENABLE:
+                bus, dfn, reg = self._target(offset)
+                n = min(size, CONFIG_SIZE - reg)
+                self.bus.config_write(bus, dfn, reg, n, value & ((1 << (8 * n)) - 1))
 
     # ---- device protocol (the functions save their own config spaces) ----------------
     def reset(self) -> None:

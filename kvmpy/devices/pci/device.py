@@ -36,7 +36,7 @@ SUBSYSTEM_VENDOR_ID, SUBSYSTEM_ID = 0x2C, 0x2E
 CAPABILITY_LIST, INTERRUPT_LINE, INTERRUPT_PIN = 0x34, 0x3C, 0x3D
 
 CMD_IO, CMD_MEMORY, CMD_MASTER = 1 << 0, 1 << 1, 1 << 2
-CMD_PARITY, CMD_SERR, CMD_INTX_DISABLE = 1 << 6, 1 << 8, 1 << 10
+CMD_SERR, CMD_INTX_DISABLE = 1 << 8, 1 << 10
 STATUS_INTERRUPT, STATUS_CAP_LIST = 1 << 3, 1 << 4
 # Error bits a guest clears by writing 1 (master data parity, signalled/received aborts, SERR, parity).
 STATUS_W1C = 0x0100 | 0x0800 | 0x1000 | 0x2000 | 0x4000 | 0x8000
@@ -157,10 +157,9 @@ class PciDevice:
         self._put(c, SUBSYSTEM_VENDOR_ID, 2, ident.subsystem_vendor)
         self._put(c, SUBSYSTEM_ID, 2, ident.subsystem)
         c[INTERRUPT_PIN] = ident.interrupt_pin & 0xFF
-        self._put(self.wmask, COMMAND, 2, CMD_IO | CMD_MEMORY | CMD_MASTER | CMD_PARITY | CMD_SERR | CMD_INTX_DISABLE)
+        self._put(self.wmask, COMMAND, 2, CMD_IO | CMD_MEMORY | CMD_MASTER | CMD_SERR | CMD_INTX_DISABLE)
         self._put(self.w1cmask, STATUS, 2, STATUS_W1C)
         self.wmask[CACHE_LINE_SIZE] = 0xFF
-        self.wmask[LATENCY_TIMER] = 0xFF  # harmless, and what lspci expects to be able to set
         self.wmask[INTERRUPT_LINE] = 0xFF
         self.wmask[HEADER_SIZE:] = b"\xff" * (CONFIG_SIZE - HEADER_SIZE)
         for bar in self.bars.values():
