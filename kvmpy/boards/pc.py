@@ -4,7 +4,9 @@
 RAM below and above 4 GiB, the in-kernel irqchip and PIT, one vCPU per -smp
 (with CPUID and baseline MSRs), the devices of ``PC_DEVICES`` mapped on the
 port-I/O bus (and MMIO devices as I/O regions routed by the board's MMIO
-router), and the kernel (multiboot or Linux) loaded with vCPU 0 at its entry.
+router), the PCI bus (config mechanism #1, the i440FX host bridge and the PIIX3
+ISA bridge, whose BARs ``PcBarSpace`` maps on the same buses), and the kernel
+(multiboot or Linux) loaded with vCPU 0 at its entry.
 Devices report only through the ``post`` callback (the machine's lifecycle);
 the board never holds the machine. A new device is one file in
 ``kvmpy/devices/`` plus one line in ``PC_DEVICES``.

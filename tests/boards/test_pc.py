@@ -184,3 +184,26 @@ def test_bars_appear_on_the_boards_buses_below_ram() -> None:
         assert len(board.root.subregions) == len([s for s in board.root.subregions if s.priority >= 0])
     finally:
         board.close()
+
+
+def test_intx_reaches_kvms_pic_through_the_piix3_route() -> None:
+    from kvmpy.devices.pci.device import PciDevice, PciIdentity
+    from kvmpy.kvm import abi
+
+    def slave_last_irr(board) -> int:
+        return board.vm.get_irqchip(abi.IRQCHIP_PIC_SLAVE)[8]  # kvm_irqchip: chip_id, pad, then last_irr
+
+    board, _, _ = _board(_config())
+    try:
+        fn = board.pci.plug(PciDevice("intx", PciIdentity(0x1234, 0x22, 0x0200, interrupt_pin=1)), 3)
+        fn.set_irq(True)  # INTA of slot 3 is PIRQC, still disabled: nothing reaches the PIC
+        assert slave_last_irr(board) & 0x08 == 0
+        _cfg_write(board.pio, 0x08, 0x62, 1, 11)  # PIRQRC[C] -> IRQ 11
+        assert slave_last_irr(board) & 0x08
+        fn.set_irq(False)
+        assert slave_last_irr(board) & 0x08 == 0
+        fn.set_irq(True)
+        _cfg_write(board.pio, 0x08, 0x62, 1, 0x80)  # route disabled again: the line drops
+        assert slave_last_irr(board) & 0x08 == 0
+    finally:
+        board.close()
