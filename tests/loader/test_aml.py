@@ -34,7 +34,8 @@ def test_eisa_id_and_descriptors():
     assert aml.interrupt([5, 10, 11]).hex() == "890e00090305000000" "0a000000" "0b000000"
     assert aml.io_port(0xCF8, 8).hex() == "4701f80cf80c0108"
     assert aml.resource_template().hex() == "11050a02" "7900"  # Buffer (2) { End Tag }
-    assert len(aml.dword_memory(0xA0000, 0xBFFFF, True)) == 26 and len(aml.qword_memory(1 << 32, (1 << 33) - 1, True)) == 46
+    assert len(aml.dword_memory(0xA0000, 0xBFFFF, True)) == 26
+    assert len(aml.qword_memory(1 << 32, (1 << 33) - 1, True)) == 46
 
 
 def test_integers_out_of_range_are_refused():

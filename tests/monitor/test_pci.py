@@ -66,7 +66,8 @@ def test_info_pci_shows_bars_and_irq_of_a_plugged_function(vm) -> None:
     fn.config_write(0x04, 2, 0x1)
     pci, text = arun(_ask(vm.path, QUERIES))
     dev = pci[0]["devices"][2]
-    assert dev["irq"] == 11 and dev["irq_pin"] == 1 and dev["class_info"] == {"class": 512, "desc": "Ethernet controller"}
+    assert dev["irq"] == 11 and dev["irq_pin"] == 1
+    assert dev["class_info"] == {"class": 512, "desc": "Ethernet controller"}
     assert dev["regions"] == [{"bar": 0, "type": "io", "address": 0xC000, "size": 32},
                               {"bar": 1, "type": "memory", "address": -1, "size": 0x4000, "prefetch": True,
                                "mem_type_64": True}]

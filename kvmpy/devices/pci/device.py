@@ -175,7 +175,7 @@ class PciDevice:
         """Device-specific power-on values (subclasses)."""
 
     def add_capability(self, cap_id: int, offset: int, body: bytes, writable: bytes | None = None) -> None:
-        """A capability at ``offset`` (after the header), linked at the head of the list; read-only unless ``writable``."""
+        """A capability at ``offset`` (past the header), linked at the list's head; read-only unless ``writable``."""
         length = 2 + len(body)
         if offset < HEADER_SIZE or offset & 3 or offset + length > CONFIG_SIZE:
             raise ValueError(f"capability at {offset:#x}+{length} does not fit the device-specific area")
@@ -225,7 +225,8 @@ class PciDevice:
         touches = lambda lo, hi: addr < hi and lo < addr + n  # noqa: E731
         if touches(COMMAND, COMMAND + 2) or touches(BAR0, BAR0 + 4 * NUM_BARS):
             self.update_mappings()
-        if touches(COMMAND + 1, COMMAND + 2) and (old[COMMAND + 1] ^ self.config[COMMAND + 1]) & (CMD_INTX_DISABLE >> 8):
+        intx_toggled = (old[COMMAND + 1] ^ self.config[COMMAND + 1]) & (CMD_INTX_DISABLE >> 8)
+        if touches(COMMAND + 1, COMMAND + 2) and intx_toggled:
             self._drive_intx()
         try:
             self.config_written(old, addr, n)
