@@ -109,3 +109,44 @@ def test_random_alu_and_memory_sequences_match_unicorn():
         want = _run_unicorn(code, regs, scratch)
         assert got[0] == want[0], f"case {case}: registers differ (seed {SEED})"
         assert got[1] == want[1], f"case {case}: memory differs (seed {SEED})"
+
+
+def _run_asm(source: str) -> VirtBoard:
+    """Assemble ``source`` at BASE and run it until it writes the sifive_test exit (x30 to (x31))."""
+    from tests.guests.riscv.asm import assemble
+    board = VirtBoard(4 << 20)
+    code = assemble(".option norvc\n" + source)
+    board.mem.ram[0:len(code)] = code
+    board.cpu.R[30], board.cpu.R[31] = 0x5555, 0x100000
+    board.cpu.R[PC] = BASE
+    with pytest.raises(MachineExit):
+        board.loop.run()
+    return board
+
+
+TRAP_TO_EXIT = """
+    j 1f
+handler:                        # at BASE + 4 (the snippet is not linked: no la)
+    csrr t1, mcause
+    csrr t2, mepc
+    sw x30, 0(x31)
+1:  li t0, 0x80000004
+    csrw mtvec, t0
+    {body}
+    sw x30, 0(x31)
+"""
+
+
+@pytest.mark.parametrize("body, cause", [
+    ("li a0, 255\n ld a0, 0(zero)", 5),                       # load access fault in M-mode
+    ("li a0, 255\n sd a1, 0(zero)\n li a0, 3", 7),            # store access fault
+    ("li a0, 255\n lw a0, 1(zero)", 5),
+    ("li t1, -1\n csrw pmpaddr0, t1\n li t1, 0x1f\n csrw pmpcfg0, t1\n"      # PMP: U may run
+     " li t1, 3 << 11\n csrc mstatus, t1\n auipc t1, 0\n addi t1, t1, 16\n csrw mepc, t1\n mret\n"
+     " li a0, 255\n csrr a0, mstatus", 2),                    # illegal CSR in U-mode
+])
+def test_register_writes_before_a_trapping_instruction_reach_the_handler(body, cause):
+    board = _run_asm(TRAP_TO_EXIT.format(body=body))
+    R = board.cpu.R
+    assert R[6] == cause
+    assert R[10] == 255
