@@ -16,6 +16,7 @@ from kvmpy.tcg.errors import GuestTrap
 from kvmpy.tcg.ir import MASK64
 from kvmpy.tcg.target.riscv.mmu import PRV_M, PRV_S, PRV_U, RiscvMmu
 from kvmpy.tcg.target.riscv.translate import INSTRET, N_SLOTS, PC
+from kvmpy.tcg.target.riscv.triggers import CSRS as TRIGGER_CSRS, TriggerModule
 from kvmpy.tcg.softmmu import EXEC, READ, WRITE, SoftMmu
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ class RiscvCpu:
         self.pmpcfg = [0, 0]
         self.pmpaddr = [0] * 16
         self.pmp_active = False
+        self.triggers = TriggerModule()
         self.reservation: tuple[int, int] | None = None
         self.halted = False
         self.irq_pending = False
@@ -227,6 +229,8 @@ class RiscvCpu:
             return 0
         if csr in (0x3A0, 0x3A2):
             return self.pmpcfg[(csr - 0x3A0) // 2]
+        if csr in TRIGGER_CSRS:
+            return self.triggers.read(csr)
         if 0x3B0 <= csr <= 0x3BF:
             return self.pmpaddr[csr - 0x3B0]
         raise GuestTrap(CAUSE_ILLEGAL, 0)
@@ -242,6 +246,8 @@ class RiscvCpu:
             mask = SIE | SPIE | SPP | SUM | MXR
             self.mstatus = (self.mstatus & ~mask) | (v & mask)
             self._context_changed()
+        elif csr == 0x301:
+            pass                      # misa is WARL; the extensions are fixed, so writes are ignored
         elif csr == 0x302:
             self.medeleg = v & DELEGABLE_EXC
         elif csr == 0x303:
@@ -293,6 +299,8 @@ class RiscvCpu:
                 new |= b_new << (8 * k)
             self.pmpcfg[i] = new
             self._pmp_changed()
+        elif csr in TRIGGER_CSRS:
+            self.triggers.write(csr, v)
         elif 0x3B0 <= csr <= 0x3BF:
             i = csr - 0x3B0
             cfg = (self.pmpcfg[i // 8] >> (8 * (i % 8))) & 0xFF
