@@ -4,7 +4,9 @@ translated code calls (CSR access, xRET, WFI, SFENCE.VMA, atomics, ECALL...).
 Registers and the pc live in the state list ``R`` shared with generated code;
 everything else is plain attributes here.  Time: ``mtime`` is virtual and counts
 retired instructions (one tick per instruction, plus whatever WFI skips while
-waiting for the timer), which makes runs deterministic.
+waiting for the timer), which makes runs deterministic.  mcycle and minstret
+are one counter; a CSR write to it replaces the writing instruction's own
+increment (the next instruction reads the written value), and does not move mtime.
 """
 
 from __future__ import annotations
@@ -282,7 +284,7 @@ class RiscvCpu:
                 self.satp = v & ((0xF << 60) | (0xFFFF << 44) | ((1 << 44) - 1))
                 self._context_changed()
         elif csr in (0xB00, 0xB02):
-            self.R[INSTRET] = v
+            self._write_instret(v)
         elif 0xB03 <= csr <= 0xB1F or 0x323 <= csr <= 0x33F:
             pass
         elif csr in (0x3A0, 0x3A2):
@@ -310,6 +312,19 @@ class RiscvCpu:
         else:
             raise GuestTrap(CAUSE_ILLEGAL, 0)
         self._update_irq()
+
+    def _write_instret(self, v: int) -> None:
+        """mcycle/minstret (one counter here) written by the current CSR instruction.
+
+        The write replaces that instruction's own increment, as the Zicsr chapter
+        of the unprivileged spec says: the next instruction reads exactly ``v``.
+        Helpers run with ``R[INSTRET]`` counting the instructions retired before
+        the current one, which the translated code adds after the helper returns,
+        so the slot gets ``v - 1``.  mtime does not jump: it is a separate clock.
+        """
+        new = (v - 1) & MASK64
+        self.time_skew += self.R[INSTRET] - new
+        self.R[INSTRET] = new
 
     def _pmp_changed(self) -> None:
         self.pmp_active = any(((c >> (8 * k)) >> 3) & 3 for c in self.pmpcfg for k in range(8))

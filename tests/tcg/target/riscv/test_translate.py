@@ -150,3 +150,27 @@ def test_register_writes_before_a_trapping_instruction_reach_the_handler(body, c
     R = board.cpu.R
     assert R[6] == cause
     assert R[10] == 255
+
+
+@pytest.mark.parametrize("counter", ["minstret", "mcycle"])
+def test_a_counter_write_is_what_the_next_instruction_reads(counter):
+    # Unprivileged spec, Zicsr: a CSR write replaces the writing instruction's own
+    # increment, so the next instruction reads the written value.  (QEMU 7.2 adds one.)
+    board = _run_asm(f"""
+    li t0, 1000
+    csrw {counter}, t0
+    csrr a0, {counter}
+    csrrw a1, {counter}, t0
+    nop
+    nop
+    csrr a2, {counter}
+    csrr s0, time
+    li t0, -1
+    csrw {counter}, t0
+    csrr a3, {counter}
+    csrr s1, time
+    sw x30, 0(x31)
+    """)
+    R = board.cpu.R
+    assert (R[10], R[11], R[12], R[13]) == (1000, 1001, 1002, (1 << 64) - 1)
+    assert R[9] - R[8] == 4                                     # mtime kept counting instructions
