@@ -2,7 +2,9 @@
 
 Random RV64IM(C via the assembler-free encoders) ALU and memory sequences run from
 random register states under kvmpy and unicorn; all registers and the scratch
-memory must agree.  The default run is short (fixed seed); a long run:
+memory must agree.  A second test ends each sequence with a trapping instruction
+(faulting load/store, illegal CSR, misaligned AMO, ecall/ebreak, and Sv39 page
+faults from S-mode): the cause and every register at the trap must agree.  The default run is short (fixed seed); a long run:
 
     KVMPY_RANDOM_CASES=20000 KVMPY_RANDOM_SEED=7 pytest tests/tcg/target/riscv/test_translate.py
 """
@@ -33,8 +35,8 @@ R_OPS = [(0, 0), (0, 0x20), (1, 0), (2, 0), (3, 0), (4, 0), (5, 0), (5, 0x20), (
 R32_OPS = [(0, 0), (0, 0x20), (1, 0), (5, 0), (5, 0x20), (0, 1), (4, 1), (5, 1), (6, 1), (7, 1)]
 
 
-def _rand_insn(rng: random.Random) -> int:
-    rd = rng.randint(1, 28)
+def _rand_insn(rng: random.Random, max_rd: int = 28) -> int:
+    rd = rng.randint(1, max_rd)
     rs1 = rng.randint(0, 28)
     rs2 = rng.randint(0, 28)
     kind = rng.random()
@@ -174,3 +176,130 @@ def test_a_counter_write_is_what_the_next_instruction_reads(counter):
     R = board.cpu.R
     assert (R[10], R[11], R[12], R[13]) == (1000, 1001, 1002, (1 << 64) - 1)
     assert R[9] - R[8] == 4                                     # mtime kept counting instructions
+
+
+# ---- random sequences that end in a trap --------------------------------------------
+HANDLER = BASE + 0x80000               # kvmpy's M-mode handler: the exit store, nothing else
+PT_ROOT = BASE + 0x200000              # Sv39 tables for the S-mode cases
+V, R_, W_, X_, A_, D_ = 1, 2, 4, 8, 0x40, 0x80
+RO_PAGE, NO_PAGE, NO_MEGA = SCRATCH + 0x2000, SCRATCH + 0x3000, BASE + 0x400000
+UNMAPPED_PHYS = 0x70000000             # nothing there on either machine
+
+
+def _page_tables() -> list[tuple[int, int]]:
+    """(physical address, pte) pairs: 0x80000000.. code pages RWX, scratch RW, one page
+    read-only, the next page and every other megapage unmapped."""
+    l1, l0 = PT_ROOT + 0x1000, PT_ROOT + 0x2000
+    out = [(PT_ROOT + 8 * 2, (l1 >> 12) << 10 | V), (l1, (l0 >> 12) << 10 | V)]
+    for i in range(0x100):
+        out.append((l0 + 8 * i, ((BASE >> 12) + i) << 10 | V | R_ | W_ | X_ | A_ | D_))
+    for i in (0x100, 0x101):
+        out.append((l0 + 8 * i, ((BASE >> 12) + i) << 10 | V | R_ | W_ | A_ | D_))
+    out.append((l0 + 8 * 0x102, (RO_PAGE >> 12) << 10 | V | R_ | A_))
+    return out
+
+
+SATP = (8 << 60) | (PT_ROOT >> 12)
+
+
+def _trap_insn(rng: random.Random, smode: bool) -> tuple[int, int]:
+    """A trapping instruction and the x28 value it needs."""
+    rd, rs2 = rng.randint(1, 27), rng.randint(0, 27)
+    imm = rng.randint(0, 64)
+    load = (imm << 20) | (28 << 15) | (rng.choice([0, 1, 2, 3, 4, 5, 6]) << 12) | (rd << 7) | 0x03
+    store = ((imm >> 5) << 25) | (rs2 << 20) | (28 << 15) | (rng.choice([0, 1, 2, 3]) << 12) | \
+        ((imm & 31) << 7) | 0x23
+    kinds = [
+        (load, NO_PAGE if smode else UNMAPPED_PHYS),
+        (store, NO_PAGE if smode else UNMAPPED_PHYS),
+        ((rng.choice([0x7C0, 0x300 if smode else 0x7C1]) << 20) | (2 << 12) | (rd << 7) | 0x73, 0),
+        ((0xC00 << 20) | (rng.randint(1, 27) << 15) | (1 << 12) | 0x73, 0),   # write read-only cycle
+        (rng.choice([0x00000073, 0x00100073]), 0),                            # ecall, ebreak
+        ((rng.choice([0, 1, 4, 8, 0xC]) << 27) | (rs2 << 20) | (28 << 15) | (2 << 12) | (rd << 7) | 0x2F,
+         SCRATCH + rng.choice([1, 2, 3])),                                    # misaligned AMO
+    ]
+    if smode:
+        kinds += [(load, NO_MEGA), (store, RO_PAGE), (store, NO_MEGA)]
+    return rng.choice(kinds)
+
+
+def _run_kvmpy_trap(code: bytes, regs: list[int], scratch: bytes, smode: bool) -> tuple[list[int], int, int]:
+    board = VirtBoard(4 << 20)
+    ram, cpu = board.mem.ram, board.cpu
+    ram[0:len(code)] = code
+    ram[SCRATCH - BASE:SCRATCH - BASE + len(scratch)] = scratch
+    ram[HANDLER - BASE:HANDLER - BASE + 4] = struct.pack("<I", (30 << 20) | (31 << 15) | (2 << 12) | 0x23)
+    cpu.R[1:32] = regs[1:32]
+    cpu.R[PC] = BASE
+    cpu.csr_write(0x305, HANDLER)
+    if smode:
+        for addr, pte in _page_tables():
+            ram[addr - BASE:addr - BASE + 8] = struct.pack("<Q", pte)
+        cpu.csr_write(0x3B0, (1 << 54) - 1)          # PMP: everything for S and U, as firmware does
+        cpu.csr_write(0x3A0, 0x1F)
+        cpu.csr_write(0x180, SATP)
+        cpu.csr_write(0x300, 1 << 11)                # MPP = S; the program starts with mret
+        cpu.csr_write(0x341, BASE + 4)
+    with pytest.raises(MachineExit):
+        board.loop.run()
+    assert cpu.R[PC] in (HANDLER, HANDLER + 4), "the sequence did not trap"
+    return list(cpu.R[:32]), cpu.mcause, cpu.mepc
+
+
+def _run_unicorn_trap(code: bytes, regs: list[int], scratch: bytes, smode: bool) -> tuple[list[int], int, int]:
+    mu = unicorn.Uc(unicorn.UC_ARCH_RISCV, unicorn.UC_MODE_RISCV64)
+    mu.mem_map(BASE, 4 << 20)
+    mu.mem_write(BASE, code)
+    mu.mem_write(SCRATCH, scratch)
+    for i in range(1, 32):
+        mu.reg_write(rc.UC_RISCV_REG_X0 + i, regs[i])
+    if smode:
+        for addr, pte in _page_tables():
+            mu.mem_write(addr, struct.pack("<Q", pte))
+        mu.reg_write(rc.UC_RISCV_REG_SATP, SATP)
+        mu.reg_write(rc.UC_RISCV_REG_MSTATUS, mu.reg_read(rc.UC_RISCV_REG_MSTATUS) | (1 << 11))
+        mu.reg_write(rc.UC_RISCV_REG_MEPC, BASE + 4)
+    seen: list[tuple[int, int]] = []
+
+    def on_trap(uc, intno, _data):
+        seen.append((intno, uc.reg_read(rc.UC_RISCV_REG_PC)))
+        uc.emu_stop()
+
+    def on_unmapped(uc, access, address, _size, _value, _data):
+        seen.append((7 if access == unicorn.UC_MEM_WRITE_UNMAPPED else 5, uc.reg_read(rc.UC_RISCV_REG_PC)))
+        return False
+
+    mu.hook_add(unicorn.UC_HOOK_INTR, on_trap)
+    mu.hook_add(unicorn.UC_HOOK_MEM_UNMAPPED, on_unmapped)
+    try:
+        mu.emu_start(BASE, BASE + len(code), count=LENGTH + 2)
+    except unicorn.UcError as exc:
+        pc = mu.reg_read(rc.UC_RISCV_REG_PC)
+        if exc.errno == unicorn.UC_ERR_INSN_INVALID and code[pc - BASE:pc - BASE + 4] == struct.pack("<I", 0x00100073):
+            seen.append((3, pc))    # unicorn stops at ebreak instead of raising the breakpoint
+    assert seen, "unicorn ran the sequence without a trap"
+    cause = seen[0][0]
+    if cause == 8:              # QEMU raises every ecall as "from U" and adds the privilege on entry
+        cause += 1 if smode else 3
+    return [0] + [mu.reg_read(rc.UC_RISCV_REG_X0 + i) for i in range(1, 32)], cause, seen[0][1]
+
+
+def test_random_sequences_ending_in_a_trap_match_unicorn():
+    rng = random.Random(SEED + 1000)
+    for case in range(CASES):
+        smode = case % 2 == 1
+        insns = [0x30200073] if smode else [0x00000013]            # mret into S-mode / nop
+        insns += [_rand_insn(rng, max_rd=27) for _ in range(rng.randint(0, LENGTH))]
+        trap, x28 = _trap_insn(rng, smode)
+        insns.append(trap)
+        code = b"".join(struct.pack("<I", i) for i in insns)
+        regs = [0] + [rng.getrandbits(64) for _ in range(31)]
+        regs[28], regs[29], regs[30], regs[31] = x28, SCRATCH, 0x5555, 0x100000
+        scratch = bytes(rng.getrandbits(8) for _ in range(2048 + 8))
+        got_regs, got_cause, got_epc = _run_kvmpy_trap(code, regs, scratch, smode)
+        want_regs, want_cause, want_pc = _run_unicorn_trap(code, regs, scratch, smode)
+        where = f"case {case} (seed {SEED}, {'S' if smode else 'M'}-mode, trap {trap:#010x})"
+        assert got_cause == want_cause, where
+        assert got_epc == BASE + 4 * (len(insns) - 1), where
+        diff = [i for i in range(32) if got_regs[i] != want_regs[i]]
+        assert not diff, f"{where}: x{diff} differ"
