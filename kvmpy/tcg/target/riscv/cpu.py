@@ -16,6 +16,7 @@ from typing import Callable
 
 from kvmpy.tcg.errors import GuestTrap
 from kvmpy.tcg.ir import MASK64
+from kvmpy.tcg.target.riscv.fpu import fclass, fsgnj_s
 from kvmpy.tcg.target.riscv.mmu import PRV_M, PRV_S, PRV_U, RiscvMmu
 from kvmpy.tcg.target.riscv.translate import INSTRET, N_SLOTS, PC
 from kvmpy.tcg.target.riscv.triggers import CSRS as TRIGGER_CSRS, TriggerModule
@@ -28,9 +29,11 @@ SIE, MIE, SPIE, MPIE, SPP = 1 << 1, 1 << 3, 1 << 5, 1 << 7, 1 << 8
 MPP_SHIFT = 11
 MPP = 3 << MPP_SHIFT
 MPRV, SUM, MXR, TVM, TW, TSR = 1 << 17, 1 << 18, 1 << 19, 1 << 20, 1 << 21, 1 << 22
+FS_SHIFT = 13
+FS = 3 << FS_SHIFT                # floating-point unit state: Off, Initial, Clean, Dirty
 UXL_SXL = (2 << 32) | (2 << 34)
-MSTATUS_WMASK = SIE | MIE | SPIE | MPIE | SPP | MPP | MPRV | SUM | MXR | TVM | TW | TSR
-SSTATUS_MASK = SIE | SPIE | SPP | SUM | MXR | (3 << 32)
+MSTATUS_WMASK = SIE | MIE | SPIE | MPIE | SPP | MPP | MPRV | SUM | MXR | TVM | TW | TSR | FS
+SSTATUS_MASK = SIE | SPIE | SPP | SUM | MXR | FS | (3 << 32) | (1 << 63)
 
 # interrupt bits
 SSIP, MSIP, STIP, MTIP, SEIP, MEIP = 1 << 1, 1 << 3, 1 << 5, 1 << 7, 1 << 9, 1 << 11
@@ -85,6 +88,7 @@ class RiscvCpu:
         self.pmpaddr = [0] * 16
         self.pmp_active = False
         self.triggers = TriggerModule()
+        self.fflags = self.frm = 0
         self.reservation: tuple[int, int] | None = None
         self.halted = False
         self.irq_pending = False
@@ -186,9 +190,13 @@ class RiscvCpu:
 
     def csr_read(self, csr: int) -> int:
         if csr == 0x300:
-            return self.mstatus | (1 << 63 if (self.mstatus >> 13) & 3 == 3 else 0)
+            return self._mstatus_sd()
         if csr == 0x100:
-            return self.mstatus & SSTATUS_MASK
+            return self._mstatus_sd() & SSTATUS_MASK
+        if csr in (0x001, 0x002, 0x003):
+            if not self.mstatus & FS:
+                raise GuestTrap(CAUSE_ILLEGAL, 0)
+            return (self.fflags, self.frm, self.frm << 5 | self.fflags)[csr - 1]
         if csr == 0x301:
             return MISA
         if csr == 0x302:
@@ -237,6 +245,9 @@ class RiscvCpu:
             return self.pmpaddr[csr - 0x3B0]
         raise GuestTrap(CAUSE_ILLEGAL, 0)
 
+    def _mstatus_sd(self) -> int:
+        return self.mstatus | (1 << 63 if self.mstatus & FS == FS else 0)
+
     def csr_write(self, csr: int, v: int) -> None:
         if csr == 0x300:
             old = self.mstatus
@@ -244,8 +255,18 @@ class RiscvCpu:
             if (self.mstatus >> MPP_SHIFT) & 3 == 2:          # reserved: keep the old MPP
                 self.mstatus = (self.mstatus & ~MPP) | (old & MPP)
             self._context_changed()
+        elif csr in (0x001, 0x002, 0x003):
+            if not self.mstatus & FS:
+                raise GuestTrap(CAUSE_ILLEGAL, 0)
+            if csr == 0x001:
+                self.fflags = v & 0x1F
+            elif csr == 0x002:
+                self.frm = v & 7
+            else:
+                self.fflags, self.frm = v & 0x1F, (v >> 5) & 7
+            self.mstatus |= FS
         elif csr == 0x100:
-            mask = SIE | SPIE | SPP | SUM | MXR
+            mask = SIE | SPIE | SPP | SUM | MXR | FS
             self.mstatus = (self.mstatus & ~mask) | (v & mask)
             self._context_changed()
         elif csr == 0x301:
@@ -356,6 +377,21 @@ class RiscvCpu:
             return lo | hi << 16
         except GuestTrap:
             return 0
+
+    def h_fp(self, writes_f: int, pc: int, back: int) -> None:
+        """Every F/D instruction: illegal while mstatus.FS is Off; FP writes make it Dirty."""
+        if not self.mstatus & FS:
+            raise GuestTrap(CAUSE_ILLEGAL, self._insn_bits(pc), pc, back)
+        if writes_f:
+            self.mstatus |= FS
+
+    @staticmethod
+    def h_fsgnj_s(kind: int, a: int, b: int) -> int:
+        return fsgnj_s(kind, a, b)
+
+    @staticmethod
+    def h_fclass(v: int, double: int) -> int:
+        return fclass(v, double)
 
     def h_illegal(self, insn: int, pc: int, back: int) -> None:
         raise GuestTrap(CAUSE_ILLEGAL, insn, pc, back)
@@ -474,4 +510,5 @@ class RiscvCpu:
 
     def helpers(self) -> dict[str, Callable]:
         return {f"h_{n}": getattr(self, f"h_{n}") for n in (
-            "csr", "illegal", "ecall", "ebreak", "mret", "sret", "wfi", "sfence_vma", "lr", "sc", "amo")}
+            "csr", "illegal", "ecall", "ebreak", "mret", "sret", "wfi", "sfence_vma", "lr", "sc", "amo",
+            "fp", "fsgnj_s", "fclass")}

@@ -50,7 +50,7 @@ def test_reset_state(cpu):
 
 def test_mstatus_is_warl_and_sstatus_is_a_view_of_it(cpu):
     csr(cpu, 1, MSTATUS, (1 << 64) - 1)
-    assert cpu.csr_read(MSTATUS) == MSTATUS_WMASK | UXL_SXL   # no FS/XS, so SD stays 0
+    assert cpu.csr_read(MSTATUS) == MSTATUS_WMASK | UXL_SXL | 1 << 63   # FS Dirty (no XS): SD set
     csr(cpu, 1, MSTATUS, (cpu.mstatus & ~MPP) | (2 << 11))  # MPP=2 is reserved: MPP keeps 3
     assert cpu.mstatus & MPP == MPP
     csr(cpu, 1, MSTATUS, 0)

@@ -113,11 +113,11 @@ def test_random_alu_and_memory_sequences_match_unicorn():
         assert got[1] == want[1], f"case {case}: memory differs (seed {SEED})"
 
 
-def _run_asm(source: str) -> VirtBoard:
+def _run_asm(source: str, march: str | None = None) -> VirtBoard:
     """Assemble ``source`` at BASE and run it until it writes the sifive_test exit (x30 to (x31))."""
-    from tests.guests.riscv.asm import assemble
+    from tests.guests.riscv.asm import MARCH, assemble
     board = VirtBoard(4 << 20)
-    code = assemble(".option norvc\n" + source)
+    code = assemble(".option norvc\n" + source, march or MARCH)
     board.mem.ram[0:len(code)] = code
     board.cpu.R[30], board.cpu.R[31] = 0x5555, 0x100000
     board.cpu.R[PC] = BASE
@@ -303,3 +303,206 @@ def test_random_sequences_ending_in_a_trap_match_unicorn():
         assert got_epc == BASE + 4 * (len(insns) - 1), where
         diff = [i for i in range(32) if got_regs[i] != want_regs[i]]
         assert not diff, f"{where}: x{diff} differ"
+
+
+# ---- F/D: loads, stores, moves, sign injection, classify ------------------------------
+FP_SPECIAL_S = [0, 0x80000000, 0x7F800000, 0xFF800000, 0x7FC00000, 0x7F800001, 0xFFC00001, 0x00000001,
+                0x807FFFFF, 0x3F800000, 0xBF800000, 0x00800000]
+FP_SPECIAL_D = [0, 1 << 63, 0x7FF0000000000000, 0xFFF0000000000000, 0x7FF8000000000000, 0x7FF0000000000001,
+                0x0000000000000001, 0x800FFFFFFFFFFFFF, 0x3FF0000000000000, 0x0010000000000000]
+
+
+def _rand_fp_insn(rng: random.Random, singles: bool = True) -> int:
+    """A random F/D move/load/store/sign-injection/classify, or an integer op (never AUIPC:
+    the qemu-riscv64 run has its code elsewhere).  ``singles=False`` leaves out what reads or
+    writes a NaN-boxed single (FLW, FMV.W.X, FSGNJ*.S, FCLASS.S): unicorn (QEMU 5.0) predates
+    NaN boxing."""
+    rd, rs1, rs2 = rng.randint(0, 31), rng.randint(0, 31), rng.randint(0, 31)
+    xd = rng.randint(1, 28)
+    kind = rng.randrange(7)
+    if kind == 0:                                   # flw / fld from scratch, any alignment
+        f3 = rng.choice([2, 3]) if singles else 3
+        return (rng.randint(0, 2000) << 20) | (29 << 15) | (f3 << 12) | (rd << 7) | 0x07
+    if kind == 1:                                   # fsw / fsd
+        imm = rng.randint(0, 2000)
+        return ((imm >> 5) << 25) | (rs2 << 20) | (29 << 15) | (rng.choice([2, 3]) << 12) | ((imm & 31) << 7) | 0x27
+    if kind == 2:                                   # fsgnj[n|x].s / .d
+        f7 = rng.choice([0x10, 0x11]) if singles else 0x11
+        return (f7 << 25) | (rs2 << 20) | (rs1 << 15) | (rng.randint(0, 2) << 12) | (rd << 7) | 0x53
+    if kind == 3:                                   # fmv.x.w / fmv.x.d
+        return (rng.choice([0x70, 0x71]) << 25) | (rs1 << 15) | (xd << 7) | 0x53
+    if kind == 4:                                   # fclass.s / fclass.d
+        f7 = rng.choice([0x70, 0x71]) if singles else 0x71
+        return (f7 << 25) | (rs1 << 15) | (1 << 12) | (xd << 7) | 0x53
+    if kind == 5:                                   # fmv.w.x / fmv.d.x
+        f7 = rng.choice([0x78, 0x79]) if singles else 0x79
+        return (f7 << 25) | (rng.randint(0, 28) << 15) | (rd << 7) | 0x53
+    while True:
+        insn = _rand_insn(rng)
+        if insn & 0x7F != 0x17:
+            return insn
+
+
+def _fp_reg_value(rng: random.Random) -> int:
+    k = rng.random()
+    if k < 0.35:
+        return 0xFFFFFFFF00000000 | (rng.choice(FP_SPECIAL_S) if rng.random() < 0.5 else rng.getrandbits(32))
+    if k < 0.7:
+        return rng.choice(FP_SPECIAL_D) ^ (rng.getrandbits(1) << 63)
+    return rng.getrandbits(64)                       # often an improperly boxed single
+
+
+def test_random_double_moves_loads_stores_sign_injection_and_classify_match_unicorn():
+    from kvmpy.tcg.target.riscv.translate import FREG
+    rng = random.Random(SEED + 2000)
+    for case in range(CASES):
+        insns = [_rand_fp_insn(rng, singles=False) for _ in range(LENGTH)]
+        insns.append((30 << 20) | (31 << 15) | (2 << 12) | 0x23)
+        code = b"".join(struct.pack("<I", i) for i in insns)
+        regs = [0] + [rng.getrandbits(64) for _ in range(31)]
+        regs[29], regs[30], regs[31] = SCRATCH, 0x5555, 0x100000
+        fregs = [_fp_reg_value(rng) for _ in range(32)]
+        scratch = bytes(rng.getrandbits(8) for _ in range(2048 + 8))
+
+        board = VirtBoard(4 << 20)
+        ram, cpu = board.mem.ram, board.cpu
+        ram[0:len(code)] = code
+        ram[SCRATCH - BASE:SCRATCH - BASE + len(scratch)] = scratch
+        cpu.R[1:32] = regs[1:32]
+        cpu.R[FREG:FREG + 32] = fregs
+        cpu.R[PC] = BASE
+        cpu.csr_write(0x300, 1 << 13)                           # FS = Initial
+        with pytest.raises(MachineExit):
+            board.loop.run()
+        got = (list(cpu.R[:32]), list(cpu.R[FREG:FREG + 32]), cpu.csr_read(0x300) >> 13 & 3,
+               bytes(ram[SCRATCH - BASE:SCRATCH - BASE + len(scratch)]))
+
+        mu = unicorn.Uc(unicorn.UC_ARCH_RISCV, unicorn.UC_MODE_RISCV64)
+        mu.mem_map(BASE, 4 << 20)
+        mu.mem_map(0x100000, 0x1000)
+        mu.mem_write(BASE, code)
+        mu.mem_write(SCRATCH, scratch)
+        for i in range(1, 32):
+            mu.reg_write(rc.UC_RISCV_REG_X0 + i, regs[i])
+        for i in range(32):
+            mu.reg_write(rc.UC_RISCV_REG_F0 + i, fregs[i])
+        mu.reg_write(rc.UC_RISCV_REG_MSTATUS, (mu.reg_read(rc.UC_RISCV_REG_MSTATUS) & ~(3 << 13)) | 1 << 13)
+        mu.emu_start(BASE, BASE + len(code), count=LENGTH + 1)
+        want = ([0] + [mu.reg_read(rc.UC_RISCV_REG_X0 + i) for i in range(1, 32)],
+                [mu.reg_read(rc.UC_RISCV_REG_F0 + i) for i in range(32)],
+                mu.reg_read(rc.UC_RISCV_REG_MSTATUS) >> 13 & 3,
+                bytes(mu.mem_read(SCRATCH, len(scratch))))
+        where = f"case {case} (seed {SEED})"
+        assert got[0] == want[0], f"{where}: x registers differ"
+        assert got[1] == want[1], f"{where}: f registers differ " + str(
+            [(i, hex(got[1][i]), hex(want[1][i])) for i in range(32) if got[1][i] != want[1][i]])
+        assert got[2] == want[2], f"{where}: mstatus.FS differs"
+        assert got[3] == want[3], f"{where}: memory differs"
+
+
+def _run_qemu_user_fp(words: list[int], regs: list[int], fregs: list[int], scratch: bytes,
+                      tmp: "os.PathLike[str]") -> tuple[list[int], list[int], bytes]:
+    """The same instruction words under qemu-riscv64 (user mode), registers loaded from and
+    dumped to tables; x29 points at a copy of the scratch bytes."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+    for tool in ("qemu-riscv64", "riscv64-linux-gnu-as", "riscv64-linux-gnu-ld"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} not installed")
+    d = Path(tmp)
+    lines = [".option norvc", ".option norelax", ".text", ".globl _start", "_start:", "la x31, fin"]
+    lines += [f"fld f{i}, {8 * i}(x31)" for i in range(32)]
+    lines += ["la x31, xin"] + [f"ld x{i}, {8 * i}(x31)" for i in range(1, 29)] + ["la x29, scratch"]
+    lines += [f".word {w:#x}" for w in words]
+    lines += ["la x31, out"] + [f"sd x{i}, {8 * i}(x31)" for i in range(1, 29)]
+    lines += [f"fsd f{i}, {8 * (32 + i)}(x31)" for i in range(32)]
+    lines += ["li a7, 64", "li a0, 1", "la a1, out", f"li a2, {64 * 8 + len(scratch)}", "ecall",
+              "li a7, 93", "li a0, 0", "ecall", ".data", ".balign 8"]
+    lines += ["fin:"] + [f".dword {v:#x}" for v in fregs]
+    lines += ["xin:"] + [f".dword {v:#x}" for v in regs[:32]]
+    lines += ["out:", f".zero {64 * 8}", "scratch:"] + [f".byte {b}" for b in scratch]
+    (d / "fp.S").write_text("\n".join(lines) + "\n")
+    subprocess.run(["riscv64-linux-gnu-as", "-march=rv64imafd", "-o", str(d / "fp.o"), str(d / "fp.S")],
+                   check=True, capture_output=True, timeout=60)
+    subprocess.run(["riscv64-linux-gnu-ld", "-static", "-o", str(d / "fp"), str(d / "fp.o")],
+                   check=True, capture_output=True, timeout=60)
+    out = subprocess.run(["qemu-riscv64", str(d / "fp")], check=True, capture_output=True, timeout=60).stdout
+    vals = list(struct.unpack("<64Q", out[:512]))
+    return [0] + vals[1:29], vals[32:64], out[512:]
+
+
+def test_random_single_and_double_fp_moves_match_qemu_user(tmp_path):
+    """NaN boxing (FLW, FMV.W.X, and FSGNJ*.S / FCLASS.S of improperly boxed values) against
+    qemu-riscv64 7.2, which, unlike unicorn, implements it."""
+    from kvmpy.tcg.target.riscv.translate import FREG
+    rng = random.Random(SEED + 3000)
+    cases = max(1, CASES // 6)                        # each qemu run costs an assemble and a link
+    words_all, inputs = [], []
+    for case in range(cases):
+        words = [_rand_fp_insn(rng) for _ in range(LENGTH)]
+        regs = [0] + [rng.getrandbits(64) for _ in range(31)]
+        fregs = [_fp_reg_value(rng) for _ in range(32)]
+        scratch = bytes(rng.getrandbits(8) for _ in range(2048 + 8))
+        words_all.append(words)
+        inputs.append((regs, fregs, scratch))
+    for case, (words, (regs, fregs, scratch)) in enumerate(zip(words_all, inputs)):
+        code = b"".join(struct.pack("<I", w) for w in words) + struct.pack("<I", (30 << 20) | (31 << 15) | (2 << 12) | 0x23)
+        board = VirtBoard(4 << 20)
+        ram, cpu = board.mem.ram, board.cpu
+        ram[0:len(code)] = code
+        ram[SCRATCH - BASE:SCRATCH - BASE + len(scratch)] = scratch
+        cpu.R[1:29] = regs[1:29]
+        cpu.R[29], cpu.R[30], cpu.R[31] = SCRATCH, 0x5555, 0x100000
+        cpu.R[FREG:FREG + 32] = fregs
+        cpu.R[PC] = BASE
+        cpu.csr_write(0x300, 1 << 13)
+        with pytest.raises(MachineExit):
+            board.loop.run()
+        want_x, want_f, want_mem = _run_qemu_user_fp(words, regs, fregs, scratch, tmp_path)
+        where = f"case {case} (seed {SEED})"
+        assert list(cpu.R[:29]) == want_x, f"{where}: x registers differ"
+        got_f = list(cpu.R[FREG:FREG + 32])
+        assert got_f == want_f, f"{where}: f registers differ " + str(
+            [(i, hex(got_f[i]), hex(want_f[i])) for i in range(32) if got_f[i] != want_f[i]])
+        assert bytes(ram[SCRATCH - BASE:SCRATCH - BASE + len(scratch)]) == want_mem, f"{where}: memory differs"
+
+
+def test_fp_instructions_and_fcsr_trap_while_fs_is_off_and_dirty_fs():
+    board = _run_asm("""
+    j 1f
+    csrr t1, mcause             # BASE + 4: the handler counts traps in s1 and skips
+    addi s1, s1, 1
+    csrr t2, mepc
+    addi t2, t2, 4
+    csrw mepc, t2
+    mret
+1:  li t0, 0x80000004
+    csrw mtvec, t0
+    li t0, 3 << 13
+    csrc mstatus, t0            # FS = Off: every F instruction and fcsr access is illegal
+    fmv.d.x f1, t0
+    csrr a0, fflags
+    fsgnj.d f2, f1, f1
+    li t0, 1 << 13
+    csrs mstatus, t0            # FS = Initial
+    csrr s2, mstatus
+    fmv.x.d a1, f1              # reads only: FS stays Initial
+    csrr s3, mstatus
+    li t0, 0x3f800000
+    fmv.w.x f3, t0              # writes an f register: FS becomes Dirty
+    csrr s4, mstatus
+    li t0, 0x1f | (3 << 5)
+    csrw fcsr, t0
+    csrr a2, frm
+    csrr a3, fflags
+    fclass.s a4, f3
+    sw x30, 0(x31)
+    """, march="rv64imafd")
+    R = board.cpu.R
+    from kvmpy.tcg.target.riscv.translate import FREG
+    assert R[9] == 3                                           # three illegal instructions
+    assert (R[18] >> 13 & 3, R[19] >> 13 & 3, R[20] >> 13 & 3) == (1, 1, 3)
+    assert R[20] >> 63 == 1                                    # SD follows FS = Dirty
+    assert R[FREG + 3] == 0xFFFFFFFF3F800000                   # NaN-boxed
+    assert (R[12], R[13], R[14]) == (3, 0x1F, 1 << 6)          # frm, fflags, +normal
