@@ -16,7 +16,7 @@ from typing import Callable
 
 from kvmpy.tcg.errors import GuestTrap
 from kvmpy.tcg.ir import MASK64
-from kvmpy.tcg.target.riscv.fpu import fclass, fsgnj_s
+from kvmpy.tcg.target.riscv.fpu import fclass, fcompare, fminmax, fsgnj_s
 from kvmpy.tcg.target.riscv.mmu import PRV_M, PRV_S, PRV_U, RiscvMmu
 from kvmpy.tcg.target.riscv.translate import INSTRET, N_SLOTS, PC
 from kvmpy.tcg.target.riscv.triggers import CSRS as TRIGGER_CSRS, TriggerModule
@@ -393,6 +393,21 @@ class RiscvCpu:
     def h_fclass(v: int, double: int) -> int:
         return fclass(v, double)
 
+    def _raise_flags(self, flags: int) -> None:
+        if flags:
+            self.fflags |= flags
+            self.mstatus |= FS                     # fcsr changed: FS Dirty
+
+    def h_fcmp(self, op: int, a: int, b: int, double: int) -> int:
+        r, flags = fcompare(op, a, b, double)
+        self._raise_flags(flags)
+        return r
+
+    def h_fminmax(self, op: int, a: int, b: int, double: int) -> int:
+        r, flags = fminmax(op, a, b, double)
+        self._raise_flags(flags)
+        return r
+
     def h_illegal(self, insn: int, pc: int, back: int) -> None:
         raise GuestTrap(CAUSE_ILLEGAL, insn, pc, back)
 
@@ -511,4 +526,4 @@ class RiscvCpu:
     def helpers(self) -> dict[str, Callable]:
         return {f"h_{n}": getattr(self, f"h_{n}") for n in (
             "csr", "illegal", "ecall", "ebreak", "mret", "sret", "wfi", "sfence_vma", "lr", "sc", "amo",
-            "fp", "fsgnj_s", "fclass")}
+            "fp", "fsgnj_s", "fclass", "fcmp", "fminmax")}

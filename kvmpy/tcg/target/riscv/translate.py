@@ -2,7 +2,8 @@
 
 State slots: 0..31 are x0..x31 (x0 is never read or written: it folds to the
 constant 0), ``PC`` and ``INSTRET`` follow, then f0..f31 from ``FREG``.
-F/D so far: loads, stores, moves, sign injection and FCLASS (no arithmetic);
+F/D so far: loads, stores, moves, sign injection, FCLASS, compares, min/max
+(no arithmetic);
 each such instruction first calls the ``fp`` helper, which traps when
 mstatus.FS is Off and marks FS Dirty when the instruction writes FP state.  A block ends at a branch or jump,
 at an instruction that may change how later instructions are fetched or
@@ -295,6 +296,16 @@ class Translator:
                 else:
                     sign = b.op("and", b.op("xor", f(rs1), f(rs2)), SIGN_D)
                 b.emit("or", f(rd), mag, sign)
+        elif op == 0x53 and f7 in (0x14, 0x15) and f3 < 2:
+            double = f7 & 1
+            self._d(b, pc, raw, length, f"{('fmin', 'fmax')[f3]}.{'d' if double else 's'} f{rd},f{rs1},f{rs2}")
+            fp_on(True)
+            b.emit("call", f(rd), f3, f(rs1), f(rs2), double, helper="fminmax")
+        elif op == 0x53 and f7 in (0x50, 0x51) and f3 < 3:
+            double = f7 & 1
+            self._d(b, pc, raw, length, f"{('fle', 'flt', 'feq')[f3]}.{'d' if double else 's'} {n[rd]},f{rs1},f{rs2}")
+            fp_on(False)
+            b.emit("call", self._dst(b, rd), f3, f(rs1), f(rs2), double, helper="fcmp")
         elif op == 0x53 and f7 in (0x70, 0x71) and rs2 == 0 and f3 in (0, 1):
             double = f7 == 0x71
             if f3 == 0:

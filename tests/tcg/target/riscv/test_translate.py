@@ -316,10 +316,14 @@ def _rand_fp_insn(rng: random.Random, singles: bool = True) -> int:
     """A random F/D move/load/store/sign-injection/classify, or an integer op (never AUIPC:
     the qemu-riscv64 run has its code elsewhere).  ``singles=False`` leaves out what reads or
     writes a NaN-boxed single (FLW, FMV.W.X, FSGNJ*.S, FCLASS.S): unicorn (QEMU 5.0) predates
-    NaN boxing."""
+    NaN boxing; it also leaves out compares and min/max (checked against qemu-riscv64 only)."""
     rd, rs1, rs2 = rng.randint(0, 31), rng.randint(0, 31), rng.randint(0, 31)
     xd = rng.randint(1, 28)
-    kind = rng.randrange(7)
+    kind = rng.randrange(9 if singles else 7)
+    if kind == 7:                                   # fmin / fmax .s / .d
+        return (rng.choice([0x14, 0x15]) << 25) | (rs2 << 20) | (rs1 << 15) | (rng.randint(0, 1) << 12) | (rd << 7) | 0x53
+    if kind == 8:                                   # fle / flt / feq .s / .d
+        return (rng.choice([0x50, 0x51]) << 25) | (rs2 << 20) | (rs1 << 15) | (rng.randint(0, 2) << 12) | (xd << 7) | 0x53
     if kind == 0:                                   # flw / fld from scratch, any alignment
         f3 = rng.choice([2, 3]) if singles else 3
         return (rng.randint(0, 2000) << 20) | (29 << 15) | (f3 << 12) | (rd << 7) | 0x07
@@ -416,6 +420,7 @@ def _run_qemu_user_fp(words: list[int], regs: list[int], fregs: list[int], scrat
     lines += ["la x31, xin"] + [f"ld x{i}, {8 * i}(x31)" for i in range(1, 29)] + ["la x29, scratch"]
     lines += [f".word {w:#x}" for w in words]
     lines += ["la x31, out"] + [f"sd x{i}, {8 * i}(x31)" for i in range(1, 29)]
+    lines += ["csrr x1, fflags", "sd x1, 0(x31)"]
     lines += [f"fsd f{i}, {8 * (32 + i)}(x31)" for i in range(32)]
     lines += ["li a7, 64", "li a0, 1", "la a1, out", f"li a2, {64 * 8 + len(scratch)}", "ecall",
               "li a7, 93", "li a0, 0", "ecall", ".data", ".balign 8"]
@@ -429,12 +434,12 @@ def _run_qemu_user_fp(words: list[int], regs: list[int], fregs: list[int], scrat
                    check=True, capture_output=True, timeout=60)
     out = subprocess.run(["qemu-riscv64", str(d / "fp")], check=True, capture_output=True, timeout=60).stdout
     vals = list(struct.unpack("<64Q", out[:512]))
-    return [0] + vals[1:29], vals[32:64], out[512:]
+    return [vals[0]] + vals[1:29], vals[32:64], out[512:]
 
 
 def test_random_single_and_double_fp_moves_match_qemu_user(tmp_path):
-    """NaN boxing (FLW, FMV.W.X, and FSGNJ*.S / FCLASS.S of improperly boxed values) against
-    qemu-riscv64 7.2, which, unlike unicorn, implements it."""
+    """NaN boxing (FLW, FMV.W.X, and FSGNJ*.S / FCLASS.S of improperly boxed values), compares
+    and min/max (NaN payloads, ±0, fflags) against qemu-riscv64 7.2."""
     from kvmpy.tcg.target.riscv.translate import FREG
     rng = random.Random(SEED + 3000)
     cases = max(1, CASES // 6)                        # each qemu run costs an assemble and a link
@@ -461,7 +466,8 @@ def test_random_single_and_double_fp_moves_match_qemu_user(tmp_path):
             board.loop.run()
         want_x, want_f, want_mem = _run_qemu_user_fp(words, regs, fregs, scratch, tmp_path)
         where = f"case {case} (seed {SEED})"
-        assert list(cpu.R[:29]) == want_x, f"{where}: x registers differ"
+        assert cpu.fflags == want_x[0], f"{where}: fflags differ"
+        assert list(cpu.R[1:29]) == want_x[1:], f"{where}: x registers differ"
         got_f = list(cpu.R[FREG:FREG + 32])
         assert got_f == want_f, f"{where}: f registers differ " + str(
             [(i, hex(got_f[i]), hex(want_f[i])) for i in range(32) if got_f[i] != want_f[i]])
