@@ -156,11 +156,11 @@ def test_machine_file_must_be_a_bounded_regular_file(tmp_path: Path, special: st
 def test_config_is_frozen_after_it_is_built(tmp_path: Path) -> None:
     import dataclasses
 
-    cfg = load_yaml(write(tmp_path, "kernel: k.elf\ntrace: [in_asm]\n"))
+    cfg = load_yaml(write(tmp_path, "arch: riscv64\nkernel: k.elf\ntrace: [in_asm]\n"))
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.memory = 1  # type: ignore[misc]
     assert isinstance(cfg.trace, frozenset) and isinstance(cfg.qmp, tuple)
-    assert dataclasses.replace(cfg, smp=2).validate().smp == 2
+    assert dataclasses.replace(cfg, memory=64 * MiB).validate().memory == 64 * MiB
 
 
 def test_huge_and_odd_sizes() -> None:
