@@ -288,7 +288,7 @@ class MachineConfig:
             put("qmp", tuple(self.qmp))
         for key in ("kernel", "initrd", "trace_file"):
             value = getattr(self, key)
-            if isinstance(value, str) and "\0" not in value:
+            if isinstance(value, str):
                 put(key, Path(value))
         arch, machine = self.arch, self.machine
         if isinstance(machine, str) and isinstance(arch, str):
@@ -312,14 +312,14 @@ class MachineConfig:
         self._check_types()
         if self.arch and self.arch not in ARCHES:
             raise ConfigError(f"unknown architecture {shown(self.arch)} (supported: {', '.join(ARCHES)})")
-        if self.accel not in ACCELS:
-            raise ConfigError(f"unknown accelerator {shown(self.accel)} (supported: {', '.join(ACCELS)})")
         board = board_named(self.machine)
         if board is None:
             names = ", ".join(b.machine for b in BOARDS.values())
             raise ConfigError(f"unsupported machine type {shown(self.machine)} (supported: {names})")
         if board.arch != self.arch:
             raise ConfigError(f"machine {board.machine!r} is a {board.arch} board, not {shown(self.arch)}")
+        if self.accel not in ACCELS:
+            raise ConfigError(f"unknown accelerator {shown(self.accel)} (supported: {', '.join(ACCELS)})")
         if self.accel != board.accel:
             if board.arch == "x86_64":
                 raise ConfigError("x86 guests need KVM for now: use -enable-kvm (the TCG fallback runs riscv64 guests)")
