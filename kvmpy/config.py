@@ -40,7 +40,8 @@ import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Mapping
 
 from kvmpy import units
 from kvmpy.errors import ConfigError
@@ -66,19 +67,19 @@ MAX_TRACE_TEXT = 1000  # a -d list of every item is under 100 characters
 
 # The -d vocabulary: QEMU's log item names (qemu -d help), one set for every board;
 # each Board lists the ones it honours. tb_stats is kvmpy's own (TB cache statistics).
-TRACE_ITEMS: dict[str, str] = {
-    "out_asm": "show generated host assembly code for each compiled TB",
-    "in_asm": "show target assembly code for each compiled TB",
-    "op": "show micro ops for each compiled TB",
-    "op_opt": "show micro ops after optimization",
-    "int": "show interrupts/exceptions in short format",
-    "exec": "show trace before each executed TB (lots of logs)",
-    "cpu": "show CPU registers before entering a TB (lots of logs)",
-    "unimp": "log unimplemented functionality",
-    "guest_errors": "log when the guest OS does something invalid",
-    "nochain": "do not chain compiled TBs so that \"exec\" and \"cpu\" show complete traces",
-    "tb_stats": "print translation-block cache statistics when the guest exits (kvmpy)",
-}
+TRACE_ITEMS: Mapping[str, str] = MappingProxyType({
+    "out_asm": "the host code each translated block became",
+    "in_asm": "the guest instructions of each block, disassembled when it is translated",
+    "op": "the IR of each block before optimization",
+    "op_opt": "the IR of each block after optimization",
+    "int": "one line per guest interrupt or exception taken",
+    "exec": "one line per block executed (large)",
+    "cpu": "the guest registers before each block (large)",
+    "unimp": "guest use of features the emulation lacks",
+    "guest_errors": "invalid guest behaviour (bad register accesses and the like)",
+    "nochain": "no direct jumps between blocks, so exec and cpu see every block",
+    "tb_stats": "translation cache statistics when the guest exits (kvmpy's own item)",
+})
 TRACE_FLAGS = frozenset(TRACE_ITEMS)
 OPTIONAL_FEATURES = ("initrd", "debug_exit", "qmp", "incoming", "start_paused", "linux_boot")
 
@@ -101,26 +102,27 @@ class Board:
     cpus: tuple[str, ...] | None = None  # accepted -cpu models; None: any (KVM's supported CPUID)
     bios: tuple[str, ...] = ()  # accepted -bios values ("none": no firmware)
     aliases: tuple[str, ...] = ()  # other -machine names for the same board
+    alias_prefixes: tuple[str, ...] = ()  # versioned names ("pc-i440fx-8.2") for the same board
     why_no_trace: str = ""  # said when a -d item is refused and the board honours none
 
     def accepts_name(self, name: str) -> bool:
-        return name == self.machine or name in self.aliases or (self.machine == "pc" and name.startswith("pc-"))
+        return name == self.machine or name in self.aliases or name.startswith(self.alias_prefixes)
 
 
-BOARDS: dict[str, Board] = {
+BOARDS: Mapping[str, Board] = MappingProxyType({
     "pc": Board(machine="pc", arch="x86_64", accel="kvm", memory=(2 * MiB, MAX_MEMORY), max_smp=MAX_SMP,
                 trace=frozenset(), features=frozenset(OPTIONAL_FEATURES),
-                aliases=("q35", "pc-i440fx", "microvm"),
+                aliases=("q35", "microvm"), alias_prefixes=("pc-",),
                 why_no_trace="the guest runs under KVM, not TCG; KVMPY_LOG=debug logs unhandled ports"),
     "virt": Board(machine="virt", arch="riscv64", accel="tcg", memory=(1 * MiB, 16 * GiB), max_smp=1,
                   trace=frozenset({"in_asm", "exec", "int", "cpu", "op", "out_asm", "tb_stats", "nochain"}),
                   features=frozenset(), cpus=("rv64", "any", "max"), bios=("none",)),
-}
-DEFAULT_BOARD = {"x86_64": "pc", "riscv64": "virt"}
+})
+DEFAULT_BOARD: Mapping[str, str] = MappingProxyType({"x86_64": "pc", "riscv64": "virt"})
 
 # How each optional feature is named in a message (the QEMU flag / YAML key a user typed).
-_FEATURE_NAMES = {"initrd": "-initrd", "debug_exit": "-device isa-debug-exit", "qmp": "-qmp",
-                  "incoming": "-incoming", "start_paused": "-S", "linux_boot": "-machine linux-boot"}
+_FEATURE_NAMES: Mapping[str, str] = MappingProxyType({"initrd": "-initrd", "debug_exit": "-device isa-debug-exit", "qmp": "-qmp",
+                  "incoming": "-incoming", "start_paused": "-S", "linux_boot": "-machine linux-boot"})
 
 
 def board_named(name: str) -> Board | None:
@@ -230,13 +232,13 @@ class DebugExitConfig:
 _NoneType = type(None)
 # The type every field must have once built; validate() refuses anything else by name (the
 # Python API can put any object in any field, and a wrong type must not become a traceback).
-_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+_FIELD_TYPES: Mapping[str, tuple[type, ...]] = MappingProxyType({
     "kernel": (Path, _NoneType), "name": (str, _NoneType), "arch": (str,), "machine": (str,), "accel": (str,),
     "memory": (int,), "smp": (int,), "initrd": (Path, _NoneType), "append": (str,), "serial": (str,),
     "no_reboot": (bool,), "start_paused": (bool,), "debug_exit": (DebugExitConfig, _NoneType),
     "bios": (str, _NoneType), "cpu": (str, _NoneType), "trace": (frozenset,), "trace_file": (Path, _NoneType),
     "qmp": (tuple,), "linux_boot": (str,), "incoming": (str, _NoneType),
-}
+})
 
 
 @dataclass(frozen=True)
@@ -298,14 +300,6 @@ class MachineConfig:
                 put("arch", arch or board.arch)
                 if self.accel == "":
                     put("accel", board.accel)
-
-    @property
-    def board(self) -> Board:
-        """The board this (validated) config runs on."""
-        board = board_named(self.machine)
-        if board is None:
-            raise ConfigError(f"unknown machine type {shown(self.machine)}")
-        return board
 
     def validate(self) -> "MachineConfig":
         """This config, if every field is right for its board; else one-line ConfigError naming the problem."""

@@ -387,3 +387,11 @@ def test_any_field_values_are_a_config_or_one_config_error_line(fields: dict) ->
         MachineConfig(**fields).validate()
     except ConfigError as exc:
         assert "\n" not in str(exc) and len(str(exc)) < 600
+
+
+@pytest.mark.parametrize("name", _FIELDS)
+def test_every_field_checks_its_type(kernel: Path, name: str) -> None:
+    fields = {"kernel": kernel, name: object()}
+    with pytest.raises(ConfigError, match=f"config field '{name}' must be") as info:
+        MachineConfig(**fields).validate()
+    assert "\n" not in str(info.value)
