@@ -16,7 +16,7 @@ from typing import Callable
 
 from kvmpy.tcg.errors import GuestTrap
 from kvmpy.tcg.ir import MASK64
-from kvmpy.tcg.target.riscv.fpu import fclass, fcompare, fminmax, fsgnj_s
+from kvmpy.tcg.target.riscv.fpu import farith, fclass, fcompare, fminmax, fsgnj_s
 from kvmpy.tcg.target.riscv.mmu import PRV_M, PRV_S, PRV_U, RiscvMmu
 from kvmpy.tcg.target.riscv.translate import INSTRET, N_SLOTS, PC
 from kvmpy.tcg.target.riscv.triggers import CSRS as TRIGGER_CSRS, TriggerModule
@@ -403,6 +403,16 @@ class RiscvCpu:
         self._raise_flags(flags)
         return r
 
+    def h_farith(self, op: int, a: int, b: int, double: int, rm: int, pc: int, back: int) -> int:
+        """FADD/FSUB/FMUL/FDIV/FSQRT; rm 7 takes frm, and a reserved mode is illegal."""
+        if rm == 7:
+            rm = self.frm
+        if rm > 4:
+            raise GuestTrap(CAUSE_ILLEGAL, self._insn_bits(pc), pc, back)
+        r, flags = farith(op, a, b, double, rm)
+        self._raise_flags(flags)
+        return r
+
     def h_fminmax(self, op: int, a: int, b: int, double: int) -> int:
         r, flags = fminmax(op, a, b, double)
         self._raise_flags(flags)
@@ -526,4 +536,4 @@ class RiscvCpu:
     def helpers(self) -> dict[str, Callable]:
         return {f"h_{n}": getattr(self, f"h_{n}") for n in (
             "csr", "illegal", "ecall", "ebreak", "mret", "sret", "wfi", "sfence_vma", "lr", "sc", "amo",
-            "fp", "fsgnj_s", "fclass", "fcmp", "fminmax")}
+            "fp", "fsgnj_s", "fclass", "fcmp", "fminmax", "farith")}

@@ -9,6 +9,8 @@ min/max; the arithmetic (rounding) is not implemented yet.
 
 from __future__ import annotations
 
+import math
+
 BOX = 0xFFFFFFFF00000000
 CANONICAL_NAN_S = 0x7FC00000
 SIGN_S = 1 << 31
@@ -119,3 +121,150 @@ def fminmax(op: int, a: int, b: int, double: int) -> tuple[int, int]:
         pick_x = _key(x, width) <= _key(y, width) if op == 0 else _key(x, width) >= _key(y, width)
         r = x if pick_x else y
     return (r if double else BOX | r), flags
+
+
+# ---- arithmetic: exact rational result, then one IEEE rounding -------------------------
+NX, UF, OF, DZ = 1 << 0, 1 << 1, 1 << 2, 1 << 3
+RNE, RTZ, RDN, RUP, RMM = 0, 1, 2, 3, 4
+
+
+def _unpack(x: int, width: int, eb: int) -> tuple[int, int, int, int]:
+    """(sign, class, m, e) with value m * 2**e for finite x; class 0 finite, 1 inf, 2 NaN."""
+    fb = width - 1 - eb
+    sign = x >> (width - 1)
+    exp = x >> fb & ((1 << eb) - 1)
+    frac = x & ((1 << fb) - 1)
+    bias = (1 << (eb - 1)) - 1
+    if exp == (1 << eb) - 1:
+        return sign, (2 if frac else 1), 0, 0
+    if exp == 0:
+        return sign, 0, frac, 1 - bias - fb
+    return sign, 0, frac | 1 << fb, exp - bias - fb
+
+
+def _pack(sign: int, n: int, d: int, width: int, eb: int, rm: int) -> tuple[int, int]:
+    """Round sign * n/d (n > 0, d > 0) to the format: (bits, flags)."""
+    fb = width - 1 - eb
+    bias = (1 << (eb - 1)) - 1
+    emin, emax = 1 - bias, bias
+    e = n.bit_length() - d.bit_length()                # 2**e <= n/d < 2**(e+2)
+    if (n << max(0, -e)) < (d << max(0, e)):
+        e -= 1                                          # now 2**e <= n/d < 2**(e+1)
+
+    def round_at(exp: int) -> tuple[int, bool]:
+        """The significand of n/d in units of 2**(exp - fb), rounded; and whether inexact."""
+        k = fb - exp
+        num, den = (n << k, d) if k >= 0 else (n, d << -k)
+        i, r = divmod(num, den)
+        if r:
+            if rm == RNE:
+                up = 2 * r > den or (2 * r == den and i & 1)
+            elif rm == RMM:
+                up = 2 * r >= den
+            elif rm == RUP:
+                up = not sign
+            elif rm == RDN:
+                up = bool(sign)
+            else:
+                up = False
+            i += up
+        return i, r != 0
+
+    i, inexact = round_at(max(e, emin))
+    flags = NX if inexact else 0
+    tiny_unbounded, _ = round_at(e)                     # tininess after rounding (unbounded exponent)
+    if inexact and (e < emin and not (e == emin - 1 and tiny_unbounded >> (fb + 1))):
+        flags |= UF
+    exp = max(e, emin)
+    if i >> (fb + 1):                                   # rounding carried into a new binade
+        i >>= 1
+        exp += 1
+    if exp > emax:
+        flags |= OF | NX
+        to_inf = rm in (RNE, RMM) or (rm == RUP and not sign) or (rm == RDN and sign)
+        body = ((1 << eb) - 1) << fb if to_inf else (((1 << eb) - 2) << fb) | ((1 << fb) - 1)
+        return sign << (width - 1) | body, flags
+    if i >> fb == 0:                                    # subnormal (or rounded to zero)
+        return sign << (width - 1) | i, flags
+    return sign << (width - 1) | (exp + bias) << fb | (i & ((1 << fb) - 1)), flags
+
+
+def farith(op: int, a: int, b: int, double: int, rm: int) -> tuple[int, int]:
+    """FADD (0), FSUB (1), FMUL (2), FDIV (3), FSQRT (4; ``b`` ignored), correctly rounded
+    in mode ``rm`` (0-4): (result bits, fflags); singles NaN-boxed, NaN results canonical."""
+    x, width, eb = _fields(a, double)
+    y, _, _ = _fields(b, double)
+    nan = CANONICAL_NAN_D if double else CANONICAL_NAN_S
+    box = 0 if double else BOX
+    inf_bits = ((1 << eb) - 1) << (width - 1 - eb)
+    sx, cx, mx, ex = _unpack(x, width, eb)
+    sy, cy, my, ey = _unpack(y, width, eb)
+    if op == 4:
+        cy, my, sy = 0, 1, 0
+    snan = _nan_kind(x, width, eb) == 2 or (op != 4 and _nan_kind(y, width, eb) == 2)
+    if cx == 2 or cy == 2:
+        return box | nan, NV if snan else 0
+    if op == 1:
+        sy ^= 1
+    if op in (0, 1):
+        if cx == 1 and cy == 1:
+            return (box | nan, NV) if sx != sy else (box | sx << (width - 1) | inf_bits, 0)
+        if cx == 1 or cy == 1:
+            return box | (sx if cx == 1 else sy) << (width - 1) | inf_bits, 0
+        # exact sum of two dyadic values
+        e = min(ex, ey)
+        total = (-1 if sx else 1) * (mx << (ex - e)) + (-1 if sy else 1) * (my << (ey - e))
+        if total == 0:
+            if mx == 0 and my == 0:                     # ±0 + ±0
+                zero_sign = sx & sy if rm != RDN else sx | sy
+            else:                                       # x + (-x): +0, or -0 rounding down
+                zero_sign = int(rm == RDN)
+            return box | zero_sign << (width - 1), 0
+        n, d, sign = abs(total), 1, int(total < 0)
+        if e >= 0:
+            n <<= e
+        else:
+            d <<= -e
+    elif op == 2:
+        sign = sx ^ sy
+        if cx == 1 or cy == 1:
+            if (cx == 1 and cy == 0 and my == 0) or (cy == 1 and cx == 0 and mx == 0):
+                return box | nan, NV                    # inf * 0
+            return box | sign << (width - 1) | inf_bits, 0
+        if mx == 0 or my == 0:
+            return box | sign << (width - 1), 0
+        n, d, e = mx * my, 1, ex + ey
+        n, d = (n << e, 1) if e >= 0 else (n, 1 << -e)
+    elif op == 3:
+        sign = sx ^ sy
+        if cx == 1:
+            return (box | nan, NV) if cy == 1 else (box | sign << (width - 1) | inf_bits, 0)
+        if cy == 1:
+            return box | sign << (width - 1), 0
+        if my == 0:
+            if mx == 0:
+                return box | nan, NV                    # 0 / 0
+            return box | sign << (width - 1) | inf_bits, DZ
+        if mx == 0:
+            return box | sign << (width - 1), 0
+        e = ex - ey
+        n, d = (mx << e, my) if e >= 0 else (mx, my << -e)
+    else:
+        if mx == 0 and cx == 0:
+            return box | sx << (width - 1), 0           # sqrt(±0) = ±0
+        if sx:
+            return box | nan, NV
+        if cx == 1:
+            return box | inf_bits, 0
+        m, e = mx, ex
+        if e & 1:
+            m, e = m << 1, e - 1
+        p = 64
+        big = m << (2 * p)
+        r = math.isqrt(big)
+        n, d = (r, 1) if r * r == big else (2 * r + 1, 2)
+        half = e // 2 - p
+        n, d = (n << half, d) if half >= 0 else (n, d << -half)
+        sign = 0
+    bits, flags = _pack(sign, n, d, width, eb, rm)
+    return box | bits, flags

@@ -2,8 +2,8 @@
 
 State slots: 0..31 are x0..x31 (x0 is never read or written: it folds to the
 constant 0), ``PC`` and ``INSTRET`` follow, then f0..f31 from ``FREG``.
-F/D so far: loads, stores, moves, sign injection, FCLASS, compares, min/max
-(no arithmetic);
+F/D so far: loads, stores, moves, sign injection, FCLASS, compares, min/max,
+add/sub/mul/div/sqrt (no FMA, no conversions);
 each such instruction first calls the ``fp`` helper, which traps when
 mstatus.FS is Off and marks FS Dirty when the instruction writes FP state.  A block ends at a branch or jump,
 at an instruction that may change how later instructions are fetched or
@@ -296,6 +296,14 @@ class Translator:
                 else:
                     sign = b.op("and", b.op("xor", f(rs1), f(rs2)), SIGN_D)
                 b.emit("or", f(rd), mag, sign)
+        elif op == 0x53 and (f7 >> 1 in (0x00, 0x02, 0x04, 0x06) or (f7 >> 1 == 0x16 and rs2 == 0)):
+            double = f7 & 1
+            kind = {0x00: 0, 0x02: 1, 0x04: 2, 0x06: 3, 0x16: 4}[f7 >> 1]
+            name = ("fadd", "fsub", "fmul", "fdiv", "fsqrt")[kind] + (".d" if double else ".s")
+            operands = f"f{rd},f{rs1}" if kind == 4 else f"f{rd},f{rs1},f{rs2}"
+            self._d(b, pc, raw, length, f"{name} {operands}")
+            fp_on(True)
+            b.emit("call", f(rd), kind, f(rs1), f(rs2), double, f3, helper="farith", raises=True)
         elif op == 0x53 and f7 in (0x14, 0x15) and f3 < 2:
             double = f7 & 1
             self._d(b, pc, raw, length, f"{('fmin', 'fmax')[f3]}.{'d' if double else 's'} f{rd},f{rs1},f{rs2}")

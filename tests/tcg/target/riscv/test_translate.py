@@ -319,7 +319,12 @@ def _rand_fp_insn(rng: random.Random, singles: bool = True) -> int:
     NaN boxing; it also leaves out compares and min/max (checked against qemu-riscv64 only)."""
     rd, rs1, rs2 = rng.randint(0, 31), rng.randint(0, 31), rng.randint(0, 31)
     xd = rng.randint(1, 28)
-    kind = rng.randrange(9 if singles else 7)
+    kind = rng.randrange(11 if singles else 7)
+    if kind in (9, 10):                             # fadd/fsub/fmul/fdiv/fsqrt .s/.d, static or dynamic rm
+        f7 = rng.choice([0x00, 0x04, 0x08, 0x0C, 0x2C]) | rng.randint(0, 1)
+        rm = rng.choice([0, 1, 2, 3, 4, 7])
+        src2 = 0 if f7 >> 1 == 0x16 else rs2
+        return (f7 << 25) | (src2 << 20) | (rs1 << 15) | (rm << 12) | (rd << 7) | 0x53
     if kind == 7:                                   # fmin / fmax .s / .d
         return (rng.choice([0x14, 0x15]) << 25) | (rs2 << 20) | (rs1 << 15) | (rng.randint(0, 1) << 12) | (rd << 7) | 0x53
     if kind == 8:                                   # fle / flt / feq .s / .d
@@ -503,11 +508,16 @@ def test_fp_instructions_and_fcsr_trap_while_fs_is_off_and_dirty_fs():
     csrr a2, frm
     csrr a3, fflags
     fclass.s a4, f3
+    csrwi frm, 5                # a reserved rounding mode: dynamic-rm arithmetic is illegal
+    fadd.s f4, f3, f3, dyn
+    csrwi frm, 2
+    fsub.s f5, f3, f3, dyn      # RDN: x - x = -0
     sw x30, 0(x31)
     """, march="rv64imafd")
     R = board.cpu.R
     from kvmpy.tcg.target.riscv.translate import FREG
-    assert R[9] == 3                                           # three illegal instructions
+    assert R[9] == 4                                           # four illegal instructions
+    assert R[FREG + 5] == 0xFFFFFFFF80000000
     assert (R[18] >> 13 & 3, R[19] >> 13 & 3, R[20] >> 13 & 3) == (1, 1, 3)
     assert R[20] >> 63 == 1                                    # SD follows FS = Dirty
     assert R[FREG + 3] == 0xFFFFFFFF3F800000                   # NaN-boxed
