@@ -413,14 +413,11 @@ def _run_qemu_user_fp(words: list[int], regs: list[int], fregs: list[int], scrat
                       tmp: "os.PathLike[str]") -> tuple[list[int], list[int], bytes]:
     """The same instruction words under qemu-riscv64 (user mode), registers loaded from and
     dumped to tables; x29 points at a copy of the scratch bytes."""
-    import shutil
-    import subprocess
     from pathlib import Path
-    for tool in ("qemu-riscv64", "riscv64-linux-gnu-as", "riscv64-linux-gnu-ld"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} not installed")
+
+    from tests.guests.riscv.asm import run_user
     d = Path(tmp)
-    lines = [".option norvc", ".option norelax", ".text", ".globl _start", "_start:", "la x31, fin"]
+    lines = [".option norvc", ".text", ".globl _start", "_start:", "la x31, fin"]
     lines += [f"fld f{i}, {8 * i}(x31)" for i in range(32)]
     lines += ["la x31, xin"] + [f"ld x{i}, {8 * i}(x31)" for i in range(1, 29)] + ["la x29, scratch"]
     lines += [f".word {w:#x}" for w in words]
@@ -432,12 +429,7 @@ def _run_qemu_user_fp(words: list[int], regs: list[int], fregs: list[int], scrat
     lines += ["fin:"] + [f".dword {v:#x}" for v in fregs]
     lines += ["xin:"] + [f".dword {v:#x}" for v in regs[:32]]
     lines += ["out:", f".zero {64 * 8}", "scratch:"] + [f".byte {b}" for b in scratch]
-    (d / "fp.S").write_text("\n".join(lines) + "\n")
-    subprocess.run(["riscv64-linux-gnu-as", "-march=rv64imafd", "-o", str(d / "fp.o"), str(d / "fp.S")],
-                   check=True, capture_output=True, timeout=60)
-    subprocess.run(["riscv64-linux-gnu-ld", "-static", "-o", str(d / "fp"), str(d / "fp.o")],
-                   check=True, capture_output=True, timeout=60)
-    out = subprocess.run(["qemu-riscv64", str(d / "fp")], check=True, capture_output=True, timeout=60).stdout
+    out = run_user(lines, d)
     vals = list(struct.unpack("<64Q", out[:512]))
     return [vals[0]] + vals[1:29], vals[32:64], out[512:]
 
