@@ -16,7 +16,8 @@ from typing import Callable
 
 from kvmpy.tcg.errors import GuestTrap
 from kvmpy.tcg.ir import MASK64
-from kvmpy.tcg.target.riscv.fpu import farith, fclass, fcompare, fminmax, fsgnj_s
+from kvmpy.tcg.target.riscv.fpu import (farith, fclass, fcompare, fcvt_float, fcvt_from_int, fcvt_to_int,
+                                       ffma, fminmax, fsgnj_s)
 from kvmpy.tcg.target.riscv.mmu import PRV_M, PRV_S, PRV_U, RiscvMmu
 from kvmpy.tcg.target.riscv.translate import INSTRET, N_SLOTS, PC
 from kvmpy.tcg.target.riscv.triggers import CSRS as TRIGGER_CSRS, TriggerModule
@@ -403,13 +404,36 @@ class RiscvCpu:
         self._raise_flags(flags)
         return r
 
-    def h_farith(self, op: int, a: int, b: int, double: int, rm: int, pc: int, back: int) -> int:
-        """FADD/FSUB/FMUL/FDIV/FSQRT; rm 7 takes frm, and a reserved mode is illegal."""
+    def _rm(self, rm: int, pc: int, back: int) -> int:
+        """The rounding mode an instruction uses: rm 7 takes frm; reserved modes are illegal."""
         if rm == 7:
             rm = self.frm
         if rm > 4:
             raise GuestTrap(CAUSE_ILLEGAL, self._insn_bits(pc), pc, back)
-        r, flags = farith(op, a, b, double, rm)
+        return rm
+
+    def h_farith(self, op: int, a: int, b: int, double: int, rm: int, pc: int, back: int) -> int:
+        """FADD/FSUB/FMUL/FDIV/FSQRT."""
+        r, flags = farith(op, a, b, double, self._rm(rm, pc, back))
+        self._raise_flags(flags)
+        return r
+
+    def h_ffma(self, kind: int, a: int, b: int, c: int, double: int, rm: int, pc: int, back: int) -> int:
+        """FMADD (kind 0), FMSUB (1), FNMSUB (2), FNMADD (3)."""
+        r, flags = ffma(kind >> 1, kind & 1, a, b, c, double, self._rm(rm, pc, back))
+        self._raise_flags(flags)
+        return r
+
+    def h_fcvt(self, kind: int, v: int, double: int, itype: int, rm: int, pc: int, back: int) -> int:
+        """FCVT: kind 0 float->int, 1 int->float (itype 0 W, 1 WU, 2 L, 3 LU), 2 between
+        formats (``double`` is the destination format)."""
+        rm = self._rm(rm, pc, back)
+        if kind == 0:
+            r, flags = fcvt_to_int(v, double, int(not itype & 1), 64 if itype & 2 else 32, rm)
+        elif kind == 1:
+            r, flags = fcvt_from_int(v, int(not itype & 1), 64 if itype & 2 else 32, double, rm)
+        else:
+            r, flags = fcvt_float(v, double, rm)
         self._raise_flags(flags)
         return r
 
@@ -536,4 +560,4 @@ class RiscvCpu:
     def helpers(self) -> dict[str, Callable]:
         return {f"h_{n}": getattr(self, f"h_{n}") for n in (
             "csr", "illegal", "ecall", "ebreak", "mret", "sret", "wfi", "sfence_vma", "lr", "sc", "amo",
-            "fp", "fsgnj_s", "fclass", "fcmp", "fminmax", "farith")}
+            "fp", "fsgnj_s", "fclass", "fcmp", "fminmax", "farith", "ffma", "fcvt")}

@@ -268,3 +268,117 @@ def farith(op: int, a: int, b: int, double: int, rm: int) -> tuple[int, int]:
         sign = 0
     bits, flags = _pack(sign, n, d, width, eb, rm)
     return box | bits, flags
+
+
+def _exact(m: int, e: int) -> tuple[int, int]:
+    """m * 2**e as n / d."""
+    return (m << e, 1) if e >= 0 else (m, 1 << -e)
+
+
+def ffma(neg_prod: int, neg_add: int, a: int, b: int, c: int, double: int, rm: int) -> tuple[int, int]:
+    """(-1)**neg_prod * a*b + (-1)**neg_add * c, rounded once: FMADD (0, 0), FMSUB (0, 1),
+    FNMSUB (1, 0), FNMADD (1, 1)."""
+    x, width, eb = _fields(a, double)
+    y, _, _ = _fields(b, double)
+    z, _, _ = _fields(c, double)
+    nan = CANONICAL_NAN_D if double else CANONICAL_NAN_S
+    box = 0 if double else BOX
+    inf_bits = ((1 << eb) - 1) << (width - 1 - eb)
+    sx, cx, mx, ex = _unpack(x, width, eb)
+    sy, cy, my, ey = _unpack(y, width, eb)
+    sz, cz, mz, ez = _unpack(z, width, eb)
+    sp, sz = sx ^ sy ^ neg_prod, sz ^ neg_add
+    kinds = [_nan_kind(v, width, eb) for v in (x, y, z)]
+    inf_zero = (cx == 1 and cy == 0 and my == 0) or (cy == 1 and cx == 0 and mx == 0)
+    if inf_zero:
+        return box | nan, NV
+    if 2 in kinds or 1 in kinds:
+        return box | nan, NV if 2 in kinds else 0
+    if cx == 1 or cy == 1:
+        if cz == 1 and sz != sp:
+            return box | nan, NV                        # inf - inf
+        return box | sp << (width - 1) | inf_bits, 0
+    if cz == 1:
+        return box | sz << (width - 1) | inf_bits, 0
+    e = min(ex + ey, ez)
+    total = (-1 if sp else 1) * ((mx * my) << (ex + ey - e)) + (-1 if sz else 1) * (mz << (ez - e))
+    if total == 0:
+        if mx * my == 0 and mz == 0:
+            zero_sign = sp & sz if rm != RDN else sp | sz
+        else:
+            zero_sign = int(rm == RDN)
+        return box | zero_sign << (width - 1), 0
+    n, d = _exact(abs(total), e)
+    bits, flags = _pack(int(total < 0), n, d, width, eb, rm)
+    return box | bits, flags
+
+
+def _round_int(sign: int, n: int, d: int, rm: int) -> tuple[int, bool]:
+    """n/d (>= 0) rounded to an integer magnitude in mode rm, and whether inexact."""
+    i, r = divmod(n, d)
+    if r:
+        if rm == RNE:
+            i += 2 * r > d or (2 * r == d and i & 1)
+        elif rm == RMM:
+            i += 2 * r >= d
+        elif rm == RUP:
+            i += not sign
+        elif rm == RDN:
+            i += bool(sign)
+    return i, r != 0
+
+
+def fcvt_to_int(v: int, double: int, signed: int, bits: int, rm: int) -> tuple[int, int]:
+    """FCVT.{W,WU,L,LU}.{S,D}: (integer register value, fflags).  Out of range or NaN:
+    NV and the saturated value (NaN saturates to the maximum); 32-bit results sign-extended."""
+    x, width, eb = _fields(v, double)
+    s, cls, m, e = _unpack(x, width, eb)
+    lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    if cls == 2:
+        r, flags = hi, NV
+    elif cls == 1:
+        r, flags = (lo if s else hi), NV
+    else:
+        n, d = _exact(m, e)
+        mag, inexact = _round_int(s, n, d, rm)
+        val = -mag if s else mag
+        if val < lo or val > hi:
+            r, flags = (lo if val < lo else hi), NV
+        else:
+            r, flags = val, NX if inexact else 0
+    r &= (1 << bits) - 1
+    if bits == 32 and r >> 31:
+        r |= 0xFFFFFFFF00000000
+    return r, flags
+
+
+def fcvt_from_int(v: int, signed: int, bits: int, double: int, rm: int) -> tuple[int, int]:
+    """FCVT.{S,D}.{W,WU,L,LU}: the low ``bits`` of integer register ``v`` to a float."""
+    v &= (1 << bits) - 1
+    if signed and v >> (bits - 1):
+        v -= 1 << bits
+    box = 0 if double else BOX
+    if v == 0:
+        return box, 0
+    width, eb = (64, 11) if double else (32, 8)
+    bits_out, flags = _pack(int(v < 0), abs(v), 1, width, eb, rm)
+    return box | bits_out, flags
+
+
+def fcvt_float(v: int, to_double: int, rm: int) -> tuple[int, int]:
+    """FCVT.D.S (to_double) or FCVT.S.D: NaNs become the canonical NaN (NV if signaling)."""
+    src_double = 0 if to_double else 1
+    x, width, eb = _fields(v, src_double)
+    s, cls, m, e = _unpack(x, width, eb)
+    kind = _nan_kind(x, width, eb)
+    width_o, eb_o = (64, 11) if to_double else (32, 8)
+    box = 0 if to_double else BOX
+    if kind:
+        return box | (CANONICAL_NAN_D if to_double else CANONICAL_NAN_S), NV if kind == 2 else 0
+    if cls == 1:
+        return box | s << (width_o - 1) | ((1 << eb_o) - 1) << (width_o - 1 - eb_o), 0
+    if m == 0:
+        return box | s << (width_o - 1), 0
+    n, d = _exact(m, e)
+    bits_out, flags = _pack(s, n, d, width_o, eb_o, rm)
+    return box | bits_out, flags

@@ -3,7 +3,7 @@
 State slots: 0..31 are x0..x31 (x0 is never read or written: it folds to the
 constant 0), ``PC`` and ``INSTRET`` follow, then f0..f31 from ``FREG``.
 F/D so far: loads, stores, moves, sign injection, FCLASS, compares, min/max,
-add/sub/mul/div/sqrt (no FMA, no conversions);
+add/sub/mul/div/sqrt, fused multiply-add and conversions;
 each such instruction first calls the ``fp`` helper, which traps when
 mstatus.FS is Off and marks FS Dirty when the instruction writes FP state.  A block ends at a branch or jump,
 at an instruction that may change how later instructions are fetched or
@@ -252,7 +252,7 @@ class Translator:
             self._system(b, raw, insn, pc, length, rd, f3, rs1, rs2, f7)
         elif op == 0x2F and f3 in (2, 3):
             self._amo(b, raw, insn, pc, length, rd, f3, rs1, rs2)
-        elif op in (0x07, 0x27, 0x53):
+        elif op in (0x07, 0x27, 0x53) or (op in (0x43, 0x47, 0x4B, 0x4F) and f7 & 3 < 2):
             self._fp(b, raw, insn, pc, length, op, rd, f3, rs1, rs2, f7)
         else:
             self._illegal(b, raw, pc, length)
@@ -304,6 +304,27 @@ class Translator:
             self._d(b, pc, raw, length, f"{name} {operands}")
             fp_on(True)
             b.emit("call", f(rd), kind, f(rs1), f(rs2), double, f3, helper="farith", raises=True)
+        elif op in (0x43, 0x47, 0x4B, 0x4F):          # FMADD FMSUB FNMSUB FNMADD
+            kind = (op - 0x43) >> 2
+            double = f7 & 1
+            rs3 = f7 >> 2
+            name = ("fmadd", "fmsub", "fnmsub", "fnmadd")[kind] + (".d" if double else ".s")
+            self._d(b, pc, raw, length, f"{name} f{rd},f{rs1},f{rs2},f{rs3}")
+            fp_on(True)
+            b.emit("call", f(rd), kind, f(rs1), f(rs2), f(rs3), double, f3, helper="ffma", raises=True)
+        elif op == 0x53 and f7 in (0x60, 0x61) and rs2 < 4:     # FCVT.{W,WU,L,LU}.{S,D}
+            self._d(b, pc, raw, length, f"fcvt.{('w', 'wu', 'l', 'lu')[rs2]}.{'d' if f7 & 1 else 's'} {n[rd]},f{rs1}")
+            fp_on(False)
+            b.emit("call", self._dst(b, rd), 0, f(rs1), f7 & 1, rs2, f3, helper="fcvt", raises=True)
+        elif op == 0x53 and f7 in (0x68, 0x69) and rs2 < 4:     # FCVT.{S,D}.{W,WU,L,LU}
+            self._d(b, pc, raw, length, f"fcvt.{'d' if f7 & 1 else 's'}.{('w', 'wu', 'l', 'lu')[rs2]} f{rd},{n[rs1]}")
+            fp_on(True)
+            b.emit("call", f(rd), 1, r(rs1), f7 & 1, rs2, f3, helper="fcvt", raises=True)
+        elif op == 0x53 and (f7, rs2) in ((0x20, 1), (0x21, 0)):  # FCVT.S.D, FCVT.D.S
+            double = f7 & 1
+            self._d(b, pc, raw, length, f"fcvt.{'d.s' if double else 's.d'} f{rd},f{rs1}")
+            fp_on(True)
+            b.emit("call", f(rd), 2, f(rs1), double, 0, f3, helper="fcvt", raises=True)
         elif op == 0x53 and f7 in (0x14, 0x15) and f3 < 2:
             double = f7 & 1
             self._d(b, pc, raw, length, f"{('fmin', 'fmax')[f3]}.{'d' if double else 's'} f{rd},f{rs1},f{rs2}")

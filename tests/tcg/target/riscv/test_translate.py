@@ -319,7 +319,18 @@ def _rand_fp_insn(rng: random.Random, singles: bool = True) -> int:
     NaN boxing; it also leaves out compares and min/max (checked against qemu-riscv64 only)."""
     rd, rs1, rs2 = rng.randint(0, 31), rng.randint(0, 31), rng.randint(0, 31)
     xd = rng.randint(1, 28)
-    kind = rng.randrange(11 if singles else 7)
+    kind = rng.randrange(13 if singles else 7)
+    if kind == 11:                                  # fmadd/fmsub/fnmsub/fnmadd .s/.d
+        rs3 = rng.randint(0, 31)
+        return (rs3 << 27) | (rng.randint(0, 1) << 25) | (rs2 << 20) | (rs1 << 15) | \
+            (rng.choice([0, 1, 2, 3, 4, 7]) << 12) | (rd << 7) | rng.choice([0x43, 0x47, 0x4B, 0x4F])
+    if kind == 12:                                  # fcvt between ints and floats and formats
+        rm = rng.choice([0, 1, 2, 3, 4, 7])
+        f7, src2 = rng.choice([(0x60, rng.randrange(4)), (0x61, rng.randrange(4)), (0x68, rng.randrange(4)),
+                               (0x69, rng.randrange(4)), (0x20, 1), (0x21, 0)])
+        dst = xd if f7 in (0x60, 0x61) else rd
+        src = rng.randint(0, 28) if f7 in (0x68, 0x69) else rs1
+        return (f7 << 25) | (src2 << 20) | (src << 15) | (rm << 12) | (dst << 7) | 0x53
     if kind in (9, 10):                             # fadd/fsub/fmul/fdiv/fsqrt .s/.d, static or dynamic rm
         f7 = rng.choice([0x00, 0x04, 0x08, 0x0C, 0x2C]) | rng.randint(0, 1)
         rm = rng.choice([0, 1, 2, 3, 4, 7])
@@ -435,8 +446,9 @@ def _run_qemu_user_fp(words: list[int], regs: list[int], fregs: list[int], scrat
 
 
 def test_random_single_and_double_fp_moves_match_qemu_user(tmp_path):
-    """NaN boxing (FLW, FMV.W.X, and FSGNJ*.S / FCLASS.S of improperly boxed values), compares
-    and min/max (NaN payloads, ±0, fflags) against qemu-riscv64 7.2."""
+    """NaN boxing (FLW, FMV.W.X, and FSGNJ*.S / FCLASS.S of improperly boxed values), compares,
+    min/max, arithmetic, FMA and conversions (NaN payloads, ±0, rounding, fflags) against
+    qemu-riscv64 7.2."""
     from kvmpy.tcg.target.riscv.translate import FREG
     rng = random.Random(SEED + 3000)
     cases = max(1, CASES // 6)                        # each qemu run costs an assemble and a link
