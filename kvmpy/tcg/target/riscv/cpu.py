@@ -42,7 +42,7 @@ S_INTS = SSIP | STIP | SEIP
 ALL_INTS = S_INTS | MSIP | MTIP | MEIP
 IRQ_PRIORITY = (11, 3, 7, 9, 1, 5)
 
-MISA = (2 << 62) | sum(1 << (ord(c) - ord("A")) for c in "ACIMSU")
+MISA = (2 << 62) | sum(1 << (ord(c) - ord("A")) for c in "ACDFIMSU")
 DELEGABLE_EXC = 0xB3FF        # everything but ecall-from-M and reserved causes
 
 CAUSE_ILLEGAL = 2

@@ -1,4 +1,4 @@
-"""RV64IMAC + Zicsr + Zifencei frontend: guest instructions -> IR blocks.
+"""RV64GC (IMAFDC + Zicsr + Zifencei) frontend: guest instructions -> IR blocks.
 
 State slots: 0..31 are x0..x31 (x0 is never read or written: it folds to the
 constant 0), ``PC`` and ``INSTRET`` follow, then f0..f31 from ``FREG``.

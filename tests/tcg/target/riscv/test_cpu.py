@@ -44,7 +44,7 @@ def test_reset_state(cpu):
     assert cpu.priv == PRV_M and cpu.mstatus == UXL_SXL and cpu.R[PC] == 0
     misa = cpu.csr_read(MISA)
     assert misa >> 62 == 2                                   # MXL = 64
-    assert {chr(ord("A") + b) for b in range(26) if misa >> b & 1} == set("ACIMSU")
+    assert {chr(ord("A") + b) for b in range(26) if misa >> b & 1} == set("ACDFIMSU")
     assert cpu.csr_read(MHARTID) == 3
 
 
