@@ -5,7 +5,8 @@ Accepted, as in QEMU: ``unix:PATH,server[=on][,wait=off|nowait]`` and
 waits for the first client before it starts. A TCP server with no host binds
 to loopback, not to every interface. A UNIX socket is created mode 0600
 without a window where it is more open: it is bound inside a private 0700
-directory, chmod-ed, then renamed into place.
+directory, chmod-ed and set listening, then renamed into place, so a client
+that sees the path can connect at once (no ECONNREFUSED window).
 """
 
 from __future__ import annotations
@@ -124,8 +125,8 @@ def _listen_unix(path: Path) -> socket.socket:
     try:
         sock.bind(str(staging))
         os.chmod(staging, 0o600)
+        sock.listen(16)  # before the path appears: a client that sees it can connect at once
         os.rename(staging, path)
-        sock.listen(16)
     except OSError:
         sock.close()
         raise

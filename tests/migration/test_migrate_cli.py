@@ -187,6 +187,82 @@ def test_snapshot_written_by_qmp_migrate_is_0600_under_umask_000(tmp_path: Path)
             src.wait()
 
 
+def _greeted(path: Path) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(30)
+    s.connect(str(path))
+    assert b'"QMP"' in s.recv(4096)
+    s.sendall(b'{"execute": "qmp_capabilities"}\n')
+    assert b'"return"' in s.recv(4096)
+    return s
+
+
+def _until(sock: socket.socket, marker: bytes) -> None:
+    seen = b""
+    while marker not in seen:
+        data = sock.recv(4096)
+        assert data, f"hung up before {marker!r}: {seen!r}"
+        seen += data
+
+
+@pytest.mark.kvm_host
+def test_next_vm_on_the_same_qmp_path_is_never_confused_with_the_exiting_one(tmp_path: Path) -> None:
+    """Issue 12 item 7b: a script that quits a pair and starts the next on the same socket paths got
+    EOFError from qemu.qmp: it reached the exiting process, still listening while it shut down.
+
+    Now a VM that has announced SHUTDOWN has already taken its socket path away, and an exiting VM
+    never unlinks the socket a newer VM has put at the same path.
+    """
+    qmp = tmp_path / "src.qmp"
+    first = _kvmpy(tmp_path, "src")
+    try:
+        _wait_output(tmp_path / "src.out", 40)
+        client = _greeted(qmp)
+        second = _kvmpy(tmp_path, "src")  # the next VM, same path: it replaces the socket file
+        try:
+            deadline = time.monotonic() + 60
+            inode = qmp.stat().st_ino
+            while qmp.stat().st_ino == inode and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert qmp.stat().st_ino != inode, "the second VM never created its socket"
+            client.sendall(b'{"execute": "quit"}\n')
+            _until(client, b'"SHUTDOWN"')
+            client.close()
+            first.wait(30)
+            # The first VM is gone and did not take the second one's socket with it.
+            _qmp(qmp, ("quit", {}))
+            second.wait(30)
+            assert second.returncode == 0
+        finally:
+            if second.poll() is None:
+                second.kill()
+                second.wait()
+        third = _kvmpy(tmp_path, "src")
+        try:
+            inode = None
+            while inode is None and time.monotonic() < deadline + 60:
+                try:
+                    inode = qmp.stat().st_ino
+                except FileNotFoundError:
+                    time.sleep(0.05)
+            client = _greeted(qmp)
+            client.sendall(b'{"execute": "quit"}\n')
+            _until(client, b'"SHUTDOWN"')
+            # Whoever has seen SHUTDOWN finds the path gone: no greeting from a VM about to hang up.
+            with pytest.raises((FileNotFoundError, ConnectionRefusedError)):
+                _greeted(qmp)
+            client.close()
+            third.wait(30)
+        finally:
+            if third.poll() is None:
+                third.kill()
+                third.wait()
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+
+
 def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True)
 
