@@ -37,8 +37,8 @@ APPEND = "console=ttyS0 quiet panic=-1"
 
 
 def prepare() -> tuple[Path, Path]:
-    from kvmpy.initrd import main as initrd_main
-    from kvmpy.testbed.fetch import cache_root, fetch_kernel
+    from kvmpy.tools.initrd import main as initrd_main
+    from kvmpy.tools.fetch import cache_root, fetch_kernel
 
     kernel = fetch_kernel("cloud-amd64")
     d = cache_root() / "bench-boot"

@@ -321,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise UsageError(f"unexpected arguments after the machine file: {' '.join(args[2:])}")
             cfg = load_yaml(Path(args[1]))
         elif args[0] == "initrd":
-            from kvmpy.initrd import main as initrd_main
+            from kvmpy.tools.initrd import main as initrd_main
             return initrd_main(args[1:])
         else:
             cfg = parse_qemu_args(args)

@@ -22,6 +22,8 @@ _libc = ffi.dlopen(None)
 
 def ioctl_buf(fd: int, request: int, buf: Any) -> int:
     """ioctl with a struct buffer (a cffi pointer or a writable bytes-like)."""
+    if fd < 0:  # a closed fd object: the same error libc gives, not fcntl's ValueError
+        raise KvmIoctlError(NAMES.get(request, hex(request)), _errno.EBADF, os.strerror(_errno.EBADF))
     target = ffi.buffer(buf) if isinstance(buf, ffi.CData) else buf
     try:
         return fcntl.ioctl(fd, request, target, True)

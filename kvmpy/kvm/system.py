@@ -1,4 +1,8 @@
-"""Kvm: the /dev/kvm system file descriptor (API version, capabilities, CPUID, MSRs, create_vm)."""
+"""Kvm: the /dev/kvm system file descriptor (API version, capabilities, CPUID, MSRs, create_vm).
+
+The fd types form one chain, system -> vm -> vcpu: each creates the next and none
+imports the one above it. ``CpuidEntry`` is re-exported here for existing callers.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +15,10 @@ from pathlib import Path
 from kvmpy.kvm import abi, ioctls
 from kvmpy.kvm._ioctl import ioctl_buf, ioctl_int
 from kvmpy.kvm.abi import ffi
+from kvmpy.kvm.cpuid import CpuidEntry, cpuid2_buffer, unpack_cpuid2
 from kvmpy.kvm.errors import (KvmApiVersionError, KvmCapabilityError, KvmIoctlError,
                               KvmUnavailableError)
+from kvmpy.kvm.vm import VmFd
 
 log = logging.getLogger(__name__)
 
@@ -21,17 +27,6 @@ KVM_API_VERSION = 12
 # What every kvmpy VM needs from the kernel.
 REQUIRED_CAPS = (abi.CAP_USER_MEMORY, abi.CAP_IRQCHIP, abi.CAP_SET_TSS_ADDR, abi.CAP_EXT_CPUID,
                  abi.CAP_PIT2, abi.CAP_IMMEDIATE_EXIT, abi.CAP_MP_STATE)
-
-
-@dataclass(frozen=True)
-class CpuidEntry:
-    function: int
-    index: int
-    flags: int
-    eax: int
-    ebx: int
-    ecx: int
-    edx: int
 
 
 @dataclass
@@ -96,9 +91,7 @@ class Kvm:
     def supported_cpuid(self) -> list[CpuidEntry]:
         n = abi.KVM_MAX_CPUID_ENTRIES
         while True:
-            buf_full = ffi.new("char[]", ffi.sizeof("struct kvm_cpuid2") + n * ffi.sizeof("struct kvm_cpuid_entry2"))
-            hdr = ffi.cast("struct kvm_cpuid2 *", buf_full)
-            hdr.nent = n
+            buf_full, hdr = cpuid2_buffer(n)
             try:
                 ioctl_buf(self.fd, ioctls.KVM_GET_SUPPORTED_CPUID, ffi.buffer(buf_full))
             except KvmIoctlError as exc:
@@ -106,8 +99,7 @@ class Kvm:
                     n *= 2
                     continue
                 raise
-            return [CpuidEntry(e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx)
-                    for e in (hdr.entries[i] for i in range(hdr.nent))]
+            return unpack_cpuid2(hdr)
 
     def msr_index_list(self) -> list[int]:
         n = 1024
@@ -117,9 +109,9 @@ class Kvm:
         ioctl_buf(self.fd, ioctls.KVM_GET_MSR_INDEX_LIST, ffi.buffer(raw))
         return [hdr.indices[i] for i in range(hdr.nmsrs)]
 
-    def create_vm(self) -> "VmFd":
-        from kvmpy.kvm.vm import VmFd
-
+    def create_vm(self) -> VmFd:
+        """A new VM; its vCPUs get this system's kvm_run mmap size and coalesced-MMIO ring page."""
         self.require(*REQUIRED_CAPS)
         fd = ioctl_int(self.fd, ioctls.KVM_CREATE_VM, 0)
-        return VmFd(fd, self)
+        return VmFd(fd, vcpu_mmap_size=self.vcpu_mmap_size(),
+                    coalesced_ring_page=self.check_extension(abi.CAP_COALESCED_MMIO))

@@ -16,8 +16,8 @@ from typing import Iterable
 from kvmpy.kvm import abi, ioctls
 from kvmpy.kvm._ioctl import _libc, ioctl_buf, ioctl_int
 from kvmpy.kvm.abi import ffi
+from kvmpy.kvm.cpuid import CpuidEntry, pack_cpuid2
 from kvmpy.kvm.errors import KvmIoctlError
-from kvmpy.kvm.system import CpuidEntry
 
 
 @dataclass
@@ -80,15 +80,7 @@ class VcpuFd:
         ioctl_buf(self.fd, ioctls.KVM_SET_SREGS, s)
 
     def set_cpuid(self, entries: Iterable[CpuidEntry]) -> None:
-        entries = list(entries)
-        raw = ffi.new("char[]", ffi.sizeof("struct kvm_cpuid2") + len(entries) * ffi.sizeof("struct kvm_cpuid_entry2"))
-        hdr = ffi.cast("struct kvm_cpuid2 *", raw)
-        hdr.nent = len(entries)
-        for i, e in enumerate(entries):
-            d = hdr.entries[i]
-            d.function, d.index, d.flags = e.function, e.index, e.flags
-            d.eax, d.ebx, d.ecx, d.edx = e.eax, e.ebx, e.ecx, e.edx
-        ioctl_buf(self.fd, ioctls.KVM_SET_CPUID2, ffi.buffer(raw))
+        ioctl_buf(self.fd, ioctls.KVM_SET_CPUID2, ffi.buffer(pack_cpuid2(entries)))
 
     def get_msrs(self, indices: list[int]) -> dict[int, int]:
         raw, hdr = _msr_buffer(len(indices))

@@ -11,20 +11,21 @@ from typing import TYPE_CHECKING
 from kvmpy.kvm import abi, ioctls
 from kvmpy.kvm._ioctl import ioctl_buf, ioctl_int
 from kvmpy.kvm.abi import ffi
+from kvmpy.kvm.vcpu import VcpuFd
 
 if TYPE_CHECKING:
     import numpy as np
-
-    from kvmpy.kvm.system import Kvm
-    from kvmpy.kvm.vcpu import VcpuFd
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class VmFd:
+    """A VM fd from ``Kvm.create_vm()``, which passes what its vCPUs need from the system fd."""
+
     fd: int
-    kvm: "Kvm"
+    vcpu_mmap_size: int  # KVM_GET_VCPU_MMAP_SIZE: the kvm_run mapping of every vCPU
+    coalesced_ring_page: int = 0  # KVM_CAP_COALESCED_MMIO: the ring's page in that mapping; 0 if none
     # Ports registered for coalescing; shared with every vCPU, which drains the ring.
     coalesced_pio: set[int] = field(default_factory=set)
 
@@ -116,13 +117,10 @@ class VmFd:
         return ioctl_int(self.fd, ioctls.KVM_CHECK_EXTENSION, cap)
 
     # ---- vCPUs ------------------------------------------------------------
-    def create_vcpu(self, vcpu_id: int) -> "VcpuFd":
-        from kvmpy.kvm.vcpu import VcpuFd
-
+    def create_vcpu(self, vcpu_id: int) -> VcpuFd:
         fd = ioctl_int(self.fd, ioctls.KVM_CREATE_VCPU, vcpu_id)
-        ring_page = self.kvm.check_extension(abi.CAP_COALESCED_MMIO)
-        return VcpuFd.attach(fd, vcpu_id, self.kvm.vcpu_mmap_size(), self.coalesced_pio,
-                             ring_page * mmap.PAGESIZE if ring_page else 0)
+        return VcpuFd.attach(fd, vcpu_id, self.vcpu_mmap_size, self.coalesced_pio,
+                             self.coalesced_ring_page * mmap.PAGESIZE)
 
 
 def _fill(ptr: object, raw: bytes) -> None:

@@ -108,6 +108,8 @@ def decompress_payload(payload: bytes, limit: int = MAX_VMLINUX) -> bytes:
             out = dec.decompress(payload, max_length=limit + 1)
             if len(out) > limit:
                 raise LoaderError(f"{kind} payload inflates past the size limit")
+            if not dec.eof:
+                raise LoaderError(f"{kind} payload is truncated (the stream has no end)")
             return out
         if kind == "bzip2":
             return _stream(bz2.BZ2File(io.BytesIO(payload)), limit, "bzip2")

@@ -1,4 +1,9 @@
-"""The nested complete-KVM test bed: an L1 Linux VM under QEMU TCG with kvm-amd.
+"""Test infrastructure: the nested complete-KVM test bed, an L1 Linux VM under QEMU TCG with kvm-amd.
+
+Nothing in kvmpy's product code imports this package; it imports the product's tools
+(:mod:`kvmpy.tools`: package fetch, cpio, initramfs builder) and loader. It ships inside
+the kvmpy package so that ``python -m kvmpy.testbed`` and the pytest plugin work from a
+plain checkout and from an install alike.
 
 This host's /dev/kvm is PVM-based, so anything needing a complete KVM (booting a real
 Linux guest, say) runs inside L1 instead: ``qemu-system-x86_64 -accel tcg -cpu max``
@@ -7,10 +12,8 @@ complete /dev/kvm. The host root is visible read-only and chosen directories are
 shared writable at their own paths, so the host's Python runs the checkout unchanged.
 
 Modules:
-  fetch          Debian kernel / busybox download and cache (KVMPY_CACHE, ~/.cache/kvmpy)
-  cpio           newc archive writer
-  initramfs      the L1 initramfs and its /init
-  kernel_image   bzImage -> PVH vmlinux (skips in-guest decompression)
+  l1_initramfs   the L1 initramfs and its /init (built with kvmpy.tools.initramfs)
+  kernel_image   bzImage -> cached PVH vmlinux (skips in-guest decompression; uses kvmpy.loader)
   bed            NestedBed(...).run(argv, cwd, env, timeout) -> BedResult
   pytest_plugin  the kvm_full / kvm_host markers
   __main__       ``python -m kvmpy.testbed -- CMD ARGS``

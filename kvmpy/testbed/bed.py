@@ -28,9 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from kvmpy.testbed.fetch import FetchError, KernelPackage, cache_root, fetch_busybox, fetch_kernel
-from kvmpy.testbed.initramfs import CTL_TAG, HOST_TAG, build_l1_initramfs
 from kvmpy.testbed.kernel_image import KernelImageError, pvh_vmlinux
+from kvmpy.testbed.l1_initramfs import CTL_TAG, HOST_TAG, build_l1_initramfs
+from kvmpy.tools.fetch import FetchError, KernelPackage, cache_root, fetch_busybox, fetch_kernel
+from kvmpy.tools.initramfs import InitramfsError
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +246,7 @@ class NestedBed:
                 kernel = fetch_kernel(self.kernel_flavor, self.cache)
                 busybox = fetch_busybox(self.cache)
                 initrd = build_l1_initramfs(kernel, busybox, self.cache / "initramfs")
-            except FetchError as exc:
+            except (FetchError, InitramfsError) as exc:
                 raise BedUnavailable(f"cannot prepare the L1 kernel/initramfs: {exc}") from exc
             try:
                 boot_image = pvh_vmlinux(kernel.vmlinuz, self.cache / "vmlinux")

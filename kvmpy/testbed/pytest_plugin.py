@@ -44,7 +44,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
@@ -110,6 +110,41 @@ def _finished(reports: list[dict[str, Any]] | None) -> bool:
     return bool(reports) and any(r.get("when") == "teardown" for r in reports)
 
 
+class BedTwin(pytest.Item):
+    """Stands in on the host for a kvm_full item that runs in the bed.
+
+    It runs through pytest's own protocol, so the collectors it shares with host items
+    (module and class fixtures) are set up and finalised as usual, but it has no
+    fixtures or body of its own: its setup starts the session's one bed batch, and its
+    reports are those of its twin inside L1 (see ``KvmBedPlugin.pytest_runtest_makereport``).
+    This replaced a protocol of the plugin's own, which had to call pytest's private
+    ``session._setupstate`` to finalise the collectors.
+    """
+
+    def __init__(self, *, original: pytest.Item, plugin: "KvmBedPlugin", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.original = original
+        self.plugin = plugin
+        self.user_properties = original.user_properties
+
+    def reportinfo(self) -> tuple[Any, int | None, str]:
+        return self.original.reportinfo()
+
+    def iter_markers_with_node(self, name: str | None = None) -> Iterator[tuple[Any, pytest.Mark]]:
+        # The original's marks (skipif, xfail, filterwarnings...) are evaluated inside L1,
+        # where their conditions hold; evaluating them here as well would apply them twice.
+        return iter(())
+
+    def setup(self) -> None:
+        batch = self.plugin.batch_for_session()  # already run: see KvmBedPlugin.pytest_runtest_protocol
+        if self.nodeid in batch.wedged:
+            self.warn(pytest.PytestWarning(f"the nested L1 VM wedged while running this test "
+                                           f"({batch.wedged[self.nodeid]}); it was re-run in a fresh L1"))
+
+    def runtest(self) -> None:
+        """The test ran inside L1; the setup already holds its outcome."""
+
+
 class KvmBedPlugin:
     """Registered once per session by tests/conftest.py."""
 
@@ -143,6 +178,10 @@ class KvmBedPlugin:
         self.kvm_full_items = items
         self.kvm_full_ids = [i.nodeid for i in items]
         self.inner_plugins = sorted(_plugins_needed(items))
+        if self.mode == BED:
+            session.items[:] = [BedTwin.from_parent(i.parent, name=i.name, original=i, plugin=self)
+                                if i.get_closest_marker("kvm_full") and i.parent is not None else i
+                                for i in session.items]
 
     # --- running -------------------------------------------------------------------------
 
@@ -157,37 +196,30 @@ class KvmBedPlugin:
                 pytest.fail(f"needs a complete KVM but /dev/kvm here is {self.kind.value} "
                             f"(inside the bed: kvm-amd did not come up?)", pytrace=False)
 
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
-        if self.mode != BED or not item.get_closest_marker("kvm_full"):
-            return None
+    def batch_for_session(self) -> _Batch:
+        """The session's one bed run, started when the first BedTwin is reached."""
         if self.batch is None:
             self.batch = self._run_batch()
-        ihook = item.ihook
-        ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
-        if item.nodeid in self.batch.wedged:
-            item.warn(pytest.PytestWarning(f"the nested L1 VM wedged while running this test "
-                                           f"({self.batch.wedged[item.nodeid]}); it was re-run in a fresh L1"))
-        inner_teardown = None
-        for rep in self._twin_reports(item, self.batch):
-            if rep.when == "teardown":
-                inner_teardown = rep
-            else:
-                ihook.pytest_runtest_logreport(report=rep)
-        # The item's fixtures never ran on the host, but collectors (modules, classes) that
-        # earlier items set up must still be finalised when the next item leaves them
-        # (_setupstate is pytest-internal but stable since pytest 7; there is no public API).
-        call = pytest.CallInfo.from_call(
-            lambda: item.session._setupstate.teardown_exact(nextitem), when="teardown")
-        host_teardown = pytest.TestReport.from_item_and_call(item, call)
-        if inner_teardown is not None and host_teardown.passed:
-            ihook.pytest_runtest_logreport(report=inner_teardown)
-        else:
-            ihook.pytest_runtest_logreport(report=host_teardown)
-        ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
-        return True
+        return self.batch
 
-    def _twin_reports(self, item: pytest.Item, batch: _Batch) -> list[pytest.TestReport]:
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
+        # Between items output is not captured, so the batch's progress lines reach the terminal;
+        # pytest's own protocol then runs the twin.
+        if isinstance(item, BedTwin):
+            self.batch_for_session()
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> pytest.TestReport | None:
+        if not isinstance(item, BedTwin) or self.batch is None:
+            return None
+        host = pytest.TestReport.from_item_and_call(item, call)
+        if call.excinfo is not None or (call.when == "teardown" and not host.passed):
+            return host  # the host side itself failed (starting the batch, or finalising a collector)
+        return self._twin_reports(item.original, self.batch).get(call.when, host)
+
+    def _twin_reports(self, item: pytest.Item, batch: _Batch) -> dict[str, pytest.TestReport]:
+        """The inner reports of ``item``'s twin by phase (setup, call, teardown)."""
         def make(when: str, outcome: str, longrepr: Any, duration: float = 0.0,
                  sections: list[tuple[str, str]] | None = None, wasxfail: str | None = None
                  ) -> pytest.TestReport:
@@ -201,17 +233,18 @@ class KvmBedPlugin:
 
         inner = batch.reports.get(item.nodeid)
         if not inner and batch.error is not None:
-            return [make("setup", "failed", f"kvm_full test not run: the nested KVM test bed failed:\n"
-                                            f"{batch.error}")]
+            return {"setup": make("setup", "failed", f"kvm_full test not run: the nested KVM test bed failed:\n"
+                                                     f"{batch.error}")}
         if not inner:
             for collector, text in batch.collect_errors.items():
                 if item.nodeid.startswith(collector + "::") or item.nodeid == collector:
-                    return [make("setup", "failed", f"collecting {collector} failed inside the bed:\n{text}")]
-            return [make("setup", "failed",
-                         f"the nested bed reported no result for this test (inner pytest exit status "
-                         f"{batch.returncode}; set {KEEP_ENV}=1 to keep {batch.scratch})\n"
-                         f"--- inner output (tail) ---\n{batch.output_tail}")]
-        out = []
+                    return {"setup": make("setup", "failed",
+                                          f"collecting {collector} failed inside the bed:\n{text}")}
+            return {"setup": make("setup", "failed",
+                                  f"the nested bed reported no result for this test (inner pytest exit status "
+                                  f"{batch.returncode}; set {KEEP_ENV}=1 to keep {batch.scratch})\n"
+                                  f"--- inner output (tail) ---\n{batch.output_tail}")}
+        out: dict[str, pytest.TestReport] = {}
         for r in inner:
             longrepr: Any = r.get("longrepr") or None
             if r["outcome"] == "skipped" and r.get("wasxfail") is None:
@@ -221,12 +254,13 @@ class KvmBedPlugin:
             elif r["outcome"] == "failed":
                 longrepr = f"[failed inside the nested KVM test bed]\n{longrepr or ''}"
             sections = [(str(a), str(b)) for a, b in r.get("sections", [])]
-            out.append(make(r["when"], r["outcome"], longrepr, float(r.get("duration", 0.0)),
-                            sections, r.get("wasxfail")))
-        if not any(r["when"] == "teardown" for r in inner) and not any(r.failed or r.skipped for r in out):
+            out[r["when"]] = make(r["when"], r["outcome"], longrepr, float(r.get("duration", 0.0)),
+                                  sections, r.get("wasxfail"))
+        if "teardown" not in out and not any(r.failed or r.skipped for r in out.values()):
             why = f"the nested KVM test bed failed:\n{batch.error}" if batch.error else \
                 f"the inner pytest stopped (exit status {batch.returncode})"
-            out.append(make("call", "failed", f"interrupted inside the bed: {why}"))
+            phase = "teardown" if "call" in out else "call"
+            out[phase] = make(phase, "failed", f"interrupted inside the bed: {why}")
         return out
 
     # --- the batch -----------------------------------------------------------------------

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from kvmpy.kvm.flavor import host_kvm_kind
-from kvmpy.testbed.fetch import cache_root, fetch_busybox, fetch_kernel
+from kvmpy.tools.fetch import cache_root, fetch_busybox, fetch_kernel
 from kvmpy.testbed.pytest_plugin import OFF, decide_mode
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ def prepare_assets(build: bool = True) -> LinuxAssets:
     if not initrd.exists():
         if not build:
             raise FileNotFoundError(f"{initrd} was not prepared on the host")
-        from kvmpy.initrd import main as initrd_main
+        from kvmpy.tools.initrd import main as initrd_main
 
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "init.sh").write_text(INIT_SCRIPT)

@@ -54,6 +54,20 @@ def test_corrupt_payloads_give_loader_errors(payload):
         decompress_payload(payload)
 
 
+@pytest.mark.parametrize("kind,pack", [
+    ("xz", lambda d: lzma.compress(d, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32)),
+    ("lzma", lambda d: lzma.compress(d, format=lzma.FORMAT_ALONE)),
+    ("gzip", gzip.compress),
+    ("bzip2", bz2.compress),
+])
+def test_truncated_streams_are_refused_not_returned_short(kind, pack):
+    # A cut-off payload must never pass for a (shorter) kernel.
+    whole = pack(_data(256 << 10))
+    assert compression_of(whole) == kind
+    with pytest.raises(LoaderError, match="truncated|corrupt"):
+        decompress_payload(whole[:len(whole) // 2])
+
+
 def test_payload_roundtrip_through_bzimage():
     elf = tiny_elf()
     bz = parse_bzimage(tiny_bzimage(lz4_legacy(elf)))

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from kvmpy.testbed.fetch import (FetchError, cache_root, fetch_busybox, fetch_kernel, is_static_elf,
-                                 resolve_kernel_package)
+from kvmpy.tools.fetch import (FetchError, cache_root, fetch_busybox, fetch_kernel, is_static_elf,
+                               resolve_kernel_package)
+from kvmpy.tools.initramfs import InitramfsError, ModuleTree
 
 pytestmark = pytest.mark.skipif(shutil.which("apt-get") is None or shutil.which("dpkg") is None,
                                 reason="needs apt-get and dpkg (Debian)")
@@ -42,12 +43,13 @@ def test_fetch_kernel_unpacks_vmlinuz_and_modules(flavor: str) -> None:
     assert k.version.endswith(flavor) and k.package == f"linux-image-{k.version}"
     assert k.vmlinuz.read_bytes()[0x202:0x206] == b"HdrS"
     assert k.modules_dir == k.root / "lib" / "modules" / k.version
-    assert k.module("virtio_blk").name == "virtio_blk.ko"
+    tree = ModuleTree(k.modules_dir)
+    assert tree.path("virtio_blk").name == "virtio_blk.ko"
     if flavor == "amd64":
-        assert k.module("kvm_amd") == k.module("kvm-amd")
-        assert k.module("9p").exists()
-    with pytest.raises(FetchError, match="no module"):
-        k.module("no_such_module_xyz")
+        assert tree.path("kvm_amd") == tree.path("kvm-amd")
+        assert tree.path("9p").exists()
+    with pytest.raises(InitramfsError, match="no module"):
+        tree.path("no_such_module_xyz")
     # Second call: served from the cache, nothing re-downloaded.
     before = k.root.stat().st_mtime_ns
     t0 = time.monotonic()

@@ -42,26 +42,6 @@ class KernelPackage:
     vmlinuz: Path
     modules_dir: Path    # root/lib/modules/<version>
 
-    def module(self, name: str) -> Path:
-        """Path of module ``name`` ("kvm-amd" or "kvm_amd"), found through modules.order."""
-        wanted = {name.replace("_", "-"), name.replace("-", "_")}
-        order = self.modules_dir / "modules.order"
-        candidates: list[str] = []
-        if order.exists():
-            candidates = order.read_text().split()
-        else:  # Not every kernel ships modules.order; a walk is slower but complete.
-            candidates = [p.relative_to(self.modules_dir).as_posix()
-                          for p in self.modules_dir.rglob("*.ko*")]
-        for rel in candidates:
-            base = rel.rsplit("/", 1)[-1]
-            stem = re.sub(r"\.ko(\.(xz|zst|gz))?$", "", base)
-            if stem in wanted:
-                for suffix in ("", ".xz", ".zst", ".gz"):
-                    path = self.modules_dir / (re.sub(r"\.ko.*$", ".ko", rel) + suffix)
-                    if path.exists():
-                        return path
-        raise FetchError(f"kernel {self.version} has no module {name!r}")
-
 
 def cache_root() -> Path:
     """The cache directory: $KVMPY_CACHE, else ~/.cache/kvmpy."""

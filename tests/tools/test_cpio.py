@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kvmpy.testbed.cpio import CpioArchive
+from kvmpy.tools.cpio import CpioArchive
 
 pytestmark = pytest.mark.skipif(shutil.which("cpio") is None, reason="needs the cpio tool (apt: cpio)")
 
