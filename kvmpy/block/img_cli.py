@@ -71,7 +71,7 @@ def cmd_check(a: argparse.Namespace) -> int:
         if img.format_name != "qcow2":
             print(f"{PROG}: This image format does not support checks", file=sys.stderr)
             return 63
-        res = check_image(img, a.r)  # type: ignore[arg-type]
+        res = check_image(img.meta, a.r)  # type: ignore[attr-defined]
     finally:
         img.close()
     if a.output == "json":
@@ -195,11 +195,11 @@ def cmd_snapshot(a: argparse.Namespace) -> int:
         if a.l:
             _out("Snapshot list:\n" + snapshot_table_text(snapshot_dicts(img)))
         elif a.c:
-            snap.create(img, a.c)  # type: ignore[arg-type]
+            snap.create(img.meta, a.c)  # type: ignore[attr-defined]
         elif a.a:
-            snap.apply(img, a.a)  # type: ignore[arg-type]
+            snap.apply(img.meta, a.a)  # type: ignore[attr-defined]
         else:
-            snap.delete(img, a.d)  # type: ignore[arg-type]
+            snap.delete(img.meta, a.d)  # type: ignore[attr-defined]
     return 0
 
 
@@ -220,9 +220,11 @@ def cmd_commit(a: argparse.Namespace) -> int:
 
 
 def cmd_io(a: argparse.Namespace) -> int:
-    from kvmpy.block.qemu_io import run_commands
-    with _open(a.filename, a.f, readonly=a.r) as img:
-        cmds = a.c if a.c else [line for line in sys.stdin]
+    from kvmpy.block.qemu_io import only_reads, run_commands
+    cmds = a.c if a.c else [line for line in sys.stdin]
+    # Read-only work opens the image read-only: a read-write open may rewrite the header
+    # (autoclear bits, the dirty flag) and must never happen just to look.
+    with _open(a.filename, a.f, readonly=a.r or only_reads(cmds)) as img:
         ok = run_commands(img, cmds, _out)
     return 0 if ok else 1
 

@@ -38,6 +38,14 @@ def snapshot_dicts(img: BlockBackend) -> list[dict[str, Any]]:
     return out
 
 
+def bitmap_dict(b: Any) -> dict[str, Any]:
+    """A persistent bitmap as qemu-img info reports it."""
+    from kvmpy.block.qcow2_bitmaps import FLAG_AUTO, FLAG_IN_USE
+    flags = [name for bit, name in ((FLAG_IN_USE, "in-use"), (FLAG_AUTO, "auto"))
+             if b.flags & bit]
+    return {"flags": flags, "name": b.name, "granularity": 1 << b.granularity_bits}
+
+
 def image_info(img: BlockBackend) -> dict[str, Any]:
     """One image's info dict, field for field as qemu-img info --output=json names them."""
     info: dict[str, Any] = {}
@@ -61,6 +69,9 @@ def image_info(img: BlockBackend) -> dict[str, Any]:
         data["compression-type"] = COMPRESSION_NAMES[h.compression_type]
         if h.version >= 3:
             data["lazy-refcounts"] = bool(h.compatible_features & COMPAT_LAZY_REFCOUNTS)
+        meta = getattr(img, "meta", None)
+        if meta is not None and meta.bitmaps:
+            data["bitmaps"] = [bitmap_dict(b) for b in meta.bitmaps]
         data["refcount-bits"] = h.refcount_bits
         if h.version >= 3:
             data["corrupt"] = bool(h.incompatible_features & INCOMPAT_CORRUPT)
@@ -90,6 +101,23 @@ def snapshot_table_text(snaps: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _human_value(key: str, v: Any, depth: int) -> str:
+    """qemu-img's nested rendering of format-specific values (lists as [i]: entries)."""
+    pad = "    " * depth
+    if isinstance(v, list):
+        out = f"{pad}{key}:\n"
+        for i, item in enumerate(v):
+            out += _human_value(f"[{i}]", item, depth + 1)
+        return out
+    if isinstance(v, dict):
+        out = f"{pad}{key}:\n"
+        for k, item in v.items():
+            out += _human_value(k, item, depth + 1)
+        return out
+    val = str(v).lower() if isinstance(v, bool) else v
+    return f"{pad}{key}: {val}\n"
+
+
 def human_info(info: dict[str, Any]) -> str:
     out = [f"image: {info['filename']}", f"file format: {info['format']}",
            f"virtual size: {human_size(info['virtual-size'])} ({info['virtual-size']} bytes)",
@@ -112,8 +140,7 @@ def human_info(info: dict[str, Any]) -> str:
     if fs:
         text += "Format specific information:\n"
         for k, v in fs["data"].items():
-            val = str(v).lower() if isinstance(v, bool) else v
-            text += f"    {k.replace('-', ' ')}: {val}\n"
+            text += _human_value(k.replace("-", " "), v, 1)
     return text
 
 

@@ -1,5 +1,7 @@
 """The qcow2 driver: guest reads and writes through L1/L2 tables, copy-on-write, zero and
-compressed clusters, resize, and the dirty/corrupt bits. Snapshots and check live in sibling modules.
+compressed clusters, resize, and the dirty/corrupt bits. The image's tables and every write into
+them belong to Qcow2Metadata (qcow2_metadata); snapshots and check live in sibling modules and
+use that same interface.
 
 Write ordering (crash consistency): refcounts are raised first (qcow2_refcount writes them through),
 then the data, then the L2 entry, then the L1 entry; references are dropped only after the new
@@ -11,26 +13,23 @@ from __future__ import annotations
 import io
 import logging
 import os
-import struct
-import time
 import zlib
-from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from kvmpy.block.backend import BlockBackend, Extent, map_file_range, merge_extents
-from kvmpy.block.errors import BlockError, CorruptImageError, UnsupportedImageError, io_errors
+from kvmpy.block.errors import BlockError, CorruptImageError, io_errors
 from kvmpy.block import qcow2_format as fmt
+from kvmpy.block.qcow2_metadata import (COMPRESSED, NORMAL, UNALLOCATED, ZERO_ALLOC, ZERO_PLAIN,
+                                        Qcow2Metadata)
+from kvmpy.block.qcow2_overlap import Meta
 from kvmpy.block.qcow2_refcount import Refcounts
 
 log = logging.getLogger(__name__)
 
-# Cluster kinds as classify() reports them.
-UNALLOCATED, ZERO_PLAIN, ZERO_ALLOC, NORMAL, COMPRESSED = range(5)
-_L2_RESERVED = 0x3F000000000001FE
-_L2_CACHE_BYTES = 32 << 20
+__all__ = ["Qcow2Backend", "UNALLOCATED", "ZERO_PLAIN", "ZERO_ALLOC", "NORMAL", "COMPRESSED"]
 
 BackingOpener = Callable[[str, "str | None"], BlockBackend]
 
@@ -49,12 +48,10 @@ class Qcow2Backend(BlockBackend):
         except OSError as e:
             raise BlockError(f"{self.path}: could not open: {e.strerror}") from e
         self._backing: BlockBackend | None = None
-        self._l2_cache: OrderedDict[int, np.ndarray] = OrderedDict()
-        self._meta: set[int] | None = None
         self._comp_cursor = 0
         self._marked_dirty = False
-        self._for_check = for_check  # check -r may open corrupt images read-write to repair them
         try:
+            self.meta = Qcow2Metadata(self.fd, self.path, readonly, for_check=for_check)
             self._open(backing_opener, repair_dirty and not for_check)
         except OSError as e:
             self.close()
@@ -65,187 +62,34 @@ class Qcow2Backend(BlockBackend):
 
     # ------------------------------------------------------------------ open / header
     def _open(self, backing_opener: BackingOpener | None, repair_dirty: bool) -> None:
-        st = os.fstat(self.fd)
-        first = os.pread(self.fd, 4096, 0)
-        try:
-            h = fmt.parse_header(first, st.st_size)
-            if h.cluster_size > len(first):
-                h = fmt.parse_header(os.pread(self.fd, h.cluster_size, 0), st.st_size)
-        except (CorruptImageError, UnsupportedImageError) as e:
-            raise type(e)(f"{self.path}: {e}") from None
-        self.h = h
-        self.cluster_bits = h.cluster_bits
-        self.cs = h.cluster_size
-        self.l2_bits = h.cluster_bits - 3
-        self.l2_entries = 1 << self.l2_bits
-        self._csize_shift = 62 - (h.cluster_bits - 8)
-        self._csize_mask = (1 << (h.cluster_bits - 8)) - 1
-        self._coff_mask = (1 << self._csize_shift) - 1
-        if h.incompatible_features & fmt.INCOMPAT_CORRUPT and not self.readonly and \
-                not self._for_check:
-            raise CorruptImageError(f"{self.path}: image is corrupt; cannot be opened read/write "
-                                    "(run 'kvmpy-img check -r all')")
-        raw = os.pread(self.fd, h.l1_size * 8, h.l1_table_offset) if h.l1_size else b""
-        if len(raw) < h.l1_size * 8:
-            raise CorruptImageError(f"{self.path}: L1 table at {h.l1_table_offset:#x} is past the "
-                                    "end of the file")
-        self.l1 = np.frombuffer(raw, dtype=">u8").astype(np.uint64)
-        self.rc = Refcounts(self.fd, self.path, h.cluster_bits, h.refcount_order,
-                            h.refcount_table_offset, h.refcount_table_clusters,
-                            self._write_reftable_location)
-        self.rc.on_new_metadata = self._note_metadata
-        self.snapshots = self._load_snapshots()
+        m = self.meta
+        self.cluster_bits, self.cs = m.cluster_bits, m.cs
+        self.l2_bits, self.l2_entries = m.l2_bits, m.l2_entries
+        h = m.h
         if h.backing_file and backing_opener is not None:
             self._backing = backing_opener(h.backing_file, h.backing_format)
-        if not self.readonly:
-            if h.autoclear_features & ~fmt.AUTOCLEAR_KNOWN:
-                h.autoclear_features &= fmt.AUTOCLEAR_KNOWN
-                self._write_header()
-            if h.incompatible_features & fmt.INCOMPAT_DIRTY and repair_dirty:
-                from kvmpy.block.qcow2_check import check_image
-                log.info("%s: image was not closed cleanly; repairing refcounts", self.path)
-                check_image(self, repair="all")
-                self._set_incompat(fmt.INCOMPAT_DIRTY, False)
+        if not self.readonly and h.incompatible_features & fmt.INCOMPAT_DIRTY and repair_dirty:
+            from kvmpy.block.qcow2_check import check_image  # rarely needed: keep start-up lean
+            log.info("%s: image was not closed cleanly; repairing refcounts", self.path)
+            check_image(m, repair="all")
+            m.set_incompat(fmt.INCOMPAT_DIRTY, False)
 
-    def _load_snapshots(self) -> list[fmt.SnapshotEntry]:
-        h = self.h
-        if h.nb_snapshots == 0:
-            return []
-        size = os.fstat(self.fd).st_size
-        want = min(fmt.MAX_SNAPSHOT_TABLE_BYTES, max(0, size - h.snapshots_offset))
-        buf = os.pread(self.fd, want, h.snapshots_offset)
-        try:
-            return fmt.parse_snapshot_table(buf, h.nb_snapshots, self.cs)
-        except CorruptImageError as e:
-            raise CorruptImageError(f"{self.path}: {e}") from None
+    # The metadata's parts, for callers that inspect an open image (info, tests).
+    @property
+    def h(self) -> fmt.Header:
+        return self.meta.h
 
-    def _write_header(self) -> None:
-        data = self.h.pack()
-        os.pwrite(self.fd, data, 0)
+    @property
+    def l1(self) -> np.ndarray:
+        return self.meta.l1
 
-    def _pwrite_header_field(self, offset: int, fmt_: str, *values: int) -> None:
-        os.pwrite(self.fd, struct.pack(fmt_, *values), offset)
+    @property
+    def rc(self) -> Refcounts:
+        return self.meta.rc
 
-    def _write_reftable_location(self, offset: int, clusters: int) -> None:
-        self.h.refcount_table_offset, self.h.refcount_table_clusters = offset, clusters
-        self._pwrite_header_field(48, ">QI", offset, clusters)
-        self._meta = None
-
-    def _set_l1_location(self, offset: int, size: int) -> None:
-        self.h.l1_table_offset, self.h.l1_size = offset, size
-        self._pwrite_header_field(36, ">IQ", size, offset)
-        self._meta = None
-
-    def _set_incompat(self, bit: int, on: bool) -> None:
-        if self.h.version < 3:
-            return
-        new = (self.h.incompatible_features | bit) if on else (self.h.incompatible_features & ~bit)
-        if new != self.h.incompatible_features:
-            self.h.incompatible_features = new
-            self._pwrite_header_field(72, ">Q", new)
-            os.fsync(self.fd)
-
-    def mark_corrupt(self, problem: str) -> CorruptImageError:
-        """Set the corrupt bit (so nobody writes further damage) and build the error to raise."""
-        log.error("%s: marking image as corrupt: %s", self.path, problem)
-        if not self.readonly:
-            try:
-                self._set_incompat(fmt.INCOMPAT_CORRUPT, True)
-            except OSError:
-                pass
-            self.readonly = True
-        return CorruptImageError(f"{self.path}: marking image as corrupt: {problem}")
-
-    # ------------------------------------------------------------------ metadata overlap guard
-    def _note_metadata(self, offset: int) -> None:
-        if self._meta is not None:
-            self._meta.add(offset // self.cs)
-
-    def _metadata_clusters(self) -> set[int]:
-        if self._meta is None:
-            h, cs = self.h, self.cs
-            meta = {0}
-            def span(off: int, nbytes: int) -> None:
-                meta.update(range(off // cs, (off + max(nbytes, 1) + cs - 1) // cs))
-            span(h.l1_table_offset, h.l1_size * 8)
-            span(h.refcount_table_offset, h.refcount_table_clusters * cs)
-            if h.nb_snapshots:
-                span(h.snapshots_offset, len(fmt.snapshot_table_bytes(self.snapshots, h.version)))
-                for s in self.snapshots:
-                    span(s.l1_table_offset, s.l1_size * 8)
-            meta.update(int(x) // cs for x in (self.l1 & np.uint64(fmt.L1E_OFFSET_MASK)) if x)
-            meta.update(int(x) // cs for x in (self.rc.table & np.uint64(fmt.REFT_OFFSET_MASK)) if x)
-            self._meta = meta
-        return self._meta
-
-    def _guard(self, host_offsets: list[int] | np.ndarray) -> None:
-        meta = self._metadata_clusters()
-        clusters = (np.asarray(host_offsets, dtype=np.uint64) // np.uint64(self.cs)).tolist()
-        if meta.isdisjoint(clusters):
-            return
-        for c in clusters:
-            if c in meta:
-                raise self.mark_corrupt(f"preventing data write to metadata at {c * self.cs:#x}")
-
-    # ------------------------------------------------------------------ L2 tables
-    def _l1_entry_offset(self, l1i: int) -> int:
-        e = int(self.l1[l1i])
-        off = e & fmt.L1E_OFFSET_MASK
-        if off % self.cs:
-            raise self.mark_corrupt(f"L2 table offset {off:#x} unaligned (L1 index {l1i:#x})")
-        return off
-
-    def _load_l2(self, off: int) -> np.ndarray:
-        tbl = self._l2_cache.get(off)
-        if tbl is not None:
-            self._l2_cache.move_to_end(off)
-            return tbl
-        raw = os.pread(self.fd, self.cs, off)
-        if len(raw) < self.cs:
-            raise CorruptImageError(f"{self.path}: L2 table at {off:#x} is past the end of the file")
-        tbl = np.frombuffer(raw, dtype=">u8").astype(np.uint64)
-        self._l2_cache[off] = tbl
-        while len(self._l2_cache) * self.cs > _L2_CACHE_BYTES and len(self._l2_cache) > 4:
-            self._l2_cache.popitem(last=False)
-        return tbl
-
-    def _store_l2(self, off: int, tbl: np.ndarray, lo: int, hi: int) -> None:
-        os.pwrite(self.fd, tbl[lo:hi].astype(">u8").tobytes(), off + lo * 8)
-
-    def classify(self, entries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(kind, host offset) per L2 entry; raises on entries no valid image contains."""
-        comp = (entries & np.uint64(fmt.QCOW_OFLAG_COMPRESSED)) != 0
-        offs = entries & np.uint64(fmt.L2E_OFFSET_MASK)
-        zero = (entries & np.uint64(fmt.QCOW_OFLAG_ZERO)) != 0
-        kinds = np.full(entries.shape, UNALLOCATED, dtype=np.int8)
-        kinds[(offs != 0) & ~comp] = NORMAL
-        kinds[zero & ~comp] = ZERO_PLAIN
-        kinds[zero & ~comp & (offs != 0)] = ZERO_ALLOC
-        kinds[comp] = COMPRESSED
-        std = ~comp
-        if ((entries[std] & np.uint64(_L2_RESERVED)) != 0).any() or \
-                ((offs[std] % np.uint64(self.cs)) != 0).any():
-            bad = int(entries[std][((entries[std] & np.uint64(_L2_RESERVED)) != 0) |
-                                   ((offs[std] % np.uint64(self.cs)) != 0)][0])
-            raise self.mark_corrupt(f"cluster allocation offset {bad & fmt.L2E_OFFSET_MASK:#x} "
-                                    "unaligned or reserved bits set in L2 entry")
-        offs = np.where(comp, entries & np.uint64(self._coff_mask), offs)
-        return kinds, offs
-
-    def compressed_extent(self, entry: int) -> tuple[int, int]:
-        """(host byte offset, byte count to read) of a compressed cluster's data."""
-        off = entry & self._coff_mask
-        nsec = ((entry >> self._csize_shift) & self._csize_mask) + 1
-        return off, nsec * 512 - (off & 511)
-
-    def _lookup(self, l1i: int, first: int, count: int) -> np.ndarray:
-        """L2 entries [first, first+count) of L1 slot ``l1i`` (zeros when no L2 table)."""
-        if l1i >= len(self.l1):
-            return np.zeros(count, dtype=np.uint64)
-        off = self._l1_entry_offset(l1i)
-        if off == 0:
-            return np.zeros(count, dtype=np.uint64)
-        return self._load_l2(off)[first:first + count]
+    @property
+    def snapshots(self) -> list[fmt.SnapshotEntry]:
+        return self.meta.snapshots
 
     # ------------------------------------------------------------------ reading
     def size(self) -> int:
@@ -270,7 +114,7 @@ class Qcow2Backend(BlockBackend):
             out[avail:n] = bytes(n - avail)
 
     def _decompress(self, entry: int) -> bytes:
-        off, n = self.compressed_extent(entry)
+        off, n = self.meta.compressed_extent(entry)
         data = os.pread(self.fd, n, off)
         try:
             if self.h.compression_type == fmt.COMPRESSION_ZSTD:
@@ -307,8 +151,8 @@ class Qcow2Backend(BlockBackend):
             seg_end = min(end, (l1i + 1) << (cb + self.l2_bits))
             first = (pos >> cb) & (self.l2_entries - 1)
             count = ((seg_end - 1) >> cb) - (pos >> cb) + 1
-            entries = self._lookup(l1i, first, count)
-            kinds, hosts = self.classify(entries)
+            entries = self.meta.lookup(l1i, first, count)
+            kinds, hosts = self.meta.classify(entries)
             i = 0
             while i < count:
                 k = int(kinds[i])
@@ -346,82 +190,27 @@ class Qcow2Backend(BlockBackend):
             return None
         first = (offset >> cb) & (self.l2_entries - 1)
         count = ((offset + length - 1) >> cb) - (offset >> cb) + 1
-        kinds, hosts = self.classify(self._lookup(l1i, first, count))
+        kinds, hosts = self.meta.classify(self.meta.lookup(l1i, first, count))
         if not (kinds == NORMAL).all() or \
                 (count > 1 and (np.diff(hosts) != np.uint64(self.cs)).any()):
             return None  # not one plain run of this file: zero, compressed, backing, scattered
         return map_file_range(self.fd, int(hosts[0]) + (offset & (self.cs - 1)), length)
 
     # ------------------------------------------------------------------ writing
-    def _check_writable(self) -> None:
-        if self.readonly:
-            raise BlockError(f"{self.path}: image is opened read-only")
-
-    def _before_write(self) -> None:
-        self._check_writable()
-        if self.h.compatible_features & fmt.COMPAT_LAZY_REFCOUNTS and not self._marked_dirty:
-            self._set_incompat(fmt.INCOMPAT_DIRTY, True)
+    def _before_write(self, offset: int, length: int, *, untrackable: bool = False) -> None:
+        """Checks and bookkeeping before guest bytes [offset, offset + length) change."""
+        m = self.meta
+        m.check_writable()
+        if m.h.compatible_features & fmt.COMPAT_LAZY_REFCOUNTS and not self._marked_dirty:
+            m.set_incompat(fmt.INCOMPAT_DIRTY, True)
             self._marked_dirty = True
-
-    def _l2_for_write(self, l1i: int) -> tuple[int, np.ndarray]:
-        """The L2 table for ``l1i``, allocated or copied so it is exclusively ours."""
-        if l1i >= len(self.l1):
-            self._grow_l1(l1i + 1)
-        e = int(self.l1[l1i])
-        off = self._l1_entry_offset(l1i)
-        if off and e & fmt.QCOW_OFLAG_COPIED:
-            return off, self._load_l2(off)
-        new = self.rc.alloc(1)
-        self._guard([new])
-        tbl = self._load_l2(off).copy() if off else np.zeros(self.l2_entries, dtype=np.uint64)
-        os.pwrite(self.fd, tbl.astype(">u8").tobytes(), new)
-        self._l2_cache[new] = tbl
-        self._note_metadata(new)
-        self.l1[l1i] = np.uint64(new | fmt.QCOW_OFLAG_COPIED)
-        os.pwrite(self.fd, int(self.l1[l1i]).to_bytes(8, "big"), self.h.l1_table_offset + l1i * 8)
-        if off:  # the old table stays with the snapshots that share it
-            self._l2_cache.pop(off, None)
-            self.rc.update([off // self.cs], -1)
-        return new, tbl
-
-    def _grow_l1(self, min_size: int, exact: bool = False) -> None:
-        new_size = min_size if exact else max(min_size, len(self.l1) + len(self.l1) // 2, 1)
-        if new_size * 8 > fmt.MAX_L1_BYTES:
-            raise BlockError(f"{self.path}: L1 table would exceed {fmt.MAX_L1_BYTES} bytes")
-        nclusters = -(-new_size * 8 // self.cs)
-        if not exact:
-            new_size = min(nclusters * self.cs // 8, fmt.MAX_L1_BYTES // 8)
-        new_off = self.rc.alloc(nclusters)
-        new_l1 = np.zeros(new_size, dtype=np.uint64)
-        new_l1[:len(self.l1)] = self.l1
-        os.pwrite(self.fd, new_l1.astype(">u8").tobytes(), new_off)
-        old_off, old_size = self.h.l1_table_offset, len(self.l1)
-        self._set_l1_location(new_off, new_size)
-        self.l1 = new_l1
-        if old_size:
-            first = old_off // self.cs
-            self.rc.update(np.arange(first, first + -(-old_size * 8 // self.cs)), -1)
-
-    def _release(self, entries: np.ndarray) -> None:
-        """Drop the references the given (now replaced) L2 entries held."""
-        if not entries.any():  # nothing was allocated there (the usual case for a fresh image)
-            return
-        kinds, hosts = self.classify(entries)
-        plain = (kinds == NORMAL) | (kinds == ZERO_ALLOC)
-        drop = (hosts[plain] // np.uint64(self.cs)).astype(np.int64).tolist()
-        for e in entries[kinds == COMPRESSED].tolist():
-            off, n = self.compressed_extent(int(e))
-            start = off & ~511
-            stop = start + ((off & 511) + n + 511) // 512 * 512
-            drop.extend(range(start // self.cs, (stop - 1) // self.cs + 1))
-        if drop:
-            self.rc.update(np.array(drop, dtype=np.int64), -1)
+        m.guest_data_changing(offset, length, untrackable=untrackable)
 
     @io_errors
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
-        self._before_write()
         view = memoryview(data).cast("B")
         self.check_range(offset, len(view))
+        self._before_write(offset, len(view))
         span = 1 << (self.cluster_bits + self.l2_bits)
         pos, end = offset, offset + len(view)
         while pos < end:
@@ -445,9 +234,9 @@ class Qcow2Backend(BlockBackend):
         c1 = (pos + len(data) - 1) >> cb
         first = c0 & (self.l2_entries - 1)
         count = c1 - c0 + 1
-        l2off, tbl = self._l2_for_write(l1i)
+        l2off, tbl = self.meta.l2_for_write(l1i)
         old = tbl[first:first + count].copy()
-        kinds, hosts = self.classify(old)
+        kinds, hosts = self.meta.classify(old)
         inplace = (kinds == NORMAL) & ((old & np.uint64(fmt.QCOW_OFLAG_COPIED)) != 0)
         fresh_idx = np.flatnonzero(~inplace)
         new_hosts = hosts.copy()
@@ -461,7 +250,7 @@ class Qcow2Backend(BlockBackend):
             start = self.rc.alloc(int(fresh_idx.size))  # refcount first
             new_hosts[fresh_idx] = np.arange(start, start + fresh_idx.size * cs, cs,
                                              dtype=np.uint64)
-        self._guard(new_hosts)
+        self.meta.check_data(new_hosts)
         # Data: gathered into runs of contiguous host clusters, written before any metadata.
         jobs: list[tuple[int, list]] = []
         if head_img is None and tail_img is None:
@@ -478,8 +267,8 @@ class Qcow2Backend(BlockBackend):
         if fresh_idx.size:
             tbl[first + fresh_idx] = new_hosts[fresh_idx] | np.uint64(fmt.QCOW_OFLAG_COPIED)
             lo, hi = first + int(fresh_idx[0]), first + int(fresh_idx[-1]) + 1
-            self._store_l2(l2off, tbl, lo, hi)  # then the L2 entry
-            self._release(old[fresh_idx])       # and only now drop the old references
+            self.meta.store_l2(l2off, tbl, lo, hi)  # then the L2 entry
+            self.meta.release(old[fresh_idx])       # and only now drop the old references
 
     def _cow_jobs(self, jobs: list[tuple[int, list]], pos: int, data: memoryview, c0: int,
                   count: int, inplace: np.ndarray, new_hosts: np.ndarray,
@@ -510,10 +299,10 @@ class Qcow2Backend(BlockBackend):
     @io_errors
     def write_compressed(self, offset: int, data: bytes) -> None:
         """Write one whole cluster compressed (falls back to a plain write if it does not shrink)."""
-        self._before_write()
         cs = self.cs
         if offset % cs or len(data) != min(cs, self.h.size - offset):
             raise BlockError(f"{self.path}: compressed writes must cover exactly one cluster")
+        self._before_write(offset, len(data))
         if len(data) < cs:
             data = bytes(data) + bytes(cs - len(data))
         if self.h.compression_type == fmt.COMPRESSION_ZSTD:
@@ -527,7 +316,7 @@ class Qcow2Backend(BlockBackend):
             return
         l1i = offset >> (self.cluster_bits + self.l2_bits)
         idx = (offset >> self.cluster_bits) & (self.l2_entries - 1)
-        l2off, tbl = self._l2_for_write(l1i)
+        l2off, tbl = self.meta.l2_for_write(l1i)
         old = tbl[idx:idx + 1].copy()
         cur = self._comp_cursor
         if cur and (cur % cs) and (cur % cs) + len(comp) <= cs and \
@@ -536,19 +325,17 @@ class Qcow2Backend(BlockBackend):
             self.rc.update([cur // cs], 1)
         else:
             host = self.rc.alloc(1)
-        self._guard([host & ~(cs - 1)])
-        os.pwrite(self.fd, comp, host)
+        self.meta.pwrite(Meta.DATA, comp, host)
         self._comp_cursor = host + len(comp)
-        nsec = ((host & 511) + len(comp) + 511) // 512
-        entry = fmt.QCOW_OFLAG_COMPRESSED | ((nsec - 1) << self._csize_shift) | host
+        entry = self.meta.compressed_entry(host, len(comp))
         tbl[idx] = np.uint64(entry)
-        self._store_l2(l2off, tbl, idx, idx + 1)
-        self._release(old)
+        self.meta.store_l2(l2off, tbl, idx, idx + 1)
+        self.meta.release(old)
 
     @io_errors
     def write_zeroes(self, offset: int, length: int, *, unmap: bool = False) -> None:
-        self._before_write()
         self.check_range(offset, length)
+        self._before_write(offset, length)
         cs = self.cs
         end = offset + length
         a = -(-offset // cs) * cs
@@ -570,8 +357,8 @@ class Qcow2Backend(BlockBackend):
 
     @io_errors
     def discard(self, offset: int, length: int) -> None:
-        self._before_write()
         self.check_range(offset, length)
+        self._before_write(offset, length)
         cs = self.cs
         end = offset + length
         a = -(-offset // cs) * cs
@@ -590,8 +377,8 @@ class Qcow2Backend(BlockBackend):
             l1i = pos >> (cb + self.l2_bits)
             first = (pos >> cb) & (self.l2_entries - 1)
             count = (seg_end - pos) >> cb
-            cur = self._lookup(l1i, first, count)
-            kinds, _ = self.classify(cur)
+            cur = self.meta.lookup(l1i, first, count)
+            kinds, _ = self.meta.classify(cur)
             if v3:
                 target = fmt.QCOW_OFLAG_ZERO if (self._backing is not None or not discard) \
                     else 0
@@ -603,21 +390,21 @@ class Qcow2Backend(BlockBackend):
                 else:
                     need = kinds != ZERO_PLAIN
                 if need.any():
-                    l2off, tbl = self._l2_for_write(l1i)
+                    l2off, tbl = self.meta.l2_for_write(l1i)
                     old = tbl[first:first + count].copy()
                     idx = np.flatnonzero(need)
                     tbl[first + idx] = np.uint64(target)
-                    self._store_l2(l2off, tbl, first + int(idx[0]), first + int(idx[-1]) + 1)
-                    self._release(old[idx])
+                    self.meta.store_l2(l2off, tbl, first + int(idx[0]), first + int(idx[-1]) + 1)
+                    self.meta.release(old[idx])
             elif self._backing is None or discard:
                 need = kinds != UNALLOCATED
                 if need.any():
-                    l2off, tbl = self._l2_for_write(l1i)
+                    l2off, tbl = self.meta.l2_for_write(l1i)
                     old = tbl[first:first + count].copy()
                     idx = np.flatnonzero(need)
                     tbl[first + idx] = np.uint64(0)
-                    self._store_l2(l2off, tbl, first + int(idx[0]), first + int(idx[-1]) + 1)
-                    self._release(old[idx])
+                    self.meta.store_l2(l2off, tbl, first + int(idx[0]), first + int(idx[-1]) + 1)
+                    self.meta.release(old[idx])
             else:  # version 2 over a backing file: zeros must be stored
                 n = min(seg_end, self.h.size) - pos
                 step = 4 << 20
@@ -628,7 +415,7 @@ class Qcow2Backend(BlockBackend):
     # ------------------------------------------------------------------ size, status, flush
     @io_errors
     def resize(self, new_size: int, *, shrink: bool = False) -> None:
-        self._check_writable()
+        self.meta.check_writable()
         if new_size < 0 or new_size > fmt.MAX_VIRTUAL_SIZE:
             raise BlockError(f"{self.path}: invalid size {new_size}")
         if new_size % 512:
@@ -647,17 +434,18 @@ class Qcow2Backend(BlockBackend):
                                     discard=True)
                 # discard on an image with a backing file leaves zero flags; drop them too
                 self._drop_tail_entries(cut)
+        if new_size != old:
+            self.meta.guest_data_changing(resized=True)
         need_l1 = -(-new_size // (self.cs * self.l2_entries))
         if need_l1 > len(self.l1):
-            self._grow_l1(need_l1, exact=not len(self.l1))
-        self.h.size = new_size
-        self._pwrite_header_field(24, ">Q", new_size)
+            self.meta.grow_l1(need_l1, exact=not len(self.l1))
+        self.meta.set_size(new_size)
         os.fsync(self.fd)
 
     @io_errors
     def make_empty(self) -> None:
         """Deallocate every cluster so the image shows its backing file again (commit)."""
-        self._check_writable()
+        self._before_write(0, self.h.size, untrackable=True)
         self._drop_tail_entries(0)
         self.flush()
 
@@ -665,24 +453,26 @@ class Qcow2Backend(BlockBackend):
         cb = self.cluster_bits
         span = 1 << (cb + self.l2_bits)
         for l1i in range(cut // span, len(self.l1)):
-            off = self._l1_entry_offset(l1i)
+            off = self.meta.l1_entry_offset(l1i)
             if not off:
                 continue
             first = max(0, (cut - l1i * span) >> cb)
-            l2off, tbl = self._l2_for_write(l1i)
+            l2off, tbl = self.meta.l2_for_write(l1i)
             old = tbl[first:].copy()
             nz = np.flatnonzero(old)
             if nz.size:
                 tbl[first:] = 0
-                self._store_l2(l2off, tbl, first, self.l2_entries)
-                self._release(old[nz])
+                self.meta.store_l2(l2off, tbl, first, self.l2_entries)
+                self.meta.release(old[nz])
 
     @io_errors
     def block_status(self, offset: int, length: int) -> list[Extent]:
         self.check_range(offset, length)
-        return merge_extents(self._status(offset, length, 0))
+        return merge_extents(self.status_at_depth(offset, length, 0))
 
-    def _status(self, offset: int, length: int, depth: int) -> list[Extent]:
+    def status_at_depth(self, offset: int, length: int, depth: int) -> list[Extent]:
+        """block_status() unmerged, with ``depth`` added to every extent's depth (so a qcow2
+        overlay can report its backing chain's extents without renumbering them)."""
         out: list[Extent] = []
         cb, cs = self.cluster_bits, self.cs
         end = offset + length
@@ -690,14 +480,14 @@ class Qcow2Backend(BlockBackend):
         while pos < end:
             l1i = pos >> (cb + self.l2_bits)
             seg_end = min(end, (l1i + 1) << (cb + self.l2_bits))
-            if l1i >= len(self.l1) or not self._l1_entry_offset(l1i):
+            if l1i >= len(self.l1) or not self.meta.l1_entry_offset(l1i):
                 out.extend(self._below(pos, seg_end - pos, depth))
                 pos = seg_end
                 continue
             first = (pos >> cb) & (self.l2_entries - 1)
             count = ((seg_end - 1) >> cb) - (pos >> cb) + 1
-            entries = self._lookup(l1i, first, count)
-            kinds, hosts = self.classify(entries)
+            entries = self.meta.lookup(l1i, first, count)
+            kinds, hosts = self.meta.classify(entries)
             kinds = np.where(kinds == ZERO_ALLOC, ZERO_PLAIN, kinds)
             # Runs of one kind (data runs also need contiguous host offsets).
             brk = np.flatnonzero((kinds[1:] != kinds[:-1]) | (kinds[1:] == COMPRESSED) |
@@ -730,7 +520,7 @@ class Qcow2Backend(BlockBackend):
         if offset < bsize:
             n = min(length, bsize - offset)
             if isinstance(b, Qcow2Backend):
-                out.extend(b._status(offset, n, depth + 1))
+                out.extend(b.status_at_depth(offset, n, depth + 1))
             else:
                 out.extend(Extent(e.start, e.length, e.data, e.zero, depth + 1, True, e.host_offset)
                            for e in b.block_status(offset, n))
@@ -749,9 +539,10 @@ class Qcow2Backend(BlockBackend):
             return
         try:
             if not self.readonly and hasattr(self, "h"):
+                self.meta.store_bitmaps()
                 self.flush()
                 if self._marked_dirty:
-                    self._set_incompat(fmt.INCOMPAT_DIRTY, False)
+                    self.meta.set_incompat(fmt.INCOMPAT_DIRTY, False)
         finally:
             os.close(self.fd)
             self.fd = -1
@@ -763,12 +554,8 @@ class Qcow2Backend(BlockBackend):
     @io_errors
     def set_backing(self, backing_file: str | None, backing_format: str | None) -> None:
         """Point the header at a different backing file (rebase -u / commit bookkeeping)."""
-        self._check_writable()
+        self.meta.check_writable()
         self.h.backing_file = backing_file or None
         self.h.backing_format = backing_format if backing_file else None
-        self._write_header()
+        self.meta.write_header()
         os.fsync(self.fd)
-
-    def now(self) -> tuple[int, int]:
-        t = time.time_ns()
-        return t // 1_000_000_000, t % 1_000_000_000

@@ -11,7 +11,8 @@ import numpy as np
 
 from kvmpy.block import qcow2_format as fmt
 from kvmpy.block.errors import BlockError
-from kvmpy.block.qcow2 import Qcow2Backend
+from kvmpy.block.qcow2_metadata import Qcow2Metadata
+from kvmpy.block.qcow2_snapshot import fix_copied_flags
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ class CheckResult:
 class _Walker:
     """Accumulates the reference count every cluster should have."""
 
-    def __init__(self, img: Qcow2Backend, res: CheckResult) -> None:
+    def __init__(self, img: Qcow2Metadata, res: CheckResult) -> None:
         self.img = img
         self.res = res
         self.cs = img.cs
@@ -143,7 +144,7 @@ class _Walker:
         return hosts // cs, comp_spans, hosts, int(comp.sum()), nbad, msgs
 
 
-def _compute(img: Qcow2Backend, res: CheckResult) -> tuple[np.ndarray, np.ndarray]:
+def _compute(img: Qcow2Metadata, res: CheckResult) -> tuple[np.ndarray, np.ndarray]:
     """(computed refs, stored refcounts) over the same cluster range."""
     h, cs = img.h, img.cs
     w = _Walker(img, res)
@@ -161,6 +162,12 @@ def _compute(img: Qcow2Backend, res: CheckResult) -> tuple[np.ndarray, np.ndarra
     if h.nb_snapshots:
         w.inc(h.snapshots_offset, len(fmt.snapshot_table_bytes(img.snapshots, h.version)),
               "snapshot table")
+    for off, nbytes, what in img.bitmap_clusters():  # persistent bitmaps own clusters too
+        if off + nbytes > w.file_size:
+            res.corruptions += 1
+            res.say(f"ERROR {what} at offset {off:#x} is outside the image")
+            continue
+        w.inc(off, nbytes, what)
     w.inc(h.refcount_table_offset, h.refcount_table_clusters * cs, "refcount table")
     rc = img.rc
     for bi, raw in enumerate(rc.table):
@@ -193,7 +200,7 @@ def _compute(img: Qcow2Backend, res: CheckResult) -> tuple[np.ndarray, np.ndarra
     return w.refs, stored
 
 
-def _check_copied(img: Qcow2Backend, res: CheckResult) -> None:
+def _check_copied(img: Qcow2Metadata, res: CheckResult) -> None:
     """COPIED must be set in the active tree exactly where the refcount is 1."""
     cs = img.cs
     copied = np.uint64(fmt.QCOW_OFLAG_COPIED)
@@ -227,9 +234,9 @@ def _check_copied(img: Qcow2Backend, res: CheckResult) -> None:
                         f"refcount={int(r[k])}")
 
 
-def _one_pass(img: Qcow2Backend, repair: str | None) -> CheckResult:
+def _one_pass(img: Qcow2Metadata, repair: str | None) -> CheckResult:
     res = CheckResult()
-    img._l2_cache.clear()
+    img.drop_l2_cache()
     refs, stored = _compute(img, res)
     res.total_clusters = -(-img.h.size // img.cs)
     highest = -1
@@ -261,7 +268,6 @@ def _one_pass(img: Qcow2Backend, repair: str | None) -> CheckResult:
         else:
             res.leaks += 1
     if repair == "all":
-        from kvmpy.block.qcow2_snapshot import fix_copied_flags
         before = CheckResult()
         _check_copied(img, before)
         if before.corruptions:
@@ -272,8 +278,8 @@ def _one_pass(img: Qcow2Backend, repair: str | None) -> CheckResult:
     return res
 
 
-def check_image(img: Qcow2Backend, repair: str | None = None) -> CheckResult:
-    """Check (and with repair='leaks' or 'all', repair) an open qcow2 image."""
+def check_image(img: Qcow2Metadata, repair: str | None = None) -> CheckResult:
+    """Check (and with repair='leaks' or 'all', repair) an open qcow2 image's metadata."""
     if repair and img.readonly:
         raise BlockError(f"{img.path}: cannot repair an image opened read-only")
     try:
@@ -286,9 +292,9 @@ def check_image(img: Qcow2Backend, repair: str | None = None) -> CheckResult:
             res.messages = fixed[2] + res.messages
         if repair == "all" and not res.corruptions and not img.readonly:
             if img.h.incompatible_features & fmt.INCOMPAT_CORRUPT:
-                img._set_incompat(fmt.INCOMPAT_CORRUPT, False)
+                img.set_incompat(fmt.INCOMPAT_CORRUPT, False)
             if img.h.incompatible_features & fmt.INCOMPAT_DIRTY:
-                img._set_incompat(fmt.INCOMPAT_DIRTY, False)
+                img.set_incompat(fmt.INCOMPAT_DIRTY, False)
     except (OSError, MemoryError) as e:
         res = CheckResult(check_errors=1)
         res.say(f"ERROR: check failed: {e}")

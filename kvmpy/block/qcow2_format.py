@@ -32,7 +32,7 @@ INCOMPAT_COMPRESSION = 1 << 3
 INCOMPAT_EXTL2 = 1 << 4
 INCOMPAT_KNOWN = INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_COMPRESSION
 COMPAT_LAZY_REFCOUNTS = 1 << 0
-AUTOCLEAR_KNOWN = 0  # kvmpy maintains no bitmaps, so every autoclear bit is cleared on write
+AUTOCLEAR_KNOWN = 1 << 0  # bitmaps: kept consistent (see qcow2_bitmaps); others are cleared on write
 
 COMPRESSION_ZLIB = 0
 COMPRESSION_ZSTD = 1

@@ -15,6 +15,7 @@ import numpy as np
 
 from kvmpy.block.errors import BlockError, CorruptImageError
 from kvmpy.block.qcow2_format import REFT_OFFSET_MASK
+from kvmpy.block.qcow2_overlap import Meta
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,16 @@ class Refcounts:
         self.table = np.frombuffer(raw, dtype=">u8").astype(np.uint64)
         self._blocks: dict[int, np.ndarray] = {}
         self.free_hint = 0
-        self.on_new_metadata: Callable[[int], None] = lambda off: None
+        # The image's hooks: told about every new table or block, and asked before any write
+        # (qcow2_metadata refuses writes that would land on other metadata).
+        self.on_new_metadata: Callable[[Meta, int, int], None] = lambda kind, off, n: None
+        self.check_overlap: Callable[[Meta, int, int], None] = lambda kind, off, n: None
+
+    def _pwrite(self, kind: Meta, data: bytes, offset: int) -> None:
+        """Write after the overlap check. ``kind`` is what an existing structure being updated
+        is; a new block or table is written as Meta.DATA (as QEMU does: nothing may be there)."""
+        self.check_overlap(kind, offset, len(data))
+        os.pwrite(self.fd, data, offset)
 
     # -- reading ---------------------------------------------------------------------------
     def block_offset(self, index: int) -> int:
@@ -139,7 +149,7 @@ class Refcounts:
             per = 8 // self.bits
             lo, hi = lo - lo % per, -(-hi // per) * per
         data = encode_refblock(blk[lo:hi], self.bits)
-        os.pwrite(self.fd, data, self.block_offset(bi) + lo * self.bits // 8)
+        self._pwrite(Meta.REFCOUNT_BLOCK, data, self.block_offset(bi) + lo * self.bits // 8)
 
     def update(self, clusters: np.ndarray | list[int], delta: int,
                weights: np.ndarray | None = None) -> None:
@@ -232,12 +242,13 @@ class Refcounts:
             else:
                 elsewhere.append(c)
         for bi, c in zip(missing, places):
-            os.pwrite(self.fd, encode_refblock(new[bi], self.bits), c * self.cs)
+            self._pwrite(Meta.DATA, encode_refblock(new[bi], self.bits), c * self.cs)
         for bi, c in zip(missing, places):
+            self._pwrite(Meta.REFCOUNT_TABLE, int(c * self.cs).to_bytes(8, "big"),
+                         self.table_offset + bi * 8)
             self._blocks[bi] = new[bi]
             self.table[bi] = c * self.cs
-            os.pwrite(self.fd, int(c * self.cs).to_bytes(8, "big"), self.table_offset + bi * 8)
-            self.on_new_metadata(c * self.cs)
+            self.on_new_metadata(Meta.REFCOUNT_BLOCK, c * self.cs, self.cs)
         if elsewhere:
             self.update(np.array(elsewhere), 1)
 
@@ -314,11 +325,11 @@ class Refcounts:
         blk = np.zeros(self.epb, dtype=np.uint64)
         blk[slot - base] = 1
         off = slot * self.cs
-        os.pwrite(self.fd, encode_refblock(blk, self.bits), off)
+        self._pwrite(Meta.DATA, encode_refblock(blk, self.bits), off)
+        self._pwrite(Meta.REFCOUNT_TABLE, int(off).to_bytes(8, "big"), self.table_offset + bi * 8)
         self._blocks[bi] = blk
         self.table[bi] = off
-        os.pwrite(self.fd, int(off).to_bytes(8, "big"), self.table_offset + bi * 8)
-        self.on_new_metadata(off)
+        self.on_new_metadata(Meta.REFCOUNT_BLOCK, off, self.cs)
 
     def _grow_table(self, bi: int) -> None:
         """Move the refcount table to a larger place past every covered cluster."""
@@ -347,16 +358,15 @@ class Refcounts:
             hi = min(base + tclusters + nblocks, (nb + 1) * self.epb)
             blk[lo - nb * self.epb:hi - nb * self.epb] = 1
             off = (base + tclusters + k) * self.cs
-            os.pwrite(self.fd, encode_refblock(blk, self.bits), off)
+            self._pwrite(Meta.DATA, encode_refblock(blk, self.bits), off)
             self._blocks[nb] = blk
             new_table[nb] = off
-            self.on_new_metadata(off)
+            self.on_new_metadata(Meta.REFCOUNT_BLOCK, off, self.cs)
         new_off = base * self.cs
-        os.pwrite(self.fd, new_table.astype(">u8").tobytes(), new_off)
+        self._pwrite(Meta.DATA, new_table.astype(">u8").tobytes(), new_off)
         old_off, old_clusters = self.table_offset, self.table_clusters
         self._write_table_location(new_off, tclusters)
         self.table, self.table_offset, self.table_clusters = new_table, new_off, tclusters
-        for t in range(tclusters):
-            self.on_new_metadata(new_off + t * self.cs)
+        self.on_new_metadata(Meta.REFCOUNT_TABLE, new_off, tclusters * self.cs)
         log.debug("%s: refcount table moved to %#x (%d clusters)", self.path, new_off, tclusters)
         self.update(np.arange(old_off // self.cs, old_off // self.cs + old_clusters), -1)

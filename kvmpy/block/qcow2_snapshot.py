@@ -12,10 +12,11 @@ import numpy as np
 
 from kvmpy.block import qcow2_format as fmt
 from kvmpy.block.errors import BlockError, describe
-from kvmpy.block.qcow2 import COMPRESSED, NORMAL, ZERO_ALLOC, Qcow2Backend
+from kvmpy.block.qcow2_metadata import COMPRESSED, NORMAL, ZERO_ALLOC, Qcow2Metadata
+from kvmpy.block.qcow2_overlap import Meta
 
 
-def tree_clusters(img: Qcow2Backend, l1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def tree_clusters(img: Qcow2Metadata, l1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(cluster indices, reference counts) for everything an L1 table references.
 
     Each distinct L2 table is read once and weighted by how often the L1 table names it, so a
@@ -29,7 +30,7 @@ def tree_clusters(img: Qcow2Backend, l1: np.ndarray) -> tuple[np.ndarray, np.nda
     clusters: list[np.ndarray] = [uniq // img.cs]
     weights: list[np.ndarray] = [times]
     for off, n in zip(uniq.tolist(), times.tolist()):
-        entries = img._load_l2(off)
+        entries = img.load_l2(off)
         kinds, hosts = img.classify(entries)
         std = (kinds == NORMAL) | (kinds == ZERO_ALLOC)
         parts = [(hosts[std] // np.uint64(img.cs)).astype(np.int64)]
@@ -51,14 +52,14 @@ def tree_clusters(img: Qcow2Backend, l1: np.ndarray) -> tuple[np.ndarray, np.nda
     return u, np.bincount(inv, weights=w).astype(np.int64)
 
 
-def fix_copied_flags(img: Qcow2Backend) -> None:
+def fix_copied_flags(img: Qcow2Metadata) -> None:
     """Set QCOW_OFLAG_COPIED in the active tree exactly where the refcount is 1."""
     copied = np.uint64(fmt.QCOW_OFLAG_COPIED)
     offs = img.l1 & np.uint64(fmt.L1E_OFFSET_MASK)
     for off in np.unique(offs[offs != 0]).tolist():
         if off % img.cs:
             continue
-        tbl = img._load_l2(off)
+        tbl = img.load_l2(off)
         kinds, hosts = img.classify(tbl)
         std = np.flatnonzero((kinds == NORMAL) | (kinds == ZERO_ALLOC))
         if std.size:
@@ -67,14 +68,14 @@ def fix_copied_flags(img: Qcow2Backend) -> None:
             diff = std[want != tbl[std]]
             if diff.size:
                 tbl[std] = want
-                img._store_l2(off, tbl, int(diff[0]), int(diff[-1]) + 1)
+                img.store_l2(off, tbl, int(diff[0]), int(diff[-1]) + 1)
     nz = np.flatnonzero(offs)
     if nz.size:
         rcs = img.rc.get_many((offs[nz] // np.uint64(img.cs)).astype(np.int64))
         want = np.where(rcs == 1, img.l1[nz] | copied, img.l1[nz] & ~copied)
         if (want != img.l1[nz]).any():
             img.l1[nz] = want
-            os.pwrite(img.fd, img.l1.astype(">u8").tobytes(), img.h.l1_table_offset)
+            img.write_l1()
 
 
 def _weighted(tree: tuple[np.ndarray, np.ndarray], delta: int) -> tuple[np.ndarray, int,
@@ -82,7 +83,7 @@ def _weighted(tree: tuple[np.ndarray, np.ndarray], delta: int) -> tuple[np.ndarr
     return tree[0], delta, tree[1]
 
 
-def _write_table(img: Qcow2Backend, snaps: list[fmt.SnapshotEntry]) -> None:
+def _write_table(img: Qcow2Metadata, snaps: list[fmt.SnapshotEntry]) -> None:
     """Write a new snapshot table, switch the header to it, then free the old one."""
     data = fmt.snapshot_table_bytes(snaps, img.h.version)
     if len(data) > fmt.MAX_SNAPSHOT_TABLE_BYTES:
@@ -91,19 +92,16 @@ def _write_table(img: Qcow2Backend, snaps: list[fmt.SnapshotEntry]) -> None:
     if snaps:
         n = -(-len(data) // img.cs)
         new_off = img.rc.alloc(n)
-        os.pwrite(img.fd, data, new_off)
+        img.pwrite(Meta.DATA, data, new_off)  # a new table
     old_off, old_len = img.h.snapshots_offset, len(
         fmt.snapshot_table_bytes(img.snapshots, img.h.version))
-    img._pwrite_header_field(60, ">IQ", len(snaps), new_off)
-    img.h.nb_snapshots, img.h.snapshots_offset = len(snaps), new_off
-    img.snapshots = snaps
-    img._meta = None
-    if old_off and img.snapshots is not None and old_len:
+    img.set_snapshot_table(snaps, new_off)
+    if old_off and old_len:
         first = old_off // img.cs
         img.rc.update(np.arange(first, first + -(-old_len // img.cs)), -1)
 
 
-def find(img: Qcow2Backend, ref: str) -> int:
+def find(img: Qcow2Metadata, ref: str) -> int:
     for key in ("id", "name"):
         for i, s in enumerate(img.snapshots):
             if getattr(s, key) == ref:
@@ -115,7 +113,7 @@ def _oserr(fn):  # type: ignore[no-untyped-def]
     import functools
 
     @functools.wraps(fn)
-    def wrapper(img: Qcow2Backend, *a):  # type: ignore[no-untyped-def]
+    def wrapper(img: Qcow2Metadata, *a):  # type: ignore[no-untyped-def]
         try:
             return fn(img, *a)
         except OSError as e:
@@ -124,8 +122,8 @@ def _oserr(fn):  # type: ignore[no-untyped-def]
 
 
 @_oserr
-def create(img: Qcow2Backend, name: str) -> fmt.SnapshotEntry:
-    img._check_writable()
+def create(img: Qcow2Metadata, name: str) -> fmt.SnapshotEntry:
+    img.check_writable()
     if len(img.snapshots) >= fmt.MAX_SNAPSHOTS:
         raise BlockError(f"{img.path}: too many snapshots")
     ids = [int(s.id) for s in img.snapshots if s.id.isdigit()]
@@ -134,7 +132,8 @@ def create(img: Qcow2Backend, name: str) -> fmt.SnapshotEntry:
     l1_off = 0
     if len(l1):
         l1_off = img.rc.alloc(-(-len(l1) * 8 // img.cs))
-        os.pwrite(img.fd, l1.astype(">u8").tobytes(), l1_off)
+        img.pwrite(Meta.DATA, l1.astype(">u8").tobytes(), l1_off)  # a new table
+        img.note_metadata(Meta.INACTIVE_L1, l1_off, len(l1) * 8)
     img.rc.update(*_weighted(tree_clusters(img, img.l1), 1))  # references first
     fix_copied_flags(img)                            # then make the active tree copy-on-write
     sec, nsec = img.now()
@@ -145,39 +144,34 @@ def create(img: Qcow2Backend, name: str) -> fmt.SnapshotEntry:
     return snap
 
 
-def _read_l1(img: Qcow2Backend, snap: fmt.SnapshotEntry) -> np.ndarray:
-    raw = os.pread(img.fd, snap.l1_size * 8, snap.l1_table_offset)
-    if len(raw) < snap.l1_size * 8:
-        raise BlockError(f"{img.path}: snapshot '{snap.name}' L1 table is past the end of the file")
-    return np.frombuffer(raw, dtype=">u8").astype(np.uint64)
+def _read_l1(img: Qcow2Metadata, snap: fmt.SnapshotEntry) -> np.ndarray:
+    return img.read_l1(snap.l1_table_offset, snap.l1_size, f"snapshot '{snap.name}'")
 
 
 @_oserr
-def apply(img: Qcow2Backend, ref: str) -> None:
-    img._check_writable()
+def apply(img: Qcow2Metadata, ref: str) -> None:
+    img.check_writable()
     snap = img.snapshots[find(img, ref)]
     sn_l1 = _read_l1(img, snap)
+    img.guest_data_changing(untrackable=True, resized=snap.disk_size is not None and
+                            snap.disk_size != img.h.size)
     img.rc.update(*_weighted(tree_clusters(img, sn_l1), 1))
     if len(sn_l1) > len(img.l1):
-        img._grow_l1(len(sn_l1), exact=True)
+        img.grow_l1(len(sn_l1), exact=True)
     old = img.l1.copy()
     new = np.zeros(len(img.l1), dtype=np.uint64)
     new[:len(sn_l1)] = sn_l1 & ~np.uint64(fmt.QCOW_OFLAG_COPIED)
-    os.pwrite(img.fd, new.astype(">u8").tobytes(), img.h.l1_table_offset)
-    img.l1 = new
-    img._l2_cache.clear()
-    img._meta = None
+    img.replace_l1(new)
     img.rc.update(*_weighted(tree_clusters(img, old), -1))
     fix_copied_flags(img)
     if snap.disk_size is not None and snap.disk_size != img.h.size:
-        img.h.size = snap.disk_size
-        img._pwrite_header_field(24, ">Q", snap.disk_size)
+        img.set_size(snap.disk_size)
     img.flush()
 
 
 @_oserr
-def delete(img: Qcow2Backend, ref: str) -> None:
-    img._check_writable()
+def delete(img: Qcow2Metadata, ref: str) -> None:
+    img.check_writable()
     idx = find(img, ref)
     snap = img.snapshots[idx]
     sn_l1 = _read_l1(img, snap)
@@ -186,6 +180,6 @@ def delete(img: Qcow2Backend, ref: str) -> None:
     if snap.l1_size:
         first = snap.l1_table_offset // img.cs
         img.rc.update(np.arange(first, first + -(-snap.l1_size * 8 // img.cs)), -1)
-    img._l2_cache.clear()
+    img.drop_l2_cache()
     fix_copied_flags(img)
     img.flush()

@@ -157,6 +157,21 @@ class Exerciser:
         return True
 
 
+READ_ONLY_COMMANDS = frozenset({"read", "map", "flush", "help"})
+
+
+def only_reads(commands: Iterable[str]) -> bool:
+    """True when no command could change the image (so it can be opened read-only)."""
+    for c in commands:
+        try:
+            words = shlex.split(c, comments=True)
+        except ValueError:
+            continue  # reported when run
+        if words and words[0] not in READ_ONLY_COMMANDS:
+            return False
+    return True
+
+
 def run_commands(img: BlockBackend, commands: Iterable[str], out: Callable[[str], None]) -> bool:
     ex = Exerciser(img, out)
     ok = True

@@ -27,6 +27,7 @@ from kvmpy.block.qcow2 import Qcow2Backend
 from kvmpy.block.qcow2_check import check_image
 from kvmpy.block.qcow2_create import Qcow2Options, create_qcow2
 from kvmpy.block import qcow2_snapshot
+from tests.block.conftest import QEMU_IMG, qemu_img, qemu_io
 
 N_IMAGES = int(os.environ.get("KVMPY_FUZZ_IMAGES", "5000"))
 PER_IMAGE_SECONDS = 5
@@ -68,8 +69,16 @@ def _seeds(tmp: Path) -> list[bytes]:
                 img.write_compressed(8 * cs, (b"compressible" * (cs // 12 + 1))[:cs])
             img.write_zeroes(5 * cs, cs)
             if img.rc.bits > 1:
-                qcow2_snapshot.create(img, "s")
+                qcow2_snapshot.create(img.meta, "s")
             img.write(50, b"after snapshot")
+        out.append(p.read_bytes())
+    if QEMU_IMG:  # persistent bitmaps can only be made by QEMU: one enabled, one disabled
+        p = tmp / "seed-bitmaps.qcow2"
+        qemu_img("create", "-f", "qcow2", "-o", "cluster_size=4096", p, "256K")
+        qemu_img("bitmap", "--add", p, "live")
+        qemu_io(p, "write -P 1 0 20k", "write -P 2 100k 8k")
+        qemu_img("bitmap", "--add", "--disable", p, "frozen")
+        qemu_img("bitmap", "--merge", "live", p, "frozen")
         out.append(p.read_bytes())
     return out
 
@@ -117,8 +126,118 @@ def mutate(seed_img: bytes, rnd: random.Random) -> bytes:
     return bytes(img)
 
 
+_MASK = 0x00FFFFFFFFFFFE00
+
+
+def metadata_map(buf: bytes) -> dict[int, set[str]]:
+    """Cluster index -> what the image's own tables say lives there, read straight from the
+    bytes (independently of kvmpy's overlap map): QEMU's "cached" set of metadata, plus the
+    data clusters the active L2 tables name. Only clusters inside the file are listed."""
+    out: dict[int, set[str]] = {}
+    if len(buf) < 72 or buf[:4] != fmt.MAGIC:
+        return out
+    cb = struct.unpack_from(">I", buf, 20)[0]
+    if not 9 <= cb <= 21:
+        return out
+    cs = 1 << cb
+    nclusters = -(-len(buf) // cs)
+
+    def add(what: str, off: int, n: int) -> None:
+        first = off // cs
+        for c in range(first, min(nclusters, (off + max(n, 1) - 1) // cs + 1)):
+            out.setdefault(c, set()).add(what)
+
+    def u64s(off: int, count: int) -> list[int]:
+        raw = buf[off:off + count * 8] if off < len(buf) else b""
+        return list(struct.unpack_from(f">{len(raw) // 8}Q", raw)) if len(raw) >= 8 else []
+
+    (l1_size, l1_off, rt_off, rt_clusters, nb_snap, snap_off) = struct.unpack_from(
+        ">IQQIIQ", buf, 36)
+    add("header", 0, cs)
+    if l1_size and l1_off:
+        add("active L1", l1_off, l1_size * 8)
+    for e in u64s(l1_off, min(l1_size, len(buf) // 8)):
+        l2 = e & _MASK
+        if not l2 or l2 >= len(buf):
+            continue
+        add("active L2", l2, cs)
+        for d in u64s(l2, cs // 8):
+            if d & (1 << 62):  # compressed: the sectors it spans are data
+                csh = 62 - (cb - 8)
+                off = d & ((1 << csh) - 1)
+                add("data", off, ((d >> csh) & ((1 << (cb - 8)) - 1)) * 512 + 512 - (off & 511))
+            elif d & _MASK:
+                add("data", d & _MASK, cs)
+    if rt_off:
+        add("refcount table", rt_off, min(rt_clusters, 8 << 20) * cs)
+        for e in u64s(rt_off, min(rt_clusters * cs // 8, len(buf) // 8)):
+            if e and e < len(buf):  # refcount table entries have no flag bits
+                add("refcount block", e & ~511, cs)
+    pos = snap_off
+    for _ in range(min(nb_snap, 1024)):
+        if not snap_off or pos + 40 > len(buf):
+            break
+        s_l1, s_l1_size, id_len, name_len = struct.unpack_from(">QIHH", buf, pos)
+        extra = struct.unpack_from(">I", buf, pos + 36)[0]
+        if s_l1 and s_l1_size:
+            add("inactive L1", s_l1, min(s_l1_size, 1 << 22) * 8)
+        pos = (pos + 40 + extra + id_len + name_len + 7) & ~7
+    if nb_snap and snap_off:
+        add("snapshot table", snap_off, pos - snap_off)
+    hlen = struct.unpack_from(">I", buf, 100)[0] if struct.unpack_from(">I", buf, 4)[0] >= 3 \
+        else 72
+    ext = hlen
+    while 8 <= ext and ext + 8 <= min(cs, len(buf)):
+        t, n = struct.unpack_from(">II", buf, ext)
+        if t == 0:
+            break
+        if t == fmt.EXT_BITMAPS and n >= 24 and ext + 32 <= len(buf):
+            size, off = struct.unpack_from(">QQ", buf, ext + 16)
+            if off:
+                add("bitmap directory", off, min(size, 64 << 20))
+        ext += 8 + (n + 7) // 8 * 8
+    return out
+
+
+class MetadataOverwritten(AssertionError):
+    pass
+
+
+MARKER = b"hostile data!"  # what the fuzz's guest write stores; never valid metadata
+
+
+def guarded(path: Path, op: str, fn) -> None:  # type: ignore[no-untyped-def]
+    """Run one write operation and check it overwrote no metadata (by the image's own tables
+    before the operation, see metadata_map):
+    - a cluster that held two kinds of metadata at once (say an L2 table that is also the
+      refcount table) comes out unchanged: no write of either kind may land there;
+    - a cluster that held one kind and was changed still holds that kind afterwards;
+    - the guest data written never shows up inside a metadata cluster.
+    The header cluster is rewritten legitimately (feature bits) and is not judged."""
+    before = path.read_bytes()
+    try:
+        fn()
+    finally:
+        after = path.read_bytes()
+        cbits = struct.unpack_from(">I", before, 20)[0] if len(before) >= 24 else 0
+        if after != before and 9 <= cbits <= 21:
+            cs = 1 << cbits
+            pre, post = metadata_map(before), metadata_map(after)
+            for c, kinds in pre.items():
+                old, new = before[c * cs:(c + 1) * cs], after[c * cs:(c + 1) * cs]
+                if c == 0 or old == new:
+                    continue
+                meta = kinds - {"data"}
+                if len(meta) > 1 or not meta <= post.get(c, set()) or \
+                        (meta and new.count(MARKER) > old.count(MARKER)):
+                    raise MetadataOverwritten(
+                        f"{op} changed cluster {c} ({', '.join(sorted(kinds))}) -> "
+                        f"{', '.join(sorted(post.get(c, set()))) or 'nothing'}")
+
+
 def exercise(path: Path) -> str:
-    """Everything a user or the VMM might do with an image; returns how it ended."""
+    """Everything a user or the VMM might do with an image; returns how it ended. Every write
+    operation is checked for metadata overwrites (guarded)."""
     try:
         with open_image(path) as img:
             size = img.size()
@@ -129,17 +248,18 @@ def exercise(path: Path) -> str:
             img.block_status(0, min(size, 64 << 20))
             image_info(img)
             if isinstance(img, Qcow2Backend):
-                check_image(img)
+                check_image(img.meta)
         with open_image(path, readonly=False) as img:
             size = img.size()
             if size:
-                img.write(min(size - 1, 70000), b"hostile"[:max(1, min(7, size - 70000))])
-                img.write_zeroes(0, min(size, 8192))
-                img.discard(0, min(size, 1 << 20))
+                at = max(0, min(size - len(MARKER), 70000))
+                guarded(path, "write", lambda: img.write(at, MARKER[:size - at]))
+                guarded(path, "write_zeroes", lambda: img.write_zeroes(0, min(size, 8192)))
+                guarded(path, "discard", lambda: img.discard(0, min(size, 1 << 20)))
             if isinstance(img, Qcow2Backend):
-                qcow2_snapshot.create(img, "fuzz")
-                check_image(img, repair="all")
-            img.resize(size + (1 << 20))
+                guarded(path, "snapshot", lambda: qcow2_snapshot.create(img.meta, "fuzz"))
+                guarded(path, "repair", lambda: check_image(img.meta, repair="all"))
+            guarded(path, "resize", lambda: img.resize(size + (1 << 20)))
         return "ok"
     except BlockError as e:
         return f"error: {e}"

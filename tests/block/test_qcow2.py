@@ -223,9 +223,9 @@ def test_corrupt_bit_blocks_writes(tmp_path: Path) -> None:
         img.write(0, b"a" * 70000)
         # Point an L2 entry at the L1 table: writing there must be refused, not performed.
         l2off = int(img.l1[0]) & fmt.L1E_OFFSET_MASK
-        tbl = img._load_l2(l2off)
+        tbl = img.meta.load_l2(l2off)
         tbl[0] = (img.h.l1_table_offset | fmt.QCOW_OFLAG_COPIED)
-        img._store_l2(l2off, tbl, 0, 1)
+        img.meta.store_l2(l2off, tbl, 0, 1)
         with pytest.raises(CorruptImageError, match="metadata"):
             img.write(0, b"b" * 10)
     with pytest.raises(CorruptImageError, match="corrupt"):
@@ -264,7 +264,7 @@ def test_dirty_image_repaired_on_open(tmp_path: Path) -> None:
     qemu_io(p, "write -P 0x5a 0 1M")
     with Qcow2Backend(p, readonly=False) as img:
         leaked = img.rc.alloc(3)  # leak three clusters
-        img._set_incompat(fmt.INCOMPAT_DIRTY, True)
+        img.meta.set_incompat(fmt.INCOMPAT_DIRTY, True)
     assert leaked
     with Qcow2Backend(p, readonly=False) as img:
         assert img.read(0, 10) == b"\x5a" * 10

@@ -48,7 +48,7 @@ def test_refcount_too_low_is_corruption(tmp_path: Path, cli) -> None:  # type: i
     p = _image(tmp_path)
     with Qcow2Backend(p, readonly=False) as img:
         l2 = int(img.l1[0]) & fmt.L1E_OFFSET_MASK
-        host = int(img._load_l2(l2)[3]) & fmt.L2E_OFFSET_MASK
+        host = int(img.meta.load_l2(l2)[3]) & fmt.L2E_OFFSET_MASK
         img.rc.set_value(host // img.cs, 0)
     q = qemu_img("check", p, check=False)
     code, out, err = cli("check", p)
@@ -64,14 +64,14 @@ def test_copied_flag_mismatch(tmp_path: Path) -> None:
     p = _image(tmp_path)
     with Qcow2Backend(p, readonly=False) as img:
         l2 = int(img.l1[0]) & fmt.L1E_OFFSET_MASK
-        tbl = img._load_l2(l2)
+        tbl = img.meta.load_l2(l2)
         tbl[1] &= ~np.uint64(fmt.QCOW_OFLAG_COPIED)
-        img._store_l2(l2, tbl, 1, 2)
-        res = check_image(img)
+        img.meta.store_l2(l2, tbl, 1, 2)
+        res = check_image(img.meta)
         assert res.corruptions == 1
     assert qemu_img("check", p, check=False).returncode == 2
     with Qcow2Backend(p, readonly=False) as img:
-        assert check_image(img, "all").corruptions == 0
+        assert check_image(img.meta, "all").corruptions == 0
     assert_clean(p)
 
 

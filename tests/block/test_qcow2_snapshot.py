@@ -25,25 +25,25 @@ def test_snapshot_lifecycle(tmp_path: Path) -> None:
                 off = rnd.randrange(4 * MiB - 9000)
                 img.write(off, rnd.randbytes(rnd.randrange(1, 9000)))
             states.append(img.read(0, 4 * MiB))
-            snap.create(img, f"s{i}")
+            snap.create(img.meta, f"s{i}")
         img.write(0, b"after" * 1000)
     assert_clean(p)
     listing = qemu_img("snapshot", "-l", p).stdout
     assert all(f"s{i}" in listing for i in range(3))
     with Qcow2Backend(p, readonly=False) as img:
-        snap.apply(img, "s1")
+        snap.apply(img.meta, "s1")
         assert img.read(0, 4 * MiB) == states[1]
     assert_clean(p)
     assert qemu_raw(p, tmp_path) == states[1]
     with Qcow2Backend(p, readonly=False) as img:
-        snap.delete(img, "s0")
-        snap.delete(img, "2")  # by id
+        snap.delete(img.meta, "s0")
+        snap.delete(img.meta, "2")  # by id
         img.write(1000, b"x" * 10000)
     assert_clean(p)
     qemu_img("snapshot", "-a", "s2", p)
     assert qemu_raw(p, tmp_path) == states[2]
     with Qcow2Backend(p, readonly=False) as img:
-        snap.delete(img, "s2")
+        snap.delete(img.meta, "s2")
     assert_clean(p)
 
 
@@ -57,10 +57,10 @@ def test_qemu_snapshots_applied_by_kvmpy(tmp_path: Path) -> None:
     before = qemu_raw(p, tmp_path)
     with Qcow2Backend(p, readonly=False) as img:
         assert [s.name for s in img.snapshots] == ["one"]
-        snap.apply(img, "one")
+        snap.apply(img.meta, "one")
         assert img.read(0, 2 * MiB) == b"\x01" * MiB + bytes(MiB)
-        snap.create(img, "two")
-        snap.delete(img, "one")
+        snap.create(img.meta, "two")
+        snap.delete(img.meta, "one")
     assert_clean(p)
     qemu_img("snapshot", "-a", "two", p)
     assert qemu_raw(p, tmp_path) == b"\x01" * MiB + bytes(MiB)
@@ -74,9 +74,9 @@ def test_snapshot_v2_and_compressed(tmp_path: Path) -> None:
     data = (b"compress me " * 6000)[:65536]
     with Qcow2Backend(p, readonly=False) as img:
         img.write_compressed(0, data)
-        snap.create(img, "c")
+        snap.create(img.meta, "c")
         img.write(10, b"changed")
         assert img.read(0, 65536) == data[:10] + b"changed" + data[17:]
-        snap.apply(img, "c")
+        snap.apply(img.meta, "c")
         assert img.read(0, 65536) == data
     assert_clean(p)
