@@ -1,7 +1,7 @@
 """Guest MIPS of kvmpy's riscv64 TCG against qemu-system-riscv64 and unicorn, side by side.
 
 Workloads are the C test guests (sha256, qsort, coremark-like mix), built with
-gcc-riscv64-linux-gnu by tests/tcg_fallback/guests/build.py with a compile-time
+gcc-riscv64-linux-gnu by tests/guests/riscv/build.py with a compile-time
 repeat count (-DREPEAT=n: the guest does the same work n times).
 
 Instruction counts: kvmpy's instret at REPEAT=1,2,3 must be linear,
@@ -32,14 +32,12 @@ from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests" / "tcg_fallback" / "guests"))
 
-from build import GuestBuildError, build_guest  # noqa: E402
-
-from kvmpy.tcg_fallback import run as tcg_run  # noqa: E402
-from kvmpy.tcg_fallback.config import RiscvMachineConfig  # noqa: E402
-from kvmpy.tcg_fallback.elf import parse_elf  # noqa: E402
-from kvmpy.tcg_fallback.riscv.translate import INSTRET  # noqa: E402
+from kvmpy.boards import riscv_virt_run as tcg_run  # noqa: E402
+from kvmpy.config import MachineConfig  # noqa: E402
+from kvmpy.boards.riscv_virt_run import read_program  # noqa: E402
+from kvmpy.tcg.target.riscv.translate import INSTRET  # noqa: E402
+from tests.guests.riscv.build import GuestBuildError, build_guest  # noqa: E402
 
 QEMU = ["qemu-system-riscv64", "-machine", "virt", "-cpu", "rv64", "-bios", "none",
         "-nographic", "-m", "128M"]
@@ -55,7 +53,7 @@ def guest(name: str, repeat: int) -> Path:
 
 
 def run_kvmpy(elf: Path) -> tuple[int, float, str]:
-    cfg = RiscvMachineConfig(kernel=elf, serial="none")
+    cfg = MachineConfig(arch="riscv64", kernel=elf, serial="none")
     with ExitStack() as stack:
         board, _ = tcg_run.build_board(cfg, stack)
         t0 = time.perf_counter()
@@ -77,13 +75,13 @@ def run_unicorn(elf: Path) -> float:
     import unicorn
     from unicorn import riscv_const as rc
 
-    img = parse_elf(elf)
+    img = read_program(elf)
     mu = unicorn.Uc(unicorn.UC_ARCH_RISCV, unicorn.UC_MODE_RISCV64)
     mu.mem_map(0x80000000, 128 << 20)
     mu.mem_map(0x10000000, 0x1000)          # UART as plain memory: LSR reads 0x60 below
     mu.mem_write(0x10000005, b"\x60")
-    for paddr, data, memsz in img.segments:
-        mu.mem_write(paddr, data + bytes(memsz - len(data)))
+    for seg in img.segments:
+        mu.mem_write(seg.paddr, bytes(img.segment_bytes(seg)) + bytes(seg.memsz - seg.filesz))
     # sifive_test stays unmapped: its write ends the run through the unmapped-access
     # hook, which (unlike a mapped-write hook) keeps unicorn's fast store path.
     result: list[int] = []

@@ -7,6 +7,7 @@ one line on stderr without a traceback.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -16,8 +17,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from kvmpy import __version__
-from kvmpy.config import ConfigError, DebugExitConfig, MachineConfig, load_yaml, parse_int, parse_size
+from kvmpy.version import __version__
+from kvmpy.config import (BOARDS, ConfigError, DebugExitConfig, MachineConfig, board_named, load_yaml, parse_int,
+                          parse_size, parse_trace, shown)
 
 log = logging.getLogger("kvmpy")
 
@@ -45,7 +47,8 @@ Options (same meaning as in qemu-system-x86_64 / qemu-system-riscv64):
   -device isa-debug-exit[,iobase=0xf4][,iosize=0x04]
   -name NAME                    VM name
   -S                            start with the vCPUs paused
-  -d ITEMS, -D FILE             TCG trace items (in_asm,exec,...) and trace file
+  -d ITEMS, -D FILE             QEMU log items the machine honours (virt: in_asm,exec,cpu,int,op,
+                                out_asm,nochain,tb_stats; pc under KVM: none) and their file
   -qmp unix:PATH,server[,wait=off] | tcp:HOST:PORT,server[,wait=off]
   -incoming tcp:HOST:PORT|unix:PATH|exec:CMD|file:PATH|defer   wait for a migration (file: restores a snapshot)
   -h, -help, --help             this text
@@ -64,8 +67,21 @@ _FLAGS = {"-enable-kvm", "-nographic", "-nodefaults", "-no-reboot", "-S", "-no-u
 _ONLY_NONE = {"-monitor": ("none",), "-vga": ("none",), "-net": ("none",), "-parallel": ("none",)}
 
 
+RAM_NAME = "pc.ram"  # named as in QEMU's "cannot set up guest memory 'pc.ram'"
+MAX_MESSAGE = 400  # characters of one error line
+
+
 class UsageError(ConfigError):
     pass
+
+
+def one_line(message: str) -> str:
+    """``message`` fit for one stderr line: control characters escaped, shortened."""
+    out = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+    if len(out) <= MAX_MESSAGE:
+        return out
+    half = MAX_MESSAGE // 2  # keep both ends: what was given, and (at the end) what is wrong with it
+    return f"{out[:half]}...{out[-half:]}"
 
 
 def _opts(text: str, what: str) -> tuple[str, dict[str, str]]:
@@ -86,7 +102,8 @@ def _opts(text: str, what: str) -> tuple[str, dict[str, str]]:
 
 
 def parse_qemu_args(argv: Sequence[str]) -> MachineConfig:
-    cfg = MachineConfig()
+    """QEMU-style argv to a (frozen, not yet validated) MachineConfig; UsageError for what is wrong."""
+    cfg: dict = {"qmp": []}  # MachineConfig fields collected here, the config is built once at the end
     args = list(argv)
     i = 0
     machine = None
@@ -98,7 +115,7 @@ def parse_qemu_args(argv: Sequence[str]) -> MachineConfig:
         raw = args[i]
         opt = "-" + raw.lstrip("-") if raw.startswith("--") and raw not in ("--help", "--version") else raw
         if not opt.startswith("-"):
-            raise UsageError(f"unexpected argument {raw!r} (options start with '-')")
+            raise UsageError(f"unexpected argument {shown(raw)} (options start with '-')")
         if opt in _FLAGS:
             i += 1
             if opt == "-enable-kvm":
@@ -106,29 +123,29 @@ def parse_qemu_args(argv: Sequence[str]) -> MachineConfig:
             elif opt == "-nographic":
                 nographic = True
             elif opt == "-no-reboot":
-                cfg.no_reboot = True
+                cfg["no_reboot"] = True
             elif opt == "-nodefaults":
                 nodefaults = True
             elif opt == "-S":
-                cfg.start_paused = True
+                cfg["start_paused"] = True
             elif opt in ("-no-shutdown", "-snapshot"):
                 raise UsageError(f"option {opt} is not supported by kvmpy")
             continue
         if opt not in _WITH_ARG:
-            raise UsageError(f"unsupported option {raw!r} (kvmpy --help lists the supported ones)")
+            raise UsageError(f"unsupported option {shown(raw)} (kvmpy --help lists the supported ones)")
         if i + 1 >= len(args):
-            raise UsageError(f"option {raw} needs an argument")
+            raise UsageError(f"option {shown(raw)} needs an argument")
         val = args[i + 1]
         i += 2
         if opt in _ONLY_NONE:
             if val not in _ONLY_NONE[opt]:
-                raise UsageError(f"{opt} {val} is not supported (only '{opt} none')")
+                raise UsageError(f"{opt} {shown(val)} is not supported (only '{opt} none')")
             continue
         if opt == "-accel":
             head, kv = _opts(val, "accel")
             accel = head or kv.get("accel", "")
             if accel not in ("kvm", "tcg"):
-                raise UsageError(f"unsupported accelerator {accel!r} (kvm or tcg)")
+                raise UsageError(f"unsupported accelerator {shown(accel)} (kvm or tcg)")
         elif opt in ("-machine", "-M"):
             head, kv = _opts(val, "machine")
             machine = head or kv.pop("type", "")
@@ -136,77 +153,74 @@ def parse_qemu_args(argv: Sequence[str]) -> MachineConfig:
                 accel = kv.pop("accel")
             kv.pop("graphics", None)
             if "linux-boot" in kv:  # kvmpy's own: how a bzImage is entered (auto, bzimage, pvh)
-                cfg.linux_boot = kv.pop("linux-boot")
+                cfg["linux_boot"] = kv.pop("linux-boot")
             if kv:
-                raise UsageError(f"unsupported -machine option(s): {', '.join(kv)}")
+                raise UsageError(f"unsupported -machine option(s): {', '.join(map(shown, kv))}")
         elif opt == "-cpu":
-            cfg.cpu = val.split(",")[0]
+            cfg["cpu"] = val.split(",")[0]
         elif opt == "-m":
             head, kv = _opts(val, "m")
             size = head or kv.pop("size", "")
             if kv:
-                raise UsageError(f"-m {', '.join(kv)}: memory hotplug options are not supported yet")
-            cfg.memory = parse_size(size, "memory size")
+                raise UsageError(f"-m {', '.join(map(shown, kv))}: memory hotplug options are not supported yet")
+            cfg["memory"] = parse_size(size, "memory size")
         elif opt == "-smp":
             head, kv = _opts(val, "smp")
             n = head or kv.pop("cpus", "1")
             for k in ("sockets", "cores", "threads", "maxcpus", "dies"):
                 kv.pop(k, None)
             if kv:
-                raise UsageError(f"unsupported -smp option(s): {', '.join(kv)}")
-            cfg.smp = parse_int(n, "-smp")
+                raise UsageError(f"unsupported -smp option(s): {', '.join(map(shown, kv))}")
+            cfg["smp"] = parse_int(n, "-smp")
         elif opt == "-kernel":
-            cfg.kernel = Path(val)
+            cfg["kernel"] = Path(val)
         elif opt == "-initrd":
-            cfg.initrd = Path(val)
+            cfg["initrd"] = Path(val)
         elif opt == "-append":
-            cfg.append = val
+            cfg["append"] = val
         elif opt == "-serial":
             if serial_set:
                 raise UsageError("only one -serial is supported (COM1)")
-            cfg.serial = val
+            cfg["serial"] = val
             serial_set = True
         elif opt == "-display":
             if val.split(",")[0] != "none":
-                raise UsageError(f"-display {val} is not supported (kvmpy has no display; use -display none)")
+                raise UsageError(f"-display {shown(val)} is not supported (kvmpy has no display; use -display none)")
         elif opt == "-device":
             head, kv = _opts(val, "device")
             if head != "isa-debug-exit":
-                raise UsageError(f"unsupported device {head!r} (supported: isa-debug-exit)")
+                raise UsageError(f"unsupported device {shown(head)} (supported: isa-debug-exit)")
             unknown = set(kv) - {"iobase", "iosize"}
             if unknown:
-                raise UsageError(f"isa-debug-exit: unknown property {', '.join(sorted(unknown))}")
-            cfg.debug_exit = DebugExitConfig(parse_int(kv.get("iobase", "0x501"), "iobase"),
-                                             parse_int(kv.get("iosize", "0x02"), "iosize"))
+                raise UsageError(f"isa-debug-exit: unknown property {', '.join(map(shown, sorted(unknown)))}")
+            cfg["debug_exit"] = DebugExitConfig(parse_int(kv.get("iobase", "0x501"), "iobase", hi=0xFFFF),
+                                                parse_int(kv.get("iosize", "0x02"), "iosize", hi=8))
         elif opt == "-name":
             head, kv = _opts(val, "name")
-            cfg.name = head or kv.get("guest", val)
+            cfg["name"] = head or kv.get("guest", val)
         elif opt == "-bios":
-            cfg.bios = val
+            cfg["bios"] = val
         elif opt == "-d":
-            cfg.trace = set(filter(None, val.split(",")))
+            cfg["trace"] = parse_trace(val)
         elif opt == "-D":
-            cfg.trace_file = Path(val)
+            cfg["trace_file"] = Path(val)
         elif opt == "-qmp":
-            cfg.qmp.append(val)
+            cfg["qmp"].append(val)
         elif opt == "-incoming":
-            cfg.incoming = val
+            cfg["incoming"] = val
         elif opt == "-L":
             raise UsageError(f"option {opt} is not supported yet")
     if not serial_set:
         # As in QEMU: -nodefaults drops the default COM1; otherwise it goes to stdio.
-        cfg.serial = "none" if nodefaults else "stdio"
-    if machine in ("virt",):
-        cfg.arch = "riscv64"
-        cfg.accel = accel or "tcg"
-    elif machine in (None, "", "pc", "q35", "pc-i440fx", "microvm") or (machine or "").startswith("pc-"):
-        cfg.arch = "x86_64"
-        cfg.accel = accel or "tcg"
-        if cfg.accel != "kvm":
-            raise UsageError("x86 guests need KVM for now: add -enable-kvm (or -accel kvm)")
-    else:
-        raise UsageError(f"unsupported machine type {machine!r} (pc, or virt for riscv64)")
-    return cfg
+        cfg["serial"] = "none" if nodefaults else "stdio"
+    board = board_named(machine) if machine else BOARDS["pc"]
+    if board is None:
+        raise UsageError(f"unsupported machine type {shown(machine)} (pc, or virt for riscv64)")
+    cfg["machine"], cfg["arch"] = board.machine, board.arch
+    cfg["accel"] = accel or "tcg"  # QEMU's default accelerator
+    if board.arch == "x86_64" and cfg["accel"] != "kvm":
+        raise UsageError("x86 guests need KVM for now: add -enable-kvm (or -accel kvm)")
+    return MachineConfig(**cfg)
 
 
 def _setup_logging() -> None:
@@ -224,12 +238,17 @@ def _run_config(cfg: MachineConfig) -> int:
     from kvmpy.loader.errors import LoaderError
     from kvmpy.machine import Machine
 
+    from kvmpy.memory.ramblock import RAMAllocationError
+
     try:
         machine = Machine(cfg)
     except (LoaderError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
     except KvmError as exc:
-        print(f"kvmpy: {exc}", file=sys.stderr)
+        print(f"kvmpy: {one_line(str(exc))}", file=sys.stderr)
+        return 1
+    except RAMAllocationError:  # QEMU's wording and status for a -m the host cannot reserve
+        print(f"kvmpy: cannot set up guest memory {RAM_NAME!r}: {os.strerror(errno.ENOMEM)}", file=sys.stderr)
         return 1
     monitor = None
     try:
@@ -285,22 +304,22 @@ def _start_qmp(machine, specs: list[str]):
 
 def _run_riscv(cfg: MachineConfig) -> int:
     try:
-        from kvmpy.tcg_fallback.config import RiscvMachineConfig
-        from kvmpy.tcg_fallback.run import run_machine
+        from kvmpy.boards.riscv_virt_run import run_machine
     except ImportError as exc:
         print(f"kvmpy: the riscv64 TCG fallback is not available: {exc}", file=sys.stderr)
         return 1
-    from kvmpy.tcg_fallback import errors as tcg_errors
+    from kvmpy.tcg import errors as tcg_errors
 
-    rcfg = RiscvMachineConfig(kernel=cfg.kernel, memory=cfg.memory, bios=cfg.bios or "none",
-                              append=cfg.append, serial=cfg.serial, trace=set(cfg.trace),
-                              trace_file=cfg.trace_file)
     user_errors = tuple(getattr(tcg_errors, n) for n in dir(tcg_errors)
                         if n.endswith("Error") and isinstance(getattr(tcg_errors, n), type))
     try:
-        return run_machine(rcfg)
+        return run_machine(cfg)
     except user_errors as exc:  # type: ignore[misc]
         raise ConfigError(str(exc)) from None
+    except MemoryError:  # the riscv board's RAM: the same one line as for x86
+        print(f"kvmpy: cannot set up guest memory 'riscv_virt_board.ram': {os.strerror(errno.ENOMEM)}",
+              file=sys.stderr)
+        return 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -327,7 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             cfg = parse_qemu_args(args)
         return _run_config(cfg)
     except ConfigError as exc:
-        print(f"kvmpy: error: {exc}", file=sys.stderr)
+        print(f"kvmpy: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("kvmpy: terminating on signal 2", file=sys.stderr)

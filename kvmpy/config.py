@@ -3,11 +3,18 @@
 Everything a user can get wrong is checked here and reported as a ConfigError
 with one line that names the problem; front ends turn it into exit status 2.
 
+One model serves every board: ``arch`` and ``machine`` say which board runs the
+guest, and ``validate()`` checks the common rules and then the board's own
+(``BOARDS``): its accelerator, memory range, vCPU count, CPU models and
+firmware, the -d trace items it honours, and the optional features it has
+(-initrd, -qmp, -S, ...). An option the board lacks is refused by name.
+
 YAML schema (all keys optional except ``kernel``; unknown keys are refused):
 
     name: demo                 # -name
-    arch: x86_64               # x86_64 (KVM) or riscv64 (TCG fallback, machine "virt")
-    accel: kvm                 # kvm or tcg
+    arch: x86_64               # x86_64 (KVM, machine "pc") or riscv64 (TCG fallback, machine "virt")
+    machine: pc                # -machine: pc or virt (default: the arch's board; either key selects it)
+    accel: kvm                 # kvm or tcg (default: the board's, kvm for pc and tcg for virt)
     memory: 64M                # -m; plain numbers are MiB, suffixes K M G T
     smp: 1                     # -smp
     kernel: path/to/kernel     # -kernel; relative paths are relative to the YAML file
@@ -20,7 +27,7 @@ YAML schema (all keys optional except ``kernel``; unknown keys are refused):
       - type: isa-debug-exit
         iobase: 0xf4
         iosize: 4
-    trace: [in_asm, exec]      # -d (TCG)
+    trace: [in_asm, exec]      # -d: QEMU's item names (TRACE_ITEMS); the board must honour each
     trace_file: trace.log      # -D
     qmp: unix:/tmp/q.sock,server,wait=off   # -qmp; a string or a list (tcp:HOST:PORT,server also)
     linux_boot: auto           # Linux bzImage entry: auto, bzimage, or pvh (decompressed on the host)
@@ -28,70 +35,225 @@ YAML schema (all keys optional except ``kernel``; unknown keys are refused):
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from kvmpy import units
+from kvmpy.errors import ConfigError
+from kvmpy.monitor.endpoint import parse_endpoint
+
+__all__ = ["BOARDS", "Board", "ConfigError", "DebugExitConfig", "MachineConfig", "TRACE_ITEMS", "board_named",
+           "from_mapping", "load_yaml", "parse_int", "parse_size", "parse_trace", "shown"]
 
 MiB = 1 << 20
+GiB = 1 << 30
 DEFAULT_MEMORY = 128 * MiB
-MAX_MEMORY = 1 << 40
+MAX_MEMORY = 1 << 40  # the largest any board takes (pc); each board has its own range
 MAX_SMP = 255
+MAX_MACHINE_FILE = 1 << 20  # a machine description is a few hundred bytes; anything this big is a mistake
+MAX_YAML_DEPTH = 32  # nesting levels in a machine file (the schema itself needs 3)
+MAX_YAML_NODES = 10_000  # nodes after expanding every alias (a real file has under 200)
+MAX_INT_DIGITS = 40  # longer integer text is refused before int() sees it
 
 ARCHES = ("x86_64", "riscv64")
 ACCELS = ("kvm", "tcg")
 SERIAL_RE = re.compile(r"^(stdio|none|null|file:.+)$")
-TRACE_FLAGS = {"in_asm", "exec", "cpu", "int", "op", "op_opt", "out_asm", "tb_stats", "unimp", "guest_errors", "nochain"}
+MAX_TRACE_TEXT = 1000  # a -d list of every item is under 100 characters
+
+# The -d vocabulary: QEMU's log item names (qemu -d help), one set for every board;
+# each Board lists the ones it honours. tb_stats is kvmpy's own (TB cache statistics).
+TRACE_ITEMS: Mapping[str, str] = MappingProxyType({
+    "out_asm": "the host code each translated block became",
+    "in_asm": "the guest instructions of each block, disassembled when it is translated",
+    "op": "the IR of each block before optimization",
+    "op_opt": "the IR of each block after optimization",
+    "int": "one line per guest interrupt or exception taken",
+    "exec": "one line per block executed (large)",
+    "cpu": "the guest registers before each block (large)",
+    "unimp": "guest use of features the emulation lacks",
+    "guest_errors": "invalid guest behaviour (bad register accesses and the like)",
+    "nochain": "no direct jumps between blocks, so exec and cpu see every block",
+    "tb_stats": "translation cache statistics when the guest exits (kvmpy's own item)",
+})
+TRACE_FLAGS = frozenset(TRACE_ITEMS)
+OPTIONAL_FEATURES = ("initrd", "debug_exit", "qmp", "incoming", "start_paused", "linux_boot")
 
 
-class ConfigError(ValueError):
-    """A user mistake in the machine description."""
+@dataclass(frozen=True)
+class Board:
+    """What one machine type accepts; ``MachineConfig.validate`` checks a config against it.
+
+    The table is data, not the board classes themselves, so that validating a
+    config never imports a board (the riscv board pulls in the whole TCG).
+    """
+
+    machine: str
+    arch: str
+    accel: str  # the one accelerator this board runs on
+    memory: tuple[int, int]  # inclusive byte range
+    max_smp: int
+    trace: frozenset[str]  # the -d items it honours (a subset of TRACE_ITEMS)
+    features: frozenset[str]  # the OPTIONAL_FEATURES it has
+    cpus: tuple[str, ...] | None = None  # accepted -cpu models; None: any (KVM's supported CPUID)
+    bios: tuple[str, ...] = ()  # accepted -bios values ("none": no firmware)
+    aliases: tuple[str, ...] = ()  # other -machine names for the same board
+    alias_prefixes: tuple[str, ...] = ()  # versioned names ("pc-i440fx-8.2") for the same board
+    why_no_trace: str = ""  # said when a -d item is refused and the board honours none
+
+    def accepts_name(self, name: str) -> bool:
+        return name == self.machine or name in self.aliases or name.startswith(self.alias_prefixes)
 
 
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtKMGT]?)(?:i?[bB])?\s*$")
-_UNITS = {"": MiB, "k": 1 << 10, "m": MiB, "g": 1 << 30, "t": 1 << 40}
+BOARDS: Mapping[str, Board] = MappingProxyType({
+    "pc": Board(machine="pc", arch="x86_64", accel="kvm", memory=(2 * MiB, MAX_MEMORY), max_smp=MAX_SMP,
+                trace=frozenset(), features=frozenset(OPTIONAL_FEATURES),
+                aliases=("q35", "microvm"), alias_prefixes=("pc-",),
+                why_no_trace="the guest runs under KVM, not TCG; KVMPY_LOG=debug logs unhandled ports"),
+    "virt": Board(machine="virt", arch="riscv64", accel="tcg", memory=(1 * MiB, 16 * GiB), max_smp=1,
+                  trace=frozenset({"in_asm", "exec", "int", "cpu", "op", "out_asm", "tb_stats", "nochain"}),
+                  features=frozenset(), cpus=("rv64", "any", "max"), bios=("none",)),
+})
+DEFAULT_BOARD: Mapping[str, str] = MappingProxyType({"x86_64": "pc", "riscv64": "virt"})
+
+# How each optional feature is named in a message (the QEMU flag / YAML key a user typed).
+_FEATURE_NAMES: Mapping[str, str] = MappingProxyType({"initrd": "-initrd", "debug_exit": "-device isa-debug-exit", "qmp": "-qmp",
+                  "incoming": "-incoming", "start_paused": "-S", "linux_boot": "-machine linux-boot"})
+
+
+def board_named(name: str) -> Board | None:
+    """The board a -machine name (or one of its aliases) selects, or None."""
+    if not isinstance(name, str):
+        return None
+    for board in BOARDS.values():
+        if board.accepts_name(name):
+            return board
+    return None
+
+
+def _size_text(n: int) -> str:
+    for unit, letter in ((1 << 40, "T"), (GiB, "G"), (MiB, "M"), (1 << 10, "K")):
+        if n % unit == 0:
+            return f"{n // unit}{letter}"
+    return str(n)
+
+
+def parse_trace(text: str) -> frozenset[str]:
+    """A -d list ("in_asm,exec") as a set of names; unknown names are refused here, board support later."""
+    if not isinstance(text, str):
+        raise ConfigError(f"invalid -d {shown(text)} (expected a comma-separated list)")
+    if len(text) > MAX_TRACE_TEXT:
+        raise ConfigError(f"-d list of {len(text)} characters is too long")
+    items = frozenset(i.strip() for i in text.split(",") if i.strip())
+    _check_trace_names(items)
+    return items
+
+
+def _check_trace_names(items: frozenset) -> None:
+    unknown = sorted(shown(i, 20) for i in items if not isinstance(i, str) or i not in TRACE_ITEMS)
+    if unknown:
+        raise ConfigError(f"unknown -d item(s): {', '.join(unknown[:5])} (known: {', '.join(TRACE_ITEMS)})")
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """``value`` as it may appear in a one-line message: escaped (no raw newlines) and shortened.
+
+    Integers print as digits (a huge one by its bit length: ``str()`` refuses over 4300
+    digits); strings and paths as a shortened repr; containers only by their type name,
+    because ``str()`` on an alias bomb never returns.
+    """
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return str(value) if value.bit_length() <= 192 else f"<a {value.bit_length()}-bit integer>"
+    if not isinstance(value, (str, Path)):
+        return f"<{type(value).__name__}>"
+    text = str(value)
+    if len(text) > limit:
+        return repr(text[:limit]) + f"... ({len(text)} characters)"
+    return repr(text)
 
 
 def parse_size(text: str | int, what: str = "size", default_unit: int = MiB) -> int:
-    """QEMU-style sizes: ``512`` (MiB by default), ``512M``, ``1G``, ``1.5G``, ``65536K``."""
-    if isinstance(text, bool):
-        raise ConfigError(f"invalid {what}: {text!r}")
-    if isinstance(text, int):
-        value = text * default_unit
-    else:
-        m = _SIZE_RE.match(str(text))
-        if not m:
-            raise ConfigError(f"invalid {what} {text!r} (expected e.g. 512M or 2G)")
-        unit = _UNITS[m.group(2).lower()] if m.group(2) else default_unit
-        value = int(float(m.group(1)) * unit)
+    """QEMU-style sizes: ``512`` (MiB by default), ``512M``, ``1G``, ``1.5G``, ``65536K``; exact, never a float."""
+    try:
+        value = units.parse_size(text, default_unit=default_unit, maximum=units.MAX_SIZE, decorated=True)
+    except units.SizeError as exc:
+        if exc.too_large:
+            raise ConfigError(f"invalid {what} {shown(text)}: too large") from None
+        raise ConfigError(f"invalid {what} {shown(text)} (expected e.g. 512M or 2G)") from None
     if value <= 0:
-        raise ConfigError(f"invalid {what} {text!r}: must be positive")
+        raise ConfigError(f"invalid {what} {shown(text)}: must be positive")
     return value
 
 
-def parse_int(text: str | int, what: str) -> int:
-    if isinstance(text, bool):
-        raise ConfigError(f"invalid {what}: {text!r}")
-    if isinstance(text, int):
-        return text
+def parse_int(text: str | int, what: str, lo: int = 0, hi: int = (1 << 64) - 1) -> int:
+    """An integer (decimal, 0x hex, 0o octal) within [lo, hi]; the text is bounded before int() sees it."""
+    if isinstance(text, bool) or not isinstance(text, (str, int)):
+        raise ConfigError(f"invalid {what}: {shown(text)} (expected an integer)")
+    if isinstance(text, str):
+        if len(text.strip()) > MAX_INT_DIGITS or not text.isascii():
+            raise ConfigError(f"invalid {what} {shown(text)} (expected an integer)")
+        try:
+            value = int(text, 0)
+        except ValueError:
+            raise ConfigError(f"invalid {what} {shown(text)} (expected an integer)") from None
+    else:
+        value = text
+    if not lo <= value <= hi:
+        raise ConfigError(f"invalid {what} {shown(text)}: out of range ({lo:#x} to {hi:#x})")
+    return value
+
+
+def _check_path(path: Path, what: str) -> None:
+    """``path`` names an existing regular file; every way it can fail is a one-line ConfigError."""
+    text = str(path)
+    if "\0" in text:
+        raise ConfigError(f"{what} path {shown(text)} contains a NUL byte")
     try:
-        return int(str(text), 0)
-    except ValueError:
-        raise ConfigError(f"invalid {what} {text!r} (expected an integer)") from None
+        ok = path.is_file()
+    except (OSError, ValueError) as exc:  # ENAMETOOLONG, EACCES on a parent, ...
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"{what} {shown(text)}: {reason}") from None
+    if not ok:
+        raise ConfigError(f"{what} {shown(text)} does not exist or is not a file")
 
 
-@dataclass
+@dataclass(frozen=True)
 class DebugExitConfig:
     iobase: int = 0x501
     iosize: int = 0x02
 
 
-@dataclass
+_NoneType = type(None)
+# The type every field must have once built; validate() refuses anything else by name (the
+# Python API can put any object in any field, and a wrong type must not become a traceback).
+_FIELD_TYPES: Mapping[str, tuple[type, ...]] = MappingProxyType({
+    "kernel": (Path, _NoneType), "name": (str, _NoneType), "arch": (str,), "machine": (str,), "accel": (str,),
+    "memory": (int,), "smp": (int,), "initrd": (Path, _NoneType), "append": (str,), "serial": (str,),
+    "no_reboot": (bool,), "start_paused": (bool,), "debug_exit": (DebugExitConfig, _NoneType),
+    "bios": (str, _NoneType), "cpu": (str, _NoneType), "trace": (frozenset,), "trace_file": (Path, _NoneType),
+    "qmp": (tuple,), "linux_boot": (str,), "incoming": (str, _NoneType),
+})
+
+
+@dataclass(frozen=True)
 class MachineConfig:
+    """Immutable once built: front ends collect the fields, build it once, then ``validate()`` it.
+
+    ``arch`` and ``machine`` select the board (``BOARDS``); give either, the other follows
+    (neither: x86_64 ``pc``). Every other field means the same on every board, and a
+    board that lacks a feature refuses it in ``validate()``.
+    """
+
     kernel: Path | None = None
     name: str | None = None
-    arch: str = "x86_64"
-    accel: str = "kvm"
+    arch: str = ""  # "" until built: then x86_64, riscv64, or what the machine implies
+    accel: str = ""  # "" until built: then the board's own (kvm for pc, tcg for virt)
     memory: int = DEFAULT_MEMORY
     smp: int = 1
     initrd: Path | None = None
@@ -102,63 +264,139 @@ class MachineConfig:
     debug_exit: DebugExitConfig | None = None
     bios: str | None = None
     cpu: str | None = None
-    trace: set[str] = field(default_factory=set)
+    trace: frozenset[str] = field(default_factory=frozenset)
     trace_file: Path | None = None
-    qmp: list[str] = field(default_factory=list)  # -qmp specs: unix:PATH,server[,wait=off] or tcp:HOST:PORT,...
+    qmp: tuple[str, ...] = ()  # -qmp specs: unix:PATH,server[,wait=off] or tcp:HOST:PORT,...
     linux_boot: str = "auto"  # Linux kernels: auto, bzimage (64-bit entry) or pvh (host-side decompression)
     incoming: str | None = None  # -incoming URI|defer: wait for a migration stream (kvmpy.migration)
+    machine: str = ""  # "" until built: then the board's canonical name (pc, virt)
+
+    def __post_init__(self) -> None:
+        # Callers may pass any iterable; the frozen config holds immutable collections only.
+        # A value of the wrong kind is kept as it is, for validate() to refuse by name.
+        def put(name: str, value: Any) -> None:
+            object.__setattr__(self, name, value)
+
+        if isinstance(self.trace, str):
+            put("trace", frozenset(i.strip() for i in self.trace.split(",") if i.strip()))
+        elif isinstance(self.trace, (set, frozenset, list, tuple)):
+            try:
+                put("trace", frozenset(self.trace))
+            except TypeError:  # unhashable items
+                pass
+        if isinstance(self.qmp, str):
+            put("qmp", (self.qmp,))
+        elif isinstance(self.qmp, list):
+            put("qmp", tuple(self.qmp))
+        for key in ("kernel", "initrd", "trace_file"):
+            value = getattr(self, key)
+            if isinstance(value, str):
+                put(key, Path(value))
+        arch, machine = self.arch, self.machine
+        if isinstance(machine, str) and isinstance(arch, str):
+            board = board_named(machine) if machine else BOARDS.get(DEFAULT_BOARD.get(arch or "x86_64", ""))
+            if board is not None:
+                put("machine", board.machine)
+                put("arch", arch or board.arch)
+                if self.accel == "":
+                    put("accel", board.accel)
 
     def validate(self) -> "MachineConfig":
-        if self.arch not in ARCHES:
-            raise ConfigError(f"unknown architecture {self.arch!r} (supported: {', '.join(ARCHES)})")
+        """This config, if every field is right for its board; else one-line ConfigError naming the problem."""
+        self._check_types()
+        if self.arch and self.arch not in ARCHES:
+            raise ConfigError(f"unknown architecture {shown(self.arch)} (supported: {', '.join(ARCHES)})")
+        board = board_named(self.machine)
+        if board is None:
+            names = ", ".join(b.machine for b in BOARDS.values())
+            raise ConfigError(f"unsupported machine type {shown(self.machine)} (supported: {names})")
+        if board.arch != self.arch:
+            raise ConfigError(f"machine {board.machine!r} is a {board.arch} board, not {shown(self.arch)}")
         if self.accel not in ACCELS:
-            raise ConfigError(f"unknown accelerator {self.accel!r} (supported: {', '.join(ACCELS)})")
-        if self.arch == "x86_64" and self.accel != "kvm":
-            raise ConfigError("x86 guests need KVM for now: use -enable-kvm (the TCG fallback runs riscv64 guests)")
-        if self.arch == "riscv64" and self.accel == "kvm":
-            raise ConfigError("riscv64 guests run on the TCG fallback: KVM here is x86 only (drop -enable-kvm)")
+            raise ConfigError(f"unknown accelerator {shown(self.accel)} (supported: {', '.join(ACCELS)})")
+        if self.accel != board.accel:
+            if board.arch == "x86_64":
+                raise ConfigError("x86 guests need KVM for now: use -enable-kvm (the TCG fallback runs riscv64 guests)")
+            raise ConfigError(f"{board.arch} guests run on the TCG fallback: KVM here is x86 only (drop -enable-kvm)")
         if self.kernel is None:
             raise ConfigError("no kernel given (use -kernel FILE)")
-        if not self.kernel.is_file():
-            raise ConfigError(f"kernel {self.kernel} does not exist or is not a file")
-        if self.initrd is not None and self.arch == "x86_64":
+        _check_path(self.kernel, "kernel")
+        self._check_features(board)
+        if self.initrd is not None:
             for part in str(self.initrd).split(","):
-                f = Path(part.split(" ", 1)[0])
-                if not f.is_file():
-                    raise ConfigError(f"initrd {f} does not exist or is not a file")
-        if not (2 * MiB <= self.memory <= MAX_MEMORY):
-            raise ConfigError(f"memory size {self.memory} bytes is out of range (2M to 1T)")
+                _check_path(Path(part.split(" ", 1)[0]), "initrd")
+        if self.trace_file is not None and "\0" in str(self.trace_file):
+            raise ConfigError(f"trace file {shown(str(self.trace_file))} contains a NUL byte")
+        lo, hi = board.memory
+        if not lo <= self.memory <= hi:
+            raise ConfigError(f"memory size {shown(self.memory)} bytes is out of range for machine "
+                              f"{board.machine!r} ({_size_text(lo)} to {_size_text(hi)})")
         if self.memory % 4096:
             raise ConfigError("memory size must be a multiple of 4 KiB")
-        if not (1 <= self.smp <= MAX_SMP):
-            raise ConfigError(f"invalid -smp {self.smp} (1 to {MAX_SMP})")
-        if self.arch == "riscv64" and self.smp != 1:
-            raise ConfigError("the riscv64 TCG fallback runs one vCPU (-smp 1)")
-        if not SERIAL_RE.match(self.serial):
-            raise ConfigError(f"unsupported serial backend {self.serial!r} (use stdio, file:PATH, null or none)")
+        if not 1 <= self.smp <= board.max_smp:
+            if board.max_smp == 1:
+                raise ConfigError(f"invalid -smp {shown(self.smp)}: machine {board.machine!r} runs one vCPU (-smp 1)")
+            raise ConfigError(f"invalid -smp {shown(self.smp)} (1 to {board.max_smp})")
+        if not SERIAL_RE.match(self.serial) or "\0" in self.serial:
+            raise ConfigError(f"unsupported serial backend {shown(self.serial)} (use stdio, file:PATH, null or none)")
         if self.debug_exit is not None:
             if self.debug_exit.iosize not in (1, 2, 4):
-                raise ConfigError(f"isa-debug-exit iosize {self.debug_exit.iosize} must be 1, 2 or 4")
+                raise ConfigError(f"isa-debug-exit iosize {shown(self.debug_exit.iosize)} must be 1, 2 or 4")
             if not (0 <= self.debug_exit.iobase <= 0xFFFF - self.debug_exit.iosize + 1):
-                raise ConfigError(f"isa-debug-exit iobase {self.debug_exit.iobase:#x} is not a port")
+                raise ConfigError(f"isa-debug-exit iobase {shown(self.debug_exit.iobase)} is not a port")
         if self.linux_boot not in ("auto", "bzimage", "pvh"):
-            raise ConfigError(f"invalid linux_boot {self.linux_boot!r} (auto, bzimage or pvh)")
-        unknown = self.trace - TRACE_FLAGS
-        if unknown:
-            raise ConfigError(f"unknown -d item(s): {', '.join(sorted(unknown))}")
+            raise ConfigError(f"invalid linux_boot {shown(self.linux_boot)} (auto, bzimage or pvh)")
+        self._check_trace(board)
         if self.name is not None and ("\n" in self.name or len(self.name) > 256):
             raise ConfigError("invalid -name")
-        if self.qmp:
-            if self.arch != "x86_64":
-                raise ConfigError("-qmp is supported for x86 KVM machines only")
-            from kvmpy.monitor.endpoint import parse_endpoint  # raises ConfigError naming the bad spec
-
-            for spec in self.qmp:
-                parse_endpoint(spec)
+        if self.cpu is not None and board.cpus is not None and self.cpu not in board.cpus:
+            raise ConfigError(f"-cpu {shown(self.cpu)} is not supported by machine {board.machine!r} "
+                              f"(use {', '.join(board.cpus)})")
+        if self.bios is not None and self.bios not in board.bios:
+            if board.bios:
+                raise ConfigError(f"-bios {shown(self.bios)}: only '-bios {board.bios[0]}' is supported by machine "
+                                  f"{board.machine!r} (no firmware is bundled)")
+            raise ConfigError(f"machine {board.machine!r} does not support -bios (kvmpy loads the kernel itself)")
+        for spec in self.qmp:
+            parse_endpoint(spec)  # raises ConfigError naming the bad spec
         return self
 
+    def _check_types(self) -> None:
+        for name, types in _FIELD_TYPES.items():
+            value = getattr(self, name)
+            if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+                names = " or ".join("None" if t is _NoneType else t.__name__ for t in types)
+                raise ConfigError(f"config field {name!r} must be {names}, not {type(value).__name__}")
+        if not all(isinstance(i, str) for i in self.trace):
+            raise ConfigError("config field 'trace' must hold strings (-d item names)")
+        if not all(isinstance(i, str) for i in self.qmp):
+            raise ConfigError("config field 'qmp' must hold strings (-qmp specs)")
+        d = self.debug_exit
+        if d is not None and not all(isinstance(v, int) and not isinstance(v, bool) for v in (d.iobase, d.iosize)):
+            raise ConfigError("isa-debug-exit iobase and iosize must be integers")
 
-YAML_KEYS = {"name", "arch", "accel", "memory", "smp", "kernel", "initrd", "append", "serial", "no_reboot",
+    def _check_features(self, board: Board) -> None:
+        """Refuse, by the flag a user typed, every optional feature the board does not have."""
+        used = {"initrd": self.initrd is not None, "debug_exit": self.debug_exit is not None, "qmp": bool(self.qmp),
+                "incoming": self.incoming is not None, "start_paused": self.start_paused,
+                "linux_boot": self.linux_boot != "auto"}
+        for feature in OPTIONAL_FEATURES:
+            if used[feature] and feature not in board.features:
+                raise ConfigError(f"machine {board.machine!r} ({board.arch}) does not support {_FEATURE_NAMES[feature]}")
+
+    def _check_trace(self, board: Board) -> None:
+        _check_trace_names(self.trace)
+        if not board.trace and (self.trace or self.trace_file is not None):
+            what = "-d " + ",".join(sorted(self.trace)) if self.trace else "-D"
+            raise ConfigError(f"machine {board.machine!r} honours no -d items, so {what} is refused "
+                              f"({board.why_no_trace})")
+        ignored = sorted(self.trace - board.trace)
+        if ignored:
+            raise ConfigError(f"machine {board.machine!r} does not honour -d {','.join(ignored)} "
+                              f"(it honours: {', '.join(sorted(board.trace))})")
+
+
+YAML_KEYS = {"name", "arch", "machine", "accel", "memory", "smp", "kernel", "initrd", "append", "serial", "no_reboot",
              "start_paused", "devices", "bios", "cpu", "trace", "trace_file", "qmp", "linux_boot"}
 
 
@@ -170,71 +408,196 @@ def _expect(value: Any, types: type | tuple[type, ...], key: str) -> Any:
 
 
 def from_mapping(data: Any, base_dir: Path) -> MachineConfig:
-    """Build a config from parsed YAML; relative paths are resolved against ``base_dir``."""
+    """Build a config from parsed YAML; relative paths are resolved against ``base_dir``.
+
+    Every value's type is checked before it is converted, so no container reaches
+    ``str()`` (an alias bomb would expand there) and no text reaches ``int()`` unbounded.
+    """
     if not isinstance(data, dict):
         raise ConfigError("the machine file must be a YAML mapping of keys to values")
-    unknown = set(map(str, data)) - YAML_KEYS
+    bad_keys = [k for k in data if not isinstance(k, str)]
+    if bad_keys:
+        raise ConfigError(f"machine file keys must be strings, not {type(bad_keys[0]).__name__}")
+    unknown = set(data) - YAML_KEYS
     if unknown:
-        raise ConfigError(f"unknown key(s) in machine file: {', '.join(sorted(unknown))}")
+        raise ConfigError(f"unknown key(s) in machine file: {', '.join(shown(k, 30) for k in sorted(unknown)[:5])}")
 
     def path(key: str) -> Path | None:
         v = data.get(key)
         if v is None:
             return None
-        p = Path(_expect(v, str, key)).expanduser()
+        text = _expect(v, str, key)
+        if "\0" in text:
+            raise ConfigError(f"'{key}': the path {shown(text)} contains a NUL byte")
+        try:
+            p = Path(text).expanduser()
+        except RuntimeError:  # "~nouser/...": no such user
+            raise ConfigError(f"'{key}': cannot expand the home directory in {shown(text)}") from None
         return p if p.is_absolute() else base_dir / p
 
-    cfg = MachineConfig()
-    cfg.kernel = path("kernel")
-    cfg.initrd = path("initrd")
-    cfg.trace_file = path("trace_file")
+    kw: dict[str, Any] = {"kernel": path("kernel"), "initrd": path("initrd"), "trace_file": path("trace_file")}
     if "name" in data:
-        cfg.name = str(_expect(data["name"], (str, int), "name"))
-    for key in ("arch", "accel", "serial", "bios", "cpu", "linux_boot"):
+        name = _expect(data["name"], (str, int), "name")
+        kw["name"] = name if isinstance(name, str) else shown(name)
+    for key in ("arch", "machine", "accel", "serial", "bios", "cpu", "linux_boot", "append"):
         if key in data:
-            setattr(cfg, key, _expect(data[key], str, key))
-    if "append" in data:
-        cfg.append = _expect(data["append"], str, "append")
+            kw[key] = _expect(data[key], str, key)
     if "memory" in data:
-        cfg.memory = parse_size(_expect(data["memory"], (str, int), "memory"), "memory size")
+        kw["memory"] = parse_size(_expect(data["memory"], (str, int), "memory"), "memory size")
     if "smp" in data:
-        cfg.smp = _expect(data["smp"], int, "smp")
+        kw["smp"] = _expect(data["smp"], int, "smp")
     for key in ("no_reboot", "start_paused"):
         if key in data:
-            setattr(cfg, key, _expect(data[key], bool, key))
+            kw[key] = _expect(data[key], bool, key)
     if "trace" in data:
         items = _expect(data["trace"], (list, str), "trace")
-        cfg.trace = set(items.split(",")) if isinstance(items, str) else {str(i) for i in items}
+        if isinstance(items, list):
+            kw["trace"] = frozenset(_expect(i, str, "trace items") for i in items)
+        else:
+            kw["trace"] = parse_trace(items)
     if "qmp" in data:
         q = _expect(data["qmp"], (list, str), "qmp")
-        cfg.qmp = [q] if isinstance(q, str) else [str(_expect(i, str, "qmp")) for i in q]
+        kw["qmp"] = [q] if isinstance(q, str) else [_expect(i, str, "qmp") for i in q]
     for i, dev in enumerate(_expect(data.get("devices", []) or [], list, "devices")):
         if not isinstance(dev, dict) or not isinstance(dev.get("type"), str):
             raise ConfigError(f"devices[{i}] must be a mapping with a 'type'")
         if dev["type"] != "isa-debug-exit":
-            raise ConfigError(f"devices[{i}]: unsupported device type {dev['type']!r}")
-        extra = set(dev) - {"type", "iobase", "iosize"}
+            raise ConfigError(f"devices[{i}]: unsupported device type {shown(dev['type'])}")
+        extra = [k for k in dev if k not in ("type", "iobase", "iosize")]
         if extra:
-            raise ConfigError(f"devices[{i}]: unknown key(s) {', '.join(sorted(map(str, extra)))}")
-        cfg.debug_exit = DebugExitConfig(parse_int(dev.get("iobase", 0x501), "iobase"),
-                                         parse_int(dev.get("iosize", 2), "iosize"))
-    return cfg
+            raise ConfigError(f"devices[{i}]: unknown key(s) {', '.join(shown(k, 30) for k in extra[:5])}")
+        iobase = _expect(dev.get("iobase", 0x501), (int, str), f"devices[{i}].iobase")
+        iosize = _expect(dev.get("iosize", 2), (int, str), f"devices[{i}].iosize")
+        kw["debug_exit"] = DebugExitConfig(parse_int(iobase, "iobase", hi=0xFFFF), parse_int(iosize, "iosize", hi=8))
+    return MachineConfig(**kw)
 
 
-def load_yaml(path: Path) -> MachineConfig:
+def _yaml_loader(yaml: Any) -> type:
+    """A SafeLoader that bounds nesting depth (PyYAML recurses per level) and node count while composing."""
+
+    class BoundedLoader(yaml.SafeLoader):
+        def __init__(self, stream: str) -> None:
+            super().__init__(stream)
+            self.kvmpy_depth = 0
+            self.kvmpy_nodes = 0
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            self.kvmpy_depth += 1
+            self.kvmpy_nodes += 1  # bounds the node graph while it is built, before aliases are measured
+            try:
+                if self.kvmpy_depth > MAX_YAML_DEPTH:
+                    raise ConfigError(f"invalid YAML: nested deeper than {MAX_YAML_DEPTH} levels")
+                if self.kvmpy_nodes > MAX_YAML_NODES:
+                    raise ConfigError(f"invalid YAML: more than {MAX_YAML_NODES} nodes")
+                return super().compose_node(parent, index)
+            finally:
+                self.kvmpy_depth -= 1
+
+    return BoundedLoader
+
+
+def _expanded_size(yaml: Any, root: Any) -> int:
+    """Nodes in the document once every alias is expanded, counted without expanding anything.
+
+    Each node's expanded size is computed once (aliases share nodes), iteratively, so a
+    billion-laughs document or a self-referencing alias is refused in microseconds.
+    """
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+
+    def children(node: Any) -> list:
+        if isinstance(node, yaml.SequenceNode):
+            return list(node.value)
+        if isinstance(node, yaml.MappingNode):
+            return [n for pair in node.value for n in pair]
+        return []
+
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            on_path.discard(key)
+            sizes[key] = 1 + sum(sizes[id(c)] for c in children(node))
+            if sizes[key] > MAX_YAML_NODES:
+                raise ConfigError(f"invalid YAML: more than {MAX_YAML_NODES} nodes once aliases are expanded")
+            continue
+        if key in sizes:
+            continue
+        if key in on_path:
+            raise ConfigError("invalid YAML: an alias refers to a node that contains it")
+        on_path.add(key)
+        stack.append((node, True))
+        stack.extend((c, False) for c in children(node) if id(c) not in sizes)
+    return sizes[id(root)]
+
+
+def _read_machine_file(path: Path) -> str:
+    """The file's text: a regular file of at most MAX_MACHINE_FILE bytes of UTF-8, else ConfigError."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # NONBLOCK: a FIFO must not hang us
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"cannot read machine file {shown(str(path))}: {reason}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"machine file {shown(str(path))} is not a regular file")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            raw = f.read(MAX_MACHINE_FILE + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read machine file {shown(str(path))}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_MACHINE_FILE:
+        raise ConfigError(f"machine file {shown(str(path))} is larger than {MAX_MACHINE_FILE} bytes")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"machine file {shown(str(path))} is not UTF-8 (byte {exc.start})") from None
+
+
+def _yaml_problem(yaml: Any, exc: Exception) -> str:
+    """One line for any PyYAML failure (their own str() spans several lines)."""
+    if isinstance(exc, yaml.reader.ReaderError):
+        return f"invalid YAML at character {exc.position}: {exc.reason}"
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}" if mark else ""
+    problem = str(getattr(exc, "problem", None) or getattr(exc, "context", None) or type(exc).__name__)
+    if len(problem) > 160:  # PyYAML quotes what it found: an alias or tag may be any length
+        problem = problem[:160] + "..."
+    return f"invalid YAML{where}: {problem.replace(chr(10), ' ')}"
+
+
+def parse_yaml(text: str) -> Any:
+    """Parse one machine document with bounded depth, bounded alias expansion and bounded integers."""
     import yaml  # only YAML users pay for the import
 
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read machine file {path}: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
+        loader = _yaml_loader(yaml)(text)  # the reader checks the characters here already
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}: invalid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        raise ConfigError(_yaml_problem(yaml, exc)) from None
     try:
-        return from_mapping(data, path.resolve().parent).validate()
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_size(yaml, node)
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        raise ConfigError(_yaml_problem(yaml, exc)) from None
+    except ValueError as exc:  # int() of an over-long number (more than 4300 digits), a bad date, ...
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"invalid YAML: a value cannot be converted ({shown(str(exc), 80)})") from None
+    except (RecursionError, OverflowError) as exc:
+        raise ConfigError(f"invalid YAML: {type(exc).__name__}") from None
+    finally:
+        loader.dispose()
+
+
+def load_yaml(path: Path) -> MachineConfig:
+    text = _read_machine_file(path)
+    try:
+        return from_mapping(parse_yaml(text), path.resolve().parent).validate()
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None

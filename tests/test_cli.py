@@ -24,7 +24,10 @@ def test_qemu_flags_become_a_config(tmp_path: Path) -> None:
     assert parse_qemu_args(["-accel", "kvm", "-nodefaults", "-kernel", "k"]).serial == "none"
     assert parse_qemu_args(["-accel", "kvm", "-display", "none", "-kernel", "k"]).serial == "stdio"
     riscv = parse_qemu_args(["-machine", "virt", "-cpu", "rv64", "-bios", "none", "-kernel", "p", "-m", "128M"])
-    assert (riscv.arch, riscv.accel, riscv.bios) == ("riscv64", "tcg", "none")
+    assert (riscv.arch, riscv.machine, riscv.accel, riscv.bios) == ("riscv64", "virt", "tcg", "none")
+    traced = parse_qemu_args(["-M", "virt", "-kernel", "p", "-d", "in_asm,exec", "-D", "t.log"])
+    assert (traced.trace, traced.trace_file) == ({"in_asm", "exec"}, Path("t.log"))
+    assert parse_qemu_args(["-enable-kvm", "-M", "q35", "-kernel", "k"]).machine == "pc"
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -53,6 +56,26 @@ def test_main_prints_one_line_and_exits_2(argv: list[str], message: str, capsys)
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["-machine", "virt", "-kernel", "/etc/hostname", "-initrd", "/etc/hostname"],
+     "machine 'virt' (riscv64) does not support -initrd"),
+    (["-machine", "virt", "-kernel", "/etc/hostname", "-S"], "does not support -S"),
+    (["-machine", "virt", "-kernel", "/etc/hostname", "-device", "isa-debug-exit"], "does not support -device"),
+    (["-machine", "virt", "-kernel", "/etc/hostname", "-qmp", "unix:/tmp/q,server"], "does not support -qmp"),
+    (["-machine", "virt", "-kernel", "/etc/hostname", "-d", "guest_errors"], "does not honour -d guest_errors"),
+    (["-machine", "virt", "-kernel", "/etc/hostname", "-cpu", "host"], "-cpu 'host' is not supported"),
+    (["-machine", "virt", "-kernel", "/etc/hostname", "-smp", "2"], "runs one vCPU"),
+    (["-machine", "virt", "-kernel", "/etc/hostname", "-bios", "default"], "only '-bios none'"),
+    (["-enable-kvm", "-kernel", "/etc/hostname", "-d", "in_asm"], "machine 'pc' honours no -d items"),
+    (["-enable-kvm", "-kernel", "/etc/hostname", "-d", "in_asm,warp"], "unknown -d item(s): 'warp'"),
+    (["-enable-kvm", "-kernel", "/etc/hostname", "-bios", "bios.bin"], "machine 'pc' does not support -bios"),
+])
+def test_each_board_refuses_what_it_lacks_in_one_line(argv: list[str], message: str, capsys) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "Traceback" not in err, err
 
 
 def test_help_and_version(capsys) -> None:
@@ -98,7 +121,7 @@ def test_yaml_run_of_the_demo(tmp_path: Path) -> None:
 
 
 def test_riscv_guest_through_the_qemu_flags_and_yaml(tmp_path: Path) -> None:
-    from tests.tcg_fallback.guests.build import build_guest as build_riscv
+    from tests.guests.riscv.build import build_guest as build_riscv
 
     try:
         elf = build_riscv("hello")
@@ -113,3 +136,149 @@ def test_riscv_guest_through_the_qemu_flags_and_yaml(tmp_path: Path) -> None:
     assert (p.returncode, p.stdout) == (0, b"hello from riscv64\n"), p.stderr
     p = run_cli(["-enable-kvm", "-machine", "virt", "-kernel", str(elf)])
     assert p.returncode == 2 and b"TCG fallback" in p.stderr
+
+
+# ---- hostile command lines (issue 11): one line and status 2 (or QEMU's status 1), never a traceback ---------
+def one_error_line(p, status: int = 2) -> str:
+    err = p.stderr.decode(errors="replace")
+    assert p.returncode == status, err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_memory_with_hundreds_of_digits() -> None:
+    for size in ("9" * 300, "9" * 5000 + "G", "1" * 400 + ".5M"):
+        assert "too large" in one_error_line(run_cli(["-enable-kvm", "-m", size, "-kernel", "/etc/hostname"]))
+
+
+@pytest.mark.kvm_host
+def test_memory_the_host_cannot_reserve_is_qemus_one_line_and_status_1() -> None:
+    import resource
+    import subprocess
+    import sys
+
+    def limit() -> None:  # the same refusal on any host: cap the address space below the request
+        resource.setrlimit(resource.RLIMIT_AS, (16 << 30, 16 << 30))
+
+    p = subprocess.run([sys.executable, "-m", "kvmpy", "-enable-kvm", "-m", "100G", *BASE_FLAGS, "-kernel",
+                        str(build_guest("hello"))], capture_output=True, timeout=120, preexec_fn=limit)
+    err = one_error_line(p, status=1)
+    assert "cannot set up guest memory 'pc.ram': Cannot allocate memory" in err
+
+
+@pytest.mark.parametrize("size", [0, 1, 4, 11])
+def test_kernel_of_a_few_bytes(tmp_path: Path, size: int) -> None:
+    k = tmp_path / "k"
+    k.write_bytes(b"\0" * size)
+    assert "not a kernel" in one_error_line(run_cli(["-enable-kvm", "-kernel", str(k)]))
+
+
+def test_path_component_longer_than_255_bytes(tmp_path: Path) -> None:
+    long = str(tmp_path / ("x" * 300))
+    assert "File name too long" in one_error_line(run_cli(["-enable-kvm", "-kernel", long]))
+    assert "File name too long" in one_error_line(run_cli(["-enable-kvm", "-kernel", "/etc/hostname",
+                                                            "-initrd", long]))
+
+
+@pytest.mark.kvm_host
+@pytest.mark.parametrize("flag, value", [("-qmp", "tcp:é..:4444,server"), ("-incoming", "tcp:é..:4444"),
+                                         ("-incoming", "tcp:h:" + "9" * 5000), ("-qmp", "tcp:h:" + "9" * 5000 + ",server")],
+                         ids=["qmp-host", "incoming-host", "incoming-port", "qmp-port"])
+def test_non_ascii_hosts_and_huge_ports(flag: str, value: str) -> None:
+    err = one_error_line(run_cli(["-enable-kvm", "-m", "64", *BASE_FLAGS, "-kernel", str(build_guest("hello")),
+                                  flag, value]))
+    assert "invalid" in err or "host name" in err
+
+
+def test_machine_file_that_never_ends(tmp_path: Path) -> None:
+    assert "not a regular file" in one_error_line(run_cli(["run", "/dev/zero"], timeout=30))
+
+
+def test_values_with_newlines_are_echoed_on_one_line(tmp_path: Path) -> None:
+    for argv in (["-enable-kvm", "-display", "gtk\nsecond line"], ["-enable-kvm", "-device", "a\nb"],
+                 ["-enable-kvm", "-serial", "tcp:a\nb", "-kernel", "/etc/hostname"],
+                 ["-enable-kvm", "-qmp", "unix:/tmp/x\ny", "-kernel", "/etc/hostname"]):
+        one_error_line(run_cli(argv))
+    cfg = tmp_path / "m.yaml"
+    cfg.write_bytes(b"kernel: /etc/hostname\nname: \"a\\x01\"\n\x01")
+    assert "invalid YAML" in one_error_line(run_cli(["run", str(cfg)]))
+
+
+# ---- fuzzing the command itself (issue 11, D): generated argvs and machine files through `python3 -m kvmpy` ----
+import os as _os
+import resource as _resource
+import subprocess as _subprocess
+import sys as _sys
+
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+_TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"), max_size=40)
+_HUGE = st.integers(300, 6000).map(lambda n: "9" * n)
+_HOSTS = st.sampled_from(["é..", "é", "a..b", "ü.example", "xn--", "-", "[::1", "1.2.3.4.5", "h" * 300, "ſ", "\u200b"])
+_VALUE = st.one_of(
+    _TEXT, _HUGE, _HUGE.map(lambda d: d + "G"), _HUGE.map(lambda d: "0x" + d),
+    st.builds(lambda h, p: f"tcp:{h}:{p}", _HOSTS | _TEXT, st.sampled_from(["4444", "1", "", "9" * 5000, "٣"])),
+    st.builds(lambda h, p: f"tcp:{h}:{p},server,wait=off", _HOSTS | _TEXT, st.sampled_from(["0", "9" * 500, "x"])),
+    st.sampled_from(["unix:/tmp/\u00e9\u00e9,server,wait=off", "isa-debug-exit,iobase=" + "1" * 5000,
+                     "isa-debug-exit,iosize=0x" + "f" * 5000, "1T", "100G", "file:/dev/full", "virt", "pc",
+                     "cpus=" + "9" * 5000, "size=" + "9" * 400, "x" * 300]),
+)
+_OPTS = ["-m", "-smp", "-kernel", "-initrd", "-qmp", "-incoming", "-device", "-machine", "-serial", "-name",
+         "-append", "-accel", "-d", "-D", "-cpu", "-display", "-bios"]
+_ARGV = st.lists(st.one_of(st.sampled_from(_OPTS).flatmap(lambda o: _VALUE.map(lambda v: [o, v])),
+                           st.sampled_from([["-enable-kvm"], ["-nodefaults"], ["-no-reboot"], ["-S"], ["--"],
+                                            ["-kernel", "/etc/hostname"], ["-kernel", "x" * 300]])),
+                 max_size=6).map(lambda parts: [a for p in parts for a in p])
+
+
+def _limits() -> None:  # bounded memory for the child: a memory bomb fails instead of swapping the host
+    _resource.setrlimit(_resource.RLIMIT_AS, (4 << 30, 4 << 30))
+
+
+def _run_bounded(args: list[str]) -> _subprocess.CompletedProcess:
+    env = dict(_os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    return _subprocess.run([_sys.executable, "-m", "kvmpy", *args], stdin=_subprocess.DEVNULL, capture_output=True,
+                           timeout=60, env=env, preexec_fn=_limits)
+
+
+def _check_outcome(p: _subprocess.CompletedProcess) -> None:
+    err = p.stderr.decode(errors="replace")
+    assert p.returncode in (0, 1, 2), (p.returncode, err[-2000:])
+    assert "Traceback" not in err, err[-3000:]
+    if p.returncode == 2:
+        assert err.count("\n") == 1 and err.endswith("\n"), err[-2000:]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(_ARGV)
+def test_fuzzed_argv_is_status_0_1_or_2_and_one_line_for_usage_errors(argv: list[str]) -> None:
+    _check_outcome(_run_bounded(["-enable-kvm", *argv]))
+
+
+_YAML_SCALAR = st.one_of(_TEXT, _HUGE, _HUGE.map(lambda d: "'" + d + "M'"), st.integers(-5, 5).map(str),
+                         _HOSTS.map(lambda h: f"tcp:{h}:4444,server,wait=off"),
+                         st.sampled_from(["~nouser-kvmpy/x", '"a\\0b"', "*a", "[*a, *a, *a, *a]", "&a [1, 2]",
+                                          "{type: isa-debug-exit, iosize: *a}", "!!python/object:os.system x"]))
+_YAML_KEYS = st.sampled_from(["name", "memory", "smp", "kernel", "initrd", "qmp", "trace", "devices", "serial",
+                              "append", "no_reboot", "unknown", "trace_file"])
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(st.tuples(_YAML_KEYS, _YAML_SCALAR), max_size=5),
+       st.integers(0, 3).map(lambda n: "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9 if i else ['x'] * 9)}]\n"
+                                               for i in range(n * 3))))
+def test_fuzzed_machine_files_through_the_command(tmp_path_factory, pairs, bomb: str) -> None:
+    d = tmp_path_factory.mktemp("fz")
+    text = bomb + "kernel: /etc/hostname\n" + "".join(f"{k}: {v}\n" for k, v in pairs if k != "kernel")
+    (d / "m.yaml").write_text(text)
+    _check_outcome(_run_bounded(["run", str(d / "m.yaml")]))
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=list(HealthCheck))
+@given(_ARGV)
+def test_fuzzed_argv_in_process_is_a_config_or_a_config_error(argv: list[str]) -> None:
+    """The same argvs, many more of them, through the parser and validation (no subprocess, no VM)."""
+    try:
+        parse_qemu_args(["-enable-kvm", *argv]).validate()
+    except ConfigError as exc:
+        assert "Traceback" not in str(exc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 
@@ -156,7 +157,7 @@ def test_timeout_stops_a_guest_that_never_exits() -> None:
 @_both
 def test_reset_reboots_the_guest_unless_no_reboot(where: str) -> None:
     def hook(machine, console) -> GuestRun:
-        machine.config.no_reboot = False  # a reset now restarts the guest from its entry point
+        machine.config = dataclasses.replace(machine.config, no_reboot=False)  # a reset now restarts the guest from its entry point
         result: list[int] = []
         runner = threading.Thread(target=lambda: result.append(machine.run(timeout=60)))
         runner.start()
@@ -179,7 +180,7 @@ def test_triple_fault_resets_and_no_reboot_exits(where: str) -> None:
     assert run.output == "triplefault: boot 1\n"
 
     def hook(machine, console) -> GuestRun:
-        machine.config.no_reboot = False
+        machine.config = dataclasses.replace(machine.config, no_reboot=False)
         result: list[int] = []
         runner = threading.Thread(target=lambda: result.append(machine.run(timeout=60)))
         runner.start()

@@ -3,31 +3,26 @@
 from __future__ import annotations
 
 import math
-import re
 
+from kvmpy import units
 from kvmpy.block.errors import BlockError
 
-_SUFFIX = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40,
-           "p": 1 << 50, "e": 1 << 60}
 _UNITS = ["", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"]
 MAX_SIZE = (1 << 63) - 1
 
 
 def parse_size(text: str) -> int:
-    """Parse a size with an optional binary suffix (k, M, G, T, P, E; case-insensitive)."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([bBkKmMgGtTpPeE]?)\s*", text)
-    if not m:
+    """A size with an optional binary suffix (k, M, G, T, P, E; case-insensitive), with qemu-img's messages.
+
+    The parsing itself is kvmpy.units.parse_size (exact, bounded); only the wording is qemu-img's.
+    """
+    try:
+        return units.parse_size(text, default_unit=1, maximum=MAX_SIZE)
+    except units.SizeError as exc:
+        if exc.too_large:
+            raise BlockError("Image size must be less than 8 EiB!") from None
         raise BlockError("Invalid image size specified. You may use k, M, G, T, P or E suffixes "
-                         "for kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.")
-    num, suf = m.groups()
-    mult = _SUFFIX[suf.lower()]
-    if "." in num:
-        value = int(float(num) * mult)
-    else:
-        value = int(num) * mult
-    if value > MAX_SIZE:
-        raise BlockError("Image size must be less than 8 EiB!")
-    return value
+                         "for kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.") from None
 
 
 def human_size(n: int) -> str:

@@ -5,6 +5,11 @@ transmits and feeds what the user types into a ``receive`` callable. On a
 terminal, stdin is switched to raw mode and restored on every exit path;
 Ctrl-A x quits, Ctrl-A h prints help and Ctrl-A Ctrl-A sends a literal Ctrl-A,
 as under ``qemu -nographic``.
+
+Output never fails towards the guest: ``write()`` is called on a vCPU thread, and
+a host-side error (a full disk, ``file:/dev/full``, a closed pipe, a terminal that
+stays blocked) drops that output and is logged once per backend; the guest runs
+on, as under QEMU. Backends implement ``put()`` and may raise OSError there.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import select
 import sys
 import termios
 import threading
+import time
 import tty
 from pathlib import Path
 from typing import Callable
@@ -26,10 +32,50 @@ ESCAPE_HELP = (b"\r\nC-a h    print this help\r\nC-a x    exit kvmpy\r\n"
                b"C-a C-a  sends C-a\r\n")
 
 
+OUTPUT_STALL = 1.0  # seconds a blocked output may hold up the vCPU before the bytes are dropped
+
+
+def write_all(fd: int, data: bytes, stall: float = OUTPUT_STALL) -> None:
+    """Write all of ``data`` to ``fd``, waiting at most ``stall`` seconds in all for a non-blocking fd.
+
+    Raises OSError (BlockingIOError when the reader did not drain in time); callers drop the rest.
+    """
+    view = memoryview(data)
+    deadline = None
+    while view:
+        try:
+            n = os.write(fd, view)
+        except BlockingIOError:
+            now = time.monotonic()
+            deadline = now + stall if deadline is None else deadline
+            if now >= deadline:
+                raise
+            select.select([], [fd], [], deadline - now)
+            continue
+        view = view[n:]
+
+
 class CharBackend:
-    """Base: output is discarded, no input."""
+    """Base: output is discarded, no input. Subclasses implement ``put()``; ``write()`` never raises."""
+
+    what = "character device"
+    output_failed = False  # set on the instance at the first dropped output (logged once)
+    output_stall = OUTPUT_STALL
 
     def write(self, data: bytes) -> None:
+        """Send guest output to the host side; a host error drops it (logged once), never reaches the vCPU."""
+        try:
+            self.put(data)
+        except (OSError, ValueError) as exc:  # ValueError: a file object closed under us
+            if not self.output_failed:
+                self.output_failed = True
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                # A reader that went away (kvmpy ... | head) is ordinary; anything else is worth a warning.
+                level = logging.DEBUG if isinstance(exc, BrokenPipeError) else logging.WARNING
+                log.log(level, "%s: output failed (%s); guest output is dropped, the guest runs on",
+                        self.what, reason)
+
+    def put(self, data: bytes) -> None:
         pass
 
     def start(self, receive: Callable[[bytes], int], on_quit: Callable[[], None]) -> None:
@@ -45,13 +91,16 @@ class NullBackend(CharBackend):
 
 class FileBackend(CharBackend):
     def __init__(self, path: Path) -> None:
+        self.what = f"serial output file {path}"
         try:
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        except OSError as exc:
-            raise ValueError(f"cannot open serial output file {path}: {exc.strerror}") from None
+        except (OSError, ValueError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise ValueError(f"cannot open serial output file {path}: {reason}") from None
 
-    def write(self, data: bytes) -> None:
-        os.write(self._fd, data)
+    def put(self, data: bytes) -> None:
+        if self._fd >= 0:
+            write_all(self._fd, data, self.output_stall)
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -69,14 +118,10 @@ class StdioBackend(CharBackend):
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    def write(self, data: bytes) -> None:
-        try:
-            os.write(self.out_fd, data)
-        except BlockingIOError:
-            select.select([], [self.out_fd], [], 1.0)
-            os.write(self.out_fd, data)
-        except BrokenPipeError:
-            pass
+    what = "serial output to stdout"
+
+    def put(self, data: bytes) -> None:
+        write_all(self.out_fd, data, self.output_stall)
 
     def start(self, receive: Callable[[bytes], int], on_quit: Callable[[], None]) -> None:
         try:
@@ -173,7 +218,9 @@ class BufferBackend(CharBackend):
         with self._cond:
             return bytes(self._out)
 
-    def write(self, data: bytes) -> None:
+    what = "serial output buffer"
+
+    def put(self, data: bytes) -> None:
         with self._cond:
             self._out += data
             self._cond.notify_all()
@@ -203,8 +250,6 @@ class BufferBackend(CharBackend):
                 self._expects.append((text, then))
 
     def wait_for(self, text: bytes, timeout: float) -> bool:
-        import time
-
         end = time.monotonic() + timeout
         with self._cond:
             while text not in self._out:

@@ -17,4 +17,6 @@ def read_boot_file(path: Path, what: str) -> bytes:
             raise LoaderError(f"{path}: {size} bytes is too large for a {what}")
         return path.read_bytes()
     except OSError as exc:
-        raise LoaderError(f"cannot read {what} {path}: {exc.strerror}") from None
+        raise LoaderError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # a NUL byte in the path
+        raise LoaderError(f"cannot read {what} {str(path)[:80]!r}: {exc}") from None

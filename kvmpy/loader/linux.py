@@ -25,7 +25,7 @@ from pathlib import Path
 from kvmpy.loader.boot_params import XLF_KERNEL_64, build_boot_params
 from kvmpy.loader.bzimage import BzImage, compression_of, decompress_payload, parse_bzimage
 from kvmpy.loader.e820 import E820_RAM, E820Entry
-from kvmpy.loader.elf import Elf64Image, is_elf, parse_elf64
+from kvmpy.loader.elf import ElfImage, is_elf, parse_elf64
 from kvmpy.loader.errors import LoaderError
 from kvmpy.loader.files import read_boot_file
 from kvmpy.loader.multiboot import HEADER_SEARCH, find_header
@@ -89,8 +89,7 @@ class PreparedKernel:
     path: Path
     mode: EntryMode
     bzimage: BzImage | None = None
-    elf: Elf64Image | None = None
-    elf_data: bytes = b""
+    elf: ElfImage | None = None  # holds the ELF file's bytes too
 
 
 @dataclass(frozen=True)
@@ -108,7 +107,7 @@ class LinuxBoot:
     initrd: tuple[int, int] | None
 
 
-def _pvh_elf(data: bytes, name: str) -> Elf64Image:
+def _pvh_elf(data: bytes, name: str) -> ElfImage:
     elf = parse_elf64(data, name)
     if elf.pvh_entry is None:
         raise LoaderError(f"{name}: the ELF kernel has no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY); "
@@ -123,14 +122,14 @@ def prepare_kernel(path: Path, boot_mode: str = "auto") -> PreparedKernel:
     data = read_boot_file(path, "kernel")
     if is_elf(data):
         elf = _pvh_elf(data, str(path))
-        return PreparedKernel(path, EntryMode.PVH32, elf=elf, elf_data=data)
+        return PreparedKernel(path, EntryMode.PVH32, elf=elf)
     bz = parse_bzimage(data, str(path))
     if boot_mode == "pvh":
         payload = bz.payload()
         log.info("%s: decompressing the %s payload on the host", path, compression_of(payload))
         vmlinux = decompress_payload(payload)
         elf = _pvh_elf(vmlinux, f"{path} (decompressed payload)")
-        return PreparedKernel(path, EntryMode.PVH32, bzimage=bz, elf=elf, elf_data=vmlinux)
+        return PreparedKernel(path, EntryMode.PVH32, bzimage=bz, elf=elf)
     if not bz.header.xloadflags & XLF_KERNEL_64:
         raise LoaderError(f"{path}: the bzImage has no 64-bit entry point (XLF_KERNEL_64); kvmpy boots "
                           f"64-bit x86 kernels only")
@@ -231,9 +230,8 @@ def _load_pvh(kernel: PreparedKernel, cmdline: str, initrd: Path | None, memory:
     if elf.high > ram_top or elf.low < BZIMAGE_LOAD_ADDR:
         raise LoaderError(f"{kernel.path}: the kernel occupies {elf.low:#x}-{elf.high:#x}, outside low RAM "
                           f"(1 MiB-{ram_top >> 20} MiB); give the VM more memory")
-    data = memoryview(kernel.elf_data)
     for s in elf.segments:
-        memory.write(s.paddr, data[s.offset:s.offset + s.filesz])
+        memory.write(s.paddr, elf.segment_bytes(s))
         if s.memsz > s.filesz:
             memory.fill(s.paddr + s.filesz, s.memsz - s.filesz)
     memory.write(CMDLINE_ADDR, _cmdline_bytes(cmdline, MAX_CMDLINE))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kvmpy.loader.e820 import E820_RAM, E820Entry
+from kvmpy.loader.elf import ELFCLASS64, EM_386, EM_X86_64, is_elf, parse_elf
 from kvmpy.loader.errors import LoaderError
 from kvmpy.loader.files import read_boot_file
 from kvmpy.memory.guest_memory import GuestMemory, GuestMemoryError
@@ -36,9 +37,6 @@ PAGE = 4096
 MBI_FLAGS = (1 << 0) | (1 << 1) | (1 << 2) | (1 << 3) | (1 << 6) | (1 << 9)
 BOOT_DEVICE = 0x8000FFFF
 
-EM_386 = 3
-EM_X86_64 = 62
-PT_LOAD = 1
 
 
 @dataclass(frozen=True)
@@ -68,8 +66,8 @@ def _page_align(n: int) -> int:
 
 
 def find_header(image: bytes) -> MultibootHeader | None:
-    limit = min(len(image), HEADER_SEARCH) - 12
-    for off in range(0, max(limit, 0) + 1, 4):
+    limit = min(len(image), HEADER_SEARCH) - 12  # last offset where a whole 12-byte header fits
+    for off in range(0, limit + 1, 4):  # empty when the image is shorter than a header
         magic, flags, checksum = struct.unpack_from("<III", image, off)
         if magic == MAGIC and (magic + flags + checksum) & 0xFFFFFFFF == 0:
             if flags & FLAG_AOUT_KLUDGE:
@@ -93,32 +91,18 @@ class _Segment:
 
 
 def _elf_segments(path: Path, image: bytes) -> tuple[list[_Segment], int]:
-    if image[:4] != b"\x7fELF":
+    if not is_elf(image):
         raise LoaderError(f"{path}: multiboot header asks for ELF loading, but the file is not ELF")
-    if image[4] == 2 or struct.unpack_from("<H", image, 18)[0] == EM_X86_64:
+    if image[4:5] == bytes((ELFCLASS64,)) or image[18:20] == struct.pack("<H", EM_X86_64):
         raise LoaderError(f"{path}: cannot load an x86-64 multiboot image; give a 32-bit one")
-    if image[4] != 1 or image[5] != 1:
-        raise LoaderError(f"{path}: not a little-endian ELF32 file")
-    if len(image) < 52:
-        raise LoaderError(f"{path}: truncated ELF header")
-    (e_type, e_machine, _, e_entry, e_phoff, _, _, _, e_phentsize, e_phnum) = struct.unpack_from("<HHIIIIIHHH", image, 16)
-    if e_machine != EM_386:
-        raise LoaderError(f"{path}: ELF machine {e_machine} is not i386")
-    if e_phentsize < 32 or e_phnum == 0 or e_phoff + e_phnum * e_phentsize > len(image):
-        raise LoaderError(f"{path}: bad ELF program header table")
+    elf = parse_elf(image, str(path), machine=EM_386, elf_class=32)
+    entry = elf.entry
     segments = []
-    for i in range(e_phnum):
-        p_type, p_offset, p_vaddr, p_paddr, p_filesz, p_memsz = struct.unpack_from("<6I", image, e_phoff + i * e_phentsize)
-        if p_type != PT_LOAD or p_memsz == 0:
-            continue
-        if p_filesz > p_memsz or p_offset + p_filesz > len(image) or p_paddr + p_memsz > 1 << 32:
-            raise LoaderError(f"{path}: ELF segment {i} lies outside the file or the 4 GiB space")
-        if e_entry - p_vaddr < p_memsz and p_vaddr != p_paddr:
-            e_entry = e_entry - p_vaddr + p_paddr  # an entry given as a virtual address
-        segments.append(_Segment(p_paddr, image[p_offset:p_offset + p_filesz], p_memsz))
-    if not segments:
-        raise LoaderError(f"{path}: ELF file has no loadable segments")
-    return segments, e_entry
+    for s in elf.segments:
+        if entry - s.vaddr < s.memsz and s.vaddr != s.paddr:
+            entry = entry - s.vaddr + s.paddr  # an entry given as a virtual address
+        segments.append(_Segment(s.paddr, bytes(elf.segment_bytes(s)), s.memsz))
+    return segments, entry
 
 
 def _aout_segments(path: Path, image: bytes, h: MultibootHeader) -> tuple[list[_Segment], int]:

@@ -10,6 +10,8 @@ with the ``events`` capability, as in QEMU.
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -91,7 +93,8 @@ def start_incoming(machine: "Machine", uri: str) -> MigrationManager:
 
     mgr = MigrationManager.of(machine)
     mgr.autostart = not machine.config.start_paused
-    machine.config.start_paused = True  # Machine.start() must not run the VM before it has arrived
+    # Machine.start() must not run the VM before it has arrived (the config is frozen: replace it)
+    machine.config = dataclasses.replace(machine.config, start_paused=True)
     if uri == "defer":
         mgr.deferred = True
         machine.state = RunState.INMIGRATE
@@ -164,7 +167,8 @@ def query_migrate_parameters(ctx: Context) -> dict:
     return MigrationManager.of(ctx.machine).params.to_qmp()
 
 
-@table.command("migrate-set-capabilities", capabilities=Arg("list", items="dict"))
+@table.command("migrate-set-capabilities", capabilities=Arg("list", items=Arg("dict", fields={
+    "capability": Arg("str", choices=CAPABILITIES), "state": Arg("bool")})))
 def migrate_set_capabilities(ctx: Context, capabilities: list[dict]) -> dict:
     mgr = MigrationManager.of(ctx.machine)
     if mgr.active:

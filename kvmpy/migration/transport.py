@@ -6,11 +6,12 @@ switchover); ``exec:CMD`` pipes the stream through ``/bin/sh -c CMD``;
 or ``tcp::PORT`` means every IPv4 interface and port 0 picks a free port.
 
 Every URI is hostile input (it comes from the command line and from QMP):
-``parse_uri`` checks the host name (an IPv4/IPv6 address, or a DNS name whose
-IDNA form is ASCII, with labels of 1-63 and at most 253 characters in all),
-the port (decimal, 0-65535) and that paths encode to bytes without NUL, and
-keeps the host in its ASCII form, so the socket calls never see a name they
-cannot encode. Any failure is a one-line MigrationError.
+``parse_uri`` checks the host and port with ``kvmpy.netaddr`` (an IPv4/IPv6
+literal or an ASCII DNS name, labels of 1-63 and at most 253 characters; a
+decimal port 0-65535), that paths and commands encode to bytes without NUL,
+and that URIs stay bounded, so the socket calls never see a name they cannot
+encode; bind, connect, open and accept also turn any encoding error into a
+MigrationError. Any failure is one line.
 
 Listening on every interface (``tcp::PORT``, ``tcp:0:PORT``, ``tcp:0.0.0.0:PORT``)
 is what QEMU does, and it means that anyone who can reach the port can feed
@@ -26,9 +27,7 @@ existing regular file being overwritten is narrowed to 0600 too.
 
 from __future__ import annotations
 
-import ipaddress
 import os
-import re
 import socket
 import stat
 import subprocess
@@ -37,14 +36,12 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from kvmpy.migration.errors import MigrationError
+from kvmpy.netaddr import check_host, check_port
 
 SCHEMES = ("tcp", "unix", "exec", "file")
 MAX_URI = 64 << 10  # characters: far beyond any path or command line, short of a memory bomb
-MAX_HOST = 253  # a DNS name, without the root's trailing dot
 UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the terminating NUL
 SNAPSHOT_MODE = 0o600
-PORT_RE = re.compile(r"[0-9]{1,5}")
-LABEL_RE = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 # What the socket calls may raise besides OSError for a name or path they cannot use.
 SOCKET_ERRORS = (OSError, UnicodeError, ValueError, TypeError, OverflowError)
 
@@ -75,37 +72,6 @@ def _label(uri: Uri) -> str:
     return text if text.isprintable() and len(text) <= 80 else _show(text)
 
 
-def _ascii_host(host: str, text: str) -> str:
-    """The host in the form the socket calls take: an address, or an ASCII (IDNA) DNS name."""
-    if not host:
-        return host
-    if ":" in host:
-        try:
-            if not host.isascii():
-                raise ValueError(host)
-            return str(ipaddress.IPv6Address(host))
-        except ValueError:
-            raise MigrationError(f"invalid IPv6 address in migration URI {_show(text)}") from None
-    if len(host) > 4 * MAX_HOST:
-        raise MigrationError(f"the host name in migration URI {_show(text)} is too long")
-    if all(c in "0123456789." for c in host):
-        try:
-            socket.inet_aton(host)  # also the short forms getaddrinfo takes: "0", "127.1"
-        except OSError:
-            raise MigrationError(f"invalid IPv4 address in migration URI {_show(text)}") from None
-        return host
-    try:
-        name = host.encode("idna").decode("ascii")
-    except (UnicodeError, ValueError):
-        raise MigrationError(f"invalid host name in migration URI {_show(text)} (it has an empty, "
-                             "overlong or unencodable label)") from None
-    labels = name[:-1].split(".") if name.endswith(".") else name.split(".")
-    if len(name.rstrip(".")) > MAX_HOST or not all(LABEL_RE.fullmatch(label) for label in labels):
-        raise MigrationError(f"invalid host name in migration URI {_show(text)} (labels of 1-63 letters, "
-                             f"digits or hyphens, {MAX_HOST} characters in all)")
-    return name
-
-
 def _check_path(path: str, what: str, text: str) -> None:
     try:
         raw = os.fsencode(path)
@@ -132,9 +98,12 @@ def parse_uri(text: str) -> Uri:
                 raise MigrationError(f"invalid IPv6 address in migration URI {_show(text)}")
         else:
             host, sep, port = rest.rpartition(":")
-        if not sep or not PORT_RE.fullmatch(port) or int(port) > 65535:
-            raise MigrationError(f"invalid tcp migration address {_show(text)} (tcp:HOST:PORT, PORT 0-65535)")
-        return Uri("tcp", host=_ascii_host(host, text), port=int(port))
+        if not sep:
+            raise MigrationError(f"invalid tcp migration address {_show(text)} (tcp:HOST:PORT)")
+        try:  # a host the socket module cannot encode (TypeError at connect/bind) is refused here
+            return Uri("tcp", host=check_host(host), port=check_port(port))
+        except ValueError as exc:
+            raise MigrationError(f"invalid tcp migration address {_show(text)}: {exc}") from None
     what = "command" if scheme == "exec" else "path"
     if not rest:
         raise MigrationError(f"migration URI {_show(text)} needs a {what}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from kvmpy import __version__
+from kvmpy.version import __version__
 from kvmpy.monitor.protocol import COMMAND_NOT_FOUND, QmpError
 from kvmpy.monitor.schema import Arg, CommandTable
 

@@ -5,8 +5,7 @@ Accepted, as in QEMU: ``unix:PATH,server[=on][,wait=off|nowait]`` and
 waits for the first client before it starts. A TCP server with no host binds
 to loopback, not to every interface. A UNIX socket is created mode 0600
 without a window where it is more open: it is bound inside a private 0700
-directory, chmod-ed and set listening, then renamed into place, so a client
-that sees the path can connect at once (no ECONNREFUSED window).
+directory, chmod-ed, then renamed into place.
 """
 
 from __future__ import annotations
@@ -18,7 +17,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from kvmpy.config import ConfigError
+from kvmpy.errors import ConfigError
+from kvmpy.netaddr import check_host, check_port
 
 UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the terminating NUL
 STAGING_EXTRA = 13  # "/.qXXXXXXXX/s": the private directory we bind in first
@@ -68,10 +68,16 @@ def parse_endpoint(spec: str) -> Endpoint:
     if not server:
         raise ConfigError(f"-qmp {spec}: kvmpy only listens for QMP clients: add ',server'")
     if scheme == "unix":
+        if "\0" in rest:
+            raise ConfigError(f"-qmp {spec}: the socket path contains a NUL byte")
         if not rest:
             raise ConfigError(f"-qmp {spec}: the socket path is empty")
         limit = UNIX_PATH_MAX - STAGING_EXTRA
-        if len(os.fsencode(os.path.abspath(rest))) > limit:
+        try:
+            encoded = os.fsencode(os.path.abspath(rest))
+        except UnicodeError:
+            raise ConfigError(f"-qmp {spec}: the socket path cannot be encoded for this file system") from None
+        if len(encoded) > limit:
             raise ConfigError(f"-qmp {spec}: the socket path is longer than {limit} bytes")
         return Endpoint("unix", path=Path(rest), wait=wait, spec=spec)
     host, sep, port_text = rest.rpartition(":")
@@ -79,11 +85,10 @@ def parse_endpoint(spec: str) -> Endpoint:
         raise ConfigError(f"-qmp {spec}: expected tcp:HOST:PORT")
     host = host.strip("[]") or "127.0.0.1"
     try:
-        port = int(port_text)
-    except ValueError:
-        raise ConfigError(f"-qmp {spec}: invalid port {port_text!r}") from None
-    if not 0 <= port <= 65535:
-        raise ConfigError(f"-qmp {spec}: port {port} is out of range")
+        check_host(host)
+        port = check_port(port_text)
+    except ValueError as exc:
+        raise ConfigError(f"-qmp {spec}: {exc}") from None
     return Endpoint("tcp", host=host, port=port, wait=wait, spec=spec)
 
 
@@ -93,6 +98,8 @@ def listen(ep: Endpoint) -> socket.socket:
         sock = _listen_unix(ep.path) if ep.kind == "unix" else _listen_tcp(ep.host, ep.port)  # type: ignore[arg-type]
     except OSError as exc:
         raise ConfigError(f"-qmp {ep.spec}: cannot listen: {exc.strerror or exc}") from None
+    except (UnicodeError, TypeError, ValueError) as exc:  # a host the socket module cannot encode
+        raise ConfigError(f"-qmp {ep.spec}: cannot listen: {exc}") from None
     sock.setblocking(False)
     return sock
 
@@ -125,7 +132,7 @@ def _listen_unix(path: Path) -> socket.socket:
     try:
         sock.bind(str(staging))
         os.chmod(staging, 0o600)
-        sock.listen(16)  # before the path appears: a client that sees it can connect at once
+        sock.listen(16)  # before the rename: a client that sees the path must never be refused
         os.rename(staging, path)
     except OSError:
         sock.close()

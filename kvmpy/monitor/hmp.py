@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 MAX_DUMP = 64 * 1024  # bytes one x/xp may print
 PAGE_MASK = ~0xFFF
 PHYS_MASK = (1 << 52) - 1
-_FMT = re.compile(r"^/(\d*)([xduotc]?)([bhwg]?)$")
+_FMT = re.compile(r"^/(\d{0,9})([xduotc]?)([bhwg]?)$", re.ASCII)  # a count of 10+ digits is never valid
 _SIZES = {"b": 1, "h": 2, "w": 4, "g": 8}
 
 HELP = """\
@@ -200,7 +200,7 @@ def _parse_int(text: str) -> int:
     try:
         return int(text, 0)
     except ValueError:
-        raise HmpError(f"invalid address '{text}' (a number such as 0x200000)") from None
+        raise HmpError(f"invalid address '{text[:40]}' (a number such as 0x200000)") from None
 
 
 def translate(vcpu, memory, va: int) -> int | None:
@@ -274,7 +274,7 @@ def _dump(ctx: "Context", physical: bool, args: list[str], cpu: int) -> str:
     rest = args[1:] if args and args[0].startswith("/") else args
     match = _FMT.match(fmt_text)
     if match is None:
-        raise HmpError(f"invalid format '{fmt_text}' (expected /NFU, e.g. /4xw)")
+        raise HmpError(f"invalid format '{fmt_text[:40]}' (expected /NFU, e.g. /4xw)")
     if len(rest) != 1:
         raise HmpError("expected one address after the format")
     count = int(match.group(1) or 1)

@@ -9,11 +9,18 @@ message boundary: a newline or other control character, ``{``, or the bytes
 0xfe/0xff, which can never occur in JSON. A client abandons a half-sent
 message by sending 0xff, as with QEMU. Message size and nesting depth are
 bounded.
+
+Numbers are read as QEMU's parser reads them: an integer that fits int64 or
+uint64 stays an integer, a longer one becomes a double (so 5,000 digits never
+reach ``int()``), and a number whose double is infinite is an error reply.
+``NaN`` and ``Infinity`` are not JSON and are refused, as QEMU's lexer does;
+replies are encoded strictly (never a bare NaN on the wire).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -140,15 +147,40 @@ class JsonSplitter:
                 yield QmpError(f"JSON parse error, message longer than {MAX_MESSAGE} bytes")
 
 
+INT_RANGE = (-(1 << 63), (1 << 64) - 1)  # int64 and uint64, as QEMU's parser keeps integers
+
+
+def _number(text: str) -> int | float:
+    """A JSON integer: an int if int64/uint64 holds it, else a double (QEMU's rule), never unbounded."""
+    if len(text) <= 21:  # at most 20 digits and a sign: int() is cheap and bounded
+        value = int(text)
+        if INT_RANGE[0] <= value <= INT_RANGE[1]:
+            return value
+    return _double(text)
+
+
+def _double(text: str) -> float:
+    value = float(text)  # float() has no digit limit; very long numbers just become inf
+    if not math.isfinite(value):
+        raise QmpError("JSON parse error, number out of range")
+    return value
+
+
+def _not_json(name: str) -> Any:
+    raise QmpError(f"JSON parse error, stray '{name}'")  # QEMU's lexer knows no NaN or Infinity
+
+
 def parse_request(text: bytes) -> Request:
     """Decode one message and check its top-level shape, with QEMU's wording."""
     try:
-        obj = json.loads(text.decode("utf-8"))
+        obj = json.loads(text.decode("utf-8"), parse_int=_number, parse_float=_double, parse_constant=_not_json)
     except UnicodeDecodeError:
         raise QmpError("JSON parse error, invalid UTF-8 sequence in string") from None
     except (json.JSONDecodeError, RecursionError) as exc:
         msg = exc.msg if isinstance(exc, json.JSONDecodeError) else "too deeply nested"
         raise QmpError(f"JSON parse error, {msg}") from None
+    except ValueError as exc:  # anything else the decoder refuses: one error reply, the session goes on
+        raise QmpError(f"JSON parse error, {str(exc)[:80]}") from None
     if not isinstance(obj, dict):
         raise QmpError("QMP input must be a JSON object")
     has_id = "id" in obj
@@ -173,8 +205,23 @@ def parse_request(text: bytes) -> Request:
 
 
 def encode(message: dict[str, Any]) -> bytes:
-    """One reply or event on the wire; QEMU ends each with CRLF."""
-    return json.dumps(message, separators=(", ", ": "), ensure_ascii=True).encode() + b"\r\n"
+    """One reply or event on the wire; QEMU ends each with CRLF. Strict JSON: no NaN or Infinity.
+
+    A value that has no JSON form (a non-finite float, an integer too long to print) becomes
+    a GenericError reply with the same id, so the client still gets one answer.
+    """
+    try:
+        text = json.dumps(message, separators=(", ", ": "), ensure_ascii=True, allow_nan=False)
+    except ValueError:
+        err: dict[str, Any] = {"error": {"class": GENERIC, "desc": "the reply cannot be represented in JSON"}}
+        if "id" in message:
+            try:
+                json.dumps(message["id"], allow_nan=False)
+                err["id"] = message["id"]
+            except ValueError:
+                pass
+        text = json.dumps(err, separators=(", ", ": "), ensure_ascii=True)
+    return text.encode() + b"\r\n"
 
 
 def reply(value: Any, req_id: Any = None, has_id: bool = False) -> dict[str, Any]:

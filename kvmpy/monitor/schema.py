@@ -12,6 +12,7 @@ so handlers receive only well-typed keyword arguments.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -29,23 +30,53 @@ INT64 = (-(1 << 63), (1 << 64) - 1)  # QAPI accepts int64 and uint64 values
 
 @dataclass(frozen=True)
 class Arg:
+    """One argument's QAPI type, checked recursively before any handler runs.
+
+    ``items`` is the element type of a list (a type name or a nested Arg), ``fields``
+    the members of an object (each an Arg; unknown members are refused), ``choices``
+    an enum (of the value, or of the items of a list of names), and ``min``/``max``
+    the range of an int or number (ints default to QAPI's int64/uint64 range).
+    """
+
     type: str  # a key of _TYPES
     optional: bool = False
-    items: str | None = None  # element type of a list
-    choices: tuple[str, ...] | None = None  # an enum
+    items: "Arg | str | None" = None
+    choices: tuple[str, ...] | None = None
+    fields: "dict[str, Arg] | None" = None
+    min: int | float | None = None
+    max: int | float | None = None
 
     def check(self, name: str, value: Any) -> None:
         want = _TYPES[self.type]
         ok = isinstance(value, want) and not (isinstance(value, bool) and bool not in want)
-        if self.type == "int" and ok and not INT64[0] <= value <= INT64[1]:
+        if ok and self.type == "number" and isinstance(value, float) and not math.isfinite(value):
+            ok = False
+        if ok and self.type == "int" and not INT64[0] <= value <= INT64[1]:
             ok = False
         if not ok:
             raise QmpError(f"Invalid parameter type for '{name}', expected: {_QAPI_NAMES[self.type]}")
+        if self.min is not None and value < self.min or self.max is not None and value > self.max:
+            raise QmpError(f"Parameter '{name}' expects a value between {self.min} and {self.max}")
         if self.items is not None:
-            for item in value:
-                Arg(self.items, choices=self.choices).check(name, item)
+            item = self.items if isinstance(self.items, Arg) else Arg(self.items, choices=self.choices)
+            for i, element in enumerate(value):
+                item.check(f"{name}[{i}]", element)
         elif self.choices is not None and value not in self.choices:
             raise QmpError(f"Parameter '{name}' does not accept value '{value}'")
+        if self.fields is not None:
+            check_members(self.fields, value, f"{name}.")
+
+
+def check_members(spec: "dict[str, Arg]", members: dict[str, Any], prefix: str = "") -> None:
+    """An object's members against ``spec``: no unknown, none missing, each of the right type."""
+    for key in members:
+        if key not in spec:
+            raise QmpError(f"Parameter '{prefix}{key}' is unexpected")
+    for key, arg in spec.items():
+        if key in members:
+            arg.check(f"{prefix}{key}", members[key])
+        elif not arg.optional:
+            raise QmpError(f"Parameter '{prefix}{key}' is missing")
 
 
 Handler = Callable[..., Any]
@@ -58,14 +89,7 @@ class Command:
     args: dict[str, Arg] = field(default_factory=dict)
 
     def validate(self, arguments: dict[str, Any]) -> dict[str, Any]:
-        for key in arguments:
-            if key not in self.args:
-                raise QmpError(f"Parameter '{key}' is unexpected")
-        for key, spec in self.args.items():
-            if key in arguments:
-                spec.check(key, arguments[key])
-            elif not spec.optional:
-                raise QmpError(f"Parameter '{key}' is missing")
+        check_members(self.args, arguments)
         return {k.replace("-", "_"): v for k, v in arguments.items()}
 
 

@@ -1,1 +1,5 @@
-"""TCG-style translator that runs guests of other architectures without KVM."""
+"""Old name of the riscv64 TCG runner, kept so ``python -m kvmpy.tcg_fallback`` still works.
+
+The engine is ``kvmpy.tcg``, the riscv target ``kvmpy.tcg.target.riscv`` and the
+board ``kvmpy.boards.riscv_virt``; nothing imports this package.
+"""

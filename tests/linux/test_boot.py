@@ -1,19 +1,24 @@
 """Booting Debian's unmodified cloud kernel with a busybox initramfs: poweroff, SMP, reboot, console input.
 
-The kvm_full tests run in-process (one Machine per boot) so that the nested bed
-pays Python's start-up once; each boot is a few seconds of guest time.
+The kvm_full tests run in-process (one Machine per boot, some through the Python API,
+kvmpy.VM) so that the nested bed pays Python's start-up once; each boot is a few seconds
+of guest time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+import kvmpy
+from kvmpy.api import VMGone, WaitTimeout
 from kvmpy.config import MachineConfig
 from kvmpy.devices.chardev import CharBackend
 from kvmpy.kvm.flavor import KvmKind, host_kvm_kind
@@ -107,40 +112,42 @@ def test_console_input_reboot_resets_then_poweroff_pvh(linux_assets):
 def test_power_button_reaches_acpid_which_powers_off(linux_assets):
     # system_powerdown sets PWRBTN_STS and raises the SCI; Linux's button driver turns that
     # into KEY_POWER, and busybox acpid in the guest runs its poweroff action.
-    import threading
-
-    from kvmpy.machine import Machine
-
-    cfg = MachineConfig(kernel=linux_assets.kernel, initrd=linux_assets.initrd, memory=512 * MiB,
-                        append="console=ttyS0 quiet panic=-1 kvmpy_test=powerbutton", no_reboot=True)
-    console = ScriptedConsole()
-    machine = Machine(cfg, console=console)
-    events: list[str] = []
-    machine.add_event_listener(lambda name, data: events.append(name))
-    done = threading.Event()
-
-    def press() -> None:
-        while "KVMPY-TEST acpid listening" not in console.text():
-            if done.wait(0.2):
-                return
-        while not done.is_set():  # a press before acpid opened the device would be lost; press again
-            machine.system_powerdown()
-            done.wait(5)
-
-    presser = threading.Thread(target=press, daemon=True)
-    presser.start()
-    try:
-        status = machine.run(timeout=BOOT_TIMEOUT)
-    finally:
-        done.set()
-        presser.join(10)
-        machine.close()
-    out = console.text()
+    with kvmpy.VM(linux_assets.kernel, initrd=linux_assets.initrd, memory="512M", no_reboot=True,
+                  append="console=ttyS0 quiet panic=-1 kvmpy_test=powerbutton") as vm:
+        vm.console.expect("KVMPY-TEST acpid listening", timeout=BOOT_TIMEOUT)
+        deadline = time.monotonic() + BOOT_TIMEOUT
+        while vm.running and time.monotonic() < deadline:  # a press before acpid opened the device is lost
+            with contextlib.suppress(VMGone):
+                vm.qmp("system_powerdown")
+            with contextlib.suppress(WaitTimeout):
+                vm.wait(timeout=5)
+        status = vm.wait(timeout=60)
+    out = vm.console.output
     assert "event0" in out, out  # the button driver registered its input device
     assert "KVMPY-TEST power button pressed" in out, out
     assert "reboot: Power down" in out
-    assert "POWERDOWN" in events and events[-1] == "SHUTDOWN"
+    names = [e.name for e in vm.events]
+    assert "POWERDOWN" in names and names[-1] == "SHUTDOWN"
     assert status == 0
+
+
+@pytest.mark.kvm_full
+def test_python_api_drives_a_linux_shell(linux_assets):
+    # kvmpy.VM in-process: console expect/send against a real shell, QMP while it runs, then a poweroff.
+    with kvmpy.VM(linux_assets.kernel, initrd=linux_assets.initrd, memory="512M", smp=2, no_reboot=True,
+                  append="console=ttyS0 quiet panic=-1 kvmpy_test=shell") as vm:
+        vm.console.expect("KVMPY-TEST cmdline=", timeout=BOOT_TIMEOUT)
+        vm.console.send("echo typed-$((6*7)) cpus=$(cat /sys/devices/system/cpu/online)\n")
+        assert vm.console.expect(re.compile(r"typed-42 cpus=(\S+)"), timeout=120).group(1) == "0-1"
+        assert vm.status == "running"
+        assert len(vm.qmp("query-cpus-fast")) == 2
+        vm.pause()
+        vm.resume()
+        vm.console.send("poweroff -f\n")
+        assert vm.wait(timeout=120) == 0
+    assert [e.name for e in vm.events] == ["RESUME", "STOP", "RESUME", "SHUTDOWN"]
+    assert vm.events[-1].data == {"guest": True, "reason": "guest-shutdown"}
+    assert "reboot: Power down" in vm.console.output
 
 
 @pytest.mark.kvm_host

@@ -111,3 +111,12 @@ def test_aout_header_inconsistencies(tmp_path: Path, memory: GuestMemory) -> Non
         load_multiboot(path, "", memory, pc_e820(16 * MiB, amd=False))
     with pytest.raises(LoaderError, match="cannot read"):
         load_multiboot(tmp_path / "missing", "", memory, pc_e820(16 * MiB, amd=False))
+
+
+@pytest.mark.parametrize("size", range(0, 13))
+def test_tiny_kernels_have_no_header_instead_of_a_struct_error(size: int) -> None:
+    from kvmpy.loader.multiboot import find_header
+
+    assert find_header(b"\0" * size) is None
+    header = struct.pack("<III", MAGIC, 0, (-MAGIC) & 0xFFFFFFFF)
+    assert (find_header(header[:size]) is not None) == (size == 12)

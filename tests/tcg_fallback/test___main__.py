@@ -1,11 +1,11 @@
-"""The standalone CLI: --help, QEMU exit statuses, one-line errors with status 2, traces."""
+"""The standalone CLI (python -m kvmpy.tcg_fallback, kept for compatibility): --help, QEMU exit statuses, one-line errors with status 2, traces."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 
-from oracle import guest
+from tests.guests.riscv.oracle import guest
 
 
 def _cli(*args: str, **kw) -> subprocess.CompletedProcess:

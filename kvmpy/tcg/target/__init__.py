@@ -1,0 +1,1 @@
+"""Guest architectures of the translation engine, one package each."""

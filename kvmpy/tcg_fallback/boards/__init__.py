@@ -1,1 +1,0 @@
-"""Boards for the TCG fallback: memory maps and the devices on them."""
