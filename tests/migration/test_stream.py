@@ -92,7 +92,7 @@ def _page_offsets(data: bytes, npages: int) -> list[int]:
 @pytest.mark.kvm_host
 def test_words_swapped_within_a_page_are_rejected(snapshot: bytes, dest) -> None:
     """The outside probe swapped two 8-byte words inside a page: 19 of 25 such streams loaded."""
-    offsets = _page_offsets(snapshot, dest.ram.npages)
+    offsets = _page_offsets(snapshot, dest.board.ram.npages)
     rng = random.Random(25)
     tried = 0
     for at in rng.sample(offsets, 60):
