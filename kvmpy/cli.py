@@ -253,9 +253,7 @@ def _run_config(cfg: MachineConfig) -> int:
     monitor = None
     try:
         if cfg.incoming:
-            from kvmpy.migration.qmp import start_incoming  # binds now: a bad -incoming fails here
-
-            start_incoming(machine, cfg.incoming)
+            machine.migration.start_incoming(cfg.incoming)  # binds now: a bad -incoming fails here
         if cfg.qmp:
             monitor = _start_qmp(machine, cfg.qmp)
         with _quit_on_signals(machine):
@@ -275,7 +273,7 @@ def _quit_on_signals(machine) -> Iterator[None]:
     """
     def handler(signum: int, frame) -> None:
         print(f"kvmpy: terminating on signal {signum}", file=sys.stderr, flush=True)
-        threading.Thread(target=machine.request_quit, args=(0, "host-signal"), name="kvmpy-signal",
+        threading.Thread(target=machine.lifecycle.request_quit, args=(0, "host-signal"), name="kvmpy-signal",
                          daemon=True).start()
 
     signums = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
@@ -289,10 +287,11 @@ def _quit_on_signals(machine) -> Iterator[None]:
 
 def _start_qmp(machine, specs: list[str]):
     """Listen on every -qmp endpoint; like QEMU, wait for a first client unless each says wait=off."""
+    from kvmpy.machine import qmp_commands
     from kvmpy.monitor.endpoint import parse_endpoint
     from kvmpy.monitor.server import QmpServer
 
-    server = QmpServer(machine, [parse_endpoint(s) for s in specs])
+    server = QmpServer(machine, [parse_endpoint(s) for s in specs], qmp_commands())
     server.start()
     waiting = [ep for ep in server.endpoints if ep.wait]
     if waiting:

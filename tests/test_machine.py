@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 
@@ -89,14 +88,14 @@ def test_mmio_unassigned_reads_all_ones_and_lapic_is_in_kernel(where: str) -> No
 @_both
 def test_dirty_log_sees_exactly_the_pages_the_guest_wrote(where: str) -> None:
     def hook(machine, console) -> GuestRun:
-        machine.slots.set_dirty_logging(True)
-        machine.slots.guest_bitmap(machine.address_space.flatview)  # start from a clean log
+        machine.dirty_log.set_dirty_logging(True)
+        machine.dirty_log.guest_bitmap(machine.board.address_space.flatview)  # start from a clean log
         status = machine.run(timeout=60)
-        bitmap = machine.slots.guest_bitmap(machine.address_space.flatview)
+        bitmap = machine.dirty_log.guest_bitmap(machine.board.address_space.flatview)
         written = np.flatnonzero(bitmap[0x400:0x500])  # pages in [4 MiB, 5 MiB)
         assert list(written) == list(range(0, 256, 2))
         # Check the pattern, too: every dword of page p is (p's address | 0xa5a).
-        page = machine.memory.read(0x400000 + 2 * 4096, 4096)
+        page = machine.board.memory.read(0x400000 + 2 * 4096, 4096)
         assert np.all(np.frombuffer(page, dtype="<u4") == (0x402000 | 0xA5A))
         return GuestRun(status, console.output.decode())
 
@@ -111,15 +110,15 @@ def test_pause_freezes_the_guest_and_resume_continues() -> None:
         machine.start()
         assert console.wait_for(b"counter: addr", 30)
         time.sleep(0.5)
-        machine.pause()
-        frozen = machine.memory.read_u32(0x200000)
+        machine.lifecycle.pause()
+        frozen = machine.board.memory.read_u32(0x200000)
         time.sleep(0.5)
-        assert machine.memory.read_u32(0x200000) == frozen
-        machine.resume()
+        assert machine.board.memory.read_u32(0x200000) == frozen
+        machine.lifecycle.resume()
         deadline = time.monotonic() + 20
-        while machine.memory.read_u32(0x200000) == frozen and time.monotonic() < deadline:
+        while machine.board.memory.read_u32(0x200000) == frozen and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert machine.memory.read_u32(0x200000) != frozen
+        assert machine.board.memory.read_u32(0x200000) != frozen
         machine.shutdown()
         return GuestRun(0, console.output.decode())
 
@@ -131,17 +130,17 @@ def test_cpu_state_round_trips_through_save_and_restore() -> None:
     def hook(machine, console) -> GuestRun:
         machine.start()
         assert console.wait_for(b"counter: addr", 30)
-        machine.pause()
-        state = machine.save_cpu_state()
-        regs_before = bytes(machine.vcpus[0].get_raw("regs"))
-        machine.restore_cpu_state(state)
-        assert machine.vcpus[0].get_raw("regs") == regs_before
-        before = machine.memory.read_u32(0x200000)
-        machine.resume()
+        machine.lifecycle.pause()
+        state = machine.vmstate.capture(cpu_only=True)
+        regs_before = bytes(machine.board.vcpus[0].get_raw("regs"))
+        machine.vmstate.apply(state, cpu_only=True)
+        assert machine.board.vcpus[0].get_raw("regs") == regs_before
+        before = machine.board.memory.read_u32(0x200000)
+        machine.lifecycle.resume()
         deadline = time.monotonic() + 20
-        while machine.memory.read_u32(0x200000) == before and time.monotonic() < deadline:
+        while machine.board.memory.read_u32(0x200000) == before and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert machine.memory.read_u32(0x200000) != before
+        assert machine.board.memory.read_u32(0x200000) != before
         machine.shutdown()
         return GuestRun(0, "")
 
@@ -157,14 +156,14 @@ def test_timeout_stops_a_guest_that_never_exits() -> None:
 @_both
 def test_reset_reboots_the_guest_unless_no_reboot(where: str) -> None:
     def hook(machine, console) -> GuestRun:
-        machine.config = dataclasses.replace(machine.config, no_reboot=False)  # a reset now restarts the guest from its entry point
+        machine.lifecycle.no_reboot = False  # a reset now restarts the guest from its entry point
         result: list[int] = []
         runner = threading.Thread(target=lambda: result.append(machine.run(timeout=60)))
         runner.start()
         deadline = time.monotonic() + 60
         while console.output.count(b"done: resetting") < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
-        machine.request_quit(0)
+        machine.lifecycle.request_quit(0)
         runner.join(30)
         assert result == [0]
         assert console.output.count(b"kvmpy demo guest") >= 2, console.output[-500:]
@@ -180,12 +179,12 @@ def test_triple_fault_resets_and_no_reboot_exits(where: str) -> None:
     assert run.output == "triplefault: boot 1\n"
 
     def hook(machine, console) -> GuestRun:
-        machine.config = dataclasses.replace(machine.config, no_reboot=False)
+        machine.lifecycle.no_reboot = False
         result: list[int] = []
         runner = threading.Thread(target=lambda: result.append(machine.run(timeout=60)))
         runner.start()
         assert console.wait_for(b"triplefault: boot 3\n", 30), console.output
-        machine.request_quit(0)
+        machine.lifecycle.request_quit(0)
         runner.join(30)
         return GuestRun(result[0], console.output.decode())
 
@@ -211,10 +210,10 @@ def test_rapid_pause_resume_neither_spins_nor_loses_the_guest() -> None:
     def hook(machine, console) -> GuestRun:
         machine.start()
         assert console.wait_for(b"counter: addr", 30)
-        thread = machine.threads[0]
+        thread = machine.board.threads[0]
         for _ in range(20):
-            machine.pause()
-            machine.resume()
+            machine.lifecycle.pause()
+            machine.lifecycle.resume()
             time.sleep(0.02)  # back in the guest
             thread.pause(wait=False)  # a request withdrawn before the vCPU saw it
             thread.resume()
@@ -223,9 +222,9 @@ def test_rapid_pause_resume_neither_spins_nor_loses_the_guest() -> None:
         time.sleep(1.0)
         # A stale kick would make KVM_RUN return EINTR over and over.
         assert thread.interrupted - interrupted < 10
-        before = machine.memory.read_u32(0x200000)
+        before = machine.board.memory.read_u32(0x200000)
         time.sleep(0.3)
-        assert machine.memory.read_u32(0x200000) != before  # still running
+        assert machine.board.memory.read_u32(0x200000) != before  # still running
         machine.shutdown()
         return GuestRun(0, "")
 
@@ -239,7 +238,7 @@ def test_a_pause_after_stop_does_not_park_the_vcpu_again() -> None:
     def hook(machine, console) -> GuestRun:
         machine.start()
         assert console.wait_for(b"counter: addr", 30)
-        thread = machine.threads[0]
+        thread = machine.board.threads[0]
         thread.stop(wait=False)
         thread.pause(wait=False)
         thread._thread.join(5)  # what stop(wait=True) does after its request

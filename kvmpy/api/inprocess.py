@@ -3,9 +3,9 @@
 The Machine is built on the calling thread (kvmpy installs its vCPU kick
 signal handler from the main thread) and ``Machine.run`` serves its events on
 a background thread, so the script keeps control. Only the Machine's public
-surface is used: the constructor, ``run``, ``pause``/``resume``/``reset``,
-``request_quit``, ``add_event_listener``, ``close`` and ``memory`` (for
-read_memory/write_memory), plus the snapshot module's ``Snapshot.take``/
+surface is used: the constructor, ``run``, ``reset``, ``close``, its
+lifecycle (``pause``/``resume``, ``request_quit``, ``add_event_listener``), its
+board's ``memory`` (for read_memory/write_memory), plus the snapshot module's ``Snapshot.take``/
 ``reset`` for the fast dirty-page restore and the QMP server, which is
 started on a private UNIX socket the first time a script sends a QMP command.
 """
@@ -47,7 +47,7 @@ class InProcessVM:
             raise
         except (LoaderError, ValueError) as exc:  # what the kvmpy command reports as a usage error (status 2)
             raise ConfigError(str(exc)) from None
-        self.machine.add_event_listener(lambda name, data: on_event(Event(name, dict(data or {}), time.time())))
+        self.machine.lifecycle.add_event_listener(lambda name, data: on_event(Event(name, dict(data or {}), time.time())))
         self._status: int | None = None
         self._error: BaseException | None = None
         self._done = threading.Event()
@@ -80,12 +80,12 @@ class InProcessVM:
 
     def pause(self) -> None:
         self._alive("pause")
-        self.machine.pause()
+        self.machine.lifecycle.pause()
 
     def resume(self) -> None:
         self._alive("resume")
         try:
-            self.machine.resume()
+            self.machine.lifecycle.resume()
         except RuntimeError as exc:  # "Resetting the Virtual Machine is required", as QMP cont says
             raise VMError(str(exc)) from None
 
@@ -107,12 +107,12 @@ class InProcessVM:
         """Also after the guest ended (for a post-mortem), until close()."""
         if self._closed:
             raise VMError("the VM is closed")
-        return self.machine.memory.read(address, length)
+        return self.machine.board.memory.read(address, length)
 
     def write_memory(self, address: int, data: bytes) -> None:
         if self._closed:
             raise VMError("the VM is closed")
-        self.machine.memory.write(address, data)
+        self.machine.board.memory.write(address, data)
 
     # ---- QMP ------------------------------------------------------------------
     def qmp(self, command: str, arguments: dict[str, Any] | None, timeout: float | None) -> Any:
@@ -124,12 +124,14 @@ class InProcessVM:
             if self._qmp is None:
                 if self._closed:
                     raise VMError("the VM is closed")
+                from kvmpy.machine import qmp_commands
                 from kvmpy.monitor.endpoint import parse_endpoint
                 from kvmpy.monitor.server import QmpServer
 
                 self._qmp_dir = private_socket_dir("kvmpy-api-")
                 path = self._qmp_dir / SOCKET_NAME
-                self._qmp_server = QmpServer(self.machine, [parse_endpoint(f"unix:{path},server=on,wait=off")])
+                self._qmp_server = QmpServer(self.machine, [parse_endpoint(f"unix:{path},server=on,wait=off")],
+                                             qmp_commands())
                 self._qmp_server.start()
                 # Events already reach the script through the machine's listener; drop the socket's copies.
                 self._qmp = QmpConnection(str(path), on_event=None)
@@ -147,12 +149,12 @@ class InProcessVM:
     def kill(self) -> None:
         """The quickest stop the in-process machine has: a host quit, served at once by the run loop."""
         if self.running:
-            self.machine.request_quit(0, "host-signal")
+            self.machine.lifecycle.request_quit(0, "host-signal")
             self._done.wait(QUIT_TIMEOUT)
 
     def shutdown(self, timeout: float) -> None:
         if self.running:
-            self.machine.request_quit(0)
+            self.machine.lifecycle.request_quit(0)
             self._done.wait(timeout)
 
     def close(self) -> None:

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from kvmpy.devices.device import check_keys, int_field
 from kvmpy.devices.irq import IrqLine, NullIrqLine
 
 log = logging.getLogger(__name__)
@@ -52,10 +53,12 @@ class AcpiPm:
         self.reset()
 
     def reset(self) -> None:
-        self.sts = 0
-        self.en = 0
-        self.cnt = CNT_SCI_EN
-        self._last_overflow = self._ticks() >> 23
+        with self._lock:
+            self.sts = 0
+            self.en = 0
+            self.cnt = CNT_SCI_EN
+            self._last_overflow = self._ticks() >> 23
+            self._update_sci()
 
     def _ticks(self) -> int:
         return (self.clock_ns() - self._epoch_ns) * PM_TIMER_HZ // 1_000_000_000
@@ -120,13 +123,18 @@ class AcpiPm:
         with self._lock:
             return {"sts": self.sts, "en": self.en, "cnt": self.cnt, "ticks": self._ticks()}
 
+    def validate(self, state: dict[str, Any]) -> tuple[int, int, int, int]:
+        """The checked fields of a saved state; DeviceStateError if any is unfit."""
+        check_keys(state, {"sts", "en", "cnt", "ticks"})
+        return (int_field(state, "sts", 0, 0xFFFF), int_field(state, "en", 0, 0xFFFF),
+                int_field(state, "cnt", 0, 0xFFFF) & ~CNT_SLP_EN, int_field(state, "ticks", 0, (1 << 63) - 1))
+
     def restore(self, state: dict[str, Any]) -> None:
+        """Checks every field first (DeviceStateError), then applies them all."""
+        sts, en, cnt, ticks = self.validate(state)
         with self._lock:
-            self.sts = int(state["sts"]) & 0xFFFF
-            self.en = int(state["en"]) & 0xFFFF
-            self.cnt = int(state["cnt"]) & 0xFFFF & ~CNT_SLP_EN
+            self.sts, self.en, self.cnt = sts, en, cnt
             # Keep the counter continuous across a migration.
-            ticks = int(state["ticks"]) & ((1 << 63) - 1)
             self._epoch_ns = self.clock_ns() - ticks * 1_000_000_000 // PM_TIMER_HZ
             self._last_overflow = self._ticks() >> 23
             self._sci_level = not self._sci_level
@@ -151,8 +159,15 @@ class ResetControl:
             self.value = 0
             self.on_reset()
 
+    def reset(self) -> None:
+        self.value = 0
+
     def save(self) -> dict[str, Any]:
         return {"value": self.value}
 
+    def validate(self, state: dict[str, Any]) -> int:
+        check_keys(state, {"value"})
+        return int_field(state, "value", 0, 0xFF) & 0x0E
+
     def restore(self, state: dict[str, Any]) -> None:
-        self.value = int(state["value"]) & 0x0E
+        self.value = self.validate(state)

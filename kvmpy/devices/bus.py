@@ -14,7 +14,7 @@ import bisect
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 log = logging.getLogger(__name__)
 
@@ -25,14 +25,6 @@ class Device(Protocol):
     def read(self, offset: int, size: int) -> int: ...
 
     def write(self, offset: int, size: int, value: int) -> None: ...
-
-
-class Stateful(Protocol):
-    """Devices whose state migrates: ``save()`` returns plain data that ``restore()`` accepts."""
-
-    def save(self) -> dict[str, Any]: ...
-
-    def restore(self, state: dict[str, Any]) -> None: ...
 
 
 class OffsetDevice:
@@ -74,8 +66,8 @@ class Bus:
     _ranges: list[BusRange] = field(default_factory=list)
     _unknown_seen: set[int] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    # address -> BusRange (or None when unmapped), filled by hot paths; emptied in place on
-    # every map/unmap so holders of a reference never see a stale entry.
+    # address -> BusRange (or None when unmapped), filled only by ``lookup()``; emptied in place
+    # on every map/unmap, so a hot path may hold a reference and read it without a call.
     cache: dict[int, BusRange | None] = field(default_factory=dict)
 
     def map(self, base: int, size: int, device: Device, name: str = "") -> None:
@@ -110,6 +102,11 @@ class Bus:
             if addr < r.end:
                 return r
         return None
+
+    def lookup(self, addr: int) -> BusRange | None:
+        """``find()``, remembered in ``cache`` for the next access to the same address."""
+        r = self.cache[addr] = self.find(addr)
+        return r
 
     def ranges(self) -> list[BusRange]:
         return list(self._ranges)

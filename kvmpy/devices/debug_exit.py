@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from kvmpy.devices.device import check_keys
+
 DEFAULT_IOBASE = 0x501
 DEFAULT_IOSIZE = 0x02
 
@@ -24,8 +26,14 @@ class DebugExit:
         value &= (1 << (8 * min(size, 4))) - 1
         self.on_exit(((value << 1) | 1) & 0xFF)
 
+    def reset(self) -> None:
+        pass  # no state
+
     def save(self) -> dict[str, Any]:
         return {}
 
+    def validate(self, state: dict[str, Any]) -> None:
+        check_keys(state, set())
+
     def restore(self, state: dict[str, Any]) -> None:
-        pass
+        self.validate(state)

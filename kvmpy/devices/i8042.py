@@ -13,6 +13,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from kvmpy.devices.device import DeviceStateError, bool_field, check_keys, int_field
 from kvmpy.devices.irq import IrqLine, NullIrqLine
 
 DATA_PORT = 0x60
@@ -34,6 +35,7 @@ CTR_XLATE = 0x40
 
 OUTPORT_RESET = 0x01  # active low
 OUTPORT_A20 = 0x02
+QUEUE_DEPTH = 64  # bytes waiting for the guest to read them
 
 
 @dataclass
@@ -45,9 +47,16 @@ class I8042:
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._queue: collections.deque[tuple[int, bool]] = collections.deque()  # (byte, from_aux)
-        self.reset_state()
+        self._reset()
 
-    def reset_state(self) -> None:
+    def reset(self) -> None:
+        """Power-on state; both interrupt lines are lowered."""
+        with self._lock:
+            self._reset()
+            self.kbd_irq.set_level(False)
+            self.aux_irq.set_level(False)
+
+    def _reset(self) -> None:
         self.ctr = CTR_KBD_INT | CTR_SYS | CTR_XLATE
         self.outport = OUTPORT_RESET | OUTPORT_A20
         self.pending_cmd: int | None = None
@@ -86,7 +95,7 @@ class I8042:
 
     # ---- controller logic (lock held) -------------------------------------
     def _out(self, byte: int, aux: bool = False) -> None:
-        if len(self._queue) < 64:
+        if len(self._queue) < QUEUE_DEPTH:
             self._queue.append((byte & 0xFF, aux))
 
     def _command(self, cmd: int) -> bool:
@@ -167,14 +176,30 @@ class I8042:
             return {"ctr": self.ctr, "outport": self.outport, "pending_cmd": self.pending_cmd,
                     "status_cmd": self.status_cmd, "queue": [[b, a] for b, a in self._queue]}
 
+    def validate(self, state: dict[str, Any]) -> tuple[int, int, int | None, bool, list[tuple[int, bool]]]:
+        """The checked fields of a saved state; DeviceStateError if any is unfit."""
+        check_keys(state, {"ctr", "outport", "queue"}, {"pending_cmd", "status_cmd"})
+        ctr, outport = int_field(state, "ctr", 0, 0xFF), int_field(state, "outport", 0, 0xFF)
+        pending_cmd = None if state.get("pending_cmd") is None else int_field(state, "pending_cmd", 0, 0xFF)
+        status_cmd = bool_field(state, "status_cmd") if "status_cmd" in state else False
+        raw_queue = state["queue"]
+        if not isinstance(raw_queue, (list, tuple)) or len(raw_queue) > QUEUE_DEPTH:
+            raise DeviceStateError(f"queue must be a list of at most {QUEUE_DEPTH} [byte, aux] pairs")
+        queue = []
+        for item in raw_queue:
+            if not isinstance(item, (list, tuple)) or len(item) != 2:
+                raise DeviceStateError("each queue entry must be a [byte, aux] pair")
+            pair = {"byte": item[0], "aux": item[1]}
+            queue.append((int_field(pair, "byte", 0, 0xFF), bool_field(pair, "aux")))
+        return ctr, outport, pending_cmd, status_cmd, queue
+
     def restore(self, state: dict[str, Any]) -> None:
+        """Checks every field first (DeviceStateError), then applies them all."""
+        ctr, outport, pending_cmd, status_cmd, queue = self.validate(state)
         with self._lock:
-            self.ctr = int(state["ctr"]) & 0xFF
-            self.outport = int(state["outport"]) & 0xFF
-            pc = state.get("pending_cmd")
-            self.pending_cmd = None if pc is None else int(pc) & 0xFF
-            self.status_cmd = bool(state.get("status_cmd", False))
-            self._queue = collections.deque((int(b) & 0xFF, bool(a)) for b, a in list(state["queue"])[:64])
+            self.ctr, self.outport = ctr, outport
+            self.pending_cmd, self.status_cmd = pending_cmd, status_cmd
+            self._queue = collections.deque(queue)
             kbd, aux = self._levels()
             self.kbd_irq.set_level(kbd)  # drive both lines whatever they were
             self.aux_irq.set_level(aux)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from kvmpy.devices.device import check_keys, int_field
+
 PORT = 0x80
 
 
@@ -24,5 +26,12 @@ class Port80:
     def save(self) -> dict[str, Any]:
         return {"last": self.last}
 
+    def reset(self) -> None:
+        self.last = 0
+
+    def validate(self, state: dict[str, Any]) -> int:
+        check_keys(state, set(), {"last"})
+        return int_field(state, "last", 0, 0xFF) if "last" in state else 0
+
     def restore(self, state: dict[str, Any]) -> None:
-        self.last = int(state.get("last", 0)) & 0xFF
+        self.last = self.validate(state)

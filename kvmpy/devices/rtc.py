@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from kvmpy.devices.device import bytes_field, check_keys, float_field, int_field
+
 INDEX_PORT = 0x70
 DATA_PORT = 0x71
 
@@ -23,9 +25,14 @@ REG_A, REG_B, REG_C, REG_D = 0x0A, 0x0B, 0x0C, 0x0D
 REG_CENTURY = 0x32
 
 B_SET = 0x80
+B_PIE, B_AIE, B_UIE, B_SQWE = 0x40, 0x20, 0x10, 0x08
 B_DM_BINARY = 0x04
 B_24H = 0x02
 D_VRT = 0x80
+
+# The guest can set any date from year 0 to 9999 (about ±3e11 s from now); a wider offset
+# would overflow time.gmtime on the guest's next read.
+OFFSET_LIMIT = 1e12
 
 TIME_REGS = (REG_SECONDS, REG_MINUTES, REG_HOURS, REG_WEEKDAY, REG_DAY, REG_MONTH, REG_YEAR, REG_CENTURY)
 
@@ -176,12 +183,24 @@ class CmosRtc:
             # The offset is relative to wall time, which is shared by source and destination.
             return {"index": self.index, "cmos": bytes(self.cmos), "offset": self.offset}
 
+    def validate(self, state: dict[str, Any]) -> tuple[bytes, int, float]:
+        """The checked fields of a saved state; DeviceStateError if any is unfit."""
+        check_keys(state, {"index", "cmos", "offset"})
+        return (bytes_field(state, "cmos", 128, exact=True), int_field(state, "index", 0, 0x7F),
+                float_field(state, "offset", OFFSET_LIMIT))
+
     def restore(self, state: dict[str, Any]) -> None:
+        """Checks every field first (DeviceStateError), then applies them all."""
+        raw, index, offset = self.validate(state)
         with self._lock:
-            raw = bytes(state["cmos"])
-            if len(raw) != 128:
-                raise ValueError("CMOS state must be 128 bytes")
             self.cmos[:] = raw
-            self.index = int(state["index"]) & 0x7F
-            self.offset = float(state["offset"])
+            self.index = index
+            self.offset = offset
             self._held = None
+
+    def reset(self) -> None:
+        """A system reset, as on a PC: interrupt enables and flags clear; the time and CMOS memory stay."""
+        with self._lock:
+            self.index = 0
+            self.cmos[REG_B] &= ~(B_PIE | B_AIE | B_UIE | B_SQWE)
+            self.cmos[REG_C] = 0

@@ -16,6 +16,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from kvmpy.devices.device import bool_field, bytes_field, check_keys, int_field
 from kvmpy.devices.irq import IrqLine, NullIrqLine
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ MSR_RI = 0x40
 MSR_DCD = 0x80
 
 FIFO_DEPTH = 16
+_BYTE_REGS = ("ier", "lcr", "mcr", "lsr", "msr", "scr", "fcr")
 PENDING_LIMIT = 1 << 20
 
 
@@ -267,13 +269,22 @@ class Uart16550:
                 "pending": bytes(self._pending),
             }
 
+    def validate(self, state: dict[str, Any]) -> tuple[dict[str, int], int, bool, bytes, bytes]:
+        """The checked fields of a saved state; DeviceStateError if any is unfit."""
+        check_keys(state, {*_BYTE_REGS, "divisor", "thr_ipending", "rx", "pending"})
+        return ({name: int_field(state, name, 0, 0xFF) for name in _BYTE_REGS},
+                int_field(state, "divisor", 0, 0xFFFF), bool_field(state, "thr_ipending"),
+                bytes_field(state, "rx", FIFO_DEPTH), bytes_field(state, "pending", PENDING_LIMIT))
+
     def restore(self, state: dict[str, Any]) -> None:
+        """Checks every field first (DeviceStateError), then applies them all."""
+        regs, divisor, thr_ipending, rx, pending = self.validate(state)
         with self._lock:
-            for name in ("ier", "lcr", "mcr", "lsr", "msr", "scr", "fcr"):
-                setattr(self, name, int(state[name]) & 0xFF)
-            self.divisor = int(state["divisor"]) & 0xFFFF
-            self.thr_ipending = bool(state["thr_ipending"])
-            self._rx = collections.deque(bytes(state["rx"])[:FIFO_DEPTH])
-            self._pending = collections.deque(bytes(state["pending"])[:PENDING_LIMIT])
+            for name, value in regs.items():
+                setattr(self, name, value)
+            self.divisor = divisor
+            self.thr_ipending = thr_ipending
+            self._rx = collections.deque(rx)
+            self._pending = collections.deque(pending)
             self._irq_level = self._iir() != IIR_NO_INT
             self.irq.set_level(self._irq_level)  # drive the line whatever it was

@@ -19,6 +19,10 @@ from kvmpy.kvm.abi import ffi
 from kvmpy.kvm.cpuid import CpuidEntry, pack_cpuid2
 from kvmpy.kvm.errors import KvmIoctlError
 
+# libc ioctl(2) as a bare cffi call: returns -1 and leaves errno in ffi.errno instead of raising.
+# The vCPU exit loop calls it directly, as the cheapest way into KVM_RUN.
+libc_ioctl = _libc.ioctl
+
 
 @dataclass
 class VcpuFd:

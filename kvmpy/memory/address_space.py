@@ -2,8 +2,8 @@
 
 The FlatView is a sorted list of non-overlapping ranges, each pointing at a
 leaf region (RAM or I/O) and an offset inside it. Listeners (the KVM slot
-manager) receive every new FlatView on ``commit()``; MMIO exits are routed
-through a Bus rebuilt from the I/O ranges of the current view.
+manager, a board's MMIO router) receive every new FlatView on ``commit()``.
+This module deals only in regions; routing device accesses is the board's job.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import logging
 from dataclasses import dataclass
 from typing import Callable
 
-from kvmpy.devices.bus import Bus, OffsetDevice
 from kvmpy.memory.region import MemoryRegion, RegionKind
 
 log = logging.getLogger(__name__)
@@ -129,7 +128,6 @@ class AddressSpace:
         self.name = name
         self.root = root
         self.flatview = FlatView(())
-        self.mmio = Bus(f"{name}-mmio")
         self._listeners: list[FlatViewListener] = []
 
     def add_listener(self, listener: FlatViewListener) -> None:
@@ -138,19 +136,6 @@ class AddressSpace:
 
     def commit(self) -> None:
         view = render(self.root)
-        bus = Bus(f"{self.name}-mmio")
-        for r in view.ranges:
-            if r.region.kind is RegionKind.IO:
-                assert r.region.device is not None
-                dev = r.region.device if r.offset == 0 else OffsetDevice(r.region.device, r.offset)
-                bus.map(r.addr, r.size, dev, r.region.name)
         self.flatview = view
-        self.mmio = bus
         for listener in self._listeners:
             listener(view)
-
-    def mmio_read(self, addr: int, size: int) -> int:
-        return self.mmio.read(addr, size)
-
-    def mmio_write(self, addr: int, size: int, value: int) -> None:
-        self.mmio.write(addr, size, value)

@@ -1,4 +1,4 @@
-"""MigrationDestination: receives a stream into a Machine whose vCPUs have never run (or are parked).
+"""MigrationDestination: receives a stream into a VM (a MigratableVm) whose vCPUs have never run (or are parked).
 
 RAM is written as it arrives, into this VM only; state sections are kept
 aside and restored only after END's checksum has been verified. On a two-way
@@ -13,16 +13,16 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
-from kvmpy.migration import stream, vmstate
+from kvmpy.lifecycle import RunState
+from kvmpy.migration import stream
 from kvmpy.migration.errors import MigrationError, StreamError
+from kvmpy.migration.interface import MigratableVm
 from kvmpy.migration.ram import RamReceiver
 from kvmpy.migration.stream import StreamReader
 from kvmpy.migration.transport import FileChannel, Listener, SocketChannel, parse_uri
-
-if TYPE_CHECKING:
-    from kvmpy.machine import Machine
+from kvmpy.vmstate import check_config
 
 log = logging.getLogger(__name__)
 
@@ -38,21 +38,21 @@ class IncomingResult:
 
 
 class MigrationDestination:
-    def __init__(self, machine: "Machine", channel: SocketChannel | FileChannel) -> None:
-        self.machine = machine
+    def __init__(self, vm: MigratableVm, channel: SocketChannel | FileChannel) -> None:
+        self.vm = vm
         self.channel = channel
 
     def receive(self) -> IncomingResult:
         """Load the whole stream into the machine (left paused). Raises StreamError/MigrationError."""
         t0 = time.monotonic()
-        m = self.machine
+        vm = self.vm
         ch = self.channel
         reader = StreamReader(ch)
         rounds = 0
         try:
             remote = reader.header()
-            vmstate.check_config(vmstate.describe(m), remote)
-            blocks = vmstate.ram_blocks(m)
+            check_config(vm.vmstate.describe(), remote)
+            blocks = vm.ram_blocks
             reader.block_pages = [b.npages for b in blocks]
             reader.block_views = [b.mv for b in blocks]
             ram = RamReceiver(blocks)
@@ -74,8 +74,8 @@ class MigrationDestination:
                     sections[name] = state
                 elif kind == stream.T_END:
                     break
-            with m.vcpus_stopped():
-                vmstate.apply(m, sections)
+            with vm.lifecycle.vcpus_parked():
+                vm.vmstate.apply(sections)
             if ch.duplex:
                 ch.write(stream.ACK)
                 ch.set_timeout(GO_TIMEOUT)
@@ -109,11 +109,9 @@ class Incoming:
     ``on_done(error)`` is called with None on success or the error message on failure.
     """
 
-    def __init__(self, machine: "Machine", uri: str, autostart: bool = True,
+    def __init__(self, vm: MigratableVm, uri: str, autostart: bool = True,
                  on_done: Callable[[str | None], None] | None = None) -> None:
-        from kvmpy.machine import RunState
-
-        self.machine = machine
+        self.vm = vm
         self.uri = parse_uri(uri)
         self.autostart = autostart
         self.on_done = on_done or (lambda err: None)
@@ -121,7 +119,7 @@ class Incoming:
         self.result: IncomingResult | None = None
         self.error: str | None = None
         self.done = threading.Event()
-        machine.state = RunState.INMIGRATE
+        vm.lifecycle.set_state(RunState.INMIGRATE)
         self._thread = threading.Thread(target=self._main, name="migration-in", daemon=True)
 
     @property
@@ -133,18 +131,15 @@ class Incoming:
         return self
 
     def _main(self) -> None:
-        from kvmpy.machine import RunState
-
-        m = self.machine
+        lifecycle = self.vm.lifecycle
         try:
             channel = self.listener.accept()
-            self.result = MigrationDestination(m, channel).receive()
+            self.result = MigrationDestination(self.vm, channel).receive()
             log.info("incoming migration done: %d rounds, %d bytes in %.2f s", self.result.rounds,
                      self.result.bytes, self.result.seconds)
-            with m._lifecycle:
-                m.state = RunState.PAUSED
+            lifecycle.set_state(RunState.PAUSED)
             if self.autostart:
-                m.resume()
+                lifecycle.resume()
         except Exception as exc:
             self.error = str(exc) if isinstance(exc, MigrationError) else f"{type(exc).__name__}: {exc}"
             log.error("load of migration failed: %s", self.error)

@@ -1,117 +1,29 @@
-"""The migration QMP commands (QEMU 7.2 names and reply shapes) and ``-incoming`` start-up.
+"""The migration QMP commands (QEMU 7.2 names and reply shapes), as a table the QMP server is given.
 
 migrate, migrate_cancel, query-migrate, migrate-set-parameters,
 query-migrate-parameters, migrate-set-capabilities, query-migrate-capabilities
-and migrate-incoming. The per-machine migration state (parameters,
-capabilities, the current or last job) lives in a MigrationManager attached to
-the Machine on first use. MIGRATION and MIGRATION_PASS events are emitted only
-with the ``events`` capability, as in QEMU.
+and migrate-incoming. ``add_migration_commands(table)`` puts them in a
+CommandTable; each acts on the machine's own MigrationManager
+(``ctx.machine.migration``), which holds the parameters, capabilities and the
+current or last job.
 """
 
 from __future__ import annotations
 
-import dataclasses
-
-import logging
 import time
-from typing import TYPE_CHECKING, Any
 
-from kvmpy.config import ConfigError
-from kvmpy.migration.destination import Incoming
 from kvmpy.migration.errors import MigrationError
-from kvmpy.migration.params import CAPABILITIES, MigrationParameters, MigrationStats
-from kvmpy.migration.source import MigrationSource
-from kvmpy.migration.transport import connect, parse_uri
-from kvmpy.monitor.commands import Context, table
+from kvmpy.migration.manager import MigrationManager
+from kvmpy.migration.params import CAPABILITIES, MigrationStats
+from kvmpy.monitor.context import Context
 from kvmpy.monitor.protocol import QmpError
-from kvmpy.monitor.schema import Arg
-
-if TYPE_CHECKING:
-    from kvmpy.machine import Machine
-
-log = logging.getLogger(__name__)
-ATTR = "migration_manager"
-
-
-class MigrationManager:
-    def __init__(self, machine: "Machine") -> None:
-        self.machine = machine
-        self.params = MigrationParameters()
-        self.caps = {c: False for c in CAPABILITIES}
-        self.source: MigrationSource | None = None
-        self.incoming: Incoming | None = None
-        self.deferred = False  # -incoming defer: waiting for migrate-incoming
-        self.autostart = True
-
-    @classmethod
-    def of(cls, machine: "Machine") -> "MigrationManager":
-        mgr = getattr(machine, ATTR, None)
-        if mgr is None:
-            mgr = cls(machine)
-            setattr(machine, ATTR, mgr)
-        return mgr
-
-    def emit(self, name: str, data: dict[str, Any] | None) -> None:
-        if self.caps["events"]:
-            self.machine._emit(name, data)
-
-    @property
-    def active(self) -> bool:
-        return self.source is not None and not self.source.finished
-
-    # ---- outgoing ----------------------------------------------------------------
-    def migrate(self, uri: str) -> MigrationSource:
-        if self.active:
-            raise MigrationError("There's a migration process in progress")
-        state = self.machine.state.value
-        if state in ("inmigrate", "postmigrate", "shutdown", "internal-error"):
-            raise MigrationError(f"cannot migrate a VM in state {state}")
-        channel = connect(parse_uri(uri))
-        src = MigrationSource(self.machine, channel, self.params, self.caps["auto-converge"], self.emit)
-        self.source = src
-        src.start()
-        return src
-
-    # ---- incoming ------------------------------------------------------------------
-    def listen(self, uri: str) -> Incoming:
-        def done(error: str | None) -> None:
-            if error is not None:
-                self.emit("MIGRATION", {"status": "failed"})
-                # As QEMU: a destination whose load failed exits, so the half-loaded VM never runs.
-                self.machine.request_quit(1)
-            else:
-                self.emit("MIGRATION", {"status": "completed"})
-
-        self.incoming = Incoming(self.machine, uri, self.autostart, done).start()
-        self.deferred = False
-        return self.incoming
-
-
-def start_incoming(machine: "Machine", uri: str) -> MigrationManager:
-    """Called by the CLI for ``-incoming URI`` before the machine runs: the vCPUs wait for the stream."""
-    from kvmpy.machine import RunState
-
-    mgr = MigrationManager.of(machine)
-    mgr.autostart = not machine.config.start_paused
-    # Machine.start() must not run the VM before it has arrived (the config is frozen: replace it)
-    machine.config = dataclasses.replace(machine.config, start_paused=True)
-    if uri == "defer":
-        mgr.deferred = True
-        machine.state = RunState.INMIGRATE
-        return mgr
-    try:
-        mgr.listen(uri)
-    except MigrationError as exc:
-        raise ConfigError(f"-incoming {uri}: {exc}") from None
-    return mgr
+from kvmpy.monitor.schema import Arg, CommandTable
 
 
 def _stats(mgr: MigrationManager) -> MigrationStats:
     return mgr.source.stats if mgr.source is not None else MigrationStats()
 
 
-@table.command("migrate", uri=Arg("str"), blk=Arg("bool", optional=True), inc=Arg("bool", optional=True),
-               detach=Arg("bool", optional=True), resume=Arg("bool", optional=True))
 def migrate(ctx: Context, uri: str, blk: bool = False, inc: bool = False, detach: bool = True,
             resume: bool = False) -> dict:
     if blk or inc:
@@ -119,23 +31,21 @@ def migrate(ctx: Context, uri: str, blk: bool = False, inc: bool = False, detach
     if resume:
         raise QmpError("kvmpy has no postcopy, so there is nothing to resume")
     try:
-        MigrationManager.of(ctx.machine).migrate(uri)
+        ctx.machine.migration.migrate(uri)
     except MigrationError as exc:
         raise QmpError(str(exc)) from None
     return {}
 
 
-@table.command("migrate_cancel")
 def migrate_cancel(ctx: Context) -> dict:
-    mgr = MigrationManager.of(ctx.machine)
+    mgr = ctx.machine.migration
     if mgr.source is not None:
         mgr.source.cancel()
     return {}
 
 
-@table.command("query-migrate")
 def query_migrate(ctx: Context) -> dict:
-    mgr = MigrationManager.of(ctx.machine)
+    mgr = ctx.machine.migration
     st = _stats(mgr)
     if mgr.source is None and mgr.incoming is not None:
         inc = mgr.incoming
@@ -150,9 +60,8 @@ _PARAM_ARGS = {name: Arg("int", optional=True) for name in
                 "max_cpu_throttle", "throttle_trigger_threshold", "x_max_rounds")}
 
 
-@table.command("migrate-set-parameters", **_PARAM_ARGS)
 def migrate_set_parameters(ctx: Context, **values: int) -> dict:
-    mgr = MigrationManager.of(ctx.machine)
+    mgr = ctx.machine.migration
     try:
         mgr.params.update(**values)
     except ValueError as exc:
@@ -162,15 +71,12 @@ def migrate_set_parameters(ctx: Context, **values: int) -> dict:
     return {}
 
 
-@table.command("query-migrate-parameters")
 def query_migrate_parameters(ctx: Context) -> dict:
-    return MigrationManager.of(ctx.machine).params.to_qmp()
+    return ctx.machine.migration.params.to_qmp()
 
 
-@table.command("migrate-set-capabilities", capabilities=Arg("list", items=Arg("dict", fields={
-    "capability": Arg("str", choices=CAPABILITIES), "state": Arg("bool")})))
 def migrate_set_capabilities(ctx: Context, capabilities: list[dict]) -> dict:
-    mgr = MigrationManager.of(ctx.machine)
+    mgr = ctx.machine.migration
     if mgr.active:
         raise QmpError("There's a migration process in progress")
     wanted = {}
@@ -185,14 +91,12 @@ def migrate_set_capabilities(ctx: Context, capabilities: list[dict]) -> dict:
     return {}
 
 
-@table.command("query-migrate-capabilities")
 def query_migrate_capabilities(ctx: Context) -> list:
-    return [{"capability": c, "state": s} for c, s in MigrationManager.of(ctx.machine).caps.items()]
+    return [{"capability": c, "state": s} for c, s in ctx.machine.migration.caps.items()]
 
 
-@table.command("migrate-incoming", uri=Arg("str"))
 def migrate_incoming(ctx: Context, uri: str) -> dict:
-    mgr = MigrationManager.of(ctx.machine)
+    mgr = ctx.machine.migration
     if not mgr.deferred:
         raise QmpError("'-incoming' was not specified on the command line" if mgr.incoming is None
                        else "The incoming migration has already been started")
@@ -201,3 +105,17 @@ def migrate_incoming(ctx: Context, uri: str) -> dict:
     except MigrationError as exc:
         raise QmpError(str(exc)) from None
     return {}
+
+
+def add_migration_commands(table: CommandTable) -> None:
+    """Put the migration commands into ``table``."""
+    table.command("migrate", uri=Arg("str"), blk=Arg("bool", optional=True), inc=Arg("bool", optional=True),
+                  detach=Arg("bool", optional=True), resume=Arg("bool", optional=True))(migrate)
+    table.command("migrate_cancel")(migrate_cancel)
+    table.command("query-migrate")(query_migrate)
+    table.command("migrate-set-parameters", **_PARAM_ARGS)(migrate_set_parameters)
+    table.command("query-migrate-parameters")(query_migrate_parameters)
+    table.command("migrate-set-capabilities", capabilities=Arg("list", items=Arg("dict", fields={
+        "capability": Arg("str", choices=CAPABILITIES), "state": Arg("bool")})))(migrate_set_capabilities)
+    table.command("query-migrate-capabilities")(query_migrate_capabilities)
+    table.command("migrate-incoming", uri=Arg("str"))(migrate_incoming)

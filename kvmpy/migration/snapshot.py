@@ -1,25 +1,21 @@
 """In-memory VM snapshots with fast reset: restore only the pages dirtied since the snapshot.
 
 Fuzzing harnesses reset a VM thousands of times a second. ``Snapshot.take``
-copies RAM once and turns dirty logging on; ``reset`` then parks the vCPUs,
-copies back just the pages KVM (or the VMM) dirtied, and restores the vCPU,
-irqchip, PIT and device state. The file form of a snapshot is the migration
-stream (``file:PATH``).
+copies RAM once, turns dirty logging on and captures the VM state (the same
+``VmState.capture`` migration sends); ``reset`` then parks the vCPUs, copies
+back just the pages KVM (or the VMM) dirtied, and applies that state again.
+The file form of a snapshot is the migration stream (``file:PATH``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from kvmpy.memory.ramblock import PAGE_SIZE, RAMBlock
-from kvmpy.migration import vmstate
-
-if TYPE_CHECKING:
-    from kvmpy.machine import Machine
-
+from kvmpy.migration.interface import MigratableVm
+from kvmpy.vmstate import Sections
 
 MAX_SLICES = 64  # above this many dirty runs, one gathered copy beats a slice copy per run
 
@@ -42,38 +38,32 @@ def _restore_pages(live: np.ndarray, saved: np.ndarray, dirty: np.ndarray) -> in
 
 @dataclass
 class Snapshot:
-    machine: "Machine"
+    vm: MigratableVm
     blocks: list[RAMBlock]
     ram: list[np.ndarray]  # (npages, PAGE_SIZE) copies
-    cpu: dict[str, Any]
-    devices: dict[str, Any]
-    clock: bytes
+    state: Sections  # VmState.capture(): clock, irqchip, PIT, vCPUs, devices
     last_reset_pages: int = 0
 
     @classmethod
-    def take(cls, machine: "Machine") -> "Snapshot":
-        blocks = vmstate.ram_blocks(machine)
-        machine.slots.set_dirty_logging(True)
-        with machine.vcpus_stopped():
-            vmstate.complete_pending_io(machine)
-            machine.slots.collect(blocks)  # from now on, the log holds exactly what changed since the copy
+    def take(cls, vm: MigratableVm) -> "Snapshot":
+        blocks = vm.ram_blocks
+        vm.dirty_log.set_dirty_logging(True)
+        with vm.lifecycle.vcpus_parked():
+            vm.vmstate.complete_pending_io()
+            vm.dirty_log.collect(blocks)  # from now on, the log holds exactly what changed since the copy
             ram = [b.array.reshape(-1, PAGE_SIZE).copy() for b in blocks]
-            cpu = machine.save_cpu_state()
-            devices = machine.save_devices()
-            clock = machine.vm.get_clock()
-        return cls(machine, blocks, ram, cpu, devices, clock)
+            state = vm.vmstate.capture()
+        return cls(vm, blocks, ram, state)
 
     def reset(self) -> int:
         """Back to the snapshot; returns the number of pages rewritten. The run state is kept."""
-        m = self.machine
-        with m.vcpus_stopped():
-            dirty = m.slots.collect(self.blocks)
+        vm = self.vm
+        with vm.lifecycle.vcpus_parked():
+            dirty = vm.dirty_log.collect(self.blocks)
             n = 0
             for block, saved in zip(self.blocks, self.ram):
                 n += _restore_pages(block.array.reshape(-1, PAGE_SIZE), saved, dirty[block])
-            vmstate.complete_pending_io(m)
-            m.restore_cpu_state(self.cpu)
-            m.restore_devices(self.devices)
-            m.vm.set_clock(self.clock)
+            vm.vmstate.complete_pending_io()
+            vm.vmstate.apply(self.state)
         self.last_reset_pages = n
         return n

@@ -1,4 +1,4 @@
-"""MigrationSource: precopy live migration of a running Machine over one channel.
+"""MigrationSource: precopy live migration of a running VM (a MigratableVm) over one channel.
 
 Rounds: dirty logging on, every page sent once, then repeatedly the pages
 dirtied since the previous round (KVM's log merged with VMM writes). When the
@@ -18,21 +18,20 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import numpy as np
 
+from kvmpy.lifecycle import RunState
 from kvmpy.memory.ramblock import PAGE_SIZE
-from kvmpy.migration import stream, vmstate
+from kvmpy.migration import stream
 from kvmpy.migration.errors import CancelledError, MigrationError
+from kvmpy.migration.interface import MigratableVm
 from kvmpy.migration.params import MigrationParameters, MigrationStats
 from kvmpy.migration.ram import RamCounters, RamSender
 from kvmpy.migration.stream import RateLimiter, StreamWriter
 from kvmpy.migration.throttle import CpuThrottle
 from kvmpy.migration.transport import FileChannel, SocketChannel
-
-if TYPE_CHECKING:
-    from kvmpy.machine import Machine
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +45,10 @@ EventSink = Callable[[str, "dict[str, Any] | None"], None]
 class MigrationSource:
     """``start()`` runs the migration in a thread; ``cancel()``, ``wait()``, ``stats`` from any thread."""
 
-    def __init__(self, machine: "Machine", channel: SocketChannel | FileChannel,
+    def __init__(self, vm: MigratableVm, channel: SocketChannel | FileChannel,
                  params: MigrationParameters | None = None, auto_converge: bool = False,
                  events: EventSink | None = None) -> None:
-        self.machine = machine
+        self.vm = vm
         self.channel = channel
         self.params = params or MigrationParameters()
         self.auto_converge = auto_converge
@@ -57,10 +56,10 @@ class MigrationSource:
         self.stats = MigrationStats()
         self.limiter = RateLimiter(self.params.max_bandwidth)
         self.writer = StreamWriter(channel, self.limiter)
-        self.blocks = vmstate.ram_blocks(machine)
+        self.blocks = vm.ram_blocks
         self.counters = RamCounters()
         self.ram = RamSender(self.blocks, self.writer, self.counters, self._check)
-        self.throttle = CpuThrottle(machine)
+        self.throttle = CpuThrottle(vm.lifecycle)
         self._cancel = threading.Event()
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
@@ -115,16 +114,16 @@ class MigrationSource:
 
     # ---- the migration ----------------------------------------------------------
     def _main(self) -> None:
-        m = self.machine
+        vm = self.vm
         stopped_by_us = False
         was_running = False
-        slots = m.slots
+        slots = vm.dirty_log
         logging_was_on = slots.log_dirty
         try:
             self.stats.total = self.stats.remaining = sum(b.size for b in self.blocks)
             slots.set_dirty_logging(True)
             self._sync()  # from here on every write is seen
-            self.writer.header(vmstate.describe(m))
+            self.writer.header(vm.vmstate.describe())
             self.stats.setup_time_ms = self._elapsed_ms()
             self._set_status("active")
             t0, sent0, busy0 = time.monotonic(), self.writer.bytes, self.writer.busy
@@ -186,11 +185,8 @@ class MigrationSource:
             # ---- switchover: the guest stops here ----
             self._check()
             stop_t = time.monotonic()
-            with m._lifecycle:
-                was_running = m.state.value == "running"
-                from kvmpy.machine import RunState
-                m.pause(RunState.FINISH_MIGRATE)
-                stopped_by_us = True
+            was_running = vm.lifecycle.pause(RunState.FINISH_MIGRATE)  # True: it was running
+            stopped_by_us = True
             self.throttle.close()
             self.limiter.rate = 0  # the guest is down: send as fast as the link allows
             t_paused = time.monotonic()
@@ -200,7 +196,7 @@ class MigrationSource:
             for i, (d, d2) in enumerate(zip(dirty, last)):
                 self.ram.send_pages(i, d | d2)
             t_ram = time.monotonic()
-            for name, state in vmstate.capture(m):
+            for name, state in vm.vmstate.capture().items():
                 self.writer.section(name, state)
             self.writer.end()
             t_end = time.monotonic()
@@ -228,9 +224,6 @@ class MigrationSource:
 
     def _handover(self, stop_t: float) -> None:
         """Get the destination's confirmation, then give the VM up for good."""
-        from kvmpy.machine import RunState
-
-        m = self.machine
         ch = self.channel
         if ch.duplex:
             ch.set_timeout(ACK_TIMEOUT)
@@ -244,9 +237,8 @@ class MigrationSource:
                 raise MigrationError("the destination did not confirm the switchover (connection lost)")
         else:
             ch.finish()  # every byte is in the file / the exec child consumed it all
-        with m._lifecycle:
-            m.state = RunState.POSTMIGRATE
-            self.committed = True
+        self.vm.lifecycle.set_state(RunState.POSTMIGRATE)
+        self.committed = True
         if ch.duplex:
             try:
                 ch.write(stream.GO)
@@ -265,7 +257,7 @@ class MigrationSource:
         self.channel.abort()
         if not self.committed and stopped_by_us and was_running:
             try:
-                self.machine.resume()  # nothing was handed over: carry on as if we never tried
+                self.vm.lifecycle.resume()  # nothing was handed over: carry on as if we never tried
             except Exception:
                 log.exception("resuming the source after a failed migration failed")
         if isinstance(exc, CancelledError) or self._cancel.is_set():
@@ -279,7 +271,7 @@ class MigrationSource:
         self._set_status("failed")
 
     def _sync(self) -> list[np.ndarray]:
-        per_block = self.machine.slots.collect(self.blocks)
+        per_block = self.vm.dirty_log.collect(self.blocks)
         self.stats.dirty_sync_count += 1
         return [per_block[b] for b in self.blocks]
 

@@ -1,25 +1,30 @@
 """Auto-converge: slow the guest's vCPUs down so a guest that dirties memory faster than the link can migrate.
 
 As QEMU does, each 10 ms of guest run time is followed by a stop of
-``pct / (100 - pct)`` times as long. The vCPUs are resumed, under the
-Machine's lifecycle lock, only if the machine is still meant to be running.
+``pct / (100 - pct)`` times as long. The stop goes through the lifecycle's
+``hold_vcpus()``/``release_vcpus()``, so the vCPUs run again only if the
+machine is still meant to be running (not one stopped meanwhile for switchover).
 """
 
 from __future__ import annotations
 
 import threading
-import time
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from kvmpy.machine import Machine
+from typing import Protocol
 
 TIMESLICE = 0.010
 
 
+class Throttleable(Protocol):
+    """What throttling needs from a lifecycle."""
+
+    def hold_vcpus(self) -> None: ...
+
+    def release_vcpus(self) -> None: ...
+
+
 class CpuThrottle:
-    def __init__(self, machine: "Machine") -> None:
-        self.machine = machine
+    def __init__(self, lifecycle: Throttleable) -> None:
+        self.lifecycle = lifecycle
         self.percentage = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -31,17 +36,11 @@ class CpuThrottle:
             self._thread.start()
 
     def _run(self) -> None:
-        m = self.machine
         while not self._stop.is_set():
             pct = self.percentage / 100
-            for t in m.threads:
-                t.pause(wait=False)
+            self.lifecycle.hold_vcpus()
             self._stop.wait(TIMESLICE * pct / (1 - pct))
-            # Resume only a machine that is still meant to run (not one stopped meanwhile for switchover).
-            with m._lifecycle:
-                if m.state.value == "running" and m.events.empty():
-                    for t in m.threads:
-                        t.resume()
+            self.lifecycle.release_vcpus()
             self._stop.wait(TIMESLICE)
 
     def close(self) -> None:

@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING
 from kvmpy.kvm import abi
 from kvmpy.memory.guest_memory import GuestMemoryError
 from kvmpy.memory.region import MemoryRegion, RegionKind
+from kvmpy.monitor.context import PACKAGE, QEMU_VERSION
 from kvmpy.monitor.protocol import QmpError
 
 if TYPE_CHECKING:
-    from kvmpy.monitor.commands import Context
+    from kvmpy.monitor.context import Context
 
 MAX_DUMP = 64 * 1024  # bytes one x/xp may print
 PAGE_MASK = ~0xFFF
@@ -56,14 +57,13 @@ def run_hmp(ctx: "Context", line: str, cpu_index: int) -> str:
 
 
 def _dispatch(ctx: "Context", words: list[str], cpu: int) -> str:
-    from kvmpy.monitor import commands
-
     name, args = words[0], words[1:]
-    simple = {"stop": commands.stop, "cont": commands.cont, "c": commands.cont,
-              "system_reset": commands.system_reset, "system_powerdown": commands.system_powerdown,
-              "quit": commands.quit_, "q": commands.quit_}
+    simple = {"stop": "stop", "cont": "cont", "c": "cont", "system_reset": "system_reset",
+              "system_powerdown": "system_powerdown", "quit": "quit", "q": "quit"}
     if name in simple:
-        simple[name](ctx)
+        if ctx.commands is None:
+            raise HmpError("no QMP command table to run this with")
+        ctx.commands.dispatch(ctx, simple[name], {})  # the QMP command of the same meaning
         return ""
     if name in ("help", "?"):
         return HELP
@@ -80,18 +80,18 @@ def _info(ctx: "Context", args: list[str], cpu: int) -> str:
         return "info status|registers|cpus|mtree|kvm|name|version\n"
     what = args[0]
     if what == "status":
-        state = m.state.value
+        state = m.lifecycle.state.value
         if state == "running":
             return "VM status: running\n"
         return "VM status: paused\n" if state == "paused" else f"VM status: paused ({state})\n"
     if what == "registers":
-        indices = range(len(m.vcpus)) if "-a" in args[1:] else [cpu]
-        with m.vcpus_stopped():
-            parts = [f"\nCPU#{i}\n" + register_text(m.vcpus[i]) for i in indices]
+        indices = range(len(m.board.vcpus)) if "-a" in args[1:] else [cpu]
+        with m.lifecycle.vcpus_parked():
+            parts = [f"\nCPU#{i}\n" + register_text(m.board.vcpus[i]) for i in indices]
         return "".join(parts)
     if what == "cpus":
         return "".join(f"{'*' if i == cpu else ' '} CPU #{i}: thread_id={t.native_id or 0}\n"
-                       for i, t in enumerate(m.threads))
+                       for i, t in enumerate(m.board.threads))
     if what == "mtree":
         return _mtree_flat(m) if "-f" in args[1:] else _mtree(m)
     if what == "kvm":
@@ -99,7 +99,6 @@ def _info(ctx: "Context", args: list[str], cpu: int) -> str:
     if what == "name":
         return f"{m.config.name}\n" if m.config.name is not None else ""
     if what == "version":
-        from kvmpy.monitor.commands import PACKAGE, QEMU_VERSION
         v = QEMU_VERSION
         return f"{v['major']}.{v['minor']}.{v['micro']} ({PACKAGE})\n"
     return f"info: unknown or unsupported item '{what}'\n"
@@ -178,17 +177,17 @@ def _mtree(m) -> str:
             for sub in sorted(region.subregions, key=lambda s: (s.offset, -s.priority)):
                 walk(sub.region, base + sub.offset, sub.priority, depth + 1)
 
-    walk(m.root, 0, 0, 1)
+    walk(m.board.root, 0, 0, 1)
     lines.append("\naddress-space: I/O\n")
     lines.append(f"  {0:016x}-{0xFFFF:016x} (prio 0, i/o): io\n")
-    for r in m.pio.ranges():
+    for r in m.board.pio.ranges():
         lines.append(f"    {r.base:016x}-{r.end - 1:016x} (prio 0, i/o): {r.name or type(r.device).__name__}\n")
     return "".join(lines)
 
 
 def _mtree_flat(m) -> str:
     lines = ["FlatView #0\n", ' AS "memory", root: system\n', " Root memory region: system\n"]
-    for r in m.address_space.flatview.ranges:
+    for r in m.board.address_space.flatview.ranges:
         kind = _region_type(r.region)
         extra = f" @{r.offset:016x}" if r.offset else ""
         lines.append(f"  {r.addr:016x}-{r.end - 1:016x} (prio 0, {kind}): {r.region.name}{extra}\n")
@@ -285,21 +284,21 @@ def _dump(ctx: "Context", physical: bool, args: list[str], cpu: int) -> str:
     addr = _parse_int(rest[0])
     if addr < 0 or addr >= 1 << 64:
         raise HmpError("address out of range")
-    vcpu = m.vcpus[cpu]
+    vcpu = m.board.vcpus[cpu]
     line_size = 8 if size == 1 else 16
     out: list[str] = []
     pos, left = addr, count * size
-    with m.vcpus_stopped() if not physical else nullcontext():
+    with m.lifecycle.vcpus_parked() if not physical else nullcontext():
         while left > 0:
             out.append(f"{pos:016x}:")
             n = min(line_size, left)
             for off in range(0, n, size):
                 a = pos + off
-                pa = a if physical else translate(vcpu, m.memory, a)
+                pa = a if physical else translate(vcpu, m.board.memory, a)
                 try:
                     if pa is None:
                         raise GuestMemoryError("not mapped")
-                    v = int.from_bytes(m.memory.read(pa, size), "little")
+                    v = int.from_bytes(m.board.memory.read(pa, size), "little")
                 except GuestMemoryError:
                     out.append(" Cannot access memory\n")
                     return "".join(out)

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kvmpy.monitor import protocol
-from kvmpy.monitor.commands import PACKAGE, QEMU_VERSION, Context, table
-import kvmpy.migration.qmp  # noqa: F401,E402  registers the migration commands in the table
+from kvmpy.monitor.context import PACKAGE, QEMU_VERSION, Context
 from kvmpy.monitor.endpoint import Endpoint, listen
 from kvmpy.monitor.protocol import COMMAND_NOT_FOUND, QmpError, Request
+from kvmpy.monitor.schema import CommandTable
 
 if TYPE_CHECKING:
     from kvmpy.machine import Machine
@@ -75,10 +75,15 @@ def _inode(path: Path) -> tuple[int, int] | None:
 
 
 class QmpServer:
-    """``start()`` binds every endpoint (errors surface here), then serves until ``close()``."""
+    """``start()`` binds every endpoint (errors surface here), then serves until ``close()``.
 
-    def __init__(self, machine: "Machine", endpoints: list[Endpoint]) -> None:
+    ``commands`` is the whole command table this server offers (e.g. the core
+    commands plus migration's); it must hold ``qmp_capabilities``.
+    """
+
+    def __init__(self, machine: "Machine", endpoints: list[Endpoint], commands: CommandTable) -> None:
         self.machine = machine
+        self.commands = commands
         self.endpoints = list(endpoints)
         self._listeners: list[_Listener] = []
         self._sessions: set[Session] = set()
@@ -103,7 +108,7 @@ class QmpServer:
         self._thread = threading.Thread(target=self._main, name="qmp", daemon=True)
         self._thread.start()
         self._ready.wait()
-        self.machine.add_event_listener(self._on_machine_event)
+        self.machine.lifecycle.add_event_listener(self._on_machine_event)
 
     @property
     def addresses(self) -> list[Any]:
@@ -122,7 +127,7 @@ class QmpServer:
         if self._closed:
             return
         self._closed = True
-        self.machine.remove_event_listener(self._on_machine_event)
+        self.machine.lifecycle.remove_event_listener(self._on_machine_event)
         loop = self._loop
         if loop is not None and self._thread is not None and self._thread.is_alive():
             fut = asyncio.run_coroutine_threadsafe(self._shutdown(), loop)
@@ -277,7 +282,7 @@ class QmpServer:
     def _negotiate(self, session: Session, req: Request) -> dict:
         if req.command != "qmp_capabilities":
             raise QmpError("Expecting capabilities negotiation with 'qmp_capabilities'", COMMAND_NOT_FOUND)
-        args = table.get("qmp_capabilities").validate(req.arguments)
+        args = self.commands.get("qmp_capabilities").validate(req.arguments)
         if args.get("enable"):
             raise QmpError(f"Capability '{args['enable'][0]}' not available")
         session.negotiated = True
@@ -285,7 +290,8 @@ class QmpServer:
 
     def _execute(self, session: Session, req: Request) -> Any:
         try:
-            return table.dispatch(Context(self.machine, session), req.command, req.arguments)
+            return self.commands.dispatch(Context(self.machine, session, self.commands), req.command,
+                                          req.arguments)
         except QmpError:
             raise
         except Exception as exc:  # a handler bug: report it, keep serving

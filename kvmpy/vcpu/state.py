@@ -33,9 +33,17 @@ class VcpuState:
     def from_data(cls, data: dict[str, Any]) -> "VcpuState":
         if data.get("version") != STATE_VERSION:
             raise ValueError(f"vCPU state version {data.get('version')!r} is not {STATE_VERSION}")
-        raw = {k: bytes(v) for k, v in dict(data["raw"]).items() if k in RAW_PARTS}
-        msrs = {int(k): int(v) & (1 << 64) - 1 for k, v in dict(data["msrs"]).items()}
-        return cls(int(data["vcpu_id"]), raw, msrs, int(data["mp_state"]))
+        raw_parts, msr_map = data["raw"], data["msrs"]
+        if not isinstance(raw_parts, dict) or not isinstance(msr_map, dict):
+            raise ValueError("vCPU state needs 'raw' and 'msrs' maps")
+        # bytes() of an int would allocate that many zero bytes: only byte strings are accepted.
+        if not all(isinstance(v, (bytes, bytearray)) for v in raw_parts.values()):
+            raise ValueError("vCPU register state must be byte strings")
+        if not all(type(v) is int for v in (*msr_map.values(), data["vcpu_id"], data["mp_state"])):
+            raise ValueError("vCPU MSR values, id and MP state must be integers")
+        raw = {k: bytes(v) for k, v in raw_parts.items() if k in RAW_PARTS}
+        msrs = {int(k): v & (1 << 64) - 1 for k, v in msr_map.items()}
+        return cls(data["vcpu_id"], raw, msrs, data["mp_state"])
 
 
 @dataclass

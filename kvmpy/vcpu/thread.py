@@ -20,10 +20,9 @@ from typing import Callable
 
 from kvmpy.devices.bus import Bus
 from kvmpy.kvm import abi, ioctls
-from kvmpy.kvm._ioctl import _libc
 from kvmpy.kvm.abi import ffi
 from kvmpy.kvm.errors import KvmError, KvmIoctlError
-from kvmpy.kvm.vcpu import VcpuFd
+from kvmpy.kvm.vcpu import VcpuFd, libc_ioctl
 from kvmpy.vcpu.x86 import register_dump
 
 log = logging.getLogger(__name__)
@@ -210,7 +209,7 @@ class VcpuThread:
         vcpu = self.vcpu
         mm = vcpu.run_mm
         fd = vcpu.fd
-        ioctl = _libc.ioctl
+        ioctl = libc_ioctl
         KVM_RUN = ioctls.KVM_RUN
         zero = ffi.cast("unsigned long", 0)
         pio = self.pio
@@ -247,7 +246,7 @@ class VcpuThread:
                     # The common case, with the port's device looked up once and cached.
                     hit = port_cache.get(port, pio)
                     if hit is pio:
-                        hit = port_cache[port] = pio.find(port)
+                        hit = pio.lookup(port)
                     if hit is None:
                         if direction == IO_OUT:
                             pio.write(port, 1, mm[off])

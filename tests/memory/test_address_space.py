@@ -1,4 +1,4 @@
-"""Flattening the MemoryRegion tree: priorities, aliases, holes and MMIO dispatch."""
+"""Flattening the MemoryRegion tree: priorities, aliases and holes."""
 
 from __future__ import annotations
 
@@ -49,18 +49,6 @@ def test_higher_priority_punches_a_hole_and_equal_priority_later_wins() -> None:
     other = Recorder()
     root.add_subregion(2 * MiB, MemoryRegion.io("late", 4096, other))  # same priority as RAM, added later
     assert render(root).lookup(2 * MiB).region.name == "late"
-
-
-def test_mmio_dispatch_uses_region_relative_offsets() -> None:
-    root = MemoryRegion.container("sys", 1 << 32)
-    dev = Recorder()
-    root.add_subregion(0xD0000000, MemoryRegion.io("dev", 0x1000, dev))
-    a = AddressSpace("sys", root)
-    a.commit()
-    assert a.mmio_read(0xD0000010, 4) == 0x1234
-    a.mmio_write(0xD0000020, 2, 7)
-    assert dev.log == [("r", 0x10, 4), ("w", 0x20, 2, 7)]
-    assert a.mmio_read(0xE0000000, 4) == 0xFFFFFFFF  # unassigned
 
 
 def test_listeners_see_each_commit() -> None:

@@ -35,8 +35,8 @@ def machine(memory_mib: int = 64, run: bool = True, size_mb: int = SIZE_MB) -> I
             m.start()
             assert console.wait_for(b"BB", 60), console.output
         else:  # a destination: threads parked, console live
-            m.console.start(m.serial.receive, lambda: None)
-            for t in m.threads:
+            m.board.console.start(m.board.serial.receive, lambda: None)
+            for t in m.board.threads:
                 t.start()
         yield m, console
     finally:
@@ -44,7 +44,7 @@ def machine(memory_mib: int = 64, run: bool = True, size_mb: int = SIZE_MB) -> I
 
 
 def dirtier_bytes(m, size_mb: int = SIZE_MB) -> np.ndarray:
-    pages = m.ram.array.reshape(-1, 4096)
+    pages = m.board.ram.array.reshape(-1, 4096)
     return pages[START_MB * 256:(START_MB + size_mb) * 256, 0]
 
 
@@ -57,7 +57,7 @@ def invariant_breaks(first_bytes: np.ndarray) -> list[int]:
 
 
 def assert_invariant(m, size_mb: int = SIZE_MB) -> None:
-    with m.vcpus_stopped():
+    with m.lifecycle.vcpus_parked():
         breaks = invariant_breaks(dirtier_bytes(m, size_mb))
     assert len(breaks) <= 1, breaks
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kvmpy.machine import RunState
+from kvmpy.lifecycle import RunState
 from kvmpy.migration.destination import Incoming
 from kvmpy.migration.snapshot import Snapshot
 from kvmpy.migration.source import MigrationSource
@@ -23,8 +23,8 @@ def test_snapshot_to_file_then_restore_then_continue(where: str, tmp_path: Path)
     with machine() as (src, sc):
         job = MigrationSource(src, connect(parse_uri(f"file:{path}")))
         assert job.run().status == "completed", job.stats.error
-        assert src.state is RunState.POSTMIGRATE  # as in QEMU: saved, stopped; 'cont' would resume it
-        src.resume()  # the user chooses to carry on with the original too
+        assert src.lifecycle.state is RunState.POSTMIGRATE  # as in QEMU: saved, stopped; 'cont' would resume it
+        src.lifecycle.resume()  # the user chooses to carry on with the original too
         assert_progress(src, sc)
     with machine(run=False) as (dst, dc):
         inc = Incoming(dst, f"file:{path}").start()
@@ -50,12 +50,12 @@ def test_exec_transport_round_trip(tmp_path: Path) -> None:
 def test_fast_reset_rewrites_only_dirtied_pages() -> None:
     with machine() as (m, console):
         snap = Snapshot.take(m)
-        with m.vcpus_stopped():
+        with m.lifecycle.vcpus_parked():
             at_snapshot = dirtier_bytes(m).copy()
         time.sleep(0.2)
         n = snap.reset()
-        assert 0 < n <= m.ram.npages // 4  # the dirtier's 2048 pages and a few others, not all of RAM
-        with m.vcpus_stopped():
+        assert 0 < n <= m.board.ram.npages // 4  # the dirtier's 2048 pages and a few others, not all of RAM
+        with m.lifecycle.vcpus_parked():
             assert np.array_equal(dirtier_bytes(m), at_snapshot)
             snap.reset()
         assert_progress(m, console)  # still running after resets

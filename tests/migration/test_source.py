@@ -9,11 +9,10 @@ import time
 import numpy as np
 import pytest
 
-from kvmpy.machine import RunState
+from kvmpy.lifecycle import RunState
 from kvmpy.migration.destination import Incoming
 from kvmpy.migration.errors import MigrationError
 from kvmpy.migration.params import MigrationParameters
-from kvmpy.migration.qmp import MigrationManager
 from kvmpy.migration.source import MigrationSource
 from kvmpy.migration.transport import connect, parse_uri
 from tests.migration.support import (CuttingProxy, assert_frozen, assert_invariant, assert_progress, machine)
@@ -42,7 +41,7 @@ def test_tcp_migration_under_load_keeps_memory_intact(where: str) -> None:
             # Device-style writes, mid-migration: only the VMM-side dirty bitmap knows about these.
             while job.stats.rounds < 2 and not job.finished:
                 time.sleep(0.01)
-            src.memory.write(PATTERN_GPA, pattern)
+            src.board.memory.write(PATTERN_GPA, pattern)
 
         # A slow link and a tight downtime limit: the dirtier cannot converge on any KVM
         # (on a fast complete KVM it otherwise fits a 300 ms window after two rounds).
@@ -52,15 +51,15 @@ def test_tcp_migration_under_load_keeps_memory_intact(where: str) -> None:
         assert inc.error is None
         assert job.stats.rounds >= 3  # the bandwidth limit forced several rounds
         assert job.stats.duplicate > 0 and job.stats.downtime_ms is not None
-        assert src.state is RunState.POSTMIGRATE and dst.state is RunState.RUNNING
+        assert src.lifecycle.state is RunState.POSTMIGRATE and dst.lifecycle.state is RunState.RUNNING
         assert_frozen(src)
         assert_progress(dst, dc)  # RAM moves and serial output continues on the destination
         assert dc.output.strip(b"B") == b""
         assert_invariant(dst)
-        assert dst.memory.read(PATTERN_GPA, len(pattern)) == pattern.tobytes()
+        assert dst.board.memory.read(PATTERN_GPA, len(pattern)) == pattern.tobytes()
         with pytest.raises(MigrationError):  # a migrated-away VM is not migrated again...
-            MigrationManager.of(src).migrate("file:/dev/null")
-        assert src.state is RunState.POSTMIGRATE  # ...and nothing resumed it
+            src.migration.migrate("file:/dev/null")
+        assert src.lifecycle.state is RunState.POSTMIGRATE  # ...and nothing resumed it
 
 
 @pytest.mark.kvm_host
@@ -83,9 +82,9 @@ def test_cancel_leaves_the_source_running_and_the_destination_stopped() -> None:
 
         job, inc = _migrate(src, dst, "tcp:127.0.0.1:0", MigrationParameters(max_bandwidth=16 << 20), cancel)
         assert job.stats.status == "cancelled"
-        assert src.state is RunState.RUNNING
+        assert src.lifecycle.state is RunState.RUNNING
         assert_progress(src, sc)
-        assert inc.error and dst.state is RunState.INMIGRATE
+        assert inc.error and dst.lifecycle.state is RunState.INMIGRATE
         assert_frozen(dst)
 
 
@@ -102,8 +101,8 @@ def test_connection_cut_at_random_points_source_survives_and_migrates_again() ->
                 job.run()
                 assert inc.done.wait(30)
                 assert job.stats.status == "failed", (proxy.limit, job.stats)
-                assert inc.error is not None and dst.state is RunState.INMIGRATE
-                assert src.state is RunState.RUNNING
+                assert inc.error is not None and dst.lifecycle.state is RunState.INMIGRATE
+                assert src.lifecycle.state is RunState.RUNNING
                 assert_progress(src, sc)
         with machine(run=False) as (dst, dc):
             job, inc = _migrate(src, dst, "tcp:127.0.0.1:0", MigrationParameters(x_max_rounds=3))
@@ -137,7 +136,7 @@ def test_destination_death_before_the_ack_keeps_the_source_running() -> None:
         job.run()
         lsock.close()
         assert job.stats.status == "failed"
-        assert src.state is RunState.RUNNING
+        assert src.lifecycle.state is RunState.RUNNING
         assert_progress(src, sc)
 
 

@@ -12,7 +12,7 @@ import pytest
 import xxhash
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from kvmpy.machine import RunState
+from kvmpy.lifecycle import RunState
 from kvmpy.migration import stream
 from kvmpy.migration.destination import MigrationDestination
 from kvmpy.migration.errors import ConfigMismatchError, StreamError
@@ -51,7 +51,7 @@ def _load(dst, data: bytes) -> None:
 def test_a_good_stream_loads(snapshot: bytes, dest) -> None:
     assert snapshot.startswith(stream.MAGIC)
     _load(dest, snapshot)
-    assert dest.state is not RunState.RUNNING  # loading never starts the VM by itself
+    assert dest.lifecycle.state is not RunState.RUNNING  # loading never starts the VM by itself
 
 
 @pytest.mark.kvm_host
@@ -63,7 +63,7 @@ def test_corruption_anywhere_is_rejected(snapshot: bytes, dest) -> None:
         data[pos] ^= 1 << rng.randrange(8)
         with pytest.raises(StreamError):
             _load(dest, bytes(data))
-        assert dest.state is not RunState.RUNNING
+        assert dest.lifecycle.state is not RunState.RUNNING
 
 
 @pytest.mark.kvm_host
@@ -92,7 +92,7 @@ def _page_offsets(data: bytes, npages: int) -> list[int]:
 @pytest.mark.kvm_host
 def test_words_swapped_within_a_page_are_rejected(snapshot: bytes, dest) -> None:
     """The outside probe swapped two 8-byte words inside a page: 19 of 25 such streams loaded."""
-    offsets = _page_offsets(snapshot, dest.ram.npages)
+    offsets = _page_offsets(snapshot, dest.board.ram.npages)
     rng = random.Random(25)
     tried = 0
     for at in rng.sample(offsets, 60):
@@ -104,7 +104,7 @@ def test_words_swapped_within_a_page_are_rejected(snapshot: bytes, dest) -> None
         bad[wa:wa + 8], bad[wb:wb + 8] = snapshot[wb:wb + 8], snapshot[wa:wa + 8]
         with pytest.raises(StreamError, match="checksum"):
             _load(dest, bytes(bad))
-        assert dest.state is not RunState.RUNNING
+        assert dest.lifecycle.state is not RunState.RUNNING
         tried += 1
         if tried == 25:
             break
@@ -234,3 +234,25 @@ def test_sections_with_huge_or_non_finite_numbers_are_stream_errors(section: str
         struct.pack("<I", len(section)) + section.encode()
     with pytest.raises(StreamError, match="not valid state data"):
         _parse_all(_sealed(body))
+
+
+@pytest.mark.kvm_host
+@pytest.mark.parametrize("offset", [1e300, -1e300, 10 ** 40])
+def test_a_well_formed_stream_with_a_hostile_rtc_offset_is_refused(dest, offset) -> None:
+    # The checksum is right: only the RTC's own range check can catch this one.
+    from kvmpy.migration.stream import StreamWriter
+
+    with dest.lifecycle.vcpus_parked():
+        state = dest.vmstate.capture()
+    state["dev/rtc"]["state"]["offset"] = offset
+    sink = _Sink()
+    writer = StreamWriter(FileChannel(sink, what="memory"))  # type: ignore[arg-type]
+    writer.header(dest.vmstate.describe())
+    for name, value in state.items():
+        writer.section(name, value)
+    writer.end()
+    rtc_before = dest.board.devices["rtc"].save()
+    with pytest.raises(StreamError, match="dev/rtc"):
+        _load(dest, sink.getvalue())
+    assert dest.board.devices["rtc"].save()["offset"] == rtc_before["offset"]
+    assert dest.lifecycle.state is not RunState.RUNNING

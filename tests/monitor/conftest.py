@@ -38,7 +38,7 @@ class RunningVm:
     thread: threading.Thread | None = None
 
     def count(self) -> int:
-        return self.machine.memory.read_u32(COUNTER_ADDR)
+        return self.machine.board.memory.read_u32(COUNTER_ADDR)
 
     def wait_exit(self, timeout: float = 20) -> int | None:
         assert self.thread is not None
@@ -48,7 +48,7 @@ class RunningVm:
 
 def boot(tmpdir: Path, guest: str = "counter", name: str | None = "qmp-test", start_paused: bool = False,
          smp: int = 1, no_reboot: bool = False, extra_endpoints: list[str] = (), append: str = "") -> RunningVm:
-    from kvmpy.machine import Machine
+    from kvmpy.machine import Machine, qmp_commands
 
     cfg = MachineConfig(kernel=build_guest(guest), memory=32 << 20, smp=smp, name=name, serial="stdio",
                         no_reboot=no_reboot, start_paused=start_paused, append=append,
@@ -57,7 +57,7 @@ def boot(tmpdir: Path, guest: str = "counter", name: str | None = "qmp-test", st
     machine = Machine(cfg, console=console)
     path = tmpdir / "qmp.sock"
     server = QmpServer(machine, [parse_endpoint(f"unix:{path},server,wait=off")]
-                       + [parse_endpoint(e) for e in extra_endpoints])
+                       + [parse_endpoint(e) for e in extra_endpoints], qmp_commands())
     server.start()
     vm = RunningVm(machine, console, server, path)
 
@@ -74,7 +74,7 @@ def boot(tmpdir: Path, guest: str = "counter", name: str | None = "qmp-test", st
 
 def teardown(vm: RunningVm) -> None:
     if vm.thread is not None and vm.thread.is_alive():
-        vm.machine.request_quit(0)
+        vm.machine.lifecycle.request_quit(0)
         vm.thread.join(20)
     vm.server.close()
     vm.machine.close()

@@ -25,7 +25,7 @@ def test_info_commands(vm) -> None:
     status, cpus, regs, mtree, flat, version = arun(_hmp(
         vm.path, "info status", "info cpus", "info registers", "info mtree", "info mtree -f", "info version"))
     assert status == "VM status: running\r\n"
-    assert cpus == f"* CPU #0: thread_id={vm.machine.threads[0].native_id}\r\n"
+    assert cpus == f"* CPU #0: thread_id={vm.machine.board.threads[0].native_id}\r\n"
     assert regs.startswith("\r\nCPU#0\r\n")
     # The counter guest runs in 32-bit protected mode with flat segments.
     assert re.search(r"EIP=[0-9a-f]{8} EFL=[0-9a-f]{8} \[[-DOSZAPC]{7}\] CPL=0", regs), regs

@@ -247,9 +247,9 @@ _ARG_VALUE = st.recursive(
 
 
 def _all_commands():
-    import kvmpy.migration.qmp  # noqa: F401  (registers the migration commands)
-    from kvmpy.monitor.commands import table
+    from kvmpy.machine import qmp_commands
 
+    table = qmp_commands()
     return [table.get(name) for name in table.names()]
 
 

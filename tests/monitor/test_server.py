@@ -38,7 +38,7 @@ def test_handshake_and_queries(vm) -> None:
                 "query-memory-size-summary", "human-monitor-command"} <= names
         assert await qmp.execute("query-status") == {"status": "running", "singlestep": False, "running": True}
         cpus = await qmp.execute("query-cpus-fast")
-        assert cpus == [{"thread-id": vm.machine.threads[0].native_id, "cpu-index": 0, "target": "x86_64",
+        assert cpus == [{"thread-id": vm.machine.board.threads[0].native_id, "cpu-index": 0, "target": "x86_64",
                          "qom-path": "/machine/unattached/device[0]",
                          "props": {"core-id": 0, "thread-id": 0, "socket-id": 0}}]
         assert cpus[0]["thread-id"] != os.getpid()
@@ -65,10 +65,10 @@ def test_stop_freezes_the_counter_and_cont_resumes_it(vm) -> None:
             assert await qmp.execute("query-status") == {"status": "paused", "singlestep": False,
                                                          "running": False}
             frozen = vm.count()
-            regs = bytes(vm.machine.vcpus[0].get_raw("regs"))
+            regs = bytes(vm.machine.board.vcpus[0].get_raw("regs"))
             await asyncio.sleep(0.6)
             assert vm.count() == frozen  # not one increment while stopped
-            assert bytes(vm.machine.vcpus[0].get_raw("regs")) == regs
+            assert bytes(vm.machine.board.vcpus[0].get_raw("regs")) == regs
             # A second stop is accepted and changes nothing (no second STOP event), as in QEMU.
             assert await qmp.execute("stop") == {}
             assert await qmp.execute("cont") == {}
@@ -175,7 +175,7 @@ def test_raw_protocol_ids_malformed_input_and_negotiation(vm) -> None:
     assert c.cmd("query-name", id=9) == {"return": {"name": "qmp-test"}, "id": 9}
     c.close()
     # The VM never noticed.
-    assert vm.machine.state.value == "running"
+    assert vm.machine.lifecycle.state.value == "running"
     before = vm.count()
     assert wait_until(lambda: vm.count() != before, 10)
 
@@ -210,7 +210,7 @@ def test_quit_replies_then_shuts_down_with_an_event(vm) -> None:
     ev = arun(go())
     assert ev["data"] == {"guest": False, "reason": "host-qmp-quit"}
     assert vm.wait_exit() == 0
-    assert vm.machine.state.value == "shutdown"
+    assert vm.machine.lifecycle.state.value == "shutdown"
 
 
 def test_start_paused_is_prelaunch_until_cont(short_tmp) -> None:

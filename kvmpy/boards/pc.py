@@ -1,0 +1,291 @@
+"""The x86 PC board: KVM VM setup, memory layout, the device table, both buses, vCPUs and boot.
+
+``PcBoard`` builds everything a PC is made of from a validated MachineConfig:
+RAM below and above 4 GiB, the in-kernel irqchip and PIT, one vCPU per -smp
+(with CPUID and baseline MSRs), the devices of ``PC_DEVICES`` mapped on the
+port-I/O bus (and MMIO devices as I/O regions routed by the board's MMIO
+router), and the kernel (multiboot or Linux) loaded with vCPU 0 at its entry.
+Devices report only through the ``post`` callback (the machine's lifecycle);
+the board never holds the machine. A new device is one file in
+``kvmpy/devices/`` plus one line in ``PC_DEVICES``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable, NamedTuple, Union, cast
+
+from kvmpy.boards.mmio import MmioRouter
+from kvmpy.config import MachineConfig
+from kvmpy.devices.acpi_pm import BLOCK_SIZE as PM_BLOCK_SIZE, AcpiPm, ResetControl
+from kvmpy.devices.bus import Bus, OffsetDevice
+from kvmpy.devices.chardev import CharBackend, open_backend
+from kvmpy.devices.debug_exit import DebugExit
+from kvmpy.devices.device import Device
+from kvmpy.devices.i8042 import I8042
+from kvmpy.devices.kvm_irq import KvmIrqLine
+from kvmpy.devices.port80 import Port80
+from kvmpy.devices.rtc import CmosRtc
+from kvmpy.devices.serial import Uart16550
+from kvmpy.kvm import abi
+from kvmpy.kvm.flavor import KvmKind, host_kvm_kind
+from kvmpy.kvm.system import Kvm
+from kvmpy.lifecycle import MachineEvent
+from kvmpy.loader import acpi
+from kvmpy.loader.e820 import FOUR_GIB, HIGH_TABLES, pc_e820, split_ram
+from kvmpy.loader.linux import EntryMode, KernelFormat, LinuxBoot, detect_format, load_linux, prepare_kernel
+from kvmpy.loader.multiboot import BootEntry, load_multiboot
+from kvmpy.memory.address_space import AddressSpace
+from kvmpy.memory.guest_memory import GuestMemory
+from kvmpy.memory.kvm_slots import KvmSlots
+from kvmpy.memory.ramblock import RAMBlock
+from kvmpy.memory.region import MemoryRegion
+from kvmpy.vcpu.cpuid import vcpu_cpuid
+from kvmpy.vcpu.state import VcpuStateIO
+from kvmpy.vcpu.thread import EventSink, VcpuThread, install_kick_handler
+from kvmpy.vcpu.x86 import apply_msrs, baseline_msrs, set_flat_protected_mode, set_long_mode
+
+log = logging.getLogger(__name__)
+
+# The same pages QEMU uses (and reserves in e820): identity map, then a 3-page TSS.
+IDENTITY_MAP_ADDR = 0xFEFFC000
+TSS_ADDR = 0xFEFFD000
+ADDRESS_SPACE_SIZE = 1 << 52
+COM1_PORT, COM1_IRQ = 0x3F8, 4
+GDT_ADDR = 0x500
+# null, null, flat 32-bit code (0x10), flat data (0x18): QEMU's multiboot ROM selectors.
+BOOT_GDT = (0, 0, 0x00CF9A000000FFFF, 0x00CF92000000FFFF)
+RSDP_ADDR = 0xF0000  # in the BIOS area, where a kernel without boot_params.acpi_rsdp_addr scans
+PVM_WARNING = ("this host's /dev/kvm is PVM-based (kvm_pvm), which emulates guest ring 0 and hangs on "
+               "instructions Linux uses (cmpxchg16b, xrstor, int3), so this Linux kernel will hang here; "
+               "it boots on a hardware-backed KVM (kvm-intel/kvm-amd), e.g. in the nested bed: "
+               "python -m kvmpy.testbed -- kvmpy ...")
+
+Post = Callable[[MachineEvent], None]
+
+
+class Window(NamedTuple):
+    """One window of a device on a bus; ``offset`` is where it starts inside the device."""
+    base: int
+    size: int
+    offset: int = 0
+    name: str = ""  # shown by "info mtree"; the device's table name when empty
+
+
+Ranges = tuple[Window, ...]
+RangesFor = Union[Ranges, Callable[[MachineConfig], Ranges]]
+
+
+@dataclass(frozen=True)
+class DeviceSlot:
+    """One line of a board's device table.
+
+    ``make(board)`` builds the device, or returns None when this configuration
+    has none; ``pio``/``mmio`` are its windows, fixed or computed from the config.
+    An MMIO window becomes an I/O region in the board's memory tree.
+    """
+
+    name: str
+    make: Callable[["PcBoard"], Device | None]
+    pio: RangesFor = ()
+    mmio: RangesFor = ()
+
+    def pio_ranges(self, cfg: MachineConfig) -> Ranges:
+        return self.pio(cfg) if callable(self.pio) else self.pio
+
+    def mmio_ranges(self, cfg: MachineConfig) -> Ranges:
+        return self.mmio(cfg) if callable(self.mmio) else self.mmio
+
+
+# ---- device factories (one per table line) ------------------------------------------------
+def _serial(b: "PcBoard") -> Uart16550:
+    return Uart16550(output=b.console.write, irq=KvmIrqLine(b.vm, COM1_IRQ))
+
+
+def _i8042(b: "PcBoard") -> I8042:
+    return I8042(on_reset=lambda: b.post(MachineEvent("reset", message="i8042 reset")),
+                 kbd_irq=KvmIrqLine(b.vm, 1), aux_irq=KvmIrqLine(b.vm, 12))
+
+
+def _rtc(b: "PcBoard") -> CmosRtc:
+    below, above = split_ram(b.config.memory)
+    return CmosRtc(ram_below_4g=below, ram_above_4g=above)
+
+
+def _port80(b: "PcBoard") -> Port80:
+    if b.kvm.check_extension(abi.CAP_COALESCED_PIO):
+        # Writes to 0x80 have no effect, so KVM may batch them instead of exiting.
+        b.vm.register_coalesced(0x80, 1, pio=True)
+    return Port80()
+
+
+def _acpi_pm(b: "PcBoard") -> AcpiPm:
+    # ACPI fixed hardware: PM1 block + PM timer (SCI on IRQ 9).
+    return AcpiPm(on_poweroff=lambda: b.post(MachineEvent("poweroff", 0, "ACPI S5")),
+                  sci=KvmIrqLine(b.vm, acpi.SCI_IRQ), s5_type=acpi.SLP_TYP_S5)
+
+
+def _reset_control(b: "PcBoard") -> ResetControl:
+    return ResetControl(on_reset=lambda: b.post(MachineEvent("reset", message="0xcf9 reset")))
+
+
+def _debug_exit(b: "PcBoard") -> DebugExit | None:
+    d = b.config.debug_exit
+    if d is None:
+        return None
+    return DebugExit(on_exit=lambda status: b.post(MachineEvent("exit", status)), iosize=d.iosize)
+
+
+def _serial_ports(cfg: MachineConfig) -> Ranges:
+    return () if cfg.serial == "none" else (Window(COM1_PORT, 8),)  # "-serial none": no COM1 at all
+
+
+def _debug_exit_ports(cfg: MachineConfig) -> Ranges:
+    d = cfg.debug_exit
+    return () if d is None else (Window(d.iobase, d.iosize),)
+
+
+# The PC's devices, in the order their state is saved, reset and migrated.
+PC_DEVICES: tuple[DeviceSlot, ...] = (
+    DeviceSlot("serial0", _serial, pio=_serial_ports),
+    DeviceSlot("i8042", _i8042, pio=(Window(0x60, 1, 0, "i8042-data"), Window(0x64, 1, 4, "i8042-cmd"))),
+    DeviceSlot("rtc", _rtc, pio=(Window(0x70, 2),)),
+    DeviceSlot("port80", _port80, pio=(Window(0x80, 1),)),
+    DeviceSlot("acpi-pm", _acpi_pm, pio=(Window(acpi.PM_BASE, PM_BLOCK_SIZE),)),
+    DeviceSlot("reset-control", _reset_control, pio=(Window(acpi.RESET_PORT, 1),)),
+    DeviceSlot("isa-debug-exit", _debug_exit, pio=_debug_exit_ports),
+)
+
+
+class PcBoard:
+    """One PC built from ``config``; ``post`` hears device events, ``vcpu_events`` the vCPU threads'."""
+
+    def __init__(self, config: MachineConfig, post: Post, vcpu_events: EventSink,
+                 console: CharBackend | None = None, devices: tuple[DeviceSlot, ...] = PC_DEVICES) -> None:
+        self.config = config
+        self.post = post
+        install_kick_handler()
+        self.kvm = Kvm.open()
+        self.vm = self.kvm.create_vm()
+        self.vm.set_tss_addr(TSS_ADDR)
+        self.vm.set_identity_map_addr(IDENTITY_MAP_ADDR)
+        self.vm.create_irqchip()
+        self.vm.create_pit2()
+        supported = self.kvm.supported_cpuid()
+        self.amd = any(e.function == 0 and e.ebx == 0x68747541 for e in supported)  # "Auth"enticAMD
+
+        assert config.kernel is not None
+        self.kernel_format = detect_format(config.kernel)
+        self.linux = None if self.kernel_format is KernelFormat.MULTIBOOT else \
+            prepare_kernel(config.kernel, config.linux_boot)
+        if self.linux is not None and host_kvm_kind() is KvmKind.PVM:
+            log.warning(PVM_WARNING)
+        self._build_memory()
+        self.console = console if console is not None else open_backend(config.serial)
+        self._build_devices(devices)
+        self._build_vcpus(supported, vcpu_events)
+        self.boot = self.load_kernel()
+
+    # ---- construction ------------------------------------------------------
+    def _build_memory(self) -> None:
+        size = self.config.memory
+        self.ram = RAMBlock.allocate("pc.ram", size)
+        self.root = MemoryRegion.container("system", ADDRESS_SPACE_SIZE)
+        below, above = split_ram(size)
+        ram_region = MemoryRegion.ram_region("pc.ram", self.ram)
+        self.root.add_subregion(0, MemoryRegion.alias("ram-below-4g", ram_region, 0, below))
+        if above:
+            self.root.add_subregion(FOUR_GIB, MemoryRegion.alias("ram-above-4g", ram_region, below, above))
+        self.address_space = AddressSpace("system", self.root)
+        self.slots = KvmSlots(self.vm, self.kvm.check_extension(abi.CAP_NR_MEMSLOTS) or 32)
+        self.address_space.add_listener(self.slots)
+        self.mmio = MmioRouter()
+        self.address_space.add_listener(self.mmio)
+        self.address_space.commit()
+        self.memory = GuestMemory(self.address_space)
+        self.e820 = pc_e820(size, self.amd)
+
+    def _build_devices(self, table: tuple[DeviceSlot, ...]) -> None:
+        """Walk the device table: build each device and map its windows on the PIO bus and in MMIO."""
+        self.pio = Bus("pio")
+        self.devices: dict[str, Device] = {}
+        for slot in table:
+            dev = slot.make(self)
+            if dev is None:
+                continue
+            self.devices[slot.name] = dev
+            for w in slot.pio_ranges(self.config):
+                self.pio.map(w.base, w.size, dev if w.offset == 0 else OffsetDevice(dev, w.offset),
+                             w.name or slot.name)
+            for w in slot.mmio_ranges(self.config):
+                target = dev if w.offset == 0 else OffsetDevice(dev, w.offset)
+                self.root.add_subregion(w.base, MemoryRegion.io(w.name or slot.name, w.size, target), priority=1)
+        if any(slot.mmio_ranges(self.config) for slot in table if slot.name in self.devices):
+            self.address_space.commit()
+        self.serial = cast(Uart16550, self.devices["serial0"])  # the console's input goes to COM1
+        self.acpi_pm = cast(AcpiPm, self.devices["acpi-pm"])  # QMP system_powerdown presses its button
+
+    def _build_vcpus(self, supported: list, vcpu_events: EventSink) -> None:
+        n = self.config.smp
+        if n > self.kvm.max_vcpus():
+            raise ValueError(f"-smp {n} exceeds this host's KVM limit of {self.kvm.max_vcpus()} vCPUs")
+        msr_list = self.kvm.msr_index_list()
+        self.state_io = VcpuStateIO(msr_list)
+        msrs = baseline_msrs(set(msr_list))
+        self.vcpus = []
+        for i in range(n):
+            vcpu = self.vm.create_vcpu(i)
+            vcpu.set_cpuid(vcpu_cpuid(supported, i, n))
+            apply_msrs(vcpu, msrs)
+            self.vcpus.append(vcpu)
+        self.threads = [VcpuThread(v, self.pio, self.mmio.read, self.mmio.write, vcpu_events)
+                        for v in self.vcpus]
+
+    # ---- boot ------------------------------------------------------------------
+    @property
+    def has_acpi(self) -> bool:
+        """Only Linux boots get ACPI tables; a multiboot guest cannot see the PM device."""
+        return self.linux is not None
+
+    def load_kernel(self) -> BootEntry | LinuxBoot:
+        """(Re)load the kernel into RAM and point vCPU 0 at its entry; at power-on and on every reset."""
+        cfg = self.config
+        assert cfg.kernel is not None
+        if self.linux is not None:
+            return self._load_linux()
+        modules = [m for m in str(cfg.initrd).split(",")] if cfg.initrd else []
+        boot = load_multiboot(cfg.kernel, cfg.append, self.memory, self.e820, modules)
+        gdt = b"".join(d.to_bytes(8, "little") for d in BOOT_GDT)
+        self.memory.write(GDT_ADDR, gdt)
+        set_flat_protected_mode(self.vcpus[0], boot.entry, boot.eax, boot.ebx,
+                                gdt_base=GDT_ADDR, gdt_limit=len(gdt) - 1)
+        return boot
+
+    def _load_linux(self) -> LinuxBoot:
+        """ACPI tables in the firmware-reserved top of low RAM, then the kernel; sets up vCPU 0."""
+        assert self.linux is not None
+        below, _ = split_ram(self.config.memory)
+        tables = acpi.build_tables(below - HIGH_TABLES, self.config.smp)
+        self.memory.write(tables.base, tables.blob)
+        self.memory.write(RSDP_ADDR, tables.rsdp)
+        boot = load_linux(self.linux, self.config.append, self.config.initrd, self.memory, self.e820, RSDP_ADDR)
+        if boot.mode is EntryMode.LONG64:
+            set_long_mode(self.vcpus[0], boot.entry, boot.params, boot.cr3,
+                          gdt_base=boot.gdt_base, gdt_limit=boot.gdt_limit)
+        else:
+            set_flat_protected_mode(self.vcpus[0], boot.entry, 0, boot.params,
+                                    gdt_base=boot.gdt_base, gdt_limit=boot.gdt_limit)
+        return boot
+
+    # ---- reset and teardown -----------------------------------------------------------
+    def reset_devices(self) -> None:
+        """Every device in the table back to its power-on state (a new device cannot be forgotten)."""
+        for dev in self.devices.values():
+            dev.reset()
+
+    def close(self) -> None:
+        for v in self.vcpus:
+            v.close()
+        self.vm.close()
+        self.kvm.close()
