@@ -31,6 +31,7 @@ import os
 import socket
 import stat
 import subprocess
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -254,6 +255,7 @@ class Listener:
     def __init__(self, uri: Uri) -> None:
         self.uri = uri
         self.sock: socket.socket | None = None
+        self._close_lock = threading.Lock()
         if uri.scheme in ("tcp", "unix"):
             family, addr = _sockaddr(uri, True)
             sock = socket.socket(family, socket.SOCK_STREAM)
@@ -280,8 +282,9 @@ class Listener:
 
     def accept(self) -> SocketChannel | FileChannel:
         try:
-            if self.sock is not None:
-                conn, _ = self.sock.accept()
+            sock = self.sock
+            if sock is not None:
+                conn, _ = sock.accept()
                 self.close()  # one migration per listener, as in QEMU
                 return SocketChannel(conn)
             if self.uri.scheme == "file":
@@ -293,17 +296,20 @@ class Listener:
             raise MigrationError(f"incoming migration on {_label(self.uri)} failed: {_reason(exc)}") from None
 
     def close(self) -> None:
-        if self.sock is not None:
+        # The accepting thread and the owner may both close: only the one that takes the socket does.
+        with self._close_lock:
+            sock, self.sock = self.sock, None
+        if sock is None:
+            return
+        try:
             try:
+                sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in accept()
+            except OSError:
+                pass
+            sock.close()
+        finally:
+            if self.uri.scheme == "unix":
                 try:
-                    self.sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in accept()
+                    os.unlink(self.uri.path)
                 except OSError:
                     pass
-                self.sock.close()
-            finally:
-                if self.uri.scheme == "unix":
-                    try:
-                        os.unlink(self.uri.path)
-                    except OSError:
-                        pass
-            self.sock = None

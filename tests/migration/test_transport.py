@@ -172,3 +172,29 @@ def test_listening_on_every_interface_is_kept(tmp_path: Path) -> None:
             pass
     finally:
         listener.close()
+
+
+@pytest.mark.parametrize("spec", ["tcp:127.0.0.1:0", "unix"])
+def test_closing_a_listener_while_another_thread_accepts(spec: str, tmp_path: Path) -> None:
+    # migrate_cancel / a failed destination closes the listener while the incoming thread sits in
+    # accept(), which then closes it too; neither side may trip over the other (was AttributeError).
+    import threading
+
+    uri = parse_uri(f"unix:{tmp_path / 'm.sock'}" if spec == "unix" else spec)
+    for _ in range(50):
+        lst = Listener(uri)
+        errors: list[BaseException] = []
+
+        def accept() -> None:
+            try:
+                lst.accept()
+            except BaseException as exc:  # noqa: BLE001 - the test inspects what escaped
+                errors.append(exc)
+
+        t = threading.Thread(target=accept)
+        t.start()
+        lst.close()
+        t.join(5)
+        assert not t.is_alive()
+        assert len(errors) == 1 and isinstance(errors[0], MigrationError), errors
+        lst.close()  # closing twice is harmless
