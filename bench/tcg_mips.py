@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from kvmpy.boards import riscv_virt_run as tcg_run  # noqa: E402
-from kvmpy.boards.riscv_virt_config import RiscvMachineConfig  # noqa: E402
+from kvmpy.config import MachineConfig  # noqa: E402
 from kvmpy.boards.riscv_virt_run import read_program  # noqa: E402
 from kvmpy.tcg.target.riscv.translate import INSTRET  # noqa: E402
 from tests.guests.riscv.build import GuestBuildError, build_guest  # noqa: E402
@@ -53,7 +53,7 @@ def guest(name: str, repeat: int) -> Path:
 
 
 def run_kvmpy(elf: Path) -> tuple[int, float, str]:
-    cfg = RiscvMachineConfig(kernel=elf, serial="none")
+    cfg = MachineConfig(arch="riscv64", kernel=elf, serial="none")
     with ExitStack() as stack:
         board, _ = tcg_run.build_board(cfg, stack)
         t0 = time.perf_counter()

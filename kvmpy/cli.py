@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from kvmpy.version import __version__
-from kvmpy.config import ConfigError, DebugExitConfig, MachineConfig, load_yaml, parse_int, parse_size, shown
+from kvmpy.config import (BOARDS, ConfigError, DebugExitConfig, MachineConfig, board_named, load_yaml, parse_int,
+                          parse_size, parse_trace, shown)
 
 log = logging.getLogger("kvmpy")
 
@@ -46,7 +47,8 @@ Options (same meaning as in qemu-system-x86_64 / qemu-system-riscv64):
   -device isa-debug-exit[,iobase=0xf4][,iosize=0x04]
   -name NAME                    VM name
   -S                            start with the vCPUs paused
-  -d ITEMS, -D FILE             TCG trace items (in_asm,exec,...) and trace file
+  -d ITEMS, -D FILE             QEMU log items the machine honours (virt: in_asm,exec,cpu,int,op,
+                                out_asm,nochain,tb_stats; pc under KVM: none) and their file
   -qmp unix:PATH,server[,wait=off] | tcp:HOST:PORT,server[,wait=off]
   -incoming tcp:HOST:PORT|unix:PATH|exec:CMD|file:PATH|defer   wait for a migration (file: restores a snapshot)
   -h, -help, --help             this text
@@ -199,7 +201,7 @@ def parse_qemu_args(argv: Sequence[str]) -> MachineConfig:
         elif opt == "-bios":
             cfg["bios"] = val
         elif opt == "-d":
-            cfg["trace"] = set(filter(None, val.split(",")))
+            cfg["trace"] = parse_trace(val)
         elif opt == "-D":
             cfg["trace_file"] = Path(val)
         elif opt == "-qmp":
@@ -211,16 +213,13 @@ def parse_qemu_args(argv: Sequence[str]) -> MachineConfig:
     if not serial_set:
         # As in QEMU: -nodefaults drops the default COM1; otherwise it goes to stdio.
         cfg["serial"] = "none" if nodefaults else "stdio"
-    if machine in ("virt",):
-        cfg["arch"] = "riscv64"
-        cfg["accel"] = accel or "tcg"
-    elif machine in (None, "", "pc", "q35", "pc-i440fx", "microvm") or (machine or "").startswith("pc-"):
-        cfg["arch"] = "x86_64"
-        cfg["accel"] = accel or "tcg"
-        if cfg["accel"] != "kvm":
-            raise UsageError("x86 guests need KVM for now: add -enable-kvm (or -accel kvm)")
-    else:
+    board = board_named(machine) if machine else BOARDS["pc"]
+    if board is None:
         raise UsageError(f"unsupported machine type {shown(machine)} (pc, or virt for riscv64)")
+    cfg["machine"], cfg["arch"] = board.machine, board.arch
+    cfg["accel"] = accel or "tcg"  # QEMU's default accelerator
+    if board.arch == "x86_64" and cfg["accel"] != "kvm":
+        raise UsageError("x86 guests need KVM for now: add -enable-kvm (or -accel kvm)")
     return MachineConfig(**cfg)
 
 
@@ -304,20 +303,16 @@ def _start_qmp(machine, specs: list[str]):
 
 def _run_riscv(cfg: MachineConfig) -> int:
     try:
-        from kvmpy.boards.riscv_virt_config import RiscvMachineConfig
         from kvmpy.boards.riscv_virt_run import run_machine
     except ImportError as exc:
         print(f"kvmpy: the riscv64 TCG fallback is not available: {exc}", file=sys.stderr)
         return 1
     from kvmpy.tcg import errors as tcg_errors
 
-    rcfg = RiscvMachineConfig(kernel=cfg.kernel, memory=cfg.memory, bios=cfg.bios or "none",
-                              append=cfg.append, serial=cfg.serial, trace=set(cfg.trace),
-                              trace_file=cfg.trace_file)
     user_errors = tuple(getattr(tcg_errors, n) for n in dir(tcg_errors)
                         if n.endswith("Error") and isinstance(getattr(tcg_errors, n), type))
     try:
-        return run_machine(rcfg)
+        return run_machine(cfg)
     except user_errors as exc:  # type: ignore[misc]
         raise ConfigError(str(exc)) from None
     except MemoryError:  # the riscv board's RAM: the same one line as for x86

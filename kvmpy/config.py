@@ -3,11 +3,18 @@
 Everything a user can get wrong is checked here and reported as a ConfigError
 with one line that names the problem; front ends turn it into exit status 2.
 
+One model serves every board: ``arch`` and ``machine`` say which board runs the
+guest, and ``validate()`` checks the common rules and then the board's own
+(``BOARDS``): its accelerator, memory range, vCPU count, CPU models and
+firmware, the -d trace items it honours, and the optional features it has
+(-initrd, -qmp, -S, ...). An option the board lacks is refused by name.
+
 YAML schema (all keys optional except ``kernel``; unknown keys are refused):
 
     name: demo                 # -name
-    arch: x86_64               # x86_64 (KVM) or riscv64 (TCG fallback, machine "virt")
-    accel: kvm                 # kvm or tcg
+    arch: x86_64               # x86_64 (KVM, machine "pc") or riscv64 (TCG fallback, machine "virt")
+    machine: pc                # -machine: pc or virt (default: the arch's board; either key selects it)
+    accel: kvm                 # kvm or tcg (default: the board's, kvm for pc and tcg for virt)
     memory: 64M                # -m; plain numbers are MiB, suffixes K M G T
     smp: 1                     # -smp
     kernel: path/to/kernel     # -kernel; relative paths are relative to the YAML file
@@ -20,7 +27,7 @@ YAML schema (all keys optional except ``kernel``; unknown keys are refused):
       - type: isa-debug-exit
         iobase: 0xf4
         iosize: 4
-    trace: [in_asm, exec]      # -d (TCG)
+    trace: [in_asm, exec]      # -d: QEMU's item names (TRACE_ITEMS); the board must honour each
     trace_file: trace.log      # -D
     qmp: unix:/tmp/q.sock,server,wait=off   # -qmp; a string or a list (tcp:HOST:PORT,server also)
     linux_boot: auto           # Linux bzImage entry: auto, bzimage, or pvh (decompressed on the host)
@@ -33,18 +40,20 @@ import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Mapping
 
 from kvmpy import units
 from kvmpy.errors import ConfigError
 from kvmpy.monitor.endpoint import parse_endpoint
 
-__all__ = ["ConfigError", "DebugExitConfig", "MachineConfig", "from_mapping", "load_yaml", "parse_int",
-           "parse_size", "shown"]
+__all__ = ["BOARDS", "Board", "ConfigError", "DebugExitConfig", "MachineConfig", "TRACE_ITEMS", "board_named",
+           "from_mapping", "load_yaml", "parse_int", "parse_size", "parse_trace", "shown"]
 
 MiB = 1 << 20
+GiB = 1 << 30
 DEFAULT_MEMORY = 128 * MiB
-MAX_MEMORY = 1 << 40
+MAX_MEMORY = 1 << 40  # the largest any board takes (pc); each board has its own range
 MAX_SMP = 255
 MAX_MACHINE_FILE = 1 << 20  # a machine description is a few hundred bytes; anything this big is a mistake
 MAX_YAML_DEPTH = 32  # nesting levels in a machine file (the schema itself needs 3)
@@ -54,7 +63,100 @@ MAX_INT_DIGITS = 40  # longer integer text is refused before int() sees it
 ARCHES = ("x86_64", "riscv64")
 ACCELS = ("kvm", "tcg")
 SERIAL_RE = re.compile(r"^(stdio|none|null|file:.+)$")
-TRACE_FLAGS = {"in_asm", "exec", "cpu", "int", "op", "op_opt", "out_asm", "tb_stats", "unimp", "guest_errors", "nochain"}
+MAX_TRACE_TEXT = 1000  # a -d list of every item is under 100 characters
+
+# The -d vocabulary: QEMU's log item names (qemu -d help), one set for every board;
+# each Board lists the ones it honours. tb_stats is kvmpy's own (TB cache statistics).
+TRACE_ITEMS: Mapping[str, str] = MappingProxyType({
+    "out_asm": "the host code each translated block became",
+    "in_asm": "the guest instructions of each block, disassembled when it is translated",
+    "op": "the IR of each block before optimization",
+    "op_opt": "the IR of each block after optimization",
+    "int": "one line per guest interrupt or exception taken",
+    "exec": "one line per block executed (large)",
+    "cpu": "the guest registers before each block (large)",
+    "unimp": "guest use of features the emulation lacks",
+    "guest_errors": "invalid guest behaviour (bad register accesses and the like)",
+    "nochain": "no direct jumps between blocks, so exec and cpu see every block",
+    "tb_stats": "translation cache statistics when the guest exits (kvmpy's own item)",
+})
+TRACE_FLAGS = frozenset(TRACE_ITEMS)
+OPTIONAL_FEATURES = ("initrd", "debug_exit", "qmp", "incoming", "start_paused", "linux_boot")
+
+
+@dataclass(frozen=True)
+class Board:
+    """What one machine type accepts; ``MachineConfig.validate`` checks a config against it.
+
+    The table is data, not the board classes themselves, so that validating a
+    config never imports a board (the riscv board pulls in the whole TCG).
+    """
+
+    machine: str
+    arch: str
+    accel: str  # the one accelerator this board runs on
+    memory: tuple[int, int]  # inclusive byte range
+    max_smp: int
+    trace: frozenset[str]  # the -d items it honours (a subset of TRACE_ITEMS)
+    features: frozenset[str]  # the OPTIONAL_FEATURES it has
+    cpus: tuple[str, ...] | None = None  # accepted -cpu models; None: any (KVM's supported CPUID)
+    bios: tuple[str, ...] = ()  # accepted -bios values ("none": no firmware)
+    aliases: tuple[str, ...] = ()  # other -machine names for the same board
+    alias_prefixes: tuple[str, ...] = ()  # versioned names ("pc-i440fx-8.2") for the same board
+    why_no_trace: str = ""  # said when a -d item is refused and the board honours none
+
+    def accepts_name(self, name: str) -> bool:
+        return name == self.machine or name in self.aliases or name.startswith(self.alias_prefixes)
+
+
+BOARDS: Mapping[str, Board] = MappingProxyType({
+    "pc": Board(machine="pc", arch="x86_64", accel="kvm", memory=(2 * MiB, MAX_MEMORY), max_smp=MAX_SMP,
+                trace=frozenset(), features=frozenset(OPTIONAL_FEATURES),
+                aliases=("q35", "microvm"), alias_prefixes=("pc-",),
+                why_no_trace="the guest runs under KVM, not TCG; KVMPY_LOG=debug logs unhandled ports"),
+    "virt": Board(machine="virt", arch="riscv64", accel="tcg", memory=(1 * MiB, 16 * GiB), max_smp=1,
+                  trace=frozenset({"in_asm", "exec", "int", "cpu", "op", "out_asm", "tb_stats", "nochain"}),
+                  features=frozenset(), cpus=("rv64", "any", "max"), bios=("none",)),
+})
+DEFAULT_BOARD: Mapping[str, str] = MappingProxyType({"x86_64": "pc", "riscv64": "virt"})
+
+# How each optional feature is named in a message (the QEMU flag / YAML key a user typed).
+_FEATURE_NAMES: Mapping[str, str] = MappingProxyType({"initrd": "-initrd", "debug_exit": "-device isa-debug-exit", "qmp": "-qmp",
+                  "incoming": "-incoming", "start_paused": "-S", "linux_boot": "-machine linux-boot"})
+
+
+def board_named(name: str) -> Board | None:
+    """The board a -machine name (or one of its aliases) selects, or None."""
+    if not isinstance(name, str):
+        return None
+    for board in BOARDS.values():
+        if board.accepts_name(name):
+            return board
+    return None
+
+
+def _size_text(n: int) -> str:
+    for unit, letter in ((1 << 40, "T"), (GiB, "G"), (MiB, "M"), (1 << 10, "K")):
+        if n % unit == 0:
+            return f"{n // unit}{letter}"
+    return str(n)
+
+
+def parse_trace(text: str) -> frozenset[str]:
+    """A -d list ("in_asm,exec") as a set of names; unknown names are refused here, board support later."""
+    if not isinstance(text, str):
+        raise ConfigError(f"invalid -d {shown(text)} (expected a comma-separated list)")
+    if len(text) > MAX_TRACE_TEXT:
+        raise ConfigError(f"-d list of {len(text)} characters is too long")
+    items = frozenset(i.strip() for i in text.split(",") if i.strip())
+    _check_trace_names(items)
+    return items
+
+
+def _check_trace_names(items: frozenset) -> None:
+    unknown = sorted(shown(i, 20) for i in items if not isinstance(i, str) or i not in TRACE_ITEMS)
+    if unknown:
+        raise ConfigError(f"unknown -d item(s): {', '.join(unknown[:5])} (known: {', '.join(TRACE_ITEMS)})")
 
 
 def shown(value: Any, limit: int = 60) -> str:
@@ -127,14 +229,31 @@ class DebugExitConfig:
     iosize: int = 0x02
 
 
+_NoneType = type(None)
+# The type every field must have once built; validate() refuses anything else by name (the
+# Python API can put any object in any field, and a wrong type must not become a traceback).
+_FIELD_TYPES: Mapping[str, tuple[type, ...]] = MappingProxyType({
+    "kernel": (Path, _NoneType), "name": (str, _NoneType), "arch": (str,), "machine": (str,), "accel": (str,),
+    "memory": (int,), "smp": (int,), "initrd": (Path, _NoneType), "append": (str,), "serial": (str,),
+    "no_reboot": (bool,), "start_paused": (bool,), "debug_exit": (DebugExitConfig, _NoneType),
+    "bios": (str, _NoneType), "cpu": (str, _NoneType), "trace": (frozenset,), "trace_file": (Path, _NoneType),
+    "qmp": (tuple,), "linux_boot": (str,), "incoming": (str, _NoneType),
+})
+
+
 @dataclass(frozen=True)
 class MachineConfig:
-    """Immutable once built: front ends collect the fields, build it once, then ``validate()`` it."""
+    """Immutable once built: front ends collect the fields, build it once, then ``validate()`` it.
+
+    ``arch`` and ``machine`` select the board (``BOARDS``); give either, the other follows
+    (neither: x86_64 ``pc``). Every other field means the same on every board, and a
+    board that lacks a feature refuses it in ``validate()``.
+    """
 
     kernel: Path | None = None
     name: str | None = None
-    arch: str = "x86_64"
-    accel: str = "kvm"
+    arch: str = ""  # "" until built: then x86_64, riscv64, or what the machine implies
+    accel: str = ""  # "" until built: then the board's own (kvm for pc, tcg for virt)
     memory: int = DEFAULT_MEMORY
     smp: int = 1
     initrd: Path | None = None
@@ -150,37 +269,74 @@ class MachineConfig:
     qmp: tuple[str, ...] = ()  # -qmp specs: unix:PATH,server[,wait=off] or tcp:HOST:PORT,...
     linux_boot: str = "auto"  # Linux kernels: auto, bzimage (64-bit entry) or pvh (host-side decompression)
     incoming: str | None = None  # -incoming URI|defer: wait for a migration stream (kvmpy.migration)
+    machine: str = ""  # "" until built: then the board's canonical name (pc, virt)
 
     def __post_init__(self) -> None:
         # Callers may pass any iterable; the frozen config holds immutable collections only.
-        object.__setattr__(self, "trace", frozenset(self.trace))
-        object.__setattr__(self, "qmp", tuple(self.qmp))
+        # A value of the wrong kind is kept as it is, for validate() to refuse by name.
+        def put(name: str, value: Any) -> None:
+            object.__setattr__(self, name, value)
+
+        if isinstance(self.trace, str):
+            put("trace", frozenset(i.strip() for i in self.trace.split(",") if i.strip()))
+        elif isinstance(self.trace, (set, frozenset, list, tuple)):
+            try:
+                put("trace", frozenset(self.trace))
+            except TypeError:  # unhashable items
+                pass
+        if isinstance(self.qmp, str):
+            put("qmp", (self.qmp,))
+        elif isinstance(self.qmp, list):
+            put("qmp", tuple(self.qmp))
+        for key in ("kernel", "initrd", "trace_file"):
+            value = getattr(self, key)
+            if isinstance(value, str):
+                put(key, Path(value))
+        arch, machine = self.arch, self.machine
+        if isinstance(machine, str) and isinstance(arch, str):
+            board = board_named(machine) if machine else BOARDS.get(DEFAULT_BOARD.get(arch or "x86_64", ""))
+            if board is not None:
+                put("machine", board.machine)
+                put("arch", arch or board.arch)
+                if self.accel == "":
+                    put("accel", board.accel)
 
     def validate(self) -> "MachineConfig":
-        if self.arch not in ARCHES:
+        """This config, if every field is right for its board; else one-line ConfigError naming the problem."""
+        self._check_types()
+        if self.arch and self.arch not in ARCHES:
             raise ConfigError(f"unknown architecture {shown(self.arch)} (supported: {', '.join(ARCHES)})")
+        board = board_named(self.machine)
+        if board is None:
+            names = ", ".join(b.machine for b in BOARDS.values())
+            raise ConfigError(f"unsupported machine type {shown(self.machine)} (supported: {names})")
+        if board.arch != self.arch:
+            raise ConfigError(f"machine {board.machine!r} is a {board.arch} board, not {shown(self.arch)}")
         if self.accel not in ACCELS:
             raise ConfigError(f"unknown accelerator {shown(self.accel)} (supported: {', '.join(ACCELS)})")
-        if self.arch == "x86_64" and self.accel != "kvm":
-            raise ConfigError("x86 guests need KVM for now: use -enable-kvm (the TCG fallback runs riscv64 guests)")
-        if self.arch == "riscv64" and self.accel == "kvm":
-            raise ConfigError("riscv64 guests run on the TCG fallback: KVM here is x86 only (drop -enable-kvm)")
+        if self.accel != board.accel:
+            if board.arch == "x86_64":
+                raise ConfigError("x86 guests need KVM for now: use -enable-kvm (the TCG fallback runs riscv64 guests)")
+            raise ConfigError(f"{board.arch} guests run on the TCG fallback: KVM here is x86 only (drop -enable-kvm)")
         if self.kernel is None:
             raise ConfigError("no kernel given (use -kernel FILE)")
         _check_path(self.kernel, "kernel")
-        if self.initrd is not None and self.arch == "x86_64":
+        self._check_features(board)
+        if self.initrd is not None:
             for part in str(self.initrd).split(","):
                 _check_path(Path(part.split(" ", 1)[0]), "initrd")
         if self.trace_file is not None and "\0" in str(self.trace_file):
             raise ConfigError(f"trace file {shown(str(self.trace_file))} contains a NUL byte")
-        if not (2 * MiB <= self.memory <= MAX_MEMORY):
-            raise ConfigError(f"memory size {shown(self.memory)} bytes is out of range (2M to 1T)")
+        lo, hi = board.memory
+        if not lo <= self.memory <= hi:
+            raise ConfigError(f"memory size {shown(self.memory)} bytes is out of range for machine "
+                              f"{board.machine!r} ({_size_text(lo)} to {_size_text(hi)})")
         if self.memory % 4096:
             raise ConfigError("memory size must be a multiple of 4 KiB")
-        if not (1 <= self.smp <= MAX_SMP):
-            raise ConfigError(f"invalid -smp {shown(self.smp)} (1 to {MAX_SMP})")
-        if self.arch == "riscv64" and self.smp != 1:
-            raise ConfigError("the riscv64 TCG fallback runs one vCPU (-smp 1)")
+        if not 1 <= self.smp <= board.max_smp:
+            if board.max_smp == 1:
+                raise ConfigError(f"invalid -smp {shown(self.smp)}: machine {board.machine!r} runs one vCPU (-smp 1)")
+            raise ConfigError(f"invalid -smp {shown(self.smp)} (1 to {board.max_smp})")
         if not SERIAL_RE.match(self.serial) or "\0" in self.serial:
             raise ConfigError(f"unsupported serial backend {shown(self.serial)} (use stdio, file:PATH, null or none)")
         if self.debug_exit is not None:
@@ -190,20 +346,57 @@ class MachineConfig:
                 raise ConfigError(f"isa-debug-exit iobase {shown(self.debug_exit.iobase)} is not a port")
         if self.linux_boot not in ("auto", "bzimage", "pvh"):
             raise ConfigError(f"invalid linux_boot {shown(self.linux_boot)} (auto, bzimage or pvh)")
-        unknown = self.trace - TRACE_FLAGS
-        if unknown:
-            raise ConfigError(f"unknown -d item(s): {', '.join(shown(u, 20) for u in sorted(unknown)[:5])}")
+        self._check_trace(board)
         if self.name is not None and ("\n" in self.name or len(self.name) > 256):
             raise ConfigError("invalid -name")
-        if self.qmp:
-            if self.arch != "x86_64":
-                raise ConfigError("-qmp is supported for x86 KVM machines only")
-            for spec in self.qmp:
-                parse_endpoint(spec)  # raises ConfigError naming the bad spec
+        if self.cpu is not None and board.cpus is not None and self.cpu not in board.cpus:
+            raise ConfigError(f"-cpu {shown(self.cpu)} is not supported by machine {board.machine!r} "
+                              f"(use {', '.join(board.cpus)})")
+        if self.bios is not None and self.bios not in board.bios:
+            if board.bios:
+                raise ConfigError(f"-bios {shown(self.bios)}: only '-bios {board.bios[0]}' is supported by machine "
+                                  f"{board.machine!r} (no firmware is bundled)")
+            raise ConfigError(f"machine {board.machine!r} does not support -bios (kvmpy loads the kernel itself)")
+        for spec in self.qmp:
+            parse_endpoint(spec)  # raises ConfigError naming the bad spec
         return self
 
+    def _check_types(self) -> None:
+        for name, types in _FIELD_TYPES.items():
+            value = getattr(self, name)
+            if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+                names = " or ".join("None" if t is _NoneType else t.__name__ for t in types)
+                raise ConfigError(f"config field {name!r} must be {names}, not {type(value).__name__}")
+        if not all(isinstance(i, str) for i in self.trace):
+            raise ConfigError("config field 'trace' must hold strings (-d item names)")
+        if not all(isinstance(i, str) for i in self.qmp):
+            raise ConfigError("config field 'qmp' must hold strings (-qmp specs)")
+        d = self.debug_exit
+        if d is not None and not all(isinstance(v, int) and not isinstance(v, bool) for v in (d.iobase, d.iosize)):
+            raise ConfigError("isa-debug-exit iobase and iosize must be integers")
 
-YAML_KEYS = {"name", "arch", "accel", "memory", "smp", "kernel", "initrd", "append", "serial", "no_reboot",
+    def _check_features(self, board: Board) -> None:
+        """Refuse, by the flag a user typed, every optional feature the board does not have."""
+        used = {"initrd": self.initrd is not None, "debug_exit": self.debug_exit is not None, "qmp": bool(self.qmp),
+                "incoming": self.incoming is not None, "start_paused": self.start_paused,
+                "linux_boot": self.linux_boot != "auto"}
+        for feature in OPTIONAL_FEATURES:
+            if used[feature] and feature not in board.features:
+                raise ConfigError(f"machine {board.machine!r} ({board.arch}) does not support {_FEATURE_NAMES[feature]}")
+
+    def _check_trace(self, board: Board) -> None:
+        _check_trace_names(self.trace)
+        if not board.trace and (self.trace or self.trace_file is not None):
+            what = "-d " + ",".join(sorted(self.trace)) if self.trace else "-D"
+            raise ConfigError(f"machine {board.machine!r} honours no -d items, so {what} is refused "
+                              f"({board.why_no_trace})")
+        ignored = sorted(self.trace - board.trace)
+        if ignored:
+            raise ConfigError(f"machine {board.machine!r} does not honour -d {','.join(ignored)} "
+                              f"(it honours: {', '.join(sorted(board.trace))})")
+
+
+YAML_KEYS = {"name", "arch", "machine", "accel", "memory", "smp", "kernel", "initrd", "append", "serial", "no_reboot",
              "start_paused", "devices", "bios", "cpu", "trace", "trace_file", "qmp", "linux_boot"}
 
 
@@ -246,7 +439,7 @@ def from_mapping(data: Any, base_dir: Path) -> MachineConfig:
     if "name" in data:
         name = _expect(data["name"], (str, int), "name")
         kw["name"] = name if isinstance(name, str) else shown(name)
-    for key in ("arch", "accel", "serial", "bios", "cpu", "linux_boot", "append"):
+    for key in ("arch", "machine", "accel", "serial", "bios", "cpu", "linux_boot", "append"):
         if key in data:
             kw[key] = _expect(data[key], str, key)
     if "memory" in data:
@@ -259,9 +452,9 @@ def from_mapping(data: Any, base_dir: Path) -> MachineConfig:
     if "trace" in data:
         items = _expect(data["trace"], (list, str), "trace")
         if isinstance(items, list):
-            kw["trace"] = {_expect(i, str, "trace items") for i in items}
+            kw["trace"] = frozenset(_expect(i, str, "trace items") for i in items)
         else:
-            kw["trace"] = set(items.split(","))
+            kw["trace"] = parse_trace(items)
     if "qmp" in data:
         q = _expect(data["qmp"], (list, str), "qmp")
         kw["qmp"] = [q] if isinstance(q, str) else [_expect(i, str, "qmp") for i in q]

@@ -23,6 +23,8 @@ def check_host(host: str) -> str:
         raise ValueError("the host must be a string")
     if not host:
         return host
+    if not host.isascii() or not host.isprintable():  # also an IPv6 scope id such as "fe80::1%é"
+        raise ValueError(f"host name {host[:64]!r} is not ASCII (use an address or a punycode xn-- name)")
     try:
         ipaddress.ip_address(host)
         return host

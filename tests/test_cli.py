@@ -24,7 +24,10 @@ def test_qemu_flags_become_a_config(tmp_path: Path) -> None:
     assert parse_qemu_args(["-accel", "kvm", "-nodefaults", "-kernel", "k"]).serial == "none"
     assert parse_qemu_args(["-accel", "kvm", "-display", "none", "-kernel", "k"]).serial == "stdio"
     riscv = parse_qemu_args(["-machine", "virt", "-cpu", "rv64", "-bios", "none", "-kernel", "p", "-m", "128M"])
-    assert (riscv.arch, riscv.accel, riscv.bios) == ("riscv64", "tcg", "none")
+    assert (riscv.arch, riscv.machine, riscv.accel, riscv.bios) == ("riscv64", "virt", "tcg", "none")
+    traced = parse_qemu_args(["-M", "virt", "-kernel", "p", "-d", "in_asm,exec", "-D", "t.log"])
+    assert (traced.trace, traced.trace_file) == ({"in_asm", "exec"}, Path("t.log"))
+    assert parse_qemu_args(["-enable-kvm", "-M", "q35", "-kernel", "k"]).machine == "pc"
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -53,6 +56,26 @@ def test_main_prints_one_line_and_exits_2(argv: list[str], message: str, capsys)
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["-machine", "virt", "-kernel", "/etc/hostname", "-initrd", "/etc/hostname"],
+     "machine 'virt' (riscv64) does not support -initrd"),
+    (["-machine", "virt", "-kernel", "/etc/hostname", "-S"], "does not support -S"),
+    (["-machine", "virt", "-kernel", "/etc/hostname", "-device", "isa-debug-exit"], "does not support -device"),
+    (["-machine", "virt", "-kernel", "/etc/hostname", "-qmp", "unix:/tmp/q,server"], "does not support -qmp"),
+    (["-machine", "virt", "-kernel", "/etc/hostname", "-d", "guest_errors"], "does not honour -d guest_errors"),
+    (["-machine", "virt", "-kernel", "/etc/hostname", "-cpu", "host"], "-cpu 'host' is not supported"),
+    (["-machine", "virt", "-kernel", "/etc/hostname", "-smp", "2"], "runs one vCPU"),
+    (["-machine", "virt", "-kernel", "/etc/hostname", "-bios", "default"], "only '-bios none'"),
+    (["-enable-kvm", "-kernel", "/etc/hostname", "-d", "in_asm"], "machine 'pc' honours no -d items"),
+    (["-enable-kvm", "-kernel", "/etc/hostname", "-d", "in_asm,warp"], "unknown -d item(s): 'warp'"),
+    (["-enable-kvm", "-kernel", "/etc/hostname", "-bios", "bios.bin"], "machine 'pc' does not support -bios"),
+])
+def test_each_board_refuses_what_it_lacks_in_one_line(argv: list[str], message: str, capsys) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "Traceback" not in err, err
 
 
 def test_help_and_version(capsys) -> None:

@@ -156,11 +156,11 @@ def test_machine_file_must_be_a_bounded_regular_file(tmp_path: Path, special: st
 def test_config_is_frozen_after_it_is_built(tmp_path: Path) -> None:
     import dataclasses
 
-    cfg = load_yaml(write(tmp_path, "kernel: k.elf\ntrace: [in_asm]\n"))
+    cfg = load_yaml(write(tmp_path, "arch: riscv64\nkernel: k.elf\ntrace: [in_asm]\n"))
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.memory = 1  # type: ignore[misc]
     assert isinstance(cfg.trace, frozenset) and isinstance(cfg.qmp, tuple)
-    assert dataclasses.replace(cfg, smp=2).validate().smp == 2
+    assert dataclasses.replace(cfg, memory=64 * MiB).validate().memory == 64 * MiB
 
 
 def test_huge_and_odd_sizes() -> None:
@@ -214,3 +214,184 @@ def test_any_yaml_text_is_a_config_or_one_line_quickly(tmp_path_factory, parts) 
     except ConfigError as exc:
         assert "\n" not in str(exc) and len(str(exc)) < 600
     assert time.monotonic() - start < 5
+
+
+# ---- one config model, validated per board (issue 12, item 4) ------------------------------------------------
+import dataclasses
+
+from kvmpy.config import BOARDS, TRACE_ITEMS, DebugExitConfig, board_named, parse_trace
+
+
+@pytest.fixture
+def kernel(tmp_path: Path) -> Path:
+    k = tmp_path / "k.elf"
+    k.write_bytes(b"x")
+    return k
+
+
+def test_arch_or_machine_selects_the_board_and_its_accelerator() -> None:
+    assert (MachineConfig().arch, MachineConfig().machine, MachineConfig().accel) == ("x86_64", "pc", "kvm")
+    rv = MachineConfig(arch="riscv64")
+    assert (rv.machine, rv.accel) == ("virt", "tcg")
+    assert (MachineConfig(machine="virt").arch, MachineConfig(machine="q35").machine) == ("riscv64", "pc")
+    assert board_named("pc-i440fx-8.2") is BOARDS["pc"] and board_named("sifive_u") is None
+    for board in BOARDS.values():
+        assert board.trace <= set(TRACE_ITEMS), board.machine
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"bios": "opensbi.bin"}, "only '-bios none'"),
+    ({"smp": 2}, "-smp 2: machine 'virt' runs one vCPU"),
+    ({"memory": 1024}, "out of range for machine 'virt' \\(1M to 16G\\)"),
+    ({"memory": 32 << 30}, "out of range for machine 'virt'"),
+    ({"memory": (1 << 20) + 512}, "multiple of 4 KiB"),
+    ({"serial": "tcp:1"}, "serial backend"),
+    ({"machine": "sifive_u"}, "unsupported machine type 'sifive_u'"),
+    ({"arch": "x86_64"}, "machine 'virt' is a riscv64 board, not 'x86_64'"),
+    ({"accel": "kvm"}, "TCG fallback"),
+    ({"cpu": "host"}, "-cpu 'host' is not supported by machine 'virt' \\(use rv64"),
+    ({"trace": {"bogus"}}, "unknown -d item"),
+    ({"trace": {"op_opt", "exec"}}, "machine 'virt' does not honour -d op_opt"),
+    ({"start_paused": True}, "machine 'virt' \\(riscv64\\) does not support -S"),
+    ({"qmp": ("unix:/tmp/q,server",)}, "does not support -qmp"),
+    ({"incoming": "defer"}, "does not support -incoming"),
+    ({"debug_exit": DebugExitConfig()}, "does not support -device isa-debug-exit"),
+    ({"linux_boot": "pvh"}, "does not support -machine linux-boot"),
+    ({"initrd": Path("/etc/hostname")}, "does not support -initrd"),
+])
+def test_the_virt_board_refuses_what_it_lacks_by_name(kernel: Path, changes: dict, words: str) -> None:
+    good = MachineConfig(arch="riscv64", kernel=kernel, bios="none", cpu="rv64", trace={"in_asm", "tb_stats"})
+    assert good.validate() is good
+    with pytest.raises(ConfigError, match=words) as info:
+        dataclasses.replace(good, **changes).validate()
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"trace": {"in_asm"}}, "machine 'pc' honours no -d items, so -d in_asm is refused"),
+    ({"trace_file": Path("t.log")}, "so -D is refused"),
+    ({"bios": "none"}, "machine 'pc' does not support -bios"),
+    ({"memory": 1 << 20}, "out of range for machine 'pc' \\(2M to 1T\\)"),
+    ({"smp": 256}, "invalid -smp 256 \\(1 to 255\\)"),
+    ({"accel": "tcg"}, "x86 guests need KVM"),
+    ({"machine": "virt"}, "machine 'virt' is a riscv64 board, not 'x86_64'"),
+])
+def test_the_pc_board_refuses_what_it_lacks_by_name(kernel: Path, changes: dict, words: str) -> None:
+    good = MachineConfig(kernel=kernel, cpu="Skylake-Client", smp=4, start_paused=True, linux_boot="pvh",
+                         debug_exit=DebugExitConfig(0xF4, 4), initrd=kernel)
+    assert good.validate() is good
+    with pytest.raises(ConfigError, match=words):
+        dataclasses.replace(good, **changes).validate()
+
+
+def test_missing_kernel_is_the_same_error_on_both_boards(tmp_path: Path) -> None:
+    for arch in ("x86_64", "riscv64"):
+        with pytest.raises(ConfigError, match="does not exist"):
+            MachineConfig(arch=arch, kernel=tmp_path / "nope.elf").validate()
+
+
+def test_trace_lists_use_qemus_item_names() -> None:
+    assert parse_trace("in_asm,exec") == parse_trace(" in_asm , exec,,") == {"in_asm", "exec"}
+    assert parse_trace("") == frozenset()
+    for bad, words in (("in_asm,warp", "unknown -d item\\(s\\): 'warp'"), ("x" * 5000, "too long"),
+                       (["in_asm"], "comma-separated")):
+        with pytest.raises(ConfigError, match=words):
+            parse_trace(bad)  # type: ignore[arg-type]
+    assert MachineConfig(trace="exec,in_asm").trace == {"exec", "in_asm"}
+
+
+@pytest.mark.parametrize("text, expect", [
+    ("arch: riscv64\nkernel: k.elf\n", ("riscv64", "virt", "tcg")),
+    ("machine: virt\nkernel: k.elf\ntrace: in_asm, exec\n", ("riscv64", "virt", "tcg")),
+    ("arch: riscv64\naccel: tcg\nmemory: 128M\nbios: none\nkernel: k.elf\n", ("riscv64", "virt", "tcg")),
+    ("machine: q35\nkernel: k.elf\n", ("x86_64", "pc", "kvm")),
+    ("kernel: k.elf\n", ("x86_64", "pc", "kvm")),
+])
+def test_yaml_selects_the_board_by_arch_or_machine(tmp_path: Path, text: str, expect: tuple) -> None:
+    cfg = load_yaml(write(tmp_path, text))
+    assert (cfg.arch, cfg.machine, cfg.accel) == expect
+
+
+@pytest.mark.parametrize("text, message", [
+    ("arch: riscv64\naccel: kvm\nkernel: k.elf\n", "TCG fallback"),
+    ("machine: virt\nkernel: k.elf\ninitrd: k.elf\n", "machine 'virt' \\(riscv64\\) does not support -initrd"),
+    ("machine: virt\nkernel: k.elf\ntrace: [op_opt]\n", "does not honour -d op_opt"),
+    ("machine: virt\narch: x86_64\nkernel: k.elf\n", "riscv64 board"),
+    ("machine: sun4m\nkernel: k.elf\n", "unsupported machine type 'sun4m'"),
+    ("machine: [virt]\nkernel: k.elf\n", "'machine' must be str"),
+    ("kernel: k.elf\ntrace: in_asm\n", "machine 'pc' honours no -d items"),
+    ("kernel: k.elf\ntrace: 'in_asm,warp'\n", "unknown -d item"),
+])
+def test_yaml_board_mistakes_are_one_line(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        load_yaml(write(tmp_path, text))
+    assert "\n" not in str(info.value)
+
+
+# Values a Python caller (kvmpy.VM, a script) can put in any field: each is refused by name, never a traceback.
+@pytest.mark.parametrize("changes, words", [
+    ({"memory": "64M"}, "'memory' must be int, not str"),
+    ({"memory": True}, "'memory' must be int, not bool"),
+    ({"memory": 10 ** 5000}, "<a 16610-bit integer> bytes is out of range"),
+    ({"memory": -(10 ** 400)}, "out of range"),
+    ({"smp": 2.0}, "'smp' must be int, not float"),
+    ({"smp": 10 ** 5000}, "invalid -smp <a 16610-bit integer>"),
+    ({"kernel": 123}, "'kernel' must be Path or None, not int"),
+    ({"kernel": "a\0b"}, "kernel path 'a.*' contains a NUL byte"),
+    ({"initrd": "/etc/hostname", "arch": "riscv64"}, "does not support -initrd"),
+    ({"trace": 5}, "'trace' must be frozenset, not int"),
+    ({"trace": [["in_asm"]]}, "'trace' must be frozenset, not list"),
+    ({"trace": {1, 2}}, "'trace' must hold strings"),
+    ({"qmp": 5}, "'qmp' must be tuple, not int"),
+    ({"qmp": (b"unix:/x,server",)}, "'qmp' must hold strings"),
+    ({"debug_exit": (0xF4, 4)}, "'debug_exit' must be DebugExitConfig or None, not tuple"),
+    ({"debug_exit": DebugExitConfig(10 ** 5000, 4)}, "iobase <a 16610-bit integer> is not a port"),
+    ({"debug_exit": DebugExitConfig("0xf4", 4)}, "must be integers"),
+    ({"name": b"vm"}, "'name' must be str or None, not bytes"),
+    ({"machine": ["virt"]}, "'machine' must be str, not list"),
+    ({"arch": {}}, "'arch' must be str, not dict"),
+    ({"arch": "mips"}, "unknown architecture 'mips'"),
+    ({"accel": "hvf"}, "unknown accelerator 'hvf'"),
+    ({"no_reboot": 1}, "'no_reboot' must be bool, not int"),
+    ({"serial": "file:a\nb"}, "serial backend 'file:a\\\\nb'"),
+    ({"cpu": "x" * 5000}, "\\(5000 characters\\) is not supported by machine 'virt'"),
+])
+def test_hostile_field_values_are_refused_by_name(kernel: Path, changes: dict, words: str) -> None:
+    fields = {"kernel": kernel, **changes}
+    if "cpu" in changes:  # any model name is fine on pc (KVM's CPUID); the virt board names its own
+        fields["arch"] = "riscv64"
+    cfg = MachineConfig(**fields)
+    with pytest.raises(ConfigError, match=words) as info:
+        cfg.validate()
+    assert "\n" not in str(info.value) and len(str(info.value)) < 400
+
+
+def test_unknown_fields_are_refused() -> None:
+    with pytest.raises(TypeError, match="memroy"):
+        MachineConfig(memroy=1)  # type: ignore[call-arg]
+
+
+_ANY = st.one_of(st.none(), st.booleans(), st.integers(), st.integers(min_value=10 ** 300, max_value=10 ** 400),
+                 st.floats(), st.text(max_size=12), st.binary(max_size=4), st.lists(st.text(max_size=4), max_size=3),
+                 st.frozensets(st.sampled_from(sorted(TRACE_ITEMS)), max_size=3), st.sampled_from(
+                     ["virt", "pc", "q35", "riscv64", "x86_64", "kvm", "tcg", "none", "rv64", "file:x", "a\0b"]),
+                 st.builds(Path, st.sampled_from(["/etc/hostname", "/nonexistent", "x" * 300])))
+_FIELDS = [f.name for f in dataclasses.fields(MachineConfig)]
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.dictionaries(st.sampled_from(_FIELDS), _ANY, max_size=8))
+def test_any_field_values_are_a_config_or_one_config_error_line(fields: dict) -> None:
+    fields.setdefault("kernel", Path("/etc/hostname"))
+    try:
+        MachineConfig(**fields).validate()
+    except ConfigError as exc:
+        assert "\n" not in str(exc) and len(str(exc)) < 600
+
+
+@pytest.mark.parametrize("name", _FIELDS)
+def test_every_field_checks_its_type(kernel: Path, name: str) -> None:
+    fields = {"kernel": kernel, name: object()}
+    with pytest.raises(ConfigError, match=f"config field '{name}' must be") as info:
+        MachineConfig(**fields).validate()
+    assert "\n" not in str(info.value)

@@ -1,8 +1,11 @@
 """Running a riscv64 ``virt`` guest: ``run_machine()`` for the kvmpy CLI/YAML front end, and ``main()``.
 
+Both take kvmpy's one ``MachineConfig`` (kvmpy/config.py), whose ``validate()``
+checks it against the ``virt`` board's entry in ``config.BOARDS``.
 ``run_machine`` returns the process exit status with QEMU's meaning:
 sifive_test pass -> 0, fail -> its code, HTIF tohost exit -> ``value >> 1``.
-User mistakes raise ``TcgUserError`` (one-line message; the CLI exits 2).
+User mistakes raise ``ConfigError`` (the config) or ``TcgUserError`` (the
+program, the console, the trace file): one-line messages; the CLI exits 2.
 ``main`` is the standalone CLI with qemu-system-riscv64's flags
 (``python -m kvmpy.tcg_fallback`` runs it).
 """
@@ -18,7 +21,7 @@ from pathlib import Path
 from typing import IO
 
 from kvmpy.boards.riscv_virt import VirtBoard
-from kvmpy.boards.riscv_virt_config import RiscvMachineConfig, parse_memory_size, parse_trace_flags
+from kvmpy.config import TRACE_ITEMS, ConfigError, MachineConfig, parse_size, parse_trace
 from kvmpy.devices.chardev import open_backend
 from kvmpy.loader.elf import EM_RISCV, ElfImage, read_elf
 from kvmpy.loader.errors import LoaderError
@@ -38,9 +41,12 @@ def read_program(path: Path) -> ElfImage:
         raise TcgUserError(str(exc)) from None
 
 
-def build_board(cfg: RiscvMachineConfig, stack: ExitStack) -> tuple[VirtBoard, ElfImage]:
+def build_board(cfg: MachineConfig, stack: ExitStack) -> tuple[VirtBoard, ElfImage]:
     """A board with the program loaded; its console and trace file are closed by ``stack``."""
     cfg.validate()
+    if cfg.machine != "virt":
+        raise ConfigError(f"the riscv64 runner runs machine 'virt', not {cfg.machine!r}")
+    assert cfg.kernel is not None  # validate() requires it
     img = read_program(Path(cfg.kernel))
     try:
         console = open_backend(cfg.serial)
@@ -61,7 +67,7 @@ def build_board(cfg: RiscvMachineConfig, stack: ExitStack) -> tuple[VirtBoard, E
     return board, img
 
 
-def run_machine(cfg: RiscvMachineConfig) -> int:
+def run_machine(cfg: MachineConfig) -> int:
     """Run the guest until it exits; return the exit status."""
     with ExitStack() as stack:
         board, img = build_board(cfg, stack)
@@ -102,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-nographic", action="store_true", help="serial on stdio (the default)")
     p.add_argument("-serial", default=None, help="stdio | file:PATH | none")
     p.add_argument("-d", default="", metavar="ITEMS",
-                   help="trace items: in_asm,exec,cpu,int,op,out_asm,tb_stats,nochain")
+                   help=f"QEMU log items ({','.join(TRACE_ITEMS)}); the virt board honours "
+                        "in_asm,exec,cpu,int,op,out_asm,tb_stats,nochain")
     p.add_argument("-D", type=Path, default=None, metavar="FILE", help="write traces to FILE")
     p.add_argument("-no-reboot", action="store_true", help="exit instead of resetting")
     return p
@@ -111,12 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        cfg = RiscvMachineConfig(
-            kernel=args.kernel, memory=parse_memory_size(args.m), bios=args.bios,
-            append=args.append, serial=args.serial or "stdio", trace=parse_trace_flags(args.d),
-            trace_file=args.D, smp=args.smp, machine=args.machine, cpu=args.cpu,
-            no_reboot=args.no_reboot)
+        cfg = MachineConfig(
+            arch="riscv64", machine=args.machine, accel="tcg", kernel=args.kernel,
+            memory=parse_size(args.m, "memory size"), bios=args.bios, append=args.append,
+            serial=args.serial or "stdio", trace=parse_trace(args.d), trace_file=args.D, smp=args.smp,
+            cpu=args.cpu, no_reboot=args.no_reboot)
         return run_machine(cfg)
+    except ConfigError as exc:
+        print(f"kvmpy: {exc}", file=sys.stderr)
+        return 2
     except TcgUserError as exc:
         print(f"kvmpy: {exc}", file=sys.stderr)
         return exc.exit_code

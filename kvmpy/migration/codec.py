@@ -2,12 +2,16 @@
 
 Device, vCPU and config sections travel as JSON, with ``bytes`` wrapped as
 ``{"$b": "<hex>"}``. JSON cannot execute anything, so a hostile section can at
-worst fail to decode, which raises StreamError.
+worst fail to decode, which raises StreamError. The encoder never writes NaN or
+an infinity, so the decoder refuses them too (``NaN``, ``Infinity``, or a
+number such as ``1e999`` that overflows to one): they are always hostile. Each
+device still checks the types and ranges of its fields in ``restore()``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from kvmpy.migration.errors import StreamError
@@ -44,9 +48,20 @@ def encode(value: Any) -> bytes:
     return json.dumps(_wrap(value), separators=(",", ":"), allow_nan=False).encode()
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number a kvmpy stream can hold")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:20]} overflows a float")
+    return value
+
+
 def decode(raw: bytes | bytearray | memoryview, what: str) -> Any:
     try:
-        return _unwrap(json.loads(bytes(raw).decode("utf-8")))
+        return _unwrap(json.loads(bytes(raw).decode("utf-8"), parse_constant=_no_constant, parse_float=_finite))
     except StreamError:
         raise
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:

@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 
 from kvmpy.memory.ramblock import PAGE_SIZE, RAMBlock
-from kvmpy.migration.stream import MAX_NORMAL, MAX_ZERO, PagesRecord, RunRecord, StreamWriter, page_sums
+from kvmpy.migration.stream import MAX_NORMAL, MAX_ZERO, PagesRecord, RunRecord, StreamWriter
 
 log = logging.getLogger(__name__)
 
@@ -132,14 +132,9 @@ class RamSender:
         self.check()
         src = self.views[block][first:first + count]
         rows = src if self.stable else self._copy(src)
-        # One pass for both the checksum and the zero test: a page whose sum is not 0 is not zero.
-        sums = page_sums(rows)
-        nz = sums != 0
-        maybe = np.flatnonzero(~nz)
-        if len(maybe):
-            nz[maybe] = rows[maybe].any(axis=1)
+        nz = rows.any(axis=1)
         if nz.all():
-            self.writer.run(block, first, rows, sums)
+            self.writer.run(block, first, rows)
             self.counters.normal += count
             return
         starts, ends = runs(nz)
@@ -147,7 +142,7 @@ class RamSender:
         for a, b in zip(starts.tolist(), ends.tolist()):
             if a > pos:
                 self._zero_run(block, first + pos, a - pos)
-            self.writer.run(block, first + a, rows[a:b], sums[a:b])
+            self.writer.run(block, first + a, rows[a:b])
             self.counters.normal += b - a
             pos = b
         if pos < count:

@@ -63,6 +63,15 @@ class _Listener:
     sock: socket.socket
     server: asyncio.AbstractServer | None = None
     address: Any = None
+    inode: tuple[int, int] | None = None  # (st_dev, st_ino) of our UNIX socket file: unlink only that
+
+
+def _inode(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.lstat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 class QmpServer:
@@ -94,7 +103,8 @@ class QmpServer:
             except Exception:
                 self._close_sockets()
                 raise
-            self._listeners.append(_Listener(ep, sock, address=sock.getsockname()))
+            inode = _inode(ep.path) if ep.kind == "unix" and ep.path is not None else None
+            self._listeners.append(_Listener(ep, sock, address=sock.getsockname(), inode=inode))
         self._thread = threading.Thread(target=self._main, name="qmp", daemon=True)
         self._thread.start()
         self._ready.wait()
@@ -136,12 +146,29 @@ class QmpServer:
                 l.sock.close()
             except OSError:
                 pass
-            if l.endpoint.kind == "unix" and l.endpoint.path is not None:
-                try:
-                    if Path(l.endpoint.path).is_socket():
-                        Path(l.endpoint.path).unlink()
-                except OSError:
-                    pass
+            self._unlink(l)
+
+    @staticmethod
+    def _unlink(l: _Listener) -> None:
+        """Remove our UNIX socket file, never one a newer kvmpy has since put at the same path."""
+        path = l.endpoint.path
+        if l.endpoint.kind == "unix" and path is not None and l.inode is not None and _inode(path) == l.inode:
+            try:
+                path.unlink()
+            except OSError:
+                pass
+        l.inode = None
+
+    def _stop_listening(self) -> None:
+        """On SHUTDOWN (loop thread): accept no one else, and take the socket path away at once.
+
+        Connected clients still get the SHUTDOWN event. A script that starts the next VM on the
+        same path must not reach this exiting one (it would be greeted, then hung up on).
+        """
+        for l in self._listeners:
+            if l.server is not None:
+                l.server.close()
+            self._unlink(l)
 
     def _main(self) -> None:
         loop = asyncio.new_event_loop()
@@ -186,6 +213,8 @@ class QmpServer:
         if loop is None or self._closed:
             return
         try:
+            if name == "SHUTDOWN":  # first: a client that has seen SHUTDOWN finds the path gone
+                loop.call_soon_threadsafe(self._stop_listening)
             loop.call_soon_threadsafe(self._broadcast, msg)
         except RuntimeError:  # the loop is already closed
             pass

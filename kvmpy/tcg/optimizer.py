@@ -4,8 +4,11 @@ Known bits: for every value the pass tracks an upper bound on its width
 (value < 2**width) and whether it is already a sign-extended 32-bit value; a
 ``sext``/``zext``/``and`` that cannot change its operand becomes a ``mov``.
 
-Guest-state writes are never removed (a helper may trap after them and the trap
-must see them); only block-local temporaries die.  ``evaluate`` is also the
+Guest-state writes are never removed while a trap could still observe them: a
+pure write of a guest slot dies only when the slot is rewritten before any
+``ld``/``st``/``call`` (each may trap) or block end, and a trapping op's own
+destination does not count as a rewrite (it is written only if the op does not
+trap).  Block-local temporaries die when unused.  ``evaluate`` is also the
 reference semantics of the pure ops, used by tests to check backends.
 """
 
@@ -291,10 +294,13 @@ def optimize(block: Block, entry: Facts | None = None, exit_facts: Facts | None 
             for k, a in enumerate(ins.args):
                 if isinstance(a, Temp) and not (ins.op == "st" and k == 1 and ins.attrs["size"] <= 4):
                     full.add(a)
-        if ins.op in ("ld", "st", "call") or ins.op in TERMINATORS:
+        may_trap = ins.op in ("ld", "st", "call")
+        if may_trap or ins.op in TERMINATORS:
             shadowed.clear()
             quiet.clear()            # a trap sees exact guest state
-        if d is not None and d.is_global:
+        if d is not None and d.is_global and not may_trap:
+            # A load or helper that traps never writes its destination, so the
+            # value before it is what the trap handler sees: not shadowed.
             shadowed.add(d)
         for a in ins.args:
             if isinstance(a, Temp):

@@ -7,7 +7,7 @@ import struct
 import pytest
 
 from tests.guests.riscv.oracle import guest
-from kvmpy.boards.riscv_virt_config import RiscvMachineConfig
+from kvmpy.config import MachineConfig
 from kvmpy.boards.riscv_virt_run import read_program
 from kvmpy.tcg.errors import TcgUserError
 from kvmpy.boards.riscv_virt_run import run_machine
@@ -52,4 +52,4 @@ def test_too_little_memory(tmp_path):
     k = tmp_path / "k.elf"
     k.write_bytes(bytes(data))
     with pytest.raises(TcgUserError, match="does not fit"):
-        run_machine(RiscvMachineConfig(kernel=k, memory=1 << 20, serial="none"))
+        run_machine(MachineConfig(arch="riscv64", kernel=k, memory=1 << 20, serial="none"))

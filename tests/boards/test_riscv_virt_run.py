@@ -8,7 +8,7 @@ import pytest
 from tests.guests.riscv.oracle import guest, run_kvmpy, run_qemu
 
 GUESTS = ["hello", "traps", "priv", "csr", "interrupts", "paging", "atomics", "rvc", "smc",
-          "alu", "sha256", "qsort", "coremark"]
+          "alu", "sha256", "qsort", "coremark", "conformance", "fpu"]
 
 
 @pytest.mark.parametrize("name", GUESTS)

@@ -138,7 +138,7 @@ def test_python_api_drives_a_linux_shell(linux_assets):
                   append="console=ttyS0 quiet panic=-1 kvmpy_test=shell") as vm:
         vm.console.expect("KVMPY-TEST cmdline=", timeout=BOOT_TIMEOUT)
         vm.console.send("echo typed-$((6*7)) cpus=$(cat /sys/devices/system/cpu/online)\n")
-        assert vm.console.expect(re.compile(r"typed-42 cpus=(\S+)"), timeout=120).group(1) == "0-1"
+        assert vm.console.expect(re.compile(r"typed-42 cpus=(\S+)\s"), timeout=120).group(1) == "0-1"
         assert vm.status == "running"
         assert len(vm.qmp("query-cpus-fast")) == 2
         vm.pause()

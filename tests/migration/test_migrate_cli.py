@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 ENV = dict(os.environ, PYTHONPATH=str(REPO))
 
 
-def _kvmpy(tmp: Path, name: str, *extra: str, netns: str | None = None) -> subprocess.Popen:
+def _kvmpy(tmp: Path, name: str, *extra: str, netns: str | None = None, umask: int | None = None) -> subprocess.Popen:
     kernel = build_guest("dirtier")
     cmd = [sys.executable, "-m", "kvmpy", "-enable-kvm", "-m", "64", "-display", "none", "-nodefaults",
            "-serial", f"file:{tmp / (name + '.out')}", "-kernel", str(kernel),
@@ -29,7 +30,8 @@ def _kvmpy(tmp: Path, name: str, *extra: str, netns: str | None = None) -> subpr
            "-qmp", f"unix:{tmp / (name + '.qmp')},server,wait=off", *extra]
     if netns:
         cmd = ["ip", "netns", "exec", netns, *cmd]
-    return subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=None if umask is None else (lambda: os.umask(umask)))
 
 
 def _qmp(path: Path, *commands: tuple[str, dict]) -> list:
@@ -129,6 +131,136 @@ def test_kvmpy_migrate_fails_cleanly_when_nobody_listens(tmp_path: Path) -> None
             if p.poll() is None:
                 p.kill()
             p.wait()
+
+
+@pytest.mark.kvm_host
+def test_bad_host_names_are_one_line_errors(tmp_path: Path) -> None:
+    """The probe's ``-incoming tcp:é..:4444`` and QMP ``migrate tcp:é..:1`` ended in TypeError tracebacks."""
+    bad = _kvmpy(tmp_path, "bad", "-incoming", "tcp:é..:4444")
+    _, err = bad.communicate(timeout=60)
+    assert bad.returncode == 2, err.decode()
+    assert err.decode().count("\n") == 1 and "not ASCII" in err.decode(), err.decode()
+    src = _kvmpy(tmp_path, "src")
+    try:
+        _wait_output(tmp_path / "src.out", 40)
+        replies = _qmp(tmp_path / "src.qmp", ("migrate", {"uri": "tcp:é..:1"}),
+                       ("migrate", {"uri": "tcp:h:" + "9" * 5000}), ("query-status", {}))
+        for r in replies[:2]:
+            desc = r["error"]["desc"]
+            assert "internal error" not in desc and "\n" not in desc and "migration" in desc, desc
+        assert replies[2]["return"]["status"] == "running"
+        _qmp(tmp_path / "src.qmp", ("quit", {}))
+        src.wait(30)
+        assert b"Traceback" not in src.stderr.read()  # type: ignore[union-attr]
+    finally:
+        if src.poll() is None:
+            src.kill()
+            src.wait()
+
+
+@pytest.mark.kvm_host
+def test_snapshot_written_by_qmp_migrate_is_0600_under_umask_000(tmp_path: Path) -> None:
+    """A snapshot holds all of guest RAM and the CPU state: never world-readable (it was 0644)."""
+    snap, old = tmp_path / "vm.snap", tmp_path / "old.snap"
+    old.write_bytes(b"x")
+    old.chmod(0o666)
+    src = _kvmpy(tmp_path, "src", umask=0)
+    try:
+        _wait_output(tmp_path / "src.out", 40)
+        for path in (snap, old):
+            _qmp(tmp_path / "src.qmp", ("migrate", {"uri": f"file:{path}"}))
+            deadline = time.monotonic() + 60
+            while True:
+                info, = _qmp(tmp_path / "src.qmp", ("query-migrate", {}))
+                if info["return"]["status"] in ("completed", "failed") or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            assert info["return"]["status"] == "completed", info
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, oct(path.stat().st_mode)
+            assert path.stat().st_size > 1 << 20
+            _qmp(tmp_path / "src.qmp", ("cont", {}))  # file: leaves the source in postmigrate
+        _qmp(tmp_path / "src.qmp", ("quit", {}))
+        src.wait(30)
+    finally:
+        if src.poll() is None:
+            src.kill()
+            src.wait()
+
+
+def _greeted(path: Path) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(30)
+    s.connect(str(path))
+    assert b'"QMP"' in s.recv(4096)
+    s.sendall(b'{"execute": "qmp_capabilities"}\n')
+    assert b'"return"' in s.recv(4096)
+    return s
+
+
+def _until(sock: socket.socket, marker: bytes) -> None:
+    seen = b""
+    while marker not in seen:
+        data = sock.recv(4096)
+        assert data, f"hung up before {marker!r}: {seen!r}"
+        seen += data
+
+
+@pytest.mark.kvm_host
+def test_next_vm_on_the_same_qmp_path_is_never_confused_with_the_exiting_one(tmp_path: Path) -> None:
+    """Issue 12 item 7b: a script that quits a pair and starts the next on the same socket paths got
+    EOFError from qemu.qmp: it reached the exiting process, still listening while it shut down.
+
+    Now a VM that has announced SHUTDOWN has already taken its socket path away, and an exiting VM
+    never unlinks the socket a newer VM has put at the same path.
+    """
+    qmp = tmp_path / "src.qmp"
+    first = _kvmpy(tmp_path, "src")
+    try:
+        _wait_output(tmp_path / "src.out", 40)
+        client = _greeted(qmp)
+        second = _kvmpy(tmp_path, "src")  # the next VM, same path: it replaces the socket file
+        try:
+            deadline = time.monotonic() + 60
+            inode = qmp.stat().st_ino
+            while qmp.stat().st_ino == inode and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert qmp.stat().st_ino != inode, "the second VM never created its socket"
+            client.sendall(b'{"execute": "quit"}\n')
+            _until(client, b'"SHUTDOWN"')
+            client.close()
+            first.wait(30)
+            # The first VM is gone and did not take the second one's socket with it.
+            _qmp(qmp, ("quit", {}))
+            second.wait(30)
+            assert second.returncode == 0
+        finally:
+            if second.poll() is None:
+                second.kill()
+                second.wait()
+        third = _kvmpy(tmp_path, "src")
+        try:
+            inode = None
+            while inode is None and time.monotonic() < deadline + 60:
+                try:
+                    inode = qmp.stat().st_ino
+                except FileNotFoundError:
+                    time.sleep(0.05)
+            client = _greeted(qmp)
+            client.sendall(b'{"execute": "quit"}\n')
+            _until(client, b'"SHUTDOWN"')
+            # Whoever has seen SHUTDOWN finds the path gone: no greeting from a VM about to hang up.
+            with pytest.raises((FileNotFoundError, ConnectionRefusedError)):
+                _greeted(qmp)
+            client.close()
+            third.wait(30)
+        finally:
+            if third.poll() is None:
+                third.kill()
+                third.wait()
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
 
 
 def _ip(*args: str) -> None:

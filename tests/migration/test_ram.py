@@ -1,10 +1,9 @@
-"""RAM over the stream without a VM: real RAM blocks, real stream bytes, every record kind, both versions."""
+"""RAM over the stream without a VM: real RAM blocks, real stream bytes, every record kind."""
 
 from __future__ import annotations
 
 import io
 import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -119,7 +118,7 @@ def test_page_data_damage_is_caught() -> None:
             _load(bytes(bad), dst)
 
 
-def _v2_head() -> bytes:
+def _head() -> bytes:
     return stream.HEADER.pack(stream.MAGIC, stream.VERSION, 0) + bytes([stream.T_CONFIG]) + \
         struct.pack("<I", 2) + b"{}"
 
@@ -137,20 +136,39 @@ def _v2_head() -> bytes:
 def test_hostile_runs_are_refused_before_any_write(record: bytes, error: str) -> None:
     dst = _block()
     with pytest.raises(StreamError, match=error):
-        _load(_v2_head() + record, dst)
+        _load(_head() + record, dst)
     if "truncated" not in error:
         assert not dst.array.any()
 
 
-def test_version_1_streams_still_load() -> None:
-    """Version 1: PAGES records only, CRC32 over every byte including page data."""
-    dst = _block()
-    page = bytes(range(256)) * 16
-    body = stream.HEADER.pack(stream.MAGIC, 1, 0) + bytes([stream.T_CONFIG]) + struct.pack("<I", 2) + b"{}"
-    body += struct.pack("<BHII", stream.T_PAGES, 0, 1, 1) + struct.pack("<II", 3, 7) + page
-    body += bytes([stream.T_END])
-    _load(body + struct.pack("<I", zlib.crc32(body)), dst)
-    assert bytes(dst.array[7 * PAGE_SIZE:8 * PAGE_SIZE]) == page
-    assert dst.array[:7 * PAGE_SIZE].sum() == 0
-    with pytest.raises(StreamError, match="checksum"):  # the v2 rule does not apply to v1 streams
-        _load(body + struct.pack("<I", zlib.crc32(body) ^ 1), dst)
+def _swap_words(data: bytearray, page_at: int, a: int, b: int) -> bytearray:
+    bad = bytearray(data)
+    wa, wb = page_at + 8 * a, page_at + 8 * b
+    bad[wa:wa + 8], bad[wb:wb + 8] = data[wb:wb + 8], data[wa:wa + 8]
+    return bad
+
+
+def test_words_swapped_within_any_page_are_caught() -> None:
+    """A per-page sum of words cannot see them reordered; the stream's checksum must."""
+    src, dst = _block("src"), _block("dst")
+    rng = np.random.default_rng(6)
+    pages = np.r_[0:40, 100, 300, 2000:2020]  # RUN records and scattered PAGES records
+    src.array.reshape(-1, PAGE_SIZE)[pages] = rng.integers(0, 256, (len(pages), PAGE_SIZE), dtype=np.uint8)
+    data = bytearray(_stream(lambda w: RamSender([src], w, RamCounters()).send_all(0)))
+    _load(bytes(data), dst)
+    assert np.array_equal(src.array, dst.array)
+    for p in pages.tolist():
+        page = bytes(src.array[p * PAGE_SIZE:(p + 1) * PAGE_SIZE])
+        at = data.index(page)
+        a, b = sorted(rng.choice(PAGE_SIZE // 8, 2, replace=False).tolist())
+        assert page[8 * a:8 * a + 8] != page[8 * b:8 * b + 8]
+        with pytest.raises(StreamError, match="checksum"):
+            _load(bytes(_swap_words(data, at, a, b)), _block("victim"))
+
+
+@pytest.mark.parametrize("version", [1, 2, 4, 0xFFFFFFFF])
+def test_other_stream_versions_are_refused_by_number(version: int) -> None:
+    """Versions 1 and 2 checksummed pages by word sums; they are refused, not trusted."""
+    head = stream.HEADER.pack(stream.MAGIC, version, 0) + bytes([stream.T_CONFIG]) + struct.pack("<I", 2) + b"{}"
+    with pytest.raises(StreamError, match=f"version {version} is not supported"):
+        _load(head + bytes([stream.T_END]) + bytes(8), _block())

@@ -205,3 +205,19 @@ def test_coalesce_keeps_temps_whose_register_is_rewritten_first():
         bl.emit("goto_tb", None, pc=4)
         R = _run(optimize(bl.block), regs)
         assert R[1:3] == [9, ((regs[1] + regs[2]) & MASK64) ^ 1]
+
+
+def test_a_register_write_before_a_possibly_trapping_write_of_it_is_kept():
+    # ``li a0,255; ld a0,0(a1)``: if the load faults, the trap handler must see a0 == 255,
+    # so the first write is not dead although the load also writes a0.
+    g0, g1 = Temp(0, True), Temp(1, True)
+    for op, args, attrs in (("ld", [g1], {"size": 8, "signed": False}),
+                            ("call", [g1], {"helper": "csr", "raises": True})):
+        bl = Builder(0)
+        bl.insn_start(0)
+        bl.emit("mov", g0, 255)
+        bl.insn_start(4)
+        bl.emit(op, g0, *args, **attrs)
+        bl.emit("goto_tb", None, pc=8)
+        blk = optimize(bl.block)
+        assert [(i.op, i.dst, i.args) for i in blk.insns if i.op == "mov"] == [("mov", g0, [255])], op

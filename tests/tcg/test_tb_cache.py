@@ -5,13 +5,13 @@ from __future__ import annotations
 from contextlib import ExitStack
 
 from tests.guests.riscv.oracle import guest
-from kvmpy.boards.riscv_virt_config import RiscvMachineConfig
+from kvmpy.config import MachineConfig
 from kvmpy.boards.riscv_virt_run import build_board
 
 
 def _run(name: str):
     with ExitStack() as stack:
-        board, _ = build_board(RiscvMachineConfig(kernel=guest(name), serial="none"), stack)
+        board, _ = build_board(MachineConfig(arch="riscv64", kernel=guest(name), serial="none"), stack)
         ex = board.run()
         return ex, board
 

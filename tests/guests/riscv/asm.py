@@ -37,3 +37,18 @@ def words(source: str, size: int, march: str = MARCH) -> list[int]:
     code = assemble(source, march)
     assert len(code) % size == 0, f"{len(code)} bytes of code are not {size}-byte words"
     return [int.from_bytes(code[i:i + size], "little") for i in range(0, len(code), size)]
+
+
+def run_user(lines: list[str], workdir: Path, march: str = "rv64imafd") -> bytes:
+    """Assemble and link ``lines`` (a freestanding ``_start`` that writes its results to fd 1
+    and exits) and return what qemu-riscv64 (user mode, the oracle) prints; skips the test
+    when the tools are missing.  Linker relaxation is off: nothing sets gp."""
+    for tool in ("qemu-riscv64", AS, "riscv64-linux-gnu-ld"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} not installed")
+    src, obj, exe = workdir / "user.S", workdir / "user.o", workdir / "user"
+    src.write_text("\n".join([".option norelax"] + lines) + "\n")
+    subprocess.run([AS, f"-march={march}", "-o", str(obj), str(src)], check=True, capture_output=True, timeout=120)
+    subprocess.run(["riscv64-linux-gnu-ld", "-static", "-o", str(exe), str(obj)],
+                   check=True, capture_output=True, timeout=120)
+    return subprocess.run(["qemu-riscv64", str(exe)], check=True, capture_output=True, timeout=120).stdout

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.guests.riscv.build import GuestBuildError, build_guest
-from kvmpy.boards.riscv_virt_config import RiscvMachineConfig
+from kvmpy.config import MachineConfig
 from kvmpy.boards.riscv_virt_run import run_machine
 
 
@@ -30,8 +30,8 @@ def guest(name: str) -> Path:
 def run_kvmpy(elf: Path, tmp_path: Path, memory: int = 128 << 20, trace: set[str] | None = None,
               trace_file: Path | None = None) -> tuple[bytes, int]:
     out = tmp_path / f"{elf.stem}.serial"
-    cfg = RiscvMachineConfig(kernel=elf, memory=memory, serial=f"file:{out}",
-                             trace=trace or set(), trace_file=trace_file)
+    cfg = MachineConfig(arch="riscv64", kernel=elf, memory=memory, serial=f"file:{out}",
+                        trace=frozenset(trace or ()), trace_file=trace_file)
     status = run_machine(cfg)
     return out.read_bytes(), status
 

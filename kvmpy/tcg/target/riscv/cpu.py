@@ -4,7 +4,9 @@ translated code calls (CSR access, xRET, WFI, SFENCE.VMA, atomics, ECALL...).
 Registers and the pc live in the state list ``R`` shared with generated code;
 everything else is plain attributes here.  Time: ``mtime`` is virtual and counts
 retired instructions (one tick per instruction, plus whatever WFI skips while
-waiting for the timer), which makes runs deterministic.
+waiting for the timer), which makes runs deterministic.  mcycle and minstret
+are one counter; a CSR write to it replaces the writing instruction's own
+increment (the next instruction reads the written value), and does not move mtime.
 """
 
 from __future__ import annotations
@@ -14,8 +16,11 @@ from typing import Callable
 
 from kvmpy.tcg.errors import GuestTrap
 from kvmpy.tcg.ir import MASK64
+from kvmpy.tcg.target.riscv.fpu import (farith, fclass, fcompare, fcvt_float, fcvt_from_int, fcvt_to_int,
+                                       ffma, fminmax, fsgnj_s)
 from kvmpy.tcg.target.riscv.mmu import PRV_M, PRV_S, PRV_U, RiscvMmu
 from kvmpy.tcg.target.riscv.translate import INSTRET, N_SLOTS, PC
+from kvmpy.tcg.target.riscv.triggers import CSRS as TRIGGER_CSRS, TriggerModule
 from kvmpy.tcg.softmmu import EXEC, READ, WRITE, SoftMmu
 
 log = logging.getLogger(__name__)
@@ -25,9 +30,11 @@ SIE, MIE, SPIE, MPIE, SPP = 1 << 1, 1 << 3, 1 << 5, 1 << 7, 1 << 8
 MPP_SHIFT = 11
 MPP = 3 << MPP_SHIFT
 MPRV, SUM, MXR, TVM, TW, TSR = 1 << 17, 1 << 18, 1 << 19, 1 << 20, 1 << 21, 1 << 22
+FS_SHIFT = 13
+FS = 3 << FS_SHIFT                # floating-point unit state: Off, Initial, Clean, Dirty
 UXL_SXL = (2 << 32) | (2 << 34)
-MSTATUS_WMASK = SIE | MIE | SPIE | MPIE | SPP | MPP | MPRV | SUM | MXR | TVM | TW | TSR
-SSTATUS_MASK = SIE | SPIE | SPP | SUM | MXR | (3 << 32)
+MSTATUS_WMASK = SIE | MIE | SPIE | MPIE | SPP | MPP | MPRV | SUM | MXR | TVM | TW | TSR | FS
+SSTATUS_MASK = SIE | SPIE | SPP | SUM | MXR | FS | (3 << 32) | (1 << 63)
 
 # interrupt bits
 SSIP, MSIP, STIP, MTIP, SEIP, MEIP = 1 << 1, 1 << 3, 1 << 5, 1 << 7, 1 << 9, 1 << 11
@@ -35,7 +42,7 @@ S_INTS = SSIP | STIP | SEIP
 ALL_INTS = S_INTS | MSIP | MTIP | MEIP
 IRQ_PRIORITY = (11, 3, 7, 9, 1, 5)
 
-MISA = (2 << 62) | sum(1 << (ord(c) - ord("A")) for c in "ACIMSU")
+MISA = (2 << 62) | sum(1 << (ord(c) - ord("A")) for c in "ACDFIMSU")
 DELEGABLE_EXC = 0xB3FF        # everything but ecall-from-M and reserved causes
 
 CAUSE_ILLEGAL = 2
@@ -81,6 +88,8 @@ class RiscvCpu:
         self.pmpcfg = [0, 0]
         self.pmpaddr = [0] * 16
         self.pmp_active = False
+        self.triggers = TriggerModule()
+        self.fflags = self.frm = 0
         self.reservation: tuple[int, int] | None = None
         self.halted = False
         self.irq_pending = False
@@ -182,9 +191,13 @@ class RiscvCpu:
 
     def csr_read(self, csr: int) -> int:
         if csr == 0x300:
-            return self.mstatus | (1 << 63 if (self.mstatus >> 13) & 3 == 3 else 0)
+            return self._mstatus_sd()
         if csr == 0x100:
-            return self.mstatus & SSTATUS_MASK
+            return self._mstatus_sd() & SSTATUS_MASK
+        if csr in (0x001, 0x002, 0x003):
+            if not self.mstatus & FS:
+                raise GuestTrap(CAUSE_ILLEGAL, 0)
+            return (self.fflags, self.frm, self.frm << 5 | self.fflags)[csr - 1]
         if csr == 0x301:
             return MISA
         if csr == 0x302:
@@ -227,9 +240,14 @@ class RiscvCpu:
             return 0
         if csr in (0x3A0, 0x3A2):
             return self.pmpcfg[(csr - 0x3A0) // 2]
+        if csr in TRIGGER_CSRS:
+            return self.triggers.read(csr)
         if 0x3B0 <= csr <= 0x3BF:
             return self.pmpaddr[csr - 0x3B0]
         raise GuestTrap(CAUSE_ILLEGAL, 0)
+
+    def _mstatus_sd(self) -> int:
+        return self.mstatus | (1 << 63 if self.mstatus & FS == FS else 0)
 
     def csr_write(self, csr: int, v: int) -> None:
         if csr == 0x300:
@@ -238,10 +256,22 @@ class RiscvCpu:
             if (self.mstatus >> MPP_SHIFT) & 3 == 2:          # reserved: keep the old MPP
                 self.mstatus = (self.mstatus & ~MPP) | (old & MPP)
             self._context_changed()
+        elif csr in (0x001, 0x002, 0x003):
+            if not self.mstatus & FS:
+                raise GuestTrap(CAUSE_ILLEGAL, 0)
+            if csr == 0x001:
+                self.fflags = v & 0x1F
+            elif csr == 0x002:
+                self.frm = v & 7
+            else:
+                self.fflags, self.frm = v & 0x1F, (v >> 5) & 7
+            self.mstatus |= FS
         elif csr == 0x100:
-            mask = SIE | SPIE | SPP | SUM | MXR
+            mask = SIE | SPIE | SPP | SUM | MXR | FS
             self.mstatus = (self.mstatus & ~mask) | (v & mask)
             self._context_changed()
+        elif csr == 0x301:
+            pass                      # misa is WARL; the extensions are fixed, so writes are ignored
         elif csr == 0x302:
             self.medeleg = v & DELEGABLE_EXC
         elif csr == 0x303:
@@ -276,7 +306,7 @@ class RiscvCpu:
                 self.satp = v & ((0xF << 60) | (0xFFFF << 44) | ((1 << 44) - 1))
                 self._context_changed()
         elif csr in (0xB00, 0xB02):
-            self.R[INSTRET] = v
+            self._write_instret(v)
         elif 0xB03 <= csr <= 0xB1F or 0x323 <= csr <= 0x33F:
             pass
         elif csr in (0x3A0, 0x3A2):
@@ -293,6 +323,8 @@ class RiscvCpu:
                 new |= b_new << (8 * k)
             self.pmpcfg[i] = new
             self._pmp_changed()
+        elif csr in TRIGGER_CSRS:
+            self.triggers.write(csr, v)
         elif 0x3B0 <= csr <= 0x3BF:
             i = csr - 0x3B0
             cfg = (self.pmpcfg[i // 8] >> (8 * (i % 8))) & 0xFF
@@ -302,6 +334,19 @@ class RiscvCpu:
         else:
             raise GuestTrap(CAUSE_ILLEGAL, 0)
         self._update_irq()
+
+    def _write_instret(self, v: int) -> None:
+        """mcycle/minstret (one counter here) written by the current CSR instruction.
+
+        The write replaces that instruction's own increment, as the Zicsr chapter
+        of the unprivileged spec says: the next instruction reads exactly ``v``.
+        Helpers run with ``R[INSTRET]`` counting the instructions retired before
+        the current one, which the translated code adds after the helper returns,
+        so the slot gets ``v - 1``.  mtime does not jump: it is a separate clock.
+        """
+        new = (v - 1) & MASK64
+        self.time_skew += self.R[INSTRET] - new
+        self.R[INSTRET] = new
 
     def _pmp_changed(self) -> None:
         self.pmp_active = any(((c >> (8 * k)) >> 3) & 3 for c in self.pmpcfg for k in range(8))
@@ -333,6 +378,69 @@ class RiscvCpu:
             return lo | hi << 16
         except GuestTrap:
             return 0
+
+    def h_fp(self, writes_f: int, pc: int, back: int) -> None:
+        """Every F/D instruction: illegal while mstatus.FS is Off; FP writes make it Dirty."""
+        if not self.mstatus & FS:
+            raise GuestTrap(CAUSE_ILLEGAL, self._insn_bits(pc), pc, back)
+        if writes_f:
+            self.mstatus |= FS
+
+    @staticmethod
+    def h_fsgnj_s(kind: int, a: int, b: int) -> int:
+        return fsgnj_s(kind, a, b)
+
+    @staticmethod
+    def h_fclass(v: int, double: int) -> int:
+        return fclass(v, double)
+
+    def _raise_flags(self, flags: int) -> None:
+        if flags:
+            self.fflags |= flags
+            self.mstatus |= FS                     # fcsr changed: FS Dirty
+
+    def h_fcmp(self, op: int, a: int, b: int, double: int) -> int:
+        r, flags = fcompare(op, a, b, double)
+        self._raise_flags(flags)
+        return r
+
+    def _rm(self, rm: int, pc: int, back: int) -> int:
+        """The rounding mode an instruction uses: rm 7 takes frm; reserved modes are illegal."""
+        if rm == 7:
+            rm = self.frm
+        if rm > 4:
+            raise GuestTrap(CAUSE_ILLEGAL, self._insn_bits(pc), pc, back)
+        return rm
+
+    def h_farith(self, op: int, a: int, b: int, double: int, rm: int, pc: int, back: int) -> int:
+        """FADD/FSUB/FMUL/FDIV/FSQRT."""
+        r, flags = farith(op, a, b, double, self._rm(rm, pc, back))
+        self._raise_flags(flags)
+        return r
+
+    def h_ffma(self, kind: int, a: int, b: int, c: int, double: int, rm: int, pc: int, back: int) -> int:
+        """FMADD (kind 0), FMSUB (1), FNMSUB (2), FNMADD (3)."""
+        r, flags = ffma(kind >> 1, kind & 1, a, b, c, double, self._rm(rm, pc, back))
+        self._raise_flags(flags)
+        return r
+
+    def h_fcvt(self, kind: int, v: int, double: int, itype: int, rm: int, pc: int, back: int) -> int:
+        """FCVT: kind 0 float->int, 1 int->float (itype 0 W, 1 WU, 2 L, 3 LU), 2 between
+        formats (``double`` is the destination format)."""
+        rm = self._rm(rm, pc, back)
+        if kind == 0:
+            r, flags = fcvt_to_int(v, double, int(not itype & 1), 64 if itype & 2 else 32, rm)
+        elif kind == 1:
+            r, flags = fcvt_from_int(v, int(not itype & 1), 64 if itype & 2 else 32, double, rm)
+        else:
+            r, flags = fcvt_float(v, double, rm)
+        self._raise_flags(flags)
+        return r
+
+    def h_fminmax(self, op: int, a: int, b: int, double: int) -> int:
+        r, flags = fminmax(op, a, b, double)
+        self._raise_flags(flags)
+        return r
 
     def h_illegal(self, insn: int, pc: int, back: int) -> None:
         raise GuestTrap(CAUSE_ILLEGAL, insn, pc, back)
@@ -451,4 +559,5 @@ class RiscvCpu:
 
     def helpers(self) -> dict[str, Callable]:
         return {f"h_{n}": getattr(self, f"h_{n}") for n in (
-            "csr", "illegal", "ecall", "ebreak", "mret", "sret", "wfi", "sfence_vma", "lr", "sc", "amo")}
+            "csr", "illegal", "ecall", "ebreak", "mret", "sret", "wfi", "sfence_vma", "lr", "sc", "amo",
+            "fp", "fsgnj_s", "fclass", "fcmp", "fminmax", "farith", "ffma", "fcvt")}

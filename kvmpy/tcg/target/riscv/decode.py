@@ -67,6 +67,7 @@ def _bit(c: int, src: int, dst: int) -> int:
 
 
 OP_IMM, OP_IMM32, OP, OP32, LOAD, STORE, LUI, JALR, SYSTEM = 0x13, 0x1B, 0x33, 0x3B, 0x03, 0x23, 0x37, 0x67, 0x73
+LOAD_FP, STORE_FP = 0x07, 0x27
 
 
 def expand_compressed(c: int) -> int | None:
@@ -88,6 +89,10 @@ def expand_compressed(c: int) -> int | None:
             return _i(LOAD, rdp, 2, rs1p, uimm_w)
         if f3 == 3:
             return _i(LOAD, rdp, 3, rs1p, uimm_d)
+        if f3 == 1:
+            return _i(LOAD_FP, rdp, 3, rs1p, uimm_d)          # c.fld
+        if f3 == 5:
+            return _s(STORE_FP, 3, rs1p, rdp, uimm_d)         # c.fsd
         if f3 == 6:
             return _s(STORE, 2, rs1p, rdp, uimm_w)
         if f3 == 7:
@@ -140,8 +145,10 @@ def expand_compressed(c: int) -> int | None:
     if f3 == 2:
         uimm = _bit(c, 12, 5) | (((c >> 4) & 7) << 2) | (((c >> 2) & 3) << 6)
         return _i(LOAD, rd, 2, 2, uimm) if rd else None
-    if f3 == 3:
+    if f3 in (1, 3):
         uimm = _bit(c, 12, 5) | (((c >> 5) & 3) << 3) | (((c >> 2) & 7) << 6)
+        if f3 == 1:
+            return _i(LOAD_FP, rd, 3, 2, uimm)                 # c.fldsp
         return _i(LOAD, rd, 3, 2, uimm) if rd else None
     if f3 == 4:
         if not (c >> 12) & 1:
@@ -156,7 +163,7 @@ def expand_compressed(c: int) -> int | None:
     if f3 == 6:
         uimm = (((c >> 9) & 0xF) << 2) | (((c >> 7) & 3) << 6)
         return _s(STORE, 2, 2, rs2, uimm)
-    if f3 == 7:
+    if f3 in (5, 7):
         uimm = (((c >> 10) & 7) << 3) | (((c >> 7) & 7) << 6)
-        return _s(STORE, 3, 2, rs2, uimm)
+        return _s(STORE_FP if f3 == 5 else STORE, 3, 2, rs2, uimm)   # c.fsdsp / c.sdsp
     return None

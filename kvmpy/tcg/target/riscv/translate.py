@@ -1,7 +1,11 @@
-"""RV64IMAC + Zicsr + Zifencei frontend: guest instructions -> IR blocks.
+"""RV64GC (IMAFDC + Zicsr + Zifencei) frontend: guest instructions -> IR blocks.
 
 State slots: 0..31 are x0..x31 (x0 is never read or written: it folds to the
-constant 0), ``PC`` and ``INSTRET`` follow.  A block ends at a branch or jump,
+constant 0), ``PC`` and ``INSTRET`` follow, then f0..f31 from ``FREG``.
+F/D so far: loads, stores, moves, sign injection, FCLASS, compares, min/max,
+add/sub/mul/div/sqrt, fused multiply-add and conversions;
+each such instruction first calls the ``fp`` helper, which traps when
+mstatus.FS is Off and marks FS Dirty when the instruction writes FP state.  A block ends at a branch or jump,
 at an instruction that may change how later instructions are fetched or
 privileged (CSR writes, xRET, SFENCE.VMA, FENCE.I, WFI), at a page boundary, or
 after ``MAX_INSNS`` instructions.  Everything a frontend needs from the machine
@@ -15,10 +19,12 @@ from typing import Callable
 from kvmpy.tcg.errors import GuestTrap
 from kvmpy.tcg.ir import MASK64, Block, Builder, Temp, Value
 from kvmpy.tcg.target.riscv.decode import expand_compressed, imm_b, imm_i, imm_j, imm_s, imm_u
+from kvmpy.tcg.target.riscv.fpu import BOX, SIGN_D
 
 PC = 32
 INSTRET = 33
-N_SLOTS = 34
+FREG = 34           # f0..f31 are slots FREG..FREG+31 (64-bit patterns, singles NaN-boxed)
+N_SLOTS = FREG + 32
 MAX_INSNS = 48
 PAGE = 4096
 
@@ -246,6 +252,111 @@ class Translator:
             self._system(b, raw, insn, pc, length, rd, f3, rs1, rs2, f7)
         elif op == 0x2F and f3 in (2, 3):
             self._amo(b, raw, insn, pc, length, rd, f3, rs1, rs2)
+        elif op in (0x07, 0x27, 0x53) or (op in (0x43, 0x47, 0x4B, 0x4F) and f7 & 3 < 2):
+            self._fp(b, raw, insn, pc, length, op, rd, f3, rs1, rs2, f7)
+        else:
+            self._illegal(b, raw, pc, length)
+
+    def _fp(self, b: Builder, raw: int, insn: int, pc: int, length: int,
+            op: int, rd: int, f3: int, rs1: int, rs2: int, f7: int) -> None:
+        r, n = self._r, ABI
+
+        def f(i: int) -> Temp:
+            return Temp(FREG + i, True)
+
+        def fp_on(writes_f: bool) -> None:
+            b.emit("call", None, int(writes_f), helper="fp", raises=True)
+
+        if op == 0x07 and f3 in (2, 3):             # FLW, FLD
+            imm = imm_i(insn)
+            self._d(b, pc, raw, length, f"{'flw' if f3 == 2 else 'fld'} f{rd},{imm}({n[rs1]})")
+            fp_on(True)
+            addr = b.op("add", r(rs1), imm & MASK64)
+            if f3 == 3:
+                b.emit("ld", f(rd), addr, size=8, signed=False)
+            else:
+                b.emit("or", f(rd), b.op("ld", addr, size=4, signed=False), BOX)
+        elif op == 0x27 and f3 in (2, 3):           # FSW, FSD
+            imm = imm_s(insn)
+            self._d(b, pc, raw, length, f"{'fsw' if f3 == 2 else 'fsd'} f{rs2},{imm}({n[rs1]})")
+            fp_on(False)
+            b.emit("st", None, b.op("add", r(rs1), imm & MASK64), f(rs2), size=4 if f3 == 2 else 8)
+        elif op == 0x53 and f7 in (0x10, 0x11) and f3 < 3:
+            name = ("fsgnj", "fsgnjn", "fsgnjx")[f3] + (".s" if f7 == 0x10 else ".d")
+            self._d(b, pc, raw, length, f"{name} f{rd},f{rs1},f{rs2}")
+            fp_on(True)
+            if f7 == 0x10:
+                b.emit("call", f(rd), f3, f(rs1), f(rs2), helper="fsgnj_s")
+            else:
+                mag = b.op("and", f(rs1), MASK64 ^ SIGN_D)
+                if f3 == 0:
+                    sign = b.op("and", f(rs2), SIGN_D)
+                elif f3 == 1:
+                    sign = b.op("and", b.op("xor", f(rs2), MASK64), SIGN_D)
+                else:
+                    sign = b.op("and", b.op("xor", f(rs1), f(rs2)), SIGN_D)
+                b.emit("or", f(rd), mag, sign)
+        elif op == 0x53 and (f7 >> 1 in (0x00, 0x02, 0x04, 0x06) or (f7 >> 1 == 0x16 and rs2 == 0)):
+            double = f7 & 1
+            kind = {0x00: 0, 0x02: 1, 0x04: 2, 0x06: 3, 0x16: 4}[f7 >> 1]
+            name = ("fadd", "fsub", "fmul", "fdiv", "fsqrt")[kind] + (".d" if double else ".s")
+            operands = f"f{rd},f{rs1}" if kind == 4 else f"f{rd},f{rs1},f{rs2}"
+            self._d(b, pc, raw, length, f"{name} {operands}")
+            fp_on(True)
+            b.emit("call", f(rd), kind, f(rs1), f(rs2), double, f3, helper="farith", raises=True)
+        elif op in (0x43, 0x47, 0x4B, 0x4F):          # FMADD FMSUB FNMSUB FNMADD
+            kind = (op - 0x43) >> 2
+            double = f7 & 1
+            rs3 = f7 >> 2
+            name = ("fmadd", "fmsub", "fnmsub", "fnmadd")[kind] + (".d" if double else ".s")
+            self._d(b, pc, raw, length, f"{name} f{rd},f{rs1},f{rs2},f{rs3}")
+            fp_on(True)
+            b.emit("call", f(rd), kind, f(rs1), f(rs2), f(rs3), double, f3, helper="ffma", raises=True)
+        elif op == 0x53 and f7 in (0x60, 0x61) and rs2 < 4:     # FCVT.{W,WU,L,LU}.{S,D}
+            self._d(b, pc, raw, length, f"fcvt.{('w', 'wu', 'l', 'lu')[rs2]}.{'d' if f7 & 1 else 's'} {n[rd]},f{rs1}")
+            fp_on(False)
+            b.emit("call", self._dst(b, rd), 0, f(rs1), f7 & 1, rs2, f3, helper="fcvt", raises=True)
+        elif op == 0x53 and f7 in (0x68, 0x69) and rs2 < 4:     # FCVT.{S,D}.{W,WU,L,LU}
+            self._d(b, pc, raw, length, f"fcvt.{'d' if f7 & 1 else 's'}.{('w', 'wu', 'l', 'lu')[rs2]} f{rd},{n[rs1]}")
+            fp_on(True)
+            b.emit("call", f(rd), 1, r(rs1), f7 & 1, rs2, f3, helper="fcvt", raises=True)
+        elif op == 0x53 and (f7, rs2) in ((0x20, 1), (0x21, 0)):  # FCVT.S.D, FCVT.D.S
+            double = f7 & 1
+            self._d(b, pc, raw, length, f"fcvt.{'d.s' if double else 's.d'} f{rd},f{rs1}")
+            fp_on(True)
+            b.emit("call", f(rd), 2, f(rs1), double, 0, f3, helper="fcvt", raises=True)
+        elif op == 0x53 and f7 in (0x14, 0x15) and f3 < 2:
+            double = f7 & 1
+            self._d(b, pc, raw, length, f"{('fmin', 'fmax')[f3]}.{'d' if double else 's'} f{rd},f{rs1},f{rs2}")
+            fp_on(True)
+            b.emit("call", f(rd), f3, f(rs1), f(rs2), double, helper="fminmax")
+        elif op == 0x53 and f7 in (0x50, 0x51) and f3 < 3:
+            double = f7 & 1
+            self._d(b, pc, raw, length, f"{('fle', 'flt', 'feq')[f3]}.{'d' if double else 's'} {n[rd]},f{rs1},f{rs2}")
+            fp_on(False)
+            b.emit("call", self._dst(b, rd), f3, f(rs1), f(rs2), double, helper="fcmp")
+        elif op == 0x53 and f7 in (0x70, 0x71) and rs2 == 0 and f3 in (0, 1):
+            double = f7 == 0x71
+            if f3 == 0:
+                self._d(b, pc, raw, length, f"fmv.x.{'d' if double else 'w'} {n[rd]},f{rs1}")
+                fp_on(False)
+                if rd:
+                    if double:
+                        b.emit("mov", Temp(rd, True), f(rs1))
+                    else:
+                        b.emit("sext", Temp(rd, True), f(rs1), bits=32)
+            else:
+                self._d(b, pc, raw, length, f"fclass.{'d' if double else 's'} {n[rd]},f{rs1}")
+                fp_on(False)
+                b.emit("call", self._dst(b, rd), f(rs1), int(double), helper="fclass")
+        elif op == 0x53 and f7 in (0x78, 0x79) and rs2 == 0 and f3 == 0:
+            double = f7 == 0x79
+            self._d(b, pc, raw, length, f"fmv.{'d' if double else 'w'}.x f{rd},{n[rs1]}")
+            fp_on(True)
+            if double:
+                b.emit("mov", f(rd), r(rs1))
+            else:
+                b.emit("or", f(rd), b.op("zext", r(rs1), bits=32), BOX)
         else:
             self._illegal(b, raw, pc, length)
 

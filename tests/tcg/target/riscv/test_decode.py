@@ -75,7 +75,6 @@ def test_every_compressed_instruction_expands_to_its_32_bit_form(rvc_encodings):
 
 @pytest.mark.parametrize("c,why", [
     (0x0000, "the all-zero parcel is defined illegal (c.addi4spn with imm 0)"),
-    (0x2000, "c.fld: needs the D extension"),
     (0x4002, "c.lwsp with rd=x0 is reserved"),
     (0x6002, "c.ldsp with rd=x0 is reserved"),
     (0x8002, "c.jr with rs1=x0 is reserved"),
@@ -83,11 +82,18 @@ def test_every_compressed_instruction_expands_to_its_32_bit_form(rvc_encodings):
     (0x6081, "c.lui with imm 0 is reserved"),
     (0x2001 | (0 << 7), "c.addiw with rd=x0 is reserved"),
     (0x9C41, "funct2 0b10 under c.subw/c.addw is reserved"),
-    (0xA000, "c.fsd: needs the D extension"),
-    (0x2002, "c.fldsp: needs the D extension"),
 ])
 def test_reserved_and_unimplemented_encodings_are_illegal(c, why):
     assert expand_compressed(c) is None, why
+
+
+def test_compressed_double_loads_and_stores_expand():
+    pairs = [("c.fld f8, 8(a0)", "fld f8, 8(a0)"), ("c.fld f15, 248(s1)", "fld f15, 248(s1)"),
+             ("c.fsd f9, 16(a5)", "fsd f9, 16(a5)"), ("c.fldsp f1, 504(sp)", "fld f1, 504(sp)"),
+             ("c.fldsp f0, 0(sp)", "fld f0, 0(sp)"), ("c.fsdsp f31, 8(sp)", "fsd f31, 8(sp)")]
+    short = words(".option rvc\n" + "\n".join(c for c, _ in pairs), 2, march="rv64imafdc")
+    long = words(".option norvc\n" + "\n".join(e for _, e in pairs), 4, march="rv64imafdc")
+    assert [expand_compressed(c) for c in short] == long
 
 
 def test_immediates_of_assembled_instructions():
