@@ -4,7 +4,9 @@
 RAM below and above 4 GiB, the in-kernel irqchip and PIT, one vCPU per -smp
 (with CPUID and baseline MSRs), the devices of ``PC_DEVICES`` mapped on the
 port-I/O bus (and MMIO devices as I/O regions routed by the board's MMIO
-router), and the kernel (multiboot or Linux) loaded with vCPU 0 at its entry.
+router), the PCI bus (config mechanism #1, the i440FX host bridge and the PIIX3
+ISA bridge, whose BARs ``PcBarSpace`` maps on the same buses), and the kernel
+(multiboot or Linux) loaded with vCPU 0 at its entry.
 Devices report only through the ``post`` callback (the machine's lifecycle);
 the board never holds the machine. A new device is one file in
 ``kvmpy/devices/`` plus one line in ``PC_DEVICES``.
@@ -13,18 +15,23 @@ the board never holds the machine. A new device is one file in
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Callable, NamedTuple, Union, cast
 
 from kvmpy.boards.mmio import MmioRouter
 from kvmpy.config import MachineConfig
 from kvmpy.devices.acpi_pm import BLOCK_SIZE as PM_BLOCK_SIZE, AcpiPm, ResetControl
-from kvmpy.devices.bus import Bus, OffsetDevice
+from kvmpy.devices.bus import Bus, BusConflictError, OffsetDevice
 from kvmpy.devices.chardev import CharBackend, open_backend
 from kvmpy.devices.debug_exit import DebugExit
 from kvmpy.devices.device import Device
 from kvmpy.devices.i8042 import I8042
 from kvmpy.devices.kvm_irq import KvmIrqLine
+from kvmpy.devices.pci.bus import PciBus, PciHost
+from kvmpy.devices.pci.device import BarKind
+from kvmpy.devices.pci.i440fx import I440fx
+from kvmpy.devices.pci.piix3 import Piix3
 from kvmpy.devices.port80 import Port80
 from kvmpy.devices.rtc import CmosRtc
 from kvmpy.devices.serial import Uart16550
@@ -33,7 +40,7 @@ from kvmpy.kvm.flavor import KvmKind, host_kvm_kind
 from kvmpy.kvm.system import Kvm
 from kvmpy.lifecycle import MachineEvent
 from kvmpy.loader import acpi
-from kvmpy.loader.e820 import FOUR_GIB, HIGH_TABLES, pc_e820, split_ram
+from kvmpy.loader.e820 import FOUR_GIB, HIGH_TABLES, pc_e820, pci_holes, split_ram
 from kvmpy.loader.linux import EntryMode, KernelFormat, LinuxBoot, detect_format, load_linux, prepare_kernel
 from kvmpy.loader.multiboot import BootEntry, load_multiboot
 from kvmpy.memory.address_space import AddressSpace
@@ -137,6 +144,67 @@ def _debug_exit(b: "PcBoard") -> DebugExit | None:
     return DebugExit(on_exit=lambda status: b.post(MachineEvent("exit", status)), iosize=d.iosize)
 
 
+class PcBarSpace:
+    """Where the board's PCI BARs appear: I/O BARs on the port bus, memory BARs in the memory tree.
+
+    Memory BARs sit below RAM (priority -1, as QEMU's "pci" container does), so a
+    BAR a guest programs over RAM never hides it; an I/O BAR over a port that a
+    device already owns stays unmapped (logged once), as does one that does not fit.
+    """
+
+    def __init__(self, board: "PcBoard") -> None:
+        self.board = board
+        self.lock = threading.Lock()
+        self.regions: dict[int, MemoryRegion] = {}
+        self.refused: set[tuple[BarKind, int]] = set()
+
+    def map_bar(self, kind: BarKind, base: int, size: int, device: Device, name: str) -> bool:
+        b = self.board
+        with self.lock:
+            try:
+                if kind is BarKind.IO:
+                    b.pio.map(base, size, device, name)
+                else:
+                    region = MemoryRegion.io(name, size, device)
+                    b.root.add_subregion(base, region, priority=-1)
+                    self.regions[base] = region
+                    b.address_space.commit()
+                return True
+            except (BusConflictError, ValueError) as exc:
+                if (kind, base) not in self.refused and len(self.refused) < 256:
+                    self.refused.add((kind, base))
+                    log.warning("PCI: %s left unmapped: %s", name, exc)
+                return False
+
+    def unmap_bar(self, kind: BarKind, base: int) -> None:
+        b = self.board
+        with self.lock:
+            if kind is BarKind.IO:
+                b.pio.unmap(base)
+            else:
+                b.root.del_subregion(self.regions.pop(base))
+                b.address_space.commit()
+
+
+def _pci_host(b: "PcBoard") -> PciHost:
+    return PciHost(PciBus(PcBarSpace(b)))
+
+
+def _pci_bus(b: "PcBoard") -> PciBus:
+    return cast(PciHost, b.devices["pci-host"]).bus
+
+
+def _i440fx(b: "PcBoard") -> I440fx:
+    return cast(I440fx, _pci_bus(b).plug(I440fx(), 0))
+
+
+def _piix3(b: "PcBoard") -> Piix3:
+    bus = _pci_bus(b)
+    piix3 = cast(Piix3, bus.plug(Piix3(irq_line=lambda irq: KvmIrqLine(b.vm, irq)), 1))
+    bus.router = piix3.set_intx  # INTx of every slot goes through the PIRQ routing
+    return piix3
+
+
 def _serial_ports(cfg: MachineConfig) -> Ranges:
     return () if cfg.serial == "none" else (Window(COM1_PORT, 8),)  # "-serial none": no COM1 at all
 
@@ -155,6 +223,11 @@ PC_DEVICES: tuple[DeviceSlot, ...] = (
     DeviceSlot("acpi-pm", _acpi_pm, pio=(Window(acpi.PM_BASE, PM_BLOCK_SIZE),)),
     DeviceSlot("reset-control", _reset_control, pio=(Window(acpi.RESET_PORT, 1),)),
     DeviceSlot("isa-debug-exit", _debug_exit, pio=_debug_exit_ports),
+    # CONFIG_ADDRESS around PIIX3's reset register at 0xCF9 (which QEMU overlays the same way), then CONFIG_DATA.
+    DeviceSlot("pci-host", _pci_host, pio=(Window(0xCF8, 1, 0, "pci-conf-idx"), Window(0xCFA, 2, 2, "pci-conf-idx"),
+                                           Window(0xCFC, 4, 4, "pci-conf-data"))),
+    DeviceSlot("i440fx", _i440fx),
+    DeviceSlot("piix3", _piix3),
 )
 
 
@@ -225,6 +298,8 @@ class PcBoard:
             self.address_space.commit()
         self.serial = cast(Uart16550, self.devices["serial0"])  # the console's input goes to COM1
         self.acpi_pm = cast(AcpiPm, self.devices["acpi-pm"])  # QMP system_powerdown presses its button
+        host = self.devices.get("pci-host")
+        self.pci: PciBus | None = host.bus if isinstance(host, PciHost) else None  # query-pci, info pci
 
     def _build_vcpus(self, supported: list, vcpu_events: EventSink) -> None:
         n = self.config.smp
@@ -266,7 +341,8 @@ class PcBoard:
         """ACPI tables in the firmware-reserved top of low RAM, then the kernel; sets up vCPU 0."""
         assert self.linux is not None
         below, _ = split_ram(self.config.memory)
-        tables = acpi.build_tables(below - HIGH_TABLES, self.config.smp)
+        tables = acpi.build_tables(below - HIGH_TABLES, self.config.smp,
+                                   pci_holes(self.config.memory) if self.pci is not None else None)
         self.memory.write(tables.base, tables.blob)
         self.memory.write(RSDP_ADDR, tables.rsdp)
         boot = load_linux(self.linux, self.config.append, self.config.initrd, self.memory, self.e820, RSDP_ADDR)

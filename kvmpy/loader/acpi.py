@@ -5,14 +5,21 @@ Just enough platform description for Linux to find every vCPU and the IOAPIC
 the FADT points at the PM1 event/control and PM timer blocks of
 kvmpy.devices.acpi_pm and at its reset register, and the DSDT defines ``\\_S5``
 with the sleep type that device treats as soft-off. Layouts and constants are
-facts from the ACPI specification; the AML is a handful of bytes written by
-hand (NameOp, PackageOp, small integers).
+facts from the ACPI specification. When the board has a PCI bus, the DSDT
+also describes it as QEMU's pc does: ``\\_SB.PCI0`` (PNP0A03) with its bus,
+I/O and memory windows in ``_CRS``, the PIIX3 at 01.0 with a PCI_Config region
+over its PIRQ route registers, the link devices LNKA-LNKD that read and program
+them (and LNKS for the SCI), and a ``_PRT`` sending INTx pin P of slot S to
+link (S - 1 + P) mod 4. The AML comes from kvmpy.loader.aml.
 """
 
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+
+from kvmpy.loader import aml
+from kvmpy.loader.e820 import PciHoles
 
 OEM_ID = b"KVMPY "
 OEM_TABLE_ID = b"KVMPYTBL"
@@ -67,14 +74,91 @@ def _gas(space: int, bit_width: int, address: int, access_size: int = 0) -> byte
     return struct.pack("<BBBBQ", space, bit_width, 0, access_size, address)
 
 
-def build_dsdt() -> bytes:
-    # Name (\_S5, Package (0x04) { SLP_TYP_S5, SLP_TYP_S5, Zero, Zero })
-    def small(n: int) -> bytes:
-        return b"\x00" if n == 0 else b"\x01" if n == 1 else b"\x0a" + bytes((n,))
-    elements = small(SLP_TYP_S5) + small(SLP_TYP_S5) + b"\x00\x00"
-    package = b"\x12" + bytes((2 + len(elements),)) + b"\x04" + elements
-    aml = b"\x08_S5_" + package
-    return _table(b"DSDT", 2, aml)
+LINK_IRQS = [5, 10, 11]  # what QEMU's LNKA-LNKD offer in _PRS
+LEVEL_IRQS = (5, SCI_IRQ, 10, 11)
+PIRQ_DISABLED = 0x80
+ISA_BRIDGE_ADR = 0x00010000  # PIIX3 at 01.0
+PIRQ_REGS = 0x60
+
+
+def prt_link(slot: int, pin: int) -> str:
+    """The link device INTx ``pin`` (0=A) of ``slot`` goes through: PIRQ (slot-1+pin) mod 4, LNKS for 01.0 INTA."""
+    if (slot, pin) == (1, 0):
+        return "LNKS"
+    return "LNK" + "ABCD"[(slot - 1 + pin) & 3]
+
+
+def _link_device(link: str, uid: int, reg: str) -> bytes:
+    return aml.device(
+        link,
+        aml.name("_HID", aml.eisaid("PNP0C0F")),
+        aml.name("_UID", aml.integer(uid)),
+        aml.name("_PRS", aml.resource_template(aml.interrupt(LINK_IRQS))),
+        aml.method("_STA", 0, aml.ret(aml.call("IQST", aml.name_string(reg)))),
+        aml.method("_DIS", 0, aml.or_(aml.name_string(reg), aml.integer(PIRQ_DISABLED), aml.name_string(reg))),
+        aml.method("_CRS", 0, aml.ret(aml.call("IQCR", aml.name_string(reg)))),
+        aml.method("_SRS", 1, aml.create_dword_field(aml.arg(0), aml.integer(5), "PRRI"),
+                   aml.store(aml.name_string("PRRI"), aml.name_string(reg))),
+    )
+
+
+def pci_aml(holes: PciHoles) -> bytes:
+    """``\\_SB``: PCI0 with _CRS, _PRT and the ISA bridge, the PIRQ fields and the interrupt link devices."""
+    crs = aml.resource_template(
+        aml.word_space(aml.RES_BUS, 0x00, 0xFF),
+        aml.io_port(0xCF8, 8),
+        aml.word_space(aml.RES_IO, 0x0000, 0x0CF7, aml.IO_ENTIRE_RANGE),
+        aml.word_space(aml.RES_IO, 0x0D00, 0xFFFF, aml.IO_ENTIRE_RANGE),
+        aml.dword_memory(0xA0000, 0xBFFFF, cacheable=True),  # legacy VGA window
+        aml.dword_memory(*holes.low, cacheable=False),
+        aml.qword_memory(*holes.high, cacheable=True),
+    )
+    prt = aml.package(*(aml.package(aml.integer((slot << 16) | 0xFFFF), aml.integer(pin),
+                                     aml.name_string(prt_link(slot, pin)), aml.integer(0))
+                        for slot in range(32) for pin in range(4)))
+    pci0 = aml.device(
+        "PCI0",
+        aml.name("_HID", aml.eisaid("PNP0A03")),
+        aml.name("_ADR", aml.integer(0)),
+        aml.name("_UID", aml.integer(0)),
+        aml.name("_CRS", crs),
+        aml.name("_PRT", prt),
+        aml.device("ISA", aml.name("_ADR", aml.integer(ISA_BRIDGE_ADR)),
+                   aml.operation_region("P40C", aml.PCI_CONFIG, PIRQ_REGS, 4)),
+    )
+    iqst = aml.method("IQST", 1,
+                      aml.if_(aml.and_(aml.integer(PIRQ_DISABLED), aml.arg(0)), aml.ret(aml.integer(0x09))),
+                      aml.ret(aml.integer(0x0B)))
+    iqcr = aml.method("IQCR", 1,
+                      aml.name("PRR0", aml.resource_template(aml.interrupt([0]))),
+                      aml.create_dword_field(aml.name_string("PRR0"), aml.integer(5), "PRRI"),
+                      aml.if_(aml.lless(aml.arg(0), aml.integer(PIRQ_DISABLED)),
+                              aml.store(aml.arg(0), aml.name_string("PRRI"))),
+                      aml.ret(aml.name_string("PRR0")), serialized=True)
+    lnks = aml.device(
+        "LNKS",
+        aml.name("_HID", aml.eisaid("PNP0C0F")),
+        aml.name("_UID", aml.integer(4)),
+        aml.name("_PRS", aml.resource_template(aml.interrupt([SCI_IRQ]))),
+        aml.method("_STA", 0, aml.ret(aml.integer(0x0B))),  # the SCI is always GSI 9 and always on
+        aml.method("_DIS", 0),
+        aml.method("_CRS", 0, aml.ret(aml.name_string("_PRS"))),
+        aml.method("_SRS", 1),
+    )
+    return aml.scope(
+        "\\_SB", pci0,
+        aml.field("PCI0.ISA.P40C", [(f"PRQ{i}", 8) for i in range(4)]),
+        iqst, iqcr,
+        *(_link_device(f"LNK{c}", i, f"PRQ{i}") for i, c in enumerate("ABCD")),
+        lnks,
+    )
+
+
+def build_dsdt(pci: PciHoles | None = None) -> bytes:
+    """\\_S5 (the soft-off sleep type), and the PCI description when the board has PCI."""
+    s5 = aml.name("_S5_", aml.package(aml.integer(SLP_TYP_S5), aml.integer(SLP_TYP_S5), aml.integer(0),
+                                      aml.integer(0)))
+    return _table(b"DSDT", 2, s5 + (pci_aml(pci) if pci is not None else b""))
 
 
 def build_facs() -> bytes:
@@ -112,9 +196,11 @@ def build_madt(nr_cpus: int) -> bytes:
     for i in range(nr_cpus):
         body += struct.pack("<BBBBI", MADT_LAPIC, 8, i, i, 1)
     body += struct.pack("<BBBBII", MADT_IOAPIC, 12, IOAPIC_ID, 0, IOAPIC_ADDR, 0)
-    # KVM's default routing sends ISA IRQ n to IOAPIC pin n, so only the SCI needs an
-    # override: level-triggered, active high (flags: polarity 01, trigger 11).
-    body += struct.pack("<BBBBIH", MADT_ISO, 10, 0, SCI_IRQ, SCI_IRQ, 0x000D)
+    # KVM's default routing sends ISA IRQ n to IOAPIC pin n; the SCI and the IRQs the PCI
+    # link devices offer are level-triggered, active high (flags: polarity 01, trigger 11),
+    # which is what QEMU's pc overrides too (IRQs 5, 9, 10, 11).
+    for irq in LEVEL_IRQS:
+        body += struct.pack("<BBBBIH", MADT_ISO, 10, 0, irq, irq, 0x000D)
     body += struct.pack("<BBBHB", MADT_LAPIC_NMI, 6, 0xFF, 0, 1)  # LINT1 is NMI on every CPU
     return _table(b"APIC", 1, bytes(body))
 
@@ -140,7 +226,7 @@ def _align(n: int, a: int) -> int:
     return (n + a - 1) & ~(a - 1)
 
 
-def build_tables(base: int, nr_cpus: int) -> AcpiTables:
+def build_tables(base: int, nr_cpus: int, pci: PciHoles | None = None) -> AcpiTables:
     if base % 64:
         raise ValueError("ACPI table base must be 64-byte aligned (the FACS needs it)")
     blob = bytearray()
@@ -153,7 +239,7 @@ def build_tables(base: int, nr_cpus: int) -> AcpiTables:
         return addrs[sig]
 
     facs = place("FACS", build_facs(), 64)
-    dsdt = place("DSDT", build_dsdt())
+    dsdt = place("DSDT", build_dsdt(pci))
     fadt = place("FACP", build_fadt(facs, dsdt))
     madt = place("APIC", build_madt(nr_cpus))
     entries = [fadt, madt]

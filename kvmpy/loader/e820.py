@@ -44,6 +44,29 @@ class E820Entry:
         return struct.pack("<QQI", self.addr, self.size, self.type)
 
 
+IOAPIC_BASE = 0xFEC00000  # the 32-bit PCI hole ends just below it
+PCI_HOLE64_SIZE = 1 << 31  # i440fx's default pci-hole64-size
+
+
+@dataclass(frozen=True)
+class PciHoles:
+    """The PCI memory windows of QEMU's pc (inclusive bounds): below 4 GiB, from the end of
+    low RAM up to the IOAPIC; above, from the first GiB boundary past high RAM, 2 GiB long."""
+
+    low: tuple[int, int]
+    high: tuple[int, int]
+
+
+def _round_up(n: int, a: int) -> int:
+    return (n + a - 1) // a * a
+
+
+def pci_holes(ram_size: int) -> PciHoles:
+    below, above = split_ram(ram_size)
+    high = _round_up(FOUR_GIB + above, GiB)
+    return PciHoles((below, IOAPIC_BASE - 1), (high, _round_up(high + PCI_HOLE64_SIZE, GiB) - 1))
+
+
 def split_ram(ram_size: int) -> tuple[int, int]:
     """Bytes of RAM below and above 4 GiB, as the i440fx pc machine splits them."""
     below = LOWMEM_SPLIT if ram_size >= LOWMEM_LIMIT else ram_size

@@ -12,6 +12,7 @@ from __future__ import annotations
 from kvmpy.lifecycle import RunState
 from kvmpy.monitor.context import PACKAGE, QEMU_VERSION, Context
 from kvmpy.monitor.hmp import run_hmp
+from kvmpy.monitor.pci import query_pci
 from kvmpy.monitor.protocol import COMMAND_NOT_FOUND, QmpError
 from kvmpy.monitor.schema import Arg, CommandTable
 
@@ -114,5 +115,6 @@ def add_core_commands(table: CommandTable) -> None:
     table.command("query-kvm")(query_kvm)
     table.command("query-name")(query_name)
     table.command("query-memory-size-summary")(query_memory_size_summary)
+    table.command("query-pci")(query_pci)
     table.command("human-monitor-command", command_line=Arg("str"),
                   cpu_index=Arg("int", optional=True))(human_monitor_command)

@@ -1,6 +1,6 @@
 """A subset of QEMU's human monitor (HMP), reached through QMP's human-monitor-command.
 
-Supported: info status|registers [-a]|cpus|mtree [-f]|kvm|name|version,
+Supported: info status|registers [-a]|cpus|mtree [-f]|pci|kvm|name|version,
 x and xp memory dumps (``/NFU``: count, format x d u o t c, unit b h w g),
 stop, cont (c), system_reset, system_powerdown, quit (q), help.
 Output follows QEMU's layout and ends lines with CRLF as QEMU's monitor does.
@@ -17,6 +17,7 @@ from kvmpy.kvm import abi
 from kvmpy.memory.guest_memory import GuestMemoryError
 from kvmpy.memory.region import MemoryRegion, RegionKind
 from kvmpy.monitor.context import PACKAGE, QEMU_VERSION
+from kvmpy.monitor.pci import info_pci_text
 from kvmpy.monitor.protocol import QmpError
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ _SIZES = {"b": 1, "h": 2, "w": 4, "g": 8}
 HELP = """\
 cont|c -- resume emulation
 help|? -- show this list
-info status|registers [-a]|cpus|mtree [-f]|kvm|name|version -- show machine state
+info status|registers [-a]|cpus|mtree [-f]|pci|kvm|name|version -- show machine state
 quit|q -- quit the emulator
 stop -- stop emulation
 system_powerdown -- send system power down event
@@ -77,7 +78,7 @@ def _dispatch(ctx: "Context", words: list[str], cpu: int) -> str:
 def _info(ctx: "Context", args: list[str], cpu: int) -> str:
     m = ctx.machine
     if not args:
-        return "info status|registers|cpus|mtree|kvm|name|version\n"
+        return "info status|registers|cpus|mtree|pci|kvm|name|version\n"
     what = args[0]
     if what == "status":
         state = m.lifecycle.state.value
@@ -94,6 +95,8 @@ def _info(ctx: "Context", args: list[str], cpu: int) -> str:
                        for i, t in enumerate(m.board.threads))
     if what == "mtree":
         return _mtree_flat(m) if "-f" in args[1:] else _mtree(m)
+    if what == "pci":
+        return info_pci_text(ctx)
     if what == "kvm":
         return "kvm support: enabled\n"
     if what == "name":

@@ -1,5 +1,6 @@
 """ACPI tables: lengths, checksums, cross-pointers, and the real iasl disassembler as an oracle."""
 
+import re
 import shutil
 import struct
 import subprocess
@@ -7,6 +8,7 @@ import subprocess
 import pytest
 
 from kvmpy.loader import acpi
+from kvmpy.loader.e820 import pci_holes
 
 BASE = 0x7FE0000
 
@@ -85,3 +87,38 @@ def test_iasl_decodes_tables(tmp_path):
     # A fixed-feature power button is what system_powerdown presses (PWRBTN_STS in PM1).
     assert "Control Method Power Button (V1) : 0" in fadt
     assert "Address : 0000000000000CF9" in fadt
+
+
+@pytest.mark.skipif(shutil.which("iasl") is None, reason="iasl (apt-get install acpica-tools) not installed")
+@pytest.mark.parametrize("memory", [128 << 20, 0xE0000000, 6 << 30])
+def test_iasl_decodes_the_pci_description(tmp_path, memory):
+    holes = pci_holes(memory)
+    t = acpi.build_tables(BASE, 1, holes)
+    path = tmp_path / "dsdt.dat"
+    path.write_bytes(_table_at(t, t.tables["DSDT"]))
+    res = subprocess.run(["iasl", "-d", str(path)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and "Error" not in res.stdout + res.stderr, res.stdout + res.stderr
+    dsl = path.with_suffix(".dsl").read_text()
+    assert "Invalid" not in dsl and "**** " not in dsl, dsl
+    assert 'Device (PCI0)' in dsl and 'EisaId ("PNP0A03")' in dsl
+    assert "OperationRegion (P40C, PCI_Config, 0x60, 0x04)" in dsl and "Field (PCI0.ISA.P40C" in dsl
+    for link in ("LNKA", "LNKB", "LNKC", "LNKD", "LNKS"):
+        assert f"Device ({link})" in dsl
+    assert dsl.count('EisaId ("PNP0C0F")') == 5
+    low_lo, low_hi = holes.low
+    high_lo, high_hi = holes.high
+    assert f"0x{low_lo:08X},         // Range Minimum" in dsl and "0xFEBFFFFF,         // Range Maximum" in dsl
+    assert f"0x{high_lo:016X}, // Range Minimum" in dsl and f"0x{high_hi:016X}, // Range Maximum" in dsl
+    # _PRT: 32 slots x 4 pins; INTA of slot 0 goes to LNKD, of slot 1 to LNKS (the SCI), of slot 2 to LNKB.
+    prt = re.findall(r"\{\s*(0x[0-9A-F]+|Zero|One),\s*(Zero|One|0x0[23]),\s*(LNK\w),\s*Zero\s*\}", dsl)
+    assert len(prt) == 128
+    assert prt[0] == ("0xFFFF", "Zero", "LNKD") and prt[4] == ("0x0001FFFF", "Zero", "LNKS")
+    assert prt[8] == ("0x0002FFFF", "Zero", "LNKB") and prt[13] == ("0x0003FFFF", "One", "LNKD")
+
+
+def test_prt_links_follow_piix3_routing():
+    from kvmpy.devices.pci.piix3 import pirq_of
+    for slot in range(32):
+        for pin in range(4):
+            if (slot, pin) != (1, 0):
+                assert acpi.prt_link(slot, pin) == "LNK" + "ABCD"[pirq_of(slot, pin)]

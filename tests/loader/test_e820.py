@@ -1,6 +1,8 @@
 """The PC memory map matches what QEMU's pc machine and SeaBIOS report."""
 
-from kvmpy.loader.e820 import E820_RAM, pc_e820, split_ram
+import pytest
+
+from kvmpy.loader.e820 import E820_RAM, pc_e820, pci_holes, split_ram
 
 MiB = 1 << 20
 
@@ -18,3 +20,16 @@ def test_large_guest_splits_at_3g_and_amd_hole() -> None:
     ram = [(e.addr, e.size) for e in entries if e.type == E820_RAM]
     assert ram[-1] == (1 << 32, 1 << 30)
     assert entries[-1].addr == 0xFD00000000
+
+
+@pytest.mark.parametrize("memory", [128 << 20, 0xDFF00000, 0xE0000000, 6 << 30])
+def test_the_pci_holes_are_where_qemu_puts_them_and_miss_ram(memory):
+    holes = pci_holes(memory)
+    below, above = split_ram(memory)
+    assert holes.low == (below, 0xFEBFFFFF)
+    assert holes.high[0] % (1 << 30) == 0 and holes.high[0] >= (1 << 32) + above
+    assert holes.high[1] - holes.high[0] + 1 == 1 << 31
+    for e in pc_e820(memory, amd=False):
+        if e.type == E820_RAM:
+            for lo, hi in (holes.low, holes.high):
+                assert e.addr + e.size <= lo or e.addr > hi, (e, lo, hi)
