@@ -129,6 +129,7 @@ class PciDevice:
         self.config = bytearray(CONFIG_SIZE)
         self.wmask = bytearray(CONFIG_SIZE)
         self.w1cmask = bytearray(CONFIG_SIZE)
+        self._volatile: int | None = None  # volatile_mask() over the whole space, computed on first use
         self.capabilities: list[tuple[int, int, int]] = []  # (id, offset, length)
         self.space: BarSpace = NoBarSpace()
         self.intx: IntxSink | None = None
@@ -323,10 +324,16 @@ class PciDevice:
         intx = state["intx"]
         if type(intx) is not bool:
             raise DeviceStateError("intx must be a boolean")
-        for a in range(CONFIG_SIZE):
-            changeable = self.wmask[a] | self.w1cmask[a] | self.volatile_mask(a)
-            if (config[a] ^ self.defaults[a]) & ~changeable & 0xFF:
-                raise DeviceStateError(f"config byte {a:#x} = {config[a]:#04x} changes read-only bits")
+        # The whole space at once as big integers: a snapshot reset validates every PCI function each
+        # time, and a per-byte Python loop cost ~150 us a function.
+        volatile = int.from_bytes(bytes(self.volatile_mask(a) & 0xFF for a in range(CONFIG_SIZE)), "little") \
+            if self._volatile is None else self._volatile
+        self._volatile = volatile
+        changeable = int.from_bytes(self.wmask, "little") | int.from_bytes(self.w1cmask, "little") | volatile
+        bad = (int.from_bytes(config, "little") ^ int.from_bytes(self.defaults, "little")) & ~changeable
+        if bad:
+            a = ((bad & -bad).bit_length() - 1) // 8  # the lowest offending byte
+            raise DeviceStateError(f"config byte {a:#x} = {config[a]:#04x} changes read-only bits")
         return config, intx
 
     def volatile_mask(self, addr: int) -> int:
