@@ -18,6 +18,7 @@ two machines must share for a state to fit.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kvmpy.kvm import abi
@@ -111,6 +112,13 @@ class VmState:
     # ---- apply -------------------------------------------------------------------
     def apply(self, sections: Sections, cpu_only: bool = False) -> None:
         """Check every section, then restore them all; StreamError if any is missing, extra or unfit."""
+        self.apply_checked(self.check(sections, cpu_only))
+
+    def check(self, sections: Sections, cpu_only: bool = False) -> "CheckedState":
+        """Validate and decode every section without applying anything; StreamError if any is unfit.
+
+        A snapshot checks its state once when it is taken and then applies it on every reset.
+        """
         want = self.expected(cpu_only)
         missing, unknown = sorted(set(want) - set(sections)), sorted(set(sections) - set(want))
         if missing:
@@ -118,7 +126,13 @@ class VmState:
         if unknown:
             raise StreamError(f"the stream has state for parts this machine lacks: {', '.join(unknown)}")
         vcpus, devices = self._check(sections, cpu_only)
-        self._restore(sections, vcpus, devices, cpu_only)
+        return CheckedState(self, sections, tuple(vcpus), devices, cpu_only)
+
+    def apply_checked(self, checked: "CheckedState") -> None:
+        """Restore a state that ``check()`` of this same VmState accepted."""
+        if checked.owner is not self:
+            raise StreamError("this state was checked for another machine")
+        self._restore(checked.sections, list(checked.vcpus), checked.devices, checked.cpu_only)
 
     def _check(self, sections: Sections, cpu_only: bool) -> tuple[list[VcpuState], dict[str, Any]]:
         b = self.board
@@ -175,3 +189,13 @@ class VmState:
                 b.vm.set_clock(sections["vm/clock"])
         except Exception as exc:  # hostile values that KVM refuses
             raise StreamError(f"section {step} cannot be restored: {exc}") from None
+
+
+@dataclass(frozen=True)
+class CheckedState:
+    """Sections that ``VmState.check`` validated and decoded for one machine, ready to apply."""
+    owner: VmState
+    sections: Sections
+    vcpus: tuple[VcpuState, ...]
+    devices: dict[str, Any]
+    cpu_only: bool

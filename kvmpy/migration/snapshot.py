@@ -15,7 +15,7 @@ import numpy as np
 
 from kvmpy.memory.ramblock import PAGE_SIZE, RAMBlock
 from kvmpy.migration.interface import MigratableVm
-from kvmpy.vmstate import Sections
+from kvmpy.vmstate import CheckedState
 
 MAX_SLICES = 64  # above this many dirty runs, one gathered copy beats a slice copy per run
 
@@ -41,7 +41,7 @@ class Snapshot:
     vm: MigratableVm
     blocks: list[RAMBlock]
     ram: list[np.ndarray]  # (npages, PAGE_SIZE) copies
-    state: Sections  # VmState.capture(): clock, irqchip, PIT, vCPUs, devices
+    state: CheckedState  # VmState.capture(), checked: clock, irqchip, PIT, vCPUs, devices
     last_reset_pages: int = 0
 
     @classmethod
@@ -52,7 +52,7 @@ class Snapshot:
             vm.vmstate.complete_pending_io()
             vm.dirty_log.collect(blocks)  # from now on, the log holds exactly what changed since the copy
             ram = [b.array.reshape(-1, PAGE_SIZE).copy() for b in blocks]
-            state = vm.vmstate.capture()
+            state = vm.vmstate.check(vm.vmstate.capture())  # checked once, applied on every reset
         return cls(vm, blocks, ram, state)
 
     def reset(self) -> int:
@@ -64,6 +64,6 @@ class Snapshot:
             for block, saved in zip(self.blocks, self.ram):
                 n += _restore_pages(block.array.reshape(-1, PAGE_SIZE), saved, dirty[block])
             vm.vmstate.complete_pending_io()
-            vm.vmstate.apply(self.state)
+            vm.vmstate.apply_checked(self.state)
         self.last_reset_pages = n
         return n
