@@ -173,7 +173,7 @@ def test_mistakes_are_qemus_one_line(args: list[str], message: str, capsys) -> N
     (["-hda", "/etc/hostname"], "-hda /etc/hostname: IDE is not supported yet; use if=virtio"),
     (["-cdrom", "/etc/hostname"], "CD-ROM drives (IDE) are not supported yet"),
     (["-blockdev", "driver=file,node-name=f,filename=/etc/hostname"], "cannot attach -blockdev nodes yet"),
-    (["-chardev", "null,id=c0"], "has no chardev backend 'null' yet"),
+    (["-chardev", "null,id=c0"], "chardev 'c0' is not connected to anything"),
     (["-object", "memory-backend-ram,id=m0,size=1M"], "has no object type 'memory-backend-ram' yet"),
 ])
 def test_the_board_refuses_what_it_does_not_build_yet_by_name(args: list[str], message: str, capsys) -> None:
@@ -185,6 +185,13 @@ def test_the_board_refuses_what_it_does_not_build_yet_by_name(args: list[str], m
 def test_the_riscv_board_refuses_device_options_too(capsys) -> None:
     assert main(["-M", "virt", "-kernel", "/etc/hostname", "-netdev", "user,id=n0"]) == 2
     assert "machine 'virt' has no netdev type 'user' yet" in capsys.readouterr().err
+    assert main(["-M", "virt", "-kernel", "/etc/hostname", "-chardev", "null,id=c", "-serial", "chardev:c"]) == 2
+    assert "machine 'virt' has no chardev backend 'null' yet" in capsys.readouterr().err
+
+
+def test_serial_on_a_chardev_is_a_valid_pc_config() -> None:
+    c = _cfg("-chardev", "socket,id=c0,path=/tmp/kvmpy-s,server=on,wait=off", "-serial", "chardev:c0").validate()
+    assert c.serial == "chardev:c0" and c.chardevs[0].path == "/tmp/kvmpy-s"
 
 
 @pytest.mark.parametrize("option", ["-device", "-netdev", "-chardev", "-object"])
