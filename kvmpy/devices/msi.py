@@ -144,6 +144,12 @@ class MsiRoutes:
             self.commits += 1
             self.vm.set_gsi_routing(self.routes())
 
+    def flush(self) -> None:
+        """Commit now if a change is waiting (even inside a batch)."""
+        with self._lock:
+            if self._dirty:
+                self.commit()
+
     def _changed(self) -> None:
         self._dirty = True
         if self._batch_depth == 0:
@@ -228,7 +234,8 @@ class MsiVector:
                 return
             self._masked = False
             if self.gsi is not None:
-                self.routes.vm.irqfd(self._fd, self.gsi)  # KVM injects at once if the eventfd is signalled
+                self.routes.flush()  # the route must be in KVM before binding: held triggers go out at once
+                self.routes.vm.irqfd(self._fd, self.gsi)
                 return
             deliver = self._pending and self._message is not None
             self._pending = False

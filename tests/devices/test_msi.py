@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import sys
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -16,46 +13,32 @@ from kvmpy.kvm.errors import KvmCapabilityError
 from kvmpy.kvm.vcpu import VcpuFd
 from kvmpy.kvm.vm import IrqchipRoute, MsiRoute, VmFd
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "kvm"))
-from kvm_helpers import apic_irr, enabled_apic_vcpu, open_vm, wait_irr  # noqa: E402
+from kvm_helpers import apic_irr, open_vm, wait_irr  # on sys.path by tests/devices/conftest.py
 
 pytestmark = pytest.mark.kvm_host
 
 MSI_ADDR = 0xFEE00000  # fixed delivery to APIC ID 0
 
 
-@pytest.fixture
-def vm() -> Iterator[VmFd]:
-    with open_vm() as v:
-        yield v
-
-
-@pytest.fixture
-def vcpu(vm: VmFd) -> Iterator[VcpuFd]:
-    c = enabled_apic_vcpu(vm)
-    yield c
-    c.close()
-
-
-def _chip(vm: VmFd, chip_id: int):  # -> cffi struct kvm_irqchip *
+def _chip(kvm_vm: VmFd, chip_id: int):  # -> cffi struct kvm_irqchip *
     p = ffi.new("struct kvm_irqchip *")
-    ffi.buffer(p)[:] = vm.get_irqchip(chip_id)
+    ffi.buffer(p)[:] = kvm_vm.get_irqchip(chip_id)
     return p
 
 
-def _irr(vm: VmFd) -> tuple[int, int, int]:
-    return (_chip(vm, abi.IRQCHIP_PIC_MASTER).chip.pic.irr, _chip(vm, abi.IRQCHIP_PIC_SLAVE).chip.pic.irr,
-            _chip(vm, abi.IRQCHIP_IOAPIC).chip.ioapic.irr)
+def _irr(kvm_vm: VmFd) -> tuple[int, int, int]:
+    return (_chip(kvm_vm, abi.IRQCHIP_PIC_MASTER).chip.pic.irr, _chip(kvm_vm, abi.IRQCHIP_PIC_SLAVE).chip.pic.irr,
+            _chip(kvm_vm, abi.IRQCHIP_IOAPIC).chip.ioapic.irr)
 
 
-def _line_effects(vm: VmFd) -> list[tuple[int, int, int]]:
+def _line_effects(kvm_vm: VmFd) -> list[tuple[int, int, int]]:
     """For each GSI 0-23: the request bits KVM_IRQ_LINE newly sets in (PIC master, PIC slave, IOAPIC)."""
     effects = []
     for gsi in range(24):
-        before = _irr(vm)
-        vm.irq_line(gsi, 1)
-        after = _irr(vm)
-        vm.irq_line(gsi, 0)
+        before = _irr(kvm_vm)
+        kvm_vm.irq_line(gsi, 1)
+        after = _irr(kvm_vm)
+        kvm_vm.irq_line(gsi, 0)
         effects.append(tuple(a & ~b for a, b in zip(after, before)))
     return effects
 
@@ -77,41 +60,41 @@ def test_the_default_table_is_the_kernels() -> None:
         assert len(DEFAULT_ROUTES) == 40 and IrqchipRoute(2, abi.IRQCHIP_PIC_MASTER, 2) in DEFAULT_ROUTES
 
 
-def test_isa_irq_still_reaches_the_cpu_through_the_ioapic(vm: VmFd, vcpu: VcpuFd) -> None:
-    routes = MsiRoutes(vm)
+def test_isa_irq_still_reaches_the_cpu_through_the_ioapic(kvm_vm: VmFd, apic_vcpu: VcpuFd) -> None:
+    routes = MsiRoutes(kvm_vm)
     with routes.batch():
         for _ in range(3):
             routes.set_route(routes.allocate(), MSI_ADDR, 0x60)
-    ioapic = _chip(vm, abi.IRQCHIP_IOAPIC)
+    ioapic = _chip(kvm_vm, abi.IRQCHIP_IOAPIC)
     ioapic.chip.ioapic.redirtbl[4] = 0x34  # unmasked, edge, fixed, vector 0x34, to APIC 0
-    vm.set_irqchip(bytes(ffi.buffer(ioapic)))
-    pic = _chip(vm, abi.IRQCHIP_PIC_MASTER)
+    kvm_vm.set_irqchip(bytes(ffi.buffer(ioapic)))
+    pic = _chip(kvm_vm, abi.IRQCHIP_PIC_MASTER)
     pic.chip.pic.imr = 0xFF  # so the PIC's ExtINT path stays out of the picture
-    vm.set_irqchip(bytes(ffi.buffer(pic)))
-    vm.irq_line(4, 1)
-    vm.irq_line(4, 0)
-    assert 0x34 in apic_irr(vcpu)
+    kvm_vm.set_irqchip(bytes(ffi.buffer(pic)))
+    kvm_vm.irq_line(4, 1)
+    kvm_vm.irq_line(4, 0)
+    assert 0x34 in apic_irr(apic_vcpu)
 
 
-def test_vector_delivers_through_irqfd_and_holds_while_masked(vm: VmFd, vcpu: VcpuFd) -> None:
-    routes = MsiRoutes(vm)
+def test_vector_delivers_through_irqfd_and_holds_while_masked(kvm_vm: VmFd, apic_vcpu: VcpuFd) -> None:
+    routes = MsiRoutes(kvm_vm)
     assert routes.use_irqfd
     vec = routes.vector()
     assert vec.gsi == FIRST_MSI_GSI and vec.masked and vec.fd >= 0
     vec.update(MSI_ADDR, 0x41)
     vec.unmask()
     vec.trigger()
-    assert wait_irr(vcpu, 0x41)
+    assert wait_irr(apic_vcpu, 0x41)
     vec.update(MSI_ADDR, 0x42)  # a new message re-routes the GSI
     vec.trigger()
-    assert wait_irr(vcpu, 0x42)
+    assert wait_irr(apic_vcpu, 0x42)
     vec.mask()
     vec.trigger()
     vec.trigger()
-    assert vec.pending() and 0x43 not in apic_irr(vcpu)
+    assert vec.pending() and 0x43 not in apic_irr(apic_vcpu)
     vec.update(MSI_ADDR, 0x43)
     vec.unmask()  # what was held is delivered with the message in force now
-    assert wait_irr(vcpu, 0x43) and not vec.pending()
+    assert wait_irr(apic_vcpu, 0x43) and not vec.pending()
     vec.mask()
     vec.trigger()
     vec.clear_pending()
@@ -123,18 +106,18 @@ def test_vector_delivers_through_irqfd_and_holds_while_masked(vm: VmFd, vcpu: Vc
     assert routes.vector().gsi == FIRST_MSI_GSI  # the freed GSI is handed out again
 
 
-def test_signal_msi_fallback_behaves_the_same(vm: VmFd, vcpu: VcpuFd) -> None:
-    routes = MsiRoutes(vm, prefer_irqfd=False)
+def test_signal_msi_fallback_behaves_the_same(kvm_vm: VmFd, apic_vcpu: VcpuFd) -> None:
+    routes = MsiRoutes(kvm_vm, prefer_irqfd=False)
     vec = routes.vector()
     assert vec.gsi is None and vec.fd == -1
     vec.trigger()  # masked, no message: held
     vec.update(MSI_ADDR, 0x51)
-    assert vec.pending() and 0x51 not in apic_irr(vcpu)
+    assert vec.pending() and 0x51 not in apic_irr(apic_vcpu)
     vec.unmask()
-    assert 0x51 in apic_irr(vcpu) and not vec.pending()
+    assert 0x51 in apic_irr(apic_vcpu) and not vec.pending()
     vec.update(MSI_ADDR, 0x52)
     vec.trigger()
-    assert 0x52 in apic_irr(vcpu)
+    assert 0x52 in apic_irr(apic_vcpu)
     assert routes.commits == 0  # no routing table involved
     vec.release()
     vec.trigger()
@@ -142,9 +125,9 @@ def test_signal_msi_fallback_behaves_the_same(vm: VmFd, vcpu: VcpuFd) -> None:
         vec.update(MSI_ADDR, 0x53)
 
 
-def test_a_batch_is_one_ioctl_and_errors_are_clear(vm: VmFd) -> None:
-    vm.create_irqchip()
-    routes = MsiRoutes(vm)
+def test_a_batch_is_one_ioctl_and_errors_are_clear(kvm_vm: VmFd) -> None:
+    kvm_vm.create_irqchip()
+    routes = MsiRoutes(kvm_vm)
     gsis = [routes.allocate() for _ in range(8)]
     assert gsis == list(range(24, 32)) and routes.commits == 0
     with routes.batch():
@@ -162,9 +145,9 @@ def test_a_batch_is_one_ioctl_and_errors_are_clear(vm: VmFd) -> None:
         routes.set_route(gsis[1], 1 << 64, 0)
 
 
-def test_the_table_has_a_limit(vm: VmFd) -> None:
-    vm.create_irqchip()
-    routes = MsiRoutes(vm)
+def test_the_table_has_a_limit(kvm_vm: VmFd) -> None:
+    kvm_vm.create_irqchip()
+    routes = MsiRoutes(kvm_vm)
     n = routes.max_routes - len(DEFAULT_ROUTES)
     got = [routes.allocate() for _ in range(n)]
     assert max(got) < routes.max_routes
@@ -176,15 +159,15 @@ def test_the_table_has_a_limit(vm: VmFd) -> None:
     assert routes.commits == 1  # KVM took the fullest table it allows
 
 
-def test_no_msi_without_kernel_support(vm: VmFd) -> None:
-    routes = MsiRoutes(vm, prefer_irqfd=False)
+def test_no_msi_without_kernel_support(kvm_vm: VmFd) -> None:
+    routes = MsiRoutes(kvm_vm, prefer_irqfd=False)
     routes.use_signal_msi = False  # as on a KVM without KVM_CAP_SIGNAL_MSI
     with pytest.raises(KvmCapabilityError, match="no MSI"):
         routes.vector()
 
 
-def test_vectors_from_many_threads(vm: VmFd, vcpu: VcpuFd) -> None:
-    routes = MsiRoutes(vm)
+def test_vectors_from_many_threads(kvm_vm: VmFd, apic_vcpu: VcpuFd) -> None:
+    routes = MsiRoutes(kvm_vm)
     vectors = []
     lock = threading.Lock()
 
@@ -208,4 +191,4 @@ def test_vectors_from_many_threads(vm: VmFd, vcpu: VcpuFd) -> None:
     gsis = [v.gsi for v in vectors]
     assert len(set(gsis)) == len(gsis) == 20 and routes.allocated() == frozenset(gsis)
     assert {r.gsi for r in routes.routes() if isinstance(r, MsiRoute)} == set(gsis)
-    assert all(wait_irr(vcpu, 0x80 + i) for i in range(4))
+    assert all(wait_irr(apic_vcpu, 0x80 + i) for i in range(4))
