@@ -365,5 +365,6 @@ class PcBoard:
     def close(self) -> None:
         for v in self.vcpus:
             v.close()
+        self.msi.close()
         self.vm.close()
         self.kvm.close()

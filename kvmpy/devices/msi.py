@@ -27,6 +27,7 @@ import logging
 import os
 import select
 import threading
+import weakref
 from collections.abc import Iterator
 
 from kvmpy.kvm import abi
@@ -73,6 +74,7 @@ class MsiRoutes:
         self._freed: list[int] = []  # a heap of GSIs given back, below ``_next``
         self._next = FIRST_MSI_GSI
         self._messages: dict[int, tuple[int, int]] = {}  # GSI -> (address, data) for routed GSIs
+        self._vectors: weakref.WeakSet[MsiVector] = weakref.WeakSet()  # the ones not yet released, for close()
         self._batch_depth = 0
         self._dirty = False
         self.commits = 0  # KVM_SET_GSI_ROUTING calls made (a figure for tests and stats)
@@ -163,10 +165,22 @@ class MsiRoutes:
     def vector(self) -> "MsiVector":
         """A new MSI source, masked and without a message until ``update()``/``unmask()``."""
         if self.use_irqfd:
-            return MsiVector(self, self.allocate())
-        if self.use_signal_msi:
-            return MsiVector(self, None)
-        raise KvmCapabilityError("this KVM has neither irqfd with GSI routing nor KVM_SIGNAL_MSI: no MSI")
+            vec = MsiVector(self, self.allocate())
+        elif self.use_signal_msi:
+            vec = MsiVector(self, None)
+        else:
+            raise KvmCapabilityError("this KVM has neither irqfd with GSI routing nor KVM_SIGNAL_MSI: no MSI")
+        with self._lock:
+            self._vectors.add(vec)
+        return vec
+
+    def close(self) -> None:
+        """The VM is going away: close every vector's eventfd without further ioctls."""
+        with self._lock:
+            vectors = list(self._vectors)
+            self._vectors.clear()
+        for vec in vectors:
+            vec.close()
 
 
 class MsiVector:
@@ -261,6 +275,14 @@ class MsiVector:
                     os.eventfd_read(self._fd)
                 except BlockingIOError:
                     pass
+
+    def close(self) -> None:
+        """Close the eventfd only (the VM is being torn down, which drops its irqfds itself)."""
+        with self._lock:
+            self._released = self._masked = True
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
 
     def release(self) -> None:
         """Unbind, free the GSI and close the eventfd; later triggers are ignored."""

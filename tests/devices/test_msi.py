@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 
 import pytest
@@ -12,8 +14,9 @@ from kvmpy.kvm.abi import ffi
 from kvmpy.kvm.errors import KvmCapabilityError
 from kvmpy.kvm.vcpu import VcpuFd
 from kvmpy.kvm.vm import IrqchipRoute, MsiRoute, VmFd
+from kvmpy.vcpu.thread import KICK_SIGNAL, install_kick_handler
 
-from kvm_helpers import apic_irr, open_vm, wait_irr  # on sys.path by tests/devices/conftest.py
+from kvm_helpers import apic_irr, enter_real_mode, map_ram, open_vm, wait_irr  # on sys.path by tests/devices/conftest.py
 
 pytestmark = pytest.mark.kvm_host
 
@@ -103,7 +106,14 @@ def test_vector_delivers_through_irqfd_and_holds_while_masked(kvm_vm: VmFd, apic
     vec.release()  # idempotent
     vec.trigger()  # ignored, never a write to a closed (or reused) fd
     assert routes.allocated() == frozenset() and routes.routes() == list(DEFAULT_ROUTES)
-    assert routes.vector().gsi == FIRST_MSI_GSI  # the freed GSI is handed out again
+    left = routes.vector()
+    assert left.gsi == FIRST_MSI_GSI  # the freed GSI is handed out again
+    fd = left.fd
+    routes.close()  # the board closes: every eventfd still open is closed, no ioctl needed
+    assert left.fd == -1 and left.masked
+    with pytest.raises(OSError):
+        os.fstat(fd)
+    left.trigger()  # ignored
 
 
 def test_signal_msi_fallback_behaves_the_same(kvm_vm: VmFd, apic_vcpu: VcpuFd) -> None:
@@ -192,3 +202,28 @@ def test_vectors_from_many_threads(kvm_vm: VmFd, apic_vcpu: VcpuFd) -> None:
     assert len(set(gsis)) == len(gsis) == 20 and routes.allocated() == frozenset(gsis)
     assert {r.gsi for r in routes.routes() if isinstance(r, MsiRoute)} == set(gsis)
     assert all(wait_irr(apic_vcpu, 0x80 + i) for i in range(4))
+
+
+def test_a_real_mode_guest_takes_the_vectors_interrupt(kvm_vm: VmFd, apic_vcpu: VcpuFd) -> None:
+    """End to end: eventfd write -> irqfd -> MSI route -> APIC -> the guest's handler runs (an OUT exit says so)."""
+    ram = map_ram(kvm_vm, 0, 0, 0x10000)
+    ram.mm[0x41 * 4:0x41 * 4 + 4] = (0x2000).to_bytes(4, "little")  # IVT: vector 0x41 -> 0000:2000
+    ram.mm[0x1000:0x1004] = bytes([0xFB, 0xF4, 0xEB, 0xFD])  # sti; hlt; jmp hlt
+    ram.mm[0x2000:0x2005] = bytes([0xB0, 0x41, 0xE6, 0x10, 0xCF])  # mov al, 0x41; out 0x10, al; iret
+    enter_real_mode(apic_vcpu, 0x1000)
+    vec = MsiRoutes(kvm_vm).vector()
+    vec.update(MSI_ADDR, 0x41)
+    vec.unmask()
+    vec.trigger()
+    assert wait_irr(apic_vcpu, 0x41)
+    install_kick_handler()  # a watchdog kick ends KVM_RUN if the interrupt never came
+    watchdog = threading.Timer(10, signal.pthread_kill, (threading.get_ident(), KICK_SIGNAL))
+    watchdog.start()
+    try:
+        assert apic_vcpu.run(), "the guest never took the interrupt"
+    finally:
+        watchdog.cancel()
+    assert apic_vcpu.exit_reason == abi.EXIT_IO
+    direction, size, port, _, data_offset = abi.RUN_IO.unpack_from(apic_vcpu.run_mm, abi.RUN_UNION)
+    assert (direction, size, port, apic_vcpu.run_mm[data_offset]) == (abi.IO_OUT, 1, 0x10, 0x41)
+    assert 0x41 not in apic_irr(apic_vcpu)  # taken: in service now, no longer requested
