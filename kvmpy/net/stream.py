@@ -139,6 +139,9 @@ class Endpoint(Protocol):
         """Block until a connected socket or until ``stop_fd`` is readable (then None); None also
         means no further connection will come."""
 
+    def ready_connection(self) -> socket.socket | None:
+        """A connection that exists already (taken once, at start), or None."""
+
     def state(self) -> str:
         """What the endpoint is doing while no connection is up, for ``info``."""
 
@@ -221,6 +224,9 @@ class StreamServer:
                 return None
             return conn
 
+    def ready_connection(self) -> socket.socket | None:
+        return None
+
     def state(self) -> str:
         return self._state
 
@@ -266,6 +272,9 @@ class StreamClient:
                 return None
             return sock
 
+    def ready_connection(self) -> socket.socket | None:
+        return None
+
     def _connect(self, stop_fd: int) -> socket.socket | None:
         if self.address.family == "unix":
             targets = [(socket.AF_UNIX, socket.SOCK_STREAM, 0, "", self.address.unix_sockaddr())]
@@ -309,6 +318,9 @@ class ConnectedSocket:
         self._name = name
 
     def next_connection(self, stop_fd: int) -> socket.socket | None:
+        return self.ready_connection()
+
+    def ready_connection(self) -> socket.socket | None:
         sock, self._sock = self._sock, None
         return sock
 
@@ -355,7 +367,10 @@ class StreamBackend(NetBackend):
         if self._thread is not None:
             raise RuntimeError(f"netdev {self.id} already started")
         self._receive = receive
-        self._thread = threading.Thread(target=self._run, name=f"netdev-{self.id}", daemon=True)
+        first = self.endpoint.ready_connection()
+        if first is not None:
+            self._attach(first)  # usable by send() as soon as start() returns
+        self._thread = threading.Thread(target=self._run, args=(first,), name=f"netdev-{self.id}", daemon=True)
         self._thread.start()
 
     def send(self, frame: bytes | memoryview) -> None:
@@ -425,20 +440,24 @@ class StreamBackend(NetBackend):
         except OSError:
             pass  # closed: nothing to wake
 
-    def _run(self) -> None:
+    def _attach(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as QEMU: frames are latency-bound
+        self._peer = _describe_peer(sock)
+        with self._tx_lock:
+            self._sock = sock
+            self._txbuf.clear()
+        self._connected.set()
+        log.info("netdev %s: connected to %s", self.id, self._peer)
+
+    def _run(self, sock: socket.socket | None) -> None:
         while True:
-            sock = self.endpoint.next_connection(self._stop_fd)
             if sock is None:
-                return
-            sock.setblocking(False)
-            if sock.family in (socket.AF_INET, socket.AF_INET6):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as QEMU: frames are latency-bound
-            self._peer = _describe_peer(sock)
-            with self._tx_lock:
-                self._sock = sock
-                self._txbuf.clear()
-            self._connected.set()
-            log.info("netdev %s: connected to %s", self.id, self._peer)
+                sock = self.endpoint.next_connection(self._stop_fd)
+                if sock is None:
+                    return
+                self._attach(sock)
             try:
                 reason = self._serve(sock)
             except Exception:  # never let a peer take the VMM down
@@ -450,6 +469,7 @@ class StreamBackend(NetBackend):
                 self._txbuf.clear()
             self.stats.disconnects[reason] = self.stats.disconnects.get(reason, 0) + 1
             sock.close()
+            sock = None
             if reason == "stopped":
                 return
             log.info("netdev %s: connection to %s ended (%s)", self.id, self._peer, reason)
