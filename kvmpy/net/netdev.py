@@ -7,8 +7,7 @@ imported lazily, so a machine without networking imports none of them.
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from kvmpy.errors import ConfigError
@@ -24,12 +23,38 @@ class NetdevSpecLike(Protocol):
     props: tuple[tuple[str, str], ...]
 
 
-# type -> (module, builder function taking NetdevOptions, the keys that type accepts)
-_BUILDERS: dict[str, tuple[str, str, str]] = {
-    "stream": ("kvmpy.net.stream", "stream_from_options", "STREAM_KEYS"),
-    "socket": ("kvmpy.net.stream", "socket_from_options", "SOCKET_KEYS"),
-    "user": ("kvmpy.net.user", "user_from_options", "USER_KEYS"),
-    "tap": ("kvmpy.net.tap", "tap_from_options", "TAP_KEYS"),
+Props = Iterable[tuple[str, str]]
+
+
+def _stream(netdev_id: str, props: Props) -> NetBackend:
+    from kvmpy.net import stream
+    return stream.stream_from_options(NetdevOptions("stream", netdev_id, props, stream.STREAM_KEYS))
+
+
+def _socket(netdev_id: str, props: Props) -> NetBackend:
+    from kvmpy.net import stream
+    return stream.socket_from_options(NetdevOptions("socket", netdev_id, props, stream.SOCKET_KEYS))
+
+
+def _user(netdev_id: str, props: Props) -> NetBackend:
+    from kvmpy.net import user
+    return user.user_from_options(NetdevOptions("user", netdev_id, props, user.USER_KEYS))
+
+
+def _tap(netdev_id: str, props: Props) -> NetBackend:
+    import kvmpy.net.tap as tap  # helper vnet's module: TapBackend.from_options(mapping), NetdevError
+    try:
+        return tap.TapBackend.from_options({**dict(props), "id": netdev_id})
+    except tap.NetdevError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+# One line per -netdev type; each builder imports its backend module when first used.
+_BUILDERS: dict[str, Callable[[str, Props], NetBackend]] = {
+    "stream": _stream,
+    "socket": _socket,
+    "user": _user,
+    "tap": _tap,
 }
 
 
@@ -42,18 +67,15 @@ def make_netdev(spec: NetdevSpecLike) -> NetBackend:
     return build_netdev(spec.type, spec.id, spec.props)
 
 
-def build_netdev(kind: str, netdev_id: str, props: Iterable[tuple[str, str]]) -> NetBackend:
+def build_netdev(kind: str, netdev_id: str, props: Props) -> NetBackend:
     if not netdev_id:
         raise ConfigError(f"-netdev {kind}: Parameter 'id' is missing")
-    entry = _BUILDERS.get(kind)
-    if entry is None:
+    builder = _BUILDERS.get(kind)
+    if builder is None:
         raise ConfigError(f"-netdev {kind[:32]}: unknown netdev type (kvmpy has {', '.join(netdev_types())})")
-    module_name, builder, keys = entry
     try:
-        module = importlib.import_module(module_name)
+        return builder(netdev_id, props)
     except ModuleNotFoundError as exc:
-        if exc.name != module_name:
+        if not (exc.name or "").startswith("kvmpy.net."):
             raise
         raise ConfigError(f"-netdev {kind}: this backend is not available in this build") from None
-    options = NetdevOptions(kind, netdev_id, props, getattr(module, keys))
-    return getattr(module, builder)(options)
