@@ -330,7 +330,7 @@ def legacy_drive(option: str, file: str, index: int | None, media: str = "disk")
     if len(file) > qemu_opts.MAX_OPTION_TEXT or "\0" in file:
         raise ConfigError(f"{option}: invalid file name {shown(file)}")
     return DriveSpec(file=Path(file) if file else None, index=index, media=media, interface="ide",
-                     readonly=media == "cdrom", source=f"{option} {file}".strip())
+                     readonly=media == "cdrom", source=qemu_opts.where(option, file).strip())
 
 
 def _check_node_name(name: Any, source: str) -> str:
