@@ -38,13 +38,19 @@ import logging
 import os
 import selectors
 import threading
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from kvmpy.devices.device import DeviceStateError, check_keys, int_field
 from kvmpy.devices.pci.device import Bar, BarKind, PciDevice, PciIdentity
 from kvmpy.devices.virtio.device import (F_EVENT_IDX, F_INDIRECT_DESC, F_VERSION_1, STATUS_DRIVER_OK,
                                          STATUS_FEATURES_OK, STATUS_NEEDS_RESET, VirtioContext, VirtioDevice, bit)
 from kvmpy.devices.virtio.queue import GuestRam, SplitQueue, VirtQueueError
+from kvmpy.errors import ConfigError
+from kvmpy.kvm.errors import KvmError
+
+if TYPE_CHECKING:
+    from kvmpy.config_devices import DeviceSpec
+    from kvmpy.kvm.vm import VmFd
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +157,6 @@ class VirtioPci(PciDevice):
         self.device = device
         self.memory = memory
         self.max_sizes = sizes
-        self.qdev_id = qdev_id
         self.bar_device = ModernBar(self)
         self.queues = [SplitQueue(memory, n) for n in sizes]
         self.vectors = [NO_VECTOR] * len(sizes)  # queue_msix_vector of each queue
@@ -169,6 +174,7 @@ class VirtioPci(PciDevice):
         self.msix: Msix | None = None
         self._msix_factory = msix_factory
         super().__init__(name, identity, tuple(bars))
+        self.qdev_id = qdev_id
         if msix_factory is not None:
             self.msix = msix_factory(self)
 
@@ -685,3 +691,52 @@ class VirtioPci(PciDevice):
                 pending, self.pending = self.pending, set()
                 for i in pending:
                     os.eventfd_write(self._notify_fds[i], 1)
+
+
+# ---- building a function for a board from a -device line ----------------------------------------
+TRANSPORT_PROPS = frozenset({"addr", "vectors", "disable-legacy", "disable-modern"})
+
+
+class PciBoard(Protocol):
+    """What a board gives the virtio functions it builds: guest RAM and its KVM VM (ioeventfds)."""
+
+    memory: Any
+    vm: "VmFd"
+
+
+def kvm_ioeventfd(vm: "VmFd", name: str) -> IoEventFdHook:
+    """Register a queue's eventfd on its notify address with KVM (2-byte writes, as Linux makes them).
+
+    When KVM refuses, the notify write exits to the MMIO handler, which signals the same eventfd.
+    """
+    warned: list[bool] = []
+
+    def hook(fd: int, addr: int, assign: bool) -> bool:
+        try:
+            vm.ioeventfd(fd, addr, 2, pio=False, deassign=not assign)
+            return True
+        except (KvmError, OSError, ValueError) as exc:
+            if not warned:
+                warned.append(True)
+                log.warning("%s: no KVM ioeventfd at %#x (%s); kicks take the MMIO exit", name, addr, exc)
+            return False
+    return hook
+
+
+def virtio_pci(board: PciBoard, spec: "DeviceSpec", device: VirtioDevice,
+               device_props: frozenset[str] = frozenset()) -> VirtioPci:
+    """The modern transport around ``device`` for ``-device DRIVER,...``; refuses what it cannot honour.
+
+    ``device_props`` are the properties the device's own factory reads; any other one (beyond the
+    transport's and ``id``) is refused with QEMU's message.
+    """
+    where = spec.source or f"-device {spec.driver}"
+    for key, _ in spec.props:
+        if key not in TRANSPORT_PROPS and key not in device_props:
+            raise ConfigError(f"{where}: Property '{spec.driver}.{key}' not found")
+    if spec.get("disable-legacy", "on") not in ("on", "auto", "true", "yes") \
+            or spec.get_bool("disable-modern", False):
+        raise ConfigError(f"{where}: kvmpy's virtio-pci devices are modern (virtio 1.x) only; "
+                          "disable-legacy=off and disable-modern=on are not supported")
+    return VirtioPci(spec.driver, device, board.memory, ioeventfd=kvm_ioeventfd(board.vm, spec.driver),
+                     qdev_id=spec.id or "")

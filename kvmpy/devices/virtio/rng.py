@@ -13,10 +13,15 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from kvmpy.devices.device import check_keys
 from kvmpy.devices.virtio.device import DeviceType, VirtioContext, VirtioDevice
+from kvmpy.devices.virtio.pci import PciBoard, VirtioPci, virtio_pci
+from kvmpy.errors import ConfigError
+
+if TYPE_CHECKING:
+    from kvmpy.config_devices import DeviceSpec
 
 log = logging.getLogger(__name__)
 
@@ -79,3 +84,17 @@ class VirtioRng(VirtioDevice):
     def validate(self, state: dict[str, Any]) -> Any:
         check_keys(state, set())
         return None
+
+
+def virtio_rng_pci(board: PciBoard, spec: "DeviceSpec") -> VirtioPci:
+    """``-device virtio-rng-pci[,rng=ID]``: entropy from the host's getrandom().
+
+    ``rng=`` may name an rng-builtin/rng-random object (the front end checks it exists); either way
+    the bytes come from getrandom(), the kernel CSPRNG behind /dev/urandom. QEMU's rate limit
+    (max-bytes/period) is refused rather than ignored.
+    """
+    where = spec.source or "-device virtio-rng-pci"
+    for key in ("max-bytes", "period"):
+        if spec.get(key) is not None:
+            raise ConfigError(f"{where}: virtio-rng-pci's {key}= (rate limiting) is not supported by kvmpy")
+    return virtio_pci(board, spec, VirtioRng(), device_props=frozenset({"rng", "max-bytes", "period"}))
