@@ -41,7 +41,9 @@ import threading
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from kvmpy.devices.device import DeviceStateError, check_keys, int_field
+from kvmpy.devices.msi import MsiRoutes
 from kvmpy.devices.pci.device import Bar, BarKind, PciDevice, PciIdentity
+from kvmpy.devices.pci.msix import MAX_VECTORS, MsiX
 from kvmpy.devices.virtio.device import (F_EVENT_IDX, F_INDIRECT_DESC, F_VERSION_1, STATUS_DRIVER_OK,
                                          STATUS_FEATURES_OK, STATUS_NEEDS_RESET, VirtioContext, VirtioDevice, bit)
 from kvmpy.devices.virtio.queue import GuestRam, SplitQueue, VirtQueueError
@@ -83,25 +85,6 @@ Q_ADDRS = {Q_DESC_LO: "desc_addr", Q_DRIVER_LO: "avail_addr", Q_DEVICE_LO: "used
 ISR_QUEUE, ISR_CONFIG = 1, 2
 TRANSPORT_FEATURES = bit(F_VERSION_1) | bit(F_INDIRECT_DESC) | bit(F_EVENT_IDX)
 PCI_CLASS_OTHER = 0x00FF
-
-
-class Msix(Protocol):
-    """What the transport needs of an MSI-X capability (kvmpy.devices.pci.msix)."""
-
-    @property
-    def vectors(self) -> int: ...
-
-    def enabled(self) -> bool: ...
-
-    def notify(self, vector: int) -> None: ...
-
-    def reset(self) -> None: ...
-
-    def save(self) -> dict[str, Any]: ...
-
-    def validate(self, state: dict[str, Any]) -> Any: ...
-
-    def restore(self, state: dict[str, Any]) -> None: ...
 
 
 # (eventfd, guest-physical address, assign) -> registered; the board's KVM ioeventfd hook.
@@ -149,7 +132,7 @@ class VirtioPci(PciDevice):
     """One virtio device behind the modern PCI transport (see the module docstring)."""
 
     def __init__(self, name: str, device: VirtioDevice, memory: GuestRam, *,
-                 msix_factory: Callable[["VirtioPci"], Msix | None] | None = None,
+                 msi: MsiRoutes | None = None, vectors: int = 0,
                  ioeventfd: IoEventFdHook | None = None, qdev_id: str = "") -> None:
         sizes = tuple(device.queue_max_sizes)
         if not 1 <= len(sizes) <= MAX_QUEUES:
@@ -169,14 +152,14 @@ class VirtioPci(PciDevice):
         self._closed = False
         self._init_common()
         bars = [Bar(MODERN_BAR, BarKind.MEM64, MODERN_BAR_SIZE, self.bar_device, prefetchable=True)]
+        # MSI-X (QEMU: table at 0, PBA at 0x800 of a 4 KiB BAR1) when the board routes MSIs and vectors > 0.
+        self.msix = MsiX(msi, vectors, name=f"{name} MSI-X") if msi is not None and vectors > 0 else None
+        if self.msix is not None:
+            bars.insert(0, Bar(MSIX_BAR, BarKind.MEM32, MSIX_BAR_SIZE, self.msix))
         identity = PciIdentity(VENDOR, DEVICE_ID_BASE + int(device.device_type), device.pci_class,
                                revision=1, interrupt_pin=1)
-        self.msix: Msix | None = None
-        self._msix_factory = msix_factory
         super().__init__(name, identity, tuple(bars))
         self.qdev_id = qdev_id
-        if msix_factory is not None:
-            self.msix = msix_factory(self)
 
     def _init_common(self) -> None:
         self.dfselect = 0
@@ -212,6 +195,12 @@ class VirtioPci(PciDevice):
             wmask[lo:hi] = b"\xff" * (hi - lo)
         self.add_capability(CAP_VENDOR, CAP_AT[CAP_PCI_CFG], vendor_cap(CAP_PCI_CFG, 0, 0, 0, bytes(4)),
                             writable=bytes(wmask))
+        if self.msix is not None:
+            self.msix.attach(self, MSIX_CAP_AT)
+
+    def config_written(self, old: bytes, addr: int, size: int) -> None:
+        if self.msix is not None:
+            self.msix.config_written(addr, size)  # MSI-X Enable / Function Mask
 
     def config_read(self, addr: int, size: int) -> int:
         base = CAP_AT[CAP_PCI_CFG] + PCI_CFG_DATA
@@ -337,7 +326,7 @@ class VirtioPci(PciDevice):
     def _vector(self, value: int) -> int:
         """A vector the driver asks for, or NO_VECTOR if the function has no such MSI-X vector."""
         value &= 0xFFFF
-        return value if self.msix is not None and value < self.msix.vectors else NO_VECTOR
+        return value if self.msix is not None and value < self.msix.nvectors else NO_VECTOR
 
     def _queue_register_write(self, off: int, value: int) -> None:
         q = self._selected()
@@ -483,9 +472,7 @@ class VirtioPci(PciDevice):
 
     def _interrupt(self, vector: int, isr_bit: int) -> None:
         """MSI-X vector if the driver enabled MSI-X (NO_VECTOR: none), else ISR + INTx (caller holds the lock)."""
-        if self.msix is not None and self.msix.enabled():
-            if vector != NO_VECTOR:
-                self.msix.notify(vector)
+        if self.msix is not None and self.msix.notify(vector):  # False: MSI-X is off, so INTx
             return
         self.isr |= isr_bit
         self.set_irq(True)
@@ -647,7 +634,7 @@ class VirtioPci(PciDevice):
         return pci
 
     def _check_vector(self, v: int) -> None:
-        if v != NO_VECTOR and (self.msix is None or v >= self.msix.vectors):
+        if v != NO_VECTOR and (self.msix is None or v >= self.msix.nvectors):
             raise DeviceStateError(f"MSI-X vector {v} does not exist on this function")
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -698,10 +685,11 @@ TRANSPORT_PROPS = frozenset({"addr", "vectors", "disable-legacy", "disable-moder
 
 
 class PciBoard(Protocol):
-    """What a board gives the virtio functions it builds: guest RAM and its KVM VM (ioeventfds)."""
+    """What a board gives the virtio functions it builds: guest RAM, its KVM VM (ioeventfds), MSI routes."""
 
     memory: Any
     vm: "VmFd"
+    msi: MsiRoutes
 
 
 def kvm_ioeventfd(vm: "VmFd", name: str) -> IoEventFdHook:
@@ -738,5 +726,6 @@ def virtio_pci(board: PciBoard, spec: "DeviceSpec", device: VirtioDevice,
             or spec.get_bool("disable-modern", False):
         raise ConfigError(f"{where}: kvmpy's virtio-pci devices are modern (virtio 1.x) only; "
                           "disable-legacy=off and disable-modern=on are not supported")
-    return VirtioPci(spec.driver, device, board.memory, ioeventfd=kvm_ioeventfd(board.vm, spec.driver),
-                     qdev_id=spec.id or "")
+    vectors = spec.get_number("vectors", len(device.queue_max_sizes) + 1, lo=0, hi=MAX_VECTORS)
+    return VirtioPci(spec.driver, device, board.memory, msi=board.msi, vectors=vectors or 0,
+                     ioeventfd=kvm_ioeventfd(board.vm, spec.driver), qdev_id=spec.id or "")
