@@ -194,7 +194,7 @@ def test_mistakes_are_qemus_one_line(args: list[str], message: str, capsys) -> N
 
 @pytest.mark.parametrize("args, message", [
     (["-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0"], "netdev type 'user' yet"),
-    (["-device", "virtio-rng-pci"], "unsupported device 'virtio-rng-pci': machine 'pc' does not build it yet"),
+    (["-device", "virtio-serial-pci"], "unsupported device 'virtio-serial-pci': machine 'pc' does not build it yet"),
     (["-drive", "file=/etc/hostname,if=virtio"], "machine 'pc' cannot attach if=virtio drives yet"),
     (["-drive", "file=/etc/hostname"], "-drive file=/etc/hostname: IDE is not supported yet; use if=virtio"),
     (["-hda", "/etc/hostname"], "-hda /etc/hostname: IDE is not supported yet; use if=virtio"),
