@@ -393,6 +393,9 @@ class MachineConfig:
             raise ConfigError(f"unsupported serial backend {shown(self.serial)} (use stdio, file:PATH, null, none "
                               "or chardev:ID)")
         serial_chardev = self.serial[len("chardev:"):] if self.serial.startswith("chardev:") else None
+        stdio = [c.source or "-chardev stdio" for c in self.chardevs if c.backend == "stdio"]
+        if len(stdio) + (self.serial == "stdio") > 1:  # one reader of stdin, as QEMU has
+            raise ConfigError(f"{stdio[-1]}: cannot use stdio by multiple character devices")
         check_devices(self.devices, self.drives, self.blockdevs, self.netdevs, self.chardevs, self.objects,
                       serial_chardev)
         for drive in self.drives:
