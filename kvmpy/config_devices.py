@@ -100,6 +100,8 @@ DRIVE_MEDIA = ("disk", "cdrom")
 CACHE_MODES: Mapping[str, tuple[bool, bool, bool]] = MappingProxyType({
     "writeback": (False, False, True), "none": (True, False, True), "writethrough": (False, False, False),
     "directsync": (True, False, False), "unsafe": (False, True, True)})
+# aio= is checked as QEMU checks it (aio=native needs cache.direct=on) and kept in DriveSpec.props;
+# it names QEMU's I/O engine, so kvmpy's block layer, which runs its own I/O threads, may ignore it.
 AIO_MODES = ("threads", "native", "io_uring")
 # Options of -drive besides the named fields; kept in DriveSpec.props for the block layer and devices.
 DRIVE_OPTIONS = frozenset({"aio", "discard", "detect-zeroes", "werror", "rerror", "bus", "unit", "addr", "serial",
