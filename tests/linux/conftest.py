@@ -65,6 +65,8 @@ def _payload() -> bytes:
 
 MODULES = ["button", "evdev"]  # the ACPI power button and the event device acpid reads
 
+MODULES += ["virtio_pci", "virtio_net"]  # a NIC for tests/linux/test_net_guest.py (deps come with them)
+
 
 def prepare_assets(build: bool = True) -> LinuxAssets:
     """Fetch the cloud kernel and build the test initramfs (cached); ``build=False`` only looks."""
