@@ -7,7 +7,7 @@ import functools
 import os
 from pathlib import Path
 
-from kvmpy.block.backend import BlockBackend, Extent, map_file_range, merge_extents
+from kvmpy.block.backend import BlockBackend, Extent, HostFileOptions, map_file_range, merge_extents
 from kvmpy.block.errors import BlockError, io_errors
 
 _FALLOC_FL_KEEP_SIZE = 0x01
@@ -50,12 +50,9 @@ class RawBackend(BlockBackend):
 
     format_name = "raw"
 
-    def __init__(self, path: Path, readonly: bool = True) -> None:
-        super().__init__(path, readonly)
-        try:
-            self.fd = os.open(self.path, os.O_RDONLY if readonly else os.O_RDWR)
-        except OSError as e:
-            raise BlockError(f"{self.path}: could not open: {e.strerror}") from e
+    def __init__(self, path: Path, readonly: bool = True, host: HostFileOptions | None = None) -> None:
+        super().__init__(path, readonly, host)
+        self.fd = self.open_host_file()
         self._size = os.fstat(self.fd).st_size
 
     @io_errors
@@ -101,7 +98,7 @@ class RawBackend(BlockBackend):
     @io_errors
     def flush(self) -> None:
         if not self.readonly and self.durable:
-            os.fsync(self.fd)
+            os.fdatasync(self.fd)
 
     def size(self) -> int:
         return self._size
@@ -144,7 +141,7 @@ class RawBackend(BlockBackend):
 
     def close(self) -> None:
         if self.fd >= 0:
-            os.close(self.fd)
+            self.close_host_file(self.fd)
             self.fd = -1
 
     def _check_writable(self) -> None:
