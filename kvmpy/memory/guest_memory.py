@@ -39,6 +39,12 @@ class GuestMemory:
             yield r, r.ram_offset + (pos - r.addr), n
             pos += n
 
+    def check(self, gpa: int, length: int, write: bool = False) -> None:
+        """Raise GuestMemoryError unless [gpa, gpa+length) is all RAM (and, with ``write``, all writable)."""
+        for r, _off, _n in self._chunks(gpa, length):
+            if write and r.region.readonly:
+                raise GuestMemoryError(f"guest range [{gpa:#x}, +{length:#x}) hits read-only {r.region.name}")
+
     def read(self, gpa: int, length: int) -> bytes:
         return b"".join(bytes(r.region.ram.mv[off:off + n]) for r, off, n in self._chunks(gpa, length))  # type: ignore[union-attr]
 
