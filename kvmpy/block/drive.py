@@ -84,10 +84,13 @@ class Drive:
     image: BlockBackend
     cache: CacheMode
     discard: str = "ignore"
-    node_name: str = ""
+    node_name: str = ""  # the format node's name (-blockdev node-name), "" for a -drive
+    file_node_name: str = ""
+    serial: str = ""  # a legacy -drive serial= (a device's serial= wins)
     stats: BlockStats = field(default_factory=BlockStats)
     writeback: bool = True
     on_resize: list[Callable[[int], None]] = field(default_factory=list)
+    on_close: list[Callable[[], None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.writeback = self.cache.writeback
@@ -198,16 +201,20 @@ class Drive:
         return chain_of(self.image)
 
     def close(self) -> None:
+        """Release the image (and its locks); idempotent."""
         with self._lock:
             self.image.close()
+            hooks, self.on_close = self.on_close, []
+        for hook in hooks:
+            hook()
 
 
 def open_drive(path: Path | str, fmt: str | None = None, *, id: str, readonly: bool = False,
-               cache: str = DEFAULT_CACHE, discard: str = "ignore", locking: bool = True,
+               cache: str | CacheMode = DEFAULT_CACHE, discard: str = "ignore", locking: bool = True,
                node_name: str = "") -> Drive:
     """Open an image as a guest disk: QEMU's locks (unless ``locking`` is off), the cache mode
-    for the whole backing chain, and the discard policy."""
-    mode = CacheMode.parse(cache)
+    (a cache= name or a CacheMode) for the whole backing chain, and the discard policy."""
+    mode = cache if isinstance(cache, CacheMode) else CacheMode.parse(cache)
     if discard in ("off",):
         discard = "ignore"
     elif discard in ("on",):

@@ -45,14 +45,20 @@ from __future__ import annotations
 import logging
 import struct
 import threading
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Protocol
 
 from kvmpy.block.drive import Drive
+from kvmpy.block.drive_spec import drive_from_blockdev, drive_from_spec
 from kvmpy.block.errors import BlockError
-from kvmpy.devices.device import DeviceStateError, bool_field, check_keys
+from kvmpy.devices.device import bool_field, check_keys
 from kvmpy.devices.virtio.device import DeviceType, VirtioContext, VirtioDevice, bit
+from kvmpy.errors import ConfigError
 from kvmpy.memory.guest_memory import GuestMemory, GuestMemoryError
+
+if TYPE_CHECKING:
+    from kvmpy.config_devices import DeviceSpec
+    from kvmpy.devices.virtio.pci import VirtioPci
 
 log = logging.getLogger(__name__)
 
@@ -209,10 +215,12 @@ class VirtioBlk(VirtioDevice):
         self.drive.writeback = self.validate(state)
 
     def close(self) -> None:
+        """VM teardown: the device owns its drive, so the image (and its locks) is released."""
         try:
             self.drive.on_resize.remove(self._resized)
         except ValueError:
             pass
+        self.drive.close()
 
     def _resized(self, new_size: int) -> None:
         ctx = self._ctx
@@ -384,3 +392,87 @@ def _mark_dirty(memory: GuestMemory, bufs: list[tuple[int, int]], limit: int) ->
             return
         memory.mark_dirty(gpa, min(n, limit))
         limit -= n
+
+
+# ---- -device virtio-blk-pci -------------------------------------------------------------------
+# The device's own properties (the transport adds addr, vectors, disable-legacy, disable-modern).
+BLK_PROPS = frozenset({"drive", "serial", "bootindex", "num-queues", "queue-size", "discard", "write-zeroes",
+                       "write-cache", "config-wce", "logical_block_size", "physical_block_size", "min_io_size",
+                       "opt_io_size", "share-rw", "seg-max-adjust", "scsi"})
+
+
+class BlkBoard(Protocol):
+    """What the factory needs of the board: its config (drives, blockdevs), guest RAM and KVM VM."""
+
+    config: Any
+    memory: Any
+    vm: Any
+
+
+def blk_options(spec: "DeviceSpec") -> BlkOptions:
+    """The virtio-blk properties of ``spec``; ConfigError for values kvmpy does not support."""
+    where = spec.source or f"-device {spec.driver}"
+    for key in ("logical_block_size", "physical_block_size"):
+        if spec.get_size(key, 512) != 512:
+            raise ConfigError(f"{where}: kvmpy's virtio-blk has 512-byte blocks only ({key}=512)")
+    for key in ("min_io_size", "opt_io_size"):
+        if spec.get_size(key, 0) != 0:
+            raise ConfigError(f"{where}: {key} is not supported by kvmpy's virtio-blk")
+    if spec.get_bool("share-rw", False):
+        raise ConfigError(f"{where}: share-rw=on is not supported by kvmpy (the image is locked for one writer)")
+    if spec.get_bool("scsi", False):
+        raise ConfigError(f"{where}: Please set scsi=off for virtio-blk devices in order to use virtio 1.0")
+    if not spec.get_bool("config-wce", True) or not spec.get_bool("seg-max-adjust", True):
+        raise ConfigError(f"{where}: config-wce=off and seg-max-adjust=off are not supported by kvmpy")
+    queues = spec.get_number("num-queues", 1, lo=1, hi=1024)
+    size = spec.get_number("queue-size", QUEUE_SIZE, lo=4, hi=1024)
+    if size & (size - 1):
+        raise ConfigError(f"{where}: invalid queue-size property ({size}), must be a power of 2")
+    boot = spec.get("bootindex")
+    return BlkOptions(serial=spec.get("serial", ""), num_queues=queues, queue_size=size,
+                      discard=spec.get_bool("discard", True), write_zeroes=spec.get_bool("write-zeroes", True),
+                      bootindex=None if boot is None else spec.get_number("bootindex", lo=0, hi=(1 << 31) - 1))
+
+
+def open_device_drive(config: Any, spec: "DeviceSpec") -> Drive:
+    """The drive ``spec``'s ``drive=`` names: a -drive id or a -blockdev node name; ConfigError if it fails."""
+    where = spec.source or f"-device {spec.driver}"
+    name = spec.get("drive")
+    if not name:
+        raise ConfigError(f"{where}: drive property not set")
+    wce = spec.get("write-cache", "auto")
+    writeback = None if wce == "auto" else spec.get_bool("write-cache")
+    drives = {d.id: d for d in getattr(config, "drives", ())}
+    blockdevs = {b.node_name: b for b in getattr(config, "blockdevs", ())}
+    if name in drives:
+        d = drives[name]
+        try:
+            drive = drive_from_spec(d, writeback)
+        except BlockError as exc:
+            raise ConfigError(f"{d.source or where}: {exc}") from None
+        serial = d.get("serial")
+        if serial is not None and spec.get("serial") is None:
+            drive.serial = serial
+        return drive
+    if name in blockdevs:
+        try:
+            return drive_from_blockdev(blockdevs, name, writeback)
+        except BlockError as exc:
+            raise ConfigError(f"{blockdevs[name].source or where}: {exc}") from None
+    raise ConfigError(f"{where}: Property 'virtio-blk-device.drive' can't find value '{name}'")
+
+
+def virtio_blk_pci(board: BlkBoard, spec: "DeviceSpec") -> "VirtioPci":
+    """``-device virtio-blk-pci,drive=ID[,serial=,bootindex=,num-queues=,queue-size=,discard=,write-zeroes=,
+    write-cache=]`` (also what ``-drive if=virtio`` implies). bootindex is stored (kvmpy boots with -kernel)."""
+    from kvmpy.devices.virtio.pci import virtio_pci
+
+    options = blk_options(spec)
+    drive = open_device_drive(board.config, spec)
+    if not options.serial and drive.serial:
+        options = replace(options, serial=drive.serial)
+    try:
+        return virtio_pci(board, spec, VirtioBlk(drive, board.memory, options), device_props=BLK_PROPS)
+    except BaseException:
+        drive.close()
+        raise
