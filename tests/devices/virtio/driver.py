@@ -12,9 +12,24 @@ from __future__ import annotations
 import struct
 
 from kvmpy.devices.virtio.queue import DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, SplitQueue
+from kvmpy.memory.address_space import AddressSpace
 from kvmpy.memory.guest_memory import GuestMemory
+from kvmpy.memory.ramblock import RAMBlock
+from kvmpy.memory.region import MemoryRegion
 
 DESC = struct.Struct("<QIHH")
+
+
+def guest_memory(ram_size: int, rom_at: int | None = None, rom_size: int = 0) -> tuple[GuestMemory, RAMBlock]:
+    """Guest RAM at 0 (and read-only RAM at ``rom_at``), holes elsewhere below 2**40; returns the RAM block too."""
+    ram = RAMBlock.allocate("ram", ram_size)
+    root = MemoryRegion.container("sys", 1 << 40)
+    root.add_subregion(0, MemoryRegion.ram_region("ram", ram))
+    if rom_at is not None:
+        root.add_subregion(rom_at, MemoryRegion.ram_region("rom", RAMBlock.allocate("rom", rom_size), readonly=True))
+    space = AddressSpace("sys", root)
+    space.commit()
+    return GuestMemory(space), ram
 
 
 def ring_bytes(size: int) -> int:

@@ -19,7 +19,7 @@ from kvmpy.memory.guest_memory import GuestMemory
 from kvmpy.memory.ramblock import RAMBlock
 from kvmpy.memory.region import MemoryRegion
 
-from .driver import DriverQueue
+from .driver import DriverQueue, guest_memory
 
 MiB = 1 << 20
 RAM = 4 * MiB      # RAM at [0, 4 MiB)
@@ -31,14 +31,7 @@ DATA = 0x10000     # buffers
 
 @pytest.fixture(scope="module")
 def machine():
-    ram = RAMBlock.allocate("ram", RAM)
-    rom = RAMBlock.allocate("rom", 64 * 1024)
-    root = MemoryRegion.container("sys", 1 << 40)
-    root.add_subregion(0, MemoryRegion.ram_region("ram", ram))
-    root.add_subregion(ROM, MemoryRegion.ram_region("rom", rom, readonly=True))
-    space = AddressSpace("sys", root)
-    space.commit()
-    return GuestMemory(space), ram
+    return guest_memory(RAM, ROM, 64 * 1024)
 
 
 @pytest.fixture
@@ -459,14 +452,7 @@ FUZZ_RAM = 64 * 1024
 def test_fuzz_random_rings_never_escape_or_write_outside_the_drivers_buffers() -> None:
     """Random descriptor tables, indirect tables and avail rings: only VirtQueueError escapes, and the
     device writes nothing but the used ring and buffers some descriptor marked writable."""
-    ram = RAMBlock.allocate("fuzz", FUZZ_RAM)
-    rom = RAMBlock.allocate("fuzzrom", 4096)
-    root = MemoryRegion.container("sys", 1 << 40)
-    root.add_subregion(0, MemoryRegion.ram_region("fuzz", ram))
-    root.add_subregion(FUZZ_RAM, MemoryRegion.ram_region("fuzzrom", rom, readonly=True))
-    space = AddressSpace("sys", root)
-    space.commit()
-    mem = GuestMemory(space)
+    mem, ram = guest_memory(FUZZ_RAM, FUZZ_RAM, 4096)
     rng = random.Random(0x5EED)
     outcomes = {"chains": 0, "errors": 0}
 
