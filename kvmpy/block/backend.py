@@ -205,6 +205,24 @@ class BlockBackend(abc.ABC):
         """Fill ``buf`` with guest bytes at ``offset`` (drivers override this to avoid a copy)."""
         buf[:] = self.read(offset, len(buf))
 
+    def readv_into(self, offset: int, views: list[memoryview]) -> None:
+        """Fill ``views`` in order from guest ``offset`` (a scatter list, e.g. a request's guest pages).
+        Drivers whose guest bytes sit at the same file offsets override this with one preadv."""
+        total = sum(len(v) for v in views)
+        if len(views) == 1:
+            self.readinto(offset, views[0])
+            return
+        buf = memoryview(bytearray(total))
+        self.readinto(offset, buf)
+        pos = 0
+        for v in views:
+            v[:] = buf[pos:pos + len(v)]
+            pos += len(v)
+
+    def writev_from(self, offset: int, views: list[memoryview]) -> None:
+        """Store the concatenation of ``views`` at guest ``offset`` (a gather list)."""
+        self.write(offset, views[0] if len(views) == 1 else b"".join(views))
+
     def mapped(self, offset: int, length: int) -> memoryview | None:
         """The guest bytes at ``offset`` as a read-only view of the page cache, when this image
         stores them as one plain run of its own file; None means "use readinto". Saves the copy

@@ -94,6 +94,10 @@ class DirectFile:
     def fits(self, offset: int, length: int) -> bool:
         return offset % self.align == 0 and length % self.align == 0
 
+    def fits_all(self, offset: int, views: list[memoryview]) -> bool:
+        """True when a vectored transfer of ``views`` at ``offset`` can go to O_DIRECT as it is."""
+        return offset % self.align == 0 and all(len(v) % self.align == 0 and self._aligned(v) for v in views)
+
     def _aligned(self, buf: memoryview) -> bool:
         return address_of(buf) % self.align == 0
 

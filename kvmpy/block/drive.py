@@ -140,29 +140,18 @@ class Drive:
 
     # ---- data path -------------------------------------------------------------------
     def read_into(self, offset: int, views: Sequence[memoryview]) -> None:
-        """Fill ``views`` (in order) with the disk bytes at ``offset``: straight into each
-        view when there is one, through one buffer and C-level copies otherwise."""
+        """Fill ``views`` (in order) with the disk bytes at ``offset``: one preadv straight into
+        them for a raw image, through one buffer and C-level copies otherwise."""
         total = sum(len(v) for v in views)
-
-        def op() -> None:
-            if len(views) == 1:
-                self.image.readinto(offset, views[0])
-                return
-            buf = memoryview(bytearray(total))
-            self.image.readinto(offset, buf)
-            pos = 0
-            for v in views:
-                v[:] = buf[pos:pos + len(v)]
-                pos += len(v)
         with self._lock:
-            self._run("rd", total, op)
+            self._run("rd", total, lambda: self.image.readv_into(offset, list(views)))
 
     def write_from(self, offset: int, views: Sequence[memoryview]) -> None:
         """Write the concatenation of ``views`` at ``offset`` (durably when the write cache is off)."""
         total = sum(len(v) for v in views)
 
         def op() -> None:
-            self.image.write(offset, views[0] if len(views) == 1 else b"".join(views))
+            self.image.writev_from(offset, list(views))
             if not self.writeback:
                 self.image.flush()
         with self._lock:

@@ -69,6 +69,49 @@ class RawBackend(BlockBackend):
         self.pread_all(self.fd, [(offset, buf)])
 
     @io_errors
+    def readv_into(self, offset: int, views: list[memoryview]) -> None:
+        """One preadv straight into the caller's buffers (guest RAM), unless O_DIRECT needs them aligned."""
+        total = sum(len(v) for v in views)
+        self.check_range(offset, total)
+        if self.direct is not None and not self.direct.fits_all(offset, views):
+            super().readv_into(offset, views)
+            return
+        fd = self.direct.fd if self.direct is not None else self.fd
+        pos = 0
+        while views:
+            got = os.preadv(fd, views[:1024], offset + pos)
+            if got <= 0:  # past the end of a file that shrank: zeros
+                for v in views:
+                    v[:] = bytes(len(v))
+                return
+            pos += got
+            while views and got >= len(views[0]):
+                got -= len(views[0])
+                views = views[1:]
+            if views and got:
+                views = [views[0][got:]] + views[1:]
+
+    @io_errors
+    def writev_from(self, offset: int, views: list[memoryview]) -> None:
+        """One pwritev straight from the caller's buffers (guest RAM), unless O_DIRECT needs them aligned."""
+        self._check_writable()
+        total = sum(len(v) for v in views)
+        self.check_range(offset, total)
+        if self.direct is not None and not self.direct.fits_all(offset, views):
+            super().writev_from(offset, views)
+            return
+        fd = self.direct.fd if self.direct is not None else self.fd
+        pos = 0
+        while views:
+            n = os.pwritev(fd, views[:1024], offset + pos)
+            pos += n
+            while views and n >= len(views[0]):
+                n -= len(views[0])
+                views = views[1:]
+            if views and n:
+                views = [views[0][n:]] + views[1:]
+
+    @io_errors
     def mapped(self, offset: int, length: int) -> memoryview | None:
         self.check_range(offset, length)
         return map_file_range(self.fd, offset, length)
