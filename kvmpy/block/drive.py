@@ -101,8 +101,9 @@ class Drive:
         return self.image.readonly
 
     def size(self) -> int:
-        with self._lock:
-            return self.image.size()
+        """The disk size in bytes (read without the lock: a vCPU reading the capacity must not wait
+        for a long request; the value is one attribute, replaced whole by a resize)."""
+        return self.image.size()
 
     # ---- accounting ------------------------------------------------------------------
     def _done(self, kind: str, start: int, nbytes: int, ok: bool) -> None:
