@@ -23,6 +23,7 @@ from kvmpy.block.drive import BlockStats, Drive
 from kvmpy.block.errors import BlockError
 from kvmpy.block.img_info import image_info
 from kvmpy.devices.virtio.blk import VirtioBlk
+from kvmpy.devices.virtio.device import VirtioDevice
 from kvmpy.monitor.protocol import QmpError
 from kvmpy.monitor.schema import Arg, CommandTable
 
@@ -37,14 +38,15 @@ class AttachedDrive:
 
 
 def attached_drives(board: Any) -> list[AttachedDrive]:
-    """Every virtio-blk drive of the board, in device-table order, with QEMU's QOM path."""
+    """Every virtio-blk drive of the board with QEMU's QOM path, in QEMU's order: the -drive
+    backends in command-line order, then the devices' own backends over -blockdev nodes."""
     out: list[AttachedDrive] = []
     anon = 0
     for fn in getattr(board, "devices", {}).values():
         model = getattr(fn, "device", None)
-        qdev_id = getattr(fn, "qdev_id", None)
-        if qdev_id is None:
-            continue
+        if not isinstance(model, VirtioDevice):
+            continue  # not a -device function
+        qdev_id = getattr(fn, "qdev_id", "")
         if qdev_id:
             path = f"/machine/peripheral/{qdev_id}"
         else:
@@ -52,15 +54,22 @@ def attached_drives(board: Any) -> list[AttachedDrive]:
             anon += 1
         if isinstance(model, VirtioBlk):
             out.append(AttachedDrive(model.drive, f"{path}/virtio-backend"))
-    return out
+    order = [d.id for d in getattr(getattr(board, "config", None), "drives", ())]
+    return sorted(out, key=lambda a: order.index(a.drive.id) if a.drive.id in order else len(order))
 
 
 def _drives(ctx: "Context") -> list[AttachedDrive]:
     return attached_drives(ctx.machine.board)
 
 
-def node_name(d: Drive, index: int) -> str:
-    return d.node_name or f"#block{100 + 7 * index:03d}"
+def node_name(d: Drive, index: int, level: int = 0, file: bool = False) -> str:
+    """A node's name: the -blockdev node-name, else an automatic ``#blockNNN`` as QEMU makes them
+    (unique per drive, chain level and format/file node)."""
+    if level == 0 and not file and d.node_name:
+        return d.node_name
+    if level == 0 and file and d.file_node_name:
+        return d.file_node_name
+    return f"#block{100 + 64 * index + 2 * level + int(file):03d}"
 
 
 def _chain_info(img: BlockBackend) -> dict[str, Any]:
@@ -108,14 +117,14 @@ def _idle_stats(now: int) -> dict[str, Any]:
     return s
 
 
-def _node_stats(chain: list[BlockBackend], level: int, name: str, top: dict[str, Any] | None,
+def _node_stats(d: Drive, index: int, level: int, top: dict[str, Any] | None,
                 discards: tuple[int, int], now: int) -> dict[str, Any]:
     """One node of query-blockstats: its stats, its file child ("parent"), its backing node."""
-    entry: dict[str, Any] = {"parent": _file_node(_idle_stats(now), f"{name}-file", *discards)}
+    entry: dict[str, Any] = {"parent": _file_node(_idle_stats(now), node_name(d, index, level, True), *discards)}
     entry["stats"] = top if top is not None else _idle_stats(now)
-    if level + 1 < len(chain):
-        entry["backing"] = _node_stats(chain, level + 1, f"{name}-backing", None, (0, 0), now)
-    entry["node-name"] = name
+    if level + 1 < len(d.chain()):
+        entry["backing"] = _node_stats(d, index, level + 1, None, (0, 0), now)
+    entry["node-name"] = node_name(d, index, level)
     return entry
 
 
@@ -125,7 +134,7 @@ def query_blockstats(ctx: "Context", query_nodes: bool = False) -> list:
     for i, a in enumerate(_drives(ctx)):
         d = a.drive
         unmapped = (d.stats.unmap_operations, d.stats.unmap_bytes) if d.discard == "unmap" else (0, 0)
-        entry = _node_stats(d.chain(), 0, node_name(d, i), d.stats.as_qmp(now), unmapped, now)
+        entry = _node_stats(d, i, 0, d.stats.as_qmp(now), unmapped, now)
         if query_nodes:
             out.append(entry)
         else:
@@ -191,7 +200,7 @@ def info_blockstats_text(ctx: "Context") -> str:
     out = []
     for e in query_blockstats(ctx):
         s = e["stats"]
-        out.append(f"{e['device'] or e['node-name']}: rd_bytes={s['rd_bytes']} wr_bytes={s['wr_bytes']} "
+        out.append(f"{e['device']}: rd_bytes={s['rd_bytes']} wr_bytes={s['wr_bytes']} "
                    f"rd_operations={s['rd_operations']} wr_operations={s['wr_operations']} "
                    f"flush_operations={s['flush_operations']} wr_total_time_ns={s['wr_total_time_ns']} "
                    f"rd_total_time_ns={s['rd_total_time_ns']} flush_total_time_ns={s['flush_total_time_ns']} "
