@@ -53,6 +53,7 @@ from kvmpy.block.drive_spec import drive_from_blockdev, drive_from_spec
 from kvmpy.block.errors import BlockError
 from kvmpy.devices.device import bool_field, check_keys
 from kvmpy.devices.virtio.device import DeviceType, VirtioContext, VirtioDevice, bit
+from kvmpy.devices.virtio.queue import VirtQueueError
 from kvmpy.errors import ConfigError
 from kvmpy.memory.guest_memory import GuestMemory, GuestMemoryError
 
@@ -237,7 +238,6 @@ class VirtioBlk(VirtioDevice):
                 self._pending.add(index)
                 return
             q = ctx.queues[index]
-            from kvmpy.devices.virtio.queue import VirtQueueError
             served = 0
             try:
                 while True:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from kvmpy.block.drive import open_drive
-from kvmpy.devices.virtio.blk import (F_CONFIG_WCE, F_DISCARD, F_FLUSH, F_RO, F_WRITE_ZEROES, S_IOERR, S_OK,
+from kvmpy.devices.virtio.blk import (F_CONFIG_WCE, F_DISCARD, F_FLUSH, F_MQ, F_RO, F_WRITE_ZEROES, S_IOERR, S_OK,
                                       S_UNSUPP, T_DISCARD, T_FLUSH, T_GET_ID, T_IN, T_OUT, T_WRITE_ZEROES,
                                       BlkOptions, VirtioBlk)
 from kvmpy.devices.virtio.device import VirtioContext, bit
@@ -322,6 +322,29 @@ def test_config_space_as_qemu(tmp_path: Path, mem) -> None:
         dev.reset()
         assert dev.config_read(32, 1) == wce
         drive.close()
+
+
+@needs_qemu_img
+def test_multiqueue_and_the_second_queue_serves(tmp_path: Path, mem) -> None:
+    path = tmp_path / "mq.raw"
+    path.write_bytes(b"\x33" * MiB)
+    drive = open_drive(path, "raw", id="d0")
+    dev = VirtioBlk(drive, mem, BlkOptions(num_queues=2, queue_size=128))
+    assert dev.queue_max_sizes == (128, 128) and dev.device_features() & bit(F_MQ)
+    assert dev.config_read(34, 2) == 2 and dev.config_read(12, 4) == 126
+    g = Guest(mem, dev)
+    q2 = DriverQueue(mem, RING + 0x8000, 64, event_idx=True)
+    g.queue.ready = True
+    ctx = VirtioContext(features=dev.device_features(), queues=[g.queue, q2.attach(SplitQueue(mem, 128))],
+                        interrupt=g.irqs.append, config_changed=lambda: None, needs_reset=g.resets.append)
+    dev.activate(ctx)
+    mem.write(HDR, struct.pack("<IIQ", T_IN, 0, 1))
+    q2.add([(HDR, 16)], [(DATA, 512), (STATUS, 1)])
+    dev.queue_notify(1)
+    assert mem.read(STATUS, 1) == bytes([S_OK]) and mem.read(DATA, 512) == b"\x33" * 512
+    assert g.irqs == [1] and q2.get_used()[0][1] == 513
+    dev.queue_notify(7)  # no such queue: ignored
+    drive.close()
 
 
 @needs_qemu_img
