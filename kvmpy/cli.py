@@ -54,6 +54,7 @@ Options (same meaning as in qemu-system-x86_64 / qemu-system-riscv64):
   -blockdev driver=qcow2,node-name=N,file.driver=file,file.filename=FILE  (or JSON '{"driver": ...}')
   -hda/-hdb/-hdc/-hdd FILE, -cdrom FILE, or FILE alone   an IDE disk/CD at index 0..3 (needs IDE)
   -netdev user|tap|stream|socket|dgram,id=ID[,...]   a network backend (-netdev help)
+  -nic TYPE,model=virtio-net-pci[,mac=ADDR][,...]  a netdev and its NIC in one option
   -chardev null|stdio|file|pty|socket,id=ID[,path=P|host=H,port=N][,server=on][,wait=off]
   -object TYPE,id=ID[,...]      memory and rng backends (-object help)
   -name NAME                    VM name
@@ -72,7 +73,7 @@ Debugging: KVMPY_LOG=debug (or info) logs to stderr, including unhandled ports.
 _WITH_ARG = {"-accel", "-machine", "-M", "-cpu", "-m", "-smp", "-kernel", "-initrd", "-append", "-serial",
              "-device", "-name", "-display", "-bios", "-d", "-D", "-qmp", "-monitor", "-vga", "-net",
              "-parallel", "-incoming", "-L", "-drive", "-blockdev", "-netdev", "-chardev", "-object",
-             "-hda", "-hdb", "-hdc", "-hdd", "-cdrom"}
+             "-hda", "-hdb", "-hdc", "-hdd", "-cdrom", "-nic"}
 # The device options gathered into MachineConfig tuples, and the field each one fills.
 _SPEC_OPTIONS = {"-drive": "drives", "-blockdev": "blockdevs", "-netdev": "netdevs", "-chardev": "chardevs",
                  "-object": "objects", "-device": "devices"}
@@ -104,7 +105,8 @@ class HelpRequested(Exception):
 def _device_option(opt: str, val: str) -> object:
     """The spec of one -device/-drive/-netdev/-chardev/-object/-blockdev argument; help raises HelpRequested."""
     if opt != "-blockdev" and opt != "-drive":
-        opts = qemu_opts.parse_opts(val, opt, config_devices.IMPLIED_KEYS[opt])
+        opts = qemu_opts.parse_opts(val, opt, config_devices.IMPLIED_KEYS[opt],
+                                    json_form=opt in config_devices.JSON_OPTIONS)
         if opts.help:
             what = opts.get("driver") if opt == "-device" else None
             if what is not None and config_devices.DEVICE_DRIVERS.get(what) is None and what not in \
@@ -151,6 +153,7 @@ def parse_qemu_args(argv: Sequence[str]) -> MachineConfig:
     serial_set = False
     nodefaults = False
     specs: dict[str, list] = {name: [] for name in _SPEC_OPTIONS.values()}
+    nics: list = []
     while i < len(args):
         raw = args[i]
         opt = "-" + raw.lstrip("-") if raw.startswith("--") and raw not in ("--help", "--version") else raw
@@ -239,6 +242,14 @@ def parse_qemu_args(argv: Sequence[str]) -> MachineConfig:
                 cfg["debug_exit"] = debug_exit_of(spec)
             else:
                 specs[_SPEC_OPTIONS[opt]].append(spec)
+        elif opt == "-nic":
+            nic_opts = qemu_opts.parse_opts(val, opt, "type")
+            if nic_opts.help:
+                raise HelpRequested(config_devices.help_text("-netdev"))
+            nic = config_devices.nic_from_opts(nic_opts, len(nics))
+            if nic is not None:
+                nics.append(nic[1])  # QEMU creates -nic cards with the machine, before any -device
+                specs["netdevs"].append(nic[0])
         elif opt in _LEGACY_DRIVES:
             index, media = _LEGACY_DRIVES[opt]
             specs["drives"].append(config_devices.legacy_drive(opt, val, index, media))
@@ -267,6 +278,7 @@ def parse_qemu_args(argv: Sequence[str]) -> MachineConfig:
     cfg["accel"] = accel or "tcg"  # QEMU's default accelerator
     if board.arch == "x86_64" and cfg["accel"] != "kvm":
         raise UsageError("x86 guests need KVM for now: add -enable-kvm (or -accel kvm)")
+    specs["devices"][:0] = nics
     return MachineConfig(**cfg, **{k: tuple(v) for k, v in specs.items()})
 
 

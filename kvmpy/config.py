@@ -144,6 +144,7 @@ BOARDS: Mapping[str, Board] = MappingProxyType({
     "pc": Board(machine="pc", arch="x86_64", accel="kvm", memory=(2 * MiB, MAX_MEMORY), max_smp=MAX_SMP,
                 trace=frozenset(), features=frozenset(OPTIONAL_FEATURES) - {"memory_hotplug"},
                 aliases=("q35", "microvm"), alias_prefixes=("pc-",),
+                chardev_backends=frozenset({"null", "socket", "stdio", "file", "pty"}),
                 why_no_trace="the guest runs under KVM, not TCG; KVMPY_LOG=debug logs unhandled ports"),
     "virt": Board(machine="virt", arch="riscv64", accel="tcg", memory=(1 * MiB, 16 * GiB), max_smp=1,
                   trace=frozenset({"in_asm", "exec", "int", "cpu", "op", "out_asm", "tb_stats", "nochain"}),
@@ -474,6 +475,11 @@ class MachineConfig:
                     has = f" (it has: {', '.join(sorted(allowed))})" if allowed else ""
                     where = spec.source or "-" + kind.split()[0]
                     raise ConfigError(f"{where}: machine {m!r} has no {kind} {getattr(spec, attr)!r} yet{has}")
+        connected = {self.serial[len("chardev:"):]} | {d.get("chardev") for d in self.devices}
+        for c in self.chardevs:
+            if c.id not in connected:  # QEMU would open it anyway; kvmpy opens a chardev for its user only
+                raise ConfigError(f"{c.source or '-chardev'}: chardev {c.id!r} is not connected to anything "
+                                  "(use it with -serial chardev:ID or a device's chardev=)")
         for d in self.devices:
             if d.driver == "isa-debug-exit":  # front ends turn it into the debug_exit field
                 raise ConfigError(f"{d.source or '-device'}: give isa-debug-exit as debug_exit=DebugExitConfig(...)")

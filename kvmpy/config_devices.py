@@ -40,7 +40,7 @@ __all__ = ["BLOCK_DRIVERS", "CACHE_MODES", "CHARDEV_BACKENDS", "DEVICE_DRIVERS",
            "BlockdevSpec", "ChardevSpec", "DeviceSpec", "DriveSpec", "NetdevSpec", "ObjectSpec", "NETDEV_TYPES",
            "OBJECT_TYPES", "IMPLIED_KEYS", "blockdev_from_tree", "chardev_from_opts", "check_devices",
            "device_from_opts", "drive_from_opts", "finish_devices", "finish_drives", "help_text",
-           "legacy_drive", "netdev_from_opts", "object_from_opts", "spec_from_text", "check_spec_types",
+           "legacy_drive", "netdev_from_opts", "nic_from_opts", "object_from_opts", "spec_from_text", "check_spec_types",
            "opts_from_yaml", "yaml_specs"]
 
 
@@ -108,8 +108,9 @@ IDE_UNITS = 2  # drives per IDE bus (master, slave); -hda..-hdd are indexes 0..3
 MAX_NODE_NAME = 31  # QEMU's node names live in a 32-byte buffer
 # The implied first key of each option, as QEMU names it.
 IMPLIED_KEYS: Mapping[str, str | None] = MappingProxyType({
-    "-device": "driver", "-netdev": "type", "-chardev": "backend", "-object": "qom-type", "-drive": None,
+    "-device": "driver", "-netdev": "type", "-nic": "type", "-chardev": "backend", "-object": "qom-type", "-drive": None,
     "-blockdev": "driver"})
+JSON_OPTIONS = ("-device", "-netdev", "-object")  # the options QEMU 7.2 also takes as a JSON object
 _CHARDEV_KEYS: Mapping[str, frozenset[str]] = MappingProxyType({
     "null": frozenset(), "stdio": frozenset({"signal"}), "pty": frozenset({"path"}),
     "file": frozenset({"path", "append"}), "socket": frozenset({"path", "host", "port", "server", "wait"})})
@@ -419,11 +420,33 @@ def object_from_opts(opts: Opts) -> ObjectSpec:
     return ObjectSpec(qom_type=kind, id=ident, props=props, source=_source(opts))
 
 
+NIC_MODELS: Mapping[str, str] = MappingProxyType({"virtio": "virtio-net-pci", "virtio-net-pci": "virtio-net-pci",
+                                                  "virtio-net": "virtio-net-pci"})
+
+
+def nic_from_opts(opts: Opts, index: int) -> tuple[NetdevSpec, DeviceSpec] | None:
+    """``-nic TYPE[,model=M][,mac=A][,netdev options]``: a netdev and its NIC, as QEMU's net_param_nic (None: -nic none)."""
+    if opts.get("type") == "none":
+        return None
+    model = opts.get("model", "e1000")
+    if model not in NIC_MODELS:
+        hint = " (QEMU's default; kvmpy has model=virtio-net-pci)" if "model" not in opts.keys() else \
+            f" (kvmpy has {', '.join(NIC_MODELS)})"
+        raise opts.fail(f"Unsupported NIC model: {shown(model, 40)}{hint}")
+    netdev_id = f"__org.qemu.nic{index}"  # QEMU's name; a user's id cannot start with '_'
+    pairs = tuple((k, v) for k, v in opts.pairs if k not in ("model", "mac"))
+    kind, _, props = _kind_and_id(replace(opts, pairs=pairs, id=netdev_id), "type", NETDEV_TYPES)
+    nic_props = (("netdev", netdev_id),) + ((("mac", opts.get("mac")),) if opts.get("mac") is not None else ())
+    source = _source(opts)
+    return (NetdevSpec(kind, netdev_id, props, source=source),
+            DeviceSpec(NIC_MODELS[model], opts.id, nic_props, source=source))
+
+
 def spec_from_text(option: str, text: str, base_dir: Path | None = None) -> Any:
     """The spec of one option argument (``-netdev user,id=n0``), help refused (front ends handle it first)."""
     if option == "-blockdev":
         return blockdev_from_tree(qemu_opts.parse_structured(text, option, "driver"), qemu_opts.where(option, text))
-    opts = qemu_opts.parse_opts(text, option, IMPLIED_KEYS[option])
+    opts = qemu_opts.parse_opts(text, option, IMPLIED_KEYS[option], json_form=option in JSON_OPTIONS)
     if opts.help:
         raise opts.fail("help is only available on the command line (kvmpy " + option + " help)")
     if option == "-drive":

@@ -164,14 +164,18 @@ def _elements(text: str, option: str, implied: str | None, flags: bool) -> Itera
             pos += 1
 
 
-def parse_opts(text: str, option: str, implied: str | None = None, *, flags: bool = True) -> Opts:
+def parse_opts(text: str, option: str, implied: str | None = None, *, flags: bool = True,
+               json_form: bool = False) -> Opts:
     """QemuOpts: ``text`` of ``option`` ("-device") into ``Opts``; ``implied`` names the first key ("driver").
 
     ``flags`` allows the bare ``key`` form (key=on). The id, when given, must be well formed
     (first ``id=`` wins, as QEMU's opts_parse_id). Help is reported, not acted on: the caller
-    prints what it lists and exits 0.
+    prints what it lists and exits 0. ``json_form``: a ``{...}`` argument is a flat JSON object
+    (QEMU 7.2 takes -device, -netdev and -object so), its values as option text.
     """
     text = _check_text(text, option)
+    if json_form and text.lstrip().startswith("{"):
+        return _json_opts(text, option)
     pairs: list[tuple[str, str]] = []
     ident: str | None = None
     want_help = False
@@ -187,6 +191,28 @@ def parse_opts(text: str, option: str, implied: str | None = None, *, flags: boo
             continue
         pairs.append((key, value))
     return Opts(option=option, text=text, pairs=tuple(pairs), id=ident, help=want_help)
+
+
+def _json_opts(text: str, option: str) -> Opts:
+    obj = _bounded_json(text, option)
+    if len(obj) > MAX_KEYS:
+        raise _fail(option, text, f"more than {MAX_KEYS} parameters")
+    pairs: list[tuple[str, str]] = []
+    ident = None
+    for key, value in obj.items():
+        if not key or len(key) > MAX_KEY:
+            raise _fail(option, text, f"Invalid parameter {shown(key, 40)}")
+        if isinstance(value, bool):
+            value = "on" if value else "off"
+        elif isinstance(value, int) and value.bit_length() <= 64:
+            value = str(value)
+        elif not isinstance(value, str):
+            raise _fail(option, text, f"Parameter {shown(key, 40)}: kvmpy takes text, numbers and booleans here")
+        if key == "id":
+            ident = check_id(value, option, text)
+        else:
+            pairs.append((key, value))
+    return Opts(option=option, text=text, pairs=tuple(pairs), id=ident)
 
 
 # ---- keyval (-blockdev) ----

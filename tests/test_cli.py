@@ -241,7 +241,7 @@ _VALUE = st.one_of(
 )
 _OPTS = ["-m", "-smp", "-kernel", "-initrd", "-qmp", "-incoming", "-device", "-machine", "-serial", "-name",
          "-append", "-accel", "-d", "-D", "-cpu", "-display", "-bios", "-drive", "-blockdev", "-netdev", "-chardev",
-         "-object", "-hda", "-cdrom"]
+         "-object", "-hda", "-cdrom", "-nic"]
 _ARGV = st.lists(st.one_of(st.sampled_from(_OPTS).flatmap(lambda o: _VALUE.map(lambda v: [o, v])),
                            st.sampled_from([["-enable-kvm"], ["-nodefaults"], ["-no-reboot"], ["-S"], ["--"],
                                             ["-kernel", "/etc/hostname"], ["-kernel", "x" * 300]])),

@@ -65,6 +65,33 @@ def test_specs_from_the_command_line(tmp_path: Path) -> None:
     assert c.objects == (ObjectSpec("rng-random", "rng0", (("filename", "/dev/urandom"),)),)
 
 
+def test_nic_is_a_netdev_and_its_card_ahead_of_the_devices() -> None:
+    c = _cfg("-device", "virtio-rng-pci", "-nic", "user,model=virtio,mac=52:54:00:00:00:09,hostfwd=tcp::2-:22",
+             "-nic", "none")
+    nic, rng = c.devices
+    assert (nic.driver, nic.props, rng.driver) == (
+        "virtio-net-pci", (("netdev", "__org.qemu.nic0"), ("mac", "52:54:00:00:00:09")), "virtio-rng-pci")
+    assert c.netdevs == (NetdevSpec("user", "__org.qemu.nic0", (("hostfwd", "tcp::2-:22"),)),)
+    for args, message in ((["-nic", "user"], "Unsupported NIC model: 'e1000' .QEMU's default"),
+                          (["-nic", "user,model=rtl8139"], "Unsupported NIC model: 'rtl8139'"),
+                          (["-nic", "bogus,model=virtio"], "Parameter 'type' does not accept value 'bogus'")):
+        with pytest.raises(ConfigError, match=message):
+            _cfg(*args)
+
+
+def test_json_forms_give_the_same_specs() -> None:
+    assert _cfg("-device", '{"driver": "virtio-net", "netdev": "n0", "id": "nic0", "mq": true, "vectors": 4}'
+                ).devices == _cfg("-device", "virtio-net-pci,netdev=n0,id=nic0,mq=on,vectors=4").devices
+    assert _cfg("-netdev", '{"type": "user", "id": "n0"}').netdevs == _cfg("-netdev", "user,id=n0").netdevs
+    assert _cfg("-object", '{"qom-type": "memory-backend-ram", "id": "m0", "size": 1048576}').objects == \
+        (ObjectSpec("memory-backend-ram", "m0", (("size", "1048576"),)),)
+    for text, message in (('{"driver": "virtio-net-pci", "x": [1]}', "takes text, numbers and booleans"),
+                          ('{"driver": "virtio-net-pci", "id": "1"}', "Parameter 'id' expects an identifier"),
+                          ('{"driver": "virtio-net-pci",}', "JSON parse error")):
+        with pytest.raises(ConfigError, match=message):
+            _cfg("-device", text)
+
+
 def test_cache_modes_are_qemus() -> None:
     def flags(mode: str) -> tuple[bool, bool, bool]:
         d = DriveSpec(file=Path("x"), cache=mode)
@@ -173,7 +200,7 @@ def test_mistakes_are_qemus_one_line(args: list[str], message: str, capsys) -> N
     (["-hda", "/etc/hostname"], "-hda /etc/hostname: IDE is not supported yet; use if=virtio"),
     (["-cdrom", "/etc/hostname"], "CD-ROM drives (IDE) are not supported yet"),
     (["-blockdev", "driver=file,node-name=f,filename=/etc/hostname"], "cannot attach -blockdev nodes yet"),
-    (["-chardev", "null,id=c0"], "has no chardev backend 'null' yet"),
+    (["-chardev", "null,id=c0"], "chardev 'c0' is not connected to anything"),
     (["-object", "memory-backend-ram,id=m0,size=1M"], "has no object type 'memory-backend-ram' yet"),
 ])
 def test_the_board_refuses_what_it_does_not_build_yet_by_name(args: list[str], message: str, capsys) -> None:
@@ -185,6 +212,13 @@ def test_the_board_refuses_what_it_does_not_build_yet_by_name(args: list[str], m
 def test_the_riscv_board_refuses_device_options_too(capsys) -> None:
     assert main(["-M", "virt", "-kernel", "/etc/hostname", "-netdev", "user,id=n0"]) == 2
     assert "machine 'virt' has no netdev type 'user' yet" in capsys.readouterr().err
+    assert main(["-M", "virt", "-kernel", "/etc/hostname", "-chardev", "null,id=c", "-serial", "chardev:c"]) == 2
+    assert "machine 'virt' has no chardev backend 'null' yet" in capsys.readouterr().err
+
+
+def test_serial_on_a_chardev_is_a_valid_pc_config() -> None:
+    c = _cfg("-chardev", "socket,id=c0,path=/tmp/kvmpy-s,server=on,wait=off", "-serial", "chardev:c0").validate()
+    assert c.serial == "chardev:c0" and c.chardevs[0].path == "/tmp/kvmpy-s"
 
 
 @pytest.mark.parametrize("option", ["-device", "-netdev", "-chardev", "-object"])
@@ -248,6 +282,13 @@ _SYNTAX_CASES = [
     ["-blockdev", "driver=raw,node-name=b0,file.driver=file,file.filename={img}", "-device", "virtio-blk-pci,drive=b0"],
     ["-object", "bogus,id=o"], ["-object", "rng-random,id=r0,filename=/dev/urandom", "-device", "virtio-rng-pci,rng=r0"],
     ["-device", "virtio-rng-pci,rng=r9"],
+    # QEMU 7.2's JSON forms
+    ["-device", '{{"driver":"virtio-rng-pci","id":"r"}}'], ["-netdev", '{{"type":"user","id":"n"}}'],
+    ["-object", '{{"qom-type":"rng-random","id":"r","filename":"/dev/urandom"}}'],
+    ["-netdev", '{{"type":"user","id":"n"}}', "-device", '{{"driver":"virtio-net-pci","netdev":"n9"}}'],
+    ["-device", '{{"driver":"e1000x"}}'], ["-device", '{{"driver":"virtio-rng-pci",}}'],
+    ["-nic", "user,model=virtio-net-pci,mac=52:54:00:00:00:09"], ["-nic", "user,model=virtio", "-nic", "none"],
+    ["-nic", "bogus,model=virtio"],
 ]
 
 

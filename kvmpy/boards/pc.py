@@ -259,8 +259,8 @@ class PcBoard:
         if self.linux is not None and host_kvm_kind() is KvmKind.PVM:
             log.warning(PVM_WARNING)
         self._build_memory()
-        self.console = console if console is not None else open_backend(config.serial)
-        self._build_devices(devices + tuple(DeviceSlot(n, make) for n, make in pci_device_lines(config)))
+        self.console = console if console is not None else open_backend(config.serial, config.chardevs)
+        self._build_devices(devices)
         self._build_vcpus(supported, vcpu_events)
         self.boot = self.load_kernel()
 
@@ -285,6 +285,7 @@ class PcBoard:
 
     def _build_devices(self, table: tuple[DeviceSlot, ...]) -> None:
         """Walk the device table: build each device and map its windows on the PIO bus and in MMIO."""
+        table = table + tuple(DeviceSlot(n, make) for n, make in pci_device_lines(self.config))  # -device PCI
         self.pio = Bus("pio")
         self.devices: dict[str, Device] = {}
         for slot in table:

@@ -59,3 +59,59 @@ def test_every_pci_driver_the_pc_board_accepts_has_a_factory() -> None:
     assert "virtio-rng-pci" in PCI_DRIVERS
     assert set(PCI_DRIVERS) <= set(DEVICE_DRIVERS)
     assert pci <= set(PCI_DRIVERS) | {"virtio-blk-pci", "virtio-net-pci", "virtio-serial-pci"}, pci - set(PCI_DRIVERS)
+
+
+@pytest.mark.kvm_host
+def test_a_device_line_is_built_reset_saved_and_restored_like_every_device() -> None:
+    import time
+
+    from kvmpy.config import MachineConfig
+    from kvmpy.devices.chardev import BufferBackend
+    from kvmpy.devices.virtio.pci import NOTIFY_OFF, VirtioPci
+    from kvmpy.machine import Machine
+    from tests.devices.virtio.pci_driver import BAR4_ADDR, BoardPorts, VirtioPciDriver
+    from tests.guests.build import build_guest
+
+    cfg = MachineConfig(kernel=build_guest("hello"), memory=32 << 20, no_reboot=True,
+                        devices=(dev(id="rng0"), dev(id="rng1", addr="7", vectors="0"))).validate()
+
+    def served(d: VirtioPciDriver, buf: int) -> list:
+        q = d.queues[0]
+        head = q.add([], [(buf, 64)])
+        d.kick(0)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            used = q.get_used()
+            if used:
+                return [u == (head, 64) for u in used]
+            time.sleep(0.002)
+        return []
+
+    src, dst = Machine(cfg, BufferBackend()), Machine(cfg, BufferBackend())
+    try:
+        names = [n for n in src.board.devices if "@" in n]
+        assert names == ["virtio-rng-pci@02.0", "virtio-rng-pci@07.0"]
+        fn = src.board.devices[names[0]]
+        assert isinstance(fn, VirtioPci) and fn.qdev_id == "rng0" and fn.msix is not None
+        assert src.board.devices[names[1]].msix is None  # vectors=0: INTx only
+        assert [(f.devfn >> 3, f.devfn & 7) for f in src.board.pci] == [(0, 0), (1, 0), (2, 0), (7, 0)]
+        d = VirtioPciDriver(BoardPorts(src.board), fn)
+        assert fn.kick_addresses() == {0: BAR4_ADDR + NOTIFY_OFF}  # the real KVM took the ioeventfd
+        d.init(queue_base=0x100000)
+        assert served(d, 0x200000) == [True]
+        with src.lifecycle.vcpus_parked():  # quiesces the device, as a migration's switchover does
+            sections = src.vmstate.capture()
+        assert "dev/virtio-rng-pci@02.0" in sections and "dev/virtio-rng-pci@07.0" in sections
+        dst.board.ram.mv[:] = src.board.ram.mv
+        with dst.lifecycle.vcpus_parked():
+            dst.vmstate.apply(sections)
+        fn2 = dst.board.devices[names[0]]
+        assert fn2.status == fn.status and fn2.kick_addresses() == {0: BAR4_ADDR + NOTIFY_OFF}
+        d.rig, d.fn = BoardPorts(dst.board), fn2
+        d.queues[0].mem = dst.board.memory
+        assert served(d, 0x300000) == [True]  # the restored device serves the next request
+        dst.board.reset_devices()
+        assert fn2.status == 0 and fn2.kick_addresses() == {}  # BAR4 unmapped with the reset config space
+    finally:
+        src.close()
+        dst.close()

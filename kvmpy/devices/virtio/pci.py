@@ -538,6 +538,10 @@ class VirtioPci(PciDevice):
             if i not in self._registered and hook(self._notify_fds[i], addr, True):
                 self._registered[i] = addr
 
+    def kick_addresses(self) -> dict[int, int]:
+        """Queue -> the notify address KVM signals its eventfd for (empty without ioeventfds)."""
+        return dict(self._registered)
+
     # ---- device protocol ------------------------------------------------------------------------
     def reset(self) -> None:
         self.virtio_reset()

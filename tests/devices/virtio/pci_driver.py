@@ -43,8 +43,33 @@ class RecordingLine:
         self.levels[self.irq] = level
 
 
+class ConfigPorts:
+    """Config mechanism #1 through a port bus ``pio`` (a rig's, or a PcBoard's)."""
+
+    pio: Bus
+
+    def cfg_read(self, devfn: int, reg: int, size: int = 4) -> int:
+        self.pio.write(0xCF8, 4, 0x80000000 | (devfn << 8) | (reg & 0xFC))
+        return self.pio.read(0xCFC + (reg & 3), size)
+
+    def cfg_write(self, devfn: int, reg: int, size: int, value: int) -> None:
+        self.pio.write(0xCF8, 4, 0x80000000 | (devfn << 8) | (reg & 0xFC))
+        self.pio.write(0xCFC + (reg & 3), size, value)
+
+    def config_space(self, devfn: int) -> bytes:
+        return b"".join(self.cfg_read(devfn, r).to_bytes(4, "little") for r in range(0, 256, 4))
+
+
+class BoardPorts(ConfigPorts):
+    """A PcBoard's buses and RAM as the driver sees them (its INTx goes to KVM, so ``levels`` stays empty)."""
+
+    def __init__(self, board) -> None:
+        self.pio, self.mmio, self.memory = board.pio, board.mmio, board.memory
+        self.levels: dict[int, bool] = {}
+
+
 @dataclass
-class PciRig:
+class PciRig(ConfigPorts):
     """What PcBarSpace needs of a board (``pio``, ``root``, ``address_space``), plus the PCI bus and RAM."""
 
     ram: RAMBlock = field(default_factory=lambda: RAMBlock.allocate("rig.ram", RAM_SIZE))
@@ -68,27 +93,12 @@ class PciRig:
         self.pio.map(0xCFA, 2, OffsetDevice(host, 2))
         self.pio.map(0xCFC, 4, OffsetDevice(host, 4))
 
-    # ---- config mechanism #1 -------------------------------------------------------------
-    def cfg_read(self, devfn: int, reg: int, size: int = 4) -> int:
-        self.pio.write(0xCF8, 4, 0x80000000 | (devfn << 8) | (reg & 0xFC))
-        return self.pio.read(0xCFC + (reg & 3), size)
-
-    def cfg_write(self, devfn: int, reg: int, size: int, value: int) -> None:
-        self.pio.write(0xCF8, 4, 0x80000000 | (devfn << 8) | (reg & 0xFC))
-        self.pio.write(0xCFC + (reg & 3), size, value)
-
-    def config_space(self, devfn: int) -> bytes:
-        return b"".join(self.cfg_read(devfn, r).to_bytes(4, "little") for r in range(0, 256, 4))
-
-    def irq_of(self, devfn: int) -> int:
-        """The IRQ PIIX3 routes the function's INTA to (programmed by the test as firmware would)."""
-        return self.cfg_read(devfn, 0x3C, 1)
 
 
 class VirtioPciDriver:
     """The driver side of one virtio-pci function on a ``PciRig``."""
 
-    def __init__(self, rig: PciRig, fn: PciDevice, bar4: int = BAR4_ADDR, irq: int = 11) -> None:
+    def __init__(self, rig: "PciRig | BoardPorts", fn: PciDevice, bar4: int = BAR4_ADDR, irq: int = 11) -> None:
         self.rig, self.fn, self.devfn = rig, fn, fn.devfn
         self.caps = self.find_caps()
         self.bar4 = bar4
