@@ -28,6 +28,7 @@ from kvmpy.devices.debug_exit import DebugExit
 from kvmpy.devices.device import Device
 from kvmpy.devices.i8042 import I8042
 from kvmpy.devices.kvm_irq import KvmIrqLine
+from kvmpy.devices.msi import MsiRoutes
 from kvmpy.devices.pci.bus import PciBus, PciHost
 from kvmpy.devices.pci.device import BarKind
 from kvmpy.devices.pci.i440fx import I440fx
@@ -244,6 +245,7 @@ class PcBoard:
         self.vm.set_tss_addr(TSS_ADDR)
         self.vm.set_identity_map_addr(IDENTITY_MAP_ADDR)
         self.vm.create_irqchip()
+        self.msi = MsiRoutes(self.vm)  # GSI routes for MSI(-X) vectors; keeps KVM's irqchip routes
         self.vm.create_pit2()
         supported = self.kvm.supported_cpuid()
         self.amd = any(e.function == 0 and e.ebx == 0x68747541 for e in supported)  # "Auth"enticAMD
@@ -363,5 +365,6 @@ class PcBoard:
     def close(self) -> None:
         for v in self.vcpus:
             v.close()
+        self.msi.close()
         self.vm.close()
         self.kvm.close()
