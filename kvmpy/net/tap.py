@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Mapping
 
 from ioctl_opt import IOR, IOW
 
+from kvmpy.errors import ConfigError
 from kvmpy.net.backend import NetBackend, Receive
 
 if TYPE_CHECKING:
@@ -85,7 +86,7 @@ _REFUSED = {"br": "br= needs qemu-bridge-helper, which kvmpy does not run; creat
             "poll-us": "poll-us= (vhost busy polling) is not supported"}
 
 
-class NetdevError(ValueError):
+class NetdevError(ConfigError):
     """A -netdev option a user got wrong, or a tap the host refuses; the message is one line."""
 
 
@@ -417,7 +418,7 @@ class TapBackend(NetBackend):
                 else:
                     poller.unregister(self.fd)
                 watching_tap = want_tap
-            for fd, _ in poller.poll():
+            for fd, _ in sorted(poller.poll(), key=lambda ev: ev[0] != self._wake):  # the wake fd first
                 if fd == self._wake:
                     try:
                         os.eventfd_read(self._wake)
@@ -426,6 +427,7 @@ class TapBackend(NetBackend):
                     woken = True
                 elif self._held is None and receive is not None:
                     self._drain(receive)
+                    woken = False  # a wake read before this frame was held is not the device's rx_ready
 
     def _drain(self, receive: Receive) -> None:
         """Read frames until the tap is empty or the device has no room."""

@@ -164,6 +164,13 @@ def sync_used(q: "SplitQueue") -> None:
     q.restore(state)
 
 
+def _own_eventfd(table: dict[int, int], index: int) -> int:
+    """Ring ``index``'s eventfd in ``table``, made on first use."""
+    if index not in table:
+        table[index] = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+    return table[index]
+
+
 class VhostNet:
     """One /dev/vhost-net instance serving one queue pair (RX 0, TX 1)."""
 
@@ -246,17 +253,9 @@ class VhostNet:
         addr = _ADDR.pack(i, flags, host_address(view, ring.desc, desc), host_address(view, ring.used, used),
                           host_address(view, ring.avail, avail), ring.used)
         _ioctl(self.fd, VHOST_SET_VRING_ADDR, addr, "VHOST_SET_VRING_ADDR")
-        kick = ring.kick_fd
-        if kick is None:
-            kick = self._own_kicks.get(i)
-            if kick is None:
-                kick = self._own_kicks[i] = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        kick = ring.kick_fd if ring.kick_fd is not None else _own_eventfd(self._own_kicks, i)
         _ioctl(self.fd, VHOST_SET_VRING_KICK, _FILE.pack(i, kick), "VHOST_SET_VRING_KICK")
-        call = ring.call_fd
-        if call is None:
-            call = self._own_calls.get(i)
-            if call is None:
-                call = self._own_calls[i] = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        call = ring.call_fd if ring.call_fd is not None else _own_eventfd(self._own_calls, i)
         _ioctl(self.fd, VHOST_SET_VRING_CALL, _FILE.pack(i, call), "VHOST_SET_VRING_CALL")
         os.eventfd_write(kick, 1)  # look at the ring once: the driver may have queued work already
 

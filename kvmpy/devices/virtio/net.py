@@ -33,16 +33,21 @@ import logging
 import struct
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from kvmpy.devices.device import DeviceStateError, bool_field, bytes_field, check_keys
 from kvmpy.devices.virtio.device import DeviceType, VirtioContext, VirtioDevice, bit
 from kvmpy.devices.virtio.queue import VirtQueueError
+from kvmpy.errors import ConfigError
 from kvmpy.memory.guest_memory import GuestMemoryError
 from kvmpy.net.backend import NetBackend
 
 if TYPE_CHECKING:
+    from kvmpy.config import MachineConfig
+    from kvmpy.config_devices import DeviceSpec
+    from kvmpy.devices.virtio.pci import VirtioPci
     from kvmpy.devices.virtio.queue import Chain, SplitQueue
+    from kvmpy.kvm.vm import VmFd
     from kvmpy.memory.address_space import AddressSpace
     from kvmpy.net.vhost import VhostNet
 
@@ -559,3 +564,60 @@ class VirtioNet(VirtioDevice):
         return (f"model=virtio-net-pci,macaddr={format_mac(self.mac)} link={'up' if self.link_up else 'down'} "
                 f"rx={self.counters.rx_frames} tx={self.counters.tx_frames} "
                 f"rx_dropped={self.counters.rx_dropped} tx_dropped={self.counters.tx_dropped} datapath={mode}")
+
+
+# ---- -device virtio-net-pci ---------------------------------------------------------------------
+NET_PROPS = frozenset({"netdev", "mac"})
+
+
+class NetBoard(Protocol):
+    """What the factory needs of a board: its configuration (netdevs, devices), RAM and KVM VM, MSI routes."""
+
+    config: "MachineConfig"
+    address_space: "AddressSpace"
+    memory: Any
+    vm: "VmFd"
+    msi: Any
+
+
+def _nics_before(config: "MachineConfig", spec: "DeviceSpec") -> list["DeviceSpec"]:
+    out = []
+    for other in getattr(config, "devices", ()):
+        if other is spec:
+            break
+        if other.driver == spec.driver:
+            out.append(other)
+    return out
+
+
+def virtio_net_pci(board: NetBoard, spec: "DeviceSpec") -> "VirtioPci":
+    """``-device virtio-net-pci,netdev=ID[,mac=MAC][,id=NAME]``: a NIC on the -netdev named ``ID``.
+
+    Without mac= the NIC gets QEMU's default, 52:54:00:12:34:56 plus the count of earlier
+    NICs that had none.
+    """
+    from kvmpy.devices.virtio.pci import virtio_pci
+    from kvmpy.net.netdev import make_netdev
+
+    where = spec.source or "-device virtio-net-pci"
+    earlier = _nics_before(board.config, spec)
+    text = spec.get("mac")
+    try:
+        mac = parse_mac(text) if text is not None else default_mac(sum(1 for e in earlier if e.get("mac") is None))
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    netdev_id = spec.get("netdev")
+    if netdev_id is None:
+        raise ConfigError(f"{where}: netdev= is required (kvmpy has no NIC without a -netdev backend)")
+    netdev = next((n for n in getattr(board.config, "netdevs", ()) if n.id == netdev_id), None)
+    if netdev is None:
+        raise ConfigError(f"{where}: Property 'virtio-net-pci.netdev' can't find value '{netdev_id}'")
+    if any(e.get("netdev") == netdev_id for e in earlier):
+        raise ConfigError(f"{where}: Property 'virtio-net-pci.netdev' can't take value '{netdev_id}', it's in use")
+    backend = make_netdev(netdev)
+    try:
+        return virtio_pci(board, spec, VirtioNet(backend, mac, spec.id or "", board.address_space),
+                          device_props=NET_PROPS)
+    except BaseException:
+        backend.close()
+        raise
