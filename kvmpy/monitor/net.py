@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from kvmpy.devices.virtio.net import VirtioNet, format_mac
 from kvmpy.monitor.protocol import QmpError
-from kvmpy.monitor.schema import Arg, CommandTable
+from kvmpy.monitor.schema import Arg, Command, CommandTable
 
 if TYPE_CHECKING:
     from kvmpy.monitor.context import Context
@@ -72,4 +72,5 @@ def hmp_set_link(ctx: "Context", args: list[str]) -> str:
 
 def add_net_commands(table: CommandTable) -> None:
     """Put set_link into ``table``."""
-    table.command("set_link", name=Arg("str"), up=Arg("bool"))(set_link)
+    # add() rather than command(): this command has an argument called "name"
+    table.add(Command("set_link", set_link, {"name": Arg("str"), "up": Arg("bool")}))
