@@ -257,7 +257,7 @@ class PcBoard:
         if self.linux is not None and host_kvm_kind() is KvmKind.PVM:
             log.warning(PVM_WARNING)
         self._build_memory()
-        self.console = console if console is not None else open_backend(config.serial)
+        self.console = console if console is not None else open_backend(config.serial, config.chardevs)
         self._build_devices(devices)
         self._build_vcpus(supported, vcpu_events)
         self.boot = self.load_kernel()
