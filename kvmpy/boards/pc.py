@@ -9,7 +9,8 @@ ISA bridge, whose BARs ``PcBarSpace`` maps on the same buses), and the kernel
 (multiboot or Linux) loaded with vCPU 0 at its entry.
 Devices report only through the ``post`` callback (the machine's lifecycle);
 the board never holds the machine. A new device is one file in
-``kvmpy/devices/`` plus one line in ``PC_DEVICES``.
+``kvmpy/devices/`` plus one line in ``PC_DEVICES``; the ``-device`` PCI
+functions are appended to the table by ``pc_pci`` (one line per driver there).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from typing import Callable, NamedTuple, Union, cast
 
 from kvmpy.boards.mmio import MmioRouter
+from kvmpy.boards.pc_pci import pci_device_lines
 from kvmpy.config import MachineConfig
 from kvmpy.devices.acpi_pm import BLOCK_SIZE as PM_BLOCK_SIZE, AcpiPm, ResetControl
 from kvmpy.devices.bus import Bus, BusConflictError, OffsetDevice
@@ -30,7 +32,7 @@ from kvmpy.devices.i8042 import I8042
 from kvmpy.devices.kvm_irq import KvmIrqLine
 from kvmpy.devices.msi import MsiRoutes
 from kvmpy.devices.pci.bus import PciBus, PciHost
-from kvmpy.devices.pci.device import BarKind
+from kvmpy.devices.pci.device import BarKind, PciDevice
 from kvmpy.devices.pci.i440fx import I440fx
 from kvmpy.devices.pci.piix3 import Piix3
 from kvmpy.devices.port80 import Port80
@@ -283,6 +285,7 @@ class PcBoard:
 
     def _build_devices(self, table: tuple[DeviceSlot, ...]) -> None:
         """Walk the device table: build each device and map its windows on the PIO bus and in MMIO."""
+        table = table + tuple(DeviceSlot(n, make) for n, make in pci_device_lines(self.config))  # -device PCI
         self.pio = Bus("pio")
         self.devices: dict[str, Device] = {}
         for slot in table:
@@ -363,6 +366,9 @@ class PcBoard:
             dev.reset()
 
     def close(self) -> None:
+        for dev in self.devices.values():
+            if isinstance(dev, PciDevice):
+                dev.close()  # device threads end before the VM they signal goes away
         for v in self.vcpus:
             v.close()
         self.msi.close()
