@@ -333,3 +333,66 @@ def test_state_round_trip_and_hostile_state(guest) -> None:
                 {"mac": bytes(6), "link_up": 1}, {"mac": bytes(6)}, {**state, "x": 1}):
         with pytest.raises(DeviceStateError):
             other.validate(bad)
+
+
+# ---- the whole stack on a PC board: -netdev tap + -device virtio-net-pci, the transport, the monitor ------
+@pytest.mark.kvm_host
+def test_virtio_net_pci_on_a_pc_board() -> None:
+    from kvmpy.config import MachineConfig
+    from kvmpy.config_devices import DeviceSpec, NetdevSpec
+    from kvmpy.devices.chardev import BufferBackend
+    from kvmpy.machine import Machine, qmp_commands
+    from kvmpy.monitor.context import Context
+    from kvmpy.monitor.protocol import QmpError
+    from tests.devices.virtio.pci_driver import BoardPorts, VirtioPciDriver
+    from tests.guests.build import build_guest
+
+    name = f"kb{os.getpid() % 100000}"
+    cfg = MachineConfig(
+        kernel=build_guest("hello"), memory=32 << 20, no_reboot=True,
+        netdevs=(NetdevSpec("tap", "n0", (("ifname", name), ("script", "no"), ("downscript", "no"))),),
+        devices=(DeviceSpec("virtio-net-pci", "nic0", (("netdev", "n0"),)),
+                 DeviceSpec("virtio-net-pci", None, (("netdev", "n1"), ("mac", "52:54:00:aa:bb:cc"))))[:1],
+    ).validate()
+    ns = NetNs.create()
+    m = Machine(cfg, BufferBackend())
+    try:
+        ns.take(name, f"{HOST_IP}/24", (GUEST_IP, GUEST_MAC))
+        host_mac = ns.run("cat", f"/sys/class/net/{name}/address").strip()
+        sock = ns.socket()
+        sock.bind((HOST_IP, 7000))
+        sock.settimeout(5)
+        fn = m.board.devices["virtio-net-pci@02.0"]
+        assert (fn.identity.vendor, fn.identity.device, fn.identity.class_code) == (0x1AF4, 0x1041, 0x0200)
+        d = VirtioPciDriver(BoardPorts(m.board), fn)
+        assert bytes(d.device_cfg_read(i, 1) for i in range(6)) == bytes.fromhex("525400123456")
+        d.init(queue_base=0x100000, wanted=bit(F_VERSION_1) | bit(F_MAC) | bit(F_STATUS) | bit(F_CSUM))
+        frame, _ = udp_frame(GUEST_MAC, host_mac, GUEST_IP, HOST_IP, 7001, 7000, b"through the transport")
+        m.board.memory.write(0x200000, bytes(12) + frame)
+        d.queues[TX].add([(0x200000, 12 + len(frame))], [])
+        d.kick(TX)
+        assert sock.recvfrom(100) == (b"through the transport", (GUEST_IP, 7001))
+        # and back: an RX buffer, a frame from the host, the used ring
+        d.queues[RX].add([], [(0x300000, 2048)])
+        d.kick(RX)
+        sock.sendto(b"to the board", (GUEST_IP, 7001))
+        deadline, used = time.time() + 5, []
+        while not used and time.time() < deadline:
+            used = d.queues[RX].get_used()
+            time.sleep(0.01)
+        assert used and parse_udp(m.board.memory.read(0x300000 + 12, used[0][1] - 12))[4] == b"to the board"
+        # the monitor: info network, set_link by the NIC's id and by the netdev's, a wrong name
+        table = qmp_commands()
+        ctx = Context(m, commands=table)
+        text = table.dispatch(ctx, "human-monitor-command", {"command-line": "info network"})
+        assert text == (f"nic0: index=0,type=nic,model=virtio-net-pci,macaddr=52:54:00:12:34:56\r\n"
+                        f" \\ n0: index=0,type=tap,ifname={name},script=no,downscript=no\r\n")
+        assert table.dispatch(ctx, "set_link", {"name": "nic0", "up": False}) == {}
+        assert d.device_cfg_read(6, 2) == 0 and d.isr() & 2  # link down, a configuration change
+        table.dispatch(ctx, "set_link", {"name": "n0", "up": True})
+        assert d.device_cfg_read(6, 2) == 1
+        with pytest.raises(QmpError, match="Device 'nope' not found"):
+            table.dispatch(ctx, "set_link", {"name": "nope", "up": True})
+    finally:
+        m.close()
+        ns.delete()
