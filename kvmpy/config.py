@@ -152,7 +152,10 @@ BOARDS: Mapping[str, Board] = MappingProxyType({
                 }),
                 drive_interfaces=frozenset({"virtio", "none"}),
                 netdev_types=frozenset({
+                    "socket",
+                    "stream",
                     "tap",
+                    "user",
                 }),
                 why_no_trace="the guest runs under KVM, not TCG; KVMPY_LOG=debug logs unhandled ports"),
     "virt": Board(machine="virt", arch="riscv64", accel="tcg", memory=(1 * MiB, 16 * GiB), max_smp=1,
