@@ -146,9 +146,12 @@ BOARDS: Mapping[str, Board] = MappingProxyType({
                 aliases=("q35", "microvm"), alias_prefixes=("pc-",),
                 chardev_backends=frozenset({"null", "socket", "stdio", "file", "pty"}),
                 device_drivers=frozenset({
+                    "virtconsole",
                     "virtio-blk-pci",
                     "virtio-net-pci",
                     "virtio-rng-pci",
+                    "virtio-serial-pci",
+                    "virtserialport",
                 }),
                 drive_interfaces=frozenset({"virtio", "none"}),
                 netdev_types=frozenset({
@@ -502,6 +505,10 @@ class MachineConfig:
                 builds = f" (it builds: {', '.join(sorted(board.device_drivers))})" if board.device_drivers else ""
                 raise ConfigError(f"{d.source or '-device'}: unsupported device {d.driver!r}: machine {m!r} does not "
                                   f"build it yet{builds}")
+            if d.driver in ("virtconsole", "virtserialport") and \
+                    not any(s.driver == "virtio-serial-pci" for s in self.devices):
+                raise ConfigError(f"{d.source or '-device'}: No 'virtio-serial-bus' bus found for device "
+                                  f"'{d.driver}'")
 
     def _check_features(self, board: Board) -> None:
         """Refuse, by the flag a user typed, every optional feature the board does not have."""

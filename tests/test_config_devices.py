@@ -196,6 +196,9 @@ def test_mistakes_are_qemus_one_line(args: list[str], message: str, capsys) -> N
 
 
 @pytest.mark.parametrize("args, message", [
+    (["-device", "ide-cd"], "unsupported device 'ide-cd': machine 'pc' does not build it yet"),
+    (["-chardev", "null,id=c0", "-device", "virtconsole,chardev=c0"],
+     "-device virtconsole,chardev=c0: No 'virtio-serial-bus' bus found for device 'virtconsole'"),
     (["-drive", "file=/etc/hostname"], "-drive file=/etc/hostname: IDE is not supported yet; use if=virtio"),
     (["-hda", "/etc/hostname"], "-hda /etc/hostname: IDE is not supported yet; use if=virtio"),
     (["-cdrom", "/etc/hostname"], "CD-ROM drives (IDE) are not supported yet"),
