@@ -17,6 +17,7 @@ from kvmpy.kvm import abi
 from kvmpy.memory.guest_memory import GuestMemoryError
 from kvmpy.memory.region import MemoryRegion, RegionKind
 from kvmpy.monitor.context import PACKAGE, QEMU_VERSION
+from kvmpy.monitor.memory import info_memory_devices_text
 from kvmpy.monitor.pci import info_pci_text
 from kvmpy.monitor.protocol import QmpError
 
@@ -97,6 +98,8 @@ def _info(ctx: "Context", args: list[str], cpu: int) -> str:
         return _mtree_flat(m) if "-f" in args[1:] else _mtree(m)
     if what == "pci":
         return info_pci_text(ctx)
+    if what == "memory-devices":
+        return info_memory_devices_text(ctx)
     if what == "kvm":
         return "kvm support: enabled\n"
     if what == "name":
