@@ -18,7 +18,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence, runtime_checkable
 
 from kvmpy.vcpu.thread import StopReason, VcpuEvent
 
@@ -65,6 +65,15 @@ class VcpuControl(Protocol):
     def stop(self, wait: bool = True) -> None: ...
 
 
+@runtime_checkable
+class DeviceControl(Protocol):
+    """A device with work of its own (I/O threads): it stops touching guest memory while the VM is stopped."""
+
+    def quiesce(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+
 class Lifecycle:
     """Run state, events and the vCPU threads' start/park/stop; see the module docstring."""
 
@@ -76,10 +85,15 @@ class Lifecycle:
         self._lock = threading.RLock()  # serialises run-state changes from every thread
         self._listeners: list[EventListener] = []
         self._vcpus: list[VcpuControl] = []
+        self._devices: list[DeviceControl] = []
 
     def attach_vcpus(self, vcpus: Sequence[VcpuControl]) -> None:
         """The vCPU threads this lifecycle starts, parks and stops (set once, before ``start()``)."""
         self._vcpus = list(vcpus)
+
+    def attach_devices(self, devices: Sequence[DeviceControl]) -> None:
+        """Devices quiesced whenever the vCPUs are parked and resumed just before they run again."""
+        self._devices = list(devices)
 
     # ---- state -----------------------------------------------------------------
     @property
@@ -148,6 +162,14 @@ class Lifecycle:
             t.pause(wait=False)
         for t in self._vcpus:
             t.pause(wait=True)
+        for d in self._devices:  # after the vCPUs: no kick can arrive any more
+            d.quiesce()
+
+    def _run_vcpus(self) -> None:
+        for d in self._devices:
+            d.resume()
+        for t in self._vcpus:
+            t.resume()
 
     def hold_vcpus(self) -> None:
         """Ask every vCPU to park, without waiting and without a run-state change (throttling)."""
@@ -158,8 +180,7 @@ class Lifecycle:
         """Undo ``hold_vcpus()``, but only if the machine is still meant to run and no event is pending."""
         with self._lock:
             if self._state is RunState.RUNNING and self.events.empty():
-                for t in self._vcpus:
-                    t.resume()
+                self._run_vcpus()
 
     @contextmanager
     def vcpus_parked(self) -> Iterator[None]:
@@ -189,8 +210,7 @@ class Lifecycle:
             if self._state in NEEDS_RESET:
                 raise RuntimeError("Resetting the Virtual Machine is required")
             self._state = RunState.RUNNING
-            for t in self._vcpus:
-                t.resume()
+            self._run_vcpus()
         self.emit("RESUME")
         return True
 
@@ -206,8 +226,7 @@ class Lifecycle:
             if self._state in NEEDS_RESET:
                 self._state = RunState.PAUSED
             if self._state is RunState.RUNNING:
-                for t in self._vcpus:
-                    t.resume()
+                self._run_vcpus()
         self.emit("RESET", {"guest": guest, "reason": reason})
 
     def stop_vcpus(self) -> None:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from kvmpy.boards.pc import PcBoard
 from kvmpy.config import MachineConfig
 from kvmpy.devices.chardev import CharBackend
-from kvmpy.lifecycle import Lifecycle, MachineEvent, RunState
+from kvmpy.lifecycle import DeviceControl, Lifecycle, MachineEvent, RunState
 from kvmpy.memory.kvm_slots import KvmSlots
 from kvmpy.memory.ramblock import RAMBlock
 from kvmpy.migration.manager import MigrationManager
@@ -54,6 +54,7 @@ class Machine:
         self.board = PcBoard(config, self.lifecycle.post, self.lifecycle.on_vcpu_event, console,
                              emit=self.lifecycle.emit)
         self.lifecycle.attach_vcpus(self.board.threads)
+        self.lifecycle.attach_devices([d for d in self.board.devices.values() if isinstance(d, DeviceControl)])
         self.vmstate = VmState(self.board)
         self._power_on = self.vmstate.capture(cpu_only=True)
         self.migration = MigrationManager(self)

@@ -114,7 +114,7 @@ BOMB = b"".join([b"a: &a [x, x, x, x, x, x, x, x, x, x]\n"]
     (BOMB + b"kernel: k.elf\ntrace: *i\n", "aliases are expanded"),
     (BOMB + b"kernel: k.elf\ndevices: [{type: isa-debug-exit, iosize: *i}]\n", "aliases are expanded"),
     (b"kernel: k.elf\ntrace: [[in_asm, exec]]\n", "'trace items' must be str"),
-    (b"kernel: k.elf\ndevices: [{type: isa-debug-exit, iosize: [1, 2]}]\n", "iosize' must be int or str"),
+    (b"kernel: k.elf\ndevices: [{type: isa-debug-exit, iosize: [1, 2]}]\n", "iosize must be text, a number or a boolean"),
     (b"kernel: k.elf\ndevices: [{type: isa-debug-exit, iobase: '" + b"9" * 5000 + b"'}]\n", "invalid iobase"),
     (b"a: &a [*a]\nkernel: k.elf\n", "contains it"),
     (b"kernel: k.elf\nappend: [" + b"1, " * 20000 + b"]\n", "more than 10000 nodes"),

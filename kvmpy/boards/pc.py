@@ -9,7 +9,8 @@ ISA bridge, whose BARs ``PcBarSpace`` maps on the same buses), and the kernel
 (multiboot or Linux) loaded with vCPU 0 at its entry.
 Devices report only through the ``post`` callback (the machine's lifecycle);
 the board never holds the machine. A new device is one file in
-``kvmpy/devices/`` plus one line in ``PC_DEVICES``.
+``kvmpy/devices/`` plus one line in ``PC_DEVICES``; the ``-device`` PCI
+functions are appended to the table by ``pc_pci`` (one line per driver there).
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from dataclasses import dataclass
 from typing import Callable, NamedTuple, Union, cast
 
 from kvmpy.boards.mmio import MmioRouter
+from kvmpy.boards.pc_pci import pci_device_lines
 from kvmpy.config import MachineConfig
-from kvmpy.boards.pc_memhp import PcMemoryHotplug
+from kvmpy.boards.pc_memhp import PcMemoryHotplug, cold_plug
 from kvmpy.devices.acpi_gpe import GPE0_BASE, GPE0_LEN, AcpiGpe
 from kvmpy.devices.acpi_memhp import MEMHP_BASE, MEMHP_LEN, MemoryHotplugController
 from kvmpy.devices.acpi_pm import BLOCK_SIZE as PM_BLOCK_SIZE, AcpiPm, ResetControl
@@ -32,8 +34,9 @@ from kvmpy.devices.device import Device
 from kvmpy.devices.i8042 import I8042
 from kvmpy.devices.irq import SharedIrq
 from kvmpy.devices.kvm_irq import KvmIrqLine
+from kvmpy.devices.msi import MsiRoutes
 from kvmpy.devices.pci.bus import PciBus, PciHost
-from kvmpy.devices.pci.device import BarKind
+from kvmpy.devices.pci.device import BarKind, PciDevice
 from kvmpy.devices.pci.i440fx import I440fx
 from kvmpy.devices.pci.piix3 import Piix3
 from kvmpy.devices.port80 import Port80
@@ -44,7 +47,7 @@ from kvmpy.kvm.flavor import KvmKind, host_kvm_kind
 from kvmpy.kvm.system import Kvm
 from kvmpy.lifecycle import MachineEvent
 from kvmpy.loader import acpi
-from kvmpy.loader.acpi_memhp import HotplugMemory
+from kvmpy.loader.memhp_aml import HotplugMemory
 from kvmpy.loader.e820 import FOUR_GIB, HIGH_TABLES, pc_e820, pci_holes, split_ram
 from kvmpy.loader.linux import EntryMode, KernelFormat, LinuxBoot, detect_format, load_linux, prepare_kernel
 from kvmpy.loader.multiboot import BootEntry, load_multiboot
@@ -148,16 +151,12 @@ def _acpi_memhp(b: "PcBoard") -> MemoryHotplugController | None:
     cfg = b.config
     below, above = split_ram(cfg.memory)
     b.memhp = PcMemoryHotplug(b.root, b.address_space, cast(AcpiGpe, b.devices["acpi-gpe"]), b.emit,
-                              cfg.memory, above, _memory_slots(cfg), getattr(cfg, "max_memory", None))
+                              cfg.memory, above, cfg.memory_slots, cfg.max_memory)
     return b.memhp.controller if b.memhp.slots else None
 
 
 def _memhp_ports(cfg: MachineConfig) -> Ranges:
-    return (Window(MEMHP_BASE, MEMHP_LEN),) if _memory_slots(cfg) else ()
-
-
-def _memory_slots(cfg: MachineConfig) -> int:
-    return getattr(cfg, "memory_slots", 0)  # -m slots= (the front end's field)
+    return (Window(MEMHP_BASE, MEMHP_LEN),) if cfg.memory_slots else ()
 
 
 def _reset_control(b: "PcBoard") -> ResetControl:
@@ -275,6 +274,7 @@ class PcBoard:
         self.vm.set_tss_addr(TSS_ADDR)
         self.vm.set_identity_map_addr(IDENTITY_MAP_ADDR)
         self.vm.create_irqchip()
+        self.msi = MsiRoutes(self.vm)  # GSI routes for MSI(-X) vectors; keeps KVM's irqchip routes
         self.vm.create_pit2()
         self.sci = SharedIrq(KvmIrqLine(self.vm, acpi.SCI_IRQ))  # the PM block and GPE0 share the SCI
         supported = self.kvm.supported_cpuid()
@@ -287,9 +287,11 @@ class PcBoard:
         if self.linux is not None and host_kvm_kind() is KvmKind.PVM:
             log.warning(PVM_WARNING)
         self._build_memory()
-        self.console = console if console is not None else open_backend(config.serial)
+        self.console = console if console is not None else open_backend(config.serial, config.chardevs)
         self.memhp: PcMemoryHotplug | None = None  # set by the acpi-memhp table line
         self._build_devices(devices)
+        if self.memhp is not None:
+            cold_plug(self.memhp, config)  # -object memory-backend-*, -device pc-dimm
         self._build_vcpus(supported, vcpu_events)
         self.boot = self.load_kernel()
 
@@ -314,6 +316,7 @@ class PcBoard:
 
     def _build_devices(self, table: tuple[DeviceSlot, ...]) -> None:
         """Walk the device table: build each device and map its windows on the PIO bus and in MMIO."""
+        table = table + tuple(DeviceSlot(n, make) for n, make in pci_device_lines(self.config))  # -device PCI
         self.pio = Bus("pio")
         self.devices: dict[str, Device] = {}
         for slot in table:
@@ -397,7 +400,11 @@ class PcBoard:
             dev.reset()
 
     def close(self) -> None:
+        for dev in self.devices.values():
+            if isinstance(dev, PciDevice):
+                dev.close()  # device threads end before the VM they signal goes away
         for v in self.vcpus:
             v.close()
+        self.msi.close()
         self.vm.close()
         self.kvm.close()

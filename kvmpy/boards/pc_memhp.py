@@ -17,6 +17,7 @@ import logging
 import threading
 from typing import Any, Callable
 
+from kvmpy.errors import ConfigError
 from kvmpy.devices.acpi_gpe import GPE_MEMORY_HOTPLUG, AcpiGpe
 from kvmpy.devices.acpi_memhp import MemoryHotplugController
 from kvmpy.memory.address_space import AddressSpace
@@ -143,4 +144,37 @@ class PcMemoryHotplug:
                           for d in self.dimms]}
 
 
-__all__ = ["PcMemoryHotplug", "NotFound", "DimmError", "BackendError"]
+def _int_prop(spec: Any, key: str) -> int | None:
+    value = spec.get(key)
+    if value is None:
+        return None
+    try:
+        return int(value, 0) if isinstance(value, str) else int(value)
+    except ValueError:
+        raise ConfigError(f"{spec.source or '-device pc-dimm'}: Parameter '{key}' expects an integer") from None
+
+
+def cold_plug(memhp: PcMemoryHotplug, config: Any) -> None:
+    """The memory backends of ``-object`` and the DIMMs of ``-device pc-dimm``, present at power-on.
+
+    A refused one is a ConfigError naming the option, with QEMU's message.
+    """
+    for obj in config.objects:
+        if obj.qom_type not in ("memory-backend-ram", "memory-backend-file"):
+            continue
+        try:
+            memhp.object_add(obj.qom_type, obj.id, dict(obj.props))
+        except BackendError as exc:
+            raise ConfigError(f"{obj.source or '-object ' + obj.qom_type}: {exc}") from None
+    for dev in config.devices:
+        if dev.driver != "pc-dimm":
+            continue
+        try:
+            node = _int_prop(dev, "node")
+            memhp.plug(dev.id, dev.get("memdev"), _int_prop(dev, "addr"), _int_prop(dev, "slot"),
+                       node or 0, hotplug=False)
+        except (DimmError, BackendError, NotFound) as exc:
+            raise ConfigError(f"{dev.source or '-device pc-dimm'}: {exc}") from None
+
+
+__all__ = ["PcMemoryHotplug", "NotFound", "DimmError", "BackendError", "cold_plug"]

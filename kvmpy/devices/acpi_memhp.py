@@ -1,7 +1,7 @@
 """The ACPI memory-hotplug controller: QEMU's register block at port 0x0A00 (24 bytes) for DIMM slots.
 
 The register interface is QEMU's (docs/specs/acpi_mem_hotplug.rst), which the
-DSDT methods of kvmpy.loader.acpi_memhp drive. A write to offset 0 selects a
+DSDT methods of kvmpy.loader.memhp_aml drive. A write to offset 0 selects a
 slot; reads then give that slot's DIMM address (0x0, 0x4), size (0x8, 0xC),
 proximity (0x10) and flags (0x14: bit 0 enabled, bit 1 insert event, bit 2
 remove event). Writes: _OST event (0x4) and status (0x8, which reports

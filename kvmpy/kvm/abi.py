@@ -270,6 +270,43 @@ struct kvm_ioeventfd {
     uint32_t flags;
     uint8_t pad[36];
 };
+struct kvm_irq_routing_irqchip {
+    uint32_t irqchip;
+    uint32_t pin;
+};
+struct kvm_irq_routing_msi {
+    uint32_t address_lo;
+    uint32_t address_hi;
+    uint32_t data;
+    union {
+        uint32_t pad;
+        uint32_t devid;
+    };
+};
+struct kvm_irq_routing_entry {
+    uint32_t gsi;
+    uint32_t type;
+    uint32_t flags;
+    uint32_t pad;
+    union {
+        struct kvm_irq_routing_irqchip irqchip;
+        struct kvm_irq_routing_msi msi;
+        uint32_t pad[8];
+    } u;
+};
+struct kvm_irq_routing {
+    uint32_t nr;
+    uint32_t flags;
+    struct kvm_irq_routing_entry entries[];
+};
+struct kvm_msi {
+    uint32_t address_lo;
+    uint32_t address_hi;
+    uint32_t data;
+    uint32_t flags;
+    uint32_t devid;
+    uint8_t pad[12];
+};
 int ioctl(int fd, unsigned long request, ...);
 """
 
@@ -376,6 +413,20 @@ MP_STATE_SIPI_RECEIVED = 4
 
 PIT_SPEAKER_DUMMY = 1
 
+# KVM_IRQFD flags.
+IRQFD_FLAG_DEASSIGN = 1 << 0
+IRQFD_FLAG_RESAMPLE = 1 << 1
+
+# KVM_IOEVENTFD flags.
+IOEVENTFD_FLAG_DATAMATCH = 1 << 0
+IOEVENTFD_FLAG_PIO = 1 << 1
+IOEVENTFD_FLAG_DEASSIGN = 1 << 2
+IOEVENTFD_LENGTHS = (0, 1, 2, 4, 8)  # 0: any access width, no datamatch (KVM_CAP_IOEVENTFD_NO_LENGTH)
+
+# GSI routing entry types (KVM_SET_GSI_ROUTING).
+IRQ_ROUTING_IRQCHIP = 1
+IRQ_ROUTING_MSI = 2
+
 # Capabilities (KVM_CAP_*).
 CAP_IRQCHIP = 0
 CAP_USER_MEMORY = 3
@@ -385,6 +436,7 @@ CAP_NR_VCPUS = 9
 CAP_NR_MEMSLOTS = 10
 CAP_MP_STATE = 14
 CAP_COALESCED_MMIO = 15
+CAP_IRQ_ROUTING = 25  # the check returns the most routes a table may hold
 CAP_IRQ_INJECT_STATUS = 26
 CAP_IRQFD = 32
 CAP_PIT2 = 33
@@ -399,6 +451,10 @@ CAP_XCRS = 56
 CAP_TSC_CONTROL = 60
 CAP_GET_TSC_KHZ = 61
 CAP_MAX_VCPUS = 66
+CAP_SIGNAL_MSI = 77
+CAP_IRQFD_RESAMPLE = 82
+CAP_IOEVENTFD_NO_LENGTH = 100
+CAP_IOEVENTFD_ANY_LENGTH = 122
 CAP_IMMEDIATE_EXIT = 136
 CAP_COALESCED_PIO = 162
 

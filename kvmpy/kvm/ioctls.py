@@ -40,6 +40,7 @@ KVM_GET_IRQCHIP = IOWR(KVMIO, 0x62, _sized("struct kvm_irqchip"))
 KVM_SET_IRQCHIP = IOR(KVMIO, 0x63, _sized("struct kvm_irqchip"))
 KVM_REGISTER_COALESCED_MMIO = IOW(KVMIO, 0x67, _sized("struct kvm_coalesced_mmio_zone"))
 KVM_UNREGISTER_COALESCED_MMIO = IOW(KVMIO, 0x68, _sized("struct kvm_coalesced_mmio_zone"))
+KVM_SET_GSI_ROUTING = IOW(KVMIO, 0x6A, _sized("struct kvm_irq_routing"))  # the header only; entries follow
 KVM_IRQFD = IOW(KVMIO, 0x76, _sized("struct kvm_irqfd"))
 KVM_CREATE_PIT2 = IOW(KVMIO, 0x77, _sized("struct kvm_pit_config"))
 KVM_IOEVENTFD = IOW(KVMIO, 0x79, _sized("struct kvm_ioeventfd"))
@@ -48,6 +49,7 @@ KVM_GET_CLOCK = IOR(KVMIO, 0x7C, _sized("struct kvm_clock_data"))
 KVM_GET_PIT2 = IOR(KVMIO, 0x9F, _sized("struct kvm_pit_state2"))
 KVM_SET_PIT2 = IOW(KVMIO, 0xA0, _sized("struct kvm_pit_state2"))
 KVM_ENABLE_CAP = IOW(KVMIO, 0xA3, _sized("struct kvm_enable_cap"))
+KVM_SIGNAL_MSI = IOW(KVMIO, 0xA5, _sized("struct kvm_msi"))
 
 # vCPU ioctls.
 KVM_RUN = IO(KVMIO, 0x80)

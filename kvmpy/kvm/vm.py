@@ -1,4 +1,9 @@
-"""VmFd: one KVM virtual machine (memory slots, irqchip, PIT, IRQ lines, dirty log, vCPUs)."""
+"""VmFd: one KVM virtual machine (memory slots, irqchip, PIT, IRQ lines, dirty log, vCPUs).
+
+Also KVM's fast paths that bypass a userspace exit: irqfd (an eventfd write
+raises a GSI), ioeventfd (a guest access to an address signals an eventfd
+instead of exiting), the GSI routing table, and KVM_SIGNAL_MSI.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ import logging
 import mmap
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence, Union
 
 from kvmpy.kvm import abi, ioctls
 from kvmpy.kvm._ioctl import ioctl_buf, ioctl_int
@@ -17,6 +22,27 @@ if TYPE_CHECKING:
     import numpy as np
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IrqchipRoute:
+    """A GSI that drives a pin of an in-kernel interrupt controller (``abi.IRQCHIP_*``)."""
+
+    gsi: int
+    chip: int
+    pin: int
+
+
+@dataclass(frozen=True)
+class MsiRoute:
+    """A GSI that sends an MSI message (the address/data pair a PCI function writes)."""
+
+    gsi: int
+    address: int
+    data: int
+
+
+GsiRoute = Union[IrqchipRoute, MsiRoute]
 
 
 @dataclass
@@ -115,6 +141,63 @@ class VmFd:
 
     def check_extension(self, cap: int) -> int:
         return ioctl_int(self.fd, ioctls.KVM_CHECK_EXTENSION, cap)
+
+    # ---- fast paths: irqfd, ioeventfd, GSI routing, MSI ------------------------------
+    def irqfd(self, fd: int, gsi: int, resample_fd: int | None = None) -> None:
+        """A write to eventfd ``fd`` raises ``gsi`` in the kernel; with ``resample_fd`` the GSI is level
+        triggered and KVM signals ``resample_fd`` when the guest acknowledges it (KVM_CAP_IRQFD_RESAMPLE)."""
+        req = ffi.new("struct kvm_irqfd *", {"fd": fd, "gsi": gsi})
+        if resample_fd is not None:
+            req.flags = abi.IRQFD_FLAG_RESAMPLE
+            req.resamplefd = resample_fd
+        ioctl_buf(self.fd, ioctls.KVM_IRQFD, req)
+
+    def irqfd_deassign(self, fd: int, gsi: int) -> None:
+        req = ffi.new("struct kvm_irqfd *", {"fd": fd, "gsi": gsi, "flags": abi.IRQFD_FLAG_DEASSIGN})
+        ioctl_buf(self.fd, ioctls.KVM_IRQFD, req)
+
+    def ioeventfd(self, fd: int, addr: int, length: int, *, pio: bool, datamatch: int | None = None,
+                  deassign: bool = False) -> None:
+        """A guest write of ``length`` bytes (0: any width) to port/MMIO ``addr`` signals eventfd ``fd``
+        in the kernel, without an exit; with ``datamatch`` only writes of that value do.
+        ``deassign`` removes a registration made with the same arguments."""
+        if length not in abi.IOEVENTFD_LENGTHS:
+            raise ValueError(f"ioeventfd length must be one of {abi.IOEVENTFD_LENGTHS}, not {length}")
+        if datamatch is not None and not (length and 0 <= datamatch < 1 << (8 * length)):
+            raise ValueError(f"datamatch {datamatch:#x} does not fit a {length}-byte access")
+        flags = (abi.IOEVENTFD_FLAG_PIO if pio else 0) | (abi.IOEVENTFD_FLAG_DEASSIGN if deassign else 0)
+        req = ffi.new("struct kvm_ioeventfd *", {"addr": addr, "len": length, "fd": fd})
+        if datamatch is not None:
+            flags |= abi.IOEVENTFD_FLAG_DATAMATCH
+            req.datamatch = datamatch
+        req.flags = flags
+        ioctl_buf(self.fd, ioctls.KVM_IOEVENTFD, req)
+
+    def set_gsi_routing(self, routes: Sequence[GsiRoute]) -> None:
+        """Replace KVM's whole GSI routing table (KVM's default x86 table is gone after the first call)."""
+        raw = ffi.new("char[]", ffi.sizeof("struct kvm_irq_routing")
+                      + len(routes) * ffi.sizeof("struct kvm_irq_routing_entry"))
+        table = ffi.cast("struct kvm_irq_routing *", raw)
+        table.nr = len(routes)
+        for i, route in enumerate(routes):
+            entry = table.entries[i]
+            entry.gsi = route.gsi
+            if isinstance(route, MsiRoute):
+                entry.type = abi.IRQ_ROUTING_MSI
+                entry.u.msi.address_lo = route.address & 0xFFFFFFFF
+                entry.u.msi.address_hi = route.address >> 32
+                entry.u.msi.data = route.data
+            else:
+                entry.type = abi.IRQ_ROUTING_IRQCHIP
+                entry.u.irqchip.irqchip = route.chip
+                entry.u.irqchip.pin = route.pin
+        ioctl_buf(self.fd, ioctls.KVM_SET_GSI_ROUTING, raw)
+
+    def signal_msi(self, address: int, data: int) -> int:
+        """Inject one MSI; returns KVM's answer: > 0 delivered, 0 blocked by the guest (e.g. APIC disabled)."""
+        msg = ffi.new("struct kvm_msi *", {"address_lo": address & 0xFFFFFFFF, "address_hi": address >> 32,
+                                          "data": data})
+        return ioctl_buf(self.fd, ioctls.KVM_SIGNAL_MSI, msg)
 
     # ---- vCPUs ------------------------------------------------------------
     def create_vcpu(self, vcpu_id: int) -> VcpuFd:

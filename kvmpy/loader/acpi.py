@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from kvmpy.devices.acpi_gpe import GPE0_BASE, GPE0_LEN
 from kvmpy.loader import aml
-from kvmpy.loader.acpi_memhp import HotplugMemory, memhp_aml, srat_body
+from kvmpy.loader.memhp_aml import HotplugMemory, memhp_aml, srat_body
 from kvmpy.loader.e820 import PciHoles
 
 OEM_ID = b"KVMPY "
@@ -158,7 +158,7 @@ def pci_aml(holes: PciHoles) -> bytes:
 
 def build_dsdt(pci: PciHoles | None = None, memory_slots: int = 0) -> bytes:
     """\\_S5 (the soft-off sleep type), the GPE block device, the PCI description when the board has
-    PCI, and the memory-hotplug devices (kvmpy.loader.acpi_memhp) when it has DIMM slots."""
+    PCI, and the memory-hotplug devices (kvmpy.loader.memhp_aml) when it has DIMM slots."""
     s5 = aml.name("_S5_", aml.package(aml.integer(SLP_TYP_S5), aml.integer(SLP_TYP_S5), aml.integer(0),
                                       aml.integer(0)))
     gpe = aml.scope("_GPE", aml.name("_HID", aml.string("ACPI0006")))

@@ -39,7 +39,26 @@ class GuestMemory:
             yield r, r.ram_offset + (pos - r.addr), n
             pos += n
 
+    def _within_one(self, gpa: int, length: int) -> tuple[FlatRange, int] | None:
+        """The fast path: the RAM range holding all of [gpa, gpa+length) and the block offset, if one does."""
+        r = self.address_space.flatview.lookup(gpa) if gpa >= 0 and length >= 0 else None
+        if r is None or gpa + length > r.addr + r.size or not r.is_ram:
+            return None
+        return r, r.region.ram_offset + r.offset + (gpa - r.addr)
+
+    def check(self, gpa: int, length: int, write: bool = False) -> None:
+        """Raise GuestMemoryError unless [gpa, gpa+length) is all RAM (and, with ``write``, all writable)."""
+        one = self._within_one(gpa, length)
+        if one is not None and not (write and one[0].region.readonly):
+            return
+        for r, _off, _n in self._chunks(gpa, length):
+            if write and r.region.readonly:
+                raise GuestMemoryError(f"guest range [{gpa:#x}, +{length:#x}) hits read-only {r.region.name}")
+
     def read(self, gpa: int, length: int) -> bytes:
+        one = self._within_one(gpa, length)
+        if one is not None:
+            return bytes(one[0].region.ram.mv[one[1]:one[1] + length])  # type: ignore[union-attr]
         return b"".join(bytes(r.region.ram.mv[off:off + n]) for r, off, n in self._chunks(gpa, length))  # type: ignore[union-attr]
 
     def view(self, gpa: int, length: int) -> "np.ndarray":
@@ -52,6 +71,12 @@ class GuestMemory:
 
     def write(self, gpa: int, data: "bytes | bytearray | memoryview | np.ndarray") -> None:
         src = memoryview(data).cast("B")  # any contiguous buffer, numpy arrays included
+        one = self._within_one(gpa, len(src))
+        if one is not None and not one[0].region.readonly:
+            block, off = one[0].region.ram, one[1]
+            block.mv[off:off + len(src)] = src  # type: ignore[union-attr]
+            block.mark_dirty(off, len(src))  # type: ignore[union-attr]
+            return
         chunks = list(self._chunks(gpa, len(src)))  # validate everything before writing anything
         pos = 0
         for r, off, n in chunks:

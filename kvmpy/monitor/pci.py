@@ -40,7 +40,7 @@ def device_info(fn: PciDevice) -> dict[str, Any]:
         "bus": 0, "slot": fn.devfn >> 3, "function": fn.devfn & 7, "class_info": class_info,
         "id": {"device": ident.device, "vendor": ident.vendor, "subsystem": ident.subsystem,
                "subsystem-vendor": ident.subsystem_vendor},
-        "irq_pin": fn.config_read(INTERRUPT_PIN, 1), "qdev_id": "", "regions": regions,
+        "irq_pin": fn.config_read(INTERRUPT_PIN, 1), "qdev_id": fn.qdev_id, "regions": regions,
     }
     if info["irq_pin"]:
         info["irq"] = fn.config_read(INTERRUPT_LINE, 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import pytest
 
@@ -205,5 +206,34 @@ def test_intx_reaches_kvms_pic_through_the_piix3_route() -> None:
         fn.set_irq(True)
         _cfg_write(board.pio, 0x08, 0x62, 1, 0x80)  # route disabled again: the line drops
         assert slave_last_irr(board) & 0x08 == 0
+    finally:
+        board.close()
+
+
+def test_msi_vectors_from_the_board_keep_the_intx_route() -> None:
+    from kvmpy.devices.pci.device import PciDevice, PciIdentity
+    from kvmpy.kvm import abi
+
+    board, _, _ = _board(_config())
+    try:
+        vcpu = board.vcpus[0]
+        regs = bytearray(vcpu.get_lapic_regs())
+        regs[0xF1] |= 1  # SVR: software-enable the APIC
+        vcpu.set_lapic_regs(bytes(regs))
+        vec = board.msi.vector()
+        vec.update(0xFEE00000, 0x45)
+        vec.unmask()
+        vec.trigger()
+        irr = lambda: int.from_bytes(vcpu.get_lapic_regs()[0x220:0x224], "little")  # noqa: E731 (vectors 64-95)
+        for _ in range(1000):
+            if irr() & 1 << 5:
+                break
+            time.sleep(0.002)
+        assert irr() & 1 << 5 and board.msi.commits == 1
+        fn = board.pci.plug(PciDevice("intx", PciIdentity(0x1234, 0x22, 0x0200, interrupt_pin=1)), 3)
+        _cfg_write(board.pio, 0x08, 0x62, 1, 11)  # PIRQRC[C] -> IRQ 11
+        fn.set_irq(True)  # the replaced routing table still carries GSI 11 to the PIC
+        assert board.vm.get_irqchip(abi.IRQCHIP_PIC_SLAVE)[8] & 0x08
+        vec.release()
     finally:
         board.close()

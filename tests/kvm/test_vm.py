@@ -12,9 +12,10 @@ from kvmpy.kvm import abi
 from kvmpy.kvm.abi import ffi
 from kvmpy.kvm.errors import KvmIoctlError
 from kvmpy.kvm.system import Kvm
-from kvmpy.kvm.vm import VmFd
+from kvmpy.kvm.vm import IrqchipRoute, MsiRoute, VmFd
 
-from kvm_helpers import PAGE, enter_real_mode, map_ram
+from kvm_helpers import (PAGE, apic_irr, enabled_apic_vcpu, enter_real_mode, eventfd_count, map_ram, new_eventfd,
+                         wait_irr)
 
 pytestmark = pytest.mark.kvm_host
 
@@ -159,3 +160,115 @@ def test_dirty_log_sees_the_page_a_guest_wrote(vm: VmFd) -> None:
     assert ram.mm[0x3000] == 1
     assert list(vm.get_dirty_log(0, 16).nonzero()[0]) == [3]
     assert not vm.get_dirty_log(0, 16).any()  # fetching the log reset it
+
+
+# ---- fast paths: ioeventfd, irqfd, GSI routing, KVM_SIGNAL_MSI --------------------------------
+MSI_ADDR = 0xFEE00000  # fixed delivery, physical destination APIC ID 0
+
+
+def test_fast_path_capabilities_are_reported(vm: VmFd) -> None:
+    for cap in (abi.CAP_IRQFD, abi.CAP_IOEVENTFD, abi.CAP_SIGNAL_MSI, abi.CAP_IOEVENTFD_NO_LENGTH):
+        assert vm.check_extension(cap) == 1, abi.CAP_NAMES[cap]
+    assert vm.check_extension(abi.CAP_IRQ_ROUTING) >= 1024  # the most routes a table may hold
+
+
+def test_ioeventfd_takes_guest_writes_without_an_exit(vm: VmFd) -> None:
+    ram = map_ram(vm, 0, 0, 8 * PAGE)  # MMIO at 0xC000 is outside every slot
+    any_byte, match, mmio = new_eventfd(), new_eventfd(), new_eventfd()
+    try:
+        vm.ioeventfd(any_byte, 0x600, 1, pio=True)
+        vm.ioeventfd(match, 0x601, 2, pio=True, datamatch=0x1234)
+        vm.ioeventfd(mmio, 0xC000, 0, pio=False)  # length 0: any access width
+        code = bytes([0xBA, 0x00, 0x06,        # mov dx, 0x600
+                      0xB0, 0x07,              # mov al, 7
+                      0xEE, 0xEE,              # out dx, al (twice)
+                      0x42,                    # inc dx
+                      0xB8, 0x34, 0x12, 0xEF,  # mov ax, 0x1234; out dx, ax  (matches)
+                      0xA3, 0x00, 0xC0,        # mov [0xC000], ax (MMIO ioeventfd)
+                      0xB8, 0x35, 0x12, 0xEF,  # mov ax, 0x1235; out dx, ax  (no match: exits)
+                      0xA2, 0x08, 0xC0,        # mov [0xC008], al (plain MMIO: exits)
+                      0xF4])                   # hlt
+        ram.mm[0x1000:0x1000 + len(code)] = code
+        vcpu = vm.create_vcpu(0)
+        try:
+            enter_real_mode(vcpu, 0x1000)
+            assert vcpu.run() and vcpu.exit_reason == abi.EXIT_IO  # the first exit is the mismatch
+            direction, size, port, count, data_offset = abi.RUN_IO.unpack_from(vcpu.run_mm, abi.RUN_UNION)
+            assert (direction, size, port, count) == (abi.IO_OUT, 2, 0x601, 1)
+            assert int.from_bytes(vcpu.run_mm[data_offset:data_offset + 2], "little") == 0x1235
+            assert (eventfd_count(any_byte), eventfd_count(match), eventfd_count(mmio)) == (2, 1, 1)
+            assert vcpu.run() and vcpu.exit_reason == abi.EXIT_MMIO
+            phys, _, length, is_write = abi.RUN_MMIO.unpack_from(vcpu.run_mm, abi.RUN_UNION)
+            assert (phys, length, is_write) == (0xC008, 1, 1)
+            # Once deassigned, the port exits to userspace again.
+            vm.ioeventfd(any_byte, 0x600, 1, pio=True, deassign=True)
+            enter_real_mode(vcpu, 0x1000)
+            assert vcpu.run() and vcpu.exit_reason == abi.EXIT_IO
+            assert abi.RUN_IO.unpack_from(vcpu.run_mm, abi.RUN_UNION)[2] == 0x600
+            assert eventfd_count(any_byte) == 0
+        finally:
+            vcpu.close()
+        with _raises("KVM_IOEVENTFD", errno.ENOENT):  # nothing registered there any more
+            vm.ioeventfd(any_byte, 0x600, 1, pio=True, deassign=True)
+        with _raises("KVM_IOEVENTFD", errno.EEXIST):  # the same registration twice
+            vm.ioeventfd(match, 0x601, 2, pio=True, datamatch=0x1234)
+        with pytest.raises(ValueError, match="length must be one of"):
+            vm.ioeventfd(match, 0x700, 3, pio=True)
+        with pytest.raises(ValueError, match="does not fit a 2-byte"):
+            vm.ioeventfd(match, 0x700, 2, pio=True, datamatch=0x10000)
+        with pytest.raises(ValueError, match="does not fit a 0-byte"):
+            vm.ioeventfd(match, 0x700, 0, pio=True, datamatch=0)
+    finally:
+        for fd in (any_byte, match, mmio):
+            os.close(fd)
+
+
+def test_irqfd_through_an_msi_route_reaches_the_lapic(vm: VmFd) -> None:
+    vcpu = enabled_apic_vcpu(vm)
+    fd = new_eventfd()
+    try:
+        with _raises("KVM_SET_GSI_ROUTING", errno.EINVAL):  # a GSI beyond the table's limit
+            vm.set_gsi_routing([MsiRoute(vm.check_extension(abi.CAP_IRQ_ROUTING), MSI_ADDR, 0x41)])
+        vm.set_gsi_routing([IrqchipRoute(4, abi.IRQCHIP_IOAPIC, 4), MsiRoute(24, MSI_ADDR, 0x41)])
+        vm.irqfd(fd, 24)
+        os.eventfd_write(fd, 1)
+        assert wait_irr(vcpu, 0x41)
+        # Re-routing the GSI changes the vector the same eventfd sends.
+        vm.set_gsi_routing([MsiRoute(24, MSI_ADDR, 0x52)])
+        os.eventfd_write(fd, 1)
+        assert wait_irr(vcpu, 0x52)
+        # Unbound, writes stay in the eventfd; binding again injects them at once.
+        vm.irqfd_deassign(fd, 24)
+        os.eventfd_write(fd, 1)
+        vm.set_gsi_routing([MsiRoute(24, MSI_ADDR, 0x63)])
+        assert 0x63 not in apic_irr(vcpu)
+        vm.irqfd(fd, 24)
+        assert wait_irr(vcpu, 0x63)
+        with _raises("KVM_IRQFD", errno.EBUSY):  # one eventfd, one binding
+            vm.irqfd(fd, 25)
+    finally:
+        vcpu.close()
+        os.close(fd)
+
+
+def test_irqfd_with_a_resample_fd_is_level_triggered(vm: VmFd) -> None:
+    vm.create_irqchip()
+    fd, resample = new_eventfd(), new_eventfd()
+    try:
+        vm.irqfd(fd, 5, resample_fd=resample)
+        vm.irqfd_deassign(fd, 5)
+        vm.irqfd(fd, 5)  # free for a plain binding again
+    finally:
+        os.close(fd)
+        os.close(resample)
+
+
+def test_signal_msi_delivers_to_the_lapic(vm: VmFd) -> None:
+    vcpu = enabled_apic_vcpu(vm)
+    try:
+        assert vm.signal_msi(MSI_ADDR, 0x47) > 0
+        assert 0x47 in apic_irr(vcpu)  # synchronous, unlike irqfd
+        assert vm.signal_msi(MSI_ADDR | 5 << 12, 0x48) == 0  # no APIC 5: nobody took it
+        assert 0x48 not in apic_irr(vcpu)
+    finally:
+        vcpu.close()

@@ -67,3 +67,17 @@ def test_u32_u64_and_views(two_dimms) -> None:
     assert mem.view(0x1000, 2).tolist() == [0x88, 0x77]
     with pytest.raises(GuestMemoryError):
         mem.view(MiB - 1, 2)
+
+
+def test_check_refuses_holes_and_readonly_for_writes_without_touching_memory(two_dimms) -> None:
+    mem, a, b = two_dimms
+    mem.check(MiB - 100, 200)                 # straddles two RAM blocks
+    mem.check(4 * MiB, 4096)                  # read-only RAM reads fine
+    mem.check(0, 0)
+    with pytest.raises(GuestMemoryError, match="read-only"):
+        mem.check(4 * MiB, 1, write=True)
+    with pytest.raises(GuestMemoryError, match="unmapped"):
+        mem.check(2 * MiB - 2, 4)
+    with pytest.raises(GuestMemoryError):
+        mem.check((1 << 64) - 8, 16)
+    assert not any(a.vmm_dirty) and not any(b.vmm_dirty)

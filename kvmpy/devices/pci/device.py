@@ -134,6 +134,7 @@ class PciDevice:
         self.space: BarSpace = NoBarSpace()
         self.intx: IntxSink | None = None
         self.devfn = -1
+        self.qdev_id = ""  # the -device id=, shown by query-pci
         self._mapped: dict[int, tuple[BarKind, int]] = {}  # BAR index -> (kind, base) currently mapped
         self._intx_level = False
         self._init_masks()
@@ -351,4 +352,7 @@ class PciDevice:
 
     def config_restored(self) -> None:
         """Hook for subclasses: re-derive side effects from the restored config space."""
+
+    def close(self) -> None:
+        """Release host resources (threads, fds) at VM teardown; nothing by default."""
 

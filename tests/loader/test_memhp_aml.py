@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from kvmpy.loader import acpi
-from kvmpy.loader.acpi_memhp import HotplugMemory
+from kvmpy.loader.memhp_aml import HotplugMemory
 from kvmpy.loader.e820 import pci_holes
 from kvmpy.memory.dimm import device_memory_window
 

@@ -1,0 +1,422 @@
+"""The split virtqueue (virtio 1.2, 2.7) as a device sees it, with a hostile driver in mind.
+
+A ``SplitQueue`` owns one queue's registers (written by the transport from
+the driver's common-configuration accesses), the device's ring cursors
+(``next_avail``, ``next_used``) and the interrupt-suppression state. It turns
+the driver's descriptor chains into validated ``Chain`` objects and gives
+used buffers back.
+
+Guest layout (all little-endian):
+- descriptor table at ``desc_addr``, 16-byte aligned, ``size`` entries of
+  (u64 addr, u32 len, u16 flags, u16 next), flags NEXT=1, WRITE=2, INDIRECT=4;
+- available ring at ``avail_addr``, 2-byte aligned: u16 flags, u16 idx,
+  u16 ring[size], u16 used_event;
+- used ring at ``used_addr``, 4-byte aligned: u16 flags, u16 idx,
+  (u32 id, u32 len) ring[size], u16 avail_event.
+
+Everything the driver controls is checked before it is used, and read once
+(no value is fetched twice, so a driver rewriting its rings mid-way cannot
+make the device act on something it did not check): the size is a power of
+two no larger than the device's maximum; the rings are aligned and lie in
+guest RAM; the available index runs ahead of the device by at most ``size``;
+every head and ``next`` index is inside its table; a chain visits at most as
+many descriptors as its table holds (so loops end); an INDIRECT descriptor
+needs the negotiated feature, has no NEXT, is not inside an indirect table,
+and names a table of whole descriptors (at most ``MAX_INDIRECT``) in RAM;
+no readable buffer follows a writable one; every buffer lies in RAM (writable
+ones in writable RAM) with no 64-bit wrap-around; a chain carries at most
+2**32 bytes in all (the spec's limit). A violation raises ``VirtQueueError``
+(a ValueError); guest-memory errors met later (RAM unplugged under a chain)
+are turned into it too, so a device catches one exception type.
+
+Threads: a queue is driven by one device thread at a time (the transport
+touches the registers only while the queue is not active, or with the device
+stopped); the object itself takes no locks. The two places where the device
+and the driver each store one word and then load the other's
+(``set_notification`` before re-checking ``has_available``, and ``push``
+before ``should_notify`` reads ``used_event``) need a full memory barrier;
+it is made by acquiring and releasing a lock, an atomic read-modify-write
+on every platform CPython runs on. Stores to the used ring are issued in
+program order (the element, then the index), which x86's TSO keeps.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Protocol
+
+from kvmpy.devices.device import DeviceStateError, bool_field, check_keys, int_field
+
+DESC_F_NEXT = 1
+DESC_F_WRITE = 2
+DESC_F_INDIRECT = 4
+AVAIL_F_NO_INTERRUPT = 1
+USED_F_NO_NOTIFY = 1
+
+MAX_QUEUE_SIZE = 32768   # virtio 1.2: Queue Size is at most 32768
+MAX_INDIRECT = 65536     # entries in one indirect table (its ``next`` fields are u16)
+MAX_CHAIN_BYTES = 1 << 32  # "Drivers MUST NOT add a descriptor chain longer than 2^32 bytes in total"
+ADDR_LIMIT = 1 << 64
+
+DESC = struct.Struct("<QIHH")
+USED_ELEM = struct.Struct("<II")
+U16 = struct.Struct("<H")
+_WINDOW = 4096  # bytes of the descriptor table fetched per guest-memory read
+_STATE_KEYS = {"size", "desc_addr", "avail_addr", "used_addr", "ready", "active", "event_idx", "indirect",
+               "next_avail", "next_used", "signalled_used", "signalled_valid"}
+
+
+class VirtQueueError(ValueError):
+    """The driver broke the virtqueue rules; ``head`` is the chain's head when it can be given back."""
+
+    def __init__(self, message: str, head: int | None = None) -> None:
+        super().__init__(message)
+        self.head = head
+
+
+class GuestRam(Protocol):
+    """Guest-physical memory as the queue needs it (``kvmpy.memory.guest_memory.GuestMemory`` is one).
+
+    Each method raises a ValueError for a range that is not (writable) RAM.
+    """
+
+    def read(self, gpa: int, length: int) -> bytes: ...
+
+    def write(self, gpa: int, data: Any) -> None: ...
+
+    def check(self, gpa: int, length: int, write: bool = False) -> None: ...
+
+
+@dataclass(slots=True)
+class Chain:
+    """One validated descriptor chain: the driver's buffers, readable ones first."""
+
+    head: int
+    readable: list[tuple[int, int]] = field(default_factory=list)  # (gpa, len) driver -> device
+    writable: list[tuple[int, int]] = field(default_factory=list)  # (gpa, len) device -> driver
+    readable_len: int = 0
+    writable_len: int = 0
+
+
+def need_event(event: int, new: int, old: int) -> bool:
+    """virtio's vring_need_event: did the index moving from ``old`` to ``new`` pass ``event``? (mod 2**16)."""
+    return (new - event - 1) & 0xFFFF < (new - old) & 0xFFFF
+
+
+def _is_pow2(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+def _spans(bufs: list[tuple[int, int]], offset: int, end: int) -> Iterator[tuple[int, int]]:
+    """The (gpa, len) pieces of ``bufs`` that hold bytes [offset, end) of their concatenation."""
+    pos = 0
+    for gpa, n in bufs:
+        if pos >= end:
+            return
+        if pos + n > offset:
+            lo = max(offset - pos, 0)
+            yield gpa + lo, min(n, end - pos) - lo
+        pos += n
+
+
+class SplitQueue:
+    """One split virtqueue; see the module docstring for the rules it enforces."""
+
+    def __init__(self, memory: GuestRam, max_size: int) -> None:
+        if not _is_pow2(max_size) or max_size > MAX_QUEUE_SIZE:
+            raise ValueError(f"queue max size must be a power of two <= {MAX_QUEUE_SIZE}, not {max_size}")
+        self.memory = memory
+        self.max_size = max_size
+        self._fence = threading.Lock()
+        self.reset()
+
+    # ---- life cycle -------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Registers and cursors back to their power-on values (the driver wrote status 0)."""
+        self.size = self.max_size
+        self.desc_addr = 0
+        self.avail_addr = 0
+        self.used_addr = 0
+        self.ready = False
+        self.active = False
+        self.event_idx = False
+        self.indirect = False
+        self.next_avail = 0
+        self.next_used = 0
+        self.signalled_used = 0
+        self.signalled_valid = False
+        self._forget_avail()
+
+    def _forget_avail(self) -> None:
+        self._avail_idx = self.next_avail   # the driver's avail idx as last read
+        self._heads: list[int] = []         # avail ring entries read ahead, from _heads_base on
+        self._heads_base = self.next_avail
+
+    def activate(self, event_idx: bool, indirect: bool) -> None:
+        """Check the registers the driver wrote and start the queue (cursors are left as they are)."""
+        self._check_layout(self.size, self.desc_addr, self.avail_addr, self.used_addr)
+        size = self.size
+        try:
+            self.memory.check(self.desc_addr, 16 * size)
+            self.memory.check(self.avail_addr, 6 + 2 * size)
+            self.memory.check(self.used_addr, 6 + 8 * size, write=True)
+        except ValueError as exc:
+            raise VirtQueueError(f"virtqueue rings are not in guest RAM: {exc}") from exc
+        self.event_idx = event_idx
+        self.indirect = indirect
+        self.active = True
+        self._forget_avail()
+
+    def _check_layout(self, size: int, desc: int, avail: int, used: int) -> None:
+        if not _is_pow2(size) or size > self.max_size:
+            raise VirtQueueError(f"queue size {size} is not a power of two <= {self.max_size}")
+        if desc % 16 or avail % 2 or used % 4:
+            raise VirtQueueError(f"virtqueue rings misaligned (desc {desc:#x}/16, avail {avail:#x}/2, "
+                                 f"used {used:#x}/4)")
+        for what, addr, n in (("descriptor table", desc, 16 * size), ("available ring", avail, 6 + 2 * size),
+                              ("used ring", used, 6 + 8 * size)):
+            if not 0 <= addr <= ADDR_LIMIT - n:
+                raise VirtQueueError(f"{what} at {addr:#x} wraps the address space")
+
+    # ---- guest memory, errors converted -----------------------------------------------------
+
+    def _read(self, gpa: int, length: int, what: str) -> bytes:
+        try:
+            return self.memory.read(gpa, length)
+        except VirtQueueError:
+            raise
+        except ValueError as exc:
+            raise VirtQueueError(f"{what}: {exc}") from exc
+
+    def _write(self, gpa: int, data: Any, what: str) -> None:
+        try:
+            self.memory.write(gpa, data)
+        except VirtQueueError:
+            raise
+        except ValueError as exc:
+            raise VirtQueueError(f"{what}: {exc}") from exc
+
+    def _read_avail_idx(self) -> int:
+        return U16.unpack(self._read(self.avail_addr + 2, 2, "available ring"))[0]
+
+    def _barrier(self) -> None:
+        with self._fence:  # an atomic RMW: orders our earlier stores before our later loads
+            pass
+
+    # ---- the available side -----------------------------------------------------------------
+
+    def has_available(self) -> bool:
+        """True when the driver has made a chain available that ``pop`` has not taken (or broke the ring)."""
+        if self._avail_idx != self.next_avail:
+            return True
+        self._avail_idx = self._read_avail_idx()
+        return self._avail_idx != self.next_avail
+
+    def pop(self) -> Chain | None:
+        """The next available chain, fully checked, or None; VirtQueueError for a broken ring or chain.
+
+        A bad chain is consumed (the ring moves past it); when its head is a valid
+        index the error carries it, so the device may give it back with
+        ``push_failed`` (or mark itself NEEDS_RESET, as QEMU does).
+        """
+        pending = (self._avail_idx - self.next_avail) & 0xFFFF
+        if pending == 0:
+            self._avail_idx = self._read_avail_idx()
+            pending = (self._avail_idx - self.next_avail) & 0xFFFF
+            if pending == 0:
+                return None
+        if pending > self.size:
+            raise VirtQueueError(f"available index {self._avail_idx} is {pending} entries ahead of the device "
+                                 f"({self.next_avail}), more than the queue size {self.size}")
+        off = (self.next_avail - self._heads_base) & 0xFFFF
+        if off >= len(self._heads):
+            self._fetch_heads(pending)
+            off = 0
+        head = self._heads[off]
+        self.next_avail = (self.next_avail + 1) & 0xFFFF
+        return self._walk(head)
+
+    def _fetch_heads(self, count: int) -> None:
+        """Read ``count`` avail ring entries from ``next_avail`` on (one read, two when the ring wraps)."""
+        size = self.size
+        start = self.next_avail & (size - 1)
+        first = min(count, size - start)
+        ring = self.avail_addr + 4
+        raw = self._read(ring + 2 * start, 2 * first, "available ring")
+        if first < count:
+            raw += self._read(ring, 2 * (count - first), "available ring")
+        self._heads = list(struct.unpack(f"<{count}H", raw))
+        self._heads_base = self.next_avail
+
+    def undo_pop(self) -> None:
+        """Put the most recently popped chain back: the next ``pop`` returns it again."""
+        self.next_avail = (self.next_avail - 1) & 0xFFFF
+        self._forget_avail()
+
+    def _walk(self, head: int) -> Chain:
+        size = self.size
+        if head >= size:
+            raise VirtQueueError(f"available ring names descriptor {head}, queue size is {size}")
+        memory = self.memory
+        chain = Chain(head)
+        readable, writable = chain.readable, chain.writable
+        total = 0
+        seen_write = False
+        windows: dict[int, bytes] = {}
+        table: bytes | None = None  # the indirect table once we are in one
+        limit = size                # entries in the current table: both the index bound and the TTL
+        visited = 0
+        idx = head
+        while True:
+            if visited == limit:
+                raise VirtQueueError(f"descriptor chain from {head} is longer than its table ({limit}): a loop?",
+                                     head)
+            visited += 1
+            if table is None:
+                w = idx * 16 // _WINDOW
+                buf = windows.get(w)
+                if buf is None:
+                    lo = w * _WINDOW
+                    buf = windows[w] = self._read(self.desc_addr + lo, min(_WINDOW, 16 * size - lo),
+                                                  "descriptor table")
+                addr, length, flags, nxt = DESC.unpack_from(buf, idx * 16 % _WINDOW)
+            else:
+                addr, length, flags, nxt = DESC.unpack_from(table, idx * 16)
+            if flags & DESC_F_INDIRECT:
+                if not self.indirect:
+                    raise VirtQueueError("INDIRECT descriptor without the negotiated INDIRECT_DESC feature", head)
+                if table is not None:
+                    raise VirtQueueError("nested indirect descriptor table", head)
+                if flags & DESC_F_NEXT:
+                    raise VirtQueueError("INDIRECT descriptor with NEXT set", head)
+                if length == 0 or length % 16 or length > 16 * MAX_INDIRECT:
+                    raise VirtQueueError(f"indirect table length {length} is not a multiple of 16 "
+                                         f"in [16, {16 * MAX_INDIRECT}]", head)
+                if addr + length > ADDR_LIMIT:
+                    raise VirtQueueError(f"indirect table at {addr:#x} wraps the address space", head)
+                table = self._read(addr, length, "indirect descriptor table")
+                limit, visited, idx = length // 16, 0, 0
+                continue
+            if flags & DESC_F_WRITE:
+                seen_write = True
+            elif seen_write:
+                raise VirtQueueError("readable descriptor after a writable one", head)
+            if length:
+                if addr + length > ADDR_LIMIT:
+                    raise VirtQueueError(f"buffer at {addr:#x}+{length:#x} wraps the address space", head)
+                total += length
+                if total > MAX_CHAIN_BYTES:
+                    raise VirtQueueError(f"descriptor chain from {head} holds more than 2**32 bytes", head)
+                try:
+                    memory.check(addr, length, seen_write)
+                except ValueError as exc:
+                    raise VirtQueueError(f"buffer [{addr:#x}, +{length:#x}): {exc}", head) from exc
+                if seen_write:
+                    writable.append((addr, length))
+                    chain.writable_len += length
+                else:
+                    readable.append((addr, length))
+                    chain.readable_len += length
+            if not flags & DESC_F_NEXT:
+                return chain
+            if nxt >= limit:
+                raise VirtQueueError(f"descriptor {idx} links to {nxt}, its table holds {limit}", head)
+            idx = nxt
+
+    # ---- buffers ----------------------------------------------------------------------------
+
+    def read(self, chain: Chain, offset: int = 0, length: int | None = None) -> bytes:
+        """Gather up to ``length`` bytes (default: all) of the readable buffers from ``offset``; shorter at the end."""
+        if offset < 0 or (length is not None and length < 0):
+            raise ValueError("offset and length must not be negative")
+        end = chain.readable_len if length is None else min(chain.readable_len, offset + length)
+        parts = [self._read(gpa, n, "readable buffer") for gpa, n in _spans(chain.readable, offset, end)]
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def write(self, chain: Chain, data: bytes | bytearray | memoryview, offset: int = 0) -> int:
+        """Scatter ``data`` into the writable buffers from ``offset``; returns the bytes written (truncated at the end)."""
+        if offset < 0:
+            raise ValueError("offset must not be negative")
+        src = memoryview(data).cast("B")
+        done = 0
+        for gpa, n in _spans(chain.writable, offset, min(chain.writable_len, offset + len(src))):
+            self._write(gpa, src[done:done + n], "writable buffer")
+            done += n
+        return done
+
+    # ---- the used side ----------------------------------------------------------------------
+
+    def push(self, chain: Chain, written: int) -> None:
+        """Give ``chain`` back to the driver, saying the device wrote ``written`` bytes into it."""
+        if not 0 <= written <= chain.writable_len:
+            raise ValueError(f"written ({written}) must be within the chain's writable length {chain.writable_len}")
+        self.push_failed(chain.head, written)
+
+    def push_failed(self, head: int, written: int = 0) -> None:
+        """Give back the chain starting at descriptor ``head`` (e.g. ``VirtQueueError.head``)."""
+        if not 0 <= head < self.size:
+            raise ValueError(f"head {head} is outside the queue")
+        slot = self.next_used & (self.size - 1)
+        self._write(self.used_addr + 4 + 8 * slot, USED_ELEM.pack(head, written), "used ring")
+        self.next_used = (self.next_used + 1) & 0xFFFF
+        self._write(self.used_addr + 2, U16.pack(self.next_used), "used ring")  # after the element
+
+    def should_notify(self) -> bool:
+        """After pushes: does the driver want an interrupt (EVENT_IDX's used_event, or NO_INTERRUPT)?"""
+        old, valid = self.signalled_used, self.signalled_valid
+        new = self.next_used
+        if valid and old == new:
+            return False
+        self.signalled_used, self.signalled_valid = new, True
+        self._barrier()  # our used idx store must be visible before we load the driver's event
+        if self.event_idx:
+            event = U16.unpack(self._read(self.avail_addr + 4 + 2 * self.size, 2, "available ring"))[0]
+            return not valid or need_event(event, new, old)
+        flags = U16.unpack(self._read(self.avail_addr, 2, "available ring"))[0]
+        return not flags & AVAIL_F_NO_INTERRUPT
+
+    def set_notification(self, enabled: bool) -> None:
+        """Ask the driver to kick (or not) when it adds buffers; re-check ``has_available`` after enabling."""
+        if self.event_idx:
+            if enabled:
+                idx = self._read_avail_idx()
+                self._write(self.used_addr + 4 + 8 * self.size, U16.pack(idx), "used ring")
+        else:
+            self._write(self.used_addr, U16.pack(0 if enabled else USED_F_NO_NOTIFY), "used ring")
+        self._barrier()  # the store above before the caller's next load of the avail idx
+
+    # ---- state ------------------------------------------------------------------------------
+
+    def save(self) -> dict[str, Any]:
+        return {"size": self.size, "desc_addr": self.desc_addr, "avail_addr": self.avail_addr,
+                "used_addr": self.used_addr, "ready": self.ready, "active": self.active,
+                "event_idx": self.event_idx, "indirect": self.indirect, "next_avail": self.next_avail,
+                "next_used": self.next_used, "signalled_used": self.signalled_used,
+                "signalled_valid": self.signalled_valid}
+
+    def validate(self, state: dict[str, Any]) -> dict[str, Any]:
+        """Check ``save()`` data without applying it; DeviceStateError if unfit. Returns the checked fields."""
+        check_keys(state, _STATE_KEYS)
+        out: dict[str, Any] = {}
+        for key in ("ready", "active", "event_idx", "indirect", "signalled_valid"):
+            out[key] = bool_field(state, key)
+        for key in ("desc_addr", "avail_addr", "used_addr"):
+            out[key] = int_field(state, key, 0, ADDR_LIMIT - 1)
+        for key in ("size", "next_avail", "next_used", "signalled_used"):
+            out[key] = int_field(state, key, 0, 0xFFFF)
+        if out["active"]:
+            try:
+                self._check_layout(out["size"], out["desc_addr"], out["avail_addr"], out["used_addr"])
+            except VirtQueueError as exc:
+                raise DeviceStateError(f"saved virtqueue: {exc}") from exc
+        return out
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """``validate()``, then apply; a refused state leaves the queue as it was."""
+        checked = self.validate(state)
+        for key, value in checked.items():
+            setattr(self, key, value)
+        self._forget_avail()

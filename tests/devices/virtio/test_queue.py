@@ -1,0 +1,531 @@
+"""SplitQueue against a Linux-like driver over real guest memory: chains, indirect tables, EVENT_IDX, and every
+rule a hostile driver can break (each test fails if the check it names is removed); plus a seeded fuzz run."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import signal
+import struct
+
+import numpy as np
+import pytest
+
+from kvmpy.devices.device import DeviceStateError
+from kvmpy.devices.virtio.queue import (DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, MAX_INDIRECT, Chain,
+                                        SplitQueue, VirtQueueError, need_event)
+from kvmpy.memory.address_space import AddressSpace
+from kvmpy.memory.guest_memory import GuestMemory
+from kvmpy.memory.ramblock import RAMBlock
+from kvmpy.memory.region import MemoryRegion
+
+from .driver import DriverQueue, guest_memory
+
+MiB = 1 << 20
+RAM = 4 * MiB      # RAM at [0, 4 MiB)
+ROM = 8 * MiB      # 64 KiB read-only RAM at 8 MiB; everything else is a hole
+HOLE = 6 * MiB
+RING = 0x1000      # rings of the queue under test
+DATA = 0x10000     # buffers
+
+
+@pytest.fixture(scope="module")
+def machine():
+    return guest_memory(RAM, ROM, 64 * 1024)
+
+
+@pytest.fixture
+def mem(machine):
+    m, ram = machine
+    ram.array[:] = 0
+    return m
+
+
+def queue(mem, size=16, max_size=256, event_idx=False, indirect=True):
+    drv = DriverQueue(mem, RING, size, event_idx=event_idx)
+    return drv, drv.attach(SplitQueue(mem, max_size), indirect=indirect)
+
+
+# ---- ordinary operation -------------------------------------------------------------------------
+
+def test_request_round_trip_like_linux(mem) -> None:
+    drv, q = queue(mem)
+    mem.write(DATA, b"hello, ")
+    mem.write(DATA + 0x100, b"device")
+    head = drv.add([(DATA, 7), (DATA + 0x100, 6)], [(DATA + 0x1000, 4), (DATA + 0x2000, 100)])
+    assert q.has_available()
+    chain = q.pop()
+    assert chain.head == head and chain.readable_len == 13 and chain.writable_len == 104
+    assert q.read(chain) == b"hello, device"
+    assert q.read(chain, 5, 4) == b", de"
+    assert q.read(chain, 10) == b"ice"
+    assert q.write(chain, b"0123456789") == 10
+    assert mem.read(DATA + 0x1000, 4) == b"0123" and mem.read(DATA + 0x2000, 6) == b"456789"
+    assert q.write(chain, b"x" * 200, offset=100) == 4  # truncated at the end of the writable buffers
+    q.push(chain, 10)
+    assert q.pop() is None and not q.has_available()
+    assert drv.get_used() == [(head, 10)]
+
+
+def test_out_of_order_completion_reuses_descriptors(mem) -> None:
+    drv, q = queue(mem, size=8)
+    for rnd in range(40):  # more requests than descriptors: the free list must come back intact
+        heads = [drv.add([(DATA + i, 1)], [(DATA + 0x100 + i, 1)]) for i in range(4)]
+        chains = [q.pop() for _ in heads]
+        assert [c.head for c in chains] == heads
+        for c in reversed(chains):
+            q.write(c, bytes([rnd]))
+            q.push(c, 1)
+        assert sorted(drv.get_used()) == sorted((h, 1) for h in heads)
+    assert drv.num_free == 8
+
+
+def test_indirect_chain(mem) -> None:
+    drv, q = queue(mem)
+    mem.write(DATA, b"abc")
+    bufs_in = [(DATA + 0x1000 + 0x100 * i, 0x10) for i in range(20)]  # more buffers than the queue size
+    head = drv.add([(DATA, 3)], bufs_in, indirect_at=0x8000)
+    chain = q.pop()
+    assert chain.head == head and chain.readable == [(DATA, 3)] and chain.writable == bufs_in
+    assert q.read(chain) == b"abc"
+    data = bytes(range(256)) + bytes(64)
+    assert q.write(chain, data) == 320
+    assert b"".join(mem.read(a, n) for a, n in bufs_in) == data
+    q.push(chain, 320)
+    assert drv.get_used() == [(head, 320)]
+
+
+def test_direct_descriptors_then_an_indirect_table(mem) -> None:
+    drv, q = queue(mem)
+    drv.write_desc(0, DATA, 4, DESC_F_NEXT, 1)
+    drv.write_desc(1, 0x8000, 32, DESC_F_INDIRECT | DESC_F_WRITE, 0)  # WRITE on the table descriptor is ignored
+    drv.write_desc(0, DATA + 0x10, 8, DESC_F_NEXT, 1, table=0x8000)
+    drv.write_desc(1, DATA + 0x20, 8, DESC_F_WRITE, 0, table=0x8000)
+    drv.publish(0)
+    chain = q.pop()
+    assert chain.readable == [(DATA, 4), (DATA + 0x10, 8)] and chain.writable == [(DATA + 0x20, 8)]
+
+
+def test_avail_ring_wraps_past_65536(mem) -> None:
+    drv, q = queue(mem, size=4)
+    start = 65534
+    q.restore({**q.save(), "next_avail": start, "next_used": start})
+    drv.avail_idx = drv.last_used = start
+    mem.write(drv.used + 2, struct.pack("<H", start))
+    for n in range(10):
+        head = drv.add([(DATA, 1)], [])
+        chain = q.pop()
+        assert chain.head == head
+        q.push(chain, 0)
+        assert drv.get_used() == [(head, 0)]
+    assert q.next_avail == q.next_used == (start + 10) & 0xFFFF == 8
+
+
+def test_zero_length_descriptors_are_skipped(mem) -> None:
+    drv, q = queue(mem)
+    drv.write_desc(0, HOLE, 0, DESC_F_NEXT, 1)  # no bytes, so its address is never touched
+    drv.write_desc(1, DATA, 4, DESC_F_WRITE, 0)
+    drv.publish(0)
+    chain = q.pop()
+    assert chain.readable == [] and chain.writable == [(DATA, 4)]
+
+
+def test_undo_pop_gives_the_chain_again(mem) -> None:
+    drv, q = queue(mem)
+    a = drv.add([(DATA, 1)], [])
+    b = drv.add([(DATA, 2)], [])
+    assert q.pop().head == a
+    q.undo_pop()
+    assert [q.pop().head, q.pop().head] == [a, b]
+
+
+def test_push_failed_returns_a_bad_chains_head(mem) -> None:
+    drv, q = queue(mem)
+    drv.write_desc(3, HOLE, 8, 0, 0)
+    drv.publish(3)
+    with pytest.raises(VirtQueueError) as err:
+        q.pop()
+    assert err.value.head == 3
+    q.push_failed(err.value.head)
+    assert drv.used_idx() == 1
+    with pytest.raises(ValueError):
+        q.push(Chain(0, writable=[(DATA, 4)], writable_len=4), 5)  # a device bug, not the driver's
+
+
+# ---- notifications -------------------------------------------------------------------------------
+
+def test_need_event_matches_its_definition_across_the_wrap() -> None:
+    rng = random.Random(1)
+    cases = [(0xFFFF, 0x0000, 0xFFFE), (0x0000, 0x0001, 0xFFFF), (0xFFFF, 0xFFFF, 0xFFFE), (5, 5, 5)]
+    for _ in range(3000):
+        old = rng.choice([rng.randrange(65536), 65535 - rng.randrange(300)])
+        cases.append((rng.choice([rng.randrange(65536), (old + rng.randrange(-10, 300)) & 0xFFFF]),
+                      (old + rng.randrange(300)) & 0xFFFF, old))
+    for event, new, old in cases:
+        # the index moved old -> new (forwards, mod 2**16): was event one of the values it left behind?
+        passed = {(old + k) & 0xFFFF for k in range((new - old) & 0xFFFF)}
+        assert need_event(event, new, old) == (event in passed), (event, new, old)
+    assert need_event(0xFFFF, 0x0000, 0xFFFE) and need_event(0, 1, 0xFFFF) and not need_event(1, 1, 0xFFFF)
+
+
+def test_event_idx_interrupts_only_when_used_event_is_passed(mem) -> None:
+    drv, q = queue(mem, size=8, event_idx=True)
+    start = 65533
+    q.restore({**q.save(), "next_avail": start, "next_used": start})
+    drv.avail_idx = drv.last_used = start
+    mem.write(drv.used + 2, struct.pack("<H", start))
+
+    def one() -> bool:
+        drv.add([(DATA, 1)], [])
+        q.push(q.pop(), 0)
+        drv.get_used()
+        return q.should_notify()
+
+    drv.set_used_event(start)
+    assert one()                          # first signal: always (nothing signalled yet)
+    drv.set_used_event(start + 2)         # "interrupt me when used idx passes start+2"
+    assert not one()                      # used idx start+2: not yet past it
+    assert one()                          # start+3 == 0 after the wrap: passed 65535
+    assert not q.should_notify()          # nothing new pushed
+    drv.set_used_event(5)
+    assert [one() for _ in range(6)] == [False] * 5 + [True]
+
+
+def test_no_interrupt_flag_without_event_idx(mem) -> None:
+    drv, q = queue(mem)
+    drv.add([(DATA, 1)], [])
+    q.push(q.pop(), 0)
+    assert q.should_notify()
+    drv.set_avail_flags(1)  # VRING_AVAIL_F_NO_INTERRUPT
+    drv.add([(DATA, 1)], [])
+    q.push(q.pop(), 0)
+    assert not q.should_notify()
+
+
+def test_set_notification(mem) -> None:
+    drv, q = queue(mem)
+    q.set_notification(False)
+    assert drv.used_flags() == 1  # VRING_USED_F_NO_NOTIFY
+    q.set_notification(True)
+    assert drv.used_flags() == 0
+    drv2, q2 = queue(mem, event_idx=True)
+    for _ in range(3):
+        drv2.add([(DATA, 1)], [])
+    q2.set_notification(True)
+    assert drv2.avail_event() == 3  # kick me when you move past what I have seen
+    assert q2.has_available()
+
+
+# ---- hostile drivers: activation ----------------------------------------------------------------
+
+@pytest.mark.parametrize("size", [0, 3, 24, 512])
+def test_size_must_be_a_power_of_two_within_max(mem, size) -> None:
+    q = SplitQueue(mem, 256)
+    q.size, q.desc_addr, q.avail_addr, q.used_addr = size, RING, RING + 0x4000, RING + 0x8000
+    with pytest.raises(VirtQueueError, match="power of two"):
+        q.activate(False, False)
+
+
+@pytest.mark.parametrize("reg,addr", [("desc_addr", RING + 8), ("avail_addr", RING + 0x4001),
+                                      ("used_addr", RING + 0x8002)])
+def test_rings_must_be_aligned(mem, reg, addr) -> None:
+    q = SplitQueue(mem, 16)
+    q.desc_addr, q.avail_addr, q.used_addr = RING, RING + 0x4000, RING + 0x8000
+    setattr(q, reg, addr)
+    with pytest.raises(VirtQueueError, match="misaligned"):
+        q.activate(False, False)
+
+
+@pytest.mark.parametrize("reg,addr", [("desc_addr", HOLE), ("avail_addr", RAM - 16), ("used_addr", ROM),
+                                      ("used_addr", (1 << 64) - 64)])
+def test_rings_must_lie_in_ram(mem, reg, addr) -> None:
+    q = SplitQueue(mem, 16)
+    q.desc_addr, q.avail_addr, q.used_addr = RING, RING + 0x4000, RING + 0x8000
+    setattr(q, reg, addr)
+    with pytest.raises(VirtQueueError):
+        q.activate(False, False)
+    assert not q.active
+
+
+# ---- hostile drivers: chains --------------------------------------------------------------------
+
+@contextlib.contextmanager
+def deadline(seconds: int):
+    """Fail (rather than hang) if the block runs longer than ``seconds``: a missed loop check spins forever."""
+    def expired(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s")
+    old = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def bad(q, match) -> None:
+    with deadline(10), pytest.raises(VirtQueueError, match=match):
+        q.pop()
+
+
+def test_head_beyond_the_table(mem) -> None:
+    drv, q = queue(mem)
+    drv.publish(16)
+    bad(q, "names descriptor 16")
+
+
+def test_next_beyond_the_table(mem) -> None:
+    drv, q = queue(mem)
+    drv.write_desc(0, DATA, 4, DESC_F_NEXT, 16)
+    drv.publish(0)
+    bad(q, "links to 16")
+
+
+def test_loop_is_cut_at_the_queue_size(mem) -> None:
+    drv, q = queue(mem)
+    drv.write_desc(0, DATA, 4, DESC_F_NEXT, 1)
+    drv.write_desc(1, DATA, 4, DESC_F_NEXT, 0)
+    drv.publish(0)
+    bad(q, "a loop")
+
+
+def test_avail_index_may_run_ahead_by_at_most_the_size(mem) -> None:
+    drv, q = queue(mem, size=4)
+    drv.set_avail_idx(4)  # four heads of descriptor 0 (zeroed: an empty readable buffer): fine
+    assert [q.pop().head for _ in range(4)] == [0] * 4
+    drv.set_avail_idx(9)
+    bad(q, "more than the queue size")
+    drv.set_avail_idx(3)  # moved backwards: 65535 ahead
+    bad(q, "more than the queue size")
+
+
+def test_readable_after_writable(mem) -> None:
+    drv, q = queue(mem)
+    drv.write_desc(0, DATA, 4, DESC_F_WRITE | DESC_F_NEXT, 1)
+    drv.write_desc(1, DATA + 16, 4, 0, 0)
+    drv.publish(0)
+    bad(q, "readable descriptor after a writable")
+    drv.write_desc(2, DATA, 0, DESC_F_WRITE | DESC_F_NEXT, 3)  # an empty writable buffer still orders
+    drv.write_desc(3, DATA + 16, 4, 0, 0)
+    drv.publish(2)
+    bad(q, "readable descriptor after a writable")
+
+
+@pytest.mark.parametrize("first,second,match", [
+    ((DATA, 4, DESC_F_WRITE | DESC_F_NEXT, 1), (DATA, 4, 0, 0), "readable descriptor after a writable"),
+    ((DATA, 4, DESC_F_NEXT, 2), (DATA, 4, 0, 0), "links to 2, its table holds 2"),  # 2 entries: 2 is past it
+    ((DATA, 4, DESC_F_NEXT, 1), (DATA, 4, DESC_F_NEXT, 0), "a loop"),
+])
+def test_bad_chain_inside_an_indirect_table(mem, first, second, match) -> None:
+    drv, q = queue(mem)
+    drv.write_desc(0, *first, table=0x8000)
+    drv.write_desc(1, *second, table=0x8000)
+    drv.write_desc(0, 0x8000, 32, DESC_F_INDIRECT, 0)
+    drv.publish(0)
+    bad(q, match)
+
+
+def test_buffers_must_lie_in_ram(mem) -> None:
+    drv, q = queue(mem)
+    for i, (addr, n, f) in enumerate([(HOLE, 1, 0), (RAM - 4, 8, 0), (ROM, 4, DESC_F_WRITE)]):
+        drv.write_desc(i, addr, n, f, 0)
+        drv.publish(i)
+        with pytest.raises(VirtQueueError, match="buffer") as err:
+            q.pop()
+        assert err.value.head == i
+    drv.write_desc(4, ROM, 4, 0, 0)  # read-only memory is fine for a readable buffer
+    drv.publish(4)
+    assert q.pop().readable == [(ROM, 4)]
+
+
+def test_buffer_may_not_wrap_the_address_space(mem) -> None:
+    drv, q = queue(mem)
+    drv.write_desc(0, (1 << 64) - 16, 32, DESC_F_WRITE, 0)
+    drv.publish(0)
+    bad(q, "wraps the address space")
+
+
+def test_total_length_is_bounded(mem) -> None:
+    drv, q = queue(mem)
+    n = (1 << 32) // RAM + 1  # that many 4 MiB buffers (all of RAM, overlapping) hold more than 2**32 bytes
+    table = b"".join(struct.pack("<QIHH", 0, RAM, DESC_F_WRITE | (DESC_F_NEXT if i < n - 1 else 0), i + 1)
+                     for i in range(n))
+    mem.write(0x8000, table)
+    drv.write_desc(0, 0x8000, len(table), DESC_F_INDIRECT, 0)
+    drv.publish(0)
+    bad(q, "more than 2\\*\\*32 bytes")
+
+
+def test_indirect_needs_the_feature(mem) -> None:
+    drv, q = queue(mem, indirect=False)
+    drv.add([(DATA, 4)], [], indirect_at=0x8000)
+    bad(q, "without the negotiated INDIRECT_DESC")
+
+
+def test_indirect_with_next(mem) -> None:
+    drv, q = queue(mem)
+    drv.write_desc(0, DATA, 4, 0, 0, table=0x8000)
+    drv.write_desc(0, 0x8000, 16, DESC_F_INDIRECT | DESC_F_NEXT, 1)
+    drv.write_desc(1, DATA, 4, 0, 0)
+    drv.publish(0)
+    bad(q, "INDIRECT descriptor with NEXT")
+
+
+def test_nested_indirect(mem) -> None:
+    drv, q = queue(mem)
+    drv.write_desc(0, DATA, 4, 0, 0, table=0x9000)
+    drv.write_desc(0, 0x9000, 16, DESC_F_INDIRECT, 0, table=0x8000)
+    drv.write_desc(0, 0x8000, 16, DESC_F_INDIRECT, 0)
+    drv.publish(0)
+    bad(q, "nested indirect")
+
+
+@pytest.mark.parametrize("length", [0, 24, 16 * (MAX_INDIRECT + 1)])
+def test_indirect_table_length(mem, length) -> None:
+    drv, q = queue(mem)
+    drv.write_desc(0, 0x8000, length, DESC_F_INDIRECT, 0)  # all of it zeroed RAM, readable
+    drv.publish(0)
+    bad(q, "indirect table length")
+
+
+def test_indirect_table_must_lie_in_ram(mem) -> None:
+    drv, q = queue(mem)
+    drv.write_desc(0, RAM - 16, 32, DESC_F_INDIRECT, 0)
+    drv.publish(0)
+    bad(q, "indirect descriptor table")
+
+
+def test_rings_unmapped_after_activation_give_queue_errors() -> None:
+    ram = RAMBlock.allocate("dimm", MiB)
+    root = MemoryRegion.container("sys", 1 << 32)
+    dimm = MemoryRegion.ram_region("dimm", ram)
+    root.add_subregion(0, dimm)
+    space = AddressSpace("sys", root)
+    space.commit()
+    m = GuestMemory(space)
+    drv, q = DriverQueue(m, RING, 8), SplitQueue(m, 8)
+    drv.attach(q)
+    drv.add([(DATA, 4)], [(DATA + 8, 4)])
+    chain = q.pop()
+    root.del_subregion(dimm)  # the RAM goes away under an active queue and a popped chain
+    space.commit()
+    for op in (lambda: q.read(chain), lambda: q.write(chain, b"x"), lambda: q.push(chain, 0), q.pop,
+               q.has_available, q.should_notify, lambda: q.set_notification(True)):
+        with pytest.raises(VirtQueueError):
+            op()
+
+
+# ---- state ------------------------------------------------------------------------------------------
+
+def test_save_validate_restore(mem) -> None:
+    drv, q = queue(mem, event_idx=True)
+    for _ in range(3):
+        drv.add([(DATA, 1)], [])
+    q.push(q.pop(), 0)
+    q.should_notify()
+    state = q.save()
+    q2 = SplitQueue(mem, 256)
+    before = q2.save()
+    q2.validate(state)
+    assert q2.save() == before  # validate changes nothing
+    q2.restore(state)
+    assert q2.save() == state
+    assert [q2.pop().head, q2.pop().head, q2.pop()] == [1, 2, None]
+
+
+@pytest.mark.parametrize("change", [{"size": 24}, {"desc_addr": RING + 8}, {"next_avail": 65536},
+                                    {"ready": 1}, {"used_addr": -4}, {"extra": 0}, {"size": 512}])
+def test_restore_refuses_bad_state_and_changes_nothing(mem, change) -> None:
+    _, q = queue(mem)
+    state = {**q.save(), **change}
+    before = q.save()
+    with pytest.raises(DeviceStateError):
+        q.restore(state)
+    assert q.save() == before
+
+
+# ---- fuzz --------------------------------------------------------------------------------------------
+
+FUZZ_RAM = 64 * 1024
+
+
+def test_fuzz_random_rings_never_escape_or_write_outside_the_drivers_buffers() -> None:
+    """Random descriptor tables, indirect tables and avail rings: only VirtQueueError escapes, and the
+    device writes nothing but the used ring and buffers some descriptor marked writable."""
+    mem, ram = guest_memory(FUZZ_RAM, FUZZ_RAM, 4096)
+    rng = random.Random(0x5EED)
+    outcomes = {"chains": 0, "errors": 0}
+
+    def rand_addr() -> int:
+        r = rng.random()
+        if r < 0.85:
+            return rng.randrange(FUZZ_RAM)
+        if r < 0.92:
+            return FUZZ_RAM + rng.randrange(4096)           # read-only
+        return rng.choice([FUZZ_RAM + 4096, 1 << 40, (1 << 64) - rng.randrange(1, 64), rng.randrange(1 << 64)])
+
+    def rand_len() -> int:
+        r = rng.random()
+        return rng.randrange(64) if r < 0.8 else rng.choice([0, 4096, FUZZ_RAM, 1 << 31, (1 << 32) - 1])
+
+    def rand_desc(entries: int) -> tuple[int, int, int, int]:
+        flags = rng.choice([0, DESC_F_NEXT, DESC_F_WRITE, DESC_F_WRITE | DESC_F_NEXT] * 4
+                           + [DESC_F_INDIRECT, DESC_F_INDIRECT | DESC_F_NEXT, rng.randrange(1 << 16)])
+        nxt = rng.randrange(entries + 2) if rng.random() < 0.95 else rng.randrange(1 << 16)
+        return rand_addr(), rand_len(), flags, nxt
+
+    for case in range(5000):
+        ram.array[:] = np.frombuffer(rng.randbytes(FUZZ_RAM), np.uint8)  # random garbage everywhere
+        size = rng.choice([1, 2, 4, 8, 16])
+        desc, avail, used = 0x0, 0x400, 0x800
+        q = SplitQueue(mem, 16)
+        q.size, q.desc_addr, q.avail_addr, q.used_addr = size, desc, avail, used
+        if rng.random() < 0.05:
+            q.size = rng.randrange(1 << 16)
+        writable: list[tuple[int, int]] = [(used, 6 + 8 * size)]
+        descs = [rand_desc(size) for _ in range(size)]
+        tables = []
+        for _ in range(rng.randrange(3)):  # indirect tables at random places in RAM
+            at = rng.randrange(0x1000, FUZZ_RAM - 512) & ~15
+            entries = [rand_desc(rng.randrange(1, 16)) for _ in range(rng.randrange(1, 16))]
+            tables.append((at, entries))
+            if rng.random() < 0.8:
+                i = rng.randrange(size)
+                descs[i] = (at, 16 * len(entries), DESC_F_INDIRECT | rng.choice([0, 0, 0, DESC_F_WRITE]), 0)
+        for at, entries in tables:
+            mem.write(at, b"".join(struct.pack("<QIHH", *d) for d in entries))
+            writable += [(a, n) for a, n, f, _ in entries if f & DESC_F_WRITE]
+        mem.write(desc, b"".join(struct.pack("<QIHH", *d) for d in descs))
+        writable += [(a, n) for a, n, f, _ in descs if f & DESC_F_WRITE]
+        ahead = rng.randrange(size + 1) if rng.random() < 0.9 else rng.randrange(1 << 16)
+        heads = [rng.randrange(size) if rng.random() < 0.95 else rng.randrange(1 << 16) for _ in range(size)]
+        mem.write(avail, struct.pack(f"<HH{size}HH", rng.randrange(2), ahead, *heads, rng.randrange(1 << 16)))
+        before = ram.array.copy()
+        try:
+            q.activate(event_idx=rng.random() < 0.5, indirect=rng.random() < 0.8)
+            for _ in range(size + 2):
+                try:
+                    chain = q.pop()
+                except VirtQueueError as exc:
+                    outcomes["errors"] += 1
+                    if exc.head is not None:
+                        q.push_failed(exc.head)
+                    continue
+                if chain is None:
+                    break
+                outcomes["chains"] += 1
+                q.read(chain, rng.randrange(64), rng.randrange(4096))
+                n = q.write(chain, rng.randbytes(rng.randrange(256)), rng.randrange(32))
+                q.push(chain, min(n, chain.writable_len))
+                q.should_notify()
+            q.set_notification(rng.random() < 0.5)
+            q.has_available()
+        except VirtQueueError:
+            outcomes["errors"] += 1
+        allowed = np.zeros(FUZZ_RAM, bool)
+        for a, n in writable:
+            if a < FUZZ_RAM:
+                allowed[a:min(FUZZ_RAM, a + n)] = True
+        changed = np.flatnonzero((ram.array != before) & ~allowed)
+        assert changed.size == 0, f"case {case}: wrote outside the driver's writable buffers at {changed[:8]}"
+    assert outcomes["chains"] > 1000 and outcomes["errors"] > 1000, outcomes  # both paths were exercised
