@@ -103,3 +103,18 @@ def test_cold_plug_errors_name_the_option() -> None:
     with pytest.raises(ConfigError, match="not supported by the machine"):
         machine([ObjectSpec("memory-backend-ram", "m0", (("size", "128M"),))],
                 [DeviceSpec("pc-dimm", "d0", (("memdev", "m0"),))], slots=0, maxmem=None).close()
+
+
+def test_yaml_machine_file_with_objects_and_dimms(tmp_path) -> None:
+    from kvmpy.config import load_yaml
+
+    kernel = build_guest("hello")
+    path = tmp_path / "vm.yaml"
+    path.write_text(f"kernel: {kernel}\nmemory: 64M\nslots: 2\nmaxmem: 1G\nserial: 'null'\nstart_paused: true\n"
+                    "objects:\n  - {qom-type: memory-backend-ram, id: m0, size: 128M}\n"
+                    "devices:\n  - {driver: pc-dimm, id: d0, memdev: m0, slot: 1}\n")
+    m = Machine(load_yaml(path).validate(), console=BufferBackend())
+    try:
+        assert [(d.id, d.slot, d.addr) for d in m.board.memhp.dimms] == [("d0", 1, 0x100000000)]
+    finally:
+        m.close()
