@@ -88,8 +88,8 @@ class PcMemoryHotplug:
         if backend is None:
             raise NotFound(f"Device '{memdev}' not found")
         with self.lock:
-            if self.window is None:
-                raise DimmError("memory devices (e.g. for memory hotplug) are not supported by the machine")
+            if self.window is None or not self.window.slots:  # QEMU checks the slot first
+                raise DimmError("no slots where allocated, please specify the 'slots' option")
             if node != 0:
                 raise DimmError(f"'DIMM property node has value {node}' which exceeds the number of numa nodes: 1")
             at, s = self.window.plan(backend, addr, slot)

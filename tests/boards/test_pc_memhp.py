@@ -100,7 +100,7 @@ def test_hot_add_then_guest_eject_emits_device_deleted() -> None:
 def test_cold_plug_errors_name_the_option() -> None:
     with pytest.raises(ConfigError, match="'memdev' property must be set"):
         machine(devices=[DeviceSpec("pc-dimm", "d0", source="-device pc-dimm,id=d0")]).close()
-    with pytest.raises(ConfigError, match="not supported by the machine"):
+    with pytest.raises(ConfigError, match="no slots where allocated, please specify the 'slots' option"):
         machine([ObjectSpec("memory-backend-ram", "m0", (("size", "128M"),))],
                 [DeviceSpec("pc-dimm", "d0", (("memdev", "m0"),))], slots=0, maxmem=None).close()
 
