@@ -6,7 +6,8 @@ MemTotal grows and it fills more memory than it booted with), the error cases
 (busy memdev, duplicate object, bad slot, maxmem exceeded, object in use), the
 queries, and device_del, which the guest honours (DEVICE_DELETED). The replies and
 the ACPI/device events must be the same under both. The time from device_add to
-the guest's _OST (memory online) is printed for each.
+the guest's _OST (memory online) is printed for each. The DIMM present at start is
+a ``memory-backend-file`` with ``share=on``: the test reads the guest's writes in its file.
 """
 
 from __future__ import annotations
@@ -157,31 +158,33 @@ async def qmp_unplug(sock: Path) -> tuple[list[Any], list[Any]]:
     return replies, events
 
 
-def scenario(argv: list[str], sock: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
+def scenario(argv: list[str], sock: Path, shared: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
     g = Guest(argv, sock, env)
     try:
         g.expect("KVMPY-TEST cmdline=", BOOT_TIMEOUT)
         before = memtotal_kib(g, "MT0")
         replies, events, times = asyncio.run(qmp_script(sock))
         after = memtotal_kib(g, "MT1")
-        fill = g.run("mount -t tmpfs -o size=700M fill /mnt && dd if=/dev/zero of=/mnt/f bs=1M count=400 "
-                     "2>/dev/null; echo FILLED $(du -m /mnt/f | cut -f1) $?", "FILL", timeout=300)
+        fill = g.run("mount -t tmpfs -o size=700M fill /mnt && yes KVMPYSHARED | dd of=/mnt/f bs=1M count=400 "
+                     "iflag=fullblock 2>/dev/null; echo FILLED $(du -m /mnt/f | cut -f1) $?", "FILL", timeout=300)
+        seen = b"KVMPYSHARED" in shared.read_bytes()  # the cold DIMM's file, shared with this process
         g.run("rm /mnt/f; umount /mnt", "UNFILL")
         unplug_replies, unplug_events = asyncio.run(qmp_unplug(sock))
         g.proc.wait(timeout=60)
-        return {"before": before, "after": after, "fill": fill, "replies": replies, "events": events,
+        return {"before": before, "after": after, "fill": fill, "shared_seen": seen, "replies": replies, "events": events,
                 "online_s": times.get("ACPI_DEVICE_OST", float("nan")) - times["t_add"],
                 "unplug": unplug_replies, "unplug_events": unplug_events, "output": g.text()}
     finally:
         g.close()
 
 
-def common_args(kernel: Path, initrd: Path, sock: Path) -> list[str]:
+def common_args(kernel: Path, initrd: Path, sock: Path, shared: Path) -> list[str]:
     return ["-enable-kvm", "-m", "256M,slots=4,maxmem=4G", "-smp", "1", "-kernel", str(kernel),
             "-initrd", str(initrd), "-append",
             "console=ttyS0 quiet panic=-1 memhp_default_state=online_movable kvmpy_test=shell",
             "-nodefaults", "-display", "none", "-serial", "stdio", "-no-reboot",
-            "-object", "memory-backend-ram,id=cold,size=128M", "-device", "pc-dimm,id=dcold,memdev=cold",
+            "-object", f"memory-backend-file,id=cold,size=128M,mem-path={shared},share=on",
+            "-device", "pc-dimm,id=dcold,memdev=cold",
             "-qmp", f"unix:{sock},server=on,wait=off"]
 
 
@@ -191,13 +194,13 @@ def test_hot_add_use_and_remove_a_dimm_like_qemu(linux_assets) -> None:
     results = {}
     with tempfile.TemporaryDirectory(dir="/run" if os.access("/run", os.W_OK) else None) as tmp:
         for vmm in ("kvmpy", "qemu"):
-            sock = Path(tmp) / f"{vmm}.sock"
-            args = common_args(linux_assets.kernel, linux_assets.initrd, sock)
+            sock, shared = Path(tmp) / f"{vmm}.sock", Path(tmp) / f"{vmm}-cold.ram"
+            args = common_args(linux_assets.kernel, linux_assets.initrd, sock, shared)
             if vmm == "kvmpy":
                 env = dict(os.environ, PYTHONPATH=str(REPO))
-                results[vmm] = scenario([sys.executable, "-m", "kvmpy", *args], sock, env)
+                results[vmm] = scenario([sys.executable, "-m", "kvmpy", *args], sock, shared, env)
             else:
-                results[vmm] = scenario(["qemu-system-x86_64", "-machine", "pc", *args], sock)
+                results[vmm] = scenario(["qemu-system-x86_64", "-machine", "pc", *args], sock, shared)
     k, q = results["kvmpy"], results["qemu"]
     print(f"\ndevice_add -> guest _OST (memory online): kvmpy {k['online_s']:.3f} s, qemu {q['online_s']:.3f} s")
     print(f"MemTotal kB: kvmpy {k['before']} -> {k['after']}, qemu {q['before']} -> {q['after']}")
@@ -209,5 +212,6 @@ def test_hot_add_use_and_remove_a_dimm_like_qemu(linux_assets) -> None:
         assert r["after"] - r["before"] >= 500 * 1024, r["output"][-3000:]  # the 512 MiB DIMM is online
         assert r["before"] > 300 * 1024  # the cold DIMM (128 MiB) was online from boot
         assert "FILLED 400 0" in r["fill"], r["fill"]  # more than the 256 MiB it booted with
+        assert r["shared_seen"]  # the guest's writes reached the share=on file the host reads
         assert ("DEVICE_DELETED", {"device": "dimm1", "path": "/machine/peripheral/dimm1"}) in r["unplug_events"]
     assert [d["data"]["id"] for d in k["unplug"][1]] == ["dcold"]
