@@ -165,8 +165,8 @@ def scenario(argv: list[str], sock: Path, shared: Path, env: dict[str, str] | No
         before = memtotal_kib(g, "MT0")
         replies, events, times = asyncio.run(qmp_script(sock))
         after = memtotal_kib(g, "MT1")
-        fill = g.run("mount -t tmpfs -o size=700M fill /mnt && yes KVMPYSHARED | dd of=/mnt/f bs=1M count=400 "
-                     "iflag=fullblock 2>/dev/null; echo FILLED $(du -m /mnt/f | cut -f1) $?", "FILL", timeout=300)
+        fill = g.run("mount -t tmpfs -o size=700M fill /mnt && yes KVMPYSHARED | head -c 419430400 "
+                     "> /mnt/f; echo FILLED $(du -m /mnt/f | cut -f1) $?", "FILL", timeout=300)
         seen = b"KVMPYSHARED" in shared.read_bytes()  # the cold DIMM's file, shared with this process
         g.run("rm /mnt/f; umount /mnt", "UNFILL")
         unplug_replies, unplug_events = asyncio.run(qmp_unplug(sock))
