@@ -145,7 +145,12 @@ BOARDS: Mapping[str, Board] = MappingProxyType({
                 trace=frozenset(), features=frozenset(OPTIONAL_FEATURES),
                 aliases=("q35", "microvm"), alias_prefixes=("pc-",),
                 chardev_backends=frozenset({"null", "socket", "stdio", "file", "pty"}),
-                device_drivers=frozenset({"pc-dimm"}),  # memory hotplug (kvmpy.boards.pc_memhp)
+                device_drivers=frozenset({
+                    "virtio-blk-pci",
+                    "virtio-rng-pci",
+                    "pc-dimm",  # memory hotplug (kvmpy.boards.pc_memhp)
+                }),
+                drive_interfaces=frozenset({"virtio", "none"}),
                 object_types=frozenset({"memory-backend-ram", "memory-backend-file"}),
                 why_no_trace="the guest runs under KVM, not TCG; KVMPY_LOG=debug logs unhandled ports"),
     "virt": Board(machine="virt", arch="riscv64", accel="tcg", memory=(1 * MiB, 16 * GiB), max_smp=1,
@@ -394,6 +399,9 @@ class MachineConfig:
             raise ConfigError(f"unsupported serial backend {shown(self.serial)} (use stdio, file:PATH, null, none "
                               "or chardev:ID)")
         serial_chardev = self.serial[len("chardev:"):] if self.serial.startswith("chardev:") else None
+        stdio = [c.source or "-chardev stdio" for c in self.chardevs if c.backend == "stdio"]
+        if len(stdio) + (self.serial == "stdio") > 1:  # one reader of stdin, as QEMU has
+            raise ConfigError(f"{stdio[-1]}: cannot use stdio by multiple character devices")
         check_devices(self.devices, self.drives, self.blockdevs, self.netdevs, self.chardevs, self.objects,
                       serial_chardev)
         for drive in self.drives:

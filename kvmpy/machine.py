@@ -29,11 +29,12 @@ __all__ = ["Machine", "RunState", "MachineEvent", "qmp_commands"]
 
 
 def qmp_commands() -> "CommandTable":
-    """A fresh table of every QMP command a Machine serves (the core set plus migration's).
+    """A fresh table of every QMP command a Machine serves (the core set, migration's, the block ones).
 
     Whoever starts a QmpServer passes it in; nothing registers commands by being imported.
     """
     from kvmpy.migration.qmp import add_migration_commands
+    from kvmpy.monitor.block import add_block_commands
     from kvmpy.monitor.commands import add_core_commands
     from kvmpy.monitor.memory import add_memory_commands
     from kvmpy.monitor.schema import CommandTable
@@ -41,6 +42,7 @@ def qmp_commands() -> "CommandTable":
     table = CommandTable()
     add_core_commands(table)
     add_migration_commands(table)
+    add_block_commands(table)
     add_memory_commands(table)
     return table
 

@@ -63,7 +63,10 @@ def _payload() -> bytes:
     return random.Random(20240611).randbytes(300_000)
 
 
-MODULES = ["button", "evdev"]  # the ACPI power button and the event device acpid reads
+# the ACPI power button and the event device acpid reads; virtio-pci and virtio-blk for the disk tests
+MODULES = ["button", "evdev", "virtio_pci", "virtio_blk"]
+
+MODULES += ["virtio_pci", "virtio_net"]  # a NIC for tests/linux/test_net_guest.py (deps come with them)
 
 
 def prepare_assets(build: bool = True) -> LinuxAssets:
