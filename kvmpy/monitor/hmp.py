@@ -19,7 +19,7 @@ from kvmpy.memory.guest_memory import GuestMemoryError
 from kvmpy.memory.region import MemoryRegion, RegionKind
 from kvmpy.monitor.block import hmp_block_resize, info_block_text, info_blockstats_text
 from kvmpy.monitor.context import PACKAGE, QEMU_VERSION
-from kvmpy.monitor.memory import info_memory_devices_text
+from kvmpy.monitor.memory import info_memdev_text, info_memory_devices_text
 from kvmpy.monitor.pci import info_pci_text
 from kvmpy.monitor.protocol import QmpError
 
@@ -109,6 +109,8 @@ def _info(ctx: "Context", args: list[str], cpu: int) -> str:
         return info_blockstats_text(ctx)
     if what == "memory-devices":
         return info_memory_devices_text(ctx)
+    if what == "memdev":
+        return info_memdev_text(ctx)
     if what == "kvm":
         return "kvm support: enabled\n"
     if what == "name":

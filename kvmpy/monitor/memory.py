@@ -75,6 +75,28 @@ def query_acpi_ospm_status(ctx: "Context") -> list:
     return [] if memhp is None else memhp.controller.ospm_status()
 
 
+def _memdev(obj_id: str, size: int, share: bool, prealloc: bool) -> dict:
+    return {"share": share, "reserve": True, "prealloc": prealloc, "host-nodes": [], "size": size, "merge": True,
+            "dump": True, "policy": "default", "id": obj_id}
+
+
+def query_memdev(ctx: "Context") -> list:
+    """Every memory backend, the newest first, then the machine's own RAM (pc.ram), as QEMU 7.2 lists them."""
+    memhp = ctx.machine.board.memhp
+    backends = list(memhp.backends) if memhp is not None else []
+    return [_memdev(b.id, b.size, b.share, b.prealloc) for b in reversed(backends)] + \
+        [_memdev("pc.ram", ctx.machine.config.memory, False, False)]
+
+
+def info_memdev_text(ctx: "Context") -> str:
+    out = []
+    for m in query_memdev(ctx):
+        out.append(f"memory backend: {m['id']}\n  size:  {m['size']}\n  merge: true\n  dump: true\n"
+                   f"  prealloc: {str(m['prealloc']).lower()}\n  share: {str(m['share']).lower()}\n"
+                   "  reserve: true\n  policy: default\n  host nodes: \n")
+    return "".join(out) + "\n"
+
+
 def info_memory_devices_text(ctx: "Context") -> str:
     out = []
     for dev in query_memory_devices(ctx):
@@ -98,3 +120,4 @@ def add_memory_commands(table: CommandTable) -> None:
     table.command("device_del", id=Arg("str"))(device_del)
     table.command("query-memory-devices")(query_memory_devices)
     table.command("query-acpi-ospm-status")(query_acpi_ospm_status)
+    table.command("query-memdev")(query_memdev)
