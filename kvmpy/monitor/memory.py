@@ -51,6 +51,8 @@ def object_del(ctx: "Context", id: str) -> dict:
 
 def device_add(ctx: "Context", driver: str, id: str | None = None, memdev: str | None = None,
                addr: int | None = None, slot: int | None = None, node: int | None = None) -> dict:
+    if ctx.machine.migration.active:  # the RAM block list a migration sends is fixed when it starts
+        raise QmpError("device_add not allowed while migrating")
     if driver != DIMM_DRIVER:
         raise QmpError(f"'{driver}' is not a valid device model name")
     memhp = _memhp(ctx)
@@ -61,6 +63,8 @@ def device_add(ctx: "Context", driver: str, id: str | None = None, memdev: str |
 
 
 def device_del(ctx: "Context", id: str) -> dict:
+    if ctx.machine.migration.active:
+        raise QmpError("device_del not allowed while migrating")
     _run(_memhp(ctx).request_unplug, id)
     return {}
 
