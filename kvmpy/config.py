@@ -147,10 +147,14 @@ BOARDS: Mapping[str, Board] = MappingProxyType({
                 chardev_backends=frozenset({"null", "socket", "stdio", "file", "pty"}),
                 device_drivers=frozenset({
                     "virtio-blk-pci",
+                    "virtio-net-pci",
                     "virtio-rng-pci",
                     "pc-dimm",  # memory hotplug (kvmpy.boards.pc_memhp)
                 }),
                 drive_interfaces=frozenset({"virtio", "none"}),
+                netdev_types=frozenset({
+                    "tap",
+                }),
                 object_types=frozenset({"memory-backend-ram", "memory-backend-file"}),
                 why_no_trace="the guest runs under KVM, not TCG; KVMPY_LOG=debug logs unhandled ports"),
     "virt": Board(machine="virt", arch="riscv64", accel="tcg", memory=(1 * MiB, 16 * GiB), max_smp=1,
