@@ -142,7 +142,7 @@ class Board:
 
 BOARDS: Mapping[str, Board] = MappingProxyType({
     "pc": Board(machine="pc", arch="x86_64", accel="kvm", memory=(2 * MiB, MAX_MEMORY), max_smp=MAX_SMP,
-                trace=frozenset(), features=frozenset(OPTIONAL_FEATURES) - {"memory_hotplug"},
+                trace=frozenset(), features=frozenset(OPTIONAL_FEATURES),
                 aliases=("q35", "microvm"), alias_prefixes=("pc-",),
                 chardev_backends=frozenset({"null", "socket", "stdio", "file", "pty"}),
                 device_drivers=frozenset({
@@ -152,6 +152,7 @@ BOARDS: Mapping[str, Board] = MappingProxyType({
                     "virtio-rng-pci",
                     "virtio-serial-pci",
                     "virtserialport",
+                    "pc-dimm",  # memory hotplug (kvmpy.boards.pc_memhp)
                 }),
                 drive_interfaces=frozenset({"virtio", "none"}),
                 netdev_types=frozenset({
@@ -160,6 +161,7 @@ BOARDS: Mapping[str, Board] = MappingProxyType({
                     "tap",
                     "user",
                 }),
+                object_types=frozenset({"memory-backend-ram", "memory-backend-file"}),
                 why_no_trace="the guest runs under KVM, not TCG; KVMPY_LOG=debug logs unhandled ports"),
     "virt": Board(machine="virt", arch="riscv64", accel="tcg", memory=(1 * MiB, 16 * GiB), max_smp=1,
                   trace=frozenset({"in_asm", "exec", "int", "cpu", "op", "out_asm", "tb_stats", "nochain"}),
