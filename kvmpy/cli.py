@@ -62,6 +62,7 @@ Options (same meaning as in qemu-system-x86_64 / qemu-system-riscv64):
   -d ITEMS, -D FILE             QEMU log items the machine honours (virt: in_asm,exec,cpu,int,op,
                                 out_asm,nochain,tb_stats; pc under KVM: none) and their file
   -qmp unix:PATH,server[,wait=off] | tcp:HOST:PORT,server[,wait=off]
+  -mon chardev=ID,mode=control  QMP on a -chardev socket,...,server=on (as libvirt starts QEMU)
   -incoming tcp:HOST:PORT|unix:PATH|exec:CMD|file:PATH|defer   wait for a migration (file: restores a snapshot)
   -h, -help, --help             this text
   -version, --version           version
@@ -73,7 +74,7 @@ Debugging: KVMPY_LOG=debug (or info) logs to stderr, including unhandled ports.
 _WITH_ARG = {"-accel", "-machine", "-M", "-cpu", "-m", "-smp", "-kernel", "-initrd", "-append", "-serial",
              "-device", "-name", "-display", "-bios", "-d", "-D", "-qmp", "-monitor", "-vga", "-net",
              "-parallel", "-incoming", "-L", "-drive", "-blockdev", "-netdev", "-chardev", "-object",
-             "-hda", "-hdb", "-hdc", "-hdd", "-cdrom", "-nic"}
+             "-hda", "-hdb", "-hdc", "-hdd", "-cdrom", "-nic", "-mon"}
 # The device options gathered into MachineConfig tuples, and the field each one fills.
 _SPEC_OPTIONS = {"-drive": "drives", "-blockdev": "blockdevs", "-netdev": "netdevs", "-chardev": "chardevs",
                  "-object": "objects", "-device": "devices"}
@@ -142,6 +143,32 @@ def _opts(text: str, what: str) -> tuple[str, dict[str, str]]:
     return head, kv
 
 
+def _monitor_chardev(mon: qemu_opts.Opts, chardevs: list) -> "config_devices.ChardevSpec":
+    """The -chardev a ``-mon chardev=ID,mode=control`` serves QMP on."""
+    unknown = [k for k in mon.keys() if k not in ("chardev", "mode", "pretty")]
+    if unknown or mon.help:
+        raise mon.fail(f"Invalid parameter {shown(unknown[0] if unknown else 'help', 40)}")
+    if mon.get("mode", "readline") != "control":
+        raise mon.fail("kvmpy has no human monitor (HMP) on a chardev: use mode=control (QMP)")
+    if qemu_opts.parse_bool(mon.get("pretty", "off"), "pretty", mon.option, mon.text):
+        raise mon.fail("pretty=on is not supported (kvmpy's QMP replies are one line each)")
+    name = mon.get("chardev")
+    for c in chardevs:
+        if c.id == name:
+            return c
+    raise mon.fail(f"chardev {shown(name, 40)} not found")
+
+
+def _qmp_endpoint(mon: qemu_opts.Opts, c: "config_devices.ChardevSpec") -> str:
+    """The -qmp text of a listening socket chardev: QMP's own server then owns it (0600 unix sockets)."""
+    if c.backend != "socket" or not c.server:
+        raise mon.fail(f"kvmpy serves QMP on a listening socket: use -chardev socket,id={c.id},...,server=on")
+    where = f"unix:{c.path}" if c.path is not None else f"tcp:{c.host}:{c.port}"
+    if "," in where:
+        raise mon.fail(f"the socket address {shown(where, 60)} contains a comma")
+    return f"{where},server" + ("" if c.wait else ",wait=off")
+
+
 def parse_qemu_args(argv: Sequence[str]) -> MachineConfig:
     """QEMU-style argv to a (frozen, not yet validated) MachineConfig; UsageError for what is wrong."""
     cfg: dict = {"qmp": []}  # MachineConfig fields collected here, the config is built once at the end
@@ -154,6 +181,7 @@ def parse_qemu_args(argv: Sequence[str]) -> MachineConfig:
     nodefaults = False
     specs: dict[str, list] = {name: [] for name in _SPEC_OPTIONS.values()}
     nics: list = []
+    mons: list[qemu_opts.Opts] = []
     while i < len(args):
         raw = args[i]
         opt = "-" + raw.lstrip("-") if raw.startswith("--") and raw not in ("--help", "--version") else raw
@@ -242,6 +270,8 @@ def parse_qemu_args(argv: Sequence[str]) -> MachineConfig:
                 cfg["debug_exit"] = debug_exit_of(spec)
             else:
                 specs[_SPEC_OPTIONS[opt]].append(spec)
+        elif opt == "-mon":
+            mons.append(qemu_opts.parse_opts(val, opt, "chardev", flags=False))
         elif opt == "-nic":
             nic_opts = qemu_opts.parse_opts(val, opt, "type")
             if nic_opts.help:
@@ -279,6 +309,10 @@ def parse_qemu_args(argv: Sequence[str]) -> MachineConfig:
     if board.arch == "x86_64" and cfg["accel"] != "kvm":
         raise UsageError("x86 guests need KVM for now: add -enable-kvm (or -accel kvm)")
     specs["devices"][:0] = nics
+    for mon in mons:  # after every -chardev: -mon may name one given later
+        chardev = _monitor_chardev(mon, specs["chardevs"])
+        specs["chardevs"].remove(chardev)
+        cfg["qmp"].append(_qmp_endpoint(mon, chardev))
     return MachineConfig(**cfg, **{k: tuple(v) for k, v in specs.items()})
 
 

@@ -145,7 +145,15 @@ BOARDS: Mapping[str, Board] = MappingProxyType({
                 trace=frozenset(), features=frozenset(OPTIONAL_FEATURES) - {"memory_hotplug"},
                 aliases=("q35", "microvm"), alias_prefixes=("pc-",),
                 chardev_backends=frozenset({"null", "socket", "stdio", "file", "pty"}),
-                device_drivers=frozenset({"virtio-blk-pci", "virtio-rng-pci"}), drive_interfaces=frozenset({"virtio", "none"}),
+                device_drivers=frozenset({
+                    "virtio-blk-pci",
+                    "virtio-net-pci",
+                    "virtio-rng-pci",
+                }),
+                drive_interfaces=frozenset({"virtio", "none"}),
+                netdev_types=frozenset({
+                    "tap",
+                }),
                 why_no_trace="the guest runs under KVM, not TCG; KVMPY_LOG=debug logs unhandled ports"),
     "virt": Board(machine="virt", arch="riscv64", accel="tcg", memory=(1 * MiB, 16 * GiB), max_smp=1,
                   trace=frozenset({"in_asm", "exec", "int", "cpu", "op", "out_asm", "tb_stats", "nochain"}),
@@ -393,6 +401,9 @@ class MachineConfig:
             raise ConfigError(f"unsupported serial backend {shown(self.serial)} (use stdio, file:PATH, null, none "
                               "or chardev:ID)")
         serial_chardev = self.serial[len("chardev:"):] if self.serial.startswith("chardev:") else None
+        stdio = [c.source or "-chardev stdio" for c in self.chardevs if c.backend == "stdio"]
+        if len(stdio) + (self.serial == "stdio") > 1:  # one reader of stdin, as QEMU has
+            raise ConfigError(f"{stdio[-1]}: cannot use stdio by multiple character devices")
         check_devices(self.devices, self.drives, self.blockdevs, self.netdevs, self.chardevs, self.objects,
                       serial_chardev)
         for drive in self.drives:

@@ -100,6 +100,8 @@ DRIVE_MEDIA = ("disk", "cdrom")
 CACHE_MODES: Mapping[str, tuple[bool, bool, bool]] = MappingProxyType({
     "writeback": (False, False, True), "none": (True, False, True), "writethrough": (False, False, False),
     "directsync": (True, False, False), "unsafe": (False, True, True)})
+# aio= is checked as QEMU checks it (aio=native needs cache.direct=on) and kept in DriveSpec.props;
+# it names QEMU's I/O engine, so kvmpy's block layer, which runs its own I/O threads, may ignore it.
 AIO_MODES = ("threads", "native", "io_uring")
 # Options of -drive besides the named fields; kept in DriveSpec.props for the block layer and devices.
 DRIVE_OPTIONS = frozenset({"aio", "discard", "detect-zeroes", "werror", "rerror", "bus", "unit", "addr", "serial",
@@ -330,7 +332,7 @@ def legacy_drive(option: str, file: str, index: int | None, media: str = "disk")
     if len(file) > qemu_opts.MAX_OPTION_TEXT or "\0" in file:
         raise ConfigError(f"{option}: invalid file name {shown(file)}")
     return DriveSpec(file=Path(file) if file else None, index=index, media=media, interface="ide",
-                     readonly=media == "cdrom", source=f"{option} {file}".strip())
+                     readonly=media == "cdrom", source=qemu_opts.where(option, file).strip())
 
 
 def _check_node_name(name: Any, source: str) -> str:

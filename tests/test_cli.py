@@ -301,3 +301,64 @@ def test_fuzzed_argv_in_process_is_a_config_or_a_config_error(argv: list[str]) -
         assert "Traceback" not in str(exc)
     except HelpRequested as wanted:  # -device help and friends: printed, status 0
         assert wanted.text
+
+
+# ---- -mon chardev=ID,mode=control: QMP on a -chardev socket, as libvirt starts QEMU ----
+
+def test_mon_becomes_a_qmp_endpoint_and_mistakes_are_qemus() -> None:
+    c = parse_qemu_args(["-enable-kvm", "-mon", "chardev=q,mode=control",
+                         "-chardev", "socket,id=q,path=/tmp/q.sock,server=on,wait=off"])
+    assert c.qmp == ("unix:/tmp/q.sock,server,wait=off",) and c.chardevs == ()
+    tcp = parse_qemu_args(["-enable-kvm", "-chardev", "socket,id=q,host=127.0.0.1,port=4444,server=on",
+                           "-mon", "q,mode=control"])
+    assert tcp.qmp == ("tcp:127.0.0.1:4444,server",)
+    for argv, message in ((["-mon", "chardev=q"], "no human monitor"), (["-mon", "x,mode=control"], "'x' not found"),
+                          (["-mon", "q,mode=control,pretty=on"], "pretty=on is not supported"),
+                          (["-chardev", "pty,id=p", "-mon", "p,mode=control"], "on a listening socket")):
+        with pytest.raises(ConfigError, match=message):
+            parse_qemu_args(["-enable-kvm", "-chardev", "socket,id=q,path=/tmp/q.sock,server=on", *argv])
+
+
+@pytest.mark.kvm_host
+@pytest.mark.skipif(__import__("shutil").which("qemu-system-x86_64") is None, reason="QEMU is the oracle")
+def test_mon_on_a_chardev_answers_as_qemus_does(tmp_path: Path) -> None:
+    import asyncio
+    import time
+
+    from qemu.qmp import QMPClient
+
+    async def session(sock: Path) -> list:
+        qmp = QMPClient("mon-test")
+        end = time.monotonic() + 60
+        while True:
+            try:
+                await qmp.connect(str(sock))
+                break
+            except Exception:
+                if time.monotonic() > end:
+                    raise
+                await asyncio.sleep(0.1)
+        replies = [await qmp.execute("query-status"), sorted(await qmp.execute("query-version"))]
+        try:
+            await qmp.execute("quit")
+            await qmp.disconnect()
+        except EOFError:
+            pass
+        return replies
+
+    results = []
+    for argv0 in ([_sys.executable, "-m", "kvmpy", "-enable-kvm", "-kernel", str(build_guest("hello"))],
+                  ["qemu-system-x86_64"]):
+        sock = tmp_path / f"m{len(results)}.sock"
+        proc = _subprocess.Popen([*argv0, "-S", "-m", "32", "-display", "none", "-nodefaults",
+                                  "-chardev", f"socket,id=mon0,path={sock},server=on,wait=off",
+                                  "-mon", "chardev=mon0,mode=control"], stdout=_subprocess.PIPE,
+                                 stderr=_subprocess.PIPE, env=dict(_os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1])))
+        try:
+            results.append(asyncio.run(asyncio.wait_for(session(sock), 90)))
+            proc.wait(timeout=60)
+        finally:
+            proc.kill()
+        assert proc.returncode == 0, proc.stderr.read()
+    ours, qemu = results
+    assert ours == qemu  # {'running': False, 'status': 'prelaunch'} and the keys of query-version

@@ -185,6 +185,9 @@ def test_blockdev_keyval_and_json_give_the_same_spec() -> None:
     (["-blockdev", "[1]"], "Parameter 'driver' does not accept value '[1]'"),
     (["-blockdev", "driver=raw,node-name=a,file.driver=vvfat"], "Parameter 'driver' does not accept value 'vvfat'"),
     (["-serial", "chardev:c9"], "chardev 'c9' not found"),
+    (["-chardev", "stdio,id=c", "-serial", "chardev:c", "-chardev", "stdio,id=d"],
+     "-chardev stdio,id=d: cannot use stdio by multiple character devices"),
+    (["-chardev", "stdio,id=c"], "cannot use stdio by multiple character devices"),  # -serial stdio is the default
 ])
 def test_mistakes_are_qemus_one_line(args: list[str], message: str, capsys) -> None:
     assert main(["-enable-kvm", "-kernel", "/etc/hostname", *args]) == 2

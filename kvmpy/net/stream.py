@@ -82,26 +82,31 @@ class FrameDecoder:
     def __init__(self, max_frame: int = MAX_FRAME) -> None:
         self.max_frame = max_frame
         self._buf = bytearray()
+        self._pos = 0  # start of the unparsed bytes; the consumed prefix is dropped in feed()
 
     @property
     def buffered(self) -> int:
-        return len(self._buf)
+        return len(self._buf) - self._pos
 
     def feed(self, data: bytes | memoryview) -> None:
+        if self._pos:
+            del self._buf[:self._pos]
+            self._pos = 0
         self._buf += data
 
     def next_frame(self) -> bytes | None:
         """The next complete frame, or None until more bytes arrive."""
-        while len(self._buf) >= 4:
-            (length,) = _LEN.unpack_from(self._buf)
+        buf = self._buf
+        while len(buf) - self._pos >= 4:
+            (length,) = _LEN.unpack_from(buf, self._pos)
             if length > self.max_frame:
                 raise FramingError(f"peer sent a {length}-byte frame (the limit is {self.max_frame})")
-            if len(self._buf) < 4 + length:
+            start = self._pos + 4
+            if len(buf) < start + length:
                 return None
-            frame = bytes(self._buf[4:4 + length])
-            del self._buf[:4 + length]
+            self._pos = start + length
             if length:
-                return frame
+                return bytes(buf[start:start + length])
         return None
 
 

@@ -1,15 +1,17 @@
-"""Interop with QEMU 7.2's own -netdev stream: QEMU as a hub between a kvmpy client and a kvmpy server.
+"""Interop with QEMU 7.2's own -netdev stream and socket: QEMU as a hub between a kvmpy client and server.
 
 QEMU runs two stream netdevs on one hub: ``a`` is a server our client
 connects to, ``b`` a client that connects to our server. A frame our client
 sends is parsed by QEMU (our framing -> QEMU), forwarded by the hub and
 written out on ``b`` (QEMU's framing -> our server), and the other way round.
 A filter-dump on ``a`` records what QEMU itself parsed, as a third witness.
+The same runs with QEMU's older ``-netdev socket,listen=/connect=`` (inet).
 """
 
 from __future__ import annotations
 
 import random
+import socket
 import struct
 import shutil
 import subprocess
@@ -42,23 +44,45 @@ def _pcap_frames(data: bytes) -> list[bytes]:
     return frames
 
 
-def test_frames_cross_qemu_stream_netdevs_both_ways(tmp_path, collector_factory) -> None:
-    a_path, b_path, pcap = tmp_path / "a.sock", tmp_path / "b.sock", tmp_path / "a.pcap"
-    server = build_netdev("stream", "srv", [("server", "on"), ("addr.type", "unix"), ("addr.path", str(b_path))])
-    client = build_netdev("stream", "cli", [("addr.type", "unix"), ("addr.path", str(a_path))])
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _setup(kind: str, tmp_path):
+    """(our server, our client props, QEMU's two netdevs, a readiness check) for ``kind``."""
+    if kind == "stream":
+        a_path, b_path = tmp_path / "a.sock", tmp_path / "b.sock"
+        server = build_netdev("stream", "srv", [("server", "on"), ("addr.type", "unix"), ("addr.path", str(b_path))])
+        return (server, [("addr.type", "unix"), ("addr.path", str(a_path))],
+                [f"stream,id=a,server=on,addr.type=unix,addr.path={a_path}",
+                 f"stream,id=b,server=off,addr.type=unix,addr.path={b_path}"], a_path.exists)
+    server = build_netdev("socket", "srv", [("listen", "127.0.0.1:0")])
+    port_a = _free_port()
+    # -netdev socket has no reconnect= in QEMU; ours retries until QEMU listens, so no probe steals its one slot.
+    return (server, [("addr.type", "inet"), ("addr.host", "127.0.0.1"), ("addr.port", str(port_a)),
+                     ("reconnect", "1")],
+            [f"socket,id=a,listen=127.0.0.1:{port_a}", f"socket,id=b,connect=127.0.0.1:{server.endpoint.port}"],
+            lambda: True)
+
+
+@pytest.mark.parametrize("kind", ["stream", "socket"])
+def test_frames_cross_qemu_netdevs_both_ways(kind, tmp_path, collector_factory) -> None:
+    pcap = tmp_path / "a.pcap"
+    server, client_props, qemu_netdevs, qemu_ready = _setup(kind, tmp_path)
+    client = build_netdev("stream", "cli", client_props)
     srx, crx = collector_factory(), collector_factory()
     server.start(srx)
     qemu = subprocess.Popen(
         ["qemu-system-x86_64", "-M", "none", "-nodefaults", "-display", "none",  # no -S: QEMU holds packets while stopped
-         "-netdev", f"stream,id=a,server=on,addr.type=unix,addr.path={a_path}",
-         "-netdev", "hubport,id=ha,hubid=0,netdev=a",
-         "-netdev", f"stream,id=b,server=off,addr.type=unix,addr.path={b_path}",
-         "-netdev", "hubport,id=hb,hubid=0,netdev=b",
+         "-netdev", qemu_netdevs[0], "-netdev", "hubport,id=ha,hubid=0,netdev=a",
+         "-netdev", qemu_netdevs[1], "-netdev", "hubport,id=hb,hubid=0,netdev=b",
          "-object", f"filter-dump,id=fa,netdev=a,file={pcap},maxlen=69632"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        _wait_for(a_path.exists, 10, "QEMU's listening socket")
-        assert server.wait_connected(10), "QEMU's stream client did not connect to our server"
+        _wait_for(qemu_ready, 10, "QEMU's listening socket")
+        assert server.wait_connected(10), "QEMU's client netdev did not connect to our server"
         client.start(crx)
         assert client.wait_connected(10)
         rng = random.Random(7)

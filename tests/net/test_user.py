@@ -7,6 +7,7 @@ callback.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
 import signal
@@ -200,3 +201,25 @@ def test_bad_user_options(props, message) -> None:
     with pytest.raises(ConfigError, match=message) as err:
         build_netdev("user", "u0", props)
     assert str(err.value).startswith("-netdev user,id=u0: ") and "\n" not in str(err.value)
+
+
+def _host_ipv6_prefixes() -> set[str]:
+    out = subprocess.run(["ip", "-6", "-o", "addr", "show", "scope", "global"], capture_output=True, text=True).stdout
+    return {str(ipaddress.IPv6Interface(word).network) for line in out.splitlines()
+            for word in line.split()[3:4]}
+
+
+@pytest.mark.skipif(not _host_ipv6_prefixes(), reason="the host has no global IPv6 address for passt to copy")
+@pytest.mark.parametrize("ipv6", ["on", "off"])
+def test_ipv6_router_advertisement_carries_the_hosts_prefix(user_netdev, ipv6) -> None:
+    from scapy.layers.inet6 import IPv6, ICMPv6ND_RA, ICMPv6ND_RS, ICMPv6NDOptPrefixInfo
+
+    guest = user_netdev(ipv6=ipv6)
+    guest.send(Ether(src=GUEST_MAC, dst="33:33:00:00:00:02") / IPv6(src="fe80::5054:ff:fe12:3456", dst="ff02::2")
+               / ICMPv6ND_RS())
+    if ipv6 == "off":
+        assert guest.rx.empty_after(1.0)  # passt runs with --ipv4-only
+        return
+    ra = guest.expect(lambda p: ICMPv6ND_RA in p)
+    info = ra[ICMPv6NDOptPrefixInfo]
+    assert f"{info.prefix}/{info.prefixlen}" in _host_ipv6_prefixes()
