@@ -184,7 +184,7 @@ class VhostNet:
         self.running = False
         self.acked = 0
         self._space: "AddressSpace | None" = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # add_listener calls back at once, from inside start()
         self._own_kicks: dict[int, int] = {}
         self._own_calls: dict[int, int] = {}
         self._on_call: Callable[[int], None] | None = None
