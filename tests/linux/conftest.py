@@ -63,7 +63,10 @@ def _payload() -> bytes:
     return random.Random(20240611).randbytes(300_000)
 
 
-MODULES = ["button", "evdev"]  # the ACPI power button and the event device acpid reads
+MODULES = [
+    "button", "evdev",  # the ACPI power button and the event device acpid reads
+    "virtio_pci", "virtio_rng",  # the virtio-pci transport and virtio-rng (test_virtio_rng.py)
+]
 
 
 def prepare_assets(build: bool = True) -> LinuxAssets:
