@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from kvmpy.version import __version__
-from kvmpy.config import (BOARDS, ConfigError, DebugExitConfig, MachineConfig, board_named, load_yaml, parse_int,
+from kvmpy import config_devices, qemu_opts
+from kvmpy.config import (BOARDS, ConfigError, MachineConfig, board_named, debug_exit_of, load_yaml, parse_int,
                           parse_size, parse_trace, shown)
 
 log = logging.getLogger("kvmpy")
@@ -33,7 +34,8 @@ Options (same meaning as in qemu-system-x86_64 / qemu-system-riscv64):
   -machine pc|virt, -M          machine type (virt = riscv64 TCG fallback); x86 Linux kernels also
                                 take linux-boot=bzimage|pvh (pvh: decompress the bzImage on the host)
   -cpu MODEL                    host, max, qemu64 (x86: KVM's supported CPUID); rv64
-  -m SIZE                       RAM, e.g. 512, 512M, 2G (plain numbers are MiB)
+  -m [size=]SIZE[,slots=N,maxmem=SIZE]  RAM, e.g. 512, 512M, 2G (plain numbers are MiB); slots/maxmem
+                                reserve room for memory hotplug
   -smp N                        number of vCPUs
   -kernel FILE                  multiboot kernel, Linux bzImage or PVH vmlinux (x86); ELF (riscv64)
   -initrd FILE                  Linux initramfs, or multiboot modules (comma-separated)
@@ -41,15 +43,26 @@ Options (same meaning as in qemu-system-x86_64 / qemu-system-riscv64):
   -bios none                    riscv64: no firmware
   -nographic                    no display; serial on stdio (Ctrl-A x quits)
   -display none                 no display
-  -serial stdio|file:PATH|null|none  where COM1 goes (none: no COM1 at all)
+  -serial stdio|file:PATH|null|none|chardev:ID  where COM1 goes (none: no COM1 at all)
   -nodefaults                   no default devices
   -no-reboot                    exit instead of rebooting
-  -device isa-debug-exit[,iobase=0xf4][,iosize=0x04]
+  -device DRIVER[,id=ID][,prop=value...]   a device; -device help lists the drivers, -device DRIVER,help
+                                its properties (isa-debug-exit[,iobase=0xf4][,iosize=0x04]: the exit port)
+  -drive file=FILE[,if=virtio|ide|none][,format=raw|qcow2][,media=disk|cdrom][,id=ID][,index=N]
+         [,cache=writeback|none|writethrough|directsync|unsafe][,readonly=on][,snapshot=on][,aio=...]
+                                a disk image; if=virtio also adds its virtio-blk-pci device
+  -blockdev driver=qcow2,node-name=N,file.driver=file,file.filename=FILE  (or JSON '{"driver": ...}')
+  -hda/-hdb/-hdc/-hdd FILE, -cdrom FILE, or FILE alone   an IDE disk/CD at index 0..3 (needs IDE)
+  -netdev user|tap|stream|socket|dgram,id=ID[,...]   a network backend (-netdev help)
+  -nic TYPE,model=virtio-net-pci[,mac=ADDR][,...]  a netdev and its NIC in one option
+  -chardev null|stdio|file|pty|socket,id=ID[,path=P|host=H,port=N][,server=on][,wait=off]
+  -object TYPE,id=ID[,...]      memory and rng backends (-object help)
   -name NAME                    VM name
   -S                            start with the vCPUs paused
   -d ITEMS, -D FILE             QEMU log items the machine honours (virt: in_asm,exec,cpu,int,op,
                                 out_asm,nochain,tb_stats; pc under KVM: none) and their file
   -qmp unix:PATH,server[,wait=off] | tcp:HOST:PORT,server[,wait=off]
+  -mon chardev=ID,mode=control  QMP on a -chardev socket,...,server=on (as libvirt starts QEMU)
   -incoming tcp:HOST:PORT|unix:PATH|exec:CMD|file:PATH|defer   wait for a migration (file: restores a snapshot)
   -h, -help, --help             this text
   -version, --version           version
@@ -60,7 +73,14 @@ Debugging: KVMPY_LOG=debug (or info) logs to stderr, including unhandled ports.
 # Options that take an argument and those that do not.
 _WITH_ARG = {"-accel", "-machine", "-M", "-cpu", "-m", "-smp", "-kernel", "-initrd", "-append", "-serial",
              "-device", "-name", "-display", "-bios", "-d", "-D", "-qmp", "-monitor", "-vga", "-net",
-             "-parallel", "-incoming", "-L"}
+             "-parallel", "-incoming", "-L", "-drive", "-blockdev", "-netdev", "-chardev", "-object",
+             "-hda", "-hdb", "-hdc", "-hdd", "-cdrom", "-nic", "-mon"}
+# The device options gathered into MachineConfig tuples, and the field each one fills.
+_SPEC_OPTIONS = {"-drive": "drives", "-blockdev": "blockdevs", "-netdev": "netdevs", "-chardev": "chardevs",
+                 "-object": "objects", "-device": "devices"}
+# -hda..-hdd and -cdrom: QEMU's drive_add(IF_DEFAULT, index, FILE, media)
+_LEGACY_DRIVES = {"-hda": (0, "disk"), "-hdb": (1, "disk"), "-hdc": (2, "disk"), "-hdd": (3, "disk"),
+                  "-cdrom": (2, "cdrom")}
 _FLAGS = {"-enable-kvm", "-nographic", "-nodefaults", "-no-reboot", "-S", "-no-user-config",
           "-no-shutdown", "-snapshot"}
 # Options accepted only with values that ask for nothing we would have to add.
@@ -73,6 +93,28 @@ MAX_MESSAGE = 400  # characters of one error line
 
 class UsageError(ConfigError):
     pass
+
+
+class HelpRequested(Exception):
+    """``-device help`` and friends: ``text`` goes to stdout and the command exits 0, as in QEMU."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+
+def _device_option(opt: str, val: str) -> object:
+    """The spec of one -device/-drive/-netdev/-chardev/-object/-blockdev argument; help raises HelpRequested."""
+    if opt != "-blockdev" and opt != "-drive":
+        opts = qemu_opts.parse_opts(val, opt, config_devices.IMPLIED_KEYS[opt],
+                                    json_form=opt in config_devices.JSON_OPTIONS)
+        if opts.help:
+            what = opts.get("driver") if opt == "-device" else None
+            if what is not None and config_devices.DEVICE_DRIVERS.get(what) is None and what not in \
+                    {a for d in config_devices.DEVICE_DRIVERS.values() for a in d.aliases}:
+                raise opts.fail(f"unsupported device {shown(what, 40)}: not a valid device model name")
+            raise HelpRequested(config_devices.help_text(opt, what))
+    return config_devices.spec_from_text(opt, val)
 
 
 def one_line(message: str) -> str:
@@ -101,6 +143,32 @@ def _opts(text: str, what: str) -> tuple[str, dict[str, str]]:
     return head, kv
 
 
+def _monitor_chardev(mon: qemu_opts.Opts, chardevs: list) -> "config_devices.ChardevSpec":
+    """The -chardev a ``-mon chardev=ID,mode=control`` serves QMP on."""
+    unknown = [k for k in mon.keys() if k not in ("chardev", "mode", "pretty")]
+    if unknown or mon.help:
+        raise mon.fail(f"Invalid parameter {shown(unknown[0] if unknown else 'help', 40)}")
+    if mon.get("mode", "readline") != "control":
+        raise mon.fail("kvmpy has no human monitor (HMP) on a chardev: use mode=control (QMP)")
+    if qemu_opts.parse_bool(mon.get("pretty", "off"), "pretty", mon.option, mon.text):
+        raise mon.fail("pretty=on is not supported (kvmpy's QMP replies are one line each)")
+    name = mon.get("chardev")
+    for c in chardevs:
+        if c.id == name:
+            return c
+    raise mon.fail(f"chardev {shown(name, 40)} not found")
+
+
+def _qmp_endpoint(mon: qemu_opts.Opts, c: "config_devices.ChardevSpec") -> str:
+    """The -qmp text of a listening socket chardev: QMP's own server then owns it (0600 unix sockets)."""
+    if c.backend != "socket" or not c.server:
+        raise mon.fail(f"kvmpy serves QMP on a listening socket: use -chardev socket,id={c.id},...,server=on")
+    where = f"unix:{c.path}" if c.path is not None else f"tcp:{c.host}:{c.port}"
+    if "," in where:
+        raise mon.fail(f"the socket address {shown(where, 60)} contains a comma")
+    return f"{where},server" + ("" if c.wait else ",wait=off")
+
+
 def parse_qemu_args(argv: Sequence[str]) -> MachineConfig:
     """QEMU-style argv to a (frozen, not yet validated) MachineConfig; UsageError for what is wrong."""
     cfg: dict = {"qmp": []}  # MachineConfig fields collected here, the config is built once at the end
@@ -111,11 +179,17 @@ def parse_qemu_args(argv: Sequence[str]) -> MachineConfig:
     nographic = False
     serial_set = False
     nodefaults = False
+    specs: dict[str, list] = {name: [] for name in _SPEC_OPTIONS.values()}
+    nics: list = []
+    mons: list[qemu_opts.Opts] = []
     while i < len(args):
         raw = args[i]
         opt = "-" + raw.lstrip("-") if raw.startswith("--") and raw not in ("--help", "--version") else raw
-        if not opt.startswith("-"):
-            raise UsageError(f"unexpected argument {shown(raw)} (options start with '-')")
+        if not opt.startswith("-") or opt == "-":
+            # QEMU: an argument that is not an option is a disk image, as -hda
+            specs["drives"].append(config_devices.legacy_drive("", raw, 0))
+            i += 1
+            continue
         if opt in _FLAGS:
             i += 1
             if opt == "-enable-kvm":
@@ -159,11 +233,15 @@ def parse_qemu_args(argv: Sequence[str]) -> MachineConfig:
         elif opt == "-cpu":
             cfg["cpu"] = val.split(",")[0]
         elif opt == "-m":
-            head, kv = _opts(val, "m")
-            size = head or kv.pop("size", "")
-            if kv:
-                raise UsageError(f"-m {', '.join(map(shown, kv))}: memory hotplug options are not supported yet")
-            cfg["memory"] = parse_size(size, "memory size")
+            mopts = qemu_opts.parse_opts(val, opt, "size", flags=False)
+            unknown = [k for k in mopts.keys() if k not in ("size", "slots", "maxmem")]
+            if unknown or mopts.help or mopts.id is not None:
+                raise mopts.fail(f"Invalid parameter {shown(unknown[0] if unknown else 'id', 40)}")
+            cfg["memory"] = parse_size(mopts.get("size", ""), "memory size")
+            if mopts.get("slots") is not None:
+                cfg["memory_slots"] = qemu_opts.parse_number(mopts.get("slots"), "slots", opt, val, hi=1 << 32)
+            if mopts.get("maxmem") is not None:
+                cfg["max_memory"] = parse_size(mopts.get("maxmem"), "maxmem")
         elif opt == "-smp":
             head, kv = _opts(val, "smp")
             n = head or kv.pop("cpus", "1")
@@ -186,15 +264,25 @@ def parse_qemu_args(argv: Sequence[str]) -> MachineConfig:
         elif opt == "-display":
             if val.split(",")[0] != "none":
                 raise UsageError(f"-display {shown(val)} is not supported (kvmpy has no display; use -display none)")
-        elif opt == "-device":
-            head, kv = _opts(val, "device")
-            if head != "isa-debug-exit":
-                raise UsageError(f"unsupported device {shown(head)} (supported: isa-debug-exit)")
-            unknown = set(kv) - {"iobase", "iosize"}
-            if unknown:
-                raise UsageError(f"isa-debug-exit: unknown property {', '.join(map(shown, sorted(unknown)))}")
-            cfg["debug_exit"] = DebugExitConfig(parse_int(kv.get("iobase", "0x501"), "iobase", hi=0xFFFF),
-                                                parse_int(kv.get("iosize", "0x02"), "iosize", hi=8))
+        elif opt in _SPEC_OPTIONS:
+            spec = _device_option(opt, val)
+            if opt == "-device" and spec.driver == "isa-debug-exit":
+                cfg["debug_exit"] = debug_exit_of(spec)
+            else:
+                specs[_SPEC_OPTIONS[opt]].append(spec)
+        elif opt == "-mon":
+            mons.append(qemu_opts.parse_opts(val, opt, "chardev", flags=False))
+        elif opt == "-nic":
+            nic_opts = qemu_opts.parse_opts(val, opt, "type")
+            if nic_opts.help:
+                raise HelpRequested(config_devices.help_text("-netdev"))
+            nic = config_devices.nic_from_opts(nic_opts, len(nics))
+            if nic is not None:
+                nics.append(nic[1])  # QEMU creates -nic cards with the machine, before any -device
+                specs["netdevs"].append(nic[0])
+        elif opt in _LEGACY_DRIVES:
+            index, media = _LEGACY_DRIVES[opt]
+            specs["drives"].append(config_devices.legacy_drive(opt, val, index, media))
         elif opt == "-name":
             head, kv = _opts(val, "name")
             cfg["name"] = head or kv.get("guest", val)
@@ -220,7 +308,12 @@ def parse_qemu_args(argv: Sequence[str]) -> MachineConfig:
     cfg["accel"] = accel or "tcg"  # QEMU's default accelerator
     if board.arch == "x86_64" and cfg["accel"] != "kvm":
         raise UsageError("x86 guests need KVM for now: add -enable-kvm (or -accel kvm)")
-    return MachineConfig(**cfg)
+    specs["devices"][:0] = nics
+    for mon in mons:  # after every -chardev: -mon may name one given later
+        chardev = _monitor_chardev(mon, specs["chardevs"])
+        specs["chardevs"].remove(chardev)
+        cfg["qmp"].append(_qmp_endpoint(mon, chardev))
+    return MachineConfig(**cfg, **{k: tuple(v) for k, v in specs.items()})
 
 
 def _setup_logging() -> None:
@@ -344,6 +437,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             cfg = parse_qemu_args(args)
         return _run_config(cfg)
+    except HelpRequested as wanted:
+        print(wanted.text, end="")
+        return 0
     except ConfigError as exc:
         print(f"kvmpy: error: {one_line(str(exc))}", file=sys.stderr)
         return 2

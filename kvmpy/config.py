@@ -9,6 +9,11 @@ guest, and ``validate()`` checks the common rules and then the board's own
 firmware, the -d trace items it honours, and the optional features it has
 (-initrd, -qmp, -S, ...). An option the board lacks is refused by name.
 
+The device options (-device, -drive, -blockdev, -netdev, -chardev, -object) become
+frozen specs from ``kvmpy.config_devices``; a board lists in its ``Board`` entry which
+drivers, drive interfaces and backends it builds, and refuses the others by name.
+Booleans in a machine file are on/off, numbers are decimal, as in QEMU's option text.
+
 YAML schema (all keys optional except ``kernel``; unknown keys are refused):
 
     name: demo                 # -name
@@ -20,13 +25,28 @@ YAML schema (all keys optional except ``kernel``; unknown keys are refused):
     kernel: path/to/kernel     # -kernel; relative paths are relative to the YAML file
     initrd: path/to/initrd     # -initrd
     append: "console=ttyS0"    # -append
-    serial: stdio              # stdio | null | file:PATH | none (no COM1 device)
+    slots: 4                   # -m ...,slots=  (memory hotplug; refused until the board has it)
+    maxmem: 4G                 # -m ...,maxmem=
+    serial: stdio              # stdio | null | file:PATH | none (no COM1 device) | chardev:ID
     no_reboot: false           # -no-reboot
     start_paused: false        # -S
-    devices:                   # -device
-      - type: isa-debug-exit
+    devices:                   # -device: a mapping of its properties, or one string in QEMU's syntax
+      - type: isa-debug-exit   # (type: or driver: names the driver)
         iobase: 0xf4
         iosize: 4
+      - {driver: virtio-net-pci, netdev: n0, id: nic0}
+      - "virtio-blk-pci,drive=d1"
+    drives:                    # -drive (file: relative to this file); if: virtio adds its virtio-blk-pci
+      - {file: disk.qcow2, if: virtio, format: qcow2, cache: none}
+      - {file: data.raw, if: none, id: d1, readonly: true}
+    blockdevs:                 # -blockdev, as nested mappings (filename: relative to this file)
+      - {driver: qcow2, node-name: b0, file: {driver: file, filename: disk.qcow2}}
+    netdevs:                   # -netdev
+      - {type: user, id: n0}
+    chardevs:                  # -chardev (backend: or type:)
+      - {backend: socket, id: c0, path: /tmp/c0.sock, server: true, wait: false}
+    objects:                   # -object (qom-type: or type:)
+      - {qom-type: memory-backend-ram, id: m0, size: 1G}
     trace: [in_asm, exec]      # -d: QEMU's item names (TRACE_ITEMS); the board must honour each
     trace_file: trace.log      # -D
     qmp: unix:/tmp/q.sock,server,wait=off   # -qmp; a string or a list (tcp:HOST:PORT,server also)
@@ -44,11 +64,14 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from kvmpy import units
-from kvmpy.errors import ConfigError
+from kvmpy.config_devices import (BlockdevSpec, ChardevSpec, DeviceSpec, DriveSpec, NetdevSpec, ObjectSpec,
+                                  check_devices, check_spec_types, finish_devices, finish_drives, yaml_specs)
+from kvmpy.errors import ConfigError, shown
 from kvmpy.monitor.endpoint import parse_endpoint
 
-__all__ = ["BOARDS", "Board", "ConfigError", "DebugExitConfig", "MachineConfig", "TRACE_ITEMS", "board_named",
-           "from_mapping", "load_yaml", "parse_int", "parse_size", "parse_trace", "shown"]
+__all__ = ["BOARDS", "Board", "BlockdevSpec", "ChardevSpec", "ConfigError", "DebugExitConfig", "DeviceSpec",
+           "DriveSpec", "MachineConfig", "NetdevSpec", "ObjectSpec", "TRACE_ITEMS", "board_named", "debug_exit_of", "from_mapping",
+           "load_yaml", "parse_int", "parse_size", "parse_trace", "shown"]
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -62,7 +85,8 @@ MAX_INT_DIGITS = 40  # longer integer text is refused before int() sees it
 
 ARCHES = ("x86_64", "riscv64")
 ACCELS = ("kvm", "tcg")
-SERIAL_RE = re.compile(r"^(stdio|none|null|file:.+)$")
+SERIAL_RE = re.compile(r"^(stdio|none|null|file:.+|chardev:.+)$")
+MAX_MEMORY_SLOTS = 256  # QEMU's ACPI_MAX_RAM_SLOTS
 MAX_TRACE_TEXT = 1000  # a -d list of every item is under 100 characters
 
 # The -d vocabulary: QEMU's log item names (qemu -d help), one set for every board;
@@ -81,7 +105,7 @@ TRACE_ITEMS: Mapping[str, str] = MappingProxyType({
     "tb_stats": "translation cache statistics when the guest exits (kvmpy's own item)",
 })
 TRACE_FLAGS = frozenset(TRACE_ITEMS)
-OPTIONAL_FEATURES = ("initrd", "debug_exit", "qmp", "incoming", "start_paused", "linux_boot")
+OPTIONAL_FEATURES = ("initrd", "debug_exit", "qmp", "incoming", "start_paused", "linux_boot", "memory_hotplug")
 
 
 @dataclass(frozen=True)
@@ -104,6 +128,13 @@ class Board:
     aliases: tuple[str, ...] = ()  # other -machine names for the same board
     alias_prefixes: tuple[str, ...] = ()  # versioned names ("pc-i440fx-8.2") for the same board
     why_no_trace: str = ""  # said when a -d item is refused and the board honours none
+    # What the board builds from the device options (names from kvmpy.config_devices); the rest is
+    # refused by name. The board's factories are tested against these sets.
+    device_drivers: frozenset[str] = frozenset()  # -device drivers
+    drive_interfaces: frozenset[str] = frozenset()  # -drive if= values; "none" also admits -blockdev
+    netdev_types: frozenset[str] = frozenset()  # -netdev types
+    chardev_backends: frozenset[str] = frozenset()  # -chardev backends
+    object_types: frozenset[str] = frozenset()  # -object qom-types
 
     def accepts_name(self, name: str) -> bool:
         return name == self.machine or name in self.aliases or name.startswith(self.alias_prefixes)
@@ -113,6 +144,24 @@ BOARDS: Mapping[str, Board] = MappingProxyType({
     "pc": Board(machine="pc", arch="x86_64", accel="kvm", memory=(2 * MiB, MAX_MEMORY), max_smp=MAX_SMP,
                 trace=frozenset(), features=frozenset(OPTIONAL_FEATURES),
                 aliases=("q35", "microvm"), alias_prefixes=("pc-",),
+                chardev_backends=frozenset({"null", "socket", "stdio", "file", "pty"}),
+                device_drivers=frozenset({
+                    "virtconsole",
+                    "virtio-blk-pci",
+                    "virtio-net-pci",
+                    "virtio-rng-pci",
+                    "virtio-serial-pci",
+                    "virtserialport",
+                    "pc-dimm",  # memory hotplug (kvmpy.boards.pc_memhp)
+                }),
+                drive_interfaces=frozenset({"virtio", "none"}),
+                netdev_types=frozenset({
+                    "socket",
+                    "stream",
+                    "tap",
+                    "user",
+                }),
+                object_types=frozenset({"memory-backend-ram", "memory-backend-file"}),
                 why_no_trace="the guest runs under KVM, not TCG; KVMPY_LOG=debug logs unhandled ports"),
     "virt": Board(machine="virt", arch="riscv64", accel="tcg", memory=(1 * MiB, 16 * GiB), max_smp=1,
                   trace=frozenset({"in_asm", "exec", "int", "cpu", "op", "out_asm", "tb_stats", "nochain"}),
@@ -122,7 +171,8 @@ DEFAULT_BOARD: Mapping[str, str] = MappingProxyType({"x86_64": "pc", "riscv64": 
 
 # How each optional feature is named in a message (the QEMU flag / YAML key a user typed).
 _FEATURE_NAMES: Mapping[str, str] = MappingProxyType({"initrd": "-initrd", "debug_exit": "-device isa-debug-exit", "qmp": "-qmp",
-                  "incoming": "-incoming", "start_paused": "-S", "linux_boot": "-machine linux-boot"})
+                  "incoming": "-incoming", "start_paused": "-S", "linux_boot": "-machine linux-boot",
+                  "memory_hotplug": "-m slots/maxmem"})
 
 
 def board_named(name: str) -> Board | None:
@@ -157,25 +207,6 @@ def _check_trace_names(items: frozenset) -> None:
     unknown = sorted(shown(i, 20) for i in items if not isinstance(i, str) or i not in TRACE_ITEMS)
     if unknown:
         raise ConfigError(f"unknown -d item(s): {', '.join(unknown[:5])} (known: {', '.join(TRACE_ITEMS)})")
-
-
-def shown(value: Any, limit: int = 60) -> str:
-    """``value`` as it may appear in a one-line message: escaped (no raw newlines) and shortened.
-
-    Integers print as digits (a huge one by its bit length: ``str()`` refuses over 4300
-    digits); strings and paths as a shortened repr; containers only by their type name,
-    because ``str()`` on an alias bomb never returns.
-    """
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, int):
-        return str(value) if value.bit_length() <= 192 else f"<a {value.bit_length()}-bit integer>"
-    if not isinstance(value, (str, Path)):
-        return f"<{type(value).__name__}>"
-    text = str(value)
-    if len(text) > limit:
-        return repr(text[:limit]) + f"... ({len(text)} characters)"
-    return repr(text)
 
 
 def parse_size(text: str | int, what: str = "size", default_unit: int = MiB) -> int:
@@ -223,6 +254,20 @@ def _check_path(path: Path, what: str) -> None:
         raise ConfigError(f"{what} {shown(text)} does not exist or is not a file")
 
 
+def _check_image(path: Path, source: str) -> None:
+    """A drive's image exists (a file or a block device; opening it is the block layer's job), as QEMU checks."""
+    text = str(path)
+    if "\0" in text:
+        raise ConfigError(f"{source}: the path {shown(text)} contains a NUL byte")
+    try:
+        mode = path.stat().st_mode
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"{source}: Could not open {shown(text)}: {reason}") from None
+    if stat.S_ISDIR(mode):
+        raise ConfigError(f"{source}: Could not open {shown(text)}: Is a directory")
+
+
 @dataclass(frozen=True)
 class DebugExitConfig:
     iobase: int = 0x501
@@ -237,7 +282,14 @@ _FIELD_TYPES: Mapping[str, tuple[type, ...]] = MappingProxyType({
     "memory": (int,), "smp": (int,), "initrd": (Path, _NoneType), "append": (str,), "serial": (str,),
     "no_reboot": (bool,), "start_paused": (bool,), "debug_exit": (DebugExitConfig, _NoneType),
     "bios": (str, _NoneType), "cpu": (str, _NoneType), "trace": (frozenset,), "trace_file": (Path, _NoneType),
-    "qmp": (tuple,), "linux_boot": (str,), "incoming": (str, _NoneType),
+    "qmp": (tuple,), "linux_boot": (str,), "incoming": (str, _NoneType), "memory_slots": (int,),
+    "max_memory": (int, _NoneType), "devices": (tuple,), "drives": (tuple,), "blockdevs": (tuple,),
+    "netdevs": (tuple,), "chardevs": (tuple,), "objects": (tuple,),
+})
+# The spec type each device-option tuple holds, and the option it came from (for messages).
+_SPEC_FIELDS: Mapping[str, tuple[type, str]] = MappingProxyType({
+    "devices": (DeviceSpec, "-device"), "drives": (DriveSpec, "-drive"), "blockdevs": (BlockdevSpec, "-blockdev"),
+    "netdevs": (NetdevSpec, "-netdev"), "chardevs": (ChardevSpec, "-chardev"), "objects": (ObjectSpec, "-object"),
 })
 
 
@@ -270,6 +322,14 @@ class MachineConfig:
     linux_boot: str = "auto"  # Linux kernels: auto, bzimage (64-bit entry) or pvh (host-side decompression)
     incoming: str | None = None  # -incoming URI|defer: wait for a migration stream (kvmpy.migration)
     machine: str = ""  # "" until built: then the board's canonical name (pc, virt)
+    memory_slots: int = 0  # -m slots=: DIMM slots for memory hotplug (0: none)
+    max_memory: int | None = None  # -m maxmem=: RAM plus every hotpluggable DIMM, in bytes
+    devices: tuple[DeviceSpec, ...] = ()  # -device, then QEMU's implicit ones (-drive if=virtio), in order
+    drives: tuple[DriveSpec, ...] = ()  # -drive, -hda..-hdd, -cdrom, a positional image (numbered, with ids)
+    blockdevs: tuple[BlockdevSpec, ...] = ()  # -blockdev
+    netdevs: tuple[NetdevSpec, ...] = ()  # -netdev
+    chardevs: tuple[ChardevSpec, ...] = ()  # -chardev
+    objects: tuple[ObjectSpec, ...] = ()  # -object
 
     def __post_init__(self) -> None:
         # Callers may pass any iterable; the frozen config holds immutable collections only.
@@ -292,6 +352,13 @@ class MachineConfig:
             value = getattr(self, key)
             if isinstance(value, str):
                 put(key, Path(value))
+        for key in _SPEC_FIELDS:
+            if isinstance(getattr(self, key), list):
+                put(key, tuple(getattr(self, key)))
+        if isinstance(self.drives, tuple):
+            put("drives", finish_drives(self.drives))  # QEMU's index and id for each drive
+            if isinstance(self.devices, tuple):
+                put("devices", finish_devices(self.devices, self.drives))  # + virtio-blk-pci per if=virtio drive
         arch, machine = self.arch, self.machine
         if isinstance(machine, str) and isinstance(arch, str):
             board = board_named(machine) if machine else BOARDS.get(DEFAULT_BOARD.get(arch or "x86_64", ""))
@@ -333,12 +400,24 @@ class MachineConfig:
                               f"{board.machine!r} ({_size_text(lo)} to {_size_text(hi)})")
         if self.memory % 4096:
             raise ConfigError("memory size must be a multiple of 4 KiB")
+        self._check_memory_hotplug(board)
         if not 1 <= self.smp <= board.max_smp:
             if board.max_smp == 1:
                 raise ConfigError(f"invalid -smp {shown(self.smp)}: machine {board.machine!r} runs one vCPU (-smp 1)")
             raise ConfigError(f"invalid -smp {shown(self.smp)} (1 to {board.max_smp})")
         if not SERIAL_RE.match(self.serial) or "\0" in self.serial:
-            raise ConfigError(f"unsupported serial backend {shown(self.serial)} (use stdio, file:PATH, null or none)")
+            raise ConfigError(f"unsupported serial backend {shown(self.serial)} (use stdio, file:PATH, null, none "
+                              "or chardev:ID)")
+        serial_chardev = self.serial[len("chardev:"):] if self.serial.startswith("chardev:") else None
+        stdio = [c.source or "-chardev stdio" for c in self.chardevs if c.backend == "stdio"]
+        if len(stdio) + (self.serial == "stdio") > 1:  # one reader of stdin, as QEMU has
+            raise ConfigError(f"{stdio[-1]}: cannot use stdio by multiple character devices")
+        check_devices(self.devices, self.drives, self.blockdevs, self.netdevs, self.chardevs, self.objects,
+                      serial_chardev)
+        for drive in self.drives:
+            if drive.file is not None:
+                _check_image(drive.file, drive.source or "-drive")
+        self._check_board_devices(board)
         if self.debug_exit is not None:
             if self.debug_exit.iosize not in (1, 2, 4):
                 raise ConfigError(f"isa-debug-exit iosize {shown(self.debug_exit.iosize)} must be 1, 2 or 4")
@@ -374,14 +453,72 @@ class MachineConfig:
         d = self.debug_exit
         if d is not None and not all(isinstance(v, int) and not isinstance(v, bool) for v in (d.iobase, d.iosize)):
             raise ConfigError("isa-debug-exit iobase and iosize must be integers")
+        for name, (spec_type, option) in _SPEC_FIELDS.items():
+            for spec in getattr(self, name):
+                if type(spec) is not spec_type:
+                    raise ConfigError(f"config field {name!r} must hold {spec_type.__name__} ({option}), "
+                                      f"not {type(spec).__name__}")
+                check_spec_types(spec, spec_type.__name__)
+
+    def _check_memory_hotplug(self, board: Board) -> None:
+        """-m slots=,maxmem=: QEMU's rules first, then whether the board hotplugs memory at all."""
+        slots, maxmem = self.memory_slots, self.max_memory
+        if slots == 0 and maxmem is None:
+            return
+        if slots and maxmem is None:
+            raise ConfigError("slots specified but no max-size")
+        if maxmem is not None and maxmem < self.memory:
+            raise ConfigError(f"invalid value of maxmem: maximum memory size ({maxmem:#x}) must be at least the "
+                              f"initial memory size ({self.memory:#x})")
+        if not 0 <= slots <= MAX_MEMORY_SLOTS:
+            raise ConfigError(f"unsupported amount of memory slots: {shown(slots)}")
+        if "memory_hotplug" not in board.features:
+            raise ConfigError("-m slots/maxmem: memory hotplug options are not supported yet")
+
+    def _check_board_devices(self, board: Board) -> None:
+        """Refuse, by name, each device option the board cannot build (yet): they are never ignored."""
+        m = board.machine
+        for d in self.drives:
+            if d.interface not in board.drive_interfaces:
+                if d.interface == "ide":
+                    what = "CD-ROM drives (IDE) are" if d.media == "cdrom" else "IDE is"
+                    raise ConfigError(f"{d.source or '-drive'}: {what} not supported yet; use if=virtio")
+                raise ConfigError(f"{d.source or '-drive'}: machine {m!r} cannot attach if={d.interface} drives yet")
+        for b in self.blockdevs:
+            if "none" not in board.drive_interfaces:
+                raise ConfigError(f"{b.source or '-blockdev'}: machine {m!r} cannot attach -blockdev nodes yet")
+        for specs, kind, attr, allowed in ((self.netdevs, "netdev type", "type", board.netdev_types),
+                                           (self.chardevs, "chardev backend", "backend", board.chardev_backends),
+                                           (self.objects, "object type", "qom_type", board.object_types)):
+            for spec in specs:
+                if getattr(spec, attr) not in allowed:
+                    has = f" (it has: {', '.join(sorted(allowed))})" if allowed else ""
+                    where = spec.source or "-" + kind.split()[0]
+                    raise ConfigError(f"{where}: machine {m!r} has no {kind} {getattr(spec, attr)!r} yet{has}")
+        connected = {self.serial[len("chardev:"):]} | {d.get("chardev") for d in self.devices}
+        for c in self.chardevs:
+            if c.id not in connected:  # QEMU would open it anyway; kvmpy opens a chardev for its user only
+                raise ConfigError(f"{c.source or '-chardev'}: chardev {c.id!r} is not connected to anything "
+                                  "(use it with -serial chardev:ID or a device's chardev=)")
+        for d in self.devices:
+            if d.driver == "isa-debug-exit":  # front ends turn it into the debug_exit field
+                raise ConfigError(f"{d.source or '-device'}: give isa-debug-exit as debug_exit=DebugExitConfig(...)")
+            if d.driver not in board.device_drivers:
+                builds = f" (it builds: {', '.join(sorted(board.device_drivers))})" if board.device_drivers else ""
+                raise ConfigError(f"{d.source or '-device'}: unsupported device {d.driver!r}: machine {m!r} does not "
+                                  f"build it yet{builds}")
+            if d.driver in ("virtconsole", "virtserialport") and \
+                    not any(s.driver == "virtio-serial-pci" for s in self.devices):
+                raise ConfigError(f"{d.source or '-device'}: No 'virtio-serial-bus' bus found for device "
+                                  f"'{d.driver}'")
 
     def _check_features(self, board: Board) -> None:
         """Refuse, by the flag a user typed, every optional feature the board does not have."""
         used = {"initrd": self.initrd is not None, "debug_exit": self.debug_exit is not None, "qmp": bool(self.qmp),
                 "incoming": self.incoming is not None, "start_paused": self.start_paused,
-                "linux_boot": self.linux_boot != "auto"}
-        for feature in OPTIONAL_FEATURES:
-            if used[feature] and feature not in board.features:
+                "linux_boot": self.linux_boot != "auto"}  # memory_hotplug: _check_memory_hotplug, after -m's own rules
+        for feature, on in used.items():
+            if on and feature not in board.features:
                 raise ConfigError(f"machine {board.machine!r} ({board.arch}) does not support {_FEATURE_NAMES[feature]}")
 
     def _check_trace(self, board: Board) -> None:
@@ -397,7 +534,8 @@ class MachineConfig:
 
 
 YAML_KEYS = {"name", "arch", "machine", "accel", "memory", "smp", "kernel", "initrd", "append", "serial", "no_reboot",
-             "start_paused", "devices", "bios", "cpu", "trace", "trace_file", "qmp", "linux_boot"}
+             "start_paused", "devices", "bios", "cpu", "trace", "trace_file", "qmp", "linux_boot", "slots", "maxmem",
+             "drives", "blockdevs", "netdevs", "chardevs", "objects"}
 
 
 def _expect(value: Any, types: type | tuple[type, ...], key: str) -> Any:
@@ -458,18 +596,29 @@ def from_mapping(data: Any, base_dir: Path) -> MachineConfig:
     if "qmp" in data:
         q = _expect(data["qmp"], (list, str), "qmp")
         kw["qmp"] = [q] if isinstance(q, str) else [_expect(i, str, "qmp") for i in q]
-    for i, dev in enumerate(_expect(data.get("devices", []) or [], list, "devices")):
-        if not isinstance(dev, dict) or not isinstance(dev.get("type"), str):
-            raise ConfigError(f"devices[{i}] must be a mapping with a 'type'")
-        if dev["type"] != "isa-debug-exit":
-            raise ConfigError(f"devices[{i}]: unsupported device type {shown(dev['type'])}")
-        extra = [k for k in dev if k not in ("type", "iobase", "iosize")]
-        if extra:
-            raise ConfigError(f"devices[{i}]: unknown key(s) {', '.join(shown(k, 30) for k in extra[:5])}")
-        iobase = _expect(dev.get("iobase", 0x501), (int, str), f"devices[{i}].iobase")
-        iosize = _expect(dev.get("iosize", 2), (int, str), f"devices[{i}].iosize")
-        kw["debug_exit"] = DebugExitConfig(parse_int(iobase, "iobase", hi=0xFFFF), parse_int(iosize, "iosize", hi=8))
+    if "slots" in data:
+        kw["memory_slots"] = _expect(data["slots"], int, "slots")
+    if "maxmem" in data:
+        kw["max_memory"] = parse_size(_expect(data["maxmem"], (str, int), "maxmem"), "maxmem")
+    devices = []
+    for spec in yaml_specs(data.get("devices"), "devices", base_dir):
+        if spec.driver == "isa-debug-exit":
+            kw["debug_exit"] = debug_exit_of(spec)
+        else:
+            devices.append(spec)
+    kw["devices"] = devices
+    for key in ("drives", "blockdevs", "netdevs", "chardevs", "objects"):
+        kw[key] = yaml_specs(data.get(key), key, base_dir)
     return MachineConfig(**kw)
+
+
+def debug_exit_of(spec: DeviceSpec) -> DebugExitConfig:
+    """``-device isa-debug-exit[,iobase=][,iosize=]`` (or its YAML entry): the board's exit port."""
+    unknown = [k for k, _ in spec.props if k not in ("iobase", "iosize")]
+    if unknown:
+        raise ConfigError(f"{spec.source}: Property 'isa-debug-exit.{unknown[0]}' not found (it has iobase, iosize)")
+    return DebugExitConfig(parse_int(spec.get("iobase", "0x501"), "iobase", hi=0xFFFF),
+                           parse_int(spec.get("iosize", "0x02"), "iosize", hi=8))
 
 
 def _yaml_loader(yaml: Any) -> type:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kvmpy.cli import main, parse_qemu_args
+from kvmpy.cli import HelpRequested, main, parse_qemu_args
 from kvmpy.config import ConfigError
 from tests.guests.build import build_guest
 from tests.guests.runner import BASE_FLAGS, PASS, run_cli
@@ -34,12 +34,12 @@ def test_qemu_flags_become_a_config(tmp_path: Path) -> None:
     (["-enable-kvm", "-usb"], "unsupported option '-usb'"),
     (["-enable-kvm", "-m"], "needs an argument"),
     (["-enable-kvm", "-m", "huge"], "invalid memory size"),
-    (["-enable-kvm", "-m", "1G,slots=4,maxmem=8G"], "hotplug"),
     (["-kernel", "k"], "x86 guests need KVM"),
     (["-enable-kvm", "-device", "e1000"], "unsupported device 'e1000'"),
     (["-enable-kvm", "-display", "gtk"], "no display"),
     (["-enable-kvm", "-machine", "sun4m"], "machine type"),
-    (["-enable-kvm", "stray"], "unexpected argument"),
+    (["-enable-kvm", "-m", "1G,slots"], "Expected '=' after parameter 'slots'"),
+    (["-enable-kvm", "-m", "1G,foo=1"], "Invalid parameter 'foo'"),
 ])
 def test_usage_errors(argv: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -71,6 +71,14 @@ def test_main_prints_one_line_and_exits_2(argv: list[str], message: str, capsys)
     (["-enable-kvm", "-kernel", "/etc/hostname", "-d", "in_asm"], "machine 'pc' honours no -d items"),
     (["-enable-kvm", "-kernel", "/etc/hostname", "-d", "in_asm,warp"], "unknown -d item(s): 'warp'"),
     (["-enable-kvm", "-kernel", "/etc/hostname", "-bios", "bios.bin"], "machine 'pc' does not support -bios"),
+    # -m's hotplug options follow QEMU's own rules (the pc board hotplugs memory: kvmpy.boards.pc_memhp)
+    (["-enable-kvm", "-kernel", "/etc/hostname", "-m", "1G,slots=4"], "slots specified but no max-size"),
+    (["-enable-kvm", "-kernel", "/etc/hostname", "-m", "1G,slots=4"], "slots specified but no max-size"),
+    (["-enable-kvm", "-kernel", "/etc/hostname", "-m", "1G,slots=4,maxmem=512M"], "must be at least the initial"),
+    (["-enable-kvm", "-kernel", "/etc/hostname", "-m", "1G,slots=300,maxmem=4G"], "memory slots: 300"),
+    # a bare argument is a disk image, as in QEMU: it must exist, and IDE is refused until it exists
+    (["-enable-kvm", "-kernel", "/etc/hostname", "stray"], "stray: Could not open 'stray'"),
+    (["-enable-kvm", "-kernel", "/etc/hostname", "/etc/hostname"], "IDE is not supported yet; use if=virtio"),
 ])
 def test_each_board_refuses_what_it_lacks_in_one_line(argv: list[str], message: str, capsys) -> None:
     assert main(argv) == 2
@@ -80,7 +88,11 @@ def test_each_board_refuses_what_it_lacks_in_one_line(argv: list[str], message: 
 
 def test_help_and_version(capsys) -> None:
     assert main(["--help"]) == 0
-    assert "-enable-kvm" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "-enable-kvm" in out
+    for flag in ("-device DRIVER", "-drive file=", "-blockdev", "-netdev", "-chardev", "-object", "-hda", "-cdrom",
+                 "slots=N,maxmem=SIZE", "chardev:ID"):
+        assert flag in out, flag
     assert main(["-version"]) == 0
     assert "kvmpy version" in capsys.readouterr().out
     assert main([]) == 2
@@ -219,12 +231,17 @@ _VALUE = st.one_of(
     _TEXT, _HUGE, _HUGE.map(lambda d: d + "G"), _HUGE.map(lambda d: "0x" + d),
     st.builds(lambda h, p: f"tcp:{h}:{p}", _HOSTS | _TEXT, st.sampled_from(["4444", "1", "", "9" * 5000, "٣"])),
     st.builds(lambda h, p: f"tcp:{h}:{p},server,wait=off", _HOSTS | _TEXT, st.sampled_from(["0", "9" * 500, "x"])),
+    st.sampled_from(["user,id=n0", "virtio-net-pci,netdev=n0", "file=/etc/hostname,if=virtio", "null,id=c0",
+                     "socket,id=c0,path=/tmp/s,server=on,wait=off", "driver=raw,node-name=a,file.driver=file",
+                     '{"driver": "file", "node-name": "f", "filename": "/etc/hostname"}', "help", "?", "a,,b,,",
+                     "rng-random,id=r0", "virtio-blk,drive=virtio0", "1G,slots=4,maxmem=8G", "chardev:c0"]),
     st.sampled_from(["unix:/tmp/\u00e9\u00e9,server,wait=off", "isa-debug-exit,iobase=" + "1" * 5000,
                      "isa-debug-exit,iosize=0x" + "f" * 5000, "1T", "100G", "file:/dev/full", "virt", "pc",
                      "cpus=" + "9" * 5000, "size=" + "9" * 400, "x" * 300]),
 )
 _OPTS = ["-m", "-smp", "-kernel", "-initrd", "-qmp", "-incoming", "-device", "-machine", "-serial", "-name",
-         "-append", "-accel", "-d", "-D", "-cpu", "-display", "-bios"]
+         "-append", "-accel", "-d", "-D", "-cpu", "-display", "-bios", "-drive", "-blockdev", "-netdev", "-chardev",
+         "-object", "-hda", "-cdrom", "-nic"]
 _ARGV = st.lists(st.one_of(st.sampled_from(_OPTS).flatmap(lambda o: _VALUE.map(lambda v: [o, v])),
                            st.sampled_from([["-enable-kvm"], ["-nodefaults"], ["-no-reboot"], ["-S"], ["--"],
                                             ["-kernel", "/etc/hostname"], ["-kernel", "x" * 300]])),
@@ -282,3 +299,66 @@ def test_fuzzed_argv_in_process_is_a_config_or_a_config_error(argv: list[str]) -
         parse_qemu_args(["-enable-kvm", *argv]).validate()
     except ConfigError as exc:
         assert "Traceback" not in str(exc)
+    except HelpRequested as wanted:  # -device help and friends: printed, status 0
+        assert wanted.text
+
+
+# ---- -mon chardev=ID,mode=control: QMP on a -chardev socket, as libvirt starts QEMU ----
+
+def test_mon_becomes_a_qmp_endpoint_and_mistakes_are_qemus() -> None:
+    c = parse_qemu_args(["-enable-kvm", "-mon", "chardev=q,mode=control",
+                         "-chardev", "socket,id=q,path=/tmp/q.sock,server=on,wait=off"])
+    assert c.qmp == ("unix:/tmp/q.sock,server,wait=off",) and c.chardevs == ()
+    tcp = parse_qemu_args(["-enable-kvm", "-chardev", "socket,id=q,host=127.0.0.1,port=4444,server=on",
+                           "-mon", "q,mode=control"])
+    assert tcp.qmp == ("tcp:127.0.0.1:4444,server",)
+    for argv, message in ((["-mon", "chardev=q"], "no human monitor"), (["-mon", "x,mode=control"], "'x' not found"),
+                          (["-mon", "q,mode=control,pretty=on"], "pretty=on is not supported"),
+                          (["-chardev", "pty,id=p", "-mon", "p,mode=control"], "on a listening socket")):
+        with pytest.raises(ConfigError, match=message):
+            parse_qemu_args(["-enable-kvm", "-chardev", "socket,id=q,path=/tmp/q.sock,server=on", *argv])
+
+
+@pytest.mark.kvm_host
+@pytest.mark.skipif(__import__("shutil").which("qemu-system-x86_64") is None, reason="QEMU is the oracle")
+def test_mon_on_a_chardev_answers_as_qemus_does(tmp_path: Path) -> None:
+    import asyncio
+    import time
+
+    from qemu.qmp import QMPClient
+
+    async def session(sock: Path) -> list:
+        qmp = QMPClient("mon-test")
+        end = time.monotonic() + 60
+        while True:
+            try:
+                await qmp.connect(str(sock))
+                break
+            except Exception:
+                if time.monotonic() > end:
+                    raise
+                await asyncio.sleep(0.1)
+        replies = [await qmp.execute("query-status"), sorted(await qmp.execute("query-version"))]
+        try:
+            await qmp.execute("quit")
+            await qmp.disconnect()
+        except EOFError:
+            pass
+        return replies
+
+    results = []
+    for argv0 in ([_sys.executable, "-m", "kvmpy", "-enable-kvm", "-kernel", str(build_guest("hello"))],
+                  ["qemu-system-x86_64"]):
+        sock = tmp_path / f"m{len(results)}.sock"
+        proc = _subprocess.Popen([*argv0, "-S", "-m", "32", "-display", "none", "-nodefaults",
+                                  "-chardev", f"socket,id=mon0,path={sock},server=on,wait=off",
+                                  "-mon", "chardev=mon0,mode=control"], stdout=_subprocess.PIPE,
+                                 stderr=_subprocess.PIPE, env=dict(_os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1])))
+        try:
+            results.append(asyncio.run(asyncio.wait_for(session(sock), 90)))
+            proc.wait(timeout=60)
+        finally:
+            proc.kill()
+        assert proc.returncode == 0, proc.stderr.read()
+    ours, qemu = results
+    assert ours == qemu  # {'running': False, 'status': 'prelaunch'} and the keys of query-version

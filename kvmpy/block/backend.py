@@ -9,7 +9,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from kvmpy.block.cache import DirectFile
 from kvmpy.block.errors import BlockError
+from kvmpy.block.locking import LockRequest, lock_image
 
 
 @dataclass(frozen=True)
@@ -119,16 +121,53 @@ def merge_extents(extents: list[Extent]) -> list[Extent]:
     return out
 
 
+@dataclass(frozen=True)
+class HostFileOptions:
+    """How an image's host file is opened: O_DIRECT for guest data, flushes ignored
+    (cache=unsafe), and the QEMU-compatible lock to take (None: no locking)."""
+
+    direct: bool = False
+    no_flush: bool = False
+    lock: LockRequest | None = None
+
+
 class BlockBackend(abc.ABC):
     """A virtual disk: byte-addressed reads and writes over a fixed (resizable) size."""
 
     format_name: str = "?"
 
-    def __init__(self, path: Path, readonly: bool) -> None:
+    def __init__(self, path: Path, readonly: bool, host: HostFileOptions | None = None) -> None:
         self.path = Path(path)
         self.readonly = readonly
+        self.host = host or HostFileOptions()
         # False = flush() and close() skip fsync (qemu-img convert's default cache=unsafe)
-        self.durable = True
+        self.durable = not self.host.no_flush
+        self.direct: DirectFile | None = None
+
+    def open_host_file(self) -> int:
+        """Open the image file as ``host`` says: locked before anything is read or repaired,
+        plus the O_DIRECT descriptor for guest data. Returns the (buffered) descriptor."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY if self.readonly else os.O_RDWR)
+        except OSError as e:
+            raise BlockError(f"{self.path}: could not open: {e.strerror}") from e
+        try:
+            if self.host.lock is not None:
+                lock_image(fd, self.path, self.host.lock)
+            if self.host.direct:
+                self.direct = DirectFile(self.path, self.readonly)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def close_host_file(self, fd: int) -> None:
+        """Close what open_host_file opened (the locks go with the descriptor)."""
+        if self.direct is not None:
+            self.direct.close()
+            self.direct = None
+        if fd >= 0:
+            os.close(fd)
 
     # Data moves in one preadv/pwritev per contiguous run, from the calling thread. Splitting
     # runs across a thread pool was measured slower: writers to one file serialise on its inode
@@ -139,6 +178,12 @@ class BlockBackend(abc.ABC):
         for off, bufs in jobs:
             views = [memoryview(b).cast("B") for b in bufs]
             total = sum(len(v) for v in views)
+            if self.direct is not None and self.direct.fits(off, total):
+                for v in views if all(self.direct.fits(0, len(v)) for v in views) else \
+                        [memoryview(b"".join(views))]:
+                    self.direct.write(off, v)
+                    off += len(v)
+                continue
             if total >= _PREALLOCATE_MIN:
                 preallocate(fd, off, total)
             _pwritev_full(fd, views, off)
@@ -146,7 +191,10 @@ class BlockBackend(abc.ABC):
     def pread_all(self, fd: int, jobs: list[tuple[int, memoryview]]) -> None:
         """Fill every (file offset, buffer) job; bytes past the end of the file read as zeros."""
         for off, mv in jobs:
-            _preadv_full(fd, mv, off)
+            if self.direct is not None and self.direct.fits(off, len(mv)):
+                self.direct.read(off, mv.cast("B"))
+            else:
+                _preadv_full(fd, mv, off)
 
     # -- data path -------------------------------------------------------------------------
     @abc.abstractmethod
@@ -156,6 +204,24 @@ class BlockBackend(abc.ABC):
     def readinto(self, offset: int, buf: memoryview) -> None:
         """Fill ``buf`` with guest bytes at ``offset`` (drivers override this to avoid a copy)."""
         buf[:] = self.read(offset, len(buf))
+
+    def readv_into(self, offset: int, views: list[memoryview]) -> None:
+        """Fill ``views`` in order from guest ``offset`` (a scatter list, e.g. a request's guest pages).
+        Drivers whose guest bytes sit at the same file offsets override this with one preadv."""
+        total = sum(len(v) for v in views)
+        if len(views) == 1:
+            self.readinto(offset, views[0])
+            return
+        buf = memoryview(bytearray(total))
+        self.readinto(offset, buf)
+        pos = 0
+        for v in views:
+            v[:] = buf[pos:pos + len(v)]
+            pos += len(v)
+
+    def writev_from(self, offset: int, views: list[memoryview]) -> None:
+        """Store the concatenation of ``views`` at guest ``offset`` (a gather list)."""
+        self.write(offset, views[0] if len(views) == 1 else b"".join(views))
 
     def mapped(self, offset: int, length: int) -> memoryview | None:
         """The guest bytes at ``offset`` as a read-only view of the page cache, when this image

@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from kvmpy.block.backend import BlockBackend
+from kvmpy.block.backend import BlockBackend, HostFileOptions
+from kvmpy.block.cache import CacheMode
 from kvmpy.block.errors import BlockError, CorruptImageError
+from kvmpy.block.locking import LockRequest
 from kvmpy.block.qcow2_format import MAGIC
 
 FORMATS = ("raw", "qcow2")
@@ -31,8 +33,15 @@ def resolve_backing(image: Path, backing: str) -> Path:
 
 def open_image(path: Path | str, fmt: str | None = None, *, readonly: bool = True,
                open_backing: bool = True, for_check: bool = False,
+               cache: CacheMode | None = None, locking: bool = False,
                _chain: tuple[str, ...] = ()) -> BlockBackend:
-    """Open an image and (by default) its whole backing chain, read-only below the top."""
+    """Open an image and (by default) its whole backing chain, read-only below the top.
+
+    ``cache`` (a QEMU cache= mode) sets O_DIRECT and whether flushes reach the disk, for
+    the whole chain; ``locking`` takes QEMU's image locks on every file of the chain (the
+    top as a disk user, backing files shared-read), so kvmpy and QEMU refuse an image the
+    other is writing. The image tools open without locks, as before.
+    """
     path = Path(path)
     if not path.exists():
         raise BlockError(f"Could not open '{path}': No such file or directory")
@@ -45,21 +54,25 @@ def open_image(path: Path | str, fmt: str | None = None, *, readonly: bool = Tru
     if len(_chain) >= MAX_CHAIN_DEPTH:
         raise CorruptImageError(f"{_chain[0]}: backing chain is deeper than {MAX_CHAIN_DEPTH}")
     chain = _chain + (real,)
+    lock = LockRequest.for_image(fmt, readonly, backing=bool(_chain)) if locking else None
+    host = HostFileOptions(direct=bool(cache and cache.direct), no_flush=bool(cache and cache.no_flush),
+                           lock=lock)
     if fmt == "raw":
         from kvmpy.block.raw import RawBackend
-        return RawBackend(path, readonly)
+        return RawBackend(path, readonly, host)
     from kvmpy.block.qcow2 import Qcow2Backend
 
     def backing_opener(name: str, bfmt: str | None) -> BlockBackend:
         bpath = resolve_backing(path, name)
         try:
-            return open_image(bpath, bfmt, readonly=True, open_backing=True, _chain=chain)
+            return open_image(bpath, bfmt, readonly=True, open_backing=True, cache=cache,
+                              locking=locking, _chain=chain)
         except CorruptImageError:
             raise
         except BlockError as e:
             raise BlockError(f"Could not open backing file: {e}") from None
     return Qcow2Backend(path, readonly, backing_opener=backing_opener if open_backing else None,
-                        for_check=for_check)
+                        for_check=for_check, host=host)
 
 
 def chain_of(img: BlockBackend) -> list[BlockBackend]:

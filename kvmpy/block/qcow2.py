@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kvmpy.block.backend import BlockBackend, Extent, map_file_range, merge_extents
+from kvmpy.block.backend import BlockBackend, Extent, HostFileOptions, map_file_range, merge_extents
 from kvmpy.block.errors import BlockError, CorruptImageError, io_errors
 from kvmpy.block import qcow2_format as fmt
 from kvmpy.block.qcow2_metadata import (COMPRESSED, NORMAL, UNALLOCATED, ZERO_ALLOC, ZERO_PLAIN,
@@ -41,12 +41,9 @@ class Qcow2Backend(BlockBackend):
 
     def __init__(self, path: Path, readonly: bool = True, *,
                  backing_opener: BackingOpener | None = None, repair_dirty: bool = True,
-                 for_check: bool = False) -> None:
-        super().__init__(path, readonly)
-        try:
-            self.fd = os.open(self.path, os.O_RDONLY if readonly else os.O_RDWR)
-        except OSError as e:
-            raise BlockError(f"{self.path}: could not open: {e.strerror}") from e
+                 for_check: bool = False, host: HostFileOptions | None = None) -> None:
+        super().__init__(path, readonly, host)
+        self.fd = self.open_host_file()
         self._backing: BlockBackend | None = None
         self._comp_cursor = 0
         self._marked_dirty = False
@@ -532,7 +529,7 @@ class Qcow2Backend(BlockBackend):
     @io_errors
     def flush(self) -> None:
         if not self.readonly and self.fd >= 0 and self.durable:
-            os.fsync(self.fd)
+            os.fdatasync(self.fd)
 
     def close(self) -> None:
         if getattr(self, "fd", -1) < 0:
@@ -544,7 +541,7 @@ class Qcow2Backend(BlockBackend):
                 if self._marked_dirty:
                     self.meta.set_incompat(fmt.INCOMPAT_DIRTY, False)
         finally:
-            os.close(self.fd)
+            self.close_host_file(self.fd)
             self.fd = -1
             if self._backing is not None:
                 self._backing.close()

@@ -7,7 +7,7 @@ import functools
 import os
 from pathlib import Path
 
-from kvmpy.block.backend import BlockBackend, Extent, map_file_range, merge_extents
+from kvmpy.block.backend import BlockBackend, Extent, HostFileOptions, map_file_range, merge_extents
 from kvmpy.block.errors import BlockError, io_errors
 
 _FALLOC_FL_KEEP_SIZE = 0x01
@@ -50,12 +50,9 @@ class RawBackend(BlockBackend):
 
     format_name = "raw"
 
-    def __init__(self, path: Path, readonly: bool = True) -> None:
-        super().__init__(path, readonly)
-        try:
-            self.fd = os.open(self.path, os.O_RDONLY if readonly else os.O_RDWR)
-        except OSError as e:
-            raise BlockError(f"{self.path}: could not open: {e.strerror}") from e
+    def __init__(self, path: Path, readonly: bool = True, host: HostFileOptions | None = None) -> None:
+        super().__init__(path, readonly, host)
+        self.fd = self.open_host_file()
         self._size = os.fstat(self.fd).st_size
 
     @io_errors
@@ -70,6 +67,49 @@ class RawBackend(BlockBackend):
     def readinto(self, offset: int, buf: memoryview) -> None:
         self.check_range(offset, len(buf))
         self.pread_all(self.fd, [(offset, buf)])
+
+    @io_errors
+    def readv_into(self, offset: int, views: list[memoryview]) -> None:
+        """One preadv straight into the caller's buffers (guest RAM), unless O_DIRECT needs them aligned."""
+        total = sum(len(v) for v in views)
+        self.check_range(offset, total)
+        if self.direct is not None and not self.direct.fits_all(offset, views):
+            super().readv_into(offset, views)
+            return
+        fd = self.direct.fd if self.direct is not None else self.fd
+        pos = 0
+        while views:
+            got = os.preadv(fd, views[:1024], offset + pos)
+            if got <= 0:  # past the end of a file that shrank: zeros
+                for v in views:
+                    v[:] = bytes(len(v))
+                return
+            pos += got
+            while views and got >= len(views[0]):
+                got -= len(views[0])
+                views = views[1:]
+            if views and got:
+                views = [views[0][got:]] + views[1:]
+
+    @io_errors
+    def writev_from(self, offset: int, views: list[memoryview]) -> None:
+        """One pwritev straight from the caller's buffers (guest RAM), unless O_DIRECT needs them aligned."""
+        self._check_writable()
+        total = sum(len(v) for v in views)
+        self.check_range(offset, total)
+        if self.direct is not None and not self.direct.fits_all(offset, views):
+            super().writev_from(offset, views)
+            return
+        fd = self.direct.fd if self.direct is not None else self.fd
+        pos = 0
+        while views:
+            n = os.pwritev(fd, views[:1024], offset + pos)
+            pos += n
+            while views and n >= len(views[0]):
+                n -= len(views[0])
+                views = views[1:]
+            if views and n:
+                views = [views[0][n:]] + views[1:]
 
     @io_errors
     def mapped(self, offset: int, length: int) -> memoryview | None:
@@ -101,7 +141,7 @@ class RawBackend(BlockBackend):
     @io_errors
     def flush(self) -> None:
         if not self.readonly and self.durable:
-            os.fsync(self.fd)
+            os.fdatasync(self.fd)
 
     def size(self) -> int:
         return self._size
@@ -144,7 +184,7 @@ class RawBackend(BlockBackend):
 
     def close(self) -> None:
         if self.fd >= 0:
-            os.close(self.fd)
+            self.close_host_file(self.fd)
             self.fd = -1
 
     def _check_writable(self) -> None:

@@ -1,4 +1,13 @@
-"""Character backends for serial ports: stdio (with QEMU's Ctrl-A escapes on a terminal), file, null.
+"""Character backends (QEMU's -chardev): stdio (with Ctrl-A escapes on a terminal), file, null, socket, pty.
+
+Serial ports and virtio consoles write through them. ``open_backend`` takes the
+``-serial`` text (``stdio``, ``file:PATH``, ``null``, ``chardev:ID``); ``open_chardev``
+takes a ``-chardev`` spec. ``socket`` is a unix (``path``) or tcp (``host``/``port``)
+stream, as a client or a server (``server=on``) that serves one peer at a time and
+waits for the first one before the guest starts unless ``wait=off``; with no peer,
+output is dropped, as QEMU drops it. ``pty`` creates a pseudo-terminal (logged as
+QEMU prints it: "char device redirected to /dev/pts/N (label ID)"), with ``path=``
+as a symlink to it; output that nobody reads is dropped once the pty is full.
 
 A backend owns the host side of a serial line: it writes what the guest
 transmits and feeds what the user types into a ``receive`` callable. On a
@@ -17,13 +26,16 @@ from __future__ import annotations
 import logging
 import os
 import select
-import sys
+import socket
+import stat
 import termios
 import threading
 import time
 import tty
 from pathlib import Path
 from typing import Callable
+
+from kvmpy.config_devices import ChardevSpec
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +102,11 @@ class NullBackend(CharBackend):
 
 
 class FileBackend(CharBackend):
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, append: bool = False) -> None:
         self.what = f"serial output file {path}"
+        mode = os.O_APPEND if append else os.O_TRUNC
         try:
-            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | mode | os.O_CLOEXEC, 0o644)
         except (OSError, ValueError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise ValueError(f"cannot open serial output file {path}: {reason}") from None
@@ -189,15 +202,277 @@ class StdioBackend(CharBackend):
                 self._saved_tty = None
 
 
-def open_backend(spec: str) -> CharBackend:
-    """``stdio``, ``file:PATH``, ``none``/``null``."""
+def open_backend(spec: str, chardevs: tuple[ChardevSpec, ...] = ()) -> CharBackend:
+    """``stdio``, ``file:PATH``, ``none``/``null``, or ``chardev:ID`` (one of ``chardevs``)."""
     if spec == "stdio":
         return StdioBackend()
     if spec in ("none", "null"):
         return NullBackend()
     if spec.startswith("file:"):
         return FileBackend(Path(spec[5:]))
-    raise ValueError(f"unsupported serial backend {spec!r} (use stdio, file:PATH, null or none)")
+    if spec.startswith("chardev:"):
+        for c in chardevs:
+            if c.id == spec[len("chardev:"):]:
+                return open_chardev(c)
+        raise ValueError(f"-serial {spec}: no -chardev with that id")
+    raise ValueError(f"unsupported serial backend {spec!r} (use stdio, file:PATH, null, none or chardev:ID)")
+
+
+def open_chardev(spec: ChardevSpec) -> CharBackend:
+    """The backend of one ``-chardev``; ValueError (one line) when it cannot be opened or connected."""
+    if spec.backend == "null":
+        return NullBackend()
+    if spec.backend == "stdio":
+        return StdioBackend()
+    if spec.backend == "file":
+        assert spec.path is not None
+        return FileBackend(Path(spec.path), append=spec.get_bool("append", False))
+    if spec.backend == "pty":
+        return PtyBackend(spec.id, spec.path)
+    if spec.backend == "socket":
+        return SocketBackend(spec)
+    raise ValueError(f"-chardev {spec.backend}: unsupported backend")
+
+
+class _StreamBackend(CharBackend):
+    """A backend over one non-blocking stream fd at a time: output dropped when there is none or it is full;
+    a reader thread feeds input to ``receive`` until the fd ends (``_ended``) or ``close()``."""
+
+    output_stall = 0.0  # a peer that does not read loses output; the vCPU never waits for it
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stop_r, self._stop_w = os.pipe()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def _fd(self) -> int | None:
+        raise NotImplementedError
+
+    def put(self, data: bytes) -> None:
+        with self._lock:
+            fd = self._fd()
+            if fd is None:
+                return  # nobody to talk to: dropped, as QEMU drops it
+            try:
+                write_all(fd, data, self.output_stall)
+            except BlockingIOError:
+                pass  # the reader is not draining: this output is dropped, the guest runs on
+            except OSError:
+                self._ended(fd)
+
+    def _ended(self, fd: int) -> None:
+        """The stream behind ``fd`` ended (EOF, reset); called with the lock held."""
+
+    def _read_loop(self, receive: Callable[[bytes], int]) -> None:
+        while not self._closed:
+            fd = self._wait_for_stream()
+            if fd is None:
+                return
+            try:
+                ready, _, _ = select.select([fd, self._stop_r], [], [])
+                data = os.read(fd, 4096) if self._stop_r not in ready else None
+            except BlockingIOError:
+                continue
+            except (OSError, ValueError):
+                data = b""
+            if data is None:
+                return
+            if data:
+                receive(data)
+                continue
+            with self._lock:
+                self._ended(fd)
+            time.sleep(0.05)  # a pty has no EOF: its far side may come back; do not spin meanwhile
+
+    def _wait_for_stream(self) -> int | None:
+        """The fd to read next (a server waits for a peer here); None: stop reading."""
+        with self._lock:
+            return self._fd()
+
+    def start(self, receive: Callable[[bytes], int], on_quit: Callable[[], None]) -> None:
+        self._thread = threading.Thread(target=self._read_loop, args=(receive,), name=f"chardev-{self.what}",
+                                        daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        if self._closed:
+            return  # closed already (the machine and its owner may both close it)
+        self._closed = True
+        try:
+            os.write(self._stop_w, b"x")
+        except OSError:
+            pass
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+        with self._lock:
+            self._close_streams()
+        os.close(self._stop_r)
+        os.close(self._stop_w)
+
+    def _close_streams(self) -> None:
+        raise NotImplementedError
+
+
+class SocketBackend(_StreamBackend):
+    """-chardev socket: unix ``path`` or tcp ``host``:``port``; a client, or a server for one peer at a time."""
+
+    def __init__(self, spec: ChardevSpec) -> None:
+        super().__init__()
+        self.what = spec.id
+        self.server, self.wait = spec.server, spec.server and spec.wait
+        self._peer: socket.socket | None = None
+        self._listener: socket.socket | None = None
+        self._unlink: str | None = None
+        self._connected = threading.Condition(self._lock)
+        if spec.path is not None:
+            family, address = socket.AF_UNIX, spec.path
+            self.location = f"unix:{spec.path}"
+        else:
+            family, address = self._resolve(spec)
+            self.location = f"tcp:{spec.host or '0.0.0.0'}:{spec.port}"
+        sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            if self.server:
+                if family == socket.AF_UNIX:
+                    self._remove_stale_socket(address)
+                else:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(address)
+                sock.listen(1)
+                self._listener = sock
+                self._unlink = address if family == socket.AF_UNIX else None
+            else:
+                sock.connect(address)
+                sock.setblocking(False)
+                self._peer = sock
+        except OSError as exc:
+            sock.close()
+            verb = "bind" if self.server else "connect to"
+            raise ValueError(f"-chardev socket,id={spec.id}: Failed to {verb} {self.location!r}: "
+                             f"{exc.strerror or exc}") from None
+
+    @staticmethod
+    def _resolve(spec: ChardevSpec) -> tuple[int, tuple]:
+        try:
+            infos = socket.getaddrinfo(spec.host or None, spec.port, type=socket.SOCK_STREAM,
+                                       flags=socket.AI_PASSIVE if spec.server else 0)
+        except (socket.gaierror, UnicodeError) as exc:
+            raise ValueError(f"-chardev socket,id={spec.id}: address resolution failed for "
+                             f"{spec.host!r}:{spec.port}: {exc}") from None
+        family, _, _, _, address = infos[0]
+        return family, address
+
+    @staticmethod
+    def _remove_stale_socket(path: str) -> None:
+        """QEMU unlinks a socket left at the path; anything else there is not ours to remove."""
+        try:
+            if stat.S_ISSOCK(os.lstat(path).st_mode):
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+    @property
+    def address(self) -> object:
+        """Where the server listens (a tcp port=0 gets its port here) or the client is connected."""
+        sock = self._listener or self._peer
+        return None if sock is None else sock.getsockname()
+
+    @property
+    def connected(self) -> bool:
+        """A peer is connected (output reaches it)."""
+        return self._peer is not None
+
+    def _fd(self) -> int | None:
+        return None if self._peer is None else self._peer.fileno()
+
+    def _ended(self, fd: int) -> None:
+        peer = self._peer
+        if peer is not None and peer.fileno() == fd:
+            self._peer = None
+            peer.close()
+
+    def _wait_for_stream(self) -> int | None:
+        """The peer's fd; a server accepts the next peer first. None: no more (a client's peer ended, or closed)."""
+        with self._lock:
+            if self._peer is not None or self._listener is None:
+                return None if self._peer is None else self._peer.fileno()
+            listener = self._listener
+        while True:
+            try:
+                ready, _, _ = select.select([listener, self._stop_r], [], [])
+                if self._stop_r in ready:
+                    return None
+                peer, _ = listener.accept()
+                break
+            except (OSError, ValueError):
+                if self._closed:
+                    return None
+                time.sleep(0.05)  # EMFILE and the like: try again, the guest runs on
+        peer.setblocking(False)
+        with self._lock:
+            self._peer = peer
+            self._connected.notify_all()
+        log.info("chardev %s: connected to %s", self.what, self.location)
+        return peer.fileno()
+
+    def start(self, receive: Callable[[bytes], int], on_quit: Callable[[], None]) -> None:
+        super().start(receive, on_quit)
+        if self.wait and self._peer is None:
+            log.warning("-chardev socket,id=%s: waiting for connection on: disconnected:%s,server=on",
+                        self.what, self.location)
+            with self._lock:
+                while self._peer is None and not self._closed:
+                    self._connected.wait(0.2)
+
+    def _close_streams(self) -> None:
+        for sock in (self._peer, self._listener):
+            if sock is not None:
+                sock.close()
+        self._peer = self._listener = None
+        if self._unlink is not None:
+            try:
+                os.unlink(self._unlink)
+            except OSError:
+                pass
+
+
+class PtyBackend(_StreamBackend):
+    """-chardev pty: a new pseudo-terminal in raw mode; ``path`` (optional) becomes a symlink to it."""
+
+    def __init__(self, label: str, link: str | None = None) -> None:
+        super().__init__()
+        self.what = label
+        self._master, self._slave = os.openpty()  # the slave stays open: no EIO while nobody is attached
+        tty.setraw(self._slave)
+        os.set_blocking(self._master, False)
+        os.set_inheritable(self._master, False)
+        os.set_inheritable(self._slave, False)
+        self.name = os.ttyname(self._slave)
+        self._link = link
+        if link is not None:
+            try:
+                os.symlink(self.name, link)
+            except OSError as exc:
+                self._close_streams()
+                raise ValueError(f"-chardev pty,id={label}: cannot link {link!r} to {self.name}: "
+                                 f"{exc.strerror or exc}") from None
+        log.warning("char device redirected to %s (label %s)", self.name, label)
+
+    def _fd(self) -> int | None:
+        return self._master if self._master >= 0 else None
+
+    def _close_streams(self) -> None:
+        for fd in (self._master, self._slave):
+            if fd >= 0:
+                os.close(fd)
+        self._master = self._slave = -1
+        if self._link is not None:
+            try:
+                if os.path.islink(self._link):
+                    os.unlink(self._link)
+            except OSError:
+                pass
 
 
 class BufferBackend(CharBackend):

@@ -1,6 +1,7 @@
 """A subset of QEMU's human monitor (HMP), reached through QMP's human-monitor-command.
 
-Supported: info status|registers [-a]|cpus|mtree [-f]|pci|kvm|name|version,
+Supported: info status|registers [-a]|cpus|mtree [-f]|pci|block [dev]|blockstats|network|kvm|name|version,
+block_resize, set_link,
 x and xp memory dumps (``/NFU``: count, format x d u o t c, unit b h w g),
 stop, cont (c), system_reset, system_powerdown, quit (q), help.
 Output follows QEMU's layout and ends lines with CRLF as QEMU's monitor does.
@@ -16,7 +17,10 @@ from typing import TYPE_CHECKING
 from kvmpy.kvm import abi
 from kvmpy.memory.guest_memory import GuestMemoryError
 from kvmpy.memory.region import MemoryRegion, RegionKind
+from kvmpy.monitor.block import hmp_block_resize, info_block_text, info_blockstats_text
 from kvmpy.monitor.context import PACKAGE, QEMU_VERSION
+from kvmpy.monitor.net import hmp_set_link, info_network_text
+from kvmpy.monitor.memory import info_memdev_text, info_memory_devices_text
 from kvmpy.monitor.pci import info_pci_text
 from kvmpy.monitor.protocol import QmpError
 
@@ -30,10 +34,12 @@ _FMT = re.compile(r"^/(\d{0,9})([xduotc]?)([bhwg]?)$", re.ASCII)  # a count of 1
 _SIZES = {"b": 1, "h": 2, "w": 4, "g": 8}
 
 HELP = """\
+block_resize device size -- resize a block image
 cont|c -- resume emulation
 help|? -- show this list
-info status|registers [-a]|cpus|mtree [-f]|pci|kvm|name|version -- show machine state
+info status|registers [-a]|cpus|mtree [-f]|pci|block|blockstats|network|kvm|name|version -- show machine state
 quit|q -- quit the emulator
+set_link name on|off -- change the link status of a network adapter
 stop -- stop emulation
 system_powerdown -- send system power down event
 system_reset -- reset the system
@@ -72,13 +78,17 @@ def _dispatch(ctx: "Context", words: list[str], cpu: int) -> str:
         return _info(ctx, args, cpu)
     if name in ("x", "xp"):
         return _dump(ctx, name == "xp", args, cpu)
+    if name == "block_resize":
+        return hmp_block_resize(ctx, args)
+    if name == "set_link":
+        return hmp_set_link(ctx, args)
     return f"unknown command: '{name}'\n"
 
 
 def _info(ctx: "Context", args: list[str], cpu: int) -> str:
     m = ctx.machine
     if not args:
-        return "info status|registers|cpus|mtree|pci|kvm|name|version\n"
+        return "info status|registers|cpus|mtree|pci|block|blockstats|kvm|name|version\n"
     what = args[0]
     if what == "status":
         state = m.lifecycle.state.value
@@ -97,6 +107,16 @@ def _info(ctx: "Context", args: list[str], cpu: int) -> str:
         return _mtree_flat(m) if "-f" in args[1:] else _mtree(m)
     if what == "pci":
         return info_pci_text(ctx)
+    if what == "block":
+        return info_block_text(ctx, args[1] if len(args) > 1 else None)
+    if what == "blockstats":
+        return info_blockstats_text(ctx)
+    if what == "network":
+        return info_network_text(ctx)
+    if what == "memory-devices":
+        return info_memory_devices_text(ctx)
+    if what == "memdev":
+        return info_memdev_text(ctx)
     if what == "kvm":
         return "kvm support: enabled\n"
     if what == "name":

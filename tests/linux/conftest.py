@@ -65,7 +65,10 @@ def _payload() -> bytes:
 
 MODULES = [
     "button", "evdev",  # the ACPI power button and the event device acpid reads
-    "virtio_pci", "virtio_rng",  # the virtio-pci transport and virtio-rng (test_virtio_rng.py)
+    "virtio_pci",  # the virtio-pci transport
+    "virtio_blk",  # disks (test_virtio_blk_guest.py)
+    "virtio_net",  # NICs (test_virtio_net.py, the netdev tests)
+    "virtio_rng",  # /dev/hwrng (test_virtio_rng.py)
 ]
 
 
@@ -105,6 +108,13 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         prepare_assets()
     except Exception as exc:  # the tests report it properly; collection must not die here
         log.warning("cannot prepare the Linux test assets: %s", exc)
+    for module in {i.module for i in session.items if i.get_closest_marker("kvm_full") and "tests/linux/" in i.nodeid}:
+        prepare = getattr(module, "prepare_bed_assets", None)  # a test module's own guest images
+        if prepare is not None:
+            try:
+                prepare()
+            except Exception as exc:
+                log.warning("cannot prepare the assets of %s: %s", module.__name__, exc)
 
 
 @pytest.fixture(scope="session")

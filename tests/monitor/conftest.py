@@ -141,6 +141,22 @@ def arun(coro, timeout: float = 60):
     return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
+async def qmp_connect(path: Path, name: str):
+    """A qemu.qmp client connected to ``path``, retrying while the server (QEMU) creates its socket."""
+    from qemu.qmp import ConnectError, QMPClient
+
+    for _ in range(199):
+        qmp = QMPClient(name)
+        try:
+            await qmp.connect(str(path))
+            return qmp
+        except ConnectError:
+            await asyncio.sleep(0.05)
+    qmp = QMPClient(name)
+    await qmp.connect(str(path))
+    return qmp
+
+
 def wait_until(pred, timeout: float = 20, step: float = 0.02) -> bool:
     end = time.monotonic() + timeout
     while time.monotonic() < end:

@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import subprocess
 
 import pytest
-from qemu.qmp import ConnectError, QMPClient
 
-from tests.monitor.conftest import arun
+from tests.monitor.conftest import arun, qmp_connect
 
 pytestmark = pytest.mark.kvm_host
 BRIDGES = 2  # 00.0 and 01.0; QEMU's pc also has PIIX IDE (01.1) and PIIX4 PM (01.3), which kvmpy does not
 
 
 async def _ask(path, cmds: list[tuple[str, dict]]) -> list:
-    for _ in range(200):  # QEMU creates its socket a moment after it starts
-        qmp = QMPClient("pci-test")
-        try:
-            await qmp.connect(str(path))
-            break
-        except ConnectError:
-            await asyncio.sleep(0.05)
+    qmp = await qmp_connect(path, "pci-test")  # QEMU creates its socket a moment after it starts
     out = [await qmp.execute(name, args) for name, args in cmds]
     await qmp.disconnect()
     return out
