@@ -68,6 +68,7 @@ MODULES = [
     "virtio_pci",  # the virtio-pci transport
     "virtio_blk",  # disks (test_virtio_blk_guest.py)
     "virtio_net",  # NICs (test_virtio_net.py, the netdev tests)
+    "virtio_rng",  # /dev/hwrng (test_virtio_rng.py)
 ]
 
 
