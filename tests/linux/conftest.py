@@ -63,10 +63,12 @@ def _payload() -> bytes:
     return random.Random(20240611).randbytes(300_000)
 
 
-# the ACPI power button and the event device acpid reads; virtio-pci and virtio-blk for the disk tests
-MODULES = ["button", "evdev", "virtio_pci", "virtio_blk"]
-
-MODULES += ["virtio_pci", "virtio_net"]  # a NIC for tests/linux/test_net_guest.py (deps come with them)
+MODULES = [
+    "button", "evdev",  # the ACPI power button and the event device acpid reads
+    "virtio_pci",  # the virtio-pci transport
+    "virtio_blk",  # disks (test_virtio_blk_guest.py)
+    "virtio_net",  # NICs (test_virtio_net.py, the netdev tests)
+]
 
 
 def prepare_assets(build: bool = True) -> LinuxAssets:
@@ -105,6 +107,13 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         prepare_assets()
     except Exception as exc:  # the tests report it properly; collection must not die here
         log.warning("cannot prepare the Linux test assets: %s", exc)
+    for module in {i.module for i in session.items if i.get_closest_marker("kvm_full") and "tests/linux/" in i.nodeid}:
+        prepare = getattr(module, "prepare_bed_assets", None)  # a test module's own guest images
+        if prepare is not None:
+            try:
+                prepare()
+            except Exception as exc:
+                log.warning("cannot prepare the assets of %s: %s", module.__name__, exc)
 
 
 @pytest.fixture(scope="session")
