@@ -165,7 +165,7 @@ def scenario(argv: list[str], sock: Path, shared: Path, env: dict[str, str] | No
         before = memtotal_kib(g, "MT0")
         replies, events, times = asyncio.run(qmp_script(sock))
         after = memtotal_kib(g, "MT1")
-        fill = g.run("mount -t tmpfs -o size=700M fill /mnt && yes KVMPYSHARED | head -c 419430400 "
+        fill = g.run("mkdir -p /mnt && mount -t tmpfs -o size=700M fill /mnt && yes KVMPYSHARED | head -c 419430400 "
                      "> /mnt/f; echo FILLED $(du -m /mnt/f | cut -f1) $?", "FILL", timeout=300)
         seen = b"KVMPYSHARED" in shared.read_bytes()  # the cold DIMM's file, shared with this process
         g.run("rm /mnt/f; umount /mnt", "UNFILL")
