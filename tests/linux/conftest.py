@@ -20,6 +20,7 @@ import pytest
 from kvmpy.kvm.flavor import host_kvm_kind
 from kvmpy.tools.fetch import cache_root, fetch_busybox, fetch_kernel
 from kvmpy.testbed.pytest_plugin import OFF, decide_mode
+from tests.linux.rootdisk import RootDisk, prepare_root_disk
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,11 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         prepare_assets()
     except Exception as exc:  # the tests report it properly; collection must not die here
         log.warning("cannot prepare the Linux test assets: %s", exc)
+    if any("root_disk" in getattr(i, "fixturenames", ()) for i in session.items):
+        try:
+            prepare_root_disk()
+        except Exception as exc:
+            log.warning("cannot prepare the root disk: %s", exc)
 
 
 @pytest.fixture(scope="session")
@@ -113,3 +119,12 @@ def linux_assets() -> LinuxAssets:
         return prepare_assets(build=os.environ.get("KVMPY_IN_BED") != "1")
     except Exception as exc:
         pytest.fail(f"Linux test assets are unavailable: {exc}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def root_disk() -> RootDisk:
+    """An ext4 root file system on a qcow2 and an initramfs that mounts root= (tests/linux/rootdisk.py)."""
+    try:
+        return prepare_root_disk(build=os.environ.get("KVMPY_IN_BED") != "1")
+    except Exception as exc:
+        pytest.fail(f"the root disk is unavailable: {exc}", pytrace=False)
