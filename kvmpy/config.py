@@ -147,9 +147,13 @@ BOARDS: Mapping[str, Board] = MappingProxyType({
                 chardev_backends=frozenset({"null", "socket", "stdio", "file", "pty"}),
                 device_drivers=frozenset({
                     "virtio-blk-pci",
+                    "virtio-net-pci",
                     "virtio-rng-pci",
                 }),
                 drive_interfaces=frozenset({"virtio", "none"}),
+                netdev_types=frozenset({
+                    "tap",
+                }),
                 why_no_trace="the guest runs under KVM, not TCG; KVMPY_LOG=debug logs unhandled ports"),
     "virt": Board(machine="virt", arch="riscv64", accel="tcg", memory=(1 * MiB, 16 * GiB), max_smp=1,
                   trace=frozenset({"in_asm", "exec", "int", "cpu", "op", "out_asm", "tb_stats", "nochain"}),

@@ -36,12 +36,14 @@ def qmp_commands() -> "CommandTable":
     from kvmpy.migration.qmp import add_migration_commands
     from kvmpy.monitor.block import add_block_commands
     from kvmpy.monitor.commands import add_core_commands
+    from kvmpy.monitor.net import add_net_commands
     from kvmpy.monitor.schema import CommandTable
 
     table = CommandTable()
     add_core_commands(table)
     add_migration_commands(table)
     add_block_commands(table)
+    add_net_commands(table)
     return table
 
 

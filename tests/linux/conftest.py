@@ -64,10 +64,12 @@ def _payload() -> bytes:
     return random.Random(20240611).randbytes(300_000)
 
 
-# the ACPI power button and the event device acpid reads; virtio-pci and virtio-blk for the disk tests
-MODULES = ["button", "evdev", "virtio_pci", "virtio_blk"]
-
-MODULES += ["virtio_pci", "virtio_net"]  # a NIC for tests/linux/test_net_guest.py (deps come with them)
+MODULES = [
+    "button", "evdev",  # the ACPI power button and the event device acpid reads
+    "virtio_pci",  # the virtio-pci transport
+    "virtio_blk",  # disks (test_virtio_blk_guest.py)
+    "virtio_net",  # NICs (test_virtio_net.py, the netdev tests)
+]
 
 
 def prepare_assets(build: bool = True) -> LinuxAssets:
