@@ -153,6 +153,7 @@ BOARDS: Mapping[str, Board] = MappingProxyType({
                 drive_interfaces=frozenset({"virtio", "none"}),
                 netdev_types=frozenset({
                     "tap",
+                    "user", "stream", "socket",  # kvmpy/net/user.py (passt) and stream.py, for virtio-net-pci
                 }),
                 why_no_trace="the guest runs under KVM, not TCG; KVMPY_LOG=debug logs unhandled ports"),
     "virt": Board(machine="virt", arch="riscv64", accel="tcg", memory=(1 * MiB, 16 * GiB), max_smp=1,
