@@ -111,7 +111,7 @@ def prepare_root_disk(build: bool = True) -> RootDisk:
         tree = out / "tree"
         _tree(tree, busybox)
         raw = out / "disk.raw"
-        subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "kvmpy-root", "-E", "root_owner=0:0", "-d", str(tree),
+        subprocess.run([shutil.which("mkfs.ext4") or "/usr/sbin/mkfs.ext4", "-q", "-F", "-L", "kvmpy-root", "-E", "root_owner=0:0", "-d", str(tree),
                         str(raw), f"{DISK_MB}M"], check=True, capture_output=True)
         subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(done.disk)],
                        check=True, capture_output=True)

@@ -83,7 +83,8 @@ def file_from_image(image: Path, path: str, scratch: Path) -> bytes:
     subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(image), str(raw)], check=True,
                    capture_output=True, timeout=120)
     out = scratch / "extracted"
-    subprocess.run(["debugfs", "-R", f"dump {path} {out}", str(raw)], check=True, capture_output=True,
+    debugfs = shutil.which("debugfs") or "/usr/sbin/debugfs"  # e2fsprogs; /usr/sbin may not be on PATH
+    subprocess.run([debugfs, "-R", f"dump {path} {out}", str(raw)], check=True, capture_output=True,
                    timeout=120)
     raw.unlink()
     data = out.read_bytes()
