@@ -271,6 +271,8 @@ def test_guest_writing_its_disk_and_receiving_tcp_migrates_with_both_intact(root
         took = time.monotonic() - begin
         stream.migrated.set()
         assert dst_qmp.execute("query-status")["status"] == "running"
+        src_qmp.execute("quit")  # as a management tool does once the destination runs
+        src.wait(60)
         wget = dst.expect(r"WGET-DONE-42 rc=(\d+)", CMD_TIMEOUT)
         dst.send(GUEST_VERIFY)
         verify = dst.expect(r"VERIFY-42 rc=(\d+) files=(\d+)", CMD_TIMEOUT)
@@ -278,8 +280,6 @@ def test_guest_writing_its_disk_and_receiving_tcp_migrates_with_both_intact(root
         dst.expect(r"RECV-42 rc=\d+", CMD_TIMEOUT)
         dst.send("poweroff -f\n")
         status = dst.wait(CMD_TIMEOUT)
-        src_qmp.execute("quit")
-        src.wait(60)
     finally:
         stream.close()
         for p in (src, dst):
