@@ -20,6 +20,7 @@ from kvmpy.memory.region import MemoryRegion, RegionKind
 from kvmpy.monitor.block import hmp_block_resize, info_block_text, info_blockstats_text
 from kvmpy.monitor.context import PACKAGE, QEMU_VERSION
 from kvmpy.monitor.net import hmp_set_link, info_network_text
+from kvmpy.monitor.memory import info_memdev_text, info_memory_devices_text
 from kvmpy.monitor.pci import info_pci_text
 from kvmpy.monitor.protocol import QmpError
 
@@ -112,6 +113,10 @@ def _info(ctx: "Context", args: list[str], cpu: int) -> str:
         return info_blockstats_text(ctx)
     if what == "network":
         return info_network_text(ctx)
+    if what == "memory-devices":
+        return info_memory_devices_text(ctx)
+    if what == "memdev":
+        return info_memdev_text(ctx)
     if what == "kvm":
         return "kvm support: enabled\n"
     if what == "name":

@@ -108,11 +108,13 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         prepare_assets()
     except Exception as exc:  # the tests report it properly; collection must not die here
         log.warning("cannot prepare the Linux test assets: %s", exc)
-    if any("root_disk" in getattr(i, "fixturenames", ()) for i in session.items):
-        try:
-            prepare_root_disk()
-        except Exception as exc:
-            log.warning("cannot prepare the root disk: %s", exc)
+    for module in {i.module for i in session.items if i.get_closest_marker("kvm_full") and "tests/linux/" in i.nodeid}:
+        prepare = getattr(module, "prepare_bed_assets", None)  # a test module's own guest images
+        if prepare is not None:
+            try:
+                prepare()
+            except Exception as exc:
+                log.warning("cannot prepare the assets of %s: %s", module.__name__, exc)
 
 
 @pytest.fixture(scope="session")

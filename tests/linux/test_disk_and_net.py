@@ -27,8 +27,10 @@ from pathlib import Path
 import pytest
 
 from tests.linux.guest_process import GuestProcess
-from tests.linux.rootdisk import copy_disk
+from tests.linux.rootdisk import copy_disk, prepare_root_disk
 from tests.linux.test_net_guest import DHCP_SCRIPT, _l1_external_interface
+
+prepare_bed_assets = prepare_root_disk  # the conftest builds it on the host before the bed boots
 
 REPO = Path(__file__).resolve().parents[2]
 BOOT_TIMEOUT = 300.0

@@ -40,7 +40,10 @@ import pytest
 
 from kvmpy.migration.migrate_cli import QmpClient
 from tests.linux.guest_process import GuestProcess
+from tests.linux.rootdisk import prepare_root_disk
 from tests.linux.test_disk_and_net import REPO, done, needs_virtio_net, workdir_for
+
+prepare_bed_assets = prepare_root_disk  # the conftest builds it on the host before the bed boots
 
 DRIVE = "file=disk.qcow2,if=virtio,file.locking=off"  # see the module's docstring
 BOOT_TIMEOUT = 300.0

@@ -15,7 +15,9 @@ import subprocess
 import pytest
 
 import kvmpy
-from tests.linux.rootdisk import copy_disk
+from tests.linux.rootdisk import copy_disk, prepare_root_disk
+
+prepare_bed_assets = prepare_root_disk  # the conftest builds it on the host before the bed boots
 
 BOOT_TIMEOUT = 300.0
 CMD_TIMEOUT = 120.0
