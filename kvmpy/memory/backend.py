@@ -102,11 +102,10 @@ def create_backend(qom_type: str, obj_id: str, props: Mapping[str, Any]) -> Host
                 raise BackendError("Invalid parameter type for 'mem-path', expected: string")
             block = RAMBlock.map_file(name, size, path, share=share, prealloc=prealloc)
             return HostMemoryBackend(obj_id, qom_type, size, block, path, share, prealloc)
-        if size % 4096:
-            size_rounded = (size + 4095) & ~4095  # QEMU maps whole host pages
-            block = RAMBlock.allocate(name, size_rounded)
-        else:
-            block = RAMBlock.allocate(name, size)
+        try:
+            block = RAMBlock.allocate(name, (size + 4095) & ~4095)  # QEMU maps whole host pages
+        except RAMAllocationError as exc:
+            raise BackendError(f"cannot set up guest memory '{obj_id}': {exc.reason}") from None
         if prealloc:
             block.populate()
         return HostMemoryBackend(obj_id, qom_type, size, block, None, share, prealloc)

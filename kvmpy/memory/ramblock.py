@@ -30,7 +30,11 @@ PAGE_SHIFT = 12
 
 
 class RAMAllocationError(MemoryError):
-    """The host refused to map the requested amount of guest RAM."""
+    """The host refused to map the requested amount of guest RAM; ``reason`` is the OS's word for why."""
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(eq=False)
@@ -55,7 +59,8 @@ class RAMBlock:
             mm = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0),
                            prot=mmap.PROT_READ | mmap.PROT_WRITE)
         except OSError as exc:
-            raise RAMAllocationError(f"cannot allocate {size >> 20} MiB for RAM block {name!r}: {exc.strerror}") from None
+            raise RAMAllocationError(f"cannot allocate {size >> 20} MiB for RAM block {name!r}: {exc.strerror}",
+                                     exc.strerror or "") from None
         for advice in ("MADV_DONTFORK",  # child processes (e.g. exec: migration) must not copy guest RAM
                        "MADV_HUGEPAGE"):  # as QEMU does: fewer faults and TLB misses for guest RAM
             try:

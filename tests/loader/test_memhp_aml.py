@@ -57,7 +57,10 @@ async def _qemu_ram(sock: Path, dump: Path) -> None:
         await client.execute("stop")
         await client.execute("pmemsave", {"val": 0, "size": 256 * MiB, "filename": str(dump)})
         await client.execute("quit")
-        await client.disconnect()
+        try:
+            await client.disconnect()
+        except EOFError:  # QEMU closed the connection first, as it may after quit
+            pass
     finally:
         try:
             proc.wait(timeout=30)
