@@ -39,10 +39,8 @@ class GuestProcess:
                                         timeout)
             m = regex.search(self.out, self._pos)
             if m is None:
-                state = "still running" if found is False or self.proc.poll() is None \
-                    else f"exited with {self.proc.returncode}"
-                raise AssertionError(f"{self.argv[0]}: no {pattern!r} within {timeout} s ({state}); "
-                                     f"output: {self.text()[-3000:]}")
+                state = f"none within {timeout} s" if found is False else "its output ended (it exited)"
+                raise AssertionError(f"{self.argv[0]}: no {pattern!r}, {state}; output: {self.text()[-3000:]}")
             self._pos = m.end()
             return m
 

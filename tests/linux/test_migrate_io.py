@@ -260,7 +260,12 @@ def test_guest_writing_its_disk_and_receiving_tcp_migrates_with_both_intact(root
         assert dst_qmp.execute("query-status")["status"] == "inmigrate"
         src.send(GUEST_START.replace("{host}", HOST_IP).replace("{port}", str(stream.port)))
         src.expect(r"STARTED-42 files=\d+", CMD_TIMEOUT)
-        assert stream.started.wait(CMD_TIMEOUT), "the guest's wget did not get the first part of the stream"
+        if not stream.started.wait(CMD_TIMEOUT):
+            src.send("ip -s link show eth0; cat /proc/net/snmp | grep -E '^(Ip|Tcp):'; echo DIAG-$((6*7))\n")
+            src.expect("DIAG-42", CMD_TIMEOUT)
+            raise AssertionError(f"the guest's wget got {stream.sent} of the first {BEFORE} bytes; hub: "
+                                 f"{hub.connections} connections, {hub.dropped} frames dropped; "
+                                 f"guest: {src.text()[-2500:]}")
         src_qmp = _qmp(work, "src")
         # The writer dirties the page cache without pause; in the bed that may outrun the link, so
         # switch over after a few rounds rather than wait for convergence (kvmpy's x-max-rounds).
