@@ -41,25 +41,39 @@ class BiosImage:
 
 
 def find_bios(name: str | None, data_dirs: tuple[Path, ...] = ()) -> Path:
-    name = name or DEFAULT_BIOS
-    if "/" in name:
+    name = DEFAULT_BIOS if name is None else name
+    if "\0" in name:
+        raise BiosError("BIOS image name contains a NUL byte")
+    if "/" in name or not name:
         return Path(name)
     for d in (*data_dirs, *SYSTEM_DIRS):
         p = d / name
-        if p.is_file():
-            return p
-    where = ", ".join(str(d) for d in (*data_dirs, *SYSTEM_DIRS))
-    raise BiosError(f"could not find BIOS image {name!r} in {where} (install Debian's seabios package, "
+        try:
+            if p.is_file():
+                return p
+        except (OSError, ValueError):  # a name too long, a directory we may not search, a NUL in -L
+            continue
+    where = ", ".join(str(d) for d in (*data_dirs, *SYSTEM_DIRS))[:400]
+    raise BiosError(f"could not find BIOS image {name[:100]!r} in {where} (install Debian's seabios package, "
                     "or give -bios FILE / -L DIR)")
+
+
+def check_size(path: Path) -> int:
+    """The image's size if it is a usable one (BiosError otherwise)."""
+    try:
+        size = path.stat().st_size
+    except (OSError, ValueError) as exc:
+        raise BiosError(f"cannot read BIOS image {str(path)[:200]!r}: {getattr(exc, 'strerror', None) or exc}") from None
+    if size <= 0 or size % BIOS_ALIGN or size > BIOS_MAX:
+        raise BiosError(f"BIOS image {str(path)[:200]!r} must be a multiple of 64 KiB, at most 16 MiB "
+                        f"({size} bytes)")
+    return size
 
 
 def load_bios(name: str | None, data_dirs: tuple[Path, ...] = ()) -> BiosImage:
     path = find_bios(name, data_dirs)
+    size = check_size(path)
     try:
-        size = path.stat().st_size
-        if size <= 0 or size % BIOS_ALIGN or size > BIOS_MAX:
-            raise BiosError(f"BIOS image {str(path)!r} must be a multiple of 64 KiB, at most 16 MiB "
-                            f"({size} bytes)")
         data = path.read_bytes()
     except OSError as exc:
         raise BiosError(f"cannot read BIOS image {str(path)!r}: {exc.strerror}") from None

@@ -2,7 +2,8 @@
 
 The items QEMU 7.2's pc machine gives SeaBIOS and that kvmpy has a meaning for:
 RAM size, CPU count (present and maximum), the no-graphics flag, the boot menu
-switch, IRQ0 override, ``etc/e820`` (RAM plus the KVM identity-map/TSS pages,
+switch, IRQ0 override, ``etc/boot-fail-wait`` (-1: SeaBIOS does not retry
+after "No bootable device."), ``etc/e820`` (RAM plus the KVM identity-map/TSS pages,
 as QEMU reserves them), ``bootorder`` (empty: SeaBIOS's default order, from the
 CMOS boot bytes), ``etc/sercon-port`` (COM1: kvmpy has no display, so firmware
 text goes to the serial console as under QEMU's -nographic), and kvmpy's own ACPI
@@ -42,6 +43,7 @@ def pc_fw_cfg(memory: GuestRam, ram_size: int, cpus: int, tables: AcpiTables, se
     fw.add_u32(FW_CFG_IRQ0_OVERRIDE, 1)
     fw.add_file("etc/e820", fw_e820(ram_size))
     fw.add_file("bootorder", b"")
+    fw.add_file("etc/boot-fail-wait", struct.pack("<i", -1))  # QEMU's default: no -boot reboot-timeout
     if serial_console:
         fw.add_file("etc/sercon-port", struct.pack("<H", COM1))
     files = table_loader.build(tables)
