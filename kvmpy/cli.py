@@ -37,10 +37,13 @@ Options (same meaning as in qemu-system-x86_64 / qemu-system-riscv64):
   -m [size=]SIZE[,slots=N,maxmem=SIZE]  RAM, e.g. 512, 512M, 2G (plain numbers are MiB); slots/maxmem
                                 reserve room for memory hotplug
   -smp N                        number of vCPUs
-  -kernel FILE                  multiboot kernel, Linux bzImage or PVH vmlinux (x86); ELF (riscv64)
+  -kernel FILE                  multiboot kernel, Linux bzImage or PVH vmlinux (x86); ELF (riscv64);
+                                without it, x86 boots its BIOS (SeaBIOS) as QEMU does
   -initrd FILE                  Linux initramfs, or multiboot modules (comma-separated)
   -append CMDLINE               kernel command line
-  -bios none                    riscv64: no firmware
+  -bios FILE                    x86: the BIOS image (default bios-256k.bin, Debian's seabios package);
+                                riscv64: none (no firmware)
+  -L DIR                        x86: look for BIOS images in DIR first
   -nographic                    no display; serial on stdio (Ctrl-A x quits)
   -display none                 no display
   -serial stdio|file:PATH|null|none|chardev:ID  where COM1 goes (none: no COM1 at all)
@@ -297,7 +300,7 @@ def parse_qemu_args(argv: Sequence[str]) -> MachineConfig:
         elif opt == "-incoming":
             cfg["incoming"] = val
         elif opt == "-L":
-            raise UsageError(f"option {opt} is not supported yet")
+            cfg["data_dirs"] = (*cfg.get("data_dirs", ()), Path(val))
     if not serial_set:
         # As in QEMU: -nodefaults drops the default COM1; otherwise it goes to stdio.
         cfg["serial"] = "none" if nodefaults else "stdio"

@@ -125,6 +125,7 @@ class Board:
     features: frozenset[str]  # the OPTIONAL_FEATURES it has
     cpus: tuple[str, ...] | None = None  # accepted -cpu models; None: any (KVM's supported CPUID)
     bios: tuple[str, ...] = ()  # accepted -bios values ("none": no firmware)
+    firmware: bool = False  # boots a BIOS image (-bios FILE, -L DIR) when there is no -kernel
     aliases: tuple[str, ...] = ()  # other -machine names for the same board
     alias_prefixes: tuple[str, ...] = ()  # versioned names ("pc-i440fx-8.2") for the same board
     why_no_trace: str = ""  # said when a -d item is refused and the board honours none
@@ -142,7 +143,7 @@ class Board:
 
 BOARDS: Mapping[str, Board] = MappingProxyType({
     "pc": Board(machine="pc", arch="x86_64", accel="kvm", memory=(2 * MiB, MAX_MEMORY), max_smp=MAX_SMP,
-                trace=frozenset(), features=frozenset(OPTIONAL_FEATURES),
+                trace=frozenset(), features=frozenset(OPTIONAL_FEATURES), firmware=True,
                 aliases=("q35", "microvm"), alias_prefixes=("pc-",),
                 chardev_backends=frozenset({"null", "socket", "stdio", "file", "pty"}),
                 device_drivers=frozenset({
@@ -284,7 +285,7 @@ _FIELD_TYPES: Mapping[str, tuple[type, ...]] = MappingProxyType({
     "bios": (str, _NoneType), "cpu": (str, _NoneType), "trace": (frozenset,), "trace_file": (Path, _NoneType),
     "qmp": (tuple,), "linux_boot": (str,), "incoming": (str, _NoneType), "memory_slots": (int,),
     "max_memory": (int, _NoneType), "devices": (tuple,), "drives": (tuple,), "blockdevs": (tuple,),
-    "netdevs": (tuple,), "chardevs": (tuple,), "objects": (tuple,),
+    "netdevs": (tuple,), "chardevs": (tuple,), "objects": (tuple,), "data_dirs": (tuple,),
 })
 # The spec type each device-option tuple holds, and the option it came from (for messages).
 _SPEC_FIELDS: Mapping[str, tuple[type, str]] = MappingProxyType({
@@ -330,6 +331,7 @@ class MachineConfig:
     netdevs: tuple[NetdevSpec, ...] = ()  # -netdev
     chardevs: tuple[ChardevSpec, ...] = ()  # -chardev
     objects: tuple[ObjectSpec, ...] = ()  # -object
+    data_dirs: tuple[Path, ...] = ()  # -L: where -bios names (and the default BIOS) are looked up first
 
     def __post_init__(self) -> None:
         # Callers may pass any iterable; the frozen config holds immutable collections only.
@@ -385,9 +387,14 @@ class MachineConfig:
             if board.arch == "x86_64":
                 raise ConfigError("x86 guests need KVM for now: use -enable-kvm (the TCG fallback runs riscv64 guests)")
             raise ConfigError(f"{board.arch} guests run on the TCG fallback: KVM here is x86 only (drop -enable-kvm)")
-        if self.kernel is None:
+        if self.kernel is not None:
+            _check_path(self.kernel, "kernel")
+        elif not board.firmware:
             raise ConfigError("no kernel given (use -kernel FILE)")
-        _check_path(self.kernel, "kernel")
+        else:  # firmware boot, as QEMU's: -initrd and -append need -kernel
+            for flag, given in (("-initrd", self.initrd is not None), ("-append", bool(self.append))):
+                if given:
+                    raise ConfigError(f"{flag} only allowed with -kernel option")
         self._check_features(board)
         if self.initrd is not None:
             for part in str(self.initrd).split(","):
@@ -431,7 +438,9 @@ class MachineConfig:
         if self.cpu is not None and board.cpus is not None and self.cpu not in board.cpus:
             raise ConfigError(f"-cpu {shown(self.cpu)} is not supported by machine {board.machine!r} "
                               f"(use {', '.join(board.cpus)})")
-        if self.bios is not None and self.bios not in board.bios:
+        if board.firmware:
+            self._check_bios()
+        elif self.bios is not None and self.bios not in board.bios:
             if board.bios:
                 raise ConfigError(f"-bios {shown(self.bios)}: only '-bios {board.bios[0]}' is supported by machine "
                                   f"{board.machine!r} (no firmware is bundled)")
@@ -439,6 +448,21 @@ class MachineConfig:
         for spec in self.qmp:
             parse_endpoint(spec)  # raises ConfigError naming the bad spec
         return self
+
+    def _check_bios(self) -> None:
+        """The BIOS image a firmware boot (or -bios) names can be found; -L names directories."""
+        from kvmpy.firmware.bios import BiosError, check_size, find_bios
+
+        if not all(isinstance(d, Path) for d in self.data_dirs):
+            raise ConfigError("config field 'data_dirs' must hold paths (-L DIR)")
+        if self.kernel is not None and self.bios is None:
+            return
+        try:
+            path = find_bios(self.bios, self.data_dirs)
+            _check_path(path, "BIOS image")
+            check_size(path)
+        except BiosError as exc:
+            raise ConfigError(str(exc)) from None
 
     def _check_types(self) -> None:
         for name, types in _FIELD_TYPES.items():

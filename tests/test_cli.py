@@ -70,7 +70,7 @@ def test_main_prints_one_line_and_exits_2(argv: list[str], message: str, capsys)
     (["-machine", "virt", "-kernel", "/etc/hostname", "-bios", "default"], "only '-bios none'"),
     (["-enable-kvm", "-kernel", "/etc/hostname", "-d", "in_asm"], "machine 'pc' honours no -d items"),
     (["-enable-kvm", "-kernel", "/etc/hostname", "-d", "in_asm,warp"], "unknown -d item(s): 'warp'"),
-    (["-enable-kvm", "-kernel", "/etc/hostname", "-bios", "bios.bin"], "machine 'pc' does not support -bios"),
+    (["-enable-kvm", "-kernel", "/etc/hostname", "-bios", "nope.bin"], "could not find BIOS image 'nope.bin'"),
     # -m's hotplug options follow QEMU's own rules (the pc board hotplugs memory: kvmpy.boards.pc_memhp)
     (["-enable-kvm", "-kernel", "/etc/hostname", "-m", "1G,slots=4"], "slots specified but no max-size"),
     (["-enable-kvm", "-kernel", "/etc/hostname", "-m", "1G,slots=4"], "slots specified but no max-size"),
@@ -269,7 +269,9 @@ def _check_outcome(p: _subprocess.CompletedProcess) -> None:
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 @given(_ARGV)
 def test_fuzzed_argv_is_status_0_1_or_2_and_one_line_for_usage_errors(argv: list[str]) -> None:
-    _check_outcome(_run_bounded(["-enable-kvm", *argv]))
+    # Without -kernel a pc boots SeaBIOS and runs for ever, as QEMU does; a BIOS that cannot load keeps
+    # every fuzzed command bounded (the BIOS is checked after everything else, so no other error is hidden).
+    _check_outcome(_run_bounded(["-enable-kvm", "-bios", "/dev/null", *argv]))
 
 
 _YAML_SCALAR = st.one_of(_TEXT, _HUGE, _HUGE.map(lambda d: "'" + d + "M'"), st.integers(-5, 5).map(str),

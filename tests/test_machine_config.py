@@ -53,7 +53,7 @@ devices:
     ("kernel: k.elf\nsmp: true\n", "'smp' must be int"),
     ("kernel: k.elf\nmemory: lots\n", "invalid memory size"),
     ("kernel: missing.elf\n", "does not exist"),
-    ("memory: 64M\n", "no kernel"),
+    ("arch: riscv64\nmemory: 64M\n", "no kernel"),  # pc boots its BIOS without one (test_firmware_boot_config)
     ("- just\n- a list\n", "mapping"),
     ("kernel: [unclosed\n", "invalid YAML at line"),
     ("kernel: k.elf\ndevices: [{type: virtio-gpu-pci}]\n", "unsupported device"),
@@ -270,7 +270,7 @@ def test_the_virt_board_refuses_what_it_lacks_by_name(kernel: Path, changes: dic
 @pytest.mark.parametrize("changes, words", [
     ({"trace": {"in_asm"}}, "machine 'pc' honours no -d items, so -d in_asm is refused"),
     ({"trace_file": Path("t.log")}, "so -D is refused"),
-    ({"bios": "none"}, "machine 'pc' does not support -bios"),
+    ({"bios": "none"}, "could not find BIOS image 'none'"),
     ({"memory": 1 << 20}, "out of range for machine 'pc' \\(2M to 1T\\)"),
     ({"smp": 256}, "invalid -smp 256 \\(1 to 255\\)"),
     ({"accel": "tcg"}, "x86 guests need KVM"),
@@ -395,3 +395,27 @@ def test_every_field_checks_its_type(kernel: Path, name: str) -> None:
     with pytest.raises(ConfigError, match=f"config field '{name}' must be") as info:
         MachineConfig(**fields).validate()
     assert "\n" not in str(info.value)
+
+
+def test_firmware_boot_config(tmp_path: Path) -> None:
+    """pc without -kernel boots its BIOS: -bios FILE and -L DIR are found as QEMU finds them."""
+    from kvmpy.firmware.bios import load_bios
+
+    cfg = MachineConfig(memory=128 << 20).validate()  # the system SeaBIOS (Debian's seabios package)
+    assert load_bios(cfg.bios, cfg.data_dirs).data[-16:-16 + 1] == b"\xea"  # the reset vector's far jump
+    image = tmp_path / "my.bin"
+    image.write_bytes(bytes(64 << 10))
+    MachineConfig(bios=str(image)).validate()
+    MachineConfig(bios="my.bin", data_dirs=(tmp_path,)).validate()
+    for kw, message in (({"bios": "nope.bin"}, "could not find BIOS image 'nope.bin'"),
+                        ({"bios": str(tmp_path / "nope.bin")}, "does not exist"),
+                        ({"append": "x"}, "-append only allowed with -kernel"),
+                        ({"initrd": image}, "-initrd only allowed with -kernel"),
+                        ({"data_dirs": ("a",)}, "data_dirs")):
+        with pytest.raises(ConfigError, match=message):
+            MachineConfig(**kw).validate()  # type: ignore[arg-type]
+    bad = tmp_path / "odd.bin"
+    bad.write_bytes(bytes(1000))
+    for name in (str(bad), "", "a\0b"):
+        with pytest.raises(ConfigError, match="multiple of 64 KiB|does not exist|NUL"):
+            MachineConfig(bios=name).validate()

@@ -6,7 +6,19 @@ RAM below and above 4 GiB, the in-kernel irqchip and PIT, one vCPU per -smp
 port-I/O bus (and MMIO devices as I/O regions routed by the board's MMIO
 router), the PCI bus (config mechanism #1, the i440FX host bridge and the PIIX3
 ISA bridge, whose BARs ``PcBarSpace`` maps on the same buses), and the kernel
-(multiboot or Linux) loaded with vCPU 0 at its entry.
+(multiboot or Linux) loaded with vCPU 0 at its entry. Without -kernel it boots
+firmware as QEMU does: the BIOS image (SeaBIOS) read-only below 4 GiB, fw_cfg
+with kvmpy's ACPI tables, and vCPU 0 left at the reset vector.
+
+Shadow RAM, the simpler equivalent of the i440FX PAM registers: RAM is always
+mapped at 0xC0000-0xFFFFF, and at power-on and every reset the board copies the
+BIOS's last 128 KiB into it at 0xE0000. SeaBIOS finds PAM0 "not RAM", runs its
+copy routine from the high flash (copying the same bytes over themselves) and
+then owns the segment; the PAM values it writes are only stored. What differs
+from QEMU: before SeaBIOS makes the area writable, a write there sticks instead
+of being dropped, and its final "read-only" setting is not enforced. On reset
+QEMU leaves the shadow alone and SeaBIOS re-copies itself (qemu_reboot); kvmpy's
+re-copy gives the same fresh image.
 Devices report only through the ``post`` callback (the machine's lifecycle);
 the board never holds the machine. A new device is one file in
 ``kvmpy/devices/`` plus one line in ``PC_DEVICES``; the ``-device`` PCI
@@ -31,6 +43,7 @@ from kvmpy.devices.bus import Bus, BusConflictError, OffsetDevice
 from kvmpy.devices.chardev import CharBackend, open_backend
 from kvmpy.devices.debug_exit import DebugExit
 from kvmpy.devices.device import Device
+from kvmpy.devices.fw_cfg import DMA_PORT as FW_CFG_DMA_PORT, PORT_BASE as FW_CFG_PORT, FwCfg
 from kvmpy.devices.i8042 import I8042
 from kvmpy.devices.irq import SharedIrq
 from kvmpy.devices.kvm_irq import KvmIrqLine
@@ -44,6 +57,8 @@ from kvmpy.devices.rtc import CmosRtc
 from kvmpy.devices.serial import Uart16550
 from kvmpy.kvm import abi
 from kvmpy.kvm.flavor import KvmKind, host_kvm_kind
+from kvmpy.firmware.bios import BiosImage, load_bios
+from kvmpy.firmware.pc_fw_cfg import pc_fw_cfg
 from kvmpy.kvm.system import Kvm
 from kvmpy.lifecycle import MachineEvent
 from kvmpy.loader import acpi
@@ -71,6 +86,8 @@ COM1_PORT, COM1_IRQ = 0x3F8, 4
 GDT_ADDR = 0x500
 # null, null, flat 32-bit code (0x10), flat data (0x18): QEMU's multiboot ROM selectors.
 BOOT_GDT = (0, 0, 0x00CF9A000000FFFF, 0x00CF92000000FFFF)
+DEFAULT_BOOT_ORDER = "cad"  # QEMU pc's default -boot order
+ISA_BIOS_END = 0x100000
 RSDP_ADDR = 0xF0000  # in the BIOS area, where a kernel without boot_params.acpi_rsdp_addr scans
 PVM_WARNING = ("this host's /dev/kvm is PVM-based (kvm_pvm), which emulates guest ring 0 and hangs on "
                "instructions Linux uses (cmpxchg16b, xrstor, int3), so this Linux kernel will hang here; "
@@ -126,7 +143,18 @@ def _i8042(b: "PcBoard") -> I8042:
 
 def _rtc(b: "PcBoard") -> CmosRtc:
     below, above = split_ram(b.config.memory)
-    return CmosRtc(ram_below_4g=below, ram_above_4g=above)
+    return CmosRtc(ram_below_4g=below, ram_above_4g=above, boot_order=DEFAULT_BOOT_ORDER, nr_cpus=b.config.smp)
+
+
+def _fw_cfg(b: "PcBoard") -> FwCfg | None:
+    if b.bios is None:
+        return None  # -kernel boots need no firmware interface
+    tables = acpi.build_tables(0, b.config.smp, pci_holes(b.config.memory) if b.pci_host is not None else None)
+    return pc_fw_cfg(b.memory, b.config.memory, b.config.smp, tables, serial_console=b.config.serial != "none")
+
+
+def _fw_cfg_ports(cfg: MachineConfig) -> Ranges:
+    return (Window(FW_CFG_PORT, 2, 0, "fwcfg"), Window(FW_CFG_DMA_PORT, 8, 4, "fwcfg.dma"))
 
 
 def _port80(b: "PcBoard") -> Port80:
@@ -256,6 +284,7 @@ PC_DEVICES: tuple[DeviceSlot, ...] = (
                                            Window(0xCFC, 4, 4, "pci-conf-data"))),
     DeviceSlot("i440fx", _i440fx),
     DeviceSlot("piix3", _piix3),
+    DeviceSlot("fw_cfg", _fw_cfg, pio=_fw_cfg_ports),  # only when booting firmware (no -kernel)
 )
 
 
@@ -280,10 +309,11 @@ class PcBoard:
         supported = self.kvm.supported_cpuid()
         self.amd = any(e.function == 0 and e.ebx == 0x68747541 for e in supported)  # "Auth"enticAMD
 
-        assert config.kernel is not None
-        self.kernel_format = detect_format(config.kernel)
-        self.linux = None if self.kernel_format is KernelFormat.MULTIBOOT else \
-            prepare_kernel(config.kernel, config.linux_boot)
+        # Without -kernel the board boots its BIOS (SeaBIOS), as QEMU does.
+        self.bios: BiosImage | None = None if config.kernel is not None else load_bios(config.bios, config.data_dirs)
+        self.kernel_format = None if config.kernel is None else detect_format(config.kernel)
+        self.linux = None if self.kernel_format in (None, KernelFormat.MULTIBOOT) else \
+            prepare_kernel(config.kernel, config.linux_boot)  # type: ignore[arg-type]
         if self.linux is not None and host_kvm_kind() is KvmKind.PVM:
             log.warning(PVM_WARNING)
         self._build_memory()
@@ -313,17 +343,32 @@ class PcBoard:
         self.address_space.commit()
         self.memory = GuestMemory(self.address_space)
         self.e820 = pc_e820(size, self.amd)
+        if self.bios is not None:
+            self._map_bios(self.bios)
+
+    def _map_bios(self, bios: BiosImage) -> None:
+        """The whole image read-only just below 4 GiB (where the reset vector fetches from)."""
+        self.bios_rom = RAMBlock.allocate("pc.bios", len(bios.data))
+        self.bios_rom.mv[:] = bios.data
+        readonly = bool(self.kvm.check_extension(abi.CAP_READONLY_MEM))
+        if not readonly:
+            log.info("KVM lacks read-only memory slots: the BIOS ROM is writable RAM (reloaded at reset)")
+        self.root.add_subregion(bios.base, MemoryRegion.ram_region("pc.bios", self.bios_rom, readonly=readonly))
+        self.address_space.commit()
 
     def _build_devices(self, table: tuple[DeviceSlot, ...]) -> None:
         """Walk the device table: build each device and map its windows on the PIO bus and in MMIO."""
         table = table + tuple(DeviceSlot(n, make) for n, make in pci_device_lines(self.config))  # -device PCI
         self.pio = Bus("pio")
         self.devices: dict[str, Device] = {}
+        self.pci_host: PciHost | None = None
         for slot in table:
             dev = slot.make(self)
             if dev is None:
                 continue
             self.devices[slot.name] = dev
+            if isinstance(dev, PciHost):
+                self.pci_host = dev  # the firmware's ACPI tables describe the PCI bus when there is one
             for w in slot.pio_ranges(self.config):
                 self.pio.map(w.base, w.size, dev if w.offset == 0 else OffsetDevice(dev, w.offset),
                              w.name or slot.name)
@@ -356,12 +401,19 @@ class PcBoard:
     # ---- boot ------------------------------------------------------------------
     @property
     def has_acpi(self) -> bool:
-        """Only Linux boots get ACPI tables; a multiboot guest cannot see the PM device."""
-        return self.linux is not None
+        """Linux and firmware boots get ACPI tables; a multiboot guest cannot see the PM device."""
+        return self.linux is not None or self.bios is not None
 
-    def load_kernel(self) -> BootEntry | LinuxBoot:
-        """(Re)load the kernel into RAM and point vCPU 0 at its entry; at power-on and on every reset."""
+    def load_kernel(self) -> BootEntry | LinuxBoot | None:
+        """(Re)load the kernel into RAM and point vCPU 0 at its entry; at power-on and on every reset.
+
+        A firmware boot instead (re)loads the BIOS image and its shadow copy, and vCPU 0
+        stays at the reset vector, KVM's state for a new (or reset) vCPU."""
         cfg = self.config
+        if self.bios is not None:
+            self.bios_rom.mv[:] = self.bios.data
+            self.memory.write(ISA_BIOS_END - len(self.bios.isa), self.bios.isa)
+            return None
         assert cfg.kernel is not None
         if self.linux is not None:
             return self._load_linux()

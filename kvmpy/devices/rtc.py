@@ -2,7 +2,9 @@
 
 The clock runs from the host's UTC time (QEMU's default ``-rtc base=utc``);
 when the guest sets the time, the difference is kept as an offset. The BIOS
-memory-size bytes are filled in the way PC firmware leaves them. Periodic,
+memory-size bytes are filled in the way PC firmware leaves them; a board
+that boots firmware also gives the boot order (0x3D/0x38) and the CPU count
+(0x5F) as QEMU's pc does, which SeaBIOS reads. Periodic,
 alarm and update interrupts are not generated.
 """
 
@@ -51,6 +53,8 @@ class CmosRtc:
     ram_above_4g: int = 0
     clock: Callable[[], float] = time.time
     offset: float = 0.0  # guest time minus host time, in seconds
+    boot_order: str = ""  # QEMU's -boot order letters (a/b floppy, c disk, d CD, n network); "" leaves 0
+    nr_cpus: int = 0  # 0x5F holds nr_cpus - 1 when set
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -61,6 +65,7 @@ class CmosRtc:
         self.cmos[REG_D] = D_VRT
         self._held: time.struct_time | None = None  # time frozen while B_SET is on
         self._fill_memory_sizes()
+        self._fill_boot_bytes()
 
     def _fill_memory_sizes(self) -> None:
         kib = self.ram_below_4g // 1024
@@ -72,6 +77,15 @@ class CmosRtc:
         self.cmos[0x34], self.cmos[0x35] = above16 & 0xFF, above16 >> 8
         high = self.ram_above_4g >> 16
         self.cmos[0x5B], self.cmos[0x5C], self.cmos[0x5D] = high & 0xFF, (high >> 8) & 0xFF, (high >> 16) & 0xFF
+
+    def _fill_boot_bytes(self) -> None:
+        nibble = {"a": 1, "b": 1, "c": 2, "d": 3, "n": 4}
+        order = [nibble[c] for c in self.boot_order[:3] if c in nibble] + [0, 0, 0]
+        if self.boot_order:
+            self.cmos[0x3D] = order[1] << 4 | order[0]
+            self.cmos[0x38] = order[2] << 4  # bit 0 clear: check the floppy boot signature
+        if self.nr_cpus:
+            self.cmos[0x5F] = min(self.nr_cpus - 1, 0xFF)
 
     # ---- time --------------------------------------------------------------
     def _now(self) -> time.struct_time:

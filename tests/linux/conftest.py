@@ -20,6 +20,7 @@ import pytest
 from kvmpy.kvm.flavor import host_kvm_kind
 from kvmpy.tools.fetch import cache_root, fetch_busybox, fetch_kernel
 from kvmpy.testbed.pytest_plugin import OFF, decide_mode
+from tests.linux.rootdisk import RootDisk, prepare_root_disk
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ MODULES = [
     "virtio_pci",  # the virtio-pci transport
     "virtio_blk",  # disks (test_virtio_blk_guest.py)
     "virtio_net",  # NICs (test_virtio_net.py, the netdev tests)
+    "virtio_rng",  # /dev/hwrng (test_virtio_rng.py)
 ]
 
 
@@ -122,3 +124,12 @@ def linux_assets() -> LinuxAssets:
         return prepare_assets(build=os.environ.get("KVMPY_IN_BED") != "1")
     except Exception as exc:
         pytest.fail(f"Linux test assets are unavailable: {exc}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def root_disk() -> RootDisk:
+    """An ext4 root file system on a qcow2 and an initramfs that mounts root= (tests/linux/rootdisk.py)."""
+    try:
+        return prepare_root_disk(build=os.environ.get("KVMPY_IN_BED") != "1")
+    except Exception as exc:
+        pytest.fail(f"the root disk is unavailable: {exc}", pytrace=False)

@@ -165,7 +165,7 @@ def scenario(argv: list[str], sock: Path, shared: Path, env: dict[str, str] | No
         before = memtotal_kib(g, "MT0")
         replies, events, times = asyncio.run(qmp_script(sock))
         after = memtotal_kib(g, "MT1")
-        fill = g.run("mount -t tmpfs -o size=700M fill /mnt && yes KVMPYSHARED | head -c 419430400 "
+        fill = g.run("mkdir -p /mnt && mount -t tmpfs -o size=700M fill /mnt && yes KVMPYSHARED | head -c 419430400 "
                      "> /mnt/f; echo FILLED $(du -m /mnt/f | cut -f1) $?", "FILL", timeout=300)
         seen = b"KVMPYSHARED" in shared.read_bytes()  # the cold DIMM's file, shared with this process
         g.run("rm /mnt/f; umount /mnt", "UNFILL")
@@ -204,6 +204,9 @@ def test_hot_add_use_and_remove_a_dimm_like_qemu(linux_assets) -> None:
     k, q = results["kvmpy"], results["qemu"]
     print(f"\ndevice_add -> guest _OST (memory online): kvmpy {k['online_s']:.3f} s, qemu {q['online_s']:.3f} s")
     print(f"MemTotal kB: kvmpy {k['before']} -> {k['after']}, qemu {q['before']} -> {q['after']}")
+    print("reply differences:", [(a, b) for a, b in zip(k["replies"], q["replies"]) if a != b])
+    print("events:", k["events"], q["events"], "unplug:", k["unplug"] == q["unplug"], k["unplug_events"],
+          q["unplug_events"])
     for r in (k, q):
         assert r["after"] - r["before"] >= 500 * 1024, r["output"][-3000:]  # the 512 MiB DIMM is online
         assert "FILLED 400 0" in r["fill"], r["fill"]  # more than the 256 MiB it booted with

@@ -227,7 +227,7 @@ def test_hvc0_login_and_guest_agent_as_under_qemu(assets, tmp_path) -> None:
     ours.mkdir()
     with kvmpy.VM(assets.kernel, initrd=assets.initrd, memory="512M", no_reboot=True, process=True,
                   append="console=ttyS0 quiet panic=-1", extra_args=device_args(ours)) as vm:
-        vm.console.expect("KVMPY-TEST ready", timeout=BOOT_TIMEOUT)
+        vm.console.expect(re.compile(r"KVMPY-TEST ready hvc0=\w+"), timeout=BOOT_TIMEOUT)
         boot = vm.console.output
         seen = exercise(ours)
         vm.console.send("poweroff -f\n")

@@ -2,8 +2,10 @@
 
 Its config space holds QEMU's pc values at power-on (DRAM control 0x57 and
 SMRAM 0x72 set, the PAM registers 0x59-0x5F clear: firmware programs those).
-kvmpy has no BIOS shadowing or SMM, so writes to them are stored and read
-back with no further effect, which is all a guest loaded by -kernel sees.
+kvmpy has no SMM and does not switch 0xC0000-0xFFFFF between ROM and RAM, so
+PAM writes are stored and read back with no further effect: the pc board keeps
+RAM there and copies the BIOS into it at reset instead (see kvmpy.boards.pc),
+which SeaBIOS accepts.
 """
 
 from __future__ import annotations
