@@ -90,8 +90,12 @@ LOG_PAGE = 4096
 RING_SIZES = (lambda n: 16 * n, lambda n: 6 + 2 * n, lambda n: 6 + 8 * n)  # desc, avail, used (with event idx)
 
 
-class VhostError(OSError):
-    """/dev/vhost-net is missing or refused a request."""
+class VhostError(Exception):
+    """/dev/vhost-net is missing or refused a request; ``errno`` says why (0: not a system error)."""
+
+    def __init__(self, errno: int | None, message: str) -> None:
+        super().__init__(message)
+        self.errno = errno or 0
 
 
 def _ioctl(fd: int, request: int, arg: bytes | None, what: str) -> bytearray:
@@ -180,7 +184,7 @@ class VhostNet:
         self.running = False
         self.acked = 0
         self._space: "AddressSpace | None" = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # add_listener calls back at once, from inside start()
         self._own_kicks: dict[int, int] = {}
         self._own_calls: dict[int, int] = {}
         self._on_call: Callable[[int], None] | None = None
