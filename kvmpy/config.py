@@ -143,14 +143,26 @@ class Board:
 
 BOARDS: Mapping[str, Board] = MappingProxyType({
     "pc": Board(machine="pc", arch="x86_64", accel="kvm", memory=(2 * MiB, MAX_MEMORY), max_smp=MAX_SMP,
-                trace=frozenset(), features=frozenset(OPTIONAL_FEATURES) - {"memory_hotplug"}, firmware=True,
+                trace=frozenset(), features=frozenset(OPTIONAL_FEATURES), firmware=True,
                 aliases=("q35", "microvm"), alias_prefixes=("pc-",),
                 chardev_backends=frozenset({"null", "socket", "stdio", "file", "pty"}),
                 device_drivers=frozenset({
+                    "virtconsole",
                     "virtio-blk-pci",
+                    "virtio-net-pci",
                     "virtio-rng-pci",
+                    "virtio-serial-pci",
+                    "virtserialport",
+                    "pc-dimm",  # memory hotplug (kvmpy.boards.pc_memhp)
                 }),
                 drive_interfaces=frozenset({"virtio", "none"}),
+                netdev_types=frozenset({
+                    "socket",
+                    "stream",
+                    "tap",
+                    "user",
+                }),
+                object_types=frozenset({"memory-backend-ram", "memory-backend-file"}),
                 why_no_trace="the guest runs under KVM, not TCG; KVMPY_LOG=debug logs unhandled ports"),
     "virt": Board(machine="virt", arch="riscv64", accel="tcg", memory=(1 * MiB, 16 * GiB), max_smp=1,
                   trace=frozenset({"in_asm", "exec", "int", "cpu", "op", "out_asm", "tb_stats", "nochain"}),
@@ -519,6 +531,10 @@ class MachineConfig:
                 builds = f" (it builds: {', '.join(sorted(board.device_drivers))})" if board.device_drivers else ""
                 raise ConfigError(f"{d.source or '-device'}: unsupported device {d.driver!r}: machine {m!r} does not "
                                   f"build it yet{builds}")
+            if d.driver in ("virtconsole", "virtserialport") and \
+                    not any(s.driver == "virtio-serial-pci" for s in self.devices):
+                raise ConfigError(f"{d.source or '-device'}: No 'virtio-serial-bus' bus found for device "
+                                  f"'{d.driver}'")
 
     def _check_features(self, board: Board) -> None:
         """Refuse, by the flag a user typed, every optional feature the board does not have."""

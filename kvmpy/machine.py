@@ -36,12 +36,16 @@ def qmp_commands() -> "CommandTable":
     from kvmpy.migration.qmp import add_migration_commands
     from kvmpy.monitor.block import add_block_commands
     from kvmpy.monitor.commands import add_core_commands
+    from kvmpy.monitor.net import add_net_commands
+    from kvmpy.monitor.memory import add_memory_commands
     from kvmpy.monitor.schema import CommandTable
 
     table = CommandTable()
     add_core_commands(table)
     add_migration_commands(table)
     add_block_commands(table)
+    add_net_commands(table)
+    add_memory_commands(table)
     return table
 
 
@@ -51,7 +55,8 @@ class Machine:
     def __init__(self, config: MachineConfig, console: CharBackend | None = None) -> None:
         self.config = config
         self.lifecycle = Lifecycle(no_reboot=config.no_reboot, start_paused=config.start_paused)
-        self.board = PcBoard(config, self.lifecycle.post, self.lifecycle.on_vcpu_event, console)
+        self.board = PcBoard(config, self.lifecycle.post, self.lifecycle.on_vcpu_event, console,
+                             emit=self.lifecycle.emit)
         self.lifecycle.attach_vcpus(self.board.threads)
         self.lifecycle.attach_devices([d for d in self.board.devices.values() if isinstance(d, DeviceControl)])
         self.vmstate = VmState(self.board)
@@ -61,7 +66,8 @@ class Machine:
     # ---- what migration sees (kvmpy.migration.interface.MigratableVm) ----------------
     @property
     def ram_blocks(self) -> list[RAMBlock]:
-        return [self.board.ram]
+        memhp = self.board.memhp
+        return [self.board.ram] + (memhp.ram_blocks() if memhp is not None else [])
 
     @property
     def dirty_log(self) -> KvmSlots:

@@ -68,10 +68,12 @@ class VmState:
         d = cfg.debug_exit
         return {
             "arch": cfg.arch, "machine": "pc", "memory": cfg.memory, "smp": cfg.smp,
-            "ram": [{"name": b.ram.name, "size": b.ram.size}],
+            "ram": [{"name": r.name, "size": r.size}
+                    for r in [b.ram] + (b.memhp.ram_blocks() if b.memhp is not None else [])],
             "devices": sorted(b.devices),
             "debug-exit": None if d is None else [d.iobase, d.iosize],
             "acpi": bool(b.has_acpi),
+            **({"memory-hotplug": b.memhp.describe()} if b.memhp is not None and b.memhp.slots else {}),
         }
 
     def complete_pending_io(self) -> None:

@@ -316,3 +316,24 @@ def test_options_become_the_same_config_and_argv(tmp_path) -> None:
     assert (parsed.memory, parsed.smp, parsed.append, parsed.name, parsed.no_reboot) == (64 << 20, 2, "a=1", "t", True)
     assert parsed.start_paused and list(parsed.qmp) == [f"unix:{tmp_path / 'q.sock'},server=on,wait=on"]
     assert parsed.serial == "stdio" and parsed.debug_exit == cfg.debug_exit
+
+
+@kvm
+def test_in_process_vm_takes_device_options_from_extra_args(tmp_path) -> None:
+    """extra_args's device options build the same devices in-process as in a child; other flags are refused."""
+    import subprocess
+
+    disk = tmp_path / "d.qcow2"
+    subprocess.run(["qemu-img", "create", "-f", "qcow2", str(disk), "16M"], check=True, capture_output=True)
+    drive = ["-drive", f"file={disk},if=virtio,readonly=on"]
+    with guest_vm("counter", process=False, extra_args=drive) as vm:
+        vm.console.expect("counter: addr", timeout=60)
+        block, = vm.qmp("query-block")
+        assert (block["device"], block["inserted"]["ro"], block["inserted"]["file"]) == ("virtio0", True, str(disk))
+        vm.snapshot()
+        vm.restore()  # the virtio-blk-pci function's state is captured and applied with the rest
+        assert vm.qmp("query-block")[0]["device"] == "virtio0" and vm.status == "running"
+    with pytest.raises(ConfigError, match="in-process VM takes only device options.*'-incoming'"):
+        guest_vm("counter", process=False, extra_args=[*drive, "-incoming", "defer"])
+    with pytest.raises(ConfigError, match="-device needs a value"):
+        guest_vm("counter", process=False, extra_args=["-device"])

@@ -56,7 +56,7 @@ devices:
     ("arch: riscv64\nmemory: 64M\n", "no kernel"),  # pc boots its BIOS without one (test_firmware_boot_config)
     ("- just\n- a list\n", "mapping"),
     ("kernel: [unclosed\n", "invalid YAML at line"),
-    ("kernel: k.elf\ndevices: [{type: virtio-serial}]\n", "unsupported device"),
+    ("kernel: k.elf\ndevices: [{type: virtio-gpu-pci}]\n", "unsupported device"),
     ("kernel: k.elf\nserial: tcp:1\n", "serial backend"),
     ("kernel: k.elf\nsmp: 0\n", "-smp"),
     ("kernel: k.elf\narch: mips\n", "architecture"),

@@ -38,7 +38,7 @@ def test_check_config_names_every_difference() -> None:
 def test_capture_holds_every_section_in_order(machine) -> None:
     state = machine.vmstate.capture()
     assert list(state) == ["vm/clock", "vm/irqchip", "vm/pit", "cpu/0", "dev/serial0", "dev/i8042", "dev/rtc",
-                           "dev/port80", "dev/acpi-pm", "dev/reset-control", "dev/isa-debug-exit",
+                           "dev/port80", "dev/acpi-pm", "dev/reset-control", "dev/acpi-gpe", "dev/isa-debug-exit",
                            "dev/pci-host", "dev/i440fx", "dev/piix3"]
     assert state["dev/rtc"]["version"] == DEVICE_STATE_VERSION
     assert list(machine.vmstate.capture(cpu_only=True)) == ["vm/irqchip", "vm/pit", "cpu/0"]

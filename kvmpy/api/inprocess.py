@@ -42,7 +42,7 @@ class InProcessVM:
 
         self.console = console
         try:
-            self.machine = Machine(options.to_config(), console=ConsoleBackend(console))
+            self.machine = Machine(options.to_config(in_process=True), console=ConsoleBackend(console))
         except ConfigError:
             raise
         except (LoaderError, ValueError) as exc:  # what the kvmpy command reports as a usage error (status 2)

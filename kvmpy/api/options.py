@@ -16,6 +16,10 @@ from pathlib import Path
 from kvmpy.config import ConfigError, DebugExitConfig, MachineConfig, parse_size
 
 QEMU_DEBUG_EXIT = (0x501, 0x02)  # isa-debug-exit's defaults in QEMU
+# The flags of ``extra_args`` an in-process machine takes too (each with one value): its devices.
+DEVICE_FLAGS = frozenset({"-device", "-drive", "-blockdev", "-netdev", "-nic", "-chardev", "-object",
+                          "-hda", "-hdb", "-hdc", "-hdd", "-cdrom"})
+DEVICE_FIELDS = ("devices", "drives", "blockdevs", "netdevs", "chardevs", "objects")
 
 
 @dataclass(frozen=True)
@@ -30,7 +34,7 @@ class VMOptions:
     no_reboot: bool = False
     paused: bool = False  # -S: the vCPUs wait for resume()
     linux_boot: str = "auto"
-    extra_args: tuple[str, ...] = field(default_factory=tuple)  # child process only: more kvmpy flags
+    extra_args: tuple[str, ...] = field(default_factory=tuple)  # more kvmpy flags (in-process: device options)
 
     @classmethod
     def build(cls, kernel: "str | os.PathLike[str]", *, initrd: "str | os.PathLike[str] | None" = None,
@@ -55,13 +59,38 @@ class VMOptions:
         opts.to_config()  # validates: the same ConfigError in both modes, before anything starts
         return opts
 
-    def to_config(self) -> MachineConfig:
-        """The validated config for an in-process machine (COM1 present; the API supplies its backend)."""
+    def device_args(self) -> list[str]:
+        """The device options of ``extra_args`` (flag, value pairs, in order) for an in-process machine;
+        ConfigError for any other flag (those are for a child process only)."""
+        out: list[str] = []
+        args = self.extra_args
+        for i in range(0, len(args), 2):
+            flag = args[i]
+            if flag not in DEVICE_FLAGS:
+                raise ConfigError(f"extra_args: an in-process VM takes only device options "
+                                  f"({', '.join(sorted(DEVICE_FLAGS))}), not {flag!r}; use process=True")
+            if i + 1 == len(args):
+                raise ConfigError(f"extra_args: {flag} needs a value")
+            out += [flag, args[i + 1]]
+        return out
+
+    def to_config(self, in_process: bool = False) -> MachineConfig:
+        """The validated config for an in-process machine (COM1 present; the API supplies its backend).
+
+        ``in_process`` adds the device options of ``extra_args``, parsed as the ``kvmpy`` command
+        parses them (``device_args``); without it (a child's options, checked before it starts)
+        ``extra_args`` are left to the child."""
         exit_cfg = None if self.debug_exit is None else DebugExitConfig(*self.debug_exit)
+        devices: dict[str, tuple] = {}
+        if in_process and self.extra_args:
+            from kvmpy.cli import parse_qemu_args  # only when asked: keeps ``import kvmpy`` lean
+
+            parsed = parse_qemu_args(["-enable-kvm", *self.device_args()])
+            devices = {name: getattr(parsed, name) for name in DEVICE_FIELDS}
         return MachineConfig(kernel=self.kernel, initrd=self.initrd, append=self.append, memory=self.memory,
                              smp=self.smp, name=self.name, serial="stdio", no_reboot=self.no_reboot,
                              start_paused=self.paused, debug_exit=exit_cfg,
-                             linux_boot=self.linux_boot).validate()
+                             linux_boot=self.linux_boot, **devices).validate()
 
     def to_argv(self, qmp_socket: Path) -> list[str]:
         """``kvmpy`` flags for a child: serial on stdio, QMP on ``qmp_socket`` waiting for our client.

@@ -56,7 +56,8 @@ class VM:
     ``name``, ``debug_exit`` (True for QEMU's isa-debug-exit at 0x501, or
     ``(iobase, iosize)``), ``no_reboot``, ``paused`` (-S), ``linux_boot``
     (auto, bzimage, pvh). ``process=True`` runs it as a managed ``kvmpy``
-    child process; ``extra_args`` adds kvmpy flags there.
+    child process; ``extra_args`` adds kvmpy flags there (in-process: the device options -device, -drive,
+    -blockdev, -netdev, -nic, -chardev, -object, -hda..-hdd, -cdrom).
     """
 
     def __init__(self, kernel: "str | os.PathLike[str]", *, process: bool = False, **options: Any) -> None:

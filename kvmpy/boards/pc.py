@@ -35,6 +35,9 @@ from typing import Callable, NamedTuple, Union, cast
 from kvmpy.boards.mmio import MmioRouter
 from kvmpy.boards.pc_pci import pci_device_lines
 from kvmpy.config import MachineConfig
+from kvmpy.boards.pc_memhp import PcMemoryHotplug, cold_plug
+from kvmpy.devices.acpi_gpe import GPE0_BASE, GPE0_LEN, AcpiGpe
+from kvmpy.devices.acpi_memhp import MEMHP_BASE, MEMHP_LEN, MemoryHotplugController
 from kvmpy.devices.acpi_pm import BLOCK_SIZE as PM_BLOCK_SIZE, AcpiPm, ResetControl
 from kvmpy.devices.bus import Bus, BusConflictError, OffsetDevice
 from kvmpy.devices.chardev import CharBackend, open_backend
@@ -42,6 +45,7 @@ from kvmpy.devices.debug_exit import DebugExit
 from kvmpy.devices.device import Device
 from kvmpy.devices.fw_cfg import DMA_PORT as FW_CFG_DMA_PORT, PORT_BASE as FW_CFG_PORT, FwCfg
 from kvmpy.devices.i8042 import I8042
+from kvmpy.devices.irq import SharedIrq
 from kvmpy.devices.kvm_irq import KvmIrqLine
 from kvmpy.devices.msi import MsiRoutes
 from kvmpy.devices.pci.bus import PciBus, PciHost
@@ -58,6 +62,7 @@ from kvmpy.firmware.pc_fw_cfg import pc_fw_cfg
 from kvmpy.kvm.system import Kvm
 from kvmpy.lifecycle import MachineEvent
 from kvmpy.loader import acpi
+from kvmpy.loader.memhp_aml import HotplugMemory
 from kvmpy.loader.e820 import FOUR_GIB, HIGH_TABLES, pc_e820, pci_holes, split_ram
 from kvmpy.loader.linux import EntryMode, KernelFormat, LinuxBoot, detect_format, load_linux, prepare_kernel
 from kvmpy.loader.multiboot import BootEntry, load_multiboot
@@ -90,6 +95,7 @@ PVM_WARNING = ("this host's /dev/kvm is PVM-based (kvm_pvm), which emulates gues
                "python -m kvmpy.testbed -- kvmpy ...")
 
 Post = Callable[[MachineEvent], None]
+Emit = Callable[[str, "dict | None"], None]
 
 
 class Window(NamedTuple):
@@ -161,7 +167,24 @@ def _port80(b: "PcBoard") -> Port80:
 def _acpi_pm(b: "PcBoard") -> AcpiPm:
     # ACPI fixed hardware: PM1 block + PM timer (SCI on IRQ 9).
     return AcpiPm(on_poweroff=lambda: b.post(MachineEvent("poweroff", 0, "ACPI S5")),
-                  sci=KvmIrqLine(b.vm, acpi.SCI_IRQ), s5_type=acpi.SLP_TYP_S5)
+                  sci=b.sci.source(), s5_type=acpi.SLP_TYP_S5)
+
+
+def _acpi_gpe(b: "PcBoard") -> AcpiGpe:
+    return AcpiGpe(sci=b.sci.source())  # GPE0: hotplug events (memory: GPE 3) raise the shared SCI
+
+
+def _acpi_memhp(b: "PcBoard") -> MemoryHotplugController | None:
+    """The memory-hotplug controller, present (as in QEMU) only with -m slots=."""
+    cfg = b.config
+    below, above = split_ram(cfg.memory)
+    b.memhp = PcMemoryHotplug(b.root, b.address_space, cast(AcpiGpe, b.devices["acpi-gpe"]), b.emit,
+                              cfg.memory, above, cfg.memory_slots, cfg.max_memory)
+    return b.memhp.controller if b.memhp.slots else None
+
+
+def _memhp_ports(cfg: MachineConfig) -> Ranges:
+    return (Window(MEMHP_BASE, MEMHP_LEN),) if cfg.memory_slots else ()
 
 
 def _reset_control(b: "PcBoard") -> ResetControl:
@@ -253,6 +276,8 @@ PC_DEVICES: tuple[DeviceSlot, ...] = (
     DeviceSlot("port80", _port80, pio=(Window(0x80, 1),)),
     DeviceSlot("acpi-pm", _acpi_pm, pio=(Window(acpi.PM_BASE, PM_BLOCK_SIZE),)),
     DeviceSlot("reset-control", _reset_control, pio=(Window(acpi.RESET_PORT, 1),)),
+    DeviceSlot("acpi-gpe", _acpi_gpe, pio=(Window(GPE0_BASE, GPE0_LEN),)),
+    DeviceSlot("acpi-memhp", _acpi_memhp, pio=_memhp_ports),
     DeviceSlot("isa-debug-exit", _debug_exit, pio=_debug_exit_ports),
     # CONFIG_ADDRESS around PIIX3's reset register at 0xCF9 (which QEMU overlays the same way), then CONFIG_DATA.
     DeviceSlot("pci-host", _pci_host, pio=(Window(0xCF8, 1, 0, "pci-conf-idx"), Window(0xCFA, 2, 2, "pci-conf-idx"),
@@ -267,9 +292,11 @@ class PcBoard:
     """One PC built from ``config``; ``post`` hears device events, ``vcpu_events`` the vCPU threads'."""
 
     def __init__(self, config: MachineConfig, post: Post, vcpu_events: EventSink,
-                 console: CharBackend | None = None, devices: tuple[DeviceSlot, ...] = PC_DEVICES) -> None:
+                 console: CharBackend | None = None, devices: tuple[DeviceSlot, ...] = PC_DEVICES,
+                 emit: Emit | None = None) -> None:
         self.config = config
         self.post = post
+        self.emit: Emit = emit if emit is not None else (lambda name, data=None: None)  # QMP events
         install_kick_handler()
         self.kvm = Kvm.open()
         self.vm = self.kvm.create_vm()
@@ -278,6 +305,7 @@ class PcBoard:
         self.vm.create_irqchip()
         self.msi = MsiRoutes(self.vm)  # GSI routes for MSI(-X) vectors; keeps KVM's irqchip routes
         self.vm.create_pit2()
+        self.sci = SharedIrq(KvmIrqLine(self.vm, acpi.SCI_IRQ))  # the PM block and GPE0 share the SCI
         supported = self.kvm.supported_cpuid()
         self.amd = any(e.function == 0 and e.ebx == 0x68747541 for e in supported)  # "Auth"enticAMD
 
@@ -290,7 +318,10 @@ class PcBoard:
             log.warning(PVM_WARNING)
         self._build_memory()
         self.console = console if console is not None else open_backend(config.serial, config.chardevs)
+        self.memhp: PcMemoryHotplug | None = None  # set by the acpi-memhp table line
         self._build_devices(devices)
+        if self.memhp is not None:
+            cold_plug(self.memhp, config)  # -object memory-backend-*, -device pc-dimm
         self._build_vcpus(supported, vcpu_events)
         self.boot = self.load_kernel()
 
@@ -397,9 +428,12 @@ class PcBoard:
     def _load_linux(self) -> LinuxBoot:
         """ACPI tables in the firmware-reserved top of low RAM, then the kernel; sets up vCPU 0."""
         assert self.linux is not None
-        below, _ = split_ram(self.config.memory)
-        tables = acpi.build_tables(below - HIGH_TABLES, self.config.smp,
-                                   pci_holes(self.config.memory) if self.pci is not None else None)
+        below, above = split_ram(self.config.memory)
+        window = self.memhp.window if self.memhp is not None else None
+        hotplug = HotplugMemory(window.slots, window.base, window.size) if window is not None else None
+        holes = pci_holes(self.config.memory, window.end if window is not None else None)
+        tables = acpi.build_tables(below - HIGH_TABLES, self.config.smp, holes if self.pci is not None else None,
+                                   hotplug, (below, above))
         self.memory.write(tables.base, tables.blob)
         self.memory.write(RSDP_ADDR, tables.rsdp)
         boot = load_linux(self.linux, self.config.append, self.config.initrd, self.memory, self.e820, RSDP_ADDR)

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Callable, Mapping, cast
 from kvmpy.devices.pci.bus import PciHost
 from kvmpy.devices.pci.device import PciDevice
 from kvmpy.devices.virtio.blk import virtio_blk_pci
+from kvmpy.devices.virtio.net import virtio_net_pci
+from kvmpy.devices.virtio.console import virtio_serial_pci
 from kvmpy.devices.virtio.rng import virtio_rng_pci
 from kvmpy.errors import ConfigError
 
@@ -34,6 +36,8 @@ PciFactory = Callable[["PcBoard", "DeviceSpec"], PciDevice]
 PCI_DRIVERS: Mapping[str, PciFactory] = {
     "virtio-rng-pci": virtio_rng_pci,
     "virtio-blk-pci": virtio_blk_pci,
+    "virtio-net-pci": virtio_net_pci,
+    "virtio-serial-pci": virtio_serial_pci,
 }
 
 FIRST_FREE_SLOT = 2

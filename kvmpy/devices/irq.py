@@ -19,3 +19,40 @@ class NullIrqLine:
 
     def set_level(self, level: bool) -> None:
         pass
+
+
+class SharedIrq:
+    """One interrupt line several devices drive (the SCI): asserted while any source asserts it.
+
+    ``source()`` gives each device its own IrqLine; the output follows the OR of them.
+    """
+
+    def __init__(self, line: IrqLine) -> None:
+        import threading
+
+        self.line = line
+        self._levels: list[bool] = []
+        self._lock = threading.Lock()
+        self._out = False
+
+    def source(self) -> IrqLine:
+        with self._lock:
+            self._levels.append(False)
+            index = len(self._levels) - 1
+        return _SharedSource(self, index)
+
+    def set_source(self, index: int, level: bool) -> None:
+        with self._lock:
+            self._levels[index] = level
+            out = any(self._levels)
+            if out != self._out:
+                self._out = out
+                self.line.set_level(out)
+
+
+class _SharedSource:
+    def __init__(self, shared: SharedIrq, index: int) -> None:
+        self.shared, self.index = shared, index
+
+    def set_level(self, level: bool) -> None:
+        self.shared.set_source(self.index, level)

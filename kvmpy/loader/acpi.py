@@ -18,7 +18,9 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from kvmpy.devices.acpi_gpe import GPE0_BASE, GPE0_LEN
 from kvmpy.loader import aml
+from kvmpy.loader.memhp_aml import HotplugMemory, memhp_aml, srat_body
 from kvmpy.loader.e820 import PciHoles
 
 OEM_ID = b"KVMPY "
@@ -154,11 +156,16 @@ def pci_aml(holes: PciHoles) -> bytes:
     )
 
 
-def build_dsdt(pci: PciHoles | None = None) -> bytes:
-    """\\_S5 (the soft-off sleep type), and the PCI description when the board has PCI."""
+def build_dsdt(pci: PciHoles | None = None, memory_slots: int = 0) -> bytes:
+    """\\_S5 (the soft-off sleep type), the GPE block device, the PCI description when the board has
+    PCI, and the memory-hotplug devices (kvmpy.loader.memhp_aml) when it has DIMM slots."""
     s5 = aml.name("_S5_", aml.package(aml.integer(SLP_TYP_S5), aml.integer(SLP_TYP_S5), aml.integer(0),
                                       aml.integer(0)))
-    return _table(b"DSDT", 2, s5 + (pci_aml(pci) if pci is not None else b""))
+    gpe = aml.scope("_GPE", aml.name("_HID", aml.string("ACPI0006")))
+    body = s5 + gpe + (pci_aml(pci) if pci is not None else b"")
+    if memory_slots:
+        body += memhp_aml(memory_slots, "\\_SB.PCI0" if pci is not None else "\\_SB")
+    return _table(b"DSDT", 2, body)
 
 
 def build_facs() -> bytes:
@@ -176,8 +183,9 @@ def build_fadt(facs_addr: int, dsdt_addr: int) -> bytes:
     put("<H", 46, SCI_IRQ)
     put("<I", 48, 0)  # SMI_CMD 0: the platform is always in ACPI mode
     put("<IIII", 56, PM1_EVT_BLK, 0, PM1_CNT_BLK, 0)
-    put("<II", 72, 0, PM_TMR_BLK)
+    put("<III", 72, 0, PM_TMR_BLK, GPE0_BASE)
     put("<BBBB", 88, PM1_EVT_LEN, PM1_CNT_LEN, 0, PM_TMR_LEN)
+    put("<B", 92, GPE0_LEN)
     put("<HH", 96, 0x0FFF, 0x0FFF)  # C2 and C3 not supported
     put("<B", 108, 0x32)  # RTC century register, as in QEMU
     put("<H", 109, BOOT_LEGACY_DEVICES | BOOT_8042 | BOOT_VGA_NOT_PRESENT)
@@ -188,6 +196,7 @@ def build_fadt(facs_addr: int, dsdt_addr: int) -> bytes:
     body[148 - 36:160 - 36] = _gas(GAS_SYSTEM_IO, 8 * PM1_EVT_LEN, PM1_EVT_BLK)
     body[172 - 36:184 - 36] = _gas(GAS_SYSTEM_IO, 8 * PM1_CNT_LEN, PM1_CNT_BLK)
     body[208 - 36:220 - 36] = _gas(GAS_SYSTEM_IO, 8 * PM_TMR_LEN, PM_TMR_BLK)
+    body[220 - 36:232 - 36] = _gas(GAS_SYSTEM_IO, 8 * GPE0_LEN, GPE0_BASE)
     return _table(b"FACP", FADT_REVISION, bytes(body))
 
 
@@ -226,7 +235,10 @@ def _align(n: int, a: int) -> int:
     return (n + a - 1) & ~(a - 1)
 
 
-def build_tables(base: int, nr_cpus: int, pci: PciHoles | None = None) -> AcpiTables:
+def build_tables(base: int, nr_cpus: int, pci: PciHoles | None = None, hotplug: HotplugMemory | None = None,
+                 ram: tuple[int, int] = (0, 0)) -> AcpiTables:
+    """The tables at ``base``; with ``hotplug`` also the memory-hotplug DSDT part and an SRAT, which
+    needs ``ram`` (bytes below and above 4 GiB)."""
     if base % 64:
         raise ValueError("ACPI table base must be 64-byte aligned (the FACS needs it)")
     blob = bytearray()
@@ -239,10 +251,12 @@ def build_tables(base: int, nr_cpus: int, pci: PciHoles | None = None) -> AcpiTa
         return addrs[sig]
 
     facs = place("FACS", build_facs(), 64)
-    dsdt = place("DSDT", build_dsdt(pci))
+    dsdt = place("DSDT", build_dsdt(pci, hotplug.slots if hotplug is not None else 0))
     fadt = place("FACP", build_fadt(facs, dsdt))
     madt = place("APIC", build_madt(nr_cpus))
     entries = [fadt, madt]
+    if hotplug is not None:
+        entries.append(place("SRAT", _table(b"SRAT", 1, srat_body(nr_cpus, ram[0], ram[1], hotplug))))
     rsdt = place("RSDT", _table(b"RSDT", 1, b"".join(struct.pack("<I", a) for a in entries)))
     xsdt = place("XSDT", _table(b"XSDT", 1, b"".join(struct.pack("<Q", a) for a in entries)))
     return AcpiTables(base, bytes(blob), build_rsdp(rsdt, xsdt), addrs)

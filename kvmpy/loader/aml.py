@@ -220,3 +220,50 @@ def dword_memory(lo: int, hi: int, cacheable: bool) -> bytes:
 def qword_memory(lo: int, hi: int, cacheable: bool) -> bytes:
     flags = MEM_RW | (MEM_CACHEABLE if cacheable else 0)
     return struct.pack("<BHBBBQQQQQ", 0x8A, 43, RES_MEMORY, PRODUCER_FIXED, flags, 0, lo, hi, 0, hi - lo + 1)
+
+
+# ---- control flow, synchronisation and arithmetic (ACPI 6.4 §19.6) ------------------------
+MUTEX_OP, ACQUIRE_OP, RELEASE_OP = 0x01, 0x23, 0x27  # after EXT_OP
+WHILE_OP, NOTIFY_OP, LEQUAL_OP = 0xA2, 0x86, 0x93
+ADD_OP, SUBTRACT_OP, TO_INTEGER_OP = 0x72, 0x74, 0x99
+DWORD_ACC, WRITE_AS_ZEROS = 0x03, 0x40  # field flags: access type (bits 0-3), update rule (bits 5-6)
+
+
+def mutex(path: str, sync_level: int = 0) -> bytes:
+    return bytes((EXT_OP, MUTEX_OP)) + name_string(path) + bytes((sync_level & 0x0F,))
+
+
+def acquire(path: str, timeout: int = 0xFFFF) -> bytes:
+    return bytes((EXT_OP, ACQUIRE_OP)) + name_string(path) + struct.pack("<H", timeout)
+
+
+def release(path: str) -> bytes:
+    return bytes((EXT_OP, RELEASE_OP)) + name_string(path)
+
+
+def while_(predicate: bytes, *terms: bytes) -> bytes:
+    return _pkg(bytes((WHILE_OP,)), predicate + b"".join(terms))
+
+
+def else_(*terms: bytes) -> bytes:
+    return _pkg(bytes((ELSE_OP,)), b"".join(terms))
+
+
+def lequal(a: bytes, b: bytes) -> bytes:
+    return bytes((LEQUAL_OP,)) + a + b
+
+
+def add(a: bytes, b: bytes, target: bytes = b"\x00") -> bytes:
+    return bytes((ADD_OP,)) + a + b + target
+
+
+def subtract(a: bytes, b: bytes, target: bytes = b"\x00") -> bytes:
+    return bytes((SUBTRACT_OP,)) + a + b + target
+
+
+def to_integer(operand: bytes, target: bytes = b"\x00") -> bytes:
+    return bytes((TO_INTEGER_OP,)) + operand + target
+
+
+def notify(obj: bytes, value: bytes) -> bytes:
+    return bytes((NOTIFY_OP,)) + obj + value

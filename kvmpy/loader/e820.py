@@ -61,9 +61,10 @@ def _round_up(n: int, a: int) -> int:
     return (n + a - 1) // a * a
 
 
-def pci_holes(ram_size: int) -> PciHoles:
+def pci_holes(ram_size: int, device_memory_end: int | None = None) -> PciHoles:
+    """With a memory-hotplug window (ending at ``device_memory_end``), the 64-bit hole starts past it."""
     below, above = split_ram(ram_size)
-    high = _round_up(FOUR_GIB + above, GiB)
+    high = _round_up(FOUR_GIB + above if device_memory_end is None else device_memory_end, GiB)
     return PciHoles((below, IOAPIC_BASE - 1), (high, _round_up(high + PCI_HOLE64_SIZE, GiB) - 1))
 
 

@@ -111,6 +111,9 @@ class GuestMemory:
         (preadv/pwritev straight to or from guest RAM). With ``write`` the range must be
         writable RAM; the caller fills the views and then calls ``mark_dirty`` for the range
         (after the write, so a migration pass cannot send the old bytes and lose the new)."""
+        one = self._within_one(gpa, length)
+        if one is not None and not (write and one[0].region.readonly):
+            return [one[0].region.ram.mv[one[1]:one[1] + length]]  # type: ignore[union-attr]
         out = []
         for r, off, n in list(self._chunks(gpa, length)):
             if write and r.region.readonly:
@@ -120,5 +123,9 @@ class GuestMemory:
 
     def mark_dirty(self, gpa: int, length: int) -> None:
         """Record that the VMM wrote [gpa, gpa+length) through ``buffers`` views."""
+        one = self._within_one(gpa, length)
+        if one is not None:
+            one[0].region.ram.mark_dirty(one[1], length)  # type: ignore[union-attr]
+            return
         for r, off, n in list(self._chunks(gpa, length)):
             r.region.ram.mark_dirty(off, n)  # type: ignore[union-attr]

@@ -89,7 +89,8 @@ def query_name(ctx: Context) -> dict:
 
 
 def query_memory_size_summary(ctx: Context) -> dict:
-    return {"base-memory": ctx.machine.config.memory, "plugged-memory": 0}
+    memhp = ctx.machine.board.memhp
+    return {"base-memory": ctx.machine.config.memory, "plugged-memory": memhp.plugged_size if memhp else 0}
 
 
 def human_monitor_command(ctx: Context, command_line: str, cpu_index: int | None = None) -> str:

@@ -1,7 +1,7 @@
 """A subset of QEMU's human monitor (HMP), reached through QMP's human-monitor-command.
 
-Supported: info status|registers [-a]|cpus|mtree [-f]|pci|block [dev]|blockstats|kvm|name|version,
-block_resize,
+Supported: info status|registers [-a]|cpus|mtree [-f]|pci|block [dev]|blockstats|network|kvm|name|version,
+block_resize, set_link,
 x and xp memory dumps (``/NFU``: count, format x d u o t c, unit b h w g),
 stop, cont (c), system_reset, system_powerdown, quit (q), help.
 Output follows QEMU's layout and ends lines with CRLF as QEMU's monitor does.
@@ -19,6 +19,8 @@ from kvmpy.memory.guest_memory import GuestMemoryError
 from kvmpy.memory.region import MemoryRegion, RegionKind
 from kvmpy.monitor.block import hmp_block_resize, info_block_text, info_blockstats_text
 from kvmpy.monitor.context import PACKAGE, QEMU_VERSION
+from kvmpy.monitor.net import hmp_set_link, info_network_text
+from kvmpy.monitor.memory import info_memdev_text, info_memory_devices_text
 from kvmpy.monitor.pci import info_pci_text
 from kvmpy.monitor.protocol import QmpError
 
@@ -35,8 +37,9 @@ HELP = """\
 block_resize device size -- resize a block image
 cont|c -- resume emulation
 help|? -- show this list
-info status|registers [-a]|cpus|mtree [-f]|pci|block|blockstats|kvm|name|version -- show machine state
+info status|registers [-a]|cpus|mtree [-f]|pci|block|blockstats|network|kvm|name|version -- show machine state
 quit|q -- quit the emulator
+set_link name on|off -- change the link status of a network adapter
 stop -- stop emulation
 system_powerdown -- send system power down event
 system_reset -- reset the system
@@ -77,6 +80,8 @@ def _dispatch(ctx: "Context", words: list[str], cpu: int) -> str:
         return _dump(ctx, name == "xp", args, cpu)
     if name == "block_resize":
         return hmp_block_resize(ctx, args)
+    if name == "set_link":
+        return hmp_set_link(ctx, args)
     return f"unknown command: '{name}'\n"
 
 
@@ -106,6 +111,12 @@ def _info(ctx: "Context", args: list[str], cpu: int) -> str:
         return info_block_text(ctx, args[1] if len(args) > 1 else None)
     if what == "blockstats":
         return info_blockstats_text(ctx)
+    if what == "network":
+        return info_network_text(ctx)
+    if what == "memory-devices":
+        return info_memory_devices_text(ctx)
+    if what == "memdev":
+        return info_memdev_text(ctx)
     if what == "kvm":
         return "kvm support: enabled\n"
     if what == "name":

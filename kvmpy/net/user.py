@@ -212,7 +212,7 @@ class PasstProcess:
             self._wait_ready(netdev_id)
         except ConfigError:
             self.sock.close()
-            self.stop()
+            self.stop(quiet=True)  # the ConfigError already carries passt's message
             raise
 
     def _wait_ready(self, netdev_id: str) -> None:
@@ -233,7 +233,7 @@ class PasstProcess:
                  if line.strip() and "syslog" not in line]
         return lines[-1].strip()[:200] if lines else ""
 
-    def stop(self) -> None:
+    def stop(self, quiet: bool = False) -> None:
         """Wait for passt to leave after its socket closed; terminate, then kill, if it does not."""
         for action in (None, self.process.terminate, self.process.kill):
             if action is not None:
@@ -243,7 +243,7 @@ class PasstProcess:
                 break
             except subprocess.TimeoutExpired:
                 continue
-        if self.process.returncode not in (0, None, -15):
+        if not quiet and self.process.returncode not in (0, None, -15):
             log.warning("passt pid %d exited with status %s: %s", self.pid, self.process.returncode, self.output())
         self._cleanup()
 

@@ -1,4 +1,4 @@
-"""The L1 initramfs: busybox, the kernel modules for kvm-amd and 9p, and the bed's /init script.
+"""The L1 initramfs: busybox, the kernel modules for kvm-amd, 9p, tap and vhost-net, and the bed's /init script.
 
 The archive is assembled with kvmpy's own initramfs builder (:mod:`kvmpy.tools.initramfs`);
 what is particular to the bed is the /init below and the module list.
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 L1_MODULES: tuple[str, ...] = (
     "irqbypass", "ccp", "kvm", "kvm-amd", "netfs", "fscache", "9pnet", "virtio",
     "virtio_ring", "virtio_pci_legacy_dev", "virtio_pci_modern_dev", "virtio_pci",
-    "9pnet_virtio", "9p", "tun",
+    "9pnet_virtio", "9p", "tun", "vhost", "vhost_net",
 )
 
 CTL_TAG = "kvmpyctl"

@@ -107,6 +107,8 @@ def test_a_device_line_is_built_reset_saved_and_restored_like_every_device() -> 
             dst.vmstate.apply(sections)
         fn2 = dst.board.devices[names[0]]
         assert fn2.status == fn.status and fn2.kick_addresses() == {0: BAR4_ADDR + NOTIFY_OFF}
+        assert fn2.quiesced  # the VM has not been started: the device waits for Lifecycle.resume()
+        fn2.resume()  # what Lifecycle.resume() does just before the vCPUs run
         d.rig, d.fn = BoardPorts(dst.board), fn2
         d.queues[0].mem = dst.board.memory
         assert served(d, 0x300000) == [True]  # the restored device serves the next request

@@ -20,6 +20,7 @@ import pytest
 from kvmpy.kvm.flavor import host_kvm_kind
 from kvmpy.tools.fetch import cache_root, fetch_busybox, fetch_kernel
 from kvmpy.testbed.pytest_plugin import OFF, decide_mode
+from tests.linux.rootdisk import RootDisk, prepare_root_disk
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +64,13 @@ def _payload() -> bytes:
     return random.Random(20240611).randbytes(300_000)
 
 
-# the ACPI power button and the event device acpid reads; virtio-pci and virtio-blk for the disk tests
-MODULES = ["button", "evdev", "virtio_pci", "virtio_blk"]
-
-MODULES += ["virtio_pci", "virtio_net"]  # a NIC for tests/linux/test_net_guest.py (deps come with them)
+MODULES = [
+    "button", "evdev",  # the ACPI power button and the event device acpid reads
+    "virtio_pci",  # the virtio-pci transport
+    "virtio_blk",  # disks (test_virtio_blk_guest.py)
+    "virtio_net",  # NICs (test_virtio_net.py, the netdev tests)
+    "virtio_rng",  # /dev/hwrng (test_virtio_rng.py)
+]
 
 
 def prepare_assets(build: bool = True) -> LinuxAssets:
@@ -105,6 +109,13 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         prepare_assets()
     except Exception as exc:  # the tests report it properly; collection must not die here
         log.warning("cannot prepare the Linux test assets: %s", exc)
+    for module in {i.module for i in session.items if i.get_closest_marker("kvm_full") and "tests/linux/" in i.nodeid}:
+        prepare = getattr(module, "prepare_bed_assets", None)  # a test module's own guest images
+        if prepare is not None:
+            try:
+                prepare()
+            except Exception as exc:
+                log.warning("cannot prepare the assets of %s: %s", module.__name__, exc)
 
 
 @pytest.fixture(scope="session")
@@ -113,3 +124,12 @@ def linux_assets() -> LinuxAssets:
         return prepare_assets(build=os.environ.get("KVMPY_IN_BED") != "1")
     except Exception as exc:
         pytest.fail(f"Linux test assets are unavailable: {exc}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def root_disk() -> RootDisk:
+    """An ext4 root file system on a qcow2 and an initramfs that mounts root= (tests/linux/rootdisk.py)."""
+    try:
+        return prepare_root_disk(build=os.environ.get("KVMPY_IN_BED") != "1")
+    except Exception as exc:
+        pytest.fail(f"the root disk is unavailable: {exc}", pytrace=False)

@@ -47,12 +47,13 @@ class RunningVm:
 
 
 def boot(tmpdir: Path, guest: str = "counter", name: str | None = "qmp-test", start_paused: bool = False,
-         smp: int = 1, no_reboot: bool = False, extra_endpoints: list[str] = (), append: str = "") -> RunningVm:
+         smp: int = 1, no_reboot: bool = False, extra_endpoints: list[str] = (), append: str = "",
+         devices: tuple = ()) -> RunningVm:
     from kvmpy.machine import Machine, qmp_commands
 
     cfg = MachineConfig(kernel=build_guest(guest), memory=32 << 20, smp=smp, name=name, serial="stdio",
                         no_reboot=no_reboot, start_paused=start_paused, append=append,
-                        debug_exit=DebugExitConfig(0xF4, 4)).validate()
+                        debug_exit=DebugExitConfig(0xF4, 4), devices=devices).validate()
     console = BufferBackend()
     machine = Machine(cfg, console=console)
     path = tmpdir / "qmp.sock"

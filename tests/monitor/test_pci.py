@@ -70,3 +70,32 @@ def test_info_pci_shows_bars_and_irq_of_a_plugged_function(vm) -> None:
                                 "      BAR0: I/O at 0xc000 [0xc01f].\r\n"
                                 "      BAR1: 64 bit prefetchable memory at 0xffffffffffffffff [0x00003ffe].\r\n"
                                 "      id \"\"\r\n")
+
+
+@pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86_64 not installed")
+def test_a_virtio_rng_pci_function_matches_qemus(short_tmp) -> None:
+    from kvmpy.config_devices import DeviceSpec
+    from tests.monitor.conftest import boot, teardown
+
+    sock = short_tmp / "qemu.sock"
+    qemu = subprocess.Popen(["qemu-system-x86_64", "-M", "pc", "-nodefaults", "-display", "none", "-accel", "tcg",
+                             "-S", "-qmp", f"unix:{sock},server=on,wait=off",
+                             "-device", "virtio-rng-pci,disable-legacy=on,id=rng0"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        theirs_pci, theirs_text = arun(_ask(sock, QUERIES))
+    finally:
+        qemu.kill()
+        qemu.wait()
+    ours_dir = short_tmp / "ours"
+    ours_dir.mkdir()
+    vm = boot(ours_dir, start_paused=True, devices=(DeviceSpec("virtio-rng-pci", "rng0", (("disable-legacy", "on"),)),))
+    try:
+        ours_pci, ours_text = arun(_ask(vm.path, QUERIES))
+    finally:
+        teardown(vm)
+    mine = next(d for d in ours_pci[0]["devices"] if d["slot"] == 2)
+    qemus = next(d for d in theirs_pci[0]["devices"] if d["slot"] == 2)
+    assert mine == qemus  # ids, class 0x00ff, irq pin, qdev_id, BAR1 (MSI-X) and BAR4 unassigned
+    block = next(b for b in _blocks(ours_text) if "device   2," in b)
+    assert block == next(b for b in _blocks(theirs_text) if "device   2," in b)

@@ -299,15 +299,10 @@ class VirtioBlk(VirtioDevice):
         return sector <= total and count <= MAX_REQUEST_SECTORS and count <= total - sector
 
     def _guest_views(self, bufs: list[tuple[int, int]], limit: int, write: bool) -> list[memoryview]:
-        """Views of guest RAM for the first ``limit`` bytes of ``bufs``."""
+        """Views of guest RAM for the first ``limit`` bytes of ``bufs`` (neighbouring buffers joined)."""
         views: list[memoryview] = []
-        left = limit
-        for gpa, n in bufs:
-            if left <= 0:
-                break
-            n = min(n, left)
+        for gpa, n in _joined(bufs, limit):
             views.extend(self.memory.buffers(gpa, n, write))
-            left -= n
         return views
 
     def _rw(self, q: Any, chain: Any, is_write: bool, sector: int) -> int:
@@ -386,12 +381,26 @@ def _skip(views: list[memoryview], nbytes: int) -> list[memoryview]:
     return out
 
 
-def _mark_dirty(memory: GuestMemory, bufs: list[tuple[int, int]], limit: int) -> None:
+def _joined(bufs: list[tuple[int, int]], limit: int) -> list[tuple[int, int]]:
+    """The first ``limit`` bytes of ``bufs`` as (gpa, len) runs, guest-contiguous buffers merged."""
+    out: list[tuple[int, int]] = []
     for gpa, n in bufs:
         if limit <= 0:
-            return
-        memory.mark_dirty(gpa, min(n, limit))
+            break
+        n = min(n, limit)
         limit -= n
+        if not n:
+            continue
+        if out and out[-1][0] + out[-1][1] == gpa:
+            out[-1] = (out[-1][0], out[-1][1] + n)
+        else:
+            out.append((gpa, n))
+    return out
+
+
+def _mark_dirty(memory: GuestMemory, bufs: list[tuple[int, int]], limit: int) -> None:
+    for gpa, n in _joined(bufs, limit):
+        memory.mark_dirty(gpa, n)
 
 
 # ---- -device virtio-blk-pci -------------------------------------------------------------------

@@ -34,13 +34,20 @@ import logging
 import struct
 import threading
 from collections import deque
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Protocol, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol, Sequence
 
-from kvmpy.devices.chardev import CharBackend
+from kvmpy.devices.chardev import CharBackend, open_chardev
 from kvmpy.devices.device import DeviceStateError, bool_field, bytes_field, check_keys
 from kvmpy.devices.virtio.device import DeviceType, VirtioContext, VirtioDevice, bit
+from kvmpy.devices.virtio.pci import PciBoard, VirtioPci, virtio_pci
 from kvmpy.devices.virtio.queue import VirtQueueError
+from kvmpy.errors import ConfigError
+from kvmpy.lifecycle import MachineEvent
+
+if TYPE_CHECKING:
+    from kvmpy.config import MachineConfig
+    from kvmpy.config_devices import DeviceSpec
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +91,7 @@ class DeviceLine(Protocol):
 
     driver: str
     id: str | None
+    source: str  # "-device TEXT", for messages
 
     def get(self, key: str, default: str | None = None) -> str | None: ...
 
@@ -105,7 +113,7 @@ def ports_from_devices(lines: Iterable[DeviceLine], chardev: Callable[[str], Cha
 
     Numbers as QEMU gives them: ``nr=`` if set; else a console takes 0 when it is
     still free, and anything else the lowest free number from 1 (0 is kept for a
-    console). Raises ValueError, with QEMU's wording where it has one, for a user mistake.
+    console). Raises ConfigError, with QEMU's wording where it has one, for a user mistake.
     """
     ports: dict[int, PortSpec] = {}
     names: set[str] = set()
@@ -113,37 +121,37 @@ def ports_from_devices(lines: Iterable[DeviceLine], chardev: Callable[[str], Cha
         if line.driver not in ("virtconsole", "virtserialport"):
             continue
         console = line.driver == "virtconsole"
-        what = f"-device {line.driver}" + (f",id={line.id}" if line.id else "")
+        what = line.source or f"-device {line.driver}"
         dev = line.get("chardev")
         if not dev:
-            raise ValueError(f"{what}: Property 'chardev' is required")
+            raise ConfigError(f"{what}: Property 'chardev' is required")
         name = line.get("name")
         if name is not None:
             raw = name.encode()
             if not raw or len(raw) > NAME_LIMIT or b"\0" in raw:
-                raise ValueError(f"{what}: port name must be 1 to {NAME_LIMIT} bytes without NUL")
+                raise ConfigError(f"{what}: port name must be 1 to {NAME_LIMIT} bytes without NUL")
             if name in names:
-                raise ValueError(f"{what}: virtio-serial-bus: A port already exists by name {name}")
+                raise ConfigError(f"{what}: virtio-serial-bus: A port already exists by name {name}")
         nr_text = line.get("nr")
         if nr_text is not None:
             try:
                 nr = int(nr_text, 0)
             except ValueError:
-                raise ValueError(f"{what}: nr must be a number, not {nr_text!r}") from None
+                raise ConfigError(f"{what}: nr must be a number, not {nr_text!r}") from None
         elif console and 0 not in ports:
             nr = 0
         else:
             nr = next((n for n in range(1, max_ports) if n not in ports), max_ports)
             if nr >= max_ports:
-                raise ValueError(f"{what}: virtio-serial-bus: Out of ports for device")
+                raise ConfigError(f"{what}: virtio-serial-bus: Out of ports for device")
         if nr == 0 and not console:
-            raise ValueError(f"{what}: virtio-serial-bus: Port number 0 on virtio-serial devices reserved "
+            raise ConfigError(f"{what}: virtio-serial-bus: Port number 0 on virtio-serial devices reserved "
                              "for virtconsole devices for backward compatibility")
         if not 0 <= nr < max_ports:
-            raise ValueError(f"{what}: virtio-serial-bus: Port number {nr} on virtio-serial device exceeds "
+            raise ConfigError(f"{what}: virtio-serial-bus: Port number {nr} on virtio-serial device exceeds "
                              f"max ({max_ports})")
         if nr in ports:
-            raise ValueError(f"{what}: virtio-serial-bus: A port already exists at id {nr}")
+            raise ConfigError(f"{what}: virtio-serial-bus: A port already exists at id {nr}")
         if name is not None:
             names.add(name)
         ports[nr] = PortSpec(nr, name, console, chardev(dev))
@@ -435,3 +443,66 @@ class VirtioSerial(VirtioDevice):
                 port.ready, port.guest_open, port.pending = ready, guest_open, bytearray(pending)
             self._control_out = deque(bytes(m) for m in state["control"])
 
+
+# ---- -device virtio-serial-pci ---------------------------------------------------------------------
+
+PORT_DRIVERS = ("virtconsole", "virtserialport")
+
+
+class SerialBoard(PciBoard, Protocol):
+    """A board that builds virtio-serial-pci: the transport's needs, its configuration, its event sink."""
+
+    config: "MachineConfig"
+
+    def post(self, event: MachineEvent) -> None: ...
+
+
+def bus_ports(devices: Sequence["DeviceSpec"], serial: "DeviceSpec") -> list["DeviceSpec"]:
+    """The virtconsole/virtserialport lines on ``serial``'s bus: ``bus=ID.0`` names it; without ``bus=`` a
+    port goes on the first virtio-serial-pci, as QEMU puts it on the first virtio-serial bus it finds."""
+    serials = [d for d in devices if d.driver == "virtio-serial-pci"]
+    mine = []
+    for d in devices:
+        if d.driver not in PORT_DRIVERS:
+            continue
+        bus = d.get("bus")
+        if bus is None:
+            owner = serials[0] if serials else None
+        else:
+            owner = next((s for s in serials if s.id is not None and bus == f"{s.id}.0"), None)
+            if owner is None:
+                raise ConfigError(f"{d.source or '-device ' + d.driver}: Bus '{bus}' not found")
+        if owner is serial:
+            mine.append(d)
+    return mine
+
+
+def virtio_serial_pci(board: SerialBoard, spec: "DeviceSpec") -> VirtioPci:
+    """``-device virtio-serial-pci[,max_ports=N]`` with the ports its ``virtconsole``/``virtserialport`` lines
+    put on its bus, each on its ``-chardev`` (opened here; the device closes it at teardown)."""
+    where = spec.source or "-device virtio-serial-pci"
+    max_ports = spec.get_number("max_ports", DEFAULT_MAX_PORTS, lo=1, hi=511)
+    assert max_ports is not None
+    chardevs = {c.id: c for c in board.config.chardevs}
+    opened: list[CharBackend] = []
+
+    def chardev(name: str) -> CharBackend:
+        if name not in chardevs:
+            raise ConfigError(f"{where}: chardev {name!r} not found")
+        try:
+            backend = open_chardev(chardevs[name])
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        opened.append(backend)
+        return backend
+
+    try:
+        ports = ports_from_devices(bus_ports(board.config.devices, spec), chardev, max_ports)
+        if spec.get("vectors") is None:  # QEMU's default for this device: one vector per port, plus config
+            spec = replace(spec, props=spec.props + (("vectors", str(max_ports + 1)),))
+        device = VirtioSerial(ports, max_ports, on_quit=lambda: board.post(MachineEvent("quit", 0, guest=False)))
+        return virtio_pci(board, spec, device, device_props=frozenset({"max_ports"}))
+    except BaseException:
+        for backend in opened:  # nothing else will close what was opened for a device never built
+            backend.close()
+        raise

@@ -71,6 +71,16 @@ class VirtioContext:
     NO_INTERRUPT suppression through the queue, then MSI-X or INTx).
     ``config_changed()`` raises the configuration-change interrupt.
     ``needs_reset(reason)`` marks the device NEEDS_RESET and stops it.
+
+    Optional, for an in-kernel data plane (vhost-net); a transport that cannot
+    offer them leaves them None and the device falls back to ``queue_notify``
+    and ``interrupt``: ``kick_fd(i)`` is the eventfd a guest kick of queue i
+    signals (the KVM ioeventfd); ``call_fd(i)`` an eventfd whose every write
+    raises queue i's interrupt with no suppression applied (the irqfd eventfd
+    of its MSI-X vector), or None when there is none (INTx, no vector);
+    ``own_kick(i, True)`` makes the transport stop reading ``kick_fd(i)`` (the
+    device gave it to the kernel) and ``own_kick(i, False)`` resume, looking
+    at the queue once.
     """
 
     features: int
@@ -78,6 +88,9 @@ class VirtioContext:
     interrupt: Callable[[int], None]
     config_changed: Callable[[], None]
     needs_reset: Callable[[str], None]
+    kick_fd: Callable[[int], int | None] | None = None
+    call_fd: Callable[[int], int | None] | None = None
+    own_kick: Callable[[int, bool], None] | None = None
 
 
 class VirtioDevice(abc.ABC):

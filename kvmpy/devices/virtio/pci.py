@@ -400,7 +400,8 @@ class VirtioPci(PciDevice):
             if q.ready and not q.active and not self._activate_queue(i):
                 return
         ctx = VirtioContext(features=self.features, queues=list(self.queues), interrupt=self.queue_interrupt,
-                            config_changed=self.config_changed, needs_reset=self.needs_reset)
+                            config_changed=self.config_changed, needs_reset=self.needs_reset,
+                            kick_fd=self.kick_fd, call_fd=self.call_fd)
         try:
             self.device.activate(ctx)
         except VirtQueueError as exc:
@@ -476,6 +477,24 @@ class VirtioPci(PciDevice):
             return
         self.isr |= isr_bit
         self.set_irq(True)
+
+    def kick_fd(self, index: int) -> int | None:
+        """VirtioContext.kick_fd: queue ``index``'s kick eventfd (the KVM ioeventfd), e.g. for vhost.
+
+        The I/O thread keeps reading it too; a device that handed it to the kernel ignores those kicks.
+        """
+        return self._notify_fds[index] if 0 <= index < len(self._notify_fds) else None
+
+    def call_fd(self, index: int) -> int | None:
+        """VirtioContext.call_fd: the irqfd eventfd of queue ``index``'s MSI-X vector, or None (MSI-X off,
+        no vector, or KVM without irqfd), for an in-kernel data plane that signals the guest itself."""
+        if self.msix is None or not self.msix.enabled or not 0 <= index < len(self.vectors):
+            return None
+        vector = self.vectors[index]
+        if not 0 <= vector < self.msix.nvectors:
+            return None
+        fd = self.msix.vector(vector).fd
+        return fd if fd >= 0 else None
 
     # ---- the I/O thread ---------------------------------------------------------------------
     def _start_thread(self) -> None:

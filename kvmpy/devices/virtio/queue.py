@@ -29,6 +29,12 @@ ones in writable RAM) with no 64-bit wrap-around; a chain carries at most
 (a ValueError); guest-memory errors met later (RAM unplugged under a chain)
 are turned into it too, so a device catches one exception type.
 
+Kicks: with EVENT_IDX the driver kicks only when its avail idx passes the
+device's avail_event, so whenever ``pop`` (or ``has_available``) finds the ring
+drained it publishes avail_event = ``next_avail`` and looks once more; a device
+never has to manage kicks itself (``set_notification`` turns them off for a
+batch and back on). Without EVENT_IDX the used ring's NO_NOTIFY flag does it.
+
 Threads: a queue is driven by one device thread at a time (the transport
 touches the registers only while the queue is not active, or with the device
 stopped); the object itself takes no locks. The two places where the device
@@ -148,6 +154,7 @@ class SplitQueue:
         self.next_used = 0
         self.signalled_used = 0
         self.signalled_valid = False
+        self.notify = True  # the device wants kicks (set_notification)
         self._forget_avail()
 
     def _forget_avail(self) -> None:
@@ -210,9 +217,21 @@ class SplitQueue:
 
     def has_available(self) -> bool:
         """True when the driver has made a chain available that ``pop`` has not taken (or broke the ring)."""
-        if self._avail_idx != self.next_avail:
-            return True
+        return self._avail_idx != self.next_avail or self._refresh_avail()
+
+    def _refresh_avail(self) -> bool:
+        """Read the driver's avail idx; when nothing is pending, ask for a kick at the next chain first.
+
+        With EVENT_IDX the driver kicks only when its avail idx passes our avail_event,
+        so a device that has drained the ring publishes avail_event = next_avail, as
+        QEMU does at each pop, then reads the idx again: a chain published in between
+        (whose driver saw the old avail_event and did not kick) is found here.
+        """
         self._avail_idx = self._read_avail_idx()
+        if self._avail_idx == self.next_avail and self.event_idx and self.notify:
+            self._write(self.used_addr + 4 + 8 * self.size, U16.pack(self.next_avail), "used ring")
+            self._barrier()
+            self._avail_idx = self._read_avail_idx()
         return self._avail_idx != self.next_avail
 
     def pop(self) -> Chain | None:
@@ -224,10 +243,9 @@ class SplitQueue:
         """
         pending = (self._avail_idx - self.next_avail) & 0xFFFF
         if pending == 0:
-            self._avail_idx = self._read_avail_idx()
-            pending = (self._avail_idx - self.next_avail) & 0xFFFF
-            if pending == 0:
+            if not self._refresh_avail():
                 return None
+            pending = (self._avail_idx - self.next_avail) & 0xFFFF
         if pending > self.size:
             raise VirtQueueError(f"available index {self._avail_idx} is {pending} entries ahead of the device "
                                  f"({self.next_avail}), more than the queue size {self.size}")
@@ -379,7 +397,12 @@ class SplitQueue:
         return not flags & AVAIL_F_NO_INTERRUPT
 
     def set_notification(self, enabled: bool) -> None:
-        """Ask the driver to kick (or not) when it adds buffers; re-check ``has_available`` after enabling."""
+        """Ask the driver to kick (or not) when it adds buffers; re-check ``has_available`` after enabling.
+
+        Kicks are wanted from activation on; a device that turns them off while it
+        works through a batch turns them on again before it waits.
+        """
+        self.notify = enabled
         if self.event_idx:
             if enabled:
                 idx = self._read_avail_idx()
@@ -419,4 +442,5 @@ class SplitQueue:
         checked = self.validate(state)
         for key, value in checked.items():
             setattr(self, key, value)
+        self.notify = True
         self._forget_avail()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 
-from kvmpy.devices.virtio.queue import DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, SplitQueue
+from kvmpy.devices.virtio.queue import DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, SplitQueue, need_event
 from kvmpy.memory.address_space import AddressSpace
 from kvmpy.memory.guest_memory import GuestMemory
 from kvmpy.memory.ramblock import RAMBlock
@@ -82,6 +82,12 @@ class DriverQueue:
 
     def avail_event(self) -> int:
         return int.from_bytes(self.mem.read(self.used + 4 + 8 * self.size, 2), "little")
+
+    def kick_needed(self, old: int) -> bool:
+        """Linux's virtqueue_kick_prepare after publishing from avail idx ``old`` to the current one."""
+        if self.event_idx:
+            return need_event(self.avail_event(), self.avail_idx, old)
+        return not self.used_flags() & 1  # VRING_USED_F_NO_NOTIFY
 
     def used_idx(self) -> int:
         return int.from_bytes(self.mem.read(self.used + 2, 2), "little")

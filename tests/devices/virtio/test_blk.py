@@ -396,3 +396,40 @@ def test_several_disks_at_once(tmp_path: Path, mem) -> None:
         assert g.read(0, [512]) == (S_OK, bytes([i]) * 512)
     for d in drives:
         d.close()
+
+
+@needs_qemu_img
+def test_seeded_fuzz_of_hostile_requests_writes_only_where_allowed(tmp_path: Path, mem) -> None:
+    """Random request types, sectors, flags and buffer layouts: the device never raises, answers each chain
+    (or asks for a reset), and guest RAM changes only inside the driver's writable buffers and the rings."""
+    path = tmp_path / "f.qcow2"
+    qemu_img("create", "-f", "qcow2", path, str(DISK))
+    drive = open_drive(path, id="d0", discard="unmap")
+    dev = VirtioBlk(drive, mem, BlkOptions(serial="FUZZ"))
+    rnd = random.Random(1313)
+    types = [T_IN, T_OUT, T_FLUSH, T_GET_ID, T_DISCARD, T_WRITE_ZEROES, 10, 14, 0x80000000, 0xFFFFFFFF, 3]
+    sectors = [0, 1, DISK // 512 - 1, DISK // 512, (1 << 64) - 1, 1 << 54, 0x3FFFFF]
+    for _ in range(300):
+        g = Guest(mem, dev)
+        rtype = rnd.choice(types)
+        hdr_len = rnd.choice([16, 16, 16, 8, 24])
+        hdr = struct.pack("<IIQ", rtype, rnd.getrandbits(32), rnd.choice(sectors))
+        hdr += struct.pack("<QII", rnd.choice(sectors), rnd.choice([0, 1, 8, 0x400000]), rnd.choice([0, 1, 2]))
+        mem.write(HDR, hdr[:hdr_len])
+        outs = [(HDR, hdr_len)] + [(DATA + 0x100000 + i * 0x2000, rnd.choice([0, 1, 512, 4096]))
+                                   for i in range(rnd.randint(0, 2))]
+        ins = [(DATA + i * 0x3000, rnd.choice([0, 1, 511, 512, 4096])) for i in range(rnd.randint(0, 3))]
+        head = g.drv.add(outs, ins, indirect_at=TABLES if rnd.random() < 0.5 else None)
+        before = bytearray(mem.read(0, 8 * MiB))
+        dev.queue_notify(0)
+        used = g.drv.used_idx()
+        assert used == 1 or g.resets, (rtype, outs, ins)
+        after = mem.read(0, 8 * MiB)
+        allowed = [(RING, RING + 0x2000)] + [(a, a + n) for a, n in ins]
+        for lo, hi in allowed:
+            before[lo:hi] = after[lo:hi]
+        assert bytes(before) == after, (rtype, outs, ins)
+        if used:
+            assert g.drv.get_used()[0][0] == head
+    drive.close()
+    assert_clean(path)

@@ -301,6 +301,10 @@ class Line:
     props: dict
     id: str | None = None
 
+    @property
+    def source(self) -> str:
+        return "-device " + ",".join([self.driver] + [f"{k}={v}" for k, v in self.props.items()])
+
     def get(self, key: str, default: str | None = None) -> str | None:
         return self.props.get(key, default)
 

@@ -191,6 +191,27 @@ def test_event_idx_interrupts_only_when_used_event_is_passed(mem) -> None:
     assert [one() for _ in range(6)] == [False] * 5 + [True]
 
 
+@pytest.mark.parametrize("event_idx", [True, False])
+def test_driver_kicks_again_after_every_drain(mem, event_idx) -> None:
+    drv, q = queue(mem, event_idx=event_idx)
+    for _ in range(5):  # a device that never calls set_notification still hears every new batch
+        old = drv.avail_idx
+        drv.add([(DATA, 1)], [])
+        drv.add([(DATA, 1)], [])
+        assert drv.kick_needed(old)
+        while (chain := q.pop()) is not None:
+            q.push(chain, 0)
+        drv.get_used()
+    q.set_notification(False)  # a device working through a batch wants no kicks
+    old = drv.avail_idx
+    drv.add([(DATA, 1)], [])
+    assert q.pop() is not None and q.pop() is None
+    drv.add([(DATA, 1)], [])
+    assert not drv.kick_needed(old + 1)
+    q.set_notification(True)
+    assert q.has_available()
+
+
 def test_no_interrupt_flag_without_event_idx(mem) -> None:
     drv, q = queue(mem)
     drv.add([(DATA, 1)], [])

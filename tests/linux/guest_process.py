@@ -1,0 +1,64 @@
+"""A VMM process (kvmpy or qemu-system-x86_64) whose guest console is its stdin/stdout, for shell-driven tests."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import threading
+from pathlib import Path
+
+
+class GuestProcess:
+    """Runs ``argv`` in ``cwd``; ``expect`` waits for a regex in the console output, ``send`` types text."""
+
+    def __init__(self, argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:
+        self.argv = argv
+        self.out = bytearray()
+        self._pos = 0
+        self._cond = threading.Condition()
+        self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT)
+        self._pump = threading.Thread(target=self._read, daemon=True)
+        self._pump.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        while chunk := os.read(self.proc.stdout.fileno(), 65536):
+            with self._cond:
+                self.out += chunk
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    def expect(self, pattern: str, timeout: float) -> re.Match[bytes]:
+        """The first match of ``pattern`` after the previous expect's match (AssertionError with the tail)."""
+        regex = re.compile(pattern.encode())
+        with self._cond:
+            found = self._cond.wait_for(lambda: regex.search(self.out, self._pos) or not self._pump.is_alive(),
+                                        timeout)
+            m = regex.search(self.out, self._pos)
+            if m is None:
+                state = f"none within {timeout} s" if found is False else "its output ended (it exited)"
+                raise AssertionError(f"{self.argv[0]}: no {pattern!r}, {state}; output: {self.text()[-3000:]}")
+            self._pos = m.end()
+            return m
+
+    def send(self, text: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(text.encode())
+        self.proc.stdin.flush()
+
+    def text(self) -> str:
+        return self.out.decode(errors="replace")
+
+    def wait(self, timeout: float) -> int:
+        status = self.proc.wait(timeout)
+        self._pump.join(5)
+        return status
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(30)
+        self._pump.join(5)

@@ -1,0 +1,222 @@
+"""Memory hotplug with a real Linux guest: kvmpy and qemu-system-x86_64 run the same QMP script.
+
+Both boot Debian's kernel with ``-m 256M,slots=4,maxmem=4G`` and a DIMM present
+at start, then over qemu.qmp: object-add + device_add a 512 MiB DIMM (the guest's
+MemTotal grows and it fills more memory than it booted with), the error cases
+(busy memdev, duplicate object, bad slot, maxmem exceeded, object in use), the
+queries, and device_del, which the guest honours (DEVICE_DELETED). The replies and
+the ACPI/device events must be the same under both. The time from device_add to
+the guest's _OST (memory online) is printed for each. The DIMM present at start is
+a ``memory-backend-file`` with ``share=on``: the test reads the guest's writes in its file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+MiB = 1 << 20
+BOOT_TIMEOUT = 300.0
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT: list[tuple[str, dict[str, Any]]] = [
+    ("object-add", {"qom-type": "memory-backend-ram", "id": "mem1", "size": 512 * MiB}),
+    ("device_add", {"driver": "pc-dimm", "id": "dimm1", "memdev": "mem1"}),
+    # the error cases: none may disturb the running guest
+    ("device_add", {"driver": "pc-dimm", "id": "dimm2", "memdev": "mem1"}),
+    ("object-add", {"qom-type": "memory-backend-ram", "id": "mem1", "size": 128 * MiB}),
+    ("object-add", {"qom-type": "memory-backend-ram", "id": "big", "size": 3400 * MiB}),  # L1 has 4 GiB
+    ("device_add", {"driver": "pc-dimm", "id": "dbig", "memdev": "big"}),  # maxmem exceeded
+    ("object-add", {"qom-type": "memory-backend-ram", "id": "m3", "size": 128 * MiB}),
+    ("device_add", {"driver": "pc-dimm", "id": "d3", "memdev": "m3", "slot": 9}),
+    ("device_add", {"driver": "pc-dimm", "id": "d3", "memdev": "nosuch"}),
+    ("object-del", {"id": "mem1"}),
+    ("query-memory-devices", {}),
+    ("query-memory-size-summary", {}),
+]
+
+
+class Guest:
+    """One VMM process (kvmpy or QEMU) with the guest console on its stdio and QMP on a UNIX socket."""
+
+    def __init__(self, argv: list[str], sock: Path, env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     env=env)
+        self.sock = sock
+        self.out = bytearray()
+        self.lock = threading.Lock()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        while chunk := os.read(self.proc.stdout.fileno(), 65536):
+            with self.lock:
+                self.out += chunk
+
+    def text(self) -> str:
+        with self.lock:
+            return self.out.decode("latin-1")
+
+    def expect(self, pattern: str, timeout: float, start: int = 0) -> re.Match:
+        deadline = time.monotonic() + timeout
+        rx = re.compile(pattern)
+        while time.monotonic() < deadline:
+            m = rx.search(self.text(), start)
+            if m:
+                return m
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"no {pattern!r} on the console; last output:\n{self.text()[-3000:]}")
+
+    def run(self, command: str, tag: str, timeout: float = 120) -> str:
+        """Run a shell command in the guest; returns its output (up to the unique end tag)."""
+        start = len(self.out)
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(f"{command}; echo {tag}-END-$((6*7))\n".encode())
+        self.proc.stdin.flush()
+        m = self.expect(rf"{tag}-END-42", timeout, start)
+        return self.text()[start:m.start()]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=30)
+
+
+def memtotal_kib(g: Guest, tag: str) -> int:
+    out = g.run("grep MemTotal /proc/meminfo", tag)
+    return int(re.search(r"MemTotal:\s+(\d+) kB", out).group(1))  # type: ignore[union-attr]
+
+
+async def qmp_script(sock: Path) -> tuple[list[Any], list[Any], dict[str, float]]:
+    from qemu.qmp import ExecuteError, QMPClient
+
+    client = QMPClient("memhp-test")
+    for _ in range(200):
+        try:
+            await client.connect(str(sock))
+            break
+        except Exception:
+            await asyncio.sleep(0.1)
+    replies: list[Any] = []
+    events: list[Any] = []
+    times: dict[str, float] = {}
+    async def listen() -> None:
+        async for ev in client.events:
+            if ev["event"] in ("ACPI_DEVICE_OST", "DEVICE_DELETED"):
+                events.append((ev["event"], ev.get("data")))
+                times.setdefault(ev["event"], time.monotonic())
+    listener = asyncio.ensure_future(listen())
+    for name, args in SCRIPT:
+        if name == "device_add" and "t_add" not in times:
+            times["t_add"] = time.monotonic()
+        try:
+            replies.append((name, "return", await client.execute(name, args)))
+        except ExecuteError as exc:
+            replies.append((name, exc.error.error.class_, exc.error.error.desc))
+    for _ in range(600):  # the guest's _OST for the new DIMM: it is online
+        if "ACPI_DEVICE_OST" in times:
+            break
+        await asyncio.sleep(0.1)
+    listener.cancel()
+    await client.disconnect()
+    return replies, events, times
+
+
+async def qmp_unplug(sock: Path) -> tuple[list[Any], list[Any]]:
+    from qemu.qmp import QMPClient
+
+    client = QMPClient("memhp-test")
+    await client.connect(str(sock))
+    events: list[Any] = []
+    replies = [await client.execute("device_del", {"id": "dimm1"})]
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            ev = await asyncio.wait_for(client.events.get(), timeout=1)
+        except asyncio.TimeoutError:
+            continue
+        if ev["event"] in ("ACPI_DEVICE_OST", "DEVICE_DELETED"):
+            events.append((ev["event"], ev.get("data")))
+        if ev["event"] == "DEVICE_DELETED":
+            break
+    replies.append(await client.execute("query-memory-devices"))
+    replies.append(await client.execute("query-memory-size-summary"))
+    await client.execute("quit")
+    await client.disconnect()
+    return replies, events
+
+
+def scenario(argv: list[str], sock: Path, shared: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
+    g = Guest(argv, sock, env)
+    try:
+        g.expect("KVMPY-TEST cmdline=", BOOT_TIMEOUT)
+        before = memtotal_kib(g, "MT0")
+        replies, events, times = asyncio.run(qmp_script(sock))
+        after = memtotal_kib(g, "MT1")
+        fill = g.run("mkdir -p /mnt && mount -t tmpfs -o size=700M fill /mnt && yes KVMPYSHARED | head -c 419430400 "
+                     "> /mnt/f; echo FILLED $(du -m /mnt/f | cut -f1) $?", "FILL", timeout=300)
+        seen = b"KVMPYSHARED" in shared.read_bytes()  # the cold DIMM's file, shared with this process
+        g.run("rm /mnt/f; umount /mnt", "UNFILL")
+        unplug_replies, unplug_events = asyncio.run(qmp_unplug(sock))
+        g.proc.wait(timeout=60)
+        return {"before": before, "after": after, "fill": fill, "shared_seen": seen, "replies": replies, "events": events,
+                "online_s": times.get("ACPI_DEVICE_OST", float("nan")) - times["t_add"],
+                "unplug": unplug_replies, "unplug_events": unplug_events, "output": g.text()}
+    finally:
+        g.close()
+
+
+def common_args(kernel: Path, initrd: Path, sock: Path, shared: Path) -> list[str]:
+    return ["-enable-kvm", "-m", "256M,slots=4,maxmem=4G", "-smp", "1", "-kernel", str(kernel),
+            "-initrd", str(initrd), "-append",
+            "console=ttyS0 quiet panic=-1 memhp_default_state=online_movable kvmpy_test=shell",
+            "-nodefaults", "-display", "none", "-serial", "stdio", "-no-reboot",
+            "-object", f"memory-backend-file,id=cold,size=128M,mem-path={shared},share=on",
+            "-device", "pc-dimm,id=dcold,memdev=cold",
+            "-qmp", f"unix:{sock},server=on,wait=off"]
+
+
+@pytest.mark.kvm_full
+@pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="needs qemu-system-x86_64")
+def test_hot_add_use_and_remove_a_dimm_like_qemu(linux_assets) -> None:
+    results = {}
+    with tempfile.TemporaryDirectory(dir="/run" if os.access("/run", os.W_OK) else None) as tmp:
+        for vmm in ("kvmpy", "qemu"):
+            sock, shared = Path(tmp) / f"{vmm}.sock", Path(tmp) / f"{vmm}-cold.ram"
+            args = common_args(linux_assets.kernel, linux_assets.initrd, sock, shared)
+            if vmm == "kvmpy":
+                env = dict(os.environ, PYTHONPATH=str(REPO))
+                results[vmm] = scenario([sys.executable, "-m", "kvmpy", *args], sock, shared, env)
+            else:
+                results[vmm] = scenario(["qemu-system-x86_64", "-machine", "pc", *args], sock, shared)
+    k, q = results["kvmpy"], results["qemu"]
+    print(f"\ndevice_add -> guest _OST (memory online): kvmpy {k['online_s']:.3f} s, qemu {q['online_s']:.3f} s")
+    print(f"MemTotal kB: kvmpy {k['before']} -> {k['after']}, qemu {q['before']} -> {q['after']}")
+    print("reply differences:", [(a, b) for a, b in zip(k["replies"], q["replies"]) if a != b])
+    print("events:", k["events"], q["events"], "unplug:", k["unplug"] == q["unplug"], k["unplug_events"],
+          q["unplug_events"])
+    for r in (k, q):
+        assert r["after"] - r["before"] >= 500 * 1024, r["output"][-3000:]  # the 512 MiB DIMM is online
+        assert "FILLED 400 0" in r["fill"], r["fill"]  # more than the 256 MiB it booted with
+        assert r["shared_seen"]  # the guest's writes reached the share=on file the host reads
+        assert ("DEVICE_DELETED", {"device": "dimm1", "path": "/machine/peripheral/dimm1"}) in r["unplug_events"], \
+            (r["unplug_events"], r["output"][-3000:])
+    assert [d["data"]["id"] for d in k["unplug"][1]] == ["dcold"]
+    assert abs(k["before"] - q["before"]) < 8 * 1024  # the same RAM at boot (the cold DIMM included) as QEMU
+    diffs = [(a, b) for a, b in zip(k["replies"], q["replies"]) if a != b]
+    assert diffs == [], diffs
+    assert k["events"] == q["events"], (k["events"], q["events"])
+    assert k["unplug"] == q["unplug"], (k["unplug"], q["unplug"])
+    assert k["unplug_events"] == q["unplug_events"], (k["unplug_events"], q["unplug_events"])
