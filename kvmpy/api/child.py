@@ -30,7 +30,7 @@ from kvmpy.config import ConfigError
 
 log = logging.getLogger(__name__)
 
-START_TIMEOUT = 60.0  # from spawning the child until its QMP socket accepts us
+START_TIMEOUT = 300.0  # from spawning the child until its QMP socket accepts us (a cold start under nested TCG takes minutes)
 STDERR_LIMIT = 64 << 10
 USAGE_ERROR = 2  # kvmpy's exit status for a usage mistake (one line on stderr)
 
