@@ -33,6 +33,7 @@ pytestmark = pytest.mark.skipif(not SEABIOS.is_file(), reason="Debian's seabios 
 def serial_lines(raw: bytes) -> list[str]:
     """The console text without SeaBIOS's terminal control sequences, as non-empty lines."""
     text = ANSI.sub("", raw.decode(errors="replace")).replace("\r", "")
+    text = re.sub(r"[^\n]*\x08", "", text)  # what iPXE's countdown rubs out with backspaces
     return [line.rstrip() for line in text.split("\n") if line.strip()]
 
 
