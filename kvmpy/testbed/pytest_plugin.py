@@ -8,6 +8,9 @@ Markers:
                 item reports the outcome of its twin inside L1. A bed failure fails
                 every kvm_full item with the reason; KVMPY_NO_BED=1 skips them instead.
   ``kvm_host``  needs any /dev/kvm (PVM is enough); skipped when there is none.
+  ``bed_pending(why)``  a kvm_full test written but not yet seen passing in the bed: it stays out
+                of the batch (skipped, saying why) unless KVMPY_BED_PENDING=1, so the default
+                suite only carries complete-KVM tests that are known to pass.
 
 Fixtures of kvm_full tests run inside L1 only (~40x slower than here). Work that is
 better done on the host first (building guest images, say) goes in a conftest hook:
@@ -58,6 +61,7 @@ BOOT_TIMEOUT_ENV = "KVMPY_BED_BOOT_TIMEOUT"
 STALL_TIMEOUT_ENV = "KVMPY_BED_STALL_TIMEOUT"
 KEEP_ENV = "KVMPY_BED_KEEP"
 PYTEST_ARGS_ENV = "KVMPY_BED_PYTEST_ARGS"
+PENDING_ENV = "KVMPY_BED_PENDING"
 
 NATIVE, BED, OFF = "native", "bed", "off"
 _OUTPUT_TAIL = 60
@@ -174,13 +178,21 @@ class KvmBedPlugin:
     @pytest.hookimpl(trylast=True)
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         # After -k/-m deselection: only what is selected goes into the batch.
-        items = [i for i in session.items if i.get_closest_marker("kvm_full")]
+        if os.environ.get(PENDING_ENV) != "1":
+            for i in session.items:
+                mark = i.get_closest_marker("bed_pending")
+                if mark is not None and i.get_closest_marker("kvm_full"):
+                    why = mark.args[0] if mark.args else "not yet seen passing in the nested bed"
+                    i.add_marker(pytest.mark.skip(reason=f"bed_pending: {why} ({PENDING_ENV}=1 runs it)"))
+        items = [i for i in session.items if i.get_closest_marker("kvm_full") and not
+                 (i.get_closest_marker("bed_pending") and os.environ.get(PENDING_ENV) != "1")]
         self.kvm_full_items = items
         self.kvm_full_ids = [i.nodeid for i in items]
         self.inner_plugins = sorted(_plugins_needed(items))
         if self.mode == BED:
+            batch = set(map(id, items))
             session.items[:] = [BedTwin.from_parent(i.parent, name=i.name, original=i, plugin=self)
-                                if i.get_closest_marker("kvm_full") and i.parent is not None else i
+                                if id(i) in batch and i.parent is not None else i
                                 for i in session.items]
 
     # --- running -------------------------------------------------------------------------
@@ -291,6 +303,8 @@ class KvmBedPlugin:
         pythonpath = [str(Path(__file__).resolve().parents[2])] + \
             ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
         env = {"PYTHONPATH": os.pathsep.join(pythonpath), "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+        if os.environ.get(PENDING_ENV) == "1":
+            env[PENDING_ENV] = "1"  # the inner session must not skip what this one batched
         verbosity = self.config.get_verbosity()
 
         def show(line: str) -> None:

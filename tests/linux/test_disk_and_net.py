@@ -101,6 +101,7 @@ def file_from_image(image: Path, path: str, scratch: Path) -> bytes:
     return data
 
 
+@pytest.mark.bed_pending("the L1 kernel panicked (stack guard page) during its QEMU run in CI; passt cannot make a user namespace in the bed's chroot")
 @pytest.mark.kvm_full
 @needs_virtio_net
 @pytest.mark.skipif(shutil.which("passt") is None, reason="needs passt (Debian package 'passt')")

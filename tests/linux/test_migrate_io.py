@@ -242,6 +242,7 @@ def _qmp(work: Path, name: str) -> QmpClient:
     return QmpClient(f"unix:{path}", timeout=60)
 
 
+@pytest.mark.bed_pending("passed once and stalled once in the bed (TCP stream before migration)")
 @pytest.mark.kvm_full
 @needs_virtio_net
 @pytest.mark.skipif(not os.path.exists("/dev/net/tun"), reason="needs /dev/net/tun")
