@@ -25,7 +25,9 @@ HW = "/sys/class/misc/hw_random"
 def sh(vm: "kvmpy.VM", command: str, marker: str, timeout: float = STEP) -> str:
     """Run ``command`` in the guest shell; returns the console text up to ``marker`` (printed after it)."""
     vm.console.send(f"{command}; echo {marker}-$((6*7))\n")
-    return vm.console.expect(f"{marker}-42", timeout=timeout)
+    m = vm.console.expect(f"{marker}-42", timeout=timeout)  # a match on the whole console text
+    start = m.string.rfind(f"{marker}-$((6*7))", 0, m.start())  # from the echoed command on
+    return m.string[max(start, 0):m.start()]
 
 
 def read_rng(vm: "kvmpy.VM", marker: str) -> tuple[int, int]:
