@@ -74,7 +74,6 @@ def _vhost_threads() -> set[str]:
     return names
 
 
-@pytest.mark.bed_pending("failed in the bed before the avail_event and vhost fixes and was not re-run")
 @pytest.mark.kvm_full
 @pytest.mark.parametrize("vhost", ["off", "on"])
 def test_ping_tcp_and_link_over_tap(linux_assets, vhost):

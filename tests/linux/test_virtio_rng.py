@@ -39,7 +39,6 @@ def read_rng(vm: "kvmpy.VM", marker: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
-@pytest.mark.bed_pending("its last bed run predates the EVENT_IDX and start-timeout fixes")
 @pytest.mark.kvm_full
 def test_linux_reads_dev_hwrng_over_msix_and_intx(linux_assets):
     devices = ["-device", "virtio-rng-pci,id=rng0", "-device", "virtio-rng-pci,id=rng1,vectors=0,addr=5"]
