@@ -17,7 +17,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from kvmpy.errors import ConfigError
+from kvmpy.errors import ConfigError, shown
 from kvmpy.netaddr import check_host, check_port
 
 UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the terminating NUL
@@ -43,13 +43,14 @@ def _flag(key: str, value: str) -> bool:
         return True
     if value in ("off", "no", "false"):
         return False
-    raise ConfigError(f"-qmp: {key}={value}: expected on or off")
+    raise ConfigError(f"-qmp: {key}={shown(value)}: expected on or off")
 
 
 def parse_endpoint(spec: str) -> Endpoint:
     """Parse one ``-qmp`` value; a ConfigError names what is wrong."""
     if not isinstance(spec, str) or not spec:
         raise ConfigError("-qmp needs a value such as unix:/tmp/qmp.sock,server,wait=off")
+    label = spec if spec.isprintable() else shown(spec, limit=120)  # no raw newline in a one-line error
     head, *opts = spec.split(",")
     server, wait = False, True
     for opt in opts:
@@ -61,34 +62,34 @@ def parse_endpoint(spec: str) -> Endpoint:
         elif key == "nowait" and not sep:
             wait = False
         elif key:
-            raise ConfigError(f"-qmp {spec}: unsupported option '{key}' (server and wait are supported)")
+            raise ConfigError(f"-qmp {label}: unsupported option {shown(key)} (server and wait are supported)")
     scheme, sep, rest = head.partition(":")
     if not sep or scheme not in ("unix", "tcp"):
-        raise ConfigError(f"-qmp {spec}: expected unix:PATH or tcp:HOST:PORT")
+        raise ConfigError(f"-qmp {label}: expected unix:PATH or tcp:HOST:PORT")
     if not server:
-        raise ConfigError(f"-qmp {spec}: kvmpy only listens for QMP clients: add ',server'")
+        raise ConfigError(f"-qmp {label}: kvmpy only listens for QMP clients: add ',server'")
     if scheme == "unix":
         if "\0" in rest:
-            raise ConfigError(f"-qmp {spec}: the socket path contains a NUL byte")
+            raise ConfigError(f"-qmp {label}: the socket path contains a NUL byte")
         if not rest:
-            raise ConfigError(f"-qmp {spec}: the socket path is empty")
+            raise ConfigError(f"-qmp {label}: the socket path is empty")
         limit = UNIX_PATH_MAX - STAGING_EXTRA
         try:
             encoded = os.fsencode(os.path.abspath(rest))
         except UnicodeError:
-            raise ConfigError(f"-qmp {spec}: the socket path cannot be encoded for this file system") from None
+            raise ConfigError(f"-qmp {label}: the socket path cannot be encoded for this file system") from None
         if len(encoded) > limit:
-            raise ConfigError(f"-qmp {spec}: the socket path is longer than {limit} bytes")
+            raise ConfigError(f"-qmp {label}: the socket path is longer than {limit} bytes")
         return Endpoint("unix", path=Path(rest), wait=wait, spec=spec)
     host, sep, port_text = rest.rpartition(":")
     if not sep:
-        raise ConfigError(f"-qmp {spec}: expected tcp:HOST:PORT")
+        raise ConfigError(f"-qmp {label}: expected tcp:HOST:PORT")
     host = host.strip("[]") or "127.0.0.1"
     try:
         check_host(host)
         port = check_port(port_text)
     except ValueError as exc:
-        raise ConfigError(f"-qmp {spec}: {exc}") from None
+        raise ConfigError(f"-qmp {label}: {exc}") from None
     return Endpoint("tcp", host=host, port=port, wait=wait, spec=spec)
 
 

@@ -284,7 +284,7 @@ def test_any_tcp_endpoint_is_an_endpoint_or_a_config_error(host: str, port: str,
     try:
         ep = parse_endpoint(f"tcp:{host}:{port}{opts}")
     except ConfigError as exc:
-        assert "\n" not in str(exc).replace(host, "").replace(port, "")
+        assert "\n" not in str(exc)  # one line, whatever the user typed
         return
     assert ep.host.isascii() and 0 <= ep.port <= 65535
     try:  # never TypeError/UnicodeError from the socket layer
