@@ -29,6 +29,15 @@ ones in writable RAM) with no 64-bit wrap-around; a chain carries at most
 (a ValueError); guest-memory errors met later (RAM unplugged under a chain)
 are turned into it too, so a device catches one exception type.
 
+Speed: the per-request path touches guest RAM through memoryviews, not
+through a guest-memory lookup per access. The three rings are resolved once
+into views of their RAM blocks (again whenever the address space commits a
+new FlatView, so RAM unplugged under a queue is noticed), and buffers are
+checked and viewed against the last RAM range that held one. The checks are
+the same ones; anything the fast path cannot settle (a ring or buffer across
+two RAM ranges, or not in RAM at all) takes the guest-memory path, which
+accepts it or gives the error.
+
 Kicks: with EVENT_IDX the driver kicks only when its avail idx passes the
 device's avail_event, so whenever ``pop`` (or ``has_available``) finds the ring
 drained it publishes avail_event = ``next_avail`` and looks once more; a device
@@ -51,9 +60,12 @@ from __future__ import annotations
 import struct
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, Iterator, Protocol
 
 from kvmpy.devices.device import DeviceStateError, bool_field, check_keys, int_field
+
+if TYPE_CHECKING:
+    from kvmpy.memory.address_space import AddressSpace
 
 DESC_F_NEXT = 1
 DESC_F_WRITE = 2
@@ -69,7 +81,6 @@ ADDR_LIMIT = 1 << 64
 DESC = struct.Struct("<QIHH")
 USED_ELEM = struct.Struct("<II")
 U16 = struct.Struct("<H")
-_WINDOW = 4096  # bytes of the descriptor table fetched per guest-memory read
 _STATE_KEYS = {"size", "desc_addr", "avail_addr", "used_addr", "ready", "active", "event_idx", "indirect",
                "next_avail", "next_used", "signalled_used", "signalled_valid"}
 
@@ -85,14 +96,21 @@ class VirtQueueError(ValueError):
 class GuestRam(Protocol):
     """Guest-physical memory as the queue needs it (``kvmpy.memory.guest_memory.GuestMemory`` is one).
 
-    Each method raises a ValueError for a range that is not (writable) RAM.
+    Each method raises a ValueError for a range that is not (writable) RAM. ``address_space``
+    gives the current FlatView, which the fast path maps RAM with.
     """
+
+    address_space: "AddressSpace"
 
     def read(self, gpa: int, length: int) -> bytes: ...
 
     def write(self, gpa: int, data: Any) -> None: ...
 
     def check(self, gpa: int, length: int, write: bool = False) -> None: ...
+
+    def buffers(self, gpa: int, length: int, write: bool = False) -> list[memoryview]: ...
+
+    def mark_dirty(self, gpa: int, length: int) -> None: ...
 
 
 @dataclass(slots=True)
@@ -127,6 +145,57 @@ def _spans(bufs: list[tuple[int, int]], offset: int, end: int) -> Iterator[tuple
         pos += n
 
 
+@dataclass(slots=True)
+class _Span:
+    """One RAM range of a FlatView as the fast path uses it: [lo, hi) maps to ``block.mv[gpa + delta]``."""
+
+    lo: int
+    hi: int
+    readonly: bool
+    block: Any  # kvmpy.memory.ramblock.RAMBlock
+    delta: int
+
+
+class RamMap:
+    """Views of guest RAM for one queue, valid for one FlatView of its address space.
+
+    ``view`` gives a memoryview of [gpa, gpa+n) when that lies in one RAM range (and,
+    with ``write``, a writable one), or None: the caller then takes the guest-memory
+    path. It remembers the last range that answered, so a chain's buffers (which lie
+    in one big RAM range nearly always) cost a comparison each, not a lookup.
+    """
+
+    def __init__(self, memory: GuestRam) -> None:
+        self.space = memory.address_space
+        self.flatview: Any = None
+        self._last: _Span | None = None
+
+    def current(self) -> bool:
+        """Is the map still the address space's? (False once it committed a new FlatView.)"""
+        return self.flatview is self.space.flatview
+
+    def refresh(self) -> None:
+        self.flatview = self.space.flatview
+        self._last = None
+
+    def span(self, gpa: int, n: int) -> _Span | None:
+        s = self._last
+        if s is not None and s.lo <= gpa and gpa + n <= s.hi:
+            return s
+        r = self.flatview.lookup(gpa) if gpa >= 0 and n >= 0 else None
+        if r is None or not r.is_ram or gpa + n > r.end:
+            return None
+        s = self._last = _Span(r.addr, r.end, r.region.readonly, r.region.ram, r.ram_offset - r.addr)
+        return s
+
+    def view(self, gpa: int, n: int, write: bool) -> memoryview | None:
+        s = self.span(gpa, n)
+        if s is None or write and s.readonly:
+            return None
+        off = gpa + s.delta
+        return s.block.mv[off:off + n]
+
+
 class SplitQueue:
     """One split virtqueue; see the module docstring for the rules it enforces."""
 
@@ -136,6 +205,7 @@ class SplitQueue:
         self.memory = memory
         self.max_size = max_size
         self._fence = threading.Lock()
+        self._ram = RamMap(memory)
         self.reset()
 
     # ---- life cycle -------------------------------------------------------------------------
@@ -156,6 +226,15 @@ class SplitQueue:
         self.signalled_valid = False
         self.notify = True  # the device wants kicks (set_notification)
         self._forget_avail()
+        self._unmap_rings()
+
+    def _unmap_rings(self) -> None:
+        """Forget the ring views (and the FlatView they were made for): the next access maps them again."""
+        self._ram.flatview = None
+        self._desc_v: memoryview | None = None
+        self._avail_v: memoryview | None = None
+        self._used_v: memoryview | None = None
+        self._used_dirty: tuple[Any, int, int] | None = None  # (RAM block, offset, length) of the used ring
 
     def _forget_avail(self) -> None:
         self._avail_idx = self.next_avail   # the driver's avail idx as last read
@@ -176,6 +255,21 @@ class SplitQueue:
         self.indirect = indirect
         self.active = True
         self._forget_avail()
+        self._unmap_rings()
+
+    def _rings(self) -> None:
+        """Map the rings again if the memory map changed since they were (views None: not in one RAM range)."""
+        ram = self._ram
+        if ram.current():
+            return
+        ram.refresh()
+        size = self.size
+        self._desc_v = ram.view(self.desc_addr, 16 * size, False)
+        self._avail_v = ram.view(self.avail_addr, 6 + 2 * size, False)
+        n = 6 + 8 * size
+        self._used_v = ram.view(self.used_addr, n, True)
+        s = ram.span(self.used_addr, n) if self._used_v is not None else None
+        self._used_dirty = None if s is None else (s.block, self.used_addr + s.delta, n)
 
     def _check_layout(self, size: int, desc: int, avail: int, used: int) -> None:
         if not _is_pow2(size) or size > self.max_size:
@@ -206,8 +300,27 @@ class SplitQueue:
         except ValueError as exc:
             raise VirtQueueError(f"{what}: {exc}") from exc
 
+    def _avail_u16(self, off: int) -> int:
+        """The u16 at ``off`` in the available ring (flags 0, idx 2, ring 4.., used_event at the end)."""
+        self._rings()
+        v = self._avail_v
+        if v is not None:
+            return U16.unpack_from(v, off)[0]
+        return U16.unpack(self._read(self.avail_addr + off, 2, "available ring"))[0]
+
+    def _put_used(self, off: int, data: bytes) -> None:
+        """Store ``data`` at ``off`` in the used ring (flags 0, idx 2, ring 4.., avail_event at the end)."""
+        self._rings()
+        v = self._used_v
+        if v is None:
+            self._write(self.used_addr + off, data, "used ring")
+            return
+        v[off:off + len(data)] = data
+        block, start, n = self._used_dirty  # type: ignore[misc]
+        block.mark_dirty(start, n)  # the whole used ring: a page or three, one store
+
     def _read_avail_idx(self) -> int:
-        return U16.unpack(self._read(self.avail_addr + 2, 2, "available ring"))[0]
+        return self._avail_u16(2)
 
     def _barrier(self) -> None:
         with self._fence:  # an atomic RMW: orders our earlier stores before our later loads
@@ -229,7 +342,7 @@ class SplitQueue:
         """
         self._avail_idx = self._read_avail_idx()
         if self._avail_idx == self.next_avail and self.event_idx and self.notify:
-            self._write(self.used_addr + 4 + 8 * self.size, U16.pack(self.next_avail), "used ring")
+            self._put_used(4 + 8 * self.size, U16.pack(self.next_avail))
             self._barrier()
             self._avail_idx = self._read_avail_idx()
         return self._avail_idx != self.next_avail
@@ -262,10 +375,17 @@ class SplitQueue:
         size = self.size
         start = self.next_avail & (size - 1)
         first = min(count, size - start)
-        ring = self.avail_addr + 4
-        raw = self._read(ring + 2 * start, 2 * first, "available ring")
-        if first < count:
-            raw += self._read(ring, 2 * (count - first), "available ring")
+        self._rings()
+        v = self._avail_v
+        if v is not None:
+            raw = bytes(v[4 + 2 * start:4 + 2 * (start + first)])
+            if first < count:
+                raw += bytes(v[4:4 + 2 * (count - first)])
+        else:
+            ring = self.avail_addr + 4
+            raw = self._read(ring + 2 * start, 2 * first, "available ring")
+            if first < count:
+                raw += self._read(ring, 2 * (count - first), "available ring")
         self._heads = list(struct.unpack(f"<{count}H", raw))
         self._heads_base = self.next_avail
 
@@ -278,14 +398,15 @@ class SplitQueue:
         size = self.size
         if head >= size:
             raise VirtQueueError(f"available ring names descriptor {head}, queue size is {size}")
-        memory = self.memory
+        self._rings()
+        ram = self._ram
+        desc = self._desc_v
         chain = Chain(head)
         readable, writable = chain.readable, chain.writable
         total = 0
         seen_write = False
-        windows: dict[int, bytes] = {}
-        table: bytes | None = None  # the indirect table once we are in one
-        limit = size                # entries in the current table: both the index bound and the TTL
+        table: Any = None   # the indirect table (a view of guest RAM, or its bytes) once we are in one
+        limit = size        # entries in the current table: both the index bound and the TTL
         visited = 0
         idx = head
         while True:
@@ -293,16 +414,12 @@ class SplitQueue:
                 raise VirtQueueError(f"descriptor chain from {head} is longer than its table ({limit}): a loop?",
                                      head)
             visited += 1
-            if table is None:
-                w = idx * 16 // _WINDOW
-                buf = windows.get(w)
-                if buf is None:
-                    lo = w * _WINDOW
-                    buf = windows[w] = self._read(self.desc_addr + lo, min(_WINDOW, 16 * size - lo),
-                                                  "descriptor table")
-                addr, length, flags, nxt = DESC.unpack_from(buf, idx * 16 % _WINDOW)
-            else:
+            if table is not None:
                 addr, length, flags, nxt = DESC.unpack_from(table, idx * 16)
+            elif desc is not None:
+                addr, length, flags, nxt = DESC.unpack_from(desc, idx * 16)
+            else:
+                addr, length, flags, nxt = DESC.unpack(self._read(self.desc_addr + 16 * idx, 16, "descriptor table"))
             if flags & DESC_F_INDIRECT:
                 if not self.indirect:
                     raise VirtQueueError("INDIRECT descriptor without the negotiated INDIRECT_DESC feature", head)
@@ -315,7 +432,9 @@ class SplitQueue:
                                          f"in [16, {16 * MAX_INDIRECT}]", head)
                 if addr + length > ADDR_LIMIT:
                     raise VirtQueueError(f"indirect table at {addr:#x} wraps the address space", head)
-                table = self._read(addr, length, "indirect descriptor table")
+                table = ram.view(addr, length, False)
+                if table is None:
+                    table = self._read(addr, length, "indirect descriptor table")
                 limit, visited, idx = length // 16, 0, 0
                 continue
             if flags & DESC_F_WRITE:
@@ -328,10 +447,12 @@ class SplitQueue:
                 total += length
                 if total > MAX_CHAIN_BYTES:
                     raise VirtQueueError(f"descriptor chain from {head} holds more than 2**32 bytes", head)
-                try:
-                    memory.check(addr, length, seen_write)
-                except ValueError as exc:
-                    raise VirtQueueError(f"buffer [{addr:#x}, +{length:#x}): {exc}", head) from exc
+                span = ram.span(addr, length)
+                if span is None or seen_write and span.readonly:
+                    try:  # across RAM ranges (fine) or not RAM at all (the error)
+                        self.memory.check(addr, length, seen_write)
+                    except ValueError as exc:
+                        raise VirtQueueError(f"buffer [{addr:#x}, +{length:#x}): {exc}", head) from exc
                 if seen_write:
                     writable.append((addr, length))
                     chain.writable_len += length
@@ -346,13 +467,59 @@ class SplitQueue:
 
     # ---- buffers ----------------------------------------------------------------------------
 
-    def read(self, chain: Chain, offset: int = 0, length: int | None = None) -> bytes:
-        """Gather up to ``length`` bytes (default: all) of the readable buffers from ``offset``; shorter at the end."""
+    def buffers(self, chain: Chain, write: bool, offset: int = 0, length: int | None = None) -> list[memoryview]:
+        """Views of guest RAM holding bytes [offset, offset+length) of the chain's writable (``write``) or
+        readable buffers, for preadv/pwritev straight to or from the guest; guest-contiguous buffers
+        are joined. Writers call ``mark_written`` afterwards. VirtQueueError if RAM went away."""
         if offset < 0 or (length is not None and length < 0):
             raise ValueError("offset and length must not be negative")
-        end = chain.readable_len if length is None else min(chain.readable_len, offset + length)
-        parts = [self._read(gpa, n, "readable buffer") for gpa, n in _spans(chain.readable, offset, end)]
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        bufs, have = (chain.writable, chain.writable_len) if write else (chain.readable, chain.readable_len)
+        end = have if length is None else min(have, offset + length)
+        self._rings()
+        ram = self._ram
+        out: list[memoryview] = []
+        run: tuple[Any, int, int] | None = None  # (block, start, end) of the views being joined
+        for gpa, n in _spans(bufs, offset, end):
+            s = ram.span(gpa, n)
+            if s is not None and not (write and s.readonly):
+                off = gpa + s.delta
+                if run is not None and run[0] is s.block and run[2] == off:
+                    run = (run[0], run[1], off + n)
+                    continue
+                if run is not None:
+                    out.append(run[0].mv[run[1]:run[2]])
+                run = (s.block, off, off + n)
+                continue
+            if run is not None:
+                out.append(run[0].mv[run[1]:run[2]])
+                run = None
+            try:
+                out.extend(self.memory.buffers(gpa, n, write))
+            except ValueError as exc:
+                raise VirtQueueError(f"{'writable' if write else 'readable'} buffer: {exc}") from exc
+        if run is not None:
+            out.append(run[0].mv[run[1]:run[2]])
+        return out
+
+    def mark_written(self, chain: Chain, length: int) -> None:
+        """Record (for migration's dirty tracking) that the first ``length`` writable bytes were written
+        through ``buffers`` views; call it after the writes."""
+        self._rings()
+        ram = self._ram
+        for gpa, n in _spans(chain.writable, 0, min(chain.writable_len, length)):
+            s = ram.span(gpa, n)
+            if s is not None:
+                s.block.mark_dirty(gpa + s.delta, n)
+                continue
+            try:
+                self.memory.mark_dirty(gpa, n)
+            except ValueError as exc:
+                raise VirtQueueError(f"writable buffer: {exc}") from exc
+
+    def read(self, chain: Chain, offset: int = 0, length: int | None = None) -> bytes:
+        """Gather up to ``length`` bytes (default: all) of the readable buffers from ``offset``; shorter at the end."""
+        parts = self.buffers(chain, False, offset, length)
+        return bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
 
     def write(self, chain: Chain, data: bytes | bytearray | memoryview, offset: int = 0) -> int:
         """Scatter ``data`` into the writable buffers from ``offset``; returns the bytes written (truncated at the end)."""
@@ -378,9 +545,9 @@ class SplitQueue:
         if not 0 <= head < self.size:
             raise ValueError(f"head {head} is outside the queue")
         slot = self.next_used & (self.size - 1)
-        self._write(self.used_addr + 4 + 8 * slot, USED_ELEM.pack(head, written), "used ring")
+        self._put_used(4 + 8 * slot, USED_ELEM.pack(head, written))
         self.next_used = (self.next_used + 1) & 0xFFFF
-        self._write(self.used_addr + 2, U16.pack(self.next_used), "used ring")  # after the element
+        self._put_used(2, U16.pack(self.next_used))  # after the element
 
     def should_notify(self) -> bool:
         """After pushes: does the driver want an interrupt (EVENT_IDX's used_event, or NO_INTERRUPT)?"""
@@ -391,10 +558,9 @@ class SplitQueue:
         self.signalled_used, self.signalled_valid = new, True
         self._barrier()  # our used idx store must be visible before we load the driver's event
         if self.event_idx:
-            event = U16.unpack(self._read(self.avail_addr + 4 + 2 * self.size, 2, "available ring"))[0]
+            event = self._avail_u16(4 + 2 * self.size)
             return not valid or need_event(event, new, old)
-        flags = U16.unpack(self._read(self.avail_addr, 2, "available ring"))[0]
-        return not flags & AVAIL_F_NO_INTERRUPT
+        return not self._avail_u16(0) & AVAIL_F_NO_INTERRUPT
 
     def set_notification(self, enabled: bool) -> None:
         """Ask the driver to kick (or not) when it adds buffers; re-check ``has_available`` after enabling.
@@ -405,10 +571,9 @@ class SplitQueue:
         self.notify = enabled
         if self.event_idx:
             if enabled:
-                idx = self._read_avail_idx()
-                self._write(self.used_addr + 4 + 8 * self.size, U16.pack(idx), "used ring")
+                self._put_used(4 + 8 * self.size, U16.pack(self._read_avail_idx()))
         else:
-            self._write(self.used_addr, U16.pack(0 if enabled else USED_F_NO_NOTIFY), "used ring")
+            self._put_used(0, U16.pack(0 if enabled else USED_F_NO_NOTIFY))
         self._barrier()  # the store above before the caller's next load of the avail idx
 
     # ---- state ------------------------------------------------------------------------------
@@ -444,3 +609,4 @@ class SplitQueue:
             setattr(self, key, value)
         self.notify = True
         self._forget_avail()
+        self._unmap_rings()
