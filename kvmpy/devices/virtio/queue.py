@@ -122,11 +122,40 @@ class Chain:
     writable: list[tuple[int, int]] = field(default_factory=list)  # (gpa, len) device -> driver
     readable_len: int = 0
     writable_len: int = 0
+    # (FlatView, RAM range) when every buffer lay in that one range as the chain was checked: the
+    # queue's fast path for buffer views, while that FlatView is the address space's.
+    ram: tuple[Any, Any] | None = field(default=None, repr=False, compare=False)
 
 
 def need_event(event: int, new: int, old: int) -> bool:
     """virtio's vring_need_event: did the index moving from ``old`` to ``new`` pass ``event``? (mod 2**16)."""
     return (new - event - 1) & 0xFFFF < (new - old) & 0xFFFF
+
+
+def _cut(bufs: list[tuple[int, int]], total: int, offset: int, end: int) -> list[tuple[int, int]]:
+    """``bufs`` (``total`` bytes) trimmed to bytes [offset, end) of their concatenation, 0 <= offset, end <= total;
+    costs only the buffers trimmed away (a request's header in front, its status byte behind)."""
+    if offset >= end:
+        return []
+    out = bufs
+    if end < total:
+        out = out[:]
+        excess = total - end
+        while excess:
+            gpa, n = out[-1]
+            if n > excess:
+                out[-1] = (gpa, n - excess)
+                break
+            out.pop()
+            excess -= n
+    if offset:
+        i = 0
+        while offset >= out[i][1]:
+            offset -= out[i][1]
+            i += 1
+        gpa, n = out[i]
+        out = [(gpa + offset, n - offset), *out[i + 1:]] if offset else out[i:]
+    return out
 
 
 def _is_pow2(n: int) -> bool:
@@ -405,6 +434,7 @@ class SplitQueue:
         readable, writable = chain.readable, chain.writable
         total = 0
         seen_write = False
+        one: Any = None   # the RAM range all buffers so far lie in (False: not one)
         table: Any = None   # the indirect table (a view of guest RAM, or its bytes) once we are in one
         limit = size        # entries in the current table: both the index bound and the TTL
         visited = 0
@@ -453,6 +483,11 @@ class SplitQueue:
                         self.memory.check(addr, length, seen_write)
                     except ValueError as exc:
                         raise VirtQueueError(f"buffer [{addr:#x}, +{length:#x}): {exc}", head) from exc
+                    one = False
+                elif one is None:
+                    one = span
+                elif span is not one:
+                    one = False
                 if seen_write:
                     writable.append((addr, length))
                     chain.writable_len += length
@@ -460,6 +495,8 @@ class SplitQueue:
                     readable.append((addr, length))
                     chain.readable_len += length
             if not flags & DESC_F_NEXT:
+                if one:
+                    chain.ram = (ram.flatview, one)
                 return chain
             if nxt >= limit:
                 raise VirtQueueError(f"descriptor {idx} links to {nxt}, its table holds {limit}", head)
@@ -469,17 +506,22 @@ class SplitQueue:
 
     def buffers(self, chain: Chain, write: bool, offset: int = 0, length: int | None = None) -> list[memoryview]:
         """Views of guest RAM holding bytes [offset, offset+length) of the chain's writable (``write``) or
-        readable buffers, for preadv/pwritev straight to or from the guest; guest-contiguous buffers
-        are joined. Writers call ``mark_written`` afterwards. VirtQueueError if RAM went away."""
+        readable buffers, for preadv/pwritev straight to or from the guest (guest-contiguous buffers
+        joined, except on the fast path). Writers call ``mark_written`` afterwards. VirtQueueError if
+        RAM went away."""
         if offset < 0 or (length is not None and length < 0):
             raise ValueError("offset and length must not be negative")
         bufs, have = (chain.writable, chain.writable_len) if write else (chain.readable, chain.readable_len)
         end = have if length is None else min(have, offset + length)
-        self._rings()
+        bufs = _cut(bufs, have, min(offset, end), end)
+        span = self._chain_span(chain)
+        if span is not None:  # every buffer in one RAM range, checked in this FlatView: just slice
+            mv, d = span.block.mv, span.delta
+            return [mv[gpa + d:gpa + d + n] for gpa, n in bufs]
         ram = self._ram
         out: list[memoryview] = []
         run: tuple[Any, int, int] | None = None  # (block, start, end) of the views being joined
-        for gpa, n in _spans(bufs, offset, end):
+        for gpa, n in bufs:
             s = ram.span(gpa, n)
             if s is not None and not (write and s.readonly):
                 off = gpa + s.delta
@@ -501,12 +543,25 @@ class SplitQueue:
             out.append(run[0].mv[run[1]:run[2]])
         return out
 
+    def _chain_span(self, chain: Chain) -> Any:
+        """The RAM range holding all of ``chain``'s buffers if the memory map is still the one it was
+        checked in (map the rings again otherwise), else None."""
+        self._rings()
+        ram = chain.ram
+        return ram[1] if ram is not None and ram[0] is self._ram.flatview else None
+
     def mark_written(self, chain: Chain, length: int) -> None:
         """Record (for migration's dirty tracking) that the first ``length`` writable bytes were written
         through ``buffers`` views; call it after the writes."""
-        self._rings()
+        bufs = _cut(chain.writable, chain.writable_len, 0, min(chain.writable_len, max(length, 0)))
+        span = self._chain_span(chain)
+        if span is not None:
+            mark, d = span.block.mark_dirty, span.delta
+            for gpa, n in bufs:
+                mark(gpa + d, n)
+            return
         ram = self._ram
-        for gpa, n in _spans(chain.writable, 0, min(chain.writable_len, length)):
+        for gpa, n in bufs:
             s = ram.span(gpa, n)
             if s is not None:
                 s.block.mark_dirty(gpa + s.delta, n)

@@ -478,18 +478,23 @@ def test_rings_and_buffers_across_ram_blocks(ring) -> None:
     assert m.read(edge - 4, 10) == b"ab" + bytes(8)
 
 
-def test_buffers_views_join_neighbours_and_mark_dirty(mem, machine) -> None:
+def test_buffers_views_and_mark_dirty(mem, machine) -> None:
     _m, ram = machine
     drv, q = queue(mem)
     mem.write(DATA, b"0123456789")
     drv.add([(DATA, 4), (DATA + 4, 6)], [(DATA + 0x1000, 8), (DATA + 0x1008, 8), (DATA + 0x3000, 16)])
     chain = q.pop()
-    assert [bytes(v) for v in q.buffers(chain, False)] == [b"0123456789"]
-    assert [bytes(v) for v in q.buffers(chain, False, 2, 5)] == [b"23456"]
-    views = q.buffers(chain, True, 4)
-    assert [len(v) for v in views] == [12, 16]
+    assert [bytes(v) for v in q.buffers(chain, False)] == [b"0123", b"456789"]
+    assert [bytes(v) for v in q.buffers(chain, False, 2, 5)] == [b"23", b"456"]
+    assert [bytes(v) for v in q.buffers(chain, False, 4, 100)] == [b"456789"]
+    assert [bytes(v) for v in q.buffers(chain, False, 5, 0)] == [] == q.buffers(chain, False, 11)
+    for off in range(12):
+        for n in range(12):
+            assert b"".join(q.buffers(chain, False, off, n)) == b"0123456789"[off:off + n]
+    views = q.buffers(chain, True, 4, 27)
+    assert [len(v) for v in views] == [4, 8, 15]
     ram.take_vmm_dirty()
-    views[1][:4] = b"data"
+    views[2][:4] = b"data"
     q.mark_written(chain, 16)
     dirty = np.flatnonzero(ram.take_vmm_dirty())
     assert list(dirty) == [(DATA + 0x1000) >> 12]  # only what was said to be written: 16 bytes in one page
