@@ -260,6 +260,7 @@ class SplitQueue:
     def _unmap_rings(self) -> None:
         """Forget the ring views (and the FlatView they were made for): the next access maps them again."""
         self._ram.flatview = None
+        self._avail_event: int | None = None  # the avail_event we last stored and fenced (None: not known)
         self._desc_v: memoryview | None = None
         self._avail_v: memoryview | None = None
         self._used_v: memoryview | None = None
@@ -292,6 +293,7 @@ class SplitQueue:
         if ram.current():
             return
         ram.refresh()
+        self._avail_event = None  # stored in RAM that may not be there any more
         size = self.size
         self._desc_v = ram.view(self.desc_addr, 16 * size, False)
         self._avail_v = ram.view(self.avail_addr, 6 + 2 * size, False)
@@ -370,11 +372,17 @@ class SplitQueue:
         (whose driver saw the old avail_event and did not kick) is found here.
         """
         self._avail_idx = self._read_avail_idx()
-        if self._avail_idx == self.next_avail and self.event_idx and self.notify:
-            self._put_used(4 + 8 * self.size, U16.pack(self.next_avail))
-            self._barrier()
+        if self._avail_idx == self.next_avail and self.event_idx and self.notify \
+                and self._avail_event != self.next_avail:  # (already published and fenced: the read stands)
+            self._publish_avail_event(self.next_avail)
             self._avail_idx = self._read_avail_idx()
         return self._avail_idx != self.next_avail
+
+    def _publish_avail_event(self, idx: int) -> None:
+        """Store avail_event = ``idx`` (kick me when your idx passes it), then fence before the caller's next load."""
+        self._put_used(4 + 8 * self.size, U16.pack(idx))
+        self._avail_event = idx
+        self._barrier()
 
     def pop(self) -> Chain | None:
         """The next available chain, fully checked, or None; VirtQueueError for a broken ring or chain.
@@ -550,10 +558,12 @@ class SplitQueue:
         ram = chain.ram
         return ram[1] if ram is not None and ram[0] is self._ram.flatview else None
 
-    def mark_written(self, chain: Chain, length: int) -> None:
-        """Record (for migration's dirty tracking) that the first ``length`` writable bytes were written
+    def mark_written(self, chain: Chain, length: int, offset: int = 0) -> None:
+        """Record (for migration's dirty tracking) that ``length`` writable bytes from ``offset`` were written
         through ``buffers`` views; call it after the writes."""
-        bufs = _cut(chain.writable, chain.writable_len, 0, min(chain.writable_len, max(length, 0)))
+        have = chain.writable_len
+        end = min(have, offset + max(length, 0))
+        bufs = _cut(chain.writable, have, min(max(offset, 0), end), end)
         span = self._chain_span(chain)
         if span is not None:
             mark, d = span.block.mark_dirty, span.delta
@@ -582,9 +592,11 @@ class SplitQueue:
             raise ValueError("offset must not be negative")
         src = memoryview(data).cast("B")
         done = 0
-        for gpa, n in _spans(chain.writable, offset, min(chain.writable_len, offset + len(src))):
-            self._write(gpa, src[done:done + n], "writable buffer")
+        for view in self.buffers(chain, True, offset, len(src)):  # all checked before anything is written
+            n = len(view)
+            view[:] = src[done:done + n]
             done += n
+        self.mark_written(chain, done, offset)
         return done
 
     # ---- the used side ----------------------------------------------------------------------
@@ -626,9 +638,9 @@ class SplitQueue:
         self.notify = enabled
         if self.event_idx:
             if enabled:
-                self._put_used(4 + 8 * self.size, U16.pack(self._read_avail_idx()))
-        else:
-            self._put_used(0, U16.pack(0 if enabled else USED_F_NO_NOTIFY))
+                self._publish_avail_event(self._read_avail_idx())
+            return
+        self._put_used(0, U16.pack(0 if enabled else USED_F_NO_NOTIFY))
         self._barrier()  # the store above before the caller's next load of the avail idx
 
     # ---- state ------------------------------------------------------------------------------
