@@ -308,11 +308,11 @@ class VirtioBlk(VirtioDevice):
         offset = sector * SECTOR
         try:
             if is_write:
-                self._transfer(offset, q.buffers(chain, False, HEADER.size), self.drive.write_from)
+                self._transfer(offset, q.buffers(chain, False, HEADER.size), nbytes, self.drive.write_from)
             else:
                 views = q.buffers(chain, True, 0, nbytes)
                 try:
-                    self._transfer(offset, views, self.drive.read_into)
+                    self._transfer(offset, views, nbytes, self.drive.read_into)
                 finally:
                     q.mark_written(chain, nbytes)
         except VirtQueueError as exc:
@@ -325,9 +325,8 @@ class VirtioBlk(VirtioDevice):
         return S_OK
 
     @staticmethod
-    def _transfer(offset: int, views: list[memoryview], op: Any) -> None:
-        """One drive call for the whole request when it is small, else one per buffer."""
-        total = sum(len(v) for v in views)
+    def _transfer(offset: int, views: list[memoryview], total: int, op: Any) -> None:
+        """One drive call for the whole request (``total`` bytes) when it is small, else one per buffer."""
         if total <= GATHER_LIMIT or len(views) == 1:
             if total:
                 op(offset, views)

@@ -133,21 +133,34 @@ def need_event(event: int, new: int, old: int) -> bool:
 
 
 def _cut(bufs: list[tuple[int, int]], total: int, offset: int, end: int) -> list[tuple[int, int]]:
-    """``bufs`` (``total`` bytes) trimmed to bytes [offset, end) of their concatenation, 0 <= offset, end <= total;
-    costs only the buffers trimmed away (a request's header in front, its status byte behind)."""
+    """``bufs`` (``total`` bytes) trimmed to bytes [offset, end) of their concatenation, 0 <= offset, end <= total.
+
+    Costs the buffers trimmed away from the nearer end, not the ones kept whole: a request's header
+    read from the front, or its data without the header before it and the status byte behind it.
+    """
     if offset >= end:
         return []
-    out = bufs
-    if end < total:
-        out = out[:]
-        excess = total - end
-        while excess:
-            gpa, n = out[-1]
-            if n > excess:
-                out[-1] = (gpa, n - excess)
-                break
-            out.pop()
-            excess -= n
+    if offset == 0 and end == total:
+        return bufs
+    if 2 * end <= total:  # a piece near the front: walk forward to its end
+        out, pos = [], 0
+        for gpa, n in bufs:
+            if pos + n > offset:
+                lo = max(offset - pos, 0)
+                out.append((gpa + lo, min(n, end - pos) - lo))
+            pos += n
+            if pos >= end:
+                return out
+        return out
+    out = bufs[:]
+    excess = total - end
+    while excess:
+        gpa, n = out[-1]
+        if n > excess:
+            out[-1] = (gpa, n - excess)
+            break
+        out.pop()
+        excess -= n
     if offset:
         i = 0
         while offset >= out[i][1]:
@@ -440,9 +453,11 @@ class SplitQueue:
         desc = self._desc_v
         chain = Chain(head)
         readable, writable = chain.readable, chain.writable
-        total = 0
+        total = r_len = w_len = 0
         seen_write = False
-        one: Any = None   # the RAM range all buffers so far lie in (False: not one)
+        one: Any = None     # the RAM range all buffers so far lie in (False: not one)
+        lo = hi = 0         # its bounds (an empty range until the first buffer)
+        ro = True           # and whether it is read-only
         table: Any = None   # the indirect table (a view of guest RAM, or its bytes) once we are in one
         limit = size        # entries in the current table: both the index bound and the TTL
         visited = 0
@@ -480,29 +495,31 @@ class SplitQueue:
             elif seen_write:
                 raise VirtQueueError("readable descriptor after a writable one", head)
             if length:
-                if addr + length > ADDR_LIMIT:
+                end = addr + length
+                if end > ADDR_LIMIT:
                     raise VirtQueueError(f"buffer at {addr:#x}+{length:#x} wraps the address space", head)
                 total += length
                 if total > MAX_CHAIN_BYTES:
                     raise VirtQueueError(f"descriptor chain from {head} holds more than 2**32 bytes", head)
-                span = ram.span(addr, length)
-                if span is None or seen_write and span.readonly:
-                    try:  # across RAM ranges (fine) or not RAM at all (the error)
-                        self.memory.check(addr, length, seen_write)
-                    except ValueError as exc:
-                        raise VirtQueueError(f"buffer [{addr:#x}, +{length:#x}): {exc}", head) from exc
-                    one = False
-                elif one is None:
-                    one = span
-                elif span is not one:
-                    one = False
+                if not (lo <= addr and end <= hi and not (seen_write and ro)):  # else: in the range before
+                    span = ram.span(addr, length)
+                    if span is None or seen_write and span.readonly:
+                        try:  # across RAM ranges (fine) or not RAM at all (the error)
+                            self.memory.check(addr, length, seen_write)
+                        except ValueError as exc:
+                            raise VirtQueueError(f"buffer [{addr:#x}, +{length:#x}): {exc}", head) from exc
+                        one, lo, hi = False, 0, 0
+                    else:
+                        one = span if one is None or one is span else False
+                        lo, hi, ro = span.lo, span.hi, span.readonly
                 if seen_write:
                     writable.append((addr, length))
-                    chain.writable_len += length
+                    w_len += length
                 else:
                     readable.append((addr, length))
-                    chain.readable_len += length
+                    r_len += length
             if not flags & DESC_F_NEXT:
+                chain.readable_len, chain.writable_len = r_len, w_len
                 if one:
                     chain.ram = (ram.flatview, one)
                 return chain
@@ -612,9 +629,18 @@ class SplitQueue:
         if not 0 <= head < self.size:
             raise ValueError(f"head {head} is outside the queue")
         slot = self.next_used & (self.size - 1)
-        self._put_used(4 + 8 * slot, USED_ELEM.pack(head, written))
-        self.next_used = (self.next_used + 1) & 0xFFFF
-        self._put_used(2, U16.pack(self.next_used))  # after the element
+        nxt = (self.next_used + 1) & 0xFFFF
+        self._rings()
+        v = self._used_v
+        if v is not None:  # the element, then the index (program order; x86 keeps it); one dirty mark
+            USED_ELEM.pack_into(v, 4 + 8 * slot, head, written)
+            U16.pack_into(v, 2, nxt)
+            block, start, n = self._used_dirty  # type: ignore[misc]
+            block.mark_dirty(start, n)
+        else:
+            self._put_used(4 + 8 * slot, USED_ELEM.pack(head, written))
+            self._put_used(2, U16.pack(nxt))  # after the element
+        self.next_used = nxt
 
     def should_notify(self) -> bool:
         """After pushes: does the driver want an interrupt (EVENT_IDX's used_event, or NO_INTERRUPT)?"""
