@@ -249,6 +249,9 @@ class VirtioBlk(VirtioDevice):
                             return
                         q.push(chain, written)
                         served += 1
+                    if served:  # the batch is done: tell the driver now, not after re-arming the kicks
+                        served = 0
+                        ctx.interrupt(index)
                     q.set_notification(True)
                     if not q.has_available():
                         break
