@@ -343,10 +343,9 @@ def test_qemus_incoming_destination_opens_an_image_kvmpy_is_writing(tmp_path: Pa
 
 
 @pytest.mark.kvm_host
-@pytest.mark.xfail(strict=True, reason="kvmpy's -incoming destination opens and locks its images at start; QEMU's "
-                   "opens them inactive and takes the locks (re-reading the metadata) when the migration completes, "
-                   "after the source flushed and released them")
 def test_kvmpy_migrates_to_a_destination_on_the_same_image(tmp_path: Path) -> None:
+    """As QEMU: the -incoming destination opens the image inactive (no lock) beside the running source,
+    the source flushes and unlocks it at switchover, the destination locks it and re-reads the metadata."""
     img = _image(tmp_path)
     port = 49000 + os.getpid() % 1000
     procs = [_kvmpy(tmp_path, "src", "-drive", f"file={img},if=virtio")]
@@ -356,7 +355,7 @@ def test_kvmpy_migrates_to_a_destination_on_the_same_image(tmp_path: Path) -> No
         deadline = time.monotonic() + 30
         while not (tmp_path / "dst.qmp").exists() and procs[1].poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert procs[1].poll() is None, procs[1].communicate()[1].decode()  # today: 'Failed to get "write" lock'
+        assert procs[1].poll() is None, procs[1].communicate()[1].decode()
         run = _migrate(tmp_path, f"tcp:127.0.0.1:{port}", "--quiet")
         assert run.returncode == 0, run.stderr.decode()
         _qmp(tmp_path / "src.qmp", ("quit", {}))
