@@ -297,6 +297,8 @@ class MigrationSource:
                 log.exception("resuming the source after a failed migration failed")
         if drives_lost is not None:
             # Running without its disks would fail the guest's I/O: stay paused; 'cont' retries.
+            if stopped_by_us and was_running:
+                self.vm.lifecycle.set_state(RunState.PAUSED)
             self.stats.error = f"the source stays paused: it could not take its disk images back: {drives_lost}"
             self._set_status("failed")
             return

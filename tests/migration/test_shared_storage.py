@@ -209,3 +209,50 @@ def test_a_cancelled_migration_leaves_the_source_writable(tmp_path: Path) -> Non
         src.close()
     _check_clean(top)
     _read_back(top, 0, 0x77)
+
+
+def test_a_source_that_cannot_take_its_image_back_stays_paused_until_it_can(tmp_path: Path) -> None:
+    """The destination (here a bare socket) refuses the VM after the source gave its image up, and by then a
+    third user has taken the image: the source must not run a guest whose disk it cannot write. It stays
+    paused with a plain error; once the image is free again, taking it back and resuming works."""
+    import socket
+
+    from kvmpy.block.drive import activate_drives, open_drive
+    from kvmpy.migration import stream
+
+    _, top = _chain(tmp_path)
+    src = _machine(top)
+    holder = None
+    try:
+        sdrv = _driver(src)
+        server = socket.create_server(("127.0.0.1", 0))
+        job = MigrationSource(src, connect(parse_uri(f"tcp:127.0.0.1:{server.getsockname()[1]}")))
+        job.start()
+        conn, _ = server.accept()
+        conn.settimeout(1.0)
+        try:
+            while conn.recv(1 << 20):  # the whole stream; the source then waits for our reply
+                pass
+        except TimeoutError:
+            pass
+        assert src.lifecycle.state is RunState.FINISH_MIGRATE and not src.drives[0].active
+        assert locks_of(top) == set()  # flushed and unlocked at switchover
+        holder = open_drive(top, "qcow2", id="intruder")
+        conn.sendall(stream.NAK)
+        assert job.wait(30)
+        conn.close()
+        server.close()
+        assert job.stats.status == "failed"
+        assert "stays paused" in (job.stats.error or "") and 'Failed to get "write" lock' in job.stats.error
+        assert src.lifecycle.state is RunState.PAUSED and not src.drives[0].active
+        holder.close()
+        holder = None
+        activate_drives(src.drives)  # what QMP cont does first
+        assert src.lifecycle.resume()
+        assert _write(src, sdrv, 0, 0x12) == S_OK
+    finally:
+        if holder is not None:
+            holder.close()
+        src.close()
+    _check_clean(top)
+    _read_back(top, 0, 0x12)
