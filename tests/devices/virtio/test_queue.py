@@ -531,6 +531,52 @@ def test_rings_follow_the_memory_map() -> None:
     assert struct.unpack_from("<H", lo.mv, used + 2)[0] == 1
 
 
+def test_long_linear_indirect_tables_give_what_the_walk_gives(mem) -> None:
+    """A long indirect table laid out as Linux lays them out is checked whole; whatever that check
+    decides, the chain (or the error) must be the one the entry-by-entry walk gives for the same
+    buffers in a shuffled table, which the whole-table check cannot take."""
+    rng = random.Random(0xB1C)
+    drv, q = queue(mem, size=16)
+    tables = (0x200000, 0x210000)
+    outcomes = {"chains": 0, "errors": 0}
+    for _ in range(400):
+        n = rng.randrange(9, 40)
+        nr = rng.randrange(n + 1)
+        bufs = [(rng.randrange(DATA, RAM - 8192), rng.randrange(1, 8192), 0 if j < nr else DESC_F_WRITE)
+                for j in range(n)]
+        what, i = rng.randrange(9), rng.randrange(n)  # one way (or none) to leave the Linux layout or the rules
+        if what == 8:  # everything in read-only RAM: fine unless a buffer is writable
+            bufs = [(ROM + rng.randrange(60 * 1024), rng.randrange(1, 1024), f) for _a, _n, f in bufs]
+        a, ln, f = bufs[i]
+        bufs[i] = [(a, ln, f), (a, 0, f),                                       # a zero length (skipped)
+                   (rng.choice([HOLE, ROM, RAM - 4, 1 << 50]), ln, f),          # not (writable) RAM
+                   (a, ln, 0),                                                  # maybe readable after writable
+                   (a, 0xFFFFFFFF, f),                                          # past 2**32 bytes in all
+                   (a, ln, f | 0x80),                                           # a flag bit nobody knows
+                   ((1 << 64) - 16, 64, f),                                     # wraps the address space
+                   (ROM, ln, f), bufs[i]][what]                                 # read-only RAM
+        slot = list(range(1, n))
+        rng.shuffle(slot)
+        slot.insert(0, 0)  # the chain starts at entry 0 of either table
+        results = []
+        for table, at in zip(tables, (list(range(n)), slot)):
+            for j, (a, ln, f) in enumerate(bufs):  # table 0: entry j links to j + 1; table 1: shuffled
+                last = j == n - 1
+                drv.write_desc(at[j], a, ln, f | (0 if last else DESC_F_NEXT), 0 if last else at[j + 1], table=table)
+            drv.write_desc(0, table, 16 * n, DESC_F_INDIRECT, 0)
+            drv.publish(0)
+            try:
+                c = q.pop()
+                results.append((c.readable, c.writable, c.readable_len, c.writable_len))
+                q.push(c, 0)
+            except VirtQueueError as exc:
+                results.append(str(exc))
+                q.push_failed(0)
+        assert results[0] == results[1], (what, bufs)
+        outcomes["errors" if isinstance(results[0], str) else "chains"] += 1
+    assert outcomes["chains"] > 100 and outcomes["errors"] > 100, outcomes
+
+
 # ---- state ------------------------------------------------------------------------------------------
 
 def test_save_validate_restore(mem) -> None:
