@@ -207,16 +207,14 @@ class RamMap:
     with ``write``, a writable one), or None: the caller then takes the guest-memory
     path. It remembers the last range that answered, so a chain's buffers (which lie
     in one big RAM range nearly always) cost a comparison each, not a lookup.
+    ``flatview`` is the FlatView it maps; its owner calls ``refresh`` once the
+    address space's ``flatview`` is another (a commit changed the memory map).
     """
 
     def __init__(self, memory: GuestRam) -> None:
         self.space = memory.address_space
         self.flatview: Any = None
         self._last: _Span | None = None
-
-    def current(self) -> bool:
-        """Is the map still the address space's? (False once it committed a new FlatView.)"""
-        return self.flatview is self.space.flatview
 
     def refresh(self) -> None:
         self.flatview = self.space.flatview
@@ -305,7 +303,7 @@ class SplitQueue:
     def _rings(self) -> None:
         """Map the rings again if the memory map changed since they were (views None: not in one RAM range)."""
         ram = self._ram
-        if ram.current():
+        if ram.flatview is ram.space.flatview:  # still the address space's (runs a dozen times a request)
             return
         ram.refresh()
         self._avail_event = None  # stored in RAM that may not be there any more
