@@ -36,7 +36,9 @@ new FlatView, so RAM unplugged under a queue is noticed), and buffers are
 checked and viewed against the last RAM range that held one. The checks are
 the same ones; anything the fast path cannot settle (a ring or buffer across
 two RAM ranges, or not in RAM at all) takes the guest-memory path, which
-accepts it or gives the error.
+accepts it or gives the error. A long indirect table laid out as Linux lays
+them out (entry i links to i+1, readable entries first) is checked with
+whole-table operations; any other shape is walked entry by entry.
 
 Kicks: with EVENT_IDX the driver kicks only when its avail idx passes the
 device's avail_event, so whenever ``pop`` (or ``has_available``) finds the ring
