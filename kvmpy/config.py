@@ -154,6 +154,8 @@ BOARDS: Mapping[str, Board] = MappingProxyType({
                     "virtio-serial-pci",
                     "virtserialport",
                     "pc-dimm",  # memory hotplug (kvmpy.boards.pc_memhp)
+                    "VGA",  # display adapters (kvmpy.devices.vga)
+                    "bochs-display",
                 }),
                 drive_interfaces=frozenset({"virtio", "none"}),
                 netdev_types=frozenset({

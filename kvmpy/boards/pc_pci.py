@@ -23,6 +23,7 @@ from kvmpy.devices.virtio.blk import virtio_blk_pci
 from kvmpy.devices.virtio.net import virtio_net_pci
 from kvmpy.devices.virtio.console import virtio_serial_pci
 from kvmpy.devices.virtio.rng import virtio_rng_pci
+from kvmpy.devices.vga.factory import bochs_display_pci, vga_pci
 from kvmpy.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -38,6 +39,8 @@ PCI_DRIVERS: Mapping[str, PciFactory] = {
     "virtio-blk-pci": virtio_blk_pci,
     "virtio-net-pci": virtio_net_pci,
     "virtio-serial-pci": virtio_serial_pci,
+    "VGA": vga_pci,
+    "bochs-display": bochs_display_pci,
 }
 
 FIRST_FREE_SLOT = 2
