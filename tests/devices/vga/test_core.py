@@ -105,3 +105,19 @@ def test_hostile_register_and_memory_writes_never_crash(ops: list[tuple[str, int
     other = VgaPci("vga", vgamem_mb=1)
     other.restore(state)
     assert other.save() == state
+
+
+def test_restored_device_shows_the_same_picture() -> None:
+    """Migration: the registers travel in the device state, the framebuffer as RAM; the picture comes back."""
+    src = VgaPci("vga", vgamem_mb=1)
+    for index, value in ((1, 320), (2, 200), (3, 16), (4, 0x41)):
+        src.dispi_ports.write(0, 2, index)
+        src.dispi_ports.write(1, 2, value)
+    src.legacy_ports.write(0x3C0 - c.PORT_BASE, 1, 0x20)
+    src.vram.mv[:320 * 200 * 2] = bytes((i * 7) & 0xFF for i in range(320 * 200 * 2))
+    before = src.refresh().frame
+    dst = VgaPci("vga", vgamem_mb=1)
+    dst.vram.mv[:] = src.vram.mv  # what the RAM stream carries
+    dst.restore(src.save())
+    after = dst.refresh()
+    assert after.resized and after.frame == before and (before.width, before.height) == (320, 200)

@@ -74,3 +74,22 @@ def test_two_std_vgas_and_unknown_properties_are_refused() -> None:
         cfg = MachineConfig(kernel=build_guest("counter"), memory=32 * MiB, serial="null", devices=devices).validate()
         with pytest.raises(ConfigError, match=message):
             Machine(cfg).close()
+
+
+@pytest.mark.kvm_host
+def test_bochs_display_has_no_legacy_vga() -> None:
+    from kvmpy.machine import Machine
+
+    cfg = MachineConfig(kernel=build_guest("counter"), memory=32 * MiB, serial="null",
+                        devices=(DeviceSpec(driver="bochs-display", props=(("vgamem_mb", "8"),)),)).validate()
+    machine = Machine(cfg)
+    try:
+        board = machine.board
+        dev = find_display(board.devices.values())
+        assert dev is not None and not dev.legacy and dev.config_read(0x08, 4) >> 8 == 0x038000
+        assert board.pio.lookup(0x3C0) is None and board.pio.lookup(0x1CE) is None
+        assert dev.mmio_read(0x500, 2) == 0xB0C5 and dev.mmio_read(0x514, 2) == 8 * MiB >> 16
+        assert dev.mmio_read(0x400, 1) == 0  # no VGA registers behind BAR2 either
+        assert dev.refresh().frame.width == 640  # nothing programmed: a blank screen
+    finally:
+        machine.close()
