@@ -109,7 +109,8 @@ def qemu_screen(assets: DisplayAssets, tmp: Path) -> tuple[bytes, int, int, str]
             s.connect(str(sock))
             f = s.makefile("rw")
             f.readline()
-            for cmd in ({"execute": "qmp_capabilities"}, {"execute": "screendump", "arguments": {"filename": str(ppm)}}):
+            screendump = {"execute": "screendump", "arguments": {"filename": str(ppm)}}
+            for cmd in ({"execute": "qmp_capabilities"}, screendump):
                 f.write(json.dumps(cmd) + "\n")
                 f.flush()
                 while True:

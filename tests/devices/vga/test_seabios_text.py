@@ -113,5 +113,6 @@ def test_seabios_text_screen_equals_qemus() -> None:
         ours, theirs = ours.copy(), theirs.copy()
         ours[r * 16:(r + 1) * 16, c * 9:(c + 1) * 9] = theirs[r * 16:(r + 1) * 16, c * 9:(c + 1) * 9] = 0
     diff = (ours != theirs).any(axis=2)
-    assert not diff.any(), f"{diff.sum()} pixels differ in text rows {sorted(set((np.nonzero(diff)[0] // 16).tolist()))}"
+    rows = sorted(set((np.nonzero(diff)[0] // 16).tolist()))
+    assert not diff.any(), f"{diff.sum()} pixels differ in text rows {rows}"
     assert b"SeaBIOS (version" in serial
