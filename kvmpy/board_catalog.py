@@ -22,6 +22,8 @@ PC_PCI_DRIVERS: Mapping[str, str] = MappingProxyType({
     "virtio-blk-pci": "kvmpy.devices.virtio.blk:virtio_blk_pci",
     "virtio-net-pci": "kvmpy.devices.virtio.net:virtio_net_pci",
     "virtio-serial-pci": "kvmpy.devices.virtio.console:virtio_serial_pci",
+    "VGA": "kvmpy.devices.vga.factory:vga_pci",  # display adapters (-vga std is a VGA too)
+    "bochs-display": "kvmpy.devices.vga.factory:bochs_display_pci",
 })
 
 # -device drivers that are not PCI functions of their own.
