@@ -123,13 +123,13 @@ class IdeChannel:
         u = self.units[unit]
         u.kind, u.drive, u.serial = "hd", drive, drive.serial or f"QM{unit + 1:05d}"
         u.geometry = default_geometry(u.sectors())
-        u.status = r.READY
+        self.reset_registers()
 
     def attach_cd(self, unit: int, drive: DiskImage | None) -> None:
         u = self.units[unit]
         u.kind, u.drive, u.serial = "cd", drive, (drive.serial if drive is not None else "") or f"QM{unit + 1:05d}"
         u.atapi = Atapi(drive)
-        u.status = 0
+        self.reset_registers()
 
     # ---- registers -------------------------------------------------------------------
     def reset_registers(self) -> None:
