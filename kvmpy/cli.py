@@ -56,7 +56,7 @@ Options (same meaning as in qemu-system-x86_64 / qemu-system-riscv64):
          [,cache=writeback|none|writethrough|directsync|unsafe][,readonly=on][,snapshot=on][,aio=...]
                                 a disk image; if=virtio also adds its virtio-blk-pci device
   -blockdev driver=qcow2,node-name=N,file.driver=file,file.filename=FILE  (or JSON '{"driver": ...}')
-  -hda/-hdb/-hdc/-hdd FILE, -cdrom FILE, or FILE alone   an IDE disk/CD at index 0..3 (needs IDE)
+  -hda/-hdb/-hdc/-hdd FILE, -cdrom FILE, or FILE alone   an IDE disk/CD at index 0..3 (PIIX IDE at 00:01.1)
   -netdev user|tap|stream|socket|dgram,id=ID[,...]   a network backend (-netdev help)
   -nic TYPE,model=virtio-net-pci[,mac=ADDR][,...]  a netdev and its NIC in one option
   -chardev null|stdio|file|pty|socket,id=ID[,path=P|host=H,port=N][,server=on][,wait=off]

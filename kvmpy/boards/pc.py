@@ -45,6 +45,7 @@ from kvmpy.devices.debug_exit import DebugExit
 from kvmpy.devices.device import Device
 from kvmpy.devices.fw_cfg import DMA_PORT as FW_CFG_DMA_PORT, PORT_BASE as FW_CFG_PORT, FwCfg
 from kvmpy.devices.i8042 import I8042
+from kvmpy.devices.ide.factory import piix_ide
 from kvmpy.devices.irq import SharedIrq
 from kvmpy.devices.kvm_irq import KvmIrqLine
 from kvmpy.devices.msi import MsiRoutes
@@ -287,6 +288,7 @@ PC_DEVICES: tuple[DeviceSlot, ...] = (
                                            Window(0xCFC, 4, 4, "pci-conf-data"))),
     DeviceSlot("i440fx", _i440fx),
     DeviceSlot("piix3", _piix3),
+    DeviceSlot("piix3-ide", piix_ide),  # 00:01.1, only when an IDE drive is given (its legacy ports map themselves)
     DeviceSlot("fw_cfg", _fw_cfg, pio=_fw_cfg_ports),  # only when booting firmware (no -kernel)
 )
 
