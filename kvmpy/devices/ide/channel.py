@@ -68,6 +68,7 @@ class Unit:
 
     kind: str = ""  # "", "hd" or "cd"
     drive: Any = None
+    id: str = ""  # the -drive id the monitor names it by (ide1-cd0)
     serial: str = ""
     geometry: Geometry = field(default_factory=lambda: Geometry(1, 16, 63))
     status: int = 0
@@ -121,15 +122,40 @@ class IdeChannel:
     # ---- attachment ------------------------------------------------------------------
     def attach_disk(self, unit: int, drive: DiskImage) -> None:
         u = self.units[unit]
-        u.kind, u.drive, u.serial = "hd", drive, drive.serial or f"QM{unit + 1:05d}"
+        u.kind, u.drive, u.serial, u.id = "hd", drive, drive.serial or f"QM{unit + 1:05d}", drive.id
         u.geometry = default_geometry(u.sectors())
         self.reset_registers()
 
-    def attach_cd(self, unit: int, drive: DiskImage | None) -> None:
+    def attach_cd(self, unit: int, drive: DiskImage | None, drive_id: str = "") -> None:
         u = self.units[unit]
         u.kind, u.drive, u.serial = "cd", drive, (drive.serial if drive is not None else "") or f"QM{unit + 1:05d}"
+        u.id = drive_id or (drive.id if drive is not None else "")
         u.atapi = Atapi(drive)
         self.reset_registers()
+
+    def eject(self, unit: int, force: bool) -> Any:
+        """QMP eject of a CD unit: the removed drive (to close), or ValueError when the guest locked the tray
+        (the guest is then asked to eject, as QEMU does; ``force`` overrides the lock)."""
+        with self.lock:
+            cd = self.units[unit].atapi
+            assert cd is not None
+            if cd.locked and not force and not cd.eject_request():
+                raise ValueError("locked")
+            old = self.units[unit].drive
+            self.units[unit].drive = None
+            cd.medium = None
+            cd.tray_open = True
+            return old
+
+    def change_medium(self, unit: int, drive: Any) -> Any:
+        """Put ``drive`` in a CD unit (closing the tray); returns the drive it replaces."""
+        with self.lock:
+            cd = self.units[unit].atapi
+            assert cd is not None
+            old = self.units[unit].drive
+            self.units[unit].drive = drive
+            cd.change_medium(drive)
+            return old
 
     # ---- registers -------------------------------------------------------------------
     def reset_registers(self) -> None:

@@ -53,7 +53,7 @@ def piix_ide(board: IdeBoard) -> PiixIde | None:
             except BlockError as exc:
                 raise ConfigError(f"{spec.source or '-drive'}: {exc}") from None
             if spec.media == "cdrom":
-                ide.channels[channel].attach_cd(unit, drive)
+                ide.channels[channel].attach_cd(unit, drive, spec.id or "")
             else:
                 if drive is None:
                     raise ConfigError(f"{spec.source or '-drive'}: Device needs media, but drive is empty")
