@@ -61,25 +61,23 @@ def both(args: list[str]) -> tuple[tuple[str, str, str], tuple[str, str, str]]:
     return mine, qemu
 
 
-def test_mbr_from_hda_reads_with_int13_extensions(tmp_path: Path) -> None:
+def make_disk(tmp: Path) -> tuple[Path, tuple[str, str]]:
+    """An MBR disk image and the two sums its boot sector must print."""
     rng = random.Random(14)
-    disk = bytearray(boot_sector(tmp_path, 32, 1, 4000)) + rng.randbytes(4 << 20)
-    image = tmp_path / "disk.raw"
+    disk = bytearray(boot_sector(tmp, 32, 1, 4000)) + rng.randbytes(4 << 20)
+    image = tmp / "disk.raw"
     image.write_bytes(disk)
-    mine, qemu = both(["-drive", f"file={image},format=raw,if=ide,index=0"])
-    expected = ("80", word_sum(disk[512:512 + RUN]), word_sum(disk[4000 * 512:4000 * 512 + RUN]))
-    assert mine == expected
-    assert qemu == expected
+    return image, (word_sum(disk[512:512 + RUN]), word_sum(disk[4000 * 512:4000 * 512 + RUN]))
 
 
-@pytest.mark.skipif(shutil.which("xorriso") is None, reason="needs xorriso")
-def test_el_torito_no_emulation_from_cdrom(tmp_path: Path) -> None:
-    root = tmp_path / "iso"
+def make_iso(tmp: Path) -> tuple[Path, tuple[str, str]]:
+    """An El Torito no-emulation ISO and the two sums its boot image must print."""
+    root = tmp / "iso"
     root.mkdir()
     payload = random.Random(15).randbytes(1 << 20)
     (root / "data.bin").write_bytes(payload)
     (root / "boot.img").write_bytes(bytes(2048))
-    iso = tmp_path / "boot.iso"
+    iso = tmp / "boot.iso"
 
     def build() -> bytes:
         subprocess.run(["xorriso", "-as", "mkisofs", "-quiet", "-o", str(iso), "-b", "boot.img", "-no-emul-boot",
@@ -88,11 +86,39 @@ def test_el_torito_no_emulation_from_cdrom(tmp_path: Path) -> None:
 
     data_lba = build().find(payload[:256]) // 2048
     assert data_lba > 0
-    (root / "boot.img").write_bytes(boot_sector(tmp_path, 8, data_lba, data_lba + 100).ljust(2048, b"\0"))
+    (root / "boot.img").write_bytes(boot_sector(tmp, 8, data_lba, data_lba + 100).ljust(2048, b"\0"))
     image = build()
     assert image.find(payload[:256]) // 2048 == data_lba
-    mine, qemu = both(["-cdrom", str(iso)])
     a = image[data_lba * 2048:data_lba * 2048 + RUN]
     b = image[(data_lba + 100) * 2048:(data_lba + 100) * 2048 + RUN]
-    assert mine[1:] == (word_sum(a), word_sum(b))
+    return iso, (word_sum(a), word_sum(b))
+
+
+def test_mbr_from_hda_reads_with_int13_extensions(tmp_path: Path) -> None:
+    image, sums = make_disk(tmp_path)
+    mine, qemu = both(["-drive", f"file={image},format=raw,if=ide,index=0"])
+    assert mine == ("80", *sums)
+    assert qemu == mine
+
+
+needs_xorriso = pytest.mark.skipif(shutil.which("xorriso") is None, reason="needs xorriso")
+
+
+@needs_xorriso
+def test_el_torito_no_emulation_from_cdrom(tmp_path: Path) -> None:
+    iso, sums = make_iso(tmp_path)
+    mine, qemu = both(["-cdrom", str(iso)])
+    assert mine[1:] == sums
     assert mine == qemu
+
+
+@needs_xorriso
+def test_boot_order_d_and_bootindex(tmp_path: Path) -> None:
+    image, disk_sums = make_disk(tmp_path)
+    iso, cd_sums = make_iso(tmp_path)
+    fmt = f"file={image},format=raw"
+    mine, qemu = both(["-drive", f"{fmt},if=ide,index=0", "-cdrom", str(iso), "-boot", "order=d"])
+    assert mine[1:] == cd_sums and mine == qemu
+    mine, qemu = both(["-drive", f"{fmt},if=none,id=d0", "-device", "virtio-blk-pci,drive=d0,bootindex=1",
+                       "-cdrom", str(iso), "-boot", "order=d"])
+    assert mine[1:] == disk_sums and mine == qemu
