@@ -11,12 +11,22 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
+import pytest
+
 from kvmpy.devices.virtio.pci import VirtioPci
 from kvmpy.devices.virtio.rng import VirtioRng
+from kvmpy.kvm import abi
+from kvmpy.kvm.system import Kvm
+from kvmpy.memory.address_space import AddressSpace
+from kvmpy.memory.kvm_slots import KvmSlots
+from kvmpy.memory.ramblock import RAMBlock
+from kvmpy.memory.region import MemoryRegion
 
 from .pci_driver import PciRig, VirtioPciDriver
 
 BUF = 0x200000
+MiB = 1 << 20
 
 
 def _used_after(q, timeout: float) -> list[tuple[int, int]]:
@@ -55,3 +65,65 @@ def test_an_owned_kick_no_longer_reaches_the_device_until_given_back() -> None:
         assert len(_used_after(q, 5)) == 1
     finally:
         fn.close()
+
+
+class FrameLog:
+    """The simplest dirty source: the guest page frames it is told were written (vhost's log, by hand)."""
+
+    def __init__(self) -> None:
+        self.on = False
+        self.frames: set[int] = set()
+        self.calls: list[str] = []
+
+    def log_start(self) -> None:
+        self.on = True
+        self.calls.append("start")
+
+    def log_sync(self):
+        if not self.on:
+            return None
+        bits = np.zeros(max(self.frames, default=0) + 1, dtype=bool)
+        bits[list(self.frames)] = True
+        self.frames.clear()
+        return bits
+
+    def log_stop(self) -> None:
+        self.on = False
+        self.calls.append("stop")
+
+
+@pytest.mark.kvm_host
+def test_migrations_dirty_tracking_takes_a_dirty_sources_pages() -> None:
+    with Kvm.open() as kvm:
+        vm = kvm.create_vm()
+        try:
+            root = MemoryRegion.container("sys", 1 << 40)
+            low, high = RAMBlock.allocate("low", 4 * MiB), RAMBlock.allocate("high", 2 * MiB)
+            root.add_subregion(0, MemoryRegion.ram_region("low", low))
+            root.add_subregion(1 << 32, MemoryRegion.ram_region("high", high))
+            space = AddressSpace("sys", root)
+            slots = KvmSlots(vm, kvm.check_extension(abi.CAP_NR_MEMSLOTS))
+            space.add_listener(slots)
+            space.commit()
+            src = FrameLog()
+            slots.add_dirty_source(src)
+            assert src.calls == []  # logging is off: nothing asked of it
+            slots.set_dirty_logging(True)
+            assert src.calls == ["start"]
+            src.frames |= {3, (1 << 32 >> 12) + 5}
+            got = slots.collect([low, high])
+            assert np.flatnonzero(got[low]).tolist() == [3] and np.flatnonzero(got[high]).tolist() == [5]
+            assert not slots.collect([low, high])[low].any()  # fetched and cleared
+            src.frames.add(7)
+            slots.set_dirty_logging(False)  # its last pages are kept for the final collect
+            assert src.calls == ["start", "stop"]
+            assert np.flatnonzero(slots.collect([low, high])[low]).tolist() == [7]
+            late = FrameLog()
+            slots.set_dirty_logging(True)
+            slots.add_dirty_source(late)  # a source added while logging is on starts at once
+            assert late.calls == ["start"]
+            slots.remove_dirty_source(late)
+            assert late.calls == ["start", "stop"]
+            slots.set_dirty_logging(False)
+        finally:
+            vm.close()
