@@ -82,6 +82,7 @@ def test_open_without_vhost_net_says_so() -> None:
         vhost.VhostNet.open()
 
 
+@pytest.mark.kvm_full  # for the bed's /dev/vhost-net, not for KVM itself
 @pytest.mark.skipif(not os.path.exists(vhost.VHOST_PATH) or not have_netns(),
                     reason="needs /dev/vhost-net (the bed's L1 has it), root and ip netns")
 def test_the_kernel_logs_the_pages_it_writes_while_logging_is_on(space) -> None:
