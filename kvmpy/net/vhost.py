@@ -324,7 +324,7 @@ class VhostNet:
                 self._log_resize(top_gpa)
                 if self.running:
                     self._apply_log_features()
-                log.info("vhost-net: dirty logging on (%d pages)", 64 * len(self._log or ()))
+                log.info("vhost-net: dirty logging on (%d pages)", 64 * len(self._log) if self._log is not None else 0)
 
     def log_stop(self) -> None:
         """Stop dirty logging (call ``log_sync`` before, or what is still logged is dropped)."""
