@@ -57,6 +57,8 @@ dd if=/dev/zero bs=65536 count=$((mb * 16)) 2>/dev/null | nc @HOST@ 5001
 echo "NETBENCH tx done"
 nc @HOST@ 5002 > /dev/null
 echo "NETBENCH rx done"
+echo "NETBENCH $(grep eth0 /proc/net/dev)"
+echo "NETBENCH $(grep '^Tcp:' /proc/net/snmp | tail -1)"
 poweroff -f
 """.replace("@GUEST@", GUEST_IP).replace("@HOST@", HOST_IP)
 
@@ -157,6 +159,9 @@ def one_run(cmd: list[str], kernel: Path, initrd: Path, vhost: str, size_mb: int
             proc.kill()
             out, err = proc.communicate()
         servers.join(30)
+        for line in out.splitlines():  # the guest's counters: frame sizes, retransmissions
+            if line.startswith("NETBENCH ") and "done" not in line:
+                print(f"    guest: {' '.join(line.split()[1:])}", flush=True)
         if set(servers.rates) != {"tx", "rx"}:
             raise RuntimeError(f"{cmd[0]} vhost={vhost}: no figures (exit {proc.returncode}):\n"
                                f"{out[-2000:]}\n{err[-2000:]}")
