@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from kvmpy.devices.device import DeviceStateError, bool_field, bytes_field, check_keys
 from kvmpy.devices.virtio.device import DeviceType, VirtioContext, VirtioDevice, bit
-from kvmpy.devices.virtio.queue import VirtQueueError
+from kvmpy.devices.virtio.queue import U16, USED_ELEM, VirtQueueError
 from kvmpy.errors import ConfigError
 from kvmpy.memory.guest_memory import GuestMemoryError
 from kvmpy.net.backend import NetBackend
@@ -91,6 +91,35 @@ RX, TX = 0, 1
 TX_BURST = 256  # chains per TX pass before other work gets a turn
 DEFAULT_MAC = bytes.fromhex("525400123456")
 PCI_CLASS_ETHERNET = 0x0200
+
+
+def push_frame(q: "SplitQueue", parts: "list[tuple[Chain, int]]") -> None:
+    """Give one received frame's buffers back with a single used-index update.
+
+    A Linux guest reads ``num_buffers`` from a frame's first buffer and then takes the
+    rest from the used ring at once; if they are not all there yet it drops the frame
+    ("buffers missing"). ``SplitQueue.push`` publishes the index per chain, so a guest
+    reading on its own CPU saw frames half placed: in the bed one 64 KiB TSO frame in
+    about thirty was dropped and TCP collapsed to ~0.1 MB/s. The elements are written
+    first and the index once, after them (x86 keeps the stores in order).
+    """
+    if len(parts) == 1:
+        q.push(*parts[0])
+        return
+    for chain, written in parts:
+        if not 0 <= written <= chain.writable_len:
+            raise ValueError(f"written ({written}) must be within the chain's writable length {chain.writable_len}")
+    used, mask = q.next_used, q.size - 1
+    try:
+        for chain, written in parts:
+            q.memory.write(q.used_addr + 4 + 8 * (used & mask), USED_ELEM.pack(chain.head, written))
+            used = (used + 1) & 0xFFFF
+        q.memory.write(q.used_addr + 2, U16.pack(used))
+    except VirtQueueError:
+        raise
+    except ValueError as exc:  # the used ring was checked at activation; RAM unplugged since
+        raise VirtQueueError(f"used ring: {exc}") from exc
+    q.next_used = used
 
 
 def default_mac(index: int) -> bytes:
@@ -451,11 +480,13 @@ class VirtioNet(VirtioDevice):
             struct.pack_into("<H", packet, NUM_BUFFERS_OFFSET, len(chains))
             view = memoryview(packet)
             pos = 0
+            parts = []
             for chain in chains:
                 n = min(chain.writable_len, need - pos)
                 q.write(chain, view[pos:pos + n])
-                q.push(chain, n)
+                parts.append((chain, n))
                 pos += n
+            push_frame(q, parts)
             return True
         except VirtQueueError as exc:
             self._fail(ctx, f"receive queue: {exc}")
