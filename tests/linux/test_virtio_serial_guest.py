@@ -220,7 +220,6 @@ def run_qemu(assets: Assets, sockdir: Path) -> dict:
         proc.wait()
 
 
-@pytest.mark.bed_pending("the kvmpy half passed in the bed; the QEMU half has not run there")
 @pytest.mark.kvm_full
 def test_hvc0_login_and_guest_agent_as_under_qemu(assets, tmp_path) -> None:
     import kvmpy
