@@ -550,8 +550,8 @@ class VirtioPci(PciDevice):
                             pass
                         rewatch()
                         continue
-                    if key.data not in watched:
-                        continue  # handed over in this same wake-up
+                    if key.data in self._owned or key.data not in watched:
+                        continue  # handed over (the rewatch may come later in this same wake-up)
                     try:
                         os.eventfd_read(key.fd)
                     except BlockingIOError:
