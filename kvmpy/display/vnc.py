@@ -393,6 +393,11 @@ class VncServer:
         assert frame is not None
         return frame
 
+    def refresh_now(self) -> Frame:
+        """Renders the screen now (what screendump shows) and sends the change to the viewers."""
+        self._refresh()
+        return self.frame()
+
     def _refresh(self) -> None:
         with self._refresh_lock:
             update = self.source.refresh()
