@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import zlib
 
 from kvmpy.display import vnc_auth
 from kvmpy.display.rfb import PixelFormat
@@ -15,6 +16,7 @@ class RawClient:
                  shared: bool = True) -> None:
         self.sock = socket.create_connection(address[:2], timeout=10)
         self.received = 0
+        self.inflate = zlib.decompressobj()  # one zlib stream per connection, as the zlib encoding has
         assert self.recv(12) == b"RFB 003.008\n"
         self.sock.sendall(version)
         if version[8:11] < b"007":  # 3.3, and 3.4-3.6 which a server treats as 3.3
@@ -61,7 +63,7 @@ class RawClient:
                                       self.width if w is None else w, self.height if h is None else h))
 
     def read_update(self) -> list[tuple[int, int, int, int, int, bytes]]:
-        """One FramebufferUpdate of Raw and DesktopSize rectangles: (x, y, w, h, encoding, data)."""
+        """One FramebufferUpdate of Raw, zlib and DesktopSize rectangles: (x, y, w, h, encoding, data)."""
         kind, _, count = struct.unpack("!BBH", self.recv(4))
         assert kind == 0
         rects = []
@@ -70,10 +72,16 @@ class RawClient:
             if enc == -223:
                 self.width, self.height = w, h
                 rects.append((x, y, w, h, enc, b""))
+            elif enc == 6:  # zlib: a length, then the raw pixels deflated
+                (n,) = struct.unpack("!I", self.recv(4))
+                rects.append((x, y, w, h, enc, self.inflate.decompress(self.recv(n))))
             else:
                 assert enc == 0, enc
                 rects.append((x, y, w, h, enc, self.recv(w * h * self.pixel_format.bytes_per_pixel)))
         return rects
+
+    def key(self, keysym: int, down: bool) -> None:
+        self.sock.sendall(struct.pack("!BBxxI", 4, down, keysym))
 
     def close(self) -> None:
         self.sock.close()

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from kvmpy.display.rfb import ENC_DESKTOP_SIZE, ENC_RAW, PixelFormat
+from kvmpy.display.rfb import ENC_DESKTOP_SIZE, ENC_RAW, ENC_ZLIB, PixelFormat
 from kvmpy.display.surface import Rect
 from kvmpy.display.vnc import VncServer
 from tests.display.framebuffer import MemoryFramebuffer
@@ -224,3 +224,18 @@ def test_binds_to_loopback_by_default(fb) -> None:
         assert srv.address[0] == "127.0.0.1"
     finally:
         srv.close()
+
+
+def test_zlib_rectangles_inflate_to_the_pixels(server, fb) -> None:
+    c = RawClient(server.address)
+    c.set_encodings(ENC_ZLIB, ENC_RAW)
+    c.request(False)
+    ((_, _, w, h, enc, data),) = c.read_update()
+    assert (w, h, enc) == (160, 100, ENC_ZLIB)
+    frame = fb.refresh().frame
+    assert data == b"".join(frame.row(y) for y in range(frame.height))
+    fb.fill(Rect(5, 5, 3, 3), (9, 8, 7))  # the stream goes on across updates
+    c.request(True)
+    ((x, y, w, h, enc, data),) = c.read_update()
+    assert (x, y, w, h) == (5, 5, 3, 3) and data == bytes((7, 8, 9, 0)) * 9
+    c.close()
