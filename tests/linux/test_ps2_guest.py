@@ -18,6 +18,7 @@ import pytest
 
 import kvmpy
 from tests.display.rfb_client import RawClient
+from tests.linux.guest_process import sh
 
 BOOT_TIMEOUT = 300.0
 STEP = 120.0
@@ -35,21 +36,15 @@ def free_display() -> int:
     pytest.skip("no free VNC port")
 
 
-def sh(vm: "kvmpy.VM", command: str, marker: str, timeout: float = STEP) -> str:
-    vm.console.send(f"{command}; echo {marker}-$((6*7))\n")
-    m = vm.console.expect(f"{marker}-42", timeout=timeout)
-    start = m.string.rfind(f"{marker}-$((6*7))", 0, m.start())
-    return m.string[max(start, 0):m.start()]
-
-
 @pytest.mark.kvm_full
+@pytest.mark.bed_pending("new: Linux's i8042/atkbd on kvmpy's PS/2 keyboard, not yet seen passing in the bed")
 def test_linux_reads_keys_typed_by_qmp_and_vnc(linux_assets):
     display = free_display()
     with kvmpy.VM(linux_assets.kernel, initrd=linux_assets.initrd, memory="256M", smp=1, no_reboot=True,
                   process=True, extra_args=["-vnc", f"127.0.0.1:{display}"],
                   append="console=ttyS0 panic=-1 kvmpy_test=shell") as vm:
         vm.console.expect("KVMPY-TEST cmdline=", timeout=BOOT_TIMEOUT)
-        probe = sh(vm, "dmesg | grep -E 'i8042|serio|input:' | sed 's/^/DMESG /'", "P1")
+        probe = sh(vm.console, "dmesg | grep -E 'i8042|serio|input:' | sed 's/^/DMESG /'", "P1")
         # QMP send-key: one key at a time, as a person types.
         vm.console.send("read -r L < /dev/tty1; echo TYPED1=[$L]\n")
         time.sleep(2)
