@@ -54,7 +54,8 @@ VNC_BASE_PORT = 5900
 REFRESH_INTERVAL = 0.03  # QEMU's default GUI refresh: 30 ms
 HANDSHAKE_TIMEOUT = 10.0  # seconds a client has to finish the handshake
 MAX_PENDING_RECTS = 32  # more dirty rectangles than this collapse into their bounding box
-MAX_CLIENTS = 16
+MAX_CLIENTS = 16  # viewers at once
+MAX_CONNECTIONS = 32  # connections at once, those still in their handshake included
 
 
 @dataclass(frozen=True)
@@ -332,6 +333,7 @@ class VncServer:
         self._lock = threading.Lock()  # guards the session list and the latest frame
         self._refresh_lock = threading.Lock()  # one caller of source.refresh at a time
         self._sessions: list[VncSession] = []
+        self._connections = 0  # sockets with a session thread, handshaking or attached
         self._frame: Frame | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -441,9 +443,11 @@ class VncServer:
             except OSError:
                 return
             with self._lock:
-                busy = len(self._sessions) >= MAX_CLIENTS
+                busy = len(self._sessions) >= MAX_CLIENTS or self._connections >= MAX_CONNECTIONS
+                if not busy:
+                    self._connections += 1
             if busy:
-                log.warning("vnc: refusing %s: %d viewers already", peer, MAX_CLIENTS)
+                log.warning("vnc: refusing %s: too many viewers or connections", peer)
                 sock.close()
                 continue
             if sock.family != socket.AF_UNIX:
@@ -456,5 +460,6 @@ class VncServer:
             session.serve()
         finally:
             with self._lock:
+                self._connections -= 1
                 if session in self._sessions:
                     self._sessions.remove(session)

@@ -239,3 +239,19 @@ def test_zlib_rectangles_inflate_to_the_pixels(server, fb) -> None:
     ((x, y, w, h, enc, data),) = c.read_update()
     assert (x, y, w, h) == (5, 5, 3, 3) and data == bytes((7, 8, 9, 0)) * 9
     c.close()
+
+
+def test_connections_beyond_the_cap_are_refused(fb, monkeypatch) -> None:
+    monkeypatch.setattr("kvmpy.display.vnc.MAX_CONNECTIONS", 2)
+    srv = VncServer(fb, "127.0.0.1", 0).start()
+    held = [socket.create_connection(srv.address[:2], timeout=5) for _ in range(2)]  # stalled in the handshake
+    try:
+        for s in held:
+            assert s.recv(12) == b"RFB 003.008\n"
+        extra = socket.create_connection(srv.address[:2], timeout=5)
+        assert extra.recv(12) == b""  # closed at once
+        extra.close()
+    finally:
+        for s in held:
+            s.close()
+        srv.close()
