@@ -60,6 +60,11 @@ _PAUSE = {1: (0xE1, 0x1D, 0x45, 0xE1, 0x9D, 0xC5), 2: (0xE1, 0x14, 0x77, 0xE1, 0
 
 QCODES = frozenset(_KEYS) | {"print", "pause"}
 
+# QEMU's key numbers ("qnum", used by QMP send-key's number keys and the VNC QEMU extended key
+# event): the set-1 make code, plus 0x80 for an 0xE0-prefixed key.
+QNUM_TO_QCODE: Mapping[int, str] = MappingProxyType(
+    {set1 | (0x80 if e0 else 0): name for name, (set1, _, e0) in _KEYS.items()} | {0xB7: "print", 0xC6: "pause"})
+
 
 def sequence(qcode: str, down: bool, scancode_set: int) -> bytes:
     """The bytes a keyboard in ``scancode_set`` (1 or 2) sends when ``qcode`` goes down or up;

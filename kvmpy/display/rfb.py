@@ -30,6 +30,8 @@ MSG_UPDATE_REQUEST = 3
 MSG_KEY_EVENT = 4
 MSG_POINTER_EVENT = 5
 MSG_CLIENT_CUT_TEXT = 6
+MSG_QEMU = 255  # QEMU's client message, subtype 0: the extended key event
+QEMU_EXTENDED_KEY = 0
 
 # Server-to-client message types.
 MSG_FRAMEBUFFER_UPDATE = 0
@@ -40,6 +42,7 @@ ENC_RAW = 0
 ENC_ZLIB = 6
 ENC_ZRLE = 16
 ENC_DESKTOP_SIZE = -223
+ENC_QEMU_EXTENDED_KEY = -258  # the client may send key numbers (QEMU's qnum) with each keysym
 ENC_COMPRESS_LEVEL_0 = -256  # -256 .. -247: zlib compression levels 0..9
 
 MAX_ENCODINGS = 1024  # more than any client names; a longer SetEncodings is refused
@@ -170,7 +173,17 @@ class ClientCutText:
     text: bytes
 
 
-ClientMessage = Union[SetPixelFormat, SetEncodings, UpdateRequest, KeyEvent, PointerEvent, ClientCutText]
+@dataclass(frozen=True)
+class ExtendedKeyEvent:
+    """QEMU's extended key event: the keysym and the key's number (set-1 code, 0x80 for E0 keys)."""
+
+    down: bool
+    keysym: int
+    keycode: int
+
+
+ClientMessage = Union[SetPixelFormat, SetEncodings, UpdateRequest, KeyEvent, PointerEvent, ClientCutText,
+                      ExtendedKeyEvent]
 
 # The largest message the parser ever buffers: a ClientCutText at its cap.
 MAX_MESSAGE = 8 + MAX_CUT_TEXT
@@ -237,6 +250,15 @@ class ClientMessageParser:
             if len(buf) < 8 + length:
                 return 8 + length, None
             return 8 + length, ClientCutText(bytes(buf[8 : 8 + length]))
+        if kind == MSG_QEMU:
+            if len(buf) < 2:
+                return 2, None
+            if buf[1] != QEMU_EXTENDED_KEY:
+                raise RfbError(f"unknown QEMU client message subtype {buf[1]}")
+            if len(buf) < 12:
+                return 12, None
+            down, keysym, keycode = struct.unpack_from("!HII", buf, 2)
+            return 12, ExtendedKeyEvent(bool(down), keysym, keycode)
         raise RfbError(f"unknown client message type {kind}")
 
 

@@ -22,14 +22,17 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from kvmpy.devices.scancodes import QNUM_TO_QCODE
 from kvmpy.display.keysym import keysym_to_qcode
 from kvmpy.display.rfb import (
     ENC_DESKTOP_SIZE,
+    ENC_QEMU_EXTENDED_KEY,
     NATIVE_FORMAT,
     SEC_NONE,
     SEC_VNC_AUTH,
     ClientCutText,
     ClientMessageParser,
+    ExtendedKeyEvent,
     KeyEvent,
     PixelFormat,
     PointerEvent,
@@ -75,6 +78,7 @@ class _Pending:
     request: UpdateRequest | None = None
     dirty: list[Rect] = field(default_factory=list)
     resized: bool = False
+    ext_key_ack: bool = False  # the client asked for QEMU's extended key events: confirm them
 
 
 class VncSession:
@@ -199,30 +203,36 @@ class VncSession:
             with self._cond:
                 self.encodings = msg.encodings
                 self.encoder.choose(msg.encodings)
+                if ENC_QEMU_EXTENDED_KEY in msg.encodings:
+                    self._pending.ext_key_ack = True
+                    self._cond.notify_all()
         elif isinstance(msg, SetPixelFormat):
             with self._cond:
                 self.pixel_format = msg.pixel_format
         elif isinstance(msg, KeyEvent):
-            self._key(msg)
+            self._key(msg.keysym, msg.down)
+        elif isinstance(msg, ExtendedKeyEvent):
+            self._key(msg.keysym, msg.down, QNUM_TO_QCODE.get(msg.keycode))
         elif isinstance(msg, PointerEvent):
             self._pointer_event(msg)
         elif isinstance(msg, ClientCutText):
             pass  # no guest clipboard to paste into
 
-    def _key(self, msg: KeyEvent) -> None:
+    def _key(self, keysym: int, down: bool, key: str | None = None) -> None:
+        """A key by its keysym, or by the key itself (``key``, from an extended key event) when known."""
         sink = self.server.keyboard
-        if msg.down:
-            qcode = keysym_to_qcode(msg.keysym)
+        if down:
+            qcode = key or keysym_to_qcode(keysym)
             if qcode is None:
-                log.debug("vnc: keysym %#x has no key", msg.keysym)
+                log.debug("vnc: keysym %#x has no key", keysym)
                 return
-            self._keys_down[msg.keysym] = qcode
+            self._keys_down[keysym] = qcode
         else:
-            qcode = self._keys_down.pop(msg.keysym, None) or keysym_to_qcode(msg.keysym)
+            qcode = self._keys_down.pop(keysym, None) or key or keysym_to_qcode(keysym)
             if qcode is None:
                 return
         if sink is not None:
-            sink.key_event(qcode, msg.down)
+            sink.key_event(qcode, down)
 
     def _release_keys(self) -> None:
         """A viewer that goes away leaves no key held down in the guest."""
@@ -260,7 +270,8 @@ class VncSession:
     # ---- what the server sends -------------------------------------------------
     def _ready(self) -> bool:
         p = self._pending
-        return self._closed or (p.request is not None and (not p.request.incremental or bool(p.dirty) or p.resized))
+        return self._closed or p.ext_key_ack or (
+            p.request is not None and (not p.request.incremental or bool(p.dirty) or p.resized))
 
     def _write_loop(self) -> None:
         try:
@@ -269,16 +280,20 @@ class VncSession:
                     self._cond.wait_for(self._ready)
                     if self._closed:
                         return
-                    request, self._pending.request = self._pending.request, None
-                    dirty, self._pending.dirty = self._pending.dirty, []
-                    resized, self._pending.resized = self._pending.resized, False
-                    pf = self.pixel_format
+                    ack, self._pending.ext_key_ack = self._pending.ext_key_ack, False
+                    if not ack:
+                        request, self._pending.request = self._pending.request, None
+                        dirty, self._pending.dirty = self._pending.dirty, []
+                        resized, self._pending.resized = self._pending.resized, False
+                        pf = self.pixel_format
+                if ack:  # confirms QEMU's extended key events at once, as QEMU does, request or not
+                    self._send(update_header(1) + rect_header(Rect(0, 0, 0, 0), ENC_QEMU_EXTENDED_KEY))
+                    continue
                 assert request is not None
                 frame = self.server.frame()
                 data = self._update(frame, request, dirty, resized, pf)
                 if data:
-                    self.sock.sendall(data)
-                    self.bytes_sent += len(data)
+                    self._send(data)
                 else:
                     with self._cond:  # nothing to send yet: keep waiting on the same request
                         if self._pending.request is None:
@@ -286,6 +301,11 @@ class VncSession:
         except (OSError, RfbError) as e:
             log.info("vnc: writing to %s failed: %s", self.info.host, e)
             self.close()
+
+    def _send(self, data: bytes) -> None:
+        """Writes to the viewer (never with the session's lock held: a stalled viewer stalls only itself)."""
+        self.sock.sendall(data)
+        self.bytes_sent += len(data)
 
     def _update(self, frame: Frame, request: UpdateRequest, dirty: list[Rect], resized: bool,
                 pf: PixelFormat) -> bytes:

@@ -15,7 +15,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from kvmpy.devices.i8042 import I8042
-from kvmpy.devices.scancodes import KEYS, QCODES
+from kvmpy.devices.scancodes import QCODES, QNUM_TO_QCODE
 from kvmpy.display.console import find_display_source
 from kvmpy.display.screendump import FORMATS
 from kvmpy.display.surface import Frame
@@ -31,8 +31,7 @@ DEFAULT_HOLD_MS = 100  # QEMU's send-key hold-time default
 MAX_KEYS = 16  # keys in one send-key (QEMU's HMP limit)
 # The contract's button bits (kvmpy.display.surface.PointerSink) by QEMU's InputButton names.
 BUTTONS = {"left": 1, "middle": 2, "right": 4, "wheel-up": 8, "wheel-down": 16}
-# QEMU's "number" key values: the set-1 scancode, with 0x80 added for an 0xE0-prefixed key.
-_NUMBERS = {set1 | (0x80 if e0 else 0): name for name, (set1, _, e0) in KEYS.items()}
+_NUMBERS = QNUM_TO_QCODE  # QEMU's "number" key values
 
 
 def _board(ctx: "Context") -> Any:

@@ -255,3 +255,14 @@ def test_connections_beyond_the_cap_are_refused(fb, monkeypatch) -> None:
         for s in held:
             s.close()
         srv.close()
+
+
+def test_qemu_extended_key_events_name_the_key_itself(server) -> None:
+    c = RawClient(server.address)
+    c.set_encodings(ENC_RAW, -258)
+    assert c.recv(16) == struct.pack("!BxHHHHHi", 0, 1, 0, 0, 0, 0, -258)  # the server confirms at once
+    # keysym '2' with the key number of 'a' (0x1e): the key wins, as with a non-US layout; then right ctrl (E0 1D)
+    for down, keysym, keycode in ((1, 0x32, 0x1E), (0, 0x32, 0x1E), (1, 0xFFE4, 0x9D), (0, 0xFFE4, 0x9D)):
+        c.sock.sendall(struct.pack("!BBHII", 255, 0, down, keysym, keycode))
+    assert server.keyboard.wait(4) == [("a", True), ("a", False), ("ctrl_r", True), ("ctrl_r", False)]
+    c.close()
