@@ -266,3 +266,13 @@ def test_qemu_extended_key_events_name_the_key_itself(server) -> None:
         c.sock.sendall(struct.pack("!BBHII", 255, 0, down, keysym, keycode))
     assert server.keyboard.wait(4) == [("a", True), ("a", False), ("ctrl_r", True), ("ctrl_r", False)]
     c.close()
+
+
+def test_an_exclusive_viewer_disconnects_the_others(server) -> None:
+    shared = RawClient(server.address)
+    exclusive = RawClient(server.address, shared=False)  # QEMU's default share policy: allow-exclusive
+    shared.sock.settimeout(5)
+    assert shared.sock.recv(1) == b""
+    assert len(server.clients) == 1
+    exclusive.close()
+    shared.close()
