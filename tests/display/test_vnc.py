@@ -273,6 +273,9 @@ def test_an_exclusive_viewer_disconnects_the_others(server) -> None:
     exclusive = RawClient(server.address, shared=False)  # QEMU's default share policy: allow-exclusive
     shared.sock.settimeout(5)
     assert shared.sock.recv(1) == b""
+    deadline = time.monotonic() + 5
+    while len(server.clients) != 1 and time.monotonic() < deadline:  # the closed session leaves the list
+        time.sleep(0.01)
     assert len(server.clients) == 1
     exclusive.close()
     shared.close()
