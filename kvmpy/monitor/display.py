@@ -15,6 +15,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from kvmpy.devices.i8042 import I8042
+from kvmpy.lifecycle import RunState
 from kvmpy.devices.scancodes import QCODES, QNUM_TO_QCODE
 from kvmpy.display.console import find_display_source
 from kvmpy.display.screendump import FORMATS
@@ -28,7 +29,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_HOLD_MS = 100  # QEMU's send-key hold-time default
-MAX_KEYS = 16  # keys in one send-key (QEMU's HMP limit)
+MAX_KEYS = 16  # keys in one HMP sendkey (QEMU's limit)
+MAX_QMP_KEYS = 256  # keys in one QMP send-key: QEMU sets no limit, the message size does
 # The contract's button bits (kvmpy.display.surface.PointerSink) by QEMU's InputButton names.
 BUTTONS = {"left": 1, "middle": 2, "right": 4, "wheel-up": 8, "wheel-down": 16}
 _NUMBERS = QNUM_TO_QCODE  # QEMU's "number" key values
@@ -50,7 +52,7 @@ def current_frame(ctx: "Context") -> Frame:
     board = _board(ctx)
     source = find_display_source(getattr(board, "devices", {}).values())
     if source is None:
-        raise QmpError("There is no QemuConsole I can screendump from.")
+        raise QmpError("There is no console to take a screendump from")
     vnc = getattr(board, "vnc", None)
     return vnc.refresh_now() if vnc is not None else source.refresh().frame
 
@@ -91,18 +93,23 @@ def change_vnc_password(ctx: "Context", password: str) -> dict:
     return {}
 
 
-def _qcode(key: Any, where: str) -> str:
-    """A KeyValue ({type: qcode|number, data}) as a QKeyCode name this keyboard has."""
+def _qcode(key: Any, where: str) -> str | None:
+    """A KeyValue ({type: qcode|number, data}) as a QKeyCode name this keyboard has; None for a
+    number no key has (QEMU accepts and drops those). Errors are worded as QEMU's visitor's."""
     if not isinstance(key, dict) or set(key) != {"type", "data"}:
         raise QmpError(f"Parameter '{where}' expects a KeyValue: {{'type': 'qcode'|'number', 'data': ...}}")
     kind, data = key["type"], key["data"]
-    if kind == "qcode" and isinstance(data, str) and data in QCODES:
+    if kind == "qcode":
+        if not isinstance(data, str):
+            raise QmpError("Invalid parameter type for 'data', expected: string")
+        if data not in QCODES:
+            raise QmpError(f"Parameter 'data' does not accept value '{data[:64]}'")
         return data
-    if kind == "number" and isinstance(data, int) and not isinstance(data, bool) and data in _NUMBERS:
-        return _NUMBERS[data]
-    if kind not in ("qcode", "number"):
-        raise QmpError(f"Parameter '{where}.type' does not accept value '{kind}'")
-    raise QmpError(f"Parameter '{where}.data' does not accept value '{data}'")
+    if kind == "number":
+        if not isinstance(data, int) or isinstance(data, bool):
+            raise QmpError("Invalid parameter type for 'data', expected: integer")
+        return _NUMBERS.get(data)
+    raise QmpError(f"Parameter 'type' does not accept value '{str(kind)[:64]}'")
 
 
 def press_keys(kbd: I8042, qcodes: list[str], hold_ms: int) -> None:
@@ -121,10 +128,11 @@ def press_keys(kbd: I8042, qcodes: list[str], hold_ms: int) -> None:
 
 
 def send_key(ctx: "Context", keys: list, hold_time: int | None = None) -> dict:
-    if not keys or len(keys) > MAX_KEYS:
-        raise QmpError(f"Parameter 'keys' expects 1 to {MAX_KEYS} keys")
-    qcodes = [_qcode(k, f"keys[{i}]") for i, k in enumerate(keys)]
-    press_keys(_i8042(ctx), qcodes, DEFAULT_HOLD_MS if hold_time is None else hold_time)
+    if len(keys) > MAX_QMP_KEYS:
+        raise QmpError(f"Parameter 'keys' expects at most {MAX_QMP_KEYS} keys")
+    qcodes = [q for q in (_qcode(k, f"keys[{i}]") for i, k in enumerate(keys)) if q is not None]
+    if qcodes:
+        press_keys(_i8042(ctx), qcodes, DEFAULT_HOLD_MS if hold_time is None else hold_time)
     return {}
 
 
@@ -133,6 +141,8 @@ def input_send_event(ctx: "Context", events: list, device: str | None = None, he
     motion and buttons summed into one report at the end (its sync)."""
     if device is not None or head is not None:
         raise QmpError("device and head are not supported by kvmpy")
+    if ctx.machine.lifecycle.state is not RunState.RUNNING:  # QEMU refuses input to a stopped VM
+        raise QmpError("VM not running")
     dev = _i8042(ctx)
     plan: list[tuple[str, Any]] = []
     for i, ev in enumerate(events):
@@ -142,19 +152,21 @@ def input_send_event(ctx: "Context", events: list, device: str | None = None, he
         kind, data = ev["type"], ev["data"]
         if kind == "key":
             _members(data, {"down": bool, "key": dict}, where)
-            plan.append(("key", (_qcode(data["key"], f"{where}.data.key"), data["down"])))
+            qcode = _qcode(data["key"], f"{where}.data.key")
+            if qcode is not None:
+                plan.append(("key", (qcode, data["down"])))
         elif kind == "btn":
             _members(data, {"down": bool, "button": str}, where)
             if data["button"] not in BUTTONS:
-                raise QmpError(f"Parameter '{where}.data.button' does not accept value '{data['button']}'")
+                raise QmpError(f"Parameter 'button' does not accept value '{data['button'][:64]}'")
             plan.append(("btn", (BUTTONS[data["button"]], data["down"])))
         elif kind in ("rel", "abs"):
             _members(data, {"axis": str, "value": int}, where)
             if data["axis"] not in ("x", "y"):
-                raise QmpError(f"Parameter '{where}.data.axis' does not accept value '{data['axis']}'")
+                raise QmpError(f"Parameter 'axis' does not accept value '{data['axis'][:64]}'")
             plan.append((kind, (data["axis"], data["value"])))
         else:
-            raise QmpError(f"Parameter '{where}.type' does not accept value '{kind}'")
+            raise QmpError(f"Parameter 'type' does not accept value '{str(kind)[:64]}'")
     mouse = dev.mouse
     ps2 = mouse.buttons  # PS/2 bits: left 1, right 2, middle 4
     buttons = (ps2 & 1) | (2 if ps2 & 4 else 0) | (4 if ps2 & 2 else 0)
@@ -190,10 +202,15 @@ def _members(data: dict, types: dict[str, type], where: str) -> None:
 
 # ---- HMP ---------------------------------------------------------------------
 
+_HMP_USAGE = '{}\nTry "help sendkey" for more information\n'
+
+
 def hmp_sendkey(ctx: "Context", args: list[str]) -> str:
     """``sendkey ctrl-alt-f1 [hold_ms]``: keys by QKeyCode name or number (0x1d), joined by '-'."""
-    if not args or len(args) > 2:
-        return "sendkey: expected keys (e.g. ctrl-alt-f1) and an optional hold time in ms\n"
+    if not args:
+        return _HMP_USAGE.format("sendkey: string expected")
+    if len(args) > 2 or (len(args) == 2 and (not args[1].isdigit() or len(args[1]) > 9)):
+        return _HMP_USAGE.format("sendkey: extraneous characters at the end of line")
     qcodes = []
     for name in args[0].split("-"):
         if name in QCODES:
@@ -204,16 +221,11 @@ def hmp_sendkey(ctx: "Context", args: list[str]) -> str:
         except ValueError:
             number = -1
         if number not in _NUMBERS:
-            return f"unknown key: '{name}'\n"
+            return f"invalid parameter: {name[:64]}\n"
         qcodes.append(_NUMBERS[number])
     if len(qcodes) > MAX_KEYS:
         return "too many keys\n"
-    hold = DEFAULT_HOLD_MS
-    if len(args) == 2:
-        if not args[1].isdigit() or len(args[1]) > 9:
-            return f"invalid hold time: '{args[1]}'\n"
-        hold = int(args[1])
-    press_keys(_i8042(ctx), qcodes, hold)
+    press_keys(_i8042(ctx), qcodes, int(args[1]) if len(args) == 2 else DEFAULT_HOLD_MS)
     return ""
 
 
@@ -231,15 +243,15 @@ def hmp_screendump(ctx: "Context", args: list[str]) -> str:
 
 
 def info_vnc_text(ctx: "Context") -> str:
+    """HMP ``info vnc``, laid out as QEMU 7.2's (the one display is QEMU's "default")."""
     info = query_vnc(ctx)
     if not info["enabled"]:
-        return "Server: none\n"
-    out = [f"Server: {info['host']}:{info['service']} ({info['family']})\n",
+        return "None\n"
+    out = ["default:\n", f"  Server: {info['host']}:{info['service']} ({info['family']})\n",
            f"    Auth: {info['auth']} (Sub: none)\n"]
     for c in info["clients"]:
-        out.append(f"Client: {c['host']}:{c['service']} ({c['family']})\n")
-    if not info["clients"]:
-        out.append("  no client connected\n")
+        out.append(f"  Client: {c['host']}:{c['service']} ({c['family']})\n"
+                   "    x509_dname: none\n    sasl_username: none\n")
     return "".join(out)
 
 
