@@ -57,6 +57,8 @@ VNC_BASE_PORT = 5900
 REFRESH_INTERVAL = 0.03  # QEMU's default GUI refresh: 30 ms
 HANDSHAKE_TIMEOUT = 10.0  # seconds a client has to finish the handshake
 MAX_PENDING_RECTS = 32  # more dirty rectangles than this collapse into their bounding box
+# The 3.8 failure reason, byte for byte as QEMU sends it (its C string's NUL included).
+AUTH_FAILED = b"Authentication failed\0"
 MAX_CLIENTS = 16  # viewers at once
 MAX_CONNECTIONS = 32  # connections at once, those still in their handshake included
 
@@ -158,7 +160,7 @@ class VncSession:
             chosen = self._recv_exact(1, deadline)[0]
             if chosen != sec:
                 if version == (3, 8):
-                    self._fail(f"security type {chosen} was not offered")
+                    self._fail(AUTH_FAILED)
                 raise RfbError(f"client chose security type {chosen}, not {sec}")
         if sec == SEC_VNC_AUTH:
             challenge = vnc_auth.new_challenge()
@@ -166,7 +168,7 @@ class VncSession:
             answer = self._recv_exact(vnc_auth.CHALLENGE_SIZE, deadline)
             if not vnc_auth.check(self.server.password, challenge, answer):
                 if version == (3, 8):
-                    self._fail("Authentication failed")
+                    self._fail(AUTH_FAILED)
                 else:
                     self.sock.sendall(struct.pack("!I", 1))
                 log.warning("vnc: client %s failed authentication", self.info.host)
@@ -180,8 +182,8 @@ class VncSession:
         self.sock.sendall(server_init(frame.width, frame.height, self.pixel_format, self.server.name))
         return True
 
-    def _fail(self, reason: str) -> None:
-        raw = reason.encode()
+    def _fail(self, reason: bytes) -> None:
+        raw = reason
         self.sock.sendall(struct.pack("!I", 1) + struct.pack("!I", len(raw)) + raw)
 
     # ---- what the client says ------------------------------------------------

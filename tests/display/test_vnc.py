@@ -279,3 +279,62 @@ def test_an_exclusive_viewer_disconnects_the_others(server) -> None:
     assert len(server.clients) == 1
     exclusive.close()
     shared.close()
+
+
+def _failed_handshakes(port: int) -> list[bytes]:
+    """What a server answers to a wrong password under 3.8, 3.7 and 3.3, and to an unoffered security type."""
+    out = []
+    for version, choose in ((b"RFB 003.008\n", 2), (b"RFB 003.007\n", 2), (b"RFB 003.003\n", None),
+                            (b"RFB 003.008\n", 1)):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        got = s.recv(12)
+        s.sendall(version)
+        got += s.recv(4 if choose is None else 2)
+        if choose is not None:
+            s.sendall(bytes([choose]))
+        if choose != 1:
+            assert len(s.recv(16)) == 16  # the challenge (random: left out of the comparison)
+            s.sendall(bytes(16))  # a wrong answer
+        rest = b""
+        while chunk := s.recv(256):
+            rest += chunk
+        out.append(got + rest)
+        s.close()
+    return out
+
+
+def test_failed_authentication_is_byte_for_byte_qemus(fb, tmp_path) -> None:
+    import shutil
+    import subprocess
+    if shutil.which("qemu-system-x86_64") is None:
+        pytest.skip("no qemu-system-x86_64")
+    srv = VncServer(fb, "127.0.0.1", 0, password_required=True).start()
+    srv.set_password("right")
+    try:
+        ours = _failed_handshakes(srv.address[1])
+    finally:
+        srv.close()
+    for n in range(70, 99):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", 5900 + n))
+                break
+            except OSError:
+                continue
+    qemu = subprocess.Popen(["qemu-system-x86_64", "-machine", "none", "-nodefaults", "-display", "none",
+                             "-vnc", f"127.0.0.1:{n},password=on", "-S"], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", 5900 + n), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "QEMU's VNC server did not start"
+                time.sleep(0.1)
+        theirs = _failed_handshakes(5900 + n)
+    finally:
+        qemu.kill()
+        qemu.wait(10)
+    assert ours == theirs
