@@ -51,6 +51,6 @@ def start_vnc(options: VncOptions, source: DisplaySource | None, keyboard: Keybo
                            keyboard=keyboard, pointer=pointer, password_required=options.password,
                            name=f"kvmpy ({name})" if name else "kvmpy")
     except OSError as exc:
-        raise ConfigError(f"Failed to start VNC server: Failed to bind socket: {exc.strerror or exc}") from None
+        raise ConfigError(f"{options.source}: Failed to find an available port: {exc.strerror or exc}") from None
     log.info("VNC server on %s:%d (display %d)", options.host, options.port, options.display)
     return server.start()

@@ -37,6 +37,7 @@ class VncOptions:
     host: str
     display: int
     password: bool = False
+    source: str = "-vnc"  # the option as given, the prefix of a message about it
 
     @property
     def port(self) -> int:
@@ -73,7 +74,7 @@ def parse_vnc(text: str, option: str = "-vnc") -> VncOptions | None:
     display = int(number)
     if display > 0xFFFF - VNC_BASE_PORT:
         raise opts.fail(f"port {display} out of range")
-    return VncOptions(host or DEFAULT_HOST, display, password)
+    return VncOptions(host or DEFAULT_HOST, display, password, where(option, text))
 
 
 def parse_display(text: str) -> tuple[bool, str | None]:

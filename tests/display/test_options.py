@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 
@@ -9,20 +10,36 @@ import pytest
 
 from kvmpy.cli import parse_qemu_args
 from kvmpy.config import from_mapping
-from kvmpy.display.options import VncOptions, parse_display, parse_vnc
+from kvmpy.display.options import parse_display, parse_vnc
 from kvmpy.errors import ConfigError
 
 
 @pytest.mark.parametrize("text, want", [
-    (":1", VncOptions("127.0.0.1", 1)),  # loopback unless told otherwise
-    ("0.0.0.0:2", VncOptions("0.0.0.0", 2)),
-    ("[::1]:3,password=on", VncOptions("::1", 3, True)),
-    ("localhost:0,password=off", VncOptions("localhost", 0)),
-    ("vnc=:4", VncOptions("127.0.0.1", 4)),  # the -display vnc= form reads the same
-    ("none", None),
+    (":1", ("127.0.0.1", 1, False)),  # loopback unless told otherwise
+    ("0.0.0.0:2", ("0.0.0.0", 2, False)),
+    ("[::1]:3,password=on", ("::1", 3, True)),
+    ("localhost:0,password=off", ("localhost", 0, False)),
+    ("vnc=:4", ("127.0.0.1", 4, False)),  # the -display vnc= form reads the same
 ])
 def test_vnc_values(text, want) -> None:
-    assert parse_vnc(text) == want
+    got = parse_vnc(text)
+    assert (got.host, got.display, got.password, got.source, got.port) == (*want, f"-vnc {text}", 5900 + want[1])
+    assert parse_vnc("none") is None
+
+
+def test_a_port_in_use_is_qemus_one_line_error() -> None:
+    from kvmpy.display.console import start_vnc
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        if port < 5900:
+            pytest.skip("the free port is below 5900")
+        opts = parse_vnc(f"127.0.0.1:{port - 5900}")
+        with pytest.raises(ConfigError) as exc:
+            start_vnc(opts, None, None, None)
+    assert str(exc.value) == f"-vnc 127.0.0.1:{port - 5900}: Failed to find an available port: Address already in use"
 
 
 # The messages qemu-system-x86_64 7.2 prints for the same arguments (after "qemu-system-x86_64: ").
