@@ -146,6 +146,10 @@ class RawBackend(BlockBackend):
     def size(self) -> int:
         return self._size
 
+    def reload(self) -> None:
+        """The other side of a migration may have resized the file."""
+        self._size = os.fstat(self.fd).st_size
+
     @io_errors
     def resize(self, new_size: int, *, shrink: bool = False) -> None:
         self._check_writable()
@@ -190,3 +194,5 @@ class RawBackend(BlockBackend):
     def _check_writable(self) -> None:
         if self.readonly:
             raise BlockError(f"{self.path}: image is opened read-only")
+        if not self.active:
+            raise BlockError(f"{self.path}: image is inactive (another process owns it)")

@@ -453,10 +453,11 @@ def open_device_drive(config: Any, spec: "DeviceSpec") -> Drive:
     writeback = None if wce == "auto" else spec.get_bool("write-cache")
     drives = {d.id: d for d in getattr(config, "drives", ())}
     blockdevs = {b.node_name: b for b in getattr(config, "blockdevs", ())}
+    inactive = getattr(config, "incoming", None) is not None  # -incoming: the source owns the images
     if name in drives:
         d = drives[name]
         try:
-            drive = drive_from_spec(d, writeback)
+            drive = drive_from_spec(d, writeback, inactive=inactive)
         except BlockError as exc:
             raise ConfigError(f"{d.source or where}: {exc}") from None
         serial = d.get("serial")
@@ -465,7 +466,7 @@ def open_device_drive(config: Any, spec: "DeviceSpec") -> Drive:
         return drive
     if name in blockdevs:
         try:
-            return drive_from_blockdev(blockdevs, name, writeback)
+            return drive_from_blockdev(blockdevs, name, writeback, inactive=inactive)
         except BlockError as exc:
             raise ConfigError(f"{blockdevs[name].source or where}: {exc}") from None
     raise ConfigError(f"{where}: Property 'virtio-blk-device.drive' can't find value '{name}'")
