@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kvmpy.devices.device import DeviceStateError
+from kvmpy.devices.scancodes import QCODES
 from kvmpy.devices.i8042 import I8042
 
 
@@ -208,3 +211,27 @@ def test_unfit_device_states_are_refused(bad) -> None:
     state = {**dev.save(), **bad}
     with pytest.raises(DeviceStateError):
         dev.restore(state)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(
+    st.tuples(st.just("out"), st.sampled_from([0, 4]), st.integers(0, 0xFF)),
+    st.tuples(st.just("in"), st.sampled_from([0, 4]), st.just(0)),
+    st.tuples(st.just("key"), st.sampled_from(sorted(QCODES)), st.booleans()),
+    st.tuples(st.just("move"), st.integers(-2000, 2000), st.integers(0, 31))), max_size=80))
+def test_any_guest_and_input_sequence_keeps_the_controller_sane(ops) -> None:
+    dev, kbd, aux = make_wired()
+    for op in ops:
+        if op[0] == "out":
+            dev.write(op[1], 1, op[2])
+        elif op[0] == "in":
+            assert 0 <= dev.read(op[1], 1) <= 0xFF
+        elif op[0] == "key":
+            dev.key_event(op[1], op[2])
+        else:
+            dev.pointer_event(op[1], -op[1] // 3, op[2])
+        state = dev.save()
+        assert len(state["queue"]) <= 64
+    other, _, _ = make_wired()
+    other.restore(dev.save())  # whatever state the sequence left, it migrates
+    assert other.save() == dev.save()
