@@ -42,7 +42,7 @@ def test_linux_reads_keys_typed_by_qmp_and_vnc(linux_assets):
     display = free_display()
     with kvmpy.VM(linux_assets.kernel, initrd=linux_assets.initrd, memory="256M", smp=1, no_reboot=True,
                   process=True, extra_args=["-vnc", f"127.0.0.1:{display}"],
-                  append="console=ttyS0 panic=-1 kvmpy_test=shell") as vm:
+                  append="console=ttyS0 quiet panic=-1 kvmpy_test=shell") as vm:
         vm.console.expect("KVMPY-TEST cmdline=", timeout=BOOT_TIMEOUT)
         probe = sh(vm.console, "dmesg | grep -E 'i8042|serio|input:' | sed 's/^/DMESG /'", "P1")
         # QMP send-key: one key at a time, as a person types.
