@@ -181,7 +181,14 @@ def _normalized(replies: list, ports: list[int]) -> list:
 
 
 def _run_script(qmp_path: Path, vnc_port: int) -> list:
-    viewer = RawClient(("127.0.0.1", vnc_port))
+    deadline = time.monotonic() + 30
+    while True:  # QEMU opens its QMP socket before its VNC server listens
+        try:
+            viewer = RawClient(("127.0.0.1", vnc_port))
+            break
+        except ConnectionRefusedError:
+            assert time.monotonic() < deadline, "the VNC server did not start"
+            time.sleep(0.1)
     try:
         replies = arun(qmp(qmp_path, *DIFF_SCRIPT))
         return _normalized(replies, [vnc_port, viewer.sock.getsockname()[1]])
