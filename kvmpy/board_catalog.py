@@ -2,27 +2,26 @@
 -object types it builds, each named once.
 
 ``kvmpy.config`` checks a configuration against these names (``BOARDS["pc"]``)
-without importing a board or a device, and the board builds from the same
-entries: ``kvmpy.boards.pc_pci`` imports each PCI function's factory from the
-``"module:function"`` named here, so a new PCI driver is one line in
-``PC_PCI_DRIVERS``. The -netdev types are those ``kvmpy.net.netdev`` has a
+without importing a board or a device; the board builds the same entries
+(``kvmpy.boards.pc_pci`` imports each PCI function's factory explicitly, so the
+dependency stays visible, and a test holds its table equal to ``PC_PCI_DRIVERS``).
+The -netdev types are those ``kvmpy.net.netdev`` has a
 builder for (its table is their one list; the module imports no backend).
 """
 
 from __future__ import annotations
 
-from types import MappingProxyType
-from typing import Mapping
-
 from kvmpy.net.netdev import netdev_types
 
-# -device driver -> its factory ``(board, spec) -> PciDevice``, as "module:function" (imported by the board only).
-PC_PCI_DRIVERS: Mapping[str, str] = MappingProxyType({
-    "virtio-rng-pci": "kvmpy.devices.virtio.rng:virtio_rng_pci",
-    "virtio-blk-pci": "kvmpy.devices.virtio.blk:virtio_blk_pci",
-    "virtio-net-pci": "kvmpy.devices.virtio.net:virtio_net_pci",
-    "virtio-serial-pci": "kvmpy.devices.virtio.console:virtio_serial_pci",
-})
+# -device drivers that are PCI functions; kvmpy.boards.pc_pci maps each to its factory (a test holds the two equal).
+PC_PCI_DRIVERS = (
+    "virtio-rng-pci",
+    "virtio-blk-pci",
+    "virtio-net-pci",
+    "virtio-serial-pci",
+    "VGA",  # display adapters (-vga std is a VGA too)
+    "bochs-display",
+)
 
 # -device drivers that are not PCI functions of their own.
 PC_OTHER_DRIVERS = (

@@ -50,6 +50,7 @@ Options (same meaning as in qemu-system-x86_64 / qemu-system-riscv64):
   -display vnc=[HOST]:N[,...]   as -vnc
   -vnc [HOST]:N[,password=on]   a VNC console on TCP port 5900+N (HOST defaults to 127.0.0.1, not every
                                 interface as in QEMU); password=on: set one with change-vnc-password
+  -vga std|none                 std: QEMU's standard VGA (Bochs VBE) at PCI slot 2; none (kvmpy's default)
   -serial stdio|file:PATH|null|none|chardev:ID  where COM1 goes (none: no COM1 at all)
   -nodefaults                   no default devices
   -no-reboot                    exit instead of rebooting
@@ -91,7 +92,9 @@ _LEGACY_DRIVES = {"-hda": (0, "disk"), "-hdb": (1, "disk"), "-hdc": (2, "disk"),
 _FLAGS = {"-enable-kvm", "-nographic", "-nodefaults", "-no-reboot", "-S", "-no-user-config",
           "-no-shutdown", "-snapshot"}
 # Options accepted only with values that ask for nothing we would have to add.
-_ONLY_NONE = {"-monitor": ("none",), "-vga": ("none",), "-net": ("none",), "-parallel": ("none",)}
+_ONLY_NONE = {"-monitor": ("none",), "-net": ("none",), "-parallel": ("none",)}
+# -vga types QEMU 7.2 knows; kvmpy builds std (kvmpy.devices.vga) and none.
+_VGA_TYPES = ("none", "std", "cirrus", "vmware", "qxl", "xenfb", "tcx", "cg3", "virtio")
 
 
 RAM_NAME = "pc.ram"  # named as in QEMU's "cannot set up guest memory 'pc.ram'"
@@ -188,6 +191,7 @@ def parse_qemu_args(argv: Sequence[str]) -> MachineConfig:
     nodefaults = False
     specs: dict[str, list] = {name: [] for name in _SPEC_OPTIONS.values()}
     nics: list = []
+    vga = "none"  # kvmpy stays headless unless asked (QEMU's default would be std)
     mons: list[qemu_opts.Opts] = []
     while i < len(args):
         raw = args[i]
@@ -218,6 +222,13 @@ def parse_qemu_args(argv: Sequence[str]) -> MachineConfig:
             raise UsageError(f"option {shown(raw)} needs an argument")
         val = args[i + 1]
         i += 2
+        if opt == "-vga":
+            if val not in _VGA_TYPES:
+                raise UsageError(f"unknown vga type: {shown(val)}")
+            if val not in ("std", "none"):
+                raise UsageError(f"-vga {val} is not supported by kvmpy (std or none)")
+            vga = val
+            continue
         if opt in _ONLY_NONE:
             if val not in _ONLY_NONE[opt]:
                 raise UsageError(f"{opt} {shown(val)} is not supported (only '{opt} none')")
@@ -319,6 +330,8 @@ def parse_qemu_args(argv: Sequence[str]) -> MachineConfig:
     if board.arch == "x86_64" and cfg["accel"] != "kvm":
         raise UsageError("x86 guests need KVM for now: add -enable-kvm (or -accel kvm)")
     specs["devices"][:0] = nics
+    if vga == "std":  # QEMU creates the -vga card with the machine, before -nic cards and -device
+        specs["devices"][:0] = [config_devices.DeviceSpec(driver="VGA", source="-vga std")]
     for mon in mons:  # after every -chardev: -mon may name one given later
         chardev = _monitor_chardev(mon, specs["chardevs"])
         specs["chardevs"].remove(chardev)

@@ -86,6 +86,8 @@ DEVICE_DRIVERS: Mapping[str, DeviceDriver] = _drivers(
                  category="Storage devices"),
     DeviceDriver("pc-dimm", "", desc="DIMM memory module", refs=(("memdev", "object"),),
                  category="Uncategorized devices"),
+    DeviceDriver("VGA", "PCI", category="Display devices"),
+    DeviceDriver("bochs-display", "PCI", category="Display devices"),
 )
 _ALIASES: Mapping[str, str] = MappingProxyType({a: d.name for d in DEVICE_DRIVERS.values() for a in d.aliases})
 

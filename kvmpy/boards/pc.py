@@ -58,6 +58,7 @@ from kvmpy.devices.pci.piix3 import Piix3
 from kvmpy.devices.port80 import Port80
 from kvmpy.devices.rtc import CmosRtc
 from kvmpy.devices.serial import Uart16550
+from kvmpy.devices.vga.pci_vga import VgaPci
 from kvmpy.kvm import abi
 from kvmpy.kvm.flavor import KvmKind, host_kvm_kind
 from kvmpy.firmware.bios import BiosImage, load_bios
@@ -215,14 +216,16 @@ class PcBarSpace:
         self.regions: dict[int, MemoryRegion] = {}
         self.refused: set[tuple[BarKind, int]] = set()
 
-    def map_bar(self, kind: BarKind, base: int, size: int, device: Device, name: str) -> bool:
+    def map_bar(self, kind: BarKind, base: int, size: int, device: Device, name: str,
+                ram: RAMBlock | None = None) -> bool:
         b = self.board
         with self.lock:
             try:
                 if kind is BarKind.IO:
                     b.pio.map(base, size, device, name)
                 else:
-                    region = MemoryRegion.io(name, size, device)
+                    region = MemoryRegion.io(name, size, device) if ram is None else \
+                        MemoryRegion.ram_region(name, ram, 0, size)  # a framebuffer: a KVM slot of its own
                     b.root.add_subregion(base, region, priority=-1)
                     self.regions[base] = region
                     b.address_space.commit()
@@ -451,6 +454,10 @@ class PcBoard:
         return boot
 
     # ---- reset and teardown -----------------------------------------------------------
+    def device_ram(self) -> list[RAMBlock]:
+        """RAM that devices own (a display adapter's video memory): migrated with the guest's RAM."""
+        return [b for d in self.devices.values() if isinstance(d, VgaPci) for b in d.device_ram()]
+
     def reset_devices(self) -> None:
         """Every device in the table back to its power-on state (a new device cannot be forgotten)."""
         for dev in self.devices.values():

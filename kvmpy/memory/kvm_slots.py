@@ -4,6 +4,11 @@ Each RAM range of the FlatView becomes one KVM slot. On every commit the
 listener removes slots that disappeared and adds new ones; dirty logging is
 turned on or off for all slots at once (KVM_MEM_LOG_DIRTY_PAGES). Dirty bits of
 a slot that is about to be removed are fetched first so that none are lost.
+
+A display adapter's framebuffer block is logged always (``track_block``), whether
+or not a migration logs the rest: KVM keeps one log per slot, so whoever fetches
+it (migration's ``sync_slots``/``collect`` or the display's ``display_dirty``)
+keeps the other's share, as QEMU's separate VGA and migration dirty bitmaps do.
 """
 
 from __future__ import annotations
@@ -57,9 +62,11 @@ class KvmSlots:
         self._lock = threading.Lock()
         # Dirty pages harvested from removed slots, per block, until the next collect.
         self._harvested: dict[int, "np.ndarray"] = {}
+        self._display: set[int] = set()  # ids of blocks logged for a display, always
+        self._display_pending: dict[int, "np.ndarray"] = {}  # their pages fetched by migration, not yet shown
 
     def _flags(self, slot: Slot) -> int:
-        flags = abi.MEM_LOG_DIRTY_PAGES if self.log_dirty else 0
+        flags = abi.MEM_LOG_DIRTY_PAGES if self.log_dirty or id(slot.block) in self._display else 0
         return flags | (abi.MEM_READONLY if slot.readonly else 0)
 
     def _free_id(self) -> int:
@@ -80,7 +87,7 @@ class KvmSlots:
                 wanted[probe.key] = probe
             for key in [k for k in self.slots if k not in wanted]:
                 slot = self.slots.pop(key)
-                if self.log_dirty:
+                if self.log_dirty or id(slot.block) in self._display:
                     self._harvest(slot)
                 self.vm.set_user_memory_region(slot.slot_id, slot.gpa, 0, 0, 0)
                 log.debug("removed slot %d at %#x", slot.slot_id, slot.gpa)
@@ -108,18 +115,59 @@ class KvmSlots:
 
     def _harvest(self, slot: Slot) -> None:
         bits = self.vm.get_dirty_log(slot.slot_id, slot.npages)
+        if self.log_dirty:
+            self._accumulate(self._harvested, slot, bits)
+        if id(slot.block) in self._display:
+            self._accumulate(self._display_pending, slot, bits)
+
+    @staticmethod
+    def _accumulate(into: dict[int, "np.ndarray"], slot: Slot, bits: "np.ndarray") -> None:
         import numpy as np
 
-        acc = self._harvested.setdefault(id(slot.block), np.zeros(slot.block.npages, dtype=bool))
+        acc = into.setdefault(id(slot.block), np.zeros(slot.block.npages, dtype=bool))
         first = slot.block_offset >> PAGE_SHIFT
         acc[first:first + slot.npages] |= bits
+
+    def track_block(self, block: RAMBlock) -> None:
+        """Log ``block``'s pages always, for ``display_dirty`` (a framebuffer)."""
+        with self._lock:
+            if id(block) in self._display:
+                return
+            self._display.add(id(block))
+            for slot in self.slots.values():
+                if slot.block is block:
+                    self.vm.set_user_memory_region(slot.slot_id, slot.gpa, slot.size,
+                                                   slot.block.host_addr + slot.block_offset, self._flags(slot))
+
+    def display_dirty(self, block: RAMBlock) -> "np.ndarray":
+        """Pages of a ``track_block`` block the guest wrote since the last call (bool per page, fetch-and-clear).
+
+        When a migration is logging too, the fetched bits are kept for its next ``collect``."""
+        import numpy as np
+
+        with self._lock:
+            out = self._display_pending.pop(id(block), None)
+            if out is None:
+                out = np.zeros(block.npages, dtype=bool)
+            for slot in self.slots.values():
+                if slot.block is block:
+                    bits = self.vm.get_dirty_log(slot.slot_id, slot.npages)
+                    first = slot.block_offset >> PAGE_SHIFT
+                    out[first:first + slot.npages] |= bits
+                    if self.log_dirty:
+                        self._accumulate(self._harvested, slot, bits)
+            return out
 
     def sync_slots(self) -> list[tuple[Slot, np.ndarray]]:
         """KVM's dirty log per slot (fetch-and-clear). Empty unless logging is on."""
         with self._lock:
             if not self.log_dirty:
                 return []
-            return [(s, self.vm.get_dirty_log(s.slot_id, s.npages)) for s in self.slots.values()]
+            out = [(s, self.vm.get_dirty_log(s.slot_id, s.npages)) for s in self.slots.values()]
+            for s, bits in out:
+                if id(s.block) in self._display:
+                    self._accumulate(self._display_pending, s, bits)
+            return out
 
     def collect(self, blocks: list[RAMBlock]) -> dict[RAMBlock, np.ndarray]:
         """Dirty pages per RAM block since the last collect: KVM's log merged with VMM writes."""

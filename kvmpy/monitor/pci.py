@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 UNMAPPED = -1
 CLASS_NAMES = {
     0x0100: "SCSI controller", 0x0101: "IDE controller", 0x0200: "Ethernet controller",
-    0x0300: "VGA controller", 0x0600: "Host bridge", 0x0601: "ISA bridge", 0x0604: "PCI bridge",
+    0x0300: "VGA controller", 0x0380: "Display controller", 0x0600: "Host bridge", 0x0601: "ISA bridge",
+    0x0604: "PCI bridge",
     0x0680: "Bridge", 0x0780: "Communication controller",
 }
 

@@ -49,7 +49,10 @@ def _qmp(path: Path, *commands: tuple[str, dict]) -> list:
                 raise
             time.sleep(0.05)
     f = s.makefile("rwb")
-    json.loads(f.readline())
+    greeting = f.readline()
+    if not greeting:
+        raise AssertionError(f"{path}: the QMP server closed the connection before its greeting")
+    json.loads(greeting)
     out = []
     for cmd, args in (("qmp_capabilities", {}), *commands):
         f.write(json.dumps({"execute": cmd, "arguments": args}).encode() + b"\n")

@@ -19,10 +19,13 @@ import logging
 import threading
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from kvmpy.devices.bus import Device
 from kvmpy.devices.device import DeviceStateError, bytes_field, check_keys
+
+if TYPE_CHECKING:
+    from kvmpy.memory.ramblock import RAMBlock
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +74,17 @@ class PciIdentity:
 
 @dataclass(frozen=True)
 class Bar:
-    """A BAR the function decodes: ``size`` is a power of two; ``device`` answers its accesses."""
+    """A BAR the function decodes: ``size`` is a power of two; ``device`` answers its accesses.
+
+    A BAR with ``ram`` (a framebuffer) is that RAM block mapped straight into the guest
+    (a KVM memory slot); ``device`` then sees no accesses."""
 
     index: int
     kind: BarKind
     size: int
     device: Device
     prefetchable: bool = False
+    ram: "RAMBlock | None" = None
 
     def __post_init__(self) -> None:
         if self.size <= 0 or self.size & (self.size - 1):
@@ -98,9 +105,10 @@ class Bar:
 
 
 class BarSpace(Protocol):
-    """Where BARs appear: the board's port-I/O bus and physical memory."""
+    """Where BARs appear: the board's port-I/O bus and physical memory (RAM BARs: ``ram``)."""
 
-    def map_bar(self, kind: BarKind, base: int, size: int, device: Device, name: str) -> bool: ...
+    def map_bar(self, kind: BarKind, base: int, size: int, device: Device, name: str,
+                ram: "RAMBlock | None" = None) -> bool: ...
 
     def unmap_bar(self, kind: BarKind, base: int) -> None: ...
 
@@ -108,7 +116,8 @@ class BarSpace(Protocol):
 class NoBarSpace:
     """A function not (yet) plugged into a bus: BARs never appear anywhere."""
 
-    def map_bar(self, kind: BarKind, base: int, size: int, device: Device, name: str) -> bool:
+    def map_bar(self, kind: BarKind, base: int, size: int, device: Device, name: str,
+                ram: "RAMBlock | None" = None) -> bool:
         return False
 
     def unmap_bar(self, kind: BarKind, base: int) -> None:
@@ -269,7 +278,10 @@ class PciDevice:
                     self.space.unmap_bar(have[0], have[1])
                     del self._mapped[index]
                 if want is not None:
-                    if self.space.map_bar(bar.kind, want, bar.size, bar.device, f"{self.name} BAR{index}"):
+                    name = f"{self.name} BAR{index}"
+                    mapped = self.space.map_bar(bar.kind, want, bar.size, bar.device, name) if bar.ram is None \
+                        else self.space.map_bar(bar.kind, want, bar.size, bar.device, name, ram=bar.ram)
+                    if mapped:
                         self._mapped[index] = (bar.kind, want)
 
     def mapped_bars(self) -> dict[int, int]:
@@ -343,6 +355,10 @@ class PciDevice:
 
     def restore(self, state: dict[str, Any]) -> None:
         config, intx = self.validate(state)
+        self.restore_config(config, intx)
+
+    def restore_config(self, config: bytes, intx: bool) -> None:
+        """Apply a validated config space and INTx level (for subclasses whose state wraps it)."""
         with self._lock:
             self.config[:] = config
             self._intx_level = intx

@@ -1,0 +1,1 @@
+"""QEMU's Bochs-VBE display adapters (std VGA, bochs-display): registers, EDID, fonts and rendering."""
