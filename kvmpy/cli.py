@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from kvmpy.version import __version__
 from kvmpy import config_devices, qemu_opts
+from kvmpy.display.options import parse_display, parse_vnc
 from kvmpy.config import (BOARDS, ConfigError, MachineConfig, board_named, debug_exit_of, load_yaml, parse_int,
                           parse_size, parse_trace, shown)
 
@@ -46,6 +47,9 @@ Options (same meaning as in qemu-system-x86_64 / qemu-system-riscv64):
   -L DIR                        x86: look for BIOS images in DIR first
   -nographic                    no display; serial on stdio (Ctrl-A x quits)
   -display none                 no display
+  -display vnc=[HOST]:N[,...]   as -vnc
+  -vnc [HOST]:N[,password=on]   a VNC console on TCP port 5900+N (HOST defaults to 127.0.0.1, not every
+                                interface as in QEMU); password=on: set one with change-vnc-password
   -vga std|none                 std: QEMU's standard VGA (Bochs VBE) at PCI slot 2; none (kvmpy's default)
   -serial stdio|file:PATH|null|none|chardev:ID  where COM1 goes (none: no COM1 at all)
   -nodefaults                   no default devices
@@ -78,7 +82,7 @@ Debugging: KVMPY_LOG=debug (or info) logs to stderr, including unhandled ports.
 # Options that take an argument and those that do not.
 _WITH_ARG = {"-accel", "-machine", "-M", "-cpu", "-m", "-smp", "-kernel", "-initrd", "-append", "-serial",
              "-device", "-name", "-display", "-bios", "-d", "-D", "-qmp", "-monitor", "-vga", "-net",
-             "-parallel", "-incoming", "-L", "-drive", "-blockdev", "-netdev", "-chardev", "-object",
+             "-parallel", "-incoming", "-L", "-vnc", "-drive", "-blockdev", "-netdev", "-chardev", "-object",
              "-hda", "-hdb", "-hdc", "-hdd", "-cdrom", "-nic", "-mon", "-boot"}
 # The device options gathered into MachineConfig tuples, and the field each one fills.
 _SPEC_OPTIONS = {"-drive": "drives", "-blockdev": "blockdevs", "-netdev": "netdevs", "-chardev": "chardevs",
@@ -302,8 +306,11 @@ def parse_qemu_args(argv: Sequence[str]) -> MachineConfig:
             cfg["serial"] = val
             serial_set = True
         elif opt == "-display":
-            if val.split(",")[0] != "none":
-                raise UsageError(f"-display {shown(val)} is not supported (kvmpy has no display; use -display none)")
+            vnc = parse_display(val)[1]
+            if vnc is not None:
+                cfg["vnc"] = vnc
+        elif opt == "-vnc":
+            cfg["vnc"] = None if parse_vnc(val) is None else val
         elif opt in _SPEC_OPTIONS:
             spec = _device_option(opt, val)
             if opt == "-device" and spec.driver == "isa-debug-exit":
