@@ -10,6 +10,7 @@ import pytest
 from kvmpy.devices.device import DeviceStateError
 from kvmpy.devices.ide import regs as r
 from kvmpy.devices.ide.bmdma import ST_ACTIVE, ST_ERROR, ST_INTR
+from kvmpy.migration.codec import decode, encode
 from tests.devices.ide.host import RAM_SIZE, IdeHost, make_image
 
 SIZE = 8 << 20
@@ -213,7 +214,7 @@ def test_short_prd_and_bus_master_off(host: IdeHost) -> None:
 def test_save_restore_mid_pio(host: IdeHost, tmp_path: Path) -> None:
     host.lba28(r.CMD_READ, 20, 2)
     first = host.pio_in(100)
-    state = host.ide.save()
+    state = decode(encode(host.ide.save()), "piix3-ide")  # as a migration stream carries it
     other = IdeHost()
     other.ide.channels[0].attach_disk(0, other.open(tmp_path / "a.raw"))
     try:
@@ -230,3 +231,15 @@ def test_save_restore_mid_pio(host: IdeHost, tmp_path: Path) -> None:
             other.ide.validate({"pci": state["pci"], "channels": [{}]})
     finally:
         other.close()
+
+
+def test_save_restore_pending_dma(host: IdeHost) -> None:
+    host.prd_table(0x1000, [(0x10000, 1024, True)])
+    host.lba28(r.CMD_READ_DMA, 30, 2)  # the command waits for the engine
+    state = decode(encode(host.ide.save()), "piix3-ide")
+    host.ide.reset()
+    host.ide.config_write(0x04, 2, 0x0005)
+    host.ide.restore(state)
+    host.dma(0, 0x1000, to_memory=True)
+    assert host.status() == r.READY
+    assert struct.unpack_from("<Q", host.memory.read(0x10200, 8))[0] == 31
