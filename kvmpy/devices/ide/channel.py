@@ -493,7 +493,7 @@ class IdeChannel:
 
     def _data_read(self, size: int) -> int:
         if not self.cur.status & r.ST_DRQ or self.xfer.kind in ("", "write", "packet"):
-            return 0xFFFFFFFF & ((1 << (8 * size)) - 1) if not self.buf else 0
+            return 0  # as QEMU: no data-in phase, the data register reads 0
         chunk = self.buf[self.pos:self.pos + size]
         self.pos += size
         value = int.from_bytes(chunk.ljust(size, b"\0"), "little")
