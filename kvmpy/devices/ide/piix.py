@@ -4,7 +4,8 @@ Class 0x0101 with programming interface 0x80 (both channels in fixed legacy mode
 mastering): channel 0 at ports 0x1F0-0x1F7 and 0x3F6 on ISA IRQ 14, channel 1 at 0x170-0x177
 and 0x376 on IRQ 15, decoded whatever the PCI command register says, as on QEMU's pc. BAR4
 is the 16-port bus-master window (channel 0 at +0, channel 1 at +8); DMA needs the command
-register's bus-master bit. Power-on config values are QEMU's piix_ide_reset ones.
+register's bus-master bit. Power-on config values are QEMU's piix_ide_reset ones, with both
+channels' IDETIM decode-enable bits set as the firmware sets them (see ``IDETIM``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,12 @@ CLASS_IDE, PROG_IF = 0x0101, 0x80
 LEGACY = ((0x1F0, 0x3F6, 14), (0x170, 0x376, 15))  # (command block, control port, ISA IRQ) per channel
 BM_BAR, BM_SIZE, BM_CHANNEL_SIZE = 4, 16, 8
 STATUS_POWER_ON = 0x0280  # DEVSEL medium, fast back-to-back
+# IDETIM (0x40 primary, 0x42 secondary): bit 15 enables the channel's legacy decode. SeaBIOS writes
+# 0x8000 to both before any OS runs (QEMU boots -kernel through SeaBIOS too); kvmpy's direct kernel
+# boot has no firmware, so the function starts as SeaBIOS leaves it. Linux's ata_piix ignores a
+# channel whose bit is clear ("port disabled").
+IDETIM = (0x40, 0x42)
+IDETIM_DECODE_ENABLE = 0x8000
 
 
 class CommandBlock:
@@ -89,6 +96,8 @@ class PiixIde(PciDevice):
 
     def init_config(self) -> None:
         self._put(self.config, STATUS, 2, STATUS_POWER_ON)
+        for reg in IDETIM:
+            self._put(self.config, reg, 2, IDETIM_DECODE_ENABLE)
 
     def bus_master_enabled(self) -> bool:
         return bool(self.config_read(COMMAND, 2) & CMD_MASTER)

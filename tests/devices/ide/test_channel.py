@@ -37,6 +37,8 @@ def test_pci_identity(host: IdeHost) -> None:
     assert ide.config_read(0, 4) == 0x7010_8086
     assert ide.config_read(0x08, 4) >> 8 == 0x010180
     assert ide.config_read(0x06, 2) == 0x0280
+    # both channels' decode enabled, as SeaBIOS leaves them (Linux's ata_piix tests 0x41/0x43 bit 7)
+    assert ide.config_read(0x41, 1) & 0x80 and ide.config_read(0x43, 1) & 0x80
     ide.config_write(0x20, 4, 0xFFFFFFFF)
     assert ide.config_read(0x20, 4) == 0xFFFFFFF1  # 16 I/O ports
 
