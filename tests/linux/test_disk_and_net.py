@@ -71,7 +71,7 @@ class HttpServer:
 
 def userns_refused() -> str | None:
     """Why passt cannot sandbox itself here, or None: it needs a user namespace, which the kernel refuses
-    to a chrooted process (the nested bed runs its tests chrooted into the host's root)."""
+    to a chrooted process, and some kernels disable them (the nested bed's job is not chrooted)."""
     probe = subprocess.run(["unshare", "--user", "true"], capture_output=True, text=True)
     return None if probe.returncode == 0 else f"unshare --user: {probe.stderr.strip()}"
 
