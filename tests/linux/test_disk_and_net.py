@@ -101,11 +101,12 @@ def file_from_image(image: Path, path: str, scratch: Path) -> bytes:
     return data
 
 
-@pytest.mark.bed_pending("the L1 kernel panicked (stack guard page) during its QEMU run in CI; passt cannot make a user namespace in the bed's chroot")
 @pytest.mark.kvm_full
 @needs_virtio_net
 @pytest.mark.skipif(shutil.which("passt") is None, reason="needs passt (Debian package 'passt')")
-@pytest.mark.parametrize("vmm", ["qemu", "kvmpy"])
+@pytest.mark.parametrize("vmm", ["qemu", pytest.param("kvmpy", marks=pytest.mark.bed_pending(
+    "its last bed run failed only on the test's own race (ROOTFS-UP matched before the line was complete); "
+    "the image checks after it have not yet run in the bed"))])
 def test_the_issues_command_line_root_disk_dhcp_and_download(vmm, root_disk, tmp_path):
     if shutil.which(VMMS[vmm][0]) is None and vmm == "qemu":
         pytest.skip("needs qemu-system-x86_64")
@@ -122,7 +123,7 @@ def test_the_issues_command_line_root_disk_dhcp_and_download(vmm, root_disk, tmp
     try:
         with _l1_external_interface():
             guest = GuestProcess(VMMS[vmm] + DONE_MEANS, cwd=work, env=env)
-            root = guest.expect(r"ROOTFS-UP (\S+) (\S+) (\S+)", BOOT_TIMEOUT)
+            root = guest.expect(r"ROOTFS-UP (\S+) (\S+) (\S+)\r?\n", BOOT_TIMEOUT)  # the whole line
             guest.send(DHCP_SCRIPT)
             guest.send("ip link set eth0 up; udhcpc -i eth0 -n -q -t 5 -s /tmp/dhcp.sh" + done("DHCP"))
             guest.expect(r"DHCP-42 rc=\d+", CMD_TIMEOUT)

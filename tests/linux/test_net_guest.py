@@ -110,7 +110,6 @@ def _user_namespaces_allowed() -> bool:
     return subprocess.run(["unshare", "--user", "true"], capture_output=True).returncode == 0
 
 
-@pytest.mark.bed_pending("passt cannot make a user namespace in the bed's chroot")
 @pytest.mark.kvm_full
 @needs_virtio_net
 @needs_passt
@@ -183,7 +182,6 @@ def _serve_and_up(address: str) -> str:
             "mkdir -p /www; cp /payload /www/; httpd -p 8080 -h /www" + _done("UP"))
 
 
-@pytest.mark.bed_pending("failed in the bed before the avail_event fix and was not re-run")
 @pytest.mark.kvm_full
 @needs_virtio_net
 def test_stream_ping_and_tcp_between_kvmpy_and_qemu_guests(linux_assets, tmp_path):
