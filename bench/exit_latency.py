@@ -20,16 +20,14 @@ Usage:  python bench/exit_latency.py            # on this host's KVM, then in th
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.harness import Table, run_in_bed, vmms  # noqa: E402
 from tests.guests.build import build_guest  # noqa: E402
 
 FLAGS = ["-m", "64", "-display", "none", "-nodefaults", "-serial", "null", "-no-reboot",
@@ -59,17 +57,13 @@ def per_exit_us(cmd: list[str], kernel: Path, mode: int, n_small: int, n_large: 
 
 def measure(n_small: int, n_large: int, repeat: int, timeout: float, label: str) -> None:
     kernel = build_guest("pio_loop")
-    qemu = shutil.which("qemu-system-x86_64")
-    kvmpy = [sys.executable, "-m", "kvmpy", "-enable-kvm"]
+    runners = vmms()
     print(f"exit latency on {label}: {n_small} vs {n_large} iterations, best of {repeat}", flush=True)
-    print(f"{'loop':24} {'kvmpy µs':>10} {'QEMU µs':>10} {'kvmpy/QEMU':>11}")
+    table = Table(label="loop", label_width=24, width=10, precision=2, ours="kvmpy µs", theirs="QEMU µs")
+    table.header()
     for name, mode in MODES.items():
-        ours = per_exit_us(kvmpy, kernel, mode, n_small, n_large, repeat, timeout)
-        if qemu:
-            theirs = per_exit_us([qemu, "-enable-kvm"], kernel, mode, n_small, n_large, repeat, timeout)
-            print(f"{name:24} {ours:10.2f} {theirs:10.2f} {ours / theirs:10.2f}x", flush=True)
-        else:
-            print(f"{name:24} {ours:10.2f} {'(no qemu)':>10}", flush=True)
+        us = {vmm: per_exit_us(cmd, kernel, mode, n_small, n_large, repeat, timeout) for vmm, cmd in runners.items()}
+        table.row(name, us["kvmpy"], us.get("QEMU"))
 
 
 def main() -> int:
@@ -90,10 +84,8 @@ def main() -> int:
         measure(n // 5, n, args.repeat, 300, "this host's KVM")
     if not args.host:
         build_guest("pio_loop")  # build on the host: L1 has a read-only view of the toolchain cache
-        cmd = [sys.executable, "-m", "kvmpy.testbed", "--quiet", "--", sys.executable, str(Path(__file__).resolve()),
-               "--inside-bed", "--repeat", str(args.repeat)] + (["--n", str(args.n)] if args.n else [])
         print(flush=True)
-        return subprocess.run(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO))).returncode
+        return run_in_bed(__file__, ["--repeat", str(args.repeat)] + (["--n", str(args.n)] if args.n else []))
     return 0
 
 

@@ -20,18 +20,16 @@ Usage:  python bench/virtio_blk.py            # in the nested complete-KVM bed (
 from __future__ import annotations
 
 import argparse
-import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.harness import REPO, Table, here_or_bed, keep_best, vmms  # noqa: E402
 from kvmpy.tools.fetch import cache_root, fetch_kernel  # noqa: E402
 
 GUEST_SRC = REPO / "bench" / "guest" / "blkbench.c"
@@ -81,57 +79,37 @@ def one_run(cmd: list[str], kernel: Path, initrd: Path, image: Path, size_mb: in
     return found
 
 
-def measure(kernel: Path, initrd: Path, size_mb: int, rand_secs: float, repeat: int, timeout: float,
-            where: str) -> None:
-    qemu = shutil.which("qemu-system-x86_64")
-    runners = {"kvmpy": [sys.executable, "-m", "kvmpy", "-enable-kvm"]}
-    if qemu:
-        runners["QEMU"] = [qemu, "-enable-kvm"]
+def assets_in_bed() -> tuple[Path, Path]:
+    """The (kernel, initrd) that build_assets() left in the cache, as L1 sees it."""
+    return fetch_kernel("cloud-amd64").vmlinuz, cache_root() / "bench-virtio-blk" / "initrd.gz"
+
+
+def measure(args: argparse.Namespace, kernel: Path, initrd: Path, where: str) -> None:
+    size_mb, rand_secs, repeat = args.size_mb, args.rand_secs, args.repeat
     with tempfile.TemporaryDirectory(prefix="vblk-bench-") as tmp:
         image = Path(tmp) / "disk.raw"
         with open(image, "wb") as f:
             f.truncate((size_mb + 16) << 20)
         best: dict[str, dict[str, float]] = {}
-        for name, cmd in runners.items():
+        for name, cmd in vmms().items():
             for _ in range(repeat):
                 t = time.perf_counter()
-                got = one_run(cmd, kernel, initrd, image, size_mb, rand_secs, timeout)
+                got = one_run(cmd, kernel, initrd, image, size_mb, rand_secs, 1200)
                 print(f"  {name}: {got} ({time.perf_counter() - t:.0f} s)", flush=True)
-                prev = best.setdefault(name, {})
-                for k, v in got.items():
-                    prev[k] = max(prev.get(k, 0.0), v)
+                keep_best(best.setdefault(name, {}), got)
     print(f"\nvirtio-blk on {where}: {size_mb} MiB sequential, {rand_secs:g} s random, best of {repeat}")
-    print(f"{'figure':16} {'kvmpy':>12} {'QEMU':>12} {'kvmpy/QEMU':>11}")
+    table = Table()
+    table.header()
     for fig, unit in FIGURES.items():
-        ours = best["kvmpy"][fig]
-        if "QEMU" in best:
-            theirs = best["QEMU"][fig]
-            print(f"{fig + ' ' + unit:16} {ours:12.1f} {theirs:12.1f} {ours / theirs:10.2f}x", flush=True)
-        else:
-            print(f"{fig + ' ' + unit:16} {ours:12.1f} {'(no qemu)':>12}", flush=True)
+        table.row(f"{fig} {unit}", best["kvmpy"][fig], best["QEMU"][fig] if "QEMU" in best else None)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--here", action="store_true", help="run on this machine's /dev/kvm (a complete KVM)")
     ap.add_argument("--size-mb", type=int, default=128, help="MiB covered by the sequential passes")
     ap.add_argument("--rand-secs", type=float, default=5.0, help="seconds of random 4 KiB reads")
     ap.add_argument("--repeat", type=int, default=1, help="boots per VMM; the best figure is kept")
-    ap.add_argument("--inside-bed", action="store_true", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.inside_bed or args.here:
-        kernel = fetch_kernel("cloud-amd64").vmlinuz
-        initrd = cache_root() / "bench-virtio-blk" / "initrd.gz"
-        if args.here:
-            kernel, initrd = build_assets()
-        where = "the nested bed (complete KVM)" if args.inside_bed else "this machine's KVM"
-        measure(kernel, initrd, args.size_mb, args.rand_secs, args.repeat, 1200, where)
-        return 0
-    build_assets()  # on the host: L1 sees the cache read-only and has no compiler run to spare
-    cmd = [sys.executable, "-m", "kvmpy.testbed", "--quiet", "--", sys.executable, str(Path(__file__).resolve()),
-           "--inside-bed", "--size-mb", str(args.size_mb), "--rand-secs", str(args.rand_secs),
-           "--repeat", str(args.repeat)]
-    return subprocess.run(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO))).returncode
+    return here_or_bed(ap, __file__, build_assets, assets_in_bed, measure)
 
 
 if __name__ == "__main__":

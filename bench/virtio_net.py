@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -31,9 +30,9 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.harness import Table, here_or_bed, keep_best, vmms  # noqa: E402
 from kvmpy.tools.fetch import cache_root, fetch_kernel  # noqa: E402
 from tests.net.netns import NetNs  # noqa: E402
 
@@ -160,58 +159,40 @@ def one_run(cmd: list[str], kernel: Path, initrd: Path, vhost: str, size_mb: int
         ns.delete()
 
 
-def measure(kernel: Path, initrd: Path, size_mb: int, repeat: int, timeout: float, where: str) -> None:
-    qemu = shutil.which("qemu-system-x86_64")
-    runners = {"kvmpy": [sys.executable, "-m", "kvmpy", "-enable-kvm"]}
-    if qemu:
-        runners["QEMU"] = [qemu, "-enable-kvm", "-cpu", "host"]
+def assets_in_bed() -> tuple[Path, Path]:
+    """The (kernel, initrd) that build_assets() left in the cache, as L1 sees it."""
+    return fetch_kernel("cloud-amd64").vmlinuz, cache_root() / "bench-virtio-net" / "initrd.gz"
+
+
+def measure(args: argparse.Namespace, kernel: Path, initrd: Path, where: str) -> None:
+    size_mb, repeat = args.size_mb, args.repeat
+    runners = vmms(["-cpu", "host"])
     vhost_ok = os.path.exists("/dev/vhost-net")
     best: dict[tuple[str, str], dict[str, float]] = {}
     for vhost in ("off", "on") if vhost_ok else ("off",):
         for name, cmd in runners.items():
             for _ in range(repeat):
                 t = time.perf_counter()
-                got = one_run(cmd, kernel, initrd, vhost, size_mb, timeout)
+                got = one_run(cmd, kernel, initrd, vhost, size_mb, 1500)
                 print(f"  {name} vhost={vhost}: " + ", ".join(f"{k} {v:.1f} MB/s" for k, v in got.items())
                       + f" ({time.perf_counter() - t:.0f} s)", flush=True)
-                prev = best.setdefault((name, vhost), {})
-                for k, v in got.items():
-                    prev[k] = max(prev.get(k, 0.0), v)
+                keep_best(best.setdefault((name, vhost), {}), got)
     print(f"\nvirtio-net TCP over tap on {where}: {size_mb} MiB each way, best of {repeat}"
           + ("" if vhost_ok else " (no /dev/vhost-net: vhost=on not measured)"))
-    print(f"{'figure':22} {'kvmpy':>10} {'QEMU':>10} {'kvmpy/QEMU':>11}")
+    table = Table(label_width=22, width=10, unit="MB/s")
+    table.header()
     for vhost in ("off", "on"):
         for d, what in (("tx", "guest->host"), ("rx", "host->guest")):
-            if ("kvmpy", vhost) not in best:
-                continue
-            ours = best[("kvmpy", vhost)][d]
-            label = f"{what} vhost={vhost}"
-            if ("QEMU", vhost) in best:
-                theirs = best[("QEMU", vhost)][d]
-                print(f"{label:22} {ours:10.1f} {theirs:10.1f} {ours / theirs:10.2f}x  (MB/s)", flush=True)
-            else:
-                print(f"{label:22} {ours:10.1f} {'(no qemu)':>10}  (MB/s)", flush=True)
+            if ("kvmpy", vhost) in best:
+                theirs = best.get(("QEMU", vhost))
+                table.row(f"{what} vhost={vhost}", best[("kvmpy", vhost)][d], theirs[d] if theirs else None)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--here", action="store_true", help="run on this machine's /dev/kvm (a complete KVM)")
     ap.add_argument("--size-mb", type=int, default=256, help="MiB streamed each way")
     ap.add_argument("--repeat", type=int, default=1, help="boots per VMM and vhost setting; the best figure is kept")
-    ap.add_argument("--inside-bed", action="store_true", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.inside_bed or args.here:
-        kernel = fetch_kernel("cloud-amd64").vmlinuz
-        initrd = cache_root() / "bench-virtio-net" / "initrd.gz"
-        if args.here:
-            kernel, initrd = build_assets()
-        where = "the nested bed (complete KVM)" if args.inside_bed else "this machine's KVM"
-        measure(kernel, initrd, args.size_mb, args.repeat, 1500, where)
-        return 0
-    build_assets()  # on the host: L1 sees the cache read-only
-    cmd = [sys.executable, "-m", "kvmpy.testbed", "--quiet", "--", sys.executable, str(Path(__file__).resolve()),
-           "--inside-bed", "--size-mb", str(args.size_mb), "--repeat", str(args.repeat)]
-    return subprocess.run(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO))).returncode
+    return here_or_bed(ap, __file__, build_assets, assets_in_bed, measure)
 
 
 if __name__ == "__main__":

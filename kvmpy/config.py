@@ -11,7 +11,8 @@ firmware, the -d trace items it honours, and the optional features it has
 
 The device options (-device, -drive, -blockdev, -netdev, -chardev, -object) become
 frozen specs from ``kvmpy.config_devices``; a board lists in its ``Board`` entry which
-drivers, drive interfaces and backends it builds, and refuses the others by name.
+drivers, drive interfaces and backends it builds (the pc's from ``kvmpy.board_catalog``),
+and refuses the others by name.
 Booleans in a machine file are on/off, numbers are decimal, as in QEMU's option text.
 
 YAML schema (all keys optional except ``kernel``; unknown keys are refused):
@@ -63,6 +64,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
+from kvmpy import board_catalog as catalog
 from kvmpy import units
 from kvmpy.config_devices import (BlockdevSpec, ChardevSpec, DeviceSpec, DriveSpec, NetdevSpec, ObjectSpec,
                                   check_devices, check_spec_types, finish_devices, finish_drives, yaml_specs)
@@ -130,7 +132,7 @@ class Board:
     alias_prefixes: tuple[str, ...] = ()  # versioned names ("pc-i440fx-8.2") for the same board
     why_no_trace: str = ""  # said when a -d item is refused and the board honours none
     # What the board builds from the device options (names from kvmpy.config_devices); the rest is
-    # refused by name. The board's factories are tested against these sets.
+    # refused by name. The pc board's sets come from kvmpy.board_catalog, which its factories use too.
     device_drivers: frozenset[str] = frozenset()  # -device drivers
     drive_interfaces: frozenset[str] = frozenset()  # -drive if= values; "none" also admits -blockdev
     netdev_types: frozenset[str] = frozenset()  # -netdev types
@@ -145,24 +147,9 @@ BOARDS: Mapping[str, Board] = MappingProxyType({
     "pc": Board(machine="pc", arch="x86_64", accel="kvm", memory=(2 * MiB, MAX_MEMORY), max_smp=MAX_SMP,
                 trace=frozenset(), features=frozenset(OPTIONAL_FEATURES), firmware=True,
                 aliases=("q35", "microvm"), alias_prefixes=("pc-",),
-                chardev_backends=frozenset({"null", "socket", "stdio", "file", "pty"}),
-                device_drivers=frozenset({
-                    "virtconsole",
-                    "virtio-blk-pci",
-                    "virtio-net-pci",
-                    "virtio-rng-pci",
-                    "virtio-serial-pci",
-                    "virtserialport",
-                    "pc-dimm",  # memory hotplug (kvmpy.boards.pc_memhp)
-                }),
-                drive_interfaces=frozenset({"virtio", "none"}),
-                netdev_types=frozenset({
-                    "socket",
-                    "stream",
-                    "tap",
-                    "user",
-                }),
-                object_types=frozenset({"memory-backend-ram", "memory-backend-file"}),
+                device_drivers=catalog.PC_DEVICE_DRIVERS, drive_interfaces=catalog.PC_DRIVE_INTERFACES,
+                netdev_types=catalog.PC_NETDEV_TYPES, chardev_backends=catalog.PC_CHARDEV_BACKENDS,
+                object_types=catalog.PC_OBJECT_TYPES,
                 why_no_trace="the guest runs under KVM, not TCG; KVMPY_LOG=debug logs unhandled ports"),
     "virt": Board(machine="virt", arch="riscv64", accel="tcg", memory=(1 * MiB, 16 * GiB), max_smp=1,
                   trace=frozenset({"in_asm", "exec", "int", "cpu", "op", "out_asm", "tb_stats", "nochain"}),

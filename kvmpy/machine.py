@@ -23,6 +23,7 @@ from kvmpy.migration.manager import MigrationManager
 from kvmpy.vmstate import VmState
 
 if TYPE_CHECKING:
+    from kvmpy.block.drive import Drive
     from kvmpy.monitor.schema import CommandTable
 
 __all__ = ["Machine", "RunState", "MachineEvent", "qmp_commands"]
@@ -72,6 +73,13 @@ class Machine:
     @property
     def dirty_log(self) -> KvmSlots:
         return self.board.slots
+
+    @property
+    def drives(self) -> "list[Drive]":
+        """The guest disks' drives (migration hands their images over; ``cont`` takes them back)."""
+        from kvmpy.monitor.block import attached_drives
+
+        return [a.drive for a in attached_drives(self.board)]
 
     # ---- running -------------------------------------------------------------------
     def start(self) -> None:

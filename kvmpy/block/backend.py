@@ -11,7 +11,7 @@ from pathlib import Path
 
 from kvmpy.block.cache import DirectFile
 from kvmpy.block.errors import BlockError
-from kvmpy.block.locking import LockRequest, lock_image
+from kvmpy.block.locking import LockRequest, lock_image, unlock_image
 
 
 @dataclass(frozen=True)
@@ -124,11 +124,14 @@ def merge_extents(extents: list[Extent]) -> list[Extent]:
 @dataclass(frozen=True)
 class HostFileOptions:
     """How an image's host file is opened: O_DIRECT for guest data, flushes ignored
-    (cache=unsafe), and the QEMU-compatible lock to take (None: no locking)."""
+    (cache=unsafe), the QEMU-compatible lock to take (None: no locking), and whether the
+    image starts inactive (an ``-incoming`` destination's: no lock bytes, no writes and
+    untrusted metadata until ``activate()``)."""
 
     direct: bool = False
     no_flush: bool = False
     lock: LockRequest | None = None
+    inactive: bool = False
 
 
 class BlockBackend(abc.ABC):
@@ -143,22 +146,27 @@ class BlockBackend(abc.ABC):
         # False = flush() and close() skip fsync (qemu-img convert's default cache=unsafe)
         self.durable = not self.host.no_flush
         self.direct: DirectFile | None = None
+        # False: another process (a migration's other side) owns the image; see inactivate()
+        self.active = not self.host.inactive
+        self._host_fd = -1
 
     def open_host_file(self) -> int:
-        """Open the image file as ``host`` says: locked before anything is read or repaired,
-        plus the O_DIRECT descriptor for guest data. Returns the (buffered) descriptor."""
+        """Open the image file as ``host`` says: locked before anything is read or repaired
+        (unless it opens inactive), plus the O_DIRECT descriptor for guest data. Returns the
+        (buffered) descriptor."""
         try:
             fd = os.open(self.path, os.O_RDONLY if self.readonly else os.O_RDWR)
         except OSError as e:
             raise BlockError(f"{self.path}: could not open: {e.strerror}") from e
         try:
-            if self.host.lock is not None:
+            if self.host.lock is not None and self.active:
                 lock_image(fd, self.path, self.host.lock)
             if self.host.direct:
                 self.direct = DirectFile(self.path, self.readonly)
         except BaseException:
             os.close(fd)
             raise
+        self._host_fd = fd
         return fd
 
     def close_host_file(self, fd: int) -> None:
@@ -168,6 +176,54 @@ class BlockBackend(abc.ABC):
             self.direct = None
         if fd >= 0:
             os.close(fd)
+        self._host_fd = -1
+
+    # -- migration hand-over (QEMU's bdrv_inactivate_all / bdrv_activate_all) --------------
+    def inactivate(self) -> None:
+        """Hand the image to another process (a migration's switchover): everything written
+        reaches the file (data, then the format's metadata), then this process's lock bytes
+        are dropped. The whole backing chain follows. Until ``activate()`` the image takes no
+        writes and its cached metadata is not trusted. Idempotent."""
+        if self.active:
+            self.settle()
+            if self.host.lock is not None and self._host_fd >= 0:
+                unlock_image(self._host_fd)
+            self.active = False
+        if self.backing is not None:
+            self.backing.inactivate()
+
+    def activate(self) -> None:
+        """Take the image (back) from another process: the backing chain first, then this
+        file's lock bytes (ImageLockError when someone else still holds a conflicting one),
+        then the format's metadata is read afresh, since the other side changed it. On an
+        error the chain is left inactive. Idempotent."""
+        if self.backing is not None:
+            self.backing.activate()
+        if self.active:
+            return
+        try:
+            if self.host.lock is not None and self._host_fd >= 0:
+                lock_image(self._host_fd, self.path, self.host.lock)
+            try:
+                self.reload()
+            except BaseException:
+                if self.host.lock is not None and self._host_fd >= 0:
+                    unlock_image(self._host_fd)
+                raise
+        except BaseException:
+            if self.backing is not None:
+                self.backing.inactivate()
+            raise
+        self.active = True
+
+    def settle(self) -> None:
+        """Make the file complete on its own before another process reads it (inactivate());
+        formats with metadata of their own write it out too."""
+        if not self.readonly:
+            self.flush()
+
+    def reload(self) -> None:
+        """Forget what was read of the file and read it again (activate()); formats override."""
 
     # Data moves in one preadv/pwritev per contiguous run, from the calling thread. Splitting
     # runs across a thread pool was measured slower: writers to one file serialise on its inode

@@ -12,7 +12,13 @@ driver interface underneath). A device model reads and writes through a
 - ``discard=ignore`` (QEMU's default) accepts discards and does nothing,
   ``discard=unmap`` passes them to the image; write-zeroes may then deallocate;
 - every operation is counted as QEMU's BlockAcctStats counts it (bytes, ops,
-  total time, failed and invalid requests), for query-blockstats.
+  total time, failed and invalid requests), for query-blockstats;
+- a migration hands the image between processes as QEMU does: an ``-incoming``
+  destination opens it *inactive* (no lock bytes, metadata not trusted); the
+  source ``inactivate()``s it at switchover (flushed, locks dropped) and the
+  destination ``activate()``s it when the stream is complete (locks taken,
+  metadata read again). ``inactivate_drives``/``activate_drives`` do that for
+  a machine's drives, all or none.
 
 Calls are serialised by one lock per drive: a device's I/O thread and the
 monitor (query-block, block_resize) may call concurrently.
@@ -100,6 +106,22 @@ class Drive:
     def readonly(self) -> bool:
         return self.image.readonly
 
+    @property
+    def active(self) -> bool:
+        """False while another process (a migration's other side) owns the image."""
+        return self.image.active
+
+    def inactivate(self) -> None:
+        """Give the image up to a migration's destination (flushed, locks dropped); see BlockBackend."""
+        with self._lock:
+            self.image.inactivate()
+
+    def activate(self) -> None:
+        """Take the image over (locks taken, metadata read again); BlockError (ImageLockError when
+        another process holds it) leaves it inactive."""
+        with self._lock:
+            self.image.activate()
+
     def size(self) -> int:
         """The disk size in bytes (read without the lock: a vCPU reading the capacity must not wait
         for a long request; the value is one attribute, replaced whole by a resize)."""
@@ -131,6 +153,8 @@ class Drive:
         try:
             if kind in ("wr", "unmap") and self.image.readonly:
                 raise BlockError(f"{self.image.path}: image is opened read-only")
+            if kind in ("wr", "unmap") and not self.image.active:
+                raise BlockError(f"{self.image.path}: image is inactive (another process owns it)")
             op()
         except BlockError:
             self._done(kind, start, nbytes, False)
@@ -183,6 +207,8 @@ class Drive:
         with self._lock:
             if self.image.readonly:
                 raise BlockError("Image is read-only")
+            if not self.image.active:
+                raise BlockError("Permission 'resize' unavailable on an inactive image")
             self.image.resize(new_size, shrink=True)
         for cb in list(self.on_resize):
             cb(new_size)
@@ -201,9 +227,10 @@ class Drive:
 
 def open_drive(path: Path | str, fmt: str | None = None, *, id: str, readonly: bool = False,
                cache: str | CacheMode = DEFAULT_CACHE, discard: str = "ignore", locking: bool = True,
-               node_name: str = "") -> Drive:
+               node_name: str = "", inactive: bool = False) -> Drive:
     """Open an image as a guest disk: QEMU's locks (unless ``locking`` is off), the cache mode
-    (a cache= name or a CacheMode) for the whole backing chain, and the discard policy."""
+    (a cache= name or a CacheMode) for the whole backing chain, and the discard policy;
+    ``inactive`` for an ``-incoming`` destination (see the module docstring)."""
     mode = cache if isinstance(cache, CacheMode) else CacheMode.parse(cache)
     if discard in ("off",):
         discard = "ignore"
@@ -211,5 +238,41 @@ def open_drive(path: Path | str, fmt: str | None = None, *, id: str, readonly: b
         discard = "unmap"
     if discard not in DISCARD_MODES:
         raise BlockError(f"Invalid discard option '{discard}'")
-    img = open_image(path, fmt, readonly=readonly, cache=mode, locking=locking)
+    img = open_image(path, fmt, readonly=readonly, cache=mode, locking=locking, inactive=inactive)
     return Drive(id, img, mode, discard, node_name)
+
+
+def inactivate_drives(drives: Sequence[Drive]) -> None:
+    """QEMU's bdrv_inactivate_all: every drive flushed and its locks dropped, or (on an error,
+    re-raised) none: the ones already given up are taken back."""
+    done: list[Drive] = []
+    try:
+        for d in drives:
+            if d.active:
+                d.inactivate()
+                done.append(d)
+    except BaseException:
+        for d in reversed(done):
+            try:
+                d.activate()
+            except BlockError:
+                log.exception("%s: could not take the image back after a failed hand-over", d.id)
+        raise
+
+
+def activate_drives(drives: Sequence[Drive]) -> None:
+    """QEMU's bdrv_activate_all: every inactive drive locked and re-read, or (on an error,
+    re-raised) none: the ones already taken are given up again, so the other side can."""
+    done: list[Drive] = []
+    try:
+        for d in drives:
+            if not d.active:
+                d.activate()
+                done.append(d)
+    except BaseException:
+        for d in reversed(done):
+            try:
+                d.inactivate()
+            except BlockError:
+                log.exception("%s: could not release the image after a failed activation", d.id)
+        raise

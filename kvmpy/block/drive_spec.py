@@ -51,8 +51,9 @@ def cache_mode(name: str, direct: Any = None, no_flush: Any = None, writeback: A
                      _flag(no_flush, "cache.no-flush", base.no_flush))
 
 
-def drive_from_spec(spec: "DriveSpec", writeback: Any = None) -> Drive:
-    """Open a -drive for a device (``writeback``: the device's write-cache=on|off, None for auto)."""
+def drive_from_spec(spec: "DriveSpec", writeback: Any = None, *, inactive: bool = False) -> Drive:
+    """Open a -drive for a device (``writeback``: the device's write-cache=on|off, None for auto;
+    ``inactive`` on an -incoming destination, see kvmpy.block.drive)."""
     if spec.file is None:
         raise BlockError(f"{spec.source or '-drive'}: Device needs media, but drive is empty")
     cache = cache_mode(spec.cache, spec.get("cache.direct"), spec.get("cache.no-flush"), writeback)
@@ -64,7 +65,8 @@ def drive_from_spec(spec: "DriveSpec", writeback: Any = None) -> Drive:
         path, fmt = overlay, "qcow2"
     try:
         drive = open_drive(path, fmt, id=spec.id or "", readonly=spec.readonly, cache=cache,
-                           discard=spec.get("discard", "ignore"), locking=_locking(spec.get("file.locking")))
+                           discard=spec.get("discard", "ignore"), locking=_locking(spec.get("file.locking")),
+                           inactive=inactive)
     except BlockError:
         if overlay is not None:
             overlay.unlink(missing_ok=True)
@@ -97,7 +99,8 @@ def _node(blockdevs: dict[str, "BlockdevSpec"], ref: Any, where: str) -> dict[st
     raise BlockError(f"{where}: Cannot find device='' nor node-name='{ref}'")
 
 
-def drive_from_blockdev(blockdevs: dict[str, "BlockdevSpec"], name: str, writeback: Any = None) -> Drive:
+def drive_from_blockdev(blockdevs: dict[str, "BlockdevSpec"], name: str, writeback: Any = None, *,
+                        inactive: bool = False) -> Drive:
     """Open the -blockdev node ``name`` (a raw/qcow2 format node over a file node, or a file node)."""
     spec = blockdevs[name]
     where = spec.source or f"-blockdev node-name={name}"
@@ -119,7 +122,7 @@ def drive_from_blockdev(blockdevs: dict[str, "BlockdevSpec"], name: str, writeba
     readonly = _flag(top.get("read-only"), "read-only", False)
     discard = top.get("discard", file_node.get("discard", "ignore"))
     drive = open_drive(Path(filename), fmt, id="", readonly=readonly, cache=mode, discard=discard,
-                       locking=_locking(file_node.get("locking")), node_name=name)
+                       locking=_locking(file_node.get("locking")), node_name=name, inactive=inactive)
     drive.file_node_name = file_node.get("node-name", "") if isinstance(file_node.get("node-name"), str) else ""
     if not isinstance(top.get("file"), dict) and isinstance(top.get("file"), str):
         drive.file_node_name = top["file"]

@@ -33,14 +33,16 @@ def resolve_backing(image: Path, backing: str) -> Path:
 
 def open_image(path: Path | str, fmt: str | None = None, *, readonly: bool = True,
                open_backing: bool = True, for_check: bool = False,
-               cache: CacheMode | None = None, locking: bool = False,
+               cache: CacheMode | None = None, locking: bool = False, inactive: bool = False,
                _chain: tuple[str, ...] = ()) -> BlockBackend:
     """Open an image and (by default) its whole backing chain, read-only below the top.
 
     ``cache`` (a QEMU cache= mode) sets O_DIRECT and whether flushes reach the disk, for
     the whole chain; ``locking`` takes QEMU's image locks on every file of the chain (the
     top as a disk user, backing files shared-read), so kvmpy and QEMU refuse an image the
-    other is writing. The image tools open without locks, as before.
+    other is writing. The image tools open without locks, as before. ``inactive`` opens the
+    chain as QEMU's ``-incoming`` destination does: no lock bytes and no writes until the
+    migration hands the image over (``BlockBackend.activate()``).
     """
     path = Path(path)
     if not path.exists():
@@ -56,7 +58,7 @@ def open_image(path: Path | str, fmt: str | None = None, *, readonly: bool = Tru
     chain = _chain + (real,)
     lock = LockRequest.for_image(fmt, readonly, backing=bool(_chain)) if locking else None
     host = HostFileOptions(direct=bool(cache and cache.direct), no_flush=bool(cache and cache.no_flush),
-                           lock=lock)
+                           lock=lock, inactive=inactive)
     if fmt == "raw":
         from kvmpy.block.raw import RawBackend
         return RawBackend(path, readonly, host)
@@ -66,7 +68,7 @@ def open_image(path: Path | str, fmt: str | None = None, *, readonly: bool = Tru
         bpath = resolve_backing(path, name)
         try:
             return open_image(bpath, bfmt, readonly=True, open_backing=True, cache=cache,
-                              locking=locking, _chain=chain)
+                              locking=locking, inactive=inactive, _chain=chain)
         except CorruptImageError:
             raise
         except BlockError as e:

@@ -47,9 +47,12 @@ class Qcow2Backend(BlockBackend):
         self._backing: BlockBackend | None = None
         self._comp_cursor = 0
         self._marked_dirty = False
+        self._repair_dirty = repair_dirty and not for_check
         try:
-            self.meta = Qcow2Metadata(self.fd, self.path, readonly, for_check=for_check)
-            self._open(backing_opener, repair_dirty and not for_check)
+            # Inactive (an -incoming destination): the source still writes the file, so its
+            # metadata is only read here, never repaired or rewritten, until activate().
+            self.meta = Qcow2Metadata(self.fd, self.path, readonly or not self.active, for_check=for_check)
+            self._open(backing_opener, self._repair_dirty and self.active)
         except OSError as e:
             self.close()
             raise BlockError(f"{self.path}: I/O error: {e.strerror or e}") from e
@@ -65,6 +68,10 @@ class Qcow2Backend(BlockBackend):
         h = m.h
         if h.backing_file and backing_opener is not None:
             self._backing = backing_opener(h.backing_file, h.backing_format)
+        self._repair_if_dirty(repair_dirty)
+
+    def _repair_if_dirty(self, repair_dirty: bool) -> None:
+        m, h = self.meta, self.meta.h
         if not self.readonly and h.incompatible_features & fmt.INCOMPAT_DIRTY and repair_dirty:
             from kvmpy.block.qcow2_check import check_image  # rarely needed: keep start-up lean
             log.info("%s: image was not closed cleanly; repairing refcounts", self.path)
@@ -198,6 +205,7 @@ class Qcow2Backend(BlockBackend):
         """Checks and bookkeeping before guest bytes [offset, offset + length) change."""
         m = self.meta
         m.check_writable()
+        self._check_active()
         if m.h.compatible_features & fmt.COMPAT_LAZY_REFCOUNTS and not self._marked_dirty:
             m.set_incompat(fmt.INCOMPAT_DIRTY, True)
             self._marked_dirty = True
@@ -415,6 +423,7 @@ class Qcow2Backend(BlockBackend):
         self.meta.check_writable()
         if new_size < 0 or new_size > fmt.MAX_VIRTUAL_SIZE:
             raise BlockError(f"{self.path}: invalid size {new_size}")
+        self._check_active()
         if new_size % 512:
             raise BlockError(f"{self.path}: size must be a multiple of 512 bytes")
         old = self.h.size
@@ -528,18 +537,49 @@ class Qcow2Backend(BlockBackend):
 
     @io_errors
     def flush(self) -> None:
-        if not self.readonly and self.fd >= 0 and self.durable:
+        if not self.readonly and self.fd >= 0 and self.durable and self.active:
             os.fdatasync(self.fd)
+
+    def _check_active(self) -> None:
+        if not self.active:
+            raise BlockError(f"{self.path}: image is inactive (another process owns it)")
+
+    def settle(self) -> None:
+        """What close() writes, so the other side of a migration finds a clean image: the
+        bitmaps, the data, and the dirty bit cleared (the refcounts are always kept exact)."""
+        if self.readonly or self.fd < 0:
+            return
+        self.meta.store_bitmaps()
+        self.flush()
+        if self._marked_dirty:
+            self.meta.set_incompat(fmt.INCOMPAT_DIRTY, False)
+            self._marked_dirty = False
+            self.flush()
+
+    def reload(self) -> None:
+        """Read the header, tables and refcounts again (QEMU's invalidate_cache): the other side
+        of a migration wrote the image since they were read. The backing chain stays open; a
+        header that now names a different backing file is refused."""
+        old = self.meta.h
+        meta = Qcow2Metadata(self.fd, self.path, self.readonly)
+        h = meta.h
+        if (h.backing_file, h.backing_format) != (old.backing_file, old.backing_format) and \
+                self._backing is not None:
+            raise BlockError(f"{self.path}: the backing file changed while the image was inactive "
+                             f"({old.backing_file!r} -> {h.backing_file!r})")
+        if h.cluster_bits != old.cluster_bits:
+            raise CorruptImageError(f"{self.path}: the cluster size changed while the image was inactive")
+        self.meta = meta
+        self._comp_cursor = 0
+        self._marked_dirty = False
+        self._repair_if_dirty(self._repair_dirty)
 
     def close(self) -> None:
         if getattr(self, "fd", -1) < 0:
             return
         try:
-            if not self.readonly and hasattr(self, "h"):
-                self.meta.store_bitmaps()
-                self.flush()
-                if self._marked_dirty:
-                    self.meta.set_incompat(fmt.INCOMPAT_DIRTY, False)
+            if hasattr(self, "h") and self.active:
+                self.settle()
         finally:
             self.close_host_file(self.fd)
             self.fd = -1

@@ -80,6 +80,8 @@ class RawBackend(BlockBackend):
         pos = 0
         while views:
             got = os.preadv(fd, views[:1024], offset + pos)
+            if pos + got == total:  # all of it (the usual case): no walk over the views
+                return
             if got <= 0:  # past the end of a file that shrank: zeros
                 for v in views:
                     v[:] = bytes(len(v))
@@ -105,6 +107,8 @@ class RawBackend(BlockBackend):
         while views:
             n = os.pwritev(fd, views[:1024], offset + pos)
             pos += n
+            if pos == total:  # all of it (the usual case): no walk over the views
+                return
             while views and n >= len(views[0]):
                 n -= len(views[0])
                 views = views[1:]
@@ -145,6 +149,10 @@ class RawBackend(BlockBackend):
 
     def size(self) -> int:
         return self._size
+
+    def reload(self) -> None:
+        """The other side of a migration may have resized the file."""
+        self._size = os.fstat(self.fd).st_size
 
     @io_errors
     def resize(self, new_size: int, *, shrink: bool = False) -> None:
@@ -190,3 +198,5 @@ class RawBackend(BlockBackend):
     def _check_writable(self) -> None:
         if self.readonly:
             raise BlockError(f"{self.path}: image is opened read-only")
+        if not self.active:
+            raise BlockError(f"{self.path}: image is inactive (another process owns it)")

@@ -1,7 +1,8 @@
 """The PC's -device PCI functions: the driver registry, slot allocation, and the board's table lines.
 
 ``PCI_DRIVERS`` maps a -device driver name to its factory ``(board, spec) ->
-PciDevice``; a device module owns its factory and adds one line here. The
+PciDevice``; a device module owns its factory and names it in one line of
+``kvmpy.board_catalog.PC_PCI_DRIVERS``, which the configuration checks too. The
 configuration's ``-device`` specs for these drivers get PCI addresses as QEMU
 gives them, in command-line order: ``addr=SLOT[.FN]`` (hex, as QEMU parses it)
 is honoured and must be free, otherwise the first free slot from 2 up
@@ -13,16 +14,15 @@ the line's factory plugs the function into the board's PCI bus.
 
 from __future__ import annotations
 
+import importlib
 import re
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Callable, Mapping, cast
 
+from kvmpy.board_catalog import PC_PCI_DRIVERS
 from kvmpy.devices.pci.bus import PciHost
 from kvmpy.devices.pci.device import PciDevice
-from kvmpy.devices.virtio.blk import virtio_blk_pci
-from kvmpy.devices.virtio.net import virtio_net_pci
-from kvmpy.devices.virtio.console import virtio_serial_pci
-from kvmpy.devices.virtio.rng import virtio_rng_pci
 from kvmpy.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -32,13 +32,14 @@ if TYPE_CHECKING:
 
 PciFactory = Callable[["PcBoard", "DeviceSpec"], PciDevice]
 
-# One line per driver; the factory lives in the device's own module.
-PCI_DRIVERS: Mapping[str, PciFactory] = {
-    "virtio-rng-pci": virtio_rng_pci,
-    "virtio-blk-pci": virtio_blk_pci,
-    "virtio-net-pci": virtio_net_pci,
-    "virtio-serial-pci": virtio_serial_pci,
-}
+
+def _factory(where: str) -> PciFactory:
+    module, _, name = where.partition(":")
+    return cast(PciFactory, getattr(importlib.import_module(module), name))
+
+
+# The factories kvmpy.board_catalog names (one line per driver there); each lives in its device's module.
+PCI_DRIVERS: Mapping[str, PciFactory] = MappingProxyType({d: _factory(w) for d, w in PC_PCI_DRIVERS.items()})
 
 FIRST_FREE_SLOT = 2
 BOARD_FUNCTIONS = {(0, 0): "i440FX", (1, 0): "PIIX3"}  # what the PC's table plugs before any -device

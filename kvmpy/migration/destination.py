@@ -1,10 +1,13 @@
 """MigrationDestination: receives a stream into a VM (a MigratableVm) whose vCPUs have never run (or are parked).
 
 RAM is written as it arrives, into this VM only; state sections are kept
-aside and restored only after END's checksum has been verified. On a two-way
-channel the destination then answers ACK and starts only once the source has
-answered GO, so a half-received VM never runs, and neither does a VM the
-source may still consider its own.
+aside and restored only after END's checksum has been verified. The disk
+images, opened inactive (``-incoming``) while the source wrote them, are then
+activated: locked, their metadata read again (QEMU's bdrv_activate_all); if
+another process holds them the destination refuses the VM (NAK_BLOCK) and
+the source carries on. On a two-way channel the destination then answers ACK
+and starts only once the source has answered GO, so a half-received VM never
+runs, and neither does a VM the source may still consider its own.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from kvmpy.block.drive import activate_drives, inactivate_drives
+from kvmpy.block.errors import BlockError
 from kvmpy.lifecycle import RunState
 from kvmpy.migration import stream
 from kvmpy.migration.errors import MigrationError, StreamError
@@ -35,6 +40,10 @@ class IncomingResult:
     pages: int
     bytes: int
     seconds: float
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split("\n"))
 
 
 class MigrationDestination:
@@ -76,6 +85,7 @@ class MigrationDestination:
                     break
             with vm.lifecycle.vcpus_parked():
                 vm.vmstate.apply(sections)
+            self._take_drives()
             if ch.duplex:
                 ch.write(stream.ACK)
                 ch.set_timeout(GO_TIMEOUT)
@@ -84,6 +94,7 @@ class MigrationDestination:
                 except OSError:
                     go = b""
                 if go != stream.GO:
+                    self._release_drives()
                     raise MigrationError("the source did not hand the VM over (no GO after the ACK); "
                                          "not starting it here")
         except StreamError:
@@ -94,6 +105,26 @@ class MigrationDestination:
         finally:
             ch.close()
         return IncomingResult(rounds, ram.pages, reader.bytes, time.monotonic() - t0)
+
+    def _take_drives(self) -> None:
+        """The source has flushed and unlocked the images (it did so before sending the state):
+        lock them and read their metadata again. On failure, tell the source to keep the VM."""
+        try:
+            activate_drives(self.vm.drives)
+        except BlockError as exc:
+            if self.channel.duplex:
+                try:
+                    self.channel.write(stream.NAK_BLOCK)
+                except OSError:
+                    pass
+            raise MigrationError(f"could not take over the disk images: {_one_line(exc)}") from None
+
+    def _release_drives(self) -> None:
+        """No GO: the source may run the VM again, so give the images back untouched."""
+        try:
+            inactivate_drives(self.vm.drives)
+        except BlockError:
+            log.exception("could not give the disk images back")
 
     def _nak(self) -> None:
         if self.channel.duplex:

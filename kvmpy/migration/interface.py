@@ -1,8 +1,10 @@
 """MigratableVm: the narrow view of a machine that migration and snapshots work through.
 
 Migration sees only the guest RAM blocks, the dirty log, the VM state
-capture/apply and the lifecycle (to pause, resume, park vCPUs and report
-events), never a machine's internals. ``kvmpy.machine.Machine`` provides it.
+capture/apply, the lifecycle (to pause, resume, park vCPUs and report
+events) and the guest disks (to hand their images over, as QEMU inactivates
+and activates them), never a machine's internals. ``kvmpy.machine.Machine``
+provides it.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from kvmpy.block.drive import Drive
     from kvmpy.lifecycle import Lifecycle
     from kvmpy.memory.kvm_slots import KvmSlots
     from kvmpy.memory.ramblock import RAMBlock
@@ -28,3 +31,6 @@ class MigratableVm(Protocol):
 
     @property
     def dirty_log(self) -> "KvmSlots": ...
+
+    @property
+    def drives(self) -> "list[Drive]": ...

@@ -7,10 +7,16 @@ measured, and another live round would not halve them (or ``x-max-rounds`` is
 reached) the vCPUs stop, the last dirty pages and all device, vCPU and VM
 state follow, then END with the checksum.
 
+Disk images on shared storage change hands as in QEMU: once the vCPUs are
+stopped the source inactivates its drives (flushed, image locks dropped), so
+the destination can lock them and read their metadata afresh; a source that
+ends POSTMIGRATE keeps them inactive (``cont`` takes them back).
+
 Failure safety: until the destination has confirmed (ACK) that it holds the
 complete, verified VM, any error or cancel leaves the source exactly as it was
-(running if it was running). After the ACK the source is POSTMIGRATE and is
-never resumed automatically; only then does the destination get GO.
+(running if it was running, its drives active again). After the ACK the source
+is POSTMIGRATE and is never resumed automatically; only then does the
+destination get GO.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from kvmpy.block.drive import activate_drives, inactivate_drives
+from kvmpy.block.errors import BlockError
 from kvmpy.lifecycle import RunState
 from kvmpy.memory.ramblock import PAGE_SIZE
 from kvmpy.migration import stream
@@ -64,6 +72,7 @@ class MigrationSource:
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
         self.committed = False  # the source has handed the VM over and must never run it again
+        self._inactivated = False  # the disk images were given up at switchover
 
     # ---- control ------------------------------------------------------------
     def start(self) -> None:
@@ -187,6 +196,7 @@ class MigrationSource:
             stop_t = time.monotonic()
             was_running = vm.lifecycle.pause(RunState.FINISH_MIGRATE)  # True: it was running
             stopped_by_us = True
+            self._hand_over_drives()
             self.throttle.close()
             self.limiter.rate = 0  # the guest is down: send as fast as the link allows
             t_paused = time.monotonic()
@@ -233,6 +243,9 @@ class MigrationSource:
                 raise MigrationError(f"the destination did not confirm the switchover: {exc}") from None
             if reply == stream.NAK:
                 raise MigrationError("the destination rejected the migration stream")
+            if reply == stream.NAK_BLOCK:
+                raise MigrationError("the destination could not take over the disk images "
+                                     "(is another process using them?)")
             if reply != stream.ACK:
                 raise MigrationError("the destination did not confirm the switchover (connection lost)")
         else:
@@ -253,13 +266,42 @@ class MigrationSource:
         self._update_counters()
         self._set_status("completed")
 
+    def _hand_over_drives(self) -> None:
+        """Switchover, vCPUs stopped (so no request is in flight): flush the disk images and drop
+        their locks, so the destination can take them (QEMU's bdrv_inactivate_all)."""
+        try:
+            inactivate_drives(self.vm.drives)
+        except BlockError as exc:
+            raise MigrationError(f"could not hand the disk images over: {exc}") from None
+        self._inactivated = True
+
+    def _take_drives_back(self) -> str | None:
+        """After a failure before the hand-over: lock the images again; None, or why it failed."""
+        if not self._inactivated:
+            return None
+        try:
+            activate_drives(self.vm.drives)
+        except BlockError as exc:
+            log.error("the source could not take its disk images back: %s", exc)
+            return " ".join(str(exc).split("\n"))
+        self._inactivated = False
+        return None
+
     def _fail(self, exc: Exception, stopped_by_us: bool, was_running: bool) -> None:
         self.channel.abort()
-        if not self.committed and stopped_by_us and was_running:
+        drives_lost = None if self.committed else self._take_drives_back()
+        if not self.committed and stopped_by_us and was_running and drives_lost is None:
             try:
                 self.vm.lifecycle.resume()  # nothing was handed over: carry on as if we never tried
             except Exception:
                 log.exception("resuming the source after a failed migration failed")
+        if drives_lost is not None:
+            # Running without its disks would fail the guest's I/O: stay paused; 'cont' retries.
+            if stopped_by_us and was_running:
+                self.vm.lifecycle.set_state(RunState.PAUSED)
+            self.stats.error = f"the source stays paused: it could not take its disk images back: {drives_lost}"
+            self._set_status("failed")
+            return
         if isinstance(exc, CancelledError) or self._cancel.is_set():
             self._set_status("cancelled")
             return

@@ -70,8 +70,11 @@ MAX_SECTIONS = 4096
 HASH_STEP = 64 << 10  # page data is hashed on arrival in steps of at least this many bytes
 
 # Handshake on two-way transports once END is verified: the destination says ACK
-# (state complete and applied, not running), then the source says GO (it has given up the VM).
+# (state complete and applied, its disk images taken over, not running), then the source says
+# GO (it has given up the VM). NAK: the stream was bad; NAK_BLOCK: the stream was good but the
+# destination could not take the disk images over (someone else holds them).
 ACK, NAK, GO = b"ACK1", b"NAK1", b"GO!!"
+NAK_BLOCK = b"NAKB"
 
 
 class Channel(Protocol):

@@ -44,8 +44,18 @@ def stop(ctx: Context) -> dict:
 
 
 def cont(ctx: Context) -> dict:
+    machine = ctx.machine
+    if machine.lifecycle.state is not RunState.INMIGRATE:
+        # After a completed (or stuck) outgoing migration the disk images were given up: take
+        # them back first, as QEMU's cont does; refused while the destination holds them.
+        from kvmpy.block.drive import activate_drives
+        from kvmpy.block.errors import BlockError
+        try:
+            activate_drives(machine.drives)
+        except BlockError as exc:
+            raise QmpError(str(exc).split("\n")[0]) from None
     try:
-        ctx.machine.lifecycle.resume()
+        machine.lifecycle.resume()
     except RuntimeError as exc:
         raise QmpError(str(exc)) from None
     return {}

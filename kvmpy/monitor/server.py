@@ -88,6 +88,7 @@ class QmpServer:
         self._listeners: list[_Listener] = []
         self._sessions: set[Session] = set()
         self._tasks: set[asyncio.Task] = set()
+        self._replying = 0  # commands between dispatch and their reply written (loop thread only)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -194,6 +195,11 @@ class QmpServer:
         for l in self._listeners:
             if l.server is not None:
                 l.server.close()
+        # A command that ended the VM (quit) still owes its client the reply, as QEMU sends it before
+        # SHUTDOWN's effects: let in-flight replies reach their clients before hanging up.
+        deadline = asyncio.get_running_loop().time() + 2
+        while self._replying and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.005)
         for s in list(self._sessions):
             s.close()
         for t in list(self._tasks):
@@ -252,8 +258,12 @@ class QmpServer:
                     if isinstance(item, QmpError):
                         session.send(protocol.error_reply(item))
                         continue
-                    session.send(await self._handle(session, item))
-                    await writer.drain()
+                    self._replying += 1
+                    try:
+                        session.send(await self._handle(session, item))
+                        await writer.drain()
+                    finally:
+                        self._replying -= 1
         except (ConnectionError, asyncio.CancelledError):
             pass
         except Exception:  # a bug here must cost one client its connection, never the VM

@@ -12,7 +12,7 @@ import pytest
 from kvmpy.block.errors import BlockError
 from kvmpy.block.image import open_image
 from kvmpy.block.locking import ImageLockError, LockRequest, Perm, held_bytes
-from tests.block.conftest import QEMU_IO, needs_qemu_img, needs_qemu_io, qemu_img
+from tests.block.conftest import QEMU_IO, needs_qemu_img, needs_qemu_io, qemu_check, qemu_img
 
 QEMU_SYSTEM = shutil.which("qemu-system-x86_64")
 
@@ -164,3 +164,110 @@ def test_kvmpy_and_qemu_system_refuse_each_other(images: dict[str, Path]) -> Non
         r = subprocess.run(argv, capture_output=True, text=True, timeout=60)
         assert r.returncode == 1
         assert 'Failed to get "write" lock\nIs another process using the image' in r.stderr
+
+
+# ---- migration hand-over: inactive images (QEMU's BDRV_O_INACTIVE) ----------------------------------
+
+def _pattern(tag: int, n: int = 65536) -> bytes:
+    return bytes([tag]) * n
+
+
+@needs_qemu_img
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+def test_an_inactive_image_holds_no_lock_and_is_handed_over(images: dict[str, Path], fmt: str) -> None:
+    """The two sides of a migration on one image: the destination opens inactive beside the running
+    source (QEMU 7.2 was measured holding no lock byte there), the source flushes and drops its locks,
+    the destination then locks and re-reads the image and sees what the source wrote after it opened."""
+    from kvmpy.block.drive import open_drive
+
+    path = images["raw" if fmt == "raw" else "top"]
+    src = open_drive(path, fmt, id="src")
+    try:
+        src.write_from(0, [memoryview(_pattern(1))])
+        dst = open_drive(path, fmt, id="dst", inactive=True)
+        try:
+            assert not dst.active and src.active
+            held = {100, 101, 201} if fmt == "raw" else {100, 101, 103, 201, 203}
+            assert locks_of(path) == held  # the source's only
+            # The source allocates more after the destination read the metadata.
+            src.write_from(1 << 19, [memoryview(_pattern(2))])
+            with pytest.raises(ImageLockError, match='Failed to get "write" lock'):
+                dst.activate()  # the source still owns it
+            assert not dst.active and locks_of(path) == held
+            with pytest.raises(BlockError, match="inactive"):
+                dst.write_from(0, [memoryview(_pattern(9))])
+            src.inactivate()
+            assert not src.active and locks_of(path) == set()
+            if fmt == "qcow2":
+                assert locks_of(images["base"]) == set()
+            with pytest.raises(BlockError, match="inactive"):
+                src.write_from(0, [memoryview(_pattern(9))])
+            dst.activate()
+            assert dst.active and locks_of(path) == held
+            if fmt == "qcow2":
+                assert locks_of(images["base"]) == {100, 201, 203}
+            out = bytearray(65536)
+            dst.read_into(1 << 19, [memoryview(out)])
+            assert bytes(out) == _pattern(2)
+            dst.write_from(3 << 18, [memoryview(_pattern(3))])
+            with pytest.raises(ImageLockError):
+                src.activate()  # the destination owns it now; the source stays inactive
+            assert not src.active
+        finally:
+            dst.close()
+        src.close()  # closing an inactive image writes nothing
+        if fmt == "qcow2":
+            assert qemu_check(path).get("corruptions", 0) == 0 and qemu_check(path).get("leaks", 0) == 0
+        for off, tag in ((0, 1), (1 << 19, 2), (3 << 18, 3)):
+            r = subprocess.run([QEMU_IO or "qemu-io", "-f", fmt, "-c", f"read -P {tag} {off} 64k", str(path)],
+                               capture_output=True, text=True)
+            assert r.returncode == 0 and "Pattern verification failed" not in r.stdout, r.stdout
+    finally:
+        src.close()
+
+
+@needs_qemu_img
+def test_an_inactive_qcow2_never_repairs_or_rewrites_the_sources_image(tmp_path: Path) -> None:
+    """With lazy refcounts the running source keeps the dirty bit set; a destination that opened read-write
+    would 'repair' the image under it. Inactive, it only reads; the source clears the bit when it hands over."""
+    from kvmpy.block.drive import open_drive
+    from kvmpy.block import qcow2_format as fmt
+
+    img = tmp_path / "lazy.qcow2"
+    qemu_img("create", "-f", "qcow2", "-o", "lazy_refcounts=on", img, "4M")
+    src = open_drive(img, "qcow2", id="src")
+    dst = None
+    try:
+        src.write_from(0, [memoryview(_pattern(5))])
+        before = img.read_bytes()
+        dst = open_drive(img, "qcow2", id="dst", inactive=True)
+        assert img.read_bytes() == before  # nothing written by the inactive open
+        src.inactivate()
+        header = fmt.parse_header(img.read_bytes()[:4096], img.stat().st_size)
+        assert not header.incompatible_features & fmt.INCOMPAT_DIRTY
+        dst.activate()
+        out = bytearray(65536)
+        dst.read_into(0, [memoryview(out)])
+        assert bytes(out) == _pattern(5)
+    finally:
+        if dst is not None:
+            dst.close()
+        src.close()
+    assert qemu_check(img).get("corruptions", 0) == 0
+
+
+@needs_qemu_io
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+def test_an_inactive_image_opens_beside_qemu_and_is_refused_activation(images: dict[str, Path], fmt: str) -> None:
+    from kvmpy.block.drive import activate_drives, open_drive
+
+    path = images["raw" if fmt == "raw" else "top"]
+    with qemu_io_holder(path, fmt):
+        dst = open_drive(path, fmt, id="dst", inactive=True)
+        try:
+            with pytest.raises(ImageLockError) as e:
+                activate_drives([dst])
+            assert str(e.value).endswith(f"Is another process using the image [{path}]?")
+            assert not dst.active
+        finally:
+            dst.close()

@@ -7,6 +7,21 @@ import re
 import subprocess
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kvmpy.api.console import Console
+
+
+def sh(console: "GuestProcess | Console", command: str, marker: str, timeout: float = 120.0) -> str:
+    """Run ``command`` in the guest shell on ``console`` (a GuestProcess or a kvmpy.VM's console); returns the
+    console text from the echoed command up to ``marker`` (letters and digits), which the shell prints after it."""
+    console.send(f"{command}; echo {marker}-$((6*7))\n")
+    m = console.expect(f"{marker}-42", timeout=timeout)  # the output, not the echoed command
+    text, echoed = m.string, f"{marker}-$((6*7))"
+    start = text.rfind(echoed if isinstance(text, str) else echoed.encode(), 0, m.start())
+    out = text[max(start, 0):m.start()]
+    return out if isinstance(out, str) else out.decode(errors="replace")
 
 
 class GuestProcess:
@@ -48,6 +63,10 @@ class GuestProcess:
         assert self.proc.stdin is not None
         self.proc.stdin.write(text.encode())
         self.proc.stdin.flush()
+
+    def sh(self, command: str, marker: str, timeout: float = 120.0) -> str:
+        """``command``'s console text, as the module's ``sh``."""
+        return sh(self, command, marker, timeout)
 
     def text(self) -> str:
         return self.out.decode(errors="replace")

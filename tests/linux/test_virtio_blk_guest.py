@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 import kvmpy
+from tests.linux.guest_process import sh
 
 BOOT_TIMEOUT = 300.0
 STEP = 120.0
@@ -32,14 +33,6 @@ needs_tools = pytest.mark.skipif(not all(shutil.which(t) for t in ("qemu-img", "
 
 def run(*argv: object) -> str:
     return subprocess.run([str(a) for a in argv], check=True, capture_output=True, text=True).stdout
-
-
-def sh(vm: "kvmpy.VM", command: str, marker: str, timeout: float = STEP) -> str:
-    """Run ``command`` in the guest shell; returns the console text up to ``marker`` (printed after it)."""
-    vm.console.send(f"{command}; echo {marker}-$((6*7))\n")
-    m = vm.console.expect(f"{marker}-42", timeout=timeout)  # the output, not the echoed command
-    start = m.string.rfind(f"{marker}-$((6*7))", 0, m.start())  # from the echoed command on
-    return m.string[max(start, 0):m.start()]
 
 
 @pytest.fixture
@@ -73,21 +66,22 @@ def test_ext4_on_a_qcow2_overlay_and_a_read_only_disk(linux_assets, disks, tmp_p
                   process=True, extra_args=drives,
                   append="console=ttyS0 quiet panic=-1 kvmpy_test=shell") as vm:
         vm.console.expect("KVMPY-TEST cmdline=", timeout=BOOT_TIMEOUT)
-        out = sh(vm, "mkdir -p /mnt && mount -t ext4 /dev/vda /mnt && echo MOUNTED; "
-                     "sha256sum /mnt/hello.bin | sed 's/^/SHA /'", "M1")
+        out = sh(vm.console, "mkdir -p /mnt && mount -t ext4 /dev/vda /mnt && echo MOUNTED; "
+                             "sha256sum /mnt/hello.bin | sed 's/^/SHA /'", "M1")
         assert "MOUNTED" in out and f"SHA {disks['payload_sha']}" in out, out[-2000:]
-        sh(vm, "yes kvmpy-wrote-this | head -c 200000 > /mnt/new.txt && sync && umount /mnt && echo UMOUNTED", "M2")
-        out = sh(vm, "echo RO=$(cat /sys/block/vdb/ro) SERIAL=$(cat /sys/block/vdb/serial) "
-                     "WC=$(cat /sys/block/vda/queue/write_cache | tr ' ' _); "
-                     "dd if=/dev/zero of=/dev/vdb bs=512 count=1 2>/dev/null; echo DD=$?; "
-                     "head -c 4096 /dev/vdb | sha256sum | sed 's/^/ROSHA /'", "M3")
+        sh(vm.console, "yes kvmpy-wrote-this | head -c 200000 > /mnt/new.txt && sync && umount /mnt && "
+                       "echo UMOUNTED", "M2")
+        out = sh(vm.console, "echo RO=$(cat /sys/block/vdb/ro) SERIAL=$(cat /sys/block/vdb/serial) "
+                             "WC=$(cat /sys/block/vda/queue/write_cache | tr ' ' _); "
+                             "dd if=/dev/zero of=/dev/vdb bs=512 count=1 2>/dev/null; echo DD=$?; "
+                             "head -c 4096 /dev/vdb | sha256sum | sed 's/^/ROSHA /'", "M3")
         assert "RO=1 SERIAL=KVMPY-RO-1 WC=write_back" in out, out[-2000:]
         assert re.search(r"DD=[1-9]", out), out[-2000:]
         assert "ROSHA " + hashlib.sha256(b"\xa5" * 4096).hexdigest() in out, out[-2000:]
-        size0 = int(re.search(r"SIZE=(\d+)", sh(vm, "echo SIZE=$(cat /sys/block/vda/size)", "M4")).group(1))
+        size0 = int(re.search(r"SIZE=(\d+)", sh(vm.console, "echo SIZE=$(cat /sys/block/vda/size)", "M4")).group(1))
         assert size0 == 32 * MiB // 512
         vm.qmp("block_resize", {"device": "d0", "size": 48 * MiB})
-        out = sh(vm, "sleep 1; echo SIZE=$(cat /sys/block/vda/size)", "M5")
+        out = sh(vm.console, "sleep 1; echo SIZE=$(cat /sys/block/vda/size)", "M5")
         assert f"SIZE={48 * MiB // 512}" in out, out[-2000:]
         blocks = {b["device"]: b for b in vm.qmp("query-block")}
         stats = {s["device"]: s["stats"] for s in vm.qmp("query-blockstats")}

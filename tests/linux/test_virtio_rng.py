@@ -15,6 +15,7 @@ import re
 import pytest
 
 import kvmpy
+from tests.linux.guest_process import sh
 
 BOOT_TIMEOUT = 300.0
 STEP = 120.0
@@ -22,18 +23,10 @@ LIST = 'for d in /sys/bus/pci/devices/*; do echo "PCIDEV ${d##*/} $(cat $d/vendo
 HW = "/sys/class/misc/hw_random"
 
 
-def sh(vm: "kvmpy.VM", command: str, marker: str, timeout: float = STEP) -> str:
-    """Run ``command`` in the guest shell; returns the console text up to ``marker`` (printed after it)."""
-    vm.console.send(f"{command}; echo {marker}-$((6*7))\n")
-    m = vm.console.expect(f"{marker}-42", timeout=timeout)  # a match on the whole console text
-    start = m.string.rfind(f"{marker}-$((6*7))", 0, m.start())  # from the echoed command on
-    return m.string[max(start, 0):m.start()]
-
-
 def read_rng(vm: "kvmpy.VM", marker: str) -> tuple[int, int]:
     """(bytes read from /dev/hwrng, distinct byte values among them)."""
-    out = sh(vm, "head -c 8192 /dev/hwrng > /tmp/r; echo RNGLEN=$(wc -c < /tmp/r) "
-                 "DISTINCT=$(od -An -v -tu1 /tmp/r | tr -s ' ' '\\n' | sort -u | grep -c .)", marker)
+    out = sh(vm.console, "head -c 8192 /dev/hwrng > /tmp/r; echo RNGLEN=$(wc -c < /tmp/r) "
+                         "DISTINCT=$(od -An -v -tu1 /tmp/r | tr -s ' ' '\\n' | sort -u | grep -c .)", marker)
     m = re.search(r"RNGLEN=(\d+) DISTINCT=(\d+)", out)
     assert m, out[-2000:]
     return int(m.group(1)), int(m.group(2))
@@ -46,13 +39,13 @@ def test_linux_reads_dev_hwrng_over_msix_and_intx(linux_assets):
                   process=True, extra_args=devices,
                   append="console=ttyS0 quiet panic=-1 kvmpy_test=shell") as vm:
         vm.console.expect("KVMPY-TEST cmdline=", timeout=BOOT_TIMEOUT)
-        listing = sh(vm, LIST, "L1")
-        rngs = sh(vm, f"echo AVAIL=$(cat {HW}/rng_available | tr ' ' ,) CURRENT=$(cat {HW}/rng_current)", "L2")
+        listing = sh(vm.console, LIST, "L1")
+        rngs = sh(vm.console, f"echo AVAIL=$(cat {HW}/rng_available | tr ' ' ,) CURRENT=$(cat {HW}/rng_current)", "L2")
         first = read_rng(vm, "L3")
-        sh(vm, f"echo virtio_rng.1 > {HW}/rng_current", "L4")
-        switched = sh(vm, f"echo NOW=$(cat {HW}/rng_current)", "L5")
+        sh(vm.console, f"echo virtio_rng.1 > {HW}/rng_current", "L4")
+        switched = sh(vm.console, f"echo NOW=$(cat {HW}/rng_current)", "L5")
         second = read_rng(vm, "L6")
-        irqs = sh(vm, "grep -E 'virtio' /proc/interrupts | tr -s ' ' | sed 's/^/IRQ /'", "L7")
+        irqs = sh(vm.console, "grep -E 'virtio' /proc/interrupts | tr -s ' ' | sed 's/^/IRQ /'", "L7")
         pci = vm.qmp("query-pci")
         vm.console.send("poweroff -f\n")
         assert vm.wait(timeout=STEP) == 0

@@ -18,6 +18,7 @@ from kvmpy.loader import acpi
 from kvmpy.loader.memhp_aml import HotplugMemory
 from kvmpy.loader.e820 import pci_holes
 from kvmpy.memory.dimm import device_memory_window
+from tests.monitor.conftest import qmp_process
 
 MiB, GiB = 1 << 20, 1 << 30
 needs_tools = pytest.mark.skipif(not (shutil.which("qemu-system-x86_64") and shutil.which("iasl")),
@@ -36,18 +37,9 @@ def ours(tmp: Path) -> dict[str, bytes]:
 
 
 async def _qemu_ram(sock: Path, dump: Path) -> None:
-    from qemu.qmp import QMPClient
-
-    proc = subprocess.Popen(["qemu-system-x86_64", "-machine", "pc", "-accel", "tcg", "-display", "none",
-                             "-nodefaults", "-m", "256M,slots=4,maxmem=4G",
-                             "-qmp", f"unix:{sock},server=on,wait=on"], stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(100):
-            if sock.exists():
-                break
-            await asyncio.sleep(0.1)
-        client = QMPClient("acpi-test")
-        await client.connect(str(sock))
+    argv = ["qemu-system-x86_64", "-machine", "pc", "-accel", "tcg", "-display", "none", "-nodefaults",
+            "-m", "256M,slots=4,maxmem=4G", "-qmp", f"unix:{sock},server=on,wait=on"]
+    async with qmp_process(argv, sock, "acpi-test") as client:
         for _ in range(60):  # until SeaBIOS has written its tables
             await asyncio.sleep(0.5)
             await client.execute("pmemsave", {"val": 0xE0000, "size": 0x20000, "filename": str(dump)})
@@ -56,17 +48,6 @@ async def _qemu_ram(sock: Path, dump: Path) -> None:
         await asyncio.sleep(0.5)
         await client.execute("stop")
         await client.execute("pmemsave", {"val": 0, "size": 256 * MiB, "filename": str(dump)})
-        await client.execute("quit")
-        try:
-            await client.disconnect()
-        except EOFError:  # QEMU closed the connection first, as it may after quit
-            pass
-    finally:
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def qemus(tmp: Path) -> dict[str, bytes]:

@@ -38,10 +38,21 @@ def _qmp(path: Path, *commands: tuple[str, dict]) -> list:
     deadline = time.monotonic() + 30
     while not path.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
-    s = socket.socket(socket.AF_UNIX)
-    s.connect(str(path))
+    while True:  # the socket file appears at bind(), before the server listen()s
+        s = socket.socket(socket.AF_UNIX)
+        try:
+            s.connect(str(path))
+            break
+        except ConnectionRefusedError:
+            s.close()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
     f = s.makefile("rwb")
-    json.loads(f.readline())
+    greeting = f.readline()
+    if not greeting:
+        raise AssertionError(f"{path}: the QMP server closed the connection before its greeting")
+    json.loads(greeting)
     out = []
     for cmd, args in (("qmp_capabilities", {}), *commands):
         f.write(json.dumps({"execute": cmd, "arguments": args}).encode() + b"\n")
@@ -343,10 +354,9 @@ def test_qemus_incoming_destination_opens_an_image_kvmpy_is_writing(tmp_path: Pa
 
 
 @pytest.mark.kvm_host
-@pytest.mark.xfail(strict=True, reason="kvmpy's -incoming destination opens and locks its images at start; QEMU's "
-                   "opens them inactive and takes the locks (re-reading the metadata) when the migration completes, "
-                   "after the source flushed and released them")
 def test_kvmpy_migrates_to_a_destination_on_the_same_image(tmp_path: Path) -> None:
+    """As QEMU: the -incoming destination opens the image inactive (no lock) beside the running source,
+    the source flushes and unlocks it at switchover, the destination locks it and re-reads the metadata."""
     img = _image(tmp_path)
     port = 49000 + os.getpid() % 1000
     procs = [_kvmpy(tmp_path, "src", "-drive", f"file={img},if=virtio")]
@@ -356,13 +366,20 @@ def test_kvmpy_migrates_to_a_destination_on_the_same_image(tmp_path: Path) -> No
         deadline = time.monotonic() + 30
         while not (tmp_path / "dst.qmp").exists() and procs[1].poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert procs[1].poll() is None, procs[1].communicate()[1].decode()  # today: 'Failed to get "write" lock'
+        assert procs[1].poll() is None, procs[1].communicate()[1].decode()
         run = _migrate(tmp_path, f"tcp:127.0.0.1:{port}", "--quiet")
         assert run.returncode == 0, run.stderr.decode()
-        _qmp(tmp_path / "src.qmp", ("quit", {}))
+        # As QEMU's cont: the migrated-away source must take its image back first, refused while the
+        # destination holds it ...
+        reply, = _qmp(tmp_path / "src.qmp", ("cont", {}))
+        assert reply["error"]["desc"] == 'Failed to get "write" lock', reply
         _qmp(tmp_path / "dst.qmp", ("quit", {}))
-        for p in procs:
-            p.wait(30)
+        procs[1].wait(30)
+        # ... and granted once the destination is gone.
+        reply, status = _qmp(tmp_path / "src.qmp", ("cont", {}), ("query-status", {}))
+        assert reply == {"return": {}} and status["return"]["status"] == "running", (reply, status)
+        _qmp(tmp_path / "src.qmp", ("quit", {}))
+        procs[0].wait(30)
         check = subprocess.run(["qemu-img", "check", str(img)], capture_output=True, text=True, timeout=60)
         assert check.returncode == 0, check.stdout
     finally:
@@ -370,3 +387,98 @@ def test_kvmpy_migrates_to_a_destination_on_the_same_image(tmp_path: Path) -> No
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+@pytest.mark.kvm_host
+@pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="needs qemu-system-x86_64")
+def test_kvmpy_incoming_destination_opens_an_image_qemu_is_writing(tmp_path: Path) -> None:
+    """The other direction of the oracle test above: kvmpy's -incoming destination starts beside a running
+    QEMU that holds the image's write lock, and holds no lock byte itself; a plain kvmpy is refused."""
+    img = _image(tmp_path)
+    qemu = subprocess.Popen(["qemu-system-x86_64", "-display", "none", "-nodefaults", "-drive", f"file={img},if=virtio"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while 201 not in _held(img) and time.monotonic() < deadline and qemu.poll() is None:
+            time.sleep(0.05)
+        qemu_held = _held(img)
+        assert 201 in qemu_held, qemu.communicate()[1].decode() if qemu.poll() is not None else qemu_held
+        plain = _kvmpy(tmp_path, "plain", "-drive", f"file={img},if=virtio")
+        _, err = plain.communicate(timeout=60)
+        assert plain.returncode != 0 and b'Failed to get "write" lock' in err, err.decode()
+        dst = _kvmpy(tmp_path, "dst", "-drive", f"file={img},if=virtio", "-incoming", "defer")
+        try:
+            assert _qmp(tmp_path / "dst.qmp", ("query-status", {}))[0]["return"]["status"] == "inmigrate"
+            assert _held(img) == qemu_held  # the inactive destination adds nothing
+            _qmp(tmp_path / "dst.qmp", ("quit", {}))
+            dst.wait(30)
+        finally:
+            if dst.poll() is None:
+                dst.kill()
+                dst.wait()
+    finally:
+        qemu.kill()
+        qemu.wait()
+
+
+def _held(path: Path) -> set[int]:
+    from kvmpy.block.locking import held_bytes
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return set(held_bytes(fd))
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.kvm_host
+@pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="needs qemu-system-x86_64")
+def test_images_handed_over_by_qemu_and_by_kvmpy_are_free_for_the_other(tmp_path: Path) -> None:
+    """A migration to a file ends with the source stopped and its images inactivated: QEMU's then holds only
+    the consistent-read byte, kvmpy's none, so either can open the image read-write after the other's
+    migration (and each takes it back with cont only while nobody else writes it)."""
+    from kvmpy.block.drive import open_drive
+
+    img = _image(tmp_path)
+    qmp = tmp_path / "qemu.qmp"
+    qemu = subprocess.Popen(["qemu-system-x86_64", "-display", "none", "-nodefaults", "-drive", f"file={img},if=virtio",
+                             "-qmp", f"unix:{qmp},server=on,wait=off"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _qmp(qmp, ("migrate", {"uri": f"exec:cat > {tmp_path / 'qemu.snap'}"}))  # 7.2 has no file:
+        deadline = time.monotonic() + 60
+        while (info := _qmp(qmp, ("query-migrate", {}))[0]["return"]).get("status") != "completed":
+            assert time.monotonic() < deadline and info.get("status") != "failed", info
+            time.sleep(0.1)
+        assert _held(img) == {100}  # measured: an inactivated QEMU keeps only its consistent-read byte
+        d = open_drive(img, "qcow2", id="after-qemu")  # QEMU let go of it: kvmpy may write
+        d.write_from(0, [memoryview(b"\x5a" * 4096)])
+        d.close()
+    finally:
+        qemu.kill()
+        qemu.wait()
+    src = _kvmpy(tmp_path, "src", "-drive", f"file={img},if=virtio")
+    try:
+        _wait_output(tmp_path / "src.out", 40)
+        _qmp(tmp_path / "src.qmp", ("migrate", {"uri": f"file:{tmp_path / 'kvmpy.snap'}"}))
+        deadline = time.monotonic() + 60
+        while _qmp(tmp_path / "src.qmp", ("query-migrate", {}))[0]["return"]["status"] != "completed":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert _held(img) == set()  # kvmpy's inactivated source holds nothing
+        io = subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x6b 4096 4096", str(img)],
+                            capture_output=True, text=True, timeout=60)  # kvmpy let go of it: QEMU may write
+        assert io.returncode == 0 and "failed" not in io.stdout + io.stderr, io.stdout + io.stderr
+        reply, = _qmp(tmp_path / "src.qmp", ("cont", {}))  # nobody holds it now: kvmpy takes it back
+        assert reply == {"return": {}}, reply
+        _qmp(tmp_path / "src.qmp", ("quit", {}))
+        src.wait(30)
+    finally:
+        if src.poll() is None:
+            src.kill()
+            src.wait()
+    check = subprocess.run(["qemu-img", "check", str(img)], capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stdout
+    for off, fill in ((0, 0x5A), (4096, 0x6B)):
+        r = subprocess.run(["qemu-io", "-f", "qcow2", "-r", "-c", f"read -P {fill} {off} 4096", str(img)],
+                           capture_output=True, text=True, timeout=60)
+        assert "verification failed" not in r.stdout and r.returncode == 0, r.stdout

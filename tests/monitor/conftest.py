@@ -1,4 +1,5 @@
-"""Fixtures for the monitor tests: a running kvmpy guest with a QMP server, and QMP clients for it.
+"""Fixtures for the monitor tests: a running kvmpy guest with a QMP server, and QMP clients for it
+(``qmp_process`` also serves the differential tests that start QEMU or kvmpy as a process).
 
 The VM is built in-process (the main thread must create it) and runs in a
 background thread; the UNIX socket lives in a short directory under /tmp,
@@ -10,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import shutil
 import socket
+import subprocess
 import tempfile
 import threading
 import time
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,11 +145,13 @@ def arun(coro, timeout: float = 60):
     return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
-async def qmp_connect(path: Path, name: str):
-    """A qemu.qmp client connected to ``path``, retrying while the server (QEMU) creates its socket."""
+async def qmp_connect(path: Path, name: str, timeout: float = 10.0):
+    """A qemu.qmp client connected to ``path``, retrying for ``timeout`` seconds while the server (QEMU) creates
+    its socket."""
     from qemu.qmp import ConnectError, QMPClient
 
-    for _ in range(199):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         qmp = QMPClient(name)
         try:
             await qmp.connect(str(path))
@@ -156,6 +161,32 @@ async def qmp_connect(path: Path, name: str):
     qmp = QMPClient(name)
     await qmp.connect(str(path))
     return qmp
+
+
+@asynccontextmanager
+async def qmp_process(argv: list[str], sock: Path, name: str, env: dict[str, str] | None = None,
+                      timeout: float = 10.0):
+    """Run ``argv`` (QEMU, or kvmpy as a process) serving QMP on the UNIX socket ``sock`` and yield a qemu.qmp
+    client connected to it within ``timeout`` seconds. On leaving, the VMM is told to quit and is reaped (killed
+    after 30 s); if the body failed, it is killed at once."""
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        client = await qmp_connect(sock, name, timeout)
+        yield client
+        await client.execute("quit")
+        try:
+            await client.disconnect()
+        except EOFError:  # the VMM closed the connection first, as it may after quit
+            pass
+    except BaseException:
+        proc.kill()
+        raise
+    finally:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def wait_until(pred, timeout: float = 20, step: float = 0.02) -> bool:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.guests.build import build_guest
+from tests.monitor.conftest import qmp_process
 
 MiB, GiB = 1 << 20, 1 << 30
 REPO = Path(__file__).resolve().parents[2]
@@ -70,34 +70,16 @@ SCRIPT: list[tuple[str, dict[str, Any]]] = [
 
 
 async def replies(argv: list[str], sock: Path, env: dict[str, str] | None = None) -> list[Any]:
-    from qemu.qmp import ExecuteError, QMPClient
+    from qemu.qmp import ExecuteError
 
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    try:
-        for _ in range(300):
-            if sock.exists():
-                break
-            await asyncio.sleep(0.1)
-        client = QMPClient("memory-test")
-        await client.connect(str(sock))
+    async with qmp_process(argv, sock, "memory-test", env, timeout=30) as client:
         out: list[Any] = []
         for name, args in SCRIPT:
             try:
                 out.append((name, args, "return", await client.execute(name, args)))
             except ExecuteError as exc:
                 out.append((name, args, exc.error.error.class_, exc.error.error.desc))
-        await client.execute("quit")
-        try:
-            await client.disconnect()
-        except EOFError:  # the VMM closed the connection first, as it may after quit
-            pass
-        return out
-    finally:
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    return out
 
 
 @pytest.mark.kvm_host

@@ -21,8 +21,9 @@ request:
 - anything else: UNSUPP.
 
 Data moves between the image and guest RAM without per-sector Python work:
-reads land straight in views of guest RAM (one preadv when the request is one
-buffer), writes are taken from views of guest RAM. A request larger than
+the queue hands out views of guest RAM (``SplitQueue.buffers``, neighbouring
+buffers joined), reads land straight in them with one preadv and writes are
+taken from them with one pwritev. A request larger than
 ``GATHER_LIMIT`` is done buffer by buffer, so a hostile chain (an indirect
 table naming one page 65536 times) cannot make the VMM allocate gigabytes.
 
@@ -55,7 +56,7 @@ from kvmpy.devices.device import bool_field, check_keys
 from kvmpy.devices.virtio.device import DeviceType, VirtioContext, VirtioDevice, bit
 from kvmpy.devices.virtio.queue import VirtQueueError
 from kvmpy.errors import ConfigError
-from kvmpy.memory.guest_memory import GuestMemory, GuestMemoryError
+from kvmpy.memory.guest_memory import GuestMemory
 
 if TYPE_CHECKING:
     from kvmpy.config_devices import DeviceSpec
@@ -248,6 +249,9 @@ class VirtioBlk(VirtioDevice):
                             return
                         q.push(chain, written)
                         served += 1
+                    if served:  # the batch is done: tell the driver now, not after re-arming the kicks
+                        served = 0
+                        ctx.interrupt(index)
                     q.set_notification(True)
                     if not q.has_available():
                         break
@@ -298,13 +302,6 @@ class VirtioBlk(VirtioDevice):
         count = nbytes // SECTOR
         return sector <= total and count <= MAX_REQUEST_SECTORS and count <= total - sector
 
-    def _guest_views(self, bufs: list[tuple[int, int]], limit: int, write: bool) -> list[memoryview]:
-        """Views of guest RAM for the first ``limit`` bytes of ``bufs`` (neighbouring buffers joined)."""
-        views: list[memoryview] = []
-        for gpa, n in _joined(bufs, limit):
-            views.extend(self.memory.buffers(gpa, n, write))
-        return views
-
     def _rw(self, q: Any, chain: Any, is_write: bool, sector: int) -> int:
         kind = "wr" if is_write else "rd"
         nbytes = chain.readable_len - HEADER.size if is_write else chain.writable_len - 1
@@ -314,16 +311,14 @@ class VirtioBlk(VirtioDevice):
         offset = sector * SECTOR
         try:
             if is_write:
-                views = self._guest_views(chain.readable, chain.readable_len, False)
-                views = _skip(views, HEADER.size)
-                self._transfer(offset, views, self.drive.write_from)
+                self._transfer(offset, q.buffers(chain, False, HEADER.size), nbytes, self.drive.write_from)
             else:
-                views = self._guest_views(chain.writable, nbytes, True)
+                views = q.buffers(chain, True, 0, nbytes)
                 try:
-                    self._transfer(offset, views, self.drive.read_into)
+                    self._transfer(offset, views, nbytes, self.drive.read_into)
                 finally:
-                    _mark_dirty(self.memory, chain.writable, nbytes)
-        except GuestMemoryError as exc:
+                    q.mark_written(chain, nbytes)
+        except VirtQueueError as exc:
             log.warning("%s: request buffer left guest RAM: %s", self.drive.id, exc)
             return S_IOERR
         except BlockError as exc:
@@ -333,9 +328,8 @@ class VirtioBlk(VirtioDevice):
         return S_OK
 
     @staticmethod
-    def _transfer(offset: int, views: list[memoryview], op: Any) -> None:
-        """One drive call for the whole request when it is small, else one per buffer."""
-        total = sum(len(v) for v in views)
+    def _transfer(offset: int, views: list[memoryview], total: int, op: Any) -> None:
+        """One drive call for the whole request (``total`` bytes) when it is small, else one per buffer."""
         if total <= GATHER_LIMIT or len(views) == 1:
             if total:
                 op(offset, views)
@@ -367,40 +361,6 @@ class VirtioBlk(VirtioDevice):
             log.warning("%s: %s failed: %s", self.drive.id, "write-zeroes" if is_wz else "discard", exc)
             return S_IOERR
         return S_OK
-
-
-def _skip(views: list[memoryview], nbytes: int) -> list[memoryview]:
-    """``views`` without their first ``nbytes`` bytes."""
-    out = []
-    for v in views:
-        if nbytes >= len(v):
-            nbytes -= len(v)
-            continue
-        out.append(v[nbytes:])
-        nbytes = 0
-    return out
-
-
-def _joined(bufs: list[tuple[int, int]], limit: int) -> list[tuple[int, int]]:
-    """The first ``limit`` bytes of ``bufs`` as (gpa, len) runs, guest-contiguous buffers merged."""
-    out: list[tuple[int, int]] = []
-    for gpa, n in bufs:
-        if limit <= 0:
-            break
-        n = min(n, limit)
-        limit -= n
-        if not n:
-            continue
-        if out and out[-1][0] + out[-1][1] == gpa:
-            out[-1] = (out[-1][0], out[-1][1] + n)
-        else:
-            out.append((gpa, n))
-    return out
-
-
-def _mark_dirty(memory: GuestMemory, bufs: list[tuple[int, int]], limit: int) -> None:
-    for gpa, n in _joined(bufs, limit):
-        memory.mark_dirty(gpa, n)
 
 
 # ---- -device virtio-blk-pci -------------------------------------------------------------------
@@ -453,10 +413,11 @@ def open_device_drive(config: Any, spec: "DeviceSpec") -> Drive:
     writeback = None if wce == "auto" else spec.get_bool("write-cache")
     drives = {d.id: d for d in getattr(config, "drives", ())}
     blockdevs = {b.node_name: b for b in getattr(config, "blockdevs", ())}
+    inactive = getattr(config, "incoming", None) is not None  # -incoming: the source owns the images
     if name in drives:
         d = drives[name]
         try:
-            drive = drive_from_spec(d, writeback)
+            drive = drive_from_spec(d, writeback, inactive=inactive)
         except BlockError as exc:
             raise ConfigError(f"{d.source or where}: {exc}") from None
         serial = d.get("serial")
@@ -465,7 +426,7 @@ def open_device_drive(config: Any, spec: "DeviceSpec") -> Drive:
         return drive
     if name in blockdevs:
         try:
-            return drive_from_blockdev(blockdevs, name, writeback)
+            return drive_from_blockdev(blockdevs, name, writeback, inactive=inactive)
         except BlockError as exc:
             raise ConfigError(f"{blockdevs[name].source or where}: {exc}") from None
     raise ConfigError(f"{where}: Property 'virtio-blk-device.drive' can't find value '{name}'")

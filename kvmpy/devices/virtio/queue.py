@@ -29,6 +29,17 @@ ones in writable RAM) with no 64-bit wrap-around; a chain carries at most
 (a ValueError); guest-memory errors met later (RAM unplugged under a chain)
 are turned into it too, so a device catches one exception type.
 
+Speed: the per-request path touches guest RAM through memoryviews, not
+through a guest-memory lookup per access. The three rings are resolved once
+into views of their RAM blocks (again whenever the address space commits a
+new FlatView, so RAM unplugged under a queue is noticed), and buffers are
+checked and viewed against the last RAM range that held one. The checks are
+the same ones; anything the fast path cannot settle (a ring or buffer across
+two RAM ranges, or not in RAM at all) takes the guest-memory path, which
+accepts it or gives the error. A long indirect table laid out as Linux lays
+them out (entry i links to i+1, readable entries first) is checked with
+whole-table operations; any other shape is walked entry by entry.
+
 Kicks: with EVENT_IDX the driver kicks only when its avail idx passes the
 device's avail_event, so whenever ``pop`` (or ``has_available``) finds the ring
 drained it publishes avail_event = ``next_avail`` and looks once more; a device
@@ -48,12 +59,16 @@ program order (the element, then the index), which x86's TSO keeps.
 
 from __future__ import annotations
 
+import operator
 import struct
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, Iterator, Protocol
 
 from kvmpy.devices.device import DeviceStateError, bool_field, check_keys, int_field
+
+if TYPE_CHECKING:
+    from kvmpy.memory.address_space import AddressSpace
 
 DESC_F_NEXT = 1
 DESC_F_WRITE = 2
@@ -65,11 +80,11 @@ MAX_QUEUE_SIZE = 32768   # virtio 1.2: Queue Size is at most 32768
 MAX_INDIRECT = 65536     # entries in one indirect table (its ``next`` fields are u16)
 MAX_CHAIN_BYTES = 1 << 32  # "Drivers MUST NOT add a descriptor chain longer than 2^32 bytes in total"
 ADDR_LIMIT = 1 << 64
+LINEAR_MIN = 8  # indirect tables longer than this try the whole-table check first (shorter: the walk is as quick)
 
 DESC = struct.Struct("<QIHH")
 USED_ELEM = struct.Struct("<II")
 U16 = struct.Struct("<H")
-_WINDOW = 4096  # bytes of the descriptor table fetched per guest-memory read
 _STATE_KEYS = {"size", "desc_addr", "avail_addr", "used_addr", "ready", "active", "event_idx", "indirect",
                "next_avail", "next_used", "signalled_used", "signalled_valid"}
 
@@ -85,14 +100,21 @@ class VirtQueueError(ValueError):
 class GuestRam(Protocol):
     """Guest-physical memory as the queue needs it (``kvmpy.memory.guest_memory.GuestMemory`` is one).
 
-    Each method raises a ValueError for a range that is not (writable) RAM.
+    Each method raises a ValueError for a range that is not (writable) RAM. ``address_space``
+    gives the current FlatView, which the fast path maps RAM with.
     """
+
+    address_space: "AddressSpace"
 
     def read(self, gpa: int, length: int) -> bytes: ...
 
     def write(self, gpa: int, data: Any) -> None: ...
 
     def check(self, gpa: int, length: int, write: bool = False) -> None: ...
+
+    def buffers(self, gpa: int, length: int, write: bool = False) -> list[memoryview]: ...
+
+    def mark_dirty(self, gpa: int, length: int) -> None: ...
 
 
 @dataclass(slots=True)
@@ -104,11 +126,53 @@ class Chain:
     writable: list[tuple[int, int]] = field(default_factory=list)  # (gpa, len) device -> driver
     readable_len: int = 0
     writable_len: int = 0
+    # (FlatView, RAM range) when every buffer lay in that one range as the chain was checked: the
+    # queue's fast path for buffer views, while that FlatView is the address space's.
+    ram: tuple[Any, Any] | None = field(default=None, repr=False, compare=False)
 
 
 def need_event(event: int, new: int, old: int) -> bool:
     """virtio's vring_need_event: did the index moving from ``old`` to ``new`` pass ``event``? (mod 2**16)."""
     return (new - event - 1) & 0xFFFF < (new - old) & 0xFFFF
+
+
+def _cut(bufs: list[tuple[int, int]], total: int, offset: int, end: int) -> list[tuple[int, int]]:
+    """``bufs`` (``total`` bytes) trimmed to bytes [offset, end) of their concatenation, 0 <= offset, end <= total.
+
+    Costs the buffers trimmed away from the nearer end, not the ones kept whole: a request's header
+    read from the front, or its data without the header before it and the status byte behind it.
+    """
+    if offset >= end:
+        return []
+    if offset == 0 and end == total:
+        return bufs
+    if 2 * end <= total:  # a piece near the front: walk forward to its end
+        out, pos = [], 0
+        for gpa, n in bufs:
+            if pos + n > offset:
+                lo = max(offset - pos, 0)
+                out.append((gpa + lo, min(n, end - pos) - lo))
+            pos += n
+            if pos >= end:
+                return out
+        return out
+    out = bufs[:]
+    excess = total - end
+    while excess:
+        gpa, n = out[-1]
+        if n > excess:
+            out[-1] = (gpa, n - excess)
+            break
+        out.pop()
+        excess -= n
+    if offset:
+        i = 0
+        while offset >= out[i][1]:
+            offset -= out[i][1]
+            i += 1
+        gpa, n = out[i]
+        out = [(gpa + offset, n - offset), *out[i + 1:]] if offset else out[i:]
+    return out
 
 
 def _is_pow2(n: int) -> bool:
@@ -127,6 +191,55 @@ def _spans(bufs: list[tuple[int, int]], offset: int, end: int) -> Iterator[tuple
         pos += n
 
 
+@dataclass(slots=True)
+class _Span:
+    """One RAM range of a FlatView as the fast path uses it: [lo, hi) maps to ``block.mv[gpa + delta]``."""
+
+    lo: int
+    hi: int
+    readonly: bool
+    block: Any  # kvmpy.memory.ramblock.RAMBlock
+    delta: int
+
+
+class RamMap:
+    """Views of guest RAM for one queue, valid for one FlatView of its address space.
+
+    ``view`` gives a memoryview of [gpa, gpa+n) when that lies in one RAM range (and,
+    with ``write``, a writable one), or None: the caller then takes the guest-memory
+    path. It remembers the last range that answered, so a chain's buffers (which lie
+    in one big RAM range nearly always) cost a comparison each, not a lookup.
+    ``flatview`` is the FlatView it maps; its owner calls ``refresh`` once the
+    address space's ``flatview`` is another (a commit changed the memory map).
+    """
+
+    def __init__(self, memory: GuestRam) -> None:
+        self.space = memory.address_space
+        self.flatview: Any = None
+        self._last: _Span | None = None
+
+    def refresh(self) -> None:
+        self.flatview = self.space.flatview
+        self._last = None
+
+    def span(self, gpa: int, n: int) -> _Span | None:
+        s = self._last
+        if s is not None and s.lo <= gpa and gpa + n <= s.hi:
+            return s
+        r = self.flatview.lookup(gpa) if gpa >= 0 and n >= 0 else None
+        if r is None or not r.is_ram or gpa + n > r.end:
+            return None
+        s = self._last = _Span(r.addr, r.end, r.region.readonly, r.region.ram, r.ram_offset - r.addr)
+        return s
+
+    def view(self, gpa: int, n: int, write: bool) -> memoryview | None:
+        s = self.span(gpa, n)
+        if s is None or write and s.readonly:
+            return None
+        off = gpa + s.delta
+        return s.block.mv[off:off + n]
+
+
 class SplitQueue:
     """One split virtqueue; see the module docstring for the rules it enforces."""
 
@@ -136,6 +249,7 @@ class SplitQueue:
         self.memory = memory
         self.max_size = max_size
         self._fence = threading.Lock()
+        self._ram = RamMap(memory)
         self.reset()
 
     # ---- life cycle -------------------------------------------------------------------------
@@ -156,6 +270,16 @@ class SplitQueue:
         self.signalled_valid = False
         self.notify = True  # the device wants kicks (set_notification)
         self._forget_avail()
+        self._unmap_rings()
+
+    def _unmap_rings(self) -> None:
+        """Forget the ring views (and the FlatView they were made for): the next access maps them again."""
+        self._ram.flatview = None
+        self._avail_event: int | None = None  # the avail_event we last stored and fenced (None: not known)
+        self._desc_v: memoryview | None = None
+        self._avail_v: memoryview | None = None
+        self._used_v: memoryview | None = None
+        self._used_dirty: tuple[Any, int, int] | None = None  # (RAM block, offset, length) of the used ring
 
     def _forget_avail(self) -> None:
         self._avail_idx = self.next_avail   # the driver's avail idx as last read
@@ -176,6 +300,22 @@ class SplitQueue:
         self.indirect = indirect
         self.active = True
         self._forget_avail()
+        self._unmap_rings()
+
+    def _rings(self) -> None:
+        """Map the rings again if the memory map changed since they were (views None: not in one RAM range)."""
+        ram = self._ram
+        if ram.flatview is ram.space.flatview:  # still the address space's (runs a dozen times a request)
+            return
+        ram.refresh()
+        self._avail_event = None  # stored in RAM that may not be there any more
+        size = self.size
+        self._desc_v = ram.view(self.desc_addr, 16 * size, False)
+        self._avail_v = ram.view(self.avail_addr, 6 + 2 * size, False)
+        n = 6 + 8 * size
+        self._used_v = ram.view(self.used_addr, n, True)
+        s = ram.span(self.used_addr, n) if self._used_v is not None else None
+        self._used_dirty = None if s is None else (s.block, self.used_addr + s.delta, n)
 
     def _check_layout(self, size: int, desc: int, avail: int, used: int) -> None:
         if not _is_pow2(size) or size > self.max_size:
@@ -206,8 +346,27 @@ class SplitQueue:
         except ValueError as exc:
             raise VirtQueueError(f"{what}: {exc}") from exc
 
+    def _avail_u16(self, off: int) -> int:
+        """The u16 at ``off`` in the available ring (flags 0, idx 2, ring 4.., used_event at the end)."""
+        self._rings()
+        v = self._avail_v
+        if v is not None:
+            return U16.unpack_from(v, off)[0]
+        return U16.unpack(self._read(self.avail_addr + off, 2, "available ring"))[0]
+
+    def _put_used(self, off: int, data: bytes) -> None:
+        """Store ``data`` at ``off`` in the used ring (flags 0, idx 2, ring 4.., avail_event at the end)."""
+        self._rings()
+        v = self._used_v
+        if v is None:
+            self._write(self.used_addr + off, data, "used ring")
+            return
+        v[off:off + len(data)] = data
+        block, start, n = self._used_dirty  # type: ignore[misc]
+        block.mark_dirty(start, n)  # the whole used ring: a page or three, one store
+
     def _read_avail_idx(self) -> int:
-        return U16.unpack(self._read(self.avail_addr + 2, 2, "available ring"))[0]
+        return self._avail_u16(2)
 
     def _barrier(self) -> None:
         with self._fence:  # an atomic RMW: orders our earlier stores before our later loads
@@ -228,11 +387,17 @@ class SplitQueue:
         (whose driver saw the old avail_event and did not kick) is found here.
         """
         self._avail_idx = self._read_avail_idx()
-        if self._avail_idx == self.next_avail and self.event_idx and self.notify:
-            self._write(self.used_addr + 4 + 8 * self.size, U16.pack(self.next_avail), "used ring")
-            self._barrier()
+        if self._avail_idx == self.next_avail and self.event_idx and self.notify \
+                and self._avail_event != self.next_avail:  # (already published and fenced: the read stands)
+            self._publish_avail_event(self.next_avail)
             self._avail_idx = self._read_avail_idx()
         return self._avail_idx != self.next_avail
+
+    def _publish_avail_event(self, idx: int) -> None:
+        """Store avail_event = ``idx`` (kick me when your idx passes it), then fence before the caller's next load."""
+        self._put_used(4 + 8 * self.size, U16.pack(idx))
+        self._avail_event = idx
+        self._barrier()
 
     def pop(self) -> Chain | None:
         """The next available chain, fully checked, or None; VirtQueueError for a broken ring or chain.
@@ -262,10 +427,17 @@ class SplitQueue:
         size = self.size
         start = self.next_avail & (size - 1)
         first = min(count, size - start)
-        ring = self.avail_addr + 4
-        raw = self._read(ring + 2 * start, 2 * first, "available ring")
-        if first < count:
-            raw += self._read(ring, 2 * (count - first), "available ring")
+        self._rings()
+        v = self._avail_v
+        if v is not None:
+            raw = bytes(v[4 + 2 * start:4 + 2 * (start + first)])
+            if first < count:
+                raw += bytes(v[4:4 + 2 * (count - first)])
+        else:
+            ring = self.avail_addr + 4
+            raw = self._read(ring + 2 * start, 2 * first, "available ring")
+            if first < count:
+                raw += self._read(ring, 2 * (count - first), "available ring")
         self._heads = list(struct.unpack(f"<{count}H", raw))
         self._heads_base = self.next_avail
 
@@ -278,14 +450,18 @@ class SplitQueue:
         size = self.size
         if head >= size:
             raise VirtQueueError(f"available ring names descriptor {head}, queue size is {size}")
-        memory = self.memory
+        self._rings()
+        ram = self._ram
+        desc = self._desc_v
         chain = Chain(head)
         readable, writable = chain.readable, chain.writable
-        total = 0
+        total = r_len = w_len = 0
         seen_write = False
-        windows: dict[int, bytes] = {}
-        table: bytes | None = None  # the indirect table once we are in one
-        limit = size                # entries in the current table: both the index bound and the TTL
+        one: Any = None     # the RAM range all buffers so far lie in (False: not one)
+        lo = hi = 0         # its bounds (an empty range until the first buffer)
+        ro = True           # and whether it is read-only
+        table: Any = None   # the indirect table (a view of guest RAM, or its bytes) once we are in one
+        limit = size        # entries in the current table: both the index bound and the TTL
         visited = 0
         idx = head
         while True:
@@ -293,16 +469,12 @@ class SplitQueue:
                 raise VirtQueueError(f"descriptor chain from {head} is longer than its table ({limit}): a loop?",
                                      head)
             visited += 1
-            if table is None:
-                w = idx * 16 // _WINDOW
-                buf = windows.get(w)
-                if buf is None:
-                    lo = w * _WINDOW
-                    buf = windows[w] = self._read(self.desc_addr + lo, min(_WINDOW, 16 * size - lo),
-                                                  "descriptor table")
-                addr, length, flags, nxt = DESC.unpack_from(buf, idx * 16 % _WINDOW)
-            else:
+            if table is not None:
                 addr, length, flags, nxt = DESC.unpack_from(table, idx * 16)
+            elif desc is not None:
+                addr, length, flags, nxt = DESC.unpack_from(desc, idx * 16)
+            else:
+                addr, length, flags, nxt = DESC.unpack(self._read(self.desc_addr + 16 * idx, 16, "descriptor table"))
             if flags & DESC_F_INDIRECT:
                 if not self.indirect:
                     raise VirtQueueError("INDIRECT descriptor without the negotiated INDIRECT_DESC feature", head)
@@ -315,44 +487,162 @@ class SplitQueue:
                                          f"in [16, {16 * MAX_INDIRECT}]", head)
                 if addr + length > ADDR_LIMIT:
                     raise VirtQueueError(f"indirect table at {addr:#x} wraps the address space", head)
-                table = self._read(addr, length, "indirect descriptor table")
+                table = ram.view(addr, length, False)
+                if table is None:
+                    table = self._read(addr, length, "indirect descriptor table")
                 limit, visited, idx = length // 16, 0, 0
+                if limit > LINEAR_MIN and total == 0 and not seen_write and self._linear_table(chain, table, limit):
+                    return chain
                 continue
             if flags & DESC_F_WRITE:
                 seen_write = True
             elif seen_write:
                 raise VirtQueueError("readable descriptor after a writable one", head)
             if length:
-                if addr + length > ADDR_LIMIT:
+                end = addr + length
+                if end > ADDR_LIMIT:
                     raise VirtQueueError(f"buffer at {addr:#x}+{length:#x} wraps the address space", head)
                 total += length
                 if total > MAX_CHAIN_BYTES:
                     raise VirtQueueError(f"descriptor chain from {head} holds more than 2**32 bytes", head)
-                try:
-                    memory.check(addr, length, seen_write)
-                except ValueError as exc:
-                    raise VirtQueueError(f"buffer [{addr:#x}, +{length:#x}): {exc}", head) from exc
+                if not (lo <= addr and end <= hi and not (seen_write and ro)):  # else: in the range before
+                    span = ram.span(addr, length)
+                    if span is None or seen_write and span.readonly:
+                        try:  # across RAM ranges (fine) or not RAM at all (the error)
+                            self.memory.check(addr, length, seen_write)
+                        except ValueError as exc:
+                            raise VirtQueueError(f"buffer [{addr:#x}, +{length:#x}): {exc}", head) from exc
+                        one, lo, hi = False, 0, 0
+                    else:
+                        one = span if one is None or one is span else False
+                        lo, hi, ro = span.lo, span.hi, span.readonly
                 if seen_write:
                     writable.append((addr, length))
-                    chain.writable_len += length
+                    w_len += length
                 else:
                     readable.append((addr, length))
-                    chain.readable_len += length
+                    r_len += length
             if not flags & DESC_F_NEXT:
+                chain.readable_len, chain.writable_len = r_len, w_len
+                if one:
+                    chain.ram = (ram.flatview, one)
                 return chain
             if nxt >= limit:
                 raise VirtQueueError(f"descriptor {idx} links to {nxt}, its table holds {limit}", head)
             idx = nxt
 
+    def _linear_table(self, chain: Chain, table: Any, n: int) -> bool:
+        """Fill ``chain`` from an indirect table of ``n`` entries laid out as Linux lays them out, or return
+        False and leave it alone (the walk then goes entry by entry and finds any error).
+
+        Linux's layout: entry i links to i+1, every entry but the last has NEXT, readable ones come first,
+        no length is zero, none is INDIRECT. When the table is that and every buffer lies in one RAM range
+        (writable if any buffer is written), the walk would accept the same buffers in the same order; this
+        checks it with whole-table operations instead of a Python step per entry.
+        """
+        flat = struct.unpack_from("<" + "QIHH" * n, table)  # the table read once
+        nexts = flat[3::4]
+        if nexts[:-1] != tuple(range(1, n)):
+            return False
+        flags, lens = flat[2::4], flat[1::4]
+        last = flags[-1]
+        k = flags.count(DESC_F_NEXT)          # readable entries before the last
+        w = flags.count(DESC_F_NEXT | DESC_F_WRITE)
+        if last not in (0, DESC_F_WRITE) or k + w != n - 1 or flags[:k].count(DESC_F_NEXT) != k or w and not last:
+            return False  # (then the k readable entries come first and the w writable ones after them)
+        if 0 in lens:
+            return False
+        total = sum(lens)
+        if total > MAX_CHAIN_BYTES:
+            return False
+        addrs = flat[0::4]
+        lo = min(addrs)
+        span = self._ram.span(lo, max(map(operator.add, addrs, lens)) - lo)
+        if span is None or last == DESC_F_WRITE and span.readonly:
+            return False
+        nr = n if last == 0 else k
+        chain.readable = list(zip(addrs[:nr], lens[:nr]))
+        chain.writable = list(zip(addrs[nr:], lens[nr:]))
+        chain.readable_len = sum(lens[:nr])
+        chain.writable_len = total - chain.readable_len
+        chain.ram = (self._ram.flatview, span)
+        return True
+
     # ---- buffers ----------------------------------------------------------------------------
+
+    def buffers(self, chain: Chain, write: bool, offset: int = 0, length: int | None = None) -> list[memoryview]:
+        """Views of guest RAM holding bytes [offset, offset+length) of the chain's writable (``write``) or
+        readable buffers, for preadv/pwritev straight to or from the guest (guest-contiguous buffers
+        joined, except on the fast path). Writers call ``mark_written`` afterwards. VirtQueueError if
+        RAM went away."""
+        if offset < 0 or (length is not None and length < 0):
+            raise ValueError("offset and length must not be negative")
+        bufs, have = (chain.writable, chain.writable_len) if write else (chain.readable, chain.readable_len)
+        end = have if length is None else min(have, offset + length)
+        bufs = _cut(bufs, have, min(offset, end), end)
+        span = self._chain_span(chain)
+        if span is not None:  # every buffer in one RAM range, checked in this FlatView: just slice
+            mv, d = span.block.mv, span.delta
+            return [mv[gpa + d:gpa + d + n] for gpa, n in bufs]
+        ram = self._ram
+        out: list[memoryview] = []
+        run: tuple[Any, int, int] | None = None  # (block, start, end) of the views being joined
+        for gpa, n in bufs:
+            s = ram.span(gpa, n)
+            if s is not None and not (write and s.readonly):
+                off = gpa + s.delta
+                if run is not None and run[0] is s.block and run[2] == off:
+                    run = (run[0], run[1], off + n)
+                    continue
+                if run is not None:
+                    out.append(run[0].mv[run[1]:run[2]])
+                run = (s.block, off, off + n)
+                continue
+            if run is not None:
+                out.append(run[0].mv[run[1]:run[2]])
+                run = None
+            try:
+                out.extend(self.memory.buffers(gpa, n, write))
+            except ValueError as exc:
+                raise VirtQueueError(f"{'writable' if write else 'readable'} buffer: {exc}") from exc
+        if run is not None:
+            out.append(run[0].mv[run[1]:run[2]])
+        return out
+
+    def _chain_span(self, chain: Chain) -> Any:
+        """The RAM range holding all of ``chain``'s buffers if the memory map is still the one it was
+        checked in (map the rings again otherwise), else None."""
+        self._rings()
+        ram = chain.ram
+        return ram[1] if ram is not None and ram[0] is self._ram.flatview else None
+
+    def mark_written(self, chain: Chain, length: int, offset: int = 0) -> None:
+        """Record (for migration's dirty tracking) that ``length`` writable bytes from ``offset`` were written
+        through ``buffers`` views; call it after the writes."""
+        have = chain.writable_len
+        end = min(have, offset + max(length, 0))
+        bufs = _cut(chain.writable, have, min(max(offset, 0), end), end)
+        span = self._chain_span(chain)
+        if span is not None:
+            mark, d = span.block.mark_dirty, span.delta
+            for gpa, n in bufs:
+                mark(gpa + d, n)
+            return
+        ram = self._ram
+        for gpa, n in bufs:
+            s = ram.span(gpa, n)
+            if s is not None:
+                s.block.mark_dirty(gpa + s.delta, n)
+                continue
+            try:
+                self.memory.mark_dirty(gpa, n)
+            except ValueError as exc:
+                raise VirtQueueError(f"writable buffer: {exc}") from exc
 
     def read(self, chain: Chain, offset: int = 0, length: int | None = None) -> bytes:
         """Gather up to ``length`` bytes (default: all) of the readable buffers from ``offset``; shorter at the end."""
-        if offset < 0 or (length is not None and length < 0):
-            raise ValueError("offset and length must not be negative")
-        end = chain.readable_len if length is None else min(chain.readable_len, offset + length)
-        parts = [self._read(gpa, n, "readable buffer") for gpa, n in _spans(chain.readable, offset, end)]
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        parts = self.buffers(chain, False, offset, length)
+        return bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
 
     def write(self, chain: Chain, data: bytes | bytearray | memoryview, offset: int = 0) -> int:
         """Scatter ``data`` into the writable buffers from ``offset``; returns the bytes written (truncated at the end)."""
@@ -360,9 +650,11 @@ class SplitQueue:
             raise ValueError("offset must not be negative")
         src = memoryview(data).cast("B")
         done = 0
-        for gpa, n in _spans(chain.writable, offset, min(chain.writable_len, offset + len(src))):
-            self._write(gpa, src[done:done + n], "writable buffer")
+        for view in self.buffers(chain, True, offset, len(src)):  # all checked before anything is written
+            n = len(view)
+            view[:] = src[done:done + n]
             done += n
+        self.mark_written(chain, done, offset)
         return done
 
     # ---- the used side ----------------------------------------------------------------------
@@ -378,9 +670,18 @@ class SplitQueue:
         if not 0 <= head < self.size:
             raise ValueError(f"head {head} is outside the queue")
         slot = self.next_used & (self.size - 1)
-        self._write(self.used_addr + 4 + 8 * slot, USED_ELEM.pack(head, written), "used ring")
-        self.next_used = (self.next_used + 1) & 0xFFFF
-        self._write(self.used_addr + 2, U16.pack(self.next_used), "used ring")  # after the element
+        nxt = (self.next_used + 1) & 0xFFFF
+        self._rings()
+        v = self._used_v
+        if v is not None:  # the element, then the index (program order; x86 keeps it); one dirty mark
+            USED_ELEM.pack_into(v, 4 + 8 * slot, head, written)
+            U16.pack_into(v, 2, nxt)
+            block, start, n = self._used_dirty  # type: ignore[misc]
+            block.mark_dirty(start, n)
+        else:
+            self._put_used(4 + 8 * slot, USED_ELEM.pack(head, written))
+            self._put_used(2, U16.pack(nxt))  # after the element
+        self.next_used = nxt
 
     def should_notify(self) -> bool:
         """After pushes: does the driver want an interrupt (EVENT_IDX's used_event, or NO_INTERRUPT)?"""
@@ -391,10 +692,9 @@ class SplitQueue:
         self.signalled_used, self.signalled_valid = new, True
         self._barrier()  # our used idx store must be visible before we load the driver's event
         if self.event_idx:
-            event = U16.unpack(self._read(self.avail_addr + 4 + 2 * self.size, 2, "available ring"))[0]
+            event = self._avail_u16(4 + 2 * self.size)
             return not valid or need_event(event, new, old)
-        flags = U16.unpack(self._read(self.avail_addr, 2, "available ring"))[0]
-        return not flags & AVAIL_F_NO_INTERRUPT
+        return not self._avail_u16(0) & AVAIL_F_NO_INTERRUPT
 
     def set_notification(self, enabled: bool) -> None:
         """Ask the driver to kick (or not) when it adds buffers; re-check ``has_available`` after enabling.
@@ -405,10 +705,9 @@ class SplitQueue:
         self.notify = enabled
         if self.event_idx:
             if enabled:
-                idx = self._read_avail_idx()
-                self._write(self.used_addr + 4 + 8 * self.size, U16.pack(idx), "used ring")
-        else:
-            self._write(self.used_addr, U16.pack(0 if enabled else USED_F_NO_NOTIFY), "used ring")
+                self._publish_avail_event(self._read_avail_idx())
+            return
+        self._put_used(0, U16.pack(0 if enabled else USED_F_NO_NOTIFY))
         self._barrier()  # the store above before the caller's next load of the avail idx
 
     # ---- state ------------------------------------------------------------------------------
@@ -444,3 +743,4 @@ class SplitQueue:
             setattr(self, key, value)
         self.notify = True
         self._forget_avail()
+        self._unmap_rings()

@@ -66,15 +66,10 @@ class VirtioRng(VirtioDevice):
             return
         queue = ctx.queues[0]
         done = 0
-        while True:  # the queue bounds how far the driver's avail index may run ahead
-            chain = queue.pop()  # VirtQueueError propagates: the transport marks the device NEEDS_RESET
-            if chain is None:
-                # Ask for the next kick (with EVENT_IDX this publishes avail_event, without which a
-                # Linux driver stops kicking after its first buffer), then look once more.
-                queue.set_notification(True)
-                if not queue.has_available():
-                    break
-                continue
+        # pop() ends the loop (the queue bounds how far the driver's avail index may run ahead) and, finding
+        # the ring drained, asks for the next kick itself. VirtQueueError propagates: the transport marks
+        # the device NEEDS_RESET.
+        while (chain := queue.pop()) is not None:
             n = min(chain.writable_len, self.max_request)
             written = queue.write(chain, self.entropy(n)) if n else 0
             queue.push(chain, written)

@@ -7,12 +7,20 @@ port bus, with PIIX3's PIRQ lines recorded. ``VirtioPciDriver`` finds the
 vendor capabilities by walking the config space through 0xCF8/0xCFC, programs
 BAR4 and talks to the common configuration, ISR and notify areas with MMIO
 accesses of the sizes Linux uses; its queues are ``DriverQueue``s laid out in
-the rig's RAM.
+the rig's RAM. ``plug_virtio`` is the prologue every transport test starts from
+(a function plugged into a slot, its driver holding BAR4), and ``wait_used``/
+``wait_for`` poll for what the transport's I/O thread does. ``fresh_config_space``
+and ``qemu_pc`` give the two sides of a config-space comparison with QEMU.
 """
 
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import pytest
 
 from kvmpy.boards.mmio import MmioRouter
 from kvmpy.boards.pc import PcBarSpace
@@ -22,12 +30,16 @@ from kvmpy.devices.pci.device import PciDevice
 from kvmpy.devices.pci.i440fx import I440fx
 from kvmpy.devices.pci.piix3 import Piix3
 from kvmpy.devices.virtio import pci as vp
+from kvmpy.devices.virtio.device import VirtioDevice
+from kvmpy.devices.virtio.pci import VirtioPci
 from kvmpy.devices.virtio.device import (F_VERSION_1, STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK,
                                          STATUS_FEATURES_OK)
 from kvmpy.memory.address_space import AddressSpace
 from kvmpy.memory.guest_memory import GuestMemory
 from kvmpy.memory.ramblock import RAMBlock
 from kvmpy.memory.region import MemoryRegion
+
+from tests.devices.pci.qtest import QemuQtest, have_qemu
 
 from .driver import DriverQueue, ring_bytes
 
@@ -92,7 +104,6 @@ class PciRig(ConfigPorts):
         self.pio.map(0xCF8, 1, host)
         self.pio.map(0xCFA, 2, OffsetDevice(host, 2))
         self.pio.map(0xCFC, 4, OffsetDevice(host, 4))
-
 
 
 class VirtioPciDriver:
@@ -210,6 +221,54 @@ class VirtioPciDriver:
 
     def intx_level(self) -> bool:
         return self.rig.levels.get(self.irq, False)
+
+
+def plug_virtio(rig: PciRig, name: str, device: VirtioDevice, slot: int = 2, bar4: int = BAR4_ADDR,
+                **transport) -> tuple[VirtioPci, VirtioPciDriver]:
+    """``device`` behind a virtio-pci function (``transport``: VirtioPci's options) in ``slot``, and its driver."""
+    fn = VirtioPci(name, device, rig.memory, **transport)
+    rig.bus.plug(fn, slot)
+    return fn, VirtioPciDriver(rig, fn, bar4=bar4)
+
+
+def fresh_config_space(name: str, device: VirtioDevice, **transport) -> bytes:
+    """The config space of ``device``'s function in slot 2 of a fresh rig, as firmware first sees it."""
+    rig = PciRig()
+    fn = VirtioPci(name, device, rig.memory, **transport)
+    rig.bus.plug(fn, 2)
+    try:
+        return rig.config_space(2 << 3)
+    finally:
+        fn.close()
+
+
+@contextmanager
+def qemu_pc(device: str) -> Iterator[QemuQtest]:
+    """QEMU's pc machine with ``-device device`` (slot 2), driven by qtest; skips the test where QEMU is missing."""
+    if not have_qemu():
+        pytest.skip("qemu-system-x86_64 not installed")
+    qemu = QemuQtest("-device", device)
+    try:
+        yield qemu
+    finally:
+        qemu.close()
+
+
+def wait_for(cond: Callable[[], object], timeout: float = 5.0) -> bool:
+    """Poll ``cond`` until it is true (the I/O thread answers asynchronously); False after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.002)
+    return False
+
+
+def wait_used(q: DriverQueue, timeout: float = 5.0) -> list[tuple[int, int]]:
+    """The first non-empty batch of used entries of ``q`` (head, length), or [] after ``timeout``."""
+    used: list[tuple[int, int]] = []
+    wait_for(lambda: used.extend(q.get_used()) or used, timeout)
+    return used
 
 
 VERSION_1 = 1 << F_VERSION_1

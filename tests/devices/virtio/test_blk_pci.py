@@ -4,7 +4,6 @@ the request served on the transport's I/O thread, and the drive's lock held for 
 from __future__ import annotations
 
 import struct
-import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ from kvmpy.block.drive import open_drive
 from kvmpy.devices.virtio.blk import S_OK, T_IN, T_OUT, VirtioBlk
 from kvmpy.devices.virtio.pci import VirtioPci
 
-from .pci_driver import BoardPorts, VirtioPciDriver
+from .pci_driver import BoardPorts, VirtioPciDriver, wait_used
 
 pytestmark = pytest.mark.kvm_host
 MiB = 1 << 20
@@ -29,16 +28,6 @@ def machine_with(tmp_path: Path, *drive_args: str):
 
     cfg = parse_qemu_args(["-enable-kvm", "-S", "-m", "32", "-kernel", str(build_guest("hello")), *drive_args])
     return Machine(cfg, BufferBackend())
-
-
-def wait_used(q, timeout: float = 10.0) -> list:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        used = q.get_used()
-        if used:
-            return used
-        time.sleep(0.002)
-    return []
 
 
 def test_a_guest_request_through_the_pci_transport(tmp_path: Path) -> None:
@@ -59,11 +48,11 @@ def test_a_guest_request_through_the_pci_transport(tmp_path: Path) -> None:
         mem.write(DATA, b"\x22" * 4096)
         head = q.add([(HDR, 16), (DATA, 4096)], [(STATUS, 1)])
         drv.kick(0)
-        assert wait_used(q) == [(head, 1)] and mem.read(STATUS, 1) == bytes([S_OK])
+        assert wait_used(q, 10.0) == [(head, 1)] and mem.read(STATUS, 1) == bytes([S_OK])
         mem.write(HDR, struct.pack("<IIQ", T_IN, 0, 0))
         head = q.add([(HDR, 16)], [(DATA, 8192), (STATUS, 1)])
         drv.kick(0)
-        assert wait_used(q) == [(head, 8193)]
+        assert wait_used(q, 10.0) == [(head, 8193)]
         assert mem.read(DATA, 8192) == b"\x11" * 2048 + b"\x22" * 4096 + b"\x11" * 2048
         with m.lifecycle.vcpus_parked():  # quiesced as for a migration; the state is captured
             sections = m.vmstate.capture()

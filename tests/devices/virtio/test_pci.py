@@ -19,65 +19,25 @@ from kvmpy.devices.virtio.device import (F_EVENT_IDX, F_INDIRECT_DESC, F_VERSION
 from kvmpy.devices.virtio.pci import VirtioPci
 from kvmpy.devices.virtio.rng import VirtioRng
 
-from .pci_driver import PciRig, VirtioPciDriver
+from .pci_driver import PciRig, fresh_config_space, plug_virtio, qemu_pc, wait_for, wait_used
 
 OK_STATUS = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK
 BUF = 0x200000
 
 
-def wait_used(q, timeout: float = 5.0) -> list[tuple[int, int]]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        used = q.get_used()
-        if used:
-            return used
-        time.sleep(0.002)
-    return []
-
-
-def wait_for(cond, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.002)
-    return False
-
-
 @pytest.fixture
 def rng():
     rig = PciRig()
-    fn = VirtioPci("virtio-rng-pci", VirtioRng(), rig.memory)
-    rig.bus.plug(fn, 2)
-    yield rig, fn, VirtioPciDriver(rig, fn)
+    fn, d = plug_virtio(rig, "virtio-rng-pci", VirtioRng())
+    yield rig, fn, d
     fn.close()
 
 
-def test_config_space_matches_qemu_disable_legacy(rng) -> None:
-    from tests.devices.pci.qtest import QemuQtest, have_qemu
-
-    rig, fn, _ = rng
-    ours = PciRig()
-    fresh = VirtioPci("virtio-rng-pci", VirtioRng(), ours.memory)
-    ours.bus.plug(fresh, 2)
-    mine = ours.config_space(2 << 3)
-    fresh.close()
+def test_config_space_matches_qemu_disable_legacy() -> None:
+    mine = fresh_config_space("virtio-rng-pci", VirtioRng())
     assert mine[0:4] == bytes.fromhex("f41a4410") and mine[8] == 1 and mine[0x0A:0x0C] == b"\xff\x00"
-    if not have_qemu():
-        pytest.skip("qemu-system-x86_64 not installed")
-    qemu = QemuQtest.__new__(QemuQtest)
-    import subprocess
-    qemu.proc = subprocess.Popen(
-        ["qemu-system-x86_64", "-M", "pc", "-nodefaults", "-display", "none", "-S", "-qtest", "stdio",
-         "-qtest-log", "/dev/null", "-device", "virtio-rng-pci,disable-legacy=on,vectors=0"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        theirs = b""
-        for reg in range(0, 256, 4):
-            qemu.write(0xCF8, 4, 0x80000000 | (2 << 11) | reg)
-            theirs += qemu.read(0xCFC, 4).to_bytes(4, "little")
-    finally:
-        qemu.close()
+    with qemu_pc("virtio-rng-pci,disable-legacy=on,vectors=0") as qemu:
+        theirs = qemu.config_space(2 << 3)
     assert mine == theirs  # header, BAR4 type, every capability byte, the list order
 
 
@@ -229,9 +189,8 @@ def test_bar4_follows_the_bar_register_and_memory_enable(rng) -> None:
 def test_ioeventfds_follow_bar4(rng) -> None:
     rig, _, _ = rng
     calls: list[tuple[int, int, bool]] = []
-    fn = VirtioPci("rng2", VirtioRng(), rig.memory, ioeventfd=lambda fd, addr, on: calls.append((fd, addr, on)) or True)
-    rig.bus.plug(fn, 3)
-    d = VirtioPciDriver(rig, fn, bar4=0xFD000000)
+    fn, d = plug_virtio(rig, "rng2", VirtioRng(), slot=3, bar4=0xFD000000,
+                        ioeventfd=lambda fd, addr, on: calls.append((fd, addr, on)) or True)
     assert [(a, on) for _, a, on in calls] == [(0xFD000000 + vp.NOTIFY_OFF, True)]
     rig.cfg_write(d.devfn, 0x20, 4, 0xFC000000)
     assert [(a, on) for _, a, on in calls[1:]] == [(0xFD003000, False), (0xFC003000, True)]

@@ -7,13 +7,11 @@ writing the notify address and the host-side driver share the rings.
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from kvmpy.devices.msi import MsiRoutes
 from kvmpy.devices.virtio import pci as vp
-from kvmpy.devices.virtio.pci import VirtioPci, kvm_ioeventfd
+from kvmpy.devices.virtio.pci import kvm_ioeventfd
 from kvmpy.devices.virtio.rng import VirtioRng
 from kvmpy.kvm import abi
 from kvmpy.kvm.vcpu import VcpuFd
@@ -22,7 +20,7 @@ from kvmpy.memory.ramblock import RAMBlock
 
 from kvm_helpers import enter_real_mode, wait_irr  # on sys.path by tests/devices/conftest.py
 
-from .pci_driver import BAR4_ADDR, PciRig, VirtioPciDriver
+from .pci_driver import BAR4_ADDR, PciRig, fresh_config_space, plug_virtio, qemu_pc, wait_used
 
 pytestmark = pytest.mark.kvm_host
 MSI_ADDR = 0xFEE00000
@@ -30,44 +28,23 @@ BUF = 0x40000
 
 
 def rng_on(rig: PciRig, vm: VmFd, vectors: int = 2, bar4: int = BAR4_ADDR) -> tuple:
-    fn = VirtioPci("virtio-rng-pci", VirtioRng(), rig.memory, msi=MsiRoutes(vm), vectors=vectors,
-                   ioeventfd=kvm_ioeventfd(vm, "virtio-rng-pci"))
-    rig.bus.plug(fn, 2)
-    return fn, VirtioPciDriver(rig, fn, bar4=bar4)
+    return plug_virtio(rig, "virtio-rng-pci", VirtioRng(), bar4=bar4, msi=MsiRoutes(vm), vectors=vectors,
+                       ioeventfd=kvm_ioeventfd(vm, "virtio-rng-pci"))
+
+
+QEMU_RNG = "virtio-rng-pci,disable-legacy=on"  # its default: two MSI-X vectors
 
 
 def test_config_space_with_msix_matches_qemu_default_vectors(kvm_vm: VmFd) -> None:
-    import subprocess
-
-    from tests.devices.pci.qtest import QemuQtest, have_qemu
-
-    rig = PciRig()
-    fn = VirtioPci("virtio-rng-pci", VirtioRng(), rig.memory, msi=MsiRoutes(kvm_vm), vectors=2)
-    rig.bus.plug(fn, 2)
-    try:
-        mine = rig.config_space(2 << 3)
-    finally:
-        fn.close()
+    mine = fresh_config_space("virtio-rng-pci", VirtioRng(), msi=MsiRoutes(kvm_vm), vectors=2)
     assert mine[0x34] == vp.MSIX_CAP_AT and mine[vp.MSIX_CAP_AT:vp.MSIX_CAP_AT + 12] == \
         bytes.fromhex("11840100 01000000 01080000")
-    if not have_qemu():
-        pytest.skip("qemu-system-x86_64 not installed")
-    qemu = QemuQtest.__new__(QemuQtest)
-    qemu.proc = subprocess.Popen(
-        ["qemu-system-x86_64", "-M", "pc", "-nodefaults", "-display", "none", "-S", "-qtest", "stdio",
-         "-qtest-log", "/dev/null", "-device", "virtio-rng-pci,disable-legacy=on"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        theirs = b""
-        for reg in range(0, 256, 4):
-            qemu.write(0xCF8, 4, 0x80000000 | (2 << 11) | reg)
-            theirs += qemu.read(0xCFC, 4).to_bytes(4, "little")
+    with qemu_pc(QEMU_RNG) as qemu:
+        theirs = qemu.config_space(2 << 3)
         for reg, value in ((0x14, 0xFFFFFFFF), (0x20, 0xFFFFFFFF)):  # BAR sizing: BAR1 4 KiB, BAR4 16 KiB
             qemu.write(0xCF8, 4, 0x80000000 | (2 << 11) | reg)
             qemu.write(0xCFC, 4, value)
             assert qemu.read(0xCFC, 4) == {0x14: 0xFFFFF000, 0x20: 0xFFFFC00C}[reg]
-    finally:
-        qemu.close()
     assert mine == theirs
 
 
@@ -96,11 +73,7 @@ def test_msix_vectors_reach_the_lapic_through_irqfd(kvm_vm: VmFd, apic_vcpu: Vcp
         q = d.queues[0]
         head = q.add([], [(BUF, 32)])
         d.kick(0)
-        deadline = time.monotonic() + 5
-        used: list = []
-        while not used and time.monotonic() < deadline:
-            used = q.get_used()
-        assert used == [(head, 32)]
+        assert wait_used(q) == [(head, 32)]
         assert wait_irr(apic_vcpu, 0x41)
         assert d.isr() == 0 and not d.intx_level()  # MSI-X on: no ISR bits, no INTx
         fn.needs_reset("test")
@@ -131,11 +104,7 @@ def test_a_guest_kick_is_taken_by_ioeventfd_without_an_exit(kvm_vm: VmFd) -> Non
         rig.memory.write(0x1000, code)
         enter_real_mode(vcpu, 0x1000)
         assert vcpu.run() and vcpu.exit_reason == abi.EXIT_HLT  # no MMIO exit for the kick
-        deadline = time.monotonic() + 5
-        used: list = []
-        while not used and time.monotonic() < deadline:
-            used = q.get_used()
-        assert used == [(head, 48)]
+        assert wait_used(q) == [(head, 48)]
         assert rig.memory.read(BUF, 48) != bytes(48)
         # Moving BAR4 moves the ioeventfd: the old address now exits like any unassigned MMIO.
         rig.cfg_write(d.devfn, 0x20, 4, 0xD0000)
@@ -164,19 +133,8 @@ RING_RESET = 1 << 8  # feature bit 40 in the high word: QEMU 7.2 offers it, kvmp
 
 
 def test_common_configuration_answers_as_qemu_does(kvm_vm: VmFd) -> None:
-    import subprocess
-
-    from tests.devices.pci.qtest import QemuQtest, have_qemu
-
-    if not have_qemu():
-        pytest.skip("qemu-system-x86_64 not installed")
-    qemu = QemuQtest.__new__(QemuQtest)
-    qemu.proc = subprocess.Popen(
-        ["qemu-system-x86_64", "-M", "pc", "-nodefaults", "-display", "none", "-S", "-qtest", "stdio",
-         "-qtest-log", "/dev/null", "-device", "virtio-rng-pci,disable-legacy=on"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     theirs = []
-    try:
+    with qemu_pc(QEMU_RNG) as qemu:
         for reg, size, value in ((0x20, 4, BAR4_ADDR), (0x24, 4, 0), (0x04, 2, 6)):
             qemu.write(0xCF8, 4, 0x80000000 | (2 << 11) | reg)
             qemu.write(0xCFC, size, value)
@@ -186,8 +144,6 @@ def test_common_configuration_answers_as_qemu_does(kvm_vm: VmFd) -> None:
                 qemu._cmd(f"write{kind} {BAR4_ADDR + off:#x} {value:#x}")
             else:
                 theirs.append(int(qemu._cmd(f"read{kind} {BAR4_ADDR + off:#x}").split()[1], 16))
-    finally:
-        qemu.close()
     rig = PciRig()
     fn, d = rng_on(rig, kvm_vm)
     mine = []

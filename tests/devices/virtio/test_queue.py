@@ -436,6 +436,147 @@ def test_rings_unmapped_after_activation_give_queue_errors() -> None:
             op()
 
 
+def blocks(n: int) -> tuple[GuestMemory, AddressSpace, MemoryRegion, list[RAMBlock]]:
+    """``n`` RAM blocks of 1 MiB back to back from 0: one guest range, ``n`` RAM ranges."""
+    rams = [RAMBlock.allocate(f"b{i}", MiB) for i in range(n)]
+    root = MemoryRegion.container("sys", 1 << 32)
+    for i, ram in enumerate(rams):
+        root.add_subregion(i * MiB, MemoryRegion.ram_region(f"b{i}", ram))
+    space = AddressSpace("sys", root)
+    space.commit()
+    return GuestMemory(space), space, root, rams
+
+
+@pytest.mark.parametrize("ring", [MiB - 0x80, MiB - 0x110, MiB - 0x120])  # desc, avail or used ring straddles
+# (the data buffers straddle 2 MiB and the indirect table 3 MiB)
+def test_rings_and_buffers_across_ram_blocks(ring) -> None:
+    m, _space, _root, (_b0, b1, b2, _b3) = blocks(4)
+    drv, q = DriverQueue(m, ring, 16, event_idx=True), SplitQueue(m, 16)
+    drv.attach(q)
+    edge = 2 * MiB
+    m.write(edge - 4, b"abcdefgh")
+    for _ in range(3):
+        head = drv.add([(edge - 4, 8)], [(edge + 0xFE, 4), (edge + 0x104, 4)], indirect_at=3 * MiB - 24)
+        chain = q.pop()
+        assert chain.head == head and q.read(chain) == b"abcdefgh"
+        assert q.write(chain, b"WXYZ!!!!") == 8
+        drv.set_used_event(drv.last_used)  # the driver wants an interrupt for this one
+        q.push(chain, 8)
+        assert q.should_notify()
+        assert drv.get_used() == [(head, 8)] and q.pop() is None
+    assert m.read(edge + 0xFE, 4) == b"WXYZ" and m.read(edge + 0x104, 4) == b"!!!!"
+    b1.take_vmm_dirty()
+    b2.take_vmm_dirty()
+    drv.add([], [(edge - 2, 4), (edge + 2, 4)])
+    chain = q.pop()
+    views = q.buffers(chain, True)
+    assert [len(v) for v in views] == [2, 2, 4]  # a buffer across two RAM ranges is two views
+    for v in views:
+        v[:] = b"\x00" * len(v)
+    q.mark_written(chain, 8)
+    assert b1.take_vmm_dirty()[-1] and b2.take_vmm_dirty()[0]
+    assert m.read(edge - 4, 10) == b"ab" + bytes(8)
+
+
+def test_buffers_views_and_mark_dirty(mem, machine) -> None:
+    _m, ram = machine
+    drv, q = queue(mem)
+    mem.write(DATA, b"0123456789")
+    drv.add([(DATA, 4), (DATA + 4, 6)], [(DATA + 0x1000, 8), (DATA + 0x1008, 8), (DATA + 0x3000, 16)])
+    chain = q.pop()
+    assert [bytes(v) for v in q.buffers(chain, False)] == [b"0123", b"456789"]
+    assert [bytes(v) for v in q.buffers(chain, False, 2, 5)] == [b"23", b"456"]
+    assert [bytes(v) for v in q.buffers(chain, False, 4, 100)] == [b"456789"]
+    assert [bytes(v) for v in q.buffers(chain, False, 5, 0)] == [] == q.buffers(chain, False, 11)
+    for off in range(12):
+        for n in range(12):
+            assert b"".join(q.buffers(chain, False, off, n)) == b"0123456789"[off:off + n]
+    views = q.buffers(chain, True, 4, 27)
+    assert [len(v) for v in views] == [4, 8, 15]
+    ram.take_vmm_dirty()
+    views[2][:4] = b"data"
+    q.mark_written(chain, 16)
+    dirty = np.flatnonzero(ram.take_vmm_dirty())
+    assert list(dirty) == [(DATA + 0x1000) >> 12]  # only what was said to be written: 16 bytes in one page
+    q.mark_written(chain, 32)
+    assert list(np.flatnonzero(ram.take_vmm_dirty())) == [(DATA + 0x1000) >> 12, (DATA + 0x3000) >> 12]
+    with pytest.raises(ValueError):
+        q.buffers(chain, True, -1)
+    q.push(chain, 32)
+    assert (RING + 16 * 16 + 6 + 2 * 16 + 3) // 4 * 4 >> 12 in np.flatnonzero(ram.take_vmm_dirty())  # used ring
+
+
+def test_rings_follow_the_memory_map() -> None:
+    """The ring views are made for one FlatView: when RAM moves, the queue sees the RAM now at its addresses."""
+    m, space, root, (lo, hi) = blocks(2)
+    drv, q = DriverQueue(m, 0x1000, 8), SplitQueue(m, 8)
+    drv.attach(q)
+    drv.add([(0x4000, 4)], [])
+    q.push(q.pop(), 0)
+    assert drv.get_used()
+    # Swap the two blocks: the same guest addresses now show the other block, empty rings included.
+    for region in list(root.subregions):
+        root.del_subregion(region.region)
+    root.add_subregion(0, MemoryRegion.ram_region("b1", hi))
+    root.add_subregion(MiB, MemoryRegion.ram_region("b0", lo))
+    space.commit()
+    avail, used = 0x1000 + 16 * 8, (0x1000 + 16 * 8 + 6 + 2 * 8 + 3) // 4 * 4
+    hi.mv[0x1000 + 16 * 3:0x1000 + 16 * 4] = struct.pack("<QIHH", 0x5000, 4, 0, 0)  # a chain only hi has
+    hi.mv[avail + 4 + 2:avail + 8] = struct.pack("<H", 3)
+    hi.mv[avail + 2:avail + 4] = struct.pack("<H", 2)
+    chain = q.pop()
+    assert chain.head == 3 and chain.readable == [(0x5000, 4)] and q.pop() is None
+    q.push_failed(5)  # the used ring the device writes is hi's too; lo's stays as it was
+    assert struct.unpack_from("<H", hi.mv, used + 2)[0] == 2 and struct.unpack_from("<II", hi.mv, used + 12) == (5, 0)
+    assert struct.unpack_from("<H", lo.mv, used + 2)[0] == 1
+
+
+def test_long_linear_indirect_tables_give_what_the_walk_gives(mem) -> None:
+    """A long indirect table laid out as Linux lays them out is checked whole; whatever that check
+    decides, the chain (or the error) must be the one the entry-by-entry walk gives for the same
+    buffers in a shuffled table, which the whole-table check cannot take."""
+    rng = random.Random(0xB1C)
+    drv, q = queue(mem, size=16)
+    tables = (0x200000, 0x210000)
+    outcomes = {"chains": 0, "errors": 0}
+    for _ in range(400):
+        n = rng.randrange(9, 40)
+        nr = rng.randrange(n + 1)
+        bufs = [(rng.randrange(DATA, RAM - 8192), rng.randrange(1, 8192), 0 if j < nr else DESC_F_WRITE)
+                for j in range(n)]
+        what, i = rng.randrange(9), rng.randrange(n)  # one way (or none) to leave the Linux layout or the rules
+        if what == 8:  # everything in read-only RAM: fine unless a buffer is writable
+            bufs = [(ROM + rng.randrange(60 * 1024), rng.randrange(1, 1024), f) for _a, _n, f in bufs]
+        a, ln, f = bufs[i]
+        bufs[i] = [(a, ln, f), (a, 0, f),                                       # a zero length (skipped)
+                   (rng.choice([HOLE, ROM, RAM - 4, 1 << 50]), ln, f),          # not (writable) RAM
+                   (a, ln, 0),                                                  # maybe readable after writable
+                   (a, 0xFFFFFFFF, f),                                          # past 2**32 bytes in all
+                   (a, ln, f | 0x80),                                           # a flag bit nobody knows
+                   ((1 << 64) - 16, 64, f),                                     # wraps the address space
+                   (ROM, ln, f), bufs[i]][what]                                 # read-only RAM
+        slot = list(range(1, n))
+        rng.shuffle(slot)
+        slot.insert(0, 0)  # the chain starts at entry 0 of either table
+        results = []
+        for table, at in zip(tables, (list(range(n)), slot)):
+            for j, (a, ln, f) in enumerate(bufs):  # table 0: entry j links to j + 1; table 1: shuffled
+                last = j == n - 1
+                drv.write_desc(at[j], a, ln, f | (0 if last else DESC_F_NEXT), 0 if last else at[j + 1], table=table)
+            drv.write_desc(0, table, 16 * n, DESC_F_INDIRECT, 0)
+            drv.publish(0)
+            try:
+                c = q.pop()
+                results.append((c.readable, c.writable, c.readable_len, c.writable_len))
+                q.push(c, 0)
+            except VirtQueueError as exc:
+                results.append(str(exc))
+                q.push_failed(0)
+        assert results[0] == results[1], (what, bufs)
+        outcomes["errors" if isinstance(results[0], str) else "chains"] += 1
+    assert outcomes["chains"] > 100 and outcomes["errors"] > 100, outcomes
+
+
 # ---- state ------------------------------------------------------------------------------------------
 
 def test_save_validate_restore(mem) -> None:
