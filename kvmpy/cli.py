@@ -19,6 +19,7 @@ from typing import Callable, Iterator, Sequence
 
 from kvmpy.version import __version__
 from kvmpy import config_devices, qemu_opts
+from kvmpy.display.options import parse_display, parse_vnc
 from kvmpy.config import (BOARDS, ConfigError, MachineConfig, board_named, debug_exit_of, load_yaml, parse_int,
                           parse_size, parse_trace, shown)
 
@@ -47,6 +48,9 @@ Options (same meaning as in qemu-system-x86_64 / qemu-system-riscv64):
   -nographic                    no display; serial on stdio (Ctrl-A x quits)
   -display none                 no display
   -vga std|none                 std: QEMU's standard VGA (Bochs VBE) at PCI slot 2; none (kvmpy's default)
+  -display vnc=[HOST]:N[,...]   as -vnc
+  -vnc [HOST]:N[,password=on]   a VNC console on TCP port 5900+N (HOST defaults to 127.0.0.1, not every
+                                interface as in QEMU); password=on: set one with change-vnc-password
   -serial stdio|file:PATH|null|none|chardev:ID  where COM1 goes (none: no COM1 at all)
   -nodefaults                   no default devices
   -no-reboot                    exit instead of rebooting
@@ -77,7 +81,7 @@ Debugging: KVMPY_LOG=debug (or info) logs to stderr, including unhandled ports.
 # Options that take an argument and those that do not.
 _WITH_ARG = {"-accel", "-machine", "-M", "-cpu", "-m", "-smp", "-kernel", "-initrd", "-append", "-serial",
              "-device", "-name", "-display", "-bios", "-d", "-D", "-qmp", "-monitor", "-vga", "-net",
-             "-parallel", "-incoming", "-L", "-drive", "-blockdev", "-netdev", "-chardev", "-object",
+             "-parallel", "-incoming", "-L", "-vnc", "-drive", "-blockdev", "-netdev", "-chardev", "-object",
              "-hda", "-hdb", "-hdc", "-hdd", "-cdrom", "-nic", "-mon"}
 # The device options gathered into MachineConfig tuples, and the field each one fills.
 _SPEC_OPTIONS = {"-drive": "drives", "-blockdev": "blockdevs", "-netdev": "netdevs", "-chardev": "chardevs",
@@ -276,8 +280,11 @@ def parse_qemu_args(argv: Sequence[str]) -> MachineConfig:
             cfg["serial"] = val
             serial_set = True
         elif opt == "-display":
-            if val.split(",")[0] != "none":
-                raise UsageError(f"-display {shown(val)} is not supported (kvmpy has no display; use -display none)")
+            vnc = parse_display(val)[1]
+            if vnc is not None:
+                cfg["vnc"] = vnc
+        elif opt == "-vnc":
+            cfg["vnc"] = None if parse_vnc(val) is None else val
         elif opt in _SPEC_OPTIONS:
             spec = _device_option(opt, val)
             if opt == "-device" and spec.driver == "isa-debug-exit":

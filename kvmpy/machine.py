@@ -37,6 +37,7 @@ def qmp_commands() -> "CommandTable":
     from kvmpy.migration.qmp import add_migration_commands
     from kvmpy.monitor.block import add_block_commands
     from kvmpy.monitor.commands import add_core_commands
+    from kvmpy.monitor.display import add_display_commands
     from kvmpy.monitor.net import add_net_commands
     from kvmpy.monitor.memory import add_memory_commands
     from kvmpy.monitor.schema import CommandTable
@@ -47,6 +48,7 @@ def qmp_commands() -> "CommandTable":
     add_block_commands(table)
     add_net_commands(table)
     add_memory_commands(table)
+    add_display_commands(table)
     return table
 
 

@@ -45,6 +45,9 @@ from kvmpy.devices.debug_exit import DebugExit
 from kvmpy.devices.device import Device
 from kvmpy.devices.fw_cfg import DMA_PORT as FW_CFG_DMA_PORT, PORT_BASE as FW_CFG_PORT, FwCfg
 from kvmpy.devices.i8042 import I8042
+from kvmpy.display.console import find_display_source, start_vnc
+from kvmpy.display.options import parse_vnc
+from kvmpy.display.vnc import VncServer
 from kvmpy.devices.irq import SharedIrq
 from kvmpy.devices.kvm_irq import KvmIrqLine
 from kvmpy.devices.msi import MsiRoutes
@@ -322,11 +325,13 @@ class PcBoard:
         self._build_memory()
         self.console = console if console is not None else open_backend(config.serial, config.chardevs)
         self.memhp: PcMemoryHotplug | None = None  # set by the acpi-memhp table line
+        self.vnc: VncServer | None = None  # -vnc: started once the devices and vCPUs exist
         self._build_devices(devices)
         if self.memhp is not None:
             cold_plug(self.memhp, config)  # -object memory-backend-*, -device pc-dimm
         self._build_vcpus(supported, vcpu_events)
         self.boot = self.load_kernel()
+        self.vnc = self._start_vnc()
 
     # ---- construction ------------------------------------------------------
     def _build_memory(self) -> None:
@@ -458,7 +463,19 @@ class PcBoard:
         for dev in self.devices.values():
             dev.reset()
 
+    def _start_vnc(self) -> VncServer | None:
+        """-vnc: a VNC console showing the display adapter (a blank screen without one), typing
+        into the i8042's PS/2 keyboard and moving its PS/2 mouse."""
+        options = parse_vnc(self.config.vnc) if self.config.vnc is not None else None
+        if options is None:
+            return None
+        i8042 = self.devices.get("i8042")
+        sink = i8042 if isinstance(i8042, I8042) else None
+        return start_vnc(options, find_display_source(self.devices.values()), sink, sink, self.config.name)
+
     def close(self) -> None:
+        if self.vnc is not None:
+            self.vnc.close()
         for dev in self.devices.values():
             if isinstance(dev, PciDevice):
                 dev.close()  # device threads end before the VM they signal goes away

@@ -1,20 +1,26 @@
-"""The i8042 keyboard controller: enough of it for guests to probe it and to reset the machine.
+"""The i8042 keyboard controller with its PS/2 keyboard (IRQ1) and PS/2 mouse on the aux port (IRQ12).
 
 Ports 0x60 (data) and 0x64 (status/command). The reset line is pulsed by
 command 0xFE, or by clearing bit 0 of the output port (command 0xD1); either
-calls ``on_reset``. An attached keyboard answers the usual probe commands so
-that drivers find a controller that behaves, without anything ever being typed.
+calls ``on_reset``. The devices themselves live in :mod:`kvmpy.devices.ps2`; this
+controller routes the guest's bytes to them (0xD4 for the mouse), queues their
+answers and their input, and is the :class:`KeyboardSink` and :class:`PointerSink`
+the display front ends feed (keys by QKeyCode name, relative pointer motion).
 """
 
 from __future__ import annotations
 
 import collections
+import logging
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from kvmpy.devices.device import DeviceStateError, bool_field, check_keys, int_field
 from kvmpy.devices.irq import IrqLine, NullIrqLine
+from kvmpy.devices.ps2 import Ps2Keyboard, Ps2Mouse
+
+log = logging.getLogger(__name__)
 
 DATA_PORT = 0x60
 STATUS_PORT = 0x64
@@ -47,6 +53,8 @@ class I8042:
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._queue: collections.deque[tuple[int, bool]] = collections.deque()  # (byte, from_aux)
+        self.keyboard = Ps2Keyboard()
+        self.mouse = Ps2Mouse()
         self._reset()
 
     def reset(self) -> None:
@@ -63,6 +71,8 @@ class I8042:
         self.status_cmd = False
         self._queue.clear()
         self._irq_levels = (False, False)
+        self.keyboard.reset()
+        self.mouse.reset()
 
     # ---- bus interface -----------------------------------------------------
     def read(self, offset: int, size: int) -> int:
@@ -137,23 +147,38 @@ class I8042:
         elif cmd == 0xD3:
             self._out(value, aux=True)
         elif cmd == 0xD4:
-            pass  # no mouse attached: writes to it go nowhere
+            for byte in self.mouse.command(value):
+                self._out(byte, aux=True)
         else:
-            self._keyboard(value)
+            for byte in self.keyboard.command(value, translated=bool(self.ctr & CTR_XLATE)):
+                self._out(byte)
         return False
 
-    def _keyboard(self, value: int) -> None:
-        if value == 0xFF:  # reset: ack, then BAT passed
-            self._out(0xFA)
-            self._out(0xAA)
-        elif value == 0xF2:  # identify: MF2 keyboard
-            self._out(0xFA)
-            self._out(0xAB)
-            self._out(0x41 if self.ctr & CTR_XLATE else 0x83)
-        elif value == 0xEE:
-            self._out(0xEE)
-        else:
-            self._out(0xFA)
+    # ---- input (KeyboardSink, PointerSink) --------------------------------------
+    def key_event(self, qcode: str, down: bool) -> None:
+        """A key pressed or released: its scancodes for the guest, IRQ1. Dropped whole if the
+        queue has no room for all of them (a real keyboard would report an overrun)."""
+        with self._lock:
+            try:
+                data = self.keyboard.key(qcode, down, translated=bool(self.ctr & CTR_XLATE))
+            except KeyError:
+                log.warning("i8042: no scancode for key %r", qcode)
+                return
+            if self.ctr & CTR_KBD_DISABLE or len(self._queue) + len(data) > QUEUE_DEPTH:
+                return
+            for byte in data:
+                self._out(byte)
+            self._update_irq()
+
+    def pointer_event(self, dx: int, dy: int, buttons: int) -> None:
+        """Relative motion and the button mask: the mouse's packets on the aux port, IRQ12."""
+        with self._lock:
+            data = self.mouse.motion(dx, dy, buttons)
+            if self.ctr & CTR_AUX_DISABLE or len(self._queue) + len(data) > QUEUE_DEPTH:
+                return
+            for byte in data:
+                self._out(byte, aux=True)
+            self._update_irq()
 
     def _levels(self) -> tuple[bool, bool]:
         """(keyboard, aux) interrupt levels: the byte at the head of the queue, if its source is enabled."""
@@ -174,11 +199,14 @@ class I8042:
     def save(self) -> dict[str, Any]:
         with self._lock:
             return {"ctr": self.ctr, "outport": self.outport, "pending_cmd": self.pending_cmd,
-                    "status_cmd": self.status_cmd, "queue": [[b, a] for b, a in self._queue]}
+                    "status_cmd": self.status_cmd, "queue": [[b, a] for b, a in self._queue],
+                    "keyboard": self.keyboard.save(), "mouse": self.mouse.save()}
 
-    def validate(self, state: dict[str, Any]) -> tuple[int, int, int | None, bool, list[tuple[int, bool]]]:
-        """The checked fields of a saved state; DeviceStateError if any is unfit."""
-        check_keys(state, {"ctr", "outport", "queue"}, {"pending_cmd", "status_cmd"})
+    def validate(self, state: dict[str, Any]) -> tuple[int, int, int | None, bool, list[tuple[int, bool]],
+                                                       Ps2Keyboard, Ps2Mouse]:
+        """The checked fields of a saved state; DeviceStateError if any is unfit. A state saved
+        before the keyboard and mouse had state of their own restores them at their defaults."""
+        check_keys(state, {"ctr", "outport", "queue"}, {"pending_cmd", "status_cmd", "keyboard", "mouse"})
         ctr, outport = int_field(state, "ctr", 0, 0xFF), int_field(state, "outport", 0, 0xFF)
         pending_cmd = None if state.get("pending_cmd") is None else int_field(state, "pending_cmd", 0, 0xFF)
         status_cmd = bool_field(state, "status_cmd") if "status_cmd" in state else False
@@ -191,12 +219,15 @@ class I8042:
                 raise DeviceStateError("each queue entry must be a [byte, aux] pair")
             pair = {"byte": item[0], "aux": item[1]}
             queue.append((int_field(pair, "byte", 0, 0xFF), bool_field(pair, "aux")))
-        return ctr, outport, pending_cmd, status_cmd, queue
+        keyboard = Ps2Keyboard.validate(state.get("keyboard", {}))
+        mouse = Ps2Mouse.validate(state.get("mouse", {}))
+        return ctr, outport, pending_cmd, status_cmd, queue, keyboard, mouse
 
     def restore(self, state: dict[str, Any]) -> None:
         """Checks every field first (DeviceStateError), then applies them all."""
-        ctr, outport, pending_cmd, status_cmd, queue = self.validate(state)
+        ctr, outport, pending_cmd, status_cmd, queue, keyboard, mouse = self.validate(state)
         with self._lock:
+            self.keyboard, self.mouse = keyboard, mouse
             self.ctr, self.outport = ctr, outport
             self.pending_cmd, self.status_cmd = pending_cmd, status_cmd
             self._queue = collections.deque(queue)

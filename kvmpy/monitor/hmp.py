@@ -1,7 +1,7 @@
 """A subset of QEMU's human monitor (HMP), reached through QMP's human-monitor-command.
 
 Supported: info status|registers [-a]|cpus|mtree [-f]|pci|block [dev]|blockstats|network|kvm|name|version,
-block_resize, set_link,
+block_resize, set_link, sendkey, screendump, info vnc,
 x and xp memory dumps (``/NFU``: count, format x d u o t c, unit b h w g),
 stop, cont (c), system_reset, system_powerdown, quit (q), help.
 Output follows QEMU's layout and ends lines with CRLF as QEMU's monitor does.
@@ -18,6 +18,7 @@ from kvmpy.kvm import abi
 from kvmpy.memory.guest_memory import GuestMemoryError
 from kvmpy.memory.region import MemoryRegion, RegionKind
 from kvmpy.monitor.block import hmp_block_resize, info_block_text, info_blockstats_text
+from kvmpy.monitor.display import hmp_screendump, hmp_sendkey, info_vnc_text
 from kvmpy.monitor.context import PACKAGE, QEMU_VERSION
 from kvmpy.monitor.net import hmp_set_link, info_network_text
 from kvmpy.monitor.memory import info_memdev_text, info_memory_devices_text
@@ -37,8 +38,10 @@ HELP = """\
 block_resize device size -- resize a block image
 cont|c -- resume emulation
 help|? -- show this list
-info status|registers [-a]|cpus|mtree [-f]|pci|block|blockstats|network|kvm|name|version -- show machine state
+info status|registers [-a]|cpus|mtree [-f]|pci|block|blockstats|network|vnc|kvm|name|version -- show machine state
 quit|q -- quit the emulator
+screendump [-f ppm|png] filename -- save the screen as an image
+sendkey keys [hold_ms] -- send keys to the guest (e.g. ctrl-alt-f1)
 set_link name on|off -- change the link status of a network adapter
 stop -- stop emulation
 system_powerdown -- send system power down event
@@ -82,6 +85,10 @@ def _dispatch(ctx: "Context", words: list[str], cpu: int) -> str:
         return hmp_block_resize(ctx, args)
     if name == "set_link":
         return hmp_set_link(ctx, args)
+    if name == "sendkey":
+        return hmp_sendkey(ctx, args)
+    if name == "screendump":
+        return hmp_screendump(ctx, args)
     return f"unknown command: '{name}'\n"
 
 
@@ -107,6 +114,8 @@ def _info(ctx: "Context", args: list[str], cpu: int) -> str:
         return _mtree_flat(m) if "-f" in args[1:] else _mtree(m)
     if what == "pci":
         return info_pci_text(ctx)
+    if what == "vnc":
+        return info_vnc_text(ctx)
     if what == "block":
         return info_block_text(ctx, args[1] if len(args) > 1 else None)
     if what == "blockstats":
