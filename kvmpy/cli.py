@@ -48,12 +48,12 @@ Options (same meaning as in qemu-system-x86_64 / qemu-system-riscv64):
   -L DIR                        x86: look for BIOS images in DIR first
   -nographic                    no display; serial on stdio (Ctrl-A x quits)
   -display none                 no display
-  -vga std|none                 std: QEMU's standard VGA (Bochs VBE) at PCI slot 2; none (kvmpy's default)
   -display vnc=[HOST]:N[,...]   as -vnc
   -display web[=[HOST]:PORT]    kvmpy only: a browser console (noVNC) on http://HOST:PORT/
                                 (default 127.0.0.1:6080); with -vnc it shows that server's screen
   -vnc [HOST]:N[,password=on]   a VNC console on TCP port 5900+N (HOST defaults to 127.0.0.1, not every
                                 interface as in QEMU); password=on: set one with change-vnc-password
+  -vga std|none                 std: QEMU's standard VGA (Bochs VBE) at PCI slot 2; none (kvmpy's default)
   -serial stdio|file:PATH|null|none|chardev:ID  where COM1 goes (none: no COM1 at all)
   -nodefaults                   no default devices
   -no-reboot                    exit instead of rebooting

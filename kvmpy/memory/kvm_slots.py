@@ -5,6 +5,11 @@ listener removes slots that disappeared and adds new ones; dirty logging is
 turned on or off for all slots at once (KVM_MEM_LOG_DIRTY_PAGES). Dirty bits of
 a slot that is about to be removed are fetched first so that none are lost.
 
+Dirty sources: something other than a vCPU or the VMM's own Python that writes
+guest RAM (vhost-net's kernel worker) registers with ``add_dirty_source``; it
+is told when logging starts and stops, and each ``collect`` takes its log (one
+bit per guest page frame) along with KVM's.
+
 A display adapter's framebuffer block is logged always (``track_block``), whether
 or not a migration logs the rest: KVM keeps one log per slot, so whoever fetches
 it (migration's ``sync_slots``/``collect`` or the display's ``display_dirty``)
@@ -16,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from kvmpy.kvm import abi
 from kvmpy.kvm.vm import VmFd
@@ -51,6 +56,19 @@ class SlotLimitError(RuntimeError):
     """The guest memory map needs more KVM slots than the kernel offers."""
 
 
+class DirtySource(Protocol):
+    """A writer of guest RAM that KVM's dirty log does not see (e.g. the vhost-net kernel worker)."""
+
+    def log_start(self) -> None:
+        """Begin recording the guest pages it writes."""
+
+    def log_sync(self) -> "np.ndarray | None":
+        """Fetch and clear: one bool per guest page frame (index ``gpa >> PAGE_SHIFT``), or None if none."""
+
+    def log_stop(self) -> None:
+        """Stop recording (after a last ``log_sync``)."""
+
+
 class KvmSlots:
     """A FlatView listener that programs KVM_SET_USER_MEMORY_REGION."""
 
@@ -62,6 +80,7 @@ class KvmSlots:
         self._lock = threading.Lock()
         # Dirty pages harvested from removed slots, per block, until the next collect.
         self._harvested: dict[int, "np.ndarray"] = {}
+        self._sources: list[DirtySource] = []
         self._display: set[int] = set()  # ids of blocks logged for a display, always
         self._display_pending: dict[int, "np.ndarray"] = {}  # their pages fetched by migration, not yet shown
 
@@ -112,6 +131,52 @@ class KvmSlots:
             for slot in self.slots.values():
                 self.vm.set_user_memory_region(slot.slot_id, slot.gpa, slot.size,
                                                slot.block.host_addr + slot.block_offset, self._flags(slot))
+            sources = list(self._sources)
+        for source in sources:  # outside the lock: a source takes its device's own lock
+            if enabled:
+                source.log_start()
+            else:
+                self._harvest_source(source)
+                source.log_stop()
+
+    def add_dirty_source(self, source: DirtySource) -> None:
+        """Register ``source``; it starts logging at once when dirty logging is on."""
+        with self._lock:
+            self._sources.append(source)
+            logging_on = self.log_dirty
+        if logging_on:
+            source.log_start()
+
+    def remove_dirty_source(self, source: DirtySource) -> None:
+        """Unregister ``source``; what it logged so far is kept for the next ``collect``."""
+        with self._lock:
+            if source not in self._sources:
+                return
+            self._sources.remove(source)
+            logging_on = self.log_dirty
+        if logging_on:
+            self._harvest_source(source)
+            source.log_stop()
+
+    def _harvest_source(self, source: DirtySource) -> None:
+        bits = source.log_sync()
+        if bits is None:
+            return
+        import numpy as np
+
+        with self._lock:
+            for slot in self.slots.values():
+                acc = self._harvested.setdefault(id(slot.block), np.zeros(slot.block.npages, dtype=bool))
+                self._fold(slot, bits, acc)
+
+    @staticmethod
+    def _fold(slot: Slot, bits: "np.ndarray", into: "np.ndarray") -> None:
+        """OR the part of a guest-frame bitmap that ``slot`` maps into its block's page array."""
+        lo = slot.gpa >> PAGE_SHIFT
+        part = bits[lo:lo + slot.npages]
+        if len(part):
+            first = slot.block_offset >> PAGE_SHIFT
+            into[first:first + len(part)] |= part
 
     def _harvest(self, slot: Slot) -> None:
         bits = self.vm.get_dirty_log(slot.slot_id, slot.npages)
@@ -172,6 +237,15 @@ class KvmSlots:
     def collect(self, blocks: list[RAMBlock]) -> dict[RAMBlock, np.ndarray]:
         """Dirty pages per RAM block since the last collect: KVM's log merged with VMM writes."""
         out = {b: b.take_vmm_dirty() for b in blocks}
+        with self._lock:
+            sources = list(self._sources) if self.log_dirty else []
+        for source in sources:
+            frames = source.log_sync()
+            if frames is not None:
+                with self._lock:
+                    for slot in self.slots.values():
+                        if slot.block in out:
+                            self._fold(slot, frames, out[slot.block])
         for slot, bits in self.sync_slots():
             if slot.block in out:
                 first = slot.block_offset >> PAGE_SHIFT

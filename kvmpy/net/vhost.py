@@ -19,14 +19,18 @@ kernel talk without kvmpy in between. When the transport offers none, vhost
 gets eventfds of its own: the device forwards each kick it is told of
 (``kick``) and a thread turns each call into ``on_call(queue)``.
 
-Dirty logging for migration (``set_log``): with VHOST_F_LOG_ALL acked and a
-log buffer given by VHOST_SET_LOG_BASE (one bit per 4 KiB guest page, in
-64-bit words), the kernel marks every page it writes (RX buffers and the used
-rings, with VHOST_VRING_F_LOG and each ring's log_guest_addr);
-``sync_log(mark)`` hands the marked guest pages to ``mark`` (e.g. RAMBlock
-dirty bitmaps) and clears them. kvmpy's migration does not call it yet: a
-migrating guest must run with vhost=off, or be quiesced (which stops vhost)
-before its RAM is sent.
+Dirty logging for migration (``log_start``/``log_sync``/``log_stop``, the
+device passes them on as a ``KvmSlots`` dirty source): with VHOST_F_LOG_ALL
+acked and a log buffer given by VHOST_SET_LOG_BASE (one bit per 4 KiB guest
+page, in 64-bit words), the kernel marks every page it writes (RX buffers, and
+the used rings with VHOST_VRING_F_LOG and each ring's log_guest_addr). Logging
+is switched on and off while the rings run, as QEMU does (SET_LOG_BASE, then
+SET_FEATURES and SET_VRING_ADDR per ring). The log is double-buffered: a sync
+points the kernel at the other (clean) buffer first; the kernel changes a
+ring's log base only under that ring's mutex, which its worker holds while
+it writes, so once the ioctl returns the old buffer is complete and is read
+and cleared without racing the kernel's atomic bit sets. The buffer covers
+the guest's highest RAM address and grows with the memory map.
 """
 
 from __future__ import annotations
@@ -42,9 +46,9 @@ from typing import TYPE_CHECKING, Callable
 
 from ioctl_opt import IO, IOR, IOW, IOWR
 
-from kvmpy.kvm.abi import ffi
-
 if TYPE_CHECKING:
+    import numpy as np
+
     from kvmpy.devices.virtio.queue import SplitQueue
     from kvmpy.memory.address_space import AddressSpace, FlatView
 
@@ -190,8 +194,11 @@ class VhostNet:
         self._on_call: Callable[[int], None] | None = None
         self._call_thread: threading.Thread | None = None
         self._stop_calls = -1
-        self._log: bytearray | None = None
+        self._log: "np.ndarray | None" = None  # the buffer the kernel writes (uint64 words)
+        self._log_spare: "np.ndarray | None" = None
+        self._log_pending: "np.ndarray | None" = None  # bits taken from a buffer the log outgrew
         self._rings: list[int] = []
+        self._vrings: list[Vring] = []
 
     @classmethod
     def open(cls, fd: int | None = None) -> "VhostNet":
@@ -242,6 +249,7 @@ class VhostNet:
                 raise
             self.running = True
             self._rings = [r.index for r in rings]
+            self._vrings = list(rings)
             if self._own_calls and self._call_thread is None:
                 self._stop_calls = os.eventfd(0, os.EFD_CLOEXEC)
                 self._call_thread = threading.Thread(target=self._call_loop, name="vhost-call", daemon=True)
@@ -252,16 +260,19 @@ class VhostNet:
         i = ring.index
         _ioctl(self.fd, VHOST_SET_VRING_NUM, _STATE.pack(i, ring.num), "VHOST_SET_VRING_NUM")
         _ioctl(self.fd, VHOST_SET_VRING_BASE, _STATE.pack(i, ring.base), "VHOST_SET_VRING_BASE")
-        desc, avail, used = (size(ring.num) for size in RING_SIZES)
-        flags = VHOST_VRING_F_LOG if self._log is not None else 0
-        addr = _ADDR.pack(i, flags, host_address(view, ring.desc, desc), host_address(view, ring.used, used),
-                          host_address(view, ring.avail, avail), ring.used)
-        _ioctl(self.fd, VHOST_SET_VRING_ADDR, addr, "VHOST_SET_VRING_ADDR")
+        self._set_vring_addr(view, ring)
         kick = ring.kick_fd if ring.kick_fd is not None else _own_eventfd(self._own_kicks, i)
         _ioctl(self.fd, VHOST_SET_VRING_KICK, _FILE.pack(i, kick), "VHOST_SET_VRING_KICK")
         call = ring.call_fd if ring.call_fd is not None else _own_eventfd(self._own_calls, i)
         _ioctl(self.fd, VHOST_SET_VRING_CALL, _FILE.pack(i, call), "VHOST_SET_VRING_CALL")
         os.eventfd_write(kick, 1)  # look at the ring once: the driver may have queued work already
+
+    def _set_vring_addr(self, view: "FlatView", ring: Vring) -> None:
+        desc, avail, used = (size(ring.num) for size in RING_SIZES)
+        flags = VHOST_VRING_F_LOG if self._log is not None else 0
+        addr = _ADDR.pack(ring.index, flags, host_address(view, ring.desc, desc),
+                          host_address(view, ring.used, used), host_address(view, ring.avail, avail), ring.used)
+        _ioctl(self.fd, VHOST_SET_VRING_ADDR, addr, "VHOST_SET_VRING_ADDR")
 
     def _detach(self, index: int) -> None:
         try:
@@ -294,6 +305,11 @@ class VhostNet:
     # ---- memory map and dirty log -----------------------------------------------------
     def _memory_changed(self, view: "FlatView") -> None:
         with self._lock:
+            if self._log is not None:
+                try:
+                    self._log_resize(max((r.end for r in view.ram_ranges()), default=0))
+                except VhostError as exc:
+                    log.error("vhost-net: the dirty log could not grow with the memory map: %s", exc)
             if not self.running:
                 return
             try:
@@ -301,33 +317,75 @@ class VhostNet:
             except VhostError as exc:
                 log.error("vhost-net: the new memory map was refused: %s", exc)
 
-    def set_log(self, top_gpa: int | None) -> None:
-        """Start (with the highest guest address to cover) or stop dirty logging; applies at the next start."""
-        with self._lock:
-            if top_gpa is None:
-                self._log = None
-                return
-            words = (top_gpa // LOG_PAGE + 63) // 64
-            self._log = bytearray(8 * max(words, 1))
-            base = int(ffi.cast("uintptr_t", ffi.from_buffer(self._log)))
-            _ioctl(self.fd, VHOST_SET_LOG_BASE, _U64.pack(base), "VHOST_SET_LOG_BASE")
-
-    def sync_log(self, mark: Callable[[int], None]) -> int:
-        """Call ``mark(gpa)`` for each guest page the kernel wrote since the last sync; returns their count."""
+    def log_start(self, top_gpa: int) -> None:
+        """Start dirty logging of guest pages below ``top_gpa`` (the map's growth is followed); running or not."""
         with self._lock:
             if self._log is None:
-                return 0
-            data = bytes(self._log)
-            self._log[:] = bytes(len(data))
-        n = 0
-        for w in range(0, len(data), 8):
-            word = int.from_bytes(data[w:w + 8], "little")
-            while word:
-                low = word & -word
-                mark((w * 8 + low.bit_length() - 1) * LOG_PAGE)
-                word ^= low
-                n += 1
-        return n
+                self._log_resize(top_gpa)
+                if self.running:
+                    self._apply_log_features()
+                log.info("vhost-net: dirty logging on (%d pages)", 64 * len(self._log) if self._log is not None else 0)
+
+    def log_stop(self) -> None:
+        """Stop dirty logging (call ``log_sync`` before, or what is still logged is dropped)."""
+        with self._lock:
+            if self._log is None:
+                return
+            self._log = None
+            if self.running:
+                self._apply_log_features()
+            self._log_spare = self._log_pending = None
+            log.info("vhost-net: dirty logging off")
+
+    def log_sync(self) -> "np.ndarray | None":
+        """One bool per guest page frame the kernel wrote since the last sync (fetch and clear); None if off."""
+        import numpy as np
+
+        with self._lock:
+            if self._log is None or self._log_spare is None:
+                return None
+            old = self._log
+            self._log_spare[:] = 0
+            self._set_log_base(self._log_spare)  # from here on the kernel writes the other buffer
+            self._log, self._log_spare = self._log_spare, old
+            bits = np.unpackbits(old.view(np.uint8), bitorder="little").astype(bool)
+            old[:] = 0
+            pending, self._log_pending = self._log_pending, None
+        if pending is not None:
+            bits[:len(pending)] |= pending
+        return bits
+
+    def _set_log_base(self, buf: "np.ndarray") -> None:
+        _ioctl(self.fd, VHOST_SET_LOG_BASE, _U64.pack(buf.ctypes.data), "VHOST_SET_LOG_BASE")
+
+    def _log_resize(self, top_gpa: int) -> None:
+        """Give the kernel a (bigger) log covering [0, top_gpa); bits in the old one are kept (lock held)."""
+        import numpy as np
+
+        words = max((top_gpa // LOG_PAGE + 63) // 64, 1)
+        old = self._log
+        if old is not None and len(old) >= words:
+            return
+        new = np.zeros(words, dtype=np.uint64)
+        self._set_log_base(new)
+        if old is not None:  # quiescent now (see the module docstring): keep what it holds for the next sync
+            bits = np.unpackbits(old.view(np.uint8), bitorder="little").astype(bool)
+            if self._log_pending is not None:
+                bits[:len(self._log_pending)] |= self._log_pending
+            self._log_pending = bits
+        self._log, self._log_spare = new, np.zeros(words, dtype=np.uint64)
+
+    def _apply_log_features(self) -> None:
+        """The running rings follow ``_log``: VHOST_F_LOG_ALL acked and used-ring logging, or neither."""
+        acked = self.acked & ~(1 << VHOST_F_LOG_ALL)
+        if self._log is not None:
+            acked |= 1 << VHOST_F_LOG_ALL
+        _ioctl(self.fd, VHOST_SET_FEATURES, _U64.pack(acked), "VHOST_SET_FEATURES")
+        self.acked = acked
+        if self._space is not None:
+            view = self._space.flatview
+            for ring in self._vrings:
+                self._set_vring_addr(view, ring)
 
     # ---- own call eventfds --------------------------------------------------------------
     def _call_loop(self) -> None:
@@ -361,6 +419,7 @@ class VhostNet:
     def close(self) -> None:
         if self.running:
             self.stop()
+        self._log = self._log_spare = self._log_pending = None
         if self._call_thread is not None:
             os.eventfd_write(self._stop_calls, 1)
             self._call_thread.join(timeout=5)

@@ -115,7 +115,6 @@ def test_seabios_console_matches_qemu() -> None:
     assert sorted(with_vapic) == sorted(ours)
 
 
-@pytest.mark.bed_pending("failed in the bed on iPXE's backspaces; the fix has not been re-run there")
 @pytest.mark.kvm_full
 @pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="no qemu-system-x86_64")
 def test_seabios_banner_matches_qemu_with_default_devices_and_bios_given() -> None:

@@ -17,7 +17,9 @@ on the queue's notify address, so a guest kick wakes the device's I/O thread
 without a vCPU exit in Python. A notify write that does exit (no ioeventfd)
 writes the same eventfd. The I/O thread (epoll over the eventfds and a stop
 fd) calls ``device.queue_notify(i)``; nothing else calls into the device
-concurrently. Interrupts: the queue's MSI-X vector when the driver enabled
+concurrently. A device whose data plane is in the kernel (vhost-net) takes a
+queue's eventfd over with ``VirtioContext.own_kick``: the I/O thread then stops
+watching it, so a kick wakes only the kernel. Interrupts: the queue's MSI-X vector when the driver enabled
 MSI-X, else INTx with the ISR bits (reading the ISR clears it and lowers INTx).
 
 The driver is hostile: every register is bounded, feature negotiation refuses
@@ -147,6 +149,8 @@ class VirtioPci(PciDevice):
         self._io = threading.Lock()  # device calls; always taken before PciDevice's lock
         self._notify_fds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in sizes]
         self._stop_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._rewatch_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)  # the set of owned kicks changed
+        self._owned: frozenset[int] = frozenset()  # queues whose kick eventfd the device handed to the kernel
         self._registered: dict[int, int] = {}  # queue -> notify address registered as a KVM ioeventfd
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -401,7 +405,7 @@ class VirtioPci(PciDevice):
                 return
         ctx = VirtioContext(features=self.features, queues=list(self.queues), interrupt=self.queue_interrupt,
                             config_changed=self.config_changed, needs_reset=self.needs_reset,
-                            kick_fd=self.kick_fd, call_fd=self.call_fd)
+                            kick_fd=self.kick_fd, call_fd=self.call_fd, own_kick=self.own_kick)
         try:
             self.device.activate(ctx)
         except VirtQueueError as exc:
@@ -431,6 +435,9 @@ class VirtioPci(PciDevice):
             if self.active:
                 self.active = False
                 self._device_call(self.device.reset)
+            if self._owned:  # the device gave its kicks back in reset(); make sure of it
+                self._owned = frozenset()
+                os.eventfd_write(self._rewatch_fd, 1)
             quiesced = self.quiesced
             with self._lock:
                 self._init_common()
@@ -481,9 +488,22 @@ class VirtioPci(PciDevice):
     def kick_fd(self, index: int) -> int | None:
         """VirtioContext.kick_fd: queue ``index``'s kick eventfd (the KVM ioeventfd), e.g. for vhost.
 
-        The I/O thread keeps reading it too; a device that handed it to the kernel ignores those kicks.
+        The I/O thread keeps reading it until the device takes it over with ``own_kick``.
         """
         return self._notify_fds[index] if 0 <= index < len(self._notify_fds) else None
+
+    def own_kick(self, index: int, owned: bool) -> None:
+        """VirtioContext.own_kick: stop (True) or resume (False) reading queue ``index``'s kick eventfd.
+
+        While a device's in-kernel data plane (vhost) consumes the kicks, the I/O thread no
+        longer wakes for them, so no Python runs per kick. On resume the queue is looked at once.
+        """
+        if not 0 <= index < len(self._notify_fds) or (index in self._owned) == owned:
+            return
+        self._owned = self._owned | {index} if owned else self._owned - {index}
+        os.eventfd_write(self._rewatch_fd, 1)
+        if not owned:
+            os.eventfd_write(self._notify_fds[index], 1)
 
     def call_fd(self, index: int) -> int | None:
         """VirtioContext.call_fd: the irqfd eventfd of queue ``index``'s MSI-X vector, or None (MSI-X off,
@@ -504,14 +524,34 @@ class VirtioPci(PciDevice):
 
     def _io_loop(self) -> None:
         sel = selectors.DefaultSelector()
+        watched: set[int] = set()
+
+        def rewatch() -> None:  # watch every kick eventfd the device has not handed to the kernel
+            want = set(range(len(self._notify_fds))) - self._owned
+            for i in watched - want:
+                sel.unregister(self._notify_fds[i])
+            for i in want - watched:
+                sel.register(self._notify_fds[i], selectors.EVENT_READ, i)
+            watched.clear()
+            watched.update(want)
+
         try:
             sel.register(self._stop_fd, selectors.EVENT_READ, -1)
-            for i, fd in enumerate(self._notify_fds):
-                sel.register(fd, selectors.EVENT_READ, i)
+            sel.register(self._rewatch_fd, selectors.EVENT_READ, -2)
+            rewatch()
             while True:
                 for key, _ in sel.select():
-                    if key.data < 0:
+                    if key.data == -1:
                         return
+                    if key.data == -2:
+                        try:
+                            os.eventfd_read(key.fd)
+                        except BlockingIOError:
+                            pass
+                        rewatch()
+                        continue
+                    if key.data in self._owned or key.data not in watched:
+                        continue  # handed over (the rewatch may come later in this same wake-up)
                     try:
                         os.eventfd_read(key.fd)
                     except BlockingIOError:
@@ -602,7 +642,7 @@ class VirtioPci(PciDevice):
                 self.active = False
                 self._device_call(self.device.reset)
         self._device_call(self.device.close)
-        for fd in (*self._notify_fds, self._stop_fd):
+        for fd in (*self._notify_fds, self._stop_fd, self._rewatch_fd):
             os.close(fd)
 
     # ---- state ------------------------------------------------------------------------------------
