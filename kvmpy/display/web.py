@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import shutil
 import socket
 import subprocess
@@ -64,6 +65,18 @@ rfb.addEventListener("credentialsrequired", () => {
 </script></body></html>
 """
 STOP_TIMEOUT = 5.0  # seconds websockify has to exit after SIGTERM
+# Runs websockify (argv[2:]) and ends it once the pipe on fd argv[1] reads EOF, which happens when kvmpy
+# exits in any way (SIGKILL included), so a killed VM leaves no bridge holding its port.
+_LAUNCHER = """import os, runpy, signal, sys, threading
+fd = int(sys.argv[1])
+def watch():
+    while os.read(fd, 64):
+        pass
+    os.kill(os.getpid(), signal.SIGTERM)
+threading.Thread(target=watch, daemon=True).start()
+sys.argv = ["websockify", *sys.argv[2:]]
+runpy.run_module("websockify", run_name="__main__", alter_sys=True)
+"""
 
 
 @dataclass(frozen=True)
@@ -147,16 +160,21 @@ class WebConsole:
         self.web_root = make_web_root(library)
         self.address: tuple = self._listener.getsockname()
         target = f"{vnc_address[0]}:{vnc_address[1]}"
-        cmd = [sys.executable, "-m", "websockify", "--inetd", "--web", str(self.web_root), target]
+        watch_r, self._lifeline = os.pipe()  # kvmpy holds the write end for as long as it lives
+        cmd = [sys.executable, "-c", _LAUNCHER, str(watch_r), "--inetd", "--web", str(self.web_root), target]
         try:
             self._proc = subprocess.Popen(cmd, stdin=self._listener.fileno(), stdout=subprocess.DEVNULL,
-                                          stderr=subprocess.PIPE, cwd="/", close_fds=True,
+                                          stderr=subprocess.PIPE, cwd="/", close_fds=True, pass_fds=(watch_r,),
                                           start_new_session=True)
         except OSError as exc:
+            os.close(self._lifeline)
             self._listener.close()
             shutil.rmtree(self.web_root, ignore_errors=True)
             raise ConfigError(f"{options.source}: cannot start websockify: {exc.strerror or exc}") from None
+        finally:
+            os.close(watch_r)
         self._listener.close()  # the child holds its copy; connections queue on it meanwhile
+        self._closing = threading.Event()
         assert self._proc.stderr is not None
         self._logger = threading.Thread(target=self._forward_log, args=(self._proc.stderr,),
                                         name="web-log", daemon=True)
@@ -172,11 +190,18 @@ class WebConsole:
         return self._proc.poll() is None
 
     def _forward_log(self, stream: IO[bytes]) -> None:
-        for line in stream:
-            log.debug("websockify: %s", line.decode(errors="replace").rstrip())
+        tail: list[str] = []
+        for raw in stream:
+            line = raw.decode(errors="replace").rstrip()
+            log.debug("websockify: %s", line)
+            tail = (tail + [line])[-5:]
         stream.close()
+        code = self._proc.wait()
+        if not self._closing.is_set():
+            log.warning("the browser console's websockify exited (status %d): %s", code, " | ".join(tail))
 
     def close(self) -> None:
+        self._closing.set()
         if self._proc.poll() is None:
             self._proc.terminate()
             try:
@@ -185,6 +210,10 @@ class WebConsole:
                 self._proc.kill()
                 self._proc.wait()
         self._logger.join(timeout=STOP_TIMEOUT)
+        try:
+            os.close(self._lifeline)
+        except OSError:
+            pass
         shutil.rmtree(self.web_root, ignore_errors=True)
 
 

@@ -94,6 +94,41 @@ def test_unusable_address_is_one_line() -> None:
             assert message in r.stderr and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
 
 
+@pytest.mark.kvm_host
+@pytest.mark.skipif(not SEABIOS.is_file(), reason="needs Debian's seabios package")
+@pytest.mark.skipif(WHY_NOT is not None, reason=f"browser console unavailable: {WHY_NOT}")
+def test_killed_vm_leaves_no_bridge() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    vm = subprocess.Popen([sys.executable, "-m", "kvmpy", "-enable-kvm", "-m", "64", "-serial", "null",
+                           "-display", f"web=127.0.0.1:{port}"], env=env, stdin=subprocess.DEVNULL,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # the page is served once the VM runs
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                    s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+                    assert b"core/rfb.js" in s.makefile("rb").read()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and vm.poll() is None, "the console never answered"
+                time.sleep(0.2)
+    finally:
+        vm.kill()
+        vm.wait()
+    deadline = time.monotonic() + 10
+    while True:  # websockify saw its lifeline close and stopped listening
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except ConnectionRefusedError:
+            break
+        assert time.monotonic() < deadline, "websockify outlived the killed VM"
+        time.sleep(0.2)
+
+
 def rgb(frame) -> np.ndarray:  # noqa: ANN001
     px = np.frombuffer(frame.pixels, dtype=np.uint8).reshape(frame.height, frame.stride)[:, :frame.width * 4]
     return px.reshape(frame.height, frame.width, 4)[:, :, 2::-1]
