@@ -43,6 +43,16 @@ BDA_KBD_HEAD, BDA_KBD_TAIL = 0x41A, 0x41C  # the BIOS keyboard buffer's head and
 KEY_A = 0x1E61  # what the BIOS stores for 'a': set-1 scancode 0x1E, ASCII 'a'
 A_MAKE, A_BREAK = 0x1E, 0x9E  # 'a' pressed and released, as the i8042 translates them to set 1
 WHY_NOT = environment_ready()
+
+
+def needs_vm(test):  # noqa: ANN001, ANN201 - a VM on the host's KVM with the console available
+    for mark in (pytest.mark.kvm_host,
+                 pytest.mark.skipif(not SEABIOS.is_file(), reason="needs Debian's seabios package"),
+                 pytest.mark.skipif(WHY_NOT is not None, reason=f"browser console unavailable: {WHY_NOT}")):
+        test = mark(test)
+    return test
+
+
 CANVAS = "document.querySelector('#screen canvas') || document.querySelector('canvas')"
 # The canvas's RGBA pixels as [width, height, base64]; null before noVNC has drawn anything.
 READ_CANVAS = f"""(() => {{
@@ -77,9 +87,7 @@ def test_bad_port_is_one_line() -> None:
     assert "bad port" in r.stderr and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
 
 
-@pytest.mark.kvm_host
-@pytest.mark.skipif(not SEABIOS.is_file(), reason="needs Debian's seabios package")
-@pytest.mark.skipif(WHY_NOT is not None, reason=f"browser console unavailable: {WHY_NOT}")
+@needs_vm
 def test_unusable_address_is_one_line() -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -94,9 +102,7 @@ def test_unusable_address_is_one_line() -> None:
             assert message in r.stderr and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
 
 
-@pytest.mark.kvm_host
-@pytest.mark.skipif(not SEABIOS.is_file(), reason="needs Debian's seabios package")
-@pytest.mark.skipif(WHY_NOT is not None, reason=f"browser console unavailable: {WHY_NOT}")
+@needs_vm
 def test_killed_vm_leaves_no_bridge() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -155,10 +161,8 @@ def keyboard_buffer(ram: memoryview) -> list[int]:
     return words
 
 
-@pytest.mark.kvm_host
-@pytest.mark.skipif(not SEABIOS.is_file(), reason="needs Debian's seabios package")
+@needs_vm
 @pytest.mark.skipif(find_chromium() is None, reason="needs Debian's chromium package (scripts/setup installs it)")
-@pytest.mark.skipif(WHY_NOT is not None, reason=f"browser console unavailable: {WHY_NOT}")
 def test_browser_shows_the_screen_and_types_into_the_guest() -> None:
     from PIL import Image
 
