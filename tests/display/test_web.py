@@ -10,8 +10,9 @@ screenshot. A key pressed in the page must come out of the guest's PS/2
 keyboard: its scancodes wait in the i8042's output buffer, or SeaBIOS's IRQ 1
 handler has already moved the key into the BIOS keyboard buffer in guest RAM.
 
-Command-line mistakes are checked through ``python3 -m kvmpy`` itself: one line
-on stderr, exit status 2.
+With ``-vnc`` too, the page's WebSocket reaches that very server. Command-line
+mistakes are checked through ``python3 -m kvmpy`` itself (one line on stderr,
+exit status 2), and a SIGKILLed VM must not leave websockify holding its port.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import base64
 import io
 import os
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -36,6 +38,7 @@ from kvmpy.devices.vga.factory import find_display
 from kvmpy.display.web import environment_ready, parse_web
 from kvmpy.errors import ConfigError
 from tests.display.cdp import Chromium, find_chromium
+from tests.monitor.test_display import free_display
 
 SEABIOS = Path("/usr/share/seabios/bios-256k.bin")
 DONE = b"No bootable device."
@@ -133,6 +136,48 @@ def test_killed_vm_leaves_no_bridge() -> None:
             break
         assert time.monotonic() < deadline, "websockify outlived the killed VM"
         time.sleep(0.2)
+
+
+@needs_vm
+def test_with_vnc_the_page_shows_that_server() -> None:
+    from websockify.websocket import WebSocket
+
+    from kvmpy.machine import Machine
+
+    n = free_display()
+    machine = Machine(MachineConfig(memory=64 << 20, vnc=f":{n}", web="web=127.0.0.1:0").validate(),
+                      console=BufferBackend())
+    try:
+        machine.start()
+        board = machine.board
+        assert board.vnc is not None and board.vnc.address[1] == 5900 + n and board.vnc.clients == []
+        ws = WebSocket()
+        ws.connect(f"ws://127.0.0.1:{board.web.address[1]}/websockify", protocols=["binary"])
+        received = b""
+
+        def read(count: int) -> bytes:  # the RFB stream, whatever the WebSocket messages' boundaries
+            nonlocal received
+            while len(received) < count:
+                received += ws.recv()
+            data, received = received[:count], received[count:]
+            return data
+
+        assert read(12) == b"RFB 003.008\n"
+        ws.send(b"RFB 003.008\n")
+        count = read(1)[0]
+        assert 1 in read(count)  # security None: the -vnc server asked for no password
+        ws.send(b"\x01")
+        assert read(4) == b"\0\0\0\0"
+        ws.send(b"\x01")  # ClientInit, shared
+        width, height = struct.unpack("!HH", read(4))
+        assert (width, height) == (640, 480)  # no display adapter: the blank screen
+        deadline = time.monotonic() + 10
+        while len(board.vnc.clients) != 1:  # the -vnc server itself has the browser's bridge as its viewer
+            assert time.monotonic() < deadline, board.vnc.clients
+            time.sleep(0.05)
+        ws.close()
+    finally:
+        machine.close()
 
 
 def rgb(frame) -> np.ndarray:  # noqa: ANN001
