@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator, Sequence
 from kvmpy.version import __version__
 from kvmpy import config_devices, qemu_opts
 from kvmpy.display.options import parse_display, parse_vnc
+from kvmpy.display.web import is_web_display, parse_web
 from kvmpy.config import (BOARDS, ConfigError, MachineConfig, board_named, debug_exit_of, load_yaml, parse_int,
                           parse_size, parse_trace, shown)
 
@@ -48,6 +49,8 @@ Options (same meaning as in qemu-system-x86_64 / qemu-system-riscv64):
   -nographic                    no display; serial on stdio (Ctrl-A x quits)
   -display none                 no display
   -display vnc=[HOST]:N[,...]   as -vnc
+  -display web[=[HOST]:PORT]    kvmpy only: a browser console (noVNC) on http://HOST:PORT/
+                                (default 127.0.0.1:6080); with -vnc it shows that server's screen
   -vnc [HOST]:N[,password=on]   a VNC console on TCP port 5900+N (HOST defaults to 127.0.0.1, not every
                                 interface as in QEMU); password=on: set one with change-vnc-password
   -vga std|none                 std: QEMU's standard VGA (Bochs VBE) at PCI slot 2; none (kvmpy's default)
@@ -305,6 +308,9 @@ def parse_qemu_args(argv: Sequence[str]) -> MachineConfig:
                 raise UsageError("only one -serial is supported (COM1)")
             cfg["serial"] = val
             serial_set = True
+        elif opt == "-display" and is_web_display(val):
+            parse_web(val)  # a mistake is one line now, before anything starts
+            cfg["web"] = val
         elif opt == "-display":
             vnc = parse_display(val)[1]
             if vnc is not None:

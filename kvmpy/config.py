@@ -69,6 +69,7 @@ from kvmpy import units
 from kvmpy.config_devices import (BlockdevSpec, ChardevSpec, DeviceSpec, DriveSpec, NetdevSpec, ObjectSpec,
                                   check_devices, check_spec_types, finish_devices, finish_drives, yaml_specs)
 from kvmpy.display.options import parse_vnc
+from kvmpy.display.web import parse_web
 from kvmpy.errors import ConfigError, shown
 from kvmpy.monitor.endpoint import parse_endpoint
 
@@ -272,7 +273,7 @@ _FIELD_TYPES: Mapping[str, tuple[type, ...]] = MappingProxyType({
     "no_reboot": (bool,), "start_paused": (bool,), "debug_exit": (DebugExitConfig, _NoneType),
     "bios": (str, _NoneType), "cpu": (str, _NoneType), "trace": (frozenset,), "trace_file": (Path, _NoneType),
     "qmp": (tuple,), "linux_boot": (str,), "boot_order": (str,), "boot_menu": (bool,), "incoming": (str, _NoneType),
-    "vnc": (str, _NoneType), "memory_slots": (int,),
+    "vnc": (str, _NoneType), "memory_slots": (int,), "web": (str, _NoneType),
     "max_memory": (int, _NoneType), "devices": (tuple,), "drives": (tuple,), "blockdevs": (tuple,),
     "netdevs": (tuple,), "chardevs": (tuple,), "objects": (tuple,), "data_dirs": (tuple,),
 })
@@ -324,6 +325,7 @@ class MachineConfig:
     objects: tuple[ObjectSpec, ...] = ()  # -object
     data_dirs: tuple[Path, ...] = ()  # -L: where -bios names (and the default BIOS) are looked up first
     vnc: str | None = None  # -vnc [HOST]:N[,password=on] (or -display vnc=...): the VNC console
+    web: str | None = None  # -display web[=HOST:PORT]: the browser console (noVNC through websockify)
 
     def __post_init__(self) -> None:
         # Callers may pass any iterable; the frozen config holds immutable collections only.
@@ -441,6 +443,8 @@ class MachineConfig:
             parse_endpoint(spec)  # raises ConfigError naming the bad spec
         if self.vnc is not None:
             parse_vnc(self.vnc)  # raises ConfigError worded as QEMU's
+        if self.web is not None:
+            parse_web(self.web)
         return self
 
     def _check_bios(self) -> None:
@@ -553,7 +557,7 @@ class MachineConfig:
 
 YAML_KEYS = {"name", "arch", "machine", "accel", "memory", "smp", "kernel", "initrd", "append", "serial", "no_reboot",
              "start_paused", "devices", "bios", "cpu", "trace", "trace_file", "qmp", "linux_boot", "slots", "maxmem",
-             "drives", "blockdevs", "netdevs", "chardevs", "objects", "vnc"}
+             "drives", "blockdevs", "netdevs", "chardevs", "objects", "vnc", "web"}
 
 
 def _expect(value: Any, types: type | tuple[type, ...], key: str) -> Any:
@@ -595,7 +599,7 @@ def from_mapping(data: Any, base_dir: Path) -> MachineConfig:
     if "name" in data:
         name = _expect(data["name"], (str, int), "name")
         kw["name"] = name if isinstance(name, str) else shown(name)
-    for key in ("arch", "machine", "accel", "serial", "bios", "cpu", "linux_boot", "append", "vnc"):
+    for key in ("arch", "machine", "accel", "serial", "bios", "cpu", "linux_boot", "append", "vnc", "web"):
         if key in data:
             kw[key] = _expect(data[key], str, key)
     if "memory" in data:

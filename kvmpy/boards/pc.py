@@ -49,6 +49,7 @@ from kvmpy.devices.ide.factory import piix_ide
 from kvmpy.display.console import find_display_source, start_vnc
 from kvmpy.display.options import parse_vnc
 from kvmpy.display.vnc import VncServer
+from kvmpy.display.web import WebConsole, parse_web, start_web
 from kvmpy.devices.irq import SharedIrq
 from kvmpy.devices.kvm_irq import KvmIrqLine
 from kvmpy.devices.msi import MsiRoutes
@@ -332,12 +333,14 @@ class PcBoard:
         self.console = console if console is not None else open_backend(config.serial, config.chardevs)
         self.memhp: PcMemoryHotplug | None = None  # set by the acpi-memhp table line
         self.vnc: VncServer | None = None  # -vnc: started once the devices and vCPUs exist
+        self.web: WebConsole | None = None  # -display web: the browser console
         self._build_devices(devices)
         if self.memhp is not None:
             cold_plug(self.memhp, config)  # -object memory-backend-*, -device pc-dimm
         self._build_vcpus(supported, vcpu_events)
         self.boot = self.load_kernel()
         self.vnc = self._start_vnc()
+        self.web = self._start_web()
 
     # ---- construction ------------------------------------------------------
     def _build_memory(self) -> None:
@@ -479,7 +482,19 @@ class PcBoard:
         sink = i8042 if isinstance(i8042, I8042) else None
         return start_vnc(options, find_display_source(self.devices.values()), sink, sink, self.config.name)
 
+    def _start_web(self) -> WebConsole | None:
+        """-display web: the browser console, bridged to the -vnc server or to one of its own."""
+        if self.config.web is None:
+            return None
+        i8042 = self.devices.get("i8042")
+        sink = i8042 if isinstance(i8042, I8042) else None
+        web, self.vnc = start_web(parse_web(self.config.web), self.vnc, find_display_source(self.devices.values()),
+                                  sink, sink, self.config.name)
+        return web
+
     def close(self) -> None:
+        if self.web is not None:
+            self.web.close()
         if self.vnc is not None:
             self.vnc.close()
         for dev in self.devices.values():

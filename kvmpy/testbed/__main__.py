@@ -20,7 +20,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m kvmpy.testbed",
         description="Boot the nested L1 VM (QEMU TCG, kvm-amd: a complete /dev/kvm) and run CMD "
-                    "in it, chrooted into the host's root (read-only) with the kvmpy checkout, the "
+                    "in it, with the host's root (read-only) as its root with the kvmpy checkout, the "
                     "current directory and --share directories writable at their own paths. "
                     f"Exits with CMD's status, or {BED_FAILURE_STATUS} if the bed itself failed.",
         epilog="Environment: KVMPY_CACHE (kernel/initramfs cache, default ~/.cache/kvmpy), "

@@ -97,7 +97,12 @@ done < /ctl/mounts
 ( n=0; while :; do n=$((n + 1)); echo $n > /ctl/heartbeat; sleep @HEARTBEAT_S@; done ) &
 echo $! > /ctl/heartbeat.pid
 echo "kvmpy-bed[$nonce]: command started uptime $(cut -d' ' -f1 /proc/uptime)"
-chroot /host /bin/sh "$ctlpath/job.sh" </dev/null
+# The job's root is the host root itself, not a chroot: in a mount namespace of its own the
+# host root (with everything mounted under it) is moved onto /, as switch_root does, and the
+# job enters it. The kernel refuses a user namespace to a chrooted process, and passt
+# (-netdev user) sandboxes itself in one. This shell keeps the initramfs as its root.
+unshare -m /bin/sh -c 'cd /host && mount -o move /host / && exec chroot . /bin/sh "$1/job.sh"' \
+    enter-host-root "$ctlpath" </dev/null
 rc=$?
 sync
 echo "kvmpy-bed[$nonce]: exit $rc uptime $(cut -d' ' -f1 /proc/uptime)"

@@ -71,7 +71,7 @@ class HttpServer:
 
 def userns_refused() -> str | None:
     """Why passt cannot sandbox itself here, or None: it needs a user namespace, which the kernel refuses
-    to a chrooted process (the nested bed runs its tests chrooted into the host's root)."""
+    to a chrooted process, and some kernels disable them (the nested bed's job is not chrooted)."""
     probe = subprocess.run(["unshare", "--user", "true"], capture_output=True, text=True)
     return None if probe.returncode == 0 else f"unshare --user: {probe.stderr.strip()}"
 
@@ -101,11 +101,12 @@ def file_from_image(image: Path, path: str, scratch: Path) -> bytes:
     return data
 
 
-@pytest.mark.bed_pending("the L1 kernel panicked (stack guard page) during its QEMU run in CI; passt cannot make a user namespace in the bed's chroot")
 @pytest.mark.kvm_full
 @needs_virtio_net
 @pytest.mark.skipif(shutil.which("passt") is None, reason="needs passt (Debian package 'passt')")
-@pytest.mark.parametrize("vmm", ["qemu", "kvmpy"])
+@pytest.mark.parametrize("vmm", ["qemu", pytest.param("kvmpy", marks=pytest.mark.bed_pending(
+    "bed, 2026-12-02: passed up to the image checks before main's virtqueue rework was merged; after it, "
+    "the guest's 3 MiB wget over -netdev user did not finish within 120 s (once; not yet explained)"))])
 def test_the_issues_command_line_root_disk_dhcp_and_download(vmm, root_disk, tmp_path):
     if shutil.which(VMMS[vmm][0]) is None and vmm == "qemu":
         pytest.skip("needs qemu-system-x86_64")
@@ -122,7 +123,7 @@ def test_the_issues_command_line_root_disk_dhcp_and_download(vmm, root_disk, tmp
     try:
         with _l1_external_interface():
             guest = GuestProcess(VMMS[vmm] + DONE_MEANS, cwd=work, env=env)
-            root = guest.expect(r"ROOTFS-UP (\S+) (\S+) (\S+)", BOOT_TIMEOUT)
+            root = guest.expect(r"ROOTFS-UP (\S+) (\S+) (\S+)\r?\n", BOOT_TIMEOUT)  # the whole line
             guest.send(DHCP_SCRIPT)
             guest.send("ip link set eth0 up; udhcpc -i eth0 -n -q -t 5 -s /tmp/dhcp.sh" + done("DHCP"))
             guest.expect(r"DHCP-42 rc=\d+", CMD_TIMEOUT)

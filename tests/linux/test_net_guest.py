@@ -21,7 +21,6 @@ import contextlib
 import hashlib
 import http.server
 import importlib.util
-import os
 import random
 import re
 import shutil
@@ -33,6 +32,7 @@ import pytest
 
 import kvmpy
 from kvmpy.net.netdev import build_netdev
+from tests.linux.guest_process import GuestProcess
 
 BOOT_TIMEOUT = 300.0
 CMD_TIMEOUT = 120.0
@@ -106,17 +106,16 @@ def _check_dhcp_and_download(out: str, sha256: str) -> None:
 
 
 def _user_namespaces_allowed() -> bool:
-    """passt sandboxes itself in a user namespace, which the kernel refuses inside a chroot (as in the bed's L1)."""
+    """passt sandboxes itself in a user namespace, which the kernel refuses inside a chroot or where they are off."""
     return subprocess.run(["unshare", "--user", "true"], capture_output=True).returncode == 0
 
 
-@pytest.mark.bed_pending("passt cannot make a user namespace in the bed's chroot")
 @pytest.mark.kvm_full
 @needs_virtio_net
 @needs_passt
 def test_user_net_dhcp_and_download_from_the_host(linux_assets, tmp_path):
     if not _user_namespaces_allowed():
-        pytest.skip("passt cannot create its user namespace here (the bed runs the tests in a chroot); "
+        pytest.skip("passt cannot create its user namespace here (a chroot, or user namespaces are disabled); "
                     "test_user_net_for_a_qemu_tcg_guest_through_a_stream_relay covers -netdev user on the host")
     with _host_http(tmp_path) as (port, sha256), _l1_external_interface(), kvmpy.VM(
             linux_assets.kernel, initrd=linux_assets.initrd, memory="512M", no_reboot=True, append=APPEND,
@@ -142,10 +141,10 @@ def test_user_net_for_a_qemu_tcg_guest_through_a_stream_relay(linux_assets, tmp_
     qemu = None
     try:
         with _host_http(tmp_path) as (port, sha256):
-            qemu = _QemuGuest(linux_assets, f"stream,id=n0,addr.type=unix,addr.path={tmp_path / 'relay.sock'}",
-                              accel=("-accel", "tcg"))
+            qemu = _qemu_guest(linux_assets, f"stream,id=n0,addr.type=unix,addr.path={tmp_path / 'relay.sock'}",
+                               tmp_path, accel=("-accel", "tcg"))
             _dhcp_and_download(qemu.send, qemu.expect, port)
-            qemu.proc.wait(timeout=CMD_TIMEOUT)
+            qemu.wait(CMD_TIMEOUT)
     finally:
         if qemu is not None:
             qemu.close()
@@ -154,49 +153,19 @@ def test_user_net_for_a_qemu_tcg_guest_through_a_stream_relay(linux_assets, tmp_
     _check_dhcp_and_download(qemu.text(), sha256)
     # The relay has no flow control: when the TCG guest falls behind passt, frames beyond the 256 KiB
     # output buffer are dropped and counted, and TCP resends them (the checksum above still matches).
-    assert relay.stats.rx_frames > 100 and user.stream.stats.rx_frames > 100
+    # passt sent the 1 MiB in MTU-sized frames; the guest's ACKs are fewer (its GRO coalesces what a
+    # slow TCG guest receives in one poll, so their count depends on timing; one run saw under 100).
+    assert user.stream.stats.rx_frames >= (1 << 20) // 1500 and relay.stats.rx_frames > 10, \
+        (relay.stats, user.stream.stats)
 
 
-class _QemuGuest:
+def _qemu_guest(assets, netdev: str, cwd: Path, accel: tuple[str, ...] = ("-enable-kvm", "-cpu", "host")
+                ) -> GuestProcess:
     """QEMU (KVM in the bed, or TCG) booting the same kernel and initramfs, its serial console on stdin/stdout."""
-
-    def __init__(self, assets, netdev: str, accel: tuple[str, ...] = ("-enable-kvm", "-cpu", "host")) -> None:
-        self.out = bytearray()
-        self._cond = threading.Condition()
-        self.proc = subprocess.Popen(
-            ["qemu-system-x86_64", *accel, "-m", "256", "-nodefaults", "-display", "none",
-             "-no-reboot", "-kernel", str(assets.kernel), "-initrd", str(assets.initrd), "-append", APPEND,
-             "-serial", "stdio", "-netdev", netdev, "-device", "virtio-net-pci,netdev=n0,mac=52:54:00:00:00:01"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        while chunk := os.read(self.proc.stdout.fileno(), 4096):
-            with self._cond:
-                self.out += chunk
-                self._cond.notify_all()
-
-    def expect(self, pattern: str, timeout: float) -> None:
-        regex = re.compile(pattern.encode())
-        with self._cond:
-            if not self._cond.wait_for(lambda: regex.search(self.out) or self.proc.poll() is not None, timeout):
-                raise AssertionError(f"QEMU guest: no {pattern!r}; output: {self.text()[-2000:]}")
-            if not regex.search(self.out):
-                raise AssertionError(f"QEMU exited ({self.proc.returncode}): {self.text()[-2000:]}")
-
-    def send(self, text: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(text.encode())
-        self.proc.stdin.flush()
-
-    def text(self) -> str:
-        return self.out.decode(errors="replace")
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        self.proc.wait(timeout=30)
+    return GuestProcess(["qemu-system-x86_64", *accel, "-m", "256", "-nodefaults", "-display", "none",
+                         "-no-reboot", "-kernel", str(assets.kernel), "-initrd", str(assets.initrd),
+                         "-append", APPEND, "-serial", "stdio", "-netdev", netdev,
+                         "-device", "virtio-net-pci,netdev=n0,mac=52:54:00:00:00:01"], cwd=cwd)
 
 
 STATS = ('echo "NETSTATS carrier=$(cat /sys/class/net/eth0/carrier) '
@@ -213,12 +182,11 @@ def _serve_and_up(address: str) -> str:
             "mkdir -p /www; cp /payload /www/; httpd -p 8080 -h /www" + _done("UP"))
 
 
-@pytest.mark.bed_pending("failed in the bed before the avail_event fix and was not re-run")
 @pytest.mark.kvm_full
 @needs_virtio_net
 def test_stream_ping_and_tcp_between_kvmpy_and_qemu_guests(linux_assets, tmp_path):
     sock = Path(tmp_path) / "seg.sock"  # /tmp is a tmpfs in L1: unix sockets cannot live on its 9p shares
-    qemu = _QemuGuest(linux_assets, f"stream,id=n0,server=on,addr.type=unix,addr.path={sock}")
+    qemu = _qemu_guest(linux_assets, f"stream,id=n0,server=on,addr.type=unix,addr.path={sock}", tmp_path)
     try:
         qemu.expect("KVMPY-TEST cmdline=", BOOT_TIMEOUT)
         qemu.send(_serve_and_up("10.9.0.1"))

@@ -72,7 +72,9 @@ def test_init_script_mounts_and_reports(built: tuple[Path, Path]) -> None:
     for target in ("/host/dev", "/host/proc", "/host/sys"):
         assert f"mount -o bind {target[5:]} {target}" in init
     assert "mount -t tmpfs -o mode=1777 tmpfs /host/tmp" in init
-    assert 'chroot /host /bin/sh "$ctlpath/job.sh"' in init
+    # The job's root is the host root moved onto / in its own mount namespace (not a chroot).
+    assert "unshare -m /bin/sh -c 'cd /host && mount -o move /host / && exec chroot . /bin/sh" in init
+    assert "chroot /host" not in init
     assert 'echo "kvmpy-bed[$nonce]: exit $rc' in init and "poweroff -f" in init
 
 

@@ -146,7 +146,9 @@ class VirtioPci(PciDevice):
         self.queues = [SplitQueue(memory, n) for n in sizes]
         self.vectors = [NO_VECTOR] * len(sizes)  # queue_msix_vector of each queue
         self.ioeventfd_hook = ioeventfd
-        self._io = threading.Lock()  # device calls; always taken before PciDevice's lock
+        # Device calls; always taken before PciDevice's lock. Re-entrant: a device that starts an
+        # in-kernel data plane under it (activation) calls own_kick, which takes it too.
+        self._io = threading.RLock()
         self._notify_fds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in sizes]
         self._stop_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._rewatch_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)  # the set of owned kicks changed
@@ -498,9 +500,12 @@ class VirtioPci(PciDevice):
         While a device's in-kernel data plane (vhost) consumes the kicks, the I/O thread no
         longer wakes for them, so no Python runs per kick. On resume the queue is looked at once.
         """
-        if not 0 <= index < len(self._notify_fds) or (index in self._owned) == owned:
+        if not 0 <= index < len(self._notify_fds):
             return
-        self._owned = self._owned | {index} if owned else self._owned - {index}
+        with self._io:  # the I/O thread reads a kick eventfd only under it: none is read after this
+            if (index in self._owned) == owned:
+                return
+            self._owned = self._owned | {index} if owned else self._owned - {index}
         os.eventfd_write(self._rewatch_fd, 1)
         if not owned:
             os.eventfd_write(self._notify_fds[index], 1)
@@ -550,15 +555,23 @@ class VirtioPci(PciDevice):
                             pass
                         rewatch()
                         continue
-                    if key.data in self._owned or key.data not in watched:
-                        continue  # handed over (the rewatch may come later in this same wake-up)
-                    try:
-                        os.eventfd_read(key.fd)
-                    except BlockingIOError:
-                        continue
-                    self.kick(key.data)
+                    if key.data in watched:
+                        self._kick_from_fd(key.data)
         finally:
             sel.close()
+
+    def _kick_from_fd(self, index: int) -> None:
+        """The I/O thread saw queue ``index``'s kick eventfd readable: consume it and kick, unless the
+        device handed it to the kernel meanwhile (the check, the read and the kick are one step under
+        the I/O lock, so a kick the kernel is owed is never taken from it)."""
+        with self._io:
+            if index in self._owned:
+                return  # handed over (the rewatch may come later in this same wake-up)
+            try:
+                os.eventfd_read(self._notify_fds[index])
+            except BlockingIOError:
+                return
+            self.kick(index)
 
     def kick(self, index: int) -> None:
         """Hand a kick of queue ``index`` to the device, unless it is stopped (then it is kept for later)."""
