@@ -31,7 +31,7 @@ PC_OTHER_DRIVERS = (
 )
 
 PC_DEVICE_DRIVERS = frozenset(PC_PCI_DRIVERS) | frozenset(PC_OTHER_DRIVERS)
-PC_DRIVE_INTERFACES = frozenset({"virtio", "none"})  # -drive if=; "none" also admits -blockdev
+PC_DRIVE_INTERFACES = frozenset({"ide", "virtio", "none"})  # -drive if=; "none" also admits -blockdev
 PC_NETDEV_TYPES = frozenset(netdev_types())
 PC_CHARDEV_BACKENDS = frozenset({"null", "socket", "stdio", "file", "pty"})
 PC_OBJECT_TYPES = frozenset({"memory-backend-ram", "memory-backend-file"})

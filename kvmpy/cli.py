@@ -15,7 +15,7 @@ import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from kvmpy.version import __version__
 from kvmpy import config_devices, qemu_opts
@@ -63,7 +63,8 @@ Options (same meaning as in qemu-system-x86_64 / qemu-system-riscv64):
          [,cache=writeback|none|writethrough|directsync|unsafe][,readonly=on][,snapshot=on][,aio=...]
                                 a disk image; if=virtio also adds its virtio-blk-pci device
   -blockdev driver=qcow2,node-name=N,file.driver=file,file.filename=FILE  (or JSON '{"driver": ...}')
-  -hda/-hdb/-hdc/-hdd FILE, -cdrom FILE, or FILE alone   an IDE disk/CD at index 0..3 (needs IDE)
+  -hda/-hdb/-hdc/-hdd FILE, -cdrom FILE, or FILE alone   an IDE disk/CD at index 0..3 (PIIX IDE at 00:01.1)
+  -boot [order=]c|d|n...[,menu=on|off]   firmware boot order (disk, CD, network) and SeaBIOS's boot menu
   -netdev user|tap|stream|socket|dgram,id=ID[,...]   a network backend (-netdev help)
   -nic TYPE,model=virtio-net-pci[,mac=ADDR][,...]  a netdev and its NIC in one option
   -chardev null|stdio|file|pty|socket,id=ID[,path=P|host=H,port=N][,server=on][,wait=off]
@@ -85,7 +86,7 @@ Debugging: KVMPY_LOG=debug (or info) logs to stderr, including unhandled ports.
 _WITH_ARG = {"-accel", "-machine", "-M", "-cpu", "-m", "-smp", "-kernel", "-initrd", "-append", "-serial",
              "-device", "-name", "-display", "-bios", "-d", "-D", "-qmp", "-monitor", "-vga", "-net",
              "-parallel", "-incoming", "-L", "-vnc", "-drive", "-blockdev", "-netdev", "-chardev", "-object",
-             "-hda", "-hdb", "-hdc", "-hdd", "-cdrom", "-nic", "-mon"}
+             "-hda", "-hdb", "-hdc", "-hdd", "-cdrom", "-nic", "-mon", "-boot"}
 # The device options gathered into MachineConfig tuples, and the field each one fills.
 _SPEC_OPTIONS = {"-drive": "drives", "-blockdev": "blockdevs", "-netdev": "netdevs", "-chardev": "chardevs",
                  "-object": "objects", "-device": "devices"}
@@ -102,6 +103,29 @@ _VGA_TYPES = ("none", "std", "cirrus", "vmware", "qxl", "xenfb", "tcx", "cg3", "
 
 RAM_NAME = "pc.ram"  # named as in QEMU's "cannot set up guest memory 'pc.ram'"
 MAX_MESSAGE = 400  # characters of one error line
+
+
+PC_BOOT_DEVICES = "abcdn"  # -boot order= letters the PC's CMOS boot bytes can name
+
+
+def boot_options(val: str) -> dict[str, Any]:
+    """-boot [order=]LETTERS[,menu=on|off] as QEMU's pc takes them; other -boot keys are refused by name."""
+    bopts = qemu_opts.parse_opts(val, "-boot", "order", flags=False)
+    unknown = [k for k in bopts.keys() if k not in ("order", "menu")]
+    if unknown or bopts.help or bopts.id is not None:
+        raise bopts.fail(f"Invalid parameter {shown(unknown[0] if unknown else 'id', 40)}")
+    out: dict[str, Any] = {}
+    order = bopts.get("order")
+    if order is not None:
+        for i, c in enumerate(order):
+            if c not in PC_BOOT_DEVICES:
+                raise UsageError(f"Invalid boot device for PC: '{c}'")
+            if c in order[:i]:
+                raise UsageError(f"Boot device '{c}' was given twice")
+        out["boot_order"] = order
+    if bopts.get("menu") is not None:
+        out["boot_menu"] = qemu_opts.parse_bool(bopts.get("menu"), "menu", "-boot", val)
+    return out
 
 
 class UsageError(ConfigError):
@@ -251,6 +275,8 @@ def parse_qemu_args(argv: Sequence[str]) -> MachineConfig:
                 cfg["linux_boot"] = kv.pop("linux-boot")
             if kv:
                 raise UsageError(f"unsupported -machine option(s): {', '.join(map(shown, kv))}")
+        elif opt == "-boot":
+            cfg.update(boot_options(val))
         elif opt == "-cpu":
             cfg["cpu"] = val.split(",")[0]
         elif opt == "-m":

@@ -76,9 +76,9 @@ def test_main_prints_one_line_and_exits_2(argv: list[str], message: str, capsys)
     (["-enable-kvm", "-kernel", "/etc/hostname", "-m", "1G,slots=4"], "slots specified but no max-size"),
     (["-enable-kvm", "-kernel", "/etc/hostname", "-m", "1G,slots=4,maxmem=512M"], "must be at least the initial"),
     (["-enable-kvm", "-kernel", "/etc/hostname", "-m", "1G,slots=300,maxmem=4G"], "memory slots: 300"),
-    # a bare argument is a disk image, as in QEMU: it must exist, and IDE is refused until it exists
+    # a bare argument is a disk image, as in QEMU: it must exist; the riscv virt board has no IDE
     (["-enable-kvm", "-kernel", "/etc/hostname", "stray"], "stray: Could not open 'stray'"),
-    (["-enable-kvm", "-kernel", "/etc/hostname", "/etc/hostname"], "IDE is not supported yet; use if=virtio"),
+    (["-machine", "virt", "-kernel", "/etc/hostname", "/etc/hostname"], "IDE is not supported yet; use if=virtio"),
 ])
 def test_each_board_refuses_what_it_lacks_in_one_line(argv: list[str], message: str, capsys) -> None:
     assert main(argv) == 2

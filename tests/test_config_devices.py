@@ -199,9 +199,6 @@ def test_mistakes_are_qemus_one_line(args: list[str], message: str, capsys) -> N
     (["-device", "ide-cd"], "unsupported device 'ide-cd': machine 'pc' does not build it yet"),
     (["-chardev", "null,id=c0", "-device", "virtconsole,chardev=c0"],
      "-device virtconsole,chardev=c0: No 'virtio-serial-bus' bus found for device 'virtconsole'"),
-    (["-drive", "file=/etc/hostname"], "-drive file=/etc/hostname: IDE is not supported yet; use if=virtio"),
-    (["-hda", "/etc/hostname"], "-hda /etc/hostname: IDE is not supported yet; use if=virtio"),
-    (["-cdrom", "/etc/hostname"], "CD-ROM drives (IDE) are not supported yet"),
     (["-chardev", "null,id=c0"], "chardev 'c0' is not connected to anything"),
     (["-object", "memory-backend-memfd,id=m0,size=1M"], "has no object type 'memory-backend-memfd' yet"),
 ])

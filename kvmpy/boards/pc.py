@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Callable, NamedTuple, Union, cast
 
 from kvmpy.boards.mmio import MmioRouter
-from kvmpy.boards.pc_pci import pci_device_lines
+from kvmpy.boards.pc_pci import pci_device_lines, place
 from kvmpy.config import MachineConfig
 from kvmpy.boards.pc_memhp import PcMemoryHotplug, cold_plug
 from kvmpy.devices.acpi_gpe import GPE0_BASE, GPE0_LEN, AcpiGpe
@@ -45,6 +45,7 @@ from kvmpy.devices.debug_exit import DebugExit
 from kvmpy.devices.device import Device
 from kvmpy.devices.fw_cfg import DMA_PORT as FW_CFG_DMA_PORT, PORT_BASE as FW_CFG_PORT, FwCfg
 from kvmpy.devices.i8042 import I8042
+from kvmpy.devices.ide.factory import piix_ide
 from kvmpy.display.console import find_display_source, start_vnc
 from kvmpy.display.options import parse_vnc
 from kvmpy.display.vnc import VncServer
@@ -62,6 +63,7 @@ from kvmpy.devices.serial import Uart16550
 from kvmpy.devices.vga.pci_vga import VgaPci
 from kvmpy.kvm import abi
 from kvmpy.kvm.flavor import KvmKind, host_kvm_kind
+from kvmpy.firmware.bootorder import bootorder
 from kvmpy.firmware.bios import BiosImage, load_bios
 from kvmpy.firmware.pc_fw_cfg import pc_fw_cfg
 from kvmpy.kvm.system import Kvm
@@ -148,14 +150,17 @@ def _i8042(b: "PcBoard") -> I8042:
 
 def _rtc(b: "PcBoard") -> CmosRtc:
     below, above = split_ram(b.config.memory)
-    return CmosRtc(ram_below_4g=below, ram_above_4g=above, boot_order=DEFAULT_BOOT_ORDER, nr_cpus=b.config.smp)
+    order = getattr(b.config, "boot_order", "") or DEFAULT_BOOT_ORDER  # -boot order=
+    return CmosRtc(ram_below_4g=below, ram_above_4g=above, boot_order=order, nr_cpus=b.config.smp)
 
 
 def _fw_cfg(b: "PcBoard") -> FwCfg | None:
     if b.bios is None:
         return None  # -kernel boots need no firmware interface
     tables = acpi.build_tables(0, b.config.smp, pci_holes(b.config.memory) if b.pci_host is not None else None)
-    return pc_fw_cfg(b.memory, b.config.memory, b.config.smp, tables, serial_console=b.config.serial != "none")
+    return pc_fw_cfg(b.memory, b.config.memory, b.config.smp, tables, serial_console=b.config.serial != "none",
+                     boot_menu=getattr(b.config, "boot_menu", False),
+                     bootorder=bootorder(place(tuple(getattr(b.config, "devices", ())))))
 
 
 def _fw_cfg_ports(cfg: MachineConfig) -> Ranges:
@@ -291,6 +296,7 @@ PC_DEVICES: tuple[DeviceSlot, ...] = (
                                            Window(0xCFC, 4, 4, "pci-conf-data"))),
     DeviceSlot("i440fx", _i440fx),
     DeviceSlot("piix3", _piix3),
+    DeviceSlot("piix3-ide", piix_ide),  # 00:01.1, only when an IDE drive is given (its legacy ports map themselves)
     DeviceSlot("fw_cfg", _fw_cfg, pio=_fw_cfg_ports),  # only when booting firmware (no -kernel)
 )
 

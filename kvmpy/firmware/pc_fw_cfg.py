@@ -32,17 +32,19 @@ def fw_e820(ram_size: int) -> bytes:
     return b"".join(struct.pack("<QQI", *e) for e in entries)
 
 
-def pc_fw_cfg(memory: GuestRam, ram_size: int, cpus: int, tables: AcpiTables, serial_console: bool) -> FwCfg:
+def pc_fw_cfg(memory: GuestRam, ram_size: int, cpus: int, tables: AcpiTables, serial_console: bool,
+              boot_menu: bool = False, bootorder: bytes = b"") -> FwCfg:
+    """``boot_menu``: -boot menu=on; ``bootorder``: the file kvmpy.firmware.bootorder builds."""
     fw = FwCfg(memory)
     fw.add_item(FW_CFG_UUID, bytes(16))
     fw.add_u64(FW_CFG_RAM_SIZE, ram_size)
     fw.add_u16(FW_CFG_NOGRAPHIC, 1)
     fw.add_u16(FW_CFG_NB_CPUS, cpus)
     fw.add_u16(FW_CFG_MAX_CPUS, cpus)
-    fw.add_u16(FW_CFG_BOOT_MENU, 0)
+    fw.add_u16(FW_CFG_BOOT_MENU, int(boot_menu))
     fw.add_u32(FW_CFG_IRQ0_OVERRIDE, 1)
     fw.add_file("etc/e820", fw_e820(ram_size))
-    fw.add_file("bootorder", b"")
+    fw.add_file("bootorder", bootorder)
     fw.add_file("etc/boot-fail-wait", struct.pack("<i", -1))  # QEMU's default: no -boot reboot-timeout
     if serial_console:
         fw.add_file("etc/sercon-port", struct.pack("<H", COM1))

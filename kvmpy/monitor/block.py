@@ -25,6 +25,7 @@ from kvmpy.block.img_info import image_info
 from kvmpy.devices.virtio.blk import VirtioBlk
 from kvmpy.devices.virtio.device import VirtioDevice
 from kvmpy.monitor.protocol import QmpError
+from kvmpy.monitor.removable import add_removable_commands, ide_block_entries
 from kvmpy.monitor.schema import Arg, CommandTable
 
 if TYPE_CHECKING:
@@ -102,7 +103,8 @@ def block_info(a: AttachedDrive, index: int) -> dict[str, Any]:
 
 def query_block(ctx: "Context") -> list:
     with_index = list(enumerate(_drives(ctx)))
-    return [block_info(a, i) for i, a in with_index]
+    ide = ide_block_entries(ctx, len(with_index), block_info, AttachedDrive)  # QEMU lists the IDE drives first
+    return ide + [block_info(a, i) for i, a in with_index]
 
 
 def _file_node(stats: dict[str, Any], name: str, discards: int = 0, discard_bytes: int = 0) -> dict[str, Any]:
@@ -225,6 +227,7 @@ def hmp_block_resize(ctx: "Context", args: list[str]) -> str:
 def add_block_commands(table: CommandTable) -> None:
     """Put query-block, query-blockstats and block_resize into ``table``."""
     table.command("query-block")(query_block)
+    add_removable_commands(table)  # eject, blockdev-change-medium (the IDE CD-ROM)
     table.command("query-blockstats", query_nodes=Arg("bool", optional=True))(query_blockstats)
     table.command("block_resize", device=Arg("str", optional=True), node_name=Arg("str", optional=True),
                   size=Arg("int"))(block_resize)

@@ -42,8 +42,10 @@ def test_the_table_builds_and_maps_every_device() -> None:
     board, posted, _ = _board(_config())
     try:
         # every line but the memory-hotplug controller, which exists only with -m slots= (as in QEMU),
-        # and fw_cfg, which exists only for firmware boots (no -kernel): tests/boards/test_pc_firmware.py
-        assert list(board.devices) == [s.name for s in PC_DEVICES if s.name not in ("acpi-memhp", "fw_cfg")]
+        # fw_cfg, which exists only for firmware boots (no -kernel): tests/boards/test_pc_firmware.py, and the
+        # IDE function, which exists only with an IDE drive: tests/devices/ide/test_firmware_boot.py
+        assert list(board.devices) == [s.name for s in PC_DEVICES
+                                       if s.name not in ("acpi-memhp", "fw_cfg", "piix3-ide")]
         names = {r.name: (r.base, r.size) for r in board.pio.ranges()}
         assert names["serial0"] == (COM1_PORT, 8)
         assert names["i8042-data"] == (0x60, 1) and names["i8042-cmd"] == (0x64, 1)
