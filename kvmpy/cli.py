@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator, Sequence
 from kvmpy.version import __version__
 from kvmpy import config_devices, qemu_opts
 from kvmpy.display.options import parse_display, parse_vnc
-from kvmpy.display.web import is_web_display, parse_web
+from kvmpy.display.options import is_web_display, parse_web
 from kvmpy.config import (BOARDS, ConfigError, MachineConfig, board_named, debug_exit_of, load_yaml, parse_int,
                           parse_size, parse_trace, shown)
 

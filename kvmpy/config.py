@@ -69,7 +69,7 @@ from kvmpy import units
 from kvmpy.config_devices import (BlockdevSpec, ChardevSpec, DeviceSpec, DriveSpec, NetdevSpec, ObjectSpec,
                                   check_devices, check_spec_types, finish_devices, finish_drives, yaml_specs)
 from kvmpy.display.options import parse_vnc
-from kvmpy.display.web import parse_web
+from kvmpy.display.options import parse_web
 from kvmpy.errors import ConfigError, shown
 from kvmpy.monitor.endpoint import parse_endpoint
 

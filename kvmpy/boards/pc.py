@@ -49,7 +49,8 @@ from kvmpy.devices.ide.factory import piix_ide
 from kvmpy.display.console import find_display_source, start_vnc
 from kvmpy.display.options import parse_vnc
 from kvmpy.display.vnc import VncServer
-from kvmpy.display.web import WebConsole, parse_web, start_web
+from kvmpy.display.options import parse_web
+from kvmpy.display.web import WebConsole, start_web
 from kvmpy.devices.irq import SharedIrq
 from kvmpy.devices.kvm_irq import KvmIrqLine
 from kvmpy.devices.msi import MsiRoutes

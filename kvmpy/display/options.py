@@ -4,13 +4,15 @@
 ``-vnc``) starts no server. ``-display vnc=[HOST]:N[,...]`` is the same, ``-display none``
 shows nothing. One deliberate difference from QEMU: an empty HOST means loopback
 (127.0.0.1), not every interface, so a console is never opened to the network by
-accident; ``-vnc 0.0.0.0:N`` asks for that. Mistakes are one ConfigError line worded as
+accident; ``-vnc 0.0.0.0:N`` asks for that. ``-display web[=[HOST]:PORT]`` (a kvmpy
+addition, served by ``kvmpy.display.web``) is read here too, so checking a configuration
+never imports the servers. Mistakes are one ConfigError line worded as
 QEMU's (``-vnc foo: no vnc port specified``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kvmpy.errors import ConfigError
 from kvmpy.qemu_opts import parse_bool, parse_opts, shown, where
@@ -92,3 +94,41 @@ def parse_display(text: str) -> tuple[bool, str | None]:
         raise ConfigError(f"{where('-display', text)}: kvmpy has no display window ({kind}); use -display none "
                           "or -display vnc=[HOST]:N")
     raise ConfigError(f"{where('-display', text)}: Parameter 'type' does not accept value {shown(kind, 40)}")
+
+
+WEB_DEFAULT_HOST = "127.0.0.1"
+WEB_DEFAULT_PORT = 6080  # websockify's and noVNC's customary port
+
+
+@dataclass(frozen=True)
+class WebOptions:
+    """Where the browser console listens."""
+
+    host: str = WEB_DEFAULT_HOST
+    port: int = WEB_DEFAULT_PORT
+    source: str = field(default="-display web", compare=False)  # the option as given, prefixing messages
+
+
+def is_web_display(text: str) -> bool:
+    """Whether ``-display`` text asks for the browser console (``web`` or ``web=...``)."""
+    return isinstance(text, str) and text.partition(",")[0].partition("=")[0] == "web"
+
+
+def parse_web(text: str) -> WebOptions:
+    """``-display`` text ``web`` or ``web=[HOST]:PORT`` (``web=PORT`` also reads as a port); ConfigError otherwise."""
+    where = f"-display {text[:60]!r}"
+    if not isinstance(text, str) or not is_web_display(text):
+        raise ConfigError(f"{where}: not a web display")
+    if "," in text:
+        raise ConfigError(f"{where}: -display web takes no options (web[=HOST:PORT])")
+    address = text.partition("=")[2]
+    if not address:
+        return WebOptions(source=where)
+    host, sep, number = address.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not number.isdigit() or len(number) > 5 or int(number) > 0xFFFF:
+        raise ConfigError(f"{where}: bad port {number[:20]!r} (expected web=[HOST]:PORT, PORT 0-65535)")
+    if sep and not host:
+        host = WEB_DEFAULT_HOST
+    return WebOptions(host or WEB_DEFAULT_HOST, int(number), where)

@@ -29,19 +29,17 @@ import subprocess
 import sys
 import tempfile
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 from kvmpy.display.console import BlankScreen
+from kvmpy.display.options import WebOptions
 from kvmpy.display.surface import DisplaySource, KeyboardSink, PointerSink
 from kvmpy.display.vnc import VncServer
 from kvmpy.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 6080  # websockify's and noVNC's customary port
 # Where scripts/setup unpacks noVNC's npm package (its core/ and vendor/ modules).
 NOVNC_DIR = Path.home() / ".cache" / "kvmpy" / "novnc"
 NOVNC_PARTS = ("core", "vendor")  # what the page's modules import, linked into the web root
@@ -77,40 +75,6 @@ threading.Thread(target=watch, daemon=True).start()
 sys.argv = ["websockify", *sys.argv[2:]]
 runpy.run_module("websockify", run_name="__main__", alter_sys=True)
 """
-
-
-@dataclass(frozen=True)
-class WebOptions:
-    """Where the browser console listens."""
-
-    host: str = DEFAULT_HOST
-    port: int = DEFAULT_PORT
-    source: str = field(default="-display web", compare=False)  # the option as given, prefixing messages
-
-
-def is_web_display(text: str) -> bool:
-    """Whether ``-display`` text asks for the browser console (``web`` or ``web=...``)."""
-    return isinstance(text, str) and text.partition(",")[0].partition("=")[0] == "web"
-
-
-def parse_web(text: str) -> WebOptions:
-    """``-display`` text ``web`` or ``web=[HOST]:PORT`` (``web=PORT`` also reads as a port); ConfigError otherwise."""
-    where = f"-display {text[:60]!r}"
-    if not isinstance(text, str) or not is_web_display(text):
-        raise ConfigError(f"{where}: not a web display")
-    if "," in text:
-        raise ConfigError(f"{where}: -display web takes no options (web[=HOST:PORT])")
-    address = text.partition("=")[2]
-    if not address:
-        return WebOptions(source=where)
-    host, sep, number = address.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not number.isdigit() or len(number) > 5 or int(number) > 0xFFFF:
-        raise ConfigError(f"{where}: bad port {number[:20]!r} (expected web=[HOST]:PORT, PORT 0-65535)")
-    if sep and not host:
-        host = DEFAULT_HOST
-    return WebOptions(host or DEFAULT_HOST, int(number), where)
 
 
 def find_novnc(directory: Path = NOVNC_DIR) -> Path | None:

@@ -35,7 +35,8 @@ from kvmpy.config_devices import DeviceSpec
 from kvmpy.devices.chardev import BufferBackend
 from kvmpy.devices.vga import render
 from kvmpy.devices.vga.factory import find_display
-from kvmpy.display.web import environment_ready, parse_web
+from kvmpy.display.options import parse_web
+from kvmpy.display.web import environment_ready
 from kvmpy.errors import ConfigError
 from tests.display.cdp import Chromium, find_chromium
 from tests.monitor.test_display import free_display
