@@ -104,7 +104,10 @@ def file_from_image(image: Path, path: str, scratch: Path) -> bytes:
 @pytest.mark.kvm_full
 @needs_virtio_net
 @pytest.mark.skipif(shutil.which("passt") is None, reason="needs passt (Debian package 'passt')")
-@pytest.mark.parametrize("vmm", ["qemu", pytest.param("kvmpy", marks=pytest.mark.bed_pending(
+@pytest.mark.parametrize("vmm", [pytest.param("qemu", marks=pytest.mark.bed_pending(
+    "L1's own kernel panicked (stack guard page hit in qemu-system-x86's error_entry) during this QEMU run in two "
+    "CI batches of five, taking the whole batch with it; a nested-SVM problem under TCG, not understood yet")),
+    pytest.param("kvmpy", marks=pytest.mark.bed_pending(
     "bed, 2026-12-02: passed up to the image checks before main's virtqueue rework was merged; after it, "
     "the guest's 3 MiB wget over -netdev user did not finish within 120 s (once; not yet explained)"))])
 def test_the_issues_command_line_root_disk_dhcp_and_download(vmm, root_disk, tmp_path):
