@@ -242,6 +242,8 @@ def _qmp(work: Path, name: str) -> QmpClient:
     return QmpClient(f"unix:{path}", timeout=60)
 
 
+@pytest.mark.bed_pending("passed in three bed runs and one CI batch, then in a longer CI batch (887 s) the guest's "
+                         "wget did not finish within 360 s; held out until it is fast enough to be dependable there")
 @pytest.mark.kvm_full
 @needs_virtio_net
 @pytest.mark.skipif(not os.path.exists("/dev/net/tun"), reason="needs /dev/net/tun")

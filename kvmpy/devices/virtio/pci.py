@@ -152,6 +152,7 @@ class VirtioPci(PciDevice):
         self._notify_fds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in sizes]
         self._stop_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._rewatch_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)  # the set of owned kicks changed
+        self._owned_lock = threading.Lock()  # orders own_kick against the I/O thread's eventfd reads
         self._owned: frozenset[int] = frozenset()  # queues whose kick eventfd the device handed to the kernel
         self._registered: dict[int, int] = {}  # queue -> notify address registered as a KVM ioeventfd
         self._thread: threading.Thread | None = None
@@ -502,7 +503,8 @@ class VirtioPci(PciDevice):
         """
         if not 0 <= index < len(self._notify_fds):
             return
-        with self._io:  # the I/O thread reads a kick eventfd only under it: none is read after this
+        # Not under the I/O lock: a device may call this holding its own lock, which kicks take after it.
+        with self._owned_lock:  # the I/O thread reads a kick eventfd only under it: none is read after this
             if (index in self._owned) == owned:
                 return
             self._owned = self._owned | {index} if owned else self._owned - {index}
@@ -564,14 +566,14 @@ class VirtioPci(PciDevice):
         """The I/O thread saw queue ``index``'s kick eventfd readable: consume it and kick, unless the
         device handed it to the kernel meanwhile (the check, the read and the kick are one step under
         the I/O lock, so a kick the kernel is owed is never taken from it)."""
-        with self._io:
+        with self._owned_lock:
             if index in self._owned:
                 return  # handed over (the rewatch may come later in this same wake-up)
             try:
                 os.eventfd_read(self._notify_fds[index])
             except BlockingIOError:
                 return
-            self.kick(index)
+        self.kick(index)
 
     def kick(self, index: int) -> None:
         """Hand a kick of queue ``index`` to the device, unless it is stopped (then it is kept for later)."""

@@ -47,6 +47,7 @@ def test_an_owned_kick_no_longer_reaches_the_device_until_given_back() -> None:
         d = VirtioPciDriver(rig, fn)
         d.init()
         q = d.queues[0]
+        assert _used_after(q, 0.2) == []  # let the I/O thread finish whatever it saw during init
         fn.own_kick(0, True)  # as vhost takes it: the kernel, not the I/O thread, reads this eventfd now
         q.add([], [(BUF, 8)])
         d.kick(0)
