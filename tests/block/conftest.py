@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from kvmpy.block.locking import held_bytes
+
 QEMU_IMG = shutil.which("qemu-img")
 QEMU_IO = shutil.which("qemu-io")
 
@@ -86,3 +88,12 @@ def rng_bytes():  # type: ignore[no-untyped-def]
 
 __all__ = ["needs_qemu_img", "needs_qemu_io", "qemu_img", "qemu_io", "qemu_check", "assert_clean",
            "qemu_raw", "kvmpy_img", "os"]
+
+
+def locks_of(path: Path) -> set[int]:
+    """The lock bytes someone holds on ``path`` (checked from a fresh open file description)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return set(held_bytes(fd))
+    finally:
+        os.close(fd)

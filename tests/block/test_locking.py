@@ -11,20 +11,10 @@ import pytest
 
 from kvmpy.block.errors import BlockError
 from kvmpy.block.image import open_image
-from kvmpy.block.locking import ImageLockError, LockRequest, Perm, held_bytes
-from tests.block.conftest import QEMU_IO, needs_qemu_img, needs_qemu_io, qemu_check, qemu_img
+from kvmpy.block.locking import ImageLockError, LockRequest, Perm
+from tests.block.conftest import QEMU_IO, locks_of, needs_qemu_img, needs_qemu_io, qemu_check, qemu_img
 
 QEMU_SYSTEM = shutil.which("qemu-system-x86_64")
-
-
-def locks_of(path: Path) -> set[int]:
-    """The lock bytes someone holds on ``path`` (checked from a fresh open file description)."""
-    import os
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return set(held_bytes(fd))
-    finally:
-        os.close(fd)
 
 
 class Holder:

@@ -11,7 +11,6 @@ driver, so the mouse's packets are left to the host tests and the VGA bed test.
 from __future__ import annotations
 
 import re
-import socket
 import time
 
 import pytest
@@ -19,21 +18,11 @@ import pytest
 import kvmpy
 from tests.display.rfb_client import RawClient
 from tests.linux.guest_process import sh
+from tests.monitor.test_display import free_display
 
 BOOT_TIMEOUT = 300.0
 STEP = 120.0
 KEYSYMS = {"k": 0x6B, "v": 0x76, "m": 0x6D, "2": 0x32, "ret": 0xFF0D}
-
-
-def free_display() -> int:
-    for n in range(60, 99):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", 5900 + n))
-                return n
-            except OSError:
-                continue
-    pytest.skip("no free VNC port")
 
 
 @pytest.mark.kvm_full

@@ -9,7 +9,6 @@ per open file description, so two Machines in one process refuse each other exac
 
 from __future__ import annotations
 
-import os
 import shutil
 import struct
 import subprocess
@@ -19,13 +18,13 @@ from pathlib import Path
 import pytest
 
 from kvmpy.block.errors import BlockError
-from kvmpy.block.locking import held_bytes
 from kvmpy.devices.virtio.blk import S_OK, T_OUT
 from kvmpy.devices.virtio.pci import VirtioPci
 from kvmpy.lifecycle import RunState
 from kvmpy.migration.destination import Incoming
 from kvmpy.migration.source import MigrationSource
 from kvmpy.migration.transport import connect, parse_uri
+from tests.block.conftest import locks_of
 from tests.devices.virtio.pci_driver import BoardPorts, VirtioPciDriver
 
 pytestmark = [pytest.mark.kvm_host,
@@ -46,14 +45,6 @@ def _chain(tmp: Path) -> tuple[Path, Path]:
     subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x55 0 4M", str(base)], check=True, capture_output=True)
     _img("create", "-f", "qcow2", "-b", base.name, "-F", "qcow2", top)
     return base, top
-
-
-def locks_of(path: Path) -> set[int]:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return set(held_bytes(fd))
-    finally:
-        os.close(fd)
 
 
 def _machine(image: Path, *extra: str):
