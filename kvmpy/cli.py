@@ -44,7 +44,8 @@ Options (same meaning as in qemu-system-x86_64 / qemu-system-riscv64):
   -initrd FILE                  Linux initramfs, or multiboot modules (comma-separated)
   -append CMDLINE               kernel command line
   -bios FILE                    x86: the BIOS image (default bios-256k.bin, Debian's seabios package);
-                                riscv64: none (no firmware)
+                                riscv64: none (no firmware), default (OpenSBI fw_dynamic) or FILE
+                                (e.g. OpenSBI fw_jump.bin, loaded at 0x80000000; -kernel then at 0x80200000)
   -L DIR                        x86: look for BIOS images in DIR first
   -nographic                    no display; serial on stdio (Ctrl-A x quits)
   -display none                 no display

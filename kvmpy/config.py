@@ -130,6 +130,7 @@ class Board:
     cpus: tuple[str, ...] | None = None  # accepted -cpu models; None: any (KVM's supported CPUID)
     bios: tuple[str, ...] = ()  # accepted -bios values ("none": no firmware)
     firmware: bool = False  # boots a BIOS image (-bios FILE, -L DIR) when there is no -kernel
+    bios_files: bool = False  # -bios FILE/default also accepted: the board finds and loads it (riscv64 virt)
     aliases: tuple[str, ...] = ()  # other -machine names for the same board
     alias_prefixes: tuple[str, ...] = ()  # versioned names ("pc-i440fx-8.2") for the same board
     why_no_trace: str = ""  # said when a -d item is refused and the board honours none
@@ -155,7 +156,7 @@ BOARDS: Mapping[str, Board] = MappingProxyType({
                 why_no_trace="the guest runs under KVM, not TCG; KVMPY_LOG=debug logs unhandled ports"),
     "virt": Board(machine="virt", arch="riscv64", accel="tcg", memory=(1 * MiB, 16 * GiB), max_smp=1,
                   trace=frozenset({"in_asm", "exec", "int", "cpu", "op", "out_asm", "tb_stats", "nochain"}),
-                  features=frozenset(), cpus=("rv64", "any", "max"), bios=("none",)),
+                  features=frozenset(), cpus=("rv64", "any", "max"), bios=("none",), bios_files=True),
 })
 DEFAULT_BOARD: Mapping[str, str] = MappingProxyType({"x86_64": "pc", "riscv64": "virt"})
 
@@ -383,6 +384,9 @@ class MachineConfig:
             raise ConfigError(f"{board.arch} guests run on the TCG fallback: KVM here is x86 only (drop -enable-kvm)")
         if self.kernel is not None:
             _check_path(self.kernel, "kernel")
+        elif board.bios_files and self.bios not in (None, "none"):
+            if self.initrd is not None or self.append:
+                raise ConfigError(f"{'-initrd' if self.initrd is not None else '-append'} only allowed with -kernel option")
         elif not board.firmware:
             raise ConfigError("no kernel given (use -kernel FILE)")
         else:  # firmware boot, as QEMU's: -initrd and -append need -kernel
@@ -434,7 +438,7 @@ class MachineConfig:
                               f"(use {', '.join(board.cpus)})")
         if board.firmware:
             self._check_bios()
-        elif self.bios is not None and self.bios not in board.bios:
+        elif self.bios is not None and self.bios not in board.bios and not board.bios_files:
             if board.bios:
                 raise ConfigError(f"-bios {shown(self.bios)}: only '-bios {board.bios[0]}' is supported by machine "
                                   f"{board.machine!r} (no firmware is bundled)")

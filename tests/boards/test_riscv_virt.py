@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kvmpy.boards.riscv_virt import CLINT_BASE, PLIC_BASE, SIFIVE_TEST_BASE, UART_BASE, VirtBoard
+from kvmpy.boards.riscv_virt import CLINT_BASE, MROM_BASE, PLIC_BASE, SIFIVE_TEST_BASE, UART_BASE, VirtBoard
 from kvmpy.boards.riscv_virt_run import read_program
 from kvmpy.devices.chardev import BufferBackend, FileBackend, NullBackend
 from kvmpy.tcg.target.riscv.translate import PC
@@ -12,7 +12,8 @@ from tests.guests.riscv.oracle import guest
 def test_device_table_is_the_memory_map():
     board = VirtBoard(4 << 20)
     assert [(s.name, s.base) for s in board.devices] == [
-        ("sifive_test", SIFIVE_TEST_BASE), ("clint", CLINT_BASE), ("plic", PLIC_BASE), ("uart0", UART_BASE)]
+        ("mrom", MROM_BASE), ("sifive_test", SIFIVE_TEST_BASE), ("clint", CLINT_BASE), ("plic", PLIC_BASE),
+        ("uart0", UART_BASE)]
     for slot in board.devices:
         assert board.bus.find(slot.base) is not None and board.bus.find(slot.base + slot.size - 1) is not None
         assert callable(slot.device.reset)
@@ -26,7 +27,7 @@ def test_guest_reset_resets_every_device_in_the_table():
     board.bus.write(PLIC_BASE + 0x2000, 4, 1 << 10)         # enabled for context 0
     board.bus.write(CLINT_BASE + 0x4000, 8, 12345)          # mtimecmp
     board.bus.write(UART_BASE + 3, 1, 0x1B)                 # LCR
-    board.reset(img, "hello")
+    board.reset()
     assert board.bus.read(PLIC_BASE + 4 * 10, 4) == 0
     assert board.bus.read(PLIC_BASE + 0x2000, 4) == 0
     assert board.bus.read(CLINT_BASE + 0x4000, 8) == 0

@@ -43,6 +43,10 @@ ALL_INTS = S_INTS | MSIP | MTIP | MEIP
 IRQ_PRIORITY = (11, 3, 7, 9, 1, 5)
 
 MISA = (2 << 62) | sum(1 << (ord(c) - ord("A")) for c in "ACDFIMSU")
+# The device tree's riscv,isa for this hart: exactly what the translator implements
+# (Zihintpause's PAUSE is a FENCE hint, which runs as a FENCE); Sv39 is the only paging mode.
+ISA_STRING = "rv64imafdc_zicsr_zifencei_zihintpause"
+MMU_TYPE = "riscv,sv39"
 DELEGABLE_EXC = 0xB3FF        # everything but ecall-from-M and reserved causes
 
 CAUSE_ILLEGAL = 2
