@@ -266,6 +266,7 @@ class DebugExitConfig:
 
 
 _NoneType = type(None)
+MAX_ICOUNT_SHIFT = 10  # as QEMU's -icount shift=N
 # The type every field must have once built; validate() refuses anything else by name (the
 # Python API can put any object in any field, and a wrong type must not become a traceback).
 _FIELD_TYPES: Mapping[str, tuple[type, ...]] = MappingProxyType({
@@ -277,6 +278,7 @@ _FIELD_TYPES: Mapping[str, tuple[type, ...]] = MappingProxyType({
     "vnc": (str, _NoneType), "memory_slots": (int,), "web": (str, _NoneType),
     "max_memory": (int, _NoneType), "devices": (tuple,), "drives": (tuple,), "blockdevs": (tuple,),
     "netdevs": (tuple,), "chardevs": (tuple,), "objects": (tuple,), "data_dirs": (tuple,),
+    "icount": (int, _NoneType),
 })
 # The spec type each device-option tuple holds, and the option it came from (for messages).
 _SPEC_FIELDS: Mapping[str, tuple[type, str]] = MappingProxyType({
@@ -327,6 +329,7 @@ class MachineConfig:
     data_dirs: tuple[Path, ...] = ()  # -L: where -bios names (and the default BIOS) are looked up first
     vnc: str | None = None  # -vnc [HOST]:N[,password=on] (or -display vnc=...): the VNC console
     web: str | None = None  # -display web[=HOST:PORT]: the browser console (noVNC through websockify)
+    icount: int | None = None  # -icount shift=N (TCG): guest time from retired instructions, 2**N ns each; None: real time
 
     def __post_init__(self) -> None:
         # Callers may pass any iterable; the frozen config holds immutable collections only.
@@ -431,6 +434,11 @@ class MachineConfig:
         if self.linux_boot not in ("auto", "bzimage", "pvh"):
             raise ConfigError(f"invalid linux_boot {shown(self.linux_boot)} (auto, bzimage or pvh)")
         self._check_trace(board)
+        if self.icount is not None:
+            if board.accel != "tcg":
+                raise ConfigError(f"-icount is a TCG option: machine {board.machine!r} runs on {board.accel.upper()}")
+            if not 0 <= self.icount <= MAX_ICOUNT_SHIFT:
+                raise ConfigError(f"-icount shift={shown(self.icount)}: the shift must be 0 to {MAX_ICOUNT_SHIFT}")
         if self.name is not None and ("\n" in self.name or len(self.name) > 256):
             raise ConfigError("invalid -name")
         if self.cpu is not None and board.cpus is not None and self.cpu not in board.cpus:

@@ -25,9 +25,10 @@ device state is touched from two threads.
 from __future__ import annotations
 
 import logging
-import threading
 import os
 import struct
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
@@ -50,7 +51,7 @@ from kvmpy.tcg.backend_py import StateLayout, runtime_namespace
 from kvmpy.tcg.cpu_loop import CpuLoop
 from kvmpy.tcg.errors import GuestTrap, MachineExit, TcgUserError
 from kvmpy.tcg.softmmu import AccessFaults, SoftMmu
-from kvmpy.tcg.target.riscv.cpu import ISA_STRING, MEIP, MMU_TYPE, MSIP, MTIP, SEIP, RiscvCpu
+from kvmpy.tcg.target.riscv.cpu import ISA_STRING, MEIP, MMU_TYPE, MSIP, MTIP, NS_PER_TICK, SEIP, RiscvCpu
 from kvmpy.tcg.target.riscv.translate import INSTRET, N_SLOTS, PC, Translator
 from kvmpy.tcg.tb_cache import TBCache
 
@@ -67,7 +68,7 @@ MROM_BASE = 0x1000
 MROM_SIZE = 0xF000
 PLATFORM_BUS = (0x4000000, 0x2000000)   # QEMU's dynamic sysbus window: described, empty
 UART_CLOCK_HZ = 3686400
-TIMEBASE_HZ = 10_000_000                # CLINT mtime frequency in the device tree
+TIMEBASE_HZ = 1_000_000_000 // NS_PER_TICK   # CLINT mtime frequency in the device tree: 10 MHz
 KERNEL_ALIGN = 2 << 20                  # a raw -kernel goes at the next 2 MiB boundary after the firmware
 FDT_ALIGN = 2 << 20
 FDT_LIMIT = 3 << 30                     # QEMU keeps the DTB below 3 GiB for 32-bit kernels
@@ -163,13 +164,15 @@ class ConsoleInput:
 
 class VirtBoard:
     def __init__(self, memory: int, console: CharBackend | None = None, trace: IO[str] | None = None,
-                 trace_flags: set[str] | frozenset[str] = frozenset()) -> None:
+                 trace_flags: set[str] | frozenset[str] = frozenset(), ns_per_insn: int | None = None) -> None:
+        """``ns_per_insn`` None: mtime is real time; a number: each retired instruction is that many
+        ns of mtime (``-icount shift=N`` gives 2**N), so runs are deterministic."""
         self.console = console if console is not None else NullBackend()
         self.trace = trace
         self.trace_flags = set(trace_flags)
         self.bus = Bus("mmio")
         self.mem = SoftMmu(DRAM_BASE, memory, self.bus, AccessFaults(read=5, write=7, fetch=1))
-        self.cpu = RiscvCpu(self.mem)
+        self.cpu = RiscvCpu(self.mem, ns_per_insn=ns_per_insn)
         cpu = self.cpu
         self.mem.translate = cpu.mmu.translate
         self.plic = Plic([lambda lv: cpu.set_hw_irq(MEIP, lv), lambda lv: cpu.set_hw_irq(SEIP, lv)])
@@ -372,7 +375,7 @@ class VirtBoard:
             self.cache.flush_jump_caches(lambda ctx: not self.cpu.paged(ctx))
 
     def _set_time(self, value: int) -> None:
-        self.cpu.time_skew = value - self.cpu.R[INSTRET]
+        self.cpu.set_mtime(value)
 
     def _set_mtip(self, level: bool) -> None:
         self._mtip = level
@@ -380,7 +383,7 @@ class VirtBoard:
 
     def _poll(self) -> None:
         cpu = self.cpu
-        mtip = cpu.R[INSTRET] + cpu.time_skew >= self.clint.mtimecmp
+        mtip = cpu.mtime >= self.clint.mtimecmp
         if mtip != self._mtip:
             self._set_mtip(mtip)
         if self.interactive and self.input.ready.is_set():   # no lock, no syscall: cheap
@@ -399,8 +402,16 @@ class VirtBoard:
         """WFI with nothing pending: let time pass until something can happen."""
         cpu = self.cpu
         if cpu.mie & MTIP and self.clint.mtimecmp != (1 << 64) - 1 and not cpu.hw_ip & MTIP:
-            if cpu.mtime < self.clint.mtimecmp:
-                cpu.time_skew += self.clint.mtimecmp - cpu.mtime
+            if cpu.ns_per_insn is not None:               # virtual time: skip to the deadline
+                if cpu.mtime < self.clint.mtimecmp:
+                    cpu.time_skew += self.clint.mtimecmp - cpu.mtime
+            else:                                         # real time: wait for it (or for input)
+                wait = min(cpu.seconds_until(self.clint.mtimecmp), IDLE_WAIT)
+                if self.interactive:
+                    if self.input.ready.wait(wait):
+                        self._take_input()
+                elif wait > 0:
+                    time.sleep(wait)
             self._poll()
             return True
         if self.interactive:

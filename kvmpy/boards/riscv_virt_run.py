@@ -118,7 +118,8 @@ def build_board(cfg: MachineConfig, stack: ExitStack) -> tuple[VirtBoard, BootSp
                 raise TcgUserError(f"{cfg.trace_file}: cannot open trace file: {exc.strerror}") from exc
         else:
             trace = sys.stderr
-    board = VirtBoard(cfg.memory, console, trace, cfg.trace)
+    board = VirtBoard(cfg.memory, console, trace, cfg.trace,
+                      ns_per_insn=None if cfg.icount is None else 1 << cfg.icount)
     board.boot(spec)
     return board, spec
 
@@ -170,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "in_asm,exec,cpu,int,op,out_asm,tb_stats,nochain")
     p.add_argument("-D", type=Path, default=None, metavar="FILE", help="write traces to FILE")
     p.add_argument("-no-reboot", action="store_true", help="exit instead of resetting")
+    p.add_argument("-icount", type=int, default=None, metavar="SHIFT",
+                   help="deterministic time: each instruction is 2**SHIFT ns of mtime (default: real time)")
     return p
 
 
@@ -180,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             arch="riscv64", machine=args.machine, accel="tcg", kernel=args.kernel,
             memory=parse_size(args.m, "memory size"), bios=args.bios, append=args.append,
             serial=args.serial or "stdio", trace=parse_trace(args.d), trace_file=args.D, smp=args.smp,
-            cpu=args.cpu, no_reboot=args.no_reboot)
+            cpu=args.cpu, no_reboot=args.no_reboot, icount=args.icount)
         return run_machine(cfg)
     except ConfigError as exc:
         print(f"kvmpy: {exc}", file=sys.stderr)

@@ -2,16 +2,19 @@
 translated code calls (CSR access, xRET, WFI, SFENCE.VMA, atomics, ECALL...).
 
 Registers and the pc live in the state list ``R`` shared with generated code;
-everything else is plain attributes here.  Time: ``mtime`` is virtual and counts
-retired instructions (one tick per instruction, plus whatever WFI skips while
-waiting for the timer), which makes runs deterministic.  mcycle and minstret
-are one counter; a CSR write to it replaces the writing instruction's own
-increment (the next instruction reads the written value), and does not move mtime.
+everything else is plain attributes here.  Time: ``mtime`` ticks at 10 MHz
+(``NS_PER_TICK``).  With ``ns_per_insn`` None it follows the host's monotonic
+clock (real time, as QEMU); with a number it is virtual and counts retired
+instructions, each that many nanoseconds, plus whatever WFI skips while waiting
+for the timer, which makes runs deterministic (QEMU's ``-icount``).  mcycle and
+minstret are one counter; a CSR write to it replaces the writing instruction's
+own increment (the next instruction reads the written value), and does not move mtime.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Callable
 
 from kvmpy.tcg.errors import GuestTrap
@@ -47,6 +50,8 @@ MISA = (2 << 62) | sum(1 << (ord(c) - ord("A")) for c in "ACDFIMSU")
 # (Zihintpause's PAUSE is a FENCE hint, which runs as a FENCE); Sv39 is the only paging mode.
 ISA_STRING = "rv64imafdc_zicsr_zifencei_zihintpause"
 MMU_TYPE = "riscv,sv39"
+NS_PER_TICK = 100                 # mtime and the time CSR run at 10 MHz
+DEFAULT_NS_PER_INSN = NS_PER_TICK  # deterministic time: one tick per retired instruction
 DELEGABLE_EXC = 0xB3FF        # everything but ecall-from-M and reserved causes
 
 CAUSE_ILLEGAL = 2
@@ -59,12 +64,14 @@ CAUSE_ECALL_U = 8
 class RiscvCpu:
     pc_slot = PC
 
-    def __init__(self, mem: SoftMmu, hartid: int = 0) -> None:
+    def __init__(self, mem: SoftMmu, hartid: int = 0, ns_per_insn: int | None = DEFAULT_NS_PER_INSN) -> None:
         self.R = [0] * N_SLOTS
         self.mmu_mem = mem
         self.mmu = RiscvMmu(self)
         self.hartid = hartid
-        self.time_skew = 0            # mtime = instret + time_skew
+        self.ns_per_insn = ns_per_insn   # None: mtime is real time
+        self.time_skew = 0            # mtime = the clock's ticks + time_skew
+        self._epoch_ns = time.monotonic_ns()
         self.on_context_change: Callable[[], None] = lambda: None
         self.on_tlb_flush: Callable[[bool], None] = lambda all_contexts: None
         self.poll_devices: Callable[[], None] = lambda: None
@@ -74,6 +81,9 @@ class RiscvCpu:
 
     def reset(self) -> None:
         self.R[:] = [0] * N_SLOTS
+        if self.ns_per_insn is None:
+            self.time_skew = 0
+            self._epoch_ns = time.monotonic_ns()      # real time: mtime starts from 0 at power-on
         self.priv = PRV_M
         self.mstatus = UXL_SXL
         self.medeleg = self.mideleg = 0
@@ -106,7 +116,21 @@ class RiscvCpu:
 
     @property
     def mtime(self) -> int:
-        return (self.R[INSTRET] + self.time_skew) & MASK64
+        if self.ns_per_insn is None:
+            ticks = (time.monotonic_ns() - self._epoch_ns) // NS_PER_TICK
+        elif self.ns_per_insn == NS_PER_TICK:
+            ticks = self.R[INSTRET]
+        else:
+            ticks = self.R[INSTRET] * self.ns_per_insn // NS_PER_TICK
+        return (ticks + self.time_skew) & MASK64
+
+    def set_mtime(self, value: int) -> None:
+        """A CLINT write to mtime: the clock keeps running from ``value``."""
+        self.time_skew += value - self.mtime
+
+    def seconds_until(self, mtime: int) -> float:
+        """Real seconds until mtime reaches ``mtime`` (0 if it has); real-time clock only."""
+        return max(mtime - self.mtime, 0) * NS_PER_TICK / 1e9
 
     def _update_irq(self) -> None:
         self.irq_pending = bool((self.sw_ip | self.hw_ip) & self.mie)
@@ -348,9 +372,9 @@ class RiscvCpu:
         the current one, which the translated code adds after the helper returns,
         so the slot gets ``v - 1``.  mtime does not jump: it is a separate clock.
         """
-        new = (v - 1) & MASK64
-        self.time_skew += self.R[INSTRET] - new
-        self.R[INSTRET] = new
+        old_time = self.mtime
+        self.R[INSTRET] = (v - 1) & MASK64
+        self.time_skew += old_time - self.mtime
 
     def _pmp_changed(self) -> None:
         self.pmp_active = any(((c >> (8 * k)) >> 3) & 3 for c in self.pmpcfg for k in range(8))
