@@ -51,7 +51,8 @@ from kvmpy.tcg.backend_py import StateLayout, runtime_namespace
 from kvmpy.tcg.cpu_loop import CpuLoop
 from kvmpy.tcg.errors import GuestTrap, MachineExit, TcgUserError
 from kvmpy.tcg.softmmu import AccessFaults, SoftMmu
-from kvmpy.tcg.target.riscv.cpu import ISA_STRING, MEIP, MMU_TYPE, MSIP, MTIP, NS_PER_TICK, SEIP, RiscvCpu
+from kvmpy.tcg.target.riscv.cpu import (ISA_STRING, MEIP, MMU_TYPE, MSIP, MTIP, NO_DEADLINE, NS_PER_TICK, SEIP, STIP,
+                                       RiscvCpu)
 from kvmpy.tcg.target.riscv.translate import INSTRET, N_SLOTS, PC, Translator
 from kvmpy.tcg.tb_cache import TBCache
 
@@ -386,6 +387,8 @@ class VirtBoard:
         mtip = cpu.mtime >= self.clint.mtimecmp
         if mtip != self._mtip:
             self._set_mtip(mtip)
+        if cpu.sstc_enabled:
+            cpu.update_sstc()
         if self.interactive and self.input.ready.is_set():   # no lock, no syscall: cheap
             self._take_input()
 
@@ -401,12 +404,18 @@ class VirtBoard:
     def _idle(self) -> bool:
         """WFI with nothing pending: let time pass until something can happen."""
         cpu = self.cpu
-        if cpu.mie & MTIP and self.clint.mtimecmp != (1 << 64) - 1 and not cpu.hw_ip & MTIP:
+        deadlines = []
+        if cpu.mie & MTIP and self.clint.mtimecmp != NO_DEADLINE and not cpu.hw_ip & MTIP:
+            deadlines.append(self.clint.mtimecmp)
+        if cpu.mie & STIP and cpu.sstc_enabled and cpu.stimecmp != NO_DEADLINE and not cpu.hw_ip & STIP:
+            deadlines.append(cpu.stimecmp)                # Sstc: S-mode's own timer
+        if deadlines:
+            deadline = min(deadlines)
             if cpu.ns_per_insn is not None:               # virtual time: skip to the deadline
-                if cpu.mtime < self.clint.mtimecmp:
-                    cpu.time_skew += self.clint.mtimecmp - cpu.mtime
+                if cpu.mtime < deadline:
+                    cpu.time_skew += deadline - cpu.mtime
             else:                                         # real time: wait for it (or for input)
-                wait = min(cpu.seconds_until(self.clint.mtimecmp), IDLE_WAIT)
+                wait = min(cpu.seconds_until(deadline), IDLE_WAIT)
                 if self.interactive:
                     if self.input.ready.wait(wait):
                         self._take_input()

@@ -39,6 +39,14 @@ UXL_SXL = (2 << 32) | (2 << 34)
 MSTATUS_WMASK = SIE | MIE | SPIE | MPIE | SPP | MPP | MPRV | SUM | MXR | TVM | TW | TSR | FS
 SSTATUS_MASK = SIE | SPIE | SPP | SUM | MXR | FS | (3 << 32) | (1 << 63)
 
+# menvcfg bits: FIOM (kept, no effect on a single in-order hart) and Sstc's STCE
+ENVCFG_FIOM = 1
+MENVCFG_STCE = 1 << 63
+MENVCFG_WMASK = ENVCFG_FIOM | MENVCFG_STCE
+COUNTEREN_TM = 1 << 1
+CSR_STIMECMP = 0x14D
+NO_DEADLINE = (1 << 64) - 1
+
 # interrupt bits
 SSIP, MSIP, STIP, MTIP, SEIP, MEIP = 1 << 1, 1 << 3, 1 << 5, 1 << 7, 1 << 9, 1 << 11
 S_INTS = SSIP | STIP | SEIP
@@ -48,7 +56,7 @@ IRQ_PRIORITY = (11, 3, 7, 9, 1, 5)
 MISA = (2 << 62) | sum(1 << (ord(c) - ord("A")) for c in "ACDFIMSU")
 # The device tree's riscv,isa for this hart: exactly what the translator implements
 # (Zihintpause's PAUSE is a FENCE hint, which runs as a FENCE); Sv39 is the only paging mode.
-ISA_STRING = "rv64imafdc_zicsr_zifencei_zihintpause"
+ISA_STRING = "rv64imafdc_zicsr_zifencei_zihintpause_sstc"
 MMU_TYPE = "riscv,sv39"
 NS_PER_TICK = 100                 # mtime and the time CSR run at 10 MHz
 DEFAULT_NS_PER_INSN = NS_PER_TICK  # deterministic time: one tick per retired instruction
@@ -97,6 +105,7 @@ class RiscvCpu:
         self.mtval = self.stval = 0
         self.mcounteren = self.scounteren = 0
         self.menvcfg = self.senvcfg = 0
+        self.stimecmp = 0
         self.mcountinhibit = 0
         self.satp = 0
         self.pmpcfg = [0, 0]
@@ -123,6 +132,14 @@ class RiscvCpu:
         else:
             ticks = self.R[INSTRET] * self.ns_per_insn // NS_PER_TICK
         return (ticks + self.time_skew) & MASK64
+
+    @property
+    def sstc_enabled(self) -> bool:
+        return bool(self.menvcfg & MENVCFG_STCE)
+
+    def update_sstc(self) -> None:
+        """Sstc: with menvcfg.STCE set, mip.STIP is (time >= stimecmp) and software cannot write it."""
+        self.set_hw_irq(STIP, self.sstc_enabled and self.mtime >= self.stimecmp)
 
     def set_mtime(self, value: int) -> None:
         """A CLINT write to mtime: the clock keeps running from ``value``."""
@@ -262,6 +279,9 @@ class RiscvCpu:
             if not self._counter_ok(csr):
                 raise GuestTrap(CAUSE_ILLEGAL, 0)
             return 0
+        if csr == CSR_STIMECMP:
+            self._check_sstc()
+            return self.stimecmp
         if csr == 0xF14:
             return self.hartid
         if csr in (0xF11, 0xF12, 0xF13, 0xF15):
@@ -273,6 +293,11 @@ class RiscvCpu:
         if 0x3B0 <= csr <= 0x3BF:
             return self.pmpaddr[csr - 0x3B0]
         raise GuestTrap(CAUSE_ILLEGAL, 0)
+
+    def _check_sstc(self) -> None:
+        """stimecmp below M-mode needs mcounteren.TM and menvcfg.STCE (as QEMU 7.2's predicate)."""
+        if self.priv < PRV_M and not (self.mcounteren & COUNTEREN_TM and self.sstc_enabled):
+            raise GuestTrap(CAUSE_ILLEGAL, 0)
 
     def _mstatus_sd(self) -> int:
         return self.mstatus | (1 << 63 if self.mstatus & FS == FS else 0)
@@ -309,7 +334,8 @@ class RiscvCpu:
         elif csr == 0x104:
             self.mie = (self.mie & ~self.mideleg) | (v & self.mideleg)
         elif csr == 0x344:
-            self.sw_ip = (self.sw_ip & ~S_INTS) | (v & S_INTS)
+            m = S_INTS & ~STIP if self.sstc_enabled else S_INTS
+            self.sw_ip = (self.sw_ip & ~m) | (v & m)
         elif csr == 0x144:
             m = SSIP & self.mideleg
             self.sw_ip = (self.sw_ip & ~m) | (v & m)
@@ -324,8 +350,19 @@ class RiscvCpu:
             setattr(self, name, v)
         elif csr in (0x306, 0x106):
             setattr(self, "mcounteren" if csr == 0x306 else "scounteren", v & 0xFFFFFFFF)
-        elif csr in (0x30A, 0x10A, 0x320):
-            pass                      # no fields we implement
+        elif csr == 0x30A:
+            self.menvcfg = v & MENVCFG_WMASK
+            if self.sstc_enabled:
+                self.sw_ip &= ~STIP               # STIP now follows stimecmp
+            self.update_sstc()
+        elif csr == 0x10A:
+            self.senvcfg = v & ENVCFG_FIOM
+        elif csr == CSR_STIMECMP:
+            self._check_sstc()
+            self.stimecmp = v
+            self.update_sstc()
+        elif csr == 0x320:
+            pass                      # counters are never inhibited here
         elif csr == 0x180:
             if self.priv == PRV_S and self.mstatus & TVM:
                 raise GuestTrap(CAUSE_ILLEGAL, 0)
