@@ -457,6 +457,9 @@ def main(argv: list[str] | None = None) -> int:
     except (RuntimeError, OSError, EOFError) as exc:
         print(f"display bench failed: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # the VMs are stopped on the way out of running()
+        print("display bench interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
