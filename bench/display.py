@@ -141,9 +141,10 @@ class Vm:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             text = self.serial.read_text(errors="replace") if self.serial.exists() else ""
-            if READY in text:
+            lines = text.split("\n")[:-1]  # complete lines only: the guest writes a byte at a time
+            if any(ln.startswith(READY) for ln in lines):
                 return
-            failed = [ln for ln in text.splitlines() if ln.startswith("vgafill:")]
+            failed = [ln for ln in lines if ln.startswith("vgafill:")]
             if self.proc.poll() is not None or failed:
                 tail = self.stderr.read_text(errors="replace").strip().splitlines()[-1:]
                 raise RuntimeError(f"{self.name}: guest failed (exit {self.proc.poll()}): "
