@@ -95,11 +95,13 @@ def picture(width: int, height: int, seed: int = 1) -> np.ndarray:
 
     window(width // 16, height // 16, width // 3, height // 3, 0xE0E0E0)
     tx0, ty0, tx1, ty1 = window(width // 2 - 40, height // 8, width // 2, height // 2, 0xFFFFFF)
-    # Text-like: 8x16 cells, each a random glyph in dark ink on the window's white.
+    # Text-like: 8x16 cells drawn from a "font" of 64 made-up 6x10 glyphs (as text repeats its
+    # letters), about one cell in six a space, in dark ink on the window's white.
     cols, rows = (tx1 - tx0 - 16) // 8, (ty1 - ty0 - 16) // 16
-    glyphs = rng.random((rows, 16, cols, 8)) < 0.25
-    blank = rng.random((rows, 1, cols, 1)) < 0.2  # spaces between "words"
-    ink = (glyphs & ~blank).reshape(rows * 16, cols * 8)
+    font = np.zeros((65, 16, 8), dtype=bool)  # glyph 0 is the space
+    font[1:, 3:13, 1:7] = rng.random((64, 10, 6)) < 0.35
+    text = np.where(rng.random((rows, cols)) < 0.16, 0, rng.integers(1, 65, (rows, cols)))
+    ink = font[text].transpose(0, 2, 1, 3).reshape(rows * 16, cols * 8)
     area = img[ty0 + 8:ty0 + 8 + rows * 16, tx0 + 8:tx0 + 8 + cols * 8]
     area[ink] = 0x101010
     # Noise: a photo-like block no encoder can squeeze.
