@@ -46,6 +46,7 @@ from kvmpy.devices.device import Device
 from kvmpy.devices.fw_cfg import DMA_PORT as FW_CFG_DMA_PORT, PORT_BASE as FW_CFG_PORT, FwCfg
 from kvmpy.devices.i8042 import I8042
 from kvmpy.devices.ide.factory import piix_ide
+from kvmpy.devices.ide.units import ide_units
 from kvmpy.display.console import find_display_source, start_vnc
 from kvmpy.display.options import parse_vnc
 from kvmpy.display.vnc import VncServer
@@ -159,9 +160,10 @@ def _fw_cfg(b: "PcBoard") -> FwCfg | None:
     if b.bios is None:
         return None  # -kernel boots need no firmware interface
     tables = acpi.build_tables(0, b.config.smp, pci_holes(b.config.memory) if b.pci_host is not None else None)
+    devices = tuple(getattr(b.config, "devices", ()))
     return pc_fw_cfg(b.memory, b.config.memory, b.config.smp, tables, serial_console=b.config.serial != "none",
                      boot_menu=getattr(b.config, "boot_menu", False),
-                     bootorder=bootorder(place(tuple(getattr(b.config, "devices", ())))))
+                     bootorder=bootorder(place(devices), ide_units(b.config), devices=devices))
 
 
 def _fw_cfg_ports(cfg: MachineConfig) -> Ranges:
