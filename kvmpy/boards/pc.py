@@ -27,6 +27,8 @@ functions are appended to the table by ``pc_pci`` (one line per driver there).
 
 from __future__ import annotations
 
+import struct
+
 import logging
 import threading
 from dataclasses import dataclass
@@ -153,7 +155,8 @@ def _i8042(b: "PcBoard") -> I8042:
 def _rtc(b: "PcBoard") -> CmosRtc:
     below, above = split_ram(b.config.memory)
     order = getattr(b.config, "boot_order", "") or DEFAULT_BOOT_ORDER  # -boot order=
-    return CmosRtc(ram_below_4g=below, ram_above_4g=above, boot_order=order, nr_cpus=b.config.smp)
+    return CmosRtc(ram_below_4g=below, ram_above_4g=above, boot_order=order, nr_cpus=b.config.smp,
+                   boot_once=getattr(b.config, "boot_once", ""))  # -boot once=: until the first reset
 
 
 def _fw_cfg(b: "PcBoard") -> FwCfg | None:
@@ -161,9 +164,17 @@ def _fw_cfg(b: "PcBoard") -> FwCfg | None:
         return None  # -kernel boots need no firmware interface
     tables = acpi.build_tables(0, b.config.smp, pci_holes(b.config.memory) if b.pci_host is not None else None)
     devices = tuple(getattr(b.config, "devices", ()))
-    return pc_fw_cfg(b.memory, b.config.memory, b.config.smp, tables, serial_console=b.config.serial != "none",
-                     boot_menu=getattr(b.config, "boot_menu", False),
-                     bootorder=bootorder(place(devices), ide_units(b.config), devices=devices))
+    fw = pc_fw_cfg(b.memory, b.config.memory, b.config.smp, tables, serial_console=b.config.serial != "none",
+                   boot_menu=getattr(b.config, "boot_menu", False),
+                   bootorder=bootorder(place(devices), ide_units(b.config), getattr(b.config, "boot_strict", False),
+                                       devices))
+    # -boot splash-time= / reboot-timeout=, as QEMU's fw_cfg_bootsplash/fw_cfg_reboot write them
+    splash, reboot = getattr(b.config, "boot_splash_time", None), getattr(b.config, "boot_reboot_timeout", None)
+    if splash is not None:
+        fw.add_file("etc/boot-menu-wait", struct.pack("<H", splash))
+    if reboot is not None:
+        fw.add_file("etc/boot-fail-wait", struct.pack("<i", reboot))
+    return fw
 
 
 def _fw_cfg_ports(cfg: MachineConfig) -> Ranges:

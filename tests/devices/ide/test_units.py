@@ -1,0 +1,180 @@
+"""Where -device ide-hd/ide-cd units go, what QEMU refuses, and the bootorder they give (kvmpy.devices.ide.units).
+
+QEMU 7.2 is the oracle for every case: its one-line error for a broken command line, the
+(bus, unit) its ``info qtree`` shows for an accepted one, and the ``bootorder`` list SeaBIOS
+prints on its debug console (port 0x402) under QEMU. kvmpy's answers come from the same
+arguments through its own front end.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from kvmpy.boards.pc_pci import place
+from kvmpy.cli import parse_qemu_args
+from kvmpy.config_devices import check_devices
+from kvmpy.devices.ide.units import ide_units
+from kvmpy.errors import ConfigError
+from kvmpy.firmware.bootorder import bootorder
+
+QEMU = shutil.which("qemu-system-x86_64")
+SEABIOS = Path("/usr/share/seabios/bios-256k.bin")
+pytestmark = pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 is the oracle")
+BASE = ["-nodefaults", "-display", "none"]
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> Path:
+    for name in ("d0", "d1", "d2", "d3", "d4"):
+        (tmp_path / f"{name}.img").write_bytes(bytes(1 << 20))
+    return tmp_path
+
+
+def expand(args: list[str], where: Path) -> list[str]:
+    return [a.replace("@", str(where) + "/") for a in args]
+
+
+def none_drives(*names: str) -> list[str]:
+    out = []
+    for n in names:
+        out += ["-drive", f"if=none,id={n},file=@{n}.img,format=raw"]
+    return out
+
+
+def kvmpy_units(args: list[str]) -> list:
+    config = parse_qemu_args(["-enable-kvm", *args])
+    check_devices(config.devices, config.drives, config.blockdevs, config.netdevs, config.chardevs, config.objects)
+    return ide_units(config)
+
+
+def kvmpy_error(args: list[str]) -> str:
+    with pytest.raises(ConfigError) as info:
+        config = parse_qemu_args(["-enable-kvm", *args])
+        check_devices(config.devices, config.drives, config.blockdevs, config.netdevs, config.chardevs,
+                      config.objects)
+        bootorder(place(config.devices), ide_units(config), devices=config.devices)
+    return str(info.value)
+
+
+def qemu_error(args: list[str]) -> str:
+    p = subprocess.run([QEMU, *BASE, "-S", "-qmp", "stdio", *args], capture_output=True, timeout=60, text=True,
+                       input='{"execute":"qmp_capabilities"}\n{"execute":"quit"}\n')
+    assert p.returncode == 1, p.stderr
+    lines = [ln for ln in p.stderr.splitlines() if ln.startswith("qemu-system-x86_64: ")]
+    assert len(lines) == 1, p.stderr
+    return lines[0][len("qemu-system-x86_64: "):]
+
+
+@pytest.mark.parametrize("args", [
+    [*none_drives("d0"), "-device", "ide-hd,drive=d0,unit=2"],
+    [*none_drives("d0"), "-device", "ide-hd,drive=d0,bus=ide.2"],
+    [*none_drives("d0"), "-device", "ide-hd,drive=d0,bus=pci.0"],
+    [*none_drives("d0", "d1"), "-device", "ide-hd,drive=d0,bus=ide.0,unit=0", "-device", "ide-hd,drive=d1,bus=ide.0,unit=0"],
+    [*none_drives("d0", "d1", "d2"), "-device", "ide-hd,drive=d0", "-device", "ide-hd,drive=d1", "-device", "ide-hd,drive=d2"],
+    ["-drive", "file=@d3.img,format=raw,index=0", *none_drives("d0"), "-device", "ide-hd,drive=d0,bus=ide.0,unit=0"],
+    ["-drive", "file=@d3.img,format=raw,index=2", "-drive", "file=@d4.img,format=raw,index=3", *none_drives("d0"),
+     "-device", "ide-hd,drive=d0"],
+    [*none_drives("d0"), "-device", "ide-hd,drive=d0", "-device", "ide-hd,drive=d0"],
+    ["-drive", "if=none,id=d0,media=cdrom", "-device", "ide-hd,drive=d0"],
+    ["-drive", "if=none,id=d0,file=@d0.img,format=raw,media=cdrom", "-device", "ide-hd,drive=d0"],
+    ["-drive", "if=none,id=d0,file=@d0.img,format=raw,readonly=on", "-device", "ide-hd,drive=d0"],
+    ["-drive", "if=ide,id=d0,file=@d0.img,format=raw", "-device", "ide-hd,drive=d0"],
+    ["-device", "ide-hd"],
+    ["-device", "ide-hd,unit=3"],
+    ["-device", "ide-hd,drive=nope"],
+    [*none_drives("d0"), "-device", "ide-hd,drive=d0,unit=-1"],
+    [*none_drives("d0"), "-device", "ide-hd,drive=d0,foo=1"],
+    [*none_drives("d0"), "-device", "ide-hd,drive=d0,bootindex=x"],
+    [*none_drives("d0", "d1"), "-device", "ide-hd,drive=d0,bootindex=1", "-device", "ide-cd,drive=d1,bootindex=1"],
+    [*none_drives("d0"), "-device", "virtio-blk-pci,drive=d0,bootindex=2", "-device", "ide-cd,bootindex=2"],
+], ids=lambda a: " ".join(a)[-60:])
+def test_mistakes_are_qemus(args: list[str], images: Path) -> None:
+    argv = expand(args, images)
+    assert kvmpy_error(argv) == qemu_error(argv)
+
+
+QTREE = re.compile(r'bus: ide\.(\d)|dev: ide-(hd|cd)|drive = "([^"]*)"|unit = (\d+)')
+
+
+def qemu_placement(args: list[str]) -> set[tuple[int, int, str, str]]:
+    """(bus, unit, kind, drive) of every IDE unit in QEMU's info qtree."""
+    p = subprocess.run([QEMU, *BASE, "-S", "-monitor", "stdio", *args], input="info qtree\nquit\n",
+                       capture_output=True, timeout=60, text=True)
+    out, bus, kind, drive = set(), -1, "", ""
+    for m in QTREE.finditer(p.stdout):
+        if m.group(1) is not None:
+            bus = int(m.group(1))
+        elif m.group(2) is not None:
+            kind, drive = m.group(2), ""
+        elif m.group(3) is not None:
+            drive = m.group(3)
+        elif kind:
+            out.add((bus, int(m.group(4)), kind, drive))
+            kind = ""
+    return out
+
+
+@pytest.mark.parametrize("args", [
+    [*none_drives("d0", "d1"), "-device", "ide-hd,drive=d0", "-device", "ide-cd,drive=d1"],
+    ["-drive", "file=@d3.img,format=raw,index=0", "-drive", "file=@d4.img,format=raw,index=1", *none_drives("d0"),
+     "-device", "ide-hd,drive=d0"],
+    [*none_drives("d0"), "-device", "ide-hd,drive=d0,bus=ide.1", "-drive", "file=@d3.img,format=raw,index=2"],
+    [*none_drives("d0", "d1", "d2"), "-device", "ide-hd,drive=d0,unit=1", "-device", "ide-cd,drive=d1",
+     "-device", "ide-hd,drive=d2,bus=ide.0", "-device", "ide-cd,bus=ide.0"],
+    ["-drive", "if=none,id=c0,media=cdrom", "-device", "ide-cd,drive=c0,bus=ide.0,unit=1", "-hda", "@d1.img"],
+], ids=lambda a: " ".join(a)[-60:])
+def test_units_go_where_qemu_puts_them(args: list[str], images: Path) -> None:
+    argv = expand(args, images)
+    mine = {(u.bus, u.unit, u.kind, u.drive.id if u.drive is not None else "") for u in kvmpy_units(argv)}
+    assert mine == qemu_placement(argv)
+
+
+def seabios_bootorder(args: list[str], tmp: Path) -> list[str]:
+    """The bootorder entries SeaBIOS lists on its debug console under QEMU."""
+    log = tmp / "debugcon.txt"
+    argv = [QEMU, *BASE, "-m", "128", "-no-reboot", "-chardev", f"file,id=dbg,path={log}",
+            "-device", "isa-debugcon,iobase=0x402,chardev=dbg", *args]
+    with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL) as p:
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                text = log.read_text(errors="replace") if log.exists() else ""
+                if "Searching bootorder" in text or "Scan for option roms" in text:
+                    break
+                time.sleep(0.2)
+        finally:
+            p.kill()
+    lines = text.splitlines()
+    if "boot order:" not in lines:
+        return []
+    out = []
+    for line in lines[lines.index("boot order:") + 1:]:
+        m = re.fullmatch(r"\d+: (.*)", line)
+        if m is None:
+            break
+        out.append(m.group(1))
+    return out
+
+
+@pytest.mark.skipif(not SEABIOS.is_file(), reason="needs seabios")
+@pytest.mark.parametrize("args", [
+    [*none_drives("d0", "d1", "d2"), "-device", "ide-hd,drive=d0,bus=ide.0,unit=1,bootindex=3",
+     "-device", "ide-hd,drive=d1,bootindex=2", "-device", "ide-cd,drive=d2,bus=ide.0,unit=0,bootindex=1",
+     "-boot", "strict=on"],
+    [*none_drives("d0", "d1"), "-device", "virtio-blk-pci,drive=d0,bootindex=5", "-device", "ide-cd,bootindex=0",
+     "-device", "ide-hd,drive=d1,bootindex=-1", "-hda", "@d3.img"],
+    ["-hda", "@d3.img", "-boot", "strict=on"],
+], ids=lambda a: " ".join(a)[-60:])
+def test_bootorder_is_what_qemu_gives_seabios(args: list[str], images: Path) -> None:
+    argv = expand(args, images)
+    config = parse_qemu_args(["-enable-kvm", *argv])
+    mine = bootorder(place(config.devices), ide_units(config), strict=config.boot_strict, devices=config.devices)
+    entries = mine.rstrip(b"\0").decode().split("\n") if mine else []
+    assert entries == seabios_bootorder(["-enable-kvm", *argv], images)
