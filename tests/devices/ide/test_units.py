@@ -18,6 +18,7 @@ import pytest
 
 from kvmpy.boards.pc_pci import place
 from kvmpy.cli import parse_qemu_args
+from kvmpy.config import MachineConfig, load_yaml
 from kvmpy.config_devices import check_devices
 from kvmpy.devices.ide.units import ide_units
 from kvmpy.errors import ConfigError
@@ -178,3 +179,26 @@ def test_bootorder_is_what_qemu_gives_seabios(args: list[str], images: Path) -> 
     mine = bootorder(place(config.devices), ide_units(config), strict=config.boot_strict, devices=config.devices)
     entries = mine.rstrip(b"\0").decode().split("\n") if mine else []
     assert entries == seabios_bootorder(["-enable-kvm", *argv], images)
+
+
+def test_a_machine_file_places_the_same_units(images: Path) -> None:
+    """YAML ``drives:``/``devices:`` go through the same specs, so the units and bootorder are the CLI's."""
+    path = images / "vm.yaml"
+    path.write_text(f"""kernel: /etc/hostname
+drives:
+  - {{id: d0, file: {images}/d0.img, format: raw, if: none}}
+  - "if=none,id=c0,media=cdrom"
+devices:
+  - {{type: ide-hd, drive: d0, bootindex: 2}}
+  - {{type: ide-cd, drive: c0, bus: ide.0, bootindex: 1}}
+""")
+    mine = load_yaml(path)
+    cli = parse_qemu_args(["-enable-kvm", "-kernel", "/etc/hostname", *expand(
+        [*none_drives("d0"), "-drive", "if=none,id=c0,media=cdrom", "-device", "ide-hd,drive=d0,bootindex=2",
+         "-device", "ide-cd,drive=c0,bus=ide.0,bootindex=1"], images)])
+
+    def shape(c: MachineConfig) -> list:
+        return [(u.bus, u.unit, u.kind, u.drive.id) for u in ide_units(c)]
+    assert shape(mine) == shape(cli) == [(0, 0, "cd", "c0"), (1, 0, "hd", "d0")]
+    assert bootorder(place(mine.devices), ide_units(mine), devices=mine.devices) == \
+        b"/pci@i0cf8/ide@1,1/drive@0/disk@0\n/pci@i0cf8/ide@1,1/drive@1/disk@0\0"
