@@ -69,6 +69,8 @@ class Unit:
     kind: str = ""  # "", "hd" or "cd"
     drive: Any = None
     id: str = ""  # the -drive id the monitor names it by (ide1-cd0)
+    qdev_id: str = ""  # the -device id= of an ide-hd/ide-cd unit (QMP eject/blockdev-change-medium id=)
+    qdev: str = ""  # query-block's qdev for a -device unit ("": the monitor numbers legacy units itself)
     serial: str = ""
     model: str = ""  # IDENTIFY's model string ("": QEMU HARDDISK / QEMU DVD-ROM)
     geometry: Geometry = field(default_factory=lambda: Geometry(1, 16, 63))

@@ -54,6 +54,8 @@ def piix_ide(board: IdeBoard) -> PiixIde | None:
             else:
                 assert drive is not None  # ide_units refuses a disk without media
                 channel.attach_disk(u.unit, drive, serial, model)
+            if u.device is not None:
+                channel.units[u.unit].qdev_id, channel.units[u.unit].qdev = u.device.id or "", u.qdev
         cast(PciHost, board.devices["pci-host"]).bus.plug(ide, SLOT, FUNCTION)
         for base, size, dev, name in ide.legacy_windows():
             board.pio.map(base, size, dev, name)

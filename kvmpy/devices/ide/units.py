@@ -46,19 +46,13 @@ class IdeUnit:
     kind: str  # "hd" or "cd"
     drive: DriveSpec | None
     device: DeviceSpec | None = None  # None: made by a legacy if=ide drive
+    qdev: str = ""  # what QEMU's query-block says for a -device unit: its id, else its peripheral-anon path
 
     @property
     def where(self) -> str:
         if self.device is not None:
             return self.device.source or f"-device {self.device.driver}"
         return (self.drive.source if self.drive is not None else "") or "-drive"
-
-    @property
-    def qdev(self) -> str:
-        """The QOM path QEMU's query-block names the unit by."""
-        if self.device is not None and self.device.id is not None:
-            return f"/machine/peripheral/{self.device.id}"
-        return ""
 
 
 def legacy_drives(config: Any) -> list[DriveSpec]:
@@ -94,7 +88,8 @@ def _unit(device: DeviceSpec, taken: dict[tuple[int, int], IdeUnit], bus: int) -
     return unit
 
 
-def _device_unit(device: DeviceSpec, drives: dict[str, DriveSpec], taken: dict[tuple[int, int], IdeUnit]) -> IdeUnit:
+def _device_unit(device: DeviceSpec, drives: dict[str, DriveSpec], taken: dict[tuple[int, int], IdeUnit],
+                 qdev: str) -> IdeUnit:
     for key, _ in device.props:
         if key not in DEVICE_PROPS:
             if key in QEMU_PROPS:
@@ -118,7 +113,7 @@ def _device_unit(device: DeviceSpec, drives: dict[str, DriveSpec], taken: dict[t
             raise _fail(device, "Device needs media, but drive is empty")
         if drive.readonly:
             raise _fail(device, "Block node is read-only")
-    return IdeUnit(bus, unit, kind, drive, device)
+    return IdeUnit(bus, unit, kind, drive, device, qdev)
 
 
 def ide_units(config: Any) -> list[IdeUnit]:
@@ -132,9 +127,12 @@ def ide_units(config: Any) -> list[IdeUnit]:
             raise ConfigError(f"{spec.source or '-drive'}: Device needs media, but drive is empty")
         taken[(bus, unit)] = IdeUnit(bus, unit, "cd" if spec.media == "cdrom" else "hd", spec)
     drives = {d.id: d for d in getattr(config, "drives", ()) if d.id is not None}
+    anonymous = 0  # QEMU numbers the -device lines without an id, of every driver, in creation order
     for device in getattr(config, "devices", ()):
+        qdev = device.id if device.id is not None else f"/machine/peripheral-anon/device[{anonymous}]"
+        anonymous += device.id is None
         if device.driver in DEVICE_DRIVERS:
-            u = _device_unit(device, drives, taken)
+            u = _device_unit(device, drives, taken, qdev)
             taken[(u.bus, u.unit)] = u
     return [taken[k] for k in sorted(taken)]
 

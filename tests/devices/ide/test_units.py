@@ -8,6 +8,7 @@ arguments through its own front end.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -20,9 +21,14 @@ from kvmpy.boards.pc_pci import place
 from kvmpy.cli import parse_qemu_args
 from kvmpy.config import MachineConfig, load_yaml
 from kvmpy.config_devices import check_devices
+from kvmpy.devices.chardev import BufferBackend
 from kvmpy.devices.ide.units import ide_units
 from kvmpy.errors import ConfigError
 from kvmpy.firmware.bootorder import bootorder
+from kvmpy.monitor.block import query_block
+from kvmpy.monitor.context import Context
+from kvmpy.monitor.protocol import QmpError
+from kvmpy.monitor.removable import eject
 
 QEMU = shutil.which("qemu-system-x86_64")
 SEABIOS = Path("/usr/share/seabios/bios-256k.bin")
@@ -202,3 +208,33 @@ devices:
     assert shape(mine) == shape(cli) == [(0, 0, "cd", "c0"), (1, 0, "hd", "d0")]
     assert bootorder(place(mine.devices), ide_units(mine), devices=mine.devices) == \
         b"/pci@i0cf8/ide@1,1/drive@0/disk@0\n/pci@i0cf8/ide@1,1/drive@1/disk@0\0"
+
+
+def qemu_query_block(args: list[str]) -> list[dict]:
+    p = subprocess.run([QEMU, *BASE, "-S", "-qmp", "stdio", *args], capture_output=True, timeout=60, text=True,
+                       input='{"execute":"qmp_capabilities"}\n{"execute":"query-block"}\n{"execute":"quit"}\n')
+    replies = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
+    return next(r["return"] for r in replies if isinstance(r.get("return"), list))
+
+
+@pytest.mark.kvm_host
+def test_query_block_names_device_units_as_qemu_does(images: Path) -> None:
+    from kvmpy.machine import Machine
+
+    # (legacy units' /machine/unattached/device[N] depends on every device QEMU made before; not compared)
+    argv = expand([*none_drives("d0"),
+                   "-drive", "if=none,id=c0,media=cdrom", "-device", "ide-hd,drive=d0,id=disk0",
+                   "-device", "ide-cd,drive=c0,id=cd0,bus=ide.0,unit=1", "-device", "ide-cd,bus=ide.1"], images)
+
+    def shape(entries: list[dict]) -> set:
+        return {(e["device"], e.get("qdev"), e["removable"], e.get("tray_open"), "inserted" in e) for e in entries}
+    theirs = shape(qemu_query_block(argv))  # before kvmpy opens (and locks) the images
+    machine = Machine(parse_qemu_args(["-enable-kvm", *argv]), console=BufferBackend())
+    try:
+        ctx = Context(machine)
+        assert shape(query_block(ctx)) == theirs
+        eject(ctx, id="cd0")  # a -device unit by its own id, as in QEMU
+        with pytest.raises(QmpError, match="not found"):
+            eject(ctx, id="c0")
+    finally:
+        machine.close()
