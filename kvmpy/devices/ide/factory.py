@@ -13,6 +13,7 @@ from typing import Any, Protocol, cast
 
 from kvmpy.block.drive_spec import drive_from_spec
 from kvmpy.block.errors import BlockError
+from kvmpy.config_devices import IDE_UNITS
 from kvmpy.devices.ide.piix import PiixIde
 from kvmpy.devices.ide.units import ide_units
 from kvmpy.devices.kvm_irq import KvmIrqLine
@@ -46,7 +47,9 @@ def piix_ide(board: IdeBoard) -> PiixIde | None:
                     if spec is not None and (spec.file is not None or spec.get("file.filename") is not None) else None
             except BlockError as exc:
                 raise ConfigError(f"{u.where}: {exc}") from None
-            serial = u.device.get("serial", "") if u.device is not None else ""
+            # QEMU numbers its units' default serials QM00001..QM00004 across both buses (ide_init1)
+            serial = (u.device.get("serial", "") if u.device is not None else "") or \
+                (drive.serial if drive is not None else "") or f"QM{u.bus * IDE_UNITS + u.unit + 1:05d}"
             model = u.device.get("model", "") if u.device is not None else ""
             channel = ide.channels[u.bus]
             if u.kind == "cd":

@@ -233,6 +233,9 @@ def test_query_block_names_device_units_as_qemu_does(images: Path) -> None:
     try:
         ctx = Context(machine)
         assert shape(query_block(ctx)) == theirs
+        ide = machine.board.devices["piix3-ide"]  # QEMU's default serials count units across both buses
+        assert [(b, u, ide.channels[b].units[u].serial) for b, u in ((0, 1), (1, 0), (1, 1))] == \
+            [(0, 1, "QM00002"), (1, 0, "QM00003"), (1, 1, "QM00004")]
         eject(ctx, id="cd0")  # a -device unit by its own id, as in QEMU
         with pytest.raises(QmpError, match="not found"):
             eject(ctx, id="c0")
