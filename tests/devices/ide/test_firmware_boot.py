@@ -142,3 +142,17 @@ def test_device_ide_cd_bootindex_beats_a_bootable_hda(tmp_path: Path) -> None:
     mine, qemu = both(["-hda", str(image), "-drive", f"file={iso},if=none,id=cd,media=cdrom",
                        "-device", "ide-cd,drive=cd,bootindex=1"])
     assert mine[1:] == cd_sums and mine == qemu
+
+
+def test_strict_boot_order_and_reboot_timeout(tmp_path: Path) -> None:
+    """An empty ide-cd first in bootorder: SeaBIOS falls back to -hda, unless -boot strict=on ends the list
+    (HALT); then it reports no bootable device and, with reboot-timeout=0, retries at once."""
+    image, sums = make_disk(tmp_path)
+    args = ["-hda", str(image), "-drive", "if=none,id=cd,media=cdrom", "-device", "ide-cd,drive=cd,bootindex=1"]
+    mine, qemu = both(args)
+    assert mine[1:] == sums and mine == qemu
+    strict = [*args, "-boot", "strict=on,reboot-timeout=0"]
+    for argv in (kvmpy_argv("-m", "128", "-nographic", *strict),
+                 ["qemu-system-x86_64", "-m", "128", "-nographic", "-net", "none", *strict]):
+        out = run_until(argv, b"No bootable device.  Retrying in 0 seconds.", timeout=240)
+        assert b"IDE-BOOT" not in out, out[-800:]
