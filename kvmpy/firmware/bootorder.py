@@ -23,6 +23,7 @@ PCI_ROOT = "/pci@i0cf8"
 FW_NODES = {"virtio-blk-pci": ("scsi", "disk@0,0"), "virtio-net-pci": ("ethernet", "ethernet-phy@0")}
 IDE_FUNCTION = "ide@1,1"  # the PIIX3 IDE function, 00:01.1
 STRICT_END = "HALT"
+INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1  # bootindex is an int32_t property
 
 
 def _node(slot: int, function: int, name: str) -> str:
@@ -60,6 +61,8 @@ def bootorder(placements: Iterable[Any], ide: Iterable[Any] = (), strict: bool =
             index = int(text, 0)
         except ValueError:
             raise ConfigError(f"{where}: Parameter 'bootindex' expects integer") from None
+        if not INT32_MIN <= index <= INT32_MAX:
+            raise ConfigError(f"{where}: Parameter 'bootindex' expects int32_t")
         if index < 0:
             continue  # QEMU: a negative bootindex is "no boot index"
         if index in seen:

@@ -80,9 +80,11 @@ def _unit(device: DeviceSpec, taken: dict[tuple[int, int], IdeUnit], bus: int) -
     if text is None:
         return 1 if (bus, 0) in taken else 0
     try:
-        unit = qemu_opts.parse_number(text, "unit", hi=MAX_UNIT)
+        unit = qemu_opts.parse_number(text.lstrip("-"), "unit")
     except ConfigError:
-        raise _fail(device, "Parameter 'unit' expects uint32_t") from None
+        raise _fail(device, "Parameter 'unit' expects integer") from None
+    if text.lstrip().startswith("-") and unit != 0 or unit > MAX_UNIT:
+        raise _fail(device, "Parameter 'unit' expects uint32_t")
     if unit >= IDE_UNITS:
         raise _fail(device, f"Can't create IDE unit {unit}, bus supports only {IDE_UNITS} units")
     return unit
@@ -100,7 +102,7 @@ def _device_unit(device: DeviceSpec, drives: dict[str, DriveSpec], taken: dict[t
     unit = _unit(device, taken, bus)
     if (bus, unit) in taken:
         raise _fail(device, f"IDE unit {unit} is in use")
-    name = device.get("drive")
+    name = device.get("drive") or None  # drive= (empty) is no drive, as in QEMU
     drive = drives.get(name) if name is not None else None  # config_devices.check_devices vouches for the name
     if drive is not None and drive.interface != "none":
         raise _fail(device, f"Drive {shown(name, 40)} is already in use because it has been automatically "

@@ -96,6 +96,13 @@ def qemu_error(args: list[str]) -> str:
     ["-device", "ide-hd,unit=3"],
     ["-device", "ide-hd,drive=nope"],
     [*none_drives("d0"), "-device", "ide-hd,drive=d0,unit=-1"],
+    [*none_drives("d0"), "-device", "ide-hd,drive=d0,unit=1x"],
+    [*none_drives("d0"), "-device", "ide-hd,drive=d0,unit="],
+    [*none_drives("d0"), "-device", "ide-hd,drive=d0,unit=4294967296"],
+    [*none_drives("d0"), "-device", "ide-hd,drive=d0,bus="],
+    [*none_drives("d0"), "-device", "ide-hd,drive=d0,bootindex=99999999999"],
+    [*none_drives("d0"), "-device", "virtio-blk-pci,drive=d0,bootindex=-2147483649"],
+    ["-device", "ide-hd,drive="],
     [*none_drives("d0"), "-device", "ide-hd,drive=d0,foo=1"],
     [*none_drives("d0"), "-device", "ide-hd,drive=d0,bootindex=x"],
     [*none_drives("d0", "d1"), "-device", "ide-hd,drive=d0,bootindex=1", "-device", "ide-cd,drive=d1,bootindex=1"],
@@ -135,6 +142,7 @@ def qemu_placement(args: list[str]) -> set[tuple[int, int, str, str]]:
     [*none_drives("d0", "d1", "d2"), "-device", "ide-hd,drive=d0,unit=1", "-device", "ide-cd,drive=d1",
      "-device", "ide-hd,drive=d2,bus=ide.0", "-device", "ide-cd,bus=ide.0"],
     ["-drive", "if=none,id=c0,media=cdrom", "-device", "ide-cd,drive=c0,bus=ide.0,unit=1", "-hda", "@d1.img"],
+    [*none_drives("d0"), "-device", "ide-hd,drive=d0,unit=0x1,bootindex=0x10", "-device", "ide-cd,drive=,unit=-0"],
 ], ids=lambda a: " ".join(a)[-60:])
 def test_units_go_where_qemu_puts_them(args: list[str], images: Path) -> None:
     argv = expand(args, images)
