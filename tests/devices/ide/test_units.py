@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from kvmpy.boards.pc_pci import place
-from kvmpy.cli import parse_qemu_args
+from kvmpy.cli import main, parse_qemu_args
 from kvmpy.config import MachineConfig, load_yaml
 from kvmpy.config_devices import check_devices
 from kvmpy.devices.chardev import BufferBackend
@@ -249,3 +249,15 @@ def test_query_block_names_device_units_as_qemu_does(images: Path) -> None:
             eject(ctx, id="c0")
     finally:
         machine.close()
+
+
+@pytest.mark.kvm_host
+def test_a_repeated_bootindex_is_refused_with_kernel_too(images: Path, capsys) -> None:
+    """QEMU checks bootindex when it sets the property, whatever boots; kvmpy's -kernel boots check it too."""
+    from tests.guests.build import build_guest
+
+    argv = expand([*none_drives("d0", "d1"), "-device", "ide-hd,drive=d0,bootindex=1",
+                   "-device", "virtio-blk-pci,drive=d1,bootindex=1"], images)
+    assert main(["-enable-kvm", "-kernel", str(build_guest("hello")), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.strip().endswith(qemu_error(argv)), err
