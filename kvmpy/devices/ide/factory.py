@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol, cast
 
-from kvmpy.block.drive_spec import drive_from_spec
+from kvmpy.block.drive_spec import drive_from_blockdev, drive_from_spec
 from kvmpy.block.errors import BlockError
 from kvmpy.config_devices import IDE_UNITS
 from kvmpy.devices.ide.piix import PiixIde
@@ -39,17 +39,22 @@ def piix_ide(board: IdeBoard) -> PiixIde | None:
         return None
     ide = PiixIde(board.memory, lambda irq: KvmIrqLine(board.vm, irq))
     inactive = getattr(board.config, "incoming", None) is not None
+    blockdevs = {b.node_name: b for b in getattr(board.config, "blockdevs", ())}
     try:
         for u in units:
             spec = u.drive
             try:
-                drive = drive_from_spec(spec, inactive=inactive) \
-                    if spec is not None and (spec.file is not None or spec.get("file.filename") is not None) else None
+                if u.node:
+                    drive = drive_from_blockdev(blockdevs, u.node, inactive=inactive)
+                elif spec is not None and (spec.file is not None or spec.get("file.filename") is not None):
+                    drive = drive_from_spec(spec, inactive=inactive)
+                else:
+                    drive = None
             except BlockError as exc:
                 raise ConfigError(f"{u.where}: {exc}") from None
-            # QEMU numbers its units' default serials QM00001..QM00004 across both buses (ide_init1)
+            # the device's serial=, else the drive's, else QEMU's QM00001..QM00004 counted across both buses
             serial = (u.device.get("serial", "") if u.device is not None else "") or \
-                (drive.serial if drive is not None else "") or f"QM{u.bus * IDE_UNITS + u.unit + 1:05d}"
+                (spec.get("serial", "") if spec is not None else "") or f"QM{u.bus * IDE_UNITS + u.unit + 1:05d}"
             model = u.device.get("model", "") if u.device is not None else ""
             channel = ide.channels[u.bus]
             if u.kind == "cd":

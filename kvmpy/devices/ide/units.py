@@ -47,6 +47,7 @@ class IdeUnit:
     drive: DriveSpec | None
     device: DeviceSpec | None = None  # None: made by a legacy if=ide drive
     qdev: str = ""  # what QEMU's query-block says for a -device unit: its id, else its peripheral-anon path
+    node: str = ""  # drive= named a -blockdev node (``drive`` is then None)
 
     @property
     def where(self) -> str:
@@ -91,7 +92,7 @@ def _unit(device: DeviceSpec, taken: dict[tuple[int, int], IdeUnit], bus: int) -
 
 
 def _device_unit(device: DeviceSpec, drives: dict[str, DriveSpec], taken: dict[tuple[int, int], IdeUnit],
-                 qdev: str) -> IdeUnit:
+                 qdev: str, blockdevs: dict[str, Any]) -> IdeUnit:
     for key, _ in device.props:
         if key not in DEVICE_PROPS:
             if key in QEMU_PROPS:
@@ -108,6 +109,10 @@ def _device_unit(device: DeviceSpec, drives: dict[str, DriveSpec], taken: dict[t
         raise _fail(device, f"Drive {shown(name, 40)} is already in use because it has been automatically "
                     "connected to another device (did you need 'if=none' in the drive options?)")
     kind = "cd" if device.driver == "ide-cd" else "hd"
+    if name is not None and name in blockdevs:  # a -blockdev node: always has media
+        if kind == "hd" and blockdevs[name].readonly:
+            raise _fail(device, "Block node is read-only")
+        return IdeUnit(bus, unit, kind, None, device, qdev, name)
     if kind == "hd":
         if drive is None:
             raise _fail(device, "No drive specified")
@@ -129,12 +134,13 @@ def ide_units(config: Any) -> list[IdeUnit]:
             raise ConfigError(f"{spec.source or '-drive'}: Device needs media, but drive is empty")
         taken[(bus, unit)] = IdeUnit(bus, unit, "cd" if spec.media == "cdrom" else "hd", spec)
     drives = {d.id: d for d in getattr(config, "drives", ()) if d.id is not None}
+    blockdevs = {b.node_name: b for b in getattr(config, "blockdevs", ())}
     anonymous = 0  # QEMU numbers the -device lines without an id, of every driver, in creation order
     for device in getattr(config, "devices", ()):
         qdev = device.id if device.id is not None else f"/machine/peripheral-anon/device[{anonymous}]"
         anonymous += device.id is None
         if device.driver in DEVICE_DRIVERS:
-            u = _device_unit(device, drives, taken, qdev)
+            u = _device_unit(device, drives, taken, qdev, blockdevs)
             taken[(u.bus, u.unit)] = u
     return [taken[k] for k in sorted(taken)]
 

@@ -103,6 +103,7 @@ def qemu_error(args: list[str]) -> str:
     [*none_drives("d0"), "-device", "ide-hd,drive=d0,bootindex=99999999999"],
     [*none_drives("d0"), "-device", "virtio-blk-pci,drive=d0,bootindex=-2147483649"],
     ["-device", "ide-hd,drive="],
+    ["-blockdev", "driver=file,node-name=f0,filename=@d0.img,read-only=on", "-device", "ide-hd,drive=f0"],
     [*none_drives("d0"), "-device", "ide-hd,drive=d0,foo=1"],
     [*none_drives("d0"), "-device", "ide-hd,drive=d0,bootindex=x"],
     [*none_drives("d0", "d1"), "-device", "ide-hd,drive=d0,bootindex=1", "-device", "ide-cd,drive=d1,bootindex=1"],
@@ -143,10 +144,13 @@ def qemu_placement(args: list[str]) -> set[tuple[int, int, str, str]]:
      "-device", "ide-hd,drive=d2,bus=ide.0", "-device", "ide-cd,bus=ide.0"],
     ["-drive", "if=none,id=c0,media=cdrom", "-device", "ide-cd,drive=c0,bus=ide.0,unit=1", "-hda", "@d1.img"],
     [*none_drives("d0"), "-device", "ide-hd,drive=d0,unit=0x1,bootindex=0x10", "-device", "ide-cd,drive=,unit=-0"],
+    ["-blockdev", "driver=file,node-name=f0,filename=@d0.img", "-blockdev",
+     "driver=raw,node-name=r1,file.driver=file,file.filename=@d1.img,read-only=on",
+     "-device", "ide-hd,drive=f0,bus=ide.0", "-device", "ide-cd,drive=r1"],
 ], ids=lambda a: " ".join(a)[-60:])
 def test_units_go_where_qemu_puts_them(args: list[str], images: Path) -> None:
     argv = expand(args, images)
-    mine = {(u.bus, u.unit, u.kind, u.drive.id if u.drive is not None else "") for u in kvmpy_units(argv)}
+    mine = {(u.bus, u.unit, u.kind, u.node or (u.drive.id if u.drive is not None else "")) for u in kvmpy_units(argv)}
     assert mine == qemu_placement(argv)
 
 
@@ -261,3 +265,18 @@ def test_a_repeated_bootindex_is_refused_with_kernel_too(images: Path, capsys) -
     assert main(["-enable-kvm", "-kernel", str(build_guest("hello")), *argv]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.strip().endswith(qemu_error(argv)), err
+
+
+@pytest.mark.kvm_host
+def test_a_blockdev_node_backs_a_unit(images: Path) -> None:
+    from kvmpy.machine import Machine
+
+    (images / "big.img").write_bytes(bytes(3 << 20))
+    argv = expand(["-blockdev", "driver=raw,node-name=r0,file.driver=file,file.filename=@big.img",
+                   "-device", "ide-hd,drive=r0,bus=ide.0,serial=NODE"], images)
+    machine = Machine(parse_qemu_args(["-enable-kvm", *argv]), console=BufferBackend())
+    try:
+        unit = machine.board.devices["piix3-ide"].channels[0].units[0]
+        assert (unit.kind, unit.sectors(), unit.serial) == ("hd", (3 << 20) // 512, "NODE")
+    finally:
+        machine.close()
