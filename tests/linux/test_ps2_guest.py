@@ -29,7 +29,6 @@ KEYSYMS = {"k": 0x6B, "v": 0x76, "m": 0x6D, "2": 0x32, "ret": 0xFF0D}
 
 
 @pytest.mark.kvm_full
-@pytest.mark.bed_pending("new: Linux's i8042/atkbd on kvmpy's PS/2 keyboard, not yet seen passing in the bed")
 def test_linux_reads_keys_typed_by_qmp_and_vnc(linux_assets):
     display = free_display()
     with kvmpy.VM(linux_assets.kernel, initrd=linux_assets.initrd, memory="256M", smp=1, no_reboot=True,
