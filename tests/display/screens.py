@@ -70,13 +70,14 @@ def screendump(qmp: QmpClient, path: Path) -> Screen:
     return read_ppm(path.read_bytes())
 
 
-def vnc_capture(port: int) -> Screen:
-    """The screen as vncdotool sees it on a fresh connection (a full update)."""
+def vnc_capture(port: int, zrle: bool = False) -> Screen:
+    """The screen as vncdotool sees it on a fresh connection (a full update), in Raw or ZRLE rectangles."""
     from vncdotool import api
+    from vncdotool.client import VNCDoToolFactory
 
-    from tests.display.test_vnc import capture
+    from tests.display.test_vnc import ZrleFactory, capture
 
-    client = api.connect(f"127.0.0.1::{port}", timeout=STEP)
+    client = api.connect(f"127.0.0.1::{port}", timeout=STEP, factory_class=ZrleFactory if zrle else VNCDoToolFactory)
     try:
         rgb = capture(client)
         return Screen(*client.screen.size, rgb)

@@ -46,6 +46,7 @@ def test_vnc_capture_and_migration_keep_the_seabios_screen() -> None:
             shot = screendump(src.qmp, tmp / "src.ppm")
             assert (shot.width, shot.height) == (720, 400)  # 80x25 cells of 9x16
             assert without_cursor(src, vnc_capture(src.port)) == without_cursor(src, shot)
+            assert without_cursor(src, vnc_capture(src.port, zrle=True)) == without_cursor(src, shot)
             dst = migrate(src, tmp, figures, memory=MEMORY)
             try:
                 assert dst.vga().core.save() == src.vga().core.save()

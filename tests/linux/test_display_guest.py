@@ -8,8 +8,8 @@ bochs framebuffer), then prints the EDID and mode the guest's driver saw on the
 serial console. The same kernel and initramfs run under QEMU 7.2 with KVM
 (inside the bed). One guest boot per VMM; on each:
 
-- the screen three ways: QMP ``screendump`` (PPM), and a real VNC client
-  library (vncdotool) capturing the ``-vnc`` server. All of kvmpy's and QEMU's
+- the screen as QMP ``screendump`` (PPM) and as a real VNC client library
+  (vncdotool) captures it from the ``-vnc`` server (Raw, and on kvmpy ZRLE too). All of kvmpy's and QEMU's
   pictures must be equal pixel for pixel, and the guest must have read the same
   EDID bytes and picked the same mode under both;
 - an idle screen's VNC traffic: the update bytes a polling viewer receives over a
@@ -53,7 +53,7 @@ BOOT_TIMEOUT = 400.0
 MEMORY_MIB = 256
 TEXT = "kvmpy VGA: Hello, fbcon 0123456789"
 TEXT2 = "after migration: the second line"
-LINE_ROWS = range(16, 32)  # fbcon's second text line: the VGA 8x16 font it picks at 1024x768
+LINE_ROWS = range(16, 32)  # fbcon's second text line in its 8x16 font (the guest picks 1280x800)
 MODULES = ["bochs"]  # with its dependencies (drm, drm_kms_helper, drm_vram_helper, ttm ...) from modules.dep
 APPEND = "console=ttyS0 quiet panic=-1 logo.nologo vt.global_cursor_default=0"
 # After READY the guest waits for a line on its serial console (the test sends it on the migration's
@@ -155,17 +155,21 @@ def migrate_and_write(src: KvmpyVmm, assets: DisplayAssets, tmp: Path, before: S
         viewer = RawClient(("127.0.0.1", dst.port))
         viewer.sock.settimeout(STEP)
         viewer.set_encodings(ENC_RAW)
+        start = viewer.received
         viewer.request(False)
         viewer.read_update()
+        figures["full_update_raw_bytes"] = viewer.received - start
         dst.console.send(b"\n")
         dst.wait_for(b"KVMPY-DISPLAY-MORE", STEP)
         viewer.request(True)
+        before_bytes = viewer.received
         rects = viewer.read_update()
+        figures["second_line_update_raw_bytes"] = viewer.received - before_bytes
         viewer.close()
         after = screendump(dst.qmp, tmp / "dst2.ppm")
         changed = after.rows_differing(before)
         updated = sorted({y for _, top, _, h, _, _ in rects for y in range(top, top + h)})
-        figures["second_line_update_rows"] = [updated[0], updated[-1]] if updated else []
+        figures["second_line_update_rects"] = [r[:4] for r in rects]
         assert changed and set(changed) <= set(LINE_ROWS), f"rows {changed} changed, not just the second line's"
         assert set(changed) <= set(updated) <= set(LINE_ROWS), (changed, [r[:4] for r in rects])
         assert vnc_capture(dst.port) == after
@@ -182,6 +186,7 @@ def kvmpy_run(assets: DisplayAssets, tmp: Path) -> KvmpyResult:
         figures["kvmpy_boot_s"] = round(time.monotonic() - begin, 1)
         screen = screendump(src.qmp, tmp / "src.ppm")
         vnc = vnc_capture(src.port)
+        assert vnc_capture(src.port, zrle=True) == screen, "kvmpy's VNC capture in ZRLE is not its screendump"
         idle = idle_vnc_bytes(src.port)
         figures["kvmpy_idle_bytes"] = idle
         text = src.console.output.decode(errors="replace")
