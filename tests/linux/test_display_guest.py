@@ -9,9 +9,9 @@ serial console. The same kernel and initramfs run under QEMU 7.2 with KVM
 (inside the bed). One guest boot per VMM; on each:
 
 - the screen as QMP ``screendump`` (PPM) and as a real VNC client library
-  (vncdotool) captures it from the ``-vnc`` server (Raw, and on kvmpy ZRLE too). All of kvmpy's and QEMU's
-  pictures must be equal pixel for pixel, and the guest must have read the same
-  EDID bytes and picked the same mode under both;
+  (vncdotool) captures it from the ``-vnc`` server (Raw, and on kvmpy ZRLE too).
+  All of kvmpy's and QEMU's pictures must be equal pixel for pixel, and the guest
+  must have read the same EDID bytes and picked the same mode under both;
 - an idle screen's VNC traffic: the update bytes a polling viewer receives over a
   few seconds (fbcon's cursor blink is off), zero for kvmpy;
 - kvmpy only: the running guest migrates to a second kvmpy (``-incoming tcp:``),
@@ -22,8 +22,9 @@ serial console. The same kernel and initramfs run under QEMU 7.2 with KVM
   the destination's screendump.
 
 The two kvmpy machines run in this process (tests/display/screens.py; their
-adapters are inspected for the mode), QEMU as a child process. Measured figures are printed and appended to
-``.cache/bed-figures.log`` in the checkout (ignored by git), which a bed run can write.
+adapters are inspected for the mode), QEMU as a child process. Measured figures
+are printed and appended to ``.cache/bed-figures.log`` in the checkout (ignored
+by git), which a bed run can write.
 """
 
 from __future__ import annotations
