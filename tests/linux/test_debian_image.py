@@ -4,12 +4,14 @@
 serial port, Linux, systemd, a getty on ttyS0. The test logs in as root (no password), asks systemd how the
 boot went, runs ``systemctl poweroff`` and expects exit status 0, under kvmpy and under QEMU with the same
 arguments, and reports the boot-time ratio. The image is built on the host before the bed boots
-(``prepare_bed_assets``; L1 has no network and sees the host read-only); both VMMs use ``-snapshot``.
+(``prepare_bed_assets``; L1 has no network and sees the host read-only); each VMM boots a fresh qcow2
+overlay over it.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -27,8 +29,13 @@ def prepare_bed_assets() -> Path:
     return debian_image(build_missing=os.environ.get("KVMPY_IN_BED") != "1")
 
 
-def _boot(argv: list[str], cwd: Path) -> dict[str, float]:
-    guest = GuestProcess(argv, cwd)
+def _boot(vmm: list[str], image: Path, work: Path) -> dict[str, float]:
+    """Boot ``vmm -enable-kvm -m 1G debian.qcow2 -nographic`` in ``work``; debian.qcow2 is a fresh overlay over
+    the cached ``image`` (L1 sees the cache read-only, and the guest writes to its disk)."""
+    work.mkdir()
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(image), "-F", "qcow2", "debian.qcow2"],
+                   cwd=work, check=True, timeout=60)
+    guest = GuestProcess([*vmm, "-enable-kvm", "-m", "1G", "debian.qcow2", "-nographic", "-no-reboot"], work)
     try:
         return login_and_poweroff(guest, BOOT_TIMEOUT)
     finally:
@@ -42,9 +49,8 @@ def test_debian_boots_to_login_and_powers_off(tmp_path: Path) -> None:
         image = prepare_bed_assets()
     except (ImageError, OSError) as exc:
         pytest.fail(f"the Debian image is unavailable: {exc}", pytrace=False)
-    args = ["-enable-kvm", "-m", "1G", "-snapshot", str(image), "-nographic", "-no-reboot"]
-    qemu = _boot(["qemu-system-x86_64", *args], tmp_path)
-    ours = _boot([sys.executable, "-m", "kvmpy", *args], tmp_path)
+    qemu = _boot(["qemu-system-x86_64"], image, tmp_path / "qemu")
+    ours = _boot([sys.executable, "-m", "kvmpy"], image, tmp_path / "kvmpy")
     print(f"to the login prompt: kvmpy {ours['login']:.1f} s, QEMU {qemu['login']:.1f} s, "
           f"ratio {ours['login'] / qemu['login']:.2f}; to poweroff: kvmpy {ours['total']:.1f} s, "
           f"QEMU {qemu['total']:.1f} s")
