@@ -11,7 +11,9 @@ import stat
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -66,6 +68,24 @@ def _qmp(path: Path, *commands: tuple[str, dict]) -> list:
     return out[1:]
 
 
+@contextmanager
+def _reaped(procs: list[subprocess.Popen]) -> Iterator[list[subprocess.Popen]]:
+    """Whatever happens in the block, every process in ``procs`` (as it is at the end) is gone after it."""
+    try:
+        yield procs
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+
+
+def _quit(qmp: Path, proc: subprocess.Popen) -> None:
+    """``quit`` over QMP, as a user would, and wait for the process to exit."""
+    _qmp(qmp, ("quit", {}))
+    proc.wait(30)
+
+
 def _migrate(tmp: Path, uri: str, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "kvmpy.migration.migrate_cli", f"unix:{tmp / 'src.qmp'}",
                            f"unix:{tmp / 'dst.qmp'}", "--uri", uri, *extra],
@@ -85,8 +105,7 @@ def _run_pair(tmp: Path, src_ns: str | None = None, dst_ns: str | None = None, l
               connect_host: str = "127.0.0.1") -> None:
     port = 47000 + os.getpid() % 1000
     listen = f"tcp:{listen_host}:{port}"
-    procs = [_kvmpy(tmp, "src", netns=src_ns), _kvmpy(tmp, "dst", "-incoming", listen, netns=dst_ns)]
-    try:
+    with _reaped([_kvmpy(tmp, "src", netns=src_ns), _kvmpy(tmp, "dst", "-incoming", listen, netns=dst_ns)]) as procs:
         _wait_output(tmp / "src.out", 40)
         assert _qmp(tmp / "dst.qmp", ("query-status", {}))[0]["return"]["status"] == "inmigrate"
         run = _migrate(tmp, f"tcp:{connect_host}:{port}", "--max-bandwidth", "24M", "--max-rounds", "4")
@@ -102,15 +121,8 @@ def _run_pair(tmp: Path, src_ns: str | None = None, dst_ns: str | None = None, l
         ram = info["return"]["ram"]
         assert info["return"]["status"] == "completed" and ram["dirty-sync-count"] >= 4
         assert {"downtime", "total-time", "setup-time"} <= set(info["return"])
-        _qmp(tmp / "src.qmp", ("quit", {}))
-        _qmp(tmp / "dst.qmp", ("quit", {}))
-        for p in procs:
-            p.wait(30)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        _quit(tmp / "src.qmp", procs[0])
+        _quit(tmp / "dst.qmp", procs[1])
 
 
 @pytest.mark.kvm_host
@@ -120,8 +132,7 @@ def test_kvmpy_migrate_between_two_processes_over_tcp(tmp_path: Path) -> None:
 
 @pytest.mark.kvm_host
 def test_kvmpy_migrate_fails_cleanly_when_nobody_listens(tmp_path: Path) -> None:
-    procs = [_kvmpy(tmp_path, "src"), _kvmpy(tmp_path, "dst", "-incoming", "defer")]
-    try:
+    with _reaped([_kvmpy(tmp_path, "src"), _kvmpy(tmp_path, "dst", "-incoming", "defer")]) as procs:
         _wait_output(tmp_path / "src.out", 40)
         run = _migrate(tmp_path, "tcp:127.0.0.1:1", "--quiet")
         assert run.returncode == 1
@@ -135,13 +146,8 @@ def test_kvmpy_migrate_fails_cleanly_when_nobody_listens(tmp_path: Path) -> None
         port = 48000 + os.getpid() % 1000
         run = _migrate(tmp_path, f"tcp:127.0.0.1:{port}", "--incoming", f"tcp:127.0.0.1:{port}", "--quiet")
         assert run.returncode == 0, run.stderr.decode()
-        _qmp(tmp_path / "src.qmp", ("quit", {}))
-        _qmp(tmp_path / "dst.qmp", ("quit", {}))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
+        _quit(tmp_path / "src.qmp", procs[0])
+        _quit(tmp_path / "dst.qmp", procs[1])
 
 
 @pytest.mark.kvm_host
@@ -151,8 +157,7 @@ def test_bad_host_names_are_one_line_errors(tmp_path: Path) -> None:
     _, err = bad.communicate(timeout=60)
     assert bad.returncode == 2, err.decode()
     assert err.decode().count("\n") == 1 and "not ASCII" in err.decode(), err.decode()
-    src = _kvmpy(tmp_path, "src")
-    try:
+    with _reaped([_kvmpy(tmp_path, "src")]) as (src,):
         _wait_output(tmp_path / "src.out", 40)
         replies = _qmp(tmp_path / "src.qmp", ("migrate", {"uri": "tcp:é..:1"}),
                        ("migrate", {"uri": "tcp:h:" + "9" * 5000}), ("query-status", {}))
@@ -160,13 +165,8 @@ def test_bad_host_names_are_one_line_errors(tmp_path: Path) -> None:
             desc = r["error"]["desc"]
             assert "internal error" not in desc and "\n" not in desc and "migration" in desc, desc
         assert replies[2]["return"]["status"] == "running"
-        _qmp(tmp_path / "src.qmp", ("quit", {}))
-        src.wait(30)
+        _quit(tmp_path / "src.qmp", src)
         assert b"Traceback" not in src.stderr.read()  # type: ignore[union-attr]
-    finally:
-        if src.poll() is None:
-            src.kill()
-            src.wait()
 
 
 @pytest.mark.kvm_host
@@ -175,8 +175,7 @@ def test_snapshot_written_by_qmp_migrate_is_0600_under_umask_000(tmp_path: Path)
     snap, old = tmp_path / "vm.snap", tmp_path / "old.snap"
     old.write_bytes(b"x")
     old.chmod(0o666)
-    src = _kvmpy(tmp_path, "src", umask=0)
-    try:
+    with _reaped([_kvmpy(tmp_path, "src", umask=0)]) as (src,):
         _wait_output(tmp_path / "src.out", 40)
         for path in (snap, old):
             _qmp(tmp_path / "src.qmp", ("migrate", {"uri": f"file:{path}"}))
@@ -190,12 +189,7 @@ def test_snapshot_written_by_qmp_migrate_is_0600_under_umask_000(tmp_path: Path)
             assert stat.S_IMODE(path.stat().st_mode) == 0o600, oct(path.stat().st_mode)
             assert path.stat().st_size > 1 << 20
             _qmp(tmp_path / "src.qmp", ("cont", {}))  # file: leaves the source in postmigrate
-        _qmp(tmp_path / "src.qmp", ("quit", {}))
-        src.wait(30)
-    finally:
-        if src.poll() is None:
-            src.kill()
-            src.wait()
+        _quit(tmp_path / "src.qmp", src)
 
 
 def _greeted(path: Path) -> socket.socket:
@@ -225,12 +219,10 @@ def test_next_vm_on_the_same_qmp_path_is_never_confused_with_the_exiting_one(tmp
     never unlinks the socket a newer VM has put at the same path.
     """
     qmp = tmp_path / "src.qmp"
-    first = _kvmpy(tmp_path, "src")
-    try:
+    with _reaped([_kvmpy(tmp_path, "src")]) as (first,):
         _wait_output(tmp_path / "src.out", 40)
         client = _greeted(qmp)
-        second = _kvmpy(tmp_path, "src")  # the next VM, same path: it replaces the socket file
-        try:
+        with _reaped([_kvmpy(tmp_path, "src")]) as (second,):  # the next VM, same path: it replaces the socket
             deadline = time.monotonic() + 60
             inode = qmp.stat().st_ino
             while qmp.stat().st_ino == inode and time.monotonic() < deadline:
@@ -241,15 +233,9 @@ def test_next_vm_on_the_same_qmp_path_is_never_confused_with_the_exiting_one(tmp
             client.close()
             first.wait(30)
             # The first VM is gone and did not take the second one's socket with it.
-            _qmp(qmp, ("quit", {}))
-            second.wait(30)
+            _quit(qmp, second)
             assert second.returncode == 0
-        finally:
-            if second.poll() is None:
-                second.kill()
-                second.wait()
-        third = _kvmpy(tmp_path, "src")
-        try:
+        with _reaped([_kvmpy(tmp_path, "src")]) as (third,):
             inode = None
             while inode is None and time.monotonic() < deadline + 60:
                 try:
@@ -264,14 +250,6 @@ def test_next_vm_on_the_same_qmp_path_is_never_confused_with_the_exiting_one(tmp
                 _greeted(qmp)
             client.close()
             third.wait(30)
-        finally:
-            if third.poll() is None:
-                third.kill()
-                third.wait()
-    finally:
-        if first.poll() is None:
-            first.kill()
-            first.wait()
 
 
 def _ip(*args: str) -> None:
@@ -327,30 +305,20 @@ def test_qemus_incoming_destination_opens_an_image_kvmpy_is_writing(tmp_path: Pa
     """The oracle for shared-storage migration: QEMU's -incoming destination opens its images inactive (no
     lock), so it starts beside a running kvmpy that holds the image's write lock; a plain QEMU is refused."""
     img = _image(tmp_path)
-    src = _kvmpy(tmp_path, "src", "-drive", f"file={img},if=virtio")
-    try:
+    with _reaped([_kvmpy(tmp_path, "src", "-drive", f"file={img},if=virtio")]) as (src,):
         _wait_output(tmp_path / "src.out", 40)
         base = ["qemu-system-x86_64", "-display", "none", "-nodefaults", "-drive", f"file={img},if=virtio"]
         plain = subprocess.run([*base, "-S"], capture_output=True, text=True, timeout=60)
         assert plain.returncode == 1 and 'Failed to get "write" lock' in plain.stderr, plain.stderr
         qmp = tmp_path / "qemu.qmp"
-        dst = subprocess.Popen([*base, "-incoming", "defer", "-qmp", f"unix:{qmp},server=on,wait=off"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
+        with _reaped([subprocess.Popen([*base, "-incoming", "defer", "-qmp", f"unix:{qmp},server=on,wait=off"],
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)]) as (dst,):
             deadline = time.monotonic() + 30
             while not qmp.exists() and dst.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert dst.poll() is None, dst.communicate()[1].decode()
             assert _qmp(qmp, ("query-status", {}))[0]["return"]["status"] == "inmigrate"
-        finally:
-            dst.kill()
-            dst.wait()
-        _qmp(tmp_path / "src.qmp", ("quit", {}))
-        src.wait(30)
-    finally:
-        if src.poll() is None:
-            src.kill()
-            src.wait()
+        _quit(tmp_path / "src.qmp", src)
 
 
 @pytest.mark.kvm_host
@@ -359,8 +327,7 @@ def test_kvmpy_migrates_to_a_destination_on_the_same_image(tmp_path: Path) -> No
     the source flushes and unlocks it at switchover, the destination locks it and re-reads the metadata."""
     img = _image(tmp_path)
     port = 49000 + os.getpid() % 1000
-    procs = [_kvmpy(tmp_path, "src", "-drive", f"file={img},if=virtio")]
-    try:
+    with _reaped([_kvmpy(tmp_path, "src", "-drive", f"file={img},if=virtio")]) as procs:
         _wait_output(tmp_path / "src.out", 40)
         procs.append(_kvmpy(tmp_path, "dst", "-drive", f"file={img},if=virtio", "-incoming", f"tcp:127.0.0.1:{port}"))
         deadline = time.monotonic() + 30
@@ -373,20 +340,13 @@ def test_kvmpy_migrates_to_a_destination_on_the_same_image(tmp_path: Path) -> No
         # destination holds it ...
         reply, = _qmp(tmp_path / "src.qmp", ("cont", {}))
         assert reply["error"]["desc"] == 'Failed to get "write" lock', reply
-        _qmp(tmp_path / "dst.qmp", ("quit", {}))
-        procs[1].wait(30)
+        _quit(tmp_path / "dst.qmp", procs[1])
         # ... and granted once the destination is gone.
         reply, status = _qmp(tmp_path / "src.qmp", ("cont", {}), ("query-status", {}))
         assert reply == {"return": {}} and status["return"]["status"] == "running", (reply, status)
-        _qmp(tmp_path / "src.qmp", ("quit", {}))
-        procs[0].wait(30)
+        _quit(tmp_path / "src.qmp", procs[0])
         check = subprocess.run(["qemu-img", "check", str(img)], capture_output=True, text=True, timeout=60)
         assert check.returncode == 0, check.stdout
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
 
 
 @pytest.mark.kvm_host
@@ -406,16 +366,10 @@ def test_kvmpy_incoming_destination_opens_an_image_qemu_is_writing(tmp_path: Pat
         plain = _kvmpy(tmp_path, "plain", "-drive", f"file={img},if=virtio")
         _, err = plain.communicate(timeout=60)
         assert plain.returncode != 0 and b'Failed to get "write" lock' in err, err.decode()
-        dst = _kvmpy(tmp_path, "dst", "-drive", f"file={img},if=virtio", "-incoming", "defer")
-        try:
+        with _reaped([_kvmpy(tmp_path, "dst", "-drive", f"file={img},if=virtio", "-incoming", "defer")]) as (dst,):
             assert _qmp(tmp_path / "dst.qmp", ("query-status", {}))[0]["return"]["status"] == "inmigrate"
             assert _held(img) == qemu_held  # the inactive destination adds nothing
-            _qmp(tmp_path / "dst.qmp", ("quit", {}))
-            dst.wait(30)
-        finally:
-            if dst.poll() is None:
-                dst.kill()
-                dst.wait()
+            _quit(tmp_path / "dst.qmp", dst)
     finally:
         qemu.kill()
         qemu.wait()
@@ -456,8 +410,7 @@ def test_images_handed_over_by_qemu_and_by_kvmpy_are_free_for_the_other(tmp_path
     finally:
         qemu.kill()
         qemu.wait()
-    src = _kvmpy(tmp_path, "src", "-drive", f"file={img},if=virtio")
-    try:
+    with _reaped([_kvmpy(tmp_path, "src", "-drive", f"file={img},if=virtio")]) as (src,):
         _wait_output(tmp_path / "src.out", 40)
         _qmp(tmp_path / "src.qmp", ("migrate", {"uri": f"file:{tmp_path / 'kvmpy.snap'}"}))
         deadline = time.monotonic() + 60
@@ -470,12 +423,7 @@ def test_images_handed_over_by_qemu_and_by_kvmpy_are_free_for_the_other(tmp_path
         assert io.returncode == 0 and "failed" not in io.stdout + io.stderr, io.stdout + io.stderr
         reply, = _qmp(tmp_path / "src.qmp", ("cont", {}))  # nobody holds it now: kvmpy takes it back
         assert reply == {"return": {}}, reply
-        _qmp(tmp_path / "src.qmp", ("quit", {}))
-        src.wait(30)
-    finally:
-        if src.poll() is None:
-            src.kill()
-            src.wait()
+        _quit(tmp_path / "src.qmp", src)
     check = subprocess.run(["qemu-img", "check", str(img)], capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stdout
     for off, fill in ((0, 0x5A), (4096, 0x6B)):
