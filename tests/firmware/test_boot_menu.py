@@ -32,11 +32,12 @@ pytestmark = [pytest.mark.kvm_host,
 
 
 def _has_splash_time() -> bool:
-    from kvmpy.cli import UsageError, parse_qemu_args
+    from kvmpy.cli import parse_qemu_args
+    from kvmpy.errors import ConfigError
 
     try:
         parse_qemu_args(["-enable-kvm", "-boot", "menu=on,splash-time=10000"])
-    except UsageError:
+    except ConfigError:
         return False
     return True
 
