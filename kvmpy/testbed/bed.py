@@ -41,7 +41,12 @@ log = logging.getLogger(__name__)
 PASSTHROUGH_ENV = ("PATH", "HOME", "USER", "LOGNAME", "PYTHONPATH", "LANG", "LC_ALL", "LC_CTYPE",
                    "TZ", "TERM", "PYENV_ROOT", "PYENV_VERSION", "VIRTUAL_ENV")
 IN_BED_ENV = "KVMPY_IN_BED"
-KERNEL_CMDLINE = "console=ttyS0 panic=-1 quiet"
+# loglevel=5 (rather than quiet, which is 4): warnings as before, plus the default-level lines that carry
+# a stack trace, so an L1 soft lockup or panic shows where it happened in the console log.
+# softlockup_panic=1: a CPU of L1 stuck for 20 s has not recovered in any run seen (one sat 700 s in
+# kvm-pit while the other CPU kept the heartbeat going, so no wedge was detected); panicking turns it
+# into a dead L1, whose unfinished tests the pytest plugin re-runs in a fresh one.
+KERNEL_CMDLINE = "console=ttyS0 panic=-1 loglevel=5 softlockup_panic=1"
 _ERROR_PREFIX = "kvmpy-bed: error: "
 _TAIL_LINES = 40
 _MAX_CONSOLE_BYTES = 64 << 20
