@@ -125,7 +125,10 @@ async def qmp_unplug(sock: Path) -> tuple[list[Any], list[Any]]:
     replies.append(await client.execute("query-memory-devices"))
     replies.append(await client.execute("query-memory-size-summary"))
     await client.execute("quit")
-    await client.disconnect()
+    try:
+        await client.disconnect()
+    except EOFError:  # the VM hangs up after answering quit, as QEMU does; qemu.qmp reports it if that wins the race
+        pass
     return replies, events
 
 
@@ -164,8 +167,6 @@ def common_args(kernel: Path, initrd: Path, sock: Path, shared: Path) -> list[st
             "-qmp", f"unix:{sock},server=on,wait=off"]
 
 
-@pytest.mark.bed_pending("the 400 MiB fill (busybox head, byte by byte) did not finish in 300 s; with the fill "
-                         "now made by cat, L1 wedged (soft lockups on both vCPUs) about 70 s into the kvmpy run")
 @pytest.mark.kvm_full
 @pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="needs qemu-system-x86_64")
 def test_hot_add_use_and_remove_a_dimm_like_qemu(linux_assets) -> None:
