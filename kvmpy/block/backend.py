@@ -261,10 +261,12 @@ class BlockBackend(abc.ABC):
         """Fill ``buf`` with guest bytes at ``offset`` (drivers override this to avoid a copy)."""
         buf[:] = self.read(offset, len(buf))
 
-    def readv_into(self, offset: int, views: list[memoryview]) -> None:
-        """Fill ``views`` in order from guest ``offset`` (a scatter list, e.g. a request's guest pages).
-        Drivers whose guest bytes sit at the same file offsets override this with one preadv."""
-        total = sum(len(v) for v in views)
+    def readv_into(self, offset: int, views: list[memoryview], total: int | None = None) -> None:
+        """Fill ``views`` in order from guest ``offset`` (a scatter list, e.g. a request's guest pages);
+        ``total`` is their byte count when the caller knows it. Drivers whose guest bytes sit at the
+        same file offsets override this with one preadv."""
+        if total is None:
+            total = sum(map(len, views))
         if len(views) == 1:
             self.readinto(offset, views[0])
             return
@@ -275,8 +277,8 @@ class BlockBackend(abc.ABC):
             v[:] = buf[pos:pos + len(v)]
             pos += len(v)
 
-    def writev_from(self, offset: int, views: list[memoryview]) -> None:
-        """Store the concatenation of ``views`` at guest ``offset`` (a gather list)."""
+    def writev_from(self, offset: int, views: list[memoryview], total: int | None = None) -> None:
+        """Store the concatenation of ``views`` (``total`` bytes, when the caller knows) at guest ``offset``."""
         self.write(offset, views[0] if len(views) == 1 else b"".join(views))
 
     def mapped(self, offset: int, length: int) -> memoryview | None:

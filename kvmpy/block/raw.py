@@ -69,9 +69,10 @@ class RawBackend(BlockBackend):
         self.pread_all(self.fd, [(offset, buf)])
 
     @io_errors
-    def readv_into(self, offset: int, views: list[memoryview]) -> None:
+    def readv_into(self, offset: int, views: list[memoryview], total: int | None = None) -> None:
         """One preadv straight into the caller's buffers (guest RAM), unless O_DIRECT needs them aligned."""
-        total = sum(len(v) for v in views)
+        if total is None:
+            total = sum(map(len, views))
         self.check_range(offset, total)
         if self.direct is not None and not self.direct.fits_all(offset, views):
             super().readv_into(offset, views)
@@ -94,10 +95,11 @@ class RawBackend(BlockBackend):
                 views = [views[0][got:]] + views[1:]
 
     @io_errors
-    def writev_from(self, offset: int, views: list[memoryview]) -> None:
+    def writev_from(self, offset: int, views: list[memoryview], total: int | None = None) -> None:
         """One pwritev straight from the caller's buffers (guest RAM), unless O_DIRECT needs them aligned."""
         self._check_writable()
-        total = sum(len(v) for v in views)
+        if total is None:
+            total = sum(map(len, views))
         self.check_range(offset, total)
         if self.direct is not None and not self.direct.fits_all(offset, views):
             super().writev_from(offset, views)

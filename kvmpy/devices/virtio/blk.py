@@ -329,13 +329,14 @@ class VirtioBlk(VirtioDevice):
 
     @staticmethod
     def _transfer(offset: int, views: list[memoryview], total: int, op: Any) -> None:
-        """One drive call for the whole request (``total`` bytes) when it is small, else one per buffer."""
+        """One drive call for the whole request (``total`` bytes, the views' sum) when it is small, else one
+        per buffer."""
         if total <= GATHER_LIMIT or len(views) == 1:
             if total:
-                op(offset, views)
+                op(offset, views, total)
             return
         for v in views:
-            op(offset, [v])
+            op(offset, [v], len(v))
             offset += len(v)
 
     def _discard_write_zeroes(self, q: Any, chain: Any, is_wz: bool) -> int:
