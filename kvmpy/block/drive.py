@@ -188,6 +188,20 @@ class Drive:
         with self._lock:
             self._run("wr", total, op, offset + total)
 
+    def host_io(self, offset: int, iov: Any, total: int, write: bool) -> bool:
+        """Read (or ``write``) ``total`` bytes at ``offset`` straight to or from the host memory ``iov``
+        names (see BlockBackend.host_io; the caller keeps it mapped). False, and nothing done or counted,
+        when the image cannot: use read_into/write_from."""
+        def op() -> None:
+            self.image.host_io(offset, iov, total, write)
+            if write and not self.writeback:
+                self.image.flush()
+        with self._lock:
+            if not self.image.can_host_io():
+                return False
+            self._run("wr" if write else "rd", total, op, offset + total if write else None)
+        return True
+
     def write_zeroes(self, offset: int, length: int, *, unmap: bool) -> None:
         def op() -> None:
             self.image.write_zeroes(offset, length, unmap=unmap and self.discard == "unmap")

@@ -728,6 +728,33 @@ class SplitQueue:
             out.append(run[0].mv[run[1]:run[2]])
         return out
 
+    def host_iov(self, chain: Chain, write: bool, offset: int, end: int) -> tuple[Any, memoryview] | None:
+        """Bytes [offset, end) (offset < end <= the side's length) of the chain's writable (``write``) or
+        readable buffers as host memory, for a preadv/pwritev without a Python object per buffer:
+        (a C-contiguous numpy uint64 array of (host address, length) rows, neighbours joined; a view of
+        the RAM block that keeps it mapped: hold it until the I/O is over). None unless the chain came
+        from a whole-table check (``vec``) in the current memory map; use ``buffers`` then. Writers call
+        ``mark_written`` afterwards."""
+        span = self._chain_span(chain)
+        if span is None or chain.vec is None:
+            return None
+        import numpy as np
+
+        have = chain.writable_len if write else chain.readable_len
+        if not 0 <= offset < end <= have:
+            raise ValueError(f"bytes [{offset}, {end}) are not within the chain's {have}")
+        block = span.block
+        try:
+            pin = block.mv[0:0]  # the block's mapping stays while this lives (mmap refuses to close)
+        except ValueError as exc:  # released: the RAM went away
+            raise VirtQueueError(f"{'writable' if write else 'readable'} buffer: {exc}") from exc
+        starts, ends = _vec_runs(chain.vec, write, offset, end, have, span.delta)
+        iov = np.empty((len(starts), 2), dtype=np.uint64)
+        iov[:, 0] = starts
+        iov[:, 0] += block.host_addr
+        iov[:, 1] = ends - starts
+        return iov, pin
+
     def _chain_span(self, chain: Chain) -> Any:
         """The RAM range holding all of ``chain``'s buffers if the memory map is still the one it was
         checked in (map the rings again otherwise), else None."""
