@@ -23,7 +23,10 @@ request:
 Data moves between the image and guest RAM without per-sector Python work:
 the queue hands out views of guest RAM (``SplitQueue.buffers``, neighbouring
 buffers joined), reads land straight in them with one preadv and writes are
-taken from them with one pwritev. A request larger than
+taken from them with one pwritev. A long request the queue checked as a
+whole table (Linux's 1 MiB I/O: hundreds of pages) on a drive that can
+(raw, no O_DIRECT) skips the views: one preadv/pwritev on the host addresses
+(``SplitQueue.host_iov``, ``Drive.host_io``). A request larger than
 ``GATHER_LIMIT`` is done buffer by buffer, so a hostile chain (an indirect
 table naming one page 65536 times) cannot make the VMM allocate gigabytes.
 

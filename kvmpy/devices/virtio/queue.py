@@ -38,7 +38,10 @@ the same ones; anything the fast path cannot settle (a ring or buffer across
 two RAM ranges, or not in RAM at all) takes the guest-memory path, which
 accepts it or gives the error. A long indirect table laid out as Linux lays
 them out (entry i links to i+1, readable entries first) is checked with
-whole-table operations; any other shape is walked entry by entry.
+whole-table numpy operations and its chain keeps the buffers as arrays
+(``Chain.vec``): pieces of it are cut, joined, dirty-marked and handed out as
+a host iovec (``host_iov``) without a Python step per buffer; any other
+shape is walked entry by entry.
 
 Kicks: with EVENT_IDX the driver kicks only when its avail idx passes the
 device's avail_event, so whenever ``pop`` (or ``has_available``) finds the ring
