@@ -28,6 +28,8 @@ PC_OTHER_DRIVERS = (
     "virtconsole",  # ports of a virtio-serial-pci (kvmpy.devices.virtio.console)
     "virtserialport",
     "pc-dimm",  # memory hotplug (kvmpy.boards.pc_memhp)
+    "ide-hd",  # units on the PIIX3 IDE function's buses (kvmpy.devices.ide.units)
+    "ide-cd",
 )
 
 PC_DEVICE_DRIVERS = frozenset(PC_PCI_DRIVERS) | frozenset(PC_OTHER_DRIVERS)

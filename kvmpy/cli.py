@@ -108,23 +108,62 @@ MAX_MESSAGE = 400  # characters of one error line
 PC_BOOT_DEVICES = "abcdn"  # -boot order= letters the PC's CMOS boot bytes can name
 
 
+def _boot_letters(text: str) -> str:
+    """QEMU's validate_bootdevices: drive letters a..p, each once."""
+    for i, c in enumerate(text):
+        if not "a" <= c <= "p":
+            raise UsageError(f"Invalid boot device {shown(c)}")
+        if c in text[:i]:
+            raise UsageError(f"Boot device '{c}' was given twice")
+    return text
+
+
+def _pc_boot_letters(text: str) -> str:
+    """The pc machine's own check, made after the generic one: the letters its CMOS boot bytes can name."""
+    for c in text:
+        if c not in PC_BOOT_DEVICES:
+            raise UsageError(f"Invalid boot device for PC: '{c}'")
+    return text
+
+
+def _boot_integer(text: str, key: str, lo: int, invalid: str) -> int:
+    try:
+        value = int(text.strip(), 0) if 0 < len(text) <= 40 else None
+    except ValueError:
+        value = None
+    if value is None:
+        raise UsageError(f"Parameter 'boot.{key}' expects integer")
+    if not lo <= value <= 0xFFFF:
+        raise UsageError(invalid)
+    return value
+
+
 def boot_options(val: str) -> dict[str, Any]:
-    """-boot [order=]LETTERS[,menu=on|off] as QEMU's pc takes them; other -boot keys are refused by name."""
+    """-boot [order=]LETTERS[,once=LETTERS][,menu=on|off][,strict=on|off][,splash-time=MS][,reboot-timeout=MS]
+    as QEMU's pc takes them, with its messages; other -boot keys (splash=) are refused by name."""
     bopts = qemu_opts.parse_opts(val, "-boot", "order", flags=False)
-    unknown = [k for k in bopts.keys() if k not in ("order", "menu")]
+    known = ("order", "once", "menu", "strict", "splash-time", "reboot-timeout")
+    unknown = [k for k in bopts.keys() if k not in known]
     if unknown or bopts.help or bopts.id is not None:
         raise bopts.fail(f"Invalid parameter {shown(unknown[0] if unknown else 'id', 40)}")
     out: dict[str, Any] = {}
-    order = bopts.get("order")
-    if order is not None:
-        for i, c in enumerate(order):
-            if c not in PC_BOOT_DEVICES:
-                raise UsageError(f"Invalid boot device for PC: '{c}'")
-            if c in order[:i]:
-                raise UsageError(f"Boot device '{c}' was given twice")
-        out["boot_order"] = order
+    letters = {key: _boot_letters(bopts.get(key)) for key in ("order", "once") if bopts.get(key) is not None}
+    for key, text in letters.items():
+        out[f"boot_{key}"] = _pc_boot_letters(text)
     if bopts.get("menu") is not None:
         out["boot_menu"] = qemu_opts.parse_bool(bopts.get("menu"), "menu", "-boot", val)
+    if bopts.get("strict") is not None:
+        try:
+            out["boot_strict"] = qemu_opts.parse_bool(bopts.get("strict"), "boot.strict")
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from None
+    if bopts.get("splash-time") is not None:  # QEMU's messages, comma without a space included
+        out["boot_splash_time"] = _boot_integer(bopts.get("splash-time"), "splash-time", 0,
+                                                "splash-time is invalid,it should be a value between 0 and 65535")
+    if bopts.get("reboot-timeout") is not None:
+        out["boot_reboot_timeout"] = _boot_integer(
+            bopts.get("reboot-timeout"), "reboot-timeout", -1,
+            "reboot timeout is invalid,it should be a value between -1 and 65535")
     return out
 
 

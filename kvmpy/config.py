@@ -272,7 +272,8 @@ _FIELD_TYPES: Mapping[str, tuple[type, ...]] = MappingProxyType({
     "memory": (int,), "smp": (int,), "initrd": (Path, _NoneType), "append": (str,), "serial": (str,),
     "no_reboot": (bool,), "start_paused": (bool,), "debug_exit": (DebugExitConfig, _NoneType),
     "bios": (str, _NoneType), "cpu": (str, _NoneType), "trace": (frozenset,), "trace_file": (Path, _NoneType),
-    "qmp": (tuple,), "linux_boot": (str,), "boot_order": (str,), "boot_menu": (bool,), "incoming": (str, _NoneType),
+    "qmp": (tuple,), "linux_boot": (str,), "boot_order": (str,), "boot_menu": (bool,), "boot_once": (str,),
+    "boot_strict": (bool,), "boot_splash_time": (int, _NoneType), "boot_reboot_timeout": (int, _NoneType), "incoming": (str, _NoneType),
     "vnc": (str, _NoneType), "memory_slots": (int,), "web": (str, _NoneType),
     "max_memory": (int, _NoneType), "devices": (tuple,), "drives": (tuple,), "blockdevs": (tuple,),
     "netdevs": (tuple,), "chardevs": (tuple,), "objects": (tuple,), "data_dirs": (tuple,),
@@ -313,6 +314,10 @@ class MachineConfig:
     linux_boot: str = "auto"  # Linux kernels: auto, bzimage (64-bit entry) or pvh (host-side decompression)
     boot_order: str = ""  # -boot order=: a/b floppy, c disk, d CD, n network ("" : the board's default)
     boot_menu: bool = False  # -boot menu=on: SeaBIOS offers its boot menu
+    boot_once: str = ""  # -boot once=: the CMOS order of the first boot only (the first reset restores boot_order)
+    boot_strict: bool = False  # -boot strict=on: SeaBIOS boots nothing outside the bootindex list
+    boot_splash_time: int | None = None  # -boot splash-time=MS: fw_cfg etc/boot-menu-wait
+    boot_reboot_timeout: int | None = None  # -boot reboot-timeout=MS: fw_cfg etc/boot-fail-wait (None: -1)
     incoming: str | None = None  # -incoming URI|defer: wait for a migration stream (kvmpy.migration)
     machine: str = ""  # "" until built: then the board's canonical name (pc, virt)
     memory_slots: int = 0  # -m slots=: DIMM slots for memory hotplug (0: none)

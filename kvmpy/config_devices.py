@@ -562,8 +562,8 @@ def check_devices(devices: tuple[DeviceSpec, ...], drives: tuple[DriveSpec, ...]
         info = DEVICE_DRIVERS[d.driver]
         for prop, kind in info.refs:
             value = d.get(prop)
-            if value is None:
-                continue
+            if value is None or (kind == "drive" and value == ""):
+                continue  # QEMU: an empty drive= is no drive (an empty ide-cd; "drive property not set")
             where = d.source or "-device"
             if value not in names[kind]:
                 if kind == "object" and prop == "memdev":

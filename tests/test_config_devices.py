@@ -196,7 +196,6 @@ def test_mistakes_are_qemus_one_line(args: list[str], message: str, capsys) -> N
 
 
 @pytest.mark.parametrize("args, message", [
-    (["-device", "ide-cd"], "unsupported device 'ide-cd': machine 'pc' does not build it yet"),
     (["-chardev", "null,id=c0", "-device", "virtconsole,chardev=c0"],
      "-device virtconsole,chardev=c0: No 'virtio-serial-bus' bus found for device 'virtconsole'"),
     (["-chardev", "null,id=c0"], "chardev 'c0' is not connected to anything"),

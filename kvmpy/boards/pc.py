@@ -27,6 +27,8 @@ functions are appended to the table by ``pc_pci`` (one line per driver there).
 
 from __future__ import annotations
 
+import struct
+
 import logging
 import threading
 from dataclasses import dataclass
@@ -46,6 +48,7 @@ from kvmpy.devices.device import Device
 from kvmpy.devices.fw_cfg import DMA_PORT as FW_CFG_DMA_PORT, PORT_BASE as FW_CFG_PORT, FwCfg
 from kvmpy.devices.i8042 import I8042
 from kvmpy.devices.ide.factory import piix_ide
+from kvmpy.devices.ide.units import ide_units
 from kvmpy.display.console import find_display_source, start_vnc
 from kvmpy.display.options import parse_vnc
 from kvmpy.display.vnc import VncServer
@@ -152,16 +155,26 @@ def _i8042(b: "PcBoard") -> I8042:
 def _rtc(b: "PcBoard") -> CmosRtc:
     below, above = split_ram(b.config.memory)
     order = getattr(b.config, "boot_order", "") or DEFAULT_BOOT_ORDER  # -boot order=
-    return CmosRtc(ram_below_4g=below, ram_above_4g=above, boot_order=order, nr_cpus=b.config.smp)
+    return CmosRtc(ram_below_4g=below, ram_above_4g=above, boot_order=order, nr_cpus=b.config.smp,
+                   boot_once=getattr(b.config, "boot_once", ""))  # -boot once=: until the first reset
 
 
 def _fw_cfg(b: "PcBoard") -> FwCfg | None:
+    devices = tuple(getattr(b.config, "devices", ()))
+    # built (and so checked: a repeated bootindex is refused) with -kernel too, as QEMU checks it
+    order = bootorder(place(devices), ide_units(b.config), getattr(b.config, "boot_strict", False), devices)
     if b.bios is None:
         return None  # -kernel boots need no firmware interface
     tables = acpi.build_tables(0, b.config.smp, pci_holes(b.config.memory) if b.pci_host is not None else None)
-    return pc_fw_cfg(b.memory, b.config.memory, b.config.smp, tables, serial_console=b.config.serial != "none",
-                     boot_menu=getattr(b.config, "boot_menu", False),
-                     bootorder=bootorder(place(tuple(getattr(b.config, "devices", ())))))
+    fw = pc_fw_cfg(b.memory, b.config.memory, b.config.smp, tables, serial_console=b.config.serial != "none",
+                   boot_menu=getattr(b.config, "boot_menu", False), bootorder=order)
+    # -boot splash-time= / reboot-timeout=, as QEMU's fw_cfg_bootsplash/fw_cfg_reboot write them
+    splash, reboot = getattr(b.config, "boot_splash_time", None), getattr(b.config, "boot_reboot_timeout", None)
+    if splash is not None:
+        fw.add_file("etc/boot-menu-wait", struct.pack("<H", splash))
+    if reboot is not None:
+        fw.add_file("etc/boot-fail-wait", struct.pack("<i", reboot))
+    return fw
 
 
 def _fw_cfg_ports(cfg: MachineConfig) -> Ranges:
@@ -380,19 +393,25 @@ class PcBoard:
         self.pio = Bus("pio")
         self.devices: dict[str, Device] = {}
         self.pci_host: PciHost | None = None
-        for slot in table:
-            dev = slot.make(self)
-            if dev is None:
-                continue
-            self.devices[slot.name] = dev
-            if isinstance(dev, PciHost):
-                self.pci_host = dev  # the firmware's ACPI tables describe the PCI bus when there is one
-            for w in slot.pio_ranges(self.config):
-                self.pio.map(w.base, w.size, dev if w.offset == 0 else OffsetDevice(dev, w.offset),
-                             w.name or slot.name)
-            for w in slot.mmio_ranges(self.config):
-                target = dev if w.offset == 0 else OffsetDevice(dev, w.offset)
-                self.root.add_subregion(w.base, MemoryRegion.io(w.name or slot.name, w.size, target), priority=1)
+        try:
+            for slot in table:
+                dev = slot.make(self)
+                if dev is None:
+                    continue
+                self.devices[slot.name] = dev
+                if isinstance(dev, PciHost):
+                    self.pci_host = dev  # the firmware's ACPI tables describe the PCI bus when there is one
+                for w in slot.pio_ranges(self.config):
+                    self.pio.map(w.base, w.size, dev if w.offset == 0 else OffsetDevice(dev, w.offset),
+                                 w.name or slot.name)
+                for w in slot.mmio_ranges(self.config):
+                    target = dev if w.offset == 0 else OffsetDevice(dev, w.offset)
+                    self.root.add_subregion(w.base, MemoryRegion.io(w.name or slot.name, w.size, target), priority=1)
+        except BaseException:
+            for built in self.devices.values():  # a later line's mistake must not leave images open and locked
+                if isinstance(built, PciDevice):
+                    built.close()
+            raise
         if any(slot.mmio_ranges(self.config) for slot in table if slot.name in self.devices):
             self.address_space.commit()
         self.serial = cast(Uart16550, self.devices["serial0"])  # the console's input goes to COM1

@@ -79,6 +79,10 @@ class I8042:
         with self._lock:
             if offset == 0:
                 value = self._queue.popleft()[0] if self._queue else 0
+                # Reading empties the output buffer, which drops the line; the next queued byte then
+                # fills it and raises the line again. ISA IRQs 1 and 12 are edge-triggered, so each
+                # byte needs its own rising edge (a line left high would deliver only the first).
+                self._lower()
                 self._update_irq()
                 return value
             if offset == 4:
@@ -185,6 +189,13 @@ class I8042:
         head = self._queue[0] if self._queue else None
         return (bool(head and not head[1] and self.ctr & CTR_KBD_INT),
                 bool(head and head[1] and self.ctr & CTR_AUX_INT))
+
+    def _lower(self) -> None:
+        if self._irq_levels[0]:
+            self.kbd_irq.set_level(False)
+        if self._irq_levels[1]:
+            self.aux_irq.set_level(False)
+        self._irq_levels = (False, False)
 
     def _update_irq(self) -> None:
         kbd, aux = self._levels()

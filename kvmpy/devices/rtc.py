@@ -55,6 +55,7 @@ class CmosRtc:
     offset: float = 0.0  # guest time minus host time, in seconds
     boot_order: str = ""  # QEMU's -boot order letters (a/b floppy, c disk, d CD, n network); "" leaves 0
     nr_cpus: int = 0  # 0x5F holds nr_cpus - 1 when set
+    boot_once: str = ""  # -boot once=: the boot bytes until the first reset, which restores boot_order
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -65,7 +66,7 @@ class CmosRtc:
         self.cmos[REG_D] = D_VRT
         self._held: time.struct_time | None = None  # time frozen while B_SET is on
         self._fill_memory_sizes()
-        self._fill_boot_bytes()
+        self._fill_boot_bytes(self.boot_once or self.boot_order)
 
     def _fill_memory_sizes(self) -> None:
         kib = self.ram_below_4g // 1024
@@ -78,10 +79,10 @@ class CmosRtc:
         high = self.ram_above_4g >> 16
         self.cmos[0x5B], self.cmos[0x5C], self.cmos[0x5D] = high & 0xFF, (high >> 8) & 0xFF, (high >> 16) & 0xFF
 
-    def _fill_boot_bytes(self) -> None:
+    def _fill_boot_bytes(self, letters: str) -> None:
         nibble = {"a": 1, "b": 1, "c": 2, "d": 3, "n": 4}
-        order = [nibble[c] for c in self.boot_order[:3] if c in nibble] + [0, 0, 0]
-        if self.boot_order:
+        order = [nibble[c] for c in letters[:3] if c in nibble] + [0, 0, 0]
+        if letters:
             self.cmos[0x3D] = order[1] << 4 | order[0]
             self.cmos[0x38] = order[2] << 4  # bit 0 clear: check the floppy boot signature
         if self.nr_cpus:
@@ -218,3 +219,6 @@ class CmosRtc:
             self.index = 0
             self.cmos[REG_B] &= ~(B_PIE | B_AIE | B_UIE | B_SQWE)
             self.cmos[REG_C] = 0
+            if self.boot_once:  # QEMU's restore_boot_order: once= lasts until the first reset
+                self.boot_once = ""
+                self._fill_boot_bytes(self.boot_order)

@@ -1,7 +1,7 @@
 """QMP eject and blockdev-change-medium for the IDE CD-ROM, and the IDE drives' query-block entries.
 
-A CD unit is named by its -drive id (``device``, e.g. ``ide1-cd0``) or by ``id`` (the same
-name here: kvmpy's IDE units are not -device functions with their own ids). ``eject`` opens
+A CD unit is named by its -drive id (``device``, e.g. ``ide1-cd0``) or by ``id``, the
+``-device ide-cd,id=`` of a unit made that way. ``eject`` opens
 the tray and removes the medium unless the guest locked it (PREVENT ALLOW MEDIUM REMOVAL):
 then the guest is sent an eject request and the command fails with QEMU's message, unless
 ``force``. ``blockdev-change-medium`` opens the new image read-only and inserts it; the guest
@@ -41,7 +41,8 @@ def _cd(ctx: "Context", device: str | None, qdev_id: str | None) -> tuple[IdeCha
     if not name:
         raise QmpError("Need exactly one of 'device' and 'id'")
     for ch, i, u in ide_units(ctx.machine.board):
-        if u.id == name:
+        # id= is a -device unit's own id; a legacy unit has none, so kvmpy lets id= name its drive, as before
+        if (u.id == device) if device else (u.qdev_id or u.id) == qdev_id:
             if u.kind != "cd":
                 raise QmpError(f"Device '{name}' is not removable")
             return ch, i, u
@@ -85,7 +86,7 @@ def ide_block_entries(ctx: "Context", first_index: int, info: Any, attached: Any
     """query-block entries for the IDE units; ``info(AttachedDrive, index)`` renders an inserted medium."""
     out = []
     for n, (ch, i, u) in enumerate(ide_units(ctx.machine.board)):
-        qdev = f"{QDEV_BASE}[{n}]"
+        qdev = u.qdev or f"{QDEV_BASE}[{n}]"
         with ch.lock:
             drive = u.drive
             entry: dict[str, Any] = {"io-status": "ok", "device": u.id, "locked": False, "removable": False,

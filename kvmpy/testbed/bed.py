@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import re
 import secrets
 import shlex
 import shutil
@@ -40,11 +41,19 @@ log = logging.getLogger(__name__)
 PASSTHROUGH_ENV = ("PATH", "HOME", "USER", "LOGNAME", "PYTHONPATH", "LANG", "LC_ALL", "LC_CTYPE",
                    "TZ", "TERM", "PYENV_ROOT", "PYENV_VERSION", "VIRTUAL_ENV")
 IN_BED_ENV = "KVMPY_IN_BED"
-KERNEL_CMDLINE = "console=ttyS0 panic=-1 quiet"
+# loglevel=5 (rather than quiet, which is 4): warnings as before, plus the default-level lines that carry
+# a stack trace, so an L1 soft lockup or panic shows where it happened in the console log.
+# softlockup_panic=1: a CPU of L1 stuck for 20 s has not recovered in any run seen (one sat 700 s in
+# kvm-pit while the other CPU kept the heartbeat going, so no wedge was detected); panicking turns it
+# into a dead L1, whose unfinished tests the pytest plugin re-runs in a fresh one.
+KERNEL_CMDLINE = "console=ttyS0 panic=-1 loglevel=5 softlockup_panic=1"
 _ERROR_PREFIX = "kvmpy-bed: error: "
 _TAIL_LINES = 40
 _MAX_CONSOLE_BYTES = 64 << 20
 _MAX_LINE_BYTES = 64 << 10
+# A line of L1's kernel log ("[  123.456789] ..."): soft-lockup and RCU-stall reports repeat while
+# the machine is wedged, so they are not taken as a sign of progress.
+_KERNEL_LINE = re.compile(r"\[\s*\d+\.\d+\]")
 
 
 class BedError(RuntimeError):
@@ -70,6 +79,10 @@ class BedTimeout(BedError):
 class BedStalled(BedTimeout):
     """L1's heartbeat (a shell loop bumping ctl/heartbeat) stopped for the stall timeout
     while the command ran: the emulated machine is wedged, not merely the command (QEMU killed)."""
+
+
+class BedDied(BedBootError):
+    """L1 itself went away while the command ran (its kernel panicked, or QEMU crashed)."""
 
 
 @dataclass(frozen=True)
@@ -166,7 +179,8 @@ class _Console:
 
     def feed(self, line: str) -> None:
         marker = f"kvmpy-bed[{self.nonce}]: "
-        self.last_line_at = time.monotonic()
+        if not _KERNEL_LINE.match(line):
+            self.last_line_at = time.monotonic()
         self.recent.append(line)
         if line.startswith(marker):
             words = line[len(marker):].split()
@@ -406,7 +420,7 @@ class NestedBed:
                 con.finished.wait(2)  # the reader may still be draining the pipe
                 if con.finished.is_set():
                     break
-                raise BedBootError(f"L1 died while running the command (QEMU status {proc.returncode}, "
+                raise BedDied(f"L1 died while running the command (QEMU status {proc.returncode}, "
                                    f"{qemu_err() or 'no QEMU error'})\n"
                                    f"--- L1 console (tail) ---\n{con.tail()}", con.text())
             now = time.monotonic()

@@ -26,9 +26,11 @@ hypothesis and pytest-benchmark alone costs ~10 s); hypothesispytest and benchma
 added back when a batched test uses them, others via KVMPY_BED_PYTEST_ARGS="-p NAME".
 
 A wedged L1 (the emulated machine stops making progress: its heartbeat, a shell loop
-bumping a file every 10 s, stops for KVMPY_BED_STALL_TIMEOUT seconds) is killed, and
-the tests it had not finished are re-run in a fresh L1, at most twice; the test it was
-running gets a warning that says so. A slow or silent test is not a wedge.
+bumping a file every 10 s, stops for KVMPY_BED_STALL_TIMEOUT seconds; L1's own kernel
+reports of soft lockups and RCU stalls do not count as progress) is killed, and the
+tests it had not finished are re-run in a fresh L1, at most twice; so are they when L1
+dies (its kernel panics, or QEMU crashes). The test it was running gets a warning that
+says so. A slow or silent test is not a wedge.
 
 Environment: KVMPY_NO_BED=1, KVMPY_BED_TIMEOUT (s, default 1200),
 KVMPY_BED_BOOT_TIMEOUT (s, default 300), KVMPY_BED_STALL_TIMEOUT (s, default 120),
@@ -142,7 +144,7 @@ class BedTwin(pytest.Item):
     def setup(self) -> None:
         batch = self.plugin.batch_for_session()  # already run: see KvmBedPlugin.pytest_runtest_protocol
         if self.nodeid in batch.wedged:
-            self.warn(pytest.PytestWarning(f"the nested L1 VM wedged while running this test "
+            self.warn(pytest.PytestWarning(f"the nested L1 VM failed while running this test "
                                            f"({batch.wedged[self.nodeid]}); it was re-run in a fresh L1"))
 
     def runtest(self) -> None:
@@ -283,7 +285,7 @@ class KvmBedPlugin:
             tr.write_line(text)
 
     def _run_batch(self) -> _Batch:
-        from kvmpy.testbed.bed import BedError, BedStalled, NestedBed, project_root  # lazy: keeps the inner run lean
+        from kvmpy.testbed.bed import BedDied, BedError, BedStalled, NestedBed, project_root  # lazy: keeps the inner run lean
 
         batch = _Batch()
         scratch = Path(tempfile.mkdtemp(prefix="kvmpy-bed-session-"))
@@ -335,8 +337,8 @@ class KvmBedPlugin:
                 self._load_reports(report, batch)
                 why = str(exc).splitlines()[0]
                 unfinished = [i for i in ids if not _finished(batch.reports.get(i))]
-                if isinstance(exc, BedStalled) and attempt < attempts and unfinished:
-                    # A wedge of the emulated machine, not a test result: one fresh L1 gets the rest.
+                if isinstance(exc, (BedStalled, BedDied)) and attempt < attempts and unfinished:
+                    # A wedge or death of the emulated machine, not a test result: a fresh L1 gets the rest.
                     running = next((i for i in unfinished if i in batch.reports), unfinished[0])
                     for i in unfinished:
                         batch.reports.pop(i, None)

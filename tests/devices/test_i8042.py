@@ -122,6 +122,20 @@ def test_keys_arrive_translated_to_set_1_with_irq1() -> None:
     assert not kbd.level
 
 
+def test_every_byte_of_a_multi_byte_answer_gets_its_own_interrupt_edge() -> None:
+    # Linux's atkbd sends GETID and takes one byte per IRQ1: ACK, then the two ID bytes. IRQ1 is
+    # edge-triggered, so the line must drop when a byte is read and rise again for the next one.
+    dev, kbd, _ = make_wired()
+    dev.write(0, 1, 0xF2)
+    got = []
+    while kbd.level:
+        got.append(dev.read(0, 1))
+    assert got == [0xFA, 0xAB, 0x41] and kbd.raised == 3
+    dev.key_event("a", True)
+    dev.key_event("a", False)
+    assert drain(dev) == [0x1E, 0x9E] and kbd.raised == 5
+
+
 def test_untranslated_the_keyboard_sends_set_2_or_the_set_the_guest_picks() -> None:
     dev, _, _ = make_wired()
     cmd(dev, 0x60)
@@ -178,7 +192,7 @@ def test_a_plain_mouse_sends_three_byte_packets() -> None:
     aux_cmd(dev, 0xF4)
     dev.pointer_event(1, -1, 4)
     assert drain(dev) == [0x0A, 1, 1]
-    assert aux.raised == 2  # the ACK and the packet
+    assert aux.raised == 4  # the ACK and each byte of the packet: one edge per byte, as for IRQ1
 
 
 def test_keyboard_and_mouse_state_migrate() -> None:

@@ -34,8 +34,8 @@ def test_boot_option(text: str, expected: dict) -> None:
 
 
 @pytest.mark.parametrize("text, message", [
-    ("order=x", "Invalid boot device for PC: 'x'"), ("order=cc", "Boot device 'c' was given twice"),
-    ("once=d", "Invalid parameter 'once'"), ("menu=maybe", "menu"),
+    ("order=e", "Invalid boot device for PC: 'e'"), ("order=x", "Invalid boot device 'x'"), ("order=cc", "Boot device 'c' was given twice"),
+    ("splash=x.jpg", "Invalid parameter 'splash'"), ("menu=maybe", "menu"),
 ])
 def test_boot_option_mistakes(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):

@@ -68,8 +68,6 @@ def prepare_bed_assets() -> tuple[Path, Path, Path, Path]:
 
 @pytest.mark.kvm_full
 @pytest.mark.skipif(shutil.which("xorriso") is None, reason="needs xorriso")
-@pytest.mark.bed_pending("its one bed run found both IDE channels disabled to ata_piix (IDETIM decode bits, "
-                         "now set at power-on); not re-run since")
 def test_ata_piix_disk_and_cdrom(tmp_path: Path) -> None:
     try:
         kernel, initrd, disk0, iso = prepare_bed_assets()

@@ -31,9 +31,6 @@ def done(tag: str) -> str:
 
 
 @pytest.mark.kvm_full
-@pytest.mark.bed_pending("intermittent since this stop's virtqueue/virtio-pci changes: in one CI batch (re-run in a "
-                         "fresh L1 after a wedge) the VM stopped during the first read after vm.snapshot(); it passed "
-                         "alone in the bed right after; cause not found yet")
 def test_snapshot_restore_with_virtio_blk_in_use(linux_assets, root_disk, tmp_path):
     disk = copy_disk(root_disk.disk, tmp_path / "disk.qcow2")
     raw = tmp_path / "disk.raw"

@@ -117,6 +117,19 @@ def test_console_memory_is_bounded_and_markers_still_count() -> None:
     assert len(out) < 200 and "line 0049" in con.tail()
 
 
+def test_kernel_stall_reports_are_not_progress() -> None:
+    from kvmpy.testbed.bed import _Console
+
+    con = _Console("n0nce", None, None)
+    con.feed("kvmpy-bed[n0nce]: command started uptime 4.5")
+    con.last_line_at = 0.0
+    con.feed("[  812.041331] watchdog: BUG: soft lockup - CPU#1 stuck for 23s! [qemu-system-x86:812]")
+    con.feed("[  840.117002] rcu: INFO: rcu_preempt self-detected stall on CPU")
+    assert con.last_line_at == 0.0  # a wedged L1 repeats these; they must not reset the stall clock
+    con.feed("tests/linux/test_boot.py::test_x PASSED")
+    assert con.last_line_at > 0.0
+
+
 @needs_qemu
 @not_in_bed
 def test_qemu_dies_with_its_parent(tmp_path: Path) -> None:

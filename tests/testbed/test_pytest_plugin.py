@@ -180,6 +180,15 @@ def test_wedges_the_first_l1():
         time.sleep(600)
 
 @pytest.mark.kvm_full
+def test_crashes_the_second_l1():
+    flag = os.path.join(os.path.dirname(__file__), "crashed-once")
+    if not os.path.exists(flag):
+        open(flag, "w").close()
+        with open("/proc/sysrq-trigger", "w") as fh:  # L1's kernel panics; QEMU exits (-no-reboot)
+            fh.write("c")
+        time.sleep(600)
+
+@pytest.mark.kvm_full
 def test_after_the_wedge():
     pass
 """
@@ -187,7 +196,7 @@ def test_after_the_wedge():
 
 @bed_host
 @pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="needs qemu-system-x86_64")
-def test_a_wedged_l1_is_replaced_and_the_unfinished_tests_rerun(tmp_path: Path) -> None:
+def test_a_wedged_or_dead_l1_is_replaced_and_the_unfinished_tests_rerun(tmp_path: Path) -> None:
     proj = _project(tmp_path)
     (proj / "test_sample.py").unlink()
     (proj / "test_zlast.py").unlink()
@@ -195,9 +204,13 @@ def test_a_wedged_l1_is_replaced_and_the_unfinished_tests_rerun(tmp_path: Path) 
     res, out = _pytest(proj, "-v", env={"KVMPY_BED_STALL_TIMEOUT": "20"})
     assert res.returncode == 0, res.stdout + res.stderr
     assert out == {name: ("passed", "") for name in
-                   ("test_done_before_the_wedge", "test_wedges_the_first_l1", "test_after_the_wedge")}
-    assert "while running test_wedge.py::test_wedges_the_first_l1; re-running the 2 unfinished" in res.stdout
-    assert "the nested L1 VM wedged while running this test" in res.stdout  # the warning summary
+                   ("test_done_before_the_wedge", "test_wedges_the_first_l1", "test_crashes_the_second_l1",
+                    "test_after_the_wedge")}
+    assert "while running test_wedge.py::test_wedges_the_first_l1; re-running the 3 unfinished" in res.stdout
+    assert "while running test_wedge.py::test_crashes_the_second_l1; re-running the 2 unfinished" in res.stdout
+    # the warning summary names what happened to each
+    assert "the nested L1 VM failed while running this test (L1's heartbeat stopped" in res.stdout
+    assert "the nested L1 VM failed while running this test (L1 died while running the command" in res.stdout
 
 
 def test_bad_timeout_is_a_usage_error(tmp_path: Path) -> None:

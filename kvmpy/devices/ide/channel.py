@@ -69,7 +69,10 @@ class Unit:
     kind: str = ""  # "", "hd" or "cd"
     drive: Any = None
     id: str = ""  # the -drive id the monitor names it by (ide1-cd0)
+    qdev_id: str = ""  # the -device id= of an ide-hd/ide-cd unit (QMP eject/blockdev-change-medium id=)
+    qdev: str = ""  # query-block's qdev for a -device unit ("": the monitor numbers legacy units itself)
     serial: str = ""
+    model: str = ""  # IDENTIFY's model string ("": QEMU HARDDISK / QEMU DVD-ROM)
     geometry: Geometry = field(default_factory=lambda: Geometry(1, 16, 63))
     status: int = 0
     error: int = 0
@@ -120,15 +123,20 @@ class IdeChannel:
         self.reset_registers()
 
     # ---- attachment ------------------------------------------------------------------
-    def attach_disk(self, unit: int, drive: DiskImage) -> None:
+    def attach_disk(self, unit: int, drive: DiskImage, serial: str = "", model: str = "") -> None:
+        """``serial``/``model``: the device's serial=/model= (empty: the drive's serial=, QEMU's defaults)."""
         u = self.units[unit]
-        u.kind, u.drive, u.serial, u.id = "hd", drive, drive.serial or f"QM{unit + 1:05d}", drive.id
+        u.kind, u.drive, u.serial, u.id = "hd", drive, serial or drive.serial or f"QM{unit + 1:05d}", drive.id
+        u.model = model
         u.geometry = default_geometry(u.sectors())
         self.reset_registers()
 
-    def attach_cd(self, unit: int, drive: DiskImage | None, drive_id: str = "") -> None:
+    def attach_cd(self, unit: int, drive: DiskImage | None, drive_id: str = "", serial: str = "",
+                  model: str = "") -> None:
         u = self.units[unit]
-        u.kind, u.drive, u.serial = "cd", drive, (drive.serial if drive is not None else "") or f"QM{unit + 1:05d}"
+        u.kind, u.drive = "cd", drive
+        u.serial = serial or (drive.serial if drive is not None else "") or f"QM{unit + 1:05d}"
+        u.model = model
         u.id = drive_id or (drive.id if drive is not None else "")
         u.atapi = Atapi(drive)
         self.reset_registers()
@@ -437,7 +445,8 @@ class IdeChannel:
 
     def _identify_info(self) -> IdentifyInfo:
         u = self.cur
-        return IdentifyInfo(u.serial, u.sectors(), u.geometry, u.multiple, u.write_cache, u.udma_mode, u.mdma_mode)
+        return IdentifyInfo(u.serial, u.sectors(), u.geometry, u.multiple, u.write_cache, u.udma_mode, u.mdma_mode,
+                            u.model)
 
     def _range_ok(self, lba: int, count: int) -> bool:
         if lba < 0 or lba + count > self.cur.sectors():

@@ -53,6 +53,7 @@ class IdentifyInfo:
     write_cache: bool
     udma_mode: int = -1  # the selected UDMA mode (SET FEATURES), -1 none
     mdma_mode: int = -1
+    model: str = ""  # -device ...,model= ("": QEMU's default for the kind)
 
 
 def _dma_words(info: IdentifyInfo) -> dict[int, int]:
@@ -82,7 +83,7 @@ def identify_disk(info: IdentifyInfo) -> bytes:
     buf = _words(w)
     buf[20:40] = _ata_string(info.serial, 20)
     buf[46:54] = _ata_string(FIRMWARE_REVISION, 8)
-    buf[54:94] = _ata_string("QEMU HARDDISK", 40)
+    buf[54:94] = _ata_string(info.model or "QEMU HARDDISK", 40)
     return bytes(buf)
 
 
@@ -99,5 +100,5 @@ def identify_packet(info: IdentifyInfo) -> bytes:
     buf = _words(w)
     buf[20:40] = _ata_string(info.serial, 20)
     buf[46:54] = _ata_string(FIRMWARE_REVISION, 8)
-    buf[54:94] = _ata_string("QEMU DVD-ROM", 40)
+    buf[54:94] = _ata_string(info.model or "QEMU DVD-ROM", 40)
     return bytes(buf)

@@ -283,8 +283,14 @@ class VgaPci(PciDevice):
             last = np.minimum(last, len(pages) - 1)
             csum = np.concatenate([[0], np.cumsum(pages, dtype=np.int64)])
             rows = np.nonzero(csum[last + 1] - csum[np.minimum(first, last + 1)] > 0)[0]
+        if full or pages is None:
+            render.render_vbe_rows(self.vram.mv, mode, rows, pal, self._pix)
+            return Update(self._frame(), _row_rects(rows, mode.width), resized)
+        # A dirty page says which rows may have changed; the pixels say which columns did (a 64x64
+        # block drawn on a wide screen dirties whole rows). Rows rewritten with the same pixels drop out.
+        before = self._pix[rows]
         render.render_vbe_rows(self.vram.mv, mode, rows, pal, self._pix)
-        return Update(self._frame(), _row_rects(rows, mode.width), resized)
+        return Update(self._frame(), _changed_rects(rows, before != self._pix[rows]), False)
 
     def _text(self, np: Any) -> Update:
         vga = self.core
@@ -371,3 +377,19 @@ def _runs(rows: "np.ndarray") -> list[tuple[int, int]]:
 
 def _row_rects(rows: "np.ndarray", width: int) -> list[Rect]:
     return [Rect(0, y, width, n) for y, n in _runs(rows)]
+
+
+def _changed_rects(rows: "np.ndarray", diff: "np.ndarray") -> list[Rect]:
+    """One rectangle per run of consecutive changed rows, spanning the columns that changed in it.
+
+    ``diff[i, x]`` is True where pixel ``x`` of row ``rows[i]`` changed."""
+    import numpy as np
+
+    changed = diff.any(axis=1)
+    rects: list[Rect] = []
+    index = np.nonzero(changed)[0]
+    for first, count in _runs(rows[index]):
+        start = int(np.searchsorted(rows, first))
+        cols = np.nonzero(diff[start:start + count].any(axis=0))[0]
+        rects.append(Rect(int(cols[0]), first, int(cols[-1]) - int(cols[0]) + 1, count))
+    return rects

@@ -245,3 +245,17 @@ def test_save_restore_pending_dma(host: IdeHost) -> None:
     host.dma(0, 0x1000, to_memory=True)
     assert host.status() == r.READY
     assert struct.unpack_from("<Q", host.memory.read(0x10200, 8))[0] == 31
+
+
+def test_device_serial_and_model_reach_identify(tmp_path: Path) -> None:
+    """-device ide-hd,serial=,model= as QEMU pads them: 20 and 40 characters, longer text cut."""
+    h = IdeHost()
+    try:
+        h.ide.channels[1].attach_disk(1, h.open(make_image(tmp_path / "b.raw", SIZE)), serial="S" * 26,
+                                      model="My Disk")
+        h.select(1, ch=1)
+        h.outb(0x177, r.CMD_IDENTIFY)
+        data = h.pio_in(512, ch=1)
+        assert (ata_string(data, 10, 19), ata_string(data, 27, 46)) == ("S" * 20, "My Disk")
+    finally:
+        h.close()

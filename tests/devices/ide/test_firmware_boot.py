@@ -61,11 +61,11 @@ def both(args: list[str]) -> tuple[tuple[str, str, str], tuple[str, str, str]]:
     return mine, qemu
 
 
-def make_disk(tmp: Path) -> tuple[Path, tuple[str, str]]:
-    """An MBR disk image and the two sums its boot sector must print."""
-    rng = random.Random(14)
+def make_disk(tmp: Path, seed: int = 14, name: str = "disk.raw") -> tuple[Path, tuple[str, str]]:
+    """An MBR disk image and the two sums its boot sector must print (``seed`` picks the data)."""
+    rng = random.Random(seed)
     disk = bytearray(boot_sector(tmp, 32, 1, 4000)) + rng.randbytes(4 << 20)
-    image = tmp / "disk.raw"
+    image = tmp / name
     image.write_bytes(disk)
     return image, (word_sum(disk[512:512 + RUN]), word_sum(disk[4000 * 512:4000 * 512 + RUN]))
 
@@ -122,3 +122,37 @@ def test_boot_order_d_and_bootindex(tmp_path: Path) -> None:
     mine, qemu = both(["-drive", f"{fmt},if=none,id=d0", "-device", "virtio-blk-pci,drive=d0,bootindex=1",
                        "-cdrom", str(iso), "-boot", "order=d"])
     assert mine[1:] == disk_sums and mine == qemu
+
+
+def test_device_ide_hd_bootindex_picks_the_second_disk(tmp_path: Path) -> None:
+    first, first_sums = make_disk(tmp_path, 14, "a.raw")
+    second, second_sums = make_disk(tmp_path, 16, "b.raw")
+    assert first_sums != second_sums
+    drives = ["-drive", f"file={first},format=raw,if=none,id=a", "-drive", f"file={second},format=raw,if=none,id=b"]
+    mine, qemu = both([*drives, "-device", "ide-hd,drive=a", "-device", "ide-hd,drive=b,bootindex=1"])
+    assert mine[1:] == second_sums and mine == qemu
+    mine, qemu = both([*drives, "-device", "ide-hd,drive=a,bus=ide.0", "-device", "ide-hd,drive=b,bus=ide.0"])
+    assert mine[1:] == first_sums and mine == qemu  # no bootindex: the CMOS order's first disk, ide.0's master
+
+
+@needs_xorriso
+def test_device_ide_cd_bootindex_beats_a_bootable_hda(tmp_path: Path) -> None:
+    image, _ = make_disk(tmp_path)
+    iso, cd_sums = make_iso(tmp_path)
+    mine, qemu = both(["-hda", str(image), "-drive", f"file={iso},if=none,id=cd,media=cdrom",
+                       "-device", "ide-cd,drive=cd,bootindex=1"])
+    assert mine[1:] == cd_sums and mine == qemu
+
+
+def test_strict_boot_order_and_reboot_timeout(tmp_path: Path) -> None:
+    """An empty ide-cd first in bootorder: SeaBIOS falls back to -hda, unless -boot strict=on ends the list
+    (HALT); then it reports no bootable device and, with reboot-timeout=0, retries at once."""
+    image, sums = make_disk(tmp_path)
+    args = ["-hda", str(image), "-drive", "if=none,id=cd,media=cdrom", "-device", "ide-cd,drive=cd,bootindex=1"]
+    mine, qemu = both(args)
+    assert mine[1:] == sums and mine == qemu
+    strict = [*args, "-boot", "strict=on,reboot-timeout=0"]
+    for argv in (kvmpy_argv("-m", "128", "-nographic", *strict),
+                 ["qemu-system-x86_64", "-m", "128", "-nographic", "-net", "none", *strict]):
+        out = run_until(argv, b"No bootable device.  Retrying in 0 seconds.", timeout=240)
+        assert b"IDE-BOOT" not in out, out[-800:]
