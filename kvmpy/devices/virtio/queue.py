@@ -648,7 +648,7 @@ class SplitQueue:
         import numpy as np
 
         t = np.frombuffer(bytes(table), dtype=DESC_DTYPE, count=n)  # read once: the driver may rewrite it
-        if n > 1 and not np.array_equal(t["next"][:-1], np.arange(1, n, dtype=np.uint16)):
+        if n > 1 and not (t["next"][:-1] == np.arange(1, n, dtype=np.uint16)).all():
             return False
         flags = t["flags"]
         last = int(flags[-1])
@@ -674,7 +674,7 @@ class SplitQueue:
         if span is None or last == DESC_F_WRITE and span.readonly:
             return False
         nr = n if last == 0 else k
-        lens = lens.astype(np.int64)  # every buffer is inside a RAM range now: well below 2**63
+        lens = lens.view(np.int64)  # every buffer is inside a RAM range now: well below 2**63
         chain.readable_len = r_len = int(lens[:nr].sum())
         chain.writable_len = total - r_len
         chain.ram = (self._ram.flatview, span)
