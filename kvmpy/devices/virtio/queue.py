@@ -62,7 +62,6 @@ program order (the element, then the index), which x86's TSO keeps.
 
 from __future__ import annotations
 
-import operator
 import struct
 import threading
 from dataclasses import dataclass
@@ -245,8 +244,8 @@ def _vec_edge(vec: tuple[Any, Any, int], write: bool, offset: int, end: int, hav
 def _vec_runs(vec: tuple[Any, Any, int], write: bool, offset: int, end: int, have: int,
               delta: int) -> tuple[Any, Any]:
     """Bytes [offset, end) (offset < end) of the readable or writable (``write``) buffers in ``vec`` (see
-    ``Chain``; ``have`` bytes in all), as the numpy arrays (starts, ends) of their runs in a RAM block: each address plus
-    ``delta``, neighbours in the block joined into one run."""
+    ``Chain``; ``have`` bytes in all), as the numpy arrays (starts, ends) of their runs in a RAM block:
+    each address plus ``delta``, neighbours in the block joined into one run."""
     import numpy as np
 
     addrs, lens, nr = vec
