@@ -44,8 +44,10 @@ Options (same meaning as in qemu-system-x86_64 / qemu-system-riscv64):
   -initrd FILE                  Linux initramfs, or multiboot modules (comma-separated)
   -append CMDLINE               kernel command line
   -bios FILE                    x86: the BIOS image (default bios-256k.bin, Debian's seabios package);
-                                riscv64: none (no firmware)
+                                riscv64: none (no firmware), default (OpenSBI fw_dynamic) or FILE
+                                (e.g. OpenSBI fw_jump.bin, loaded at 0x80000000; -kernel then at 0x80200000)
   -L DIR                        x86: look for BIOS images in DIR first
+  -icount shift=N               riscv64: deterministic guest time, 2**N ns per instruction (default: real time)
   -nographic                    no display; serial on stdio (Ctrl-A x quits)
   -display none                 no display
   -display vnc=[HOST]:N[,...]   as -vnc
@@ -86,7 +88,7 @@ Debugging: KVMPY_LOG=debug (or info) logs to stderr, including unhandled ports.
 _WITH_ARG = {"-accel", "-machine", "-M", "-cpu", "-m", "-smp", "-kernel", "-initrd", "-append", "-serial",
              "-device", "-name", "-display", "-bios", "-d", "-D", "-qmp", "-monitor", "-vga", "-net",
              "-parallel", "-incoming", "-L", "-vnc", "-drive", "-blockdev", "-netdev", "-chardev", "-object",
-             "-hda", "-hdb", "-hdc", "-hdd", "-cdrom", "-nic", "-mon", "-boot"}
+             "-hda", "-hdb", "-hdc", "-hdd", "-cdrom", "-nic", "-mon", "-boot", "-icount"}
 # The device options gathered into MachineConfig tuples, and the field each one fills.
 _SPEC_OPTIONS = {"-drive": "drives", "-blockdev": "blockdevs", "-netdev": "netdevs", "-chardev": "chardevs",
                  "-object": "objects", "-device": "devices"}
@@ -380,6 +382,8 @@ def parse_qemu_args(argv: Sequence[str]) -> MachineConfig:
             cfg["name"] = head or kv.get("guest", val)
         elif opt == "-bios":
             cfg["bios"] = val
+        elif opt == "-icount":
+            cfg["icount"] = _icount_shift(val)
         elif opt == "-d":
             cfg["trace"] = parse_trace(val)
         elif opt == "-D":
@@ -486,6 +490,15 @@ def _start_qmp(machine, specs: list[str]):
               file=sys.stderr, flush=True)
         server.wait_for_client()
     return server
+
+
+def _icount_shift(val: str) -> int:
+    """-icount N or -icount shift=N (QEMU's syntax; its other sub-options are not offered)."""
+    head, kv = _opts(val, "shift")
+    text = kv.pop("shift", head)
+    if kv or text is None or not text.isdigit():
+        raise UsageError(f"-icount {shown(val)}: only -icount shift=N (N = 0 to 10) is supported")
+    return int(text)
 
 
 def _run_riscv(cfg: MachineConfig) -> int:

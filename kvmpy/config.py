@@ -130,6 +130,7 @@ class Board:
     cpus: tuple[str, ...] | None = None  # accepted -cpu models; None: any (KVM's supported CPUID)
     bios: tuple[str, ...] = ()  # accepted -bios values ("none": no firmware)
     firmware: bool = False  # boots a BIOS image (-bios FILE, -L DIR) when there is no -kernel
+    bios_files: bool = False  # -bios FILE/default also accepted: the board finds and loads it (riscv64 virt)
     aliases: tuple[str, ...] = ()  # other -machine names for the same board
     alias_prefixes: tuple[str, ...] = ()  # versioned names ("pc-i440fx-8.2") for the same board
     why_no_trace: str = ""  # said when a -d item is refused and the board honours none
@@ -155,7 +156,7 @@ BOARDS: Mapping[str, Board] = MappingProxyType({
                 why_no_trace="the guest runs under KVM, not TCG; KVMPY_LOG=debug logs unhandled ports"),
     "virt": Board(machine="virt", arch="riscv64", accel="tcg", memory=(1 * MiB, 16 * GiB), max_smp=1,
                   trace=frozenset({"in_asm", "exec", "int", "cpu", "op", "out_asm", "tb_stats", "nochain"}),
-                  features=frozenset(), cpus=("rv64", "any", "max"), bios=("none",)),
+                  features=frozenset(), cpus=("rv64", "any", "max"), bios=("none",), bios_files=True),
 })
 DEFAULT_BOARD: Mapping[str, str] = MappingProxyType({"x86_64": "pc", "riscv64": "virt"})
 
@@ -265,6 +266,7 @@ class DebugExitConfig:
 
 
 _NoneType = type(None)
+MAX_ICOUNT_SHIFT = 10  # as QEMU's -icount shift=N
 # The type every field must have once built; validate() refuses anything else by name (the
 # Python API can put any object in any field, and a wrong type must not become a traceback).
 _FIELD_TYPES: Mapping[str, tuple[type, ...]] = MappingProxyType({
@@ -277,6 +279,7 @@ _FIELD_TYPES: Mapping[str, tuple[type, ...]] = MappingProxyType({
     "vnc": (str, _NoneType), "memory_slots": (int,), "web": (str, _NoneType),
     "max_memory": (int, _NoneType), "devices": (tuple,), "drives": (tuple,), "blockdevs": (tuple,),
     "netdevs": (tuple,), "chardevs": (tuple,), "objects": (tuple,), "data_dirs": (tuple,),
+    "icount": (int, _NoneType),
 })
 # The spec type each device-option tuple holds, and the option it came from (for messages).
 _SPEC_FIELDS: Mapping[str, tuple[type, str]] = MappingProxyType({
@@ -331,6 +334,7 @@ class MachineConfig:
     data_dirs: tuple[Path, ...] = ()  # -L: where -bios names (and the default BIOS) are looked up first
     vnc: str | None = None  # -vnc [HOST]:N[,password=on] (or -display vnc=...): the VNC console
     web: str | None = None  # -display web[=HOST:PORT]: the browser console (noVNC through websockify)
+    icount: int | None = None  # -icount shift=N (TCG): guest time from retired instructions, 2**N ns each; None: real time
 
     def __post_init__(self) -> None:
         # Callers may pass any iterable; the frozen config holds immutable collections only.
@@ -388,6 +392,9 @@ class MachineConfig:
             raise ConfigError(f"{board.arch} guests run on the TCG fallback: KVM here is x86 only (drop -enable-kvm)")
         if self.kernel is not None:
             _check_path(self.kernel, "kernel")
+        elif board.bios_files and self.bios not in (None, "none"):
+            if self.initrd is not None or self.append:
+                raise ConfigError(f"{'-initrd' if self.initrd is not None else '-append'} only allowed with -kernel option")
         elif not board.firmware:
             raise ConfigError("no kernel given (use -kernel FILE)")
         else:  # firmware boot, as QEMU's: -initrd and -append need -kernel
@@ -432,6 +439,11 @@ class MachineConfig:
         if self.linux_boot not in ("auto", "bzimage", "pvh"):
             raise ConfigError(f"invalid linux_boot {shown(self.linux_boot)} (auto, bzimage or pvh)")
         self._check_trace(board)
+        if self.icount is not None:
+            if board.accel != "tcg":
+                raise ConfigError(f"-icount is a TCG option: machine {board.machine!r} runs on {board.accel.upper()}")
+            if not 0 <= self.icount <= MAX_ICOUNT_SHIFT:
+                raise ConfigError(f"-icount shift={shown(self.icount)}: the shift must be 0 to {MAX_ICOUNT_SHIFT}")
         if self.name is not None and ("\n" in self.name or len(self.name) > 256):
             raise ConfigError("invalid -name")
         if self.cpu is not None and board.cpus is not None and self.cpu not in board.cpus:
@@ -439,7 +451,7 @@ class MachineConfig:
                               f"(use {', '.join(board.cpus)})")
         if board.firmware:
             self._check_bios()
-        elif self.bios is not None and self.bios not in board.bios:
+        elif self.bios is not None and self.bios not in board.bios and not board.bios_files:
             if board.bios:
                 raise ConfigError(f"-bios {shown(self.bios)}: only '-bios {board.bios[0]}' is supported by machine "
                                   f"{board.machine!r} (no firmware is bundled)")

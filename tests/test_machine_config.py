@@ -240,7 +240,6 @@ def test_arch_or_machine_selects_the_board_and_its_accelerator() -> None:
 
 
 @pytest.mark.parametrize("changes, words", [
-    ({"bios": "opensbi.bin"}, "only '-bios none'"),
     ({"smp": 2}, "-smp 2: machine 'virt' runs one vCPU"),
     ({"memory": 1024}, "out of range for machine 'virt' \\(1M to 16G\\)"),
     ({"memory": 32 << 30}, "out of range for machine 'virt'"),

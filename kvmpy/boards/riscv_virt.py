@@ -1,12 +1,20 @@
 """The riscv64 ``virt`` board: QEMU's memory map, its device table, and the wiring to the CPU loop.
 
 Memory map (facts from QEMU's hw/riscv/virt.c), one line each in ``device_table()``:
+    0x00001000  MROM: QEMU's reset vector words and OpenSBI's fw_dynamic_info
     0x00100000  sifive_test finisher
     0x02000000  CLINT (msip, mtimecmp, mtime)
     0x0c000000  PLIC (context 0 = hart 0 M-mode, context 1 = S-mode)
     0x10000000  ns16550a UART, reg-shift 0, PLIC source 10
     0x80000000  DRAM
 plus HTIF tohost/fromhost when the kernel ELF defines those symbols.
+
+Booting follows QEMU 7.2's hw/riscv/boot.c: ``-bios FILE`` (an ELF by its
+addresses, or a raw image at DRAM base) and ``-kernel`` (an ELF by its
+addresses, or a raw image at the next 2 MiB boundary after the firmware, so
+0x80200000 after OpenSBI).  The device tree (kvmpy.boards.riscv_fdt) goes at
+the highest 2 MiB-aligned address below the end of RAM it fits under, and the
+hart starts with a0 = hartid, a1 = the DTB, a2 = fw_dynamic_info in the MROM.
 
 The UART talks to a ``kvmpy.devices.chardev`` backend, the same console layer
 as the PC board's serial port.  The backend's reader thread only queues typed
@@ -17,11 +25,15 @@ device state is touched from two threads.
 from __future__ import annotations
 
 import logging
+import os
+import struct
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
 
+from kvmpy.boards.riscv_fdt import VirtFdtParams, virt_fdt
 from kvmpy.devices.bus import Bus
 from kvmpy.devices.chardev import CharBackend, FileBackend, NullBackend
 from kvmpy.devices.riscv import clint as clint_mod
@@ -29,6 +41,7 @@ from kvmpy.devices.riscv import plic as plic_mod
 from kvmpy.devices.riscv import sifive_test
 from kvmpy.devices.riscv.clint import Clint
 from kvmpy.devices.riscv.htif import Htif
+from kvmpy.devices.riscv.mrom import Mrom
 from kvmpy.devices.riscv.plic import Plic
 from kvmpy.devices.riscv.sifive_test import SifiveTest
 from kvmpy.devices.serial import Uart16550
@@ -38,7 +51,8 @@ from kvmpy.tcg.backend_py import StateLayout, runtime_namespace
 from kvmpy.tcg.cpu_loop import CpuLoop
 from kvmpy.tcg.errors import GuestTrap, MachineExit, TcgUserError
 from kvmpy.tcg.softmmu import AccessFaults, SoftMmu
-from kvmpy.tcg.target.riscv.cpu import MEIP, MSIP, MTIP, SEIP, RiscvCpu
+from kvmpy.tcg.target.riscv.cpu import (ISA_STRING, MEIP, MMU_TYPE, MSIP, MTIP, NO_DEADLINE, NS_PER_TICK, SEIP, STIP,
+                                       RiscvCpu)
 from kvmpy.tcg.target.riscv.translate import INSTRET, N_SLOTS, PC, Translator
 from kvmpy.tcg.tb_cache import TBCache
 
@@ -51,6 +65,19 @@ UART_BASE = 0x10000000
 UART_SIZE = 0x100
 UART_IRQ = 10
 DRAM_BASE = 0x80000000
+MROM_BASE = 0x1000
+MROM_SIZE = 0xF000
+PLATFORM_BUS = (0x4000000, 0x2000000)   # QEMU's dynamic sysbus window: described, empty
+UART_CLOCK_HZ = 3686400
+TIMEBASE_HZ = 1_000_000_000 // NS_PER_TICK   # CLINT mtime frequency in the device tree: 10 MHz
+KERNEL_ALIGN = 2 << 20                  # a raw -kernel goes at the next 2 MiB boundary after the firmware
+FDT_ALIGN = 2 << 20
+FDT_LIMIT = 3 << 30                     # QEMU keeps the DTB below 3 GiB for 32-bit kernels
+RNG_SEED_BYTES = 32
+FW_DYNAMIC_INFO_MAGIC = 0x4942534F      # "OSBI"
+FW_DYNAMIC_INFO_VERSION = 2
+FW_DYNAMIC_NEXT_MODE_S = 1
+RESET_VEC_BYTES = 40                    # six instructions and two dwords; fw_dynamic_info follows
 INPUT_QUEUE_LIMIT = 1 << 16     # bytes typed ahead of the guest; more are refused
 IDLE_WAIT = 0.05                # seconds a WFI waits for console input before looking again
 
@@ -73,6 +100,34 @@ class DeviceSlot:
     base: int
     size: int
     device: BoardDevice
+
+
+@dataclass(frozen=True)
+class BootImage:
+    """One file to load: an ELF (copied by its physical addresses) or a raw image."""
+
+    path: Path | str
+    elf: ElfImage | None = None
+    raw: bytes = b""
+
+
+@dataclass(frozen=True)
+class BootSpec:
+    """What the board boots: ``-bios``, ``-kernel`` and ``-append``."""
+
+    kernel: BootImage | None
+    firmware: BootImage | None = None
+    bootargs: str = ""
+
+
+@dataclass(frozen=True)
+class BootInfo:
+    """Where booting put things (what the hart finds in a0/a1/a2 and pc)."""
+
+    start: int
+    next_addr: int        # the next stage's address given to fw_dynamic (0 without -kernel)
+    fdt_addr: int
+    fdt_size: int
 
 
 class ConsoleInput:
@@ -110,19 +165,24 @@ class ConsoleInput:
 
 class VirtBoard:
     def __init__(self, memory: int, console: CharBackend | None = None, trace: IO[str] | None = None,
-                 trace_flags: set[str] | frozenset[str] = frozenset()) -> None:
+                 trace_flags: set[str] | frozenset[str] = frozenset(), ns_per_insn: int | None = None) -> None:
+        """``ns_per_insn`` None: mtime is real time; a number: each retired instruction is that many
+        ns of mtime (``-icount shift=N`` gives 2**N), so runs are deterministic."""
         self.console = console if console is not None else NullBackend()
         self.trace = trace
         self.trace_flags = set(trace_flags)
         self.bus = Bus("mmio")
         self.mem = SoftMmu(DRAM_BASE, memory, self.bus, AccessFaults(read=5, write=7, fetch=1))
-        self.cpu = RiscvCpu(self.mem)
+        self.cpu = RiscvCpu(self.mem, ns_per_insn=ns_per_insn)
         cpu = self.cpu
         self.mem.translate = cpu.mmu.translate
         self.plic = Plic([lambda lv: cpu.set_hw_irq(MEIP, lv), lambda lv: cpu.set_hw_irq(SEIP, lv)])
         self.clint = Clint(lambda: cpu.mtime, self._set_time,
                            lambda lv: cpu.set_hw_irq(MSIP, lv), self._set_mtip)
         self.uart = Uart16550(output=self.console.write, irq=self.plic.line(UART_IRQ))
+        self.mrom = Mrom(MROM_SIZE)
+        self.boot_spec: BootSpec | None = None
+        self.boot_info: BootInfo | None = None
         self.devices = self.device_table()
         for slot in self.devices:
             self.bus.map(slot.base, slot.size, slot.device, slot.name)
@@ -158,6 +218,7 @@ class VirtBoard:
     def device_table(self) -> tuple[DeviceSlot, ...]:
         """Every MMIO device of the board; reset walks this table, so none can be forgotten."""
         return (
+            DeviceSlot("mrom", MROM_BASE, MROM_SIZE, self.mrom),
             DeviceSlot("sifive_test", SIFIVE_TEST_BASE, sifive_test.SIZE, SifiveTest()),
             DeviceSlot("clint", CLINT_BASE, clint_mod.SIZE, self.clint),
             DeviceSlot("plic", PLIC_BASE, plic_mod.SIZE, self.plic),
@@ -165,37 +226,131 @@ class VirtBoard:
         )
 
     # ---- loading ---------------------------------------------------------
+    def device_tree(self, bootargs: str = "", rng_seed: bytes | None = None) -> bytes:
+        """The DTB that describes this board (QEMU 7.2's ``virt`` tree for the devices kvmpy has)."""
+        return virt_fdt(VirtFdtParams(
+            memory_base=DRAM_BASE, memory_size=self.mem.ram_size, isa=ISA_STRING, mmu_type=MMU_TYPE,
+            timebase_hz=TIMEBASE_HZ, clint=(CLINT_BASE, clint_mod.SIZE), plic=(PLIC_BASE, plic_mod.SIZE),
+            plic_ndev=plic_mod.NUM_SOURCES, uart=(UART_BASE, UART_SIZE), uart_irq=UART_IRQ,
+            uart_clock_hz=UART_CLOCK_HZ, test=(SIFIVE_TEST_BASE, sifive_test.SIZE), platform_bus=PLATFORM_BUS,
+            rng_seed=os.urandom(RNG_SEED_BYTES) if rng_seed is None else rng_seed, bootargs=bootargs,
+            hartid=self.cpu.hartid))
+
     def load(self, img: ElfImage, path: Path | str) -> None:
-        """Copy the program into RAM at its physical addresses and point the hart at its entry."""
-        self._copy_segments(img, path)
-        R = self.cpu.R
-        R[PC] = img.entry
-        R[10] = self.cpu.hartid        # a0 = hartid, as QEMU's reset vector sets it
-        R[11] = 0                      # a1 = DTB address: no device tree is generated
-        self._poll()
+        """Boot an ELF program without firmware (``-bios none``)."""
+        self.boot(BootSpec(kernel=BootImage(path, elf=img)))
+
+    def boot(self, spec: BootSpec) -> BootInfo:
+        """Load firmware, kernel and device tree as QEMU's virt does, and point the hart at the start.
+
+        Without firmware an ELF kernel starts at its entry (kvmpy's bare-metal
+        programs; QEMU jumps to DRAM base, where they begin).
+        """
+        loaded: list[tuple[int, int, str]] = []
+        start = fw_end = DRAM_BASE
+        if spec.firmware is not None:
+            fw_end = self._load_image(spec.firmware, DRAM_BASE, loaded)
+        next_addr = 0
+        kernel = spec.kernel
+        if kernel is not None:
+            if kernel.elf is not None:
+                self._load_image(kernel, 0, loaded)
+                next_addr = kernel.elf.low
+                if spec.firmware is None:
+                    start = kernel.elf.entry
+            else:
+                next_addr = -(-fw_end // KERNEL_ALIGN) * KERNEL_ALIGN
+                self._load_image(kernel, next_addr, loaded)
+        dtb = self.device_tree(spec.bootargs if kernel is not None else "")
+        top = min(DRAM_BASE + self.mem.ram_size, FDT_LIMIT) if DRAM_BASE < FDT_LIMIT \
+            else DRAM_BASE + self.mem.ram_size
+        fdt_addr = (top - len(dtb)) // FDT_ALIGN * FDT_ALIGN
         try:
-            symbols = img.symbols
+            self._place(fdt_addr, dtb, "the device tree", loaded)
+        except TcgUserError:
+            if spec.firmware is not None:
+                raise
+            # A bare-metal program in a RAM too small for both: it runs without a DTB (a1 = 0),
+            # as kvmpy always ran them; QEMU refuses to start instead.
+            log.debug("no room for the device tree below %#x", top)
+            fdt_addr, dtb = 0, b""
+        self.mrom.load(self._mrom_image(start, fdt_addr, next_addr))
+        R = self.cpu.R
+        R[PC] = start
+        R[10] = self.cpu.hartid                       # a0 = hartid
+        R[11] = fdt_addr                              # a1 = device tree
+        R[12] = MROM_BASE + RESET_VEC_BYTES          # a2 = fw_dynamic_info
+        self.boot_spec = spec
+        self.boot_info = BootInfo(start, next_addr, fdt_addr, len(dtb))
+        self._poll()
+        if kernel is not None and kernel.elf is not None and spec.firmware is None:
+            self._attach_htif(kernel)
+        return self.boot_info
+
+    @staticmethod
+    def _mrom_image(start: int, fdt_addr: int, next_addr: int) -> bytes:
+        """QEMU's reset vector (it loads a1 and the start address from the two dwords after it)
+        followed by OpenSBI's fw_dynamic_info (magic, version, next_addr, next_mode, options, boot_hart)."""
+        words = (0x00000297,     # auipc t0, 0
+                 0x02828613,     # addi  a2, t0, 40     (fw_dynamic_info)
+                 0xF1402573,     # csrr  a0, mhartid
+                 0x0202B583,     # ld    a1, 32(t0)     (device tree)
+                 0x0182B283,     # ld    t0, 24(t0)     (start address)
+                 0x00028067)     # jr    t0
+        vec = struct.pack("<6I2Q", *words, start, fdt_addr)
+        info = struct.pack("<6Q", FW_DYNAMIC_INFO_MAGIC, FW_DYNAMIC_INFO_VERSION, next_addr,
+                           FW_DYNAMIC_NEXT_MODE_S, 0, 0)
+        return vec + info
+
+    def _attach_htif(self, kernel: BootImage) -> None:
+        assert kernel.elf is not None
+        try:
+            symbols = kernel.elf.symbols
         except LoaderError as exc:
             raise TcgUserError(str(exc)) from None
         tohost = symbols.get("tohost")
         if tohost is not None and self.mem.in_ram(tohost, 8):
             self.htif = Htif(self.mem, tohost, symbols.get("fromhost"), self.console.write)
 
-    def _copy_segments(self, img: ElfImage, path: Path | str) -> None:
-        """Every segment must lie in RAM; the error names the RAM size that would be needed."""
-        ram = self.mem.ram
-        for seg in img.segments:
+    def _load_image(self, image: BootImage, raw_addr: int, loaded: list[tuple[int, int, str]]) -> int:
+        """Copy an ELF by its segments, or a raw image at ``raw_addr``; return the end address."""
+        if image.elf is None:
+            self._place(raw_addr, image.raw, str(image.path), loaded)
+            return raw_addr + len(image.raw)
+        for seg in image.elf.segments:
+            self._check_fits(seg.paddr, seg.memsz, str(image.path))
             off = seg.paddr - DRAM_BASE
-            if off < 0:
-                raise TcgUserError(
-                    f"{path}: segment at {seg.paddr:#x} is below RAM (RAM starts at {DRAM_BASE:#x})")
-            if off + seg.memsz > len(ram):
-                need = (seg.paddr + seg.memsz - DRAM_BASE + (1 << 20) - 1) >> 20
-                raise TcgUserError(
-                    f"{path}: segment at {seg.paddr:#x}+{seg.memsz:#x} does not fit in "
-                    f"{len(ram) >> 20} MiB of RAM; use -m {need}M or more")
-            ram[off:off + seg.filesz] = img.segment_bytes(seg)
+            ram = self.mem.ram
+            ram[off:off + seg.filesz] = image.elf.segment_bytes(seg)
             ram[off + seg.filesz:off + seg.memsz] = bytes(seg.memsz - seg.filesz)
+            self._claim(seg.paddr, seg.memsz, str(image.path), loaded)
+        return image.elf.high
+
+    def _place(self, addr: int, data: bytes, what: str, loaded: list[tuple[int, int, str]]) -> None:
+        self._check_fits(addr, len(data), what)
+        self._claim(addr, len(data), what, loaded)
+        off = addr - DRAM_BASE
+        self.mem.ram[off:off + len(data)] = data
+
+    @staticmethod
+    def _claim(addr: int, size: int, what: str, loaded: list[tuple[int, int, str]]) -> None:
+        """Two images in the same bytes is an error, as QEMU's "rom: requested regions overlap"."""
+        for base, length, other in loaded:
+            if addr < base + length and base < addr + size:
+                raise TcgUserError(f"{what} at {addr:#x}+{size:#x} overlaps {other} at {base:#x}+{length:#x}")
+        if size:
+            loaded.append((addr, size, what))
+
+    def _check_fits(self, addr: int, size: int, what: str) -> None:
+        """Every image must lie in RAM; the error names the RAM size that would be needed."""
+        off = addr - DRAM_BASE
+        if off < 0:
+            raise TcgUserError(f"{what}: segment at {addr:#x} is below RAM (RAM starts at {DRAM_BASE:#x})")
+        if off + size > self.mem.ram_size:
+            need = (addr + size - DRAM_BASE + (1 << 20) - 1) >> 20
+            raise TcgUserError(
+                f"{what}: segment at {addr:#x}+{size:#x} does not fit in "
+                f"{self.mem.ram_size >> 20} MiB of RAM; use -m {need}M or more")
 
     # ---- run ---------------------------------------------------------------
     def run(self) -> MachineExit:
@@ -221,7 +376,7 @@ class VirtBoard:
             self.cache.flush_jump_caches(lambda ctx: not self.cpu.paged(ctx))
 
     def _set_time(self, value: int) -> None:
-        self.cpu.time_skew = value - self.cpu.R[INSTRET]
+        self.cpu.set_mtime(value)
 
     def _set_mtip(self, level: bool) -> None:
         self._mtip = level
@@ -229,9 +384,11 @@ class VirtBoard:
 
     def _poll(self) -> None:
         cpu = self.cpu
-        mtip = cpu.R[INSTRET] + cpu.time_skew >= self.clint.mtimecmp
+        mtip = cpu.mtime >= self.clint.mtimecmp
         if mtip != self._mtip:
             self._set_mtip(mtip)
+        if cpu.sstc_enabled:
+            cpu.update_sstc()
         if self.interactive and self.input.ready.is_set():   # no lock, no syscall: cheap
             self._take_input()
 
@@ -247,9 +404,23 @@ class VirtBoard:
     def _idle(self) -> bool:
         """WFI with nothing pending: let time pass until something can happen."""
         cpu = self.cpu
-        if cpu.mie & MTIP and self.clint.mtimecmp != (1 << 64) - 1 and not cpu.hw_ip & MTIP:
-            if cpu.mtime < self.clint.mtimecmp:
-                cpu.time_skew += self.clint.mtimecmp - cpu.mtime
+        deadlines = []
+        if cpu.mie & MTIP and self.clint.mtimecmp != NO_DEADLINE and not cpu.hw_ip & MTIP:
+            deadlines.append(self.clint.mtimecmp)
+        if cpu.mie & STIP and cpu.sstc_enabled and cpu.stimecmp != NO_DEADLINE and not cpu.hw_ip & STIP:
+            deadlines.append(cpu.stimecmp)                # Sstc: S-mode's own timer
+        if deadlines:
+            deadline = min(deadlines)
+            if cpu.ns_per_insn is not None:               # virtual time: skip to the deadline
+                if cpu.mtime < deadline:
+                    cpu.time_skew += deadline - cpu.mtime
+            else:                                         # real time: wait for it (or for input)
+                wait = min(cpu.seconds_until(deadline), IDLE_WAIT)
+                if self.interactive:
+                    if self.input.ready.wait(wait):
+                        self._take_input()
+                elif wait > 0:
+                    time.sleep(wait)
             self._poll()
             return True
         if self.interactive:
@@ -270,8 +441,9 @@ class VirtBoard:
             regs = " ".join(f"x{i}={cpu.R[i]:016x}" + ("\n" if i % 4 == 3 else "") for i in range(1, 32))
             self._trace(f" pc={cpu.R[PC]:016x} {regs}\n")
 
-    def reset(self, img: ElfImage, path: Path | str) -> None:
-        """Guest-requested reset: fresh CPU, devices and RAM contents, then reload the program."""
+    def reset(self) -> None:
+        """Guest-requested reset: fresh CPU, devices and RAM contents, then boot the same images again."""
+        assert self.boot_spec is not None, "reset before boot"
         self.cache.flush_all()
         self.mem.flush()
         self.mem.code_pages.clear()
@@ -279,4 +451,4 @@ class VirtBoard:
         self.cpu.reset()
         for slot in self.devices:
             slot.device.reset()
-        self.load(img, path)
+        self.boot(self.boot_spec)

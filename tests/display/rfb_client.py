@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 import zlib
 
 from kvmpy.display import vnc_auth
@@ -79,6 +80,26 @@ class RawClient:
                 assert enc == 0, enc
                 rects.append((x, y, w, h, enc, self.recv(w * h * self.pixel_format.bytes_per_pixel)))
         return rects
+
+    def idle_bytes(self, seconds: float, poll: float = 0.1) -> int:
+        """Bytes of FramebufferUpdates received over ``seconds`` while asking for an incremental update every
+        ``poll`` seconds, as viewers keep asking (a full update should have been read first)."""
+        start = self.received
+        end = time.monotonic() + seconds
+        try:
+            while (left := end - time.monotonic()) > 0:
+                self.request(True)
+                self.sock.settimeout(min(poll, left))
+                try:
+                    if not self.sock.recv(1, socket.MSG_PEEK):
+                        raise EOFError
+                except socket.timeout:
+                    continue
+                self.sock.settimeout(10)
+                self.read_update()
+        finally:
+            self.sock.settimeout(10)
+        return self.received - start
 
     def key(self, keysym: int, down: bool) -> None:
         self.sock.sendall(struct.pack("!BBxxI", 4, down, keysym))

@@ -1,7 +1,8 @@
 """SiFive CLINT (core-local interruptor): msip, mtimecmp and mtime for one hart.
 
 Register layout (QEMU/SiFive facts): msip at 0x0, mtimecmp at 0x4000, mtime at
-0xbff8; 32- and 64-bit accesses.  Time is the hart's virtual ``mtime``.
+0xbff8; 32- and 64-bit accesses.  Time is the hart's ``mtime`` (10 MHz: real time, or
+counted instructions under -icount).
 """
 
 from __future__ import annotations

@@ -2,16 +2,19 @@
 translated code calls (CSR access, xRET, WFI, SFENCE.VMA, atomics, ECALL...).
 
 Registers and the pc live in the state list ``R`` shared with generated code;
-everything else is plain attributes here.  Time: ``mtime`` is virtual and counts
-retired instructions (one tick per instruction, plus whatever WFI skips while
-waiting for the timer), which makes runs deterministic.  mcycle and minstret
-are one counter; a CSR write to it replaces the writing instruction's own
-increment (the next instruction reads the written value), and does not move mtime.
+everything else is plain attributes here.  Time: ``mtime`` ticks at 10 MHz
+(``NS_PER_TICK``).  With ``ns_per_insn`` None it follows the host's monotonic
+clock (real time, as QEMU); with a number it is virtual and counts retired
+instructions, each that many nanoseconds, plus whatever WFI skips while waiting
+for the timer, which makes runs deterministic (QEMU's ``-icount``).  mcycle and
+minstret are one counter; a CSR write to it replaces the writing instruction's
+own increment (the next instruction reads the written value), and does not move mtime.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Callable
 
 from kvmpy.tcg.errors import GuestTrap
@@ -36,6 +39,14 @@ UXL_SXL = (2 << 32) | (2 << 34)
 MSTATUS_WMASK = SIE | MIE | SPIE | MPIE | SPP | MPP | MPRV | SUM | MXR | TVM | TW | TSR | FS
 SSTATUS_MASK = SIE | SPIE | SPP | SUM | MXR | FS | (3 << 32) | (1 << 63)
 
+# menvcfg bits: FIOM (kept, no effect on a single in-order hart) and Sstc's STCE
+ENVCFG_FIOM = 1
+MENVCFG_STCE = 1 << 63
+MENVCFG_WMASK = ENVCFG_FIOM | MENVCFG_STCE
+COUNTEREN_TM = 1 << 1
+CSR_STIMECMP = 0x14D
+NO_DEADLINE = (1 << 64) - 1
+
 # interrupt bits
 SSIP, MSIP, STIP, MTIP, SEIP, MEIP = 1 << 1, 1 << 3, 1 << 5, 1 << 7, 1 << 9, 1 << 11
 S_INTS = SSIP | STIP | SEIP
@@ -43,6 +54,12 @@ ALL_INTS = S_INTS | MSIP | MTIP | MEIP
 IRQ_PRIORITY = (11, 3, 7, 9, 1, 5)
 
 MISA = (2 << 62) | sum(1 << (ord(c) - ord("A")) for c in "ACDFIMSU")
+# The device tree's riscv,isa for this hart: exactly what the translator implements
+# (Zihintpause's PAUSE is a FENCE hint, which runs as a FENCE); Sv39 is the only paging mode.
+ISA_STRING = "rv64imafdc_zicsr_zifencei_zihintpause_sstc"
+MMU_TYPE = "riscv,sv39"
+NS_PER_TICK = 100                 # mtime and the time CSR run at 10 MHz
+DEFAULT_NS_PER_INSN = NS_PER_TICK  # deterministic time: one tick per retired instruction
 DELEGABLE_EXC = 0xB3FF        # everything but ecall-from-M and reserved causes
 
 CAUSE_ILLEGAL = 2
@@ -55,12 +72,14 @@ CAUSE_ECALL_U = 8
 class RiscvCpu:
     pc_slot = PC
 
-    def __init__(self, mem: SoftMmu, hartid: int = 0) -> None:
+    def __init__(self, mem: SoftMmu, hartid: int = 0, ns_per_insn: int | None = DEFAULT_NS_PER_INSN) -> None:
         self.R = [0] * N_SLOTS
         self.mmu_mem = mem
         self.mmu = RiscvMmu(self)
         self.hartid = hartid
-        self.time_skew = 0            # mtime = instret + time_skew
+        self.ns_per_insn = ns_per_insn   # None: mtime is real time
+        self.time_skew = 0            # mtime = the clock's ticks + time_skew
+        self._epoch_ns = time.monotonic_ns()
         self.on_context_change: Callable[[], None] = lambda: None
         self.on_tlb_flush: Callable[[bool], None] = lambda all_contexts: None
         self.poll_devices: Callable[[], None] = lambda: None
@@ -70,6 +89,9 @@ class RiscvCpu:
 
     def reset(self) -> None:
         self.R[:] = [0] * N_SLOTS
+        if self.ns_per_insn is None:
+            self.time_skew = 0
+            self._epoch_ns = time.monotonic_ns()      # real time: mtime starts from 0 at power-on
         self.priv = PRV_M
         self.mstatus = UXL_SXL
         self.medeleg = self.mideleg = 0
@@ -83,6 +105,7 @@ class RiscvCpu:
         self.mtval = self.stval = 0
         self.mcounteren = self.scounteren = 0
         self.menvcfg = self.senvcfg = 0
+        self.stimecmp = 0
         self.mcountinhibit = 0
         self.satp = 0
         self.pmpcfg = [0, 0]
@@ -102,7 +125,29 @@ class RiscvCpu:
 
     @property
     def mtime(self) -> int:
-        return (self.R[INSTRET] + self.time_skew) & MASK64
+        if self.ns_per_insn is None:
+            ticks = (time.monotonic_ns() - self._epoch_ns) // NS_PER_TICK
+        elif self.ns_per_insn == NS_PER_TICK:
+            ticks = self.R[INSTRET]
+        else:
+            ticks = self.R[INSTRET] * self.ns_per_insn // NS_PER_TICK
+        return (ticks + self.time_skew) & MASK64
+
+    @property
+    def sstc_enabled(self) -> bool:
+        return bool(self.menvcfg & MENVCFG_STCE)
+
+    def update_sstc(self) -> None:
+        """Sstc: with menvcfg.STCE set, mip.STIP is (time >= stimecmp) and software cannot write it."""
+        self.set_hw_irq(STIP, self.sstc_enabled and self.mtime >= self.stimecmp)
+
+    def set_mtime(self, value: int) -> None:
+        """A CLINT write to mtime: the clock keeps running from ``value``."""
+        self.time_skew += value - self.mtime
+
+    def seconds_until(self, mtime: int) -> float:
+        """Real seconds until mtime reaches ``mtime`` (0 if it has); real-time clock only."""
+        return max(mtime - self.mtime, 0) * NS_PER_TICK / 1e9
 
     def _update_irq(self) -> None:
         self.irq_pending = bool((self.sw_ip | self.hw_ip) & self.mie)
@@ -234,6 +279,9 @@ class RiscvCpu:
             if not self._counter_ok(csr):
                 raise GuestTrap(CAUSE_ILLEGAL, 0)
             return 0
+        if csr == CSR_STIMECMP:
+            self._check_sstc()
+            return self.stimecmp
         if csr == 0xF14:
             return self.hartid
         if csr in (0xF11, 0xF12, 0xF13, 0xF15):
@@ -245,6 +293,11 @@ class RiscvCpu:
         if 0x3B0 <= csr <= 0x3BF:
             return self.pmpaddr[csr - 0x3B0]
         raise GuestTrap(CAUSE_ILLEGAL, 0)
+
+    def _check_sstc(self) -> None:
+        """stimecmp below M-mode needs mcounteren.TM and menvcfg.STCE (as QEMU 7.2's predicate)."""
+        if self.priv < PRV_M and not (self.mcounteren & COUNTEREN_TM and self.sstc_enabled):
+            raise GuestTrap(CAUSE_ILLEGAL, 0)
 
     def _mstatus_sd(self) -> int:
         return self.mstatus | (1 << 63 if self.mstatus & FS == FS else 0)
@@ -281,7 +334,8 @@ class RiscvCpu:
         elif csr == 0x104:
             self.mie = (self.mie & ~self.mideleg) | (v & self.mideleg)
         elif csr == 0x344:
-            self.sw_ip = (self.sw_ip & ~S_INTS) | (v & S_INTS)
+            m = S_INTS & ~STIP if self.sstc_enabled else S_INTS
+            self.sw_ip = (self.sw_ip & ~m) | (v & m)
         elif csr == 0x144:
             m = SSIP & self.mideleg
             self.sw_ip = (self.sw_ip & ~m) | (v & m)
@@ -296,8 +350,19 @@ class RiscvCpu:
             setattr(self, name, v)
         elif csr in (0x306, 0x106):
             setattr(self, "mcounteren" if csr == 0x306 else "scounteren", v & 0xFFFFFFFF)
-        elif csr in (0x30A, 0x10A, 0x320):
-            pass                      # no fields we implement
+        elif csr == 0x30A:
+            self.menvcfg = v & MENVCFG_WMASK
+            if self.sstc_enabled:
+                self.sw_ip &= ~STIP               # STIP now follows stimecmp
+            self.update_sstc()
+        elif csr == 0x10A:
+            self.senvcfg = v & ENVCFG_FIOM
+        elif csr == CSR_STIMECMP:
+            self._check_sstc()
+            self.stimecmp = v
+            self.update_sstc()
+        elif csr == 0x320:
+            pass                      # counters are never inhibited here
         elif csr == 0x180:
             if self.priv == PRV_S and self.mstatus & TVM:
                 raise GuestTrap(CAUSE_ILLEGAL, 0)
@@ -344,9 +409,9 @@ class RiscvCpu:
         the current one, which the translated code adds after the helper returns,
         so the slot gets ``v - 1``.  mtime does not jump: it is a separate clock.
         """
-        new = (v - 1) & MASK64
-        self.time_skew += self.R[INSTRET] - new
-        self.R[INSTRET] = new
+        old_time = self.mtime
+        self.R[INSTRET] = (v - 1) & MASK64
+        self.time_skew += old_time - self.mtime
 
     def _pmp_changed(self) -> None:
         self.pmp_active = any(((c >> (8 * k)) >> 3) & 3 for c in self.pmpcfg for k in range(8))

@@ -271,3 +271,34 @@ def test_trigger_csrs_read_and_write_like_qemu(cpu):
     assert [cpu.csr_read(c) for c in (TSELECT, TDATA1, TDATA2, TDATA3)] == [1, 2 << 60, 0, 0]
     cpu.priv = PRV_S
     assert trap_of(csr, cpu, 2, TSELECT, 0, 0).cause == 2       # M-mode only
+
+
+def test_sstc_stimecmp_drives_stip_once_menvcfg_stce_is_set(cpu):
+    """Sstc as QEMU 7.2 exposes it: stimecmp (0x14D) needs mcounteren.TM and menvcfg.STCE below M;
+    with STCE set, mip.STIP is time >= stimecmp and a CSR write cannot change it."""
+    MENVCFG, STIMECMP = 0x30A, 0x14D
+    cpu.R[INSTRET] = 1000
+    cpu.priv = PRV_S
+    assert trap_of(csr, cpu, 2, STIMECMP, 0, 0).cause == 2      # STCE and TM both clear
+    cpu.priv = PRV_M
+    csr(cpu, 1, MIP, STIP)
+    assert cpu.mip & STIP                                        # without STCE, M-mode software owns STIP
+    csr(cpu, 1, MENVCFG, (1 << 63) | (1 << 62) | 1)
+    assert csr(cpu, 2, MENVCFG, 0, 0) == (1 << 63) | 1           # no Svpbmt: PBMTE stays 0
+    assert cpu.mip & STIP                                        # stimecmp is 0 at reset: time >= 0
+    csr(cpu, 1, STIMECMP, 1100)
+    assert not cpu.mip & STIP
+    csr(cpu, 1, MIP, STIP)
+    assert not cpu.mip & STIP                                    # read-only while STCE is set
+    cpu.priv = PRV_S
+    assert trap_of(csr, cpu, 2, STIMECMP, 0, 0).cause == 2      # still needs mcounteren.TM
+    cpu.mcounteren = 1 << 1
+    assert csr(cpu, 2, STIMECMP, 0, 0) == 1100
+    cpu.R[INSTRET] = 1100
+    cpu.update_sstc()
+    assert cpu.mip & STIP
+    csr(cpu, 1, STIMECMP, (1 << 64) - 1)
+    assert not cpu.mip & STIP
+    cpu.priv = PRV_M
+    csr(cpu, 1, MENVCFG, 0)
+    assert not cpu.mip & STIP and cpu.stimecmp == (1 << 64) - 1

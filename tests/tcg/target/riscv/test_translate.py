@@ -19,6 +19,7 @@ import pytest
 
 from kvmpy.boards.riscv_virt import VirtBoard
 from kvmpy.tcg.errors import MachineExit
+from kvmpy.tcg.target.riscv.cpu import DEFAULT_NS_PER_INSN
 from kvmpy.tcg.target.riscv.translate import PC
 
 unicorn = pytest.importorskip("unicorn")
@@ -116,7 +117,7 @@ def test_random_alu_and_memory_sequences_match_unicorn():
 def _run_asm(source: str, march: str | None = None) -> VirtBoard:
     """Assemble ``source`` at BASE and run it until it writes the sifive_test exit (x30 to (x31))."""
     from tests.guests.riscv.asm import MARCH, assemble
-    board = VirtBoard(4 << 20)
+    board = VirtBoard(4 << 20, ns_per_insn=DEFAULT_NS_PER_INSN)    # deterministic: one mtime tick per instruction
     code = assemble(".option norvc\n" + source, march or MARCH)
     board.mem.ram[0:len(code)] = code
     board.cpu.R[30], board.cpu.R[31] = 0x5555, 0x100000
