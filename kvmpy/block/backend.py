@@ -8,6 +8,7 @@ import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kvmpy.block.cache import DirectFile
 from kvmpy.block.errors import BlockError
@@ -261,10 +262,12 @@ class BlockBackend(abc.ABC):
         """Fill ``buf`` with guest bytes at ``offset`` (drivers override this to avoid a copy)."""
         buf[:] = self.read(offset, len(buf))
 
-    def readv_into(self, offset: int, views: list[memoryview]) -> None:
-        """Fill ``views`` in order from guest ``offset`` (a scatter list, e.g. a request's guest pages).
-        Drivers whose guest bytes sit at the same file offsets override this with one preadv."""
-        total = sum(len(v) for v in views)
+    def readv_into(self, offset: int, views: list[memoryview], total: int | None = None) -> None:
+        """Fill ``views`` in order from guest ``offset`` (a scatter list, e.g. a request's guest pages);
+        ``total`` is their byte count when the caller knows it. Drivers whose guest bytes sit at the
+        same file offsets override this with one preadv."""
+        if total is None:
+            total = sum(map(len, views))
         if len(views) == 1:
             self.readinto(offset, views[0])
             return
@@ -275,9 +278,20 @@ class BlockBackend(abc.ABC):
             v[:] = buf[pos:pos + len(v)]
             pos += len(v)
 
-    def writev_from(self, offset: int, views: list[memoryview]) -> None:
-        """Store the concatenation of ``views`` at guest ``offset`` (a gather list)."""
+    def writev_from(self, offset: int, views: list[memoryview], total: int | None = None) -> None:
+        """Store the concatenation of ``views`` (``total`` bytes, when the caller knows) at guest ``offset``."""
         self.write(offset, views[0] if len(views) == 1 else b"".join(views))
+
+    def can_host_io(self) -> bool:
+        """Whether ``host_io`` works now (not for format drivers, nor with O_DIRECT, which needs aligned buffers)."""
+        return False
+
+    def host_io(self, offset: int, iov: Any, total: int, write: bool) -> None:
+        """Move ``total`` guest bytes at ``offset`` straight into (or, with ``write``, out of) the host
+        memory ``iov`` names: a numpy uint64 array of (address, length) rows, ``total`` bytes in all,
+        in memory the caller has checked and keeps mapped. Only when ``can_host_io()``; the caller
+        uses readv_into/writev_from otherwise."""
+        raise BlockError(f"{self.path}: {self.format_name} images have no host-memory I/O")
 
     def mapped(self, offset: int, length: int) -> memoryview | None:
         """The guest bytes at ``offset`` as a read-only view of the page cache, when this image

@@ -164,23 +164,43 @@ class Drive:
         self._done(kind, start, nbytes, True)
 
     # ---- data path -------------------------------------------------------------------
-    def read_into(self, offset: int, views: Sequence[memoryview]) -> None:
-        """Fill ``views`` (in order) with the disk bytes at ``offset``: one preadv straight into
-        them for a raw image, through one buffer and C-level copies otherwise."""
-        total = sum(len(v) for v in views)
+    def read_into(self, offset: int, views: Sequence[memoryview], total: int | None = None) -> None:
+        """Fill ``views`` (in order; ``total`` bytes, when the caller knows) with the disk bytes at
+        ``offset``: one preadv straight into them for a raw image, through one buffer and C-level
+        copies otherwise."""
+        if total is None:
+            total = sum(map(len, views))
+        bufs = views if isinstance(views, list) else list(views)
         with self._lock:
-            self._run("rd", total, lambda: self.image.readv_into(offset, list(views)))
+            self._run("rd", total, lambda: self.image.readv_into(offset, bufs, total))
 
-    def write_from(self, offset: int, views: Sequence[memoryview]) -> None:
-        """Write the concatenation of ``views`` at ``offset`` (durably when the write cache is off)."""
-        total = sum(len(v) for v in views)
+    def write_from(self, offset: int, views: Sequence[memoryview], total: int | None = None) -> None:
+        """Write the concatenation of ``views`` (``total`` bytes, when the caller knows) at ``offset``
+        (durably when the write cache is off)."""
+        if total is None:
+            total = sum(map(len, views))
+        bufs = views if isinstance(views, list) else list(views)
 
         def op() -> None:
-            self.image.writev_from(offset, list(views))
+            self.image.writev_from(offset, bufs, total)
             if not self.writeback:
                 self.image.flush()
         with self._lock:
             self._run("wr", total, op, offset + total)
+
+    def host_io(self, offset: int, iov: Any, total: int, write: bool) -> bool:
+        """Read (or ``write``) ``total`` bytes at ``offset`` straight to or from the host memory ``iov``
+        names (see BlockBackend.host_io; the caller keeps it mapped). False, and nothing done or counted,
+        when the image cannot: use read_into/write_from."""
+        def op() -> None:
+            self.image.host_io(offset, iov, total, write)
+            if write and not self.writeback:
+                self.image.flush()
+        with self._lock:
+            if not self.image.can_host_io():
+                return False
+            self._run("wr" if write else "rd", total, op, offset + total if write else None)
+        return True
 
     def write_zeroes(self, offset: int, length: int, *, unmap: bool) -> None:
         def op() -> None:

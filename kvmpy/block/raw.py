@@ -6,12 +6,16 @@ import errno
 import functools
 import os
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from kvmpy.block.backend import BlockBackend, Extent, HostFileOptions, map_file_range, merge_extents
 from kvmpy.block.errors import BlockError, io_errors
 
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
+_IOV_MAX = 1024
 
 
 @functools.lru_cache(maxsize=1)
@@ -23,6 +27,20 @@ def _libc_fallocate():  # type: ignore[no-untyped-def]
     fn = libc.fallocate
     fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
     return fn
+
+
+@functools.lru_cache(maxsize=1)
+def _libc_vec_io():  # type: ignore[no-untyped-def]
+    """libc's preadv and pwritev through ctypes (which lets the GIL go during the call)."""
+    import ctypes
+    import ctypes.util
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    fns = libc.preadv, libc.pwritev
+    for fn in fns:
+        fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int64]
+        fn.restype = ctypes.c_ssize_t
+    return fns, ctypes.get_errno, ctypes.memset
 
 
 def punch_hole(fd: int, offset: int, length: int) -> bool:
@@ -69,9 +87,10 @@ class RawBackend(BlockBackend):
         self.pread_all(self.fd, [(offset, buf)])
 
     @io_errors
-    def readv_into(self, offset: int, views: list[memoryview]) -> None:
+    def readv_into(self, offset: int, views: list[memoryview], total: int | None = None) -> None:
         """One preadv straight into the caller's buffers (guest RAM), unless O_DIRECT needs them aligned."""
-        total = sum(len(v) for v in views)
+        if total is None:
+            total = sum(map(len, views))
         self.check_range(offset, total)
         if self.direct is not None and not self.direct.fits_all(offset, views):
             super().readv_into(offset, views)
@@ -94,10 +113,11 @@ class RawBackend(BlockBackend):
                 views = [views[0][got:]] + views[1:]
 
     @io_errors
-    def writev_from(self, offset: int, views: list[memoryview]) -> None:
+    def writev_from(self, offset: int, views: list[memoryview], total: int | None = None) -> None:
         """One pwritev straight from the caller's buffers (guest RAM), unless O_DIRECT needs them aligned."""
         self._check_writable()
-        total = sum(len(v) for v in views)
+        if total is None:
+            total = sum(map(len, views))
         self.check_range(offset, total)
         if self.direct is not None and not self.direct.fits_all(offset, views):
             super().writev_from(offset, views)
@@ -114,6 +134,47 @@ class RawBackend(BlockBackend):
                 views = views[1:]
             if views and n:
                 views = [views[0][n:]] + views[1:]
+
+    def can_host_io(self) -> bool:
+        return self.direct is None
+
+    @io_errors
+    def host_io(self, offset: int, iov: Any, total: int, write: bool) -> None:
+        """One preadv/pwritev per IOV_MAX rows of ``iov`` (host addresses, lengths), straight to or from
+        guest RAM without a Python object per buffer."""
+        if self.direct is not None:
+            raise BlockError(f"{self.path}: O_DIRECT needs aligned buffers: no host-memory I/O")
+        if write:
+            self._check_writable()
+        self.check_range(offset, total)
+        (preadv, pwritev), get_errno, memset = _libc_vec_io()
+        call = pwritev if write else preadv
+        done = 0
+        rows = iov
+        while len(rows):
+            chunk = rows[:_IOV_MAX]
+            got = call(self.fd, chunk.ctypes.data, len(chunk), offset + done)
+            if got < 0:
+                err = get_errno()
+                if err == errno.EINTR:
+                    continue
+                raise OSError(err, os.strerror(err))
+            done += got
+            if done == total:
+                return
+            if got == 0:
+                if write:
+                    raise OSError(errno.EIO, "pwritev wrote nothing")
+                for addr, n in rows.tolist():  # past the end of a file that shrank: zeros
+                    memset(addr, 0, n)
+                return
+            ends = np.cumsum(rows[:, 1])  # move past what this call moved, maybe into a row
+            k = int(np.searchsorted(ends, got, side="right"))
+            rows = rows[k:].copy()
+            if len(rows):
+                part = got - (int(ends[k - 1]) if k else 0)
+                rows[0, 0] += part
+                rows[0, 1] -= part
 
     @io_errors
     def mapped(self, offset: int, length: int) -> memoryview | None:

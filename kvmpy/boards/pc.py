@@ -332,6 +332,12 @@ class PcBoard:
         self.vm.create_irqchip()
         self.msi = MsiRoutes(self.vm)  # GSI routes for MSI(-X) vectors; keeps KVM's irqchip routes
         self.vm.create_pit2()
+        if host_kvm_kind() is KvmKind.PVM:
+            # PVM emulates ring 0, so firmware and GRUB miss timer ticks for most of the time they run
+            # with interrupts off; re-injected, the backlog keeps IRQ0 pending at every interrupt window
+            # and starves IRQ1 and up (GRUB never got its keys: PIC IRR 0x03, IRQ0 in service over and
+            # over). Dropping missed ticks, as lost_tick_policy=discard does, lets the keyboard through.
+            self.vm.set_pit_reinject(False)
         self.sci = SharedIrq(KvmIrqLine(self.vm, acpi.SCI_IRQ))  # the PM block and GPE0 share the SCI
         supported = self.kvm.supported_cpuid()
         self.amd = any(e.function == 0 and e.ebx == 0x68747541 for e in supported)  # "Auth"enticAMD

@@ -43,6 +43,7 @@ KVM_UNREGISTER_COALESCED_MMIO = IOW(KVMIO, 0x68, _sized("struct kvm_coalesced_mm
 KVM_SET_GSI_ROUTING = IOW(KVMIO, 0x6A, _sized("struct kvm_irq_routing"))  # the header only; entries follow
 KVM_IRQFD = IOW(KVMIO, 0x76, _sized("struct kvm_irqfd"))
 KVM_CREATE_PIT2 = IOW(KVMIO, 0x77, _sized("struct kvm_pit_config"))
+KVM_REINJECT_CONTROL = IO(KVMIO, 0x71)  # takes a struct kvm_reinject_control * all the same
 KVM_IOEVENTFD = IOW(KVMIO, 0x79, _sized("struct kvm_ioeventfd"))
 KVM_SET_CLOCK = IOW(KVMIO, 0x7B, _sized("struct kvm_clock_data"))
 KVM_GET_CLOCK = IOR(KVMIO, 0x7C, _sized("struct kvm_clock_data"))

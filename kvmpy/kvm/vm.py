@@ -95,6 +95,13 @@ class VmFd:
         cfg = ffi.new("struct kvm_pit_config *", {"flags": flags})
         ioctl_buf(self.fd, ioctls.KVM_CREATE_PIT2, cfg)
 
+    def set_pit_reinject(self, reinject: bool) -> None:
+        """KVM_REINJECT_CONTROL: whether the in-kernel PIT delivers the ticks a guest missed later (KVM's
+        default, QEMU's lost_tick_policy=delay) or drops them (discard)."""
+        control = bytearray(32)  # struct kvm_reinject_control: u8 pit_reinject, u8 reserved[31]
+        control[0] = 1 if reinject else 0
+        ioctl_buf(self.fd, ioctls.KVM_REINJECT_CONTROL, control)
+
     def irq_line(self, irq: int, level: int) -> None:
         req = ffi.new("struct kvm_irq_level *")
         req.irq = irq

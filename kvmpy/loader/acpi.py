@@ -10,7 +10,9 @@ also describes it as QEMU's pc does: ``\\_SB.PCI0`` (PNP0A03) with its bus,
 I/O and memory windows in ``_CRS``, the PIIX3 at 01.0 with a PCI_Config region
 over its PIRQ route registers, the link devices LNKA-LNKD that read and program
 them (and LNKS for the SCI), and a ``_PRT`` sending INTx pin P of slot S to
-link (S - 1 + P) mod 4. The AML comes from kvmpy.loader.aml.
+link (S - 1 + P) mod 4. The i8042's keyboard (PNP0303) and mouse (PNP0F13) are described
+as QEMU's pc describes them, under the ISA bridge (or ``\\_SB`` without PCI): SeaBIOS sets
+up its PS/2 keyboard only when its DSDT parser finds PNP0303. The AML comes from kvmpy.loader.aml.
 """
 
 from __future__ import annotations
@@ -104,6 +106,28 @@ def _link_device(link: str, uid: int, reg: str) -> bytes:
     )
 
 
+I8042_DATA, I8042_CMD, KBD_IRQ, AUX_IRQ = 0x60, 0x64, 1, 12
+DEV_PRESENT = 0x0F  # _STA: present, enabled, shown in the UI, functioning
+
+
+def i8042_aml() -> bytes:
+    """The PS/2 keyboard (ports 0x60/0x64, IRQ 1) and mouse (IRQ 12) devices, as QEMU's i8042 declares them."""
+    kbd = aml.device(
+        "KBD",
+        aml.name("_HID", aml.eisaid("PNP0303")),
+        aml.name("_STA", aml.integer(DEV_PRESENT)),
+        aml.name("_CRS", aml.resource_template(aml.io_port(I8042_DATA, 1), aml.io_port(I8042_CMD, 1),
+                                               aml.irq_no_flags([KBD_IRQ]))),
+    )
+    mou = aml.device(
+        "MOU",
+        aml.name("_HID", aml.eisaid("PNP0F13")),
+        aml.name("_STA", aml.integer(DEV_PRESENT)),
+        aml.name("_CRS", aml.resource_template(aml.irq_no_flags([AUX_IRQ]))),
+    )
+    return kbd + mou
+
+
 def pci_aml(holes: PciHoles) -> bytes:
     """``\\_SB``: PCI0 with _CRS, _PRT and the ISA bridge, the PIRQ fields and the interrupt link devices."""
     crs = aml.resource_template(
@@ -126,7 +150,7 @@ def pci_aml(holes: PciHoles) -> bytes:
         aml.name("_CRS", crs),
         aml.name("_PRT", prt),
         aml.device("ISA", aml.name("_ADR", aml.integer(ISA_BRIDGE_ADR)),
-                   aml.operation_region("P40C", aml.PCI_CONFIG, PIRQ_REGS, 4)),
+                   aml.operation_region("P40C", aml.PCI_CONFIG, PIRQ_REGS, 4), i8042_aml()),
     )
     iqst = aml.method("IQST", 1,
                       aml.if_(aml.and_(aml.integer(PIRQ_DISABLED), aml.arg(0)), aml.ret(aml.integer(0x09))),
@@ -158,11 +182,11 @@ def pci_aml(holes: PciHoles) -> bytes:
 
 def build_dsdt(pci: PciHoles | None = None, memory_slots: int = 0) -> bytes:
     """\\_S5 (the soft-off sleep type), the GPE block device, the PCI description when the board has
-    PCI, and the memory-hotplug devices (kvmpy.loader.memhp_aml) when it has DIMM slots."""
+    PCI (the i8042's devices under its ISA bridge, else in ``\\_SB``), and the memory-hotplug devices (kvmpy.loader.memhp_aml) when it has DIMM slots."""
     s5 = aml.name("_S5_", aml.package(aml.integer(SLP_TYP_S5), aml.integer(SLP_TYP_S5), aml.integer(0),
                                       aml.integer(0)))
     gpe = aml.scope("_GPE", aml.name("_HID", aml.string("ACPI0006")))
-    body = s5 + gpe + (pci_aml(pci) if pci is not None else b"")
+    body = s5 + gpe + (pci_aml(pci) if pci is not None else aml.scope("\\_SB", i8042_aml()))
     if memory_slots:
         body += memhp_aml(memory_slots, "\\_SB.PCI0" if pci is not None else "\\_SB")
     return _table(b"DSDT", 2, body)

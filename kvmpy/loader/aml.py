@@ -200,6 +200,16 @@ def io_port(base: int, length: int, align: int = 1) -> bytes:
     return struct.pack("<BBHHBB", 0x47, 0x01, base, base, align, length)
 
 
+def irq_no_flags(irqs: list[int]) -> bytes:
+    """IRQNoFlags () {irqs}: the short IRQ descriptor (ISA IRQs 0-15, edge, active high, exclusive)."""
+    mask = 0
+    for irq in irqs:
+        if not 0 <= irq < 16:
+            raise ValueError(f"ISA IRQ {irq} is not 0-15")
+        mask |= 1 << irq
+    return struct.pack("<BH", 0x22, mask)
+
+
 def interrupt(irqs: list[int], level: bool = True, active_high: bool = True, shared: bool = True) -> bytes:
     """Interrupt(ResourceConsumer, …) {irqs}: the extended interrupt descriptor."""
     flags = 0x01 | (0 if level else 0x02) | (0 if active_high else 0x04) | (0x08 if shared else 0)

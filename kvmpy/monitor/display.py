@@ -15,6 +15,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from kvmpy.devices.i8042 import I8042
+from kvmpy.kvm.errors import KvmError
 from kvmpy.lifecycle import RunState
 from kvmpy.devices.scancodes import QCODES, QNUM_TO_QCODE
 from kvmpy.display.console import find_display_source
@@ -119,8 +120,11 @@ def press_keys(kbd: I8042, qcodes: list[str], hold_ms: int) -> None:
         kbd.key_event(q, True)
 
     def release() -> None:
-        for q in reversed(qcodes):
-            kbd.key_event(q, False)
+        try:
+            for q in reversed(qcodes):
+                kbd.key_event(q, False)
+        except (OSError, KvmError) as exc:  # the machine closed within the hold time: its irqchip is gone, nothing to release
+            log.debug("send-key: release after the machine closed: %s", exc)
 
     timer = threading.Timer(hold_ms / 1000, release)
     timer.daemon = True

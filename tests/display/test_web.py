@@ -10,6 +10,9 @@ screenshot. A key pressed in the page must come out of the guest's PS/2
 keyboard: its scancodes wait in the i8042's output buffer, or SeaBIOS's IRQ 1
 handler has already moved the key into the BIOS keyboard buffer in guest RAM.
 
+GRUB, booted from a grub-mkrescue ISO, takes 'c' and a command typed in the page, and the
+page's canvas shows the command's output exactly as kvmpy's screendump does.
+
 With ``-vnc`` too, the page's WebSocket reaches that very server. Command-line
 mistakes are checked through ``python3 -m kvmpy`` itself (one line on stderr,
 exit status 2), and a SIGKILLed VM must not leave websockify holding its port.
@@ -272,3 +275,67 @@ def test_browser_shows_the_screen_and_types_into_the_guest() -> None:
             browser.close()
         machine.close()
     assert not machine.board.web.running()  # websockify ends with the VM
+
+
+# What the browser's keyboard sends for each character of a GRUB command: (key, code, keyCode, text).
+BROWSER_KEYS = {" ": (" ", "Space", 32, " "), "-": ("-", "Minus", 189, "-"), "\n": ("Enter", "Enter", 13, "\r")}
+
+
+def browser_type(browser: Chromium, text: str) -> None:
+    for ch in text:
+        key = BROWSER_KEYS.get(ch) or (ch, f"Key{ch.upper()}" if ch.isalpha() else f"Digit{ch}", ord(ch.upper()), ch)
+        browser.key(*key)
+        time.sleep(0.15)
+
+
+@needs_vm
+@pytest.mark.skipif(find_chromium() is None, reason="needs Debian's chromium package (scripts/setup installs it)")
+def test_browser_types_a_grub_command_and_shows_its_output() -> None:
+    """GRUB (from a grub-mkrescue ISO on -cdrom) in the page: 'c' and a command typed in the browser reach
+    GRUB through noVNC, VNC and the PS/2 keyboard; the command's output appears on the page's canvas,
+    which must equal kvmpy's screendump pixel for pixel (the cursor's cell aside)."""
+    import shutil
+    import tempfile
+
+    from tests.firmware.grub_iso import grub_iso, missing_tools
+    from tests.firmware.screens import KvmpyScreen, differing_rows
+    from tests.firmware.test_grub import MENU_HELP, PROMPT, last_line
+
+    if missing_tools():
+        pytest.skip(f"needs {', '.join(missing_tools())} for the GRUB ISO (scripts/setup installs them)")
+    tmp = Path(tempfile.mkdtemp(prefix="kvwg", dir="/tmp"))  # short: UNIX sockets
+    ours = KvmpyScreen(["-m", "128", "-nodefaults", "-vga", "std", "-cdrom", str(grub_iso()),
+                        "-display", "web=127.0.0.1:0"], tmp)
+    browser = None
+    try:
+        ours.wait_text(lambda rows: any(r.strip() == MENU_HELP for r in rows), 300)
+        web = ours.machine.board.web
+        assert web is not None
+        browser = Chromium()
+        browser.navigate(web.url)
+        browser.wait_for(f"!!({CANVAS}) && ({CANVAS}).width >= 100", timeout=60)
+        left, top, width, height = (round(v) for v in browser.evaluate(CANVAS_BOX))
+        browser.click(left + width / 2, top + height / 2)  # noVNC takes keys once its canvas has focus
+        browser_type(browser, "c")
+        ours.wait_text(lambda rows: last_line(rows) == PROMPT, 60)
+        browser_type(browser, "echo kvmpy-web-ok\n")
+        rows = ours.wait_text(lambda rows: last_line(rows) == PROMPT and "kvmpy-web-ok" in rows, 60)
+        assert any(r.endswith("grub> echo kvmpy-web-ok") for r in rows), rows
+
+        screen, cursor = ours.frame(), ours.cursor()
+        deadline, diff = time.monotonic() + 30, None
+        while time.monotonic() < deadline:  # noVNC draws what the server sends: poll until it caught up
+            shown = browser.evaluate(READ_CANVAS)
+            if shown is not None:
+                w, h, data = shown
+                canvas = np.frombuffer(base64.b64decode(data), dtype=np.uint8).reshape(h, w, 4)[:, :, :3]
+                diff = differing_rows(canvas, screen, cursor)
+                if not diff:
+                    break
+            time.sleep(0.2)
+        assert diff == [], f"the page's canvas differs from kvmpy's screendump in text rows {diff}"
+    finally:
+        if browser is not None:
+            browser.close()
+        ours.close()
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -75,12 +75,16 @@ def test_irqchip_and_pit_need_creating_first(vm: VmFd) -> None:
         vm.irq_line(4, 1)
     with _raises("KVM_GET_PIT2", errno.ENXIO):
         vm.get_pit2()
+    with _raises("KVM_REINJECT_CONTROL", errno.ENXIO):
+        vm.set_pit_reinject(False)
     vm.set_tss_addr(0xFFFBD000)  # above 2 GiB: goes through libc, not fcntl's C int
     vm.set_identity_map_addr(0xFFFBC000)
     vm.create_irqchip()
     with _raises("KVM_CREATE_IRQCHIP", errno.EEXIST):
         vm.create_irqchip()
     vm.create_pit2()
+    vm.set_pit_reinject(False)  # what the PC board does on PVM hosts
+    vm.set_pit_reinject(True)
 
 
 def test_irqchip_state_round_trips(vm: VmFd) -> None:

@@ -125,7 +125,10 @@ async def qmp_unplug(sock: Path) -> tuple[list[Any], list[Any]]:
     replies.append(await client.execute("query-memory-devices"))
     replies.append(await client.execute("query-memory-size-summary"))
     await client.execute("quit")
-    await client.disconnect()
+    try:
+        await client.disconnect()
+    except EOFError:  # the VM hangs up after answering quit, as QEMU does; qemu.qmp reports it if that wins the race
+        pass
     return replies, events
 
 
@@ -164,8 +167,6 @@ def common_args(kernel: Path, initrd: Path, sock: Path, shared: Path) -> list[st
             "-qmp", f"unix:{sock},server=on,wait=off"]
 
 
-@pytest.mark.bed_pending("the 400 MiB fill (busybox head, byte by byte) did not finish in 300 s; with the fill "
-                         "now made by cat, L1 wedged (soft lockups on both vCPUs) about 70 s into the kvmpy run")
 @pytest.mark.kvm_full
 @pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="needs qemu-system-x86_64")
 def test_hot_add_use_and_remove_a_dimm_like_qemu(linux_assets) -> None:
@@ -200,3 +201,69 @@ def test_hot_add_use_and_remove_a_dimm_like_qemu(linux_assets) -> None:
     assert k["events"] == q["events"], (k["events"], q["events"])
     assert k["unplug"] == q["unplug"], (k["unplug"], q["unplug"])
     assert k["unplug_events"] == q["unplug_events"], (k["unplug_events"], q["unplug_events"])
+
+
+@pytest.mark.bed_pending("new: not yet seen passing in the bed")
+@pytest.mark.kvm_full
+def test_a_hot_added_dimm_migrates_with_what_the_guest_wrote_in_it(linux_assets, tmp_path: Path) -> None:
+    """Issue 15: migrate a VM after a hot-add. The destination is started with the hot-added object and DIMM on
+    its command line, as QEMU requires; the guest's tmpfs, filled past its boot memory (so into the DIMM),
+    reads back the same on the destination, which then still takes the DIMM's removal."""
+    from kvmpy.migration.migrate_cli import QmpClient
+
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    work = Path(tempfile.mkdtemp(dir="/run" if os.access("/run", os.W_OK) else None))
+    src_sock, dst_sock = work / "src.sock", work / "dst.sock"
+    src = dst = None
+    try:
+        src = GuestProcess([sys.executable, "-m", "kvmpy", *common_args(linux_assets.kernel, linux_assets.initrd,
+                                                                        src_sock, work / "src-cold.ram")],
+                           cwd=work, env=env)
+        src.expect("KVMPY-TEST cmdline=", BOOT_TIMEOUT)
+        before = memtotal_kib(src, "MT0")
+        _, events, _ = asyncio.run(qmp_script(src_sock))
+        assert events and events[0][0] == "ACPI_DEVICE_OST", events
+        after = memtotal_kib(src, "MT1")
+        fill = run(src, fill_command(before // 1024 + FILL_MARGIN_MIB), "FILL", timeout=FILL_TIMEOUT)
+        assert "rc=0" in fill, fill
+        digest = re.search(r"([0-9a-f]{32})  /mnt/f", run(src, "md5sum /mnt/f", "SUM0")).group(1)  # type: ignore[union-attr]
+        port = 46500 + os.getpid() % 500
+        dst = GuestProcess([sys.executable, "-m", "kvmpy", *common_args(linux_assets.kernel, linux_assets.initrd,
+                                                                        dst_sock, work / "dst-cold.ram"),
+                            "-object", "memory-backend-ram,id=mem1,size=512M",
+                            "-device", "pc-dimm,id=dimm1,memdev=mem1",
+                            "-incoming", f"tcp:127.0.0.1:{port}"], cwd=work, env=env)
+        deadline = time.monotonic() + 60
+        while not dst_sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        src_qmp, dst_qmp = QmpClient(f"unix:{src_sock}", timeout=60), QmpClient(f"unix:{dst_sock}", timeout=60)
+        assert dst_qmp.execute("query-status")["status"] == "inmigrate"
+        for backend in src_qmp.execute("query-memdev"):  # the script's error cases left backends unplugged
+            if backend.get("id") not in ("cold", "mem1"):
+                src_qmp.execute("object-del", id=backend["id"])
+        begin = time.monotonic()
+        src_qmp.execute("migrate", uri=f"tcp:127.0.0.1:{port}")
+        while (info := src_qmp.execute("query-migrate"))["status"] not in ("completed", "failed", "cancelled"):
+            assert time.monotonic() - begin < 300, info
+            time.sleep(0.5)
+        assert info["status"] == "completed", info
+        print(f"\nmigrated after a hot-add: {time.monotonic() - begin:.1f} s, "
+              f"downtime {info.get('downtime')} ms, {info['ram']['transferred']} bytes")
+        assert dst_qmp.execute("query-status")["status"] == "running"
+        assert [d["data"]["id"] for d in dst_qmp.execute("query-memory-devices")] == ["dcold", "dimm1"]
+        src_qmp.execute("quit")
+        src.wait(60)
+        assert memtotal_kib(dst, "MT2") == after
+        moved = re.search(r"([0-9a-f]{32})  /mnt/f", run(dst, "md5sum /mnt/f", "SUM1")).group(1)  # type: ignore[union-attr]
+        assert moved == digest
+        run(dst, "rm -f /mnt/f /mnt/blk; umount /mnt", "UNFILL")
+        dst_qmp.close()  # qmp_unplug opens its own connection
+        _, unplug_events = asyncio.run(qmp_unplug(dst_sock))
+        assert ("DEVICE_DELETED", {"device": "dimm1", "path": "/machine/peripheral/dimm1"}) in unplug_events, \
+            (unplug_events, dst.text()[-3000:])
+        dst.wait(60)
+    finally:
+        for g in (src, dst):
+            if g is not None:
+                g.close()
+        shutil.rmtree(work, ignore_errors=True)

@@ -105,6 +105,7 @@ def test_iasl_decodes_the_pci_description(tmp_path, memory):
     for link in ("LNKA", "LNKB", "LNKC", "LNKD", "LNKS"):
         assert f"Device ({link})" in dsl
     assert dsl.count('EisaId ("PNP0C0F")') == 5
+    assert_i8042_devices(dsl, "Device (ISA)")
     low_lo, low_hi = holes.low
     high_lo, high_hi = holes.high
     assert f"0x{low_lo:08X},         // Range Minimum" in dsl and "0xFEBFFFFF,         // Range Maximum" in dsl
@@ -114,6 +115,29 @@ def test_iasl_decodes_the_pci_description(tmp_path, memory):
     assert len(prt) == 128
     assert prt[0] == ("0xFFFF", "Zero", "LNKD") and prt[4] == ("0x0001FFFF", "Zero", "LNKS")
     assert prt[8] == ("0x0002FFFF", "Zero", "LNKB") and prt[13] == ("0x0003FFFF", "One", "LNKD")
+
+
+def assert_i8042_devices(dsl: str, parent: str) -> None:
+    """KBD (PNP0303: 0x60, 0x64, IRQ 1) and MOU (PNP0F13: IRQ 12) under ``parent``, as QEMU's DSDT has them;
+    SeaBIOS sets up its PS/2 keyboard (and so its boot menu's keys) only when it finds PNP0303."""
+    dsl = re.sub(r"\s*//[^\n]*", "", dsl)
+    kbd, mou = dsl.index("Device (KBD)"), dsl.index("Device (MOU)")
+    assert dsl.index(parent) < kbd < mou
+    assert 'EisaId ("PNP0303")' in dsl[kbd:mou] and 'EisaId ("PNP0F13")' in dsl[mou:]
+    assert "Name (_STA, 0x0F)" in dsl[kbd:mou] and "Name (_STA, 0x0F)" in dsl[mou:]
+    assert re.search(r"IO \(Decode16,\s*0x0060,\s*0x0060,\s*0x01,\s*0x01,?\s*\)", dsl[kbd:mou])
+    assert re.search(r"IO \(Decode16,\s*0x0064,\s*0x0064,\s*0x01,\s*0x01,?\s*\)", dsl[kbd:mou])
+    assert re.search(r"IRQNoFlags \(\)\s*\{1\}", dsl[kbd:mou]) and re.search(r"IRQNoFlags \(\)\s*\{12\}", dsl[mou:])
+
+
+@pytest.mark.skipif(shutil.which("iasl") is None, reason="iasl (apt-get install acpica-tools) not installed")
+def test_iasl_decodes_the_i8042_without_pci(tmp_path):
+    path = tmp_path / "dsdt.dat"
+    t = acpi.build_tables(BASE, 1)
+    path.write_bytes(_table_at(t, t.tables["DSDT"]))
+    res = subprocess.run(["iasl", "-d", str(path)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert_i8042_devices(path.with_suffix(".dsl").read_text(), "Scope (\\_SB)")
 
 
 def test_prt_links_follow_piix3_routing():

@@ -33,6 +33,9 @@ def test_eisa_id_and_descriptors():
     assert aml.eisaid("PNP0C0F").hex() == "0c41d00c0f"
     assert aml.interrupt([5, 10, 11]).hex() == "890e00090305000000" "0a000000" "0b000000"
     assert aml.io_port(0xCF8, 8).hex() == "4701f80cf80c0108"
+    assert aml.irq_no_flags([1]).hex() == "220200" and aml.irq_no_flags([12]).hex() == "220010"
+    with pytest.raises(ValueError):
+        aml.irq_no_flags([16])
     assert aml.resource_template().hex() == "11050a02" "7900"  # Buffer (2) { End Tag }
     assert len(aml.dword_memory(0xA0000, 0xBFFFF, True)) == 26
     assert len(aml.qword_memory(1 << 32, (1 << 33) - 1, True)) == 46

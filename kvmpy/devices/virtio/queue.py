@@ -38,7 +38,10 @@ the same ones; anything the fast path cannot settle (a ring or buffer across
 two RAM ranges, or not in RAM at all) takes the guest-memory path, which
 accepts it or gives the error. A long indirect table laid out as Linux lays
 them out (entry i links to i+1, readable entries first) is checked with
-whole-table operations; any other shape is walked entry by entry.
+whole-table numpy operations and its chain keeps the buffers as arrays
+(``Chain.vec``): pieces of it are cut, joined, dirty-marked and handed out as
+a host iovec (``host_iov``) without a Python step per buffer; any other
+shape is walked entry by entry.
 
 Kicks: with EVENT_IDX the driver kicks only when its avail idx passes the
 device's avail_event, so whenever ``pop`` (or ``has_available``) finds the ring
@@ -59,13 +62,13 @@ program order (the element, then the index), which x86's TSO keeps.
 
 from __future__ import annotations
 
-import operator
 import struct
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator, Protocol
 
 from kvmpy.devices.device import DeviceStateError, bool_field, check_keys, int_field
+from kvmpy.memory.ramblock import PAGE_SHIFT
 
 if TYPE_CHECKING:
     from kvmpy.memory.address_space import AddressSpace
@@ -83,6 +86,7 @@ ADDR_LIMIT = 1 << 64
 LINEAR_MIN = 8  # indirect tables longer than this try the whole-table check first (shorter: the walk is as quick)
 
 DESC = struct.Struct("<QIHH")
+DESC_DTYPE = [("addr", "<u8"), ("len", "<u4"), ("flags", "<u2"), ("next", "<u2")]  # numpy's view of DESC
 USED_ELEM = struct.Struct("<II")
 U16 = struct.Struct("<H")
 _STATE_KEYS = {"size", "desc_addr", "avail_addr", "used_addr", "ready", "active", "event_idx", "indirect",
@@ -117,18 +121,76 @@ class GuestRam(Protocol):
     def mark_dirty(self, gpa: int, length: int) -> None: ...
 
 
-@dataclass(slots=True)
 class Chain:
-    """One validated descriptor chain: the driver's buffers, readable ones first."""
+    """One validated descriptor chain: the driver's buffers, readable ones first.
 
-    head: int
-    readable: list[tuple[int, int]] = field(default_factory=list)  # (gpa, len) driver -> device
-    writable: list[tuple[int, int]] = field(default_factory=list)  # (gpa, len) device -> driver
-    readable_len: int = 0
-    writable_len: int = 0
-    # (FlatView, RAM range) when every buffer lay in that one range as the chain was checked: the
-    # queue's fast path for buffer views, while that FlatView is the address space's.
-    ram: tuple[Any, Any] | None = field(default=None, repr=False, compare=False)
+    ``readable`` and ``writable`` list them as (gpa, len), driver -> device and device -> driver.
+    ``ram`` is (FlatView, RAM range) when every buffer lay in that one range as the chain was
+    checked: the queue's fast path for buffer views, while that FlatView is the address space's.
+    ``vec`` holds a Linux-shaped indirect table's buffers as numpy int64 arrays (addresses,
+    lengths, and how many of them, from the first, are readable), for whole-array work on
+    hundreds of buffers; the lists are then made from it only when someone asks for them.
+    """
+
+    __slots__ = ("head", "_readable", "_writable", "readable_len", "writable_len", "ram", "vec", "_runs")
+
+    def __init__(self, head: int, readable: list[tuple[int, int]] | None = None,
+                 writable: list[tuple[int, int]] | None = None, readable_len: int = 0, writable_len: int = 0,
+                 ram: tuple[Any, Any] | None = None, vec: tuple[Any, Any, int] | None = None) -> None:
+        self.head = head
+        self._readable = [] if readable is None and vec is None else readable
+        self._writable = [] if writable is None and vec is None else writable
+        self.readable_len, self.writable_len = readable_len, writable_len
+        self.ram, self.vec = ram, vec
+        self._runs: tuple[tuple[bool, int, int, int], tuple[Any, Any]] | None = None
+
+    def runs(self, write: bool, offset: int, end: int, delta: int) -> tuple[Any, Any]:
+        """``_vec_runs`` of this chain's ``vec``, the last answer kept: a read's data is viewed (or handed out
+        as an iovec) and then marked dirty, the same piece twice. The arrays are shared: do not change them."""
+        key = (write, offset, end, delta)
+        last = self._runs
+        if last is not None and last[0] == key:
+            return last[1]
+        have = self.writable_len if write else self.readable_len
+        runs = _vec_runs(self.vec, write, offset, end, have, delta)  # type: ignore[arg-type]
+        self._runs = (key, runs)
+        return runs
+
+    def set_vec(self, addrs: Any, lens: Any, n_readable: int) -> None:
+        """Hold the buffers as arrays (``vec``); the lists are made from them when asked for."""
+        self.vec = (addrs, lens, n_readable)
+        self._readable = self._writable = None
+        self._runs = None
+
+    def _side(self, write: bool) -> list[tuple[int, int]]:
+        addrs, lens, nr = self.vec  # type: ignore[misc]
+        part = slice(nr, None) if write else slice(0, nr)
+        bufs = list(zip(addrs[part].tolist(), lens[part].tolist()))
+        if write:
+            self._writable = bufs
+        else:
+            self._readable = bufs
+        return bufs
+
+    @property
+    def readable(self) -> list[tuple[int, int]]:
+        return self._side(False) if self._readable is None else self._readable
+
+    @property
+    def writable(self) -> list[tuple[int, int]]:
+        return self._side(True) if self._writable is None else self._writable
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Chain):
+            return NotImplemented
+        return (self.head, self.readable, self.writable, self.readable_len, self.writable_len) == \
+            (other.head, other.readable, other.writable, other.readable_len, other.writable_len)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (f"Chain(head={self.head}, readable={self.readable}, writable={self.writable}, "
+                f"readable_len={self.readable_len}, writable_len={self.writable_len})")
 
 
 def need_event(event: int, new: int, old: int) -> bool:
@@ -136,43 +198,90 @@ def need_event(event: int, new: int, old: int) -> bool:
     return (new - event - 1) & 0xFFFF < (new - old) & 0xFFFF
 
 
-def _cut(bufs: list[tuple[int, int]], total: int, offset: int, end: int) -> list[tuple[int, int]]:
-    """``bufs`` (``total`` bytes) trimmed to bytes [offset, end) of their concatenation, 0 <= offset, end <= total.
+def _find(bufs: list[tuple[int, int]], total: int, pos: int) -> tuple[int, int]:
+    """(i, start): buffer ``i`` of ``bufs`` (``total`` bytes, none empty) holds byte ``pos`` and begins at byte
+    ``start``; walks from whichever end of the list is nearer, so a byte near either end costs little."""
+    if 2 * pos < total:
+        i, start = 0, 0
+        while start + bufs[i][1] <= pos:
+            start += bufs[i][1]
+            i += 1
+        return i, start
+    i, start = len(bufs) - 1, total - bufs[-1][1]
+    while start > pos:
+        i -= 1
+        start -= bufs[i][1]
+    return i, start
 
-    Costs the buffers trimmed away from the nearer end, not the ones kept whole: a request's header
-    read from the front, or its data without the header before it and the status byte behind it.
+
+def _cut(bufs: list[tuple[int, int]], total: int, offset: int, end: int) -> list[tuple[int, int]]:
+    """``bufs`` (``total`` bytes, no empty one) trimmed to bytes [offset, end) of their concatenation,
+    0 <= offset, end <= total.
+
+    Costs the buffers between each cut and the nearer end of the list, not the ones kept whole: a
+    request's header read from the front, its status byte at the back, or its data between the two.
     """
     if offset >= end:
         return []
     if offset == 0 and end == total:
         return bufs
-    if 2 * end <= total:  # a piece near the front: walk forward to its end
-        out, pos = [], 0
-        for gpa, n in bufs:
-            if pos + n > offset:
-                lo = max(offset - pos, 0)
-                out.append((gpa + lo, min(n, end - pos) - lo))
-            pos += n
-            if pos >= end:
-                return out
-        return out
-    out = bufs[:]
-    excess = total - end
-    while excess:
-        gpa, n = out[-1]
-        if n > excess:
-            out[-1] = (gpa, n - excess)
-            break
-        out.pop()
-        excess -= n
-    if offset:
-        i = 0
-        while offset >= out[i][1]:
-            offset -= out[i][1]
-            i += 1
-        gpa, n = out[i]
-        out = [(gpa + offset, n - offset), *out[i + 1:]] if offset else out[i:]
+    i, si = _find(bufs, total, offset)
+    j, sj = _find(bufs, total, end - 1)
+    if i == j:
+        return [(bufs[i][0] + offset - si, end - offset)]
+    out = bufs[i:j + 1]
+    if offset > si:
+        gpa, n = out[0]
+        out[0] = (gpa + offset - si, n - (offset - si))
+    gpa, n = out[-1]
+    if end - sj < n:
+        out[-1] = (gpa, end - sj)
     return out
+
+
+def _vec_edge(vec: tuple[Any, Any, int], write: bool, offset: int, end: int, have: int) -> tuple[int, int] | None:
+    """[start, end) guest addresses of bytes [offset, end) (offset < end) of the readable or writable buffers
+    in ``vec`` (``have`` bytes in all) when they lie in its first or its last buffer, else None."""
+    addrs, lens, nr = vec
+    first, last = (nr, len(addrs) - 1) if write else (0, nr - 1)
+    n = int(lens[first])
+    if end <= n:
+        gpa = int(addrs[first])
+        return gpa + offset, gpa + end
+    n = int(lens[last])
+    if offset >= have - n:
+        gpa = int(addrs[last]) - (have - n)
+        return gpa + offset, gpa + end
+    return None
+
+
+def _vec_runs(vec: tuple[Any, Any, int], write: bool, offset: int, end: int, have: int,
+              delta: int) -> tuple[Any, Any]:
+    """Bytes [offset, end) (offset < end) of the readable or writable (``write``) buffers in ``vec`` (see
+    ``Chain``; ``have`` bytes in all), as the numpy arrays (starts, ends) of their runs in a RAM block:
+    each address plus ``delta``, neighbours in the block joined into one run."""
+    import numpy as np
+
+    addrs, lens, nr = vec
+    a, n = (addrs[nr:], lens[nr:]) if write else (addrs[:nr], lens[:nr])
+    if offset or end < have:  # a piece: cut at the buffers holding its first and last byte
+        cum = np.cumsum(n)
+        i, j = np.searchsorted(cum, (offset, end - 1), side="right").tolist()
+        a, n = a[i:j + 1] + delta, n[i:j + 1].copy()
+        skip, drop = offset - (int(cum[i]) - int(n[0])), int(cum[j]) - end
+        a[0] += skip
+        n[0] -= skip
+        n[-1] -= drop
+    else:
+        a = a + delta
+    e = a + n
+    if len(a) > 1:
+        joined = np.flatnonzero(a[1:] == e[:-1])
+        if len(joined):
+            keep = np.ones(len(a), dtype=bool)
+            keep[joined + 1] = False  # a run goes on where one buffer starts at the previous one's end
+            a, e = a[keep], e[np.append(keep[1:], True)]
+    return a, e
 
 
 def _is_pow2(n: int) -> bool:
@@ -200,6 +309,14 @@ class _Span:
     readonly: bool
     block: Any  # kvmpy.memory.ramblock.RAMBlock
     delta: int
+    dirty: Any = None  # the block's VMM dirty bitmap (a byte per page) as a numpy array, once one is wanted
+
+    def dirty_pages(self) -> Any:
+        if self.dirty is None:
+            import numpy as np
+
+            self.dirty = np.frombuffer(self.block.vmm_dirty, dtype=np.uint8)
+        return self.dirty
 
 
 class RamMap:
@@ -538,34 +655,45 @@ class SplitQueue:
         Linux's layout: entry i links to i+1, every entry but the last has NEXT, readable ones come first,
         no length is zero, none is INDIRECT. When the table is that and every buffer lies in one RAM range
         (writable if any buffer is written), the walk would accept the same buffers in the same order; this
-        checks it with whole-table operations instead of a Python step per entry.
+        checks it with whole-array (numpy) operations on one copy of the table instead of a Python step
+        per entry.
         """
-        flat = struct.unpack_from("<" + "QIHH" * n, table)  # the table read once
-        nexts = flat[3::4]
-        if nexts[:-1] != tuple(range(1, n)):
+        import numpy as np
+
+        # (count_nonzero is the cheapest whole-array test numpy has: several times quicker than any/all)
+        cnz = np.count_nonzero
+        t = np.frombuffer(bytes(table), dtype=DESC_DTYPE, count=n)  # read once: the driver may rewrite it
+        if n > 1 and cnz(t["next"][:-1] != np.arange(1, n, dtype=np.uint16)):
             return False
-        flags, lens = flat[2::4], flat[1::4]
-        last = flags[-1]
-        k = flags.count(DESC_F_NEXT)          # readable entries before the last
-        w = flags.count(DESC_F_NEXT | DESC_F_WRITE)
-        if last not in (0, DESC_F_WRITE) or k + w != n - 1 or flags[:k].count(DESC_F_NEXT) != k or w and not last:
-            return False  # (then the k readable entries come first and the w writable ones after them)
-        if 0 in lens:
+        flags = t["flags"]
+        last = int(flags[-1])
+        if last not in (0, DESC_F_WRITE):
             return False
-        total = sum(lens)
+        body = flags[:-1]
+        k = cnz(body == DESC_F_NEXT)  # readable entries before the last: they must be the first k
+        if cnz(body[:k] == DESC_F_NEXT) != k or cnz(body == DESC_F_NEXT | DESC_F_WRITE) != n - 1 - k \
+                or k < n - 1 and not last:  # (then writable ones, up to the last one, which is too)
+            return False
+        lens = t["len"].astype(np.uint64)
+        if cnz(lens) != n:
+            return False
+        total = int(lens.sum())  # at most 65536 * (2**32 - 1): no uint64 overflow
         if total > MAX_CHAIN_BYTES:
             return False
-        addrs = flat[0::4]
-        lo = min(addrs)
-        span = self._ram.span(lo, max(map(operator.add, addrs, lens)) - lo)
+        addrs = t["addr"]
+        ends = addrs + lens
+        if cnz(ends < addrs):  # past 2**64 (uint64 wraps): the walk gives the error
+            return False
+        lo = int(np.minimum.reduce(addrs))
+        span = self._ram.span(lo, int(np.maximum.reduce(ends)) - lo)
         if span is None or last == DESC_F_WRITE and span.readonly:
             return False
         nr = n if last == 0 else k
-        chain.readable = list(zip(addrs[:nr], lens[:nr]))
-        chain.writable = list(zip(addrs[nr:], lens[nr:]))
-        chain.readable_len = sum(lens[:nr])
-        chain.writable_len = total - chain.readable_len
+        lens = lens.view(np.int64)  # every buffer is inside a RAM range now: well below 2**63
+        chain.readable_len = r_len = int(lens[:nr].sum())
+        chain.writable_len = total - r_len
         chain.ram = (self._ram.flatview, span)
+        chain.set_vec(addrs.astype(np.int64), lens, nr)
         return True
 
     # ---- buffers ----------------------------------------------------------------------------
@@ -577,10 +705,19 @@ class SplitQueue:
         RAM went away."""
         if offset < 0 or (length is not None and length < 0):
             raise ValueError("offset and length must not be negative")
-        bufs, have = (chain.writable, chain.writable_len) if write else (chain.readable, chain.readable_len)
+        have = chain.writable_len if write else chain.readable_len
         end = have if length is None else min(have, offset + length)
-        bufs = _cut(bufs, have, min(offset, end), end)
         span = self._chain_span(chain)
+        if span is not None and chain.vec is not None:  # hundreds of buffers: sliced and joined as arrays
+            if offset >= end:
+                return []
+            mv, d = span.block.mv, span.delta
+            one = _vec_edge(chain.vec, write, offset, end, have)
+            if one is not None:  # a header or a status byte: in the first or the last buffer
+                return [mv[one[0] + d:one[1] + d]]
+            starts, ends = chain.runs(write, offset, end, d)
+            return [mv[s:e] for s, e in zip(starts.tolist(), ends.tolist())]
+        bufs = _cut(chain.writable if write else chain.readable, have, min(offset, end), end)
         if span is not None:  # every buffer in one RAM range, checked in this FlatView: just slice
             mv, d = span.block.mv, span.delta
             return [mv[gpa + d:gpa + d + n] for gpa, n in bufs]
@@ -609,6 +746,33 @@ class SplitQueue:
             out.append(run[0].mv[run[1]:run[2]])
         return out
 
+    def host_iov(self, chain: Chain, write: bool, offset: int, end: int) -> tuple[Any, memoryview] | None:
+        """Bytes [offset, end) (offset < end <= the side's length) of the chain's writable (``write``) or
+        readable buffers as host memory, for a preadv/pwritev without a Python object per buffer:
+        (a C-contiguous numpy uint64 array of (host address, length) rows, neighbours joined; a view of
+        the RAM block that keeps it mapped: hold it until the I/O is over). None unless the chain came
+        from a whole-table check (``vec``) in the current memory map; use ``buffers`` then. Writers call
+        ``mark_written`` afterwards."""
+        span = self._chain_span(chain)
+        if span is None or chain.vec is None:
+            return None
+        import numpy as np
+
+        have = chain.writable_len if write else chain.readable_len
+        if not 0 <= offset < end <= have:
+            raise ValueError(f"bytes [{offset}, {end}) are not within the chain's {have}")
+        block = span.block
+        try:
+            pin = block.mv[0:0]  # the block's mapping stays while this lives (mmap refuses to close)
+        except ValueError as exc:  # released: the RAM went away
+            raise VirtQueueError(f"{'writable' if write else 'readable'} buffer: {exc}") from exc
+        starts, ends = chain.runs(write, offset, end, span.delta)
+        iov = np.empty((len(starts), 2), dtype=np.uint64)
+        iov[:, 0] = starts
+        iov[:, 0] += block.host_addr
+        iov[:, 1] = ends - starts
+        return iov, pin
+
     def _chain_span(self, chain: Chain) -> Any:
         """The RAM range holding all of ``chain``'s buffers if the memory map is still the one it was
         checked in (map the rings again otherwise), else None."""
@@ -621,12 +785,33 @@ class SplitQueue:
         through ``buffers`` views; call it after the writes."""
         have = chain.writable_len
         end = min(have, offset + max(length, 0))
-        bufs = _cut(chain.writable, have, min(max(offset, 0), end), end)
+        offset = min(max(offset, 0), end)
         span = self._chain_span(chain)
-        if span is not None:
-            mark, d = span.block.mark_dirty, span.delta
+        if span is not None and chain.vec is not None:  # hundreds of buffers: their pages marked as arrays
+            if offset >= end:
+                return
+            one = _vec_edge(chain.vec, True, offset, end, have)
+            if one is not None:  # a status byte: the last buffer
+                span.block.mark_dirty(one[0] + span.delta, one[1] - one[0])
+                return
+            starts, ends = chain.runs(True, offset, end, span.delta)
+            first, last = starts >> PAGE_SHIFT, (ends - 1) >> PAGE_SHIFT
+            dirty = span.dirty_pages()
+            dirty[first] = 1
+            longer = first < last  # runs of more than one page (joined ones, or one across a page boundary)
+            if longer.any():
+                for f, la in zip(first[longer].tolist(), last[longer].tolist()):
+                    dirty[f:la + 1] = 1
+            return
+        bufs = _cut(chain.writable, have, offset, end)
+        if span is not None:  # RAMBlock.mark_dirty inlined: a byte per page, a store per one-page buffer
+            dirty, d = span.block.vmm_dirty, span.delta
             for gpa, n in bufs:
-                mark(gpa + d, n)
+                first, last = (gpa + d) >> PAGE_SHIFT, (gpa + d + n - 1) >> PAGE_SHIFT
+                if first == last:
+                    dirty[first] = 1
+                else:
+                    dirty[first:last + 1] = b"\x01" * (last + 1 - first)
             return
         ram = self._ram
         for gpa, n in bufs:

@@ -433,3 +433,61 @@ def test_seeded_fuzz_of_hostile_requests_writes_only_where_allowed(tmp_path: Pat
             assert g.drv.get_used()[0][0] == head
     drive.close()
     assert_clean(path)
+
+
+@needs_qemu_img
+@pytest.mark.parametrize("fmt,cache", [("raw", "writeback"), ("raw", "writethrough"), ("raw", "none"),
+                                       ("qcow2", "writeback")])
+def test_long_scattered_requests_match_a_model_and_dirty_their_pages(tmp_path: Path, mem, fmt, cache) -> None:
+    """Requests of many buffers, as Linux sends 1 MiB O_DIRECT I/O (an indirect table of pages, some of them
+    neighbours): the queue checks such a table whole and the data moves without a Python object per buffer
+    when the image allows (raw without O_DIRECT), through views otherwise. Every way, the disk holds what
+    a byte model says (QEMU reads it back), reads fill exactly the buffers, and every page a read wrote
+    is marked dirty for migration, no other one."""
+    path = tmp_path / f"long.{fmt}"
+    qemu_img("create", "-f", fmt, path, str(DISK))
+    drive = open_drive(path, fmt, id="d0", cache=cache)
+    g = Guest(mem, VirtioBlk(drive, mem))
+    ram = mem.address_space.flatview.lookup(0).region.ram
+    model = bytearray(DISK)
+    rnd = random.Random(hash((fmt, cache)) & 0xFFFF)
+    for _ in range(40):
+        lens = [rnd.choice([512, 1024, 4096, 4096, 4096, 8192]) for _ in range(rnd.randint(9, 120))]
+        while sum(lens) > 700 * 1024:
+            lens.pop()
+        total = sum(lens)
+        sector = rnd.randrange((DISK - total) // 512 + 1)
+        if rnd.random() < 0.5:
+            data = rnd.randbytes(total)
+            chunks, pos = [], 0
+            for n in lens:
+                chunks.append(data[pos:pos + n])
+                pos += n
+            assert g.write(sector, chunks) == S_OK
+            model[sector * 512:sector * 512 + total] = data
+        else:
+            g.submit(T_IN, sector, in_lens=lens, kick=False)
+            ram.vmm_dirty[:] = bytes(len(ram.vmm_dirty))  # what the driver wrote is not the device's
+            g.dev.queue_notify(0)
+            assert g.status() == S_OK and g.data_in() == bytes(model[sector * 512:sector * 512 + total])
+            dirty = {p for p, d in enumerate(ram.vmm_dirty) if d}
+            data_pages = {p for a, n in g.in_bufs for p in range(a >> 12, (a + n - 1 >> 12) + 1)}
+            rings = {p for p in range(RING >> 12, (RING + 0x3000 >> 12))}  # the used ring's (size 128)
+            assert data_pages <= dirty <= data_pages | rings | {g.status_at >> 12}
+        assert g.queue.pop() is None
+    drive.close()
+    assert qemu_raw(path, tmp_path) == bytes(model)
+
+
+@needs_qemu_img
+def test_long_read_past_the_end_of_a_file_that_shrank_gives_zeros(tmp_path: Path, mem) -> None:
+    """A raw image cut short under the drive (someone truncated it): a long read over the cut gets the
+    bytes before it and zeros after, as a preadv past the end of a file gives, whichever path moves it."""
+    path = tmp_path / "shrinks.raw"
+    path.write_bytes(b"\x6b" * DISK)
+    drive = open_drive(path, "raw", id="d0")
+    g = Guest(mem, VirtioBlk(drive, mem))
+    os.truncate(path, DISK - 6 * 4096 - 512)
+    status, back = g.read(DISK // 512 - 160, [4096] * 16 + [512] * 32)  # 80 KiB up to the old end
+    assert status == S_OK and back == b"\x6b" * (80 * 1024 - 6 * 4096 - 512) + bytes(6 * 4096 + 512)
+    drive.close()

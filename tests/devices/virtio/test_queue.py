@@ -10,6 +10,7 @@ import struct
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from kvmpy.devices.device import DeviceStateError
 from kvmpy.devices.virtio.queue import (DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, MAX_INDIRECT, Chain,
@@ -575,6 +576,63 @@ def test_long_linear_indirect_tables_give_what_the_walk_gives(mem) -> None:
         assert results[0] == results[1], (what, bufs)
         outcomes["errors" if isinstance(results[0], str) else "chains"] += 1
     assert outcomes["chains"] > 100 and outcomes["errors"] > 100, outcomes
+
+
+@st.composite
+def linux_tables(draw):
+    """Buffers for a Linux-shaped indirect table (some of them neighbours in RAM, which views may join),
+    and pieces (offset, length) of its readable and writable bytes to view and mark."""
+    n = draw(st.integers(9, 40))
+    nr = draw(st.integers(0, n))
+    bufs, addr = [], None
+    for _ in range(n):
+        length = draw(st.sampled_from([1, 16, 512, 4096]) | st.integers(1, 9000))
+        if addr is None or addr + length > RAM or not draw(st.booleans()):  # the one before's neighbour, or anywhere
+            addr = draw(st.integers(DATA, RAM - 9000))
+        bufs.append((addr, length))
+        addr += length
+    piece = st.tuples(st.integers(0, 1 << 19), st.integers(0, 1 << 19) | st.none())
+    return bufs, nr, draw(st.lists(piece, min_size=1, max_size=6))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=linux_tables())
+def test_whole_table_chains_view_and_mark_what_walked_chains_do(machine, case) -> None:
+    """A Linux-shaped table's chain keeps its buffers as arrays (views cut, joined and dirty-marked as
+    arrays); the same buffers in a shuffled table are walked into lists. Every piece must view the
+    same guest bytes and mark the same pages dirty either way."""
+    mem, ram = machine
+    bufs, nr, pieces = case
+    ram.array[DATA:] = np.arange(RAM - DATA, dtype=np.uint32).astype(np.uint8) ^ (np.arange(RAM - DATA) >> 8 & 0xFF)
+    drv, q = queue(mem, size=16)
+    n = len(bufs)
+    slot = list(range(1, n))
+    random.Random(n).shuffle(slot)
+    slot.insert(0, 0)
+    chains = []
+    for table, at in ((0x200000, list(range(n))), (0x210000, slot)):
+        for j, (a, ln) in enumerate(bufs):
+            last = j == n - 1
+            f = 0 if j < nr else DESC_F_WRITE
+            drv.write_desc(at[j], a, ln, f | (0 if last else DESC_F_NEXT), 0 if last else at[j + 1], table=table)
+        drv.write_desc(0, table, 16 * n, DESC_F_INDIRECT, 0)
+        drv.publish(0)
+        chains.append(q.pop())
+        q.push_failed(0)
+    whole, walked = chains
+    assert whole.vec is not None and walked.vec is None
+    assert (whole.readable, whole.writable) == (walked.readable, walked.writable) == (
+        [b for b in bufs[:nr]], [b for b in bufs[nr:]])
+    for offset, length in pieces:
+        for write in (False, True):
+            got = [b"".join(bytes(v) for v in q.buffers(c, write, offset, length)) for c in chains]
+            assert got[0] == got[1]
+        marked = []
+        for c in chains:
+            ram.vmm_dirty[:] = bytes(len(ram.vmm_dirty))
+            q.mark_written(c, 1 << 20 if length is None else length, offset)
+            marked.append(bytes(ram.vmm_dirty))
+        assert marked[0] == marked[1]
 
 
 # ---- state ------------------------------------------------------------------------------------------

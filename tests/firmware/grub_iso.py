@@ -1,0 +1,61 @@
+"""A GRUB rescue ISO for the firmware tests, built with grub-mkrescue and cached under ~/.cache/kvmpy/grub.
+
+The ISO (hybrid: El Torito for a CD, an MBR for a disk) holds Debian's i386-pc GRUB and a
+grub.cfg that keeps GRUB at its menu (``timeout=-1``), from where ``c`` opens its command
+line. The cache file is named after a hash of everything the build depends on: the
+grub.cfg text, the grub-mkrescue options, and the GRUB and xorriso builds installed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+GRUB_CFG = """\
+set timeout=-1
+menuentry "kvmpy GRUB test" {
+  echo kvmpy-grub-entry
+}
+"""
+MKRESCUE_ARGS = ["--fonts=", "--locales=", "--themes="]  # GRUB's text console needs none of them
+GRUB_DIR = Path("/usr/lib/grub/i386-pc")
+TOOLS = ("grub-mkrescue", "xorriso", "mformat")
+
+
+def missing_tools() -> list[str]:
+    """What grub-mkrescue needs and is not installed (scripts/setup installs them)."""
+    missing = [t for t in TOOLS if shutil.which(t) is None]
+    return missing + ([] if (GRUB_DIR / "kernel.img").is_file() else ["grub-pc-bin"])
+
+
+def _inputs_key() -> str:
+    h = hashlib.sha256()
+    h.update(GRUB_CFG.encode())
+    h.update("\0".join(MKRESCUE_ARGS).encode())
+    for cmd in (["grub-mkrescue", "--version"], ["xorriso", "-version"]):
+        h.update(subprocess.run(cmd, capture_output=True, check=True).stdout.splitlines()[0])
+    for name in ("kernel.img", "moddep.lst", "normal.mod", "iso9660.mod"):
+        h.update(hashlib.sha256((GRUB_DIR / name).read_bytes()).digest())
+    return h.hexdigest()[:16]
+
+
+def grub_iso() -> Path:
+    """The cached ISO, built first if no ISO for these inputs exists."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kvmpy" / "grub"
+    iso = cache / f"grub-{_inputs_key()}.iso"
+    if iso.is_file():
+        return iso
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        root = Path(tmp) / "root"
+        (root / "boot" / "grub").mkdir(parents=True)
+        (root / "boot" / "grub" / "grub.cfg").write_text(GRUB_CFG)
+        out = Path(tmp) / "grub.iso"
+        subprocess.run(["grub-mkrescue", *MKRESCUE_ARGS, "-o", str(out), str(root)],
+                       check=True, capture_output=True, timeout=300)
+        os.replace(out, iso)  # atomic: a concurrent run sees the whole ISO or none
+    return iso
