@@ -30,6 +30,7 @@ USAGE = """\
 usage: kvmpy [QEMU-style options]        run a VM described on the command line
        kvmpy run MACHINE.yaml [options]  run a VM described in a YAML file
        kvmpy initrd ...                  build an initramfs (see kvmpy initrd --help)
+       kvmpy debian-image [...]          build an installed Debian 12 disk (see kvmpy debian-image --help)
 
 Options (same meaning as in qemu-system-x86_64 / qemu-system-riscv64):
   -enable-kvm, -accel kvm|tcg   accelerator (x86 needs kvm; riscv64 runs on tcg)
@@ -541,6 +542,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args[0] == "initrd":
             from kvmpy.tools.initrd import main as initrd_main
             return initrd_main(args[1:])
+        elif args[0] == "debian-image":
+            from kvmpy.tools.debian_image import main as debian_image_main
+            return debian_image_main(args[1:])
         else:
             cfg = parse_qemu_args(args)
         return _run_config(cfg)

@@ -99,6 +99,22 @@ def one_line(text: object) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
 
 
+def command_parser(**kwargs: object) -> argparse.ArgumentParser:
+    """An argparse parser (for a ``kvmpy`` tool subcommand) whose mistakes raise UsageError."""
+    return _Parser(**kwargs)  # type: ignore[arg-type]
+
+
+def parse_command_line(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace | int:
+    """``parser``'s arguments, or the exit status: 0 after --help, 2 after ONE line on stderr for a mistake."""
+    try:
+        return parser.parse_args(argv)
+    except UsageError as exc:
+        print(f"{parser.prog}: error: {one_line(exc)} (see {parser.prog} --help)", file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # --help printed the help
+        return exc.code if isinstance(exc.code, int) else 0
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog=PROG,
@@ -123,13 +139,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``kvmpy initrd``; returns 0, or 2 after ONE line on stderr for any user mistake."""
-    try:
-        args = _parser().parse_args(argv)
-    except UsageError as exc:
-        print(f"{PROG}: error: {one_line(exc)} (see {PROG} --help)", file=sys.stderr)
-        return 2
-    except SystemExit as exc:  # --help printed the help
-        return exc.code if isinstance(exc.code, int) else 0
+    args = parse_command_line(_parser(), argv)
+    if isinstance(args, int):
+        return args
     try:
         names = build(args.output, args.busybox, args.init, args.modules_dir, args.module, args.file, args.level)
         size = args.output.stat().st_size
