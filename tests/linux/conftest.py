@@ -109,7 +109,9 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         prepare_assets()
     except Exception as exc:  # the tests report it properly; collection must not die here
         log.warning("cannot prepare the Linux test assets: %s", exc)
-    for module in {i.module for i in session.items if i.get_closest_marker("kvm_full") and "tests/linux/" in i.nodeid}:
+    pending_skipped = os.environ.get("KVMPY_BED_PENDING") != "1"
+    for module in {i.module for i in session.items if i.get_closest_marker("kvm_full") and "tests/linux/" in i.nodeid
+                   and not (pending_skipped and i.get_closest_marker("bed_pending"))}:
         prepare = getattr(module, "prepare_bed_assets", None)  # a test module's own guest images
         if prepare is not None:
             try:
