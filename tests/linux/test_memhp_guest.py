@@ -203,7 +203,8 @@ def test_hot_add_use_and_remove_a_dimm_like_qemu(linux_assets) -> None:
     assert k["unplug_events"] == q["unplug_events"], (k["unplug_events"], q["unplug_events"])
 
 
-@pytest.mark.bed_pending("new: not yet seen passing in the bed")
+@pytest.mark.bed_pending("new: passed in its one bed run (2026-12-02: 9.2 s, downtime 133 ms); added to the batch after a "
+                         "second pass")
 @pytest.mark.kvm_full
 def test_a_hot_added_dimm_migrates_with_what_the_guest_wrote_in_it(linux_assets, tmp_path: Path) -> None:
     """Issue 15: migrate a VM after a hot-add. The destination is started with the hot-added object and DIMM on
@@ -238,8 +239,9 @@ def test_a_hot_added_dimm_migrates_with_what_the_guest_wrote_in_it(linux_assets,
             time.sleep(0.1)
         src_qmp, dst_qmp = QmpClient(f"unix:{src_sock}", timeout=60), QmpClient(f"unix:{dst_sock}", timeout=60)
         assert dst_qmp.execute("query-status")["status"] == "inmigrate"
-        for backend in src_qmp.execute("query-memdev"):  # the script's error cases left backends unplugged
-            if backend.get("id") not in ("cold", "mem1"):
+        unplugged = {args["id"] for name, args in SCRIPT if name == "object-add"} - {"mem1"}
+        for backend in src_qmp.execute("query-memdev"):  # the script's error cases left these unplugged
+            if backend.get("id") in unplugged:
                 src_qmp.execute("object-del", id=backend["id"])
         begin = time.monotonic()
         src_qmp.execute("migrate", uri=f"tcp:127.0.0.1:{port}")
