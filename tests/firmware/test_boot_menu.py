@@ -13,10 +13,8 @@ of a second and starved IRQ1; kvmpy drops missed ticks there (see kvmpy.boards.p
 from __future__ import annotations
 
 import shutil
-import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -27,13 +25,6 @@ PROMPT, MENU = "Press ESC for boot menu.", "Select boot device:"
 pytestmark = [pytest.mark.kvm_host,
               pytest.mark.skipif(not SEABIOS.is_file() or shutil.which("qemu-system-x86_64") is None,
                                  reason="needs Debian's seabios and qemu-system-x86 packages")]
-
-
-@pytest.fixture
-def tmp() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="kvbm", dir="/tmp"))  # short: it holds UNIX sockets
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def test_esc_opens_the_boot_menu_as_under_qemu(tmp: Path) -> None:

@@ -17,10 +17,8 @@ here, so the oracle runs TCG.
 from __future__ import annotations
 
 import shutil
-import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -37,13 +35,6 @@ pytestmark = [pytest.mark.kvm_host,
               pytest.mark.skipif(not SEABIOS.is_file() or shutil.which("qemu-system-x86_64") is None
                                  or bool(missing_tools()),
                                  reason="needs seabios, qemu-system-x86, grub-pc-bin, grub-common, xorriso, mtools")]
-
-
-@pytest.fixture
-def tmp() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="kvgr", dir="/tmp"))  # short: it holds UNIX sockets
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -61,6 +61,11 @@ def memtotal_kib(g: GuestProcess, tag: str) -> int:
     return int(re.search(r"MemTotal:\s+(\d+) kB", out).group(1))  # type: ignore[union-attr]
 
 
+def fill_md5(g: GuestProcess, tag: str) -> str:
+    """The md5 of the guest's fill file, /mnt/f."""
+    return re.search(r"([0-9a-f]{32})  /mnt/f", run(g, "md5sum /mnt/f", tag)).group(1)  # type: ignore[union-attr]
+
+
 def fill_command(mib: int) -> str:
     """Fill a tmpfs with ``mib`` MiB of the marker text: 1 MiB made once, then copied by one cat (busybox's
     head -c goes byte by byte: 400 MiB of it took over 300 s in a guest of the nested bed)."""
@@ -227,7 +232,7 @@ def test_a_hot_added_dimm_migrates_with_what_the_guest_wrote_in_it(linux_assets,
         after = memtotal_kib(src, "MT1")
         fill = run(src, fill_command(before // 1024 + FILL_MARGIN_MIB), "FILL", timeout=FILL_TIMEOUT)
         assert "rc=0" in fill, fill
-        digest = re.search(r"([0-9a-f]{32})  /mnt/f", run(src, "md5sum /mnt/f", "SUM0")).group(1)  # type: ignore[union-attr]
+        digest = fill_md5(src, "SUM0")
         port = 46500 + os.getpid() % 500
         dst = GuestProcess([sys.executable, "-m", "kvmpy", *common_args(linux_assets.kernel, linux_assets.initrd,
                                                                         dst_sock, work / "dst-cold.ram"),
@@ -256,8 +261,7 @@ def test_a_hot_added_dimm_migrates_with_what_the_guest_wrote_in_it(linux_assets,
         src_qmp.execute("quit")
         src.wait(60)
         assert memtotal_kib(dst, "MT2") == after
-        moved = re.search(r"([0-9a-f]{32})  /mnt/f", run(dst, "md5sum /mnt/f", "SUM1")).group(1)  # type: ignore[union-attr]
-        assert moved == digest
+        assert fill_md5(dst, "SUM1") == digest
         run(dst, "rm -f /mnt/f /mnt/blk; umount /mnt", "UNFILL")
         dst_qmp.close()  # qmp_unplug opens its own connection
         _, unplug_events = asyncio.run(qmp_unplug(dst_sock))
