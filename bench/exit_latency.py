@@ -45,14 +45,22 @@ def _wall(cmd: list[str], timeout: float) -> float:
     return elapsed
 
 
-def per_exit_us(cmd: list[str], kernel: Path, mode: int, n_small: int, n_large: int, repeat: int,
-                timeout: float) -> float:
-    def point(n: int) -> float:
-        return min(_wall([*cmd, *FLAGS, "-kernel", str(kernel), "-append", f"n={n} mode={mode}"], timeout)
-                   for _ in range(repeat))
+def per_exit_us(name: str, cmd: list[str], kernel: Path, mode: int, n_small: int, n_large: int,
+                repeat: int, timeout: float) -> float | None:
+    """µs per iteration, or None when the runs' own spread is as large as the difference being measured
+    (a loaded machine: a figure from that would be noise, even negative)."""
+    def point(n: int) -> list[float]:
+        return [_wall([*cmd, *FLAGS, "-kernel", str(kernel), "-append", f"n={n} mode={mode}"], timeout)
+                for _ in range(repeat)]
 
     small, large = point(n_small), point(n_large)
-    return (large - small) / (n_large - n_small) * 1e6
+    diff = min(large) - min(small)
+    noise = max(max(small) - min(small), max(large) - min(large))
+    if diff <= 0 or diff <= noise:
+        print(f"  {name} mode={mode}: {n_large - n_small} more iterations took {diff * 1e3:+.1f} ms, within "
+              f"the runs' spread of {noise * 1e3:.1f} ms; not measurable here (try a larger --n)", flush=True)
+        return None
+    return diff / (n_large - n_small) * 1e6
 
 
 def measure(n_small: int, n_large: int, repeat: int, timeout: float, label: str) -> None:
@@ -62,8 +70,9 @@ def measure(n_small: int, n_large: int, repeat: int, timeout: float, label: str)
     table = Table(label="loop", label_width=24, width=10, precision=2, ours="kvmpy µs", theirs="QEMU µs")
     table.header()
     for name, mode in MODES.items():
-        us = {vmm: per_exit_us(cmd, kernel, mode, n_small, n_large, repeat, timeout) for vmm, cmd in runners.items()}
-        table.row(name, us["kvmpy"], us.get("QEMU"))
+        us = {vmm: per_exit_us(vmm, cmd, kernel, mode, n_small, n_large, repeat, timeout)
+              for vmm, cmd in runners.items()}
+        table.row(name, us["kvmpy"], us.get("QEMU"), missing="(noisy)" if "QEMU" in us else "(no qemu)")
 
 
 def main() -> int:

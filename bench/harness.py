@@ -86,11 +86,13 @@ class Table:
         print(f"{self.label:{self.label_width}} {self.ours:>{self.width}} {self.theirs:>{self.width}} "
               f"{'kvmpy/QEMU':>11}", flush=True)
 
-    def row(self, label: str, ours: float, theirs: float | None) -> None:
-        """One figure; ``theirs`` None when QEMU did not run (no ratio then)."""
+    def row(self, label: str, ours: float | None, theirs: float | None, missing: str = "(no qemu)") -> None:
+        """One figure; a value of None is shown as ``missing`` for QEMU (it did not run) and as
+        ``(noisy)`` for kvmpy (it could not be measured), and then no ratio is given."""
         tail = f"  ({self.unit})" if self.unit else ""
-        if theirs is None:
-            cells = f"{self._fmt(ours)} {'(no qemu)':>{self.width}}"
+        if ours is None or theirs is None:
+            mine = self._fmt(ours) if ours is not None else f"{'(noisy)':>{self.width}}"
+            cells = f"{mine} {self._fmt(theirs) if theirs is not None else f'{missing:>{self.width}}'}"
         else:
             ratio = f"{ours / theirs:10.2f}x" if theirs else f"{'-':>11}"
             cells = f"{self._fmt(ours)} {self._fmt(theirs)} {ratio}"
