@@ -471,14 +471,16 @@ class SplitQueue:
             return U16.unpack_from(v, off)[0]
         return U16.unpack(self._read(self.avail_addr + off, 2, "available ring"))[0]
 
-    def _put_used(self, off: int, data: bytes) -> None:
-        """Store ``data`` at ``off`` in the used ring (flags 0, idx 2, ring 4.., avail_event at the end)."""
+    def _put_used(self, off: int, field: struct.Struct, *values: int) -> None:
+        """Store ``values`` packed as ``field`` at ``off`` in the used ring (flags 0, idx 2, ring 4.., avail_event
+        at the end): one aligned store per field, as the driver loads it (a u16 written a byte at a time
+        could be read half old, half new)."""
         self._rings()
         v = self._used_v
         if v is None:
-            self._write(self.used_addr + off, data, "used ring")
+            self._write(self.used_addr + off, field.pack(*values), "used ring")
             return
-        v[off:off + len(data)] = data
+        field.pack_into(v, off, *values)
         block, start, n = self._used_dirty  # type: ignore[misc]
         block.mark_dirty(start, n)  # the whole used ring: a page or three, one store
 
@@ -512,7 +514,7 @@ class SplitQueue:
 
     def _publish_avail_event(self, idx: int) -> None:
         """Store avail_event = ``idx`` (kick me when your idx passes it), then fence before the caller's next load."""
-        self._put_used(4 + 8 * self.size, U16.pack(idx))
+        self._put_used(4 + 8 * self.size, U16, idx)
         self._avail_event = idx
         self._barrier()
 
@@ -850,23 +852,44 @@ class SplitQueue:
             raise ValueError(f"written ({written}) must be within the chain's writable length {chain.writable_len}")
         self.push_failed(chain.head, written)
 
+    def push_many(self, parts: "list[tuple[Chain, int]]") -> None:
+        """Give several chains back, each with the bytes written into it, behind one used-index update.
+
+        A driver that reads the index then sees all of them or none: a receive frame spread over
+        several buffers must arrive whole (Linux reads ``num_buffers`` from the first and takes the
+        rest at once, dropping the frame if they are not there yet).
+        """
+        for chain, written in parts:
+            if not 0 <= written <= chain.writable_len:
+                raise ValueError(f"written ({written}) must be within the chain's writable length "
+                                 f"{chain.writable_len}")
+        self._publish([(chain.head, written) for chain, written in parts])
+
     def push_failed(self, head: int, written: int = 0) -> None:
         """Give back the chain starting at descriptor ``head`` (e.g. ``VirtQueueError.head``)."""
         if not 0 <= head < self.size:
             raise ValueError(f"head {head} is outside the queue")
-        slot = self.next_used & (self.size - 1)
-        nxt = (self.next_used + 1) & 0xFFFF
+        self._publish([(head, written)])
+
+    def _publish(self, elems: list[tuple[int, int]]) -> None:
+        """Store used elements (head, written), then the used index once, after them (program order, which
+        x86 keeps); every field is one aligned store of its width."""
+        used, mask = self.next_used, self.size - 1
         self._rings()
         v = self._used_v
-        if v is not None:  # the element, then the index (program order; x86 keeps it); one dirty mark
-            USED_ELEM.pack_into(v, 4 + 8 * slot, head, written)
-            U16.pack_into(v, 2, nxt)
+        if v is not None:  # the ring in one RAM range: packed straight into it, one dirty mark
+            for head, written in elems:
+                USED_ELEM.pack_into(v, 4 + 8 * (used & mask), head, written)
+                used = (used + 1) & 0xFFFF
+            U16.pack_into(v, 2, used)
             block, start, n = self._used_dirty  # type: ignore[misc]
             block.mark_dirty(start, n)
         else:
-            self._put_used(4 + 8 * slot, USED_ELEM.pack(head, written))
-            self._put_used(2, U16.pack(nxt))  # after the element
-        self.next_used = nxt
+            for head, written in elems:
+                self._put_used(4 + 8 * (used & mask), USED_ELEM, head, written)
+                used = (used + 1) & 0xFFFF
+            self._put_used(2, U16, used)
+        self.next_used = used
 
     def should_notify(self) -> bool:
         """After pushes: does the driver want an interrupt (EVENT_IDX's used_event, or NO_INTERRUPT)?"""
@@ -892,7 +915,7 @@ class SplitQueue:
             if enabled:
                 self._publish_avail_event(self._read_avail_idx())
             return
-        self._put_used(0, U16.pack(0 if enabled else USED_F_NO_NOTIFY))
+        self._put_used(0, U16, 0 if enabled else USED_F_NO_NOTIFY)
         self._barrier()  # the store above before the caller's next load of the avail idx
 
     # ---- state ------------------------------------------------------------------------------
