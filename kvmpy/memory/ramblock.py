@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 PAGE_SIZE = 4096
 PAGE_SHIFT = 12
+HUGE_ALIGN = 2 << 20  # x86-64's transparent huge page size
 
 
 class RAMAllocationError(MemoryError):
@@ -44,31 +45,39 @@ class RAMBlock:
     name: str
     size: int
     mm: mmap.mmap
-    mv: memoryview  # writable bytes view of ``mm``
+    mv: memoryview  # writable bytes view of the block (``size`` bytes of ``mm`` from ``offset``)
     host_addr: int
     # Pages written by the VMM (device emulation, loaders): KVM's dirty log never sees them.
     # One byte per page, non-zero when dirty.
     vmm_dirty: bytearray = field(repr=False, default_factory=bytearray)
     page_size: int = PAGE_SIZE  # the host page size behind the block (huge pages on hugetlbfs)
+    offset: int = 0  # where the block starts in ``mm`` (anonymous RAM is placed on a 2 MiB boundary)
 
     @classmethod
     def allocate(cls, name: str, size: int) -> "RAMBlock":
+        """Anonymous guest RAM, starting on a 2 MiB boundary when it is at least that big (as QEMU aligns its
+        RAM blocks): the kernel can then back it with transparent huge pages from the first touch, rather
+        than with small pages that khugepaged later collapses by moving them under the running guest."""
         if size <= 0 or size % PAGE_SIZE:
             raise ValueError(f"RAM block {name!r}: size {size} is not a positive multiple of {PAGE_SIZE}")
+        slack = HUGE_ALIGN if size >= HUGE_ALIGN else 0
         try:
-            mm = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0),
+            mm = mmap.mmap(-1, size + slack,
+                           flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0),
                            prot=mmap.PROT_READ | mmap.PROT_WRITE)
         except OSError as exc:
             raise RAMAllocationError(f"cannot allocate {size >> 20} MiB for RAM block {name!r}: {exc.strerror}",
                                      exc.strerror or "") from None
+        base = int(ffi.cast("uintptr_t", ffi.from_buffer(mm)))
+        pad = -base % HUGE_ALIGN if slack else 0  # the unused slack is address space only (never touched)
         for advice in ("MADV_DONTFORK",  # child processes (e.g. exec: migration) must not copy guest RAM
                        "MADV_HUGEPAGE"):  # as QEMU does: fewer faults and TLB misses for guest RAM
             try:
-                mm.madvise(getattr(mmap, advice))
+                mm.madvise(getattr(mmap, advice), pad, size)
             except (AttributeError, OSError):
                 pass
-        host_addr = int(ffi.cast("uintptr_t", ffi.from_buffer(mm)))
-        return cls(name, size, mm, memoryview(mm), host_addr, bytearray(size >> PAGE_SHIFT))
+        return cls(name, size, mm, memoryview(mm)[pad:pad + size], base + pad, bytearray(size >> PAGE_SHIFT),
+                   offset=pad)
 
     @classmethod
     def map_file(cls, name: str, size: int, path: str, share: bool = False, prealloc: bool = False) -> "RAMBlock":
@@ -111,7 +120,7 @@ class RAMBlock:
         """Fault every page in now (prealloc=on): MADV_POPULATE_WRITE, else a write per page."""
         advice = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # Linux 5.14+
         try:
-            self.mm.madvise(advice)
+            self.mm.madvise(advice, self.offset, self.size)
             return
         except OSError:
             pass
@@ -123,7 +132,7 @@ class RAMBlock:
         """The block as a uint8 numpy array (shares memory with the mmap)."""
         import numpy as np
 
-        return np.frombuffer(self.mm, dtype=np.uint8)
+        return np.frombuffer(self.mv, dtype=np.uint8)
 
     @property
     def npages(self) -> int:
