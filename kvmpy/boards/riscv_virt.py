@@ -31,7 +31,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, TYPE_CHECKING, Protocol
 
 from kvmpy.boards.riscv_fdt import VirtFdtParams, virt_fdt
 from kvmpy.devices.bus import Bus
@@ -47,7 +47,7 @@ from kvmpy.devices.riscv.sifive_test import SifiveTest
 from kvmpy.devices.serial import Uart16550
 from kvmpy.loader.elf import ElfImage
 from kvmpy.loader.errors import LoaderError
-from kvmpy.tcg.backend_py import StateLayout, runtime_namespace
+from kvmpy.tcg.backend_py import StateLayout, compile_unit, runtime_namespace
 from kvmpy.tcg.cpu_loop import CpuLoop
 from kvmpy.tcg.errors import GuestTrap, MachineExit, TcgUserError
 from kvmpy.tcg.softmmu import AccessFaults, SoftMmu
@@ -55,6 +55,9 @@ from kvmpy.tcg.target.riscv.cpu import (ISA_STRING, MEIP, MMU_TYPE, MSIP, MTIP, 
                                        RiscvCpu)
 from kvmpy.tcg.target.riscv.translate import INSTRET, N_SLOTS, PC, Translator
 from kvmpy.tcg.tb_cache import TBCache
+
+if TYPE_CHECKING:
+    from kvmpy.tcg.native.backend import NativeTier
 
 log = logging.getLogger(__name__)
 
@@ -165,9 +168,11 @@ class ConsoleInput:
 
 class VirtBoard:
     def __init__(self, memory: int, console: CharBackend | None = None, trace: IO[str] | None = None,
-                 trace_flags: set[str] | frozenset[str] = frozenset(), ns_per_insn: int | None = None) -> None:
+                 trace_flags: set[str] | frozenset[str] = frozenset(), ns_per_insn: int | None = None,
+                 tier: str = "py") -> None:
         """``ns_per_insn`` None: mtime is real time; a number: each retired instruction is that many
-        ns of mtime (``-icount shift=N`` gives 2**N), so runs are deterministic."""
+        ns of mtime (``-icount shift=N`` gives 2**N), so runs are deterministic.
+        ``tier``: the TCG backend, ``py`` (generated Python) or ``native`` (x86-64 code where it can)."""
         self.console = console if console is not None else NullBackend()
         self.trace = trace
         self.trace_flags = set(trace_flags)
@@ -194,17 +199,28 @@ class VirtBoard:
 
         tracer = self._trace if trace is not None else None
         self.translator = Translator(self.mem.fetch, disasm="in_asm" in self.trace_flags)
+        layout = StateLayout(N_SLOTS, PC, INSTRET)
+        self.native: NativeTier | None = None
+        compile_fn = compile_unit
+        if tier == "native":
+            from kvmpy.tcg.native.backend import NativeTier    # cffi and executable memory only when asked for
+            self.native = NativeTier(layout, self.mem.ram, self.mem.load, self.mem.store, (GuestTrap, MachineExit))
+            # The softmmu's TLB dicts become mirrors the machine code reads (same dict API).
+            self.mem.tlb_read, self.mem.tlb_write = self.native.tlb_read, self.native.tlb_write
+            compile_fn = self.native.compile_or_fallback
+        elif tier != "py":
+            raise ValueError(f"unknown TCG tier {tier!r} (py or native)")
         ns = runtime_namespace()
         ns.update(self.mem.namespace())
         ns.update(cpu.helpers())
         ns["GuestTrap"] = GuestTrap
         ns["_UnitExit"] = (GuestTrap, MachineExit)
         chaining = not ({"exec", "nochain", "cpu"} & self.trace_flags)
-        self.cache = TBCache(StateLayout(N_SLOTS, PC, INSTRET), ns, self.translator.translate,
+        self.cache = TBCache(layout, ns, self.translator.translate,
                              self.mem.mark_code_page,
                              trace=tracer if {"in_asm", "op", "out_asm"} & self.trace_flags else None,
                              trace_ir="op" in self.trace_flags, chaining=chaining,
-                             trace_out="out_asm" in self.trace_flags)
+                             trace_out="out_asm" in self.trace_flags, compile_fn=compile_fn)
         self.mem.on_code_write = self._code_written
         cpu.on_tlb_flush = self._tlb_flushed
         cpu.poll_devices = self._poll
