@@ -61,6 +61,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# The TCG tier when none is asked for (-accel tcg,tier=...).
+DEFAULT_TIER = "py"
 SIFIVE_TEST_BASE = 0x100000
 CLINT_BASE = 0x2000000
 PLIC_BASE = 0xC000000
