@@ -47,6 +47,7 @@ INVALID_TAG = 0xFFF           # no (page | alignment bits) key ever equals it
 TRAP_EXIT = 0xFFFF
 MAX_TEMPS = 16384
 _COND = {"eq": "e", "ne": "ne", "lt": "l", "ge": "ge", "ltu": "b", "geu": "ae"}
+_INVERSE = {"e": "ne", "ne": "e", "l": "ge", "ge": "l", "b": "ae", "ae": "b"}
 _SUPPORTED = frozenset({
     "mov", "add", "sub", "mul", "and", "or", "xor", "shl", "shr", "sar", "mulh", "mulhu", "mulhsu",
     "divs", "divu", "rems", "remu", "sext", "zext", "setcond", "ld", "st", "insn_start",
@@ -472,13 +473,13 @@ class _Gen:
             elif op == "goto_tb":
                 self.jump(ins.attrs["pc"], j)
             elif op == "brcond":
-                taken = Label()
+                fall = Label()      # taken first: the exits come in backend_py's order
                 self.get(RAX, ins.args[0])
                 self.alu("cmp", RAX, ins.args[1])
-                a.jcc(_COND[ins.attrs["cond"]], taken)
-                self.jump(ins.attrs["fall"], j)
-                a.bind(taken)
+                a.jcc(_INVERSE[_COND[ins.attrs["cond"]]], fall)
                 self.jump(ins.attrs["taken"], j)
+                a.bind(fall)
+                self.jump(ins.attrs["fall"], j)
             elif op == "exit_tb":
                 self.get(RAX, ins.args[0])
                 a.store(_mem(self.tier.layout.pc_slot), RAX)
