@@ -32,7 +32,7 @@ from array import array
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from kvmpy.tcg.backend_py import BUDGET, SMALL_BLOCK, CompiledUnit, Exit, StateLayout
+from kvmpy.tcg.backend_py import BUDGET, INLINE_INDENT, SMALL_BLOCK, CompiledUnit, Exit, StateLayout
 from kvmpy.tcg.backend_py import compile_unit as compile_unit_py
 from kvmpy.tcg.ir import MASK64, Block, Insn, Temp, Value
 from kvmpy.tcg.native import x86_64 as x
@@ -203,7 +203,6 @@ class _Gen:
         self.a = Asm()
         self.internal = {b.pc: i for i, b in enumerate(blocks)}
         self.looped = len(blocks) > 1 or blocks[0].pc in blocks[0].successors()
-        self.labels = [Label() for _ in blocks]
         self.exits: list[Exit] = []
         self.reads: set[int] = set()
         self.writes: set[int] = set()
@@ -232,39 +231,37 @@ class _Gen:
                 k = self.internal.get(succ)
                 if k is not None:
                     self.preds[k] += 1
-        if self.looped and not self._budget_edges_match():
-            raise Unsupported("a loop through a copied small block (budget checks would differ)")
+        # As backend_py: tiny blocks are copied into their jump sites, a block with one
+        # predecessor is emitted there, and a block that loops back to itself through
+        # those spins on its own (its back edge always checks the budget).
+        self.small = [k != 0 and sum(i.op != "insn_start" for i in blk.insns) <= SMALL_BLOCK
+                      for k, blk in enumerate(blocks)]
+        self.targets: list[int] = [0]          # blocks entered by a jump to their own label
+        self.labels: dict[int, Label] = {0: Label()}
+        self.loop_j: int | None = None
+        self.copying = False
+        self.emitting: list[int] = []
 
-    def _small(self, k: int) -> bool:
-        blk = self.blocks[k]
-        return k != 0 and sum(i.op != "insn_start" for i in blk.insns) <= SMALL_BLOCK
-
-    def _budget_edges_match(self) -> bool:
-        """backend_py checks the budget on an edge that may close a cycle (to a
-        lower-or-equal preorder) and on every jump back to a block that spins in its
-        own loop.  The two differ only on a forward edge back to such a block from a
-        block emitted inside its loop body (through a copied small block): such
-        regions are left to backend_py."""
-        for j in range(len(self.blocks)):
-            body: set[tuple[int, bool]] = set()
-            stack = [(succ, False) for succ in self.blocks[j].successors()]
-            while stack:                  # the blocks backend_py emits inside j's body
-                succ, copied = stack.pop()
-                k = self.internal.get(succ)
-                if k is None or k == 0 or k == j:
+    def _loops_to_itself(self, j: int) -> bool:
+        pc = self.blocks[j].pc
+        seen: set[tuple[int, bool]] = set()
+        stack = [(succ, False) for succ in self.blocks[j].successors()]
+        while stack:
+            succ, copied = stack.pop()
+            if succ == pc:
+                return True
+            k = self.internal.get(succ)
+            if k is None or k == 0:
+                continue
+            if self.preds[k] != 1:
+                if copied or not self.small[k]:
                     continue
-                if self.preds[k] != 1:
-                    if copied or not self._small(k):
-                        continue
-                    copied = True
-                if (k, copied) in body:
-                    continue
-                body.add((k, copied))
-                stack.extend((s, copied) for s in self.blocks[k].successors())
-            for k, _ in body:
-                if self.blocks[j].pc in self.blocks[k].successors() and self.order[j] > self.order[k]:
-                    return False
-        return True
+                copied = True
+            if (k, copied) in seen:
+                continue
+            seen.add((k, copied))
+            stack.extend((s, copied) for s in self.blocks[k].successors())
+        return False
 
     # ---- operands --------------------------------------------------------
     def slot(self, t: Temp) -> int:
@@ -443,22 +440,59 @@ class _Gen:
         a.mov_ri(RAX, k)
         a.jmp(self.epilogue)
 
-    def jump(self, pc: int, cur: int) -> None:
+    def label(self, j: int) -> Label:
+        if j not in self.labels:
+            self.labels[j] = Label()
+            self.targets.append(j)
+        return self.labels[j]
+
+    def jump(self, pc: int, cur: int, level: int) -> None:
+        """backend_py's jump, decision for decision (``level``: its indentation depth)."""
         j = self.internal.get(pc)
         if j is not None and self.looped:
-            if self.order[j] > self.order[cur]:
-                self.a.jmp(self.labels[j])          # forward edge: no cycle closes here
+            if j != 0 and self.preds[j] == 1 and level < INLINE_INDENT:
+                self.block(j, level)                    # only way in: emitted right here
+                return
+            if (self.small[j] and not self.copying and j != self.loop_j and j not in self.emitting
+                    and level < INLINE_INDENT):
+                self.copy_small(j, pc, cur, level)
+                return
+            target = self.label(j)
+            if j != self.loop_j and self.order[j] > self.order[cur]:
+                self.a.jmp(target)                      # forward edge: no cycle closes here
                 return
             out = Label()
             self.a.alu_ri("cmp", R12, BUDGET)
             self.a.jcc("ae", out)
-            self.a.jmp(self.labels[j])
+            self.a.jmp(target)
             self.a.bind(out)
         self.exit(pc, chainable=True)
 
-    def block(self, j: int) -> None:
+    def copy_small(self, j: int, pc: int, cur: int, level: int) -> None:
+        check = self.order[j] <= self.order[cur]
+        out = Label()
+        if check:
+            self.a.alu_ri("cmp", R12, BUDGET)
+            self.a.jcc("ae", out)
+            level += 1
+        self.copying = True
+        try:
+            self.block(j, level)
+        finally:
+            self.copying = False
+        if check:
+            self.a.bind(out)
+            self.exit(pc, chainable=True)
+
+    def block(self, j: int, level: int) -> None:
+        self.emitting.append(j)
+        try:
+            self._block(j, level)
+        finally:
+            self.emitting.pop()
+
+    def _block(self, j: int, level: int) -> None:
         a, blk = self.a, self.blocks[j]
-        a.bind(self.labels[j])
         a.alu_ri("add", R12, blk.n_guest)
         n, k, pc = blk.n_guest, -1, blk.pc
         for ins in blk.insns:
@@ -471,15 +505,15 @@ class _Gen:
             elif op in ("ld", "st"):
                 self.access(ins, pc, n - k)
             elif op == "goto_tb":
-                self.jump(ins.attrs["pc"], j)
+                self.jump(ins.attrs["pc"], j, level)
             elif op == "brcond":
                 fall = Label()      # taken first: the exits come in backend_py's order
                 self.get(RAX, ins.args[0])
                 self.alu("cmp", RAX, ins.args[1])
                 a.jcc(_INVERSE[_COND[ins.attrs["cond"]]], fall)
-                self.jump(ins.attrs["taken"], j)
+                self.jump(ins.attrs["taken"], j, level + 1)
                 a.bind(fall)
-                self.jump(ins.attrs["fall"], j)
+                self.jump(ins.attrs["fall"], j, level + 1)
             elif op == "exit_tb":
                 self.get(RAX, ins.args[0])
                 a.store(_mem(self.tier.layout.pc_slot), RAX)
@@ -490,7 +524,7 @@ class _Gen:
                     a.alu_rr("cmp", RAX, RCX)
                     a.jcc("ne", out)
                     a.alu_ri("cmp", R12, BUDGET)
-                    a.jcc("b", self.labels[0])
+                    a.jcc("b", self.labels[0])       # back to the head: backend_py's _goto(0)
                     a.bind(out)
                 self.exit(None, chainable=False, lookup=lookup)
             else:
@@ -505,8 +539,14 @@ class _Gen:
         a.mov_ri(R13, tier.tlb_read.addr)
         a.mov_ri(R14, tier.tlb_write.addr)
         a.mov_ri(R15, 0)
-        for j in sorted(self.reached, key=lambda j: self.order[j]):
-            self.block(j)
+        k = 0
+        while k < len(self.targets):        # targets are found while emitting, as in backend_py
+            j = self.targets[k]
+            self.a.bind(self.labels[j])
+            self.loop_j = j if len(self.blocks) > 1 and self._loops_to_itself(j) else None
+            self.block(j, 1 if self.loop_j is not None else 0)
+            self.loop_j = None
+            k += 1
         a.bind(self.trap_exit)
         a.mov_ri(RAX, TRAP_EXIT)
         a.bind(self.epilogue)

@@ -15,7 +15,7 @@ from kvmpy.devices.bus import Bus
 from kvmpy.tcg.backend_py import BUDGET, StateLayout, compile_unit, runtime_namespace
 from kvmpy.tcg.errors import GuestTrap
 from kvmpy.tcg.ir import MASK64, Builder, Temp
-from kvmpy.tcg.optimizer import optimize
+from kvmpy.tcg.optimizer import optimize, optimize_region
 from kvmpy.tcg.softmmu import AccessFaults, SoftMmu
 
 pytestmark = pytest.mark.skipif(platform.machine() != "x86_64", reason="the native tier emits x86-64 code")
@@ -136,6 +136,61 @@ def test_random_blocks_match_backend_py(with_memory):
             else:       # backend_py leaves the pc slot alone on a trap
                 assert Rn[:8] + Rn[9:] == Rp[:8] + Rp[9:], where
             assert t.nat_mem.ram == t.py_mem.ram, where
+
+
+def _random_region(rng: random.Random) -> list:
+    """2-6 blocks jumping among themselves (loops, tiny blocks with several
+    predecessors, blocks with one) and out of the region."""
+    n = rng.randint(2, 6)
+    pcs = [0x100 * (i + 1) for i in range(n)]
+    blocks = []
+    for pc in pcs:
+        b = _random_block(rng, pc, with_memory=rng.random() < 0.3)
+        if rng.random() < 0.4:          # make it tiny: only the terminator's own ops
+            b = Builder(pc)
+            b.insn_start(pc)
+            b.emit("add", Temp(1, True), Temp(1, True), rng.choice([1, MASK64]))
+        else:
+            b.block.insns.pop()
+            b.closed = False
+        g = Temp(rng.randint(1, 7), True)
+        targets = pcs + [0x9000]
+        if rng.random() < 0.8:
+            b.emit("brcond", None, g, rng.choice([0, 1, Temp(1, True)]),
+                   cond=rng.choice(["eq", "ne", "lt", "ge", "ltu", "geu"]),
+                   taken=rng.choice(targets), fall=rng.choice(targets))
+        else:
+            b.emit("goto_tb", None, pc=rng.choice(targets))
+        blocks.append(optimize(b.block))
+    return optimize_region(blocks)
+
+
+def test_random_regions_exit_where_backend_py_exits():
+    """Loops, copied tiny blocks and inlined ones: every return from the unit has the
+    same exit, registers and instruction count, budget exits included."""
+    rng = random.Random(SEED)
+    t = _Tiers()
+    for case in range(max(CASES // 3, 20)):
+        blocks = _random_region(rng)
+        py, nat = t.units(blocks)
+        ram = bytes(rng.getrandbits(8) for _ in range(256)) * (RAM // 256)
+        t.py_mem.ram[:] = ram
+        t.nat_mem.ram[:] = ram
+        R = [BASE + rng.randrange(0, RAM - 8)] + [_value(rng) for _ in range(7)] + [0, 5]
+        Rp, Rn = list(R), list(R)
+        where = f"case {case} (seed {SEED}):\n" + "\n\n".join(
+            "\n".join(map(repr, b.insns)) for b in blocks)
+        for _ in range(4):
+            got_py, got_nat = t.run(py, Rp), t.run(nat, Rn)
+            if got_py[1] is None:
+                assert py.exits[got_py[0]] == nat.exits[got_nat[0]], where
+                assert Rn == Rp, where
+            else:
+                assert got_nat[1] == got_py[1], where
+                assert Rn[:8] + Rn[9:] == Rp[:8] + Rp[9:], where
+            assert t.nat_mem.ram == t.py_mem.ram, where
+            if got_py[1] is not None or Rp[8] != blocks[0].pc:
+                break
 
 
 def _loop_block(n_body: int):
