@@ -173,10 +173,11 @@ class ConsoleInput:
 class VirtBoard:
     def __init__(self, memory: int, console: CharBackend | None = None, trace: IO[str] | None = None,
                  trace_flags: set[str] | frozenset[str] = frozenset(), ns_per_insn: int | None = None,
-                 tier: str = DEFAULT_TIER) -> None:
+                 tier: str = DEFAULT_TIER, native_eager: bool = False) -> None:
         """``ns_per_insn`` None: mtime is real time; a number: each retired instruction is that many
         ns of mtime (``-icount shift=N`` gives 2**N), so runs are deterministic.
-        ``tier``: the TCG backend, ``py`` (generated Python) or ``native`` (x86-64 code where it can)."""
+        ``tier``: the TCG backend, ``py`` (generated Python) or ``native`` (x86-64 code for hot
+        code where it can); ``native_eager``: every TB to machine code at once (for tests)."""
         self.console = console if console is not None else NullBackend()
         self.trace = trace
         self.trace_flags = set(trace_flags)
@@ -206,12 +207,15 @@ class VirtBoard:
         layout = StateLayout(N_SLOTS, PC, INSTRET)
         self.native: NativeTier | None = None
         compile_fn = compile_unit
+        promote = None
         if tier == "native":
             from kvmpy.tcg.native.backend import NativeTier    # cffi and executable memory only when asked for
-            self.native = NativeTier(layout, self.mem.ram, self.mem.load, self.mem.store, (GuestTrap, MachineExit))
+            self.native = NativeTier(layout, self.mem.ram, self.mem.load, self.mem.store, (GuestTrap, MachineExit),
+                                     eager=native_eager)
             # The softmmu's TLB dicts become mirrors the machine code reads (same dict API).
             self.mem.tlb_read, self.mem.tlb_write = self.native.tlb_read, self.native.tlb_write
             compile_fn = self.native.compile_or_fallback
+            promote = self.native.promote
         elif tier != "py":
             raise ValueError(f"unknown TCG tier {tier!r} (py or native)")
         ns = runtime_namespace()
@@ -224,7 +228,7 @@ class VirtBoard:
                              self.mem.mark_code_page,
                              trace=tracer if {"in_asm", "op", "out_asm"} & self.trace_flags else None,
                              trace_ir="op" in self.trace_flags, chaining=chaining,
-                             trace_out="out_asm" in self.trace_flags, compile_fn=compile_fn)
+                             trace_out="out_asm" in self.trace_flags, compile_fn=compile_fn, promote=promote)
         self.mem.on_code_write = self._code_written
         cpu.on_tlb_flush = self._tlb_flushed
         cpu.poll_devices = self._poll

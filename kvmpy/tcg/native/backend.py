@@ -126,8 +126,11 @@ class NativeTier:
     ``ram`` the guest RAM buffer the TLB's offsets index."""
 
     def __init__(self, layout: StateLayout, ram: Any, load: Callable[..., int],
-                 store: Callable[..., None], unit_exit: tuple[type[BaseException], ...]) -> None:
+                 store: Callable[..., None], unit_exit: tuple[type[BaseException], ...],
+                 eager: bool = False) -> None:
+        """``eager``: compile every new TB to machine code at once (tests), not only hot ones."""
         self.layout = layout
+        self.eager = eager
         self._ram_ref = ffi.from_buffer(ram, require_writable=True)
         ram_host = int(ffi.cast("uintptr_t", self._ram_ref))
         self.tlb_read = MirrorTlb(ram_host)
@@ -176,8 +179,18 @@ class NativeTier:
 
     def compile_or_fallback(self, blocks: list[Block], layout: StateLayout, namespace: dict[str, Any],
                             name: str = "unit") -> CompiledUnit:
-        """The TB cache's backend: native code when possible, else backend_py's unit."""
-        return self.compile_unit(blocks, name) or compile_unit_py(blocks, layout, namespace, name)
+        """The TB cache's backend: native code for regions (and, when ``eager``, for every
+        new TB) where possible, else backend_py's unit.  A new TB starts in backend_py,
+        which translates faster; ``promote`` recompiles it once it is hot."""
+        if name != "tb" or self.eager:
+            unit = self.compile_unit(blocks, name)
+            if unit is not None:
+                return unit
+        return compile_unit_py(blocks, layout, namespace, name)
+
+    def promote(self, block: Block) -> CompiledUnit | None:
+        """Machine code for a hot TB that heads no region (None: it stays in backend_py)."""
+        return self.compile_unit([block], "tb")
 
     def add_site(self, site: tuple[bool, int, bool, int, int]) -> int:
         self._sites.append(site)

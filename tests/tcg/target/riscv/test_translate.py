@@ -39,7 +39,8 @@ def tier(request):
 
 
 def _board(**kw) -> VirtBoard:
-    return VirtBoard(4 << 20, tier=_tier[0], **kw)
+    # Eager: these sequences run once, so every TB must be machine code at once.
+    return VirtBoard(4 << 20, tier=_tier[0], native_eager=_tier[0] == "native", **kw)
 
 BASE = 0x80000000
 SCRATCH = 0x80100000          # x29 points here: loads and stores stay inside
