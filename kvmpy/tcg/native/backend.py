@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 from kvmpy.tcg.backend_py import BUDGET, INLINE_INDENT, SMALL_BLOCK, CompiledUnit, Exit, StateLayout
 from kvmpy.tcg.backend_py import compile_unit as compile_unit_py
-from kvmpy.tcg.ir import MASK64, Block, Insn, Temp, Value
+from kvmpy.tcg.ir import MASK64, PURE_OPS, Block, Insn, Temp, Value
 from kvmpy.tcg.native import x86_64 as x
 from kvmpy.tcg.native.codebuf import CodeBuffer, ffi
 from kvmpy.tcg.native.x86_64 import RAX, RBX, RCX, RDI, RDX, RSI, R12, R13, R14, R15, Asm, Label, Mem
@@ -222,6 +222,7 @@ class _Gen:
         self.epilogue = Label()
         self.trap_exit = Label()
         self.max_temp = 0
+        self.avail: Temp | None = None     # the value rax holds right now, if known
         # DFS preorder from the head, as backend_py: an edge to a lower-or-equal
         # preorder may close a cycle and checks the budget.
         self.order = [0] * len(blocks)
@@ -286,17 +287,24 @@ class _Gen:
         return self.tier.temp_base + t.index
 
     def get(self, reg: int, v: Value) -> None:
+        if isinstance(v, Temp) and v == self.avail:      # just computed: no reload
+            if reg != RAX:
+                self.a.mov_rr(reg, RAX)
+            return
         if isinstance(v, int):
             self.a.mov_ri(reg, v)
         else:
             if v.is_global:
                 self.reads.add(v.index)
             self.a.load(reg, _mem(self.slot(v)))
+        if reg == RAX:
+            self.avail = v if isinstance(v, Temp) else None
 
     def put(self, d: Temp, reg: int) -> None:
         if d.is_global:
             self.writes.add(d.index)
         self.a.store(_mem(self.slot(d)), reg)
+        self.avail = d if reg == RAX else None
 
     def alu(self, op: str, reg: int, v: Value) -> None:
         """reg = reg op v, for the group-1 ops and cmp."""
@@ -349,6 +357,7 @@ class _Gen:
             self.get(RAX, args[0])
             self.get(RCX, args[1])
             a.mul_r(RCX)
+            self.avail = None
             self.get(RAX, args[0])
             a.shift_ri("sar", RAX, 63)
             a.alu_rr("and", RAX, RCX)
@@ -438,6 +447,7 @@ class _Gen:
         a.alu_rm("cmp", R15, _mem(self.tier.flag_slot))    # r15 is zero
         a.jcc("ne", self.trap_exit)
         a.bind(done)
+        self.avail = None
         if not is_store and ins.dst is not None:
             self.put(ins.dst, RAX)
 
@@ -461,6 +471,7 @@ class _Gen:
 
     def jump(self, pc: int, cur: int, level: int) -> None:
         """backend_py's jump, decision for decision (``level``: its indentation depth)."""
+        self.avail = None
         j = self.internal.get(pc)
         if j is not None and self.looped:
             if j != 0 and self.preds[j] == 1 and level < INLINE_INDENT:
@@ -506,12 +517,15 @@ class _Gen:
 
     def _block(self, j: int, level: int) -> None:
         a, blk = self.a, self.blocks[j]
+        self.avail = None
         a.alu_ri("add", R12, blk.n_guest)
         n, k, pc = blk.n_guest, -1, blk.pc
         for ins in blk.insns:
             op = ins.op
             if op not in _SUPPORTED:
                 raise Unsupported(op)
+            if op not in PURE_OPS and op not in ("ld", "insn_start"):
+                self.avail = None       # control flow: labels and other paths join here
             if op == "insn_start":
                 k += 1
                 pc = ins.attrs["pc"]
