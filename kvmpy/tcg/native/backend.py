@@ -46,6 +46,7 @@ TLB_ENTRIES = 1 << TLB_BITS
 INVALID_TAG = 0xFFF           # no (page | alignment bits) key ever equals it
 TRAP_EXIT = 0xFFFF
 MAX_TEMPS = 16384
+CODE_LIMIT = 256 << 20        # code is never freed: past this much, new units stay in backend_py
 _COND = {"eq": "e", "ne": "ne", "lt": "l", "ge": "ge", "ltu": "b", "geu": "ae"}
 _INVERSE = {"e": "ne", "ne": "e", "l": "ge", "ge": "l", "b": "ae", "ae": "b"}
 _SUPPORTED = frozenset({
@@ -112,6 +113,7 @@ class NativeStats:
     fallbacks: int = 0          # units left to the Python backend
     compile_s: float = 0.0      # time spent compiling native units
     slow_calls: int = 0         # softmmu slow-path calls from native code
+    fallbacks_full: int = 0     # units left to the Python backend because the code buffer is full
 
     def format(self, code_bytes: int) -> str:
         return (f"native: units={self.units} fallbacks={self.fallbacks} code={code_bytes}B "
@@ -131,6 +133,7 @@ class NativeTier:
         """``eager``: compile every new TB to machine code at once (tests), not only hot ones."""
         self.layout = layout
         self.eager = eager
+        self.code_limit = CODE_LIMIT
         self._ram_ref = ffi.from_buffer(ram, require_writable=True)
         ram_host = int(ffi.cast("uintptr_t", self._ram_ref))
         self.tlb_read = MirrorTlb(ram_host)
@@ -166,6 +169,12 @@ class NativeTier:
     # ---- compiling --------------------------------------------------------
     def compile_unit(self, blocks: list[Block], name: str = "unit") -> CompiledUnit | None:
         """Machine code for ``blocks`` (head first), or None if some op is not supported."""
+        if self.code.size >= self.code_limit:
+            if self.stats.fallbacks_full == 0:
+                log.warning("native code buffer full (%d bytes): new units stay in the Python backend",
+                            self.code.size)
+            self.stats.fallbacks_full += 1
+            return None
         t0 = time.perf_counter()
         try:
             unit = _Gen(self, blocks).compile(name)

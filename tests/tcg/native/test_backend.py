@@ -289,3 +289,14 @@ def test_a_trap_raised_after_a_store_keeps_the_count_exact():
     Rp, Rn = [0] * 10, [0] * 10
     assert t.run(py, Rp) == t.run(nat, Rn) == (None, (99, BASE + 0x2008, 12, 2))
     assert Rp == Rn and Rn[9] == 3 and Rn[1] == 3 and hits == [3, 3]
+
+
+def test_a_full_code_buffer_leaves_new_units_to_backend_py():
+    t = _Tiers()
+    blk = optimize(_loop_block(2))
+    assert t.tier.compile_unit([blk]) is not None
+    t.tier.code_limit = t.tier.code.size
+    assert t.tier.compile_unit([blk]) is None
+    unit = t.tier.compile_or_fallback([blk], LAYOUT, t.ns, "region")
+    assert unit.source.startswith("def region(R):")       # backend_py's
+    assert t.tier.stats.fallbacks_full == 2
