@@ -35,7 +35,6 @@ from typing import Any, Callable
 from kvmpy.tcg.backend_py import BUDGET, INLINE_INDENT, SMALL_BLOCK, CompiledUnit, Exit, StateLayout
 from kvmpy.tcg.backend_py import compile_unit as compile_unit_py
 from kvmpy.tcg.ir import MASK64, PURE_OPS, Block, Insn, Temp, Value
-from kvmpy.tcg.native import x86_64 as x
 from kvmpy.tcg.native.codebuf import CodeBuffer, ffi
 from kvmpy.tcg.native.x86_64 import RAX, RBX, RCX, RDI, RDX, RSI, R12, R13, R14, R15, Asm, Label, Mem
 
@@ -119,7 +118,8 @@ class NativeStats:
         return (f"native: units={self.units} fallbacks={self.fallbacks} code={code_bytes}B "
                 f"compile={self.compile_s * 1e3:.1f}ms"
                 + (f" ({self.compile_s / self.units * 1e6:.0f}us/unit)" if self.units else "")
-                + f" slow_calls={self.slow_calls}")
+                + f" slow_calls={self.slow_calls}"
+                + (f" left_to_py_buffer_full={self.fallbacks_full}" if self.fallbacks_full else ""))
 
 
 class NativeTier:
@@ -247,7 +247,6 @@ class _Gen:
                 k = self.internal.get(succ)
                 if k is not None and k not in seen:
                     stack.append(k)
-        self.reached = seen
         self.preds = [0] * len(blocks)
         for blk in blocks:
             for succ in blk.successors():
