@@ -16,7 +16,11 @@ used for the ratios), and also as its whole REPEAT=3 run, translation
 included ("whole run").
 
     python bench/tcg_mips.py [--workloads sha256,qsort,coremark] [--seconds 1.5]
-                             [--tries 3] [--no-qemu] [--no-unicorn]
+                             [--tries 3] [--no-qemu] [--no-unicorn] [--tiers py,native]
+
+Each kvmpy TCG tier (-accel tcg,tier=...) gets its own row; the native tier's line
+also gives its translation cost (machine-code compile time per unit) and the size
+of its code cache.
 """
 
 from __future__ import annotations
@@ -52,8 +56,8 @@ def guest(name: str, repeat: int) -> Path:
     return build_guest(name, defines={"REPEAT": repeat})
 
 
-def run_kvmpy(elf: Path) -> tuple[int, float, str]:
-    cfg = MachineConfig(arch="riscv64", kernel=elf, serial="none")
+def run_kvmpy(elf: Path, tier: str = "py") -> tuple[int, float, str]:
+    cfg = MachineConfig(arch="riscv64", kernel=elf, serial="none", tcg_tier=tier)
     with ExitStack() as stack:
         board, _ = tcg_run.build_board(cfg, stack)
         t0 = time.perf_counter()
@@ -61,7 +65,10 @@ def run_kvmpy(elf: Path) -> tuple[int, float, str]:
         dt = time.perf_counter() - t0
         if ex.status != 0:
             raise RuntimeError(f"{elf.name}: guest failed under kvmpy: {ex.reason}")
-        return board.cpu.R[INSTRET], dt, board.cache.stats.format()
+        stats = board.cache.stats.format()
+        if board.native is not None:
+            stats += "\n  kvmpy " + board.native.stats.format(board.native.code.size)
+        return board.cpu.R[INSTRET], dt, stats
 
 
 def run_qemu(elf: Path) -> float:
@@ -103,13 +110,13 @@ def run_unicorn(elf: Path) -> float:
     return dt
 
 
-def instruction_model(name: str) -> tuple[int, int, float, float, str]:
+def instruction_model(name: str, tier: str) -> tuple[int, int, float, float, str]:
     """(a, b, best kvmpy seconds at REPEAT=1 and at REPEAT=3, TB stats of the last
     REPEAT=3 run) with count(REPEAT=n) = a + b*n, checked at 1, 2, 3."""
     counts, times = [], {}
     stats = ""
     for n in KVMPY_REPEATS + (KVMPY_REPEATS[0], KVMPY_REPEATS[-1]):
-        count, dt, st = run_kvmpy(guest(name, n))
+        count, dt, st = run_kvmpy(guest(name, n), tier)
         counts.append(count)
         times[n] = min(times.get(n, dt), dt)
         if n == KVMPY_REPEATS[-1]:
@@ -151,23 +158,31 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tries", type=int, default=3, help="best of this many QEMU/unicorn runs")
     ap.add_argument("--no-qemu", action="store_true")
     ap.add_argument("--no-unicorn", action="store_true")
+    ap.add_argument("--tiers", default="py,native", help="kvmpy TCG tiers to measure (default py,native)")
     args = ap.parse_args(argv)
     names = [n for n in args.workloads.split(",") if n]
+    tiers = [t for t in args.tiers.split(",") if t]
+    if not tiers or any(t not in ("py", "native") for t in tiers):
+        print("error: --tiers takes py and/or native", file=sys.stderr)
+        return 2
     if not names or not 0.1 <= args.seconds <= 60 or not 1 <= args.tries <= 20:
         print("error: need workloads, 0.1 <= --seconds <= 60 and 1 <= --tries <= 20", file=sys.stderr)
         return 2
     rows = []
     for n in names:
-        print(f"{n}: kvmpy at REPEAT={','.join(map(str, KVMPY_REPEATS))}...", file=sys.stderr)
-        try:
-            a, b, kt1, kt3, stats = instruction_model(n)
-        except GuestBuildError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        kcount = a + b * KVMPY_REPEATS[-1]
-        kwhole = kcount / kt3 / 1e6
-        span = KVMPY_REPEATS[-1] - KVMPY_REPEATS[0]
-        k = b * span / max(kt3 - kt1, 1e-6) / 1e6
+        per_tier = []
+        for tier in tiers:
+            print(f"{n}: kvmpy tier={tier} at REPEAT={','.join(map(str, KVMPY_REPEATS))}...", file=sys.stderr)
+            try:
+                a, b, kt1, kt3, stats = instruction_model(n, tier)
+            except GuestBuildError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            kcount = a + b * KVMPY_REPEATS[-1]
+            kwhole = kcount / kt3 / 1e6
+            span = KVMPY_REPEATS[-1] - KVMPY_REPEATS[0]
+            k = b * span / max(kt3 - kt1, 1e-6) / 1e6
+            per_tier.append((tier, a, b, kcount, kwhole, k, stats))
         q = u = float("nan")
         qn = un = 0
         if not args.no_qemu:
@@ -176,15 +191,16 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_unicorn:
             print(f"{n}: unicorn...", file=sys.stderr)
             u, un = differential_mips(n, b, run_unicorn, args.seconds, args.tries)
-        rows.append((n, a, b, kcount, kwhole, k, q, qn, u, un, stats))
+        for tier, a, b, kcount, kwhole, k, stats in per_tier:
+            rows.append((f"{n}/{tier}", a, b, kcount, kwhole, k, q, qn, u, un, stats))
     print(f"instructions = a + b*REPEAT (kvmpy instret, linear at REPEAT={KVMPY_REPEATS}); "
           f"kvmpy M/s from t(3) - t(1), best of 2; QEMU/unicorn from t(REPEAT=n) - t(REPEAT=1), "
           f"best of {args.tries}; whole run = kvmpy's REPEAT=3 run with translation")
-    print(f"{'workload':9} {'a':>6} {'b/REPEAT':>9} {'kvmpy insns':>12} {'whole run':>10} {'kvmpy M/s':>10}"
+    print(f"{'workload':16} {'a':>6} {'b/REPEAT':>9} {'kvmpy insns':>12} {'whole run':>10} {'kvmpy M/s':>10}"
           f" {'qemu n':>7} {'qemu M/s':>9} {'unicorn n':>10} {'unicorn M/s':>12}"
           f" {'kvmpy/qemu':>11} {'kvmpy/unicorn':>14}")
     for n, a, b, kcount, kwhole, k, q, qn, u, un, stats in rows:
-        print(f"{n:9} {a:6d} {b:9d} {kcount:12d} {kwhole:10.2f} {k:10.2f} {qn:7d} {q:9.1f} {un:10d}"
+        print(f"{n:16} {a:6d} {b:9d} {kcount:12d} {kwhole:10.2f} {k:10.2f} {qn:7d} {q:9.1f} {un:10d}"
               f" {u:12.1f} {k / q:11.4f} {k / u:14.4f}")
         print(f"  kvmpy {stats}")
     return 0

@@ -34,6 +34,7 @@ usage: kvmpy [QEMU-style options]        run a VM described on the command line
 
 Options (same meaning as in qemu-system-x86_64 / qemu-system-riscv64):
   -enable-kvm, -accel kvm|tcg   accelerator (x86 needs kvm; riscv64 runs on tcg)
+  -accel tcg,tier=py|native     riscv64: the TCG backend, generated Python or x86-64 machine code
   -machine pc|virt, -M          machine type (virt = riscv64 TCG fallback); x86 Linux kernels also
                                 take linux-boot=bzimage|pvh (pvh: decompress the bzImage on the host)
   -cpu MODEL                    host, max, qemu64 (x86: KVM's supported CPUID); rv64
@@ -307,6 +308,10 @@ def parse_qemu_args(argv: Sequence[str]) -> MachineConfig:
             accel = head or kv.get("accel", "")
             if accel not in ("kvm", "tcg"):
                 raise UsageError(f"unsupported accelerator {shown(accel)} (kvm or tcg)")
+            if "tier" in kv:
+                if accel != "tcg":
+                    raise UsageError(f"-accel {shown(val)}: tier= is a TCG option")
+                cfg["tcg_tier"] = kv["tier"]
         elif opt in ("-machine", "-M"):
             head, kv = _opts(val, "machine")
             machine = head or kv.pop("type", "")

@@ -279,7 +279,7 @@ _FIELD_TYPES: Mapping[str, tuple[type, ...]] = MappingProxyType({
     "vnc": (str, _NoneType), "memory_slots": (int,), "web": (str, _NoneType),
     "max_memory": (int, _NoneType), "devices": (tuple,), "drives": (tuple,), "blockdevs": (tuple,),
     "netdevs": (tuple,), "chardevs": (tuple,), "objects": (tuple,), "data_dirs": (tuple,),
-    "icount": (int, _NoneType),
+    "icount": (int, _NoneType), "tcg_tier": (str,),
 })
 # The spec type each device-option tuple holds, and the option it came from (for messages).
 _SPEC_FIELDS: Mapping[str, tuple[type, str]] = MappingProxyType({
@@ -335,6 +335,7 @@ class MachineConfig:
     vnc: str | None = None  # -vnc [HOST]:N[,password=on] (or -display vnc=...): the VNC console
     web: str | None = None  # -display web[=HOST:PORT]: the browser console (noVNC through websockify)
     icount: int | None = None  # -icount shift=N (TCG): guest time from retired instructions, 2**N ns each; None: real time
+    tcg_tier: str = ""  # -accel tcg,tier=py|native: the TCG backend; "" is the default tier (see riscv_virt.DEFAULT_TIER)
 
     def __post_init__(self) -> None:
         # Callers may pass any iterable; the frozen config holds immutable collections only.
@@ -444,6 +445,10 @@ class MachineConfig:
                 raise ConfigError(f"-icount is a TCG option: machine {board.machine!r} runs on {board.accel.upper()}")
             if not 0 <= self.icount <= MAX_ICOUNT_SHIFT:
                 raise ConfigError(f"-icount shift={shown(self.icount)}: the shift must be 0 to {MAX_ICOUNT_SHIFT}")
+        if self.tcg_tier and board.accel != "tcg":
+            raise ConfigError(f"tier= is a TCG option: machine {board.machine!r} runs on {board.accel.upper()}")
+        if self.tcg_tier not in ("", "py", "native"):
+            raise ConfigError(f"-accel tcg,tier={shown(self.tcg_tier)}: the tier must be py or native")
         if self.name is not None and ("\n" in self.name or len(self.name) > 256):
             raise ConfigError("invalid -name")
         if self.cpu is not None and board.cpus is not None and self.cpu not in board.cpus:

@@ -25,6 +25,9 @@ def test_qemu_flags_become_a_config(tmp_path: Path) -> None:
     assert parse_qemu_args(["-accel", "kvm", "-display", "none", "-kernel", "k"]).serial == "stdio"
     riscv = parse_qemu_args(["-machine", "virt", "-cpu", "rv64", "-bios", "none", "-kernel", "p", "-m", "128M"])
     assert (riscv.arch, riscv.machine, riscv.accel, riscv.bios) == ("riscv64", "virt", "tcg", "none")
+    assert riscv.tcg_tier == ""           # the board's default tier
+    for tier in ("py", "native"):
+        assert parse_qemu_args(["-M", "virt", "-accel", f"tcg,tier={tier}", "-kernel", "p"]).tcg_tier == tier
     traced = parse_qemu_args(["-M", "virt", "-kernel", "p", "-d", "in_asm,exec", "-D", "t.log"])
     assert (traced.trace, traced.trace_file) == ({"in_asm", "exec"}, Path("t.log"))
     assert parse_qemu_args(["-enable-kvm", "-M", "q35", "-kernel", "k"]).machine == "pc"
@@ -40,6 +43,7 @@ def test_qemu_flags_become_a_config(tmp_path: Path) -> None:
     (["-enable-kvm", "-machine", "sun4m"], "machine type"),
     (["-enable-kvm", "-m", "1G,slots"], "Expected '=' after parameter 'slots'"),
     (["-enable-kvm", "-m", "1G,foo=1"], "Invalid parameter 'foo'"),
+    (["-M", "virt", "-accel", "kvm,tier=py", "-kernel", "p"], "tier= is a TCG option"),
 ])
 def test_usage_errors(argv: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):

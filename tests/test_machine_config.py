@@ -257,6 +257,7 @@ def test_arch_or_machine_selects_the_board_and_its_accelerator() -> None:
     ({"debug_exit": DebugExitConfig()}, "does not support -device isa-debug-exit"),
     ({"linux_boot": "pvh"}, "does not support -machine linux-boot"),
     ({"initrd": Path("/etc/hostname")}, "does not support -initrd"),
+    ({"tcg_tier": "fast"}, "tier='fast': the tier must be py or native"),
 ])
 def test_the_virt_board_refuses_what_it_lacks_by_name(kernel: Path, changes: dict, words: str) -> None:
     good = MachineConfig(arch="riscv64", kernel=kernel, bios="none", cpu="rv64", trace={"in_asm", "tb_stats"})
@@ -274,6 +275,7 @@ def test_the_virt_board_refuses_what_it_lacks_by_name(kernel: Path, changes: dic
     ({"smp": 256}, "invalid -smp 256 \\(1 to 255\\)"),
     ({"accel": "tcg"}, "x86 guests need KVM"),
     ({"machine": "virt"}, "machine 'virt' is a riscv64 board, not 'x86_64'"),
+    ({"tcg_tier": "native"}, "tier= is a TCG option: machine 'pc' runs on KVM"),
 ])
 def test_the_pc_board_refuses_what_it_lacks_by_name(kernel: Path, changes: dict, words: str) -> None:
     good = MachineConfig(kernel=kernel, cpu="Skylake-Client", smp=4, start_paused=True, linux_boot="pvh",

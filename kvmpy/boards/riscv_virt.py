@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
 import struct
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, TYPE_CHECKING, Protocol
 
 from kvmpy.boards.riscv_fdt import VirtFdtParams, virt_fdt
 from kvmpy.devices.bus import Bus
@@ -47,7 +48,7 @@ from kvmpy.devices.riscv.sifive_test import SifiveTest
 from kvmpy.devices.serial import Uart16550
 from kvmpy.loader.elf import ElfImage
 from kvmpy.loader.errors import LoaderError
-from kvmpy.tcg.backend_py import StateLayout, runtime_namespace
+from kvmpy.tcg.backend_py import StateLayout, compile_unit, runtime_namespace
 from kvmpy.tcg.cpu_loop import CpuLoop
 from kvmpy.tcg.errors import GuestTrap, MachineExit, TcgUserError
 from kvmpy.tcg.softmmu import AccessFaults, SoftMmu
@@ -56,8 +57,14 @@ from kvmpy.tcg.target.riscv.cpu import (ISA_STRING, MEIP, MMU_TYPE, MSIP, MTIP, 
 from kvmpy.tcg.target.riscv.translate import INSTRET, N_SLOTS, PC, Translator
 from kvmpy.tcg.tb_cache import TBCache
 
+if TYPE_CHECKING:
+    from kvmpy.tcg.native.backend import NativeTier
+
 log = logging.getLogger(__name__)
 
+# The TCG tier when none is asked for (-accel tcg,tier=...): machine code on x86-64 hosts,
+# where it passes every differential test the Python tier does; generated Python elsewhere.
+DEFAULT_TIER = "native" if platform.machine() in ("x86_64", "AMD64") else "py"
 SIFIVE_TEST_BASE = 0x100000
 CLINT_BASE = 0x2000000
 PLIC_BASE = 0xC000000
@@ -165,9 +172,12 @@ class ConsoleInput:
 
 class VirtBoard:
     def __init__(self, memory: int, console: CharBackend | None = None, trace: IO[str] | None = None,
-                 trace_flags: set[str] | frozenset[str] = frozenset(), ns_per_insn: int | None = None) -> None:
+                 trace_flags: set[str] | frozenset[str] = frozenset(), ns_per_insn: int | None = None,
+                 tier: str = DEFAULT_TIER, native_eager: bool = False) -> None:
         """``ns_per_insn`` None: mtime is real time; a number: each retired instruction is that many
-        ns of mtime (``-icount shift=N`` gives 2**N), so runs are deterministic."""
+        ns of mtime (``-icount shift=N`` gives 2**N), so runs are deterministic.
+        ``tier``: the TCG backend, ``py`` (generated Python) or ``native`` (x86-64 code for hot
+        code where it can); ``native_eager``: every TB to machine code at once (for tests)."""
         self.console = console if console is not None else NullBackend()
         self.trace = trace
         self.trace_flags = set(trace_flags)
@@ -194,17 +204,31 @@ class VirtBoard:
 
         tracer = self._trace if trace is not None else None
         self.translator = Translator(self.mem.fetch, disasm="in_asm" in self.trace_flags)
+        layout = StateLayout(N_SLOTS, PC, INSTRET)
+        self.native: NativeTier | None = None
+        compile_fn = compile_unit
+        promote = None
+        if tier == "native":
+            from kvmpy.tcg.native.backend import NativeTier    # cffi and executable memory only when asked for
+            self.native = NativeTier(layout, self.mem.ram, self.mem.load, self.mem.store, (GuestTrap, MachineExit),
+                                     eager=native_eager)
+            # The softmmu's TLB dicts become mirrors the machine code reads (same dict API).
+            self.mem.tlb_read, self.mem.tlb_write = self.native.tlb_read, self.native.tlb_write
+            compile_fn = self.native.compile_or_fallback
+            promote = self.native.promote
+        elif tier != "py":
+            raise ValueError(f"unknown TCG tier {tier!r} (py or native)")
         ns = runtime_namespace()
         ns.update(self.mem.namespace())
         ns.update(cpu.helpers())
         ns["GuestTrap"] = GuestTrap
         ns["_UnitExit"] = (GuestTrap, MachineExit)
         chaining = not ({"exec", "nochain", "cpu"} & self.trace_flags)
-        self.cache = TBCache(StateLayout(N_SLOTS, PC, INSTRET), ns, self.translator.translate,
+        self.cache = TBCache(layout, ns, self.translator.translate,
                              self.mem.mark_code_page,
                              trace=tracer if {"in_asm", "op", "out_asm"} & self.trace_flags else None,
                              trace_ir="op" in self.trace_flags, chaining=chaining,
-                             trace_out="out_asm" in self.trace_flags)
+                             trace_out="out_asm" in self.trace_flags, compile_fn=compile_fn, promote=promote)
         self.mem.on_code_write = self._code_written
         cpu.on_tlb_flush = self._tlb_flushed
         cpu.poll_devices = self._poll

@@ -20,7 +20,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import IO
 
-from kvmpy.boards.riscv_virt import BootImage, BootSpec, VirtBoard
+from kvmpy.boards.riscv_virt import DEFAULT_TIER, BootImage, BootSpec, VirtBoard
 from kvmpy.config import TRACE_ITEMS, ConfigError, MachineConfig, parse_size, parse_trace
 from kvmpy.devices.chardev import open_backend
 from kvmpy.loader.elf import EM_RISCV, ElfImage, read_elf
@@ -119,7 +119,8 @@ def build_board(cfg: MachineConfig, stack: ExitStack) -> tuple[VirtBoard, BootSp
         else:
             trace = sys.stderr
     board = VirtBoard(cfg.memory, console, trace, cfg.trace,
-                      ns_per_insn=None if cfg.icount is None else 1 << cfg.icount)
+                      ns_per_insn=None if cfg.icount is None else 1 << cfg.icount,
+                      tier=cfg.tcg_tier or DEFAULT_TIER)
     board.boot(spec)
     return board, spec
 

@@ -351,7 +351,7 @@ def _coalesce(insns: list[Insn]) -> list[Insn]:
             continue
         out[x] = Insn(out[x].op, g, out[x].args, out[x].attrs)
         out[y] = None
-        for i in later:
+        for i in between + later:      # reads between the two: g is not touched there
             if t in i.args:
                 i.args = [g if a == t else a for a in i.args]
     return [i for i in out if i is not None]

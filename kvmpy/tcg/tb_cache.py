@@ -73,8 +73,15 @@ class TBCache:
     def __init__(self, layout: StateLayout, namespace: dict[str, Any],
                  translate: Callable[[int], tuple[Block, int, tuple[int, ...]]],
                  on_new_page: Callable[[int], None], trace: Callable[[str], None] | None = None,
-                 trace_ir: bool = False, chaining: bool = True, trace_out: bool = False) -> None:
+                 trace_ir: bool = False, chaining: bool = True, trace_out: bool = False,
+                 compile_fn: Callable[[list[Block], StateLayout, dict[str, Any], str], CompiledUnit]
+                 = compile_unit, promote: Callable[[Block], CompiledUnit | None] | None = None) -> None:
+        """``compile_fn``: the backend (backend_py's ``compile_unit``, or the native tier's,
+        which falls back to it per unit); ``promote``: recompiles a hot TB that heads no
+        region (the native tier: None when it cannot)."""
         self.layout = layout
+        self._compile = compile_fn
+        self._promote = promote
         self.namespace = namespace
         self._translate = translate          # vpc -> (block, ppc, physical pages)
         self._on_new_page = on_new_page
@@ -114,7 +121,7 @@ class TBCache:
         if self._trace is not None and self._trace_ir:
             self._trace(f"OP after optimization {pc:#x}:\n" +
                         "\n".join(f"  {i!r}" for i in block.insns) + "\n")
-        unit = compile_unit([block], self.layout, self.namespace, "tb")
+        unit = self._compile([block], self.layout, self.namespace, "tb")
         if self._trace is not None and self._trace_out:
             self._trace(f"OUT: [{pc:#x}]\n{unit.source}\n")
         tb = TB(pc, ppc, pages, block, unit)
@@ -161,9 +168,14 @@ class TBCache:
                 members.append(tb)
             i += 1
         if len(members) == 1 and head.pc not in head.block.successors():
-            return          # nothing to gain: no loop and no successor known yet
+            # No loop and no successor known yet: no region, but a faster unit may do.
+            if self._promote is not None and head.valid:
+                unit = self._promote(head.block)
+                if unit is not None:
+                    head.single = head.unit = unit
+            return
         blocks = optimize_region([m.block for m in members])
-        unit = compile_unit(blocks, self.layout, self.namespace, "region")
+        unit = self._compile(blocks, self.layout, self.namespace, "region")
         head.unit = unit
         if self._trace is not None and self._trace_out:
             self._trace(f"OUT region: [{head.pc:#x}] {len(members)} blocks\n{unit.source}\n")

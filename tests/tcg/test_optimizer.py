@@ -221,3 +221,19 @@ def test_a_register_write_before_a_possibly_trapping_write_of_it_is_kept():
         bl.emit("goto_tb", None, pc=8)
         blk = optimize(bl.block)
         assert [(i.op, i.dst, i.args) for i in blk.insns if i.op == "mov"] == [("mov", g0, [255])], op
+
+
+def test_coalescing_a_temp_into_a_register_renames_its_reads_before_the_copy():
+    """``t = g1 >> 63; g2 = t + 5; g3 = t & 0x7f`` (t is 0 or 1, so the and is a copy):
+    the shift now writes g3, and the add in between must read g3, not the gone t."""
+    b = Builder(0)
+    b.insn_start(0)
+    t = b.temp()
+    b.emit("shr", t, Temp(1, True), 63)
+    b.emit("add", Temp(2, True), t, 5)
+    b.emit("and", Temp(3, True), t, 0x7F)
+    b.emit("goto_tb", None, pc=4)
+    blk = optimize(b.block)
+    assert all(not (isinstance(a, Temp) and not a.is_global) for i in blk.insns for a in i.args), blk.insns
+    R = _run(blk, [0, 1 << 63, 0, 0])
+    assert R[3] == 1 and R[2] == 6

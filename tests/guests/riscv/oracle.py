@@ -28,10 +28,10 @@ def guest(name: str) -> Path:
 
 
 def run_kvmpy(elf: Path, tmp_path: Path, memory: int = 128 << 20, trace: set[str] | None = None,
-              trace_file: Path | None = None) -> tuple[bytes, int]:
+              trace_file: Path | None = None, tier: str = "") -> tuple[bytes, int]:
     out = tmp_path / f"{elf.stem}.serial"
     cfg = MachineConfig(arch="riscv64", kernel=elf, memory=memory, serial=f"file:{out}",
-                        trace=frozenset(trace or ()), trace_file=trace_file)
+                        trace=frozenset(trace or ()), trace_file=trace_file, tcg_tier=tier)
     status = run_machine(cfg)
     return out.read_bytes(), status
 

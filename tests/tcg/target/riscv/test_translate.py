@@ -12,6 +12,7 @@ faults from S-mode): the cause and every register at the trap must agree.  The d
 from __future__ import annotations
 
 import os
+import platform
 import random
 import struct
 
@@ -24,6 +25,22 @@ from kvmpy.tcg.target.riscv.translate import PC
 
 unicorn = pytest.importorskip("unicorn")
 from unicorn import riscv_const as rc  # noqa: E402
+
+# Every test runs on both TCG tiers where the native one exists (x86-64 hosts).
+TIERS = ["py", "native"] if platform.machine() == "x86_64" else ["py"]
+_tier = ["py"]
+
+
+@pytest.fixture(autouse=True, params=TIERS)
+def tier(request):
+    _tier[0] = request.param
+    yield request.param
+    _tier[0] = "py"
+
+
+def _board(**kw) -> VirtBoard:
+    # Eager: these sequences run once, so every TB must be machine code at once.
+    return VirtBoard(4 << 20, tier=_tier[0], native_eager=_tier[0] == "native", **kw)
 
 BASE = 0x80000000
 SCRATCH = 0x80100000          # x29 points here: loads and stores stay inside
@@ -77,7 +94,7 @@ def _program(rng: random.Random) -> bytes:
 
 
 def _run_kvmpy(code: bytes, regs: list[int], scratch: bytes) -> tuple[list[int], bytes]:
-    board = VirtBoard(4 << 20)
+    board = _board()
     ram = board.mem.ram
     ram[0:len(code)] = code
     ram[SCRATCH - BASE:SCRATCH - BASE + len(scratch)] = scratch
@@ -117,7 +134,7 @@ def test_random_alu_and_memory_sequences_match_unicorn():
 def _run_asm(source: str, march: str | None = None) -> VirtBoard:
     """Assemble ``source`` at BASE and run it until it writes the sifive_test exit (x30 to (x31))."""
     from tests.guests.riscv.asm import MARCH, assemble
-    board = VirtBoard(4 << 20, ns_per_insn=DEFAULT_NS_PER_INSN)    # deterministic: one mtime tick per instruction
+    board = _board(ns_per_insn=DEFAULT_NS_PER_INSN)    # deterministic: one mtime tick per instruction
     code = assemble(".option norvc\n" + source, march or MARCH)
     board.mem.ram[0:len(code)] = code
     board.cpu.R[30], board.cpu.R[31] = 0x5555, 0x100000
@@ -225,7 +242,7 @@ def _trap_insn(rng: random.Random, smode: bool) -> tuple[int, int]:
 
 
 def _run_kvmpy_trap(code: bytes, regs: list[int], scratch: bytes, smode: bool) -> tuple[list[int], int, int]:
-    board = VirtBoard(4 << 20)
+    board = _board()
     ram, cpu = board.mem.ram, board.cpu
     ram[0:len(code)] = code
     ram[SCRATCH - BASE:SCRATCH - BASE + len(scratch)] = scratch
@@ -385,7 +402,7 @@ def test_random_double_moves_loads_stores_sign_injection_and_classify_match_unic
         fregs = [_fp_reg_value(rng) for _ in range(32)]
         scratch = bytes(rng.getrandbits(8) for _ in range(2048 + 8))
 
-        board = VirtBoard(4 << 20)
+        board = _board()
         ram, cpu = board.mem.ram, board.cpu
         ram[0:len(code)] = code
         ram[SCRATCH - BASE:SCRATCH - BASE + len(scratch)] = scratch
@@ -463,7 +480,7 @@ def test_random_single_and_double_fp_moves_match_qemu_user(tmp_path):
         inputs.append((regs, fregs, scratch))
     for case, (words, (regs, fregs, scratch)) in enumerate(zip(words_all, inputs)):
         code = b"".join(struct.pack("<I", w) for w in words) + struct.pack("<I", (30 << 20) | (31 << 15) | (2 << 12) | 0x23)
-        board = VirtBoard(4 << 20)
+        board = _board()
         ram, cpu = board.mem.ram, board.cpu
         ram[0:len(code)] = code
         ram[SCRATCH - BASE:SCRATCH - BASE + len(scratch)] = scratch
