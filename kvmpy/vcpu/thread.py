@@ -203,7 +203,9 @@ class VcpuThread:
             else:
                 self.mmio_write(addr, length, value)
             first = (first + 1) % slots
-        RING_FIRST.pack_into(mm, base, first)
+        # One 4-byte store (not struct.pack_into, which clears its target first: KVM, adding an entry on
+        # another vCPU, could read first as 0 and take a full ring for an empty one).
+        mm[base:base + RING_FIRST.size] = RING_FIRST.pack(first)
 
     def _loop(self) -> None:
         vcpu = self.vcpu

@@ -63,6 +63,7 @@ program order (the element, then the index), which x86's TSO keeps.
 from __future__ import annotations
 
 import struct
+import sys
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator, Protocol
@@ -395,7 +396,8 @@ class SplitQueue:
         self._avail_event: int | None = None  # the avail_event we last stored and fenced (None: not known)
         self._desc_v: memoryview | None = None
         self._avail_v: memoryview | None = None
-        self._used_v: memoryview | None = None
+        self._used16: memoryview | None = None  # the used ring as u16s, and (its first 4 + 8*size bytes) as u32s
+        self._used32: memoryview | None = None
         self._used_dirty: tuple[Any, int, int] | None = None  # (RAM block, offset, length) of the used ring
 
     def _forget_avail(self) -> None:
@@ -430,8 +432,14 @@ class SplitQueue:
         self._desc_v = ram.view(self.desc_addr, 16 * size, False)
         self._avail_v = ram.view(self.avail_addr, 6 + 2 * size, False)
         n = 6 + 8 * size
-        self._used_v = ram.view(self.used_addr, n, True)
-        s = ram.span(self.used_addr, n) if self._used_v is not None else None
+        used_v = ram.view(self.used_addr, n, True) if sys.byteorder == "little" else None
+        # Typed views: an item assignment is one store of the item's width. (struct.pack_into clears its
+        # target before it writes the fields, so the used index would read 0 for a moment: a driver that
+        # looked then took every slot up to its last index as new — Linux said "id N is not a head!" — and
+        # an avail_event read as 0 cost a kick, stalling the queue.)
+        self._used16 = None if used_v is None else used_v.cast("H")
+        self._used32 = None if used_v is None else used_v[:n - 2].cast("I")
+        s = ram.span(self.used_addr, n) if used_v is not None else None
         self._used_dirty = None if s is None else (s.block, self.used_addr + s.delta, n)
 
     def _check_layout(self, size: int, desc: int, avail: int, used: int) -> None:
@@ -471,16 +479,15 @@ class SplitQueue:
             return U16.unpack_from(v, off)[0]
         return U16.unpack(self._read(self.avail_addr + off, 2, "available ring"))[0]
 
-    def _put_used(self, off: int, field: struct.Struct, *values: int) -> None:
-        """Store ``values`` packed as ``field`` at ``off`` in the used ring (flags 0, idx 2, ring 4.., avail_event
-        at the end): one aligned store per field, as the driver loads it (a u16 written a byte at a time
-        could be read half old, half new)."""
+    def _put_used16(self, off: int, value: int) -> None:
+        """Store the u16 ``value`` at ``off`` (even) in the used ring (flags 0, idx 2, avail_event at the end) with
+        one store, as the driver loads it; the guest-memory path when the ring is not in one RAM range."""
         self._rings()
-        v = self._used_v
-        if v is None:
-            self._write(self.used_addr + off, field.pack(*values), "used ring")
+        w = self._used16
+        if w is None:
+            self._write(self.used_addr + off, U16.pack(value), "used ring")
             return
-        field.pack_into(v, off, *values)
+        w[off >> 1] = value
         block, start, n = self._used_dirty  # type: ignore[misc]
         block.mark_dirty(start, n)  # the whole used ring: a page or three, one store
 
@@ -514,7 +521,7 @@ class SplitQueue:
 
     def _publish_avail_event(self, idx: int) -> None:
         """Store avail_event = ``idx`` (kick me when your idx passes it), then fence before the caller's next load."""
-        self._put_used(4 + 8 * self.size, U16, idx)
+        self._put_used16(4 + 8 * self.size, idx)
         self._avail_event = idx
         self._barrier()
 
@@ -873,22 +880,24 @@ class SplitQueue:
 
     def _publish(self, elems: list[tuple[int, int]]) -> None:
         """Store used elements (head, written), then the used index once, after them (program order, which
-        x86 keeps); every field is one aligned store of its width."""
+        x86 keeps); every field is one aligned store of its width, and nothing else is stored (see ``_rings``)."""
         used, mask = self.next_used, self.size - 1
         self._rings()
-        v = self._used_v
-        if v is not None:  # the ring in one RAM range: packed straight into it, one dirty mark
+        w32, w16 = self._used32, self._used16
+        if w32 is not None and w16 is not None:  # the ring in one RAM range: typed stores into it, one dirty mark
             for head, written in elems:
-                USED_ELEM.pack_into(v, 4 + 8 * (used & mask), head, written)
+                i = 1 + 2 * (used & mask)  # the element's u32 index: id, then len
+                w32[i] = head
+                w32[i + 1] = written
                 used = (used + 1) & 0xFFFF
-            U16.pack_into(v, 2, used)
+            w16[1] = used
             block, start, n = self._used_dirty  # type: ignore[misc]
             block.mark_dirty(start, n)
         else:
             for head, written in elems:
-                self._put_used(4 + 8 * (used & mask), USED_ELEM, head, written)
+                self._write(self.used_addr + 4 + 8 * (used & mask), USED_ELEM.pack(head, written), "used ring")
                 used = (used + 1) & 0xFFFF
-            self._put_used(2, U16, used)
+            self._put_used16(2, used)
         self.next_used = used
 
     def should_notify(self) -> bool:
@@ -915,7 +924,7 @@ class SplitQueue:
             if enabled:
                 self._publish_avail_event(self._read_avail_idx())
             return
-        self._put_used(0, U16, 0 if enabled else USED_F_NO_NOTIFY)
+        self._put_used16(0, 0 if enabled else USED_F_NO_NOTIFY)
         self._barrier()  # the store above before the caller's next load of the avail idx
 
     # ---- state ------------------------------------------------------------------------------
