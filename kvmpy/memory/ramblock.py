@@ -52,11 +52,13 @@ class RAMBlock:
     page_size: int = PAGE_SIZE  # the host page size behind the block (huge pages on hugetlbfs)
 
     @classmethod
-    def allocate(cls, name: str, size: int) -> "RAMBlock":
+    def allocate(cls, name: str, size: int, share: bool = False) -> "RAMBlock":
+        """Anonymous memory; ``share`` maps it MAP_SHARED, as QEMU's memory-backend-ram,share=on does."""
         if size <= 0 or size % PAGE_SIZE:
             raise ValueError(f"RAM block {name!r}: size {size} is not a positive multiple of {PAGE_SIZE}")
+        kind = mmap.MAP_SHARED if share else mmap.MAP_PRIVATE
         try:
-            mm = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0),
+            mm = mmap.mmap(-1, size, flags=kind | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0),
                            prot=mmap.PROT_READ | mmap.PROT_WRITE)
         except OSError as exc:
             raise RAMAllocationError(f"cannot allocate {size >> 20} MiB for RAM block {name!r}: {exc.strerror}",
