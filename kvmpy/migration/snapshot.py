@@ -67,7 +67,8 @@ class Snapshot:
 
     def check_fits(self) -> None:
         """ConfigMismatchError, naming each difference, if the machine no longer matches the snapshot."""
-        diffs = config_diffs(self.vm.vmstate.describe(), self.config, "in the snapshot")
+        now = self.vm.vmstate.describe()
+        diffs = config_diffs(now, self.config, "in the snapshot") if now != self.config else []
         if not diffs:
             live = self.vm.ram_blocks
             diffs = [f'ramblock "{b.name.removeprefix("/objects/")}" was replaced since the snapshot'
