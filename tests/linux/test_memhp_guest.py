@@ -208,9 +208,6 @@ def test_hot_add_use_and_remove_a_dimm_like_qemu(linux_assets) -> None:
     assert k["unplug_events"] == q["unplug_events"], (k["unplug_events"], q["unplug_events"])
 
 
-@pytest.mark.bed_pending("passed in 2 of 3 bed runs (2026-12-02: 9.2 s / downtime 133 ms, 16.1 s / 201 ms); the third "
-                         "gave up waiting 60 s for the destination's QMP socket; joins the batch after a pass with the "
-                         "longer wait")
 @pytest.mark.kvm_full
 def test_a_hot_added_dimm_migrates_with_what_the_guest_wrote_in_it(linux_assets, tmp_path: Path) -> None:
     """Issue 15: migrate a VM after a hot-add. The destination is started with the hot-added object and DIMM on
