@@ -42,15 +42,72 @@ def _show(key: str, value: Any) -> str:
     return repr(value)
 
 
+def _ram_name(name: str) -> str:
+    """A RAM block as QEMU names it in its messages: a memory backend by its object id."""
+    return name.removeprefix("/objects/")
+
+
+def _ram_diffs(remote: Any, local: list[dict[str, Any]], there: str) -> list[str]:
+    """RAM blocks by name, in QEMU's words where QEMU refuses (a block it lacks, a size that differs)."""
+    if not isinstance(remote, list) or not all(isinstance(b, dict) and isinstance(b.get("name"), str) and
+                                               type(b.get("size")) is int for b in remote):
+        return [f"ram: {remote!r} {there} is not a list of RAM blocks"]
+    theirs = {b["name"]: b["size"] for b in remote}
+    ours = {b["name"]: b["size"] for b in local}
+    diffs = [f'Unknown ramblock "{_ram_name(n)}", cannot accept migration' for n in theirs if n not in ours]
+    diffs += [f"Size mismatch: {_ram_name(n)}: {theirs[n]:#x} != {ours[n]:#x}"
+              for n in theirs if n in ours and theirs[n] != ours[n]]
+    diffs += [f'ramblock "{_ram_name(n)}" is not {there}' for n in ours if n not in theirs]
+    return diffs or ([f"ram: the blocks are in another order {there}"] if list(theirs) != list(ours) else [])
+
+
+def _memhp_diffs(remote: Any, local: dict[str, Any], there: str) -> list[str]:
+    """The hotplug window and the DIMMs, each DIMM by its id."""
+    if not isinstance(remote, dict) or not isinstance(remote.get("dimms"), list) or \
+            not all(isinstance(d, dict) and isinstance(d.get("id"), str) for d in remote["dimms"]):
+        return [f"memory-hotplug: {remote!r} {there}, {local!r} here"]
+    diffs = [f"memory-hotplug {k}: {remote.get(k)!r} {there}, {local[k]!r} here"
+             for k in local if k != "dimms" and remote.get(k) != local[k]]
+    theirs, ours = {d["id"]: d for d in remote["dimms"]}, {d["id"]: d for d in local["dimms"]}
+
+    def show(d: dict[str, Any]) -> str:
+        return f"DIMM '{d['id']}' (memdev {d.get('memdev')}, slot {d.get('slot')})"
+
+    diffs += [f"{show(d)} {there}, not here" for i, d in theirs.items() if i not in ours]
+    diffs += [f"{show(d)} here, not {there}" for i, d in ours.items() if i not in theirs]
+    diffs += [f"DIMM '{i}': {d} {there}, {ours[i]} here" for i, d in theirs.items()
+              if i in ours and d != ours[i]]
+    return diffs
+
+
+def config_diffs(local: dict[str, Any], remote: dict[str, Any], there: str = "in the stream") -> list[str]:
+    """Every difference between two ``VmState.describe()`` results, each in a few words; [] if they fit.
+
+    ``remote`` is the saved side, which the words call ``there`` ("in the stream", "in the snapshot").
+    """
+    if not isinstance(remote, dict):
+        return ["the saved configuration is not a description of a machine"]
+    diffs: list[str] = []
+    for k in local:
+        if remote.get(k) == local[k]:
+            continue
+        if k == "ram":
+            diffs += _ram_diffs(remote.get(k), local[k], there)
+        elif k == "memory-hotplug" and k in remote:
+            diffs += _memhp_diffs(remote[k], local[k], there)
+        else:
+            diffs.append(f"{k}: {_show(k, remote.get(k))} {there}, {_show(k, local[k])} here")
+    extra = sorted(set(remote) - set(local))
+    if extra:
+        diffs.append(f"unknown configuration keys {there}: {', '.join(map(str, extra))}")
+    return diffs
+
+
 def check_config(local: dict[str, Any], remote: dict[str, Any]) -> None:
     """Refuse a stream from a differently configured machine, naming every difference."""
     if not isinstance(remote, dict):
         raise ConfigMismatchError("the incoming VM's configuration is not a description of a machine")
-    diffs = [f"{k}: {_show(k, remote.get(k))} in the stream, {_show(k, local[k])} here"
-             for k in local if remote.get(k) != local[k]]
-    extra = sorted(set(remote) - set(local))
-    if extra:
-        diffs.append(f"unknown configuration keys in the stream: {', '.join(map(str, extra))}")
+    diffs = config_diffs(local, remote)
     if diffs:
         raise ConfigMismatchError("the incoming VM's configuration does not match this machine: "
                                   + "; ".join(diffs))

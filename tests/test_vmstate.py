@@ -118,3 +118,25 @@ def test_a_cpu_section_with_wrong_types_is_refused_without_allocating(machine, f
     state["cpu/0"] = dict(state["cpu/0"], **{field: value})
     with pytest.raises(StreamError, match="vCPU state section is malformed"):
         machine.vmstate.apply(state)
+
+
+def test_check_config_names_ram_blocks_and_dimms_as_qemu_does() -> None:
+    """A RAM block the machine lacks or of another size in QEMU's words; DIMMs by id; hostile values survive."""
+    dimm = {"id": "d1", "memdev": "m1", "size": 1 << 27, "addr": 1 << 32, "slot": 0}
+    local = {"ram": [{"name": "pc.ram", "size": 1 << 27}, {"name": "/objects/m1", "size": 1 << 28}],
+             "memory-hotplug": {"slots": 2, "maxmem": 1 << 30, "dimms": [dict(dimm, size=1 << 28)]}}
+    remote = {"ram": [{"name": "pc.ram", "size": 1 << 27}, {"name": "/objects/m1", "size": 1 << 27},
+                      {"name": "/objects/m2", "size": 1 << 27}],
+              "memory-hotplug": {"slots": 2, "maxmem": 1 << 30,
+                                 "dimms": [dimm, dict(dimm, id="d2", memdev="m2", slot=1)]}}
+    with pytest.raises(ConfigMismatchError) as exc:
+        check_config(local, remote)
+    text = str(exc.value)
+    assert 'Unknown ramblock "m2", cannot accept migration; Size mismatch: m1: 0x8000000 != 0x10000000; ' in text
+    assert "DIMM 'd2' (memdev m2, slot 1) in the stream, not here" in text
+    assert "DIMM 'd1': " in text and "\n" not in text
+    for hostile in ([{"name": "m", "size": "big"}], ["x"], 7, [{"name": ["x"], "size": 1}]):
+        with pytest.raises(ConfigMismatchError, match="is not a list of RAM blocks"):
+            check_config(local, dict(remote, ram=hostile))
+    with pytest.raises(ConfigMismatchError, match="memory-hotplug: "):
+        check_config(local, dict(remote, ram=local["ram"], **{"memory-hotplug": {"dimms": [{"id": []}]}}))

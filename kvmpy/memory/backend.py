@@ -103,7 +103,7 @@ def create_backend(qom_type: str, obj_id: str, props: Mapping[str, Any]) -> Host
             block = RAMBlock.map_file(name, size, path, share=share, prealloc=prealloc)
             return HostMemoryBackend(obj_id, qom_type, size, block, path, share, prealloc)
         try:
-            block = RAMBlock.allocate(name, (size + 4095) & ~4095)  # QEMU maps whole host pages
+            block = RAMBlock.allocate(name, (size + 4095) & ~4095, share=share)  # QEMU maps whole host pages
         except RAMAllocationError as exc:
             raise BackendError(f"cannot set up guest memory '{obj_id}': {exc.reason}") from None
         if prealloc:

@@ -54,16 +54,17 @@ class RAMBlock:
     offset: int = 0  # where the block starts in ``mm`` (anonymous RAM is placed on a 2 MiB boundary)
 
     @classmethod
-    def allocate(cls, name: str, size: int) -> "RAMBlock":
-        """Anonymous guest RAM, starting on a 2 MiB boundary when it is at least that big (as QEMU aligns its
-        RAM blocks): the kernel can then back it with transparent huge pages from the first touch, rather
-        than with small pages that khugepaged later collapses by moving them under the running guest."""
+    def allocate(cls, name: str, size: int, share: bool = False) -> "RAMBlock":
+        """Anonymous guest RAM (``share``: MAP_SHARED, as QEMU's memory-backend-ram,share=on), starting on a
+        2 MiB boundary when it is at least that big (as QEMU aligns its RAM blocks): the kernel can then back
+        it with transparent huge pages from the first touch, rather than with small pages that khugepaged
+        later collapses by moving them under the running guest."""
         if size <= 0 or size % PAGE_SIZE:
             raise ValueError(f"RAM block {name!r}: size {size} is not a positive multiple of {PAGE_SIZE}")
         slack = HUGE_ALIGN if size >= HUGE_ALIGN else 0
+        kind = mmap.MAP_SHARED if share else mmap.MAP_PRIVATE
         try:
-            mm = mmap.mmap(-1, size + slack,
-                           flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0),
+            mm = mmap.mmap(-1, size + slack, flags=kind | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0),
                            prot=mmap.PROT_READ | mmap.PROT_WRITE)
         except OSError as exc:
             raise RAMAllocationError(f"cannot allocate {size >> 20} MiB for RAM block {name!r}: {exc.strerror}",

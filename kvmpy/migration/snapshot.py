@@ -5,17 +5,25 @@ copies RAM once, turns dirty logging on and captures the VM state (the same
 ``VmState.capture`` migration sends); ``reset`` then parks the vCPUs, copies
 back just the pages KVM (or the VMM) dirtied, and applies that state again.
 The file form of a snapshot is the migration stream (``file:PATH``).
+
+A reset into a machine whose memory or devices changed since the snapshot (a
+DIMM hot-added or removed, say) is refused with ConfigMismatchError naming the
+difference, before anything is touched: the RAM copies no longer match the
+machine's RAM blocks, and the restored device state would not describe the
+DIMMs the board has. QEMU refuses a loadvm that lacks a RAM block the same way.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from kvmpy.memory.ramblock import PAGE_SIZE, RAMBlock
+from kvmpy.migration.errors import ConfigMismatchError
 from kvmpy.migration.interface import MigratableVm
-from kvmpy.vmstate import CheckedState
+from kvmpy.vmstate import CheckedState, config_diffs
 
 MAX_SLICES = 64  # above this many dirty runs, one gathered copy beats a slice copy per run
 
@@ -42,6 +50,7 @@ class Snapshot:
     blocks: list[RAMBlock]
     ram: list[np.ndarray]  # (npages, PAGE_SIZE) copies
     state: CheckedState  # VmState.capture(), checked: clock, irqchip, PIT, vCPUs, devices
+    config: dict[str, Any]  # VmState.describe() when taken: RAM blocks, devices, DIMMs
     last_reset_pages: int = 0
 
     @classmethod
@@ -53,12 +62,30 @@ class Snapshot:
             vm.dirty_log.collect(blocks)  # from now on, the log holds exactly what changed since the copy
             ram = [b.array.reshape(-1, PAGE_SIZE).copy() for b in blocks]
             state = vm.vmstate.check(vm.vmstate.capture())  # checked once, applied on every reset
-        return cls(vm, blocks, ram, state)
+            config = vm.vmstate.describe()
+        return cls(vm, blocks, ram, state, config)
+
+    def check_fits(self) -> None:
+        """ConfigMismatchError, naming each difference, if the machine no longer matches the snapshot."""
+        now = self.vm.vmstate.describe()
+        diffs = config_diffs(now, self.config, "in the snapshot") if now != self.config else []
+        if not diffs:
+            live = self.vm.ram_blocks
+            diffs = [f'ramblock "{b.name.removeprefix("/objects/")}" was replaced since the snapshot'
+                     for a, b in zip(self.blocks, live) if a is not b]  # same name and size: unplugged, re-added
+            if len(live) != len(self.blocks):
+                diffs.append(f"{len(live)} RAM blocks here, {len(self.blocks)} in the snapshot")
+        if diffs:
+            raise ConfigMismatchError("the snapshot does not fit this machine any more: " + "; ".join(diffs))
 
     def reset(self) -> int:
-        """Back to the snapshot; returns the number of pages rewritten. The run state is kept."""
+        """Back to the snapshot; returns the number of pages rewritten. The run state is kept.
+
+        ConfigMismatchError (and nothing changed) if a DIMM or device was added or removed since.
+        """
         vm = self.vm
         with vm.lifecycle.vcpus_parked():
+            self.check_fits()
             dirty = vm.dirty_log.collect(self.blocks)
             n = 0
             for block, saved in zip(self.blocks, self.ram):

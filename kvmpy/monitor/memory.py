@@ -15,7 +15,7 @@ from kvmpy.boards.pc_memhp import NotFound, PcMemoryHotplug
 from kvmpy.memory.backend import BackendError
 from kvmpy.memory.dimm import DimmError
 from kvmpy.monitor.protocol import DEVICE_NOT_FOUND, QmpError
-from kvmpy.monitor.schema import Arg, CommandTable
+from kvmpy.monitor.schema import Arg, Command, CommandTable, check_members
 
 if TYPE_CHECKING:
     from kvmpy.monitor.context import Context
@@ -49,8 +49,20 @@ def object_del(ctx: "Context", id: str) -> dict:
     return {}
 
 
+class DeviceAddCommand(Command):
+    """device_add takes any device's properties: the ones pc-dimm lacks are refused by the handler, after the
+    driver and the id, with QEMU's "Property 'pc-dimm.x' not found" rather than the schema's message."""
+
+    def validate(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        known = {k: v for k, v in arguments.items() if k in self.args}
+        check_members(self.args, known)
+        return {**{k.replace("-", "_"): v for k, v in known.items()},
+                **{k: v for k, v in arguments.items() if k not in self.args}}
+
+
 def device_add(ctx: "Context", driver: str, id: str | None = None, memdev: str | None = None,
-               addr: int | None = None, slot: int | None = None, node: int | None = None) -> dict:
+               addr: int | None = None, slot: int | None = None, node: int | None = None,
+               **unknown: Any) -> dict:
     if ctx.machine.migration.active:  # the RAM block list a migration sends is fixed when it starts
         raise QmpError("device_add not allowed while migrating")
     if driver != DIMM_DRIVER:
@@ -58,6 +70,8 @@ def device_add(ctx: "Context", driver: str, id: str | None = None, memdev: str |
     memhp = _memhp(ctx)
     if id is not None and memhp.find(id) is not None:
         raise QmpError(f"Duplicate device ID '{id}'")
+    if unknown:
+        raise QmpError(f"Property '{driver}.{next(iter(unknown))[:64]}' not found")
     _run(memhp.plug, id, memdev, addr, slot, node or 0, hotplug=True)
     return {}
 
@@ -118,9 +132,10 @@ def add_memory_commands(table: CommandTable) -> None:
                   mem_path=Arg("str", optional=True), share=Arg("bool", optional=True),
                   prealloc=Arg("bool", optional=True))(object_add)
     table.command("object-del", id=Arg("str"))(object_del)
-    table.command("device_add", driver=Arg("str"), id=Arg("str", optional=True), memdev=Arg("str", optional=True),
-                  addr=Arg("int", optional=True, min=0), slot=Arg("int", optional=True),
-                  node=Arg("int", optional=True, min=0))(device_add)
+    table.add(DeviceAddCommand("device_add", device_add, {
+        "driver": Arg("str"), "id": Arg("str", optional=True), "memdev": Arg("str", optional=True),
+        "addr": Arg("int", optional=True, min=0), "slot": Arg("int", optional=True),
+        "node": Arg("int", optional=True, min=0)}))
     table.command("device_del", id=Arg("str"))(device_del)
     table.command("query-memory-devices")(query_memory_devices)
     table.command("query-acpi-ospm-status")(query_acpi_ospm_status)

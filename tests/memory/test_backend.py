@@ -23,6 +23,23 @@ def test_ram_backend_is_a_ramblock_named_by_its_qom_path() -> None:
     assert b.align == 2 * MiB
 
 
+def _mapping_flags(addr: int) -> str:
+    """The rwxp/rwxs permissions /proc/self/maps gives the mapping at ``addr``."""
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        span, perms = line.split()[:2]
+        lo, hi = (int(x, 16) for x in span.split("-"))
+        if lo <= addr < hi:
+            return perms
+    raise AssertionError(f"{addr:#x} is not mapped")
+
+
+@pytest.mark.parametrize("share, perms", [(False, "rw-p"), (True, "rw-s")])
+def test_ram_backend_share_on_is_shared_memory_as_in_qemu(share: bool, perms: str) -> None:
+    """QEMU maps memory-backend-ram,share=on MAP_SHARED|MAP_ANONYMOUS (it stayed private here before)."""
+    b = create_backend("memory-backend-ram", "mem0", {"size": 4 * MiB, "share": share})
+    assert b.share is share and _mapping_flags(b.block.host_addr) == perms
+
+
 def test_string_properties_from_the_command_line() -> None:
     b = create_backend("memory-backend-ram", "m", {"size": "8M", "prealloc": "on"})
     assert (b.size, b.prealloc) == (8 * MiB, True)
