@@ -125,6 +125,16 @@ class Bus:
             return
         r.device.write(addr - r.base, size, value)
 
+    def read_string(self, addr: int, size: int, count: int) -> bytes:
+        """``count`` reads of ``size`` bytes at ``addr`` (a ``rep ins``), little-endian and back to back: in one
+        call when the device has a ``read_string(offset, size, count)`` of its own (an IDE data port moving a
+        sector), else read by read."""
+        r = self.find(addr)
+        bulk = getattr(r.device, "read_string", None) if r is not None else None
+        if bulk is not None:
+            return bulk(addr - r.base, size, count)
+        return b"".join(self.read(addr, size).to_bytes(size, "little") for _ in range(count))
+
     def _unknown(self, addr: int, kind: str, size: int) -> None:
         if addr not in self._unknown_seen and len(self._unknown_seen) < 4096:
             self._unknown_seen.add(addr)

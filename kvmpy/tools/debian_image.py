@@ -68,7 +68,7 @@ menuentry 'Debian GNU/Linux 12 (kvmpy image)' {{
     insmod part_msdos
     insmod ext2
     search --no-floppy --fs-uuid --set=root {uuid}
-    linux /boot/{vmlinuz} root=UUID={uuid} ro console=ttyS0,115200
+    linux /boot/{vmlinuz} root=UUID={uuid} ro console=ttyS0,115200 quiet
     initrd /boot/{initrd}
 }}
 """
@@ -300,7 +300,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Build (or find in the cache) an installed Debian 12 qcow2 disk that boots through BIOS "
                     "firmware and GRUB to a serial login prompt (root, no password). Needs root, debootstrap, "
                     "mkfs.ext4 and qemu-img.",
-        epilog="Example: kvmpy -enable-kvm -m 1G $(kvmpy debian-image) -nographic")
+        epilog="Example: kvmpy debian-image -o debian.qcow2 && kvmpy -enable-kvm -m 1G debian.qcow2 -nographic "
+               "(boot a copy: the guest writes to its disk)")
     p.add_argument("-o", "--output", type=Path, help="also copy the image here (default: only print the cached path)")
     p.add_argument("--mirror", help="Debian mirror URL (default: the bookworm source in /etc/apt/sources.list*)")
     p.add_argument("--size", type=_size, default=DEFAULT_SIZE, help="virtual disk size, e.g. 2G (default 2G)")

@@ -263,9 +263,7 @@ class VcpuThread:
                         p = off + i * size
                         pio.write(port, size, int.from_bytes(mm[p:p + size], "little"))
                 else:
-                    for i in range(count):
-                        p = off + i * size
-                        mm[p:p + size] = pio.read(port, size).to_bytes(size, "little")
+                    mm[off:off + size * count] = pio.read_string(port, size, count)
                 if self.trace_io:
                     log.debug("vcpu%d pio %s port %#x size %d count %d", vcpu.vcpu_id,
                               "out" if direction else "in", port, size, count)

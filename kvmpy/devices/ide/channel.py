@@ -211,6 +211,26 @@ class IdeChannel:
                 return self._data_read(size)
             return self._reg_read(offset)
 
+    def read_string(self, offset: int, size: int, count: int) -> bytes:
+        """``count`` reads of ``size`` bytes (a guest's ``rep insw``): the data register's PIO buffer in slices,
+        byte for byte what ``read`` would give access by access (a sector is 256 of them)."""
+        if offset != r.REG_DATA:
+            return b"".join(self.read(offset, size).to_bytes(size, "little") for _ in range(count))
+        out = bytearray()
+        want = size * count
+        with self.lock:
+            while len(out) < want:
+                if not self.cur.status & r.ST_DRQ or self.xfer.kind in ("", "write", "packet"):
+                    break  # no data-in phase: the rest reads 0, as in _data_read
+                left = len(self.buf) - self.pos
+                # whole accesses; the last may run past the end (zeros), and one is made even when none is left
+                n = min(want - len(out), max(-(-left // size), 1) * size)
+                out += self.buf[self.pos:self.pos + n].ljust(n, b"\0")
+                self.pos += n
+                if self.pos >= len(self.buf):
+                    self._moved_safely()
+        return bytes(out.ljust(want, b"\0"))
+
     def _reg_read(self, offset: int) -> int:
         hob = bool(self.ctl & r.CTL_HOB)
         if self._no_drives():

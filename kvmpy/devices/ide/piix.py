@@ -40,6 +40,9 @@ class CommandBlock:
     def read(self, offset: int, size: int) -> int:
         return self.channel.read(offset, size)
 
+    def read_string(self, offset: int, size: int, count: int) -> bytes:
+        return self.channel.read_string(offset, size, count)
+
     def write(self, offset: int, size: int, value: int) -> None:
         self.channel.write(offset, size, value)
 
