@@ -110,9 +110,6 @@ def _user_namespaces_allowed() -> bool:
     return subprocess.run(["unshare", "--user", "true"], capture_output=True).returncode == 0
 
 
-@pytest.mark.bed_pending("intermittent: in a CI batch on 2026-12-02 the guest said 'virtio_net virtio0: output.0:id 208 is not "
-                         "a head!' as its download began (a TX used entry for a chain it had not in flight) and wget "
-                         "stalled — the virtio-net TX fault test_disk_and_net[kvmpy] shows; held out until it is fixed")
 @pytest.mark.kvm_full
 @needs_virtio_net
 @needs_passt
