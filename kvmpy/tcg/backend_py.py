@@ -475,28 +475,31 @@ def _small(blk: Block) -> bool:
     return n <= SMALL_BLOCK
 
 
-def _loops_to_itself(g: _Gen, j: int) -> bool:
+def loops_to_itself(blocks: list[Block], internal: dict[int, int], preds: list[int], small: list[bool],
+                    j: int) -> bool:
     """Whether block ``j`` jumps back to itself, directly or through blocks that are
     emitted inline (at their only jump site, or copied when tiny), so that the back
-    edge is inside its body."""
-    pc = g.blocks[j].pc
+    edge is inside its body. ``internal`` maps a pc to its block's index, ``preds``
+    counts each block's jump sites and ``small`` marks the tiny ones. The native tier
+    lays regions out by the same decision, so it calls this too."""
+    pc = blocks[j].pc
     seen: set[tuple[int, bool]] = set()
-    stack = [(succ, False) for succ in g.blocks[j].successors()]
+    stack = [(succ, False) for succ in blocks[j].successors()]
     while stack:
         succ, copied = stack.pop()
         if succ == pc:
             return True
-        k = g.internal.get(succ)
+        k = internal.get(succ)
         if k is None or k == 0:
             continue
-        if g.preds[k] != 1:
-            if copied or not g.small[k]:
+        if preds[k] != 1:
+            if copied or not small[k]:
                 continue
             copied = True
         if (k, copied) in seen:
             continue
         seen.add((k, copied))
-        stack.extend((s, copied) for s in g.blocks[k].successors())
+        stack.extend((s, copied) for s in blocks[k].successors())
     return False
 
 
@@ -512,7 +515,7 @@ def compile_unit(blocks: list[Block], layout: StateLayout, namespace: dict[str, 
     while k < len(g.targets):          # blocks never jumped to inside the region get no entry
         j = g.targets[k]
         g.lines = []
-        if len(blocks) > 1 and _loops_to_itself(g, j):
+        if len(blocks) > 1 and loops_to_itself(g.blocks, g.internal, g.preds, g.small, j):
             # A self-looping block spins in its own while loop, skipping the dispatcher.
             g.loop_j = j
             g.block(blocks[j], "    ", looped)

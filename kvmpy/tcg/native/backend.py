@@ -34,6 +34,7 @@ from typing import Any, Callable
 
 from kvmpy.tcg.backend_py import BUDGET, INLINE_INDENT, SMALL_BLOCK, CompiledUnit, Exit, StateLayout
 from kvmpy.tcg.backend_py import compile_unit as compile_unit_py
+from kvmpy.tcg.backend_py import loops_to_itself
 from kvmpy.tcg.ir import MASK64, PURE_OPS, Block, Insn, Temp, Value
 from kvmpy.tcg.native.codebuf import CodeBuffer, ffi
 from kvmpy.tcg.native.x86_64 import RAX, RBX, RCX, RDI, RDX, RSI, R12, R13, R14, R15, Asm, Label, Mem
@@ -263,27 +264,6 @@ class _Gen:
         self.loop_j: int | None = None
         self.copying = False
         self.emitting: list[int] = []
-
-    def _loops_to_itself(self, j: int) -> bool:
-        pc = self.blocks[j].pc
-        seen: set[tuple[int, bool]] = set()
-        stack = [(succ, False) for succ in self.blocks[j].successors()]
-        while stack:
-            succ, copied = stack.pop()
-            if succ == pc:
-                return True
-            k = self.internal.get(succ)
-            if k is None or k == 0:
-                continue
-            if self.preds[k] != 1:
-                if copied or not self.small[k]:
-                    continue
-                copied = True
-            if (k, copied) in seen:
-                continue
-            seen.add((k, copied))
-            stack.extend((s, copied) for s in self.blocks[k].successors())
-        return False
 
     # ---- operands --------------------------------------------------------
     def slot(self, t: Temp) -> int:
@@ -578,7 +558,8 @@ class _Gen:
         while k < len(self.targets):        # targets are found while emitting, as in backend_py
             j = self.targets[k]
             self.a.bind(self.labels[j])
-            self.loop_j = j if len(self.blocks) > 1 and self._loops_to_itself(j) else None
+            loops = len(self.blocks) > 1 and loops_to_itself(self.blocks, self.internal, self.preds, self.small, j)
+            self.loop_j = j if loops else None
             self.block(j, 1 if self.loop_j is not None else 0)
             self.loop_j = None
             k += 1
