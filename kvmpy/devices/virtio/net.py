@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from kvmpy.devices.device import DeviceStateError, bool_field, bytes_field, check_keys
 from kvmpy.devices.virtio.device import DeviceType, VirtioContext, VirtioDevice, bit
-from kvmpy.devices.virtio.queue import U16, USED_ELEM, VirtQueueError
+from kvmpy.devices.virtio.queue import VirtQueueError
 from kvmpy.errors import ConfigError
 from kvmpy.memory.guest_memory import GuestMemoryError
 from kvmpy.net.backend import NetBackend
