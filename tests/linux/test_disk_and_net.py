@@ -104,13 +104,7 @@ def file_from_image(image: Path, path: str, scratch: Path) -> bytes:
 @pytest.mark.kvm_full
 @needs_virtio_net
 @pytest.mark.skipif(shutil.which("passt") is None, reason="needs passt (Debian package 'passt')")
-@pytest.mark.parametrize("vmm", [pytest.param("qemu", marks=pytest.mark.bed_pending(
-    "L1's own kernel panicked (stack guard page hit in qemu-system-x86's error_entry) during this QEMU run in two "
-    "CI batches of five; it passed in the bed on 2026-12-02, and is held out with its kvmpy twin below")),
-    pytest.param("kvmpy", marks=pytest.mark.bed_pending(
-    "its 'id N is not a head!' fault is fixed (ec65f37: the used index was briefly 0 on every update), but its "
-    "one bed run since, beside a second L1 on this 2-core machine, timed out in the guest's boot (uptime 63 s "
-    "at virtio_blk); held out until a bed run on a quiet machine passes"))])
+@pytest.mark.parametrize("vmm", ["qemu", "kvmpy"])
 def test_the_issues_command_line_root_disk_dhcp_and_download(vmm, root_disk, tmp_path):
     if shutil.which(VMMS[vmm][0]) is None and vmm == "qemu":
         pytest.skip("needs qemu-system-x86_64")

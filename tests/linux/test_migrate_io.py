@@ -242,9 +242,6 @@ def _qmp(work: Path, name: str) -> QmpClient:
     return QmpClient(f"unix:{path}", timeout=60)
 
 
-@pytest.mark.bed_pending("passed in four bed runs and one CI batch, then a longer CI batch saw the guest's wget not finish "
-                         "(the virtio-net 'id N is not a head!' fault, fixed in ec65f37); its one bed run since, with a "
-                         "second L1 on this 2-core machine, ran out of the batch's time; held out until a quiet bed run passes")
 @pytest.mark.kvm_full
 @needs_virtio_net
 @pytest.mark.skipif(not os.path.exists("/dev/net/tun"), reason="needs /dev/net/tun")

@@ -28,9 +28,6 @@ TYPED1, TYPED2 = (re.compile(rf"TYPED{n}=\[[^\]\r\n$]*\]") for n in (1, 2))
 KEYSYMS = {"k": 0x6B, "v": 0x76, "m": 0x6D, "2": 0x32, "ret": 0xFF0D}
 
 
-@pytest.mark.bed_pending("passed in the bed and in two CI batches, then failed once in a pre-stop CI batch on "
-                         "2026-12-02: the guest console stopped after the third dmesg line, before anything was "
-                         "typed (no L1 kernel message); cause not found, held out until a re-run shows it again or not")
 @pytest.mark.kvm_full
 def test_linux_reads_keys_typed_by_qmp_and_vnc(linux_assets):
     display = free_display()
