@@ -19,6 +19,20 @@ callback.  An exception there (a guest trap, a machine exit) is parked, the code
 returns at once with ``TRAP_EXIT`` and the wrapper re-raises it with the same
 instret accounting as backend_py.
 
+Chaining in machine code: a native unit's exit to a constant pc reads its link cell
+(set when the TB cache chains that exit) and an indirect jump looks its target up
+in a native mirror of the current context's jump cache; either gives the target
+TB's record, which holds the entry of its unit's machine code while that unit is
+native and the TB has become hot (else 0).  The hop then goes straight into the
+next unit: no return to Python.  The CPU loop's countdown is passed in and
+counted down on each hop; the code returns to Python before the hop that would
+end it, at a missing link, a miss or a non-native target, so the CPU loop polls
+and counts exactly as when it follows the chains itself (``CompiledUnit.chained``).
+The TB cache tells the tier of every link, unlink, jump-cache change and unit
+change (``ChainObserver``): SMC invalidation, TLB flushes and privilege changes
+(another context, another jump cache) reach the native tables where they reach
+the Python ones.
+
 Anything else (helper calls, an op this backend does not know) makes
 ``compile_unit`` return None, and the caller uses backend_py for that unit:
 correct by construction.
@@ -44,7 +58,12 @@ log = logging.getLogger(__name__)
 TLB_BITS = 10
 TLB_ENTRIES = 1 << TLB_BITS
 INVALID_TAG = 0xFFF           # no (page | alignment bits) key ever equals it
-TRAP_EXIT = 0xFFFF
+TRAP_EXIT = 0xFFFF           # the return code of a parked exception; others are unit id << 16 | exit
+MAX_UNITS = 0xFFFF
+JT_BITS = 10                 # entries of a native jump-cache mirror
+JT_EMPTY = 1                 # no pc is odd
+MAX_RECORDS = 1 << 16        # TBs that chains and jump-cache mirrors can point at
+MAX_CELLS = 1 << 18          # link cells (one per chainable exit of a native unit)
 MAX_TEMPS = 16384
 CODE_LIMIT = 256 << 20        # code is never freed: past this much, new units stay in backend_py
 _COND = {"eq": "e", "ne": "ne", "lt": "l", "ge": "ge", "ltu": "b", "geu": "ae"}
@@ -107,6 +126,58 @@ class MirrorTlb(dict):
         return self[key]
 
 
+class MirrorJump(dict):
+    """A jump cache (pc -> TB) that keeps a direct-mapped native table of (pc, TB
+    record address) pairs in step with itself, for the indirect-jump lookup."""
+
+    def __init__(self, record_addr: Callable[[Any], int], entries: int = 1 << JT_BITS) -> None:
+        super().__init__()
+        self._record_addr = record_addr
+        self.mask = entries - 1
+        self._empty = array("Q", [JT_EMPTY, 0] * entries)
+        self.table = array("Q", self._empty)
+        self.addr = self.table.buffer_info()[0]
+
+    def __setitem__(self, pc: int, tb: Any) -> None:
+        super().__setitem__(pc, tb)
+        i = 2 * ((pc >> 1) & self.mask)
+        rec = self._record_addr(tb)
+        if rec:
+            self.table[i] = pc
+            self.table[i + 1] = rec
+        elif self.table[i] == pc:
+            self.table[i] = JT_EMPTY
+
+    def __delitem__(self, pc: int) -> None:
+        super().__delitem__(pc)
+        i = 2 * ((pc >> 1) & self.mask)
+        if self.table[i] == pc:
+            self.table[i] = JT_EMPTY
+
+    def pop(self, pc: int, *default: Any) -> Any:
+        if pc in self:
+            value = self[pc]
+            del self[pc]
+            return value
+        return super().pop(pc, *default)
+
+    def clear(self) -> None:
+        super().clear()
+        self.table[:] = self._empty
+
+    def popitem(self) -> tuple[int, Any]:
+        raise TypeError("MirrorJump does not support popitem")
+
+    def update(self, *args: Any, **kw: Any) -> None:
+        for k, v in dict(*args, **kw).items():
+            self[k] = v
+
+    def setdefault(self, key: int, default: Any = None) -> Any:
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+
 @dataclass
 class NativeStats:
     units: int = 0              # units compiled to machine code
@@ -114,12 +185,14 @@ class NativeStats:
     compile_s: float = 0.0      # time spent compiling native units
     slow_calls: int = 0         # softmmu slow-path calls from native code
     fallbacks_full: int = 0     # units left to the Python backend because the code buffer is full
+    entries: int = 0            # calls from the CPU loop into machine code
+    hops: int = 0               # units entered by a chained jump or a lookup in machine code
 
     def format(self, code_bytes: int) -> str:
         return (f"native: units={self.units} fallbacks={self.fallbacks} code={code_bytes}B "
                 f"compile={self.compile_s * 1e3:.1f}ms"
                 + (f" ({self.compile_s / self.units * 1e6:.0f}us/unit)" if self.units else "")
-                + f" slow_calls={self.slow_calls}"
+                + f" slow_calls={self.slow_calls} entries={self.entries} hops={self.hops}"
                 + (f" left_to_py_buffer_full={self.fallbacks_full}" if self.fallbacks_full else ""))
 
 
@@ -140,10 +213,28 @@ class NativeTier:
         self.tlb_read = MirrorTlb(ram_host)
         self.tlb_write = MirrorTlb(ram_host)
         self.flag_slot = layout.n_slots
-        self.icount_local = layout.n_slots + 1
-        self.temp_base = layout.n_slots + 2
+        self.icount_local = layout.n_slots + 1      # instructions retired by this call, over its hops
+        self.countdown_slot = layout.n_slots + 2    # the CPU loop's countdown: hop only while above 1
+        self.hops_slot = layout.n_slots + 3
+        self.jt_slot = layout.n_slots + 4           # the current context's jump-cache mirror
+        self.temp_base = layout.n_slots + 5
         self.S = array("Q", bytes(8 * (self.temp_base + MAX_TEMPS)))
         self.S_addr = self.S.buffer_info()[0]
+        # Chaining: native units by id, their chain entries and link cells; TB records.
+        self.units: list[CompiledUnit] = []
+        self._entry: dict[int, int] = {}           # id(native unit) -> chain entry address
+        self._cells: dict[int, list[int]] = {}     # id(native unit) -> link cell per exit (-1: none)
+        self.cells = array("Q", bytes(8 * MAX_CELLS))
+        self.cells_addr = self.cells.buffer_info()[0]
+        self.n_cells = 0
+        self.records = array("Q", bytes(8 * MAX_RECORDS))
+        self.records_addr = self.records.buffer_info()[0]
+        self._record: dict[Any, int] = {}          # TB -> record index
+        self._free_records: list[int] = []
+        self._n_records = 0
+        self.copy_hi = layout.pc_slot + 1           # the chained entry copies slots [0, copy_hi)
+        self._no_jumps = MirrorJump(self.record_addr, 2)
+        self.S[self.jt_slot] = self._no_jumps.addr
         self.code = CodeBuffer()
         self.stats = NativeStats()
         self._load, self._store = load, store
@@ -177,9 +268,13 @@ class NativeTier:
             self.stats.fallbacks_full += 1
             return None
         t0 = time.perf_counter()
+        cells = self.n_cells
         try:
+            if len(self.units) >= MAX_UNITS:
+                raise Unsupported("too many native units")
             unit = _Gen(self, blocks).compile(name)
         except Unsupported as why:
+            self.n_cells = cells
             self.stats.fallbacks += 1
             log.debug("native: %#x left to the Python backend: %s", blocks[0].pc, why)
             return None
@@ -201,6 +296,67 @@ class NativeTier:
     def promote(self, block: Block) -> CompiledUnit | None:
         """Machine code for a hot TB that heads no region (None: it stays in backend_py)."""
         return self.compile_unit([block], "tb")
+
+    # ---- chaining (the TB cache's ChainObserver) ---------------------------
+    def _entry_for(self, tb: Any) -> int:
+        """Where a hop into ``tb`` goes: its unit's code once it is native and ``tb`` hot, else 0."""
+        if not tb.valid or tb.hot > 0:
+            return 0
+        return self._entry.get(id(tb.unit), 0)
+
+    def record_addr(self, tb: Any) -> int:
+        """The address of ``tb``'s record (0: out of records, no native chaining into it)."""
+        i = self._record.get(tb)
+        if i is None:
+            if not tb.valid:
+                return 0
+            if self._free_records:
+                i = self._free_records.pop()
+            elif self._n_records < MAX_RECORDS:
+                i = self._n_records
+                self._n_records += 1
+            else:
+                return 0
+            self._record[tb] = i
+            self.records[i] = self._entry_for(tb)
+        return self.records_addr + 8 * i
+
+    def new_jump_cache(self) -> MirrorJump:
+        return MirrorJump(self.record_addr, 1 << JT_BITS)
+
+    def linked(self, unit: CompiledUnit, ex: int, target: Any) -> None:
+        cells = self._cells.get(id(unit))
+        if cells is not None and cells[ex] >= 0:
+            self.cells[cells[ex]] = self.record_addr(target)
+
+    def unlinked(self, unit: CompiledUnit, ex: int) -> None:
+        cells = self._cells.get(id(unit))
+        if cells is not None and cells[ex] >= 0:
+            self.cells[cells[ex]] = 0
+
+    def retargeted(self, tb: Any) -> None:
+        i = self._record.get(tb)
+        if i is None:
+            return
+        if tb.valid:
+            self.records[i] = self._entry_for(tb)
+        else:           # the TB cache has dropped every link and jump-cache entry to it
+            self.records[i] = 0
+            del self._record[tb]
+            self._free_records.append(i)
+
+    def new_cell(self) -> int:
+        if self.n_cells >= MAX_CELLS:
+            return -1
+        self.n_cells += 1
+        return self.n_cells - 1
+
+    def register(self, unit: CompiledUnit, entry: int, cells: list[int], slots: set[int]) -> None:
+        self.units.append(unit)
+        self._entry[id(unit)] = entry
+        self._cells[id(unit)] = cells
+        if slots:
+            self.copy_hi = max(self.copy_hi, max(slots) + 1)
 
     def add_site(self, site: tuple[bool, int, bool, int, int]) -> int:
         self._sites.append(site)
@@ -227,6 +383,11 @@ class _Gen:
         self.internal = {b.pc: i for i, b in enumerate(blocks)}
         self.looped = len(blocks) > 1 or blocks[0].pc in blocks[0].successors()
         self.exits: list[Exit] = []
+        self.cells: list[int] = []          # per exit: its link cell, -1 for none
+        self.uid = len(tier.units)
+        self.hop = Label()
+        self.body = Label()
+        self.stubs: list[tuple[Label, int]] = []
         self.reads: set[int] = set()
         self.writes: set[int] = set()
         self.epilogue = Label()
@@ -441,15 +602,53 @@ class _Gen:
 
     # ---- control flow ----------------------------------------------------
     def exit(self, target: int | None, chainable: bool, lookup: bool = False) -> None:
-        """Leave the unit: the pc is already in S[pc] unless ``target`` is given."""
-        a = self.a
+        """Leave the unit: the pc is already in S[pc] unless ``target`` is given.  While the
+        countdown allows a hop, a chained exit follows its link cell and a lookup exit the
+        jump-cache mirror to the next unit's code; else (or when they give no code) return."""
+        a, tier = self.a, self.tier
         k = len(self.exits)
         self.exits.append(Exit(target, chainable, lookup))
+        cell = tier.new_cell() if chainable and target is not None else -1
+        self.cells.append(cell)
         if target is not None:
             a.mov_ri(RAX, target)
-            a.store(_mem(self.tier.layout.pc_slot), RAX)
-        a.mov_ri(RAX, k)
+            a.store(_mem(tier.layout.pc_slot), RAX)
+        if cell < 0 and not lookup:
+            a.mov_ri(RAX, self.uid << 16 | k)
+            a.jmp(self.epilogue)
+            return
+        if cell >= 0:
+            a.mov_ri(RAX, self.uid << 16 | k)
+            a.alu_mi("cmp", _mem(tier.countdown_slot), 1)
+            a.jcc("be", self.epilogue)
+            a.mov_ri(RCX, tier.cells_addr + 8 * cell)
+            a.load(RCX, Mem(RCX))                       # the target TB's record, or 0
+        else:
+            a.load(RAX, _mem(tier.layout.pc_slot))
+            a.alu_mi("cmp", _mem(tier.countdown_slot), 1)
+            a.jcc("be", self.ret_code(k))
+            a.load(RCX, _mem(tier.jt_slot))
+            a.mov_rr(RDX, RAX)
+            a.shift_ri("shr", RDX, 1)
+            a.alu_ri("and", RDX, (1 << JT_BITS) - 1)
+            a.shift_ri("shl", RDX, 4)
+            a.alu_rr("add", RCX, RDX)
+            a.alu_rm("cmp", RAX, Mem(RCX))
+            a.mov_ri(RAX, self.uid << 16 | k)
+            a.jcc("ne", self.epilogue)
+            a.load(RCX, Mem(RCX, 8))
+        a.test_rr(RCX, RCX)
+        a.jcc("e", self.epilogue)
+        a.load(RDX, Mem(RCX))                           # its unit's code, or 0
+        a.test_rr(RDX, RDX)
+        a.jcc("ne", self.hop)
         a.jmp(self.epilogue)
+
+    def ret_code(self, k: int) -> Label:
+        """A stub that returns exit ``k`` (mov does not touch the flags)."""
+        out = Label()
+        self.stubs.append((out, k))
+        return out
 
     def label(self, j: int) -> Label:
         if j not in self.labels:
@@ -554,6 +753,7 @@ class _Gen:
         a.mov_ri(R13, tier.tlb_read.addr)
         a.mov_ri(R14, tier.tlb_write.addr)
         a.mov_ri(R15, 0)
+        a.bind(self.body)                   # the chain entry: a hop has set up all of the above
         k = 0
         while k < len(self.targets):        # targets are found while emitting, as in backend_py
             j = self.targets[k]
@@ -563,10 +763,21 @@ class _Gen:
             self.block(j, 1 if self.loop_j is not None else 0)
             self.loop_j = None
             k += 1
+        for out, k in self.stubs:
+            a.bind(out)
+            a.mov_ri(RAX, self.uid << 16 | k)
+            a.jmp(self.epilogue)
+        # A hop (rdx: the next unit's chain entry): one unit ends, the next starts counting.
+        a.bind(self.hop)
+        a.alu_mi("add", _mem(tier.countdown_slot), -1)
+        a.alu_mi("add", _mem(tier.hops_slot), 1)
+        a.alu_mr("add", _mem(tier.icount_local), R12)
+        a.mov_ri(R12, 0)
+        a.jmp_r(RDX)
         a.bind(self.trap_exit)
         a.mov_ri(RAX, TRAP_EXIT)
         a.bind(self.epilogue)
-        a.store(_mem(tier.icount_local), R12)
+        a.alu_mr("add", _mem(tier.icount_local), R12)
         for r in (R15, R14, R13, R12, RBX):
             a.pop(r)
         a.ret()
@@ -575,6 +786,8 @@ class _Gen:
         fn = self.wrapper(name, CodeBuffer.entry(addr))
         unit = CompiledUnit(fn, self.exits, [b.pc for b in self.blocks],
                             f"native {name} {self.blocks[0].pc:#x}: {len(code)} bytes at {addr:#x}\n")
+        unit.chained = self.chained_wrapper(name, CodeBuffer.entry(addr))
+        tier.register(unit, addr + self.body.pos, self.cells, self.reads | self.writes)
         return unit
 
     def wrapper(self, name: str, entry: Any) -> Callable[[list[int]], int]:
@@ -584,6 +797,7 @@ class _Gen:
         lines = [f"def {name}(R):"]
         if regs:
             lines.append("    " + "; ".join(f"S[{r}] = R[{r}]" for r in regs))
+        lines.append(f"    S[{self.tier.icount_local}] = 0; S[{self.tier.countdown_slot}] = 1")
         lines.append("    ex = F()")
         if self.writes:
             lines.append("    " + "; ".join(f"R[{r}] = S[{r}]" for r in sorted(self.writes)))
@@ -591,7 +805,33 @@ class _Gen:
         lines.append(f"    if ex == {TRAP_EXIT}:")
         lines.append("        trap(R)")
         lines.append(f"    R[{lay.pc_slot}] = S[{lay.pc_slot}]")
-        lines.append("    return ex")
+        lines.append("    return ex & 0xFFFF")
         ns: dict[str, Any] = {"S": self.tier.S, "F": entry, "trap": self.tier.trap}
         exec(compile("\n".join(lines) + "\n", f"<native {name} {self.blocks[0].pc:#x}>", "exec"), ns)
         return ns[name]
+
+    def chained_wrapper(self, name: str, entry: Any) -> Callable[[list[int], int, Any], tuple[Any, int, int]]:
+        """The CPU loop's entry (``CompiledUnit.chained``): any native unit may run before
+        the return, so every slot any of them uses goes in and comes back."""
+        tier = self.tier
+        ic, cd, hops, icl, jt = (tier.layout.icount_slot, tier.countdown_slot, tier.hops_slot,
+                                 tier.icount_local, tier.jt_slot)
+        src = f"""def {name}_chained(R, countdown, jc):
+    hi = T.copy_hi
+    S[0:hi] = A("Q", R[0:hi])
+    S[{cd}] = countdown; S[{hops}] = 0; S[{icl}] = 0; S[{jt}] = jc.addr
+    code = F()
+    n = R[{ic}] + S[{icl}]
+    R[0:hi] = S[0:hi]
+    R[{ic}] = n
+    st = T.stats
+    st.entries += 1
+    h = S[{hops}]
+    st.hops += h
+    if code == {TRAP_EXIT}:
+        T.trap(R)
+    return U[code >> 16], code & 0xFFFF, h
+"""
+        ns: dict[str, Any] = {"S": tier.S, "F": entry, "T": tier, "A": array, "U": tier.units}
+        exec(compile(src, f"<native chained {name} {self.blocks[0].pc:#x}>", "exec"), ns)
+        return ns[f"{name}_chained"]
