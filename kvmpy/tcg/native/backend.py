@@ -12,11 +12,16 @@ Semantics match backend_py exactly, exit for exit: the same instruction counts,
 the same budget checks on the same edges of a region (so interrupts are taken at
 the same points), the same exits with the same chainability.
 
+Within a unit, its five most used guest registers live in host registers (rbp,
+r8-r11): loaded at its entry, stored back at its exits and around slow-path calls.
+A temporary read only by the next op stays in rax.
+
 Loads and stores take an inline TLB compare against a direct-mapped native copy
 of the softmmu's TLB dicts (kept in step by ``MirrorTlb``); a miss, a misaligned
 access, MMIO or a fault calls the softmmu's Python slow path through a cffi
-callback.  An exception there (a guest trap, a machine exit) is parked, the code
-returns at once with ``TRAP_EXIT`` and the wrapper re-raises it with the same
+callback, out of line at the end of the unit.  An exception there (a guest
+trap, a machine exit) is parked, the code returns at once with ``TRAP_EXIT``
+and the wrapper re-raises it with the same
 instret accounting as backend_py.
 
 Chaining in machine code: a native unit's exit to a constant pc reads its link cell
@@ -51,7 +56,8 @@ from kvmpy.tcg.backend_py import compile_unit as compile_unit_py
 from kvmpy.tcg.backend_py import loops_to_itself
 from kvmpy.tcg.ir import MASK64, PURE_OPS, Block, Insn, Temp, Value
 from kvmpy.tcg.native.codebuf import CodeBuffer, ffi
-from kvmpy.tcg.native.x86_64 import RAX, RBX, RCX, RDI, RDX, RSI, R12, R13, R14, R15, Asm, Label, Mem
+from kvmpy.tcg.native.x86_64 import (R8, R9, R10, R11, R12, R13, R14, R15, RAX, RBP, RBX, RCX, RDI, RDX, RSI,
+                                     RSP, Asm, Label, Mem)
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +72,10 @@ MAX_RECORDS = 1 << 16        # TBs that chains and jump-cache mirrors can point 
 MAX_CELLS = 1 << 18          # link cells (one per chainable exit of a native unit)
 MAX_TEMPS = 16384
 CODE_LIMIT = 256 << 20        # code is never freed: past this much, new units stay in backend_py
+CACHE_REGS = (RBP, R8, R9, R10, R11)
+# Ops that read their first operand into rax before anything else can clobber it, so a
+# temporary computed just before and read only there need not be stored at all.
+_TAKES_RAX = (PURE_OPS - {"mulhsu"}) | {"ld"}   # host registers that hold a unit's most used guest registers
 _COND = {"eq": "e", "ne": "ne", "lt": "l", "ge": "ge", "ltu": "b", "geu": "ae"}
 _INVERSE = {"e": "ne", "ne": "e", "l": "ge", "ge": "l", "b": "ae", "ae": "b"}
 _SUPPORTED = frozenset({
@@ -388,6 +398,7 @@ class _Gen:
         self.hop = Label()
         self.body = Label()
         self.stubs: list[tuple[Label, int]] = []
+        self.cold: list[tuple[Label, Label, int]] = []      # slow paths: (entry, back to, site)
         self.reads: set[int] = set()
         self.writes: set[int] = set()
         self.epilogue = Label()
@@ -425,6 +436,25 @@ class _Gen:
         self.loop_j: int | None = None
         self.copying = False
         self.emitting: list[int] = []
+        # The unit's most used guest registers live in host registers: loaded at its entry,
+        # stored to S at its exits and around slow-path calls (which clobber r8-r11).
+        uses: dict[int, int] = {}
+        for blk in blocks:
+            for ins in blk.insns:
+                for v in (*ins.args, ins.dst):
+                    if isinstance(v, Temp) and v.is_global and v.index != tier.layout.pc_slot:
+                        uses[v.index] = uses.get(v.index, 0) + 1
+        top = sorted((n, -i) for i, n in uses.items() if n >= 2)[::-1][:len(CACHE_REGS)]
+        self.cached: dict[int, int] = {-i: CACHE_REGS[k] for k, (_, i) in enumerate(top)}
+        self.temp_uses: dict[int, int] = {}
+        for blk in blocks:
+            for ins in blk.insns:
+                for v in ins.args:
+                    if isinstance(v, Temp) and not v.is_global:
+                        self.temp_uses[v.index] = self.temp_uses.get(v.index, 0) + 1
+        self.elide: Temp | None = None      # the temporary being computed is only read by the next op
+        self.dirty_all = {ins.dst.index for blk in blocks for ins in blk.insns
+                          if ins.dst is not None and ins.dst.is_global and ins.dst.index in self.cached}
 
     # ---- operands --------------------------------------------------------
     def slot(self, t: Temp) -> int:
@@ -445,15 +475,39 @@ class _Gen:
         else:
             if v.is_global:
                 self.reads.add(v.index)
+                host = self.cached.get(v.index)
+                if host is not None:
+                    self.a.mov_rr(reg, host)
+                    if reg == RAX:
+                        self.avail = v
+                    return
             self.a.load(reg, _mem(self.slot(v)))
         if reg == RAX:
             self.avail = v if isinstance(v, Temp) else None
 
     def put(self, d: Temp, reg: int) -> None:
+        if d == self.elide and reg == RAX:
+            self.avail = d
+            return
+        host = None
         if d.is_global:
             self.writes.add(d.index)
-        self.a.store(_mem(self.slot(d)), reg)
+            host = self.cached.get(d.index)
+        if host is not None:
+            self.a.mov_rr(host, reg)
+        else:
+            self.a.store(_mem(self.slot(d)), reg)
         self.avail = d if reg == RAX else None
+
+    def spill(self) -> None:
+        """Cached guest registers the unit writes back to S (at exits, before slow paths)."""
+        for i in sorted(self.dirty_all):
+            self.a.store(_mem(i), self.cached[i])
+
+    def fill(self) -> None:
+        for i, host in sorted(self.cached.items()):
+            self.reads.add(i)
+            self.a.load(host, _mem(i))
 
     def alu(self, op: str, reg: int, v: Value) -> None:
         """reg = reg op v, for the group-1 ops and cmp."""
@@ -468,6 +522,10 @@ class _Gen:
             return
         if v.is_global:
             self.reads.add(v.index)
+            host = self.cached.get(v.index)
+            if host is not None:
+                a.alu_rr(op, reg, host)
+                return
         a.alu_rm(op, reg, _mem(self.slot(v)))
 
     # ---- ops -------------------------------------------------------------
@@ -587,15 +645,8 @@ class _Gen:
             a.store_sized(Mem(RDI, 0, RCX), RSI, size)
         else:
             a.load_sized(RAX, Mem(RDI, 0, RCX), size, signed)
-        a.jmp(done)
-        a.bind(slow)
-        site = self.tier.add_site((is_store, size, signed, pc, back))
-        a.mov_ri(RDX, site)
-        a.mov_ri(RAX, self.tier.callback_addr)
-        a.call_r(RAX)
-        a.alu_rm("cmp", R15, _mem(self.tier.flag_slot))    # r15 is zero
-        a.jcc("ne", self.trap_exit)
         a.bind(done)
+        self.cold.append((slow, done, self.tier.add_site((is_store, size, signed, pc, back))))
         self.avail = None
         if not is_store and ins.dst is not None:
             self.put(ins.dst, RAX)
@@ -613,6 +664,7 @@ class _Gen:
         if target is not None:
             a.mov_ri(RAX, target)
             a.store(_mem(tier.layout.pc_slot), RAX)
+        self.spill()
         if cell < 0 and not lookup:
             a.mov_ri(RAX, self.uid << 16 | k)
             a.jmp(self.epilogue)
@@ -707,8 +759,19 @@ class _Gen:
         self.avail = None
         a.alu_ri("add", R12, blk.n_guest)
         n, k, pc = blk.n_guest, -1, blk.pc
-        for ins in blk.insns:
+        insns = blk.insns
+        for p, ins in enumerate(insns):
             op = ins.op
+            self.elide = None
+            d = ins.dst
+            if d is not None and not d.is_global and self.temp_uses.get(d.index) == 1:
+                q = p + 1
+                while q < len(insns) and insns[q].op == "insn_start":
+                    q += 1
+                if q < len(insns):
+                    nxt = insns[q]
+                    if nxt.op in _TAKES_RAX and nxt.args and nxt.args[0] == d and d not in nxt.args[1:]:
+                        self.elide = d
             if op not in _SUPPORTED:
                 raise Unsupported(op)
             if op not in PURE_OPS and op not in ("ld", "insn_start"):
@@ -746,14 +809,16 @@ class _Gen:
 
     def compile(self, name: str) -> CompiledUnit:
         a, tier = self.a, self.tier
-        for r in (RBX, R12, R13, R14, R15):        # five pushes keep rsp 16-aligned for calls
+        for r in (RBX, RBP, R12, R13, R14, R15):
             a.push(r)
+        a.alu_ri("sub", RSP, 8)                    # keeps rsp 16-aligned for calls
         a.mov_ri(RBX, tier.S_addr)
         a.mov_ri(R12, 0)
         a.mov_ri(R13, tier.tlb_read.addr)
         a.mov_ri(R14, tier.tlb_write.addr)
         a.mov_ri(R15, 0)
         a.bind(self.body)                   # the chain entry: a hop has set up all of the above
+        self.fill()
         k = 0
         while k < len(self.targets):        # targets are found while emitting, as in backend_py
             j = self.targets[k]
@@ -763,6 +828,16 @@ class _Gen:
             self.block(j, 1 if self.loop_j is not None else 0)
             self.loop_j = None
             k += 1
+        for slow, done, site in self.cold:     # out of line: the fast paths fall through
+            a.bind(slow)
+            self.spill()            # the slow path clobbers r8-r11, and a trap returns from here
+            a.mov_ri(RDX, site)
+            a.mov_ri(RAX, tier.callback_addr)
+            a.call_r(RAX)
+            a.alu_rm("cmp", R15, _mem(tier.flag_slot))     # r15 is zero
+            a.jcc("ne", self.trap_exit)
+            self.fill()
+            a.jmp(done)
         for out, k in self.stubs:
             a.bind(out)
             a.mov_ri(RAX, self.uid << 16 | k)
@@ -778,7 +853,8 @@ class _Gen:
         a.mov_ri(RAX, TRAP_EXIT)
         a.bind(self.epilogue)
         a.alu_mr("add", _mem(tier.icount_local), R12)
-        for r in (R15, R14, R13, R12, RBX):
+        a.alu_ri("add", RSP, 8)
+        for r in (R15, R14, R13, R12, RBP, RBX):
             a.pop(r)
         a.ret()
         code = a.finish()
