@@ -12,8 +12,8 @@ Semantics match backend_py exactly, exit for exit: the same instruction counts,
 the same budget checks on the same edges of a region (so interrupts are taken at
 the same points), the same exits with the same chainability.
 
-Within a unit, its five most used guest registers live in host registers (rbp,
-r8-r11): loaded at its entry, stored back at its exits and around slow-path calls.
+Within a unit, its six most used guest registers live in host registers (rbp,
+r15, r8-r11): loaded at its entry, stored back at its exits and around slow-path calls.
 A temporary read only by the next op stays in rax.
 
 Loads and stores take an inline TLB compare against a direct-mapped native copy
@@ -72,7 +72,7 @@ MAX_RECORDS = 1 << 16        # TBs that chains and jump-cache mirrors can point 
 MAX_CELLS = 1 << 18          # link cells (one per chainable exit of a native unit)
 MAX_TEMPS = 16384
 CODE_LIMIT = 256 << 20        # code is never freed: past this much, new units stay in backend_py
-CACHE_REGS = (RBP, R8, R9, R10, R11)
+CACHE_REGS = (RBP, R15, R8, R9, R10, R11)
 # Ops that read their first operand into rax before anything else can clobber it, so a
 # temporary computed just before and read only there need not be stored at all.
 _TAKES_RAX = (PURE_OPS - {"mulhsu"}) | {"ld"}   # host registers that hold a unit's most used guest registers
@@ -438,6 +438,7 @@ class _Gen:
         self.emitting: list[int] = []
         # The unit's most used guest registers live in host registers: loaded at its entry,
         # stored to S at its exits and around slow-path calls (which clobber r8-r11).
+        # The most used get the callee-saved ones.
         uses: dict[int, int] = {}
         for blk in blocks:
             for ins in blk.insns:
@@ -504,10 +505,12 @@ class _Gen:
         for i in sorted(self.dirty_all):
             self.a.store(_mem(i), self.cached[i])
 
-    def fill(self) -> None:
+    def fill(self, after_call: bool = False) -> None:
+        """Load the cached registers (``after_call``: those a call clobbers)."""
         for i, host in sorted(self.cached.items()):
             self.reads.add(i)
-            self.a.load(host, _mem(i))
+            if not (after_call and host in (RBP, R15)):
+                self.a.load(host, _mem(i))
 
     def alu(self, op: str, reg: int, v: Value) -> None:
         """reg = reg op v, for the group-1 ops and cmp."""
@@ -816,7 +819,6 @@ class _Gen:
         a.mov_ri(R12, 0)
         a.mov_ri(R13, tier.tlb_read.addr)
         a.mov_ri(R14, tier.tlb_write.addr)
-        a.mov_ri(R15, 0)
         a.bind(self.body)                   # the chain entry: a hop has set up all of the above
         self.fill()
         k = 0
@@ -834,9 +836,9 @@ class _Gen:
             a.mov_ri(RDX, site)
             a.mov_ri(RAX, tier.callback_addr)
             a.call_r(RAX)
-            a.alu_rm("cmp", R15, _mem(tier.flag_slot))     # r15 is zero
+            a.alu_mi("cmp", _mem(tier.flag_slot), 0)
             a.jcc("ne", self.trap_exit)
-            self.fill()
+            self.fill(after_call=True)
             a.jmp(done)
         for out, k in self.stubs:
             a.bind(out)
