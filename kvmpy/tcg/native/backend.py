@@ -172,8 +172,9 @@ class MirrorJump(dict):
         return super().pop(pc, *default)
 
     def clear(self) -> None:
-        super().clear()
-        self.table[:] = self._empty
+        if self:            # an empty dict has an empty table: every removal cleared its slot
+            super().clear()
+            self.table[:] = self._empty
 
     def popitem(self) -> tuple[int, Any]:
         raise TypeError("MirrorJump does not support popitem")

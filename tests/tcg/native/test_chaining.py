@@ -165,3 +165,23 @@ def test_guests_chain_in_machine_code_and_match_the_python_tier(name, tmp_path):
                 if name == "smc":
                     assert stats.invalidations >= 3
     assert seen["native"] == seen["py"]
+
+
+def test_the_jump_cache_mirror_follows_its_dict():
+    from kvmpy.tcg.native.backend import JT_EMPTY, MirrorJump
+    records = {"a": 0x1000, "b": 0x2000, "c": 0}
+    m = MirrorJump(records.get, 4)
+    m[0x100] = "a"
+    i = 2 * ((0x100 >> 1) & 3)
+    assert m.table[i:i + 2].tolist() == [0x100, 0x1000]
+    m[0x108] = "b"                                # the same slot: the newest wins
+    assert m.table[i:i + 2].tolist() == [0x108, 0x2000]
+    del m[0x100]                                  # not the one in the slot: kept
+    assert m.table[i] == 0x108
+    m[0x108] = "c"                                # no record: the slot is emptied
+    assert m.table[i] == JT_EMPTY and m[0x108] == "c"
+    m[0x102] = "a"
+    assert m.pop(0x102) == "a" and m.table[2 * ((0x102 >> 1) & 3)] == JT_EMPTY
+    m[0x104] = "b"
+    m.clear()
+    assert not m and set(m.table[0::2]) == {JT_EMPTY}
