@@ -228,7 +228,8 @@ class VirtBoard:
                              self.mem.mark_code_page,
                              trace=tracer if {"in_asm", "op", "out_asm"} & self.trace_flags else None,
                              trace_ir="op" in self.trace_flags, chaining=chaining,
-                             trace_out="out_asm" in self.trace_flags, compile_fn=compile_fn, promote=promote)
+                             trace_out="out_asm" in self.trace_flags, compile_fn=compile_fn, promote=promote,
+                             observer=self.native)
         self.mem.on_code_write = self._code_written
         cpu.on_tlb_flush = self._tlb_flushed
         cpu.poll_devices = self._poll

@@ -98,6 +98,9 @@ class CompiledUnit:
     source: str
     links: list[Any] = field(default_factory=list)   # chained successor TBs, per exit
     lookups: list[bool] = field(default_factory=list)   # per exit: Exit.lookup
+    # Native units: run(R, countdown, jump_cache) -> (unit that exited, its exit, units chained
+    # to in machine code, at most countdown - 1 of them); see CpuLoop.run.
+    chained: Callable[[list[int], int, Any], tuple[Any, int, int]] | None = None
 
     def __post_init__(self) -> None:
         self.links = [None] * len(self.exits)

@@ -1,5 +1,8 @@
 """The CPU loop: runs generated units, follows chains, looks up and translates TBs.
 
+A native unit may run on into the units it is chained to (``CompiledUnit.chained``)
+with the same countdown, so interrupts are still looked at on the same TB boundaries.
+
 Interrupts and devices are looked at on TB boundaries only: on every unchained
 exit and every ``POLL_PERIOD`` chained ones (an indirect jump whose target is in
 the jump cache counts as chained).  A unit never runs more than the
@@ -85,7 +88,17 @@ class CpuLoop:
                     countdown = POLL_PERIOD
                     while True:
                         u = tb.unit
-                        ex = u.fn(R)
+                        run_chained = u.chained
+                        if run_chained is None:
+                            ex = u.fn(R)
+                        else:
+                            # Machine code that follows chains and looked-up jumps itself, as
+                            # this loop would, and returns before the hop that ends the countdown.
+                            u, ex, hops = run_chained(R, countdown if fast_lookup else 1, jc)
+                            if hops:
+                                units += hops
+                                chain_hits += hops
+                                countdown -= hops
                         units += 1
                         nxt = u.links[ex]
                         if nxt is None and fast_lookup and u.lookups[ex]:

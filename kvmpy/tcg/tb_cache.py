@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable
+from typing import Any, Callable, Hashable, Protocol
 
 from kvmpy.tcg.backend_py import CompiledUnit, StateLayout, compile_unit
 from kvmpy.tcg.ir import Block
@@ -69,16 +69,32 @@ class TB:
         self.unit = self.single
 
 
+class ChainObserver(Protocol):
+    """Follows the chains, the jump caches and which unit each TB runs (the native
+    tier mirrors them in tables its machine code reads, to chain without the CPU loop)."""
+
+    def new_jump_cache(self) -> dict[int, TB]: ...
+
+    def linked(self, unit: CompiledUnit, ex: int, target: TB) -> None: ...
+
+    def unlinked(self, unit: CompiledUnit, ex: int) -> None: ...
+
+    def retargeted(self, tb: TB) -> None:
+        """``tb``'s unit, hot count or validity changed."""
+
+
 class TBCache:
     def __init__(self, layout: StateLayout, namespace: dict[str, Any],
                  translate: Callable[[int], tuple[Block, int, tuple[int, ...]]],
                  on_new_page: Callable[[int], None], trace: Callable[[str], None] | None = None,
                  trace_ir: bool = False, chaining: bool = True, trace_out: bool = False,
                  compile_fn: Callable[[list[Block], StateLayout, dict[str, Any], str], CompiledUnit]
-                 = compile_unit, promote: Callable[[Block], CompiledUnit | None] | None = None) -> None:
+                 = compile_unit, promote: Callable[[Block], CompiledUnit | None] | None = None,
+                 observer: ChainObserver | None = None) -> None:
         """``compile_fn``: the backend (backend_py's ``compile_unit``, or the native tier's,
         which falls back to it per unit); ``promote``: recompiles a hot TB that heads no
-        region (the native tier: None when it cannot)."""
+        region (the native tier: None when it cannot); ``observer``: told of every change
+        to chains, jump caches and TB units."""
         self.layout = layout
         self._compile = compile_fn
         self._promote = promote
@@ -89,6 +105,7 @@ class TBCache:
         self._trace_ir = trace_ir
         self._trace_out = trace_out
         self.chaining = chaining
+        self._observer = observer
         self.store: dict[tuple[int, int], TB] = {}
         self.page_tbs: dict[int, set[TB]] = {}
         self.jump: dict[Hashable, dict[int, TB]] = {}
@@ -98,7 +115,7 @@ class TBCache:
     def jump_cache(self, ctx: Hashable) -> dict[int, TB]:
         jc = self.jump.get(ctx)
         if jc is None:
-            jc = self.jump[ctx] = {}
+            jc = self.jump[ctx] = {} if self._observer is None else self._observer.new_jump_cache()
         return jc
 
     def find(self, pc: int, ctx: Hashable, ppc: int) -> TB:
@@ -146,9 +163,17 @@ class TBCache:
         unit.links[ex] = target
         target.incoming.append((unit, ex))
         self.stats.chains_made += 1
+        if self._observer is not None:
+            self._observer.linked(unit, ex, target)
 
     # ---- regions ---------------------------------------------------------
     def make_region(self, head: TB, ctx: Hashable, same_page_only: bool) -> None:
+        """``head`` became hot (its count reached 0): a region, a promoted unit or nothing."""
+        self._make_region(head, ctx, same_page_only)
+        if self._observer is not None:
+            self._observer.retargeted(head)
+
+    def _make_region(self, head: TB, ctx: Hashable, same_page_only: bool) -> None:
         if not self.chaining or head.unit is not head.single:
             return
         jc = self.jump_cache(ctx)
@@ -198,12 +223,18 @@ class TBCache:
         for unit, ex in tb.incoming:
             if unit.links[ex] is tb:
                 unit.links[ex] = None
+                if self._observer is not None:
+                    self._observer.unlinked(unit, ex)
         tb.incoming.clear()
         for head in tb.regions:
             if head.unit is not head.single:
                 head.unit = head.single
                 head.hot = HOT
+                if self._observer is not None:
+                    self._observer.retargeted(head)
         tb.regions.clear()
+        if self._observer is not None:
+            self._observer.retargeted(tb)
         for p in tb.pages:
             s = self.page_tbs.get(p)
             if s is not None:

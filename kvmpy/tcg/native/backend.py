@@ -12,12 +12,31 @@ Semantics match backend_py exactly, exit for exit: the same instruction counts,
 the same budget checks on the same edges of a region (so interrupts are taken at
 the same points), the same exits with the same chainability.
 
+Within a unit, its six most used guest registers live in host registers (rbp,
+r15, r8-r11): loaded at its entry, stored back at its exits and around slow-path calls.
+A temporary read only by the next op stays in rax.
+
 Loads and stores take an inline TLB compare against a direct-mapped native copy
 of the softmmu's TLB dicts (kept in step by ``MirrorTlb``); a miss, a misaligned
 access, MMIO or a fault calls the softmmu's Python slow path through a cffi
-callback.  An exception there (a guest trap, a machine exit) is parked, the code
-returns at once with ``TRAP_EXIT`` and the wrapper re-raises it with the same
+callback, out of line at the end of the unit.  An exception there (a guest
+trap, a machine exit) is parked, the code returns at once with ``TRAP_EXIT``
+and the wrapper re-raises it with the same
 instret accounting as backend_py.
+
+Chaining in machine code: a native unit's exit to a constant pc reads its link cell
+(set when the TB cache chains that exit) and an indirect jump looks its target up
+in a native mirror of the current context's jump cache; either gives the target
+TB's record, which holds the entry of its unit's machine code while that unit is
+native and the TB has become hot (else 0).  The hop then goes straight into the
+next unit: no return to Python.  The CPU loop's countdown is passed in and
+counted down on each hop; the code returns to Python before the hop that would
+end it, at a missing link, a miss or a non-native target, so the CPU loop polls
+and counts exactly as when it follows the chains itself (``CompiledUnit.chained``).
+The TB cache tells the tier of every link, unlink, jump-cache change and unit
+change (``ChainObserver``): SMC invalidation, TLB flushes and privilege changes
+(another context, another jump cache) reach the native tables where they reach
+the Python ones.
 
 Anything else (helper calls, an op this backend does not know) makes
 ``compile_unit`` return None, and the caller uses backend_py for that unit:
@@ -37,16 +56,26 @@ from kvmpy.tcg.backend_py import compile_unit as compile_unit_py
 from kvmpy.tcg.backend_py import loops_to_itself
 from kvmpy.tcg.ir import MASK64, PURE_OPS, Block, Insn, Temp, Value
 from kvmpy.tcg.native.codebuf import CodeBuffer, ffi
-from kvmpy.tcg.native.x86_64 import RAX, RBX, RCX, RDI, RDX, RSI, R12, R13, R14, R15, Asm, Label, Mem
+from kvmpy.tcg.native.x86_64 import (R8, R9, R10, R11, R12, R13, R14, R15, RAX, RBP, RBX, RCX, RDI, RDX, RSI,
+                                     RSP, Asm, Label, Mem)
 
 log = logging.getLogger(__name__)
 
 TLB_BITS = 10
 TLB_ENTRIES = 1 << TLB_BITS
 INVALID_TAG = 0xFFF           # no (page | alignment bits) key ever equals it
-TRAP_EXIT = 0xFFFF
+TRAP_EXIT = 0xFFFF           # the return code of a parked exception; others are unit id << 16 | exit
+MAX_UNITS = 0xFFFF
+JT_BITS = 10                 # entries of a native jump-cache mirror
+JT_EMPTY = 1                 # no pc is odd
+MAX_RECORDS = 1 << 16        # TBs that chains and jump-cache mirrors can point at
+MAX_CELLS = 1 << 18          # link cells (one per chainable exit of a native unit)
 MAX_TEMPS = 16384
 CODE_LIMIT = 256 << 20        # code is never freed: past this much, new units stay in backend_py
+CACHE_REGS = (RBP, R15, R8, R9, R10, R11)
+# Ops that read their first operand into rax before anything else can clobber it, so a
+# temporary computed just before and read only there need not be stored at all.
+_TAKES_RAX = (PURE_OPS - {"mulhsu"}) | {"ld"}   # host registers that hold a unit's most used guest registers
 _COND = {"eq": "e", "ne": "ne", "lt": "l", "ge": "ge", "ltu": "b", "geu": "ae"}
 _INVERSE = {"e": "ne", "ne": "e", "l": "ge", "ge": "l", "b": "ae", "ae": "b"}
 _SUPPORTED = frozenset({
@@ -107,6 +136,59 @@ class MirrorTlb(dict):
         return self[key]
 
 
+class MirrorJump(dict):
+    """A jump cache (pc -> TB) that keeps a direct-mapped native table of (pc, TB
+    record address) pairs in step with itself, for the indirect-jump lookup."""
+
+    def __init__(self, record_addr: Callable[[Any], int], entries: int = 1 << JT_BITS) -> None:
+        super().__init__()
+        self._record_addr = record_addr
+        self.mask = entries - 1
+        self._empty = array("Q", [JT_EMPTY, 0] * entries)
+        self.table = array("Q", self._empty)
+        self.addr = self.table.buffer_info()[0]
+
+    def __setitem__(self, pc: int, tb: Any) -> None:
+        super().__setitem__(pc, tb)
+        i = 2 * ((pc >> 1) & self.mask)
+        rec = self._record_addr(tb)
+        if rec:
+            self.table[i] = pc
+            self.table[i + 1] = rec
+        elif self.table[i] == pc:
+            self.table[i] = JT_EMPTY
+
+    def __delitem__(self, pc: int) -> None:
+        super().__delitem__(pc)
+        i = 2 * ((pc >> 1) & self.mask)
+        if self.table[i] == pc:
+            self.table[i] = JT_EMPTY
+
+    def pop(self, pc: int, *default: Any) -> Any:
+        if pc in self:
+            value = self[pc]
+            del self[pc]
+            return value
+        return super().pop(pc, *default)
+
+    def clear(self) -> None:
+        if self:            # an empty dict has an empty table: every removal cleared its slot
+            super().clear()
+            self.table[:] = self._empty
+
+    def popitem(self) -> tuple[int, Any]:
+        raise TypeError("MirrorJump does not support popitem")
+
+    def update(self, *args: Any, **kw: Any) -> None:
+        for k, v in dict(*args, **kw).items():
+            self[k] = v
+
+    def setdefault(self, key: int, default: Any = None) -> Any:
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+
 @dataclass
 class NativeStats:
     units: int = 0              # units compiled to machine code
@@ -114,12 +196,14 @@ class NativeStats:
     compile_s: float = 0.0      # time spent compiling native units
     slow_calls: int = 0         # softmmu slow-path calls from native code
     fallbacks_full: int = 0     # units left to the Python backend because the code buffer is full
+    entries: int = 0            # calls from the CPU loop into machine code
+    hops: int = 0               # units entered by a chained jump or a lookup in machine code
 
     def format(self, code_bytes: int) -> str:
         return (f"native: units={self.units} fallbacks={self.fallbacks} code={code_bytes}B "
                 f"compile={self.compile_s * 1e3:.1f}ms"
                 + (f" ({self.compile_s / self.units * 1e6:.0f}us/unit)" if self.units else "")
-                + f" slow_calls={self.slow_calls}"
+                + f" slow_calls={self.slow_calls} entries={self.entries} hops={self.hops}"
                 + (f" left_to_py_buffer_full={self.fallbacks_full}" if self.fallbacks_full else ""))
 
 
@@ -140,10 +224,28 @@ class NativeTier:
         self.tlb_read = MirrorTlb(ram_host)
         self.tlb_write = MirrorTlb(ram_host)
         self.flag_slot = layout.n_slots
-        self.icount_local = layout.n_slots + 1
-        self.temp_base = layout.n_slots + 2
+        self.icount_local = layout.n_slots + 1      # instructions retired by this call, over its hops
+        self.countdown_slot = layout.n_slots + 2    # the CPU loop's countdown: hop only while above 1
+        self.hops_slot = layout.n_slots + 3
+        self.jt_slot = layout.n_slots + 4           # the current context's jump-cache mirror
+        self.temp_base = layout.n_slots + 5
         self.S = array("Q", bytes(8 * (self.temp_base + MAX_TEMPS)))
         self.S_addr = self.S.buffer_info()[0]
+        # Chaining: native units by id, their chain entries and link cells; TB records.
+        self.units: list[CompiledUnit] = []
+        self._entry: dict[int, int] = {}           # id(native unit) -> chain entry address
+        self._cells: dict[int, list[int]] = {}     # id(native unit) -> link cell per exit (-1: none)
+        self.cells = array("Q", bytes(8 * MAX_CELLS))
+        self.cells_addr = self.cells.buffer_info()[0]
+        self.n_cells = 0
+        self.records = array("Q", bytes(8 * MAX_RECORDS))
+        self.records_addr = self.records.buffer_info()[0]
+        self._record: dict[Any, int] = {}          # TB -> record index
+        self._free_records: list[int] = []
+        self._n_records = 0
+        self.copy_hi = layout.pc_slot + 1           # the chained entry copies slots [0, copy_hi)
+        self._no_jumps = MirrorJump(self.record_addr, 2)
+        self.S[self.jt_slot] = self._no_jumps.addr
         self.code = CodeBuffer()
         self.stats = NativeStats()
         self._load, self._store = load, store
@@ -177,9 +279,13 @@ class NativeTier:
             self.stats.fallbacks_full += 1
             return None
         t0 = time.perf_counter()
+        cells = self.n_cells
         try:
+            if len(self.units) >= MAX_UNITS:
+                raise Unsupported("too many native units")
             unit = _Gen(self, blocks).compile(name)
         except Unsupported as why:
+            self.n_cells = cells
             self.stats.fallbacks += 1
             log.debug("native: %#x left to the Python backend: %s", blocks[0].pc, why)
             return None
@@ -201,6 +307,67 @@ class NativeTier:
     def promote(self, block: Block) -> CompiledUnit | None:
         """Machine code for a hot TB that heads no region (None: it stays in backend_py)."""
         return self.compile_unit([block], "tb")
+
+    # ---- chaining (the TB cache's ChainObserver) ---------------------------
+    def _entry_for(self, tb: Any) -> int:
+        """Where a hop into ``tb`` goes: its unit's code once it is native and ``tb`` hot, else 0."""
+        if not tb.valid or tb.hot > 0:
+            return 0
+        return self._entry.get(id(tb.unit), 0)
+
+    def record_addr(self, tb: Any) -> int:
+        """The address of ``tb``'s record (0: out of records, no native chaining into it)."""
+        i = self._record.get(tb)
+        if i is None:
+            if not tb.valid:
+                return 0
+            if self._free_records:
+                i = self._free_records.pop()
+            elif self._n_records < MAX_RECORDS:
+                i = self._n_records
+                self._n_records += 1
+            else:
+                return 0
+            self._record[tb] = i
+            self.records[i] = self._entry_for(tb)
+        return self.records_addr + 8 * i
+
+    def new_jump_cache(self) -> MirrorJump:
+        return MirrorJump(self.record_addr, 1 << JT_BITS)
+
+    def linked(self, unit: CompiledUnit, ex: int, target: Any) -> None:
+        cells = self._cells.get(id(unit))
+        if cells is not None and cells[ex] >= 0:
+            self.cells[cells[ex]] = self.record_addr(target)
+
+    def unlinked(self, unit: CompiledUnit, ex: int) -> None:
+        cells = self._cells.get(id(unit))
+        if cells is not None and cells[ex] >= 0:
+            self.cells[cells[ex]] = 0
+
+    def retargeted(self, tb: Any) -> None:
+        i = self._record.get(tb)
+        if i is None:
+            return
+        if tb.valid:
+            self.records[i] = self._entry_for(tb)
+        else:           # the TB cache has dropped every link and jump-cache entry to it
+            self.records[i] = 0
+            del self._record[tb]
+            self._free_records.append(i)
+
+    def new_cell(self) -> int:
+        if self.n_cells >= MAX_CELLS:
+            return -1
+        self.n_cells += 1
+        return self.n_cells - 1
+
+    def register(self, unit: CompiledUnit, entry: int, cells: list[int], slots: set[int]) -> None:
+        self.units.append(unit)
+        self._entry[id(unit)] = entry
+        self._cells[id(unit)] = cells
+        if slots:
+            self.copy_hi = max(self.copy_hi, max(slots) + 1)
 
     def add_site(self, site: tuple[bool, int, bool, int, int]) -> int:
         self._sites.append(site)
@@ -227,6 +394,12 @@ class _Gen:
         self.internal = {b.pc: i for i, b in enumerate(blocks)}
         self.looped = len(blocks) > 1 or blocks[0].pc in blocks[0].successors()
         self.exits: list[Exit] = []
+        self.cells: list[int] = []          # per exit: its link cell, -1 for none
+        self.uid = len(tier.units)
+        self.hop = Label()
+        self.body = Label()
+        self.stubs: list[tuple[Label, int]] = []
+        self.cold: list[tuple[Label, Label, int]] = []      # slow paths: (entry, back to, site)
         self.reads: set[int] = set()
         self.writes: set[int] = set()
         self.epilogue = Label()
@@ -264,6 +437,26 @@ class _Gen:
         self.loop_j: int | None = None
         self.copying = False
         self.emitting: list[int] = []
+        # The unit's most used guest registers live in host registers: loaded at its entry,
+        # stored to S at its exits and around slow-path calls (which clobber r8-r11).
+        # The most used get the callee-saved ones.
+        uses: dict[int, int] = {}
+        for blk in blocks:
+            for ins in blk.insns:
+                for v in (*ins.args, ins.dst):
+                    if isinstance(v, Temp) and v.is_global and v.index != tier.layout.pc_slot:
+                        uses[v.index] = uses.get(v.index, 0) + 1
+        top = sorted((n, -i) for i, n in uses.items() if n >= 2)[::-1][:len(CACHE_REGS)]
+        self.cached: dict[int, int] = {-i: CACHE_REGS[k] for k, (_, i) in enumerate(top)}
+        self.temp_uses: dict[int, int] = {}
+        for blk in blocks:
+            for ins in blk.insns:
+                for v in ins.args:
+                    if isinstance(v, Temp) and not v.is_global:
+                        self.temp_uses[v.index] = self.temp_uses.get(v.index, 0) + 1
+        self.elide: Temp | None = None      # the temporary being computed is only read by the next op
+        self.dirty_all = {ins.dst.index for blk in blocks for ins in blk.insns
+                          if ins.dst is not None and ins.dst.is_global and ins.dst.index in self.cached}
 
     # ---- operands --------------------------------------------------------
     def slot(self, t: Temp) -> int:
@@ -284,15 +477,41 @@ class _Gen:
         else:
             if v.is_global:
                 self.reads.add(v.index)
+                host = self.cached.get(v.index)
+                if host is not None:
+                    self.a.mov_rr(reg, host)
+                    if reg == RAX:
+                        self.avail = v
+                    return
             self.a.load(reg, _mem(self.slot(v)))
         if reg == RAX:
             self.avail = v if isinstance(v, Temp) else None
 
     def put(self, d: Temp, reg: int) -> None:
+        if d == self.elide and reg == RAX:
+            self.avail = d
+            return
+        host = None
         if d.is_global:
             self.writes.add(d.index)
-        self.a.store(_mem(self.slot(d)), reg)
+            host = self.cached.get(d.index)
+        if host is not None:
+            self.a.mov_rr(host, reg)
+        else:
+            self.a.store(_mem(self.slot(d)), reg)
         self.avail = d if reg == RAX else None
+
+    def spill(self) -> None:
+        """Cached guest registers the unit writes back to S (at exits, before slow paths)."""
+        for i in sorted(self.dirty_all):
+            self.a.store(_mem(i), self.cached[i])
+
+    def fill(self, after_call: bool = False) -> None:
+        """Load the cached registers (``after_call``: those a call clobbers)."""
+        for i, host in sorted(self.cached.items()):
+            self.reads.add(i)
+            if not (after_call and host in (RBP, R15)):
+                self.a.load(host, _mem(i))
 
     def alu(self, op: str, reg: int, v: Value) -> None:
         """reg = reg op v, for the group-1 ops and cmp."""
@@ -307,6 +526,10 @@ class _Gen:
             return
         if v.is_global:
             self.reads.add(v.index)
+            host = self.cached.get(v.index)
+            if host is not None:
+                a.alu_rr(op, reg, host)
+                return
         a.alu_rm(op, reg, _mem(self.slot(v)))
 
     # ---- ops -------------------------------------------------------------
@@ -426,30 +649,62 @@ class _Gen:
             a.store_sized(Mem(RDI, 0, RCX), RSI, size)
         else:
             a.load_sized(RAX, Mem(RDI, 0, RCX), size, signed)
-        a.jmp(done)
-        a.bind(slow)
-        site = self.tier.add_site((is_store, size, signed, pc, back))
-        a.mov_ri(RDX, site)
-        a.mov_ri(RAX, self.tier.callback_addr)
-        a.call_r(RAX)
-        a.alu_rm("cmp", R15, _mem(self.tier.flag_slot))    # r15 is zero
-        a.jcc("ne", self.trap_exit)
         a.bind(done)
+        self.cold.append((slow, done, self.tier.add_site((is_store, size, signed, pc, back))))
         self.avail = None
         if not is_store and ins.dst is not None:
             self.put(ins.dst, RAX)
 
     # ---- control flow ----------------------------------------------------
     def exit(self, target: int | None, chainable: bool, lookup: bool = False) -> None:
-        """Leave the unit: the pc is already in S[pc] unless ``target`` is given."""
-        a = self.a
+        """Leave the unit: the pc is already in S[pc] unless ``target`` is given.  While the
+        countdown allows a hop, a chained exit follows its link cell and a lookup exit the
+        jump-cache mirror to the next unit's code; else (or when they give no code) return."""
+        a, tier = self.a, self.tier
         k = len(self.exits)
         self.exits.append(Exit(target, chainable, lookup))
+        cell = tier.new_cell() if chainable and target is not None else -1
+        self.cells.append(cell)
         if target is not None:
             a.mov_ri(RAX, target)
-            a.store(_mem(self.tier.layout.pc_slot), RAX)
-        a.mov_ri(RAX, k)
+            a.store(_mem(tier.layout.pc_slot), RAX)
+        self.spill()
+        if cell < 0 and not lookup:
+            a.mov_ri(RAX, self.uid << 16 | k)
+            a.jmp(self.epilogue)
+            return
+        if cell >= 0:
+            a.mov_ri(RAX, self.uid << 16 | k)
+            a.alu_mi("cmp", _mem(tier.countdown_slot), 1)
+            a.jcc("be", self.epilogue)
+            a.mov_ri(RCX, tier.cells_addr + 8 * cell)
+            a.load(RCX, Mem(RCX))                       # the target TB's record, or 0
+        else:
+            a.load(RAX, _mem(tier.layout.pc_slot))
+            a.alu_mi("cmp", _mem(tier.countdown_slot), 1)
+            a.jcc("be", self.ret_code(k))
+            a.load(RCX, _mem(tier.jt_slot))
+            a.mov_rr(RDX, RAX)
+            a.shift_ri("shr", RDX, 1)
+            a.alu_ri("and", RDX, (1 << JT_BITS) - 1)
+            a.shift_ri("shl", RDX, 4)
+            a.alu_rr("add", RCX, RDX)
+            a.alu_rm("cmp", RAX, Mem(RCX))
+            a.mov_ri(RAX, self.uid << 16 | k)
+            a.jcc("ne", self.epilogue)
+            a.load(RCX, Mem(RCX, 8))
+        a.test_rr(RCX, RCX)
+        a.jcc("e", self.epilogue)
+        a.load(RDX, Mem(RCX))                           # its unit's code, or 0
+        a.test_rr(RDX, RDX)
+        a.jcc("ne", self.hop)
         a.jmp(self.epilogue)
+
+    def ret_code(self, k: int) -> Label:
+        """A stub that returns exit ``k`` (mov does not touch the flags)."""
+        out = Label()
+        self.stubs.append((out, k))
+        return out
 
     def label(self, j: int) -> Label:
         if j not in self.labels:
@@ -508,8 +763,19 @@ class _Gen:
         self.avail = None
         a.alu_ri("add", R12, blk.n_guest)
         n, k, pc = blk.n_guest, -1, blk.pc
-        for ins in blk.insns:
+        insns = blk.insns
+        for p, ins in enumerate(insns):
             op = ins.op
+            self.elide = None
+            d = ins.dst
+            if d is not None and not d.is_global and self.temp_uses.get(d.index) == 1:
+                q = p + 1
+                while q < len(insns) and insns[q].op == "insn_start":
+                    q += 1
+                if q < len(insns):
+                    nxt = insns[q]
+                    if nxt.op in _TAKES_RAX and nxt.args and nxt.args[0] == d and d not in nxt.args[1:]:
+                        self.elide = d
             if op not in _SUPPORTED:
                 raise Unsupported(op)
             if op not in PURE_OPS and op not in ("ld", "insn_start"):
@@ -547,13 +813,15 @@ class _Gen:
 
     def compile(self, name: str) -> CompiledUnit:
         a, tier = self.a, self.tier
-        for r in (RBX, R12, R13, R14, R15):        # five pushes keep rsp 16-aligned for calls
+        for r in (RBX, RBP, R12, R13, R14, R15):
             a.push(r)
+        a.alu_ri("sub", RSP, 8)                    # keeps rsp 16-aligned for calls
         a.mov_ri(RBX, tier.S_addr)
         a.mov_ri(R12, 0)
         a.mov_ri(R13, tier.tlb_read.addr)
         a.mov_ri(R14, tier.tlb_write.addr)
-        a.mov_ri(R15, 0)
+        a.bind(self.body)                   # the chain entry: a hop has set up all of the above
+        self.fill()
         k = 0
         while k < len(self.targets):        # targets are found while emitting, as in backend_py
             j = self.targets[k]
@@ -563,11 +831,33 @@ class _Gen:
             self.block(j, 1 if self.loop_j is not None else 0)
             self.loop_j = None
             k += 1
+        for slow, done, site in self.cold:     # out of line: the fast paths fall through
+            a.bind(slow)
+            self.spill()            # the slow path clobbers r8-r11, and a trap returns from here
+            a.mov_ri(RDX, site)
+            a.mov_ri(RAX, tier.callback_addr)
+            a.call_r(RAX)
+            a.alu_mi("cmp", _mem(tier.flag_slot), 0)
+            a.jcc("ne", self.trap_exit)
+            self.fill(after_call=True)
+            a.jmp(done)
+        for out, k in self.stubs:
+            a.bind(out)
+            a.mov_ri(RAX, self.uid << 16 | k)
+            a.jmp(self.epilogue)
+        # A hop (rdx: the next unit's chain entry): one unit ends, the next starts counting.
+        a.bind(self.hop)
+        a.alu_mi("add", _mem(tier.countdown_slot), -1)
+        a.alu_mi("add", _mem(tier.hops_slot), 1)
+        a.alu_mr("add", _mem(tier.icount_local), R12)
+        a.mov_ri(R12, 0)
+        a.jmp_r(RDX)
         a.bind(self.trap_exit)
         a.mov_ri(RAX, TRAP_EXIT)
         a.bind(self.epilogue)
-        a.store(_mem(tier.icount_local), R12)
-        for r in (R15, R14, R13, R12, RBX):
+        a.alu_mr("add", _mem(tier.icount_local), R12)
+        a.alu_ri("add", RSP, 8)
+        for r in (R15, R14, R13, R12, RBP, RBX):
             a.pop(r)
         a.ret()
         code = a.finish()
@@ -575,6 +865,8 @@ class _Gen:
         fn = self.wrapper(name, CodeBuffer.entry(addr))
         unit = CompiledUnit(fn, self.exits, [b.pc for b in self.blocks],
                             f"native {name} {self.blocks[0].pc:#x}: {len(code)} bytes at {addr:#x}\n")
+        unit.chained = self.chained_wrapper(name, CodeBuffer.entry(addr))
+        tier.register(unit, addr + self.body.pos, self.cells, self.reads | self.writes)
         return unit
 
     def wrapper(self, name: str, entry: Any) -> Callable[[list[int]], int]:
@@ -584,6 +876,7 @@ class _Gen:
         lines = [f"def {name}(R):"]
         if regs:
             lines.append("    " + "; ".join(f"S[{r}] = R[{r}]" for r in regs))
+        lines.append(f"    S[{self.tier.icount_local}] = 0; S[{self.tier.countdown_slot}] = 1")
         lines.append("    ex = F()")
         if self.writes:
             lines.append("    " + "; ".join(f"R[{r}] = S[{r}]" for r in sorted(self.writes)))
@@ -591,7 +884,33 @@ class _Gen:
         lines.append(f"    if ex == {TRAP_EXIT}:")
         lines.append("        trap(R)")
         lines.append(f"    R[{lay.pc_slot}] = S[{lay.pc_slot}]")
-        lines.append("    return ex")
+        lines.append("    return ex & 0xFFFF")
         ns: dict[str, Any] = {"S": self.tier.S, "F": entry, "trap": self.tier.trap}
         exec(compile("\n".join(lines) + "\n", f"<native {name} {self.blocks[0].pc:#x}>", "exec"), ns)
         return ns[name]
+
+    def chained_wrapper(self, name: str, entry: Any) -> Callable[[list[int], int, Any], tuple[Any, int, int]]:
+        """The CPU loop's entry (``CompiledUnit.chained``): any native unit may run before
+        the return, so every slot any of them uses goes in and comes back."""
+        tier = self.tier
+        ic, cd, hops, icl, jt = (tier.layout.icount_slot, tier.countdown_slot, tier.hops_slot,
+                                 tier.icount_local, tier.jt_slot)
+        src = f"""def {name}_chained(R, countdown, jc):
+    hi = T.copy_hi
+    S[0:hi] = A("Q", R[0:hi])
+    S[{cd}] = countdown; S[{hops}] = 0; S[{icl}] = 0; S[{jt}] = jc.addr
+    code = F()
+    n = R[{ic}] + S[{icl}]
+    R[0:hi] = S[0:hi]
+    R[{ic}] = n
+    st = T.stats
+    st.entries += 1
+    h = S[{hops}]
+    st.hops += h
+    if code == {TRAP_EXIT}:
+        T.trap(R)
+    return U[code >> 16], code & 0xFFFF, h
+"""
+        ns: dict[str, Any] = {"S": tier.S, "F": entry, "T": tier, "A": array, "U": tier.units}
+        exec(compile(src, f"<native chained {name} {self.blocks[0].pc:#x}>", "exec"), ns)
+        return ns[f"{name}_chained"]

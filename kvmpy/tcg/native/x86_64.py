@@ -178,6 +178,22 @@ class Asm:
     def alu_rm(self, op: str, dst: int, m: Mem) -> None:
         self._op_rm(bytes([ALU[op][0] + 2]), dst, m)
 
+    def alu_mr(self, op: str, m: Mem, src: int) -> None:
+        """[m] = [m] op src (cmp: compare [m] with src)."""
+        self._op_rm(bytes([ALU[op][0]]), src, m)
+
+    def alu_mi(self, op: str, m: Mem, imm: int) -> None:
+        """op qword [m], imm (sign-extended imm8 or imm32)."""
+        digit = ALU[op][1]
+        if _fits8(imm):
+            self._op_rm(b"\x83", digit, m)
+            self.buf += struct.pack("<b", imm)
+        elif _fits32(imm):
+            self._op_rm(b"\x81", digit, m)
+            self.buf += struct.pack("<i", imm)
+        else:
+            raise ValueError("immediate out of range")
+
     def alu_ri(self, op: str, dst: int, imm: int) -> None:
         """op r64, imm (sign-extended imm8 or imm32)."""
         digit = ALU[op][1]

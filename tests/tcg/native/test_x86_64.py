@@ -94,8 +94,10 @@ def _cases(rng: random.Random):
             yield (lambda a, d=d, m=m: a.lea(d, m)), f"lea {REG_NAMES[d]}, {_mem_text(m)}"
             op = rng.choice(list(x.ALU))
             yield (lambda a, d=d, m=m, op=op: a.alu_rm(op, d, m)), f"{op} {REG_NAMES[d]}, qword ptr {_mem_text(m)}"
+            yield (lambda a, d=d, m=m, op=op: a.alu_mr(op, m, d)), f"{op} qword ptr {_mem_text(m)}, {REG_NAMES[d]}"
             imm = rng.choice(IMMS)
             yield (lambda a, m=m, imm=imm: a.store_imm(m, imm)), f"mov qword ptr {_mem_text(m)}, {imm}"
+            yield (lambda a, m=m, imm=imm, op=op: a.alu_mi(op, m, imm)), f"{op} qword ptr {_mem_text(m)}, {imm}"
             for size, signed, text in [
                     (1, False, f"movzx {R32N[d]}, byte ptr"), (2, False, f"movzx {R32N[d]}, word ptr"),
                     (4, False, f"mov {R32N[d]}, dword ptr"), (8, False, f"mov {REG_NAMES[d]}, qword ptr"),
