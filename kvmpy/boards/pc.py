@@ -32,9 +32,10 @@ import struct
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Callable, NamedTuple, Union, cast
+from typing import TYPE_CHECKING, Callable, NamedTuple, Union, cast
 
 from kvmpy.boards.mmio import MmioRouter
+from kvmpy.boards.lazy_factory import LazyFactory
 from kvmpy.boards.pc_pci import pci_device_lines, place
 from kvmpy.config import MachineConfig
 from kvmpy.boards.pc_memhp import PcMemoryHotplug, cold_plug
@@ -44,16 +45,11 @@ from kvmpy.devices.acpi_pm import BLOCK_SIZE as PM_BLOCK_SIZE, AcpiPm, ResetCont
 from kvmpy.devices.bus import Bus, BusConflictError, OffsetDevice
 from kvmpy.devices.chardev import CharBackend, open_backend
 from kvmpy.devices.debug_exit import DebugExit
-from kvmpy.devices.device import Device
+from kvmpy.devices.device import Device, OwnsRam
 from kvmpy.devices.fw_cfg import DMA_PORT as FW_CFG_DMA_PORT, PORT_BASE as FW_CFG_PORT, FwCfg
 from kvmpy.devices.i8042 import I8042
-from kvmpy.devices.ide.factory import piix_ide
 from kvmpy.devices.ide.units import ide_units
-from kvmpy.display.console import find_display_source, start_vnc
-from kvmpy.display.options import parse_vnc
-from kvmpy.display.vnc import VncServer
-from kvmpy.display.options import parse_web
-from kvmpy.display.web import WebConsole, start_web
+from kvmpy.display.options import parse_vnc, parse_web
 from kvmpy.devices.irq import SharedIrq
 from kvmpy.devices.kvm_irq import KvmIrqLine
 from kvmpy.devices.msi import MsiRoutes
@@ -64,7 +60,6 @@ from kvmpy.devices.pci.piix3 import Piix3
 from kvmpy.devices.port80 import Port80
 from kvmpy.devices.rtc import CmosRtc
 from kvmpy.devices.serial import Uart16550
-from kvmpy.devices.vga.pci_vga import VgaPci
 from kvmpy.kvm import abi
 from kvmpy.kvm.flavor import KvmKind, host_kvm_kind
 from kvmpy.firmware.bootorder import bootorder
@@ -86,6 +81,10 @@ from kvmpy.vcpu.cpuid import vcpu_cpuid
 from kvmpy.vcpu.state import VcpuStateIO
 from kvmpy.vcpu.thread import EventSink, VcpuThread, install_kick_handler
 from kvmpy.vcpu.x86 import apply_msrs, baseline_msrs, set_flat_protected_mode, set_long_mode
+
+if TYPE_CHECKING:
+    from kvmpy.display.vnc import VncServer
+    from kvmpy.display.web import WebConsole
 
 log = logging.getLogger(__name__)
 
@@ -310,7 +309,7 @@ PC_DEVICES: tuple[DeviceSlot, ...] = (
                                            Window(0xCFC, 4, 4, "pci-conf-data"))),
     DeviceSlot("i440fx", _i440fx),
     DeviceSlot("piix3", _piix3),
-    DeviceSlot("piix3-ide", piix_ide),  # 00:01.1, only when an IDE drive is given (its legacy ports map themselves)
+    DeviceSlot("piix3-ide", LazyFactory("kvmpy.devices.ide.factory", "piix_ide")),  # 00:01.1, only when an IDE drive is given (its legacy ports map themselves)
     DeviceSlot("fw_cfg", _fw_cfg, pio=_fw_cfg_ports),  # only when booting firmware (no -kernel)
 )
 
@@ -491,7 +490,7 @@ class PcBoard:
     # ---- reset and teardown -----------------------------------------------------------
     def device_ram(self) -> list[RAMBlock]:
         """RAM that devices own (a display adapter's video memory): migrated with the guest's RAM."""
-        return [b for d in self.devices.values() if isinstance(d, VgaPci) for b in d.device_ram()]
+        return [b for d in self.devices.values() if isinstance(d, OwnsRam) for b in d.device_ram()]
 
     def reset_devices(self) -> None:
         """Every device in the table back to its power-on state (a new device cannot be forgotten)."""
@@ -504,6 +503,7 @@ class PcBoard:
         options = parse_vnc(self.config.vnc) if self.config.vnc is not None else None
         if options is None:
             return None
+        from kvmpy.display.console import find_display_source, start_vnc  # only a VM with a console needs it
         i8042 = self.devices.get("i8042")
         sink = i8042 if isinstance(i8042, I8042) else None
         return start_vnc(options, find_display_source(self.devices.values()), sink, sink, self.config.name)
@@ -512,6 +512,8 @@ class PcBoard:
         """-display web: the browser console, bridged to the -vnc server or to one of its own."""
         if self.config.web is None:
             return None
+        from kvmpy.display.console import find_display_source
+        from kvmpy.display.web import start_web  # only a VM with a browser console needs it
         i8042 = self.devices.get("i8042")
         sink = i8042 if isinstance(i8042, I8042) else None
         web, self.vnc = start_web(parse_web(self.config.web), self.vnc, find_display_source(self.devices.values()),

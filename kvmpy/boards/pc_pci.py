@@ -21,11 +21,7 @@ from typing import TYPE_CHECKING, Callable, Mapping, cast
 
 from kvmpy.devices.pci.bus import PciHost
 from kvmpy.devices.pci.device import PciDevice
-from kvmpy.devices.vga.factory import bochs_display_pci, vga_pci
-from kvmpy.devices.virtio.blk import virtio_blk_pci
-from kvmpy.devices.virtio.console import virtio_serial_pci
-from kvmpy.devices.virtio.net import virtio_net_pci
-from kvmpy.devices.virtio.rng import virtio_rng_pci
+from kvmpy.boards.lazy_factory import LazyFactory
 from kvmpy.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -36,14 +32,15 @@ if TYPE_CHECKING:
 PciFactory = Callable[["PcBoard", "DeviceSpec"], PciDevice]
 
 
-# The factory of each PCI driver kvmpy.board_catalog.PC_PCI_DRIVERS names; each lives in its device's module.
+# The factory of each PCI driver kvmpy.board_catalog.PC_PCI_DRIVERS names; each lives in its device's
+# module, which is imported only when a VM builds that device.
 PCI_DRIVERS: Mapping[str, PciFactory] = MappingProxyType({
-    "virtio-rng-pci": virtio_rng_pci,
-    "virtio-blk-pci": virtio_blk_pci,
-    "virtio-net-pci": virtio_net_pci,
-    "virtio-serial-pci": virtio_serial_pci,
-    "VGA": vga_pci,
-    "bochs-display": bochs_display_pci,
+    "virtio-rng-pci": LazyFactory("kvmpy.devices.virtio.rng", "virtio_rng_pci"),
+    "virtio-blk-pci": LazyFactory("kvmpy.devices.virtio.blk", "virtio_blk_pci"),
+    "virtio-net-pci": LazyFactory("kvmpy.devices.virtio.net", "virtio_net_pci"),
+    "virtio-serial-pci": LazyFactory("kvmpy.devices.virtio.console", "virtio_serial_pci"),
+    "VGA": LazyFactory("kvmpy.devices.vga.factory", "vga_pci"),
+    "bochs-display": LazyFactory("kvmpy.devices.vga.factory", "bochs_display_pci"),
 })
 
 FIRST_FREE_SLOT = 2

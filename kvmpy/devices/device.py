@@ -13,7 +13,10 @@ anything, so a refused state leaves the device exactly as it was.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Mapping, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from kvmpy.memory.ramblock import RAMBlock
 
 
 class DeviceStateError(ValueError):
@@ -37,6 +40,13 @@ class Device(Protocol):
 
     def restore(self, state: dict[str, Any]) -> None:
         """``validate()``, then apply; a refused state leaves the device as it was."""
+
+
+@runtime_checkable
+class OwnsRam(Protocol):
+    """A device with RAM of its own (a display adapter's video memory), migrated with the guest's RAM."""
+
+    def device_ram(self) -> list["RAMBlock"]: ...
 
 
 def check_keys(state: Any, required: set[str], optional: set[str] = frozenset()) -> Mapping[str, Any]:
