@@ -1,0 +1,198 @@
+"""savevm / loadvm / delvm with the VM state in a qcow2 image, checked against qemu-img.
+
+The dirtier guest keeps rewriting 8 MiB of RAM; the disk is changed through
+the drive while the guest is paused (the multiboot guests have no disk
+driver). savevm, change both, loadvm: RAM, vCPU state and disk are back.
+qemu-img lists the snapshot with its VM state size and finds no errors.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pytest
+
+from kvmpy.block import qcow2_snapshot as qsnap
+from kvmpy.block.qcow2 import Qcow2Backend
+from kvmpy.block.qcow2_snapshot import vm_state_offset
+from kvmpy.config import DebugExitConfig, MachineConfig
+from kvmpy.config_devices import spec_from_text
+from kvmpy.devices.chardev import BufferBackend
+from kvmpy.lifecycle import RunState
+from kvmpy.migration.savevm import SnapshotError, load_vm, save_vm
+from kvmpy.monitor.context import Context
+from kvmpy.monitor.hmp import run_hmp
+from tests.guests.build import build_guest
+from tests.migration.support import START_MB, assert_invariant, assert_progress, dirtier_bytes
+
+needs_qemu_img = pytest.mark.skipif(subprocess.run(["which", "qemu-img"], capture_output=True).returncode != 0,
+                                    reason="qemu-img is not installed")
+
+
+def qemu_img(*args: object) -> str:
+    return subprocess.run(["qemu-img", *map(str, args)], check=True, capture_output=True, text=True).stdout
+
+
+def make_disk(path: Path, fmt: str = "qcow2", size: str = "16M") -> Path:
+    qemu_img("create", "-f", fmt, path, size)
+    return path
+
+
+def config(drives: list[str], memory_mib: int = 64) -> MachineConfig:
+    return MachineConfig(kernel=build_guest("dirtier"), memory=memory_mib << 20,
+                         append=f"start_mb={START_MB} size_mb=8", no_reboot=True, serial="stdio",
+                         debug_exit=DebugExitConfig(0xF4, 4),
+                         drives=tuple(spec_from_text("-drive", d) for d in drives)).validate()
+
+
+@contextmanager
+def vm_with(drives: list[str], run: bool = True) -> Iterator[tuple]:
+    from kvmpy.machine import Machine, qmp_commands
+
+    console = BufferBackend()
+    m = Machine(config(drives), console=console)
+    try:
+        if run:
+            m.start()
+            assert console.wait_for(b"BB", 60), console.output
+        yield m, console, Context(m, None, qmp_commands())
+    finally:
+        m.close()
+
+
+def hmp(ctx: Context, line: str) -> str:
+    return run_hmp(ctx, line, 0).replace("\r\n", "\n")
+
+
+@pytest.mark.kvm_host
+@needs_qemu_img
+def test_savevm_changes_loadvm_restores_ram_cpu_and_disk(tmp_path: Path) -> None:
+    disk = make_disk(tmp_path / "d.qcow2")
+    with vm_with([f"file={disk},if=virtio,id=d0"]) as (m, console, ctx):
+        drive = m.drives[0]
+        m.lifecycle.pause()
+        drive.image.write(0, b"before" * 100)
+        saved_ram = dirtier_bytes(m).copy()
+        m.lifecycle.resume()
+        # savevm stops the guest while it writes: what it saves is what the guest had then.
+        m.lifecycle.pause()
+        saved_ram = dirtier_bytes(m).copy()
+        assert hmp(ctx, "savevm s1") == ""
+        assert m.lifecycle.state is RunState.PAUSED  # it was paused: it stays paused
+        m.lifecycle.resume()
+        assert_progress(m, console)  # the guest runs on after a savevm
+        m.lifecycle.pause()
+        drive.image.write(0, b"after!" * 100)
+        assert not np.array_equal(dirtier_bytes(m), saved_ram)
+        m.lifecycle.resume()
+        assert hmp(ctx, "loadvm s1") == ""
+        assert m.lifecycle.state is RunState.RUNNING  # it was running: it runs again
+        m.lifecycle.pause()
+        assert np.array_equal(dirtier_bytes(m), saved_ram)
+        assert drive.image.read(0, 600) == b"before" * 100
+        m.lifecycle.resume()
+        assert_progress(m, console)  # vCPUs carry on from the saved registers
+        assert_invariant(m)
+        listing = hmp(ctx, "info snapshots").splitlines()
+        assert listing[:2] == ["List of snapshots present on all disks:",
+                               "ID        TAG               VM SIZE                DATE     VM CLOCK     ICOUNT"]
+        assert listing[2].startswith("--        s1  ") and len(listing) == 3
+    # qemu-img is the oracle for the layout: the snapshot, its VM state size, a clean image.
+    rows = qemu_img("snapshot", "-l", disk).splitlines()
+    assert rows[1].split()[:2] == ["ID", "TAG"] and rows[2].split()[:2] == ["1", "s1"]
+    assert rows[2].split()[2] != "0", rows  # a non-zero VM SIZE
+    assert "No errors were found on the image." in qemu_img("check", disk)
+    snaps = json.loads(qemu_img("info", "--output=json", disk))["snapshots"]
+    assert snaps[0]["vm-state-size"] > 1 << 20  # the dirtier's 8 MiB of RAM at least
+    from kvmpy.block.img_cli import main as kvmpy_img
+
+    assert kvmpy_img(["check", str(disk)]) == 0  # kvmpy's own check agrees
+
+
+@pytest.mark.kvm_host
+@needs_qemu_img
+def test_vmstate_sits_beyond_the_disk_end(tmp_path: Path) -> None:
+    """Our state is read back from vm_state_offset of the snapshot: kvmpy's migration stream, whole."""
+    disk = make_disk(tmp_path / "d.qcow2")
+    with vm_with([f"file={disk},if=virtio,id=d0"]) as (m, _, ctx):
+        info = save_vm(m, "t")
+        assert isinstance(m.drives[0].image, Qcow2Backend)
+        off = vm_state_offset(m.drives[0].image.meta)
+    assert off == 512 << 20  # 16 MiB disk, 64 KiB clusters: L1 slot 1, each slot spans 512 MiB
+    with Qcow2Backend(disk, readonly=True) as img:
+        data = qsnap.read_vmstate(img.meta, img.snapshots[0])
+        assert len(img.l1) >= 2 and not img.l1[1:].any()  # the active tree let the state go
+    assert data[:8] == b"KVMPYMIG" and len(data) == info.vm_state_size
+
+
+@needs_qemu_img
+@pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="needs qemu-system-x86_64")
+def test_qemu_puts_its_vmstate_where_kvmpy_looks(tmp_path: Path) -> None:
+    """QEMU as the oracle for the offset: its own savevm's state (QEMU_VM_FILE_MAGIC "QEVM") is found by
+    read_vmstate at vm_state_offset, and its length is the VM SIZE qemu-img lists."""
+    disk = make_disk(tmp_path / "q.qcow2")
+    subprocess.run(["qemu-system-x86_64", "-nodefaults", "-display", "none", "-machine", "accel=tcg", "-m", "16",
+                    "-drive", f"file={disk},if=virtio", "-monitor", "stdio", "-S"],
+                   input="savevm q1\nquit\n", capture_output=True, text=True, timeout=120, check=True)
+    with Qcow2Backend(disk, readonly=True) as img:
+        snap = img.snapshots[0]
+        data = qsnap.read_vmstate(img.meta, snap)
+    assert data[:4] == b"QEVM" and snap.vm_state_size == len(data) > 0
+
+
+@pytest.mark.kvm_host
+@needs_qemu_img
+def test_refusals_have_qemus_words_and_leave_the_vm_running(tmp_path: Path) -> None:
+    raw = make_disk(tmp_path / "r.img", "raw", "1M")
+    disk = make_disk(tmp_path / "d.qcow2")
+    with vm_with([f"file={disk},if=virtio,id=d0", f"file={raw},if=virtio,format=raw,id=r0"]) as (m, c, ctx):
+        assert hmp(ctx, "savevm x") == "Error: Device 'r0' is writable but does not support snapshots\n"
+        assert hmp(ctx, "loadvm x") == "Error: Device 'r0' is writable but does not support snapshots\n"
+        assert hmp(ctx, "delvm x") == ("Error: deleting snapshot on all devices failed: "
+                                       "Device 'r0' is writable but does not support snapshots\n")
+        assert hmp(ctx, "info snapshots") == "There is no snapshot available.\n"
+        assert m.lifecycle.state is RunState.RUNNING
+    with vm_with([]) as (m, c, ctx):
+        assert hmp(ctx, "savevm") == "Error: no block device can store vmstate for snapshot\n"
+        assert hmp(ctx, "loadvm x") == "Error: no block device can store vmstate for snapshot\n"
+        assert hmp(ctx, "info snapshots") == "no block device can store vmstate for snapshot\n"
+        assert hmp(ctx, "loadvm") == 'loadvm: string expected\nTry "help loadvm" for more information\n'
+        assert m.lifecycle.state is RunState.RUNNING
+        assert_progress(m, c)
+    with vm_with([f"file={disk},if=virtio,id=d0"]) as (m, c, ctx):
+        assert hmp(ctx, "loadvm nope") == "Error: Snapshot 'nope' does not exist in one or more devices\n"
+        assert hmp(ctx, "delvm nope") == ""  # nothing to delete is no error, as in QEMU
+        assert hmp(ctx, "savevm") == ""  # an automatic tag
+        assert hmp(ctx, "info snapshots").splitlines()[2].split()[1].startswith("vm-20")
+        assert m.lifecycle.state is RunState.RUNNING
+
+
+@pytest.mark.kvm_host
+@needs_qemu_img
+def test_loadvm_refuses_a_machine_whose_config_changed(tmp_path: Path) -> None:
+    disk = make_disk(tmp_path / "d.qcow2")
+    with vm_with([f"file={disk},if=virtio,id=d0"]) as (m, _, ctx):
+        save_vm(m, "t")
+    from kvmpy.machine import Machine
+
+    cfg = MachineConfig(kernel=build_guest("dirtier"), memory=32 << 20, append=f"start_mb={START_MB} size_mb=8",
+                        no_reboot=True, serial="stdio", debug_exit=DebugExitConfig(0xF4, 4),
+                        drives=(spec_from_text("-drive", f"file={disk},if=virtio,id=d0"),)).validate()
+    console = BufferBackend()
+    m = Machine(cfg, console=console)
+    try:
+        m.start()
+        assert console.wait_for(b"BB", 60)
+        with pytest.raises(SnapshotError) as err:
+            load_vm(m, "t")
+        assert "\n" not in str(err.value) and "memory" in str(err.value)
+        assert m.lifecycle.state is RunState.RUNNING
+        assert_progress(m, console)
+    finally:
+        m.close()
