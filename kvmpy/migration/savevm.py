@@ -78,10 +78,15 @@ def can_snapshot(drive: Drive) -> bool:
     return not drive.readonly and _meta(drive) is not None
 
 
+def device_name(drive: Drive) -> str:
+    """QEMU's bdrv_get_device_or_node_name: the -drive id, else the -blockdev node name."""
+    return drive.id or drive.node_name
+
+
 def _image(drive: Drive) -> Qcow2Metadata:
     meta = _meta(drive)
     if meta is None or drive.readonly:
-        raise SnapshotError(f"Device '{drive.id}' is writable but does not support snapshots")
+        raise SnapshotError(f"Device '{device_name(drive)}' is writable but does not support snapshots")
     return meta
 
 
@@ -222,9 +227,9 @@ def _delete_on(drive: Drive, tag: str, quiet: bool = False) -> None:
             qsnap.delete(meta, tag)
         except BlockError as exc:
             if quiet:
-                log.error("could not delete snapshot '%s' on '%s': %s", tag, drive.id, exc)
+                log.error("could not delete snapshot '%s' on '%s': %s", tag, device_name(drive), exc)
                 return
-            raise SnapshotError(f"Could not delete snapshot '{tag}' on '{drive.id}': "
+            raise SnapshotError(f"Could not delete snapshot '{tag}' on '{device_name(drive)}': "
                                 f"{_one_line(exc)}") from None
 
 
@@ -272,6 +277,8 @@ def load_vm(vm: MigratableVm, name: str, *, vmstate: Drive | None = None,
     with vm.lifecycle.exclusive():  # no DIMM may come or go between the check and the load
         was_running = vm.lifecycle.pause(RunState.RESTORE_VM)
         try:
+            # A vCPU parked on an I/O exit would otherwise retire that IN/OUT into the loaded registers.
+            vm.vmstate.complete_pending_io()
             MigrationDestination(vm, FileChannel(io.BytesIO(data))).receive()  # type: ignore[arg-type]
             for d in drives:
                 m = _image(d)
@@ -294,6 +301,12 @@ def load_vm(vm: MigratableVm, name: str, *, vmstate: Drive | None = None,
 def _info(e: fmt.SnapshotEntry) -> SnapshotInfo:
     return SnapshotInfo(e.id, e.name, e.vm_state_size, e.date_sec, e.date_nsec, e.vm_clock_nsec,
                         None if e.icount in (None, ICOUNT_NONE) else e.icount)
+
+
+def loadable(vm: MigratableVm, tag: str) -> bool:
+    """QEMU's bdrv_all_has_snapshot == 1: every writable disk supports snapshots and has ``tag``."""
+    drives = [d for d in vm.drives if not d.readonly]
+    return all(can_snapshot(d) and _find(_image(d), tag) is not None for d in drives)
 
 
 def list_snapshots(drive: Drive) -> list[SnapshotInfo]:

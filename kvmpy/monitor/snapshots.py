@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from kvmpy.block.drive import Drive
 from kvmpy.block.img_info import snapshot_table_text
 from kvmpy.migration.savevm import (SnapshotError, SnapshotInfo, can_snapshot, delete_vm, list_snapshots,
-                                    load_vm, save_vm, vmstate_drive)
+                                    load_vm, loadable, save_vm, vmstate_drive)
 from kvmpy.monitor.block import attached_drives, node_name
 from kvmpy.monitor.jobs import JobFailed
 from kvmpy.monitor.schema import Arg, CommandTable
@@ -61,7 +61,7 @@ def hmp_delvm(ctx: "Context", args: list[str]) -> str:
     try:
         delete_vm(ctx.machine, args[0])
     except SnapshotError as exc:
-        return f"Error: deleting snapshot on all devices failed: {exc}\n"
+        return f"Error: {exc}\n"
     return ""
 
 
@@ -88,7 +88,7 @@ def info_snapshots_text(ctx: "Context", args: list[str]) -> str:
         return "There is no snapshot available.\n"
     everywhere = []
     for s in list_snapshots(vs):
-        if all(any(x.name == s.name for x in snaps) for _, snaps in images):
+        if loadable(ctx.machine, s.name):
             everywhere.append(s)
             images = [(name, [x for x in snaps if x.name != s.name]) for name, snaps in images]
     out = "List of snapshots present on all disks:\n"

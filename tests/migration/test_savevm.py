@@ -90,14 +90,15 @@ def test_savevm_changes_loadvm_restores_ram_cpu_and_disk(tmp_path: Path) -> None
         m.lifecycle.pause()
         drive.image.write(0, b"after!" * 100)
         assert not np.array_equal(dirtier_bytes(m), saved_ram)
-        m.lifecycle.resume()
-        assert hmp(ctx, "loadvm s1") == ""
-        assert m.lifecycle.state is RunState.RUNNING  # it was running: it runs again
-        m.lifecycle.pause()
+        assert hmp(ctx, "loadvm s1") == ""  # paused, so the restored RAM can be compared
+        assert m.lifecycle.state is RunState.PAUSED
         assert np.array_equal(dirtier_bytes(m), saved_ram)
         assert drive.image.read(0, 600) == b"before" * 100
         m.lifecycle.resume()
         assert_progress(m, console)  # vCPUs carry on from the saved registers
+        assert hmp(ctx, "loadvm s1") == ""
+        assert m.lifecycle.state is RunState.RUNNING  # it was running: it runs again
+        assert_progress(m, console)
         assert_invariant(m)
         listing = hmp(ctx, "info snapshots").splitlines()
         assert listing[:2] == ["List of snapshots present on all disks:",
@@ -154,8 +155,7 @@ def test_refusals_have_qemus_words_and_leave_the_vm_running(tmp_path: Path) -> N
     with vm_with([f"file={disk},if=virtio,id=d0", f"file={raw},if=virtio,format=raw,id=r0"]) as (m, c, ctx):
         assert hmp(ctx, "savevm x") == "Error: Device 'r0' is writable but does not support snapshots\n"
         assert hmp(ctx, "loadvm x") == "Error: Device 'r0' is writable but does not support snapshots\n"
-        assert hmp(ctx, "delvm x") == ("Error: deleting snapshot on all devices failed: "
-                                       "Device 'r0' is writable but does not support snapshots\n")
+        assert hmp(ctx, "delvm x") == "Error: Device 'r0' is writable but does not support snapshots\n"
         assert hmp(ctx, "info snapshots") == "There is no snapshot available.\n"
         assert m.lifecycle.state is RunState.RUNNING
     with vm_with([]) as (m, c, ctx):
