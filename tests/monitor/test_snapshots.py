@@ -174,3 +174,60 @@ def test_raw_disk_refusals_match_qemu(short_tmp: Path) -> None:
             _same_table(qr[0]["return"], kr[0]["return"])
         else:
             assert qr == kr, msg
+
+
+def _counter(c: Client) -> int:
+    reply, _, _ = c.run({"execute": "human-monitor-command", "arguments": {"command-line": "xp /1xw 0x200000"}})
+    return int(reply["return"].split(":")[1], 16)
+
+
+def test_loadvm_option_starts_from_the_snapshot(short_tmp: Path) -> None:
+    """`kvmpy -loadvm TAG`: the counter guest starts where savevm left it; a missing tag ends the start
+    with QEMU's message and status 1."""
+    disk = short_tmp / "d.qcow2"
+    subprocess.run(["qemu-img", "create", "-f", "qcow2", str(disk), "16M"], check=True, capture_output=True)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    base = [sys.executable, "-m", "kvmpy", *[f for f in FLAGS if f != "-S"], "-kernel", str(build_guest("counter")),
+            "-drive", f"file={disk},if=virtio"]
+    sock = short_tmp / "a.sock"
+    proc = subprocess.Popen([*base, "-qmp", f"unix:{sock},server=on,wait=off"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        c = Client(sock)
+        deadline = time.monotonic() + 30
+        while _counter(c) < 1000 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        c.run({"execute": "stop"})
+        saved = _counter(c)
+        assert saved >= 1000
+        assert c.run({"execute": "human-monitor-command", "arguments": {"command-line": "savevm s1"}})[0] == \
+            {"return": ""}
+        c.send({"execute": "quit"})
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    sock = short_tmp / "b.sock"
+    proc = subprocess.Popen([*base, "-loadvm", "s1", "-S", "-qmp", f"unix:{sock},server=on,wait=off"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        c = Client(sock)
+        assert _counter(c) == saved  # RAM as saved, before any vCPU ran
+        c.run({"execute": "cont"})
+        deadline = time.monotonic() + 30
+        while _counter(c) <= saved and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _counter(c) > saved  # and the vCPU carries on counting from there
+        c.send({"execute": "quit"})
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    bad = subprocess.run([*base, "-loadvm", "nope"], env=env, capture_output=True, text=True, timeout=60)
+    assert (bad.returncode, bad.stderr) == (1, "kvmpy: Snapshot 'nope' does not exist in one or more devices\n")
+    q = subprocess.run(["qemu-system-x86_64", *[f for f in FLAGS if f != "-S"], "-drive", f"file={disk},if=virtio",
+                        "-loadvm", "nope"], capture_output=True, text=True, timeout=60)
+    last = q.stderr.splitlines()[-1]  # after QEMU's CPUID warnings on this host
+    assert (q.returncode, last.split(": ", 1)[1]) == (1, bad.stderr.strip().split(": ", 1)[1])
