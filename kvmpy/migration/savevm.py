@@ -38,12 +38,12 @@ from kvmpy.block.qcow2_metadata import Qcow2Metadata
 from kvmpy.lifecycle import RunState
 from kvmpy.migration import stream
 from kvmpy.migration.destination import MigrationDestination
-from kvmpy.migration.errors import MigrationError, StreamError
+from kvmpy.migration.errors import ConfigMismatchError, MigrationError, StreamError
 from kvmpy.migration.interface import MigratableVm
 from kvmpy.migration.ram import RamCounters, RamSender
 from kvmpy.migration.stream import StreamReader, StreamWriter
 from kvmpy.migration.transport import FileChannel
-from kvmpy.vmstate import check_config
+from kvmpy.vmstate import config_diffs
 
 log = logging.getLogger(__name__)
 
@@ -242,8 +242,9 @@ def delete_vm(vm: MigratableVm, name: str, devices: Sequence[Drive] | None = Non
 def _check_state(vm: MigratableVm, data: bytes, tag: str) -> None:
     """Before anything changes: the state fits this machine and is intact (its END checksum)."""
     reader = StreamReader(FileChannel(io.BytesIO(data)))  # type: ignore[arg-type]
-    remote = reader.header()
-    check_config(vm.vmstate.describe(), remote)
+    diffs = config_diffs(vm.vmstate.describe(), reader.header(), "in the snapshot")
+    if diffs:
+        raise ConfigMismatchError("the snapshot does not fit this machine: " + "; ".join(diffs))
     tail = 1 + stream.U64.size
     if len(data) < tail or data[-tail] != stream.T_END:
         raise StreamError(f"the VM state of snapshot '{tag}' is truncated (it does not end with END)")

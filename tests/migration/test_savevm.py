@@ -196,3 +196,35 @@ def test_loadvm_refuses_a_machine_whose_config_changed(tmp_path: Path) -> None:
         assert_progress(m, console)
     finally:
         m.close()
+
+
+@pytest.mark.kvm_host
+@needs_qemu_img
+def test_loadvm_refuses_a_dimm_set_that_changed(tmp_path: Path) -> None:
+    """savevm without a DIMM, hot-add one, loadvm: refused in one line naming the DIMM's RAM block; the VM
+    runs on, untouched."""
+    import dataclasses
+
+    from kvmpy.config_devices import ObjectSpec
+    from kvmpy.machine import Machine, qmp_commands
+
+    disk = make_disk(tmp_path / "d.qcow2")
+    cfg = dataclasses.replace(config([f"file={disk},if=virtio,id=d0"]), memory_slots=2, max_memory=512 << 20,
+                              objects=(ObjectSpec("memory-backend-ram", "m0", (("size", "64M"),)),)).validate()
+    console = BufferBackend()
+    m = Machine(cfg, console=console)
+    try:
+        m.start()
+        assert console.wait_for(b"BB", 60)
+        ctx = Context(m, None, qmp_commands())
+        assert hmp(ctx, "savevm s") == ""
+        ctx.commands.dispatch(ctx, "device_add", {"driver": "pc-dimm", "id": "dimm0", "memdev": "m0"})
+        out = hmp(ctx, "loadvm s")
+        assert out.startswith("Error: Error -22 while loading VM state: ") and out.count("\n") == 1, out
+        assert out == ("Error: Error -22 while loading VM state: the snapshot does not fit this machine: ramblock "
+                       "\"m0\" is not in the snapshot; DIMM 'dimm0' (memdev m0, slot 0) here, not in the snapshot\n")
+        assert m.lifecycle.state is RunState.RUNNING
+        assert_progress(m, console)
+        assert [d.id for d in m.board.memhp.dimms] == ["dimm0"]
+    finally:
+        m.close()
