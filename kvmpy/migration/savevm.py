@@ -255,6 +255,17 @@ def _check_state(vm: MigratableVm, data: bytes, tag: str) -> None:
                           f"{got:#018x} (the image is damaged)")
 
 
+def fetch_state(vm: MigratableVm, meta: Qcow2Metadata, entry: fmt.SnapshotEntry) -> bytes:
+    """The VM state of a snapshot, read through its L1 table and checked (configuration, checksum)
+    without touching the VM: SnapshotError, one line, whatever the image holds."""
+    try:
+        data = qsnap.read_vmstate(meta, entry)
+        _check_state(vm, data, entry.name)
+    except (BlockError, MigrationError) as exc:
+        raise SnapshotError(f"Error -22 while loading VM state: {_one_line(exc)}") from None
+    return data
+
+
 def load_vm(vm: MigratableVm, name: str, *, vmstate: Drive | None = None,
             devices: Sequence[Drive] | None = None, vmstate_name: str | None = None) -> None:
     """QEMU's load_snapshot. SnapshotError; when it is raised before the VM was stopped (every
@@ -270,11 +281,7 @@ def load_vm(vm: MigratableVm, name: str, *, vmstate: Drive | None = None,
     assert entry is not None
     if entry.vm_state_size == 0:
         raise SnapshotError("This is a disk-only snapshot. Revert to it offline using qemu-img")
-    try:
-        data = qsnap.read_vmstate(meta, entry)
-        _check_state(vm, data, name)
-    except (BlockError, MigrationError) as exc:
-        raise SnapshotError(f"Error -22 while loading VM state: {_one_line(exc)}") from None
+    data = fetch_state(vm, meta, entry)
     with vm.lifecycle.exclusive():  # no DIMM may come or go between the check and the load
         was_running = vm.lifecycle.pause(RunState.RESTORE_VM)
         try:

@@ -17,6 +17,8 @@ from typing import Iterator
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from kvmpy.block import qcow2_snapshot as qsnap
 from kvmpy.block.qcow2 import Qcow2Backend
@@ -228,3 +230,96 @@ def test_loadvm_refuses_a_dimm_set_that_changed(tmp_path: Path) -> None:
         assert [d.id for d in m.board.memhp.dimms] == ["dimm0"]
     finally:
         m.close()
+
+
+# ---- hostile VM state areas -------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def saved_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An image holding one savevm of a running dirtier VM (made once for the fuzz below)."""
+    disk = make_disk(tmp_path_factory.mktemp("fuzz") / "good.qcow2")
+    with vm_with([f"file={disk},if=virtio,id=d0"]) as (m, _, _ctx):
+        save_vm(m, "s")
+    return disk
+
+
+def _vmstate_layout(path: Path) -> tuple[int, int, int, list[int]]:
+    """(snapshot-table offset, snapshot L1 offset, vmstate L2 offset, vmstate data cluster offsets)."""
+    with Qcow2Backend(path, readonly=True) as img:
+        snap = img.snapshots[0]
+        l1 = img.meta.read_l1(snap.l1_table_offset, snap.l1_size, "snapshot")
+        l2off = int(l1[1]) & 0x00FFFFFFFFFFFE00
+        kinds, hosts = img.meta.classify(img.meta.load_l2(l2off))
+        data = [int(h) for k, h in zip(kinds.tolist(), hosts.tolist()) if h]
+        return img.h.snapshots_offset, snap.l1_table_offset, l2off, data
+
+
+def _mutate(path: Path, kind: str, where: int, value: int) -> None:
+    table, l1, l2, data = _vmstate_layout(path)
+    with open(path, "r+b") as f:
+        if kind == "truncate":  # somewhere inside the VM state's clusters, or past them
+            f.truncate(data[0] + where % (data[-1] + 65536 - data[0]))
+        elif kind == "size":  # vm_state_size: the 32-bit field and the 64-bit one in the extra data
+            f.seek(table + 32)
+            f.write((value & 0xFFFFFFFF).to_bytes(4, "big"))
+            f.seek(table + 40)
+            f.write(value.to_bytes(8, "big"))
+        elif kind == "l1":  # the snapshot's L1 entry for the VM state area
+            f.seek(l1 + 8)
+            f.write(value.to_bytes(8, "big"))
+        elif kind == "l2":  # one VM state cluster's L2 entry: unaligned, past the end, onto metadata, ...
+            f.seek(l2 + 8 * (where % len(data)))
+            f.write(value.to_bytes(8, "big"))
+        else:  # a byte of the state itself
+            f.seek(data[0] + where % (len(data) * 65536))
+            old = f.read(1)
+            f.seek(-1, 1)
+            f.write(bytes([old[0] ^ (value & 0xFF or 1)]))
+
+
+@pytest.mark.kvm_host
+@needs_qemu_img
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kind=st.sampled_from(["truncate", "size", "l1", "l2", "byte"]), where=st.integers(0, 1 << 40),
+       value=st.one_of(st.integers(0, (1 << 64) - 1), st.sampled_from([0, 1, 512, 65536, 1 << 32, (1 << 64) - 1,
+                                                                     0x8000000000000000 | 0x10000])))
+def test_hostile_vmstate_area_gives_one_clear_error(saved_image: Path, tmp_path: Path, kind: str, where: int,
+                                                    value: int) -> None:
+    from kvmpy.block.errors import BlockError
+    from kvmpy.machine import Machine
+    from kvmpy.migration.savevm import fetch_state
+
+    path = tmp_path / "h.qcow2"
+    shutil.copyfile(saved_image, path)
+    _mutate(path, kind, where, value)
+    global _FUZZ_VM
+    if _FUZZ_VM is None:  # only its description is used: the same devices as the saved VM
+        scratch = make_disk(saved_image.with_name("scratch.qcow2"))
+        _FUZZ_VM = Machine(config([f"file={scratch},if=virtio,id=d0"]), console=BufferBackend())
+    try:
+        with Qcow2Backend(path, readonly=True) as img:
+            fetch_state(_FUZZ_VM, img.meta, img.snapshots[0])
+    except SnapshotError as exc:
+        assert str(exc).startswith("Error -22 while loading VM state: ") and "\n" not in str(exc)
+    except BlockError as exc:  # refused when the image was opened: the snapshot table itself is unfit
+        assert "\n" not in str(exc).strip()
+    else:  # only a change that leaves the state intact may load: a damaged one fails its checksum
+        assert kind in ("l2", "l1", "size", "truncate"), kind
+
+
+_FUZZ_VM = None
+
+
+@pytest.mark.kvm_host
+@needs_qemu_img
+@pytest.mark.parametrize("kind,value", [("size", 1 << 40), ("size", 100), ("l1", 0x10000), ("l2", 0x1234567),
+                                        ("l2", 1 << 50), ("byte", 0x5A)])
+def test_loadvm_of_a_damaged_state_refuses_and_the_vm_runs_on(saved_image: Path, tmp_path: Path, kind: str,
+                                                              value: int) -> None:
+    path = tmp_path / "h.qcow2"
+    shutil.copyfile(saved_image, path)
+    _mutate(path, kind, 3 * 65536 + 17, value)
+    with vm_with([f"file={path},if=virtio,id=d0"]) as (m, console, ctx):
+        out = hmp(ctx, "loadvm s")
+        assert out.startswith("Error: Error -22 while loading VM state: ") and out.count("\n") == 1, out
+        assert m.lifecycle.state is RunState.RUNNING
+        assert_progress(m, console)
