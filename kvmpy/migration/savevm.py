@@ -187,8 +187,17 @@ def save_vm(vm: MigratableVm, name: str | None, *, overwrite: bool = True, vmsta
             _delete_on(d, name)
     vs = vmstate_drive(drives, vmstate, vmstate_name)
     tag = name or time.strftime("vm-%Y%m%d%H%M%S")
-    was_running = vm.lifecycle.pause(RunState.SAVE_VM)
     t0 = time.monotonic()
+    with vm.lifecycle.exclusive():  # no DIMM may come or go while the state is written
+        size, entry = _save_stopped(vm, drives, vs, tag)
+    log.info("savevm %s: %d bytes of VM state on %s in %.0f ms", tag, size, device_name(vs),
+             (time.monotonic() - t0) * 1e3)
+    return _info(entry)
+
+
+def _save_stopped(vm: MigratableVm, drives: list[Drive], vs: Drive, tag: str) -> tuple[int, fmt.SnapshotEntry]:
+    """Stop the VM, write its state into ``vs``, snapshot every disk, run it again if it ran."""
+    was_running = vm.lifecycle.pause(RunState.SAVE_VM)
     try:
         for d in drives:
             d.flush()
@@ -215,9 +224,7 @@ def save_vm(vm: MigratableVm, name: str | None, *, overwrite: bool = True, vmsta
     finally:
         if was_running:
             vm.lifecycle.resume()
-    log.info("savevm %s: %d bytes of VM state on %s in %.0f ms", tag, size, vs.id,
-             (time.monotonic() - t0) * 1e3)
-    return _info(entry)
+    return size, entry
 
 
 def _delete_on(drive: Drive, tag: str, quiet: bool = False) -> None:
@@ -303,7 +310,7 @@ def load_vm(vm: MigratableVm, name: str, *, vmstate: Drive | None = None,
             vm.lifecycle.resume()
         elif vm.lifecycle.state is RunState.RESTORE_VM:
             vm.lifecycle.set_state(RunState.PAUSED)
-    log.info("loadvm %s: %d bytes of VM state from %s", name, len(data), vs.id)
+    log.info("loadvm %s: %d bytes of VM state from %s", name, len(data), device_name(vs))
 
 
 def _info(e: fmt.SnapshotEntry) -> SnapshotInfo:
