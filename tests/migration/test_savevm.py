@@ -78,12 +78,9 @@ def test_savevm_changes_loadvm_restores_ram_cpu_and_disk(tmp_path: Path) -> None
     disk = make_disk(tmp_path / "d.qcow2")
     with vm_with([f"file={disk},if=virtio,id=d0"]) as (m, console, ctx):
         drive = m.drives[0]
-        m.lifecycle.pause()
-        drive.image.write(0, b"before" * 100)
-        saved_ram = dirtier_bytes(m).copy()
-        m.lifecycle.resume()
-        # savevm stops the guest while it writes: what it saves is what the guest had then.
-        m.lifecycle.pause()
+        assert hmp(ctx, "savevm s0") == "" and m.lifecycle.state is RunState.RUNNING  # stopped, then run again
+        m.lifecycle.pause()  # paused here, so what savevm saves is what the test sees
+        drive.image.write(0, b"before" * 100)  # as a guest's disk write would (the guest has no disk driver)
         saved_ram = dirtier_bytes(m).copy()
         assert hmp(ctx, "savevm s1") == ""
         assert m.lifecycle.state is RunState.PAUSED  # it was paused: it stays paused
@@ -102,13 +99,14 @@ def test_savevm_changes_loadvm_restores_ram_cpu_and_disk(tmp_path: Path) -> None
         assert m.lifecycle.state is RunState.RUNNING  # it was running: it runs again
         assert_progress(m, console)
         assert_invariant(m)
+        assert hmp(ctx, "delvm s0") == ""
         listing = hmp(ctx, "info snapshots").splitlines()
         assert listing[:2] == ["List of snapshots present on all disks:",
                                "ID        TAG               VM SIZE                DATE     VM CLOCK     ICOUNT"]
         assert listing[2].startswith("--        s1  ") and len(listing) == 3
     # qemu-img is the oracle for the layout: the snapshot, its VM state size, a clean image.
     rows = qemu_img("snapshot", "-l", disk).splitlines()
-    assert rows[1].split()[:2] == ["ID", "TAG"] and rows[2].split()[:2] == ["1", "s1"]
+    assert rows[1].split()[:2] == ["ID", "TAG"] and rows[2].split()[:2] == ["2", "s1"] and len(rows) == 3
     assert rows[2].split()[2] != "0", rows  # a non-zero VM SIZE
     assert "No errors were found on the image." in qemu_img("check", disk)
     snaps = json.loads(qemu_img("info", "--output=json", disk))["snapshots"]
