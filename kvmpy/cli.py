@@ -456,8 +456,10 @@ def _run_config(cfg: MachineConfig) -> int:
             machine.migration.start_incoming(cfg.incoming)  # binds now: a bad -incoming fails here
         if cfg.loadvm is not None:
             from kvmpy.migration.savevm import SnapshotError, load_vm
+            from kvmpy.monitor.snapshots import refuse_ide_disks
 
             try:
+                refuse_ide_disks(machine)
                 load_vm(machine, cfg.loadvm)  # before the vCPUs ever run, as QEMU's -loadvm
             except SnapshotError as exc:
                 print(f"kvmpy: {exc}", file=sys.stderr)  # QEMU: error_report, then exit(1)

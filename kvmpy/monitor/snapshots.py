@@ -13,13 +13,15 @@ from typing import TYPE_CHECKING
 
 from kvmpy.block.drive import Drive
 from kvmpy.block.img_info import snapshot_table_text
-from kvmpy.migration.savevm import (SnapshotError, SnapshotInfo, can_snapshot, delete_vm, list_snapshots,
-                                    load_vm, loadable, save_vm, vmstate_drive)
+from kvmpy.migration.savevm import (SnapshotError, SnapshotInfo, can_snapshot, delete_vm, device_name,
+                                    list_snapshots, load_vm, loadable, save_vm, vmstate_drive)
 from kvmpy.monitor.block import attached_drives, node_name
 from kvmpy.monitor.jobs import JobFailed
+from kvmpy.monitor.removable import ide_units
 from kvmpy.monitor.schema import Arg, CommandTable
 
 if TYPE_CHECKING:
+    from kvmpy.machine import Machine
     from kvmpy.monitor.context import Context
 
 
@@ -27,9 +29,20 @@ def _usage(cmd: str, problem: str) -> str:
     return f"{cmd}: {problem}\nTry \"help {cmd}\" for more information\n"
 
 
+def refuse_ide_disks(machine: "Machine") -> None:
+    """The snapshot covers the machine's virtio-blk disks (``Machine.drives``); a writable IDE disk would be
+    left out, and not reverted by a loadvm, so it is refused instead of silently skipped."""
+    for _, _, unit in ide_units(machine.board):
+        d = unit.drive
+        if d is not None and not d.readonly:
+            raise SnapshotError(f"Device '{device_name(d)}' is a writable IDE disk, which kvmpy's savevm "
+                                "does not cover yet")
+
+
 def _not_migrating(ctx: "Context") -> None:
     if ctx.machine.migration.active:
         raise SnapshotError("There's a migration process in progress")
+    refuse_ide_disks(ctx.machine)
 
 
 # ---- HMP ------------------------------------------------------------------------------------

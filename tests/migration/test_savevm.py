@@ -158,6 +158,10 @@ def test_refusals_have_qemus_words_and_leave_the_vm_running(tmp_path: Path) -> N
         assert hmp(ctx, "delvm x") == "Error: Device 'r0' is writable but does not support snapshots\n"
         assert hmp(ctx, "info snapshots") == "There is no snapshot available.\n"
         assert m.lifecycle.state is RunState.RUNNING
+    with vm_with([f"file={disk},if=virtio,id=d0", f"file={raw},if=ide,format=raw,id=i0"]) as (m, c, ctx):
+        # Not (yet) covered by kvmpy's snapshot: refused rather than left out of it.
+        refusal = "Error: Device 'i0' is a writable IDE disk, which kvmpy's savevm does not cover yet\n"
+        assert hmp(ctx, "savevm x") == refusal and hmp(ctx, "loadvm x") == refusal
     with vm_with([]) as (m, c, ctx):
         assert hmp(ctx, "savevm") == "Error: no block device can store vmstate for snapshot\n"
         assert hmp(ctx, "loadvm x") == "Error: no block device can store vmstate for snapshot\n"
