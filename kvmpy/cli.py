@@ -80,6 +80,7 @@ Options (same meaning as in qemu-system-x86_64 / qemu-system-riscv64):
   -qmp unix:PATH,server[,wait=off] | tcp:HOST:PORT,server[,wait=off]
   -mon chardev=ID,mode=control  QMP on a -chardev socket,...,server=on (as libvirt starts QEMU)
   -incoming tcp:HOST:PORT|unix:PATH|exec:CMD|file:PATH|defer   wait for a migration (file: restores a snapshot)
+  -loadvm TAG                   start from the VM snapshot TAG in the qcow2 disks (HMP savevm made it)
   -h, -help, --help             this text
   -version, --version           version
 
@@ -90,7 +91,7 @@ Debugging: KVMPY_LOG=debug (or info) logs to stderr, including unhandled ports.
 _WITH_ARG = {"-accel", "-machine", "-M", "-cpu", "-m", "-smp", "-kernel", "-initrd", "-append", "-serial",
              "-device", "-name", "-display", "-bios", "-d", "-D", "-qmp", "-monitor", "-vga", "-net",
              "-parallel", "-incoming", "-L", "-vnc", "-drive", "-blockdev", "-netdev", "-chardev", "-object",
-             "-hda", "-hdb", "-hdc", "-hdd", "-cdrom", "-nic", "-mon", "-boot", "-icount"}
+             "-hda", "-hdb", "-hdc", "-hdd", "-cdrom", "-nic", "-mon", "-boot", "-icount", "-loadvm"}
 # The device options gathered into MachineConfig tuples, and the field each one fills.
 _SPEC_OPTIONS = {"-drive": "drives", "-blockdev": "blockdevs", "-netdev": "netdevs", "-chardev": "chardevs",
                  "-object": "objects", "-device": "devices"}
@@ -398,6 +399,8 @@ def parse_qemu_args(argv: Sequence[str]) -> MachineConfig:
             cfg["qmp"].append(val)
         elif opt == "-incoming":
             cfg["incoming"] = val
+        elif opt == "-loadvm":
+            cfg["loadvm"] = val
         elif opt == "-L":
             cfg["data_dirs"] = (*cfg.get("data_dirs", ()), Path(val))
     if not serial_set:
@@ -451,6 +454,16 @@ def _run_config(cfg: MachineConfig) -> int:
     try:
         if cfg.incoming:
             machine.migration.start_incoming(cfg.incoming)  # binds now: a bad -incoming fails here
+        if cfg.loadvm is not None:
+            from kvmpy.migration.savevm import SnapshotError, load_vm
+            from kvmpy.monitor.snapshots import refuse_ide_disks
+
+            try:
+                refuse_ide_disks(machine)
+                load_vm(machine, cfg.loadvm)  # before the vCPUs ever run, as QEMU's -loadvm
+            except SnapshotError as exc:
+                print(f"kvmpy: {exc}", file=sys.stderr)  # QEMU: error_report, then exit(1)
+                return 1
         if cfg.qmp:
             monitor = _start_qmp(machine, cfg.qmp)
         with _quit_on_signals(machine):

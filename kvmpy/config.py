@@ -109,7 +109,8 @@ TRACE_ITEMS: Mapping[str, str] = MappingProxyType({
     "tb_stats": "translation cache statistics when the guest exits (kvmpy's own item)",
 })
 TRACE_FLAGS = frozenset(TRACE_ITEMS)
-OPTIONAL_FEATURES = ("initrd", "debug_exit", "qmp", "incoming", "start_paused", "linux_boot", "memory_hotplug")
+OPTIONAL_FEATURES = ("initrd", "debug_exit", "qmp", "incoming", "start_paused", "linux_boot", "memory_hotplug",
+                     "loadvm")
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,7 @@ DEFAULT_BOARD: Mapping[str, str] = MappingProxyType({"x86_64": "pc", "riscv64": 
 # How each optional feature is named in a message (the QEMU flag / YAML key a user typed).
 _FEATURE_NAMES: Mapping[str, str] = MappingProxyType({"initrd": "-initrd", "debug_exit": "-device isa-debug-exit", "qmp": "-qmp",
                   "incoming": "-incoming", "start_paused": "-S", "linux_boot": "-machine linux-boot",
-                  "memory_hotplug": "-m slots/maxmem"})
+                  "memory_hotplug": "-m slots/maxmem", "loadvm": "-loadvm"})
 
 
 def board_named(name: str) -> Board | None:
@@ -276,6 +277,7 @@ _FIELD_TYPES: Mapping[str, tuple[type, ...]] = MappingProxyType({
     "bios": (str, _NoneType), "cpu": (str, _NoneType), "trace": (frozenset,), "trace_file": (Path, _NoneType),
     "qmp": (tuple,), "linux_boot": (str,), "boot_order": (str,), "boot_menu": (bool,), "boot_once": (str,),
     "boot_strict": (bool,), "boot_splash_time": (int, _NoneType), "boot_reboot_timeout": (int, _NoneType), "incoming": (str, _NoneType),
+    "loadvm": (str, _NoneType),
     "vnc": (str, _NoneType), "memory_slots": (int,), "web": (str, _NoneType),
     "max_memory": (int, _NoneType), "devices": (tuple,), "drives": (tuple,), "blockdevs": (tuple,),
     "netdevs": (tuple,), "chardevs": (tuple,), "objects": (tuple,), "data_dirs": (tuple,),
@@ -322,6 +324,7 @@ class MachineConfig:
     boot_splash_time: int | None = None  # -boot splash-time=MS: fw_cfg etc/boot-menu-wait
     boot_reboot_timeout: int | None = None  # -boot reboot-timeout=MS: fw_cfg etc/boot-fail-wait (None: -1)
     incoming: str | None = None  # -incoming URI|defer: wait for a migration stream (kvmpy.migration)
+    loadvm: str | None = None  # -loadvm TAG: start from a snapshot in the qcow2 disks (kvmpy.migration.savevm)
     machine: str = ""  # "" until built: then the board's canonical name (pc, virt)
     memory_slots: int = 0  # -m slots=: DIMM slots for memory hotplug (0: none)
     max_memory: int | None = None  # -m maxmem=: RAM plus every hotpluggable DIMM, in bytes
@@ -560,7 +563,7 @@ class MachineConfig:
         """Refuse, by the flag a user typed, every optional feature the board does not have."""
         used = {"initrd": self.initrd is not None, "debug_exit": self.debug_exit is not None, "qmp": bool(self.qmp),
                 "incoming": self.incoming is not None, "start_paused": self.start_paused,
-                "linux_boot": self.linux_boot != "auto"}  # memory_hotplug: _check_memory_hotplug, after -m's own rules
+                "linux_boot": self.linux_boot != "auto", "loadvm": self.loadvm is not None}  # memory_hotplug: _check_memory_hotplug, after -m's own rules
         for feature, on in used.items():
             if on and feature not in board.features:
                 raise ConfigError(f"machine {board.machine!r} ({board.arch}) does not support {_FEATURE_NAMES[feature]}")

@@ -36,6 +36,8 @@ class RunState(enum.Enum):
     INMIGRATE = "inmigrate"  # waiting for an incoming migration
     POSTMIGRATE = "postmigrate"  # migrated away; may not resume without a reset
     FINISH_MIGRATE = "finish-migrate"  # paused for the last migration pass
+    SAVE_VM = "save-vm"  # stopped while savevm writes the snapshot
+    RESTORE_VM = "restore-vm"  # stopped while loadvm loads one
 
 
 # States from which "cont" must refuse, as QEMU's runstate_needs_reset().
@@ -181,6 +183,14 @@ class Lifecycle:
         with self._lock:
             if self._state is RunState.RUNNING and self.events.empty():
                 self._run_vcpus()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the run-state lock without parking anything: a change to the machine (a DIMM plugged)
+        then cannot interleave with a snapshot reset or a loadvm, which hold it while they work.
+        Never from a vCPU thread: the holder of the lock may be waiting for that vCPU to park."""
+        with self._lock:
+            yield
 
     @contextmanager
     def vcpus_parked(self) -> Iterator[None]:

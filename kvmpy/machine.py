@@ -20,6 +20,7 @@ from kvmpy.lifecycle import DeviceControl, Lifecycle, MachineEvent, RunState
 from kvmpy.memory.kvm_slots import KvmSlots
 from kvmpy.memory.ramblock import RAMBlock
 from kvmpy.migration.manager import MigrationManager
+from kvmpy.monitor.jobs import Jobs
 from kvmpy.vmstate import VmState
 
 if TYPE_CHECKING:
@@ -39,7 +40,9 @@ def qmp_commands() -> "CommandTable":
     from kvmpy.monitor.commands import add_core_commands
     from kvmpy.monitor.display import add_display_commands
     from kvmpy.monitor.net import add_net_commands
+    from kvmpy.monitor.jobs import add_job_commands
     from kvmpy.monitor.memory import add_memory_commands
+    from kvmpy.monitor.snapshots import add_snapshot_commands
     from kvmpy.monitor.schema import CommandTable
 
     table = CommandTable()
@@ -49,6 +52,8 @@ def qmp_commands() -> "CommandTable":
     add_net_commands(table)
     add_memory_commands(table)
     add_display_commands(table)
+    add_job_commands(table)
+    add_snapshot_commands(table)
     return table
 
 
@@ -65,6 +70,7 @@ class Machine:
         self.vmstate = VmState(self.board)
         self._power_on = self.vmstate.capture(cpu_only=True)
         self.migration = MigrationManager(self)
+        self.jobs = Jobs(self.lifecycle.emit)  # QMP jobs (snapshot-save, ...)
 
     # ---- what migration sees (kvmpy.migration.interface.MigratableVm) ----------------
     @property

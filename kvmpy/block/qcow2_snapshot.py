@@ -1,7 +1,14 @@
-"""qcow2 internal snapshots: create, list, apply (goto) and delete.
+"""qcow2 internal snapshots: create, list, apply (goto) and delete, and the VM state area.
 
 A snapshot is a copy of the active L1 table; every L2 table and data cluster it reaches gets one
 more reference, and the active tree loses its COPIED flags so later writes copy-on-write.
+
+The VM state of a ``savevm`` lives where QEMU puts it: in guest-address space beyond the
+virtual disk, from ``vm_state_offset`` = the first L1 slot past the disk end, shifted by
+(cluster_bits + l2_bits). It is written into the active tree (``write_vmstate``), the
+snapshot's L1 copy then holds it, and the active tree lets go of it (``discard_vmstate``), as
+QEMU's qcow2_snapshot_create does. ``read_vmstate`` reads it back through the snapshot's own L1
+table, checking every entry, so a hostile table gives a BlockError, never a crash.
 """
 
 from __future__ import annotations
@@ -113,16 +120,17 @@ def _oserr(fn):  # type: ignore[no-untyped-def]
     import functools
 
     @functools.wraps(fn)
-    def wrapper(img: Qcow2Metadata, *a):  # type: ignore[no-untyped-def]
+    def wrapper(img: Qcow2Metadata, *a, **kw):  # type: ignore[no-untyped-def]
         try:
-            return fn(img, *a)
+            return fn(img, *a, **kw)
         except OSError as e:
             raise BlockError(describe(img.path, f"I/O error: {e.strerror or e}")) from e
     return wrapper
 
 
 @_oserr
-def create(img: Qcow2Metadata, name: str) -> fmt.SnapshotEntry:
+def create(img: Qcow2Metadata, name: str, *, vm_state_size: int = 0, vm_clock_nsec: int = 0,
+           icount: int | None = 0) -> fmt.SnapshotEntry:
     img.check_writable()
     if len(img.snapshots) >= fmt.MAX_SNAPSHOTS:
         raise BlockError(f"{img.path}: too many snapshots")
@@ -137,8 +145,8 @@ def create(img: Qcow2Metadata, name: str) -> fmt.SnapshotEntry:
     img.rc.update(*_weighted(tree_clusters(img, img.l1), 1))  # references first
     fix_copied_flags(img)                            # then make the active tree copy-on-write
     sec, nsec = img.now()
-    snap = fmt.SnapshotEntry(l1_off, len(l1), sid, name, sec, nsec, 0, 0, disk_size=img.h.size,
-                             icount=0)
+    snap = fmt.SnapshotEntry(l1_off, len(l1), sid, name, sec, nsec, vm_clock_nsec, vm_state_size,
+                             disk_size=img.h.size, icount=icount)
     _write_table(img, img.snapshots + [snap])
     img.flush()
     return snap
@@ -183,3 +191,93 @@ def delete(img: Qcow2Metadata, ref: str) -> None:
     img.drop_l2_cache()
     fix_copied_flags(img)
     img.flush()
+
+
+# ---------------------------------------------------------------------- the VM state area
+def vm_state_offset(img: Qcow2Metadata, disk_size: int | None = None) -> int:
+    """QEMU's qcow2_vm_state_offset: l1_vm_state_index << (cluster_bits + l2_bits)."""
+    span = 1 << (img.cluster_bits + img.l2_bits)
+    size = img.h.size if disk_size is None else disk_size
+    return -(-size // span) * span
+
+
+@_oserr
+def write_vmstate(img: Qcow2Metadata, pos: int, data: bytes | bytearray | memoryview) -> None:
+    """Write ``data`` at ``pos`` of the VM state area of the active tree; ``pos`` is cluster
+    aligned, and the last cluster is padded with zeros. Stale entries are released."""
+    img.check_writable()
+    cs, span = img.cs, img.cs * img.l2_entries
+    if pos % cs:
+        raise BlockError(f"{img.path}: VM state written at an unaligned position {pos}")
+    view = memoryview(data).cast("B")
+    base = vm_state_offset(img) + pos
+    done = 0
+    while done < len(view):
+        g = base + done
+        n = min(len(view) - done, span - g % span)
+        count = -(-n // cs)
+        first = (g % span) // cs
+        l2off, tbl = img.l2_for_write(g // span)
+        old = tbl[first:first + count].copy()
+        host = img.rc.alloc(count)  # refcounts first
+        chunk = bytes(view[done:done + n]) + bytes(count * cs - n)
+        img.pwrite(Meta.DATA, chunk, host)  # then the data
+        tbl[first:first + count] = (np.arange(count, dtype=np.uint64) * np.uint64(cs) + np.uint64(host)) \
+            | np.uint64(fmt.QCOW_OFLAG_COPIED)
+        img.store_l2(l2off, tbl, first, first + count)  # then the L2 entries
+        img.release(old)
+        done += n
+
+
+@_oserr
+def discard_vmstate(img: Qcow2Metadata) -> None:
+    """The active tree lets go of everything beyond the disk end (QEMU discards the VM state after
+    the snapshot took it: it would only cost copy-on-write at the next one)."""
+    first = vm_state_offset(img) >> (img.cluster_bits + img.l2_bits)
+    if first >= len(img.l1) or not img.l1[first:].any():
+        return
+    gone = img.l1.copy()
+    gone[:first] = 0
+    new = img.l1.copy()
+    new[first:] = 0
+    img.replace_l1(new)  # the table first, then the references it held
+    img.rc.update(*_weighted(tree_clusters(img, gone), -1))
+    img.flush()
+
+
+@_oserr
+def read_vmstate(img: Qcow2Metadata, snap: fmt.SnapshotEntry) -> bytes:
+    """The VM state a snapshot holds, read through its own L1 table (BlockError if unreadable)."""
+    size = snap.vm_state_size
+    end_of_file = os.fstat(img.fd).st_size
+    if size > end_of_file:
+        raise BlockError(f"{img.path}: snapshot '{snap.name}' claims {size} bytes of VM state, "
+                         f"more than the {end_of_file}-byte image holds")
+    cs, l2_entries = img.cs, img.l2_entries
+    l1 = _read_l1(img, snap)
+    base = vm_state_offset(img, snap.disk_size)
+    out = bytearray(size)
+    c0, c1 = base // cs, -(-(base + size) // cs)
+    for c in range(c0, c1):
+        lo = max(base, c * cs) - base
+        hi = min(base + size, (c + 1) * cs) - base
+        l1i = c // l2_entries
+        l2off = int(l1[l1i]) & fmt.L1E_OFFSET_MASK if l1i < len(l1) else 0
+        if not l2off:
+            continue  # unallocated: reads as zeros
+        if l2off % cs:
+            raise img.mark_corrupt(f"L2 table offset {l2off:#x} unaligned (snapshot '{snap.name}')")
+        kinds, hosts = img.classify(img.load_l2(l2off)[c % l2_entries:c % l2_entries + 1])
+        kind = int(kinds[0])
+        if kind == COMPRESSED:
+            raise BlockError(f"{img.path}: snapshot '{snap.name}': compressed VM state clusters "
+                             "are not supported")
+        if kind != NORMAL:
+            continue
+        at = int(hosts[0]) + (base + lo) - c * cs
+        raw = os.pread(img.fd, hi - lo, at)
+        if len(raw) != hi - lo:
+            raise BlockError(f"{img.path}: snapshot '{snap.name}': VM state cluster at {at:#x} "
+                             "is past the end of the file")
+        out[lo:hi] = raw
+    return bytes(out)

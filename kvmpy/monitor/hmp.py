@@ -2,6 +2,7 @@
 
 Supported: info status|registers [-a]|cpus|mtree [-f]|pci|block [dev]|blockstats|network|kvm|name|version,
 block_resize, set_link, sendkey, screendump, info vnc,
+savevm [tag], loadvm tag, delvm tag, info snapshots (VM snapshots in qcow2 images),
 x and xp memory dumps (``/NFU``: count, format x d u o t c, unit b h w g),
 stop, cont (c), system_reset, system_powerdown, quit (q), help.
 Output follows QEMU's layout and ends lines with CRLF as QEMU's monitor does.
@@ -24,6 +25,7 @@ from kvmpy.monitor.net import hmp_set_link, info_network_text
 from kvmpy.monitor.memory import info_memdev_text, info_memory_devices_text
 from kvmpy.monitor.pci import info_pci_text
 from kvmpy.monitor.protocol import QmpError
+from kvmpy.monitor.snapshots import hmp_delvm, hmp_loadvm, hmp_savevm, info_snapshots_text
 
 if TYPE_CHECKING:
     from kvmpy.monitor.context import Context
@@ -37,9 +39,12 @@ _SIZES = {"b": 1, "h": 2, "w": 4, "g": 8}
 HELP = """\
 block_resize device size -- resize a block image
 cont|c -- resume emulation
+delvm tag -- delete a VM snapshot from its tag
 help|? -- show this list
-info status|registers [-a]|cpus|mtree [-f]|pci|block|blockstats|network|vnc|kvm|name|version -- show machine state
+info status|registers [-a]|cpus|mtree [-f]|pci|block|blockstats|network|vnc|snapshots|kvm|name|version -- show machine state
+loadvm tag -- restore a VM snapshot from its tag
 quit|q -- quit the emulator
+savevm [tag] -- save a VM snapshot. If no tag is provided, a new snapshot is created
 screendump [-f ppm|png] filename -- save the screen as an image
 sendkey keys [hold_ms] -- send keys to the guest (e.g. ctrl-alt-f1)
 set_link name on|off -- change the link status of a network adapter
@@ -89,6 +94,12 @@ def _dispatch(ctx: "Context", words: list[str], cpu: int) -> str:
         return hmp_sendkey(ctx, args)
     if name == "screendump":
         return hmp_screendump(ctx, args)
+    if name == "savevm":
+        return hmp_savevm(ctx, args)
+    if name == "loadvm":
+        return hmp_loadvm(ctx, args)
+    if name == "delvm":
+        return hmp_delvm(ctx, args)
     return f"unknown command: '{name}'\n"
 
 
@@ -126,6 +137,8 @@ def _info(ctx: "Context", args: list[str], cpu: int) -> str:
         return info_memory_devices_text(ctx)
     if what == "memdev":
         return info_memdev_text(ctx)
+    if what == "snapshots":
+        return info_snapshots_text(ctx, args[1:])
     if what == "kvm":
         return "kvm support: enabled\n"
     if what == "name":

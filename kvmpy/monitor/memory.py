@@ -63,23 +63,27 @@ class DeviceAddCommand(Command):
 def device_add(ctx: "Context", driver: str, id: str | None = None, memdev: str | None = None,
                addr: int | None = None, slot: int | None = None, node: int | None = None,
                **unknown: Any) -> dict:
-    if ctx.machine.migration.active:  # the RAM block list a migration sends is fixed when it starts
-        raise QmpError("device_add not allowed while migrating")
-    if driver != DIMM_DRIVER:
-        raise QmpError(f"'{driver}' is not a valid device model name")
-    memhp = _memhp(ctx)
-    if id is not None and memhp.find(id) is not None:
-        raise QmpError(f"Duplicate device ID '{id}'")
-    if unknown:
-        raise QmpError(f"Property '{driver}.{next(iter(unknown))[:64]}' not found")
-    _run(memhp.plug, id, memdev, addr, slot, node or 0, hotplug=True)
+    # Under the lifecycle lock: a snapshot reset or a loadvm, which hold it, sees the DIMM set before or after
+    # the plug, never half of it. (The guest's eject runs on a vCPU thread and must not take it.)
+    with ctx.machine.lifecycle.exclusive():
+        if ctx.machine.migration.active:  # the RAM block list a migration sends is fixed when it starts
+            raise QmpError("device_add not allowed while migrating")
+        if driver != DIMM_DRIVER:
+            raise QmpError(f"'{driver}' is not a valid device model name")
+        memhp = _memhp(ctx)
+        if id is not None and memhp.find(id) is not None:
+            raise QmpError(f"Duplicate device ID '{id}'")
+        if unknown:
+            raise QmpError(f"Property '{driver}.{next(iter(unknown))[:64]}' not found")
+        _run(memhp.plug, id, memdev, addr, slot, node or 0, hotplug=True)
     return {}
 
 
 def device_del(ctx: "Context", id: str) -> dict:
-    if ctx.machine.migration.active:
-        raise QmpError("device_del not allowed while migrating")
-    _run(_memhp(ctx).request_unplug, id)
+    with ctx.machine.lifecycle.exclusive():  # as device_add
+        if ctx.machine.migration.active:
+            raise QmpError("device_del not allowed while migrating")
+        _run(_memhp(ctx).request_unplug, id)
     return {}
 
 

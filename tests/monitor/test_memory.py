@@ -109,3 +109,40 @@ def _unordered(reply: tuple) -> Any:
     if name == "human-monitor-command" and args["command-line"] == "info memdev":
         return sorted(b.strip() for b in value.split("memory backend: ")), value.endswith("\r\n\r\n")
     return reply
+
+
+@pytest.mark.kvm_host
+def test_device_add_waits_for_a_snapshot_reset_or_loadvm() -> None:
+    """A pc-dimm plug takes the lifecycle lock, which an in-memory snapshot reset and a loadvm hold while
+    they work: it happens before or after them, never in between."""
+    import dataclasses
+    import threading
+
+    from kvmpy.config_devices import ObjectSpec
+    from kvmpy.devices.chardev import BufferBackend
+    from kvmpy.machine import Machine, qmp_commands
+    from kvmpy.monitor.context import Context
+    from tests.migration.support import dirtier_config
+
+    cfg = dataclasses.replace(dirtier_config(), memory_slots=2, max_memory=512 * MiB,
+                              objects=(ObjectSpec("memory-backend-ram", "m0", (("size", "64M"),)),)).validate()
+    m = Machine(cfg, console=BufferBackend())
+    try:
+        m.start()
+        ctx = Context(m, None, qmp_commands())
+        done = threading.Event()
+
+        def plug() -> None:
+            ctx.commands.dispatch(ctx, "device_add", {"driver": "pc-dimm", "id": "d0", "memdev": "m0"})
+            done.set()
+
+        with m.lifecycle.vcpus_parked():  # what Snapshot.reset holds (load_vm holds the same lock)
+            t = threading.Thread(target=plug)
+            t.start()
+            assert not done.wait(0.5)
+            assert m.board.memhp.dimms == []  # nothing plugged while the reset works
+        assert done.wait(10)
+        t.join()
+        assert [d.id for d in m.board.memhp.dimms] == ["d0"]
+    finally:
+        m.close()
