@@ -32,7 +32,7 @@ tests it had not finished are re-run in a fresh L1, at most twice; so are they w
 dies (its kernel panics, or QEMU crashes). The test it was running gets a warning that
 says so. A slow or silent test is not a wedge.
 
-Environment: KVMPY_NO_BED=1, KVMPY_BED_TIMEOUT (s, default 2400),
+Environment: KVMPY_NO_BED=1, KVMPY_BED_TIMEOUT (s, default 3600),
 KVMPY_BED_BOOT_TIMEOUT (s, default 300), KVMPY_BED_STALL_TIMEOUT (s, default 120),
 KVMPY_BED_KEEP=1 (keep the scratch dir), KVMPY_BED_PYTEST_ARGS (extra arguments for
 the inner pytest).
@@ -164,7 +164,7 @@ class KvmBedPlugin:
         self.batch: _Batch | None = None
         self._report_path = os.environ.get(REPORT_ENV) if os.environ.get(IN_BED_ENV) == "1" else None
         # Read at start-up so a bad value is a usage error, not a failure mid-session.
-        self.timeout = _env_seconds(TIMEOUT_ENV, 2400.0)
+        self.timeout = _env_seconds(TIMEOUT_ENV, 3600.0)
         self.boot_timeout = _env_seconds(BOOT_TIMEOUT_ENV, 300.0)
         self.stall_timeout = _env_seconds(STALL_TIMEOUT_ENV, 120.0)
 
