@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 MAX_PIO_BUFFER = r.MAX_MULT_SECTORS * r.SECTOR_SIZE
 ATAPI_MAX_PIO_CHUNK = 0xFFFE
+READ_AHEAD_SECTORS = 256  # a PIO read command's sectors read from the drive at once (128 KiB; see _read_block)
 LBA48_COMMANDS = frozenset({r.CMD_READ_EXT, r.CMD_WRITE_EXT, r.CMD_READ_DMA_EXT, r.CMD_WRITE_DMA_EXT,
                             r.CMD_READ_MULTIPLE_EXT, r.CMD_WRITE_MULTIPLE_EXT, r.CMD_VERIFY_EXT,
                             r.CMD_READ_NATIVE_MAX_EXT, r.CMD_FLUSH_EXT})
@@ -100,6 +101,10 @@ class Transfer:
     block: int = 1  # sectors per DRQ block
     byte_limit: int = 0  # ATAPI: the byte count limit of each DRQ block
     lba48: bool = False  # ATA: the command was an EXT one (how the final address is reported)
+    # ATA read: sectors read ahead from the drive for the blocks still to come (not migrated: a restored
+    # transfer reads its next block afresh), and the LBA of their first sector.
+    ahead: bytearray = field(default_factory=bytearray)
+    ahead_lba: int = 0
 
 
 class IdeChannel:
@@ -486,8 +491,7 @@ class IdeChannel:
         x, u = self.xfer, self.cur
         n = min(x.block, x.remaining)
         if x.kind == "read":
-            self.buf = bytearray(n * r.SECTOR_SIZE)
-            u.drive.read_into(x.lba * r.SECTOR_SIZE, [memoryview(self.buf)])
+            self.buf = self._read_block(x, u, n)
             self.pos = 0
             u.status = r.READY | r.ST_DRQ
             self.raise_irq()
@@ -496,6 +500,31 @@ class IdeChannel:
             u.status = r.READY | r.ST_DRQ
             if not first:
                 self.raise_irq()
+
+    def _read_block(self, x: Transfer, u: Unit, n: int) -> bytearray:
+        """The ``n`` sectors at ``x.lba`` of a PIO read. Firmware (SeaBIOS, and GRUB through it) reads a disk
+        by READ SECTORS, one DRQ block of one sector at a time: the command's sectors are read from the drive
+        up to READ_AHEAD_SECTORS at once and handed out block by block, so a 72-sector int 13h costs one drive
+        read, not 72. Should that read fail, the block alone is read as before, so an error is reported at
+        the block it belongs to (BlockError propagates from there)."""
+        size = n * r.SECTOR_SIZE
+        at = (x.lba - x.ahead_lba) * r.SECTOR_SIZE
+        if x.ahead and 0 <= at and at + size <= len(x.ahead):
+            return x.ahead[at:at + size]
+        total = max(n, min(x.remaining, READ_AHEAD_SECTORS)) * r.SECTOR_SIZE
+        x.ahead = bytearray()
+        if total > size:
+            ahead = bytearray(total)
+            try:
+                u.drive.read_into(x.lba * r.SECTOR_SIZE, [memoryview(ahead)])
+            except BlockError:
+                pass
+            else:
+                x.ahead, x.ahead_lba = ahead, x.lba
+                return ahead[:size]
+        buf = bytearray(size)
+        u.drive.read_into(x.lba * r.SECTOR_SIZE, [memoryview(buf)])
+        return buf
 
     def _block_moved(self) -> None:
         x = self.xfer
