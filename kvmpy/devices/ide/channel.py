@@ -124,6 +124,7 @@ class IdeChannel:
         self.xfer = Transfer()
         self.dma: dict[str, int] | None = None  # the DMA command waiting for the bus master: lba, count, write
         self.irq_level = False
+        self._line: bool | None = None  # the level last put on the IRQ line (None: drive it next time)
         self.pending_data = AtapiResult()  # the answer an ATAPI packet is moving
         self.reset_registers()
 
@@ -201,7 +202,16 @@ class IdeChannel:
 
     def _set_irq(self, level: bool) -> None:
         self.irq_level = level
-        self.irq.set_level(level and not self.ctl & r.CTL_NIEN)
+        self._drive_line()
+
+    def _drive_line(self) -> None:
+        """Put INTRQ (masked by nIEN) on the IRQ line, but not a low on a line already low: SeaBIOS polls with
+        nIEN set, and every status read, control write and block was a KVM_IRQ_LINE ioctl that changed nothing.
+        A high is always passed on (KVM's IOAPIC delivers an edge-triggered pin again for it, as under QEMU)."""
+        level = self.irq_level and not self.ctl & r.CTL_NIEN
+        if level or self._line is not False:
+            self._line = level
+            self.irq.set_level(level)
 
     def raise_irq(self) -> None:
         self.bm.status |= ST_INTR
@@ -299,7 +309,7 @@ class IdeChannel:
                 self.ctl = value
                 return
             self.ctl = value & 0xFF
-            self.irq.set_level(self.irq_level and not self.ctl & r.CTL_NIEN)
+            self._drive_line()
 
     # ---- command completion -------------------------------------------------------------
     def _done(self, status: int = r.READY, irq: bool = True) -> None:
@@ -353,8 +363,8 @@ class IdeChannel:
             return  # a command to an absent slave is ignored
         if u.status & r.ST_BSY:
             return
-        self.irq.set_level(False)
         self.irq_level = False
+        self._drive_line()
         if self.xfer.kind or self.dma is not None:
             self.xfer, self.dma = Transfer(), None  # a new command ends whatever was in progress
         u.error = 0
@@ -830,6 +840,7 @@ class IdeChannel:
                     u.atapi.set_error_sense()
                     self._atapi_finish_error()
                     return
+            self._line = None  # whatever the line was, drive the restored level
             self._set_irq(s["irq"])
 
     def reset(self) -> None:

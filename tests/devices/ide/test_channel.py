@@ -297,3 +297,21 @@ def test_pio_read_reads_ahead_and_falls_back_to_the_block_on_an_error(tmp_path: 
         assert reads == [(1000, 3), (1000, 1), (1001, 3 - 1), (1001, 1), (1002, 1)]
     finally:
         h.close()
+
+
+def test_polling_with_nien_puts_nothing_on_a_low_line(host: IdeHost) -> None:
+    """SeaBIOS polls with nIEN set: status reads, control writes and data blocks leave a low line alone (no
+    KVM_IRQ_LINE each); clearing nIEN with INTRQ pending raises it, and each block raises it again."""
+    host.outb(0x3F6, r.CTL_NIEN)
+    line = host.lines[14]
+    before = len(line.edges)
+    host.lba28(r.CMD_READ, 0, 4)
+    host.status()
+    host.outb(0x3F6, r.CTL_NIEN)
+    host.pio_in(3 * 512)
+    assert line.edges[before:] == [] and not line.level
+    host.outb(0x3F6, 0)  # INTRQ is pending (the fourth block): the line goes up
+    assert line.edges[before:] == [True]
+    host.pio_in(512)
+    host.status()  # reading status acknowledges: down again
+    assert line.edges[before:] == [True, False] and not line.level
