@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 # Cluster kinds as classify() reports them.
 UNALLOCATED, ZERO_PLAIN, ZERO_ALLOC, NORMAL, COMPRESSED = range(5)
 L2_RESERVED = 0x3F000000000001FE
+SCALAR_CLASSIFY = 16  # classify() takes this many L2 entries or fewer one by one (see _classify_few)
 L2_CACHE_BYTES = 32 << 20
 BITMAP_MEMORY_LIMIT = 256 << 20  # recorded bits held per bitmap before it is given up (in-use)
 
@@ -361,6 +362,8 @@ class Qcow2Metadata:
 
     def classify(self, entries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(kind, host offset) per L2 entry; raises on entries no valid image contains."""
+        if len(entries) <= SCALAR_CLASSIFY:
+            return self._classify_few(entries)
         comp = (entries & np.uint64(fmt.QCOW_OFLAG_COMPRESSED)) != 0
         offs = entries & np.uint64(fmt.L2E_OFFSET_MASK)
         zero = (entries & np.uint64(fmt.QCOW_OFLAG_ZERO)) != 0
@@ -378,6 +381,29 @@ class Qcow2Metadata:
                                     "unaligned or reserved bits set in L2 entry")
         offs = np.where(comp, entries & np.uint64(self._coff_mask), offs)
         return kinds, offs
+
+    def _classify_few(self, entries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """classify() of a few entries (a guest request within one or two clusters) with Python ints: the same
+        answer and the same error, without the dozen whole-array numpy operations that cost ~0.2 ms per call
+        however short the array (two calls per read of an overlay over a base image)."""
+        kinds: list[int] = []
+        offs: list[int] = []
+        cs, coff_mask = self.cs, self._coff_mask
+        for e in entries.tolist():
+            if e & fmt.QCOW_OFLAG_COMPRESSED:
+                kinds.append(COMPRESSED)
+                offs.append(e & coff_mask)
+                continue
+            off = e & fmt.L2E_OFFSET_MASK
+            if e & L2_RESERVED or off % cs:
+                raise self.mark_corrupt(f"cluster allocation offset {off:#x} "
+                                        "unaligned or reserved bits set in L2 entry")
+            if e & fmt.QCOW_OFLAG_ZERO:
+                kinds.append(ZERO_ALLOC if off else ZERO_PLAIN)
+            else:
+                kinds.append(NORMAL if off else UNALLOCATED)
+            offs.append(off)
+        return np.array(kinds, dtype=np.int8), np.array(offs, dtype=np.uint64)
 
     def compressed_extent(self, entry: int) -> tuple[int, int]:
         """(host byte offset, byte count to read) of a compressed cluster's data."""

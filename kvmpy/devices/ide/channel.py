@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 MAX_PIO_BUFFER = r.MAX_MULT_SECTORS * r.SECTOR_SIZE
 ATAPI_MAX_PIO_CHUNK = 0xFFFE
+READ_AHEAD_SECTORS = 256  # a PIO read command's sectors read from the drive at once (128 KiB; see _read_block)
 LBA48_COMMANDS = frozenset({r.CMD_READ_EXT, r.CMD_WRITE_EXT, r.CMD_READ_DMA_EXT, r.CMD_WRITE_DMA_EXT,
                             r.CMD_READ_MULTIPLE_EXT, r.CMD_WRITE_MULTIPLE_EXT, r.CMD_VERIFY_EXT,
                             r.CMD_READ_NATIVE_MAX_EXT, r.CMD_FLUSH_EXT})
@@ -100,6 +101,10 @@ class Transfer:
     block: int = 1  # sectors per DRQ block
     byte_limit: int = 0  # ATAPI: the byte count limit of each DRQ block
     lba48: bool = False  # ATA: the command was an EXT one (how the final address is reported)
+    # ATA read: sectors read ahead from the drive for the blocks still to come (not migrated: a restored
+    # transfer reads its next block afresh), and the LBA of their first sector.
+    ahead: bytearray = field(default_factory=bytearray)
+    ahead_lba: int = 0
 
 
 class IdeChannel:
@@ -119,6 +124,7 @@ class IdeChannel:
         self.xfer = Transfer()
         self.dma: dict[str, int] | None = None  # the DMA command waiting for the bus master: lba, count, write
         self.irq_level = False
+        self._line: bool | None = None  # the level last put on the IRQ line (None: drive it next time)
         self.pending_data = AtapiResult()  # the answer an ATAPI packet is moving
         self.reset_registers()
 
@@ -196,7 +202,16 @@ class IdeChannel:
 
     def _set_irq(self, level: bool) -> None:
         self.irq_level = level
-        self.irq.set_level(level and not self.ctl & r.CTL_NIEN)
+        self._drive_line()
+
+    def _drive_line(self) -> None:
+        """Put INTRQ (masked by nIEN) on the IRQ line, but not a low on a line already low: SeaBIOS polls with
+        nIEN set, and every status read, control write and block was a KVM_IRQ_LINE ioctl that changed nothing.
+        A high is always passed on (KVM's IOAPIC delivers an edge-triggered pin again for it, as under QEMU)."""
+        level = self.irq_level and not self.ctl & r.CTL_NIEN
+        if level or self._line is not False:
+            self._line = level
+            self.irq.set_level(level)
 
     def raise_irq(self) -> None:
         self.bm.status |= ST_INTR
@@ -294,7 +309,7 @@ class IdeChannel:
                 self.ctl = value
                 return
             self.ctl = value & 0xFF
-            self.irq.set_level(self.irq_level and not self.ctl & r.CTL_NIEN)
+            self._drive_line()
 
     # ---- command completion -------------------------------------------------------------
     def _done(self, status: int = r.READY, irq: bool = True) -> None:
@@ -348,8 +363,8 @@ class IdeChannel:
             return  # a command to an absent slave is ignored
         if u.status & r.ST_BSY:
             return
-        self.irq.set_level(False)
         self.irq_level = False
+        self._drive_line()
         if self.xfer.kind or self.dma is not None:
             self.xfer, self.dma = Transfer(), None  # a new command ends whatever was in progress
         u.error = 0
@@ -486,8 +501,7 @@ class IdeChannel:
         x, u = self.xfer, self.cur
         n = min(x.block, x.remaining)
         if x.kind == "read":
-            self.buf = bytearray(n * r.SECTOR_SIZE)
-            u.drive.read_into(x.lba * r.SECTOR_SIZE, [memoryview(self.buf)])
+            self.buf = self._read_block(x, u, n)
             self.pos = 0
             u.status = r.READY | r.ST_DRQ
             self.raise_irq()
@@ -496,6 +510,31 @@ class IdeChannel:
             u.status = r.READY | r.ST_DRQ
             if not first:
                 self.raise_irq()
+
+    def _read_block(self, x: Transfer, u: Unit, n: int) -> bytearray:
+        """The ``n`` sectors at ``x.lba`` of a PIO read. Firmware (SeaBIOS, and GRUB through it) reads a disk
+        by READ SECTORS, one DRQ block of one sector at a time: the command's sectors are read from the drive
+        up to READ_AHEAD_SECTORS at once and handed out block by block, so a 72-sector int 13h costs one drive
+        read, not 72. Should that read fail, the block alone is read as before, so an error is reported at
+        the block it belongs to (BlockError propagates from there)."""
+        size = n * r.SECTOR_SIZE
+        at = (x.lba - x.ahead_lba) * r.SECTOR_SIZE
+        if x.ahead and 0 <= at and at + size <= len(x.ahead):
+            return x.ahead[at:at + size]
+        total = max(n, min(x.remaining, READ_AHEAD_SECTORS)) * r.SECTOR_SIZE
+        x.ahead = bytearray()
+        if total > size:
+            ahead = bytearray(total)
+            try:
+                u.drive.read_into(x.lba * r.SECTOR_SIZE, [memoryview(ahead)])
+            except BlockError:
+                pass
+            else:
+                x.ahead, x.ahead_lba = ahead, x.lba
+                return ahead[:size]
+        buf = bytearray(size)
+        u.drive.read_into(x.lba * r.SECTOR_SIZE, [memoryview(buf)])
+        return buf
 
     def _block_moved(self) -> None:
         x = self.xfer
@@ -801,6 +840,7 @@ class IdeChannel:
                     u.atapi.set_error_sense()
                     self._atapi_finish_error()
                     return
+            self._line = None  # whatever the line was, drive the restored level
             self._set_irq(s["irq"])
 
     def reset(self) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from kvmpy.block.errors import BlockError
 from kvmpy.devices.device import DeviceStateError
 from kvmpy.devices.ide import regs as r
 from kvmpy.devices.ide.bmdma import ST_ACTIVE, ST_ERROR, ST_INTR
@@ -259,3 +260,58 @@ def test_device_serial_and_model_reach_identify(tmp_path: Path) -> None:
         assert (ata_string(data, 10, 19), ata_string(data, 27, 46)) == ("S" * 20, "My Disk")
     finally:
         h.close()
+
+
+def test_pio_read_reads_ahead_and_falls_back_to_the_block_on_an_error(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """READ SECTORS moves a sector per DRQ block (SeaBIOS's int 13h): the command's sectors come from the drive
+    up to 256 at once, each block with its interrupt as before; when that read fails, the block alone is read."""
+    h = IdeHost()
+    drive = h.open(make_image(tmp_path / "a.raw", SIZE))
+    h.ide.channels[0].attach_disk(0, drive)
+    reads: list[tuple[int, int]] = []
+    real = drive.read_into
+    fail_long = False
+
+    def spy(offset: int, views: list[memoryview]) -> None:
+        n = sum(len(v) for v in views)
+        reads.append((offset // 512, n // 512))
+        if fail_long and n > 512:
+            raise BlockError("read-ahead refused")
+        real(offset, views)
+
+    monkeypatch.setattr(drive, "read_into", spy)
+    try:
+        h.lba48(r.CMD_READ_EXT, 10, 300)
+        edges = len(h.lines[14].edges)
+        data = h.pio_in(300 * 512)
+        assert [struct.unpack_from("<Q", data, 512 * i)[0] for i in range(300)] == list(range(10, 310))
+        assert h.status() == r.READY
+        assert reads == [(10, 256), (266, 44)]
+        assert h.lines[14].edges[edges:].count(True) == 299  # blocks 2..300 each raise it, as before
+        reads.clear()
+        fail_long = True
+        h.lba28(r.CMD_READ, 1000, 3)
+        data = h.pio_in(3 * 512)
+        assert [struct.unpack_from("<Q", data, 512 * i)[0] for i in range(3)] == [1000, 1001, 1002]
+        assert reads == [(1000, 3), (1000, 1), (1001, 3 - 1), (1001, 1), (1002, 1)]
+    finally:
+        h.close()
+
+
+def test_polling_with_nien_puts_nothing_on_a_low_line(host: IdeHost) -> None:
+    """SeaBIOS polls with nIEN set: status reads, control writes and data blocks leave a low line alone (no
+    KVM_IRQ_LINE each); clearing nIEN with INTRQ pending raises it, and each block raises it again."""
+    host.outb(0x3F6, r.CTL_NIEN)
+    line = host.lines[14]
+    before = len(line.edges)
+    host.lba28(r.CMD_READ, 0, 4)
+    host.status()
+    host.outb(0x3F6, r.CTL_NIEN)
+    host.pio_in(3 * 512)
+    assert line.edges[before:] == [] and not line.level
+    host.outb(0x3F6, 0)  # INTRQ is pending (the fourth block): the line goes up
+    assert line.edges[before:] == [True]
+    host.pio_in(512)
+    host.status()  # reading status acknowledges: down again
+    assert line.edges[before:] == [True, False] and not line.level
