@@ -159,6 +159,7 @@ BOARDS: Mapping[str, Board] = MappingProxyType({
                   trace=frozenset({"in_asm", "exec", "int", "cpu", "op", "out_asm", "tb_stats", "nochain"}),
                   features=frozenset(), cpus=("rv64", "any", "max"), bios=("none",), bios_files=True,
                   device_drivers=catalog.VIRT_DEVICE_DRIVERS, drive_interfaces=catalog.VIRT_DRIVE_INTERFACES,
+                  netdev_types=catalog.VIRT_NETDEV_TYPES,
                   virtio_blk="virtio-blk-device"),
 })
 DEFAULT_BOARD: Mapping[str, str] = MappingProxyType({"x86_64": "pc", "riscv64": "virt"})

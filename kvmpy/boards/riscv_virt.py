@@ -37,7 +37,7 @@ from typing import IO, TYPE_CHECKING, Protocol
 
 from kvmpy.boards import riscv_virtio
 from kvmpy.boards.riscv_fdt import VirtFdtParams, virt_fdt
-from kvmpy.boards.riscv_virtio import TcgRam
+from kvmpy.boards.riscv_virtio import CpuThreadLines, TcgRam
 from kvmpy.devices.bus import Bus
 from kvmpy.devices.chardev import CharBackend, FileBackend, NullBackend
 from kvmpy.devices.riscv import clint as clint_mod
@@ -197,8 +197,10 @@ class VirtBoard:
         self.uart = Uart16550(output=self.console.write, irq=self.plic.line(UART_IRQ))
         self.mrom = Mrom(MROM_SIZE)
         self.ram = TcgRam(self.mem)   # guest RAM as the virtio core sees it
+        self.lines = CpuThreadLines(self.ram.sync)   # virtio interrupts raised on device threads (net receive)
         self.virtio = [VirtioMmio(f"virtio-mmio@{riscv_virtio.VIRTIO_BASE + riscv_virtio.VIRTIO_SIZE * i:x}",
-                                  self.plic.line(riscv_virtio.VIRTIO_IRQ + i).set_level, after_io=self.ram.sync)
+                                  self.lines.line(self.plic.line(riscv_virtio.VIRTIO_IRQ + i).set_level),
+                                  after_io=self.ram.sync)
                        for i in range(riscv_virtio.VIRTIO_COUNT)]
         self.boot_spec: BootSpec | None = None
         self.boot_info: BootInfo | None = None
@@ -442,6 +444,8 @@ class VirtBoard:
             cpu.update_sstc()
         if self.interactive and self.input.ready.is_set():   # no lock, no syscall: cheap
             self._take_input()
+        if self.lines.pending:                              # a device thread raised an interrupt
+            self.lines.apply()
 
     def _take_input(self) -> bool:
         """Hand queued console bytes to the UART (CPU thread only); True if there were any."""

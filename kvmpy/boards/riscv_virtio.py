@@ -13,6 +13,13 @@ core does that for migration); ``TcgRam.sync`` runs after each kick, takes
 the pages marked since and hands those holding translated code to the
 softmmu's code-write hook, as a CPU store to them would.
 
+Threads: the hart and every device register access run on the CPU thread, but
+a NIC receives on its backend's reader thread, which completes RX buffers and
+raises the queue interrupt there. ``CpuThreadLines`` turns such a raise into a
+request the CPU thread applies at its next device poll (in WFI at most
+riscv_virt.IDLE_WAIT late), with the code-page sync, so the hart's interrupt state and the TB
+cache are only ever changed by the CPU thread.
+
 QEMU's ``virt`` has eight transports at 0x10001000 + 0x1000*i on PLIC sources
 1 + i, and gives devices the highest free one first (the first -device sits at
 0x10008000).
@@ -21,6 +28,7 @@ QEMU's ``virt`` has eight transports at 0x10001000 + 0x1000*i on PLIC sources
 from __future__ import annotations
 
 import logging
+import threading
 from typing import TYPE_CHECKING, Any, Callable
 
 from kvmpy.devices.virtio.device import VirtioDevice
@@ -80,6 +88,47 @@ class TcgRam:
             i = dirty.find(1, end)
 
 
+class CpuThreadLines:
+    """Interrupt lines that devices may drive from any thread; only the CPU thread changes the PLIC.
+
+    ``line(set_level)`` wraps one line. On the CPU thread (the one that made this object)
+    a level goes straight through; on another it is recorded and ``pending`` set, and
+    the CPU thread's ``apply()`` (called from its device poll) passes the last level of
+    each line on, after ``before_apply`` (the RAM sync: receive wrote guest memory).
+    """
+
+    def __init__(self, before_apply: Callable[[], None] | None = None) -> None:
+        self.cpu_thread = threading.get_ident()
+        self.before_apply = before_apply
+        self.pending = False  # read without the lock by the poll: a cheap "anything to do?"
+        self._lock = threading.Lock()
+        self._levels: dict[int, tuple[Callable[[bool], None], bool]] = {}
+        self._next_key = 0
+
+    def line(self, set_level: Callable[[bool], None]) -> Callable[[bool], None]:
+        key = self._next_key
+        self._next_key += 1
+
+        def drive(level: bool) -> None:
+            if threading.get_ident() == self.cpu_thread:
+                set_level(level)
+                return
+            with self._lock:
+                self._levels[key] = (set_level, level)
+                self.pending = True
+        return drive
+
+    def apply(self) -> None:
+        """CPU thread: pass on what other threads asked for since the last call."""
+        with self._lock:
+            levels, self._levels = self._levels, {}
+            self.pending = False
+        if self.before_apply is not None:
+            self.before_apply()
+        for set_level, level in levels.values():
+            set_level(level)
+
+
 # -device drivers the virt board builds on a virtio-mmio transport: driver -> (factory, properties it reads).
 def _blk(board: Any, spec: "DeviceSpec") -> VirtioDevice:
     from dataclasses import replace
@@ -107,11 +156,45 @@ def _rng(board: Any, spec: "DeviceSpec") -> VirtioDevice:
     return VirtioRng()
 
 
+def _net(board: Any, spec: "DeviceSpec") -> VirtioDevice:
+    from kvmpy.devices.virtio.net import VirtioNet, default_mac, parse_mac
+    from kvmpy.net.netdev import make_netdev
+
+    where = spec.source or f"-device {spec.driver}"
+    config = board.config
+    earlier = []
+    for other in config.devices:
+        if other is spec:
+            break
+        if other.driver == spec.driver:
+            earlier.append(other)
+    text = spec.get("mac")
+    try:
+        mac = parse_mac(text) if text is not None else default_mac(sum(1 for e in earlier if e.get("mac") is None))
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    netdev_id = spec.get("netdev")
+    if netdev_id is None:
+        raise ConfigError(f"{where}: netdev= is required (kvmpy has no NIC without a -netdev backend)")
+    netdev = next((n for n in config.netdevs if n.id == netdev_id), None)
+    if netdev is None:
+        raise ConfigError(f"{where}: Property '{spec.driver}.netdev' can't find value '{netdev_id}'")
+    if any(e.get("netdev") == netdev_id for e in earlier):
+        raise ConfigError(f"{where}: Property '{spec.driver}.netdev' can't take value '{netdev_id}', it's in use")
+    backend = make_netdev(netdev)
+    try:
+        return VirtioNet(backend, mac, spec.id or "")
+    except BaseException:
+        backend.close()
+        raise
+
+
 BLK_PROPS = frozenset({"drive", "serial", "bootindex", "num-queues", "queue-size", "discard", "write-zeroes",
                        "write-cache", "logical_block_size", "physical_block_size", "min_io_size", "opt_io_size",
                        "share-rw", "scsi", "config-wce", "seg-max-adjust"})
 FACTORIES: dict[str, tuple[Callable[[Any, "DeviceSpec"], VirtioDevice], frozenset[str]]] = {
     "virtio-blk-device": (_blk, BLK_PROPS),
+    "virtio-net-device": (_net, frozenset({"netdev", "mac"})),
     "virtio-rng-device": (_rng, frozenset({"rng", "max-bytes", "period"})),
 }
 

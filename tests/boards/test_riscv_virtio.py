@@ -126,3 +126,35 @@ def test_builds_the_devices_in_order_and_refuses_unknown_properties(tmp_path: Pa
     bad = parse_qemu_args(argv("-device", "virtio-rng-device,foo=1"))
     with pytest.raises(ConfigError, match=r"Property 'virtio-rng-device.foo' not found"):
         riscv_virtio.build_virtio_devices(bad, b.ram.memory)
+
+
+def test_an_interrupt_raised_on_a_device_thread_reaches_the_plic_on_the_cpu_thread() -> None:
+    import threading
+
+    b = VirtBoard(16 << 20)
+    t = b.plug_virtio(VirtioRng())
+    worker = threading.Thread(target=t.config_changed)  # as a NIC's receive thread raises its queue interrupt
+    worker.start()
+    worker.join()
+    assert b.lines.pending and not b.plic.pending >> 8 & 1  # nothing touched the PLIC from that thread
+    b.lines.apply()  # the CPU thread's device poll
+    assert b.plic.pending >> 8 & 1 and not b.lines.pending
+    t.config_changed()  # on the CPU thread: straight through
+    assert not b.lines.pending
+
+
+def test_virtio_net_device_on_a_user_netdev() -> None:
+    b = VirtBoard(16 << 20)
+    cfg = parse_qemu_args(argv("-netdev", "user,id=n0", "-device", "virtio-net-device,netdev=n0,mac=52:54:00:aa:bb:cc"))
+    cfg.validate()
+    built = riscv_virtio.build_virtio_devices(cfg, b.ram.memory)
+    try:
+        (name, nic), = built
+        assert name == "virtio-net-device" and bytes(nic.config_read(i, 1) for i in range(6)) == \
+            bytes.fromhex("525400aabbcc")
+    finally:
+        for _, dev in built:
+            dev.close()
+    with pytest.raises(ConfigError, match="Property 'virtio-net-device.netdev' can't find value 'n1'"):
+        riscv_virtio.build_virtio_devices(parse_qemu_args(argv("-netdev", "user,id=n0", "-device",
+                                                                "virtio-net-device,netdev=n1")), b.ram.memory)
