@@ -158,3 +158,49 @@ def test_virtio_net_device_on_a_user_netdev() -> None:
     with pytest.raises(ConfigError, match="Property 'virtio-net-device.netdev' can't find value 'n1'"):
         riscv_virtio.build_virtio_devices(parse_qemu_args(argv("-netdev", "user,id=n0", "-device",
                                                                 "virtio-net-device,netdev=n1")), b.ram.memory)
+
+
+def test_a_long_indirect_read_goes_straight_into_the_softmmu_ram(tmp_path: Path) -> None:
+    """Linux's 1 MiB-style requests (an indirect table of many pages) are read with one preadv on the
+    RAM block's host addresses: here those of the softmmu's bytearray."""
+    import struct
+
+    from kvmpy.block.drive import open_drive
+    from kvmpy.devices.virtio.blk import BlkOptions, VirtioBlk
+
+    img = tmp_path / "d.raw"
+    data = bytes(range(256)) * (64 * 1024 // 256)
+    img.write_bytes(data + bytes(1 << 20))
+    drive = open_drive(img, "raw", id="d0")
+    b = VirtBoard(16 << 20)
+    b.plug_virtio(VirtioBlk(drive, b.ram.memory, BlkOptions()))
+    try:
+        ring, hdr, table, buf = (DRAM_BASE + off for off in (0x100000, 0x180000, 0x181000, 0x200000))
+        base = 0x10008000
+        w = lambda off, v: b.bus.write(base + off, 4, v)  # noqa: E731
+        w(m.STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER)
+        features = 0
+        for sel in (0, 1):
+            w(m.DEVICE_FEATURES_SEL, sel)
+            features |= b.bus.read(base + m.DEVICE_FEATURES, 4) << (32 * sel)
+        for sel in (0, 1):
+            w(m.DRIVER_FEATURES_SEL, sel)
+            w(m.DRIVER_FEATURES, features >> (32 * sel) & 0xFFFFFFFF)
+        w(m.STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK)
+        dq = DriverQueue(b.ram.memory, ring, 8)
+        w(m.QUEUE_SEL, 0)
+        w(m.QUEUE_NUM, 8)
+        for lo, addr in ((m.QUEUE_DESC_LOW, dq.desc), (m.QUEUE_DRIVER_LOW, dq.avail), (m.QUEUE_DEVICE_LOW, dq.used)):
+            w(lo, addr)
+        w(m.QUEUE_READY, 1)
+        w(m.STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK)
+        b.ram.memory.write(hdr, struct.pack("<IIQ", 0, 0, 0))
+        pages = [(buf + 0x2000 * i, 4096) for i in range(16)]  # 16 pages, every other one
+        head = dq.add([(hdr, 16)], [*pages, (hdr + 0x100, 1)], indirect_at=table)
+        w(m.QUEUE_NOTIFY, 0)
+        assert dq.get_used() == [(head, 16 * 4096 + 1)]
+        for i, (gpa, n) in enumerate(pages):
+            off = gpa - DRAM_BASE
+            assert bytes(b.mem.ram[off:off + n]) == data[4096 * i:4096 * (i + 1)]
+    finally:
+        b.close()
