@@ -37,3 +37,9 @@ PC_DRIVE_INTERFACES = frozenset({"ide", "virtio", "none"})  # -drive if=; "none"
 PC_NETDEV_TYPES = frozenset(netdev_types())
 PC_CHARDEV_BACKENDS = frozenset({"null", "socket", "stdio", "file", "pty"})
 PC_OBJECT_TYPES = frozenset({"memory-backend-ram", "memory-backend-file"})
+
+# The riscv64 virt board: -device drivers on its virtio-mmio transports (kvmpy.boards.riscv_virtio's
+# FACTORIES, held equal by a test), and the -drive interfaces (if=virtio makes a virtio-blk-device).
+VIRT_DEVICE_DRIVERS = frozenset({"virtio-blk-device", "virtio-net-device", "virtio-rng-device"})
+VIRT_DRIVE_INTERFACES = frozenset({"virtio", "none"})
+VIRT_NETDEV_TYPES = PC_NETDEV_TYPES

@@ -142,6 +142,7 @@ class Board:
     netdev_types: frozenset[str] = frozenset()  # -netdev types
     chardev_backends: frozenset[str] = frozenset()  # -chardev backends
     object_types: frozenset[str] = frozenset()  # -object qom-types
+    virtio_blk: str = "virtio-blk-pci"  # the device -drive if=virtio implies
 
     def accepts_name(self, name: str) -> bool:
         return name == self.machine or name in self.aliases or name.startswith(self.alias_prefixes)
@@ -157,7 +158,10 @@ BOARDS: Mapping[str, Board] = MappingProxyType({
                 why_no_trace="the guest runs under KVM, not TCG; KVMPY_LOG=debug logs unhandled ports"),
     "virt": Board(machine="virt", arch="riscv64", accel="tcg", memory=(1 * MiB, 16 * GiB), max_smp=1,
                   trace=frozenset({"in_asm", "exec", "int", "cpu", "op", "out_asm", "tb_stats", "nochain"}),
-                  features=frozenset(), cpus=("rv64", "any", "max"), bios=("none",), bios_files=True),
+                  features=frozenset(), cpus=("rv64", "any", "max"), bios=("none",), bios_files=True,
+                  device_drivers=catalog.VIRT_DEVICE_DRIVERS, drive_interfaces=catalog.VIRT_DRIVE_INTERFACES,
+                  netdev_types=catalog.VIRT_NETDEV_TYPES,
+                  virtio_blk="virtio-blk-device"),
 })
 DEFAULT_BOARD: Mapping[str, str] = MappingProxyType({"x86_64": "pc", "riscv64": "virt"})
 
@@ -364,13 +368,16 @@ class MachineConfig:
         for key in _SPEC_FIELDS:
             if isinstance(getattr(self, key), list):
                 put(key, tuple(getattr(self, key)))
-        if isinstance(self.drives, tuple):
-            put("drives", finish_drives(self.drives))  # QEMU's index and id for each drive
-            if isinstance(self.devices, tuple):
-                put("devices", finish_devices(self.devices, self.drives))  # + virtio-blk-pci per if=virtio drive
         arch, machine = self.arch, self.machine
+        board = None
         if isinstance(machine, str) and isinstance(arch, str):
             board = board_named(machine) if machine else BOARDS.get(DEFAULT_BOARD.get(arch or "x86_64", ""))
+        if isinstance(self.drives, tuple):
+            put("drives", finish_drives(self.drives))  # QEMU's index and id for each drive
+            if isinstance(self.devices, tuple):  # + the board's virtio-blk per if=virtio drive
+                put("devices", finish_devices(self.devices, self.drives,
+                                              board.virtio_blk if board is not None else "virtio-blk-pci"))
+        if isinstance(machine, str) and isinstance(arch, str):
             if board is not None:
                 put("machine", board.machine)
                 put("arch", arch or board.arch)

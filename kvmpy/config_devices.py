@@ -74,6 +74,9 @@ DEVICE_DRIVERS: Mapping[str, DeviceDriver] = _drivers(
                  owner="virtio-net-device", category="Network devices"),
     DeviceDriver("virtio-rng-pci", "PCI", aliases=("virtio-rng",), refs=(("rng", "object"),),
                  owner="virtio-rng-device"),
+    DeviceDriver("virtio-blk-device", "virtio-bus", refs=(("drive", "drive"),), category="Storage devices"),
+    DeviceDriver("virtio-net-device", "virtio-bus", refs=(("netdev", "netdev"),), category="Network devices"),
+    DeviceDriver("virtio-rng-device", "virtio-bus", refs=(("rng", "object"),)),
     DeviceDriver("virtio-serial-pci", "PCI", aliases=("virtio-serial",), owner="virtio-serial-device",
                  category="Input devices"),
     DeviceDriver("virtconsole", "virtio-serial-bus", refs=(("chardev", "chardev"),),
@@ -494,16 +497,19 @@ def finish_drives(drives: tuple[DriveSpec, ...]) -> tuple[DriveSpec, ...]:
     return tuple(out)
 
 
-def finish_devices(devices: tuple[DeviceSpec, ...], drives: tuple[DriveSpec, ...]) -> tuple[DeviceSpec, ...]:
-    """The explicit devices, then one implicit virtio-blk-pci per if=virtio drive (QEMU's order)."""
+def finish_devices(devices: tuple[DeviceSpec, ...], drives: tuple[DriveSpec, ...],
+                   blk_driver: str = "virtio-blk-pci") -> tuple[DeviceSpec, ...]:
+    """The explicit devices, then one implicit ``blk_driver`` (the board's virtio-blk) per if=virtio drive
+    (QEMU's order)."""
     if not all(isinstance(d, DeviceSpec) for d in devices) or not all(isinstance(d, DriveSpec) for d in drives):
         return devices
     explicit = tuple(d for d in devices if not d.implicit)
     implicit = []
     for d in drives:
         if d.interface == "virtio" and d.id is not None:
-            props = (("drive", d.id),) + tuple((k, v) for k, v in d.props if k in ("addr", "serial"))
-            implicit.append(DeviceSpec("virtio-blk-pci", None, props, implicit=True, source=d.source))
+            keep = ("addr", "serial") if blk_driver == "virtio-blk-pci" else ("serial",)
+            props = (("drive", d.id),) + tuple((k, v) for k, v in d.props if k in keep)
+            implicit.append(DeviceSpec(blk_driver, None, props, implicit=True, source=d.source))
     return explicit + tuple(implicit)
 
 

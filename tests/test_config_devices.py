@@ -222,8 +222,10 @@ def test_the_board_refuses_the_known_netdevs_and_drivers_it_does_not_build_by_na
 
 
 def test_the_riscv_board_refuses_device_options_too(capsys) -> None:
-    assert main(["-M", "virt", "-kernel", "/etc/hostname", "-netdev", "user,id=n0"]) == 2
-    assert "machine 'virt' has no netdev type 'user' yet" in capsys.readouterr().err
+    assert main(["-M", "virt", "-kernel", "/etc/hostname", "-netdev", "dgram,id=n0"]) == 2
+    assert "machine 'virt' has no netdev type 'dgram' yet" in capsys.readouterr().err
+    assert main(["-M", "virt", "-kernel", "/etc/hostname", "-device", "virtio-net-pci"]) == 2
+    assert "unsupported device 'virtio-net-pci': machine 'virt' does not build it yet" in capsys.readouterr().err
     assert main(["-M", "virt", "-kernel", "/etc/hostname", "-chardev", "null,id=c", "-serial", "chardev:c"]) == 2
     assert "machine 'virt' has no chardev backend 'null' yet" in capsys.readouterr().err
 

@@ -8,9 +8,9 @@ nodes and properties is then exactly the order QEMU's libfdt calls leave them
 in, so ``dtc -I dtb -O dts`` of both blobs can be compared line by line.
 
 ``virt_fdt(VirtFdtParams)`` builds the ``virt`` tree for what kvmpy's board has:
-the CPU, memory, CLINT, PLIC, ns16550a UART, sifive_test with its syscon
+the CPU, memory, CLINT, PLIC, ns16550a UART, the virtio-mmio transports, sifive_test with its syscon
 poweroff/reboot nodes, the empty platform bus and ``/chosen``.  Nodes for
-devices kvmpy does not model (pmu, fw-cfg, flash, rtc, pci, virtio-mmio) are
+devices kvmpy does not model (pmu, fw-cfg, flash, rtc, pci) are
 left out, so no guest probes hardware that is not there.
 """
 
@@ -116,6 +116,7 @@ class VirtFdtParams:
     rng_seed: bytes              # 32 bytes for /chosen/rng-seed
     bootargs: str = ""           # /chosen/bootargs when non-empty (-append)
     hartid: int = 0
+    virtio: tuple[tuple[int, int, int], ...] = ()  # virtio-mmio transports: (base, size, PLIC source)
 
 
 def virt_fdt(p: VirtFdtParams) -> bytes:
@@ -205,6 +206,14 @@ def virt_fdt(p: VirtFdtParams) -> bytes:
     w.prop("reg", _reg(p.test))
     w.prop_str("compatible", "sifive,test1", "sifive,test0", "syscon")
     w.end_node()
+
+    for base, size, irq in sorted(p.virtio, reverse=True):   # QEMU's dump lists them from the highest down
+        w.begin_node(f"virtio_mmio@{base:x}")
+        w.prop_u32("interrupts", irq)
+        w.prop_u32("interrupt-parent", PHANDLE_PLIC)
+        w.prop("reg", _reg((base, size)))
+        w.prop_str("compatible", "virtio,mmio")
+        w.end_node()
 
     w.begin_node(f"plic@{p.plic[0]:x}")
     w.prop_u32("phandle", PHANDLE_PLIC)

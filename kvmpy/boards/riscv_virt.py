@@ -6,6 +6,7 @@ Memory map (facts from QEMU's hw/riscv/virt.c), one line each in ``device_table(
     0x02000000  CLINT (msip, mtimecmp, mtime)
     0x0c000000  PLIC (context 0 = hart 0 M-mode, context 1 = S-mode)
     0x10000000  ns16550a UART, reg-shift 0, PLIC source 10
+    0x10001000  eight virtio-mmio transports, 0x1000 apart, PLIC sources 1-8
     0x80000000  DRAM
 plus HTIF tohost/fromhost when the kernel ELF defines those symbols.
 
@@ -34,7 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Protocol
 
+from kvmpy.boards import riscv_virtio
 from kvmpy.boards.riscv_fdt import VirtFdtParams, virt_fdt
+from kvmpy.boards.riscv_virtio import CpuThreadLines, TcgRam
 from kvmpy.devices.bus import Bus
 from kvmpy.devices.chardev import CharBackend, FileBackend, NullBackend
 from kvmpy.devices.riscv import clint as clint_mod
@@ -46,6 +49,8 @@ from kvmpy.devices.riscv.mrom import Mrom
 from kvmpy.devices.riscv.plic import Plic
 from kvmpy.devices.riscv.sifive_test import SifiveTest
 from kvmpy.devices.serial import Uart16550
+from kvmpy.devices.virtio.device import VirtioDevice
+from kvmpy.devices.virtio.mmio import VirtioMmio
 from kvmpy.loader.elf import ElfImage
 from kvmpy.loader.errors import LoaderError
 from kvmpy.tcg.backend_py import StateLayout, compile_unit, runtime_namespace
@@ -191,6 +196,12 @@ class VirtBoard:
                            lambda lv: cpu.set_hw_irq(MSIP, lv), self._set_mtip)
         self.uart = Uart16550(output=self.console.write, irq=self.plic.line(UART_IRQ))
         self.mrom = Mrom(MROM_SIZE)
+        self.ram = TcgRam(self.mem)   # guest RAM as the virtio core sees it
+        self.lines = CpuThreadLines(self.ram.sync)   # virtio interrupts raised on device threads (net receive)
+        self.virtio = [VirtioMmio(f"virtio-mmio@{riscv_virtio.VIRTIO_BASE + riscv_virtio.VIRTIO_SIZE * i:x}",
+                                  self.lines.line(self.plic.line(riscv_virtio.VIRTIO_IRQ + i).set_level),
+                                  after_io=self.ram.sync)
+                       for i in range(riscv_virtio.VIRTIO_COUNT)]
         self.boot_spec: BootSpec | None = None
         self.boot_info: BootInfo | None = None
         self.devices = self.device_table()
@@ -248,7 +259,22 @@ class VirtBoard:
             DeviceSlot("clint", CLINT_BASE, clint_mod.SIZE, self.clint),
             DeviceSlot("plic", PLIC_BASE, plic_mod.SIZE, self.plic),
             DeviceSlot("uart0", UART_BASE, UART_SIZE, self.uart),
+            *(DeviceSlot(t.name, riscv_virtio.VIRTIO_BASE + riscv_virtio.VIRTIO_SIZE * i, riscv_virtio.VIRTIO_SIZE, t)
+              for i, t in enumerate(self.virtio)),
         )
+
+    def plug_virtio(self, device: VirtioDevice) -> VirtioMmio:
+        """Give ``device`` the highest free virtio-mmio transport, as QEMU's virt does (before booting)."""
+        for t in reversed(self.virtio):
+            if t.device is None:
+                t.plug(device, self.ram.memory)
+                return t
+        raise TcgUserError(f"No 'virtio-bus' bus found for device '{device.name}'")
+
+    def close(self) -> None:
+        """Release the devices' host resources (images, threads)."""
+        for t in self.virtio:
+            t.close()
 
     # ---- loading ---------------------------------------------------------
     def device_tree(self, bootargs: str = "", rng_seed: bytes | None = None) -> bytes:
@@ -259,7 +285,9 @@ class VirtBoard:
             plic_ndev=plic_mod.NUM_SOURCES, uart=(UART_BASE, UART_SIZE), uart_irq=UART_IRQ,
             uart_clock_hz=UART_CLOCK_HZ, test=(SIFIVE_TEST_BASE, sifive_test.SIZE), platform_bus=PLATFORM_BUS,
             rng_seed=os.urandom(RNG_SEED_BYTES) if rng_seed is None else rng_seed, bootargs=bootargs,
-            hartid=self.cpu.hartid))
+            hartid=self.cpu.hartid,
+            virtio=tuple((riscv_virtio.VIRTIO_BASE + riscv_virtio.VIRTIO_SIZE * i, riscv_virtio.VIRTIO_SIZE,
+                          riscv_virtio.VIRTIO_IRQ + i) for i in range(riscv_virtio.VIRTIO_COUNT))))
 
     def load(self, img: ElfImage, path: Path | str) -> None:
         """Boot an ELF program without firmware (``-bios none``)."""
@@ -416,6 +444,8 @@ class VirtBoard:
             cpu.update_sstc()
         if self.interactive and self.input.ready.is_set():   # no lock, no syscall: cheap
             self._take_input()
+        if self.lines.pending:                              # a device thread raised an interrupt
+            self.lines.apply()
 
     def _take_input(self) -> bool:
         """Hand queued console bytes to the UART (CPU thread only); True if there were any."""

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO
 
 from kvmpy.boards.riscv_virt import DEFAULT_TIER, BootImage, BootSpec, VirtBoard
+from kvmpy.boards.riscv_virtio import build_virtio_devices
 from kvmpy.config import TRACE_ITEMS, ConfigError, MachineConfig, parse_size, parse_trace
 from kvmpy.devices.chardev import open_backend
 from kvmpy.loader.elf import EM_RISCV, ElfImage, read_elf
@@ -121,6 +122,9 @@ def build_board(cfg: MachineConfig, stack: ExitStack) -> tuple[VirtBoard, BootSp
     board = VirtBoard(cfg.memory, console, trace, cfg.trace,
                       ns_per_insn=None if cfg.icount is None else 1 << cfg.icount,
                       tier=cfg.tcg_tier or DEFAULT_TIER)
+    stack.callback(board.close)
+    for _, device in build_virtio_devices(cfg, board.ram.memory):
+        board.plug_virtio(device)
     board.boot(spec)
     return board, spec
 

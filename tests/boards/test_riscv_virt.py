@@ -20,7 +20,8 @@ def test_device_table_is_the_memory_map():
     board = VirtBoard(4 << 20)
     assert [(s.name, s.base) for s in board.devices] == [
         ("mrom", MROM_BASE), ("sifive_test", SIFIVE_TEST_BASE), ("clint", CLINT_BASE), ("plic", PLIC_BASE),
-        ("uart0", UART_BASE)]
+        ("uart0", UART_BASE), *((f"virtio-mmio@{0x10001000 + 0x1000 * i:x}", 0x10001000 + 0x1000 * i)
+                                 for i in range(8))]
     for slot in board.devices:
         assert board.bus.find(slot.base) is not None and board.bus.find(slot.base + slot.size - 1) is not None
         assert callable(slot.device.reset)
