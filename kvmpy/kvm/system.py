@@ -112,6 +112,14 @@ class Kvm:
     def create_vm(self) -> VmFd:
         """A new VM; its vCPUs get this system's kvm_run mmap size and coalesced-MMIO ring page."""
         self.require(*REQUIRED_CAPS)
-        fd = ioctl_int(self.fd, ioctls.KVM_CREATE_VM, 0)
+        while True:
+            try:
+                fd = ioctl_int(self.fd, ioctls.KVM_CREATE_VM, 0)
+                break
+            except KvmIoctlError as exc:
+                # KVM gives up creating the VM when a signal is pending (registering its MMU notifier
+                # takes every mm lock interruptibly); the handler has run by now, so ask again.
+                if exc.errno != errno.EINTR:
+                    raise
         return VmFd(fd, vcpu_mmap_size=self.vcpu_mmap_size(),
                     coalesced_ring_page=self.check_extension(abi.CAP_COALESCED_MMIO))

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -52,3 +55,35 @@ def test_capabilities_and_missing_capability_message() -> None:
         kvm._caps[abi.CAP_PIT2] = 0  # pretend the kernel lacks it
         with pytest.raises(KvmCapabilityError, match="KVM_CAP_PIT2"):
             kvm.require(abi.CAP_PIT2)
+
+
+def test_vm_creation_survives_signals_arriving_meanwhile() -> None:
+    """A signal pending while KVM sets a VM up makes KVM_CREATE_VM fail with EINTR; that is retried,
+    not reported (a profiler or a SIGCHLD from a child must not make VM creation fail)."""
+    caught = 0
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal caught
+        caught += 1
+
+    old = signal.signal(signal.SIGUSR1, on_signal)
+    stop = threading.Event()
+    main = threading.main_thread().ident
+    assert main is not None
+
+    def pester() -> None:
+        while not stop.is_set():
+            signal.pthread_kill(main, signal.SIGUSR1)
+            time.sleep(0)
+
+    t = threading.Thread(target=pester)
+    t.start()
+    try:
+        with Kvm.open() as kvm:
+            for _ in range(200):
+                kvm.create_vm().close()
+    finally:
+        stop.set()
+        t.join()
+        signal.signal(signal.SIGUSR1, old)
+    assert caught > 0
