@@ -12,18 +12,12 @@ table and PBA live in BAR1 (4 KiB, 32-bit). What differs from QEMU's default
 (transitional) device: no legacy I/O BAR0, device ID 0x1040+type instead of
 0x1000+n, revision 1, and the subsystem ID is 0x1100 instead of the type.
 
-Kicks: each queue has an eventfd; once the driver enables MSI-X (Linux does,
-before DRIVER_OK) the board registers it as a KVM ioeventfd on the queue's
-notify address, so a guest kick wakes the device's I/O thread without a vCPU
-exit in Python. The I/O thread (epoll over the eventfds and a stop fd) calls
-``device.queue_notify(i)``. Until then (firmware: SeaBIOS drives virtio-blk
-and virtio-scsi without interrupts, kicking and then polling the used ring)
-the notify write exits and the kick runs on that vCPU thread, so the request
-is complete when the guest resumes: a handoff to the I/O thread would leave
-SeaBIOS spinning meanwhile, each turn of its wait loop two port exits
-(0x70, 0x92) that also take the GIL from the I/O thread. A device without
-MSI-X keeps its ioeventfds from the start. Kicks are serialised by the
-transport's device-call lock, whichever thread runs them. A device whose data plane is in the kernel (vhost-net) takes a
+Kicks: each queue has an eventfd; the board registers it as a KVM ioeventfd
+on the queue's notify address, so a guest kick wakes the device's I/O thread
+without a vCPU exit in Python. A notify write that does exit (no ioeventfd)
+writes the same eventfd. The I/O thread (epoll over the eventfds and a stop
+fd) calls ``device.queue_notify(i)``; nothing else calls into the device
+concurrently. A device whose data plane is in the kernel (vhost-net) takes a
 queue's eventfd over with ``VirtioContext.own_kick``: the I/O thread then stops
 watching it, so a kick wakes only the kernel. Interrupts: the queue's MSI-X vector when the driver enabled
 MSI-X, else INTx with the ISR bits (reading the ISR clears it and lowers INTx).
@@ -214,7 +208,6 @@ class VirtioPci(PciDevice):
     def config_written(self, old: bytes, addr: int, size: int) -> None:
         if self.msix is not None:
             self.msix.config_written(addr, size)  # MSI-X Enable / Function Mask
-            self._sync_ioeventfds()  # they follow MSI-X Enable
 
     def config_read(self, addr: int, size: int) -> int:
         base = CAP_AT[CAP_PCI_CFG] + PCI_CFG_DATA
@@ -268,18 +261,7 @@ class VirtioPci(PciDevice):
         elif region == NOTIFY_OFF:
             q = off // NOTIFY_MULTIPLIER
             if q < len(self.queues):
-                self._notify_exit(q)
-
-    def _notify_exit(self, q: int) -> None:
-        """A kick that exited: served here on the vCPU thread while the ioeventfds are off (the driver has
-        not enabled MSI-X), else, or when the kernel owns the queue's kicks (vhost), through the eventfd,
-        the same path as a KVM ioeventfd."""
-        with self._owned_lock:
-            owned = q in self._owned
-        if owned or self._want_ioeventfds():
-            os.eventfd_write(self._notify_fds[q], 1)
-        else:
-            self.kick(q)
+                os.eventfd_write(self._notify_fds[q], 1)  # the same path as a KVM ioeventfd
 
     # ---- common configuration -----------------------------------------------------------
     def offered_features(self) -> int:
@@ -614,28 +596,21 @@ class VirtioPci(PciDevice):
         super().update_mappings()
         self._sync_ioeventfds()
 
-    def _want_ioeventfds(self) -> bool:
-        """Kicks go through KVM ioeventfds to the I/O thread once the driver enabled MSI-X (or when the
-        function has none); before that they exit and run on the vCPU (see the module docstring)."""
-        return self.msix is None or self.msix.enabled
-
     def _sync_ioeventfds(self) -> None:
-        """Keep each queue's ioeventfd on its notify address while BAR4 decodes and MSI-X is on (and off when
-        it moves or MSI-X goes off)."""
+        """Keep each queue's ioeventfd on its notify address while BAR4 decodes (and off when it moves)."""
         hook = self.ioeventfd_hook
         if hook is None:
             return
-        with self._lock:  # as update_mappings holds it: BAR moves and MSI-X Enable both resync them
-            base = self.mapped_bars().get(MODERN_BAR)
-            want = {} if base is None or self._closed or not self._want_ioeventfds() else \
-                {i: base + NOTIFY_OFF + NOTIFY_MULTIPLIER * i for i in range(len(self.queues))}
-            for i, addr in list(self._registered.items()):
-                if want.get(i) != addr:
-                    hook(self._notify_fds[i], addr, False)
-                    del self._registered[i]
-            for i, addr in want.items():
-                if i not in self._registered and hook(self._notify_fds[i], addr, True):
-                    self._registered[i] = addr
+        base = self.mapped_bars().get(MODERN_BAR)
+        want = {} if base is None or self._closed else \
+            {i: base + NOTIFY_OFF + NOTIFY_MULTIPLIER * i for i in range(len(self.queues))}
+        for i, addr in list(self._registered.items()):
+            if want.get(i) != addr:
+                hook(self._notify_fds[i], addr, False)
+                del self._registered[i]
+        for i, addr in want.items():
+            if i not in self._registered and hook(self._notify_fds[i], addr, True):
+                self._registered[i] = addr
 
     def kick_addresses(self) -> dict[int, int]:
         """Queue -> the notify address KVM signals its eventfd for (empty without ioeventfds)."""
@@ -647,7 +622,6 @@ class VirtioPci(PciDevice):
         super().reset()
         if self.msix is not None:
             self.msix.reset()
-            self._sync_ioeventfds()
 
     def quiesce(self) -> None:
         """Stop calling into the device and let it finish in-flight work (the VM is being paused or saved)."""
@@ -771,7 +745,6 @@ class VirtioPci(PciDevice):
                     self.vectors[i] = s["msix_vector"]
             if self.msix is not None:
                 self.msix.restore(state["msix"])
-                self._sync_ioeventfds()  # MSI-X Enable came back with the state
             self.device.restore(state["device"])
             if self.status & STATUS_DRIVER_OK and not self.broken:
                 for q in self.queues:

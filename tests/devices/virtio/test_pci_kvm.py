@@ -115,45 +115,6 @@ def test_a_guest_kick_is_taken_by_ioeventfd_without_an_exit(kvm_vm: VmFd) -> Non
         fn.close()
 
 
-
-def test_until_msix_is_on_a_kick_exits_and_is_served_before_the_guest_resumes(kvm_vm: VmFd) -> None:
-    """Firmware (SeaBIOS) kicks and then polls the used ring with MSI-X off: the notify write exits, and the
-    request is complete when that MMIO write returns, with no I/O thread in between. Once the driver enables
-    MSI-X (Linux, before DRIVER_OK) the kick goes through KVM's ioeventfd again, without an exit."""
-    ram = RAMBlock.allocate("rig.ram", 0x80000)
-    rig = PciRig(ram=ram)
-    kvm_vm.set_user_memory_region(0, 0, ram.size, ram.host_addr)
-    bar4 = 0xC0000
-    fn, d = rng_on(rig, kvm_vm, vectors=2, bar4=bar4)
-    vcpu = kvm_vm.create_vcpu(0)
-    try:
-        d.init(queue_base=0x10000)
-        q = d.queues[0]
-        notify = bar4 + vp.NOTIFY_OFF
-        code = bytes([0xB8, (notify >> 4) & 0xFF, notify >> 12,  # mov ax, notify >> 4
-                      0x8E, 0xC0,                               # mov es, ax
-                      0x26, 0xC7, 0x06, 0x00, 0x00, 0x00, 0x00,  # mov word [es:0], 0 (queue 0)
-                      0xF4])                                    # hlt
-        rig.memory.write(0x1000, code)
-        assert fn.kick_addresses() == {}
-        head = q.add([], [(BUF, 48)])
-        enter_real_mode(vcpu, 0x1000)
-        assert vcpu.run() and vcpu.exit_reason == abi.EXIT_MMIO  # MSI-X off: the kick exits
-        rig.mmio.write(notify, 2, 0)  # what the vCPU loop does with that exit
-        assert q.get_used() == [(head, 48)]  # already served: nothing to wait for
-        rig.cfg_write(d.devfn, vp.MSIX_CAP_AT + 2, 2, 0x8000)  # MSI-X Enable
-        assert fn.kick_addresses() == {0: notify}
-        head = q.add([], [(BUF, 48)])
-        enter_real_mode(vcpu, 0x1000)
-        assert vcpu.run() and vcpu.exit_reason == abi.EXIT_HLT  # the ioeventfd took it
-        assert wait_used(q) == [(head, 48)]
-        rig.cfg_write(d.devfn, vp.MSIX_CAP_AT + 2, 2, 0)  # and off again: the ioeventfd goes
-        assert fn.kick_addresses() == {}
-    finally:
-        vcpu.close()
-        fn.close()
-
-
 # (op, offset, size, value): BAR4 accesses replayed on QEMU and on kvmpy; reads are compared.
 SCRIPT = [("r", o, n, 0) for o, n in ((0x10, 2), (0x12, 2), (0x14, 1), (0x15, 1), (0x16, 2), (0x18, 2), (0x1A, 2),
                                        (0x1C, 2), (0x1E, 2), (0x20, 4), (0x24, 4), (0x14, 2), (0x12, 4), (0x20, 8),
