@@ -157,30 +157,10 @@ def _rng(board: Any, spec: "DeviceSpec") -> VirtioDevice:
 
 
 def _net(board: Any, spec: "DeviceSpec") -> VirtioDevice:
-    from kvmpy.devices.virtio.net import VirtioNet, default_mac, parse_mac
+    from kvmpy.devices.virtio.net import VirtioNet, nic_settings
     from kvmpy.net.netdev import make_netdev
 
-    where = spec.source or f"-device {spec.driver}"
-    config = board.config
-    earlier = []
-    for other in config.devices:
-        if other is spec:
-            break
-        if other.driver == spec.driver:
-            earlier.append(other)
-    text = spec.get("mac")
-    try:
-        mac = parse_mac(text) if text is not None else default_mac(sum(1 for e in earlier if e.get("mac") is None))
-    except ValueError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-    netdev_id = spec.get("netdev")
-    if netdev_id is None:
-        raise ConfigError(f"{where}: netdev= is required (kvmpy has no NIC without a -netdev backend)")
-    netdev = next((n for n in config.netdevs if n.id == netdev_id), None)
-    if netdev is None:
-        raise ConfigError(f"{where}: Property '{spec.driver}.netdev' can't find value '{netdev_id}'")
-    if any(e.get("netdev") == netdev_id for e in earlier):
-        raise ConfigError(f"{where}: Property '{spec.driver}.netdev' can't take value '{netdev_id}', it's in use")
+    mac, netdev = nic_settings(board.config, spec)
     backend = make_netdev(netdev)
     try:
         return VirtioNet(backend, mac, spec.id or "")

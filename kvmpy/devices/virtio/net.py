@@ -51,7 +51,7 @@ from kvmpy.net.backend import NetBackend
 
 if TYPE_CHECKING:
     from kvmpy.config import MachineConfig
-    from kvmpy.config_devices import DeviceSpec
+    from kvmpy.config_devices import DeviceSpec, NetdevSpec
     from kvmpy.devices.virtio.pci import VirtioPci
     from kvmpy.devices.virtio.queue import Chain, SplitQueue
     from kvmpy.kvm.vm import VmFd
@@ -638,17 +638,14 @@ def _nics_before(config: "MachineConfig", spec: "DeviceSpec") -> list["DeviceSpe
     return out
 
 
-def virtio_net_pci(board: NetBoard, spec: "DeviceSpec") -> "VirtioPci":
-    """``-device virtio-net-pci,netdev=ID[,mac=MAC][,id=NAME]``: a NIC on the -netdev named ``ID``.
+def nic_settings(config: "MachineConfig", spec: "DeviceSpec") -> tuple[bytes, "NetdevSpec"]:
+    """(MAC, -netdev spec) of a NIC ``-device DRIVER,netdev=ID[,mac=MAC]``, whatever its transport.
 
-    Without mac= the NIC gets QEMU's default, 52:54:00:12:34:56 plus the count of earlier
-    NICs that had none.
+    Without mac= the NIC gets QEMU's default, 52:54:00:12:34:56 plus the count of earlier NICs of
+    the same driver that had none; a missing, unknown or already used netdev is refused in QEMU's words.
     """
-    from kvmpy.devices.virtio.pci import virtio_pci
-    from kvmpy.net.netdev import make_netdev
-
-    where = spec.source or "-device virtio-net-pci"
-    earlier = _nics_before(board.config, spec)
+    where = spec.source or f"-device {spec.driver}"
+    earlier = _nics_before(config, spec)
     text = spec.get("mac")
     try:
         mac = parse_mac(text) if text is not None else default_mac(sum(1 for e in earlier if e.get("mac") is None))
@@ -657,11 +654,21 @@ def virtio_net_pci(board: NetBoard, spec: "DeviceSpec") -> "VirtioPci":
     netdev_id = spec.get("netdev")
     if netdev_id is None:
         raise ConfigError(f"{where}: netdev= is required (kvmpy has no NIC without a -netdev backend)")
-    netdev = next((n for n in getattr(board.config, "netdevs", ()) if n.id == netdev_id), None)
+    netdev = next((n for n in getattr(config, "netdevs", ()) if n.id == netdev_id), None)
     if netdev is None:
-        raise ConfigError(f"{where}: Property 'virtio-net-pci.netdev' can't find value '{netdev_id}'")
+        raise ConfigError(f"{where}: Property '{spec.driver}.netdev' can't find value '{netdev_id}'")
     if any(e.get("netdev") == netdev_id for e in earlier):
-        raise ConfigError(f"{where}: Property 'virtio-net-pci.netdev' can't take value '{netdev_id}', it's in use")
+        raise ConfigError(f"{where}: Property '{spec.driver}.netdev' can't take value '{netdev_id}', it's in use")
+    return mac, netdev
+
+
+def virtio_net_pci(board: NetBoard, spec: "DeviceSpec") -> "VirtioPci":
+    """``-device virtio-net-pci,netdev=ID[,mac=MAC][,id=NAME]``: a NIC on the -netdev named ``ID``
+    (``nic_settings`` says which MAC and backend)."""
+    from kvmpy.devices.virtio.pci import virtio_pci
+    from kvmpy.net.netdev import make_netdev
+
+    mac, netdev = nic_settings(board.config, spec)
     backend = make_netdev(netdev)
     try:
         nic = VirtioNet(backend, mac, spec.id or "", board.address_space)
