@@ -203,6 +203,19 @@ def fw_inner(kind: str, image: Path, repeat: int, here: bool) -> int:
     return 0
 
 
+def run_in_bed(argv: list[str], why: str) -> int:
+    """Re-run this script (``argv``) inside the nested complete-KVM bed; its exit status."""
+    from kvmpy.testbed.bed import BedError, NestedBed
+
+    print(f"bench: {why}", file=sys.stderr, flush=True)
+    try:
+        res = NestedBed(on_output=print).run(argv, cwd=REPO, timeout=3000)
+    except BedError as exc:
+        print(f"bench: the nested bed failed: {exc}", file=sys.stderr)
+        return 1
+    return res.returncode
+
+
 def fw_main(args: argparse.Namespace) -> int:
     from kvmpy.kvm.flavor import KvmKind, host_kvm_kind
 
@@ -211,15 +224,7 @@ def fw_main(args: argparse.Namespace) -> int:
     if args.here or in_bed or host_kvm_kind() is KvmKind.COMPLETE:
         return fw_inner(args.firmware, image, args.repeat, here=host_kvm_kind() is not KvmKind.COMPLETE)
     argv = [sys.executable, str(Path(__file__).resolve()), "--firmware", args.firmware, "--repeat", str(args.repeat)]
-    from kvmpy.testbed.bed import BedError, NestedBed
-
-    print("bench: running inside the nested bed", file=sys.stderr, flush=True)
-    try:
-        res = NestedBed(on_output=print).run(argv, cwd=REPO, timeout=3000)
-    except BedError as exc:
-        print(f"bench: the nested bed failed: {exc}", file=sys.stderr)
-        return 1
-    return res.returncode
+    return run_in_bed(argv, "running inside the nested bed")
 
 
 def main() -> int:
@@ -245,15 +250,7 @@ def main() -> int:
             "--inner", str(kernel), str(initrd)]
     if host_kvm_kind() is KvmKind.COMPLETE or os.environ.get("KVMPY_IN_BED") == "1":
         return subprocess.call(argv)
-    from kvmpy.testbed.bed import BedError, NestedBed
-
-    print("bench: host KVM is not complete; running inside the nested bed", file=sys.stderr, flush=True)
-    try:
-        res = NestedBed(on_output=print).run(argv, cwd=REPO, timeout=3000)
-    except BedError as exc:
-        print(f"bench: the nested bed failed: {exc}", file=sys.stderr)
-        return 1
-    return res.returncode
+    return run_in_bed(argv, "host KVM is not complete; running inside the nested bed")
 
 
 if __name__ == "__main__":
