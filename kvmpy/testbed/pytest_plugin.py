@@ -32,10 +32,17 @@ tests it had not finished are re-run in a fresh L1, at most twice; so are they w
 dies (its kernel panics, or QEMU crashes). The test it was running gets a warning that
 says so. A slow or silent test is not a wedge.
 
+A test that fails because a guest did not do something in time (it raised
+kvmpy.api.errors.WaitTimeout, which ExpectTimeout is) is run once more in a fresh L1 after
+the batch, when at most KVMPY_BED_TIMEOUT_RETRIES (default 3) tests failed that way: under
+the bed's emulated SVM an L2 guest now and then stops running for minutes, under QEMU+KVM
+as much as under kvmpy, and that must not decide the suite. The retry's outcome is the
+test's; a warning keeps the first failure, so a flaky hang stays visible.
+
 Environment: KVMPY_NO_BED=1, KVMPY_BED_TIMEOUT (s, default 3600),
 KVMPY_BED_BOOT_TIMEOUT (s, default 300), KVMPY_BED_STALL_TIMEOUT (s, default 120),
 KVMPY_BED_KEEP=1 (keep the scratch dir), KVMPY_BED_PYTEST_ARGS (extra arguments for
-the inner pytest).
+the inner pytest), KVMPY_BED_TIMEOUT_RETRIES (0 turns the guest-timeout retry off).
 """
 
 from __future__ import annotations
@@ -49,11 +56,14 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import pytest
 
 from kvmpy.kvm.flavor import KvmKind, host_kvm_kind
+
+if TYPE_CHECKING:
+    from kvmpy.testbed.bed import BedResult
 
 IN_BED_ENV = "KVMPY_IN_BED"  # same value as kvmpy.testbed.bed.IN_BED_ENV; bed.py is imported lazily
 REPORT_ENV = "KVMPY_BED_REPORT"
@@ -64,6 +74,7 @@ STALL_TIMEOUT_ENV = "KVMPY_BED_STALL_TIMEOUT"
 KEEP_ENV = "KVMPY_BED_KEEP"
 PYTEST_ARGS_ENV = "KVMPY_BED_PYTEST_ARGS"
 PENDING_ENV = "KVMPY_BED_PENDING"
+TIMEOUT_RETRIES_ENV = "KVMPY_BED_TIMEOUT_RETRIES"
 
 NATIVE, BED, OFF = "native", "bed", "off"
 _OUTPUT_TAIL = 60
@@ -110,10 +121,95 @@ class _Batch:
     output_tail: str = ""
     scratch: Path | None = None
     wedged: dict[str, str] = field(default_factory=dict)  # nodeid L1 was running -> why a fresh L1 re-ran it
+    timed_out: dict[str, str] = field(default_factory=dict)  # nodeid -> its first guest timeout, re-run after
+
+
+def _env_count(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    if not raw.isdigit():
+        raise pytest.UsageError(f"{name}={raw!r} is not a count (0 or more)")
+    return int(raw)
+
+
+def _guest_timeout(reports: list[dict[str, Any]] | None) -> str | None:
+    """The first line of a failure that was a guest timing out, or None."""
+    for r in reports or ():
+        if r.get("outcome") == "failed" and r.get("guest_timeout"):
+            return str(r.get("crash") or "a guest timed out").splitlines()[0][:300]
+    return None
 
 
 def _finished(reports: list[dict[str, Any]] | None) -> bool:
     return bool(reports) and any(r.get("when") == "teardown" for r in reports)
+
+
+@dataclass
+class _BatchRun:
+    """Runs a list of kvm_full ids in the bed, replacing a wedged or dead L1 at most twice."""
+
+    plugin: "KvmBedPlugin"
+    argv: list[str]
+    env: dict[str, str]
+    shares: list[Path]
+    rootdir: Path
+    scratch: Path
+    show: Callable[[str], None]  # one line of the batch's output
+
+    def ids(self, ids: list[str], batch: _Batch, label: str) -> "BedResult | None":
+        """The BedResult of the run that finished, or None after setting ``batch.error``."""
+        from kvmpy.testbed.bed import BedDied, BedError, BedStalled, NestedBed  # lazy: keeps the inner run lean
+
+        say, p = self.plugin.terminal_line, self.plugin
+        attempts = 3  # a wedge of the emulated machine is rare; two in a row would be news
+        for attempt in range(1, attempts + 1):
+            name = label + ("" if attempt == 1 else f"-retry{attempt - 1}")
+            report, console = self.scratch / f"reports{name}.jsonl", self.scratch / f"console{name}.log"
+            try:
+                bed = NestedBed(self.shares, boot_timeout=p.boot_timeout, stall_timeout=p.stall_timeout,
+                                on_output=self.show)
+                res = bed.run(self.argv + ["--", *ids], cwd=self.rootdir, env={**self.env, REPORT_ENV: str(report)},
+                              timeout=p.timeout, scratch=self.scratch, console_log=console)
+            except BedError as exc:
+                # Tests that finished before a timeout or crash keep their real outcome.
+                load_reports(report, batch)
+                why = str(exc).splitlines()[0]
+                unfinished = [i for i in ids if not _finished(batch.reports.get(i))]
+                if isinstance(exc, (BedStalled, BedDied)) and attempt < attempts and unfinished:
+                    # A wedge or death of the emulated machine, not a test result: a fresh L1 gets the rest.
+                    running = next((i for i in unfinished if i in batch.reports), unfinished[0])
+                    for i in unfinished:
+                        batch.reports.pop(i, None)
+                    batch.wedged[running] = why
+                    say(f"kvmpy: {why} while running {running}; re-running the "
+                        f"{len(unfinished)} unfinished kvm_full test(s) in a fresh L1 (console: {console})")
+                    ids = unfinished
+                    continue
+                batch.error = f"{exc}\n(L1 console log: {console})"
+                say(f"kvmpy: the nested bed failed: {why}")
+                return None
+            load_reports(report, batch)
+            return res
+        return None  # not reached: the last attempt returns or sets the error
+
+
+def load_reports(path: Path, batch: _Batch) -> None:
+    """Add the inner session's JSON-lines reports at ``path`` (if any) to ``batch``."""
+    if not path.exists():
+        return
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            r = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(r, dict) or not isinstance(r.get("nodeid"), str):
+            continue
+        if r.get("when") == "collect":
+            batch.collect_errors[r["nodeid"]] = str(r.get("longrepr", ""))
+        elif r.get("when") in ("setup", "call", "teardown") and \
+                r.get("outcome") in ("passed", "failed", "skipped"):
+            batch.reports.setdefault(r["nodeid"], []).append(r)
 
 
 class BedTwin(pytest.Item):
@@ -146,6 +242,10 @@ class BedTwin(pytest.Item):
         if self.nodeid in batch.wedged:
             self.warn(pytest.PytestWarning(f"the nested L1 VM failed while running this test "
                                            f"({batch.wedged[self.nodeid]}); it was re-run in a fresh L1"))
+        if self.nodeid in batch.timed_out:
+            self.warn(pytest.PytestWarning(f"a guest timed out in this test's first run in the bed "
+                                           f"({batch.timed_out[self.nodeid]}); the outcome is that of a "
+                                           f"second run in a fresh L1"))
 
     def runtest(self) -> None:
         """The test ran inside L1; the setup already holds its outcome."""
@@ -167,6 +267,8 @@ class KvmBedPlugin:
         self.timeout = _env_seconds(TIMEOUT_ENV, 3600.0)
         self.boot_timeout = _env_seconds(BOOT_TIMEOUT_ENV, 300.0)
         self.stall_timeout = _env_seconds(STALL_TIMEOUT_ENV, 120.0)
+        self.timeout_retries = _env_count(TIMEOUT_RETRIES_ENV, 3)
+        self._guest_timeouts: set[str] = set()  # inside the bed: nodeids whose guest timed out
 
     # --- header and selection ------------------------------------------------------------
 
@@ -225,6 +327,10 @@ class KvmBedPlugin:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> pytest.TestReport | None:
+        if self._report_path is not None and call.excinfo is not None:
+            from kvmpy.api.errors import WaitTimeout  # lazy: only the inner session needs it
+            if call.excinfo.errisinstance(WaitTimeout):
+                self._guest_timeouts.add(item.nodeid)
         if not isinstance(item, BedTwin) or self.batch is None:
             return None
         host = pytest.TestReport.from_item_and_call(item, call)
@@ -279,13 +385,13 @@ class KvmBedPlugin:
 
     # --- the batch -----------------------------------------------------------------------
 
-    def _terminal_line(self, text: str) -> None:
+    def terminal_line(self, text: str) -> None:
         tr = self.config.pluginmanager.get_plugin("terminalreporter")
         if tr is not None:
             tr.write_line(text)
 
     def _run_batch(self) -> _Batch:
-        from kvmpy.testbed.bed import BedDied, BedError, BedStalled, NestedBed, project_root  # lazy: keeps the inner run lean
+        from kvmpy.testbed.bed import project_root  # lazy: keeps the inner run lean
 
         batch = _Batch()
         scratch = Path(tempfile.mkdtemp(prefix="kvmpy-bed-session-"))
@@ -313,69 +419,34 @@ class KvmBedPlugin:
             # -v: the inner per-test result lines; -vv: everything the batch prints.
             if verbosity >= 2 or (verbosity >= 1 and "::" in line and
                                   any(w in line for w in ("PASSED", "FAILED", "SKIPPED", "ERROR", "XFAIL", "XPASS"))):
-                self._terminal_line(f"  [L1] {line}")
-        self._terminal_line(f"kvmpy: host KVM is {self.kind.value}: booting the nested L1 bed for "
+                self.terminal_line(f"  [L1] {line}")
+        self.terminal_line(f"kvmpy: host KVM is {self.kind.value}: booting the nested L1 bed for "
                             f"{len(self.kvm_full_ids)} kvm_full test(s) (console: {scratch / 'console.log'})")
         try:
             self.config.hook.pytest_kvmpy_bed_prepare(config=self.config, items=list(self.kvm_full_items))
         except Exception as exc:  # a conftest's preparation failed: every batched test fails with it
             batch.error = f"pytest_kvmpy_bed_prepare failed on the host: {type(exc).__name__}: {exc}"
-            self._terminal_line(f"kvmpy: {batch.error}")
+            self.terminal_line(f"kvmpy: {batch.error}")
             return batch
-        ids = list(self.kvm_full_ids)
-        attempts = 3  # a wedge of the emulated machine is rare; two in a row would be news
-        for attempt in range(1, attempts + 1):
-            name = "" if attempt == 1 else f"-retry{attempt - 1}"
-            report, console = scratch / f"reports{name}.jsonl", scratch / f"console{name}.log"
-            try:
-                bed = NestedBed(shares, boot_timeout=self.boot_timeout, stall_timeout=self.stall_timeout,
-                                on_output=show)
-                res = bed.run(argv + ["--", *ids], cwd=rootdir, env={**env, REPORT_ENV: str(report)},
-                              timeout=self.timeout, scratch=scratch, console_log=console)
-            except BedError as exc:
-                # Tests that finished before a timeout or crash keep their real outcome.
-                self._load_reports(report, batch)
-                why = str(exc).splitlines()[0]
-                unfinished = [i for i in ids if not _finished(batch.reports.get(i))]
-                if isinstance(exc, (BedStalled, BedDied)) and attempt < attempts and unfinished:
-                    # A wedge or death of the emulated machine, not a test result: a fresh L1 gets the rest.
-                    running = next((i for i in unfinished if i in batch.reports), unfinished[0])
-                    for i in unfinished:
-                        batch.reports.pop(i, None)
-                    batch.wedged[running] = why
-                    self._terminal_line(f"kvmpy: {why} while running {running}; re-running the "
-                                        f"{len(unfinished)} unfinished kvm_full test(s) in a fresh L1 "
-                                        f"(console: {console})")
-                    ids = unfinished
-                    continue
-                batch.error = f"{exc}\n(L1 console log: {console})"
-                self._terminal_line(f"kvmpy: the nested bed failed: {why}")
-                return batch
-            break
+        run = _BatchRun(self, argv, env, shares, rootdir, scratch, show)
+        res = run.ids(list(self.kvm_full_ids), batch, "")
+        if res is None:
+            return batch
+        timed_out = {i: why for i in self.kvm_full_ids if (why := _guest_timeout(batch.reports.get(i)))}
+        if timed_out and len(timed_out) <= self.timeout_retries:
+            self.terminal_line(f"kvmpy: a guest timed out in {len(timed_out)} kvm_full test(s); running "
+                                f"{'it' if len(timed_out) == 1 else 'them'} once more in a fresh L1: "
+                                + ", ".join(timed_out))
+            for i in timed_out:
+                batch.reports.pop(i, None)
+            batch.timed_out.update(timed_out)
+            res = run.ids(list(timed_out), batch, "-timeout-retry") or res
         batch.returncode = res.returncode
         batch.output_tail = "\n".join(res.output.splitlines()[-_OUTPUT_TAIL:])
-        self._load_reports(report, batch)
         t = res.timings
-        self._terminal_line(f"kvmpy: nested bed done: inner pytest exit {res.returncode}; L1 boot "
+        self.terminal_line(f"kvmpy: nested bed done: inner pytest exit {res.returncode}; L1 boot "
                             f"{t.boot_s or 0:.1f} s, batch {t.command_s or 0:.1f} s, total {t.total_s:.1f} s")
         return batch
-
-    @staticmethod
-    def _load_reports(path: Path, batch: _Batch) -> None:
-        if not path.exists():
-            return
-        for line in path.read_text(errors="replace").splitlines():
-            try:
-                r = json.loads(line)
-            except ValueError:
-                continue
-            if not isinstance(r, dict) or not isinstance(r.get("nodeid"), str):
-                continue
-            if r.get("when") == "collect":
-                batch.collect_errors[r["nodeid"]] = str(r.get("longrepr", ""))
-            elif r.get("when") in ("setup", "call", "teardown") and \
-                    r.get("outcome") in ("passed", "failed", "skipped"):
-                batch.reports.setdefault(r["nodeid"], []).append(r)
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         # The scratch dir is kept only when it can explain a bed failure (or on request);
@@ -384,7 +455,7 @@ class KvmBedPlugin:
         if b is None or b.scratch is None or os.environ.get(KEEP_ENV) == "1":
             return
         console = b.scratch / "console.log"
-        if (b.error is None and not b.wedged) or not console.exists() or console.stat().st_size == 0:
+        if (b.error is None and not b.wedged and not b.timed_out) or not console.exists() or console.stat().st_size == 0:
             shutil.rmtree(b.scratch, ignore_errors=True)
 
     # --- inside the bed: record reports for the host ---------------------------------------
@@ -406,6 +477,10 @@ class KvmBedPlugin:
             entry["skip"] = [str(x) for x in report.longrepr[:1]] + [report.longrepr[1], report.longrepr[2]]
         elif report.longrepr is not None:
             entry["longrepr"] = report.longreprtext
+        if report.failed and report.nodeid in self._guest_timeouts:
+            entry["guest_timeout"] = True
+            crash = getattr(report.longrepr, "reprcrash", None)
+            entry["crash"] = getattr(crash, "message", "")
         self._record(entry)
 
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:

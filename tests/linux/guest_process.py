@@ -6,8 +6,11 @@ import os
 import re
 import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from kvmpy.api.errors import ExpectTimeout, WaitTimeout
 
 if TYPE_CHECKING:
     from kvmpy.api.console import Console
@@ -30,6 +33,7 @@ class GuestProcess:
     def __init__(self, argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:
         self.argv = argv
         self.out = bytearray()
+        self.last_output = time.monotonic()  # when the console last printed anything
         self._pos = 0
         self._cond = threading.Condition()
         self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -42,20 +46,27 @@ class GuestProcess:
         while chunk := os.read(self.proc.stdout.fileno(), 65536):
             with self._cond:
                 self.out += chunk
+                self.last_output = time.monotonic()
                 self._cond.notify_all()
         with self._cond:
             self._cond.notify_all()
 
     def expect(self, pattern: str, timeout: float) -> re.Match[bytes]:
-        """The first match of ``pattern`` after the previous expect's match (AssertionError with the tail)."""
+        """The first match of ``pattern`` after the previous expect's match.
+
+        ExpectTimeout (kvmpy's, so the bed plugin can tell a guest that stopped from a wrong answer) when it
+        does not show within ``timeout``; AssertionError with the tail when the process's output ended."""
         regex = re.compile(pattern.encode())
         with self._cond:
             found = self._cond.wait_for(lambda: regex.search(self.out, self._pos) or not self._pump.is_alive(),
                                         timeout)
             m = regex.search(self.out, self._pos)
+            if m is None and found is False:
+                raise ExpectTimeout(f"{self.argv[0]}: no {pattern!r} within {timeout} s ({len(self.out)} bytes of "
+                                    f"output, the last {time.monotonic() - self.last_output:.0f} s ago)", self.text())
             if m is None:
-                state = f"none within {timeout} s" if found is False else "its output ended (it exited)"
-                raise AssertionError(f"{self.argv[0]}: no {pattern!r}, {state}; output: {self.text()[-3000:]}")
+                raise AssertionError(f"{self.argv[0]}: no {pattern!r}, its output ended (it exited); "
+                                     f"output: {self.text()[-3000:]}")
             self._pos = m.end()
             return m
 
@@ -72,7 +83,12 @@ class GuestProcess:
         return self.out.decode(errors="replace")
 
     def wait(self, timeout: float) -> int:
-        status = self.proc.wait(timeout)
+        """The process's exit status; WaitTimeout if it is still running after ``timeout`` seconds."""
+        try:
+            status = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise WaitTimeout(f"{self.argv[0]} still running after {timeout} s; output: "
+                              f"{self.text()[-2000:]}") from None
         self._pump.join(5)
         return status
 

@@ -221,3 +221,57 @@ def test_bad_timeout_is_a_usage_error(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 4, res.stdout + res.stderr
     assert "KVMPY_BED_TIMEOUT='soon' is not a number of seconds" in res.stderr
+
+
+GUEST_TIMEOUTS = """
+import os
+import pytest
+from kvmpy.api.errors import ExpectTimeout, WaitTimeout
+
+def _first_time(name):
+    flag = os.path.join(os.path.dirname(__file__), name)
+    if os.path.exists(flag):
+        return False
+    open(flag, "w").close()
+    return True
+
+@pytest.mark.kvm_full
+def test_guest_stalls_in_the_first_l1_only():
+    if _first_time("stalled-once"):
+        raise ExpectTimeout("no 'login:' within 300 s", "[    0.25] BIO")
+
+@pytest.mark.kvm_full
+def test_guest_never_ends():
+    raise WaitTimeout("the guest is still running: " + ("second" if not _first_time("never-once") else "first"))
+
+@pytest.mark.kvm_full
+def test_wrong_answer_is_not_retried():
+    assert not _first_time("wrong-once"), "a plain failure"
+"""
+
+
+@bed_host
+@pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="needs qemu-system-x86_64")
+def test_a_guest_timeout_is_run_once_more_in_a_fresh_l1(tmp_path: Path) -> None:
+    proj = _project(tmp_path)
+    (proj / "test_sample.py").unlink()
+    (proj / "test_zlast.py").unlink()
+    (proj / "test_timeouts.py").write_text(GUEST_TIMEOUTS)
+    res, out = _pytest(proj, "-v")
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert out["test_guest_stalls_in_the_first_l1_only"] == ("passed", ""), out
+    kind, text = out["test_guest_never_ends"]
+    assert kind == "failure" and "the guest is still running: second" in text, out  # the retry's failure
+    kind, text = out["test_wrong_answer_is_not_retried"]
+    assert kind == "failure" and "a plain failure" in text, out  # ran once: a retry would have passed
+    assert ("a guest timed out in 2 kvm_full test(s); running them once more in a fresh L1: "
+            "test_timeouts.py::test_guest_stalls_in_the_first_l1_only, test_timeouts.py::test_guest_never_ends"
+            ) in res.stdout, res.stdout
+    assert "a guest timed out in this test's first run in the bed (kvmpy.api.errors.ExpectTimeout: no 'login:'" \
+        in res.stdout, res.stdout
+    # KVMPY_BED_TIMEOUT_RETRIES=0: no second L1
+    for flag in ("stalled-once", "never-once", "wrong-once"):
+        (proj / flag).unlink()
+    res, out = _pytest(proj, "-v", env={"KVMPY_BED_TIMEOUT_RETRIES": "0"})
+    assert "once more in a fresh L1" not in res.stdout and out["test_guest_stalls_in_the_first_l1_only"][0] == \
+        "failure", res.stdout
