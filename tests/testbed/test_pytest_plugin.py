@@ -92,6 +92,15 @@ def _project(tmp_path: Path) -> Path:
     return proj
 
 
+def _project_of(tmp_path: Path, name: str, tests: str) -> Path:
+    """A project whose only tests are ``tests``, in ``name``."""
+    proj = _project(tmp_path)
+    (proj / "test_sample.py").unlink()
+    (proj / "test_zlast.py").unlink()
+    (proj / name).write_text(tests)
+    return proj
+
+
 def _pytest(proj: Path, *args: str, env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess[str],
                                                                                dict[str, tuple[str, str]]]:
     full_env = {k: v for k, v in os.environ.items() if k not in ("KVMPY_IN_BED", "PYTEST_ADDOPTS")}
@@ -197,10 +206,7 @@ def test_after_the_wedge():
 @bed_host
 @pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="needs qemu-system-x86_64")
 def test_a_wedged_or_dead_l1_is_replaced_and_the_unfinished_tests_rerun(tmp_path: Path) -> None:
-    proj = _project(tmp_path)
-    (proj / "test_sample.py").unlink()
-    (proj / "test_zlast.py").unlink()
-    (proj / "test_wedge.py").write_text(WEDGE_ONCE)
+    proj = _project_of(tmp_path, "test_wedge.py", WEDGE_ONCE)
     res, out = _pytest(proj, "-v", env={"KVMPY_BED_STALL_TIMEOUT": "20"})
     assert res.returncode == 0, res.stdout + res.stderr
     assert out == {name: ("passed", "") for name in
@@ -253,10 +259,7 @@ def test_wrong_answer_is_not_retried():
 @bed_host
 @pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="needs qemu-system-x86_64")
 def test_a_guest_timeout_is_run_once_more_in_a_fresh_l1(tmp_path: Path) -> None:
-    proj = _project(tmp_path)
-    (proj / "test_sample.py").unlink()
-    (proj / "test_zlast.py").unlink()
-    (proj / "test_timeouts.py").write_text(GUEST_TIMEOUTS)
+    proj = _project_of(tmp_path, "test_timeouts.py", GUEST_TIMEOUTS)
     res, out = _pytest(proj, "-v")
     assert res.returncode == 1, res.stdout + res.stderr
     assert out["test_guest_stalls_in_the_first_l1_only"] == ("passed", ""), out
