@@ -23,7 +23,7 @@ needs_qemu = pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 is not 
 EXIT_PASS = (0x10 << 1) | 1
 EXIT_FAIL = (0x11 << 1) | 1
 ALL_GUESTS = ["hello", "smp", "timer", "serial_rx", "mmio", "memwriter", "demo", "counter",
-              "dirtier", "pio_loop", "triplefault", "vgafill"]
+              "dirtier", "pio_loop", "triplefault", "vgafill", "script"]
 
 
 def qemu_argv(elf: Path, append: str = "", smp: int = 1) -> list[str]:
