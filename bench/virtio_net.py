@@ -37,7 +37,7 @@ from kvmpy.tools.fetch import cache_root, fetch_kernel  # noqa: E402
 from tests.net.netns import NetNs  # noqa: E402
 
 HOST_IP, GUEST_IP = "10.77.0.1", "10.77.0.2"
-TAP = "kvbench0"
+TAP = "kvbench{}"  # numbered per run: a run never meets the previous run's tap still going away
 INIT = """#!/bin/sh
 /bin/busybox --install -s
 mount -t proc proc /proc
@@ -130,21 +130,22 @@ class Servers:
             t.join(timeout)
 
 
-def one_run(cmd: list[str], kernel: Path, initrd: Path, vhost: str, size_mb: int, timeout: float) -> dict[str, float]:
+def one_run(cmd: list[str], kernel: Path, initrd: Path, vhost: str, size_mb: int, timeout: float,
+            tap: str = TAP.format(0)) -> dict[str, float]:
     ns = NetNs.create()
     try:
         servers = Servers(ns, size_mb << 20)
         argv = [*cmd, "-m", "512", "-smp", "1", "-nodefaults", "-display", "none", "-serial", "stdio",
                 "-no-reboot", "-kernel", str(kernel), "-initrd", str(initrd),
                 "-append", f"console=ttyS0 quiet panic=-1 netbench={size_mb}",
-                "-netdev", f"tap,id=n0,ifname={TAP},script=no,downscript=no,vhost={vhost}",
+                "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no,vhost={vhost}",
                 "-device", "virtio-net-pci,netdev=n0"]
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.time() + 120
-        while not os.path.exists(f"/sys/class/net/{TAP}") and time.time() < deadline and proc.poll() is None:
+        while not os.path.exists(f"/sys/class/net/{tap}") and time.time() < deadline and proc.poll() is None:
             time.sleep(0.05)
-        if proc.poll() is None and os.path.exists(f"/sys/class/net/{TAP}"):
-            ns.take(TAP, f"{HOST_IP}/24")
+        if proc.poll() is None and os.path.exists(f"/sys/class/net/{tap}"):
+            ns.take(tap, f"{HOST_IP}/24")
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -169,11 +170,13 @@ def measure(args: argparse.Namespace, kernel: Path, initrd: Path, where: str) ->
     runners = vmms(["-cpu", "host"])
     vhost_ok = os.path.exists("/dev/vhost-net")
     best: dict[tuple[str, str], dict[str, float]] = {}
+    runs = 0
     for vhost in ("off", "on") if vhost_ok else ("off",):
         for name, cmd in runners.items():
             for _ in range(repeat):
                 t = time.perf_counter()
-                got = one_run(cmd, kernel, initrd, vhost, size_mb, 1500)
+                runs += 1
+                got = one_run(cmd, kernel, initrd, vhost, size_mb, 1500, TAP.format(runs))
                 print(f"  {name} vhost={vhost}: " + ", ".join(f"{k} {v:.1f} MB/s" for k, v in got.items())
                       + f" ({time.perf_counter() - t:.0f} s)", flush=True)
                 keep_best(best.setdefault((name, vhost), {}), got)
