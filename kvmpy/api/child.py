@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 START_TIMEOUT = 300.0  # from spawning the child until its QMP socket accepts us (a cold start under nested TCG takes minutes)
 STDERR_LIMIT = 64 << 10
+EXIT_GRACE = 5.0  # how long a console at EOF waits for the child's status and the rest of its stderr
 USAGE_ERROR = 2  # kvmpy's exit status for a usage mistake (one line on stderr)
 
 
@@ -103,7 +104,22 @@ class ChildProcessVM:
         if data:
             self.console.feed(data)
         else:
-            self.console.close("the VM has exited")
+            self.console.close(self._exit_reason())
+
+    def _exit_reason(self) -> str:
+        """'the VM has exited' with the child's status and the tail of its stderr, so a console
+        that ended early says why (a crash shows its traceback or signal)."""
+        assert self._proc is not None
+        try:
+            status = self._proc.wait(EXIT_GRACE)
+        except subprocess.TimeoutExpired:
+            return "the VM closed its console (the process is still running)"
+        for t in self._threads:
+            if t is not threading.current_thread():
+                t.join(EXIT_GRACE)
+        reason = f"the VM has exited (status {status})"
+        err = self.stderr.strip()
+        return f"{reason}; its stderr ended: {output_tail(err, 2000)}" if err else reason
 
     def _on_stderr(self, data: bytes) -> None:
         self._stderr += data
