@@ -261,10 +261,13 @@ class Lifecycle:
                 if deadline is not None and time.monotonic() > deadline:
                     raise TimeoutError(f"the VM was still running after {timeout} s") from None
                 continue
-            if ev.kind == "reset" and not self.no_reboot:
-                log.info("%s reset (%s)", "guest" if ev.guest else "host", ev.message or "reset request")
-                reset(ev.guest, "guest-reset" if ev.guest else ev.message)
-                continue
+            if ev.kind == "reset":
+                why = ev.message or "reset request"
+                if not self.no_reboot:
+                    log.info("%s reset (%s)", "guest" if ev.guest else "host", why)
+                    reset(ev.guest, "guest-reset" if ev.guest else ev.message)
+                    continue
+                log.info("%s reset (%s) under -no-reboot: the VM ends", "guest" if ev.guest else "host", why)
             if ev.kind == "error":
                 self.set_state(RunState.INTERNAL_ERROR)
                 log.error("%s", ev.message)

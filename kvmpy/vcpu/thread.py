@@ -294,6 +294,10 @@ class VcpuThread:
                     self._cond.wait()
             return True
         if reason == abi.EXIT_SHUTDOWN:
+            # Rare, and the guest says nothing of it: one line with where it happened (QEMU has -d guest_errors)
+            r, sr = self.vcpu.regs(), self.vcpu.sregs()
+            log.warning("vCPU %d: the guest triple-faulted (rip=%#x rsp=%#x cr0=%#x cr2=%#x cr3=%#x cr4=%#x "
+                        "efer=%#x); a reset follows", vid, r.rip, r.rsp, sr.cr0, sr.cr2, sr.cr3, sr.cr4, sr.efer)
             self.events(VcpuEvent(vid, StopReason.RESET, "triple fault"))
             return self._after_event()
         if reason == abi.EXIT_SYSTEM_EVENT:

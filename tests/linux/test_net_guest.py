@@ -209,10 +209,16 @@ def test_stream_ping_and_tcp_between_kvmpy_and_qemu_guests(linux_assets, tmp_pat
             assert "PING-42 rc=0" in vm.console.output, diag
             vm.console.send("wget -q -O - http://10.9.0.1:8080/payload | sha256sum" + _done("FETCH"))
             vm.console.expect(re.compile(r"FETCH-42 rc=\d+"), timeout=CMD_TIMEOUT)
-            qemu.send("ping -c 3 -W 5 10.9.0.2" + _done("QPING"))
-            qemu.expect(r"QPING-42 rc=\d+", CMD_TIMEOUT)
-            qemu.send("wget -q -O - http://10.9.0.2:8080/payload | sha256sum" + _done("QFETCH"))
-            qemu.expect(r"QFETCH-42 rc=\d+", CMD_TIMEOUT)
+            try:
+                qemu.send("ping -c 3 -W 5 10.9.0.2" + _done("QPING"))
+                qemu.expect(r"QPING-42 rc=\d+", CMD_TIMEOUT)
+                qemu.send("wget -q -O - http://10.9.0.2:8080/payload | sha256sum" + _done("QFETCH"))
+                qemu.expect(r"QFETCH-42 rc=\d+", CMD_TIMEOUT)
+            except Exception as exc:  # the other side's state says which of the two stopped
+                exc.add_note(f"kvmpy running={vm.running}; "
+                             f"{vm.hmp('info network') if vm.running else ''}\n"
+                             f"kvmpy's console tail:\n{vm.console.output[-1500:]}")
+                raise
             vm.console.send("poweroff -f\n")
             vm.wait(timeout=CMD_TIMEOUT)
             out = vm.console.output

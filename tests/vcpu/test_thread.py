@@ -114,10 +114,11 @@ def test_mmio_exits_reach_the_mmio_callbacks_with_their_sizes(harness) -> None:
     assert "read32 0x12345678" in out and "read16 0x00005678" in out and "read8 0x00000078" in out
 
 
-def test_a_triple_fault_is_reported_and_the_vcpu_parks_itself(harness) -> None:
+def test_a_triple_fault_is_reported_and_the_vcpu_parks_itself(harness, caplog) -> None:
     h = harness("triplefault")
     h.run()
     assert [(e.reason, e.message) for e in h.events] == [(StopReason.RESET, "triple fault")]
+    assert "the guest triple-faulted (rip=0x" in caplog.text  # one line on stderr says where
     deadline = time.monotonic() + 10
     while not h.thread.paused and time.monotonic() < deadline:
         time.sleep(0.01)
