@@ -37,7 +37,8 @@ Options (same meaning as in qemu-system-x86_64 / qemu-system-riscv64):
   -accel tcg,tier=py|native     riscv64: the TCG backend, generated Python or x86-64 machine code
   -machine pc|virt, -M          machine type (virt = riscv64 TCG fallback); x86 Linux kernels also
                                 take linux-boot=bzimage|pvh (pvh: decompress the bzImage on the host)
-  -cpu MODEL                    host, max, qemu64 (x86: KVM's supported CPUID); rv64
+  -cpu MODEL                    x86: qemu64 (the default, as in QEMU), kvm64, host or max (every feature
+                                KVM supports); riscv64: rv64; -cpu help lists them
   -m [size=]SIZE[,slots=N,maxmem=SIZE]  RAM, e.g. 512, 512M, 2G (plain numbers are MiB); slots/maxmem
                                 reserve room for memory hotplug
   -smp N                        number of vCPUs
@@ -174,6 +175,16 @@ def boot_options(val: str) -> dict[str, Any]:
 
 class UsageError(ConfigError):
     pass
+
+
+def _cpu_help() -> str:
+    from kvmpy.vcpu.cpu_models import DEFAULT_MODEL, MODELS
+
+    lines = ["Available CPUs (x86_64, -machine pc):"]
+    lines += [f"  {m.name:<8} {m.description}" for m in MODELS.values()]
+    lines += [f"(default: {DEFAULT_MODEL}; QEMU's other model names are taken as host)",
+              "Available CPUs (riscv64, -machine virt):", "  rv64     RV64GC"]
+    return "\n".join(lines) + "\n"
 
 
 class HelpRequested(Exception):
@@ -326,7 +337,13 @@ def parse_qemu_args(argv: Sequence[str]) -> MachineConfig:
         elif opt == "-boot":
             cfg.update(boot_options(val))
         elif opt == "-cpu":
-            cfg["cpu"] = val.split(",")[0]
+            if val in ("help", "?"):
+                raise HelpRequested(_cpu_help())
+            model, _, flags = val.partition(",")
+            if flags:
+                raise UsageError(f"-cpu {shown(val, 60)}: kvmpy takes a model name only, no feature flags "
+                                 f"(-cpu help lists the models)")
+            cfg["cpu"] = model
         elif opt == "-m":
             mopts = qemu_opts.parse_opts(val, opt, "size", flags=False)
             unknown = [k for k in mopts.keys() if k not in ("size", "slots", "maxmem")]

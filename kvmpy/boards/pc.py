@@ -77,6 +77,7 @@ from kvmpy.memory.guest_memory import GuestMemory
 from kvmpy.memory.kvm_slots import KvmSlots
 from kvmpy.memory.ramblock import RAMBlock
 from kvmpy.memory.region import MemoryRegion
+from kvmpy.vcpu.cpu_models import cpu_model
 from kvmpy.vcpu.cpuid import vcpu_cpuid
 from kvmpy.vcpu.state import VcpuStateIO
 from kvmpy.vcpu.thread import EventSink, VcpuThread, install_kick_handler
@@ -431,10 +432,11 @@ class PcBoard:
         msr_list = self.kvm.msr_index_list()
         self.state_io = VcpuStateIO(msr_list)
         msrs = baseline_msrs(set(msr_list))
+        model = cpu_model(self.config.cpu)  # the config checked the name against the board's models
         self.vcpus = []
         for i in range(n):
             vcpu = self.vm.create_vcpu(i)
-            vcpu.set_cpuid(vcpu_cpuid(supported, i, n))
+            vcpu.set_cpuid(vcpu_cpuid(model.apply(supported), i, n))
             apply_msrs(vcpu, msrs)
             self.vcpus.append(vcpu)
         self.threads = [VcpuThread(v, self.pio, self.mmio.read, self.mmio.write, vcpu_events)
