@@ -39,9 +39,10 @@ import logging
 import threading
 from typing import Callable
 
-from kvmpy.devices.virtio.device import (F_EVENT_IDX, F_INDIRECT_DESC, F_VERSION_1, STATUS_DRIVER_OK,
-                                         STATUS_FEATURES_OK, STATUS_NEEDS_RESET, VirtioContext, VirtioDevice, bit)
+from kvmpy.devices.virtio.device import STATUS_FEATURES_OK, STATUS_NEEDS_RESET, VirtioContext, VirtioDevice
 from kvmpy.devices.virtio.queue import GuestRam, SplitQueue, VirtQueueError
+from kvmpy.devices.virtio.transport import (TRANSPORT_FEATURES, activate_queue, start_device, status_write,
+                                            write_ring_address)
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,6 @@ CONFIG_GENERATION = 0x0FC
 Q_ADDRS = {QUEUE_DESC_LOW: "desc_addr", QUEUE_DRIVER_LOW: "avail_addr", QUEUE_DEVICE_LOW: "used_addr"}
 
 INT_VRING, INT_CONFIG = 1, 2
-TRANSPORT_FEATURES = bit(F_VERSION_1) | bit(F_INDIRECT_DESC) | bit(F_EVENT_IDX)
 
 
 class VirtioMmio:
@@ -208,10 +208,7 @@ class VirtioMmio:
         if off == QUEUE_NUM:
             q.size = value & 0xFFFF  # checked (power of two, <= max) when the queue is activated
             return
-        for lo, attr in Q_ADDRS.items():
-            if off in (lo, lo + 4):
-                shift = 32 if off == lo + 4 else 0
-                setattr(q, attr, (getattr(q, attr) & ~(0xFFFFFFFF << shift)) | (value << shift))
+        write_ring_address(q, Q_ADDRS, off, value)
 
     def _write_ready(self, ready: int) -> None:
         with self._lock:
@@ -233,30 +230,18 @@ class VirtioMmio:
             self.virtio_reset()
             return
         with self._lock:
-            old = self.status
-            new = (value & ~STATUS_NEEDS_RESET) | (old & STATUS_NEEDS_RESET)
-            if new & STATUS_FEATURES_OK and not old & STATUS_FEATURES_OK:
-                unoffered = self.driver_features & ~self.offered_features()
-                if unoffered or not self.driver_features & bit(F_VERSION_1):
-                    log.info("%s: FEATURES_OK refused (driver features %#x, offered %#x)", self.name,
-                             self.driver_features, self.offered_features())
-                    new &= ~STATUS_FEATURES_OK
-                else:
-                    self.features = self.driver_features
-            if new & STATUS_DRIVER_OK and not new & STATUS_FEATURES_OK:
-                new &= ~STATUS_DRIVER_OK
-            self.status = new
-            start = bool(new & STATUS_DRIVER_OK) and not old & STATUS_DRIVER_OK
-        if start:
+            change = status_write(self.name, self.status, value, self.driver_features, self.offered_features())
+            if change.features is not None:
+                self.features = change.features
+            self.status = change.status
+        if change.start:
             self._activate()
 
     # ---- activation, kicks, interrupts ------------------------------------------------------
     def _activate_queue(self, i: int) -> bool:
-        q = self.queues[i]
-        try:
-            q.activate(bool(self.features & bit(F_EVENT_IDX)), bool(self.features & bit(F_INDIRECT_DESC)))
-        except VirtQueueError as exc:
-            self._needs_reset(f"queue {i}: {exc}")
+        error = activate_queue(self.queues[i], self.features)
+        if error is not None:
+            self._needs_reset(f"queue {i}: {error}")
             return False
         return True
 
@@ -267,14 +252,7 @@ class VirtioMmio:
                 return
         ctx = VirtioContext(features=self.features, queues=list(self.queues), interrupt=self.queue_interrupt,
                             config_changed=self.config_changed, needs_reset=self._needs_reset)
-        try:
-            self.device.activate(ctx)
-        except VirtQueueError as exc:
-            self._needs_reset(str(exc))
-            return
-        except Exception as exc:  # a device that cannot start is broken, the VMM is not
-            log.exception("%s: activation failed", self.name)
-            self._needs_reset(f"activation failed: {exc}")
+        if not start_device(self.name, self.device, ctx, self._needs_reset):
             return
         self.active = True
         for i, q in enumerate(self.queues):  # buffers queued before DRIVER_OK are looked at

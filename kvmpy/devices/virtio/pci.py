@@ -46,9 +46,11 @@ from kvmpy.devices.device import DeviceStateError, check_keys, int_field
 from kvmpy.devices.msi import MsiRoutes
 from kvmpy.devices.pci.device import Bar, BarKind, PciDevice, PciIdentity
 from kvmpy.devices.pci.msix import MAX_VECTORS, MsiX
-from kvmpy.devices.virtio.device import (F_EVENT_IDX, F_INDIRECT_DESC, F_VERSION_1, STATUS_DRIVER_OK,
-                                         STATUS_FEATURES_OK, STATUS_NEEDS_RESET, VirtioContext, VirtioDevice, bit)
+from kvmpy.devices.virtio.device import (STATUS_DRIVER_OK, STATUS_FEATURES_OK, STATUS_NEEDS_RESET, VirtioContext,
+                                         VirtioDevice)
 from kvmpy.devices.virtio.queue import GuestRam, SplitQueue, VirtQueueError
+from kvmpy.devices.virtio.transport import (TRANSPORT_FEATURES, activate_queue, start_device, status_write,
+                                            write_ring_address)
 from kvmpy.errors import ConfigError
 from kvmpy.kvm.errors import KvmError
 
@@ -85,7 +87,6 @@ Q_DESC_LO, Q_DESC_HI, Q_DRIVER_LO, Q_DRIVER_HI, Q_DEVICE_LO, Q_DEVICE_HI = 0x20,
 Q_ADDRS = {Q_DESC_LO: "desc_addr", Q_DRIVER_LO: "avail_addr", Q_DEVICE_LO: "used_addr"}
 
 ISR_QUEUE, ISR_CONFIG = 1, 2
-TRANSPORT_FEATURES = bit(F_VERSION_1) | bit(F_INDIRECT_DESC) | bit(F_EVENT_IDX)
 PCI_CLASS_OTHER = 0x00FF
 
 
@@ -347,10 +348,7 @@ class VirtioPci(PciDevice):
         if off == Q_SIZE:
             q.size = value & 0xFFFF  # checked (power of two, <= max) when the queue is activated
             return
-        for lo, attr in Q_ADDRS.items():
-            if off in (lo, lo + 4):
-                shift = 32 if off == lo + 4 else 0
-                setattr(q, attr, (getattr(q, attr) & ~(0xFFFFFFFF << shift)) | ((value & 0xFFFFFFFF) << shift))
+        write_ring_address(q, Q_ADDRS, off, value)
 
     def _enable_queue(self) -> None:
         with self._io:
@@ -369,34 +367,22 @@ class VirtioPci(PciDevice):
             return
         with self._io:
             with self._lock:
-                old = self.status
-                new = (value & ~STATUS_NEEDS_RESET) | (old & STATUS_NEEDS_RESET)
-                if new & STATUS_FEATURES_OK and not old & STATUS_FEATURES_OK:
-                    unoffered = self.driver_features & ~self.offered_features()
-                    if unoffered or not self.driver_features & bit(F_VERSION_1):
-                        log.info("%s: FEATURES_OK refused (driver features %#x, offered %#x)", self.name,
-                                 self.driver_features, self.offered_features())
-                        new &= ~STATUS_FEATURES_OK
-                    else:
-                        self.features = self.driver_features
-                if new & STATUS_DRIVER_OK and not new & STATUS_FEATURES_OK:
-                    new &= ~STATUS_DRIVER_OK  # DRIVER_OK without negotiated features: not accepted
-                self.status = new
-                start = bool(new & STATUS_DRIVER_OK) and not old & STATUS_DRIVER_OK
-                stop = bool(old & STATUS_DRIVER_OK) and not new & STATUS_DRIVER_OK
-            if start:
+                change = status_write(self.name, self.status, value, self.driver_features,
+                                      self.offered_features())
+                if change.features is not None:
+                    self.features = change.features
+                self.status = change.status
+            if change.start:
                 self._activate()
-            elif stop:
+            elif change.stop:
                 self._deactivate()
 
     # ---- activation, kicks and interrupts -------------------------------------------------
     def _activate_queue(self, i: int) -> bool:
         """Validate queue i's rings (caller holds ``_io``); a bad ring marks the device NEEDS_RESET."""
-        q = self.queues[i]
-        try:
-            q.activate(bool(self.features & bit(F_EVENT_IDX)), bool(self.features & bit(F_INDIRECT_DESC)))
-        except VirtQueueError as exc:
-            self._needs_reset(f"queue {i}: {exc}")
+        error = activate_queue(self.queues[i], self.features)
+        if error is not None:
+            self._needs_reset(f"queue {i}: {error}")
             return False
         os.eventfd_write(self._notify_fds[i], 1)  # buffers queued before the kick was wired are looked at
         return True
@@ -409,14 +395,7 @@ class VirtioPci(PciDevice):
         ctx = VirtioContext(features=self.features, queues=list(self.queues), interrupt=self.queue_interrupt,
                             config_changed=self.config_changed, needs_reset=self.needs_reset,
                             kick_fd=self.kick_fd, call_fd=self.call_fd, own_kick=self.own_kick)
-        try:
-            self.device.activate(ctx)
-        except VirtQueueError as exc:
-            self._needs_reset(str(exc))
-            return
-        except Exception as exc:  # a device that cannot start is broken, the VMM is not
-            log.exception("%s: activation failed", self.name)
-            self._needs_reset(f"activation failed: {exc}")
+        if not start_device(self.name, self.device, ctx, self._needs_reset):
             return
         self.active = True
         self._start_thread()
