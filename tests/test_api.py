@@ -13,7 +13,7 @@ import time
 import pytest
 
 import kvmpy
-from kvmpy.api import (ConfigError, ConsoleClosed, ExpectTimeout, QMPError, UnsupportedError, VMError,
+from kvmpy.api import (ConfigError, ConsoleClosed, ExpectTimeout, GuestVanished, QMPError, UnsupportedError, VMError,
                        WaitTimeout)
 from tests.guests.build import build_guest
 
@@ -216,6 +216,20 @@ def test_the_documented_fuzzing_loop_runs(capsys) -> None:
     exec(compile(code.replace("SECONDS = 3.0", "SECONDS = 0.5"), "docs/python-api.md", "exec"), {})
     runs, rate = re.fullmatch(r"(\d+) restores, (\d+) per second\n", capsys.readouterr().out).groups()
     assert int(runs) > 10 and int(rate) > 20
+
+
+@kvm
+def test_a_guest_that_triple_faults_under_no_reboot_is_said_to_have_vanished() -> None:
+    with guest_vm("triplefault", True, no_reboot=True) as vm:
+        vm.console.expect("triplefault: boot 1", timeout=60)
+        with pytest.raises(GuestVanished) as gone:  # a ConsoleClosed: scripts that catch that still do
+            vm.console.expect("boot 2", timeout=60)
+        assert "the VM has exited (status 0): the guest triple-faulted and reset (-no-reboot)" in str(gone.value)
+        assert "vCPU 0: the guest triple-faulted (rip=" in str(gone.value)  # kvmpy's warning, from its stderr
+    with guest_vm("hello", True) as vm:  # an ordinary end is not a vanished guest
+        with pytest.raises(ConsoleClosed) as closed:
+            vm.console.expect("never printed", timeout=60)
+        assert not isinstance(closed.value, GuestVanished)
 
 
 @kvm

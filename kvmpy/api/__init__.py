@@ -6,11 +6,11 @@ QMP client), ``events`` (the event log), ``errors``, and the two backends
 ``inprocess`` (the one adapter onto kvmpy's Machine) and ``child``.
 """
 
-from kvmpy.api.errors import (ConsoleClosed, ExpectTimeout, QMPError, UnsupportedError, VMError, VMGone,
-                              WaitTimeout)
+from kvmpy.api.errors import (ConsoleClosed, ExpectTimeout, GuestVanished, QMPError, UnsupportedError, VMError,
+                              VMGone, WaitTimeout)
 from kvmpy.api.events import Event
 from kvmpy.api.vm import VM
 from kvmpy.config import ConfigError
 
 __all__ = ["VM", "Event", "VMError", "QMPError", "UnsupportedError", "WaitTimeout", "VMGone", "ExpectTimeout",
-           "ConsoleClosed", "ConfigError"]
+           "ConsoleClosed", "GuestVanished", "ConfigError"]

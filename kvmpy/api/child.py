@@ -104,22 +104,27 @@ class ChildProcessVM:
         if data:
             self.console.feed(data)
         else:
-            self.console.close(self._exit_reason())
+            reason, vanished = self._exit_reason()
+            self.console.close(reason, vanished=vanished)
 
-    def _exit_reason(self) -> str:
+    def _exit_reason(self) -> tuple[str, bool]:
         """'the VM has exited' with the child's status and the tail of its stderr, so a console
-        that ended early says why (a crash shows its traceback or signal)."""
+        that ended early says why (a crash shows its traceback or signal); and whether the guest
+        vanished: status 0 after a triple fault (kvmpy's warning, kvmpy/vcpu/thread.py), no panic shown."""
         assert self._proc is not None
         try:
             status = self._proc.wait(EXIT_GRACE)
         except subprocess.TimeoutExpired:
-            return "the VM closed its console (the process is still running)"
+            return "the VM closed its console (the process is still running)", False
         for t in self._threads:
             if t is not threading.current_thread():
                 t.join(EXIT_GRACE)
         reason = f"the VM has exited (status {status})"
         err = self.stderr.strip()
-        return f"{reason}; its stderr ended: {output_tail(err, 2000)}" if err else reason
+        vanished = status == 0 and "the guest triple-faulted" in err and "Kernel panic" not in self.console.output
+        if vanished:
+            reason += ": the guest triple-faulted and reset (-no-reboot)"
+        return (f"{reason}; its stderr ended: {output_tail(err, 2000)}" if err else reason), vanished
 
     def _on_stderr(self, data: bytes) -> None:
         self._stderr += data

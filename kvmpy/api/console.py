@@ -17,7 +17,7 @@ import threading
 import time
 from typing import Callable
 
-from kvmpy.api.errors import ConsoleClosed, ExpectTimeout, VMError
+from kvmpy.api.errors import ConsoleClosed, ExpectTimeout, GuestVanished, VMError
 from kvmpy.devices.chardev import CharBackend
 
 MAX_OUTPUT = 16 << 20  # characters kept; older output is dropped (a fuzzing loop may print forever)
@@ -36,6 +36,7 @@ class Console:
         self._max = max_output
         self._input: Callable[[bytes], int] | None = None
         self._closed: str | None = None  # why no more output will come
+        self._vanished = False  # the guest reset by itself, without a panic or poweroff on the console
 
     # ---- fed by the VM's side ------------------------------------------------
     def feed(self, data: bytes) -> None:
@@ -54,10 +55,13 @@ class Console:
             self._input = receive
             self._cond.notify_all()
 
-    def close(self, reason: str = "the VM has stopped") -> None:
+    def close(self, reason: str = "the VM has stopped", *, vanished: bool = False) -> None:
+        """No more output will come, for ``reason``; ``vanished``: the guest reset by itself without a word,
+        and ``expect`` says so with GuestVanished."""
         with self._cond:
             if self._closed is None:
                 self._closed = reason
+                self._vanished = vanished
             self._input = None
             self._cond.notify_all()
 
@@ -91,8 +95,8 @@ class Console:
                     self._cursor = m.end()
                     return m
                 if self._closed is not None:
-                    raise ConsoleClosed(f"{self._closed} before {shown} appeared on the console",
-                                        self._text)
+                    cls = GuestVanished if self._vanished else ConsoleClosed
+                    raise cls(f"{self._closed} before {shown} appeared on the console", self._text)
                 left = None if end is None else end - time.monotonic()
                 if left is not None and left <= 0:
                     raise ExpectTimeout(f"{shown} did not appear on the console within {timeout} s",

@@ -58,3 +58,9 @@ class ConsoleClosed(VMGone):
     def __init__(self, message: str, output: str) -> None:
         super().__init__(f"{message}; the console's last output was:\n{output_tail(output)}")
         self.output = output
+
+
+class GuestVanished(ConsoleClosed):
+    """The guest ended by itself without a word: it reset (a triple fault under -no-reboot) with no kernel
+    panic or poweroff on its console. Under a broken (nested, emulated) hypervisor this is the machine's
+    fault more often than the guest's or the VMM's, so test harnesses may treat it like a hang."""

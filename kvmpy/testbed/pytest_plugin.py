@@ -33,10 +33,12 @@ dies (its kernel panics, or QEMU crashes). The test it was running gets a warnin
 says so. A slow or silent test is not a wedge.
 
 A test that fails because a guest did not do something in time (it raised
-kvmpy.api.errors.WaitTimeout, which ExpectTimeout is) is run once more in a fresh L1 after
-the batch, when at most KVMPY_BED_TIMEOUT_RETRIES (default 3) tests failed that way: under
-the bed's emulated SVM an L2 guest now and then stops running for minutes, under QEMU+KVM
-as much as under kvmpy, and that must not decide the suite. The retry's outcome is the
+kvmpy.api.errors.WaitTimeout, which ExpectTimeout is), or because its guest reset by itself
+without a word (GuestVanished: a triple fault under -no-reboot, no panic on the console), is
+run once more in a fresh L1 after the batch, when at most KVMPY_BED_TIMEOUT_RETRIES (default 3)
+tests failed that way: under the bed's emulated SVM an L2 guest now and then stops running for
+minutes, or triple-faults, under QEMU+KVM as much as under kvmpy, and that must not decide the
+suite. The retry's outcome is the
 test's; a warning keeps the first failure, so a flaky hang stays visible.
 
 Environment: KVMPY_NO_BED=1, KVMPY_BED_TIMEOUT (s, default 3600),
@@ -137,7 +139,7 @@ def _guest_timeout(reports: list[dict[str, Any]] | None) -> str | None:
     """The first line of a failure that was a guest timing out, or None."""
     for r in reports or ():
         if r.get("outcome") == "failed" and r.get("guest_timeout"):
-            return str(r.get("crash") or "a guest timed out").splitlines()[0][:300]
+            return str(r.get("crash") or "a guest stopped").splitlines()[0][:300]
     return None
 
 
@@ -243,7 +245,7 @@ class BedTwin(pytest.Item):
             self.warn(pytest.PytestWarning(f"the nested L1 VM failed while running this test "
                                            f"({batch.wedged[self.nodeid]}); it was re-run in a fresh L1"))
         if self.nodeid in batch.timed_out:
-            self.warn(pytest.PytestWarning(f"a guest timed out in this test's first run in the bed "
+            self.warn(pytest.PytestWarning(f"a guest stopped (timed out, or reset by itself) in this test's first run in the bed "
                                            f"({batch.timed_out[self.nodeid]}); the outcome is that of a "
                                            f"second run in a fresh L1"))
 
@@ -328,8 +330,8 @@ class KvmBedPlugin:
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> pytest.TestReport | None:
         if self._report_path is not None and call.excinfo is not None:
-            from kvmpy.api.errors import WaitTimeout  # lazy: only the inner session needs it
-            if call.excinfo.errisinstance(WaitTimeout):
+            from kvmpy.api.errors import GuestVanished, WaitTimeout  # lazy: only the inner session needs them
+            if call.excinfo.errisinstance((WaitTimeout, GuestVanished)):
                 self._guest_timeouts.add(item.nodeid)
         if not isinstance(item, BedTwin) or self.batch is None:
             return None
@@ -434,7 +436,7 @@ class KvmBedPlugin:
             return batch
         timed_out = {i: why for i in self.kvm_full_ids if (why := _guest_timeout(batch.reports.get(i)))}
         if timed_out and len(timed_out) <= self.timeout_retries:
-            self.terminal_line(f"kvmpy: a guest timed out in {len(timed_out)} kvm_full test(s); running "
+            self.terminal_line(f"kvmpy: a guest stopped (timed out, or reset by itself) in {len(timed_out)} kvm_full test(s); running "
                                 f"{'it' if len(timed_out) == 1 else 'them'} once more in a fresh L1: "
                                 + ", ".join(timed_out))
             for i in timed_out:

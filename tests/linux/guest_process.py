@@ -10,7 +10,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kvmpy.api.errors import ExpectTimeout, WaitTimeout
+from kvmpy.api.errors import ExpectTimeout, GuestVanished, WaitTimeout
+
+# What a Linux guest prints when it ends on purpose or in a panic; a guest that exits without any of them reset silently.
+GUEST_LAST_WORDS = ("Kernel panic", "reboot: ", "Oops", "BUG: ")
 
 if TYPE_CHECKING:
     from kvmpy.api.console import Console
@@ -65,8 +68,14 @@ class GuestProcess:
                 raise ExpectTimeout(f"{self.argv[0]}: no {pattern!r} within {timeout} s ({len(self.out)} bytes of "
                                     f"output, the last {time.monotonic() - self.last_output:.0f} s ago)", self.text())
             if m is None:
-                raise AssertionError(f"{self.argv[0]}: no {pattern!r}, its output ended (it exited); "
-                                     f"output: {self.text()[-3000:]}")
+                status = self.proc.wait(5)
+                text = self.text()
+                if status == 0 and not any(w in text for w in GUEST_LAST_WORDS):
+                    # a reset under -no-reboot with nothing said: a triple fault (the bed's plugin re-runs it)
+                    raise GuestVanished(f"{self.argv[0]}: no {pattern!r}; the guest reset by itself (status 0, "
+                                        f"no panic or poweroff on its console)", text)
+                raise AssertionError(f"{self.argv[0]}: no {pattern!r}, its output ended (it exited, status "
+                                     f"{status}); output: {text[-3000:]}")
             self._pos = m.end()
             return m
 

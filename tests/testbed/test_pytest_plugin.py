@@ -232,7 +232,7 @@ def test_bad_timeout_is_a_usage_error(tmp_path: Path) -> None:
 GUEST_TIMEOUTS = """
 import os
 import pytest
-from kvmpy.api.errors import ExpectTimeout, WaitTimeout
+from kvmpy.api.errors import ExpectTimeout, GuestVanished, WaitTimeout
 
 def _first_time(name):
     flag = os.path.join(os.path.dirname(__file__), name)
@@ -245,6 +245,11 @@ def _first_time(name):
 def test_guest_stalls_in_the_first_l1_only():
     if _first_time("stalled-once"):
         raise ExpectTimeout("no 'login:' within 300 s", "[    0.25] BIO")
+
+@pytest.mark.kvm_full
+def test_guest_resets_in_the_first_l1_only():
+    if _first_time("reset-once"):
+        raise GuestVanished("the VM has exited (status 0): the guest triple-faulted", "[    3.1] ata1")
 
 @pytest.mark.kvm_full
 def test_guest_never_ends():
@@ -263,17 +268,19 @@ def test_a_guest_timeout_is_run_once_more_in_a_fresh_l1(tmp_path: Path) -> None:
     res, out = _pytest(proj, "-v")
     assert res.returncode == 1, res.stdout + res.stderr
     assert out["test_guest_stalls_in_the_first_l1_only"] == ("passed", ""), out
+    assert out["test_guest_resets_in_the_first_l1_only"] == ("passed", ""), out
     kind, text = out["test_guest_never_ends"]
     assert kind == "failure" and "the guest is still running: second" in text, out  # the retry's failure
     kind, text = out["test_wrong_answer_is_not_retried"]
     assert kind == "failure" and "a plain failure" in text, out  # ran once: a retry would have passed
-    assert ("a guest timed out in 2 kvm_full test(s); running them once more in a fresh L1: "
-            "test_timeouts.py::test_guest_stalls_in_the_first_l1_only, test_timeouts.py::test_guest_never_ends"
+    assert ("a guest stopped (timed out, or reset by itself) in 3 kvm_full test(s); running them once more in "
+            "a fresh L1: test_timeouts.py::test_guest_stalls_in_the_first_l1_only, "
+            "test_timeouts.py::test_guest_resets_in_the_first_l1_only, test_timeouts.py::test_guest_never_ends"
             ) in res.stdout, res.stdout
-    assert "a guest timed out in this test's first run in the bed (kvmpy.api.errors.ExpectTimeout: no 'login:'" \
-        in res.stdout, res.stdout
+    assert ("a guest stopped (timed out, or reset by itself) in this test's first run in the bed "
+            "(kvmpy.api.errors.ExpectTimeout: no 'login:'") in res.stdout, res.stdout
     # KVMPY_BED_TIMEOUT_RETRIES=0: no second L1
-    for flag in ("stalled-once", "never-once", "wrong-once"):
+    for flag in ("stalled-once", "reset-once", "never-once", "wrong-once"):
         (proj / flag).unlink()
     res, out = _pytest(proj, "-v", env={"KVMPY_BED_TIMEOUT_RETRIES": "0"})
     assert "once more in a fresh L1" not in res.stdout and out["test_guest_stalls_in_the_first_l1_only"][0] == \
