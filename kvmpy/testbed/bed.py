@@ -237,6 +237,7 @@ class NestedBed:
                  memory_mib: int = 4096, smp: int = 2, kernel_flavor: str = "amd64",
                  cache: Path | None = None, boot_timeout: float = 300.0,
                  stall_timeout: float | None = None,
+                 progress: Callable[[], object] | None = None, progress_timeout: float | None = None,
                  on_line: Callable[[str], None] | None = None,
                  on_output: Callable[[str], None] | None = None) -> None:
         if shares is None:
@@ -250,6 +251,11 @@ class NestedBed:
         self.cache = cache or cache_root()
         self.boot_timeout = boot_timeout
         self.stall_timeout = stall_timeout  # None: silence is never taken as a wedge
+        # ``progress()`` (e.g. the size of a report file the command appends to) unchanged for
+        # ``progress_timeout`` seconds is a wedge too: L1 alive, its heartbeat going, the command stuck
+        # in L1's kernel (a process SIGKILL does not end, a 9p share that stopped answering).
+        self.progress = progress
+        self.progress_timeout = progress_timeout
         self.on_line = on_line  # every console line
         self.on_output = on_output  # only the command's output lines
         self._prepared: PreparedBed | None = None
@@ -316,6 +322,13 @@ class NestedBed:
             if not k or "=" in k or "\0" in k or "\0" in v:
                 raise BedError(f"bad environment variable {k!r}")
         return env
+
+    def _progress(self) -> object:
+        """The caller's progress mark now (None without a probe, or when it fails)."""
+        try:
+            return None if self.progress is None else self.progress()
+        except OSError:
+            return None
 
     def run(self, argv: Sequence[str], cwd: Path | None = None, env: Mapping[str, str] | None = None,
             timeout: float = 1200.0, scratch: Path | None = None,
@@ -415,6 +428,7 @@ class NestedBed:
             con.started.wait(0.2)
         heartbeat_path = stderr_path.parent / "heartbeat"
         last_beat, last_beat_at = _heartbeat(heartbeat_path), time.monotonic()
+        last_progress, last_progress_at = self._progress(), last_beat_at
         while not con.finished.is_set():
             if proc.poll() is not None:
                 con.finished.wait(2)  # the reader may still be draining the pipe
@@ -434,6 +448,14 @@ class NestedBed:
                 raise BedStalled(f"L1's heartbeat stopped for {now - last_beat_at:.0f} s: the nested VM "
                                  f"is wedged (QEMU killed)\n--- L1 console (tail) ---\n{con.tail()}",
                                  con.text())
+            if self.progress_timeout is not None:
+                mark = self._progress()
+                if mark != last_progress:
+                    last_progress, last_progress_at = mark, now
+                elif now - last_progress_at > self.progress_timeout:
+                    raise BedStalled(f"the command made no progress for {now - last_progress_at:.0f} s: it is "
+                                     f"stuck in L1 (QEMU killed)\n--- L1 console (tail) ---\n{con.tail()}",
+                                     con.text())
             con.finished.wait(0.2)
         # poweroff -f follows the exit marker; give it a moment before killing.
         _quiet_wait(proc, 30)

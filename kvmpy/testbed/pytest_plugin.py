@@ -29,7 +29,9 @@ A wedged L1 (the emulated machine stops making progress: its heartbeat, a shell 
 bumping a file every 10 s, stops for KVMPY_BED_STALL_TIMEOUT seconds; L1's own kernel
 reports of soft lockups and RCU stalls do not count as progress) is killed, and the
 tests it had not finished are re-run in a fresh L1, at most twice; so are they when L1
-dies (its kernel panics, or QEMU crashes). The test it was running gets a warning that
+dies (its kernel panics, or QEMU crashes), and when the inner session writes no report for
+KVMPY_BED_PROGRESS_TIMEOUT seconds (default 900: no test phase takes that long, but a VMM
+process that SIGKILL does not end, stuck in L1's kernel, held a batch for an hour). The test it was running gets a warning that
 says so. A slow or silent test is not a wedge.
 
 A test that fails because a guest did not do something in time (it raised
@@ -43,7 +45,7 @@ test's; a warning keeps the first failure, so a flaky hang stays visible.
 
 Environment: KVMPY_NO_BED=1, KVMPY_BED_TIMEOUT (s, default 3600),
 KVMPY_BED_BOOT_TIMEOUT (s, default 300), KVMPY_BED_STALL_TIMEOUT (s, default 120),
-KVMPY_BED_KEEP=1 (keep the scratch dir), KVMPY_BED_PYTEST_ARGS (extra arguments for
+KVMPY_BED_PROGRESS_TIMEOUT (s, default 900), KVMPY_BED_KEEP=1 (keep the scratch dir), KVMPY_BED_PYTEST_ARGS (extra arguments for
 the inner pytest), KVMPY_BED_TIMEOUT_RETRIES (0 turns the guest-timeout retry off).
 """
 
@@ -73,6 +75,7 @@ NO_BED_ENV = "KVMPY_NO_BED"
 TIMEOUT_ENV = "KVMPY_BED_TIMEOUT"
 BOOT_TIMEOUT_ENV = "KVMPY_BED_BOOT_TIMEOUT"
 STALL_TIMEOUT_ENV = "KVMPY_BED_STALL_TIMEOUT"
+PROGRESS_TIMEOUT_ENV = "KVMPY_BED_PROGRESS_TIMEOUT"
 KEEP_ENV = "KVMPY_BED_KEEP"
 PYTEST_ARGS_ENV = "KVMPY_BED_PYTEST_ARGS"
 PENDING_ENV = "KVMPY_BED_PENDING"
@@ -170,7 +173,8 @@ class _BatchRun:
             report, console = self.scratch / f"reports{name}.jsonl", self.scratch / f"console{name}.log"
             try:
                 bed = NestedBed(self.shares, boot_timeout=p.boot_timeout, stall_timeout=p.stall_timeout,
-                                on_output=self.show)
+                                progress=lambda: report.stat().st_size if report.exists() else 0,
+                                progress_timeout=p.progress_timeout, on_output=self.show)
                 res = bed.run(self.argv + ["--", *ids], cwd=self.rootdir, env={**self.env, REPORT_ENV: str(report)},
                               timeout=p.timeout, scratch=self.scratch, console_log=console)
             except BedError as exc:
@@ -269,6 +273,7 @@ class KvmBedPlugin:
         self.timeout = _env_seconds(TIMEOUT_ENV, 3600.0)
         self.boot_timeout = _env_seconds(BOOT_TIMEOUT_ENV, 300.0)
         self.stall_timeout = _env_seconds(STALL_TIMEOUT_ENV, 120.0)
+        self.progress_timeout = _env_seconds(PROGRESS_TIMEOUT_ENV, 900.0)
         self.timeout_retries = _env_count(TIMEOUT_RETRIES_ENV, 3)
         self._guest_timeouts: set[str] = set()  # inside the bed: nodeids whose guest timed out
 

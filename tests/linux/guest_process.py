@@ -104,5 +104,9 @@ class GuestProcess:
     def close(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
-        self.proc.wait(30)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:  # only a kernel that stopped serving the process does this
+            raise WaitTimeout(f"{self.argv[0]} did not end within 30 s of SIGKILL: it is stuck in the kernel") \
+                from None
         self._pump.join(5)

@@ -3,6 +3,7 @@
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,22 @@ def test_a_stopped_heartbeat_is_taken_as_wedged_and_a_silent_command_is_not(tmp_
     freeze = f"kill -STOP $(cat {tmp_path}/heartbeat.pid); sleep 600"
     with pytest.raises(BedStalled, match="L1's heartbeat stopped for [0-9]+ s"):
         NestedBed([], stall_timeout=15).run(["sh", "-c", freeze], cwd=Path("/"), timeout=300, scratch=tmp_path)
+
+
+@needs_qemu
+@not_in_bed
+def test_a_command_that_stops_making_progress_is_taken_as_wedged(tmp_path: Path) -> None:
+    # The command appends to a file the caller watches, then hangs with L1's heartbeat still going
+    # (a VMM stuck in L1's kernel looks like this): the bed gives up after the progress timeout.
+    mark = tmp_path / "progress"
+    probe = lambda: mark.stat().st_size if mark.exists() else 0  # noqa: E731
+    steps = f"for i in 1 2 3; do echo step >> {mark}; sleep 3; done; sleep 600"
+    started = time.monotonic()
+    with pytest.raises(BedStalled, match="the command made no progress for [0-9]+ s"):
+        NestedBed([], stall_timeout=120, progress=probe, progress_timeout=20).run(
+            ["sh", "-c", steps], cwd=Path("/"), timeout=500, scratch=tmp_path)
+    assert mark.read_text().count("step") == 3  # it kept going while the file grew
+    assert time.monotonic() - started < 300
 
 
 def test_missing_qemu_is_a_clear_error() -> None:
