@@ -432,7 +432,7 @@ class PcBoard:
         msr_list = self.kvm.msr_index_list()
         self.state_io = VcpuStateIO(msr_list)
         msrs = baseline_msrs(set(msr_list))
-        model = cpu_model(self.config.cpu)  # the config checked the name against the board's models
+        model = cpu_model(self.config.cpu)  # any name: one kvmpy has no table for is host, with a warning
         self.vcpus = []
         for i in range(n):
             vcpu = self.vm.create_vcpu(i)
