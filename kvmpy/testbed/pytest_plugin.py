@@ -31,8 +31,8 @@ reports of soft lockups and RCU stalls do not count as progress) is killed, and 
 tests it had not finished are re-run in a fresh L1, at most twice; so are they when L1
 dies (its kernel panics, or QEMU crashes), and when the inner session writes no report for
 KVMPY_BED_PROGRESS_TIMEOUT seconds (default 900: no test phase takes that long, but a VMM
-process that SIGKILL does not end, stuck in L1's kernel, held a batch for an hour). The test it was running gets a warning that
-says so. A slow or silent test is not a wedge.
+process that SIGKILL does not end, stuck in L1's kernel, held a batch for an hour). The test
+it was running gets a warning that says so. A slow or silent test is not a wedge.
 
 A test that fails because a guest did not do something in time (it raised
 kvmpy.api.errors.WaitTimeout, which ExpectTimeout is), or because its guest reset by itself
@@ -40,13 +40,14 @@ without a word (GuestVanished: a triple fault under -no-reboot, no panic on the 
 run once more in a fresh L1 after the batch, when at most KVMPY_BED_TIMEOUT_RETRIES (default 3)
 tests failed that way: under the bed's emulated SVM an L2 guest now and then stops running for
 minutes, or triple-faults, under QEMU+KVM as much as under kvmpy, and that must not decide the
-suite. The retry's outcome is the
-test's; a warning keeps the first failure, so a flaky hang stays visible.
+suite. The retry's outcome is the test's; a warning keeps the first failure, so a flaky hang
+stays visible.
 
 Environment: KVMPY_NO_BED=1, KVMPY_BED_TIMEOUT (s, default 3600),
 KVMPY_BED_BOOT_TIMEOUT (s, default 300), KVMPY_BED_STALL_TIMEOUT (s, default 120),
-KVMPY_BED_PROGRESS_TIMEOUT (s, default 900), KVMPY_BED_KEEP=1 (keep the scratch dir), KVMPY_BED_PYTEST_ARGS (extra arguments for
-the inner pytest), KVMPY_BED_TIMEOUT_RETRIES (0 turns the guest-timeout retry off).
+KVMPY_BED_PROGRESS_TIMEOUT (s, default 900), KVMPY_BED_KEEP=1 (keep the scratch dir),
+KVMPY_BED_PYTEST_ARGS (extra arguments for the inner pytest), KVMPY_BED_TIMEOUT_RETRIES (0
+turns the guest-timeout retry off).
 """
 
 from __future__ import annotations
@@ -249,7 +250,8 @@ class BedTwin(pytest.Item):
             self.warn(pytest.PytestWarning(f"the nested L1 VM failed while running this test "
                                            f"({batch.wedged[self.nodeid]}); it was re-run in a fresh L1"))
         if self.nodeid in batch.timed_out:
-            self.warn(pytest.PytestWarning(f"a guest stopped (timed out, or reset by itself) in this test's first run in the bed "
+            self.warn(pytest.PytestWarning(f"a guest stopped (timed out, or reset by itself) in this test's first run "
+                                           f"in the bed "
                                            f"({batch.timed_out[self.nodeid]}); the outcome is that of a "
                                            f"second run in a fresh L1"))
 
@@ -441,7 +443,8 @@ class KvmBedPlugin:
             return batch
         timed_out = {i: why for i in self.kvm_full_ids if (why := _guest_timeout(batch.reports.get(i)))}
         if timed_out and len(timed_out) <= self.timeout_retries:
-            self.terminal_line(f"kvmpy: a guest stopped (timed out, or reset by itself) in {len(timed_out)} kvm_full test(s); running "
+            self.terminal_line(f"kvmpy: a guest stopped (timed out, or reset by itself) in {len(timed_out)} "
+                                f"kvm_full test(s); running "
                                 f"{'it' if len(timed_out) == 1 else 'them'} once more in a fresh L1: "
                                 + ", ".join(timed_out))
             for i in timed_out:
