@@ -267,6 +267,11 @@ class PcBarSpace:
 
 
 def _pci_host(b: "PcBoard") -> PciHost:
+    if b.kvm.check_extension(abi.CAP_COALESCED_PIO):
+        # As on QEMU's i440FX: a CONFIG_ADDRESS write only matters to the next CONFIG_DATA access, and the vCPU
+        # threads replay the ring at every exit, so KVM may batch it (one exit per config access instead of
+        # two). The zone covers 0xCF9 as well, so a reset written there happens at that vCPU's next exit.
+        b.vm.register_coalesced(0xCF8, 4, pio=True)
     return PciHost(PciBus(PcBarSpace(b)))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import threading
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -31,14 +32,16 @@ class VcpuFd:
     run_mm: mmap.mmap
     coalesced_pio: set[int] = field(default_factory=set)  # shared with the VmFd
     coalesced_ring_offset: int = 0  # where the ring sits in run_mm; 0 if none
+    coalesced_lock: threading.Lock = field(default_factory=threading.Lock)  # shared with the VmFd
 
     @classmethod
     def attach(cls, fd: int, vcpu_id: int, mmap_size: int, coalesced_pio: set[int] | None = None,
-               coalesced_ring_offset: int = 0) -> "VcpuFd":
+               coalesced_ring_offset: int = 0, coalesced_lock: threading.Lock | None = None) -> "VcpuFd":
         mm = mmap.mmap(fd, mmap_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         if coalesced_ring_offset + 4096 > mmap_size:
             coalesced_ring_offset = 0
-        return cls(fd, vcpu_id, mm, coalesced_pio if coalesced_pio is not None else set(), coalesced_ring_offset)
+        return cls(fd, vcpu_id, mm, coalesced_pio if coalesced_pio is not None else set(), coalesced_ring_offset,
+                   coalesced_lock if coalesced_lock is not None else threading.Lock())
 
     def close(self) -> None:
         if self.fd >= 0:

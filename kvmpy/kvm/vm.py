@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import mmap
 import os
+import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence, Union
 
@@ -54,6 +55,8 @@ class VmFd:
     coalesced_ring_page: int = 0  # KVM_CAP_COALESCED_MMIO: the ring's page in that mapping; 0 if none
     # Ports registered for coalescing; shared with every vCPU, which drains the ring.
     coalesced_pio: set[int] = field(default_factory=set)
+    # The ring is one per VM: the vCPU threads take turns draining it, so no write is replayed twice.
+    coalesced_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -210,7 +213,7 @@ class VmFd:
     def create_vcpu(self, vcpu_id: int) -> VcpuFd:
         fd = ioctl_int(self.fd, ioctls.KVM_CREATE_VCPU, vcpu_id)
         return VcpuFd.attach(fd, vcpu_id, self.vcpu_mmap_size, self.coalesced_pio,
-                             self.coalesced_ring_page * mmap.PAGESIZE)
+                             self.coalesced_ring_page * mmap.PAGESIZE, self.coalesced_lock)
 
 
 def _fill(ptr: object, raw: bytes) -> None:

@@ -80,6 +80,7 @@ class VcpuThread:
         # Ports whose writes KVM batches into the ring page (set by the VM, may grow).
         self.coalesced_ports = vcpu.coalesced_pio if vcpu.coalesced_ring_offset else set()
         self.ring_offset = vcpu.coalesced_ring_offset
+        self.coalesced_lock = vcpu.coalesced_lock
         self.pio = pio
         self.mmio_read = mmio_read
         self.mmio_write = mmio_write
@@ -188,24 +189,27 @@ class VcpuThread:
                 self._cond.notify_all()
 
     def drain_coalesced(self) -> None:
-        """Replay, in order, the writes KVM batched in the coalesced ring, then empty it."""
+        """Replay, in order, the writes KVM batched in the coalesced ring, then empty it.
+
+        Every vCPU thread shares the one ring; the lock keeps two threads from replaying the same entry."""
         mm, base = self.vcpu.run_mm, self.ring_offset
-        first, last = RING_HDR.unpack_from(mm, base)
-        if first == last:
-            return
-        slots = RING_SLOTS
-        while first != last:
-            addr, length, pio_flag, data = RING_ENTRY.unpack_from(mm, base + 8 + first * RING_ENTRY.size)
-            length = min(length, 8)
-            value = int.from_bytes(data[:length], "little")
-            if pio_flag:
-                self.pio.write(addr, length, value)
-            else:
-                self.mmio_write(addr, length, value)
-            first = (first + 1) % slots
-        # One 4-byte store (not struct.pack_into, which clears its target first: KVM, adding an entry on
-        # another vCPU, could read first as 0 and take a full ring for an empty one).
-        mm[base:base + RING_FIRST.size] = RING_FIRST.pack(first)
+        with self.coalesced_lock:
+            first, last = RING_HDR.unpack_from(mm, base)
+            slots = RING_SLOTS
+            while first != last:
+                addr, length, pio_flag, data = RING_ENTRY.unpack_from(mm, base + 8 + first * RING_ENTRY.size)
+                length = min(length, 8)
+                value = int.from_bytes(data[:length], "little")
+                if pio_flag:
+                    self.pio.write(addr, length, value)
+                else:
+                    self.mmio_write(addr, length, value)
+                first = (first + 1) % slots
+                # One 4-byte store (not struct.pack_into, which clears its target first: KVM, adding an entry
+                # on another vCPU, could read first as 0 and take a full ring for an empty one).
+                mm[base:base + RING_FIRST.size] = RING_FIRST.pack(first)
+                if first == last:
+                    last = RING_HDR.unpack_from(mm, base)[1]  # entries KVM added meanwhile go too
 
     def _loop(self) -> None:
         vcpu = self.vcpu
@@ -216,7 +220,10 @@ class VcpuThread:
         zero = ffi.cast("unsigned long", 0)
         pio = self.pio
         port_cache = pio.cache
-        coalesced = self.coalesced_ports
+        # The ring holds writes that happened before this exit (QEMU: 0xCF8 before a 0xCFC access), so
+        # it is replayed first, at every exit. An empty ring costs one compare.
+        ring = self.ring_offset if self.coalesced_ports else 0
+        ring_hdr = RING_HDR.unpack_from
         u32 = struct.Struct("<I").unpack_from
         io_hdr = abi.RUN_IO.unpack_from
         mmio_hdr = abi.RUN_MMIO.unpack_from
@@ -239,11 +246,13 @@ class VcpuThread:
                     continue
                 raise KvmIoctlError("KVM_RUN", err, os.strerror(err))
             self.exits += 1
+            if ring:
+                first, last = ring_hdr(mm, ring)
+                if first != last:
+                    self.drain_coalesced()
             reason = u32(mm, REASON)[0]
             if reason == EXIT_IO:
                 direction, size, port, count, off = io_hdr(mm, UNION)
-                if port in coalesced:
-                    self.drain_coalesced()  # the ring is full: replay it before this write
                 if count == 1 and size == 1:
                     # The common case, with the port's device looked up once and cached.
                     hit = port_cache.get(port, pio)
