@@ -49,8 +49,6 @@ def _boot(vmm: list[str], image: Path, work: Path) -> dict[str, float]:
 
 
 @pytest.mark.kvm_full
-@pytest.mark.bed_pending("too slow for the batch: in one bed session both VMMs booted the image over virtio to a root "
-                         "shell (login prompt: QEMU+KVM 179 s, kvmpy 541 s) but the test as a whole has not passed yet")
 def test_debian_boots_to_login_and_powers_off(tmp_path: Path) -> None:
     try:
         image = prepare_bed_assets()

@@ -67,10 +67,6 @@ def prepare_bed_assets() -> tuple[Path, Path, Path, Path]:
 
 
 @pytest.mark.kvm_full
-@pytest.mark.bed_pending("flaky at the first ata_piix read (step I1): in the CI batches of 2026-12-02 and 2026-12-03 "
-                         "the shell stopped answering once and kvmpy exited (ConsoleClosed) once, while it passed "
-                         "in two other batches; the exit status and kvmpy's stderr were not kept, so the cause is "
-                         "not known yet")
 @pytest.mark.skipif(shutil.which("xorriso") is None, reason="needs xorriso")
 def test_ata_piix_disk_and_cdrom(tmp_path: Path) -> None:
     try:

@@ -58,8 +58,6 @@ def _boot(vmm: list[str], iso: Path, work: Path) -> tuple[float, list[str]]:
 
 
 @pytest.mark.kvm_full
-@pytest.mark.bed_pending("slow in the nested bed: GRUB reads the 14 MB kernel through BIOS PIO for minutes under QEMU+KVM "
-                         "too; kvmpy has booted the ISO's Linux there but not yet reached the shell within the test")
 @pytest.mark.skipif(bool(missing_tools()) or shutil.which("qemu-system-x86_64") is None,
                     reason="needs qemu-system-x86, grub-pc-bin, grub-common, xorriso and mtools")
 def test_linux_iso_boots_from_cdrom_to_a_shell(tmp_path: Path) -> None:

@@ -28,8 +28,6 @@ def show(tag: str) -> str:
             + done(tag))
 
 
-@pytest.mark.bed_pending("passed in two of three bed runs on 2026-12-02; in the first the VM stopped right after boot, "
-                         "before the first command, for a reason not found (the test now prints the console then)")
 @pytest.mark.kvm_full
 def test_savevm_loadvm_restores_ram_and_disk_of_a_linux_guest(linux_assets, root_disk, tmp_path):
     disk = copy_disk(root_disk.disk, tmp_path / "disk.qcow2")
