@@ -491,10 +491,11 @@ class VirtBoard:
         ran = cpu.R[INSTRET] - self._slice_start
         if not 0 <= ran < SLICE:          # (< 0: the guest wrote minstret)
             raise HartYield
-        if cpu.halted and any(h is not current and h.cpu.runnable for h in self.harts):
+        if cpu.halted and ran and any(h is not current and h.cpu.runnable for h in self.harts):
             # A WFI that an interrupt pending in mie ends at once (interrupts off globally: a guest
             # polling a flag around WFI, as OpenSBI's parked harts do) completes, but the hart waits
             # for its next turn; a WFI with nothing pending keeps the hart halted until there is.
+            # (Not at the start of a turn: a hart just woken runs at least until its next WFI.)
             if cpu.runnable:
                 cpu.halted = False
             raise HartYield

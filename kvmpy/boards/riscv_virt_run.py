@@ -144,7 +144,7 @@ def run_machine(cfg: MachineConfig) -> int:
             resets += 1
             board.reset()
         elapsed = time.perf_counter() - start
-        instret = board.cpu.R[INSTRET]
+        instret = sum(h.cpu.R[INSTRET] for h in board.harts)
         log.info("%s after %d instructions in %.3f s", ex.reason, instret, elapsed)
         if "tb_stats" in cfg.trace:
             out = board.trace or sys.stderr
