@@ -148,6 +148,12 @@ class Board:
         return name == self.machine or name in self.aliases or name.startswith(self.alias_prefixes)
 
 
+class SmpRangeError(ConfigError):
+    """-smp outside what the riscv ``virt`` board runs: QEMU's "Invalid SMP CPUs", and its exit status 1."""
+
+    exit_status = 1
+
+
 BOARDS: Mapping[str, Board] = MappingProxyType({
     "pc": Board(machine="pc", arch="x86_64", accel="kvm", memory=(2 * MiB, MAX_MEMORY), max_smp=MAX_SMP,
                 trace=frozenset(), features=frozenset(OPTIONAL_FEATURES), firmware=True,
@@ -156,7 +162,8 @@ BOARDS: Mapping[str, Board] = MappingProxyType({
                 netdev_types=catalog.PC_NETDEV_TYPES, chardev_backends=catalog.PC_CHARDEV_BACKENDS,
                 object_types=catalog.PC_OBJECT_TYPES,
                 why_no_trace="the guest runs under KVM, not TCG; KVMPY_LOG=debug logs unhandled ports"),
-    "virt": Board(machine="virt", arch="riscv64", accel="tcg", memory=(1 * MiB, 16 * GiB), max_smp=1,
+    # max_smp: kvmpy.boards.riscv_virt.MAX_HARTS (each hart carries a whole TCG engine; QEMU allows 512)
+    "virt": Board(machine="virt", arch="riscv64", accel="tcg", memory=(1 * MiB, 16 * GiB), max_smp=8,
                   trace=frozenset({"in_asm", "exec", "int", "cpu", "op", "out_asm", "tb_stats", "nochain"}),
                   features=frozenset(), cpus=("rv64", "any", "max"), bios=("none",), bios_files=True,
                   device_drivers=catalog.VIRT_DEVICE_DRIVERS, drive_interfaces=catalog.VIRT_DRIVE_INTERFACES,
@@ -426,6 +433,9 @@ class MachineConfig:
             raise ConfigError("memory size must be a multiple of 4 KiB")
         self._check_memory_hotplug(board)
         if not 1 <= self.smp <= board.max_smp:
+            if board.machine == "virt":
+                raise SmpRangeError(f"Invalid SMP CPUs {shown(self.smp)}: machine 'virt' runs 1 to "
+                                    f"{board.max_smp} harts")
             if board.max_smp == 1:
                 raise ConfigError(f"invalid -smp {shown(self.smp)}: machine {board.machine!r} runs one vCPU (-smp 1)")
             raise ConfigError(f"invalid -smp {shown(self.smp)} (1 to {board.max_smp})")

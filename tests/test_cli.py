@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from kvmpy.cli import HelpRequested, main, parse_qemu_args
-from kvmpy.config import ConfigError
+from kvmpy.config import BOARDS, ConfigError
 from tests.guests.build import build_guest
 from tests.guests.runner import BASE_FLAGS, PASS, run_cli
 
@@ -70,7 +70,6 @@ def test_main_prints_one_line_and_exits_2(argv: list[str], message: str, capsys)
     (["-machine", "virt", "-kernel", "/etc/hostname", "-qmp", "unix:/tmp/q,server"], "does not support -qmp"),
     (["-machine", "virt", "-kernel", "/etc/hostname", "-d", "guest_errors"], "does not honour -d guest_errors"),
     (["-machine", "virt", "-kernel", "/etc/hostname", "-cpu", "host"], "-cpu 'host' is not supported"),
-    (["-machine", "virt", "-kernel", "/etc/hostname", "-smp", "2"], "runs one vCPU"),
     (["-machine", "virt", "-kernel", "/etc/hostname", "-bios", "nope.bin"],
      "Unable to load the RISC-V firmware 'nope.bin'"),
     (["-machine", "virt", "-kernel", "/etc/hostname"], "not an ELF"),
@@ -90,6 +89,18 @@ def test_each_board_refuses_what_it_lacks_in_one_line(argv: list[str], message: 
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("smp", ["0", "9", "513"])
+def test_virt_smp_out_of_range_is_one_line_and_status_1_as_qemu(smp: str, capsys) -> None:
+    assert main(["-machine", "virt", "-kernel", "/etc/hostname", "-smp", smp]) == 1
+    err = capsys.readouterr().err
+    assert err == f"kvmpy: error: Invalid SMP CPUs {smp}: machine 'virt' runs 1 to 8 harts\n"
+
+
+def test_virt_max_smp_is_the_boards_limit() -> None:
+    from kvmpy.boards.riscv_virt import MAX_HARTS
+    assert BOARDS["virt"].max_smp == MAX_HARTS
 
 
 def test_help_and_version(capsys) -> None:

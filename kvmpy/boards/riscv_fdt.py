@@ -8,7 +8,7 @@ nodes and properties is then exactly the order QEMU's libfdt calls leave them
 in, so ``dtc -I dtb -O dts`` of both blobs can be compared line by line.
 
 ``virt_fdt(VirtFdtParams)`` builds the ``virt`` tree for what kvmpy's board has:
-the CPU, memory, CLINT, PLIC, ns16550a UART, the virtio-mmio transports, sifive_test with its syscon
+one cpu node per hart, memory, CLINT, PLIC, ns16550a UART, the virtio-mmio transports, sifive_test with its syscon
 poweroff/reboot nodes, the empty platform bus and ``/chosen``.  Nodes for
 devices kvmpy does not model (pmu, fw-cfg, flash, rtc, pci) are
 left out, so no guest probes hardware that is not there.
@@ -25,11 +25,25 @@ FDT_LAST_COMP_VERSION = 16
 FDT_BEGIN_NODE, FDT_END_NODE, FDT_PROP, FDT_END = 1, 2, 3, 9
 HEADER_SIZE = 40
 
-# phandles, numbered as QEMU numbers them for one hart
-PHANDLE_CPU0 = 1
-PHANDLE_CPU0_INTC = 2
-PHANDLE_PLIC = 3
-PHANDLE_TEST = 4
+# phandles, numbered as QEMU's virt hands them out: the harts' cpu and interrupt-controller
+# nodes from the last hart down to hart 0, then the PLIC, then sifive_test.
+
+
+def phandle_cpu(hart: int, harts: int) -> int:
+    return 1 + 2 * (harts - 1 - hart)
+
+
+def phandle_intc(hart: int, harts: int) -> int:
+    return phandle_cpu(hart, harts) + 1
+
+
+def phandle_plic(harts: int) -> int:
+    return 2 * harts + 1
+
+
+def phandle_test(harts: int) -> int:
+    return 2 * harts + 2
+
 
 IRQ_S_SOFT, IRQ_M_SOFT, IRQ_S_TIMER, IRQ_M_TIMER, IRQ_S_EXT, IRQ_M_EXT = 1, 3, 5, 7, 9, 11
 
@@ -115,7 +129,8 @@ class VirtFdtParams:
     platform_bus: tuple[int, int]
     rng_seed: bytes              # 32 bytes for /chosen/rng-seed
     bootargs: str = ""           # /chosen/bootargs when non-empty (-append)
-    hartid: int = 0
+    hartid: int = 0              # the boot hart (the header's boot_cpuid_phys)
+    harts: int = 1               # harts 0 .. harts-1, each with its cpu node
     virtio: tuple[tuple[int, int, int], ...] = ()  # virtio-mmio transports: (base, size, PLIC source)
 
 
@@ -123,6 +138,10 @@ def virt_fdt(p: VirtFdtParams) -> bytes:
     """The ``virt`` board's DTB, nodes and properties in the order QEMU 7.2's dump shows them."""
     if len(p.rng_seed) % 4:
         raise ValueError("rng-seed must be a whole number of 32-bit cells")
+    if p.harts < 1:
+        raise ValueError("a virt board has at least one hart")
+    n = p.harts
+    plic_ph, test_ph = phandle_plic(n), phandle_test(n)
     w = FdtWriter(boot_cpuid=p.hartid)
     w.begin_node("")
     w.prop_u32("#address-cells", 2)
@@ -141,13 +160,13 @@ def virt_fdt(p: VirtFdtParams) -> bytes:
         w.begin_node(name)
         w.prop_u32("value", value)
         w.prop_u32("offset", 0)
-        w.prop_u32("regmap", PHANDLE_TEST)
+        w.prop_u32("regmap", test_ph)
         w.prop_str("compatible", f"syscon-{name}")
         w.end_node()
 
     pb_base, pb_size = p.platform_bus
     w.begin_node(f"platform-bus@{pb_base:x}")
-    w.prop_u32("interrupt-parent", PHANDLE_PLIC)
+    w.prop_u32("interrupt-parent", plic_ph)
     w.prop_u32("ranges", 0, 0, pb_base, pb_size)
     w.prop_u32("#address-cells", 1)
     w.prop_u32("#size-cells", 1)
@@ -163,26 +182,28 @@ def virt_fdt(p: VirtFdtParams) -> bytes:
     w.prop_u32("#address-cells", 1)
     w.prop_u32("#size-cells", 0)
     w.prop_u32("timebase-frequency", p.timebase_hz)
-    w.begin_node(f"cpu@{p.hartid:x}")
-    w.prop_u32("phandle", PHANDLE_CPU0)
-    w.prop_str("device_type", "cpu")
-    w.prop_u32("reg", p.hartid)
-    w.prop_str("status", "okay")
-    w.prop_str("compatible", "riscv")
-    w.prop_str("riscv,isa", p.isa)
-    w.prop_str("mmu-type", p.mmu_type)
-    w.begin_node("interrupt-controller")
-    w.prop_u32("#interrupt-cells", 1)
-    w.prop("interrupt-controller")
-    w.prop_str("compatible", "riscv,cpu-intc")
-    w.prop_u32("phandle", PHANDLE_CPU0_INTC)
-    w.end_node()
-    w.end_node()
+    for hart in range(n):
+        w.begin_node(f"cpu@{hart:x}")
+        w.prop_u32("phandle", phandle_cpu(hart, n))
+        w.prop_str("device_type", "cpu")
+        w.prop_u32("reg", hart)
+        w.prop_str("status", "okay")
+        w.prop_str("compatible", "riscv")
+        w.prop_str("riscv,isa", p.isa)
+        w.prop_str("mmu-type", p.mmu_type)
+        w.begin_node("interrupt-controller")
+        w.prop_u32("#interrupt-cells", 1)
+        w.prop("interrupt-controller")
+        w.prop_str("compatible", "riscv,cpu-intc")
+        w.prop_u32("phandle", phandle_intc(hart, n))
+        w.end_node()
+        w.end_node()
     w.begin_node("cpu-map")
-    w.begin_node("cluster0")
-    w.begin_node("core0")
-    w.prop_u32("cpu", PHANDLE_CPU0)
-    w.end_node()
+    w.begin_node("cluster0")             # one socket: every hart is a core of cluster0
+    for hart in range(n):
+        w.begin_node(f"core{hart}")
+        w.prop_u32("cpu", phandle_cpu(hart, n))
+        w.end_node()
     w.end_node()
     w.end_node()
     w.end_node()
@@ -195,14 +216,14 @@ def virt_fdt(p: VirtFdtParams) -> bytes:
 
     w.begin_node(f"serial@{p.uart[0]:x}")
     w.prop_u32("interrupts", p.uart_irq)
-    w.prop_u32("interrupt-parent", PHANDLE_PLIC)
+    w.prop_u32("interrupt-parent", plic_ph)
     w.prop_u32("clock-frequency", p.uart_clock_hz)
     w.prop("reg", _reg(p.uart))
     w.prop_str("compatible", "ns16550a")
     w.end_node()
 
     w.begin_node(f"test@{p.test[0]:x}")
-    w.prop_u32("phandle", PHANDLE_TEST)
+    w.prop_u32("phandle", test_ph)
     w.prop("reg", _reg(p.test))
     w.prop_str("compatible", "sifive,test1", "sifive,test0", "syscon")
     w.end_node()
@@ -210,17 +231,18 @@ def virt_fdt(p: VirtFdtParams) -> bytes:
     for base, size, irq in sorted(p.virtio, reverse=True):   # QEMU's dump lists them from the highest down
         w.begin_node(f"virtio_mmio@{base:x}")
         w.prop_u32("interrupts", irq)
-        w.prop_u32("interrupt-parent", PHANDLE_PLIC)
+        w.prop_u32("interrupt-parent", plic_ph)
         w.prop("reg", _reg((base, size)))
         w.prop_str("compatible", "virtio,mmio")
         w.end_node()
 
     w.begin_node(f"plic@{p.plic[0]:x}")
-    w.prop_u32("phandle", PHANDLE_PLIC)
+    w.prop_u32("phandle", plic_ph)
     w.prop_u32("riscv,ndev", p.plic_ndev)
     w.prop("reg", _reg(p.plic))
-    # context 0 = M-mode external interrupt, context 1 = S-mode, as kvmpy's PLIC numbers them
-    w.prop_u32("interrupts-extended", PHANDLE_CPU0_INTC, IRQ_M_EXT, PHANDLE_CPU0_INTC, IRQ_S_EXT)
+    # context 2N = hart N's M-mode external interrupt, 2N+1 its S-mode one, as kvmpy's PLIC numbers them
+    w.prop_u32("interrupts-extended", *(v for h in range(n) for v in (phandle_intc(h, n), IRQ_M_EXT,
+                                                                     phandle_intc(h, n), IRQ_S_EXT)))
     w.prop("interrupt-controller")
     w.prop_str("compatible", "sifive,plic-1.0.0", "riscv,plic0")
     w.prop_u32("#address-cells", 0)
@@ -228,7 +250,8 @@ def virt_fdt(p: VirtFdtParams) -> bytes:
     w.end_node()
 
     w.begin_node(f"clint@{p.clint[0]:x}")
-    w.prop_u32("interrupts-extended", PHANDLE_CPU0_INTC, IRQ_M_SOFT, PHANDLE_CPU0_INTC, IRQ_M_TIMER)
+    w.prop_u32("interrupts-extended", *(v for h in range(n) for v in (phandle_intc(h, n), IRQ_M_SOFT,
+                                                                     phandle_intc(h, n), IRQ_M_TIMER)))
     w.prop("reg", _reg(p.clint))
     w.prop_str("compatible", "sifive,clint0", "riscv,clint0")
     w.end_node()

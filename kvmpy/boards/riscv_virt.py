@@ -3,8 +3,8 @@
 Memory map (facts from QEMU's hw/riscv/virt.c), one line each in ``device_table()``:
     0x00001000  MROM: QEMU's reset vector words and OpenSBI's fw_dynamic_info
     0x00100000  sifive_test finisher
-    0x02000000  CLINT (msip, mtimecmp, mtime)
-    0x0c000000  PLIC (context 0 = hart 0 M-mode, context 1 = S-mode)
+    0x02000000  CLINT (msip and mtimecmp per hart, mtime)
+    0x0c000000  PLIC (context 2N = hart N's M-mode, 2N+1 = its S-mode)
     0x10000000  ns16550a UART, reg-shift 0, PLIC source 10
     0x10001000  eight virtio-mmio transports, 0x1000 apart, PLIC sources 1-8
     0x80000000  DRAM
@@ -14,8 +14,16 @@ Booting follows QEMU 7.2's hw/riscv/boot.c: ``-bios FILE`` (an ELF by its
 addresses, or a raw image at DRAM base) and ``-kernel`` (an ELF by its
 addresses, or a raw image at the next 2 MiB boundary after the firmware, so
 0x80200000 after OpenSBI).  The device tree (kvmpy.boards.riscv_fdt) goes at
-the highest 2 MiB-aligned address below the end of RAM it fits under, and the
-hart starts with a0 = hartid, a1 = the DTB, a2 = fw_dynamic_info in the MROM.
+the highest 2 MiB-aligned address below the end of RAM it fits under, and every
+hart starts with a0 = its hartid, a1 = the DTB, a2 = fw_dynamic_info in the MROM.
+
+Harts (``-smp N``): each has its own engine (kvmpy.boards.riscv_hart) and they
+take turns on the one CPU thread, round-robin, ``SLICE`` retired instructions
+each (deterministic under -icount).  A hart waiting in WFI gives its turn to one
+that can run; when none can, time skips (or, in real time, passes) to the
+earliest timer deadline of any hart.  A hart's LR reservation does not survive
+its turn: another hart may have stored to the address meanwhile, so the SC fails.
+One hart runs exactly as before, without the scheduler.
 
 The UART talks to a ``kvmpy.devices.chardev`` backend, the same console layer
 as the PC board's serial port.  The backend's reader thread only queues typed
@@ -33,10 +41,11 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Protocol
+from typing import IO, Callable, Protocol
 
 from kvmpy.boards import riscv_virtio
 from kvmpy.boards.riscv_fdt import VirtFdtParams, virt_fdt
+from kvmpy.boards.riscv_hart import Hart, SharedMemory
 from kvmpy.boards.riscv_virtio import CpuThreadLines, TcgRam
 from kvmpy.devices.bus import Bus
 from kvmpy.devices.chardev import CharBackend, FileBackend, NullBackend
@@ -53,17 +62,10 @@ from kvmpy.devices.virtio.device import VirtioDevice
 from kvmpy.devices.virtio.mmio import VirtioMmio
 from kvmpy.loader.elf import ElfImage
 from kvmpy.loader.errors import LoaderError
-from kvmpy.tcg.backend_py import StateLayout, compile_unit, runtime_namespace
-from kvmpy.tcg.cpu_loop import CpuLoop
-from kvmpy.tcg.errors import GuestTrap, MachineExit, TcgUserError
-from kvmpy.tcg.softmmu import AccessFaults, SoftMmu
+from kvmpy.tcg.errors import HartYield, MachineExit, TcgUserError
 from kvmpy.tcg.target.riscv.cpu import (ISA_STRING, MEIP, MMU_TYPE, MSIP, MTIP, NO_DEADLINE, NS_PER_TICK, SEIP, STIP,
                                        RiscvCpu)
-from kvmpy.tcg.target.riscv.translate import INSTRET, N_SLOTS, PC, Translator
-from kvmpy.tcg.tb_cache import TBCache
-
-if TYPE_CHECKING:
-    from kvmpy.tcg.native.backend import NativeTier
+from kvmpy.tcg.target.riscv.translate import INSTRET, PC
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +94,8 @@ FW_DYNAMIC_NEXT_MODE_S = 1
 RESET_VEC_BYTES = 40                    # six instructions and two dwords; fw_dynamic_info follows
 INPUT_QUEUE_LIMIT = 1 << 16     # bytes typed ahead of the guest; more are refused
 IDLE_WAIT = 0.05                # seconds a WFI waits for console input before looking again
+MAX_HARTS = 8                   # -smp limit: every hart carries a whole TCG engine (QEMU's virt allows 512)
+SLICE = 10_000                  # retired instructions a hart runs before the next one's turn
 
 
 class BoardDevice(Protocol):
@@ -178,22 +182,34 @@ class ConsoleInput:
 class VirtBoard:
     def __init__(self, memory: int, console: CharBackend | None = None, trace: IO[str] | None = None,
                  trace_flags: set[str] | frozenset[str] = frozenset(), ns_per_insn: int | None = None,
-                 tier: str = DEFAULT_TIER, native_eager: bool = False) -> None:
+                 tier: str = DEFAULT_TIER, native_eager: bool = False, harts: int = 1) -> None:
         """``ns_per_insn`` None: mtime is real time; a number: each retired instruction is that many
         ns of mtime (``-icount shift=N`` gives 2**N), so runs are deterministic.
         ``tier``: the TCG backend, ``py`` (generated Python) or ``native`` (x86-64 code for hot
-        code where it can); ``native_eager``: every TB to machine code at once (for tests)."""
+        code where it can); ``native_eager``: every TB to machine code at once (for tests).
+        ``harts``: how many (``-smp``), 1 to ``MAX_HARTS``."""
+        if not 1 <= harts <= MAX_HARTS:
+            raise TcgUserError(f"Invalid SMP CPUs {harts}. The max CPUs supported by machine 'virt' "
+                               f"(kvmpy) is {MAX_HARTS}")
         self.console = console if console is not None else NullBackend()
         self.trace = trace
         self.trace_flags = set(trace_flags)
         self.bus = Bus("mmio")
-        self.mem = SoftMmu(DRAM_BASE, memory, self.bus, AccessFaults(read=5, write=7, fetch=1))
-        self.cpu = RiscvCpu(self.mem, ns_per_insn=ns_per_insn)
-        cpu = self.cpu
-        self.mem.translate = cpu.mmu.translate
-        self.plic = Plic([lambda lv: cpu.set_hw_irq(MEIP, lv), lambda lv: cpu.set_hw_irq(SEIP, lv)])
-        self.clint = Clint(lambda: cpu.mtime, self._set_time,
-                           lambda lv: cpu.set_hw_irq(MSIP, lv), self._set_mtip)
+        tracer = self._trace if trace is not None else None
+        shared = SharedMemory(DRAM_BASE, bytearray(memory), set(), self.bus)
+        smp = harts > 1
+        self.harts = [Hart(i, shared, ns_per_insn, tier, native_eager, self.trace_flags, tracer,
+                           self._mark_code_page if smp else None) for i in range(harts)]
+        self.current = hart0 = self.harts[0]
+        # Hart 0's engine under the names one-hart code and tests know.
+        self.mem, self.cpu, self.cache, self.loop = hart0.mem, hart0.cpu, hart0.cache, hart0.loop
+        self.translator, self.native = hart0.translator, hart0.native
+        self._mtip = [False] * harts
+        self.plic = Plic([out for h in self.harts for out in (
+            lambda lv, c=h.cpu: c.set_hw_irq(MEIP, lv), lambda lv, c=h.cpu: c.set_hw_irq(SEIP, lv))])
+        self.clint = Clint(lambda: self.current.cpu.mtime, self._set_time,
+                           [lambda lv, c=h.cpu: c.set_hw_irq(MSIP, lv) for h in self.harts],
+                           [lambda lv, i=i: self._set_mtip(i, lv) for i in range(harts)])
         self.uart = Uart16550(output=self.console.write, irq=self.plic.line(UART_IRQ))
         self.mrom = Mrom(MROM_SIZE)
         self.ram = TcgRam(self.mem)   # guest RAM as the virtio core sees it
@@ -212,44 +228,12 @@ class VirtBoard:
         self.interactive = not isinstance(self.console, (NullBackend, FileBackend))
         self.input = ConsoleInput()
         self._console_started = False
-
-        tracer = self._trace if trace is not None else None
-        self.translator = Translator(self.mem.fetch, disasm="in_asm" in self.trace_flags)
-        layout = StateLayout(N_SLOTS, PC, INSTRET)
-        self.native: NativeTier | None = None
-        compile_fn = compile_unit
-        promote = None
-        if tier == "native":
-            from kvmpy.tcg.native.backend import NativeTier    # cffi and executable memory only when asked for
-            self.native = NativeTier(layout, self.mem.ram, self.mem.load, self.mem.store, (GuestTrap, MachineExit),
-                                     eager=native_eager)
-            # The softmmu's TLB dicts become mirrors the machine code reads (same dict API).
-            self.mem.tlb_read, self.mem.tlb_write = self.native.tlb_read, self.native.tlb_write
-            compile_fn = self.native.compile_or_fallback
-            promote = self.native.promote
-        elif tier != "py":
-            raise ValueError(f"unknown TCG tier {tier!r} (py or native)")
-        ns = runtime_namespace()
-        ns.update(self.mem.namespace())
-        ns.update(cpu.helpers())
-        ns["GuestTrap"] = GuestTrap
-        ns["_UnitExit"] = (GuestTrap, MachineExit)
-        chaining = not ({"exec", "nochain", "cpu"} & self.trace_flags)
-        self.cache = TBCache(layout, ns, self.translator.translate,
-                             self.mem.mark_code_page,
-                             trace=tracer if {"in_asm", "op", "out_asm"} & self.trace_flags else None,
-                             trace_ir="op" in self.trace_flags, chaining=chaining,
-                             trace_out="out_asm" in self.trace_flags, compile_fn=compile_fn, promote=promote,
-                             observer=self.native)
-        self.mem.on_code_write = self._code_written
-        cpu.on_tlb_flush = self._tlb_flushed
-        cpu.poll_devices = self._poll
-        cpu.idle = self._idle
-        if "int" in self.trace_flags and tracer is not None:
-            cpu.trace_int = lambda s: self._trace(s + "\n")
-        exec_trace = self._trace_exec if {"exec", "cpu"} & self.trace_flags and tracer else None
-        self.loop = CpuLoop(cpu, self.cache, exec_trace)
-        self._mtip = False
+        self._slice_start = 0
+        for h in self.harts:
+            h.mem.on_code_write = self._code_written
+            h.cpu.poll_devices = self._poll_smp if smp else self._poll
+            h.cpu.idle = self._idle_smp if smp else self._idle
+            h.cpu.follow_clock(hart0.cpu)
 
     def device_table(self) -> tuple[DeviceSlot, ...]:
         """Every MMIO device of the board; reset walks this table, so none can be forgotten."""
@@ -285,7 +269,7 @@ class VirtBoard:
             plic_ndev=plic_mod.NUM_SOURCES, uart=(UART_BASE, UART_SIZE), uart_irq=UART_IRQ,
             uart_clock_hz=UART_CLOCK_HZ, test=(SIFIVE_TEST_BASE, sifive_test.SIZE), platform_bus=PLATFORM_BUS,
             rng_seed=os.urandom(RNG_SEED_BYTES) if rng_seed is None else rng_seed, bootargs=bootargs,
-            hartid=self.cpu.hartid,
+            hartid=self.cpu.hartid, harts=len(self.harts),
             virtio=tuple((riscv_virtio.VIRTIO_BASE + riscv_virtio.VIRTIO_SIZE * i, riscv_virtio.VIRTIO_SIZE,
                           riscv_virtio.VIRTIO_IRQ + i) for i in range(riscv_virtio.VIRTIO_COUNT))))
 
@@ -328,14 +312,18 @@ class VirtBoard:
             log.debug("no room for the device tree below %#x", top)
             fdt_addr, dtb = 0, b""
         self.mrom.load(self._mrom_image(start, fdt_addr, next_addr))
-        R = self.cpu.R
-        R[PC] = start
-        R[10] = self.cpu.hartid                       # a0 = hartid
-        R[11] = fdt_addr                              # a1 = device tree
-        R[12] = MROM_BASE + RESET_VEC_BYTES          # a2 = fw_dynamic_info
+        for hart in self.harts:                       # what QEMU's reset vector leaves in each hart
+            R = hart.cpu.R
+            R[PC] = start
+            R[10] = hart.cpu.hartid                   # a0 = hartid
+            R[11] = fdt_addr                          # a1 = device tree
+            R[12] = MROM_BASE + RESET_VEC_BYTES      # a2 = fw_dynamic_info
         self.boot_spec = spec
         self.boot_info = BootInfo(start, next_addr, fdt_addr, len(dtb))
-        self._poll()
+        if len(self.harts) == 1:
+            self._poll()
+        else:
+            self._update_lines()
         if kernel is not None and kernel.elf is not None and spec.firmware is None:
             self._attach_htif(kernel)
         return self.boot_info
@@ -363,7 +351,8 @@ class VirtBoard:
             raise TcgUserError(str(exc)) from None
         tohost = symbols.get("tohost")
         if tohost is not None and self.mem.in_ram(tohost, 8):
-            self.htif = Htif(self.mem, tohost, symbols.get("fromhost"), self.console.write)
+            self.htif = Htif(self.mem, tohost, symbols.get("fromhost"), self.console.write,
+                             [h.mem for h in self.harts[1:]])
 
     def _load_image(self, image: BootImage, raw_addr: int, loaded: list[tuple[int, int, str]]) -> int:
         """Copy an ELF by its segments, or a raw image at ``raw_addr``; return the end address."""
@@ -412,40 +401,104 @@ class VirtBoard:
             self._console_started = True
             self.console.start(self.input.receive, self.input.request_quit)
         try:
-            self.loop.run()
+            if len(self.harts) == 1:
+                self.loop.run()
+            else:
+                self._run_harts()
         except MachineExit as ex:
             return ex
         raise AssertionError("unreachable: the CPU loop only ends with MachineExit")
 
+    def _run_harts(self) -> None:
+        """Round-robin: each hart runs until its slice ends or it waits while another can run."""
+        harts = self.harts
+        n = len(harts)
+        while True:
+            hart = self.current
+            self._slice_start = hart.cpu.R[INSTRET]
+            try:
+                hart.loop.run()
+            except HartYield:
+                pass
+            # Other harts run now and may store to the reserved address: the SC must fail.
+            hart.cpu.reservation = None
+            nxt = hart
+            for k in range(1, n + 1):
+                cand = harts[(hart.hartid + k) % n]
+                if cand.cpu.runnable:
+                    nxt = cand
+                    break
+            if nxt is not hart:
+                nxt.cpu.follow_clock(hart.cpu)
+                self.current = nxt
+
     # ---- callbacks ---------------------------------------------------------
     def _code_written(self, page: int) -> None:
-        self.cache.invalidate_page(page)
+        for hart in self.harts:
+            hart.code_written(page)
         self.mem.code_pages.discard(page)
 
-    def _tlb_flushed(self, all_contexts: bool) -> None:
-        if all_contexts:
-            self.cache.flush_jump_caches(lambda ctx: False)
-        else:
-            self.cache.flush_jump_caches(lambda ctx: not self.cpu.paged(ctx))
+    def _mark_code_page(self, page: int) -> None:
+        """A hart translated code from ``page``: no hart may keep a write-TLB entry onto it."""
+        code_pages = self.mem.code_pages
+        if page in code_pages:
+            return
+        code_pages.add(page)
+        for hart in self.harts:
+            hart.mem.drop_write_page(page)
 
     def _set_time(self, value: int) -> None:
-        self.cpu.set_mtime(value)
+        self.current.cpu.set_mtime(value)
 
-    def _set_mtip(self, level: bool) -> None:
-        self._mtip = level
-        self.cpu.set_hw_irq(MTIP, level)
+    def _set_mtip(self, hart: int, level: bool) -> None:
+        self._mtip[hart] = level
+        self.harts[hart].cpu.set_hw_irq(MTIP, level)
 
     def _poll(self) -> None:
+        """Devices and timers between TBs, for one hart."""
         cpu = self.cpu
-        mtip = cpu.mtime >= self.clint.mtimecmp
-        if mtip != self._mtip:
-            self._set_mtip(mtip)
+        mtip = cpu.mtime >= self.clint.mtimecmp[0]
+        if mtip != self._mtip[0]:
+            self._set_mtip(0, mtip)
         if cpu.sstc_enabled:
             cpu.update_sstc()
         if self.interactive and self.input.ready.is_set():   # no lock, no syscall: cheap
             self._take_input()
         if self.lines.pending:                              # a device thread raised an interrupt
             self.lines.apply()
+
+    def _update_lines(self) -> None:
+        """Every hart's timer lines at the running hart's mtime, console input, device interrupts."""
+        now = self.current.cpu.mtime
+        mtimecmp, mtips = self.clint.mtimecmp, self._mtip
+        for i, hart in enumerate(self.harts):
+            mtip = now >= mtimecmp[i]
+            if mtip != mtips[i]:
+                self._set_mtip(i, mtip)
+            if hart.cpu.sstc_enabled:
+                hart.cpu.update_sstc(now)
+        if self.interactive and self.input.ready.is_set():
+            self._take_input()
+        if self.lines.pending:
+            self.lines.apply()
+
+    def _poll_smp(self) -> None:
+        """Devices and timers between TBs, for several harts; ends the running hart's turn when its
+        slice is up, or when it executed WFI and another hart can run."""
+        self._update_lines()
+        current = self.current
+        cpu = current.cpu
+        ran = cpu.R[INSTRET] - self._slice_start
+        if not 0 <= ran < SLICE:          # (< 0: the guest wrote minstret)
+            raise HartYield
+        if cpu.halted and ran and any(h is not current and h.cpu.runnable for h in self.harts):
+            # A WFI that an interrupt pending in mie ends at once (interrupts off globally: a guest
+            # polling a flag around WFI, as OpenSBI's parked harts do) completes, but the hart waits
+            # for its next turn; a WFI with nothing pending keeps the hart halted until there is.
+            # (Not at the start of a turn: a hart just woken runs at least until its next WFI.)
+            if cpu.runnable:
+                cpu.halted = False
+            raise HartYield
 
     def _take_input(self) -> bool:
         """Hand queued console bytes to the UART (CPU thread only); True if there were any."""
@@ -456,14 +509,31 @@ class VirtBoard:
             self.uart.receive(data)
         return bool(data)
 
-    def _idle(self) -> bool:
-        """WFI with nothing pending: let time pass until something can happen."""
-        cpu = self.cpu
+    @staticmethod
+    def _deadlines(cpu: RiscvCpu, mtimecmp: int) -> list[int]:
+        """The mtime values at which a timer would wake ``cpu`` from WFI."""
         deadlines = []
-        if cpu.mie & MTIP and self.clint.mtimecmp != NO_DEADLINE and not cpu.hw_ip & MTIP:
-            deadlines.append(self.clint.mtimecmp)
+        if cpu.mie & MTIP and mtimecmp != NO_DEADLINE and not cpu.hw_ip & MTIP:
+            deadlines.append(mtimecmp)
         if cpu.mie & STIP and cpu.sstc_enabled and cpu.stimecmp != NO_DEADLINE and not cpu.hw_ip & STIP:
             deadlines.append(cpu.stimecmp)                # Sstc: S-mode's own timer
+        return deadlines
+
+    def _idle(self) -> bool:
+        """WFI with nothing pending: let time pass until something can happen."""
+        return self._wait(self.cpu, self._deadlines(self.cpu, self.clint.mtimecmp[0]), self._poll)
+
+    def _idle_smp(self) -> bool:
+        """WFI with nothing pending on the running hart: another hart's turn if one can run,
+        else let time pass until the earliest timer of any hart."""
+        current = self.current
+        if any(h is not current and h.cpu.runnable for h in self.harts):
+            raise HartYield
+        deadlines = [d for h, cmp in zip(self.harts, self.clint.mtimecmp) for d in self._deadlines(h.cpu, cmp)]
+        return self._wait(current.cpu, deadlines, self._update_lines)
+
+    def _wait(self, cpu: RiscvCpu, deadlines: list[int], poll: Callable[[], None]) -> bool:
+        """Until the first deadline (mtime) or console input; False if nothing can ever come."""
         if deadlines:
             deadline = min(deadlines)
             if cpu.ns_per_insn is not None:               # virtual time: skip to the deadline
@@ -476,7 +546,7 @@ class VirtBoard:
                         self._take_input()
                 elif wait > 0:
                     time.sleep(wait)
-            self._poll()
+            poll()
             return True
         if self.interactive:
             self.input.ready.wait(IDLE_WAIT)
@@ -489,21 +559,15 @@ class VirtBoard:
         assert self.trace is not None
         self.trace.write(text)
 
-    def _trace_exec(self, pc: int) -> None:
-        cpu = self.cpu
-        self._trace(f"Trace 0: [{pc:016x}] priv={cpu.priv} instret={cpu.R[INSTRET]}\n")
-        if "cpu" in self.trace_flags:
-            regs = " ".join(f"x{i}={cpu.R[i]:016x}" + ("\n" if i % 4 == 3 else "") for i in range(1, 32))
-            self._trace(f" pc={cpu.R[PC]:016x} {regs}\n")
-
     def reset(self) -> None:
         """Guest-requested reset: fresh CPU, devices and RAM contents, then boot the same images again."""
         assert self.boot_spec is not None, "reset before boot"
-        self.cache.flush_all()
-        self.mem.flush()
         self.mem.code_pages.clear()
         self.mem.ram[:] = bytes(len(self.mem.ram))
-        self.cpu.reset()
+        for hart in self.harts:
+            hart.reset()
+            hart.cpu.follow_clock(self.cpu)
+        self.current = self.harts[0]
         for slot in self.devices:
             slot.device.reset()
         self.boot(self.boot_spec)

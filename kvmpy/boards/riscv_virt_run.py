@@ -121,7 +121,7 @@ def build_board(cfg: MachineConfig, stack: ExitStack) -> tuple[VirtBoard, BootSp
             trace = sys.stderr
     board = VirtBoard(cfg.memory, console, trace, cfg.trace,
                       ns_per_insn=None if cfg.icount is None else 1 << cfg.icount,
-                      tier=cfg.tcg_tier or DEFAULT_TIER)
+                      tier=cfg.tcg_tier or DEFAULT_TIER, harts=cfg.smp)
     stack.callback(board.close)
     for _, device in build_virtio_devices(cfg, board.ram.memory):
         board.plug_virtio(device)
@@ -144,7 +144,7 @@ def run_machine(cfg: MachineConfig) -> int:
             resets += 1
             board.reset()
         elapsed = time.perf_counter() - start
-        instret = board.cpu.R[INSTRET]
+        instret = sum(h.cpu.R[INSTRET] for h in board.harts)
         log.info("%s after %d instructions in %.3f s", ex.reason, instret, elapsed)
         if "tb_stats" in cfg.trace:
             out = board.trace or sys.stderr
@@ -158,7 +158,7 @@ def run_machine(cfg: MachineConfig) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m kvmpy.tcg_fallback",
-        description="Run a riscv64 ELF on kvmpy's TCG fallback (QEMU virt board, one hart).",
+        description="Run a riscv64 ELF on kvmpy's TCG fallback (QEMU virt board).",
         prefix_chars="-", allow_abbrev=False)
     p.add_argument("-machine", "-M", default="virt", help="board (only 'virt')")
     p.add_argument("-cpu", default="rv64", help="CPU model (only 'rv64')")
@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="riscv64 ELF (by physical address) or raw image (0x80200000 after firmware)")
     p.add_argument("-append", default="", help="kernel command line (/chosen/bootargs in the device tree)")
     p.add_argument("-m", default="128M", help="RAM size, e.g. 128M (default 128M)")
-    p.add_argument("-smp", type=int, default=1, help="number of harts (only 1)")
+    p.add_argument("-smp", type=int, default=1, help="number of harts (default 1)")
     p.add_argument("-nographic", action="store_true", help="serial on stdio (the default)")
     p.add_argument("-serial", default=None, help="stdio | file:PATH | none")
     p.add_argument("-d", default="", metavar="ITEMS",

@@ -39,3 +39,11 @@ class MachineExit(Exception):
         self.reason = reason
         self.reset = reset
         self.back = 0      # set by the softmmu when a guest store triggered the exit
+
+
+class HartYield(Exception):
+    """The board takes the CPU thread from the running hart to the next one.
+
+    Raised between translation blocks (from the CPU's poll or idle callback), so the
+    hart's state is whole and its CPU loop resumes at ``R[pc]`` when it runs again.
+    """

@@ -12,6 +12,10 @@ The architecture supplies ``translate(vaddr, access) -> (paddr, cacheable)``
 raising ``GuestTrap`` on faults, and the cause numbers for access faults.
 Self-modifying code: pages that hold translated code never get a write-TLB entry;
 a slow-path store to one calls ``on_code_write(page)`` first.
+
+Several CPUs share one RAM: each has its own ``SoftMmu`` (its own TLBs and
+translate), all built on the same ``ram`` and the same ``code_pages`` set, so a
+store by any CPU to a page any of them translated code from takes the slow path.
 """
 
 from __future__ import annotations
@@ -49,10 +53,14 @@ class AccessFaults:
 
 
 class SoftMmu:
-    def __init__(self, ram_base: int, ram_size: int, bus: Bus, faults: AccessFaults) -> None:
+    def __init__(self, ram_base: int, ram_size: int, bus: Bus, faults: AccessFaults,
+                 ram: bytearray | None = None, code_pages: set[int] | None = None) -> None:
+        """``ram`` and ``code_pages``: another CPU's, to share them (default: new ones)."""
         self.ram_base = ram_base
         self.ram_size = ram_size
-        self.ram = bytearray(ram_size)
+        self.ram = bytearray(ram_size) if ram is None else ram
+        if len(self.ram) != ram_size:
+            raise ValueError(f"softmmu: RAM of {len(self.ram)} bytes for a size of {ram_size}")
         mv = memoryview(self.ram)
         self.views = {
             "_B": mv, "_H": mv.cast("H"), "_I": mv.cast("I"), "_Q": mv.cast("Q"),
@@ -62,7 +70,7 @@ class SoftMmu:
         self.faults = faults
         self.tlb_read: dict[int, int] = {}
         self.tlb_write: dict[int, int] = {}
-        self.code_pages: set[int] = set()
+        self.code_pages: set[int] = set() if code_pages is None else code_pages
         self.watched: dict[int, Callable[[int, int, int], None]] = {}  # ppage -> fn(paddr, size, value)
         self.translate: Callable[[int, int], tuple[int, bool]] = lambda v, a: (v, True)
         self.on_code_write: Callable[[int], None] = lambda page: None
@@ -173,6 +181,10 @@ class SoftMmu:
         if page in self.code_pages:
             return
         self.code_pages.add(page)
+        self.drop_write_page(page)
+
+    def drop_write_page(self, page: int) -> None:
+        """Forget the write-TLB entries onto physical page ``page`` (another CPU translated code there)."""
         target = (page << PAGE_SHIFT) - self.ram_base
         stale = [v for v, d in self.tlb_write.items() if v + d == target]
         for v in stale:

@@ -37,11 +37,11 @@ def dts(blob: bytes, tmp_path, name: str) -> str:
     return proc.stdout
 
 
-def qemu_dtb(tmp_path, memory: str, *extra: str) -> bytes:
+def qemu_dtb(tmp_path, memory: str, *extra: str, smp: int = 1) -> bytes:
     if shutil.which(QEMU) is None or shutil.which("dtc") is None:
         pytest.skip(f"{QEMU} or dtc not installed (apt-get install qemu-system-misc device-tree-compiler)")
     out = tmp_path / "qemu.dtb"
-    subprocess.run([QEMU, "-M", f"virt,dumpdtb={out}", "-m", memory, "-smp", "1", "-nographic", *extra],
+    subprocess.run([QEMU, "-M", f"virt,dumpdtb={out}", "-m", memory, "-smp", str(smp), "-nographic", *extra],
                    capture_output=True, timeout=60, check=True)
     return out.read_bytes()
 
@@ -69,13 +69,16 @@ def normalise(text: str) -> str:
     return re.sub(r"rng-seed = <[^>]*>", "rng-seed = <SEED>", text)
 
 
-@pytest.mark.parametrize("memory,extra", [("128M", ()), ("1G", ())])
-def test_tree_matches_qemu_but_for_the_listed_differences(tmp_path, memory, extra):
-    size = {"128M": 128 << 20, "1G": 1 << 30}[memory]
-    ours = dts(VirtBoard(size).device_tree(), tmp_path, "kvmpy.dtb")
-    theirs = dts(qemu_dtb(tmp_path, memory, *extra), tmp_path, "qemu.dtb")
+@pytest.mark.parametrize("memory,extra,smp", [("128M", (), 1), ("1G", (), 1), ("128M", (), 2), ("256M", (), 4)])
+def test_tree_matches_qemu_but_for_the_listed_differences(tmp_path, memory, extra, smp):
+    """With -smp N: a cpu node per hart, cpu-map's cores, every hart's contexts in the CLINT's and
+    PLIC's interrupts-extended, and QEMU's phandle numbers."""
+    size = {"128M": 128 << 20, "256M": 256 << 20, "1G": 1 << 30}[memory]
+    ours = dts(VirtBoard(size, harts=smp, tier="py").device_tree(), tmp_path, "kvmpy.dtb")
+    theirs = dts(qemu_dtb(tmp_path, memory, *extra, smp=smp), tmp_path, "qemu.dtb")
     theirs, found = drop_nodes(theirs, set(ABSENT_NODES))
     assert found == set(ABSENT_NODES), "QEMU's tree changed: review the list of absent nodes"
+    assert ours.count("cpu@") == smp
     theirs = re.sub(r'riscv,isa = "[^"]*"', f'riscv,isa = "{ISA_STRING}"', theirs)
     theirs = theirs.replace('mmu-type = "riscv,sv48"', 'mmu-type = "riscv,sv39"')
     assert normalise(ours).strip() == normalise(theirs).strip()

@@ -81,7 +81,8 @@ def start(argv: list[str]) -> Console:
                                     stderr=subprocess.DEVNULL, env=env))
 
 
-def session(argv: list[str]) -> tuple[bytes, dict[str, bytes], int, float]:
+def session(argv: list[str], commands: tuple[str, ...] = ("version", "echo hi")
+            ) -> tuple[bytes, dict[str, bytes], int, float]:
     """Boot to the prompt, run the commands, power off: (boot log, answers, exit status, seconds to prompt)."""
     t0 = time.monotonic()
     con = start(argv)
@@ -91,7 +92,7 @@ def session(argv: list[str]) -> tuple[bytes, dict[str, bytes], int, float]:
         at = con.expect(PROMPT, BOOT_TIMEOUT)
         to_prompt = time.monotonic() - t0
         boot_log = bytes(con.out[:at])
-        answers = {cmd: con.command(cmd) for cmd in ("version", "echo hi")}
+        answers = {cmd: con.command(cmd) for cmd in commands}
         con.type("poweroff\r")
         status = con.proc.wait(timeout=COMMAND_TIMEOUT)
         return boot_log, answers, status, to_prompt
@@ -120,12 +121,68 @@ def test_uboot_prompt_commands_and_poweroff_match_qemu():
     assert (k_status, q_status) == (0, 0)
 
 
-def test_fw_dynamic_finds_uboot_and_the_dtb_through_a2():
+@pytest.mark.parametrize("harts", [1, 2])
+def test_fw_dynamic_finds_uboot_and_the_dtb_through_a2(harts):
     """-bios default is OpenSBI fw_dynamic: it learns the next stage and its mode from the
-    fw_dynamic_info that a2 points at in the MROM, and passes the DTB from a1 on to U-Boot."""
-    flags = [*FLAGS[:FLAGS.index("-bios")], "-bios", "default", "-kernel", str(UBOOT)]
+    fw_dynamic_info that a2 points at in the MROM, and passes the DTB from a1 on to U-Boot.
+    Its boot hart is the one fw_dynamic_info names (hart 0, as QEMU's), whichever hart runs first."""
+    flags = smp_flags(harts)
+    flags = [*flags[:flags.index("-bios")], "-bios", "default", "-kernel", str(UBOOT)]
     log, answers, status, _ = session([sys.executable, "-m", "kvmpy", *flags])
+    assert opensbi_lines(log)[b"Boot HART ID"] == b"0"
+    assert opensbi_lines(log)[b"Platform HART Count"] == str(harts).encode()
     assert b"Domain0 Next Address      : 0x0000000080200000" in log
     assert b"Domain0 Next Arg1         : 0x0000000087e00000" in log
     assert b"Domain0 Next Mode         : S-mode" in log
     assert answers["echo hi"] == b"hi" and status == 0
+
+
+# OpenSBI banner lines that differ between kvmpy's hart and QEMU's, for a reason:
+HART_DIFFERENCES = {
+    b"Boot HART Base ISA": "no H extension in kvmpy's hart",
+    b"Boot HART MHPM Count": "no hardware performance counters",
+    b"Boot HART MIDELEG": "no H extension: no VS/guest interrupt bits",
+    b"Boot HART MEDELEG": "no H extension: no guest page faults",
+}
+# fw_jump's boot hart is whichever wins OpenSBI's lottery (an AMO): under QEMU any hart may,
+# kvmpy runs hart 0 first, so hart 0 always wins there.
+BOOT_HART_LINES = (b"Boot HART ID", b"Domain0 Boot HART")
+SMP_COMMANDS = ("version", "cpu detail", "fdt addr $fdtcontroladdr", "fdt print /cpus/cpu-map", "echo hi")
+
+
+def opensbi_lines(log: bytes) -> dict[bytes, bytes]:
+    """``Key : value`` lines of OpenSBI's banner, up to the U-Boot banner."""
+    text = log.split(b"U-Boot 20")[0].replace(b"\r", b"")
+    return {m.group(1).strip(): m.group(2).strip() for m in re.finditer(rb"^([A-Z][^:\n]*?)\s*:\s*(.*)$", text, re.M)}
+
+
+def smp_flags(harts: int) -> list[str]:
+    flags = list(FLAGS)
+    flags[flags.index("-smp") + 1] = str(harts)
+    return flags
+
+
+@pytest.mark.parametrize("tier, harts", [("native", 2), ("py", 2), ("native", 4)])
+def test_opensbi_and_uboot_on_several_harts_match_qemu(tier, harts):
+    """-smp N: OpenSBI counts the harts and parks all but its boot hart in HSM, U-Boot sees
+    each cpu node, and poweroff ends the machine with status 0; as under QEMU."""
+    if shutil.which(QEMU) is None:
+        pytest.skip(f"{QEMU} not installed (apt-get install qemu-system-misc)")
+    flags = smp_flags(harts)
+    k_log, k_ans, k_status, k_time = session([sys.executable, "-m", "kvmpy", "-accel", f"tcg,tier={tier}",
+                                              *flags], SMP_COMMANDS)
+    q_log, q_ans, q_status, q_time = session([QEMU, *flags], SMP_COMMANDS)
+    print(f"-smp {harts} tier={tier}: time to the U-Boot prompt: kvmpy {k_time:.1f} s, QEMU {q_time:.1f} s")
+    k_sbi, q_sbi = opensbi_lines(k_log), opensbi_lines(q_log)
+    assert k_sbi[b"Platform HART Count"] == q_sbi[b"Platform HART Count"] == str(harts).encode()
+    assert k_sbi[b"Boot HART ID"] == k_sbi[b"Domain0 Boot HART"] == b"0"
+    assert q_sbi[b"Boot HART ID"] == q_sbi[b"Domain0 Boot HART"] and int(q_sbi[b"Boot HART ID"]) < harts
+    skip = set(HART_DIFFERENCES) | set(BOOT_HART_LINES)
+    assert {k: v for k, v in k_sbi.items() if k not in skip} == {k: v for k, v in q_sbi.items() if k not in skip}
+    assert banner(k_log) == banner(q_log) and k_ans["version"] == q_ans["version"]
+    isa = re.compile(rb"rv64[a-z0-9_]+")
+    assert isa.sub(b"ISA", k_ans["cpu detail"]) == isa.sub(b"ISA", q_ans["cpu detail"])
+    assert k_ans["cpu detail"].count(b"cpu@") == harts
+    assert k_ans["fdt print /cpus/cpu-map"] == q_ans["fdt print /cpus/cpu-map"]
+    assert k_ans["echo hi"] == q_ans["echo hi"] == b"hi"
+    assert (k_status, q_status) == (0, 0)

@@ -9,7 +9,7 @@ proxy-kernel syscall block (only ``write`` to fd 1/2 is served); device 1 comman
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from typing import Callable, Sequence
 
 from kvmpy.tcg.errors import MachineExit
 from kvmpy.tcg.softmmu import SoftMmu
@@ -23,12 +23,14 @@ MASK64 = (1 << 64) - 1
 
 class Htif:
     def __init__(self, mem: SoftMmu, tohost: int, fromhost: int | None,
-                 output: Callable[[bytes], None]) -> None:
+                 output: Callable[[bytes], None], other_cpus: Sequence[SoftMmu] = ()) -> None:
+        """``other_cpus``: the softmmus of the machine's other harts, whose stores to tohost count too."""
         self.mem = mem
         self.tohost = tohost
         self.fromhost = fromhost
         self.output = output
-        mem.watch_page(tohost >> 12, self._written)
+        for m in (mem, *other_cpus):
+            m.watch_page(tohost >> 12, self._written)
 
     def _written(self, paddr: int, size: int, value: int) -> None:
         if not (paddr <= self.tohost < paddr + size or self.tohost <= paddr < self.tohost + 8):

@@ -1,9 +1,10 @@
-"""SiFive PLIC with level-triggered sources and two contexts per hart (M and S).
+"""SiFive PLIC with level-triggered sources and two contexts per hart (hart N: M-mode 2N, S-mode 2N+1).
 
 Layout facts (as QEMU's virt): priorities at 0x0 + 4*source, pending bits at
 0x1000, enables at 0x2000 + 0x80*context, threshold at 0x200000 + 0x1000*context
 and claim/complete at threshold + 4.  A claimed source is not signalled again
-until it is completed.
+until it is completed.  Registers of contexts the board does not have read as
+zero and ignore writes, as QEMU's.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 NUM_SOURCES = 96
-NUM_CONTEXTS = 2
 SIZE = 0x600000
 PRIORITY_MASK = 7
 
@@ -30,7 +30,9 @@ class PlicLine:
 
 class Plic:
     def __init__(self, outputs: list[Callable[[bool], None]]) -> None:
-        self.outputs = outputs            # per context: drives MEIP / SEIP
+        """``outputs[c]`` drives context c's line: MEIP of hart c // 2 for even c, its SEIP for odd c."""
+        self.outputs = outputs
+        self.contexts = len(outputs)
         self._clear()
 
     def _clear(self) -> None:
@@ -38,8 +40,8 @@ class Plic:
         self.level = [False] * NUM_SOURCES
         self.pending = 0
         self.claimed = 0
-        self.enable = [0] * NUM_CONTEXTS
-        self.threshold = [0] * NUM_CONTEXTS
+        self.enable = [0] * self.contexts
+        self.threshold = [0] * self.contexts
 
     # ---- device protocol -------------------------------------------------
     def reset(self) -> None:
@@ -61,8 +63,8 @@ class Plic:
         enable = [int(e) for e in state["enable"]]
         threshold = [int(t) for t in state["threshold"]]
         pending, claimed = int(state["pending"]), int(state["claimed"])
-        if (len(priority) != NUM_SOURCES or len(level) != NUM_SOURCES or len(enable) != NUM_CONTEXTS
-                or len(threshold) != NUM_CONTEXTS
+        if (len(priority) != NUM_SOURCES or len(level) != NUM_SOURCES or len(enable) != self.contexts
+                or len(threshold) != self.contexts
                 or any(not 0 <= p <= PRIORITY_MASK for p in priority + threshold)
                 or any(not 0 <= v <= sources or v & ~sources for v in enable + [pending, claimed])):
             raise ValueError("plic: saved state has the wrong shape or out-of-range values")
@@ -106,11 +108,11 @@ class Plic:
             return (self.pending >> (32 * word)) & 0xFFFFFFFF
         if offset < 0x200000:
             ctx, word = divmod(offset - 0x2000, 0x80)
-            if ctx < NUM_CONTEXTS:
+            if ctx < self.contexts:
                 return (self.enable[ctx] >> (8 * word)) & 0xFFFFFFFF
             return 0
         ctx, reg = divmod(offset - 0x200000, 0x1000)
-        if ctx >= NUM_CONTEXTS:
+        if ctx >= self.contexts:
             return 0
         if reg == 0:
             return self.threshold[ctx]
@@ -133,13 +135,13 @@ class Plic:
             return                    # pending bits are read-only
         elif offset < 0x200000:
             ctx, byte = divmod(offset - 0x2000, 0x80)
-            if ctx < NUM_CONTEXTS and byte < NUM_SOURCES // 8:
+            if ctx < self.contexts and byte < NUM_SOURCES // 8:
                 shift = 8 * byte
                 mask = (0xFFFFFFFF << shift) & ((1 << NUM_SOURCES) - 2)
                 self.enable[ctx] = (self.enable[ctx] & ~mask) | ((value << shift) & mask)
         else:
             ctx, reg = divmod(offset - 0x200000, 0x1000)
-            if ctx >= NUM_CONTEXTS:
+            if ctx >= self.contexts:
                 return
             if reg == 0:
                 self.threshold[ctx] = value & PRIORITY_MASK

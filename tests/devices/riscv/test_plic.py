@@ -56,3 +56,32 @@ def test_reset_and_save_restore(plic, lines):
     with pytest.raises(ValueError):
         plic.restore(dict(state, pending=1))                  # source 0 does not exist
     assert plic.save()["claimed"] == 1 << 7                   # a bad state changed nothing
+
+
+def test_two_contexts_per_hart_at_qemus_offsets():
+    out = [[] for _ in range(8)]                          # 4 harts: contexts 2N (M) and 2N+1 (S)
+    plic = Plic([o.append for o in out])
+    src = plic.line(5)
+    plic.write(4 * 5, 4, 1)
+    ctx = 2 * 3 + 1                                       # hart 3, S-mode
+    plic.write(0x2000 + 0x80 * ctx, 4, 1 << 5)
+    src.set_level(True)
+    assert [o[-1] for o in out] == [False] * 7 + [True]
+    assert plic.read(0x2000 + 0x80 * ctx, 4) == 1 << 5
+    plic.write(0x200000 + 0x1000 * ctx, 4, 1)             # threshold 1: priority 1 no longer exceeds it
+    assert out[ctx][-1] is False and plic.read(0x200000 + 0x1000 * ctx, 4) == 1
+    plic.write(0x200000 + 0x1000 * ctx, 4, 0)
+    assert plic.read(0x200004 + 0x1000 * ctx, 4) == 5 and out[ctx][-1] is False     # claimed
+    plic.write(0x200004 + 0x1000 * ctx, 4, 5)                                       # completed, still high
+    assert out[ctx][-1] is True
+
+
+@pytest.mark.parametrize("offset", [0x2000 + 0x80 * 4, 0x2000 + 0x80 * 100 + 4, 0x200000 + 0x1000 * 4,
+                                    0x200004 + 0x1000 * 4, 0x200000 + 0x1000 * 1023, 0x5FFFFC])
+def test_contexts_of_harts_that_do_not_exist_read_zero_and_ignore_writes(offset):
+    plic = Plic([lambda lv: None] * 4)                    # 2 harts
+    plic.write(4 * 3, 4, 7)
+    plic.line(3).set_level(True)
+    before = plic.save()
+    plic.write(offset, 4, 0xFFFFFFFF)
+    assert plic.read(offset, 4) == 0 and plic.save() == before

@@ -28,19 +28,21 @@ def guest(name: str) -> Path:
 
 
 def run_kvmpy(elf: Path, tmp_path: Path, memory: int = 128 << 20, trace: set[str] | None = None,
-              trace_file: Path | None = None, tier: str = "") -> tuple[bytes, int]:
+              trace_file: Path | None = None, tier: str = "", smp: int = 1,
+              icount: int | None = None) -> tuple[bytes, int]:
     out = tmp_path / f"{elf.stem}.serial"
     cfg = MachineConfig(arch="riscv64", kernel=elf, memory=memory, serial=f"file:{out}",
-                        trace=frozenset(trace or ()), trace_file=trace_file, tcg_tier=tier)
+                        trace=frozenset(trace or ()), trace_file=trace_file, tcg_tier=tier, smp=smp,
+                        icount=icount)
     status = run_machine(cfg)
     return out.read_bytes(), status
 
 
-def run_qemu(elf: Path, memory: str = "128M") -> tuple[bytes, int]:
+def run_qemu(elf: Path, memory: str = "128M", smp: int = 1) -> tuple[bytes, int]:
     if shutil.which(QEMU) is None:
         pytest.skip(f"{QEMU} not installed (apt-get install qemu-system-misc)")
     proc = subprocess.run(
         [QEMU, "-machine", "virt", "-cpu", "rv64", "-bios", "none", "-kernel", str(elf),
-         "-nographic", "-m", memory],
+         "-nographic", "-m", memory, "-smp", str(smp)],
         stdin=subprocess.DEVNULL, capture_output=True, timeout=QEMU_TIMEOUT)
     return proc.stdout, proc.returncode

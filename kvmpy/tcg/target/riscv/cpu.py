@@ -9,6 +9,8 @@ instructions, each that many nanoseconds, plus whatever WFI skips while waiting
 for the timer, which makes runs deterministic (QEMU's ``-icount``).  mcycle and
 minstret are one counter; a CSR write to it replaces the writing instruction's
 own increment (the next instruction reads the written value), and does not move mtime.
+The harts of one machine share mtime: a board running several hands the clock on
+with ``follow_clock`` when it switches from one to the next.
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ class RiscvCpu:
         self.hartid = hartid
         self.ns_per_insn = ns_per_insn   # None: mtime is real time
         self.time_skew = 0            # mtime = the clock's ticks + time_skew
-        self._epoch_ns = time.monotonic_ns()
+        self.epoch_ns = time.monotonic_ns()
         self.on_context_change: Callable[[], None] = lambda: None
         self.on_tlb_flush: Callable[[bool], None] = lambda all_contexts: None
         self.poll_devices: Callable[[], None] = lambda: None
@@ -91,7 +93,7 @@ class RiscvCpu:
         self.R[:] = [0] * N_SLOTS
         if self.ns_per_insn is None:
             self.time_skew = 0
-            self._epoch_ns = time.monotonic_ns()      # real time: mtime starts from 0 at power-on
+            self.epoch_ns = time.monotonic_ns()      # real time: mtime starts from 0 at power-on
         self.priv = PRV_M
         self.mstatus = UXL_SXL
         self.medeleg = self.mideleg = 0
@@ -126,7 +128,7 @@ class RiscvCpu:
     @property
     def mtime(self) -> int:
         if self.ns_per_insn is None:
-            ticks = (time.monotonic_ns() - self._epoch_ns) // NS_PER_TICK
+            ticks = (time.monotonic_ns() - self.epoch_ns) // NS_PER_TICK
         elif self.ns_per_insn == NS_PER_TICK:
             ticks = self.R[INSTRET]
         else:
@@ -137,9 +139,22 @@ class RiscvCpu:
     def sstc_enabled(self) -> bool:
         return bool(self.menvcfg & MENVCFG_STCE)
 
-    def update_sstc(self) -> None:
-        """Sstc: with menvcfg.STCE set, mip.STIP is (time >= stimecmp) and software cannot write it."""
-        self.set_hw_irq(STIP, self.sstc_enabled and self.mtime >= self.stimecmp)
+    def update_sstc(self, now: int | None = None) -> None:
+        """Sstc: with menvcfg.STCE set, mip.STIP is (time >= stimecmp) and software cannot write it.
+        ``now``: the machine's mtime when this hart is not the one running (its own clock lags)."""
+        self.set_hw_irq(STIP, self.sstc_enabled and (self.mtime if now is None else now) >= self.stimecmp)
+
+    def follow_clock(self, other: "RiscvCpu") -> None:
+        """Make this hart's mtime the one ``other`` reads now (the board runs its harts in turn)."""
+        if self.ns_per_insn is None:
+            self.epoch_ns, self.time_skew = other.epoch_ns, other.time_skew
+        else:
+            self.set_mtime(other.mtime)
+
+    @property
+    def runnable(self) -> bool:
+        """Not waiting in WFI, or waiting with an interrupt pending that ends the wait."""
+        return not self.halted or bool((self.sw_ip | self.hw_ip) & self.mie)
 
     def set_mtime(self, value: int) -> None:
         """A CLINT write to mtime: the clock keeps running from ``value``."""

@@ -302,3 +302,39 @@ def test_sstc_stimecmp_drives_stip_once_menvcfg_stce_is_set(cpu):
     cpu.priv = PRV_M
     csr(cpu, 1, MENVCFG, 0)
     assert not cpu.mip & STIP and cpu.stimecmp == (1 << 64) - 1
+
+
+def test_a_hart_follows_another_harts_clock():
+    """Harts share mtime: under -icount the follower reads what the other reads, and keeps counting
+    its own instructions from there; in real time both read the same host clock."""
+    mem = SoftMmu(RAM, 1 << 20, Bus("mmio"), AccessFaults(read=5, write=7, fetch=1))
+    a, b = RiscvCpu(mem, hartid=0, ns_per_insn=100), RiscvCpu(mem, hartid=1, ns_per_insn=100)
+    a.R[INSTRET] = 5000
+    b.R[INSTRET] = 70
+    b.follow_clock(a)
+    assert b.mtime == a.mtime == 5000
+    b.R[INSTRET] += 30
+    assert b.mtime == 5030
+    r1, r2 = RiscvCpu(mem, ns_per_insn=None), RiscvCpu(mem, ns_per_insn=None)
+    r1.set_mtime(1 << 40)
+    r2.follow_clock(r1)
+    assert abs(r2.mtime - r1.mtime) < 10_000_000         # the same clock (read a moment apart)
+
+
+def test_runnable_means_not_in_wfi_or_woken(cpu):
+    assert cpu.runnable
+    cpu.h_wfi(RAM, 0)
+    assert not cpu.runnable
+    cpu.set_hw_irq(MSIP, True)
+    assert not cpu.runnable                               # pending, but not enabled in mie
+    csr(cpu, 1, MIE_CSR, MSIP)
+    assert cpu.runnable                                   # mie & mip ends the wait, mstatus.MIE or not
+
+
+def test_sstc_line_follows_the_time_it_is_given(cpu):
+    csr(cpu, 1, 0x30A, 1 << 63)                           # menvcfg.STCE
+    csr(cpu, 1, 0x14D, 1000)                              # stimecmp
+    cpu.update_sstc(now=999)
+    assert not cpu.mip & STIP
+    cpu.update_sstc(now=1000)
+    assert cpu.mip & STIP
