@@ -21,8 +21,8 @@ from kvmpy.version import __version__
 from kvmpy import config_devices, qemu_opts
 from kvmpy.display.options import parse_display, parse_vnc
 from kvmpy.display.options import is_web_display, parse_web
-from kvmpy.config import (BOARDS, ConfigError, MachineConfig, SmpRangeError, board_named, debug_exit_of, load_yaml,
-                          parse_int, parse_size, parse_trace, shown)
+from kvmpy.config import (BOARDS, ConfigError, MachineConfig, board_named, debug_exit_of, load_yaml, parse_int,
+                          parse_size, parse_trace, shown)
 
 log = logging.getLogger("kvmpy")
 
@@ -588,7 +588,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except ConfigError as exc:
         print(f"kvmpy: error: {one_line(str(exc))}", file=sys.stderr)
-        return exc.exit_status if isinstance(exc, SmpRangeError) else 2
+        return 2
     except KeyboardInterrupt:
         print("kvmpy: terminating on signal 2", file=sys.stderr)
         return 0

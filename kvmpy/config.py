@@ -148,12 +148,6 @@ class Board:
         return name == self.machine or name in self.aliases or name.startswith(self.alias_prefixes)
 
 
-class SmpRangeError(ConfigError):
-    """-smp outside what the riscv ``virt`` board runs: QEMU's "Invalid SMP CPUs", and its exit status 1."""
-
-    exit_status = 1
-
-
 BOARDS: Mapping[str, Board] = MappingProxyType({
     "pc": Board(machine="pc", arch="x86_64", accel="kvm", memory=(2 * MiB, MAX_MEMORY), max_smp=MAX_SMP,
                 trace=frozenset(), features=frozenset(OPTIONAL_FEATURES), firmware=True,
@@ -433,9 +427,6 @@ class MachineConfig:
             raise ConfigError("memory size must be a multiple of 4 KiB")
         self._check_memory_hotplug(board)
         if not 1 <= self.smp <= board.max_smp:
-            if board.machine == "virt":
-                raise SmpRangeError(f"Invalid SMP CPUs {shown(self.smp)}: machine 'virt' runs 1 to "
-                                    f"{board.max_smp} harts")
             if board.max_smp == 1:
                 raise ConfigError(f"invalid -smp {shown(self.smp)}: machine {board.machine!r} runs one vCPU (-smp 1)")
             raise ConfigError(f"invalid -smp {shown(self.smp)} (1 to {board.max_smp})")

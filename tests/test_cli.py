@@ -92,10 +92,10 @@ def test_each_board_refuses_what_it_lacks_in_one_line(argv: list[str], message: 
 
 
 @pytest.mark.parametrize("smp", ["0", "9", "513"])
-def test_virt_smp_out_of_range_is_one_line_and_status_1_as_qemu(smp: str, capsys) -> None:
-    assert main(["-machine", "virt", "-kernel", "/etc/hostname", "-smp", smp]) == 1
+def test_virt_smp_out_of_range_is_one_line_and_status_2_like_every_config_error(smp: str, capsys) -> None:
+    assert main(["-machine", "virt", "-kernel", "/etc/hostname", "-smp", smp]) == 2
     err = capsys.readouterr().err
-    assert err == f"kvmpy: error: Invalid SMP CPUs {smp}: machine 'virt' runs 1 to 8 harts\n"
+    assert err == f"kvmpy: error: invalid -smp {smp} (1 to 8)\n"
 
 
 def test_virt_max_smp_is_the_boards_limit() -> None:
