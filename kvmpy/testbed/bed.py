@@ -46,7 +46,11 @@ IN_BED_ENV = "KVMPY_IN_BED"
 # softlockup_panic=1: a CPU of L1 stuck for 20 s has not recovered in any run seen (one sat 700 s in
 # kvm-pit while the other CPU kept the heartbeat going, so no wedge was detected); panicking turns it
 # into a dead L1, whose unfinished tests the pytest plugin re-runs in a fresh one.
-KERNEL_CMDLINE = "console=ttyS0 panic=-1 loglevel=5 softlockup_panic=1"
+# watchdog_thresh=30 (a soft lockup after 60 s, not 20): L1's vCPUs are threads of a TCG QEMU on a
+# two-core host. The 23-48 s lockups that ended L1s came when the host was busiest, in plain code
+# (clear_page_erms, kvm_destroy_vm's IPI wait), which reads as vCPU threads the host did not run
+# while L1's clock went on (not confirmed). A CPU that is really stuck still ends L1, 40 s later.
+KERNEL_CMDLINE = "console=ttyS0 panic=-1 loglevel=5 softlockup_panic=1 watchdog_thresh=30"
 _ERROR_PREFIX = "kvmpy-bed: error: "
 _TAIL_LINES = 40
 _MAX_CONSOLE_BYTES = 64 << 20
