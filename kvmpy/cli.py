@@ -42,13 +42,15 @@ Options (same meaning as in qemu-system-x86_64 / qemu-system-riscv64):
   -m [size=]SIZE[,slots=N,maxmem=SIZE]  RAM, e.g. 512, 512M, 2G (plain numbers are MiB); slots/maxmem
                                 reserve room for memory hotplug
   -smp N                        number of vCPUs
-  -kernel FILE                  multiboot kernel, Linux bzImage or PVH vmlinux (x86); ELF (riscv64);
-                                without it, x86 boots its BIOS (SeaBIOS) as QEMU does
+  -kernel FILE                  x86: multiboot kernel, Linux bzImage or PVH vmlinux (without it, x86 boots
+                                its BIOS, SeaBIOS, as QEMU does); riscv64: the stage after OpenSBI (ELF or
+                                raw, e.g. U-Boot or a Linux Image), or with -bios none an ELF run in M-mode
   -initrd FILE                  Linux initramfs, or multiboot modules (comma-separated)
   -append CMDLINE               kernel command line
   -bios FILE                    x86: the BIOS image (default bios-256k.bin, Debian's seabios package);
-                                riscv64: none (no firmware), default (OpenSBI fw_dynamic) or FILE
-                                (e.g. OpenSBI fw_jump.bin, loaded at 0x80000000; -kernel then at 0x80200000)
+                                riscv64: default (OpenSBI fw_dynamic, also without -bios, as in QEMU), none
+                                (no firmware: -kernel is an ELF run in M-mode) or FILE (e.g. OpenSBI
+                                fw_jump.bin, loaded at 0x80000000; -kernel then at 0x80200000)
   -L DIR                        x86: look for BIOS images in DIR first
   -icount shift=N               riscv64: deterministic guest time, 2**N ns per instruction (default: real time)
   -nographic                    no display; serial on stdio (Ctrl-A x quits)
@@ -428,6 +430,8 @@ def parse_qemu_args(argv: Sequence[str]) -> MachineConfig:
         raise UsageError(f"unsupported machine type {shown(machine)} (pc, or virt for riscv64)")
     cfg["machine"], cfg["arch"] = board.machine, board.arch
     cfg["accel"] = accel or "tcg"  # QEMU's default accelerator
+    if board.bios_files and "bios" not in cfg:
+        cfg["bios"] = "default"  # QEMU's virt loads OpenSBI unless told -bios none (a machine file's default is none)
     if board.arch == "x86_64" and cfg["accel"] != "kvm":
         raise UsageError("x86 guests need KVM for now: add -enable-kvm (or -accel kvm)")
     specs["devices"][:0] = nics

@@ -72,7 +72,7 @@ def test_main_prints_one_line_and_exits_2(argv: list[str], message: str, capsys)
     (["-machine", "virt", "-kernel", "/etc/hostname", "-cpu", "host"], "-cpu 'host' is not supported"),
     (["-machine", "virt", "-kernel", "/etc/hostname", "-bios", "nope.bin"],
      "Unable to load the RISC-V firmware 'nope.bin'"),
-    (["-machine", "virt", "-kernel", "/etc/hostname"], "not an ELF"),
+    (["-machine", "virt", "-bios", "none", "-kernel", "/etc/hostname"], "not an ELF"),
     (["-enable-kvm", "-kernel", "/etc/hostname", "-d", "in_asm"], "machine 'pc' honours no -d items"),
     (["-enable-kvm", "-kernel", "/etc/hostname", "-d", "in_asm,warp"], "unknown -d item(s): 'warp'"),
     (["-enable-kvm", "-kernel", "/etc/hostname", "-bios", "nope.bin"], "could not find BIOS image 'nope.bin'"),
