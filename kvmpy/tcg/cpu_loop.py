@@ -9,7 +9,11 @@ the jump cache counts as chained).  A unit never runs more than the
 backend's instruction budget, so a guest spinning in a hot region still sees
 its timer interrupt within a few thousand instructions.
 
-The loop is architecture-neutral; the guest CPU implements ``TargetCpu``.
+The loop is architecture-neutral; the guest CPU implements ``TargetCpu``.  The
+loop pairs the CPU with its TB cache: the CPU's ``on_breakpoints`` goes to the
+cache's ``set_breakpoints``.  A breakpoint is checked before the instruction is
+fetched (as QEMU does), so one on a pc that cannot be fetched still fires: the
+lookup that would translate a TB there checks it first.
 """
 
 from __future__ import annotations
@@ -31,10 +35,14 @@ class TargetCpu(Protocol):
     ctx: Hashable          # everything that changes what an instruction fetch at a pc means
     irq_pending: bool      # some interrupt is pending and enabled in the per-source mask
     halted: bool           # waiting for an interrupt (WFI)
+    on_breakpoints: Callable[[frozenset[int]], None]   # the pcs to check before (debug triggers)
 
     def paged(self, ctx: Hashable) -> bool: ...
 
     def fetch_translate(self, pc: int) -> int: ...
+
+    def check_breakpoint(self, pc: int, back: int = 0) -> None:
+        """Raise the guest's exception if a breakpoint at ``pc`` applies now."""
 
     def take_interrupt(self) -> bool: ...
 
@@ -51,6 +59,7 @@ class CpuLoop:
         self.cpu = cpu
         self.cache = cache
         self.trace_exec = trace_exec
+        cpu.on_breakpoints = cache.set_breakpoints
 
     def lookup(self, pc: int):
         cpu, cache = self.cpu, self.cache
@@ -61,6 +70,8 @@ class CpuLoop:
             cache.stats.jump_cache_hits += 1
             return tb
         try:
+            if pc in cache.breakpoints:
+                cpu.check_breakpoint(pc)
             return cache.find(pc, ctx, cpu.fetch_translate(pc))
         except GuestTrap as trap:
             trap.pc, trap.back = pc, 0

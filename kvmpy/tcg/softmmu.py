@@ -13,6 +13,12 @@ raising ``GuestTrap`` on faults, and the cause numbers for access faults.
 Self-modifying code: pages that hold translated code never get a write-TLB entry;
 a slow-path store to one calls ``on_code_write(page)`` first.
 
+Watchpoints (the target's data triggers): ``set_watchpoints`` names the virtual
+pages to watch; they never get a TLB entry, so every access to them (from the
+Python tier's and the native tier's inline fast paths alike) comes here, where
+``check(vaddr, size, access)`` runs after translation and before the access and
+may raise ``GuestTrap``.  Without watchpoints the slow paths pay one test.
+
 Several CPUs share one RAM: each has its own ``SoftMmu`` (its own TLBs and
 translate), all built on the same ``ram`` and the same ``code_pages`` set, so a
 store by any CPU to a page any of them translated code from takes the slow path.
@@ -74,6 +80,8 @@ class SoftMmu:
         self.watched: dict[int, Callable[[int, int, int], None]] = {}  # ppage -> fn(paddr, size, value)
         self.translate: Callable[[int, int], tuple[int, bool]] = lambda v, a: (v, True)
         self.on_code_write: Callable[[int], None] = lambda page: None
+        self.watch_vpages: frozenset[int] = frozenset()       # virtual page numbers
+        self.watch_check: Callable[[int, int, int], None] = lambda vaddr, size, access: None
         self.stats_slow = 0
 
     # ---- namespace for generated code ----------------------------------
@@ -126,6 +134,8 @@ class SoftMmu:
                 value = self._load_bytes(vaddr, size)
             else:
                 paddr, cacheable = self.translate(vaddr, READ)
+                if self.watch_vpages:
+                    self._watch(vaddr, size, READ)
                 value = self.phys_read(paddr, size)
                 if cacheable and self.in_ram(paddr, size):
                     self._fill(self.tlb_read, vaddr, paddr)
@@ -147,6 +157,8 @@ class SoftMmu:
                 self._store_bytes(vaddr, size, value)
                 return
             paddr, cacheable = self.translate(vaddr, WRITE)
+            if self.watch_vpages:
+                self._watch(vaddr, size, WRITE)
             self.phys_write(paddr, size, value)
             page = paddr >> PAGE_SHIFT
             if (cacheable and self.in_ram(paddr, size) and page not in self.code_pages
@@ -162,18 +174,40 @@ class SoftMmu:
     def _load_bytes(self, vaddr: int, size: int) -> int:
         # Translate every byte first so a fault leaves no partial effect.
         paddrs = [self.translate((vaddr + i) & MASK64, READ)[0] for i in range(size)]
+        if self.watch_vpages:
+            self._watch(vaddr, size, READ)
         return sum(self.phys_read(p, 1) << (8 * i) for i, p in enumerate(paddrs))
 
     def _store_bytes(self, vaddr: int, size: int, value: int) -> None:
         paddrs = [self.translate((vaddr + i) & MASK64, WRITE)[0] for i in range(size)]
+        if self.watch_vpages:
+            self._watch(vaddr, size, WRITE)
         for i, p in enumerate(paddrs):
             self.phys_write(p, 1, value >> (8 * i))
 
     def _fill(self, tlb: dict[int, int], vaddr: int, paddr: int) -> None:
+        if vaddr >> PAGE_SHIFT in self.watch_vpages:
+            return
         if len(tlb) >= TLB_LIMIT:
             tlb.clear()
         vpage = vaddr & ~(PAGE_SIZE - 1)
         tlb[vpage] = (paddr & ~(PAGE_SIZE - 1)) - self.ram_base - vpage
+
+    # ---- watchpoints -------------------------------------------------------
+    def set_watchpoints(self, ranges: list[tuple[int, int]],
+                        check: Callable[[int, int, int], None]) -> None:
+        """Send accesses touching the virtual ranges (start, length) to ``check`` (empty: none)."""
+        pages: set[int] = set()
+        for start, length in ranges:
+            pages.update(range(start >> PAGE_SHIFT, ((start + length - 1) >> PAGE_SHIFT) + 1))
+        self.watch_vpages = frozenset(pages)
+        self.watch_check = check
+        self.flush()
+
+    def _watch(self, vaddr: int, size: int, access: int) -> None:
+        last = (vaddr + size - 1) & MASK64
+        if vaddr >> PAGE_SHIFT in self.watch_vpages or last >> PAGE_SHIFT in self.watch_vpages:
+            self.watch_check(vaddr, size, access)
 
     # ---- code pages ------------------------------------------------------
     def mark_code_page(self, page: int) -> None:

@@ -13,6 +13,12 @@ already-translated blocks it jumps to are compiled into one unit (see
 backend_py), after re-optimizing them with what is known about register values
 on the jumps between them.  A store to a page that holds code invalidates every TB on it,
 unlinks the chains into them and drops regions that contain them.
+
+Breakpoints (as QEMU's, a generic list of guest pcs; the target's execute
+triggers): before each instruction at a pc in ``breakpoints`` a block calls the
+target's ``breakpoint`` helper, which decides at run time (privilege...) whether
+to raise the guest's exception, so the block stays valid in every context.
+Changing the set throws every TB away; with no breakpoints nothing changes.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Protocol
 
 from kvmpy.tcg.backend_py import CompiledUnit, StateLayout, compile_unit
-from kvmpy.tcg.ir import Block
+from kvmpy.tcg.ir import Block, Insn
 from kvmpy.tcg.optimizer import optimize, optimize_region
 
 log = logging.getLogger(__name__)
@@ -109,6 +115,7 @@ class TBCache:
         self.store: dict[tuple[int, int], TB] = {}
         self.page_tbs: dict[int, set[TB]] = {}
         self.jump: dict[Hashable, dict[int, TB]] = {}
+        self.breakpoints: frozenset[int] = frozenset()
         self.stats = TBStats()
 
     # ---- lookup ----------------------------------------------------------
@@ -132,6 +139,8 @@ class TBCache:
 
     def _new_tb(self, pc: int) -> TB:
         block, ppc, pages = self._translate(pc)
+        if self.breakpoints:
+            _insert_breakpoints(block, self.breakpoints)
         if self._trace is not None and block.disasm:
             self._trace("IN:\n" + "\n".join(block.disasm) + "\n")
         optimize(block)
@@ -254,9 +263,25 @@ class TBCache:
             if not keep(ctx):
                 jc.clear()
 
+    def set_breakpoints(self, pcs: frozenset[int]) -> None:
+        """Check for breakpoints before the instructions at ``pcs`` from now on."""
+        if pcs != self.breakpoints:
+            self.breakpoints = pcs
+            self.flush_all()
+
     def flush_all(self) -> None:
         for tb in list(self.store.values()):
             self.invalidate(tb)
         self.page_tbs.clear()
         for jc in self.jump.values():
             jc.clear()
+
+
+def _insert_breakpoints(block: Block, pcs: frozenset[int]) -> None:
+    """Call the ``breakpoint`` helper first thing in every instruction of ``block`` at one of ``pcs``."""
+    out: list[Insn] = []
+    for ins in block.insns:
+        out.append(ins)
+        if ins.op == "insn_start" and ins.attrs["pc"] in pcs:
+            out.append(Insn("call", None, [], {"helper": "breakpoint", "raises": True}))
+    block.insns = out

@@ -14,7 +14,7 @@ from tests.guests.riscv.build import GuestBuildError, build_guest
 from tests.guests.riscv.oracle import guest, run_kvmpy, run_qemu
 
 GUESTS = ["hello", "traps", "priv", "csr", "interrupts", "paging", "atomics", "rvc", "smc",
-          "alu", "sha256", "qsort", "coremark", "conformance", "fpu"]
+          "alu", "sha256", "qsort", "coremark", "conformance", "fpu", "triggers"]
 
 
 TIERS = ["py", "native"] if platform.machine() == "x86_64" else ["py"]

@@ -25,7 +25,7 @@ from kvmpy.tcg.target.riscv.fpu import (farith, fclass, fcompare, fcvt_float, fc
                                        ffma, fminmax, fsgnj_s)
 from kvmpy.tcg.target.riscv.mmu import PRV_M, PRV_S, PRV_U, RiscvMmu
 from kvmpy.tcg.target.riscv.translate import INSTRET, N_SLOTS, PC
-from kvmpy.tcg.target.riscv.triggers import CSRS as TRIGGER_CSRS, TriggerModule
+from kvmpy.tcg.target.riscv.triggers import CSRS as TRIGGER_CSRS, LOAD, STORE, TriggerModule
 from kvmpy.tcg.softmmu import EXEC, READ, WRITE, SoftMmu
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,7 @@ class RiscvCpu:
         self.epoch_ns = time.monotonic_ns()
         self.on_context_change: Callable[[], None] = lambda: None
         self.on_tlb_flush: Callable[[bool], None] = lambda all_contexts: None
+        self.on_breakpoints: Callable[[frozenset[int]], None] = lambda pcs: None
         self.poll_devices: Callable[[], None] = lambda: None
         self.idle: Callable[[], bool] = lambda: False     # board waits for an event
         self.trace_int: Callable[[str], None] | None = None
@@ -114,6 +115,7 @@ class RiscvCpu:
         self.pmpaddr = [0] * 16
         self.pmp_active = False
         self.triggers = TriggerModule()
+        self._triggers_changed()
         self.fflags = self.frm = 0
         self.reservation: tuple[int, int] | None = None
         self.halted = False
@@ -405,6 +407,7 @@ class RiscvCpu:
             self._pmp_changed()
         elif csr in TRIGGER_CSRS:
             self.triggers.write(csr, v)
+            self._triggers_changed()
         elif 0x3B0 <= csr <= 0x3BF:
             i = csr - 0x3B0
             cfg = (self.pmpcfg[i // 8] >> (8 * (i % 8))) & 0xFF
@@ -427,6 +430,16 @@ class RiscvCpu:
         old_time = self.mtime
         self.R[INSTRET] = (v - 1) & MASK64
         self.time_skew += old_time - self.mtime
+
+    def _triggers_changed(self) -> None:
+        """Tell the engine which pcs and data addresses the armed triggers watch."""
+        self.on_breakpoints(self.triggers.execute_addresses())
+        self.mmu_mem.set_watchpoints(self.triggers.data_ranges(), self._check_watch)
+
+    def _check_watch(self, vaddr: int, size: int, access: int) -> None:
+        """The softmmu's watchpoint check before an access (the caller sets pc and back)."""
+        if self.triggers.fires_data(vaddr, size, STORE if access == WRITE else LOAD, self.priv):
+            raise GuestTrap(CAUSE_BREAKPOINT, 0)
 
     def _pmp_changed(self) -> None:
         self.pmp_active = any(((c >> (8 * k)) >> 3) & 3 for c in self.pmpcfg for k in range(8))
@@ -528,6 +541,14 @@ class RiscvCpu:
     def h_ecall(self, pc: int, back: int) -> None:
         raise GuestTrap(CAUSE_ECALL_U + self.priv, 0, pc, back)
 
+    def check_breakpoint(self, pc: int, back: int = 0) -> None:
+        """Before the instruction at ``pc``, which an execute trigger watches: fire if it applies now."""
+        if self.triggers.fires_execute(pc, self.priv):
+            raise GuestTrap(CAUSE_BREAKPOINT, 0, pc, back)       # QEMU 7.2: tval 0
+
+    def h_breakpoint(self, pc: int, back: int) -> None:
+        self.check_breakpoint(pc, back)
+
     def h_ebreak(self, pc: int, back: int) -> None:
         raise GuestTrap(CAUSE_BREAKPOINT, 0, pc, back)    # QEMU 7.2 leaves tval 0
 
@@ -575,6 +596,9 @@ class RiscvCpu:
             raise GuestTrap(CAUSE_LOAD_MISALIGNED, addr, pc, back)
         try:
             paddr, _ = self.mmu.translate(addr, access)
+            # LR is a load; SC and AMOs go through QEMU's atomic path, which checks both.
+            if self.triggers.fires_data(addr, size, LOAD if access == READ else LOAD | STORE, self.priv):
+                raise GuestTrap(CAUSE_BREAKPOINT, 0)
             if not self.mmu_mem.in_ram(paddr, size):
                 raise GuestTrap(5 if access == READ else 7, addr)
         except GuestTrap as e:
@@ -639,5 +663,5 @@ class RiscvCpu:
 
     def helpers(self) -> dict[str, Callable]:
         return {f"h_{n}": getattr(self, f"h_{n}") for n in (
-            "csr", "illegal", "ecall", "ebreak", "mret", "sret", "wfi", "sfence_vma", "lr", "sc", "amo",
+            "csr", "illegal", "ecall", "ebreak", "breakpoint", "mret", "sret", "wfi", "sfence_vma", "lr", "sc", "amo",
             "fp", "fsgnj_s", "fclass", "fcmp", "fminmax", "farith", "ffma", "fcvt")}

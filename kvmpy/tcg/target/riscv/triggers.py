@@ -13,8 +13,23 @@ Facts matched against qemu-system-riscv64 7.2 (tests/guests/riscv/conformance.S)
   match, chain, action, timing, select and hit read back as zero;
 - tdata2 holds any value; tdata3 writes are ignored (it reads 0).
 
-Only the register behaviour is modelled: kvmpy does not yet raise the
-breakpoint exception when a trigger matches (QEMU does).
+Matching, as QEMU 7.2 fires them (found by experiment, tests/guests/riscv/triggers.S):
+
+- a trigger is armed while its execute, load or store bit is set; it fires only
+  when the privilege bit of the current mode (M, S or U) is set too.  VU/VS of
+  type 6 never match: there is no hypervisor extension.  The action is always
+  the breakpoint exception (cause 3, tval 0), taken like any other exception
+  (delegable to S through medeleg); there is no tcontrol, so an M-mode trigger
+  also fires inside an M-mode trap handler;
+- execute: before the instruction that starts exactly at tdata2 runs (by any
+  path: straight line, jump, return; compressed or not); epc is that pc, and it
+  wins over the instruction's own exceptions, even over a fault fetching it;
+- load/store: before an access that overlaps [tdata2, tdata2 + n) by at least
+  one byte, epc is the accessing instruction and a store has not written.
+  ``n`` is the size field's raw encoding (1, 2, 3 or 5 bytes for the 1/2/4/8
+  encodings) and 8 for "any", as QEMU 7.2 passes it on as a length; a range
+  that wraps past the top of the address space never matches.  LR is a load,
+  SC and AMOs are both (as QEMU's atomic path checks).
 """
 
 from __future__ import annotations
@@ -29,7 +44,9 @@ TINFO = (1 << TYPE_MCONTROL) | (1 << TYPE_MCONTROL6)
 TSELECT, TDATA1, TDATA2, TDATA3, TINFO_CSR = 0x7A0, 0x7A1, 0x7A2, 0x7A3, 0x7A4
 CSRS = frozenset({TSELECT, TDATA1, TDATA2, TDATA3, TINFO_CSR})
 
+LOAD, STORE, EXECUTE = 1, 2, 4
 _MODE_AND_ACCESS = 0x5F              # load, store, execute, U, S, M
+_ANY_SIZE_LENGTH = 8
 _VU_VS = (1 << 23) | (1 << 24)       # mcontrol6 only
 _SUPPORTED_SIZES = frozenset({0, 1, 2, 3, 5})     # any, 1, 2, 4 and 8 bytes
 
@@ -49,6 +66,15 @@ def _legalize(value: int) -> int | None:
     else:
         return None
     return kind << 60 | kept
+
+
+def _length(tdata1: int) -> int:
+    """The watched length: the size field's raw encoding, 8 when it says "any"."""
+    if tdata1 >> 60 == TYPE_MCONTROL:
+        size = ((tdata1 >> 21) & 3) << 2 | (tdata1 >> 16) & 3
+    else:
+        size = (tdata1 >> 16) & 0xF
+    return size or _ANY_SIZE_LENGTH
 
 
 @dataclass
@@ -79,3 +105,31 @@ class TriggerModule:
         elif csr == TDATA2:
             self.tdata2[self.select] = value
         # tdata3 and the read-only tinfo: writes are ignored
+
+    # ---- matching ----------------------------------------------------------
+    def execute_addresses(self) -> frozenset[int]:
+        """The pcs of armed execute triggers (whatever their privilege bits)."""
+        return frozenset(self.tdata2[i] for i in range(N_TRIGGERS) if self.tdata1[i] & EXECUTE)
+
+    def data_ranges(self) -> list[tuple[int, int]]:
+        """(start, length) of every armed load or store trigger that can match."""
+        out = []
+        for t1, t2 in zip(self.tdata1, self.tdata2):
+            n = _length(t1)
+            if t1 & (LOAD | STORE) and t2 + n - 1 < 1 << 64:
+                out.append((t2, n))
+        return out
+
+    def fires_execute(self, pc: int, priv: int) -> bool:
+        """Whether an execute trigger stops the instruction at ``pc`` in mode ``priv`` (0 U, 1 S, 3 M)."""
+        return any(t1 & EXECUTE and t2 == pc and t1 >> 3 & (1 << priv)
+                   for t1, t2 in zip(self.tdata1, self.tdata2))
+
+    def fires_data(self, vaddr: int, size: int, access: int, priv: int) -> bool:
+        """Whether a trigger stops an access of ``size`` bytes at ``vaddr``; ``access``: LOAD, STORE or both."""
+        for t1, t2 in zip(self.tdata1, self.tdata2):
+            if t1 & access and t1 >> 3 & (1 << priv):
+                n = _length(t1)
+                if t2 + n - 1 < 1 << 64 and t2 < vaddr + size and vaddr < t2 + n:
+                    return True
+        return False

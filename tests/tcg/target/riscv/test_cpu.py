@@ -273,6 +273,36 @@ def test_trigger_csrs_read_and_write_like_qemu(cpu):
     assert trap_of(csr, cpu, 2, TSELECT, 0, 0).cause == 2       # M-mode only
 
 
+def test_trigger_writes_hand_the_engine_breakpoints_and_watchpoints(cpu):
+    TSELECT, TDATA1, TDATA2 = 0x7A0, 0x7A1, 0x7A2
+    told = []
+    cpu.on_breakpoints = told.append
+    csr(cpu, 1, TDATA2, RAM + 0x100)
+    csr(cpu, 1, TDATA1, (2 << 60) | 0x40 | 0x08 | 4)           # execute, M and U
+    assert told[-1] == {RAM + 0x100}
+    assert cpu.mmu_mem.watch_vpages == frozenset()
+    csr(cpu, 1, TSELECT, 1)
+    csr(cpu, 1, TDATA2, RAM + 0x2000)
+    csr(cpu, 1, TDATA1, (2 << 60) | 0x40 | 2)                  # store, M, any size (8 bytes)
+    assert cpu.mmu_mem.watch_vpages == {(RAM + 0x2000) >> 12}
+    cpu.h_breakpoint(RAM + 0x104, 1)                             # another pc: nothing
+    trap = trap_of(cpu.h_breakpoint, RAM + 0x100, 1)
+    assert (trap.cause, trap.tval, trap.pc, trap.back) == (3, 0, RAM + 0x100, 1)
+    cpu.priv = PRV_S
+    cpu.h_breakpoint(RAM + 0x100, 1)                             # S is not named
+    cpu.priv = PRV_M
+    mem = cpu.mmu_mem
+    trap = trap_of(mem.store, RAM + 0x2004, 4, 0x77, RAM + 0x30, 2)
+    assert (trap.cause, trap.tval, trap.pc, trap.back) == (3, 0, RAM + 0x30, 2)
+    assert mem.load(RAM + 0x2004, 4, False, 0, 0) == 0           # not written; loads do not fire
+    mem.store(RAM + 0x2008, 8, 0x77, 0, 0)                       # past the 8 bytes
+    cpu.h_lr(RAM + 0x2000, 8, RAM, 0)                            # LR is a load only
+    assert trap_of(cpu.h_sc, RAM + 0x2000, 1, 8, RAM, 0).cause == 3
+    assert trap_of(cpu.h_amo, 0x00, RAM + 0x2000, 1, 8, RAM, 0).cause == 3
+    cpu.reset()
+    assert told[-1] == frozenset() and mem.watch_vpages == frozenset()
+
+
 def test_sstc_stimecmp_drives_stip_once_menvcfg_stce_is_set(cpu):
     """Sstc as QEMU 7.2 exposes it: stimecmp (0x14D) needs mcounteren.TM and menvcfg.STCE below M;
     with STCE set, mip.STIP is time >= stimecmp and a CSR write cannot change it."""
