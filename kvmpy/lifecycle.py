@@ -81,6 +81,7 @@ class Lifecycle:
 
     def __init__(self, no_reboot: bool = False, start_paused: bool = False) -> None:
         self.no_reboot = no_reboot
+        self.stop_event: MachineEvent | None = None  # what ended run() (set before its SHUTDOWN event)
         self.start_paused = start_paused
         self.events: queue.Queue[MachineEvent] = queue.Queue()
         self._state = RunState.PRELAUNCH
@@ -272,6 +273,7 @@ class Lifecycle:
                 self.set_state(RunState.INTERNAL_ERROR)
                 log.error("%s", ev.message)
                 return 1
+            self.stop_event = ev
             self.set_state(RunState.SHUTDOWN)
             if ev.kind in SHUTDOWN_REASONS:  # isa-debug-exit ends the process without one, as in QEMU
                 if ev.kind == "quit":

@@ -233,6 +233,18 @@ def test_a_guest_that_triple_faults_under_no_reboot_is_said_to_have_vanished() -
 
 
 @kvm
+def test_an_in_process_guest_that_triple_faults_under_no_reboot_has_vanished_too() -> None:
+    with guest_vm("triplefault", False, no_reboot=True) as vm:
+        vm.console.expect("triplefault: boot 1", timeout=60)
+        with pytest.raises(GuestVanished, match="the guest triple-faulted and reset"):
+            vm.console.expect("boot 2", timeout=60)
+    with guest_vm("hello", False) as vm:
+        with pytest.raises(ConsoleClosed) as closed:
+            vm.console.expect("never printed", timeout=60)
+        assert not isinstance(closed.value, GuestVanished)
+
+
+@kvm
 @pytest.mark.parametrize("process", MODES)
 def test_control_after_the_guest_ended_says_so(process: bool) -> None:
     with guest_vm("hello", process) as vm:

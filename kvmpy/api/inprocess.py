@@ -47,7 +47,8 @@ class InProcessVM:
             raise
         except (LoaderError, ValueError) as exc:  # what the kvmpy command reports as a usage error (status 2)
             raise ConfigError(str(exc)) from None
-        self.machine.lifecycle.add_event_listener(lambda name, data: on_event(Event(name, dict(data or {}), time.time())))
+        self._on_event_cb = on_event
+        self.machine.lifecycle.add_event_listener(self._on_event)
         self._status: int | None = None
         self._error: BaseException | None = None
         self._done = threading.Event()
@@ -60,6 +61,18 @@ class InProcessVM:
 
     def start(self) -> None:
         self._thread.start()
+
+    def _on_event(self, name: str, data: Any) -> None:
+        if name == "SHUTDOWN" and self._vanished():
+            # As the child process's console says it (kvmpy.api.child): a guest that reset itself without
+            # a panic under -no-reboot has vanished, which scripts and the bed tell apart from a wrong answer.
+            self.console.close("the VM has stopped: the guest triple-faulted and reset (-no-reboot)", vanished=True)
+        self._on_event_cb(Event(name, dict(data or {}), time.time()))
+
+    def _vanished(self) -> bool:
+        ev = self.machine.lifecycle.stop_event
+        return (ev is not None and ev.kind == "reset" and ev.message == "triple fault"
+                and "Kernel panic" not in self.console.output)
 
     def _run(self) -> None:
         try:
