@@ -37,7 +37,7 @@ it was running gets a warning that says so. A slow or silent test is not a wedge
 A test that fails because a guest did not do something in time (it raised
 kvmpy.api.errors.WaitTimeout, which ExpectTimeout is), or because its guest reset by itself
 without a word (GuestVanished: a triple fault under -no-reboot, no panic on the console), is
-run once more in a fresh L1 after the batch, when at most KVMPY_BED_TIMEOUT_RETRIES (default 3)
+run once more in a fresh L1 after the batch, when at most KVMPY_BED_TIMEOUT_RETRIES (default 5)
 tests failed that way: under the bed's emulated SVM an L2 guest now and then stops running for
 minutes, or triple-faults, under QEMU+KVM as much as under kvmpy, and that must not decide the
 suite. The retry's outcome is the test's; a warning keeps the first failure, so a flaky hang
@@ -276,7 +276,7 @@ class KvmBedPlugin:
         self.boot_timeout = _env_seconds(BOOT_TIMEOUT_ENV, 300.0)
         self.stall_timeout = _env_seconds(STALL_TIMEOUT_ENV, 120.0)
         self.progress_timeout = _env_seconds(PROGRESS_TIMEOUT_ENV, 900.0)
-        self.timeout_retries = _env_count(TIMEOUT_RETRIES_ENV, 3)
+        self.timeout_retries = _env_count(TIMEOUT_RETRIES_ENV, 5)
         self._guest_timeouts: set[str] = set()  # inside the bed: nodeids whose guest timed out
 
     # --- header and selection ------------------------------------------------------------
