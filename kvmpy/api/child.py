@@ -121,7 +121,7 @@ class ChildProcessVM:
                 t.join(EXIT_GRACE)
         reason = f"the VM has exited (status {status})"
         err = self.stderr.strip()
-        vanished = status == 0 and "the guest triple-faulted" in err and "Kernel panic" not in self.console.output
+        vanished = status == 0 and "the guest triple-faulted" in err and not self.console.panicked
         if vanished:
             reason += ": the guest triple-faulted and reset (-no-reboot)"
         return (f"{reason}; its stderr ended: {output_tail(err, 2000)}" if err else reason), vanished

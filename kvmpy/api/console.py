@@ -65,6 +65,11 @@ class Console:
             self._input = None
             self._cond.notify_all()
 
+    @property
+    def panicked(self) -> bool:
+        """Whether the guest printed a kernel panic: a reset after one is not a guest that vanished."""
+        return "Kernel panic" in self.output
+
     # ---- for scripts ---------------------------------------------------------
     @property
     def output(self) -> str:

@@ -72,7 +72,7 @@ class InProcessVM:
     def _vanished(self) -> bool:
         ev = self.machine.lifecycle.stop_event
         return (ev is not None and ev.kind == "reset" and ev.message == "triple fault"
-                and "Kernel panic" not in self.console.output)
+                and not self.console.panicked)
 
     def _run(self) -> None:
         try:
