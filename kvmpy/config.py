@@ -427,8 +427,6 @@ class MachineConfig:
             raise ConfigError("memory size must be a multiple of 4 KiB")
         self._check_memory_hotplug(board)
         if not 1 <= self.smp <= board.max_smp:
-            if board.max_smp == 1:
-                raise ConfigError(f"invalid -smp {shown(self.smp)}: machine {board.machine!r} runs one vCPU (-smp 1)")
             raise ConfigError(f"invalid -smp {shown(self.smp)} (1 to {board.max_smp})")
         if not SERIAL_RE.match(self.serial) or "\0" in self.serial:
             raise ConfigError(f"unsupported serial backend {shown(self.serial)} (use stdio, file:PATH, null, none "

@@ -240,7 +240,7 @@ def test_arch_or_machine_selects_the_board_and_its_accelerator() -> None:
 
 
 @pytest.mark.parametrize("changes, words", [
-    ({"smp": 2}, "-smp 2: machine 'virt' runs one vCPU"),
+    ({"smp": 9}, "invalid -smp 9 \\(1 to 8\\)"),
     ({"memory": 1024}, "out of range for machine 'virt' \\(1M to 16G\\)"),
     ({"memory": 32 << 30}, "out of range for machine 'virt'"),
     ({"memory": (1 << 20) + 512}, "multiple of 4 KiB"),
