@@ -241,6 +241,13 @@ def _first_time(name):
     open(flag, "w").close()
     return True
 
+def _run_number(name):
+    flag = os.path.join(os.path.dirname(__file__), name)
+    n = (int(open(flag).read()) if os.path.exists(flag) else 0) + 1
+    with open(flag, "w") as f:
+        f.write(str(n))
+    return n
+
 @pytest.mark.kvm_full
 def test_guest_stalls_in_the_first_l1_only():
     if _first_time("stalled-once"):
@@ -252,8 +259,13 @@ def test_guest_resets_in_the_first_l1_only():
         raise GuestVanished("the VM has exited (status 0): the guest triple-faulted", "[    3.1] ata1")
 
 @pytest.mark.kvm_full
+def test_guest_stalls_in_two_l1s():
+    if _run_number("stalled-twice") <= 2:
+        raise ExpectTimeout("no 'login:' within 300 s", "[    0.25] BIO")
+
+@pytest.mark.kvm_full
 def test_guest_never_ends():
-    raise WaitTimeout("the guest is still running: " + ("second" if not _first_time("never-once") else "first"))
+    raise WaitTimeout(f"the guest is still running: run {_run_number('never-runs')}")
 
 @pytest.mark.kvm_full
 def test_wrong_answer_is_not_retried():
@@ -269,18 +281,22 @@ def test_a_guest_timeout_is_run_once_more_in_a_fresh_l1(tmp_path: Path) -> None:
     assert res.returncode == 1, res.stdout + res.stderr
     assert out["test_guest_stalls_in_the_first_l1_only"] == ("passed", ""), out
     assert out["test_guest_resets_in_the_first_l1_only"] == ("passed", ""), out
+    assert out["test_guest_stalls_in_two_l1s"] == ("passed", ""), out
     kind, text = out["test_guest_never_ends"]
-    assert kind == "failure" and "the guest is still running: second" in text, out  # the retry's failure
+    assert kind == "failure" and "the guest is still running: run 3" in text, out  # the last retry's failure
     kind, text = out["test_wrong_answer_is_not_retried"]
     assert kind == "failure" and "a plain failure" in text, out  # ran once: a retry would have passed
-    assert ("a guest stopped (timed out, or reset by itself) in 3 kvm_full test(s); running them once more in "
+    assert ("a guest stopped (timed out, or reset by itself) in 4 kvm_full test(s); running them once more in "
             "a fresh L1: test_timeouts.py::test_guest_stalls_in_the_first_l1_only, "
-            "test_timeouts.py::test_guest_resets_in_the_first_l1_only, test_timeouts.py::test_guest_never_ends"
+            "test_timeouts.py::test_guest_resets_in_the_first_l1_only, test_timeouts.py::test_guest_stalls_in_two_l1s, "
+            "test_timeouts.py::test_guest_never_ends") in res.stdout, res.stdout
+    assert ("a guest stopped (timed out, or reset by itself) again in 2 kvm_full test(s); running them once more "
+            "in a fresh L1: test_timeouts.py::test_guest_stalls_in_two_l1s, test_timeouts.py::test_guest_never_ends"
             ) in res.stdout, res.stdout
     assert ("a guest stopped (timed out, or reset by itself) in this test's first run in the bed "
             "(kvmpy.api.errors.ExpectTimeout: no 'login:'") in res.stdout, res.stdout
     # KVMPY_BED_TIMEOUT_RETRIES=0: no second L1
-    for flag in ("stalled-once", "reset-once", "never-once", "wrong-once"):
+    for flag in ("stalled-once", "reset-once", "stalled-twice", "never-runs", "wrong-once"):
         (proj / flag).unlink()
     res, out = _pytest(proj, "-v", env={"KVMPY_BED_TIMEOUT_RETRIES": "0"})
     assert "once more in a fresh L1" not in res.stdout and out["test_guest_stalls_in_the_first_l1_only"][0] == \
