@@ -234,19 +234,15 @@ import os
 import pytest
 from kvmpy.api.errors import ExpectTimeout, GuestVanished, WaitTimeout
 
-def _first_time(name):
-    flag = os.path.join(os.path.dirname(__file__), name)
-    if os.path.exists(flag):
-        return False
-    open(flag, "w").close()
-    return True
-
 def _run_number(name):
     flag = os.path.join(os.path.dirname(__file__), name)
     n = (int(open(flag).read()) if os.path.exists(flag) else 0) + 1
     with open(flag, "w") as f:
         f.write(str(n))
     return n
+
+def _first_time(name):
+    return _run_number(name) == 1
 
 @pytest.mark.kvm_full
 def test_guest_stalls_in_the_first_l1_only():
